@@ -1,0 +1,470 @@
+/*
+ * msadb.h -- the public interface of msadb, an embedded persistent memory
+ * database that gives a transformer long-term memory inside its attention.
+ *
+ * This header is the reference documentation of the library.
+ *
+ * Model of the store
+ * ------------------
+ * A *store* is one LMDB environment (a directory) created for one model
+ * signature (msadb_signature).  A store holds *spaces* (named partitions),
+ * each holding *documents*.  A document is a run of tokens with, for every
+ * *memory plane* (one memory layer x one kv head), the attention keys and
+ * values the model produced for those tokens.  Token positions restart at 0
+ * in every document (document-wise positions).  The tokens of a document are
+ * cut into *blocks* of `block_size` tokens (the last one may be shorter);
+ * each block of each plane is stored encoded (quantized, byte-shuffled,
+ * zstd-compressed, checksummed and optionally encrypted) together with
+ * *summaries* (mean key, element-wise min/max of keys) used to route queries.
+ *
+ * Conventions
+ * -----------
+ * - Every function that can fail returns int: 0 on success, a negative
+ *   msadb error code (MSADB_E*), a negative LMDB code (MDB_*, range
+ *   -30800..-30780) or a positive errno value.  msadb_strerror() explains
+ *   every one of them.
+ * - Every function validates its arguments and returns MSADB_EINVAL for
+ *   NULL handles, NULL required pointers or out-of-range values.
+ * - Buffers are owned by the caller unless a comment says otherwise.
+ *   Functions that fill a caller buffer of variable size take its capacity
+ *   and report the size needed; call with a NULL buffer to learn it.
+ * - Handles are opaque.  A msadb_store may be used from several threads for
+ *   reading (each thread with its own msadb_snapshot); writes (batches,
+ *   deletes, space changes) are serialized by the store.  Several processes
+ *   may open the same store: readers never block the single writer.
+ * - Inputs described as f32/f16/bf16 tensors are little-endian host arrays.
+ */
+#ifndef MSADB_H
+#define MSADB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MSADB_BUILDING) && defined(__GNUC__)
+#define MSADB_API __attribute__((visibility("default")))
+#else
+#define MSADB_API
+#endif
+
+#define MSADB_VERSION_MAJOR 0
+#define MSADB_VERSION_MINOR 1
+#define MSADB_VERSION_PATCH 0
+#define MSADB_VERSION_STRING "0.1.0"
+
+/* On-disk format version written by this library.  A store whose format is
+ * newer is refused with MSADB_EVERSION. */
+#define MSADB_FORMAT_VERSION 1
+
+/** Library version as a string ("0.1.0"); static storage. */
+MSADB_API const char *msadb_version(void);
+/** Format version this library writes (MSADB_FORMAT_VERSION). */
+MSADB_API int msadb_format_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* msadb's own codes live in -31000..-30901, clear of LMDB's range. */
+enum {
+    MSADB_OK = 0,
+    MSADB_EINVAL = -31000,   /* invalid argument */
+    MSADB_ENOMEM = -30999,   /* out of memory */
+    MSADB_ECORRUPT = -30998, /* stored bytes fail a checksum or structure check */
+    MSADB_EVERSION = -30997, /* store format newer than this library */
+    MSADB_ESIGNATURE = -30996, /* store signature differs from the expected one */
+    MSADB_EKEY = -30995,     /* store is encrypted and no key, or a wrong key, was given */
+    MSADB_EAUTH = -30994,    /* an encrypted record failed authentication */
+    MSADB_ENOTFOUND = -30993, /* no such document, space or record */
+    MSADB_EEXIST = -30992,   /* space or store already exists */
+    MSADB_EREADONLY = -30991, /* write on a store opened read-only */
+    MSADB_ENONFINITE = -30990, /* NaN or Inf in input keys/values/queries */
+    MSADB_ESTATE = -30989,   /* handle used in the wrong state */
+    MSADB_EDTYPE = -30988,   /* unsupported dtype for this operation */
+    MSADB_ENOTSTORE = -30987, /* directory is not an msadb store */
+    MSADB_ELIMIT = -30986,   /* a size exceeds a documented limit */
+    MSADB_EIO = -30985,      /* I/O error (errno not available) */
+};
+
+/** A static, human-readable description of any code returned by msadb,
+ * LMDB or the C library.  Never NULL; thread-safe. */
+MSADB_API const char *msadb_strerror(int err);
+
+/* ------------------------------------------------------------------------ */
+/* Signatures and options                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef enum msadb_dtype {
+    MSADB_DTYPE_F32 = 0,
+    MSADB_DTYPE_F16 = 1,
+    MSADB_DTYPE_BF16 = 2,
+    MSADB_DTYPE_INT8 = 3, /* storage only: 8-bit asymmetric quantization */
+    MSADB_DTYPE_Q4 = 4,   /* storage only: 4-bit asymmetric quantization */
+} msadb_dtype;
+
+/** Name of a dtype ("f32", "f16", "bf16", "int8", "q4"), or NULL if unknown. */
+MSADB_API const char *msadb_dtype_name(int dtype);
+/** Parses a dtype name; returns the dtype or MSADB_EINVAL. */
+MSADB_API int msadb_dtype_parse(const char *name);
+
+/* Summary kinds (bit flags). */
+#define MSADB_SUMMARY_MEAN 1u   /* mean key of the block (MSA chunk pooling) */
+#define MSADB_SUMMARY_MINMAX 2u /* element-wise min and max key (Quest bound) */
+#define MSADB_SUMMARY_ALL 3u
+
+/* Position schemes. */
+#define MSADB_POSITIONS_DOCUMENT 0u /* each document's positions start at 0 */
+
+#define MSADB_MAX_LAYERS 256
+#define MSADB_MAX_HEADS 256
+#define MSADB_MAX_HEAD_DIM 1024
+#define MSADB_MAX_BLOCK 4096
+#define MSADB_NAME_MAX 63    /* bytes of a space name */
+#define MSADB_TITLE_MAX 255  /* bytes of a document title */
+#define MSADB_KEY_BYTES 32   /* encryption key size */
+
+/** The model signature a store is created for; fixed for the store's life. */
+typedef struct msadb_signature {
+    uint32_t n_layers;     /* transformer layers, 1..MSADB_MAX_LAYERS */
+    uint32_t n_kv_heads;   /* key/value heads, 1..MSADB_MAX_HEADS */
+    uint32_t n_q_heads;    /* query heads, a multiple of n_kv_heads */
+    uint32_t head_dim;     /* 1..MSADB_MAX_HEAD_DIM */
+    uint32_t n_memory_layers;                /* 1..n_layers */
+    uint16_t memory_layers[MSADB_MAX_LAYERS]; /* strictly ascending layer indexes */
+    uint32_t block_size;   /* tokens per block, 1..MSADB_MAX_BLOCK (default 64) */
+    uint32_t dtype;        /* storage dtype, msadb_dtype */
+    uint32_t summary_kinds; /* MSADB_SUMMARY_* flags, at least one */
+    uint32_t position_scheme; /* MSADB_POSITIONS_* */
+} msadb_signature;
+
+/** Fills *sig with defaults for a model: memory in the latter half of the
+ * layers (as in MSA), block 64, dtype f16, all summary kinds, document-wise
+ * positions.  Returns MSADB_EINVAL if a dimension is out of range. */
+MSADB_API int msadb_signature_init(msadb_signature *sig, uint32_t n_layers,
+                                   uint32_t n_kv_heads, uint32_t n_q_heads,
+                                   uint32_t head_dim);
+/** Checks every field of a signature; 0 or MSADB_EINVAL. */
+MSADB_API int msadb_signature_validate(const msadb_signature *sig);
+/** Number of memory planes: n_memory_layers * n_kv_heads. */
+MSADB_API uint32_t msadb_signature_planes(const msadb_signature *sig);
+/** Index of `layer` among the memory layers, or MSADB_ENOTFOUND. */
+MSADB_API int msadb_signature_memory_index(const msadb_signature *sig, uint32_t layer);
+
+/** Options for creating or opening a store.  Initialize with
+ * msadb_options_init(), then change fields. */
+typedef struct msadb_options {
+    int read_only;          /* open read-only (no writes allowed) */
+    uint64_t map_size;      /* initial LMDB map size in bytes; 0 = default (256 MiB).
+                               The map grows by itself when full. */
+    unsigned max_readers;   /* LMDB reader slots; 0 = default (126) */
+    int zstd_level;         /* compression level for blocks, 1..19 (default 1) */
+    int no_sync;            /* do not fsync at commit (benchmarks only: a
+                               system crash may lose recent commits) */
+    /* Encryption at rest.  At most one of key / passphrase.  At create, a key
+     * or passphrase makes the store encrypted.  At open of an encrypted store
+     * one of them is required. */
+    const unsigned char *key; /* MSADB_KEY_BYTES bytes, or NULL */
+    const char *passphrase;   /* NUL-terminated, or NULL; stretched with Argon2id */
+} msadb_options;
+
+/** Sets defaults: read-write, default map size, no encryption. */
+MSADB_API void msadb_options_init(msadb_options *opt);
+
+/** Reads an encryption key file: either exactly 32 raw bytes, or 64
+ * hexadecimal characters optionally followed by a newline.  Errors:
+ * MSADB_EINVAL (bad format), errno values (cannot read). */
+MSADB_API int msadb_key_file_read(const char *path, unsigned char key[MSADB_KEY_BYTES]);
+
+/* ------------------------------------------------------------------------ */
+/* Stores                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct msadb_store msadb_store;
+
+/** Creates a new store in directory `path` (created if missing; it must not
+ * already hold a store: MSADB_EEXIST).  A space named "default" is created.
+ * On success *out is a handle to close with msadb_close(). */
+MSADB_API int msadb_create(const char *path, const msadb_signature *sig,
+                           const msadb_options *opt, msadb_store **out);
+
+/** Opens an existing store.  If `expect` is not NULL the stored signature
+ * must equal it (MSADB_ESIGNATURE otherwise).  Errors: MSADB_ENOTSTORE,
+ * MSADB_EVERSION, MSADB_EKEY (encrypted store without the right key). */
+MSADB_API int msadb_open(const char *path, const msadb_signature *expect,
+                         const msadb_options *opt, msadb_store **out);
+
+/** Closes a store; NULL is allowed.  All snapshots and batches of the store
+ * must have been ended first. */
+MSADB_API void msadb_close(msadb_store *store);
+
+/** The store's signature; valid until msadb_close(). */
+MSADB_API const msadb_signature *msadb_store_signature(const msadb_store *store);
+
+/** Whether the store is encrypted (1) or not (0); -EINVAL-style code on NULL. */
+MSADB_API int msadb_store_encrypted(const msadb_store *store);
+
+typedef struct msadb_stat_info {
+    uint32_t format_version;
+    uint64_t n_spaces;
+    uint64_t n_documents;
+    uint64_t n_tokens;
+    uint64_t n_blocks;        /* blocks per plane, summed over documents */
+    uint64_t block_bytes;     /* bytes of encoded blocks, all planes */
+    uint64_t summary_bytes;   /* bytes of summary pages */
+    uint64_t map_size;        /* current LMDB map size */
+    uint64_t map_used;        /* bytes of the map in use (last page) */
+    int encrypted;
+} msadb_stat_info;
+
+/** Statistics of the store as of now. */
+MSADB_API int msadb_stat(msadb_store *store, msadb_stat_info *out);
+
+/* ------------------------------------------------------------------------ */
+/* Spaces                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/** Creates a space.  Names are 1..MSADB_NAME_MAX bytes of letters, digits
+ * and "._-:@/".  Errors: MSADB_EEXIST, MSADB_EINVAL. */
+MSADB_API int msadb_space_create(msadb_store *store, const char *name, uint32_t *id_out);
+
+/** Drops a space and every document in it, in one transaction.  Readers that
+ * began before keep seeing it.  Errors: MSADB_ENOTFOUND. */
+MSADB_API int msadb_space_drop(msadb_store *store, const char *name);
+
+typedef struct msadb_space_info {
+    uint32_t id;
+    char name[MSADB_NAME_MAX + 1];
+    uint64_t n_documents;
+    uint64_t n_tokens;
+} msadb_space_info;
+
+/** Calls cb for every space in name order; a non-zero return from cb stops
+ * the walk and is returned. */
+MSADB_API int msadb_space_list(msadb_store *store,
+                               int (*cb)(const msadb_space_info *info, void *ud), void *ud);
+
+/** Looks a space up by name.  Errors: MSADB_ENOTFOUND. */
+MSADB_API int msadb_space_get(msadb_store *store, const char *name, msadb_space_info *out);
+
+/* ------------------------------------------------------------------------ */
+/* Documents: writing                                                       */
+/* ------------------------------------------------------------------------ */
+
+/** One document to append.  K/V layout: [n_memory_layers][n_kv_heads]
+ * [n_tokens][head_dim] in kv_dtype (f32, f16 or bf16), i.e. plane p =
+ * memory_layer_index * n_kv_heads + kv_head is a contiguous [n_tokens][head_dim]
+ * matrix.  Keys are expected after RoPE with document-wise positions. */
+typedef struct msadb_doc {
+    const char *space;        /* NULL = "default"; must exist */
+    const char *title;        /* NULL or up to MSADB_TITLE_MAX bytes */
+    const void *meta;         /* opaque metadata bytes, may be NULL */
+    size_t meta_len;
+    const char *text;         /* source text, may be NULL */
+    size_t text_len;
+    const int32_t *token_ids; /* [n_tokens] or NULL */
+    const int64_t *token_spans; /* [n_tokens][2] byte [start,end) into text, or NULL */
+    size_t n_tokens;          /* >= 1 */
+    int kv_dtype;             /* MSADB_DTYPE_F32, _F16 or _BF16 */
+    const void *keys;
+    const void *values;
+} msadb_doc;
+
+typedef struct msadb_batch msadb_batch;
+
+/** Starts a batch of documents written in one transaction.  Nothing is
+ * visible to readers until msadb_batch_commit() succeeds. */
+MSADB_API int msadb_batch_begin(msadb_store *store, msadb_batch **out);
+
+/** Validates and encodes one document into the batch (the costly part of
+ * ingest happens here, outside any transaction).  The caller's buffers may
+ * be released when this returns.  On error the batch is unchanged and may
+ * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names),
+ * MSADB_ENONFINITE, MSADB_ENOTFOUND (space unknown at commit). */
+MSADB_API int msadb_batch_add(msadb_batch *batch, const msadb_doc *doc);
+
+/** Number of documents added so far. */
+MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
+
+/** Writes every added document in one LMDB transaction (all or nothing) and
+ * frees the batch, whatever the result.  If doc_ids is not NULL it receives
+ * the ids of the documents in add order (msadb_batch_count() entries). */
+MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
+
+/** Discards a batch; NULL allowed. */
+MSADB_API void msadb_batch_abort(msadb_batch *batch);
+
+/** Appends one document in its own transaction. */
+MSADB_API int msadb_doc_append(msadb_store *store, const msadb_doc *doc, uint64_t *doc_id);
+
+/** Deletes documents in one transaction; their blocks are freed for reuse
+ * and their summaries masked.  Errors: MSADB_ENOTFOUND (then nothing is
+ * deleted). */
+MSADB_API int msadb_doc_delete(msadb_store *store, const uint64_t *doc_ids, size_t n);
+
+/** Rewrites summary pages without the entries of deleted documents.  Readers
+ * keep their snapshots. */
+MSADB_API int msadb_compact(msadb_store *store);
+
+/* ------------------------------------------------------------------------ */
+/* Reading: snapshots                                                       */
+/* ------------------------------------------------------------------------ */
+
+/** A consistent read view of the store (an LMDB read transaction). */
+typedef struct msadb_snapshot msadb_snapshot;
+
+/** Begins a snapshot.  End it with msadb_snapshot_end(); one thread at a
+ * time may use a snapshot. */
+MSADB_API int msadb_snapshot_begin(msadb_store *store, msadb_snapshot **out);
+/** Ends a snapshot; NULL allowed. */
+MSADB_API void msadb_snapshot_end(msadb_snapshot *snap);
+/** Moves a snapshot to the newest committed state, keeping its scratch
+ * memory (cheaper than end + begin). */
+MSADB_API int msadb_snapshot_renew(msadb_snapshot *snap);
+
+typedef struct msadb_doc_info {
+    uint64_t id;
+    uint32_t space_id;
+    char space[MSADB_NAME_MAX + 1];
+    char title[MSADB_TITLE_MAX + 1];
+    uint64_t n_tokens;
+    uint64_t n_blocks;     /* blocks per plane */
+    uint64_t first_block;  /* id of the document's first block */
+    int64_t created;       /* Unix seconds */
+    size_t text_len;       /* 0 if no text */
+    size_t meta_len;
+    int has_tokens;        /* token ids stored */
+    int has_spans;         /* token spans stored */
+} msadb_doc_info;
+
+/** Information about one document.  Errors: MSADB_ENOTFOUND. */
+MSADB_API int msadb_doc_get(msadb_snapshot *snap, uint64_t doc_id, msadb_doc_info *out);
+
+/** Calls cb for every document of `space` (NULL = every space) in id order;
+ * a non-zero return from cb stops the walk and is returned. */
+MSADB_API int msadb_doc_list(msadb_snapshot *snap, const char *space,
+                             int (*cb)(const msadb_doc_info *info, void *ud), void *ud);
+
+/** Copies the document's source text into buf (capacity cap); *len gets
+ * the text length.  buf may be NULL to learn the length.  Returns
+ * MSADB_ELIMIT if cap is too small. */
+MSADB_API int msadb_doc_text(msadb_snapshot *snap, uint64_t doc_id, char *buf,
+                             size_t cap, size_t *len);
+/** Copies the metadata bytes, like msadb_doc_text(). */
+MSADB_API int msadb_doc_meta(msadb_snapshot *snap, uint64_t doc_id, void *buf,
+                             size_t cap, size_t *len);
+/** Copies token ids ([n_tokens], or NULL) and spans ([n_tokens][2], or NULL)
+ * into caller buffers of n_tokens entries (cap must be >= n_tokens, else
+ * MSADB_ELIMIT).  MSADB_ENOTFOUND if the document has none. */
+MSADB_API int msadb_doc_tokens(msadb_snapshot *snap, uint64_t doc_id, int32_t *ids,
+                               int64_t *spans, size_t cap);
+
+/** Decodes the stored (dequantized) keys and values of one plane of a
+ * document into caller buffers of n_tokens * head_dim floats each (either
+ * may be NULL).  Errors: MSADB_ECORRUPT, MSADB_EAUTH. */
+MSADB_API int msadb_doc_kv(msadb_snapshot *snap, uint64_t doc_id, uint32_t plane,
+                           float *keys, float *values);
+
+/* ------------------------------------------------------------------------ */
+/* Verification                                                             */
+/* ------------------------------------------------------------------------ */
+
+/** Checks the whole store: every block decodes and passes its checksum and
+ * authentication, summaries equal those recomputed from the blocks, and all
+ * indexes agree.  For every problem found, report (if not NULL) is called
+ * with a one-line description.  Returns 0 if sound, MSADB_ECORRUPT if any
+ * problem was found, or another error if the check itself failed. */
+MSADB_API int msadb_verify(msadb_store *store,
+                           void (*report)(const char *problem, void *ud), void *ud);
+
+/* ------------------------------------------------------------------------ */
+/* Query engine                                                             */
+/* ------------------------------------------------------------------------ */
+/*
+ * Memory attention for one memory layer.  q head h reads kv head
+ * h / (n_q_heads / n_kv_heads).  Blocks are chosen per kv head by scoring
+ * their summaries with the group's queries (reduced with max over the q
+ * heads of the group and over query tokens, unless per_token), then exact
+ * softmax attention runs over the tokens of the chosen blocks.  In exact
+ * mode every block is attended: the result equals dense softmax attention
+ * over the stored (dequantized) keys and values.
+ *
+ * Each query token and q head gets an output vector and the log-sum-exp
+ * (natural log) of its scaled scores, so a caller can merge memory attention
+ * with its own local attention with msadb_lse_merge().  When nothing is
+ * attended (empty memory) the output is 0 and the LSE is -INFINITY.
+ */
+
+#define MSADB_SELECT_BLOCKS 0    /* top-k blocks per kv head */
+#define MSADB_SELECT_DOCUMENTS 1 /* top-k documents (max over their blocks), all their blocks */
+
+typedef struct msadb_query_stats {
+    double scan_ms;      /* scoring the summaries */
+    double select_ms;    /* top-k selection */
+    double read_ms;      /* reading and decoding the chosen blocks */
+    double attend_ms;    /* exact attention over the chosen tokens */
+    uint64_t blocks_scanned;
+    uint64_t blocks_read;
+    uint64_t tokens_attended;
+} msadb_query_stats;
+
+typedef struct msadb_query {
+    uint32_t layer;           /* model layer index; must be a memory layer */
+    const float *q;           /* [n_query][n_q_heads][head_dim] f32 */
+    size_t n_query;           /* >= 1 */
+    const char *const *spaces; /* spaces to read; NULL with n_spaces 0 = all */
+    size_t n_spaces;
+    uint32_t top_k;           /* blocks or documents per kv head (default 16) */
+    int select;               /* MSADB_SELECT_* (default blocks) */
+    uint32_t summary;         /* one MSADB_SUMMARY_* kind stored in the store;
+                                 0 = the engine's default for the store */
+    float scale;              /* softmax scale; 0 = 1/sqrt(head_dim) */
+    int exact;                /* attend every block */
+    int per_token;            /* each query token gets its own selection */
+    msadb_query_stats *stats; /* optional: filled with timings */
+} msadb_query;
+
+/** Fills *q with defaults (top_k 16, blocks, default summary, default scale). */
+MSADB_API void msadb_query_init(msadb_query *q);
+
+/** One selected block. */
+typedef struct msadb_hit {
+    uint32_t kv_head;
+    uint32_t query;       /* query token index with per_token, else 0 */
+    uint64_t doc_id;
+    uint64_t block_id;
+    uint32_t token_start; /* token range [start,end) inside the document */
+    uint32_t token_end;
+    float score;          /* routing score (higher is better) */
+} msadb_hit;
+
+/** Attends memory.  out: [n_query][n_q_heads][head_dim]; lse:
+ * [n_query][n_q_heads].  If hits is not NULL, up to hits_cap selected blocks
+ * are written there and *n_hits gets the number selected (which may exceed
+ * hits_cap).  The snapshot's scratch memory is reused across calls, so a
+ * host that keeps one snapshot (see msadb_snapshot_renew) does not allocate
+ * per query in steady state.  Errors: MSADB_EINVAL (not a memory layer, bad
+ * sizes), MSADB_ENOTFOUND (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT,
+ * MSADB_EAUTH. */
+MSADB_API int msadb_attend(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
+                           msadb_hit *hits, size_t hits_cap, size_t *n_hits);
+
+/** Selection only: the blocks msadb_attend() would read, best first per kv
+ * head (and per query token with per_token). */
+MSADB_API int msadb_retrieve(msadb_snapshot *snap, const msadb_query *q, msadb_hit *hits,
+                             size_t hits_cap, size_t *n_hits);
+
+/** Merges two attention results over disjoint key sets into one, exactly as
+ * one softmax over their union: for each of n rows of d floats,
+ * m = max(l1,l2), o = (e^(l1-m) o1 + e^(l2-m) o2) / (e^(l1-m) + e^(l2-m)),
+ * l = m + log(e^(l1-m) + e^(l2-m)).  A row with LSE -INFINITY is empty.
+ * out/lse_out may alias o1/l1. */
+MSADB_API void msadb_lse_merge(size_t n, size_t d, const float *o1, const float *l1,
+                               const float *o2, const float *l2, float *out, float *lse_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MSADB_H */

@@ -1,0 +1,507 @@
+/* test_store.c -- the storage layer: create/open, signatures, spaces,
+ * documents, batches, persistence, pages, map growth, verify. */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "msadb.h"
+#include "store_impl.h"
+#include "testutil.h"
+
+/* Deterministic K/V for a document: [planes][T][d] f32. */
+static void make_kv(uint64_t seed, uint32_t planes, size_t T, uint32_t d, float *K, float *V)
+{
+    uint64_t s = seed;
+    tu_fill_randn(&s, K, planes * T * d, 1.0f);
+    tu_fill_randn(&s, V, planes * T * d, 1.0f);
+}
+
+static msadb_signature small_sig(int dtype, uint32_t block)
+{
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 4, 2, 4, 16));
+    sig.dtype = (uint32_t)dtype;
+    sig.block_size = block;
+    return sig;
+}
+
+static void test_signature(void)
+{
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 8, 2, 8, 64));
+    CHECK(sig.n_memory_layers == 4 && sig.memory_layers[0] == 4 && sig.memory_layers[3] == 7);
+    CHECK(msadb_signature_planes(&sig) == 8);
+    CHECK(msadb_signature_memory_index(&sig, 5) == 1);
+    CHECK_RC(msadb_signature_memory_index(&sig, 2), MSADB_ENOTFOUND);
+    msadb_signature bad = sig;
+    bad.n_q_heads = 3; /* not a multiple of kv heads */
+    CHECK_RC(msadb_signature_validate(&bad), MSADB_EINVAL);
+    bad = sig;
+    bad.memory_layers[1] = 4; /* not ascending */
+    CHECK_RC(msadb_signature_validate(&bad), MSADB_EINVAL);
+    bad = sig;
+    bad.block_size = 0;
+    CHECK_RC(msadb_signature_validate(&bad), MSADB_EINVAL);
+    bad = sig;
+    bad.summary_kinds = 8;
+    CHECK_RC(msadb_signature_validate(&bad), MSADB_EINVAL);
+    CHECK_RC(msadb_signature_init(&sig, 0, 1, 1, 1), MSADB_EINVAL);
+    CHECK(msadb_dtype_parse("int8") == MSADB_DTYPE_INT8);
+    CHECK(msadb_dtype_parse("fp8") == MSADB_EINVAL);
+    CHECK(strcmp(msadb_dtype_name(MSADB_DTYPE_Q4), "q4") == 0);
+    CHECK(strstr(msadb_strerror(MSADB_ESIGNATURE), "signature") != NULL);
+    CHECK(strstr(msadb_strerror(MDB_MAP_FULL), "MDB_MAP_FULL") != NULL);
+    CHECK(strlen(msadb_strerror(ENOENT)) > 0);
+    CHECK(strcmp(msadb_strerror(-12345), "unknown error code") == 0);
+}
+
+static void test_create_open(void)
+{
+    const char *dir = tu_tmpdir("create");
+    char path[600];
+    snprintf(path, sizeof path, "%s/db", dir);
+    msadb_signature sig = small_sig(MSADB_DTYPE_F32, 8);
+    msadb_store *st;
+    CHECK_RC(msadb_open(path, NULL, NULL, &st), MSADB_ENOTSTORE);
+    CHECK_OK(msadb_create(path, &sig, NULL, &st));
+    CHECK(msadb_store_encrypted(st) == 0);
+    msadb_close(st);
+    CHECK_RC(msadb_create(path, &sig, NULL, &st), MSADB_EEXIST);
+    CHECK_OK(msadb_open(path, &sig, NULL, &st));
+    CHECK(memcmp(msadb_store_signature(st), &sig, sizeof sig) == 0);
+    msadb_close(st);
+    msadb_signature other = sig;
+    other.head_dim = 32;
+    CHECK_RC(msadb_open(path, &other, NULL, &st), MSADB_ESIGNATURE);
+    CHECK_RC(msadb_open(dir, NULL, NULL, &st), MSADB_ENOTSTORE);
+    CHECK_RC(msadb_open(NULL, NULL, NULL, &st), MSADB_EINVAL);
+    unsigned char key[32] = {1};
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    CHECK_RC(msadb_open(path, NULL, &opt, &st), MSADB_EKEY); /* key for a plain store */
+
+    /* A newer format version is refused. */
+    CHECK_OK(msadb_open(path, NULL, NULL, &st));
+    MDB_txn *txn;
+    CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
+    uint8_t v2[4] = {MSADB_FORMAT_VERSION + 1, 0, 0, 0};
+    MDB_val k = {6, "format"}, v = {4, v2};
+    CHECK_OK(mdb_put(txn, st->db_meta, &k, &v, 0));
+    CHECK_OK(mdb_txn_commit(txn));
+    msadb_close(st);
+    CHECK_RC(msadb_open(path, NULL, NULL, &st), MSADB_EVERSION);
+}
+
+static int count_space(const msadb_space_info *info, void *ud)
+{
+    (void)info;
+    (*(int *)ud)++;
+    return 0;
+}
+
+static void test_spaces(void)
+{
+    const char *dir = tu_tmpdir("spaces");
+    msadb_signature sig = small_sig(MSADB_DTYPE_F16, 8);
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, NULL, &st));
+    uint32_t id1, id2;
+    CHECK_OK(msadb_space_create(st, "agent-1", &id1));
+    CHECK_OK(msadb_space_create(st, "user/alice", &id2));
+    CHECK(id1 != id2);
+    CHECK_RC(msadb_space_create(st, "agent-1", NULL), MSADB_EEXIST);
+    CHECK_RC(msadb_space_create(st, "bad name", NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_space_create(st, "", NULL), MSADB_EINVAL);
+    char longname[80];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[79] = 0;
+    CHECK_RC(msadb_space_create(st, longname, NULL), MSADB_EINVAL);
+    int n = 0;
+    CHECK_OK(msadb_space_list(st, count_space, &n));
+    CHECK(n == 3); /* default + 2 */
+    msadb_space_info info;
+    CHECK_OK(msadb_space_get(st, "user/alice", &info));
+    CHECK(info.id == id2 && strcmp(info.name, "user/alice") == 0 && info.n_documents == 0);
+    CHECK_OK(msadb_space_drop(st, "agent-1"));
+    CHECK_RC(msadb_space_get(st, "agent-1", &info), MSADB_ENOTFOUND);
+    CHECK_RC(msadb_space_drop(st, "agent-1"), MSADB_ENOTFOUND);
+    n = 0;
+    CHECK_OK(msadb_space_list(st, count_space, &n));
+    CHECK(n == 2);
+    msadb_close(st);
+}
+
+typedef struct {
+    uint64_t ids[64];
+    int n;
+} id_list;
+
+static int collect_doc(const msadb_doc_info *info, void *ud)
+{
+    id_list *l = ud;
+    l->ids[l->n++] = info->id;
+    return 0;
+}
+
+static void test_documents(int dtype)
+{
+    const char *dir = tu_tmpdir("docs");
+    const uint32_t B = 8, d = 16;
+    msadb_signature sig = small_sig(dtype, B);
+    const uint32_t planes = msadb_signature_planes(&sig);
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, NULL, &st));
+    CHECK_OK(msadb_space_create(st, "notes", NULL));
+
+    const size_t T = 21; /* 3 blocks, the last one short */
+    float *K = malloc(planes * T * d * 4), *V = malloc(planes * T * d * 4);
+    make_kv(7, planes, T, d, K, V);
+    const char *text = "the quick brown fox jumps over the lazy dog";
+    int32_t ids[21];
+    int64_t spans[42];
+    for (size_t i = 0; i < T; i++) {
+        ids[i] = (int32_t)(100 + i);
+        spans[2 * i] = (int64_t)i;
+        spans[2 * i + 1] = (int64_t)i + 2;
+    }
+    msadb_doc doc = {0};
+    doc.space = "notes";
+    doc.title = "fox";
+    doc.meta = "{\"k\":1}";
+    doc.meta_len = 7;
+    doc.text = text;
+    doc.text_len = strlen(text);
+    doc.token_ids = ids;
+    doc.token_spans = spans;
+    doc.n_tokens = T;
+    doc.kv_dtype = MSADB_DTYPE_F32;
+    doc.keys = K;
+    doc.values = V;
+    uint64_t id1 = 0, id2 = 0;
+    CHECK_OK(msadb_doc_append(st, &doc, &id1));
+    CHECK(id1 == 1);
+
+    /* Same document as f16 input into the default space, without text. */
+    uint16_t *K16 = malloc(planes * T * d * 2), *V16 = malloc(planes * T * d * 2);
+    for (size_t i = 0; i < planes * T * d; i++) {
+        K16[i] = msadb_f32_to_f16(K[i]);
+        V16[i] = msadb_f32_to_f16(V[i]);
+    }
+    msadb_doc doc2 = {0};
+    doc2.n_tokens = T;
+    doc2.kv_dtype = MSADB_DTYPE_F16;
+    doc2.keys = K16;
+    doc2.values = V16;
+    CHECK_OK(msadb_doc_append(st, &doc2, &id2));
+    CHECK(id2 == 2);
+
+    /* Invalid inputs leave the store unchanged. */
+    msadb_doc bad = doc;
+    bad.n_tokens = 0;
+    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_EINVAL);
+    bad = doc;
+    bad.kv_dtype = MSADB_DTYPE_INT8;
+    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_EDTYPE);
+    bad = doc;
+    int64_t badspans[42];
+    memcpy(badspans, spans, sizeof spans);
+    badspans[5] = 1000; /* past the text */
+    bad.token_spans = badspans;
+    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_EINVAL);
+    bad = doc;
+    float *Knan = malloc(planes * T * d * 4);
+    memcpy(Knan, K, planes * T * d * 4);
+    Knan[planes * T * d - 1] = NAN;
+    bad.keys = Knan;
+    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_ENONFINITE);
+    bad = doc;
+    bad.space = "nowhere";
+    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_ENOTFOUND);
+
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    msadb_doc_info info;
+    CHECK_OK(msadb_doc_get(snap, id1, &info));
+    CHECK(info.n_tokens == T && info.n_blocks == 3 && strcmp(info.title, "fox") == 0);
+    CHECK(strcmp(info.space, "notes") == 0 && info.has_tokens && info.has_spans);
+    CHECK(info.text_len == strlen(text) && info.meta_len == 7);
+    CHECK_RC(msadb_doc_get(snap, 99, &info), MSADB_ENOTFOUND);
+    char tbuf[64];
+    size_t len = 0;
+    CHECK_OK(msadb_doc_text(snap, id1, NULL, 0, &len));
+    CHECK(len == strlen(text));
+    CHECK_RC(msadb_doc_text(snap, id1, tbuf, 4, &len), MSADB_ELIMIT);
+    CHECK_OK(msadb_doc_text(snap, id1, tbuf, sizeof tbuf, &len));
+    CHECK(len == strlen(text) && memcmp(tbuf, text, len) == 0);
+    CHECK_OK(msadb_doc_text(snap, id2, tbuf, sizeof tbuf, &len));
+    CHECK(len == 0);
+    CHECK_OK(msadb_doc_meta(snap, id1, tbuf, sizeof tbuf, &len));
+    CHECK(len == 7 && memcmp(tbuf, "{\"k\":1}", 7) == 0);
+    int32_t ids_back[21];
+    int64_t spans_back[42];
+    CHECK_OK(msadb_doc_tokens(snap, id1, ids_back, spans_back, 21));
+    CHECK(memcmp(ids_back, ids, sizeof ids) == 0 && memcmp(spans_back, spans, sizeof spans) == 0);
+    CHECK_RC(msadb_doc_tokens(snap, id2, ids_back, NULL, 21), MSADB_ENOTFOUND);
+    CHECK_RC(msadb_doc_tokens(snap, id1, ids_back, NULL, 20), MSADB_ELIMIT);
+
+    /* Stored K/V within the dtype's bound. */
+    float *Kb = malloc(T * d * 4), *Vb = malloc(T * d * 4);
+    double tol = dtype == MSADB_DTYPE_F32 ? 0 : dtype == MSADB_DTYPE_F16 ? 2e-3 : dtype == MSADB_DTYPE_BF16 ? 1.6e-2
+                 : dtype == MSADB_DTYPE_INT8 ? 0.03 : 0.5;
+    for (uint32_t p = 0; p < planes; p++) {
+        CHECK_OK(msadb_doc_kv(snap, id1, p, Kb, Vb));
+        for (size_t i = 0; i < T * d; i++) {
+            float k = K[p * T * d + i], v = V[p * T * d + i];
+            CHECK(fabs(Kb[i] - k) <= tol * fmax(1.0, fabs(k)) + 1e-7);
+            CHECK(fabs(Vb[i] - v) <= tol * fmax(1.0, fabs(v)) + 1e-7);
+        }
+    }
+    CHECK_RC(msadb_doc_kv(snap, id1, planes, Kb, Vb), MSADB_EINVAL);
+
+    id_list all = {0}, notes = {0};
+    CHECK_OK(msadb_doc_list(snap, NULL, collect_doc, &all));
+    CHECK(all.n == 2 && all.ids[0] == id1 && all.ids[1] == id2);
+    CHECK_OK(msadb_doc_list(snap, "notes", collect_doc, &notes));
+    CHECK(notes.n == 1 && notes.ids[0] == id1);
+    CHECK_RC(msadb_doc_list(snap, "nowhere", collect_doc, &notes), MSADB_ENOTFOUND);
+
+    /* Pages: one per space here, with slots describing the blocks. */
+    uint32_t sid;
+    CHECK_OK(msadb_snap_space_id(snap, "notes", &sid));
+    msadb_page_view *views = NULL;
+    size_t nv = 0, cv = 0;
+    CHECK_OK(msadb_snap_pages(snap, sid, 1, &views, &nv, &cv));
+    CHECK(nv == 1 && views[0].n == 3 && views[0].mean && views[0].minmax);
+    msadb_slot s;
+    msadb_slot_at(views[0].slots, 2, &s);
+    CHECK(s.doc_id == id1 && s.tok_start == 16 && s.n_tok == 5 && s.flags == 0);
+    /* minmax really bounds the stored keys of block 2 in plane 1 */
+    CHECK_OK(msadb_doc_kv(snap, id1, 1, Kb, NULL));
+    for (uint32_t t = 16; t < 21; t++)
+        for (uint32_t c = 0; c < d; c++) {
+            float lo = msadb_f16_to_f32(views[0].minmax[2 * 2 * d + c]);
+            float hi = msadb_f16_to_f32(views[0].minmax[2 * 2 * d + d + c]);
+            CHECK(lo <= Kb[t * d + c] && Kb[t * d + c] <= hi);
+        }
+    free(views);
+    msadb_snapshot_end(snap);
+
+    msadb_stat_info si;
+    CHECK_OK(msadb_stat(st, &si));
+    CHECK(si.n_documents == 2 && si.n_tokens == 2 * T && si.n_blocks == 6 && si.n_spaces == 2);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+
+    /* Persistence: reopen and read again. */
+    CHECK_OK(msadb_open(dir, &sig, NULL, &st));
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    CHECK_OK(msadb_doc_kv(snap, id1, 0, Kb, Vb));
+    if (dtype == MSADB_DTYPE_F32)
+        CHECK(memcmp(Kb, K, T * d * 4) == 0 && memcmp(Vb, V, T * d * 4) == 0);
+    msadb_snapshot_end(snap);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    free(K);
+    free(V);
+    free(K16);
+    free(V16);
+    free(Knan);
+    free(Kb);
+    free(Vb);
+}
+
+/* A batch is all or nothing; ids follow add order; pages span boundaries. */
+static void test_batches_and_pages(void)
+{
+    const char *dir = tu_tmpdir("batch");
+    const uint32_t B = 4, d = 16;
+    msadb_signature sig = small_sig(MSADB_DTYPE_INT8, B);
+    const uint32_t planes = msadb_signature_planes(&sig);
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, NULL, &st));
+    CHECK_OK(msadb_space_create(st, "a", NULL));
+    CHECK_OK(msadb_space_create(st, "b", NULL));
+    const size_t T = 301; /* 76 blocks: several documents cross a 256-slot page */
+    float *K = malloc(planes * T * d * 4), *V = malloc(planes * T * d * 4);
+    uint64_t ids[8];
+    for (int round = 0; round < 2; round++) {
+        msadb_batch *b;
+        CHECK_OK(msadb_batch_begin(st, &b));
+        for (int i = 0; i < 4; i++) {
+            make_kv((uint64_t)(round * 10 + i), planes, T, d, K, V);
+            msadb_doc doc = {0};
+            doc.space = i % 2 ? "b" : "a";
+            doc.n_tokens = T;
+            doc.kv_dtype = MSADB_DTYPE_F32;
+            doc.keys = K;
+            doc.values = V;
+            CHECK_OK(msadb_batch_add(b, &doc));
+            msadb_doc empty = doc;
+            empty.n_tokens = 0;
+            CHECK_RC(msadb_batch_add(b, &empty), MSADB_EINVAL); /* batch still usable */
+        }
+        CHECK(msadb_batch_count(b) == 4);
+        CHECK_OK(msadb_batch_commit(b, ids + 4 * round));
+    }
+    for (int i = 0; i < 8; i++)
+        CHECK(ids[i] == (uint64_t)i + 1);
+    /* A batch naming an unknown space fails whole. */
+    msadb_batch *b;
+    CHECK_OK(msadb_batch_begin(st, &b));
+    msadb_doc doc = {0};
+    doc.n_tokens = T;
+    doc.kv_dtype = MSADB_DTYPE_F32;
+    doc.keys = K;
+    doc.values = V;
+    CHECK_OK(msadb_batch_add(b, &doc));
+    doc.space = "zzz";
+    CHECK_OK(msadb_batch_add(b, &doc));
+    CHECK_RC(msadb_batch_commit(b, NULL), MSADB_ENOTFOUND);
+    msadb_stat_info si;
+    CHECK_OK(msadb_stat(st, &si));
+    CHECK(si.n_documents == 8);
+    msadb_batch_abort(NULL);
+
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    uint32_t sid;
+    CHECK_OK(msadb_snap_space_id(snap, "a", &sid));
+    msadb_page_view *views = NULL;
+    size_t nv = 0, cv = 0;
+    CHECK_OK(msadb_snap_pages(snap, sid, planes - 1, &views, &nv, &cv));
+    /* space a: 4 documents x 76 blocks = 304 slots = pages of 256 + 48 */
+    CHECK(nv == 2 && views[0].n == 256 && views[1].n == 48 && views[1].page_no == 1);
+    uint64_t expect_doc[] = {1, 3, 5, 7};
+    for (uint32_t i = 0; i < 304; i++) {
+        msadb_slot s;
+        msadb_slot_at(views[i / 256].slots, i % 256, &s);
+        CHECK(s.doc_id == expect_doc[i / 76] && s.tok_start == (i % 76) * B);
+    }
+    uint32_t ids_sp[8];
+    size_t nsp;
+    CHECK_OK(msadb_snap_space_ids(snap, ids_sp, 8, &nsp));
+    CHECK(nsp == 3);
+    CHECK_RC(msadb_snap_space_ids(snap, ids_sp, 1, &nsp), MSADB_ELIMIT);
+    free(views);
+    msadb_snapshot_end(snap);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    free(K);
+    free(V);
+}
+
+/* The map starts tiny and grows as documents arrive. */
+static void test_map_growth(void)
+{
+    const char *dir = tu_tmpdir("grow");
+    msadb_signature sig = small_sig(MSADB_DTYPE_F32, 64);
+    sig.head_dim = 128;
+    const uint32_t planes = msadb_signature_planes(&sig);
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.map_size = 1 << 20;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    const size_t T = 2000;
+    float *K = malloc(planes * T * 128 * 4), *V = malloc(planes * T * 128 * 4);
+    for (int i = 0; i < 6; i++) { /* ~8 MB of f32 per document */
+        make_kv((uint64_t)i, planes, T, 128, K, V);
+        msadb_doc doc = {0};
+        doc.n_tokens = T;
+        doc.kv_dtype = MSADB_DTYPE_F32;
+        doc.keys = K;
+        doc.values = V;
+        CHECK_OK(msadb_doc_append(st, &doc, NULL));
+    }
+    msadb_stat_info si;
+    CHECK_OK(msadb_stat(st, &si));
+    CHECK(si.map_size > (1u << 20) && si.n_documents == 6);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    free(K);
+    free(V);
+}
+
+static void count_problem(const char *p, void *ud)
+{
+    (void)p;
+    (*(int *)ud)++;
+}
+
+/* verify finds a corrupted block and a tampered summary. */
+static void test_verify_detects(void)
+{
+    const char *dir = tu_tmpdir("verify");
+    msadb_signature sig = small_sig(MSADB_DTYPE_F16, 8);
+    const uint32_t planes = msadb_signature_planes(&sig);
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, NULL, &st));
+    const size_t T = 40;
+    float *K = malloc(planes * T * 16 * 4), *V = malloc(planes * T * 16 * 4);
+    make_kv(3, planes, T, 16, K, V);
+    msadb_doc doc = {0};
+    doc.n_tokens = T;
+    doc.kv_dtype = MSADB_DTYPE_F32;
+    doc.keys = K;
+    doc.values = V;
+    CHECK_OK(msadb_doc_append(st, &doc, NULL));
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+
+    MDB_txn *txn;
+    uint8_t key[16], buf[8192];
+    /* flip one byte of block 2, plane 1 */
+    msadb_key_block(key, 2, 1);
+    CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
+    MDB_val k = {12, key}, v;
+    CHECK_OK(mdb_get(txn, st->db_blocks, &k, &v));
+    CHECK(v.mv_size < sizeof buf);
+    memcpy(buf, v.mv_data, v.mv_size);
+    buf[v.mv_size / 2] ^= 0x10;
+    v.mv_data = buf;
+    CHECK_OK(mdb_put(txn, st->db_blocks, &k, &v, 0));
+    CHECK_OK(mdb_txn_commit(txn));
+    int problems = 0;
+    CHECK_RC(msadb_verify(st, count_problem, &problems), MSADB_ECORRUPT);
+    CHECK(problems == 1);
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    float *Kb = malloc(T * 16 * 4);
+    CHECK_RC(msadb_doc_kv(snap, 1, 1, Kb, NULL), MSADB_ECORRUPT);
+    CHECK_OK(msadb_doc_kv(snap, 1, 0, Kb, NULL));
+    msadb_snapshot_end(snap);
+
+    /* put it back, then tamper with a summary (mean of slot 0, plane 0) */
+    CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
+    buf[v.mv_size / 2] ^= 0x10;
+    CHECK_OK(mdb_put(txn, st->db_blocks, &k, &v, 0));
+    msadb_key_summ(key, 0, 0, 0);
+    MDB_val ks = {16, key};
+    CHECK_OK(mdb_get(txn, st->db_summ, &ks, &v));
+    memcpy(buf, v.mv_data, v.mv_size);
+    buf[0] ^= 1;
+    v.mv_data = buf;
+    CHECK_OK(mdb_put(txn, st->db_summ, &ks, &v, 0));
+    CHECK_OK(mdb_txn_commit(txn));
+    problems = 0;
+    CHECK_RC(msadb_verify(st, count_problem, &problems), MSADB_ECORRUPT);
+    CHECK(problems == 1);
+    msadb_close(st);
+    free(K);
+    free(V);
+    free(Kb);
+}
+
+int main(void)
+{
+    test_signature();
+    test_create_open();
+    test_spaces();
+    for (int dt = MSADB_DTYPE_F32; dt <= MSADB_DTYPE_Q4; dt++)
+        test_documents(dt);
+    test_batches_and_pages();
+    test_map_growth();
+    test_verify_detects();
+    printf("test_store: ok\n");
+    return 0;
+}

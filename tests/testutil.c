@@ -1,0 +1,64 @@
+/* testutil.c -- see testutil.h. */
+#include "testutil.h"
+
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmp_paths[16][512];
+static int n_tmp;
+
+static void cleanup(void)
+{
+    if (getenv("MSADB_KEEP_TMP"))
+        return;
+    for (int i = 0; i < n_tmp; i++)
+        tu_rmtree(tmp_paths[i]);
+}
+
+void tu_rmtree(const char *path)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "warning: could not remove %s\n", path);
+}
+
+const char *tu_tmpdir(const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    static char path[512];
+    snprintf(path, sizeof path, "%s/msadb-test-%s-XXXXXX", base, tag);
+    if (!mkdtemp(path)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    if (n_tmp == 0)
+        atexit(cleanup);
+    if (n_tmp < 16)
+        snprintf(tmp_paths[n_tmp++], sizeof tmp_paths[0], "%s", path);
+    return path;
+}
+
+uint64_t tu_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+float tu_randn(uint64_t *s)
+{
+    double u1 = ((tu_rand(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    double u2 = ((tu_rand(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void tu_fill_randn(uint64_t *s, float *x, size_t n, float sigma)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = sigma * tu_randn(s);
+}

@@ -1,0 +1,43 @@
+/* testutil.h -- tiny helpers shared by the C tests: checks that print the
+ * failing expression and exit, a temporary directory, deterministic data. */
+#ifndef MSADB_TESTUTIL_H
+#define MSADB_TESTUTIL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
+            exit(1);                                                                  \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_RC(expr, want)                                                          \
+    do {                                                                              \
+        int rc_ = (expr);                                                             \
+        if (rc_ != (want)) {                                                          \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %d\n", __FILE__,    \
+                    __LINE__, #expr, rc_, msadb_strerror(rc_), (int)(want));          \
+            exit(1);                                                                  \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_OK(expr) CHECK_RC(expr, 0)
+
+/* Creates a fresh empty directory under $TMPDIR (or /tmp); the returned
+ * string is static until the next call.  Removed at exit unless
+ * MSADB_KEEP_TMP is set. */
+const char *tu_tmpdir(const char *tag);
+/* Removes a directory tree. */
+void tu_rmtree(const char *path);
+/* Deterministic pseudo-random numbers (splitmix64). */
+uint64_t tu_rand(uint64_t *state);
+float tu_randn(uint64_t *state); /* approximately standard normal */
+/* Fills n floats with N(0, sigma^2) values. */
+void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
+
+#endif

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# tools/run.sh -- install what msadb needs on Debian 12, build it, and then
+#   run the demo           (bash tools/run.sh demo)
+#   or the whole test suite (bash tools/run.sh test)
+# Runs as root on a fresh machine; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-test}
+build=${MSADB_BUILD_DIR:-build}
+
+packages=(build-essential meson ninja-build pkg-config
+          liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev
+          python3 python3-numpy)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ -f "$build/build.ninja" ]; then
+  meson setup --reconfigure "$build" >/dev/null
+else
+  meson setup "$build" >/dev/null
+fi
+ninja -C "$build"
+
+case "$what" in
+  demo)
+    exec bash tools/demo.sh "$build"
+    ;;
+  test)
+    rc=0
+    meson test -C "$build" --print-errorlogs --num-processes 2 || rc=$?
+    /usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY'
+import json, sys
+ok = bad = skip = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line)["result"]
+    if r in ("OK", "EXPECTEDFAIL"): ok += 1
+    elif r == "SKIP": skip += 1
+    else: bad += 1
+print(f"{ok} passed, {bad} failed, {skip} skipped")
+PY
+    exit $rc
+    ;;
+  *)
+    echo "usage: tools/run.sh demo|test" >&2
+    exit 2
+    ;;
+esac
