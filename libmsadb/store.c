@@ -277,9 +277,13 @@ static int env_open(msadb_store *st, const char *path, const msadb_options *opt,
             return MSADB_ENOTSTORE;
     }
     rc = mdb_env_open(st->env, path, flags, 0664);
-    if (rc == EACCES && !opt->read_only)
+    if (rc)
         return rc;
-    return rc;
+    /* Free the reader slots of processes that died holding them, so the
+     * pages they pinned can be reused. */
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+    return 0;
 }
 
 static const char *const db_names[] = {"meta", "spaces", "spaceids", "docs", "docdata", "blocks", "slots", "summ"};

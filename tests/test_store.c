@@ -11,9 +11,7 @@
 /* Deterministic K/V for a document: [planes][T][d] f32. */
 static void make_kv(uint64_t seed, uint32_t planes, size_t T, uint32_t d, float *K, float *V)
 {
-    uint64_t s = seed;
-    tu_fill_randn(&s, K, planes * T * d, 1.0f);
-    tu_fill_randn(&s, V, planes * T * d, 1.0f);
+    tu_make_kv(seed, (size_t)planes * T * d, K, V);
 }
 
 static msadb_signature small_sig(int dtype, uint32_t block)

@@ -62,3 +62,10 @@ void tu_fill_randn(uint64_t *s, float *x, size_t n, float sigma)
     for (size_t i = 0; i < n; i++)
         x[i] = sigma * tu_randn(s);
 }
+
+void tu_make_kv(uint64_t seed, size_t n, float *K, float *V)
+{
+    uint64_t s = seed;
+    tu_fill_randn(&s, K, n, 1.0f);
+    tu_fill_randn(&s, V, n, 1.0f);
+}

@@ -40,4 +40,7 @@ float tu_randn(uint64_t *state); /* approximately standard normal */
 /* Fills n floats with N(0, sigma^2) values. */
 void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
 
+/* Deterministic keys and values of n floats each, from a seed. */
+void tu_make_kv(uint64_t seed, size_t n, float *K, float *V);
+
 #endif
