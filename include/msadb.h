@@ -157,8 +157,11 @@ MSADB_API int msadb_signature_memory_index(const msadb_signature *sig, uint32_t 
  * msadb_options_init(), then change fields. */
 typedef struct msadb_options {
     int read_only;          /* open read-only (no writes allowed) */
-    uint64_t map_size;      /* initial LMDB map size in bytes; 0 = default (256 MiB).
-                               The map grows by itself when full. */
+    uint64_t map_size;      /* initial LMDB map size in bytes; 0 = default (64 GiB of
+                               address space; the file only grows as it is used).
+                               The map doubles by itself when full, provided no
+                               snapshot of this process is open at that moment
+                               (else the write returns MDB_MAP_FULL). */
     unsigned max_readers;   /* LMDB reader slots; 0 = default (126) */
     int zstd_level;         /* compression level for blocks, 1..19 (default 1) */
     int no_sync;            /* do not fsync at commit (benchmarks only: a

@@ -1,5 +1,5 @@
-/* store_impl.h -- private to the storage layer (store.c, delete.c,
- * verify.c): handle layouts, record codecs and transaction helpers. */
+/* store_impl.h -- private to the storage layer (signature.c, store.c,
+ * ingest.c, read.c, delete.c, verify.c): handle layouts, record codecs and transaction helpers. */
 #ifndef MSADB_STORE_IMPL_H
 #define MSADB_STORE_IMPL_H
 
@@ -10,6 +10,7 @@
 #include "store.h"
 
 #define MSADB_PAGE_CAP 256 /* slot entries per summary page (stored in meta) */
+#define MSADB_DEFAULT_MAP_SIZE (64ull << 30) /* virtual address space only; the file grows as used */
 
 struct msadb_store {
     MDB_env *env;
@@ -60,6 +61,10 @@ typedef struct msadb_spacerec {
 
 #define DOC_REC_BYTES 72
 
+MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
+MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
+MSADB_HIDDEN int msadb_space_name_valid(const char *name);
+MSADB_HIDDEN void msadb_docdata_ad(const msadb_store *st, uint64_t doc, uint8_t kind, uint8_t ad[26]);
 MSADB_HIDDEN int msadb_sig_decode(const uint8_t *p, size_t len, msadb_signature *s);
 MSADB_HIDDEN void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
 MSADB_HIDDEN int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d);
