@@ -131,10 +131,11 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
         uint32_t want_n = (uint32_t)(r->n_tokens - j * B < B ? r->n_tokens - j * B : B);
         msadb_slot s;
         int rc = get_slot(vf, r->space_id, slot, &s);
-        if (rc)
+        if (rc) {
             problem(vf, "document %llu: slot %llu missing: %s", (unsigned long long)id, (unsigned long long)slot,
                     msadb_strerror(rc));
-        else if (s.block_id != blk || s.doc_id != id || s.tok_start != j * B || s.n_tok != want_n ||
+            return 0; /* the rest of this document is unreachable the same way */
+        } else if (s.block_id != blk || s.doc_id != id || s.tok_start != j * B || s.n_tok != want_n ||
                  (s.flags & MSADB_SLOT_DELETED))
             problem(vf, "document %llu: slot %llu does not describe block %llu", (unsigned long long)id,
                     (unsigned long long)slot, (unsigned long long)blk);
@@ -142,6 +143,11 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
             uint32_t n = 0;
             rc = msadb_snap_block(vf->snap, r->space_id, blk, p, vf->K, vf->V, &n);
             (*blocks_seen)++;
+            if (rc == MSADB_ENOTFOUND) {
+                problem(vf, "block %llu plane %u (document %llu): missing", (unsigned long long)blk, p,
+                        (unsigned long long)id);
+                return 0;
+            }
             if (rc) {
                 problem(vf, "block %llu plane %u (document %llu): %s", (unsigned long long)blk, p,
                         (unsigned long long)id, msadb_strerror(rc));
@@ -192,29 +198,46 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
                 (unsigned long long)tokens);
     const size_t se = msadb_summ_entry_bytes(st);
     const uint32_t planes = msadb_signature_planes(&st->sig);
-    uint64_t live = 0, pages = (sr->n_slots + st->page_cap - 1) / st->page_cap;
-    for (uint64_t pg = 0; pg < pages; pg++) {
-        uint64_t want = sr->n_slots - pg * st->page_cap < st->page_cap ? sr->n_slots - pg * st->page_cap : st->page_cap;
-        uint8_t k[16];
-        msadb_key_slots(k, sr->id, pg);
-        MDB_val kv = {12, k}, v;
-        if (mdb_get(vf->snap->txn, st->db_slots, &kv, &v) || v.mv_size != want * MSADB_SLOT_BYTES) {
-            problem(vf, "space %s: slot page %llu missing or of the wrong size", name, (unsigned long long)pg);
-            continue;
+    /* Walk the pages that exist (a damaged counter must not drive the loop):
+     * numbered 0, 1, ... with every page full but the last. */
+    uint64_t live = 0, slots = 0, expect_pg = 0;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(vf->snap->txn, st->db_slots, &cur))
+        return;
+    uint8_t k0[12];
+    msadb_key_slots(k0, sr->id, 0);
+    MDB_val kv = {12, k0}, v;
+    int rc;
+    for (rc = mdb_cursor_get(cur, &kv, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kv, &v, MDB_NEXT)) {
+        if (kv.mv_size != 12 || msadb_get_be32(kv.mv_data) != sr->id)
+            break;
+        uint64_t pg = msadb_get_be64((const uint8_t *)kv.mv_data + 4);
+        uint64_t n = v.mv_size / MSADB_SLOT_BYTES;
+        if (pg != expect_pg || v.mv_size % MSADB_SLOT_BYTES || n == 0 || n > st->page_cap ||
+            slots % st->page_cap) {
+            problem(vf, "space %s: slot page %llu out of sequence or of the wrong size", name, (unsigned long long)pg);
+            break;
         }
-        for (uint32_t i = 0; i < want; i++) {
+        expect_pg++;
+        slots += n;
+        for (uint32_t i = 0; i < n; i++) {
             msadb_slot s;
             msadb_slot_at(v.mv_data, i, &s);
             live += !(s.flags & MSADB_SLOT_DELETED);
         }
         for (uint32_t p = 0; p < planes; p++) {
+            uint8_t k[16];
             msadb_key_summ(k, sr->id, p, pg);
-            MDB_val sk = {16, k};
-            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &v) || v.mv_size != want * se)
+            MDB_val sk = {16, k}, sv;
+            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != n * se)
                 problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
                         (unsigned long long)pg, p);
         }
     }
+    mdb_cursor_close(cur);
+    if (slots != sr->n_slots)
+        problem(vf, "space %s: counts %llu slots, its pages hold %llu", name, (unsigned long long)sr->n_slots,
+                (unsigned long long)slots);
     if (live != blocks)
         problem(vf, "space %s: %llu live slots but its documents have %llu blocks", name, (unsigned long long)live,
                 (unsigned long long)blocks);

@@ -1,0 +1,591 @@
+/* args.c -- command-line parsing of the msadb program.
+ *
+ * Grammar: msadb COMMAND [OPTION | ARG]...  Options may come before or
+ * after the arguments; "--name value" and "--name=value" are both accepted;
+ * "--" ends the options.  Each option belongs to a set of commands; giving
+ * it to another command, giving it twice (except a query's --space), a
+ * missing or malformed value, or a wrong number of arguments is a usage
+ * error (exit status 2).  Nothing here touches a store or a file, so the
+ * parser can be fuzzed on its own (fuzz/fuzz_cli_args.c).
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* ------------------------------------------------------------------------ */
+/* commands and options                                                     */
+/* ------------------------------------------------------------------------ */
+
+static const char *const cmd_names[CMD_COUNT] = {
+    [CMD_NONE] = "", [CMD_HELP] = "help", [CMD_VERSION] = "version", [CMD_INIT] = "init",
+    [CMD_INGEST] = "ingest", [CMD_QUERY] = "query", [CMD_STAT] = "stat", [CMD_LS] = "ls",
+    [CMD_RM] = "rm", [CMD_SPACE] = "space", [CMD_VERIFY] = "verify", [CMD_DUMP] = "dump",
+    [CMD_LOAD] = "load", [CMD_COMPACT] = "compact",
+};
+
+static const char *const cmd_usage[CMD_COUNT] = {
+    [CMD_HELP] = "help [COMMAND]",
+    [CMD_VERSION] = "version",
+    [CMD_INIT] = "init DB --layers L --kv-heads H --q-heads Q --head-dim D\n"
+                 "           [--memory-layers LIST] [--block B] [--dtype f32|f16|bf16|int8|q4]\n"
+                 "           [--summary KINDS] [--key-file F | --passphrase-env VAR]",
+    [CMD_INGEST] = "ingest DB [--space S] [--title T] FILE...",
+    [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
+                  "           [--select blocks|documents] [--summary mean|minmax] [--exact]\n"
+                  "           [--per-token] [--out FILE]",
+    [CMD_STAT] = "stat DB",
+    [CMD_LS] = "ls DB [--space S]",
+    [CMD_RM] = "rm DB DOC...",
+    [CMD_SPACE] = "space DB create NAME | drop NAME | ls",
+    [CMD_VERIFY] = "verify DB",
+    [CMD_DUMP] = "dump DB FILE",
+    [CMD_LOAD] = "load DB FILE",
+    [CMD_COMPACT] = "compact DB",
+};
+
+static const char *const cmd_summary[CMD_COUNT] = {
+    [CMD_HELP] = "show help for a command",
+    [CMD_VERSION] = "print the msadb version",
+    [CMD_INIT] = "create a store for a model signature",
+    [CMD_INGEST] = "add documents from safetensors or .npy files (one transaction)",
+    [CMD_QUERY] = "memory attention for query vectors of one layer",
+    [CMD_STAT] = "show the store's signature and sizes",
+    [CMD_LS] = "list documents",
+    [CMD_RM] = "delete documents",
+    [CMD_SPACE] = "create, drop or list spaces",
+    [CMD_VERIFY] = "check every block, summary and index",
+    [CMD_DUMP] = "write a portable dump of the whole store",
+    [CMD_LOAD] = "restore a dump (creating the store if needed)",
+    [CMD_COMPACT] = "rewrite summary pages without deleted entries",
+};
+
+#define C(x) (1u << CMD_##x)
+#define STORE_CMDS                                                                            \
+    (C(INIT) | C(INGEST) | C(QUERY) | C(STAT) | C(LS) | C(RM) | C(SPACE) | C(VERIFY) |        \
+     C(DUMP) | C(LOAD) | C(COMPACT))
+#define ALL_CMDS (STORE_CMDS | C(HELP) | C(VERSION))
+
+enum opt_id {
+    O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
+    O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
+    O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_COUNT
+};
+
+typedef struct opt_def {
+    const char *name;
+    char short_name;
+    int takes_value;
+    unsigned cmds;
+    const char *metavar;
+    const char *help;
+} opt_def;
+
+static const opt_def opts[O_COUNT] = {
+    [O_JSON] = {"json", 0, 0, ALL_CMDS, NULL, "print JSON on stdout"},
+    [O_QUIET] = {"quiet", 'q', 0, ALL_CMDS, NULL, "print only errors (and --json output)"},
+    [O_HELP] = {"help", 'h', 0, ALL_CMDS, NULL, "show this help"},
+    [O_KEY_FILE] = {"key-file", 0, 1, STORE_CMDS, "F", "32-byte key (raw or 64 hex digits)"},
+    [O_PASS_ENV] = {"passphrase-env", 0, 1, STORE_CMDS, "VAR", "passphrase from $VAR"},
+    [O_LAYERS] = {"layers", 0, 1, C(INIT), "L", "transformer layers"},
+    [O_KV_HEADS] = {"kv-heads", 0, 1, C(INIT), "H", "key/value heads"},
+    [O_Q_HEADS] = {"q-heads", 0, 1, C(INIT), "Q", "query heads (a multiple of H)"},
+    [O_HEAD_DIM] = {"head-dim", 0, 1, C(INIT), "D", "head dimension"},
+    [O_MEMORY_LAYERS] = {"memory-layers", 0, 1, C(INIT), "LIST",
+                         "memory layers, e.g. 2,3 or 2-3 (default: latter half)"},
+    [O_BLOCK] = {"block", 0, 1, C(INIT), "B", "tokens per block (default 64)"},
+    [O_DTYPE] = {"dtype", 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
+    [O_SUMMARY] = {"summary", 0, 1, C(INIT) | C(QUERY), "KINDS",
+                   "init: summary kinds mean,minmax (default both); query: the one to route by"},
+    [O_SPACE] = {"space", 0, 1, C(INGEST) | C(QUERY) | C(LS), "S", "space (query: repeatable)"},
+    [O_TITLE] = {"title", 0, 1, C(INGEST), "T", "document title (default: file name)"},
+    [O_Q] = {"q", 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
+    [O_LAYER] = {"layer", 0, 1, C(QUERY), "N", "model layer (a memory layer)"},
+    [O_TOP_K] = {"top-k", 0, 1, C(QUERY), "K", "blocks or documents per kv head (default 16)"},
+    [O_SELECT] = {"select", 0, 1, C(QUERY), "blocks|documents", "selection unit"},
+    [O_EXACT] = {"exact", 0, 0, C(QUERY), NULL, "attend every block (dense attention)"},
+    [O_PER_TOKEN] = {"per-token", 0, 0, C(QUERY), NULL, "one selection per query token"},
+    [O_OUT] = {"out", 0, 1, C(QUERY), "FILE", "write 'out' [n,Q,D] and 'lse' [n,Q] (safetensors)"},
+};
+
+const char *cli_cmd_name(cli_cmd c)
+{
+    return (unsigned)c < CMD_COUNT ? cmd_names[c] : "";
+}
+
+void cli_usage(FILE *fp, cli_cmd c)
+{
+    if (c <= CMD_NONE || c >= CMD_COUNT) {
+        fprintf(fp, "usage: msadb COMMAND [OPTIONS] ...\n\ncommands:\n");
+        for (int i = CMD_HELP; i < CMD_COUNT; i++)
+            fprintf(fp, "  %-9s %s\n", cmd_names[i], cmd_summary[i]);
+        fprintf(fp,
+                "\ncommon options: --json, --quiet, --key-file F, --passphrase-env VAR, --help\n"
+                "exit status: 0 success, 1 error, 2 usage error\n"
+                "Run 'msadb help COMMAND' for a command's options; see msadb(1).\n");
+        return;
+    }
+    fprintf(fp, "usage: msadb %s\n  %s\n", cmd_usage[c], cmd_summary[c]);
+    int any = 0;
+    for (int i = 0; i < O_COUNT; i++) {
+        if (!(opts[i].cmds & (1u << c)))
+            continue;
+        if (!any++)
+            fprintf(fp, "options:\n");
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", opts[i].name, opts[i].metavar ? " " : "",
+                 opts[i].metavar ? opts[i].metavar : "");
+        fprintf(fp, "  %-26s %s\n", left, opts[i].help);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* value parsers                                                            */
+/* ------------------------------------------------------------------------ */
+
+CLI_PRINTF(3, 4)
+static int usage_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return CLI_USAGE;
+}
+
+/* Decimal digits only: no sign, no spaces, no overflow. */
+static int parse_u64(const char *s, uint64_t *v)
+{
+    uint64_t x = 0;
+    if (!*s)
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return -1;
+        if (__builtin_mul_overflow(x, 10, &x) || __builtin_add_overflow(x, (uint64_t)(*s - '0'), &x))
+            return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+static int parse_u32_opt(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out,
+                         char *err, size_t errlen)
+{
+    uint64_t v;
+    if (parse_u64(s, &v) != 0 || v < lo || v > hi)
+        return usage_err(err, errlen, "--%s: expected an integer in %u..%u, got '%.40s'", opt, lo,
+                         hi, s);
+    *out = (uint32_t)v;
+    return CLI_OK;
+}
+
+/* "2,3", "2-3", "0,4-6": a set of layer indexes, returned ascending. */
+static int parse_layer_list(const char *s, cli_args *a, char *err, size_t errlen)
+{
+    unsigned char seen[MSADB_MAX_LAYERS] = {0};
+    const char *p = s;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char item[32];
+        if (n == 0 || n >= sizeof item)
+            return usage_err(err, errlen, "--memory-layers: bad item in '%.60s' (expected e.g. 2,3 or 2-3)", s);
+        memcpy(item, p, n);
+        item[n] = 0;
+        uint64_t lo, hi;
+        char *dash = strchr(item, '-');
+        if (dash) {
+            *dash = 0;
+            if (parse_u64(item, &lo) != 0 || parse_u64(dash + 1, &hi) != 0 || lo > hi)
+                return usage_err(err, errlen, "--memory-layers: bad range in '%.60s' (expected A-B with A <= B)", s);
+        } else if (parse_u64(item, &lo) != 0) {
+            return usage_err(err, errlen, "--memory-layers: '%.30s' is not a layer number", item);
+        } else {
+            hi = lo;
+        }
+        if (hi >= MSADB_MAX_LAYERS)
+            return usage_err(err, errlen, "--memory-layers: layer %llu is out of range (at most %d)",
+                             (unsigned long long)hi, MSADB_MAX_LAYERS - 1);
+        for (uint64_t l = lo; l <= hi; l++) {
+            if (seen[l])
+                return usage_err(err, errlen, "--memory-layers: layer %llu listed twice",
+                                 (unsigned long long)l);
+            seen[l] = 1;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    a->n_memory_layers = 0;
+    for (int l = 0; l < MSADB_MAX_LAYERS; l++)
+        if (seen[l])
+            a->memory_layers[a->n_memory_layers++] = (uint16_t)l;
+    a->has_memory_layers = 1;
+    return CLI_OK;
+}
+
+static int parse_kind(const char *s, size_t n, uint32_t *out)
+{
+    if (n == 4 && memcmp(s, "mean", 4) == 0)
+        *out = MSADB_SUMMARY_MEAN;
+    else if (n == 6 && memcmp(s, "minmax", 6) == 0)
+        *out = MSADB_SUMMARY_MINMAX;
+    else if (n == 3 && memcmp(s, "all", 3) == 0)
+        *out = MSADB_SUMMARY_ALL;
+    else
+        return -1;
+    return 0;
+}
+
+static int parse_summary(cli_cmd cmd, const char *s, uint32_t *out, char *err, size_t errlen)
+{
+    uint32_t kinds = 0;
+    const char *p = s;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        uint32_t k;
+        if (parse_kind(p, n, &k) != 0)
+            return usage_err(err, errlen, "--summary: unknown kind in '%.60s' (expected mean, minmax or all)", s);
+        kinds |= k;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    if (cmd == CMD_QUERY && kinds != MSADB_SUMMARY_MEAN && kinds != MSADB_SUMMARY_MINMAX)
+        return usage_err(err, errlen, "--summary: a query routes by one kind: mean or minmax, got '%.60s'", s);
+    *out = kinds;
+    return CLI_OK;
+}
+
+static int parse_dtype(const char *s, int *out, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name;
+        int dt;
+    } t[] = {{"f32", MSADB_DTYPE_F32}, {"f16", MSADB_DTYPE_F16}, {"bf16", MSADB_DTYPE_BF16},
+             {"int8", MSADB_DTYPE_INT8}, {"q4", MSADB_DTYPE_Q4}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (strcmp(s, t[i].name) == 0) {
+            *out = t[i].dt;
+            return CLI_OK;
+        }
+    return usage_err(err, errlen, "--dtype: expected f32, f16, bf16, int8 or q4, got '%.40s'", s);
+}
+
+int cli_space_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MSADB_NAME_MAX)
+        return 0;
+    for (; *s; s++) {
+        char c = *s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("._-:@/", c)))
+            return 0;
+    }
+    return 1;
+}
+
+static int check_space(const char *what, const char *s, char *err, size_t errlen)
+{
+    if (cli_space_name_ok(s))
+        return CLI_OK;
+    return usage_err(err, errlen,
+                     "%s: invalid space name '%.70s' (1..%d bytes of letters, digits and ._-:@/)",
+                     what, s, MSADB_NAME_MAX);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the parser                                                               */
+/* ------------------------------------------------------------------------ */
+
+static int push(const char ***arr, size_t *n, const char *s)
+{
+    const char **na = realloc((void *)*arr, (*n + 1) * sizeof(char *));
+    if (!na)
+        return -1;
+    na[(*n)++] = s;
+    *arr = na;
+    return 0;
+}
+
+static int find_option(const char *arg, size_t len, char short_name)
+{
+    for (int i = 0; i < O_COUNT; i++) {
+        if (short_name ? opts[i].short_name == short_name
+                       : strlen(opts[i].name) == len && memcmp(opts[i].name, arg, len) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static int set_option(cli_args *a, int id, const char *v, char *err, size_t errlen)
+{
+    switch (id) {
+    case O_JSON: a->json = 1; return CLI_OK;
+    case O_QUIET: a->quiet = 1; return CLI_OK;
+    case O_HELP: a->help = 1; return CLI_OK;
+    case O_EXACT: a->exact = 1; return CLI_OK;
+    case O_PER_TOKEN: a->per_token = 1; return CLI_OK;
+    case O_KEY_FILE: a->key_file = v; return CLI_OK;
+    case O_PASS_ENV:
+        if (!*v)
+            return usage_err(err, errlen, "--passphrase-env: expected an environment variable name");
+        a->passphrase_env = v;
+        return CLI_OK;
+    case O_LAYERS: return parse_u32_opt("layers", v, 1, MSADB_MAX_LAYERS, &a->layers, err, errlen);
+    case O_KV_HEADS: return parse_u32_opt("kv-heads", v, 1, MSADB_MAX_HEADS, &a->kv_heads, err, errlen);
+    case O_Q_HEADS: return parse_u32_opt("q-heads", v, 1, 65536, &a->q_heads, err, errlen);
+    case O_HEAD_DIM: return parse_u32_opt("head-dim", v, 1, MSADB_MAX_HEAD_DIM, &a->head_dim, err, errlen);
+    case O_BLOCK: return parse_u32_opt("block", v, 1, MSADB_MAX_BLOCK, &a->block, err, errlen);
+    case O_LAYER: return parse_u32_opt("layer", v, 0, MSADB_MAX_LAYERS - 1, &a->layer, err, errlen);
+    case O_TOP_K: return parse_u32_opt("top-k", v, 1, 1u << 20, &a->top_k, err, errlen);
+    case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);
+    case O_DTYPE: return parse_dtype(v, &a->dtype, err, errlen);
+    case O_SUMMARY: return parse_summary(a->cmd, v, &a->summary, err, errlen);
+    case O_TITLE:
+        if (strlen(v) > MSADB_TITLE_MAX)
+            return usage_err(err, errlen, "--title: %zu bytes, at most %d", strlen(v), MSADB_TITLE_MAX);
+        a->title = v;
+        return CLI_OK;
+    case O_Q: a->q_file = v; return CLI_OK;
+    case O_OUT: a->out = v; return CLI_OK;
+    case O_SELECT:
+        if (strcmp(v, "blocks") == 0)
+            a->select = MSADB_SELECT_BLOCKS;
+        else if (strcmp(v, "documents") == 0)
+            a->select = MSADB_SELECT_DOCUMENTS;
+        else
+            return usage_err(err, errlen, "--select: expected blocks or documents, got '%.40s'", v);
+        return CLI_OK;
+    case O_SPACE:
+        if (check_space("--space", v, err, errlen) != CLI_OK)
+            return CLI_USAGE;
+        if (a->cmd != CMD_QUERY) {
+            a->space = v;
+            return CLI_OK;
+        }
+        if (push(&a->spaces, &a->n_spaces, v) != 0)
+            return usage_err(err, errlen, "out of memory");
+        return CLI_OK;
+    }
+    return usage_err(err, errlen, "internal error: option %d", id);
+}
+
+/* One "--name[=value]" or "-x" argument at argv[*i]. */
+static int parse_option(cli_args *a, int argc, char **argv, int *i, uint32_t *seen, char *err,
+                        size_t errlen)
+{
+    const char *arg = argv[*i];
+    const char *inline_val = NULL;
+    int id;
+    if (arg[1] == '-') {
+        const char *name = arg + 2;
+        const char *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        inline_val = eq ? eq + 1 : NULL;
+        id = find_option(name, len, 0);
+    } else {
+        id = arg[2] == 0 ? find_option(NULL, 0, arg[1]) : -1;
+    }
+    const char *cmd = cli_cmd_name(a->cmd);
+    if (id < 0)
+        return usage_err(err, errlen, "%s: unknown option '%.60s'", cmd, arg);
+    const opt_def *o = &opts[id];
+    if (!(o->cmds & (1u << a->cmd)))
+        return usage_err(err, errlen, "%s: option --%s does not apply to this command", cmd, o->name);
+    if ((*seen & (1u << id)) && !(id == O_SPACE && a->cmd == CMD_QUERY))
+        return usage_err(err, errlen, "%s: option --%s given twice", cmd, o->name);
+    *seen |= 1u << id;
+    if (!o->takes_value) {
+        if (inline_val)
+            return usage_err(err, errlen, "%s: option --%s takes no value", cmd, o->name);
+        return set_option(a, id, NULL, err, errlen);
+    }
+    if (!inline_val) {
+        if (*i + 1 >= argc)
+            return usage_err(err, errlen, "%s: option --%s needs a value (%s)", cmd, o->name, o->metavar);
+        inline_val = argv[++*i];
+    }
+    return set_option(a, id, inline_val, err, errlen);
+}
+
+static cli_cmd find_command(const char *s)
+{
+    for (int i = CMD_HELP; i < CMD_COUNT; i++)
+        if (strcmp(s, cmd_names[i]) == 0)
+            return (cli_cmd)i;
+    return CMD_NONE;
+}
+
+static int need(int have, const char *cmd, const char *opt, char *err, size_t errlen)
+{
+    return have ? CLI_OK : usage_err(err, errlen, "%s: missing %s", cmd, opt);
+}
+
+static int check_init(cli_args *a, uint32_t seen, char *err, size_t errlen)
+{
+    static const int req[] = {O_LAYERS, O_KV_HEADS, O_Q_HEADS, O_HEAD_DIM};
+    for (size_t i = 0; i < 4; i++)
+        if (!(seen & (1u << req[i])))
+            return usage_err(err, errlen, "init: missing --%s", opts[req[i]].name);
+    if (a->q_heads % a->kv_heads != 0)
+        return usage_err(err, errlen, "init: --q-heads %u is not a multiple of --kv-heads %u",
+                         a->q_heads, a->kv_heads);
+    if (a->has_memory_layers) {
+        uint32_t last = a->memory_layers[a->n_memory_layers - 1];
+        if (last >= a->layers)
+            return usage_err(err, errlen,
+                             "init: --memory-layers: layer %u is out of range (the model has %u "
+                             "layers: 0..%u)",
+                             last, a->layers, a->layers - 1);
+    }
+    return CLI_OK;
+}
+
+static int check_rm(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
+{
+    if (n_pos < 2)
+        return usage_err(err, errlen, "rm: missing DOC (document ids to delete)");
+    a->doc_ids = calloc(n_pos - 1, sizeof(uint64_t));
+    if (!a->doc_ids)
+        return usage_err(err, errlen, "out of memory");
+    for (size_t i = 1; i < n_pos; i++) {
+        if (parse_u64(pos[i], &a->doc_ids[i - 1]) != 0)
+            return usage_err(err, errlen, "rm: '%.40s' is not a document id", pos[i]);
+    }
+    a->n_doc_ids = n_pos - 1;
+    return CLI_OK;
+}
+
+static int check_space_cmd(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
+{
+    if (n_pos < 2)
+        return usage_err(err, errlen, "space: missing action (create, drop or ls)");
+    const char *act = pos[1];
+    if (strcmp(act, "ls") == 0) {
+        a->space_action = SPACE_LS;
+        return n_pos == 2 ? CLI_OK : usage_err(err, errlen, "space ls: unexpected argument '%.40s'", pos[2]);
+    }
+    if (strcmp(act, "create") == 0)
+        a->space_action = SPACE_CREATE;
+    else if (strcmp(act, "drop") == 0)
+        a->space_action = SPACE_DROP;
+    else
+        return usage_err(err, errlen, "space: unknown action '%.40s' (expected create, drop or ls)", act);
+    if (n_pos != 3)
+        return usage_err(err, errlen, "space %s: expected exactly one NAME", act);
+    a->space_name = pos[2];
+    return check_space("space", pos[2], err, errlen);
+}
+
+/* Checks positional arguments and required options per command. */
+static int check_command(cli_args *a, const char **pos, size_t n_pos, uint32_t seen, char *err,
+                         size_t errlen)
+{
+    const char *cmd = cli_cmd_name(a->cmd);
+    if (a->cmd == CMD_HELP) {
+        if (n_pos > 1)
+            return usage_err(err, errlen, "help: expected at most one COMMAND");
+        if (n_pos == 1 && (a->help_cmd = find_command(pos[0])) == CMD_NONE)
+            return usage_err(err, errlen, "help: unknown command '%.40s'", pos[0]);
+        return CLI_OK;
+    }
+    if (a->cmd == CMD_VERSION)
+        return n_pos ? usage_err(err, errlen, "version: unexpected argument '%.40s'", pos[0]) : CLI_OK;
+    if (n_pos == 0)
+        return usage_err(err, errlen, "%s: missing DB (the store directory)", cmd);
+    a->db = pos[0];
+    if (a->key_file && a->passphrase_env)
+        return usage_err(err, errlen, "%s: give --key-file or --passphrase-env, not both", cmd);
+    switch (a->cmd) {
+    case CMD_INIT:
+        if (n_pos > 1)
+            return usage_err(err, errlen, "init: unexpected argument '%.40s'", pos[1]);
+        return check_init(a, seen, err, errlen);
+    case CMD_INGEST:
+        if (n_pos < 2)
+            return usage_err(err, errlen, "ingest: missing FILE (safetensors or X.keys.npy)");
+        a->files = pos + 1;
+        a->n_files = n_pos - 1;
+        return CLI_OK;
+    case CMD_QUERY:
+        if (n_pos > 1)
+            return usage_err(err, errlen, "query: unexpected argument '%.40s'", pos[1]);
+        if (need(a->q_file != NULL, cmd, "--q FILE", err, errlen) != CLI_OK)
+            return CLI_USAGE;
+        return need((seen >> O_LAYER) & 1, cmd, "--layer N", err, errlen);
+    case CMD_RM: return check_rm(a, pos, n_pos, err, errlen);
+    case CMD_SPACE: return check_space_cmd(a, pos, n_pos, err, errlen);
+    case CMD_DUMP:
+    case CMD_LOAD:
+        if (n_pos != 2)
+            return usage_err(err, errlen, "%s: expected DB and FILE", cmd);
+        a->files = pos + 1;
+        a->n_files = 1;
+        return CLI_OK;
+    default:
+        if (n_pos > 1)
+            return usage_err(err, errlen, "%s: unexpected argument '%.40s'", cmd, pos[1]);
+        return CLI_OK;
+    }
+}
+
+static void args_defaults(cli_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->dtype = -1;
+    a->top_k = 16;
+    a->select = MSADB_SELECT_BLOCKS;
+}
+
+int cli_parse(int argc, char **argv, cli_args *a, char *err, size_t errlen)
+{
+    args_defaults(a);
+    if (errlen)
+        err[0] = 0;
+    if (argc < 2)
+        return usage_err(err, errlen, "missing COMMAND");
+    const char *c = argv[1];
+    if (strcmp(c, "--help") == 0 || strcmp(c, "-h") == 0)
+        c = "help";
+    else if (strcmp(c, "--version") == 0 || strcmp(c, "-V") == 0)
+        c = "version";
+    a->cmd = find_command(c);
+    if (a->cmd == CMD_NONE)
+        return usage_err(err, errlen, "unknown command '%.40s'", c);
+    const char **pos = NULL;
+    size_t n_pos = 0;
+    uint32_t seen = 0;
+    int only_pos = 0, rc = CLI_OK;
+    for (int i = 2; i < argc && rc == CLI_OK; i++) {
+        const char *arg = argv[i];
+        if (!only_pos && strcmp(arg, "--") == 0)
+            only_pos = 1;
+        else if (!only_pos && arg[0] == '-' && arg[1] != 0)
+            rc = parse_option(a, argc, argv, &i, &seen, err, errlen);
+        else if (push(&pos, &n_pos, arg) != 0)
+            rc = usage_err(err, errlen, "out of memory");
+    }
+    if (rc == CLI_OK && a->help) {
+        a->help_cmd = a->cmd;
+        a->cmd = CMD_HELP;
+    } else if (rc == CLI_OK) {
+        rc = check_command(a, pos, n_pos, seen, err, errlen);
+    }
+    a->pos_owner_ = pos; /* a->files points into it */
+    return rc;
+}
+
+void cli_args_free(cli_args *a)
+{
+    free((void *)a->pos_owner_);
+    free((void *)a->spaces);
+    free(a->doc_ids);
+    a->pos_owner_ = NULL;
+    a->spaces = NULL;
+    a->doc_ids = NULL;
+}

@@ -1,0 +1,46 @@
+/* msadb.c -- main of the msadb command-line program: parses the command
+ * line (args.c) and runs one command.  Exit status: 0 success, 1 runtime
+ * error, 2 usage error.  See docs/cli.md and msadb(1). */
+#include <stdio.h>
+
+#include "cli.h"
+
+typedef int (*cmd_fn)(const cli_args *a);
+
+static const cmd_fn commands[CMD_COUNT] = {
+    [CMD_INIT] = cmd_init,     [CMD_INGEST] = cmd_ingest, [CMD_QUERY] = cmd_query,
+    [CMD_STAT] = cmd_stat,     [CMD_LS] = cmd_ls,         [CMD_RM] = cmd_rm,
+    [CMD_SPACE] = cmd_space,   [CMD_VERIFY] = cmd_verify, [CMD_DUMP] = cmd_dump,
+    [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact,
+};
+
+static int usage_error(const cli_args *a, const char *msg)
+{
+    fprintf(stderr, "msadb: %s\n", msg);
+    if (a->cmd > CMD_VERSION)
+        fprintf(stderr, "usage: msadb %s ... (run 'msadb help %s')\n", cli_cmd_name(a->cmd),
+                cli_cmd_name(a->cmd));
+    else
+        fprintf(stderr, "run 'msadb help' for the list of commands\n");
+    return CLI_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    cli_args a;
+    char err[512];
+    int rc = cli_parse(argc, argv, &a, err, sizeof err);
+    if (rc != CLI_OK) {
+        rc = usage_error(&a, err);
+    } else if (a.cmd == CMD_HELP) {
+        cli_usage(stdout, a.help_cmd);
+    } else if (a.cmd == CMD_VERSION) {
+        printf("msadb %s (format %d)\n", msadb_version(), msadb_format_version());
+    } else {
+        rc = commands[a.cmd](&a);
+    }
+    cli_args_free(&a);
+    if (fflush(stdout) != 0 && rc == CLI_OK)
+        rc = CLI_ERROR;
+    return rc;
+}

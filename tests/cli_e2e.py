@@ -1,0 +1,651 @@
+#!/usr/bin/python3
+"""End-to-end test of the msadb program: usage /usr/bin/python3 cli_e2e.py PATH_TO_msadb
+
+Drives the built binary through init, ingest (safetensors with several
+documents, F16/BF16 inputs, .npy pairs, several spaces), query (exact output
+against a dense attention computed here with numpy, needles found by sparse
+selection, cited text), rm, verify, compact, dump and load (identical query
+results), encryption keys, and every class of bad input, checking the exit
+status, the message and that the store is unchanged afterwards.  Tensors are
+written with a small safetensors writer below (numpy + json + struct).
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+MSADB = os.path.abspath(sys.argv[1])
+TMP = tempfile.mkdtemp(prefix="msadb-cli-e2e-")
+FAILS = []
+
+L, MEM, H, Q, D, BLOCK = 4, [2, 3], 2, 4, 16, 16
+SIG = ["--layers", str(L), "--kv-heads", str(H), "--q-heads", str(Q), "--head-dim", str(D),
+       "--memory-layers", "2-3", "--block", str(BLOCK)]
+rng = np.random.default_rng(1234)
+
+
+def p(*parts):
+    return os.path.join(TMP, *parts)
+
+
+# --------------------------------------------------------------------------
+# running the program
+# --------------------------------------------------------------------------
+
+def run(*args, expect=0, env=None, msg=None):
+    e = dict(os.environ)
+    e.pop("MSADB_PW", None)
+    if env:
+        e.update(env)
+    r = subprocess.run([MSADB, *args], capture_output=True, text=True, env=e, timeout=120)
+    where = "msadb " + " ".join(os.path.basename(a) if a.startswith(TMP) else a for a in args)
+    if r.returncode != expect:
+        raise AssertionError(f"{where}: exit {r.returncode}, expected {expect}\n"
+                             f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}")
+    if msg is not None and msg not in r.stderr:
+        raise AssertionError(f"{where}: stderr lacks {msg!r}:\n{r.stderr}")
+    if expect != 0 and not r.stderr.startswith("msadb: "):
+        raise AssertionError(f"{where}: error message not prefixed 'msadb: ': {r.stderr!r}")
+    return r
+
+
+def jrun(*args, **kw):
+    r = run(*args, "--json", **kw)
+    return json.loads(r.stdout)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def state(db, env=None, extra=()):
+    """What must not change when a command fails."""
+    ls = jrun("ls", db, *extra, env=env)
+    st = jrun("stat", db, *extra, env=env)
+    for k in ("map_size", "map_used"):
+        st.pop(k, None)
+    return json.dumps([ls, st], sort_keys=True)
+
+
+# --------------------------------------------------------------------------
+# safetensors and .npy writing/reading
+# --------------------------------------------------------------------------
+
+DT = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("int64"): "I64",
+      np.dtype("int32"): "I32", np.dtype("uint8"): "U8", np.dtype("float64"): "F64"}
+
+
+class BF16:
+    """A bf16 tensor, held as its uint16 bit patterns."""
+
+    def __init__(self, bits):
+        self.bits = bits
+
+
+def to_bf16(x):
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+    return BF16(r)
+
+
+def from_bf16(t):
+    return (t.bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def st_bytes(tensors, meta=None):
+    hdr, blobs, off = {}, [], 0
+    if meta is not None:
+        hdr["__metadata__"] = meta
+    for name, arr in tensors.items():
+        if isinstance(arr, BF16):
+            dt, data, shape = "BF16", arr.bits.astype("<u2").tobytes(), arr.bits.shape
+        else:
+            a = np.ascontiguousarray(arr)
+            dt, data, shape = DT[a.dtype], a.astype(a.dtype.newbyteorder("<")).tobytes(), a.shape
+        hdr[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
+        off += len(data)
+        blobs.append(data)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+def st_write(path, tensors, meta=None):
+    with open(path, "wb") as f:
+        f.write(st_bytes(tensors, meta))
+    return path
+
+
+def st_read(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    rev = {"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "U8": "u1"}
+    out = {}
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            out[k] = v
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=rev[v["dtype"]]).reshape(v["shape"])
+    return out
+
+
+# --------------------------------------------------------------------------
+# documents and the reference attention
+# --------------------------------------------------------------------------
+
+class Doc:
+    def __init__(self, T, text=None, space="default", scale=1.0):
+        self.T = T
+        self.k = (rng.standard_normal((len(MEM), H, T, D)) * scale).astype(np.float32)
+        self.v = rng.standard_normal((len(MEM), H, T, D)).astype(np.float32)
+        self.space = space
+        self.text = text
+        self.id = None
+        self.title = None
+
+
+def words_text(T, tag):
+    words = [f"{tag}{i}" for i in range(T)]
+    text = " ".join(words).encode()
+    spans, pos = [], 0
+    for w in words:
+        spans.append([pos, pos + len(w)])
+        pos += len(w) + 1
+    return text, np.array(spans, dtype=np.int64)
+
+
+def multi_doc_file(path, docs, kv_dtype="F32", with_text=True):
+    K = np.concatenate([d.k for d in docs], axis=2)
+    V = np.concatenate([d.v for d in docs], axis=2)
+    t = {}
+    if kv_dtype == "F16":
+        t["keys"], t["values"] = K.astype(np.float16), V.astype(np.float16)
+        for d in docs:
+            d.k, d.v = d.k.astype(np.float16).astype(np.float32), d.v.astype(np.float16).astype(np.float32)
+    elif kv_dtype == "BF16":
+        t["keys"], t["values"] = to_bf16(K), to_bf16(V)
+        for d in docs:
+            d.k, d.v = from_bf16(to_bf16(d.k)), from_bf16(to_bf16(d.v))
+    else:
+        t["keys"], t["values"] = K, V
+    if len(docs) > 1:
+        t["doc_lengths"] = np.array([d.T for d in docs], dtype=np.int64)
+    t["tokens"] = np.arange(K.shape[2], dtype=np.int32)
+    if with_text:
+        texts, spans, off = [], [], 0
+        for i, d in enumerate(docs):
+            txt, sp = words_text(d.T, f"w{os.path.basename(path)[0]}{i}_")
+            d.text = txt
+            texts.append(txt)
+            spans.append(sp + off)
+            off += len(txt)
+        t["text"] = np.frombuffer(b"".join(texts), dtype=np.uint8)
+        t["token_spans"] = np.concatenate(spans)
+    return st_write(path, t)
+
+
+def ref_attend(q, docs, layer):
+    """Dense softmax attention over the documents' K/V; q [n,Q,D]."""
+    li = MEM.index(layer)
+    n = q.shape[0]
+    out = np.zeros((n, Q, D))
+    lse = np.full((n, Q), -np.inf)
+    if not docs:
+        return out, lse
+    K = np.concatenate([d.k[li] for d in docs], axis=1).astype(np.float64)  # [H,T,D]
+    V = np.concatenate([d.v[li] for d in docs], axis=1).astype(np.float64)
+    g = Q // H
+    for i in range(n):
+        for h in range(Q):
+            s = K[h // g] @ q[i, h].astype(np.float64) / np.sqrt(D)
+            m = s.max()
+            w = np.exp(s - m)
+            lse[i, h] = m + np.log(w.sum())
+            out[i, h] = (w / w.sum()) @ V[h // g]
+    return out, lse
+
+
+def query_out(db, qfile, layer, *extra, env=None):
+    o = p("out.safetensors")
+    if os.path.exists(o):
+        os.unlink(o)
+    run("query", db, "--q", qfile, "--layer", str(layer), "--out", o, "--quiet", *extra, env=env)
+    r = st_read(o)
+    check(r["out"].dtype == np.float32 and r["lse"].dtype == np.float32, "out/lse are F32")
+    return r["out"].astype(np.float64), r["lse"].astype(np.float64)
+
+
+def close(a, b, tol, what):
+    err = np.max(np.abs(a - b)) if a.size else 0.0
+    check(err <= tol, f"{what}: max error {err:g} > {tol:g}")
+
+
+# --------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------
+
+def test_usage():
+    run(expect=2, msg="missing COMMAND")
+    run("frobnicate", expect=2, msg="unknown command 'frobnicate'")
+    run("init", p("u"), "--layers", "4", expect=2, msg="missing --kv-heads")
+    run("init", p("u"), *SIG, "--bogus", expect=2, msg="unknown option '--bogus'")
+    run("init", p("u"), "--layers", "4", "--kv-heads", "2", "--q-heads", "3", "--head-dim", "8",
+        expect=2, msg="not a multiple")
+    run("init", p("u"), "--layers", "4", "--kv-heads", "2", "--q-heads", "4", "--head-dim", "8",
+        "--memory-layers", "2,7", expect=2, msg="layer 7 is out of range")
+    run("init", p("u"), "--layers", "4", "--kv-heads", "2", "--q-heads", "4", "--head-dim", "8",
+        "--memory-layers", "2,2", expect=2, msg="listed twice")
+    run("init", p("u"), *SIG, "--dtype", "f8", expect=2, msg="--dtype: expected")
+    run("init", p("u"), *SIG, "--summary", "median", expect=2, msg="--summary")
+    run("init", p("u"), *SIG, "--layers", "4", expect=2, msg="given twice")
+    run("init", p("u"), *SIG, "--key-file", "k", "--passphrase-env", "X", expect=2, msg="not both")
+    run("ls", p("u"), "--layer", "2", expect=2, msg="does not apply")
+    run("query", p("u"), "--layer", "2", expect=2, msg="missing --q")
+    run("query", p("u"), "--q", "x", "--layer", "2", "--top-k", "0", expect=2, msg="--top-k")
+    run("query", p("u"), "--q", "x", "--layer", "2", "--select", "all", expect=2, msg="--select")
+    run("rm", p("u"), "abc", expect=2, msg="not a document id")
+    run("space", p("u"), "rename", "x", expect=2, msg="unknown action")
+    run("space", p("u"), "create", "bad name!", expect=2, msg="invalid space name")
+    run("ingest", p("u"), expect=2, msg="missing FILE")
+    check(not os.path.exists(p("u")), "a usage error created a store")
+    r = run("help", "query")
+    check("--per-token" in r.stdout, "help query lists --per-token")
+    r = run("ingest", "--help")
+    check("usage: msadb ingest" in r.stdout, "ingest --help")
+    check(run("--version").stdout.startswith("msadb "), "--version")
+
+
+def test_main():
+    db = p("db")
+    run("init", db, *SIG, "--dtype", "f32")
+    run("init", db, *SIG, expect=1, msg="already exists")
+    sig = jrun("stat", db)["signature"]
+    check(sig["memory_layers"] == MEM and sig["dtype"] == "f32" and sig["block"] == BLOCK, f"signature {sig}")
+    run("space", db, "create", "alpha")
+    run("space", db, "create", "beta")
+    run("space", db, "create", "alpha", expect=1, msg="already exists")
+    names = [s["name"] for s in jrun("space", db, "ls")["spaces"]]
+    check(sorted(names) == ["alpha", "beta", "default"], f"spaces {names}")
+
+    # --- ingest: a three-document F32 file, an F16 file, a BF16 file, an .npy pair
+    a_docs = [Doc(40), Doc(25), Doc(50)]
+    fa = multi_doc_file(p("a.safetensors"), a_docs)
+    # the needle: block 2 (tokens 32..47) of a document, keys along u_h per kv head
+    needle = Doc(64, scale=0.3)
+    u = rng.standard_normal((len(MEM), H, D)).astype(np.float32)
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    needle.k[:, :, 32:48, :] = 6.0 * u[:, :, None, :] + 0.05 * rng.standard_normal((len(MEM), H, 16, D))
+    needle.k = needle.k.astype(np.float32)
+    fn = multi_doc_file(p("needle.safetensors"), [needle])
+    b_doc = Doc(33)
+    fb = multi_doc_file(p("b16.safetensors"), [b_doc], kv_dtype="F16", with_text=False)
+    c_doc = Doc(20)
+    np.save(p("c.keys.npy"), c_doc.k)
+    np.save(p("c.values.npy"), c_doc.v)
+    d_doc = Doc(17)
+    fd = multi_doc_file(p("dbf.safetensors"), [d_doc], kv_dtype="BF16", with_text=False)
+
+    r = run("ingest", db, "--space", "alpha", fa, fn, "--json")
+    check(r.stderr == "", f"ingest wrote to stderr off a terminal: {r.stderr!r}")
+    got = json.loads(r.stdout)["documents"]
+    check([g["tokens"] for g in got] == [40, 25, 50, 64], f"ingest result {got}")
+    check(all(g["space"] == "alpha" for g in got), "spaces of ingested documents")
+    for d, g in zip(a_docs + [needle], got):
+        d.id, d.space, d.title = g["id"], "alpha", g["title"]
+    check(got[0]["title"] == "a #1" and got[3]["title"] == "needle", f"titles {got}")
+    got = jrun("ingest", db, "--space", "beta", "--title", "npy doc", p("c.keys.npy"), p("c.values.npy"), fb)["documents"]
+    check(len(got) == 2 and got[0]["title"] == "npy doc", f"npy ingest {got}")
+    c_doc.id, c_doc.space, b_doc.id, b_doc.space = got[0]["id"], "beta", got[1]["id"], "beta"
+    r = run("ingest", db, fd, "--quiet")
+    check(r.stdout == "", "--quiet ingest prints nothing")
+    d_doc.id = jrun("ls", db, "--space", "default")["documents"][0]["id"]
+    docs = a_docs + [needle, c_doc, b_doc, d_doc]
+    ls = jrun("ls", db)["documents"]
+    check(sorted(x["id"] for x in ls) == sorted(d.id for d in docs), "ls lists every document")
+    check(len({d.id for d in docs}) == len(docs), "ids are distinct")
+    check(len(jrun("ls", db, "--space", "beta")["documents"]) == 2, "ls --space beta")
+    run("ls", db, "--space", "nope", expect=1, msg="no space 'nope'")
+
+    # --- exact queries equal dense attention over the stored f32 K/V
+    qs = rng.standard_normal((3, Q, D)).astype(np.float32)
+    qf = st_write(p("q.safetensors"), {"queries": qs})
+    for layer in MEM:
+        out, lse = query_out(db, qf, layer, "--exact")
+        ro, rl = ref_attend(qs, docs, layer)
+        close(out, ro, 1e-4, f"exact out, layer {layer}")
+        close(lse, rl, 1e-4, f"exact lse, layer {layer}")
+    out, lse = query_out(db, qf, 3, "--exact", "--space", "alpha", "--space", "default")
+    ro, rl = ref_attend(qs, [d for d in docs if d.space in ("alpha", "default")], 3)
+    close(out, ro, 1e-4, "exact out over two spaces")
+    close(lse, rl, 1e-4, "exact lse over two spaces")
+    # F16 and BF16 queries are read too
+    out16, _ = query_out(db, st_write(p("q16.safetensors"), {"queries": qs.astype(np.float16)}), 2, "--exact")
+    close(out16, ref_attend(qs.astype(np.float16).astype(np.float32), docs, 2)[0], 1e-4, "F16 queries")
+    outbf, _ = query_out(db, st_write(p("qbf.safetensors"), {"queries": to_bf16(qs)}), 2, "--exact")
+    close(outbf, ref_attend(from_bf16(to_bf16(qs)), docs, 2)[0], 1e-4, "BF16 queries")
+
+    # --- sparse selection finds the needle, and cites its text
+    for layer in MEM:
+        li = MEM.index(layer)
+        qn = np.repeat(u[li], Q // H, axis=0)[None].astype(np.float32) * 4.0  # [1,Q,D]
+        qnf = st_write(p("qn.safetensors"), {"queries": qn})
+        for select in ("blocks", "documents"):
+            res = jrun("query", db, "--q", qnf, "--layer", str(layer), "--top-k", "1", "--select", select)
+            check(res["layer"] == layer and len(res["selected"]) == H, f"selected per kv head: {res}")
+            check("timing_ms" in res and "total" in res["timing_ms"], "timing_ms")
+            for e in res["selected"]:
+                blocks = e["blocks"]
+                hit = [b for b in blocks if b["doc"] == needle.id and b["token_start"] == 32]
+                check(hit, f"layer {layer}, {select}: needle block not selected for kv head {e['kv_head']}: {blocks}")
+                if select == "blocks":
+                    check(len(blocks) == 1 and hit[0]["token_end"] == 48, f"top-1 block {blocks}")
+                    want = needle.text[hit[0]["byte_start"]:hit[0]["byte_end"]].decode()
+                    check(hit[0]["text"] == want and want.startswith("wn0_32 "), f"cited text {hit[0]}")
+                else:
+                    check({b["doc"] for b in blocks} == {needle.id} and len(blocks) == 4,
+                          f"documents selection returns the needle's 4 blocks: {blocks}")
+        # sparse output equals dense attention over the selected tokens
+        out, lse = query_out(db, qnf, layer, "--top-k", "1")
+        sel = Doc(16)
+        sel.k, sel.v = needle.k[:, :, 32:48], needle.v[:, :, 32:48]
+        ro, rl = ref_attend(qn, [sel], layer)
+        close(out, ro, 1e-4, "sparse output over the selected block")
+        close(lse, rl, 1e-4, "sparse lse over the selected block")
+    # per-token selection: one entry per (query token, kv head)
+    qp = np.concatenate([np.repeat(u[0], Q // H, axis=0)[None] * 4.0, qs[:1]]).astype(np.float32)
+    res = jrun("query", db, "--q", st_write(p("qp.safetensors"), {"queries": qp}), "--layer", "2",
+               "--top-k", "2", "--per-token")
+    check(len(res["selected"]) == 2 * H and all("query" in e for e in res["selected"]), "per-token entries")
+    for e in res["selected"]:
+        if e["query"] == 0:
+            check(any(b["doc"] == needle.id and b["token_start"] == 32 for b in e["blocks"]),
+                  f"per-token needle for query 0: {e}")
+    # the table form (not a terminal: tab-separated with a header line)
+    r = run("query", db, "--q", qf, "--layer", "2", "--top-k", "2")
+    check(r.stdout.splitlines()[0].split("\t")[:3] == ["kv_head", "doc", "block"], f"table header {r.stdout[:200]}")
+    return db, docs, qs, qf, needle
+
+
+def bad_inputs(db, docs):
+    """Every bad input is refused with exit 1, a message naming the problem, and no change."""
+    before = state(db)
+    ok = Doc(20)
+    good = st_write(p("good.safetensors"), {"keys": ok.k, "values": ok.v})
+
+    def refuse(files, msg, extra=()):
+        run("ingest", db, *extra, *files, expect=1, msg=msg)
+
+    k, v = ok.k, ok.v
+    refuse([st_write(p("e1.st"), {"keys": k[:1], "values": v[:1]})],
+           "keys: shape [1,2,20,16] but the store has 2 memory layers")
+    refuse([st_write(p("e2.st"), {"keys": k[:, :1], "values": v[:, :1]})], "but the store has 2 kv heads")
+    refuse([st_write(p("e3.st"), {"keys": k[..., :8], "values": v[..., :8]})], "but the store has head dim 16")
+    refuse([st_write(p("e4.st"), {"keys": k.astype(np.int32), "values": v})], "keys: dtype I32, expected F32, F16 or BF16")
+    refuse([st_write(p("e5.st"), {"keys": k, "values": v[:, :, :10]})], "values: shape [2,2,10,16] differs from keys")
+    refuse([st_write(p("e6.st"), {"keys": k})], "no tensor 'values'")
+    kn = v.copy()
+    kn[1, 0, 3, 5] = np.nan
+    refuse([st_write(p("e7.st"), {"keys": k, "values": kn})], "values: NaN or Inf at [1,0,3,5]")
+    ki = k.astype(np.float16)
+    ki[0, 1, 2, 3] = np.inf
+    refuse([st_write(p("e8.st"), {"keys": ki, "values": v.astype(np.float16)})], "keys: NaN or Inf")
+    refuse([st_write(p("e9.st"), {"keys": k[:, :, :0], "values": v[:, :, :0]})], "holds no tokens")
+    refuse([st_write(p("e10.st"), {"keys": k, "values": v, "doc_lengths": np.array([10, 5], np.int64)})],
+           "doc_lengths: the lengths sum to 15 but keys have T = 20")
+    refuse([st_write(p("e11.st"), {"keys": k, "values": v, "doc_lengths": np.array([20, 0], np.int64)})],
+           "at least 1 token")
+    refuse([st_write(p("e12.st"), {"keys": k, "values": v, "tokens": np.zeros(19, np.int32)})], "tokens: I32 [19], expected I32 [T]")
+    txt = np.frombuffer(b"hello", np.uint8)
+    refuse([st_write(p("e13.st"), {"keys": k, "values": v, "text": txt,
+                                   "token_spans": np.tile(np.array([[0, 9]], np.int64), (20, 1))})],
+           "token_spans: token 0 has span [0,9]")
+    refuse([st_write(p("e14.st"), {"keys": k, "values": v, "token_spans": np.zeros((20, 2), np.int64)})],
+           "token_spans given without a 'text' tensor")
+    refuse([st_write(p("e15.st"), {"keys": k, "values": v, "kees": k})], "unknown tensor 'kees'")
+    # lying and truncated headers
+    raw = open(good, "rb").read()
+    open(p("t1.st"), "wb").write(raw[:-7])
+    refuse([p("t1.st")], "past the end of the data")
+    open(p("t2.st"), "wb").write(struct.pack("<Q", 1 << 40) + raw[8:])
+    refuse([p("t2.st")], "header length 1099511627776 exceeds the limit")
+    open(p("t3.st"), "wb").write(struct.pack("<Q", len(raw)) + raw[8:])
+    refuse([p("t3.st")], "exceeds the")
+    open(p("t4.st"), "wb").write(raw + b"\0" * 8)
+    refuse([p("t4.st")], "trailing bytes")
+    n = k.nbytes
+    hdr = {"keys": {"dtype": "F32", "shape": list(k.shape), "data_offsets": [0, n]},
+           "values": {"dtype": "F32", "shape": list(k.shape), "data_offsets": [n // 2, n // 2 + n]}}
+    h = json.dumps(hdr).encode()
+    open(p("t5.st"), "wb").write(struct.pack("<Q", len(h)) + h + k.tobytes() + v.tobytes()[: n // 2])
+    refuse([p("t5.st")], "overlap")
+    h = (b'{"keys":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+         b'"keys":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}')
+    open(p("t6.st"), "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 8)
+    refuse([p("t6.st")], "duplicate")
+    h = b'{"keys":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}'
+    open(p("t7.st"), "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 4)
+    refuse([p("t7.st")], "unknown dtype 'F33'")
+    h = b'{"keys":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}'
+    open(p("t8.st"), "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 4)
+    refuse([p("t8.st")], "needs 8 bytes but data_offsets [0,4] hold 4")
+    open(p("t9.st"), "wb").write(b"")
+    refuse([p("t9.st")], "empty")
+    refuse([p("missing.st")], "missing.st: cannot open")
+    # .npy inputs
+    np.save(p("f.keys.npy"), np.asfortranarray(k))
+    np.save(p("f.values.npy"), v)
+    refuse([p("f.keys.npy")], "fortran_order")
+    np.save(p("g.keys.npy"), k)
+    refuse([p("g.keys.npy")], "g.values.npy: cannot open")
+    np.save(p("g.values.npy"), v.astype(">f4"))
+    refuse([p("g.keys.npy")], "'descr' is '>f4'")
+    np.save(p("h.npy"), k)
+    refuse([p("h.npy")], "X.keys.npy and X.values.npy")
+    raw = open(p("c.keys.npy"), "rb").read()
+    open(p("i.keys.npy"), "wb").write(raw[:-4])
+    shutil.copy(p("c.values.npy"), p("i.values.npy"))
+    refuse([p("i.keys.npy")], "needs")
+    # a good file followed by a bad one: the whole command is refused
+    refuse([good, p("e7.st")], "NaN or Inf")
+    refuse([good], "no space 'nope'", extra=("--space", "nope"))
+    check(state(db) == before, "bad input changed the store")
+
+    # query errors
+    qf = st_write(p("qbad1.st"), {"queries": np.zeros((2, Q - 1, D), np.float32)})
+    run("query", db, "--q", qf, "--layer", "2", expect=1, msg="queries: shape [2,3,16] but the store has 4 q heads")
+    qf = st_write(p("qbad2.st"), {"q": np.zeros((2, Q, D), np.float32)})
+    run("query", db, "--q", qf, "--layer", "2", expect=1, msg="no tensor 'queries'")
+    qn = np.zeros((1, Q, D), np.float32)
+    qn[0, 1, 2] = np.nan
+    qf = st_write(p("qbad3.st"), {"queries": qn})
+    run("query", db, "--q", qf, "--layer", "2", expect=1, msg="queries: NaN or Inf at [0,1,2]")
+    qf = st_write(p("qok.st"), {"queries": np.ones((1, Q, D), np.float32)})
+    run("query", db, "--q", qf, "--layer", "1", expect=1, msg="--layer 1 is not a memory layer")
+    run("query", db, "--q", qf, "--layer", "2", "--space", "nope", expect=1, msg="--space nope: no such space")
+    run("rm", db, "999999", expect=1, msg="no document 999999")
+    run("rm", db, str(docs[0].id), "999999", expect=1, msg="nothing was deleted")
+    run("space", db, "drop", "nope", expect=1, msg="no space 'nope'")
+    run("stat", p("nowhere"), expect=1, msg="nowhere")
+    check(state(db) == before, "failed commands changed the store")
+
+
+def test_rm_verify_dump_load(db, docs, qs, qf, needle):
+    victim = docs[1]
+    run("rm", db, str(victim.id))
+    docs = [d for d in docs if d is not victim]
+    check(victim.id not in [x["id"] for x in jrun("ls", db)["documents"]], "rm removed the document")
+    out, lse = query_out(db, qf, 2, "--exact")
+    ro, rl = ref_attend(qs, docs, 2)
+    close(out, ro, 1e-4, "exact after rm")
+    close(lse, rl, 1e-4, "exact lse after rm")
+    res = jrun("verify", db)
+    check(res["sound"] is True and res["problems"] == [], f"verify {res}")
+    run("compact", db)
+    check(jrun("verify", db)["sound"], "verify after compact")
+    close(query_out(db, qf, 2, "--exact")[0], ro, 1e-4, "exact after compact")
+
+    # dump -> load into a fresh path -> the same documents and identical answers
+    dump = p("dump.safetensors")
+    run("dump", db, dump)
+    db2 = p("db2")
+    loaded = jrun("load", db2, dump)["documents"]
+    check(jrun("stat", db2)["signature"] == jrun("stat", db)["signature"], "load kept the signature")
+    old = {x["id"]: x for x in jrun("ls", db)["documents"]}
+    new = {x["id"]: x for x in jrun("ls", db2)["documents"]}
+    idmap = {x["old_id"]: x["id"] for x in loaded}
+    check(sorted(idmap) == sorted(old), "load restored every document")
+    for o, n in idmap.items():
+        a, b = old[o], new[n]
+        for f in ("space", "tokens", "title", "blocks", "text_bytes", "has_tokens", "has_spans"):
+            check(a[f] == b[f], f"document {o}: {f} {a[f]!r} != {b[f]!r}")
+    check(sorted(s["name"] for s in jrun("space", db2, "ls")["spaces"]) ==
+          sorted(s["name"] for s in jrun("space", db, "ls")["spaces"]), "load restored the spaces")
+    for layer in MEM:
+        for extra in (["--exact"], ["--top-k", "2"], ["--top-k", "1", "--select", "documents"]):
+            o1, l1 = query_out(db, qf, layer, *extra)
+            o2, l2 = query_out(db2, qf, layer, *extra)
+            close(o1, o2, 1e-6, f"dump/load query {extra}")
+            close(l1, l2, 1e-6, f"dump/load lse {extra}")
+    s1 = jrun("query", db, "--q", qf, "--layer", "3", "--top-k", "3")["selected"]
+    s2 = jrun("query", db2, "--q", qf, "--layer", "3", "--top-k", "3")["selected"]
+    for e1, e2 in zip(s1, s2):
+        check([(idmap[b["doc"]], b["token_start"], b.get("text")) for b in e1["blocks"]] ==
+              [(b["doc"], b["token_start"], b.get("text")) for b in e2["blocks"]], "dump/load selection")
+    # a second dump of the loaded store holds the same tensors
+    run("dump", db2, p("dump2.safetensors"))
+    t1, t2 = st_read(dump), st_read(p("dump2.safetensors"))
+    for name in ("keys", "values", "tokens", "token_spans", "text", "doc_lengths", "text_lengths"):
+        check(np.array_equal(t1[name], t2[name]), f"dump of the loaded store: {name} differs")
+    # load refuses a signature mismatch and a non-dump, leaving the store as it was
+    before = state(db2)
+    other = p("other")
+    run("init", other, "--layers", "4", "--kv-heads", "2", "--q-heads", "4", "--head-dim", "8")
+    run("load", other, dump, expect=1, msg="signature differs")
+    run("load", db2, p("a.safetensors"), expect=1, msg="not an msadb dump")
+    raw = bytearray(open(dump, "rb").read())
+    open(p("cut.safetensors"), "wb").write(raw[:-100])
+    run("load", db2, p("cut.safetensors"), expect=1, msg="past the end")
+    check(state(db2) == before, "failed loads changed the store")
+    # the dump is also an ingest input: the documents are added again
+    got = jrun("ingest", db2, dump)["documents"]
+    check(len(got) == len(loaded), "a dump can be ingested")
+    return docs
+
+
+def test_quantized_roundtrip():
+    """dump/load of f16, int8 and q4 stores re-quantizes to identical values.
+
+    Every dtype is tried before reporting, so one failure names all."""
+    bad = []
+    for dtype in ("f16", "int8", "q4"):
+        db = p(f"q_{dtype}")
+        run("init", db, *SIG, "--dtype", dtype)
+        ds = [Doc(37), Doc(50)]
+        run("ingest", db, multi_doc_file(p(f"q_{dtype}.safetensors"), ds), "--quiet")
+        qf = st_write(p("qq.safetensors"), {"queries": rng.standard_normal((2, Q, D)).astype(np.float32)})
+        o1, l1 = query_out(db, qf, 2, "--exact")
+        if dtype == "f16":
+            for d in ds:
+                d.k = d.k.astype(np.float16).astype(np.float32)
+                d.v = d.v.astype(np.float16).astype(np.float32)
+            ro, rl = ref_attend(st_read(qf)["queries"], ds, 2)
+            close(o1, ro, 2e-3, "f16 store exact output")
+        run("dump", db, p(f"q_{dtype}.dump"))
+        run("load", p(f"q_{dtype}_2"), p(f"q_{dtype}.dump"), "--quiet")
+        o2, l2 = query_out(p(f"q_{dtype}_2"), qf, 2, "--exact")
+        run("dump", p(f"q_{dtype}_2"), p(f"q_{dtype}_2.dump"))
+        t1, t2 = st_read(p(f"q_{dtype}.dump")), st_read(p(f"q_{dtype}_2.dump"))
+        for name in ("keys", "values"):
+            diff = t1[name] != t2[name]
+            if diff.any():
+                bad.append(f"{dtype}: {int(diff.sum())} of {diff.size} stored {name} differ after "
+                           f"dump/load (max {np.abs(t1[name] - t2[name]).max():g}): re-quantizing "
+                           f"dequantized values is not idempotent")
+        err = max(np.abs(o1 - o2).max(), np.abs(l1 - l2).max())
+        if err > 1e-6:
+            bad.append(f"{dtype}: exact query output differs by {err:g} after dump/load")
+    check(not bad, "; ".join(bad))
+
+
+def test_encryption():
+    env = {"MSADB_PW": "correct horse battery staple"}
+    db = p("enc")
+    run("init", db, *SIG, "--passphrase-env", "MSADB_PW", "--dtype", "f32", env=env)
+    check(jrun("stat", db, "--passphrase-env", "MSADB_PW", env=env)["encrypted"] is True, "encrypted store")
+    d = Doc(30)
+    f = multi_doc_file(p("enc.safetensors"), [d])
+    run("ingest", db, f, "--passphrase-env", "MSADB_PW", "--quiet", env=env)
+    before = state(db, env=env, extra=("--passphrase-env", "MSADB_PW"))
+    run("ls", db, expect=1, msg="encrypted")
+    run("ingest", db, f, expect=1, msg="encrypted")
+    run("ingest", db, f, "--passphrase-env", "MSADB_PW", expect=1, env={"MSADB_PW": "wrong"}, msg="missing or wrong")
+    run("ls", db, "--passphrase-env", "NO_SUCH_VARIABLE_X", expect=1, msg="NO_SUCH_VARIABLE_X: the environment variable is not set")
+    check(state(db, env=env, extra=("--passphrase-env", "MSADB_PW")) == before, "wrong keys changed the store")
+    qs = rng.standard_normal((2, Q, D)).astype(np.float32)
+    qf = st_write(p("qe.safetensors"), {"queries": qs})
+    out, _ = query_out(db, qf, 3, "--exact", "--passphrase-env", "MSADB_PW", env=env)
+    close(out, ref_attend(qs, [d], 3)[0], 1e-4, "exact query of an encrypted store")
+    # key files
+    key = p("key.hex")
+    open(key, "w").write(os.urandom(32).hex() + "\n")
+    wrong = p("wrong.hex")
+    open(wrong, "w").write(os.urandom(32).hex() + "\n")
+    bad = p("bad.key")
+    open(bad, "w").write("not a key\n")
+    db2 = p("enc2")
+    run("init", db2, *SIG, "--key-file", key)
+    run("ingest", db2, f, "--key-file", key, "--quiet")
+    run("ls", db2, "--key-file", wrong, expect=1, msg="missing or wrong")
+    run("ls", db2, "--key-file", bad, expect=1, msg="--key-file")
+    run("ls", db2, expect=1, msg="encrypted")
+    check(len(jrun("ls", db2, "--key-file", key)["documents"]) == 1, "ls with the key")
+    # dump an encrypted store, load into a new encrypted store
+    run("dump", db2, p("enc2.dump"), "--key-file", key)
+    run("load", p("enc3"), p("enc2.dump"), "--key-file", wrong, "--quiet")
+    check(jrun("stat", p("enc3"), "--key-file", wrong)["encrypted"] is True, "loaded store is encrypted")
+    run("ls", p("enc3"), "--key-file", key, expect=1, msg="missing or wrong")
+
+
+def test_verify_detects_damage(db):
+    """verify reports a damaged block and exits 1."""
+    copy = p("damaged")
+    shutil.copytree(db, copy)
+    data = [os.path.join(copy, f) for f in os.listdir(copy) if f.endswith(".mdb") and "lock" not in f]
+    check(data, "store has a data file")
+    raw = bytearray(open(data[0], "rb").read())
+    pos = raw.find(b"MSB1")
+    check(pos >= 0, "an encoded block is visible in the data file")
+    raw[pos + 30] ^= 0xFF
+    open(data[0], "wb").write(raw)
+    r = run("verify", copy, expect=1, msg="not sound")
+    check(r.stdout.strip() != "", "verify lists the problems on stdout")
+
+
+def main():
+    try:
+        test_usage()
+        db, docs, qs, qf, needle = test_main()
+        bad_inputs(db, docs)
+        docs = test_rm_verify_dump_load(db, docs, qs, qf, needle)
+        test_verify_detects_damage(db)
+        test_encryption()
+        test_quantized_roundtrip()
+    except AssertionError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        print(f"(files kept in {TMP})", file=sys.stderr)
+        return 1
+    shutil.rmtree(TMP, ignore_errors=True)
+    print("cli_e2e: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
