@@ -44,10 +44,10 @@ static int del_range(MDB_txn *txn, MDB_dbi dbi, const uint8_t *lo, size_t lo_len
 /* Removes a document's blocks, data and record (not its slots). */
 static int drop_doc(msadb_store *st, MDB_txn *txn, uint64_t id, const msadb_docrec *r)
 {
-    uint8_t lo[12], hi[12], k[9];
-    msadb_key_block(lo, r->first_block, 0);
-    msadb_key_block(hi, r->first_block + r->n_blocks, 0);
-    int rc = del_range(txn, st->db_blocks, lo, 12, hi, 12, 0);
+    uint8_t lo[8], hi[8], k[9];
+    msadb_key_block(lo, r->first_block);
+    msadb_key_block(hi, r->first_block + r->n_blocks);
+    int rc = del_range(txn, st->db_blocks, lo, 8, hi, 8, 0);
     for (uint8_t kind = DD_TITLE; !rc && kind <= DD_SPANS; kind++) {
         msadb_key_docdata(k, id, kind);
         MDB_val kv = {9, k};

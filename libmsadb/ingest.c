@@ -407,29 +407,47 @@ static space_group *find_group(space_group **groups, size_t *n, msadb_store *st,
     return g;
 }
 
+/* Writes one record per block id holding all its planes (see
+ * msadb_block_part), straight into the map with MDB_RESERVE; sealing, when
+ * the store is encrypted, happens in place. */
 static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
-                            uint32_t space_id, uint64_t blk0, uint8_t *sealed, size_t sealed_cap)
+                            uint32_t space_id, uint64_t blk0)
 {
     const uint32_t planes = msadb_signature_planes(&st->sig);
+    const size_t head = 4 + 4 * ((size_t)planes + 1), extra = st->encrypted ? MSADB_SEAL_OVERHEAD : 0;
     for (uint64_t j = 0; j < bd->n_blocks; j++) {
+        size_t total = head;
+        for (uint32_t p = 0; p < planes; p++)
+            total += msadb_get_le64(b->arena.p + bd->blocks_off + ((size_t)p * bd->n_blocks + j) * 16 + 8) + extra;
+        if (total > UINT32_MAX)
+            return MSADB_ELIMIT;
+        uint8_t k[8];
+        msadb_key_block(k, blk0 + j);
+        MDB_val kv = {8, k}, v = {total, NULL};
+        int rc = mdb_put(txn, st->db_blocks, &kv, &v, MDB_APPEND | MDB_RESERVE);
+        if (rc)
+            return rc;
+        uint8_t *rec = v.mv_data;
+        size_t off = head;
+        msadb_put_le32(rec, planes);
         for (uint32_t p = 0; p < planes; p++) {
             const uint8_t *dir = b->arena.p + bd->blocks_off + ((size_t)p * bd->n_blocks + j) * 16;
-            uint8_t k[12];
-            msadb_key_block(k, blk0 + j, p);
-            MDB_val kv = {12, k}, v = {msadb_get_le64(dir + 8), b->arena.p + msadb_get_le64(dir)};
+            const uint8_t *enc = b->arena.p + msadb_get_le64(dir);
+            size_t len = msadb_get_le64(dir + 8), out_len = len;
+            msadb_put_le32(rec + 4 + 4 * (size_t)p, (uint32_t)off);
             if (st->encrypted) {
                 uint8_t ad[32];
                 msadb_block_ad(st, space_id, p, blk0 + j, ad);
-                int rc = msadb_block_seal(v.mv_data, v.mv_size, st->key, ad, sizeof ad, sealed, sealed_cap,
-                                          &v.mv_size);
-                if (rc)
+                if ((rc = msadb_block_seal(enc, len, st->key, ad, sizeof ad, rec + off, total - off, &out_len)))
                     return rc;
-                v.mv_data = sealed;
+                if (out_len != len + extra)
+                    return MSADB_EINVAL;
+            } else {
+                memcpy(rec + off, enc, len);
             }
-            int rc = mdb_put(txn, st->db_blocks, &kv, &v, MDB_APPEND);
-            if (rc)
-                return rc;
+            off += out_len;
         }
+        msadb_put_le32(rec + 4 + 4 * (size_t)planes, (uint32_t)off);
     }
     return 0;
 }
@@ -497,12 +515,6 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
     space_group *groups = NULL;
     size_t n_groups = 0;
     buf_t page_buf = {0};
-    size_t sealed_cap = msadb_block_bound((int)st->sig.dtype, st->sig.block_size, st->sig.head_dim);
-    uint8_t *sealed = st->encrypted ? malloc(sealed_cap) : NULL;
-    if (st->encrypted && !sealed) {
-        rc = MSADB_ENOMEM;
-        goto out;
-    }
     for (size_t i = 0; i < b->n_docs; i++) {
         const batch_doc *bd = &b->docs[i];
         space_group *g = find_group(&groups, &n_groups, st, txn, bd->space, &rc);
@@ -523,7 +535,7 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
                     (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
                     (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0);
-        if ((rc = write_doc_blocks(st, txn, b, bd, g->rec.id, blk0, sealed, sealed_cap)) ||
+        if ((rc = write_doc_blocks(st, txn, b, bd, g->rec.id, blk0)) ||
             (rc = write_doc_record(st, txn, b, bd, id, &rec)) || (rc = group_add_doc(st, b, bd, g, id, blk0)))
             goto out;
         if (a->ids)
@@ -543,7 +555,6 @@ out:
     }
     free(groups);
     free(page_buf.p);
-    free(sealed);
     return rc;
 }
 

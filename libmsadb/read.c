@@ -234,17 +234,21 @@ int msadb_snap_block(msadb_snapshot *s, uint32_t space_id, uint64_t block_id, ui
     if (!snap_ok(s) || !n_tok || plane >= msadb_signature_planes(&s->st->sig))
         return MSADB_EINVAL;
     msadb_store *st = s->st;
-    uint8_t k[12];
-    msadb_key_block(k, block_id, plane);
-    MDB_val kv = {12, k}, v;
+    uint8_t k[8];
+    msadb_key_block(k, block_id);
+    MDB_val kv = {8, k}, v;
     int rc = mdb_get(s->txn, st->db_blocks, &kv, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
         return rc;
+    const uint8_t *part;
+    size_t part_len;
+    if ((rc = msadb_block_part(v.mv_data, v.mv_size, msadb_signature_planes(&st->sig), plane, &part, &part_len)))
+        return rc;
     uint8_t ad[32];
     msadb_block_ad(st, space_id, plane, block_id, ad);
-    return msadb_block_decode(s->codec, v.mv_data, v.mv_size, st->sig.head_dim, st->sig.block_size,
+    return msadb_block_decode(s->codec, part, part_len, st->sig.head_dim, st->sig.block_size,
                               st->encrypted ? st->key : NULL, ad, sizeof ad, K, V, n_tok);
 }
 

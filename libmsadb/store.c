@@ -419,10 +419,20 @@ void msadb_key_docdata(uint8_t k[9], uint64_t doc, uint8_t kind)
     k[8] = kind;
 }
 
-void msadb_key_block(uint8_t k[12], uint64_t block, uint32_t plane)
+void msadb_key_block(uint8_t k[8], uint64_t block) { msadb_put_be64(k, block); }
+
+int msadb_block_part(const uint8_t *rec, size_t len, uint32_t planes, uint32_t p, const uint8_t **part,
+                     size_t *part_len)
 {
-    msadb_put_be64(k, block);
-    msadb_put_be32(k + 8, plane);
+    size_t head = 4 + 4 * ((size_t)planes + 1);
+    if (len < head || msadb_get_le32(rec) != planes || p >= planes)
+        return MSADB_ECORRUPT;
+    uint32_t a = msadb_get_le32(rec + 4 + 4 * (size_t)p), b = msadb_get_le32(rec + 8 + 4 * (size_t)p);
+    if (a < head || b < a || b > len)
+        return MSADB_ECORRUPT;
+    *part = rec + a;
+    *part_len = b - a;
+    return 0;
 }
 
 void msadb_key_slots(uint8_t k[12], uint32_t space, uint64_t page)
@@ -782,9 +792,8 @@ int msadb_stat(msadb_store *st, msadb_stat_info *out)
     mdb_env_info(st->env, &info);
     MDB_stat bs;
     mdb_stat(txn, st->db_blocks, &bs);
-    uint32_t planes = msadb_signature_planes(&st->sig);
     out->format_version = MSADB_FORMAT_VERSION;
-    out->n_blocks = planes ? bs.ms_entries / planes : 0;
+    out->n_blocks = bs.ms_entries;
     out->block_bytes = db_bytes(txn, st->db_blocks, es.ms_psize);
     out->summary_bytes = db_bytes(txn, st->db_summ, es.ms_psize) + db_bytes(txn, st->db_slots, es.ms_psize);
     out->map_size = info.me_mapsize;

@@ -80,7 +80,12 @@ MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *n
 
 MSADB_HIDDEN void msadb_key_doc(uint8_t k[8], uint64_t doc);
 MSADB_HIDDEN void msadb_key_docdata(uint8_t k[9], uint64_t doc, uint8_t kind);
-MSADB_HIDDEN void msadb_key_block(uint8_t k[12], uint64_t block, uint32_t plane);
+MSADB_HIDDEN void msadb_key_block(uint8_t k[8], uint64_t block);
+/* A block record holds every plane of one block id: u32 n_planes, then
+ * n_planes + 1 ascending u32 offsets from the record's start (the last is
+ * the record's size), then the encoded blocks.  Finds plane p's bytes. */
+MSADB_HIDDEN int msadb_block_part(const uint8_t *rec, size_t len, uint32_t planes, uint32_t p,
+                                  const uint8_t **part, size_t *part_len);
 MSADB_HIDDEN void msadb_key_slots(uint8_t k[12], uint32_t space, uint64_t page);
 MSADB_HIDDEN void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, uint64_t page);
 MSADB_HIDDEN size_t msadb_summ_entry_bytes(const msadb_store *st);

@@ -139,10 +139,10 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
                  (s.flags & MSADB_SLOT_DELETED))
             problem(vf, "document %llu: slot %llu does not describe block %llu", (unsigned long long)id,
                     (unsigned long long)slot, (unsigned long long)blk);
+        (*blocks_seen)++; /* one record per block id, all planes inside */
         for (uint32_t p = 0; p < planes; p++) {
             uint32_t n = 0;
             rc = msadb_snap_block(vf->snap, r->space_id, blk, p, vf->K, vf->V, &n);
-            (*blocks_seen)++;
             if (rc == MSADB_ENOTFOUND) {
                 problem(vf, "block %llu plane %u (document %llu): missing", (unsigned long long)blk, p,
                         (unsigned long long)id);

@@ -104,11 +104,11 @@ static void test_key_store(void)
     /* Move block 0 of the first document over block 0 of the second: the
      * bytes are authentic, but bound to another place. */
     MDB_txn *txn;
-    uint8_t k1[12], k2[12];
-    msadb_key_block(k1, 0, 0);
-    msadb_key_block(k2, 5, 0); /* id2's first block: id has 5 blocks */
+    uint8_t k1[8], k2[8];
+    msadb_key_block(k1, 0);
+    msadb_key_block(k2, 5); /* id2's first block: id has 5 blocks */
     CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
-    MDB_val a = {12, k1}, b = {12, k2}, v;
+    MDB_val a = {8, k1}, b = {8, k2}, v;
     CHECK_OK(mdb_get(txn, st->db_blocks, &a, &v));
     uint8_t copy[4096];
     CHECK(v.mv_size <= sizeof copy);

@@ -449,13 +449,17 @@ static void test_verify_detects(void)
     MDB_txn *txn;
     uint8_t key[16], buf[8192];
     /* flip one byte of block 2, plane 1 */
-    msadb_key_block(key, 2, 1);
+    msadb_key_block(key, 2);
     CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
-    MDB_val k = {12, key}, v;
+    MDB_val k = {8, key}, v;
     CHECK_OK(mdb_get(txn, st->db_blocks, &k, &v));
     CHECK(v.mv_size < sizeof buf);
+    const uint8_t *part;
+    size_t part_len;
+    CHECK_OK(msadb_block_part(v.mv_data, v.mv_size, planes, 1, &part, &part_len));
+    size_t flip = (size_t)(part - (const uint8_t *)v.mv_data) + part_len / 2;
     memcpy(buf, v.mv_data, v.mv_size);
-    buf[v.mv_size / 2] ^= 0x10;
+    buf[flip] ^= 0x10;
     v.mv_data = buf;
     CHECK_OK(mdb_put(txn, st->db_blocks, &k, &v, 0));
     CHECK_OK(mdb_txn_commit(txn));
@@ -471,7 +475,7 @@ static void test_verify_detects(void)
 
     /* put it back, then tamper with a summary (mean of slot 0, plane 0) */
     CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
-    buf[v.mv_size / 2] ^= 0x10;
+    buf[flip] ^= 0x10;
     CHECK_OK(mdb_put(txn, st->db_blocks, &k, &v, 0));
     msadb_key_summ(key, 0, 0, 0);
     MDB_val ks = {16, key};
