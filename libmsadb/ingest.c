@@ -3,6 +3,7 @@
  * msadb_batch_commit() then assigns ids, seals blocks when the store is
  * encrypted and writes everything in one LMDB write transaction. */
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,17 +60,44 @@ typedef struct {
     int64_t created;
 } batch_doc;
 
+/* Encoding state of one thread: its codec and one block of scratch.  A
+ * document's blocks are encoded by up to ENCODE_THREADS workers, each into
+ * its own output buffer, merged into the arena in order afterwards. */
+#define ENCODE_THREADS 2
+#define ENCODE_MIN_ITEMS 16 /* blocks x planes below which one thread is faster */
+
+typedef struct {
+    msadb_codec *codec;
+    float *k, *v, *kdeq; /* [block_size][d] */
+    buf_t out;           /* encoded blocks of this worker's items */
+} encoder;
+
 struct msadb_batch {
     msadb_store *st;
-    msadb_codec *codec;
     batch_doc *docs;
     size_t n_docs, cap_docs;
     buf_t arena;
-    float *kbuf, *vbuf, *kdeq, *vdeq; /* one plane of the current document */
-    size_t tok_cap;
-    uint8_t *enc;
-    size_t enc_cap;
+    encoder enc[ENCODE_THREADS];
 };
+
+static void encoder_free(encoder *e)
+{
+    msadb_codec_free(e->codec);
+    free(e->k);
+    free(e->v);
+    free(e->kdeq);
+    free(e->out.p);
+}
+
+static int encoder_init(encoder *e, const msadb_store *st)
+{
+    size_t n = (size_t)st->sig.block_size * st->sig.head_dim * sizeof(float);
+    e->codec = msadb_codec_new(st->zstd_level);
+    e->k = malloc(n);
+    e->v = malloc(n);
+    e->kdeq = malloc(n);
+    return e->codec && e->k && e->v && e->kdeq ? 0 : MSADB_ENOMEM;
+}
 
 int msadb_batch_begin(msadb_store *st, msadb_batch **out)
 {
@@ -82,12 +110,11 @@ int msadb_batch_begin(msadb_store *st, msadb_batch **out)
     if (!b)
         return MSADB_ENOMEM;
     b->st = st;
-    b->codec = msadb_codec_new(st->zstd_level);
-    b->enc_cap = msadb_block_bound(st->sig.dtype, st->sig.block_size, st->sig.head_dim);
-    b->enc = malloc(b->enc_cap);
-    if (!b->codec || !b->enc) {
-        msadb_batch_abort(b);
-        return MSADB_ENOMEM;
+    for (int i = 0; i < ENCODE_THREADS; i++) {
+        if (encoder_init(&b->enc[i], st)) {
+            msadb_batch_abort(b);
+            return MSADB_ENOMEM;
+        }
     }
     *out = b;
     return 0;
@@ -99,14 +126,10 @@ void msadb_batch_abort(msadb_batch *b)
 {
     if (!b)
         return;
-    msadb_codec_free(b->codec);
+    for (int i = 0; i < ENCODE_THREADS; i++)
+        encoder_free(&b->enc[i]);
     free(b->docs);
     free(b->arena.p);
-    free(b->kbuf);
-    free(b->vbuf);
-    free(b->kdeq);
-    free(b->vdeq);
-    free(b->enc);
     free(b);
 }
 
@@ -141,18 +164,89 @@ static int arena_put(buf_t *a, const void *p, size_t len, size_t *off)
     return buf_append(a, p, len);
 }
 
-static int ensure_tok(msadb_batch *b, size_t n, size_t d)
+/* One worker's share of a document: items [first, last) where item
+ * p * n_blocks + j is block j of plane p.  Encoded bytes go to the worker's
+ * buffer; the directory entry (offset in that buffer, length) and the
+ * summaries go straight to their reserved places in the arena. */
+typedef struct {
+    msadb_batch *b;
+    const msadb_doc *doc;
+    batch_doc *bd;
+    encoder *e;
+    uint64_t first, last;
+    int rc;
+} encode_job;
+
+static void *encode_items(void *arg)
 {
-    if (n <= b->tok_cap)
-        return 0;
-    float **bufs[] = {&b->kbuf, &b->vbuf, &b->kdeq, &b->vdeq};
-    for (int i = 0; i < 4; i++) {
-        float *p = realloc(*bufs[i], n * d * sizeof(float));
-        if (!p)
-            return MSADB_ENOMEM;
-        *bufs[i] = p;
+    encode_job *job = arg;
+    msadb_store *st = job->b->st;
+    const msadb_signature *sig = &st->sig;
+    const uint32_t d = sig->head_dim, B = sig->block_size;
+    const uint64_t T = job->bd->n_tokens, nb = job->bd->n_blocks;
+    const size_t esz = job->doc->kv_dtype == MSADB_DTYPE_F32 ? 4 : 2;
+    const size_t se = msadb_summ_entry_bytes(st);
+    const size_t bound = msadb_block_bound((int)sig->dtype, B, d);
+    encoder *e = job->e;
+    e->out.len = 0;
+    for (uint64_t it = job->first; it < job->last; it++) {
+        uint64_t p = it / nb, j = it % nb;
+        uint32_t n = (uint32_t)(j + 1 < nb ? B : T - j * B);
+        size_t src = ((size_t)p * T + (size_t)j * B) * d * esz;
+        if (msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->keys + src, e->k, (size_t)n * d) ||
+            msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->values + src, e->v, (size_t)n * d)) {
+            job->rc = MSADB_ENONFINITE;
+            return NULL;
+        }
+        size_t len = 0;
+        if ((job->rc = buf_reserve(&e->out, bound)) ||
+            (job->rc = msadb_block_encode(e->codec, (int)sig->dtype, e->k, e->v, n, d, e->out.p + e->out.len,
+                                          bound, &len, e->kdeq, NULL)))
+            return NULL;
+        uint8_t *dir = job->b->arena.p + job->bd->blocks_off + it * 16;
+        msadb_put_le64(dir, e->out.len);
+        msadb_put_le64(dir + 8, len);
+        e->out.len += len;
+        msadb_summarize_store(st, e->kdeq, n, job->b->arena.p + job->bd->summ_off + it * se);
     }
-    b->tok_cap = n;
+    job->rc = 0;
+    return NULL;
+}
+
+/* Encodes every block of every plane, on two threads when there is enough
+ * work, then appends the encoded bytes to the arena in item order. */
+static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
+{
+    const uint64_t items = (uint64_t)msadb_signature_planes(&b->st->sig) * bd->n_blocks;
+    int workers = items >= ENCODE_MIN_ITEMS ? ENCODE_THREADS : 1;
+    encode_job jobs[ENCODE_THREADS];
+    pthread_t tid[ENCODE_THREADS];
+    int started[ENCODE_THREADS] = {0};
+    for (int w = 0; w < workers; w++) {
+        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers, 0};
+        if (w > 0)
+            started[w] = pthread_create(&tid[w], NULL, encode_items, &jobs[w]) == 0;
+    }
+    encode_items(&jobs[0]);
+    for (int w = 1; w < workers; w++) {
+        if (started[w])
+            pthread_join(tid[w], NULL);
+        else
+            encode_items(&jobs[w]); /* no thread: do it here */
+    }
+    for (int w = 0; w < workers; w++)
+        if (jobs[w].rc)
+            return jobs[w].rc;
+    for (int w = 0; w < workers; w++) {
+        size_t base;
+        int rc = arena_put(&b->arena, b->enc[w].out.p, b->enc[w].out.len, &base);
+        if (rc)
+            return rc;
+        for (uint64_t it = jobs[w].first; it < jobs[w].last; it++) {
+            uint8_t *dir = b->arena.p + bd->blocks_off + it * 16;
+            msadb_put_le64(dir, msadb_get_le64(dir) + base);
+        }
+    }
     return 0;
 }
 
@@ -165,12 +259,9 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     if (rc)
         return rc;
     const msadb_signature *sig = &st->sig;
-    const uint32_t d = sig->head_dim, B = sig->block_size, planes = msadb_signature_planes(sig);
+    const uint32_t B = sig->block_size, planes = msadb_signature_planes(sig);
     const uint64_t T = doc->n_tokens, nb = (T + B - 1) / B;
-    const size_t esz = doc->kv_dtype == MSADB_DTYPE_F32 ? 4 : 2;
     const size_t se = msadb_summ_entry_bytes(st);
-    if ((rc = ensure_tok(b, T, d)))
-        return rc;
     /* Everything appended from here on is rolled back on error. */
     size_t arena_mark = b->arena.len;
     if (b->n_docs == b->cap_docs) {
@@ -199,40 +290,15 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
         goto fail;
     if (doc->token_spans && (rc = arena_put(&b->arena, doc->token_spans, T * 16, &bd->spans_off)))
         goto fail;
-    /* Block directory and summaries are fixed-size: reserve them up front. */
+    /* Block directory and summaries are fixed-size: reserve them up front
+     * (the encoders write into them while the arena does not move). */
     bd->blocks_off = b->arena.len;
-    if ((rc = buf_reserve(&b->arena, (size_t)planes * nb * 16)))
+    bd->summ_off = bd->blocks_off + (size_t)planes * nb * 16;
+    if ((rc = buf_reserve(&b->arena, (size_t)planes * nb * (16 + se))))
         goto fail;
-    b->arena.len += (size_t)planes * nb * 16;
-    bd->summ_off = b->arena.len;
-    if ((rc = buf_reserve(&b->arena, (size_t)planes * nb * se)))
+    b->arena.len += (size_t)planes * nb * (16 + se);
+    if ((rc = encode_doc(b, doc, bd)))
         goto fail;
-    b->arena.len += (size_t)planes * nb * se;
-    for (uint32_t p = 0; p < planes; p++) {
-        const uint8_t *ksrc = (const uint8_t *)doc->keys + (size_t)p * T * d * esz;
-        const uint8_t *vsrc = (const uint8_t *)doc->values + (size_t)p * T * d * esz;
-        if (msadb_to_f32(doc->kv_dtype, ksrc, b->kbuf, T * d) ||
-            msadb_to_f32(doc->kv_dtype, vsrc, b->vbuf, T * d)) {
-            rc = MSADB_ENONFINITE;
-            goto fail;
-        }
-        for (uint64_t j = 0; j < nb; j++) {
-            uint32_t n = (uint32_t)(j + 1 < nb ? B : T - j * B);
-            size_t off = (size_t)j * B * d, len = 0;
-            rc = msadb_block_encode(b->codec, (int)sig->dtype, b->kbuf + off, b->vbuf + off, n, d, b->enc,
-                                    b->enc_cap, &len, b->kdeq, NULL);
-            if (rc)
-                goto fail;
-            size_t enc_off;
-            if ((rc = arena_put(&b->arena, b->enc, len, &enc_off)))
-                goto fail;
-            uint8_t *dir = b->arena.p + bd->blocks_off + ((size_t)p * nb + j) * 16;
-            msadb_put_le64(dir, enc_off);
-            msadb_put_le64(dir + 8, len);
-            uint8_t *sum = b->arena.p + bd->summ_off + ((size_t)p * nb + j) * se;
-            msadb_summarize_store(st, b->kdeq, n, sum);
-        }
-    }
     b->n_docs++;
     return 0;
 fail:
@@ -242,20 +308,28 @@ fail:
 
 void msadb_summarize(const float *K, uint32_t n, uint32_t d, uint16_t *mean, uint16_t *minmax)
 {
-    for (uint32_t c = 0; c < d; c++) {
-        double s = 0;
-        float lo = K[c], hi = K[c];
-        for (uint32_t t = 0; t < n; t++) {
-            float x = K[(size_t)t * d + c];
-            s += x;
-            lo = x < lo ? x : lo;
-            hi = x > hi ? x : hi;
+    /* Row by row so the inner loop runs over contiguous channels and
+     * vectorizes; the f32 sums of at most MSADB_MAX_BLOCK rows are exact
+     * enough for an f16 result. */
+    float sum[MSADB_MAX_HEAD_DIM], lo[MSADB_MAX_HEAD_DIM], hi[MSADB_MAX_HEAD_DIM];
+    memcpy(sum, K, d * sizeof(float));
+    memcpy(lo, K, d * sizeof(float));
+    memcpy(hi, K, d * sizeof(float));
+    for (uint32_t t = 1; t < n; t++) {
+        const float *r = K + (size_t)t * d;
+        for (uint32_t c = 0; c < d; c++) {
+            sum[c] += r[c];
+            lo[c] = r[c] < lo[c] ? r[c] : lo[c];
+            hi[c] = r[c] > hi[c] ? r[c] : hi[c];
         }
+    }
+    float inv = 1.0f / (float)n;
+    for (uint32_t c = 0; c < d; c++) {
         if (mean)
-            mean[c] = msadb_f32_to_f16((float)(s / n));
+            mean[c] = msadb_f32_to_f16(sum[c] * inv);
         if (minmax) {
-            minmax[c] = msadb_f32_to_f16_down(lo);
-            minmax[d + c] = msadb_f32_to_f16_up(hi);
+            minmax[c] = msadb_f32_to_f16_down(lo[c]);
+            minmax[d + c] = msadb_f32_to_f16_up(hi[c]);
         }
     }
 }

@@ -9,7 +9,7 @@ what=${1:-test}
 build=${MSADB_BUILD_DIR:-build}
 
 packages=(build-essential meson ninja-build pkg-config
-          liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev
+          liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev libpcre2-dev
           python3 python3-numpy)
 missing=()
 for p in "${packages[@]}"; do
