@@ -467,6 +467,142 @@ MSADB_API int msadb_retrieve(msadb_snapshot *snap, const msadb_query *q, msadb_h
 MSADB_API void msadb_lse_merge(size_t n, size_t d, const float *o1, const float *l1,
                                const float *o2, const float *l2, float *out, float *lse_out);
 
+/* ------------------------------------------------------------------------ */
+/* Model adapter: plugging a store into a transformer's attention           */
+/* ------------------------------------------------------------------------ */
+/*
+ * The contract between a transformer (any engine) and a store, per memory
+ * layer (see docs/adapter.md for a worked example):
+ *
+ * 1. Ingest ("capture").  Run a document through the model with
+ *    document-wise positions (its tokens at positions 0, 1, ..., T-1) and
+ *    hand the store each memory layer's keys (after RoPE) and values, as the
+ *    model computes them, chunk by chunk if the document is long.  The
+ *    document becomes visible when the capture is committed.
+ * 2. Inference ("attend").  In each memory layer, after the layer's local
+ *    attention (with its log-sum-exp), give the store the layer's queries
+ *    (after RoPE) and the local result: msadb_attend_merge() replaces it with
+ *    the merge of local and memory attention, which equals one softmax over
+ *    the local keys and the selected memory keys together.
+ *
+ * Positions: memory keys carry their positions inside their own document.
+ * The host chooses the positions of its own tokens (the question); the
+ * built-in runtime starts them at msadb_ask_params.query_pos (default 0),
+ * i.e. a question is positioned like the start of a document.
+ */
+
+/** Opens the store at path if it exists (its signature must equal sig:
+ * MSADB_ESIGNATURE otherwise), or creates it for sig. */
+MSADB_API int msadb_open_or_create(const char *path, const msadb_signature *sig,
+                                   const msadb_options *opt, msadb_store **out);
+
+typedef struct msadb_capture msadb_capture;
+
+/** Starts capturing one document of the store.  End with
+ * msadb_capture_commit() or msadb_capture_abort(). */
+MSADB_API int msadb_capture_begin(msadb_store *store, msadb_capture **out);
+
+/** Hands the capture the keys and values that model layer `layer` produced
+ * for tokens [first, first + n) of the document: k and v are
+ * [n_kv_heads][n][head_dim] f32 (head-major), keys after RoPE.  Calls for
+ * a layer that holds no memory are accepted and ignored, so a host may call
+ * this for every layer.  Tokens must arrive in order without gaps per layer
+ * (first == tokens already given for that layer).  Errors: MSADB_EINVAL,
+ * MSADB_ENONFINITE, MSADB_ELIMIT (more than 2^32-1 tokens), MSADB_ENOMEM. */
+MSADB_API int msadb_capture_kv(msadb_capture *cap, uint32_t layer, uint64_t first, uint64_t n,
+                               const float *k, const float *v);
+
+/** Stores the captured document with the metadata in *doc (space, title,
+ * meta, text, token ids and spans; doc->n_tokens must equal the tokens
+ * captured in every memory layer; doc->keys/values/kv_dtype are ignored) in
+ * one transaction, and frees the capture whatever the result. */
+MSADB_API int msadb_capture_commit(msadb_capture *cap, const msadb_doc *doc, uint64_t *doc_id);
+
+/** Discards a capture; NULL allowed. */
+MSADB_API void msadb_capture_abort(msadb_capture *cap);
+
+/** Memory attention merged into a layer's local attention, in place:
+ * out [n_query][n_q_heads][head_dim] and lse [n_query][n_q_heads] hold the
+ * local result on entry (lse -INFINITY for an empty local context) and the
+ * merged one on return.  Other arguments as msadb_attend(). */
+MSADB_API int msadb_attend_merge(msadb_snapshot *snap, const msadb_query *q, float *out,
+                                 float *lse, msadb_hit *hits, size_t hits_cap, size_t *n_hits);
+
+/* ------------------------------------------------------------------------ */
+/* Built-in runtime: llama-architecture GGUF models                         */
+/* ------------------------------------------------------------------------ */
+
+/** A model loaded by the built-in runtime (weights and tokenizer). */
+typedef struct msadb_llm msadb_llm;
+
+typedef struct msadb_llm_info {
+    uint32_t n_layers, n_q_heads, n_kv_heads, head_dim, n_embd, n_vocab, n_ctx_train;
+    size_t weight_bytes; /* weights held in memory */
+} msadb_llm_info;
+
+/** Loads a GGUF file (llama architecture; tensors F32, F16, BF16, Q8_0;
+ * tokenizer "llama" or "gpt2" from its metadata).  Errors: those of the
+ * GGUF reader (MSADB_ECORRUPT, MSADB_EVERSION), MSADB_EDTYPE, MSADB_ENOTFOUND,
+ * MSADB_EINVAL (unsupported architecture or feature), errno values. */
+MSADB_API int msadb_llm_open(const char *path, msadb_llm **out);
+/** Frees a model; NULL allowed. */
+MSADB_API void msadb_llm_close(msadb_llm *llm);
+MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
+/** The default store signature for this model (memory in the latter half
+ * of the layers, block 64, f16). */
+MSADB_API int msadb_llm_signature(const msadb_llm *llm, msadb_signature *sig);
+
+/** Tokenizes text; ids (and spans [cap][2] byte offsets, may be NULL) get
+ * up to cap entries, *n the count (call with ids NULL to count).
+ * MSADB_ELIMIT if cap is too small. */
+MSADB_API int msadb_llm_tokenize(const msadb_llm *llm, const char *text, size_t len, int add_bos,
+                                 int32_t *ids, int64_t *spans, size_t cap, size_t *n);
+/** Decodes ids into buf (capacity cap, not NUL-terminated; *len the full
+ * length; MSADB_ELIMIT if short). */
+MSADB_API int msadb_llm_detokenize(const msadb_llm *llm, const int32_t *ids, size_t n, char *buf,
+                                   size_t cap, size_t *len);
+
+/** Ingests text as one document: tokenizes it, runs it through the model
+ * (document-wise positions, chunks of the model's context), captures the
+ * memory layers' keys and values and commits them with the text, token ids
+ * and spans.  The store's signature must match the model
+ * (MSADB_ESIGNATURE). */
+MSADB_API int msadb_llm_ingest(msadb_llm *llm, msadb_store *store, const char *space,
+                               const char *title, const char *text, size_t len, uint64_t *doc_id);
+
+typedef struct msadb_ask_params {
+    const char *const *spaces; /* spaces to read (NULL/0 = all) */
+    size_t n_spaces;
+    uint32_t top_k;         /* blocks (or documents) per kv head (16) */
+    int select;             /* MSADB_SELECT_* */
+    int exact;              /* attend every block */
+    int no_memory;          /* answer without memory (for comparison) */
+    uint32_t max_tokens;    /* answer length limit (64) */
+    float temperature;      /* 0 = greedy (default) */
+    float top_p;            /* nucleus sampling mass (1) */
+    uint64_t seed;          /* sampling seed */
+    int32_t query_pos;      /* position of the question's first token (0) */
+    uint32_t interleave;    /* memory-interleave rounds (0 = off): the text of
+                               the best document is put in front of the
+                               question and memory is queried again */
+    /* Streaming: called with each piece of answer text as it is generated;
+     * a non-zero return stops generation. */
+    int (*on_text)(const char *text, size_t len, void *user);
+    void *user;
+} msadb_ask_params;
+
+MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
+
+/** Answers a question from memory: runs it with memory attention in every
+ * memory layer and generates up to max_tokens tokens (stopping at the end
+ * of sequence).  answer (capacity cap, NUL-terminated when it fits) gets the
+ * text, *len its length; hits (up to hits_cap, *n_hits the count) the memory
+ * blocks the question's tokens drew on in the last memory layer, best first.
+ * store may be NULL (no memory). */
+MSADB_API int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
+                            const msadb_ask_params *p, char *answer, size_t cap, size_t *len,
+                            msadb_hit *hits, size_t hits_cap, size_t *n_hits);
+
 #ifdef __cplusplus
 }
 #endif

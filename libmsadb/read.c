@@ -58,6 +58,7 @@ void msadb_snapshot_end(msadb_snapshot *s)
         return;
     if (s->scratch_free)
         s->scratch_free(s->scratch);
+    free(s->merge_buf);
     if (s->txn)
         msadb_txn_done(s->st, s->txn);
     msadb_codec_free(s->codec);

@@ -32,6 +32,8 @@ struct msadb_snapshot {
     msadb_codec *codec;
     void *scratch;
     void (*scratch_free)(void *);
+    float *merge_buf; /* msadb_attend_merge()'s memory result, reused */
+    size_t merge_cap;
 };
 
 /* Document record flags and docdata kinds. */

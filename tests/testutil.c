@@ -69,3 +69,24 @@ void tu_make_kv(uint64_t seed, size_t n, float *K, float *V)
     tu_fill_randn(&s, K, n, 1.0f);
     tu_fill_randn(&s, V, n, 1.0f);
 }
+
+const char *tu_make_model(const char *dir, const char *name, const char *opts)
+{
+    static char path[1200];
+    const char *root = getenv("MSADB_SOURCE_ROOT"), *py = getenv("MSADB_PYTHON");
+    if (!py || !*py)
+        py = "/usr/bin/python3";
+    if (!root)
+        return NULL;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s -c 'import numpy' 2>/dev/null", py);
+    if (system(cmd) != 0)
+        return NULL;
+    snprintf(path, sizeof path, "%s/%s.gguf", dir, name);
+    snprintf(cmd, sizeof cmd, "%s %s/tools/make_test_model.py %s %s", py, root, path, opts);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "command failed: %s\n", cmd);
+        exit(1);
+    }
+    return path;
+}

@@ -43,4 +43,10 @@ void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
 /* Deterministic keys and values of n floats each, from a seed. */
 void tu_make_kv(uint64_t seed, size_t n, float *K, float *V);
 
+/* Writes DIR/NAME.gguf, a small llama model with seeded random weights,
+ * with tools/make_test_model.py OPTS (needs MSADB_SOURCE_ROOT, and
+ * MSADB_PYTHON or /usr/bin/python3 with numpy).  Returns the path (static
+ * until the next call), or NULL when the tools are unavailable. */
+const char *tu_make_model(const char *dir, const char *name, const char *opts);
+
 #endif

@@ -1,0 +1,184 @@
+/* adapter.c -- the engine-neutral model adapter: open-or-create for a
+ * model signature, capturing a document's K/V layer by layer as a model
+ * produces them, and merging memory attention into a layer's local
+ * attention. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "store_impl.h"
+
+int msadb_open_or_create(const char *path, const msadb_signature *sig, const msadb_options *opt,
+                         msadb_store **out)
+{
+    if (!path || !sig || !out)
+        return MSADB_EINVAL;
+    int rc = msadb_open(path, sig, opt, out);
+    if (rc == MSADB_ENOTSTORE)
+        rc = msadb_create(path, sig, opt, out);
+    return rc;
+}
+
+/* Per plane, a growing [tokens][head_dim] matrix of keys and one of values. */
+typedef struct {
+    float *k, *v;
+    uint64_t n, cap; /* tokens held, tokens of room */
+} plane_buf;
+
+struct msadb_capture {
+    msadb_store *st;
+    plane_buf *planes; /* [n_memory_layers * n_kv_heads] */
+};
+
+int msadb_capture_begin(msadb_store *st, msadb_capture **out)
+{
+    if (!st || !out)
+        return MSADB_EINVAL;
+    *out = NULL;
+    if (st->read_only)
+        return MSADB_EREADONLY;
+    msadb_capture *c = calloc(1, sizeof *c);
+    if (!c)
+        return MSADB_ENOMEM;
+    c->st = st;
+    c->planes = calloc(msadb_signature_planes(&st->sig), sizeof *c->planes);
+    if (!c->planes) {
+        free(c);
+        return MSADB_ENOMEM;
+    }
+    *out = c;
+    return 0;
+}
+
+void msadb_capture_abort(msadb_capture *c)
+{
+    if (!c)
+        return;
+    for (uint32_t p = 0; p < msadb_signature_planes(&c->st->sig); p++) {
+        free(c->planes[p].k);
+        free(c->planes[p].v);
+    }
+    free(c->planes);
+    free(c);
+}
+
+static int plane_grow(plane_buf *pb, uint64_t need, size_t d)
+{
+    if (need <= pb->cap)
+        return 0;
+    uint64_t cap = pb->cap ? pb->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    float *k = realloc(pb->k, cap * d * sizeof(float));
+    if (!k)
+        return MSADB_ENOMEM;
+    pb->k = k;
+    float *v = realloc(pb->v, cap * d * sizeof(float));
+    if (!v)
+        return MSADB_ENOMEM;
+    pb->v = v;
+    pb->cap = cap;
+    return 0;
+}
+
+int msadb_capture_kv(msadb_capture *c, uint32_t layer, uint64_t first, uint64_t n, const float *k,
+                     const float *v)
+{
+    if (!c || !k || !v || n == 0)
+        return MSADB_EINVAL;
+    const msadb_signature *sig = &c->st->sig;
+    if (layer >= sig->n_layers)
+        return MSADB_EINVAL;
+    int mi = msadb_signature_memory_index(sig, layer);
+    if (mi < 0)
+        return 0; /* not a memory layer: nothing to keep */
+    const size_t d = sig->head_dim, H = sig->n_kv_heads;
+    if (first + n > UINT32_MAX)
+        return MSADB_ELIMIT;
+    for (size_t i = 0; i < H * n * d; i++)
+        if (!isfinite(k[i]) || !isfinite(v[i]))
+            return MSADB_ENONFINITE;
+    for (size_t h = 0; h < H; h++) {
+        plane_buf *pb = &c->planes[(size_t)mi * H + h];
+        if (first != pb->n)
+            return MSADB_EINVAL; /* out of order or a gap */
+        int rc = plane_grow(pb, pb->n + n, d);
+        if (rc)
+            return rc;
+    }
+    for (size_t h = 0; h < H; h++) {
+        plane_buf *pb = &c->planes[(size_t)mi * H + h];
+        memcpy(pb->k + pb->n * d, k + h * n * d, n * d * sizeof(float));
+        memcpy(pb->v + pb->n * d, v + h * n * d, n * d * sizeof(float));
+        pb->n += n;
+    }
+    return 0;
+}
+
+int msadb_capture_commit(msadb_capture *c, const msadb_doc *meta, uint64_t *doc_id)
+{
+    if (!c)
+        return MSADB_EINVAL;
+    int rc = 0;
+    const msadb_signature *sig = &c->st->sig;
+    const uint32_t planes = msadb_signature_planes(sig);
+    const size_t d = sig->head_dim;
+    float *K = NULL, *V = NULL;
+    if (!meta || meta->n_tokens == 0) {
+        rc = MSADB_EINVAL;
+        goto out;
+    }
+    for (uint32_t p = 0; p < planes; p++)
+        if (c->planes[p].n != meta->n_tokens) {
+            rc = MSADB_EINVAL; /* a memory layer is missing tokens */
+            goto out;
+        }
+    /* msadb_doc wants [planes][T][d] contiguous. */
+    size_t T = meta->n_tokens;
+    K = malloc((size_t)planes * T * d * sizeof(float));
+    V = malloc((size_t)planes * T * d * sizeof(float));
+    if (!K || !V) {
+        rc = MSADB_ENOMEM;
+        goto out;
+    }
+    for (uint32_t p = 0; p < planes; p++) {
+        memcpy(K + (size_t)p * T * d, c->planes[p].k, T * d * sizeof(float));
+        memcpy(V + (size_t)p * T * d, c->planes[p].v, T * d * sizeof(float));
+    }
+    msadb_doc doc = *meta;
+    doc.kv_dtype = MSADB_DTYPE_F32;
+    doc.keys = K;
+    doc.values = V;
+    rc = msadb_doc_append(c->st, &doc, doc_id);
+out:
+    free(K);
+    free(V);
+    msadb_capture_abort(c);
+    return rc;
+}
+
+int msadb_attend_merge(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse, msadb_hit *hits,
+                       size_t hits_cap, size_t *n_hits)
+{
+    if (!snap || !q || !out || !lse)
+        return MSADB_EINVAL;
+    const msadb_signature *sig = &snap->st->sig;
+    size_t rows = q->n_query * sig->n_q_heads, d = sig->head_dim;
+    if (q->n_query == 0 || rows > SIZE_MAX / (d + 1) / sizeof(float))
+        return MSADB_EINVAL;
+    size_t need = rows * (d + 1);
+    if (need > snap->merge_cap) {
+        float *p = realloc(snap->merge_buf, need * sizeof(float));
+        if (!p)
+            return MSADB_ENOMEM;
+        snap->merge_buf = p;
+        snap->merge_cap = need;
+    }
+    float *mem_out = snap->merge_buf, *mem_lse = snap->merge_buf + rows * d;
+    int rc = msadb_attend(snap, q, mem_out, mem_lse, hits, hits_cap, n_hits);
+    if (rc)
+        return rc;
+    msadb_lse_merge(rows, d, out, lse, mem_out, mem_lse, out, lse);
+    return 0;
+}

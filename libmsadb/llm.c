@@ -1,0 +1,417 @@
+/* llm.c -- the built-in runtime behind the public API: a GGUF llama model
+ * with its tokenizer, ingesting text into a store (capture) and answering
+ * questions with memory attention merged into every memory layer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "store_impl.h"
+#include "tokenizer.h"
+
+/* Longest run of tokens captured as one document; longer text becomes
+ * several consecutive documents (positions restart in each). */
+#define LLM_DOC_MAX 4096u
+
+struct msadb_llm {
+    msadb_model *model;
+    msadb_tokenizer *tok;
+};
+
+int msadb_llm_open(const char *path, msadb_llm **out)
+{
+    if (!path || !out)
+        return MSADB_EINVAL;
+    *out = NULL;
+    msadb_llm *llm = calloc(1, sizeof *llm);
+    if (!llm)
+        return MSADB_ENOMEM;
+    int rc = msadb_model_open(path, &llm->model);
+    if (!rc)
+        rc = msadb_tokenizer_from_gguf(msadb_model_gguf(llm->model), &llm->tok);
+    if (rc) {
+        msadb_llm_close(llm);
+        return rc;
+    }
+    *out = llm;
+    return 0;
+}
+
+void msadb_llm_close(msadb_llm *llm)
+{
+    if (!llm)
+        return;
+    msadb_tokenizer_free(llm->tok);
+    msadb_model_free(llm->model);
+    free(llm);
+}
+
+int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)
+{
+    if (!llm || !out)
+        return MSADB_EINVAL;
+    const msadb_model_config *c = msadb_model_get_config(llm->model);
+    memset(out, 0, sizeof *out);
+    out->n_layers = c->n_layers;
+    out->n_q_heads = c->n_heads;
+    out->n_kv_heads = c->n_kv_heads;
+    out->head_dim = c->head_dim;
+    out->n_embd = c->n_embd;
+    out->n_vocab = c->n_vocab;
+    out->n_ctx_train = c->n_ctx_train;
+    out->weight_bytes = msadb_model_weight_bytes(llm->model);
+    return 0;
+}
+
+int msadb_llm_signature(const msadb_llm *llm, msadb_signature *sig)
+{
+    if (!llm || !sig)
+        return MSADB_EINVAL;
+    const msadb_model_config *c = msadb_model_get_config(llm->model);
+    return msadb_signature_init(sig, c->n_layers, c->n_kv_heads, c->n_heads, c->head_dim);
+}
+
+int msadb_llm_tokenize(const msadb_llm *llm, const char *text, size_t len, int add_bos, int32_t *ids,
+                       int64_t *spans, size_t cap, size_t *n)
+{
+    if (!llm || (!text && len) || !n)
+        return MSADB_EINVAL;
+    return msadb_tokenizer_encode(llm->tok, text ? text : "", len, add_bos ? MSADB_TOKENIZE_ADD_BOS : 0, ids,
+                                  spans, cap, n);
+}
+
+int msadb_llm_detokenize(const msadb_llm *llm, const int32_t *ids, size_t n, char *buf, size_t cap,
+                         size_t *len)
+{
+    if (!llm || (!ids && n) || !len)
+        return MSADB_EINVAL;
+    return msadb_tokenizer_decode(llm->tok, ids, n, 0, buf, cap, len);
+}
+
+/* Tokenizes a whole text into freshly allocated ids and spans. */
+static int tokenize_alloc(const msadb_llm *llm, const char *text, size_t len, int add_bos, int32_t **ids,
+                          int64_t **spans, size_t *n)
+{
+    size_t cap = msadb_tokenizer_encode_bound(llm->tok, len);
+    if (cap == SIZE_MAX)
+        return MSADB_ELIMIT;
+    *ids = malloc((cap + 1) * sizeof **ids);
+    *spans = spans ? malloc((cap + 1) * 2 * sizeof **spans) : NULL;
+    if (!*ids || (spans && !*spans))
+        return MSADB_ENOMEM;
+    return msadb_tokenizer_encode(llm->tok, text, len, add_bos ? MSADB_TOKENIZE_ADD_BOS : 0, *ids,
+                                  spans ? *spans : NULL, cap, n);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ingest                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int capture_hook(uint32_t layer, uint32_t first, uint32_t n, const float *k, const float *v, void *user)
+{
+    return msadb_capture_kv(user, layer, first, n, k, v);
+}
+
+/* Captures tokens [t0, t0 + n) of the text as one document. */
+static int ingest_part(msadb_llm *llm, msadb_store *st, msadb_model_ctx *ctx, const msadb_doc *meta,
+                       const int32_t *ids, int64_t *spans, size_t t0, size_t n, uint64_t *doc_id)
+{
+    msadb_capture *cap;
+    int rc = msadb_capture_begin(st, &cap);
+    if (rc)
+        return rc;
+    msadb_model_ctx_reset(ctx);
+    msadb_model_hooks hooks = {capture_hook, NULL, cap};
+    int32_t *pos = malloc(n * sizeof *pos);
+    if (!pos) {
+        msadb_capture_abort(cap);
+        return MSADB_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        pos[i] = (int32_t)i; /* document-wise positions */
+    rc = msadb_model_forward(ctx, ids + t0, (uint32_t)n, pos, NULL, 0, &hooks);
+    free(pos);
+    if (rc) {
+        msadb_capture_abort(cap);
+        return rc;
+    }
+    msadb_doc doc = *meta;
+    doc.n_tokens = n;
+    doc.token_ids = ids + t0;
+    doc.token_spans = spans + 2 * t0;
+    return msadb_capture_commit(cap, &doc, doc_id);
+}
+
+int msadb_llm_ingest(msadb_llm *llm, msadb_store *st, const char *space, const char *title, const char *text,
+                     size_t len, uint64_t *doc_id)
+{
+    if (!llm || !st || !text || !len)
+        return MSADB_EINVAL;
+    msadb_signature want;
+    int rc = msadb_llm_signature(llm, &want);
+    if (rc)
+        return rc;
+    const msadb_signature *have = msadb_store_signature(st);
+    if (have->n_layers != want.n_layers || have->n_kv_heads != want.n_kv_heads ||
+        have->n_q_heads != want.n_q_heads || have->head_dim != want.head_dim)
+        return MSADB_ESIGNATURE;
+    int32_t *ids = NULL;
+    int64_t *spans = NULL;
+    size_t n = 0;
+    msadb_model_ctx *ctx = NULL;
+    if ((rc = tokenize_alloc(llm, text, len, 0, &ids, &spans, &n)))
+        goto out;
+    if (n == 0) {
+        rc = MSADB_EINVAL;
+        goto out;
+    }
+    size_t window = n < LLM_DOC_MAX ? n : LLM_DOC_MAX;
+    if ((rc = msadb_model_ctx_new(llm->model, (uint32_t)window, &ctx)))
+        goto out;
+    msadb_doc meta = {0};
+    meta.space = space;
+    meta.title = title;
+    meta.text = text;
+    meta.text_len = len;
+    size_t parts = (n + window - 1) / window;
+    for (size_t p = 0; p < parts && !rc; p++) {
+        char part_title[MSADB_TITLE_MAX + 1];
+        if (parts > 1) {
+            snprintf(part_title, sizeof part_title, "%.230s [%zu/%zu]", title ? title : "", p + 1, parts);
+            meta.title = part_title;
+        }
+        uint64_t id = 0;
+        size_t t0 = p * window, cnt = n - t0 < window ? n - t0 : window;
+        rc = ingest_part(llm, st, ctx, &meta, ids, spans, t0, cnt, &id);
+        if (!rc && p == 0 && doc_id)
+            *doc_id = id;
+    }
+out:
+    msadb_model_ctx_free(ctx);
+    free(ids);
+    free(spans);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Asking                                                                   */
+/* ------------------------------------------------------------------------ */
+
+void msadb_ask_params_init(msadb_ask_params *p)
+{
+    if (!p)
+        return;
+    memset(p, 0, sizeof *p);
+    p->top_k = 16;
+    p->select = MSADB_SELECT_BLOCKS;
+    p->max_tokens = 64;
+    p->top_p = 1.0f;
+}
+
+typedef struct {
+    msadb_llm *llm;
+    msadb_snapshot *snap; /* NULL: no memory */
+    const msadb_ask_params *p;
+    const msadb_signature *sig;
+    uint32_t last_memory_layer;
+    size_t prompt_len;    /* hits are kept from the pass over the prompt's */
+    int recorded;         /* last chunk, in the last memory layer */
+    msadb_hit *hits;
+    size_t hits_cap, n_hits;
+    /* answer text */
+    char *answer;
+    size_t cap, len;
+    int first_piece;
+    int stopped;
+} ask_state;
+
+static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *q, float *out, float *lse,
+                       void *user)
+{
+    ask_state *a = user;
+    if (!a->snap || msadb_signature_memory_index(a->sig, layer) < 0)
+        return 0;
+    msadb_query mq;
+    msadb_query_init(&mq);
+    mq.layer = layer;
+    mq.q = q;
+    mq.n_query = n;
+    mq.spaces = a->p->spaces;
+    mq.n_spaces = a->p->n_spaces;
+    mq.top_k = a->p->top_k;
+    mq.select = a->p->select;
+    mq.exact = a->p->exact;
+    int keep = !a->recorded && layer == a->last_memory_layer && first + n == a->prompt_len;
+    size_t got = 0;
+    int rc = msadb_attend_merge(a->snap, &mq, out, lse, keep ? a->hits : NULL, keep ? a->hits_cap : 0, &got);
+    if (!rc && keep) {
+        a->n_hits = got;
+        a->recorded = 1;
+    }
+    return rc;
+}
+
+static int on_token(int32_t token, void *user)
+{
+    ask_state *a = user;
+    const char *piece;
+    size_t n;
+    if (msadb_tokenizer_piece(a->llm->tok, token, &piece, &n))
+        return 0;
+    if (a->first_piece && n && piece[0] == ' ' && msadb_tokenizer_space_prefix(a->llm->tok)) {
+        piece++;
+        n--;
+    }
+    a->first_piece = 0;
+    if (a->answer && a->len + n < a->cap)
+        memcpy(a->answer + a->len, piece, n);
+    a->len += n;
+    if (a->p->on_text && n && a->p->on_text(piece, n, a->p->user)) {
+        a->stopped = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Tokens of the best-scoring document among the hits, for interleave. */
+static int best_doc_text(ask_state *a, int32_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    if (!a->n_hits)
+        return 0;
+    const msadb_hit *best = &a->hits[0];
+    for (size_t i = 1; i < a->n_hits && i < a->hits_cap; i++)
+        if (a->hits[i].score > best->score)
+            best = &a->hits[i];
+    size_t len = 0;
+    int rc = msadb_doc_text(a->snap, best->doc_id, NULL, 0, &len);
+    if (rc || !len)
+        return rc;
+    char *text = malloc(len);
+    if (!text)
+        return MSADB_ENOMEM;
+    rc = msadb_doc_text(a->snap, best->doc_id, text, len, &len);
+    if (!rc)
+        rc = tokenize_alloc(a->llm, text, len, 0, ids, NULL, n);
+    free(text);
+    return rc;
+}
+
+int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t qlen, const msadb_ask_params *p_in,
+                  char *answer, size_t cap, size_t *len, msadb_hit *hits, size_t hits_cap, size_t *n_hits)
+{
+    if (!llm || !question || !qlen || (!hits && hits_cap))
+        return MSADB_EINVAL;
+    msadb_ask_params defaults;
+    msadb_ask_params_init(&defaults);
+    const msadb_ask_params *p = p_in ? p_in : &defaults;
+    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8)
+        return MSADB_EINVAL;
+    ask_state a = {0};
+    a.llm = llm;
+    a.p = p;
+    a.answer = answer;
+    a.cap = cap;
+    a.first_piece = 1;
+    msadb_hit local_hits[64];
+    a.hits = hits ? hits : local_hits;
+    a.hits_cap = hits ? hits_cap : 64;
+    int32_t *qids = NULL, *ctx_ids = NULL, *pos = NULL;
+    size_t nq = 0, n_ctx = 0;
+    msadb_model_ctx *ctx = NULL;
+    int rc;
+    if (st && !p->no_memory) {
+        a.sig = msadb_store_signature(st);
+        a.last_memory_layer = a.sig->memory_layers[a.sig->n_memory_layers - 1];
+        if ((rc = msadb_snapshot_begin(st, &a.snap)))
+            return rc;
+    }
+    if ((rc = tokenize_alloc(llm, question, qlen, msadb_tokenizer_add_bos(llm->tok), &qids, NULL, &nq)))
+        goto out;
+    /* Context: [pulled document texts...] + question; interleave rounds
+     * grow it by the best document's text and query memory again. */
+    ctx_ids = malloc(nq * sizeof *ctx_ids);
+    if (!ctx_ids) {
+        rc = MSADB_ENOMEM;
+        goto out;
+    }
+    memcpy(ctx_ids, qids, nq * sizeof *ctx_ids);
+    n_ctx = nq;
+    for (uint32_t round = 0; round <= p->interleave; round++) {
+        uint32_t capacity = (uint32_t)(n_ctx + p->max_tokens + 1);
+        msadb_model_ctx_free(ctx);
+        ctx = NULL;
+        free(pos);
+        pos = malloc(n_ctx * sizeof *pos);
+        if (!pos) {
+            rc = MSADB_ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < n_ctx; i++)
+            pos[i] = p->query_pos + (int32_t)i;
+        if ((rc = msadb_model_ctx_new(llm->model, capacity, &ctx)))
+            goto out;
+        msadb_model_hooks hooks = {NULL, attend_hook, &a};
+        a.prompt_len = n_ctx;
+        a.recorded = 0;
+        a.n_hits = 0;
+        if (round < p->interleave && a.snap) {
+            /* Prompt pass only: route, then pull the best document in. */
+            if ((rc = msadb_model_forward(ctx, ctx_ids, (uint32_t)n_ctx, pos, NULL, 0, &hooks)))
+                goto out;
+            int32_t *doc_ids;
+            size_t nd;
+            if ((rc = best_doc_text(&a, &doc_ids, &nd)))
+                goto out;
+            int32_t *grown = realloc(ctx_ids, (n_ctx + nd) * sizeof *grown);
+            if (!grown) {
+                free(doc_ids);
+                rc = MSADB_ENOMEM;
+                goto out;
+            }
+            ctx_ids = grown;
+            /* Keep BOS (if any) first: document text goes after it. */
+            size_t at = (n_ctx && ctx_ids[0] == msadb_tokenizer_special(llm->tok, MSADB_TOKEN_BOS)) ? 1 : 0;
+            memmove(ctx_ids + at + nd, ctx_ids + at, (n_ctx - at) * sizeof *ctx_ids);
+            memcpy(ctx_ids + at, doc_ids, nd * sizeof *ctx_ids);
+            n_ctx += nd;
+            free(doc_ids);
+            continue;
+        }
+        int32_t eos = msadb_tokenizer_special(llm->tok, MSADB_TOKEN_EOS);
+        msadb_sampler sampler;
+        msadb_sampler_init(&sampler, p->temperature, p->top_p, 0, p->seed);
+        msadb_generate_params gp = {0};
+        gp.max_tokens = p->max_tokens;
+        gp.stop_tokens = eos >= 0 ? &eos : NULL;
+        gp.n_stop = eos >= 0 ? 1 : 0;
+        gp.sampler = &sampler;
+        gp.hooks = &hooks;
+        gp.on_token = on_token;
+        gp.user = &a;
+        size_t n_out = 0;
+        int why = 0;
+        /* Generated tokens query memory too; the hits kept are those of
+         * the prompt's pass. */
+        rc = msadb_model_generate(ctx, ctx_ids, (uint32_t)n_ctx, pos, &gp, NULL, 0, &n_out, &why);
+        if (rc > 0)
+            rc = 0;
+    }
+out:
+    if (a.answer && a.cap)
+        a.answer[a.len < a.cap ? a.len : a.cap - 1] = 0;
+    if (len)
+        *len = a.len;
+    if (n_hits)
+        *n_hits = a.n_hits;
+    if (!rc && answer && a.len >= cap)
+        rc = MSADB_ELIMIT;
+    msadb_model_ctx_free(ctx);
+    msadb_snapshot_end(a.snap);
+    free(qids);
+    free(ctx_ids);
+    free(pos);
+    return rc;
+}
