@@ -45,6 +45,7 @@ case "$what" in
     fi
     rc=0
     meson test -C "$build" --print-errorlogs --num-processes 2 || rc=$?
+    bash tools/check_install.sh "$build" || rc=1
     /usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY'
 import json, sys
 ok = bad = skip = 0
