@@ -8,6 +8,7 @@
  * error (exit status 2).  Nothing here touches a store or a file, so the
  * parser can be fuzzed on its own (fuzz/fuzz_cli_args.c).
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +29,18 @@ static const char *const cmd_names[CMD_COUNT] = {
 static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_HELP] = "help [COMMAND]",
     [CMD_VERSION] = "version",
-    [CMD_INIT] = "init DB --layers L --kv-heads H --q-heads Q --head-dim D\n"
+    [CMD_INIT] = "init DB (--layers L --kv-heads H --q-heads Q --head-dim D | --model M.gguf)\n"
                  "           [--memory-layers LIST] [--block B] [--dtype f32|f16|bf16|int8|q4]\n"
                  "           [--summary KINDS] [--key-file F | --passphrase-env VAR]",
-    [CMD_INGEST] = "ingest DB [--space S] [--title T] FILE...",
+    [CMD_INGEST] = "ingest DB [--space S] [--title T] FILE...\n"
+                   "       msadb ingest DB --model M.gguf [--space S] [--title T] [--split] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax] [--exact]\n"
-                  "           [--per-token] [--out FILE]",
+                  "           [--per-token] [--out FILE]\n"
+                  "       msadb query DB --model M.gguf [--space S]... [--top-k K]\n"
+                  "           [--select blocks|documents] [--exact] [--no-memory] [--max-tokens N]\n"
+                  "           [--temperature T] [--top-p P] [--seed S] [--interleave N]\n"
+                  "           [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S]",
     [CMD_RM] = "rm DB DOC...",
@@ -48,9 +54,9 @@ static const char *const cmd_usage[CMD_COUNT] = {
 static const char *const cmd_summary[CMD_COUNT] = {
     [CMD_HELP] = "show help for a command",
     [CMD_VERSION] = "print the msadb version",
-    [CMD_INIT] = "create a store for a model signature",
-    [CMD_INGEST] = "add documents from safetensors or .npy files (one transaction)",
-    [CMD_QUERY] = "memory attention for query vectors of one layer",
+    [CMD_INIT] = "create a store for a model signature (or a GGUF model's)",
+    [CMD_INGEST] = "add documents from safetensors/.npy files, or text through a model (one transaction)",
+    [CMD_QUERY] = "memory attention for query vectors, or answer a question with a model",
     [CMD_STAT] = "show the store's signature and sizes",
     [CMD_LS] = "list documents",
     [CMD_RM] = "delete documents",
@@ -70,7 +76,8 @@ static const char *const cmd_summary[CMD_COUNT] = {
 enum opt_id {
     O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
-    O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_COUNT
+    O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
+    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_COUNT
 };
 
 typedef struct opt_def {
@@ -107,6 +114,19 @@ static const opt_def opts[O_COUNT] = {
     [O_EXACT] = {"exact", 0, 0, C(QUERY), NULL, "attend every block (dense attention)"},
     [O_PER_TOKEN] = {"per-token", 0, 0, C(QUERY), NULL, "one selection per query token"},
     [O_OUT] = {"out", 0, 1, C(QUERY), "FILE", "write 'out' [n,Q,D] and 'lse' [n,Q] (safetensors)"},
+    [O_MODEL] = {"model", 0, 1, C(INIT) | C(INGEST) | C(QUERY), "M.gguf",
+                 "llama GGUF model: init takes its signature, ingest reads text, query answers"},
+    [O_SPLIT] = {"split", 0, 0, C(INGEST), NULL,
+                 "with --model: one document per paragraph (blank lines, # headings)"},
+    [O_NO_MEMORY] = {"no-memory", 0, 0, C(QUERY), NULL, "with --model: answer without memory"},
+    [O_MAX_TOKENS] = {"max-tokens", 0, 1, C(QUERY), "N", "with --model: answer length limit (default 64)"},
+    [O_TEMPERATURE] = {"temperature", 0, 1, C(QUERY), "T", "with --model: sampling temperature (0 = greedy)"},
+    [O_TOP_P] = {"top-p", 0, 1, C(QUERY), "P", "with --model: nucleus mass in (0,1] (default 1)"},
+    [O_SEED] = {"seed", 0, 1, C(QUERY), "S", "with --model: sampling seed (default 0)"},
+    [O_INTERLEAVE] = {"interleave", 0, 1, C(QUERY), "N",
+                      "with --model: memory-interleave rounds 0..8 (default 0)"},
+    [O_QUERY_POS] = {"query-pos", 0, 1, C(QUERY), "P",
+                     "with --model: position of the question's first token (default 0)"},
 };
 
 const char *cli_cmd_name(cli_cmd c)
@@ -178,6 +198,24 @@ static int parse_u32_opt(const char *opt, const char *s, uint32_t lo, uint32_t h
         return usage_err(err, errlen, "--%s: expected an integer in %u..%u, got '%.40s'", opt, lo,
                          hi, s);
     *out = (uint32_t)v;
+    return CLI_OK;
+}
+
+/* A finite decimal number in [lo, hi] (lo excluded when open_lo). */
+static int parse_float_opt(const char *opt, const char *s, double lo, int open_lo, double hi,
+                           float *out, char *err, size_t errlen)
+{
+    char *end = NULL;
+    double v = 0;
+    int ok = *s && (s[0] == '.' || (s[0] >= '0' && s[0] <= '9'));
+    if (ok) {
+        v = strtod(s, &end);
+        ok = end && !*end && isfinite(v) && (open_lo ? v > lo : v >= lo) && v <= hi;
+    }
+    if (!ok)
+        return usage_err(err, errlen, "--%s: expected a number in %s%g..%g%s, got '%.40s'", opt,
+                         open_lo ? "(" : "", lo, hi, open_lo ? "]" : "", s);
+    *out = (float)v;
     return CLI_OK;
 }
 
@@ -330,6 +368,22 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_HELP: a->help = 1; return CLI_OK;
     case O_EXACT: a->exact = 1; return CLI_OK;
     case O_PER_TOKEN: a->per_token = 1; return CLI_OK;
+    case O_SPLIT: a->split = 1; return CLI_OK;
+    case O_NO_MEMORY: a->no_memory = 1; return CLI_OK;
+    case O_MODEL:
+        if (!*v)
+            return usage_err(err, errlen, "--model: expected a GGUF file");
+        a->model = v;
+        return CLI_OK;
+    case O_MAX_TOKENS: return parse_u32_opt("max-tokens", v, 1, 1u << 16, &a->max_tokens, err, errlen);
+    case O_INTERLEAVE: return parse_u32_opt("interleave", v, 0, 8, &a->interleave, err, errlen);
+    case O_QUERY_POS: return parse_u32_opt("query-pos", v, 0, 1u << 24, &a->query_pos, err, errlen);
+    case O_TEMPERATURE: return parse_float_opt("temperature", v, 0, 0, 100, &a->temperature, err, errlen);
+    case O_TOP_P: return parse_float_opt("top-p", v, 0, 1, 1, &a->top_p, err, errlen);
+    case O_SEED:
+        if (parse_u64(v, &a->seed) != 0)
+            return usage_err(err, errlen, "--seed: expected an unsigned integer, got '%.40s'", v);
+        return CLI_OK;
     case O_KEY_FILE: a->key_file = v; return CLI_OK;
     case O_PASS_ENV:
         if (!*v)
@@ -376,7 +430,7 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
 }
 
 /* One "--name[=value]" or "-x" argument at argv[*i]. */
-static int parse_option(cli_args *a, int argc, char **argv, int *i, uint32_t *seen, char *err,
+static int parse_option(cli_args *a, int argc, char **argv, int *i, uint64_t *seen, char *err,
                         size_t errlen)
 {
     const char *arg = argv[*i];
@@ -397,9 +451,9 @@ static int parse_option(cli_args *a, int argc, char **argv, int *i, uint32_t *se
     const opt_def *o = &opts[id];
     if (!(o->cmds & (1u << a->cmd)))
         return usage_err(err, errlen, "%s: option --%s does not apply to this command", cmd, o->name);
-    if ((*seen & (1u << id)) && !(id == O_SPACE && a->cmd == CMD_QUERY))
+    if ((*seen & (1ull << id)) && !(id == O_SPACE && a->cmd == CMD_QUERY))
         return usage_err(err, errlen, "%s: option --%s given twice", cmd, o->name);
-    *seen |= 1u << id;
+    *seen |= 1ull << id;
     if (!o->takes_value) {
         if (inline_val)
             return usage_err(err, errlen, "%s: option --%s takes no value", cmd, o->name);
@@ -426,12 +480,23 @@ static int need(int have, const char *cmd, const char *opt, char *err, size_t er
     return have ? CLI_OK : usage_err(err, errlen, "%s: missing %s", cmd, opt);
 }
 
-static int check_init(cli_args *a, uint32_t seen, char *err, size_t errlen)
+static int check_init(cli_args *a, uint64_t seen, char *err, size_t errlen)
 {
     static const int req[] = {O_LAYERS, O_KV_HEADS, O_Q_HEADS, O_HEAD_DIM};
+    if (a->model) {
+        /* the model gives the dimensions; memory layers are checked
+         * against it once it is loaded */
+        for (size_t i = 0; i < 4; i++)
+            if (seen & (1ull << req[i]))
+                return usage_err(err, errlen,
+                                 "init: --%s cannot be combined with --model (the model gives the "
+                                 "dimensions)",
+                                 opts[req[i]].name);
+        return CLI_OK;
+    }
     for (size_t i = 0; i < 4; i++)
-        if (!(seen & (1u << req[i])))
-            return usage_err(err, errlen, "init: missing --%s", opts[req[i]].name);
+        if (!(seen & (1ull << req[i])))
+            return usage_err(err, errlen, "init: missing --%s (or --model M.gguf)", opts[req[i]].name);
     if (a->q_heads % a->kv_heads != 0)
         return usage_err(err, errlen, "init: --q-heads %u is not a multiple of --kv-heads %u",
                          a->q_heads, a->kv_heads);
@@ -482,8 +547,44 @@ static int check_space_cmd(cli_args *a, const char **pos, size_t n_pos, char *er
     return check_space("space", pos[2], err, errlen);
 }
 
+/* query: the tensor form (--q, --layer) and the model form (--model and a
+ * question) take different options. */
+static int check_query(cli_args *a, const char **pos, size_t n_pos, uint64_t seen, char *err,
+                       size_t errlen)
+{
+    static const int tensor_only[] = {O_Q, O_LAYER, O_OUT, O_PER_TOKEN, O_SUMMARY};
+    static const int model_only[] = {O_NO_MEMORY, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P,
+                                     O_SEED, O_INTERLEAVE, O_QUERY_POS};
+    if (a->model) {
+        for (size_t i = 0; i < sizeof tensor_only / sizeof tensor_only[0]; i++)
+            if (seen & (1ull << tensor_only[i]))
+                return usage_err(err, errlen, "query: --%s does not apply with --model",
+                                 opts[tensor_only[i]].name);
+        if (n_pos < 2)
+            return usage_err(err, errlen, "query: missing QUESTION (with --model)");
+        if (n_pos > 2)
+            return usage_err(err, errlen,
+                             "query: unexpected argument '%.40s' (quote the question as one "
+                             "argument)",
+                             pos[2]);
+        if (!*pos[1])
+            return usage_err(err, errlen, "query: the question is empty");
+        a->question = pos[1];
+        return CLI_OK;
+    }
+    for (size_t i = 0; i < sizeof model_only / sizeof model_only[0]; i++)
+        if (seen & (1ull << model_only[i]))
+            return usage_err(err, errlen, "query: --%s needs --model",
+                             opts[model_only[i]].name);
+    if (n_pos > 1)
+        return usage_err(err, errlen, "query: unexpected argument '%.40s'", pos[1]);
+    if (need(a->q_file != NULL, "query", "--q FILE", err, errlen) != CLI_OK)
+        return CLI_USAGE;
+    return need((seen >> O_LAYER) & 1, "query", "--layer N", err, errlen);
+}
+
 /* Checks positional arguments and required options per command. */
-static int check_command(cli_args *a, const char **pos, size_t n_pos, uint32_t seen, char *err,
+static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t seen, char *err,
                          size_t errlen)
 {
     const char *cmd = cli_cmd_name(a->cmd);
@@ -507,17 +608,15 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint32_t s
             return usage_err(err, errlen, "init: unexpected argument '%.40s'", pos[1]);
         return check_init(a, seen, err, errlen);
     case CMD_INGEST:
+        if (a->split && !a->model)
+            return usage_err(err, errlen, "ingest: --split needs --model (it splits text files)");
         if (n_pos < 2)
-            return usage_err(err, errlen, "ingest: missing FILE (safetensors or X.keys.npy)");
+            return usage_err(err, errlen, a->model ? "ingest: missing FILE (text files)"
+                                                   : "ingest: missing FILE (safetensors or X.keys.npy)");
         a->files = pos + 1;
         a->n_files = n_pos - 1;
         return CLI_OK;
-    case CMD_QUERY:
-        if (n_pos > 1)
-            return usage_err(err, errlen, "query: unexpected argument '%.40s'", pos[1]);
-        if (need(a->q_file != NULL, cmd, "--q FILE", err, errlen) != CLI_OK)
-            return CLI_USAGE;
-        return need((seen >> O_LAYER) & 1, cmd, "--layer N", err, errlen);
+    case CMD_QUERY: return check_query(a, pos, n_pos, seen, err, errlen);
     case CMD_RM: return check_rm(a, pos, n_pos, err, errlen);
     case CMD_SPACE: return check_space_cmd(a, pos, n_pos, err, errlen);
     case CMD_DUMP:
@@ -540,6 +639,8 @@ static void args_defaults(cli_args *a)
     a->dtype = -1;
     a->top_k = 16;
     a->select = MSADB_SELECT_BLOCKS;
+    a->max_tokens = 64;
+    a->top_p = 1.0f;
 }
 
 int cli_parse(int argc, char **argv, cli_args *a, char *err, size_t errlen)
@@ -559,7 +660,7 @@ int cli_parse(int argc, char **argv, cli_args *a, char *err, size_t errlen)
         return usage_err(err, errlen, "unknown command '%.40s'", c);
     const char **pos = NULL;
     size_t n_pos = 0;
-    uint32_t seen = 0;
+    uint64_t seen = 0;
     int only_pos = 0, rc = CLI_OK;
     for (int i = 2; i < argc && rc == CLI_OK; i++) {
         const char *arg = argv[i];

@@ -56,6 +56,14 @@ typedef struct cli_args {
     size_t n_spaces;
     uint32_t top_k;
     int select, exact, per_token;
+    /* init, ingest, query with a model (cmd_model.c) */
+    const char *model;         /* --model: GGUF file; NULL = the tensor forms */
+    int split;                 /* ingest --split */
+    int no_memory;             /* query */
+    uint32_t max_tokens, interleave, query_pos;
+    float temperature, top_p;
+    uint64_t seed;
+    const char *question;      /* query: the positional QUESTION ("-": stdin) */
     /* rm */
     uint64_t *doc_ids;
     size_t n_doc_ids;
@@ -169,6 +177,13 @@ int kv_source_doc(const kv_source *s, size_t i, kv_doc *d);
 void kv_doc_free(kv_doc *d);
 void kv_source_close(kv_source *s);
 
+/* Like require_space in commands.c: 0, or CLI_ERROR after a message. */
+int cli_require_space(msadb_store *st, const char *db, const char *space);
+/* init's second half: applies --memory-layers, --block, --dtype and
+ * --summary to *sig, validates it, creates a.db, prints the result (with
+ * "model" in the JSON when model is not NULL).  Returns the exit status. */
+int cli_init_store(const cli_args *a, msadb_signature *sig, const char *model);
+
 int cmd_init(const cli_args *a);
 int cmd_ingest(const cli_args *a);
 int cmd_stat(const cli_args *a);
@@ -180,6 +195,11 @@ int cmd_compact(const cli_args *a);
 
 /* cmd_query.c */
 int cmd_query(const cli_args *a);
+
+/* cmd_model.c: init, ingest and query with --model (the built-in runtime) */
+int cmd_model_init(const cli_args *a);
+int cmd_model_ingest(const cli_args *a);
+int cmd_model_query(const cli_args *a);
 
 /* cmd_dump.c */
 int cmd_dump(const cli_args *a);

@@ -79,6 +79,13 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out)
 }
 
 /* Checks that a space exists; names the command's store in the message. */
+static int require_space(msadb_store *st, const char *db, const char *space);
+
+int cli_require_space(msadb_store *st, const char *db, const char *space)
+{
+    return require_space(st, db, space);
+}
+
 static int require_space(msadb_store *st, const char *db, const char *space)
 {
     msadb_space_info info;
@@ -102,6 +109,13 @@ int cmd_init(const cli_args *a)
     if (rc != 0)
         return cli_error_rc(rc, "init: signature %u layers, %u kv heads, %u q heads, head dim %u",
                             a->layers, a->kv_heads, a->q_heads, a->head_dim);
+    return cli_init_store(a, &sig, NULL);
+}
+
+int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
+{
+    msadb_signature sig = *base;
+    int rc;
     if (a->has_memory_layers) {
         sig.n_memory_layers = a->n_memory_layers;
         memcpy(sig.memory_layers, a->memory_layers, a->n_memory_layers * sizeof(uint16_t));
@@ -125,9 +139,13 @@ int cmd_init(const cli_args *a)
         return cli_open_error(a->db, rc, 1);
     int enc = msadb_store_encrypted(st) == 1;
     msadb_close(st);
-    if (a->json)
-        return cli_json_print(json_pack("{s:s, s:o, s:b}", "path", a->db, "signature",
-                                        cli_signature_json(&sig), "encrypted", enc));
+    if (a->json) {
+        json_t *j = json_pack("{s:s, s:o, s:b}", "path", a->db, "signature",
+                              cli_signature_json(&sig), "encrypted", enc);
+        if (j && model)
+            json_object_set_new(j, "model", cli_json_bytes(model, strlen(model)));
+        return cli_json_print(j);
+    }
     if (!a->quiet && cli_stdout_tty()) {
         char layers[1024], kinds[32];
         cli_layers_str(&sig, layers, sizeof layers);

@@ -14,6 +14,10 @@ static const cmd_fn commands[CMD_COUNT] = {
     [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact,
 };
 
+static const cmd_fn model_commands[CMD_COUNT] = {
+    [CMD_INIT] = cmd_model_init, [CMD_INGEST] = cmd_model_ingest, [CMD_QUERY] = cmd_model_query,
+};
+
 static int usage_error(const cli_args *a, const char *msg)
 {
     fprintf(stderr, "msadb: %s\n", msg);
@@ -36,6 +40,8 @@ int main(int argc, char **argv)
         cli_usage(stdout, a.help_cmd);
     } else if (a.cmd == CMD_VERSION) {
         printf("msadb %s (format %d)\n", msadb_version(), msadb_format_version());
+    } else if (a.model && model_commands[a.cmd]) {
+        rc = model_commands[a.cmd](&a); /* the --model forms (cmd_model.c) */
     } else {
         rc = commands[a.cmd](&a);
     }

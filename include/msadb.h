@@ -499,7 +499,7 @@ MSADB_API int msadb_open_or_create(const char *path, const msadb_signature *sig,
 typedef struct msadb_capture msadb_capture;
 
 /** Starts capturing one document of the store.  End with
- * msadb_capture_commit() or msadb_capture_abort(). */
+ * msadb_capture_commit(), msadb_capture_add() or msadb_capture_abort(). */
 MSADB_API int msadb_capture_begin(msadb_store *store, msadb_capture **out);
 
 /** Hands the capture the keys and values that model layer `layer` produced
@@ -517,6 +517,14 @@ MSADB_API int msadb_capture_kv(msadb_capture *cap, uint32_t layer, uint64_t firs
  * captured in every memory layer; doc->keys/values/kv_dtype are ignored) in
  * one transaction, and frees the capture whatever the result. */
 MSADB_API int msadb_capture_commit(msadb_capture *cap, const msadb_doc *doc, uint64_t *doc_id);
+
+/** Like msadb_capture_commit(), but adds the captured document to `batch`
+ * (msadb_batch_add()) instead of writing it in its own transaction, so that
+ * several captures can be committed together, all or nothing, with
+ * msadb_batch_commit().  The batch must have been begun on the capture's
+ * store.  Frees the capture whatever the result; on error the batch is
+ * unchanged. */
+MSADB_API int msadb_capture_add(msadb_capture *cap, msadb_batch *batch, const msadb_doc *doc);
 
 /** Discards a capture; NULL allowed. */
 MSADB_API void msadb_capture_abort(msadb_capture *cap);
@@ -562,13 +570,31 @@ MSADB_API int msadb_llm_tokenize(const msadb_llm *llm, const char *text, size_t 
 MSADB_API int msadb_llm_detokenize(const msadb_llm *llm, const int32_t *ids, size_t n, char *buf,
                                    size_t cap, size_t *len);
 
+/* Most tokens the built-in runtime captures as one document: longer text
+ * becomes several consecutive documents of at most this many tokens
+ * (positions restart at 0 in each), titled "TITLE [p/n]". */
+#define MSADB_LLM_DOC_MAX 4096
+
 /** Ingests text as one document: tokenizes it, runs it through the model
- * (document-wise positions, chunks of the model's context), captures the
- * memory layers' keys and values and commits them with the text, token ids
- * and spans.  The store's signature must match the model
- * (MSADB_ESIGNATURE). */
+ * (document-wise positions), captures the memory layers' keys and values
+ * and commits them with the text, token ids and spans, in one transaction.
+ * Text longer than MSADB_LLM_DOC_MAX tokens becomes several documents (each
+ * with its own slice of the text), all committed together; *doc_id gets the
+ * first one's id (the others follow it).  The store's signature must match
+ * the model (MSADB_ESIGNATURE).  Empty text is MSADB_EINVAL. */
 MSADB_API int msadb_llm_ingest(msadb_llm *llm, msadb_store *store, const char *space,
                                const char *title, const char *text, size_t len, uint64_t *doc_id);
+
+/** Like msadb_llm_ingest(), but adds the document(s) to `batch`, begun on
+ * `store` with msadb_batch_begin(), instead of committing them: nothing is
+ * visible until the caller commits the batch, so many texts can be ingested
+ * all or nothing.  *n_docs (may be NULL) gets the number of documents added
+ * (more than 1 for text longer than MSADB_LLM_DOC_MAX tokens);
+ * msadb_batch_commit() reports their ids in add order.  On error the batch
+ * may hold the text's first parts: abort it. */
+MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
+                                     const char *space, const char *title, const char *text,
+                                     size_t len, size_t *n_docs);
 
 typedef struct msadb_ask_params {
     const char *const *spaces; /* spaces to read (NULL/0 = all) */
@@ -595,10 +621,15 @@ MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
 
 /** Answers a question from memory: runs it with memory attention in every
  * memory layer and generates up to max_tokens tokens (stopping at the end
- * of sequence).  answer (capacity cap, NUL-terminated when it fits) gets the
- * text, *len its length; hits (up to hits_cap, *n_hits the count) the memory
- * blocks the question's tokens drew on in the last memory layer, best first.
- * store may be NULL (no memory). */
+ * of sequence).  answer (capacity cap, NUL-terminated when it fits; may be
+ * NULL) gets the text, *len its length; hits (up to hits_cap, *n_hits the
+ * count) the memory blocks the question's tokens drew on in the last memory
+ * layer (per kv head, best first).  on_text receives whole UTF-8
+ * characters (an incomplete one is held back until the next piece).  store
+ * may be NULL (no memory); its signature must match the model
+ * (MSADB_ESIGNATURE).  Errors also: MSADB_EINVAL (temperature < 0, top_p
+ * outside (0, 1], interleave > 8), MSADB_ENOTFOUND (unknown space),
+ * MSADB_ELIMIT (answer longer than cap). */
 MSADB_API int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
                             const msadb_ask_params *p, char *answer, size_t cap, size_t *len,
                             msadb_hit *hits, size_t hits_cap, size_t *n_hits);

@@ -116,7 +116,9 @@ int msadb_capture_kv(msadb_capture *c, uint32_t layer, uint64_t first, uint64_t 
     return 0;
 }
 
-int msadb_capture_commit(msadb_capture *c, const msadb_doc *meta, uint64_t *doc_id)
+/* Stores the captured document through msadb_doc_append() (batch NULL) or
+ * msadb_batch_add(), and frees the capture whatever the result. */
+static int capture_finish(msadb_capture *c, msadb_batch *batch, const msadb_doc *meta, uint64_t *doc_id)
 {
     if (!c)
         return MSADB_EINVAL;
@@ -150,12 +152,26 @@ int msadb_capture_commit(msadb_capture *c, const msadb_doc *meta, uint64_t *doc_
     doc.kv_dtype = MSADB_DTYPE_F32;
     doc.keys = K;
     doc.values = V;
-    rc = msadb_doc_append(c->st, &doc, doc_id);
+    rc = batch ? msadb_batch_add(batch, &doc) : msadb_doc_append(c->st, &doc, doc_id);
 out:
     free(K);
     free(V);
     msadb_capture_abort(c);
     return rc;
+}
+
+int msadb_capture_commit(msadb_capture *c, const msadb_doc *meta, uint64_t *doc_id)
+{
+    return capture_finish(c, NULL, meta, doc_id);
+}
+
+int msadb_capture_add(msadb_capture *c, msadb_batch *batch, const msadb_doc *meta)
+{
+    if (!batch) {
+        msadb_capture_abort(c);
+        return MSADB_EINVAL;
+    }
+    return capture_finish(c, batch, meta, NULL);
 }
 
 int msadb_attend_merge(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse, msadb_hit *hits,

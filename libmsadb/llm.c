@@ -12,7 +12,7 @@
 
 /* Longest run of tokens captured as one document; longer text becomes
  * several consecutive documents (positions restart in each). */
-#define LLM_DOC_MAX 4096u
+#define LLM_DOC_MAX ((size_t)MSADB_LLM_DOC_MAX)
 
 struct msadb_llm {
     msadb_model *model;
@@ -97,7 +97,8 @@ static int tokenize_alloc(const msadb_llm *llm, const char *text, size_t len, in
     if (cap == SIZE_MAX)
         return MSADB_ELIMIT;
     *ids = malloc((cap + 1) * sizeof **ids);
-    *spans = spans ? malloc((cap + 1) * 2 * sizeof **spans) : NULL;
+    if (spans)
+        *spans = malloc((cap + 1) * 2 * sizeof **spans);
     if (!*ids || (spans && !*spans))
         return MSADB_ENOMEM;
     return msadb_tokenizer_encode(llm->tok, text, len, add_bos ? MSADB_TOKENIZE_ADD_BOS : 0, *ids,
@@ -113,9 +114,12 @@ static int capture_hook(uint32_t layer, uint32_t first, uint32_t n, const float 
     return msadb_capture_kv(user, layer, first, n, k, v);
 }
 
-/* Captures tokens [t0, t0 + n) of the text as one document. */
-static int ingest_part(msadb_llm *llm, msadb_store *st, msadb_model_ctx *ctx, const msadb_doc *meta,
-                       const int32_t *ids, int64_t *spans, size_t t0, size_t n, uint64_t *doc_id)
+/* Captures tokens [t0, t0 + n) of the text as one document added to the
+ * batch.  The document keeps only its own slice of the text (spans tile the
+ * text, so the slices of consecutive parts tile it too), with spans rebased
+ * to that slice. */
+static int ingest_part(msadb_store *st, msadb_batch *batch, msadb_model_ctx *ctx, const msadb_doc *meta,
+                       const int32_t *ids, const int64_t *spans, size_t t0, size_t n)
 {
     msadb_capture *cap;
     int rc = msadb_capture_begin(st, &cap);
@@ -124,7 +128,10 @@ static int ingest_part(msadb_llm *llm, msadb_store *st, msadb_model_ctx *ctx, co
     msadb_model_ctx_reset(ctx);
     msadb_model_hooks hooks = {capture_hook, NULL, cap};
     int32_t *pos = malloc(n * sizeof *pos);
-    if (!pos) {
+    int64_t *part_spans = malloc(n * 2 * sizeof *part_spans);
+    if (!pos || !part_spans) {
+        free(pos);
+        free(part_spans);
         msadb_capture_abort(cap);
         return MSADB_ENOMEM;
     }
@@ -133,29 +140,56 @@ static int ingest_part(msadb_llm *llm, msadb_store *st, msadb_model_ctx *ctx, co
     rc = msadb_model_forward(ctx, ids + t0, (uint32_t)n, pos, NULL, 0, &hooks);
     free(pos);
     if (rc) {
+        free(part_spans);
         msadb_capture_abort(cap);
         return rc;
     }
+    int64_t a = spans[2 * t0], b = spans[2 * (t0 + n - 1) + 1];
+    if (t0 == 0)
+        a = 0;
+    if (t0 + n == meta->n_tokens) /* the last part runs to the end of the text */
+        b = (int64_t)meta->text_len;
+    for (size_t i = 0; i < 2 * n; i++)
+        part_spans[i] = spans[2 * t0 + i] - a;
     msadb_doc doc = *meta;
+    doc.text = meta->text + a;
+    doc.text_len = (size_t)(b - a);
     doc.n_tokens = n;
     doc.token_ids = ids + t0;
-    doc.token_spans = spans + 2 * t0;
-    return msadb_capture_commit(cap, &doc, doc_id);
+    doc.token_spans = part_spans;
+    rc = msadb_capture_add(cap, batch, &doc);
+    free(part_spans);
+    return rc;
 }
 
-int msadb_llm_ingest(msadb_llm *llm, msadb_store *st, const char *space, const char *title, const char *text,
-                     size_t len, uint64_t *doc_id)
+/* Whether the store holds K/V of this model's shape. */
+static int check_signature(const msadb_llm *llm, const msadb_store *st)
 {
-    if (!llm || !st || !text || !len)
-        return MSADB_EINVAL;
     msadb_signature want;
     int rc = msadb_llm_signature(llm, &want);
     if (rc)
         return rc;
     const msadb_signature *have = msadb_store_signature(st);
+    if (!have)
+        return MSADB_EINVAL;
     if (have->n_layers != want.n_layers || have->n_kv_heads != want.n_kv_heads ||
         have->n_q_heads != want.n_q_heads || have->head_dim != want.head_dim)
         return MSADB_ESIGNATURE;
+    return 0;
+}
+
+int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *st, msadb_batch *batch, const char *space,
+                           const char *title, const char *text, size_t len, size_t *n_docs)
+{
+    if (n_docs)
+        *n_docs = 0;
+    if (!llm || !st || !batch || !text || !len)
+        return MSADB_EINVAL;
+    if (title && strlen(title) > MSADB_TITLE_MAX)
+        return MSADB_EINVAL;
+    int rc = check_signature(llm, st);
+    if (rc)
+        return rc;
     int32_t *ids = NULL;
     int64_t *spans = NULL;
     size_t n = 0;
@@ -174,23 +208,59 @@ int msadb_llm_ingest(msadb_llm *llm, msadb_store *st, const char *space, const c
     meta.title = title;
     meta.text = text;
     meta.text_len = len;
+    meta.n_tokens = n; /* of the whole text; each part sets its own */
     size_t parts = (n + window - 1) / window;
     for (size_t p = 0; p < parts && !rc; p++) {
         char part_title[MSADB_TITLE_MAX + 1];
         if (parts > 1) {
-            snprintf(part_title, sizeof part_title, "%.230s [%zu/%zu]", title ? title : "", p + 1, parts);
+            /* cut the title on a UTF-8 character boundary */
+            size_t keep = title ? strlen(title) : 0;
+            if (keep > 230) {
+                keep = 230;
+                while (keep > 0 && ((unsigned char)title[keep] & 0xc0) == 0x80)
+                    keep--;
+            }
+            snprintf(part_title, sizeof part_title, "%.*s%s[%zu/%zu]", (int)keep, title ? title : "",
+                     keep ? " " : "", p + 1, parts);
             meta.title = part_title;
         }
-        uint64_t id = 0;
         size_t t0 = p * window, cnt = n - t0 < window ? n - t0 : window;
-        rc = ingest_part(llm, st, ctx, &meta, ids, spans, t0, cnt, &id);
-        if (!rc && p == 0 && doc_id)
-            *doc_id = id;
+        rc = ingest_part(st, batch, ctx, &meta, ids, spans, t0, cnt);
+        if (!rc && n_docs)
+            (*n_docs)++;
     }
 out:
     msadb_model_ctx_free(ctx);
     free(ids);
     free(spans);
+    return rc;
+}
+
+int msadb_llm_ingest(msadb_llm *llm, msadb_store *st, const char *space, const char *title, const char *text,
+                     size_t len, uint64_t *doc_id)
+{
+    if (!llm || !st || !text || !len)
+        return MSADB_EINVAL;
+    int rc = check_signature(llm, st);
+    if (rc)
+        return rc;
+    msadb_batch *batch;
+    if ((rc = msadb_batch_begin(st, &batch)))
+        return rc;
+    size_t nd = 0;
+    if ((rc = msadb_llm_ingest_batch(llm, st, batch, space, title, text, len, &nd))) {
+        msadb_batch_abort(batch);
+        return rc;
+    }
+    uint64_t *ids = malloc((nd + 1) * sizeof *ids);
+    if (!ids) {
+        msadb_batch_abort(batch);
+        return MSADB_ENOMEM;
+    }
+    rc = msadb_batch_commit(batch, ids); /* frees the batch */
+    if (!rc && doc_id)
+        *doc_id = ids[0];
+    free(ids);
     return rc;
 }
 
@@ -219,11 +289,17 @@ typedef struct {
     int recorded;         /* last chunk, in the last memory layer */
     msadb_hit *hits;
     size_t hits_cap, n_hits;
+    /* documents already pulled into the context by interleave rounds */
+    uint64_t pulled[8];
+    size_t n_pulled;
     /* answer text */
     char *answer;
     size_t cap, len;
     int first_piece;
     int stopped;
+    /* streaming: bytes of an incomplete UTF-8 character held back */
+    char pending[4];
+    size_t n_pending;
 } ask_state;
 
 static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *q, float *out, float *lse,
@@ -252,6 +328,59 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     return rc;
 }
 
+/* Length of the UTF-8 sequence a lead byte announces (1 for anything that
+ * cannot start a multi-byte sequence: it is passed through as is). */
+static size_t utf8_need(unsigned char c)
+{
+    return c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? (c <= 0xef ? 3 : 1) : c >= 0xc2 ? 2 : 1;
+}
+
+/* Streams bytes to on_text, holding back a trailing incomplete UTF-8
+ * character; flush sends whatever is held.  Returns 1 if on_text asked to
+ * stop. */
+static int stream_text(ask_state *a, const char *s, size_t n, int flush)
+{
+    if (!a->p->on_text)
+        return 0;
+    char buf[4 + 256];
+    const char *out = s;
+    size_t len = n;
+    char *tmp = NULL;
+    if (a->n_pending) {
+        size_t total = a->n_pending + n;
+        char *dst = total <= sizeof buf ? buf : (tmp = malloc(total));
+        if (!dst)
+            return 0; /* cannot hold back: drop the held bytes' guarantee */
+        memcpy(dst, a->pending, a->n_pending);
+        if (n)
+            memcpy(dst + a->n_pending, s, n);
+        out = dst;
+        len = total;
+        a->n_pending = 0;
+    }
+    size_t emit = len;
+    if (!flush) {
+        /* find the start of the last character (at most 3 bytes back) */
+        size_t back = 0;
+        while (back < 3 && back < len && ((unsigned char)out[len - 1 - back] & 0xc0) == 0x80)
+            back++;
+        if (back < len) {
+            size_t lead = len - 1 - back;
+            size_t need = utf8_need((unsigned char)out[lead]);
+            if (need > 1 && need > back + 1) { /* incomplete: hold it back */
+                emit = lead;
+                a->n_pending = len - lead;
+                memcpy(a->pending, out + lead, a->n_pending);
+            }
+        }
+    }
+    int stop = 0;
+    if (emit && a->p->on_text(out, emit, a->p->user))
+        stop = 1;
+    free(tmp);
+    return stop;
+}
+
 static int on_token(int32_t token, void *user)
 {
     ask_state *a = user;
@@ -263,28 +392,37 @@ static int on_token(int32_t token, void *user)
         piece++;
         n--;
     }
-    a->first_piece = 0;
+    if (n)
+        a->first_piece = 0;
     if (a->answer && a->len + n < a->cap)
         memcpy(a->answer + a->len, piece, n);
     a->len += n;
-    if (a->p->on_text && n && a->p->on_text(piece, n, a->p->user)) {
+    if (n && stream_text(a, piece, n, 0)) {
         a->stopped = 1;
         return 1;
     }
     return 0;
 }
 
-/* Tokens of the best-scoring document among the hits, for interleave. */
+/* Tokens of the best-scoring document among the hits that is not in the
+ * context yet, for interleave. */
 static int best_doc_text(ask_state *a, int32_t **ids, size_t *n)
 {
     *ids = NULL;
     *n = 0;
-    if (!a->n_hits)
-        return 0;
-    const msadb_hit *best = &a->hits[0];
-    for (size_t i = 1; i < a->n_hits && i < a->hits_cap; i++)
-        if (a->hits[i].score > best->score)
+    const msadb_hit *best = NULL;
+    size_t nh = a->n_hits < a->hits_cap ? a->n_hits : a->hits_cap;
+    for (size_t i = 0; i < nh; i++) {
+        int seen = 0;
+        for (size_t j = 0; j < a->n_pulled; j++)
+            seen |= a->pulled[j] == a->hits[i].doc_id;
+        if (!seen && (!best || a->hits[i].score > best->score))
             best = &a->hits[i];
+    }
+    if (!best)
+        return 0;
+    if (a->n_pulled < sizeof a->pulled / sizeof a->pulled[0])
+        a->pulled[a->n_pulled++] = best->doc_id;
     size_t len = 0;
     int rc = msadb_doc_text(a->snap, best->doc_id, NULL, 0, &len);
     if (rc || !len)
@@ -296,24 +434,37 @@ static int best_doc_text(ask_state *a, int32_t **ids, size_t *n)
     if (!rc)
         rc = tokenize_alloc(a->llm, text, len, 0, ids, NULL, n);
     free(text);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        *n = 0;
+    }
     return rc;
 }
 
 int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t qlen, const msadb_ask_params *p_in,
                   char *answer, size_t cap, size_t *len, msadb_hit *hits, size_t hits_cap, size_t *n_hits)
 {
+    if (len)
+        *len = 0;
+    if (n_hits)
+        *n_hits = 0;
     if (!llm || !question || !qlen || (!hits && hits_cap))
         return MSADB_EINVAL;
     msadb_ask_params defaults;
     msadb_ask_params_init(&defaults);
     const msadb_ask_params *p = p_in ? p_in : &defaults;
-    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8)
+    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
+        isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces))
         return MSADB_EINVAL;
+    int rc;
+    if (st && (rc = check_signature(llm, st)))
+        return rc;
     ask_state a = {0};
     a.llm = llm;
     a.p = p;
     a.answer = answer;
-    a.cap = cap;
+    a.cap = answer ? cap : 0;
     a.first_piece = 1;
     msadb_hit local_hits[64];
     a.hits = hits ? hits : local_hits;
@@ -321,7 +472,6 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     int32_t *qids = NULL, *ctx_ids = NULL, *pos = NULL;
     size_t nq = 0, n_ctx = 0;
     msadb_model_ctx *ctx = NULL;
-    int rc;
     if (st && !p->no_memory) {
         a.sig = msadb_store_signature(st);
         a.last_memory_layer = a.sig->memory_layers[a.sig->n_memory_layers - 1];
@@ -330,6 +480,10 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     }
     if ((rc = tokenize_alloc(llm, question, qlen, msadb_tokenizer_add_bos(llm->tok), &qids, NULL, &nq)))
         goto out;
+    if (nq == 0) {
+        rc = MSADB_EINVAL;
+        goto out;
+    }
     /* Context: [pulled document texts...] + question; interleave rounds
      * grow it by the best document's text and query memory again. */
     ctx_ids = malloc(nq * sizeof *ctx_ids);
@@ -339,7 +493,11 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     }
     memcpy(ctx_ids, qids, nq * sizeof *ctx_ids);
     n_ctx = nq;
-    for (uint32_t round = 0; round <= p->interleave; round++) {
+    for (uint32_t round = 0;; round++) {
+        if ((uint64_t)n_ctx + p->max_tokens + 1 > MSADB_MODEL_MAX_CTX) {
+            rc = MSADB_ELIMIT;
+            goto out;
+        }
         uint32_t capacity = (uint32_t)(n_ctx + p->max_tokens + 1);
         msadb_model_ctx_free(ctx);
         ctx = NULL;
@@ -365,18 +523,20 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
             size_t nd;
             if ((rc = best_doc_text(&a, &doc_ids, &nd)))
                 goto out;
-            int32_t *grown = realloc(ctx_ids, (n_ctx + nd) * sizeof *grown);
-            if (!grown) {
-                free(doc_ids);
-                rc = MSADB_ENOMEM;
-                goto out;
+            if (nd) {
+                int32_t *grown = realloc(ctx_ids, (n_ctx + nd) * sizeof *grown);
+                if (!grown) {
+                    free(doc_ids);
+                    rc = MSADB_ENOMEM;
+                    goto out;
+                }
+                ctx_ids = grown;
+                /* Keep BOS (if any) first: document text goes after it. */
+                size_t at = (n_ctx && ctx_ids[0] == msadb_tokenizer_special(llm->tok, MSADB_TOKEN_BOS)) ? 1 : 0;
+                memmove(ctx_ids + at + nd, ctx_ids + at, (n_ctx - at) * sizeof *ctx_ids);
+                memcpy(ctx_ids + at, doc_ids, nd * sizeof *ctx_ids);
+                n_ctx += nd;
             }
-            ctx_ids = grown;
-            /* Keep BOS (if any) first: document text goes after it. */
-            size_t at = (n_ctx && ctx_ids[0] == msadb_tokenizer_special(llm->tok, MSADB_TOKEN_BOS)) ? 1 : 0;
-            memmove(ctx_ids + at + nd, ctx_ids + at, (n_ctx - at) * sizeof *ctx_ids);
-            memcpy(ctx_ids + at, doc_ids, nd * sizeof *ctx_ids);
-            n_ctx += nd;
             free(doc_ids);
             continue;
         }
@@ -396,8 +556,9 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
         /* Generated tokens query memory too; the hits kept are those of
          * the prompt's pass. */
         rc = msadb_model_generate(ctx, ctx_ids, (uint32_t)n_ctx, pos, &gp, NULL, 0, &n_out, &why);
-        if (rc > 0)
-            rc = 0;
+        if (!rc && !a.stopped)
+            stream_text(&a, NULL, 0, 1); /* a held-back incomplete character */
+        break;                            /* one generation, whatever the rounds */
     }
 out:
     if (a.answer && a.cap)

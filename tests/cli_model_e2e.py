@@ -1,0 +1,338 @@
+#!/usr/bin/python3
+"""End-to-end test of the msadb program's --model forms (built-in runtime):
+usage /usr/bin/python3 cli_model_e2e.py PATH_TO_msadb
+
+With small random llama models written by tools/make_test_model.py (the
+answers are gibberish, but every code path runs): init --model (the store's
+signature is the model's, options override), ingest of text files (several
+files, --split into paragraphs under Markdown headings, spaces, titles, text
+longer than one document), ls, query (streamed answer, cited spans from the
+right documents and spaces, --exact, --top-k, --select documents,
+--no-memory, --interleave, sampling determinism, the question on stdin), and
+the errors: a missing or invalid model file, a model whose signature differs
+from the store's, empty files and files without text (nothing written, all
+or nothing across files), unknown spaces, and usage errors (exit 2).
+
+Exits 77 (skipped) when the test models cannot be written (no numpy).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+MSADB = os.path.abspath(sys.argv[1])
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAKE_MODEL = os.path.join(HERE, "..", "tools", "make_test_model.py")
+TMP = tempfile.mkdtemp(prefix="msadb-cli-model-")
+
+
+def p(*parts):
+    return os.path.join(TMP, *parts)
+
+
+def run(*args, expect=0, msg=None, stdin=None):
+    r = subprocess.run([MSADB, *args], capture_output=True, text=True, errors="replace", timeout=300,
+                       input=stdin)
+    where = "msadb " + " ".join(os.path.basename(a) if a.startswith(TMP) else a for a in args)
+    if r.returncode != expect:
+        raise AssertionError(f"{where}: exit {r.returncode}, expected {expect}\n"
+                             f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}")
+    if msg is not None and msg not in r.stderr:
+        raise AssertionError(f"{where}: stderr lacks {msg!r}:\n{r.stderr}")
+    if expect != 0 and not r.stderr.startswith("msadb: "):
+        raise AssertionError(f"{where}: error message not prefixed 'msadb: ': {r.stderr!r}")
+    if expect == 0 and "--json" not in args and r.stderr:
+        raise AssertionError(f"{where}: unexpected stderr (progress must be TTY-only): {r.stderr!r}")
+    return r
+
+
+def jrun(*args, **kw):
+    return json.loads(run(*args, "--json", **kw).stdout)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def state(db):
+    ls = jrun("ls", db)
+    st = jrun("stat", db)
+    for k in ("map_size", "map_used"):
+        st.pop(k, None)
+    return json.dumps([ls, st], sort_keys=True)
+
+
+def make_model(name, *extra):
+    path = p(name)
+    r = subprocess.run(["/usr/bin/python3", MAKE_MODEL, path, "--layers", "4", "--heads", "4",
+                        "--kv-heads", "2", "--head-dim", "16", "--ffn", "64", *extra],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"skipping: cannot write a test model: {r.stderr.strip()[-300:]}")
+        sys.exit(77)
+    return path
+
+
+def write(name, text):
+    with open(p(name), "w", encoding="utf-8") as f:
+        f.write(text)
+    return p(name)
+
+
+LIGHTHOUSE = ("The lighthouse keeper wrote in his log that the storm began at dusk, that the "
+              "supply boat was late by two days, and that the lamp oil would last until Sunday.\n")
+GARDEN = "Tomatoes need six hours of sun; water them at the roots, never on the leaves.\n"
+NOTES_MD = """Intro paragraph before any heading,
+spread over two lines.
+
+# Tides
+
+High tide was at 06:12 and low tide at 12:40 on the first of May.
+
+The harbour master closes the gate two hours before low tide.
+
+## Birds ##
+Gulls nest on the north rock from April.
+```
+fenced code
+
+# not a heading inside a fence
+```
+
+#nospace is a paragraph, not a heading
+"""
+# (paragraph text, expected title) in order
+NOTES_PARAS = [
+    ("Intro paragraph before any heading,\nspread over two lines.", "notes.md"),
+    ("High tide was at 06:12 and low tide at 12:40 on the first of May.", "Tides #1"),
+    ("The harbour master closes the gate two hours before low tide.", "Tides #2"),
+    ("Gulls nest on the north rock from April.\n```\nfenced code\n\n# not a heading inside a fence\n```",
+     "Birds #1"),
+    ("#nospace is a paragraph, not a heading", "Birds #2"),
+]
+CHARTER_MD = "# Charter\n\nThe club meets on the last Friday of each month.\n"
+
+
+def main():
+    model = make_model("m.gguf")
+    other = make_model("other.gguf", "--head-dim", "8")  # another signature
+    db = p("db")
+    doc_text = {}   # id -> text the document must hold
+    doc_space = {}  # id -> space
+
+    # ---------------------------------------------------------------- init
+    j = jrun("init", db, "--model", model, "--block", "16")
+    sig = j["signature"]
+    check(j["model"] == model and not j["encrypted"], f"init --json: {j}")
+    expect = {"layers": 4, "kv_heads": 2, "q_heads": 4, "head_dim": 16, "memory_layers": [2, 3],
+              "block": 16, "dtype": "f16", "summary": ["mean", "minmax"], "positions": "document"}
+    check(sig == expect, f"init --model signature {sig} != {expect}")
+    st = jrun("stat", db)
+    check(st["signature"] == expect, f"stat signature {st['signature']}")
+    # options override the model's defaults
+    j = jrun("init", p("db8"), "--model", model, "--dtype", "int8", "--memory-layers", "1,3",
+             "--summary", "mean")
+    check(j["signature"]["dtype"] == "int8" and j["signature"]["memory_layers"] == [1, 3]
+          and j["signature"]["summary"] == ["mean"] and j["signature"]["block"] == 64,
+          f"init overrides: {j['signature']}")
+    run("init", db, "--model", model, expect=1, msg="already exists")
+    run("init", p("x"), "--model", model, "--layers", "4", expect=2, msg="cannot be combined with --model")
+    run("init", p("x"), "--model", model, "--memory-layers", "2-4", expect=2, msg="out of range")
+    run("init", p("x"), "--model", p("nope.gguf"), expect=1, msg="no such file")
+    check(not os.path.exists(p("x")), "a failed init left a directory")
+
+    # ------------------------------------------------------------- ingest
+    run("space", db, "create", "alpha")
+    run("space", db, "create", "beta")
+    f_light = write("lighthouse.txt", LIGHTHOUSE)
+    f_garden = write("garden.txt", GARDEN)
+    j = jrun("ingest", db, "--model", model, f_light, f_garden)
+    docs = j["documents"]
+    check([d["title"] for d in docs] == ["lighthouse.txt", "garden.txt"], f"titles {docs}")
+    check(all(d["space"] == "default" and d["tokens"] > 10 for d in docs), f"docs {docs}")
+    check(docs[1]["id"] > docs[0]["id"], "ids ascend in ingest order")
+    check([d["file"] for d in docs] == [f_light, f_garden], "file fields")
+    light_id, garden_id = docs[0]["id"], docs[1]["id"]
+    doc_text[light_id], doc_text[garden_id] = LIGHTHOUSE, GARDEN
+    doc_space[light_id] = doc_space[garden_id] = "default"
+
+    f_notes = write("notes.md", NOTES_MD)
+    j = jrun("ingest", db, "--model", model, "--split", "--space", "alpha", f_notes)
+    docs = j["documents"]
+    check([d["title"] for d in docs] == [t for _, t in NOTES_PARAS],
+          f"--split titles {[d['title'] for d in docs]}")
+    for d, (text, _) in zip(docs, NOTES_PARAS):
+        doc_text[d["id"]] = text
+        doc_space[d["id"]] = "alpha"
+        check(d["space"] == "alpha", "space alpha")
+    notes_ids = [d["id"] for d in docs]
+
+    f_charter = write("charter.md", CHARTER_MD)
+    j = jrun("ingest", db, "--model", model, "--split", "--space", "beta", "--title", "club", f_charter)
+    check([d["title"] for d in j["documents"]] == ["Charter"], f"heading wins over --title: {j}")
+    charter_id = j["documents"][0]["id"]
+    doc_text[charter_id] = "The club meets on the last Friday of each month."
+    doc_space[charter_id] = "beta"
+    f_plain = write("plain.md", "A note without headings.\n\nSecond paragraph.\n")
+    j = jrun("ingest", db, "--model", model, "--split", "--space", "beta", "--title", "memo", f_plain)
+    check([d["title"] for d in j["documents"]] == ["memo #1", "memo #2"], f"--title: {j}")
+    doc_text[j["documents"][0]["id"]] = "A note without headings."
+    doc_text[j["documents"][1]["id"]] = "Second paragraph."
+    for d in j["documents"]:
+        doc_space[d["id"]] = "beta"
+
+    # text longer than one document (4096 tokens): consecutive parts whose
+    # texts tile the file
+    words = ["storm", "boat", "oil", "lamp", "keeper", "dusk", "sea", "rock", "gull", "tide"]
+    long_text = " ".join(words[(i * 7 + i // 3) % 10] for i in range(1900)) + "\n"
+    f_long = write("long.txt", long_text)
+    j = jrun("ingest", db, "--model", model, f_long)
+    parts = j["documents"]
+    check(len(parts) >= 2 and all(d["title"] == f"long.txt [{i + 1}/{len(parts)}]"
+                                  for i, d in enumerate(parts)), f"long text parts: {parts}")
+    check(all(d["tokens"] <= 4096 for d in parts), "parts of at most 4096 tokens")
+    ls = {d["id"]: d for d in jrun("ls", db)["documents"]}
+    check(sum(ls[d["id"]]["text_bytes"] for d in parts) == len(long_text.encode()),
+          "the parts' texts tile the file")
+    check(all(ls[d["id"]]["has_spans"] and ls[d["id"]]["has_tokens"] for d in parts), "spans kept")
+
+    # ls shows titles and tokens
+    ls = jrun("ls", db)["documents"]
+    titles = {d["id"]: d["title"] for d in ls}
+    check(titles[light_id] == "lighthouse.txt" and titles[notes_ids[1]] == "Tides #1", "ls titles")
+    table = run("ls", db, "--space", "alpha").stdout.splitlines()
+    check(table[0].split("\t") == ["id", "space", "tokens", "blocks", "created", "title"]
+          and len(table) == 1 + len(NOTES_PARAS) and "Birds #1" in table[4], f"ls table {table}")
+
+    # -------------------------------------------------------------- errors
+    before = state(db)
+    empty = write("empty.txt", "")
+    headings = write("headings.md", "# One\n\n## Two\n\n")
+    run("ingest", db, "--model", model, f_light, empty, expect=1, msg="empty.txt: empty file")
+    run("ingest", db, "--model", model, "--split", headings, expect=1, msg="headings.md: no text")
+    run("ingest", db, "--model", model, f_light, p("missing.txt"), expect=1, msg="missing.txt: cannot open")
+    run("ingest", db, "--model", model, TMP, expect=1, msg="is a directory")
+    run("ingest", db, "--model", model, "--space", "nope", f_light, expect=1, msg="no space 'nope'")
+    run("ingest", db, "--model", p("nope.gguf"), f_light, expect=1, msg="nope.gguf: no such file")
+    run("ingest", db, "--model", f_light, f_light, expect=1, msg="not a GGUF")
+    r = run("ingest", db, "--model", other, f_light, expect=1, msg="made for another model")
+    check("head dim 16" in r.stderr and "head dim 8" in r.stderr, f"names both shapes: {r.stderr}")
+    run("query", db, "--model", other, "hello", expect=1, msg="made for another model")
+    run("query", db, "--model", model, "--space", "nope", "hello", expect=1, msg="--space nope")
+    run("query", db, "--model", p("nope.gguf"), "hello", expect=1, msg="no such file")
+    run("query", p("nostore"), "--model", model, "hello", expect=1, msg="nostore")
+    check(not os.path.exists(p("nostore")), "query created a directory")
+    check(state(db) == before, "a failed command changed the store")
+    # usage errors
+    run("ingest", db, "--split", f_light, expect=2, msg="--split needs --model")
+    run("ingest", db, "--model", model, expect=2, msg="missing FILE")
+    run("query", db, "--model", model, expect=2, msg="missing QUESTION")
+    run("query", db, "--model", model, "a", "b", expect=2, msg="unexpected argument")
+    run("query", db, "--model", model, "--layer", "2", "q", expect=2, msg="--layer does not apply")
+    run("query", db, "--q", "f", "--layer", "2", "--max-tokens", "3", expect=2, msg="needs --model")
+    run("query", db, "--model", model, "--top-p", "0", "q", expect=2, msg="--top-p")
+    run("query", db, "--model", model, "--temperature", "x", "q", expect=2, msg="--temperature")
+    run("query", db, "--model", model, "--interleave", "9", "q", expect=2, msg="--interleave")
+    run("query", db, "--model", model, "--max-tokens", "0", "q", expect=2, msg="--max-tokens")
+    run("query", db, "--model", model, "--seed", "-1", "q", expect=2)
+    run("init", p("x"), "--split", expect=2, msg="does not apply")
+
+    # --------------------------------------------------------------- query
+    question = "When does the lamp oil run out?"
+
+    def ask(*extra, q=question):
+        return jrun("query", db, "--model", model, *extra, q)
+
+    def check_spans(j, spaces=None, what=""):
+        check(isinstance(j["answer"], str) and isinstance(j["spans"], list), f"{what}: structure {j}")
+        check(set(j["timing_ms"]) == {"load", "first_text", "ask"}, f"{what}: timing {j['timing_ms']}")
+        check(j["spans_total"] >= len(j["spans"]), f"{what}: spans_total")
+        for s in j["spans"]:
+            check(set(s) == {"doc", "title", "token_start", "token_end", "score", "text"},
+                  f"{what}: span keys {s}")
+            check(s["doc"] in doc_text or s["title"].startswith("long.txt"), f"{what}: unknown doc {s}")
+            check(s["title"] == titles[s["doc"]], f"{what}: title of {s}")
+            check(0 <= s["token_start"] < s["token_end"], f"{what}: token range {s}")
+            if s["doc"] in doc_text:
+                check(s["text"] and s["text"] in doc_text[s["doc"]],
+                      f"{what}: span text {s['text']!r} not in document {s['doc']}")
+                if spaces:
+                    check(doc_space[s["doc"]] in spaces, f"{what}: span from space "
+                          f"{doc_space[s['doc']]}, asked {spaces}")
+            else:
+                check(s["text"] in long_text, f"{what}: long-text span")
+
+    j = ask("--max-tokens", "8")
+    check(j["memory"] and j["spans"], f"memory answer cites spans: {j}")
+    check_spans(j, what="default")
+    # the same greedy question twice: the same answer and spans
+    j2 = ask("--max-tokens", "8")
+    check(j2["answer"] == j["answer"] and j2["spans"] == j["spans"], "greedy answers are deterministic")
+    # sampling: the same seed gives the same answer
+    s1 = ask("--max-tokens", "12", "--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
+    s2 = ask("--max-tokens", "12", "--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
+    check(s1["answer"] == s2["answer"], "sampling with one seed is deterministic")
+    # spaces: only cited from the spaces asked
+    j = ask("--space", "alpha", "--max-tokens", "4")
+    check(j["spans"], "alpha spans")
+    check_spans(j, spaces={"alpha"}, what="--space alpha")
+    j = ask("--space", "alpha", "--space", "beta", "--max-tokens", "4")
+    check_spans(j, spaces={"alpha", "beta"}, what="--space alpha --space beta")
+    check({doc_space.get(s["doc"]) for s in j["spans"]} <= {"alpha", "beta"}, "two spaces")
+    # top-k: at most K blocks per kv head
+    j = ask("--top-k", "1", "--max-tokens", "4")
+    check_spans(j, what="--top-k 1")
+    check(1 <= j["spans_total"] <= 2, f"--top-k 1 with 2 kv heads: {j['spans_total']} spans")
+    check(all(s["token_end"] - s["token_start"] <= 16 for s in j["spans"]), "one block per span")
+    # exact: every document of the space is drawn on
+    j = ask("--exact", "--space", "alpha", "--max-tokens", "4")
+    check_spans(j, spaces={"alpha"}, what="--exact")
+    check({s["doc"] for s in j["spans"]} == set(notes_ids), f"--exact cites every document: {j['spans']}")
+    j = ask("--select", "documents", "--top-k", "2", "--space", "alpha", "--max-tokens", "4")
+    check_spans(j, spaces={"alpha"}, what="--select documents")
+    check(1 <= len({s["doc"] for s in j["spans"]}) <= 4, "documents mode")
+    # no memory: no spans, and the answer may differ
+    j = ask("--no-memory", "--max-tokens", "4")
+    check(not j["memory"] and j["spans"] == [] and j["spans_total"] == 0, f"--no-memory: {j}")
+    # interleave pulls documents in and queries again
+    j = ask("--interleave", "2", "--max-tokens", "4")
+    check_spans(j, what="--interleave 2")
+    check(j["interleave"] == 2 and j["spans"], "interleave answer")
+    j = ask("--query-pos", "100", "--max-tokens", "4")
+    check_spans(j, what="--query-pos")
+
+    # streaming form: the answer first (the same text as --json), then the spans
+    r = run("query", db, "--model", model, "--max-tokens", "8", question)
+    jj = ask("--max-tokens", "8")
+    check(r.stdout.startswith(jj["answer"]), f"streamed answer {r.stdout[:80]!r} != {jj['answer']!r}")
+    rest = r.stdout[len(jj["answer"]):].split("\n")
+    check(rest[0] == "" and rest[1] == "" and rest[2].split("\t") == ["doc", "tokens", "score", "title", "text"],
+          f"span table after the answer: {rest[:3]}")
+    check(len([x for x in rest[3:] if x]) == min(len(jj["spans"]), 64), "one row per span")
+    r = run("query", db, "--model", model, "--max-tokens", "8", "--quiet", question)
+    check(r.stdout == jj["answer"] + ("" if jj["answer"].endswith("\n") else "\n"), "--quiet: answer only")
+    r = run("query", db, "--model", model, "--max-tokens", "8", "--no-memory", question)
+    check(r.stdout.count("\n") <= 1 + jj["answer"].count("\n"), "--no-memory prints no span table")
+    # the question on stdin
+    j = jrun("query", db, "--model", model, "--max-tokens", "8", "-", stdin=question + "\n")
+    check(j["question"] == question and j["answer"] == jj["answer"], "question from stdin")
+
+    # the tensor form of query still runs on this store
+    run("query", db, "--layer", "2", expect=2, msg="missing --q")
+
+    # the store is sound
+    run("verify", db)
+    print("cli_model_e2e: ok")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as e:
+        print(f"FAIL: {e}")
+        sys.exit(1)
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
