@@ -1,0 +1,579 @@
+/* test_query.c -- the query engine through the public API, on small f32
+ * stores: exact mode against a naive dense attention over msadb_doc_kv(),
+ * needles found by sparse selection, document selection, per-token
+ * selection, deleted documents, spaces, GQA mapping, snapshot isolation,
+ * argument validation, and selection independent of SIMD and thread count. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "msadb.h"
+#include "testutil.h"
+
+enum { NL = 4, NKV = 2, NQH = 8, GRP = NQH / NKV, D = 32, B = 8 };
+#define NPLANES (2 * NKV) /* memory layers 2 and 3 */
+#define MAXDOC 64
+
+static uint64_t rng = 777;
+
+typedef struct tdoc {
+    uint64_t id;
+    const char *space;
+    size_t T;
+    int deleted;
+} tdoc;
+
+static tdoc docs[MAXDOC];
+static int ndocs;
+
+static msadb_store *make_store(const char *dir, uint32_t block, uint32_t d)
+{
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, NL, NKV, NQH, d));
+    sig.block_size = block;
+    sig.dtype = MSADB_DTYPE_F32;
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.no_sync = 1;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    return st;
+}
+
+/* Appends a random document; if needle is not NULL, token needle_tok of
+ * plane needle_plane gets key alpha * needle (a planted needle). */
+static uint64_t add_doc(msadb_store *st, const char *space, size_t T, const float *needle,
+                        uint32_t needle_plane, size_t needle_tok, float alpha)
+{
+    size_t n = (size_t)NPLANES * T * D;
+    float *K = malloc(n * 4), *V = malloc(n * 4);
+    CHECK(K && V);
+    tu_fill_randn(&rng, K, n, 0.5f);
+    tu_fill_randn(&rng, V, n, 1.0f);
+    if (needle)
+        for (int j = 0; j < D; j++)
+            K[((size_t)needle_plane * T + needle_tok) * D + j] = alpha * needle[j];
+    msadb_doc doc = {0};
+    doc.space = space;
+    doc.n_tokens = T;
+    doc.kv_dtype = MSADB_DTYPE_F32;
+    doc.keys = K;
+    doc.values = V;
+    uint64_t id;
+    CHECK_OK(msadb_doc_append(st, &doc, &id));
+    free(K);
+    free(V);
+    CHECK(ndocs < MAXDOC);
+    docs[ndocs].id = id;
+    docs[ndocs].space = space ? space : "default";
+    docs[ndocs].T = T;
+    docs[ndocs].deleted = 0;
+    ndocs++;
+    return id;
+}
+
+static int in_spaces(const char *space, const char *const *spaces, size_t ns)
+{
+    if (ns == 0)
+        return 1;
+    for (size_t i = 0; i < ns; i++)
+        if (strcmp(space, spaces[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Naive dense attention in double over every live document of the spaces,
+ * as returned by msadb_doc_kv(); optionally restricted to the tokens of
+ * the given hits (kv head kh, query token qt). */
+static void naive(msadb_snapshot *snap, const float *q, size_t nq, uint32_t layer_index,
+                  const char *const *spaces, size_t ns, const msadb_hit *hits, size_t nh,
+                  int per_token, float *out, float *lse)
+{
+    for (uint32_t kh = 0; kh < NKV; kh++) {
+        uint32_t plane = layer_index * NKV + kh;
+        for (size_t t = 0; t < nq; t++)
+            for (uint32_t j = 0; j < GRP; j++) {
+                uint32_t h = kh * GRP + j;
+                const float *qr = q + (t * NQH + h) * D;
+                double m = -INFINITY, sum = 0.0, o[D] = {0};
+                /* two passes: max, then weighted sums */
+                for (int pass = 0; pass < 2; pass++) {
+                    for (int di = 0; di < ndocs; di++) {
+                        if (docs[di].deleted || !in_spaces(docs[di].space, spaces, ns))
+                            continue;
+                        size_t T = docs[di].T;
+                        float *K = malloc(T * D * 4), *V = malloc(T * D * 4);
+                        CHECK(K && V);
+                        CHECK_OK(msadb_doc_kv(snap, docs[di].id, plane, K, V));
+                        for (size_t tok = 0; tok < T; tok++) {
+                            if (hits) {
+                                int found = 0;
+                                for (size_t x = 0; x < nh; x++)
+                                    if (hits[x].kv_head == kh && hits[x].doc_id == docs[di].id &&
+                                        (!per_token || hits[x].query == t) && tok >= hits[x].token_start &&
+                                        tok < hits[x].token_end)
+                                        found = 1;
+                                if (!found)
+                                    continue;
+                            }
+                            double s = 0.0;
+                            for (int c = 0; c < D; c++)
+                                s += (double)qr[c] * K[tok * D + c];
+                            s /= sqrt((double)D);
+                            if (pass == 0) {
+                                m = s > m ? s : m;
+                            } else {
+                                double w = exp(s - m);
+                                sum += w;
+                                for (int c = 0; c < D; c++)
+                                    o[c] += w * V[tok * D + c];
+                            }
+                        }
+                        free(K);
+                        free(V);
+                    }
+                }
+                for (int c = 0; c < D; c++)
+                    out[(t * NQH + h) * D + c] = sum > 0 ? (float)(o[c] / sum) : 0.0f;
+                lse[t * NQH + h] = sum > 0 ? (float)(m + log(sum)) : -INFINITY;
+            }
+    }
+}
+
+static void check_close(const float *a, const float *b, size_t n, double tol)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (isinf(b[i])) {
+            CHECK(a[i] == b[i]);
+            continue;
+        }
+        if (!(fabs(a[i] - b[i]) <= tol * (1.0 + fabs(b[i])))) {
+            fprintf(stderr, "mismatch at %zu: %.7g vs %.7g\n", i, a[i], b[i]);
+            CHECK(0);
+        }
+    }
+}
+
+static int has_block(const msadb_hit *h, size_t n, uint32_t kh, uint64_t doc, uint32_t tok, int query)
+{
+    for (size_t i = 0; i < n; i++)
+        if (h[i].kv_head == kh && h[i].doc_id == doc && tok >= h[i].token_start && tok < h[i].token_end &&
+            (query < 0 || h[i].query == (uint32_t)query))
+            return 1;
+    return 0;
+}
+
+static void random_q(float *q, size_t nq)
+{
+    tu_fill_randn(&rng, q, nq * NQH * D, 1.0f);
+}
+
+#define NQ 3
+static float qbuf[NQ * NQH * D], out[NQ * NQH * D], lse[NQ * NQH], ref[NQ * NQH * D], rlse[NQ * NQH];
+static msadb_hit hits[4096];
+
+static void test_main(void)
+{
+    const char *dir = tu_tmpdir("query");
+    msadb_store *st = make_store(dir, B, D);
+    CHECK_OK(msadb_space_create(st, "alpha", NULL));
+    CHECK_OK(msadb_space_create(st, "beta", NULL));
+    CHECK_OK(msadb_space_create(st, "empty", NULL));
+
+    /* needles: for kv head 1 of memory layer 3 (plane 3), aligned with the
+     * query of q head 6 (group of kv head 1) */
+    float needle_q[D], needle2_q[D];
+    tu_fill_randn(&rng, needle_q, D, 1.0f);
+    tu_fill_randn(&rng, needle2_q, D, 1.0f);
+    size_t sizes[] = {5, 17, 40, 8, 33, 64, 1, 23, 16, 30};
+    const char *sp[] = {NULL, "alpha", "beta", "alpha", NULL, "beta", "alpha", "beta", NULL, "alpha"};
+    uint64_t needle_doc = 0, needle2_doc = 0;
+    for (int i = 0; i < 10; i++) {
+        if (i == 4)
+            needle_doc = add_doc(st, sp[i], sizes[i], needle_q, 3, 13, 6.0f);
+        else if (i == 7)
+            needle2_doc = add_doc(st, sp[i], sizes[i], needle2_q, 3, 20, 6.0f);
+        else
+            add_doc(st, sp[i], sizes[i], NULL, 0, 0, 0);
+    }
+
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    msadb_query q;
+    msadb_query_init(&q);
+    CHECK(q.top_k == 16 && q.select == MSADB_SELECT_BLOCKS);
+    random_q(qbuf, NQ);
+    q.layer = 3;
+    q.q = qbuf;
+    q.n_query = NQ;
+
+    /* exact mode = dense attention over every stored token, all spaces */
+    msadb_query_stats stats;
+    q.exact = 1;
+    q.stats = &stats;
+    size_t nh = 0;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    naive(snap, qbuf, NQ, 1, NULL, 0, NULL, 0, 0, ref, rlse);
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    check_close(lse, rlse, sizeof lse / 4, 1e-5);
+    size_t total_blocks = 0, total_tokens = 0;
+    for (int i = 0; i < ndocs; i++) {
+        total_blocks += (docs[i].T + B - 1) / B;
+        total_tokens += docs[i].T;
+    }
+    CHECK(nh == NKV * total_blocks);
+    CHECK(stats.tokens_attended == NKV * total_tokens && stats.blocks_read == NKV * total_blocks);
+
+    /* exact over two spaces, and the public LSE merge of per-space results */
+    const char *ab[] = {"alpha", "beta"}, *a1[] = {"alpha"}, *b1[] = {"beta"};
+    q.spaces = ab;
+    q.n_spaces = 2;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    naive(snap, qbuf, NQ, 1, ab, 2, NULL, 0, 0, ref, rlse);
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    check_close(lse, rlse, sizeof lse / 4, 1e-5);
+    static float o1[NQ * NQH * D], l1[NQ * NQH];
+    q.spaces = a1;
+    q.n_spaces = 1;
+    CHECK_OK(msadb_attend(snap, &q, o1, l1, NULL, 0, NULL));
+    q.spaces = b1;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    msadb_lse_merge(NQ * NQH, D, o1, l1, out, lse, o1, l1);
+    check_close(o1, ref, sizeof out / 4, 1e-5);
+    check_close(l1, rlse, sizeof lse / 4, 1e-5);
+
+    /* empty space: output 0, lse -inf, no hits */
+    const char *e1[] = {"empty"};
+    q.spaces = e1;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    CHECK(nh == 0);
+    for (size_t i = 0; i < sizeof lse / 4; i++)
+        CHECK(lse[i] == -INFINITY);
+    for (size_t i = 0; i < sizeof out / 4; i++)
+        CHECK(out[i] == 0.0f);
+    q.exact = 0;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    CHECK(nh == 0 && lse[0] == -INFINITY);
+
+    /* unknown space */
+    const char *u1[] = {"nope"};
+    q.spaces = u1;
+    CHECK_RC(msadb_attend(snap, &q, out, lse, hits, 4096, &nh), MSADB_ENOTFOUND);
+    CHECK_RC(msadb_retrieve(snap, &q, hits, 4096, &nh), MSADB_ENOTFOUND);
+    q.spaces = NULL;
+    q.n_spaces = 0;
+
+    /* sparse: query token 1, q head 6 (kv head 1) points at the needle */
+    for (int j = 0; j < D; j++)
+        qbuf[(1 * NQH + 6) * D + j] = 3.0f * needle_q[j];
+    for (uint32_t kind = MSADB_SUMMARY_MEAN; kind <= MSADB_SUMMARY_MINMAX; kind++) {
+        q.summary = kind;
+        q.top_k = 2;
+        CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+        CHECK(nh == 2 * NKV);
+        CHECK(has_block(hits, nh, 1, needle_doc, 13, -1));
+        for (size_t i = 0; i < nh; i++) {
+            CHECK(hits[i].query == 0 && hits[i].kv_head == (i < 2 ? 0u : 1u));
+            if (i % 2 == 1) /* best first */
+                CHECK(hits[i].score <= hits[i - 1].score);
+        }
+        /* the output is exact attention over the selected tokens */
+        naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 0, ref, rlse);
+        check_close(out, ref, sizeof out / 4, 1e-5);
+        check_close(lse, rlse, sizeof lse / 4, 1e-5);
+        /* retrieve selects the same blocks */
+        static msadb_hit h2[4096];
+        size_t nh2 = 0;
+        CHECK_OK(msadb_retrieve(snap, &q, h2, 4096, &nh2));
+        CHECK(nh2 == nh && memcmp(h2, hits, nh * sizeof *hits) == 0);
+        /* hits_cap smaller than the selection: count still reported */
+        CHECK_OK(msadb_retrieve(snap, &q, h2, 1, &nh2));
+        CHECK(nh2 == nh && memcmp(h2, hits, sizeof *hits) == 0);
+        /* the portable kernels select exactly the same blocks */
+        msadb_k_force_portable(1);
+        CHECK_OK(msadb_retrieve(snap, &q, h2, 4096, &nh2));
+        msadb_k_force_portable(0);
+        CHECK(nh2 == nh && memcmp(h2, hits, nh * sizeof *hits) == 0);
+    }
+    q.summary = 0;
+
+    /* GQA: q head 6 belongs to kv head 1, whose plane holds the needle;
+     * kv head 0's plane has no needle, so its best score stays ordinary */
+    q.top_k = 1;
+    CHECK_OK(msadb_retrieve(snap, &q, hits, 4096, &nh));
+    CHECK(nh == NKV && hits[1].kv_head == 1 && hits[1].doc_id == needle_doc);
+    float hs_needle = hits[1].score;
+    CHECK(hits[0].score < hs_needle); /* kv head 0 saw no needle */
+
+    /* per-token: token 0 points at needle 2 through q head 5, token 1 at
+     * needle 1 through q head 6; each token gets its own selection */
+    for (int j = 0; j < D; j++)
+        qbuf[(0 * NQH + 5) * D + j] = 3.0f * needle2_q[j];
+    q.per_token = 1;
+    q.top_k = 2;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    CHECK(nh == (size_t)NKV * NQ * 2);
+    CHECK(has_block(hits, nh, 1, needle2_doc, 20, 0));
+    CHECK(has_block(hits, nh, 1, needle_doc, 13, 1));
+    naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 1, ref, rlse);
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    check_close(lse, rlse, sizeof lse / 4, 1e-5);
+    q.per_token = 0;
+
+    /* document selection: the top-2 documents by their best block, and all
+     * of their blocks */
+    q.select = MSADB_SELECT_DOCUMENTS;
+    q.top_k = 2;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    {
+        /* reference: every block's score from a large block retrieval */
+        msadb_query qb = q;
+        qb.select = MSADB_SELECT_BLOCKS;
+        qb.top_k = 10000;
+        static msadb_hit all[4096];
+        size_t na = 0;
+        CHECK_OK(msadb_retrieve(snap, &qb, all, 4096, &na));
+        CHECK(na == NKV * total_blocks);
+        for (uint32_t kh = 0; kh < NKV; kh++) {
+            /* best two documents */
+            uint64_t best[2] = {0, 0};
+            float bs[2] = {-INFINITY, -INFINITY};
+            for (int di = 0; di < ndocs; di++) {
+                float m = -INFINITY;
+                for (size_t i = 0; i < na; i++)
+                    if (all[i].kv_head == kh && all[i].doc_id == docs[di].id && all[i].score > m)
+                        m = all[i].score;
+                if (m > bs[0]) {
+                    bs[1] = bs[0];
+                    best[1] = best[0];
+                    bs[0] = m;
+                    best[0] = docs[di].id;
+                } else if (m > bs[1]) {
+                    bs[1] = m;
+                    best[1] = docs[di].id;
+                }
+            }
+            size_t want = 0;
+            for (int di = 0; di < ndocs; di++)
+                if (docs[di].id == best[0] || docs[di].id == best[1]) {
+                    for (uint32_t tok = 0; tok < docs[di].T; tok += B)
+                        CHECK(has_block(hits, nh, kh, docs[di].id, tok, 0));
+                    want += (docs[di].T + B - 1) / B;
+                }
+            size_t got = 0;
+            for (size_t i = 0; i < nh; i++)
+                if (hits[i].kv_head == kh) {
+                    CHECK(hits[i].doc_id == best[0] || hits[i].doc_id == best[1]);
+                    got++;
+                }
+            CHECK(got == want);
+            /* the best document's blocks come first */
+            for (size_t i = 0; i < nh; i++)
+                if (hits[i].kv_head == kh) {
+                    CHECK(hits[i].doc_id == best[0]);
+                    break;
+                }
+        }
+        CHECK(has_block(hits, nh, 1, needle_doc, 0, 0) && has_block(hits, nh, 1, needle_doc, 32, 0));
+        naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 0, ref, rlse);
+        check_close(out, ref, sizeof out / 4, 1e-5);
+        check_close(lse, rlse, sizeof lse / 4, 1e-5);
+    }
+    /* per-token document selection */
+    q.per_token = 1;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    CHECK(has_block(hits, nh, 1, needle2_doc, 0, 0) && has_block(hits, nh, 1, needle_doc, 0, 1));
+    naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 1, ref, rlse);
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    q.per_token = 0;
+    q.select = MSADB_SELECT_BLOCKS;
+
+    /* snapshot isolation: a writer commits a stronger needle; the old
+     * snapshot's answer does not change until it is renewed */
+    q.top_k = 1;
+    static float out_before[sizeof out / 4], lse_before[sizeof lse / 4];
+    static msadb_hit hb[64];
+    size_t nhb;
+    CHECK_OK(msadb_attend(snap, &q, out_before, lse_before, hb, 64, &nhb));
+    int ndocs_before = ndocs;
+    uint64_t strong = add_doc(st, "beta", 9, needle_q, 3, 2, 12.0f);
+    ndocs = ndocs_before; /* invisible to the old snapshot */
+    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 64, &nh));
+    CHECK(nh == nhb && memcmp(hits, hb, nh * sizeof *hits) == 0);
+    CHECK(memcmp(out, out_before, sizeof out) == 0 && memcmp(lse, lse_before, sizeof lse) == 0);
+    ndocs = ndocs_before + 1;
+    CHECK_OK(msadb_snapshot_renew(snap));
+    CHECK_OK(msadb_retrieve(snap, &q, hits, 64, &nh));
+    CHECK(hits[1].kv_head == 1 && hits[1].doc_id == strong);
+
+    /* deleted documents are never selected, nor attended in exact mode */
+    CHECK_OK(msadb_doc_delete(st, &strong, 1));
+    CHECK_OK(msadb_doc_delete(st, &needle_doc, 1));
+    docs[ndocs - 1].deleted = 1;
+    for (int i = 0; i < ndocs; i++)
+        if (docs[i].id == needle_doc)
+            docs[i].deleted = 1;
+    CHECK_OK(msadb_snapshot_renew(snap));
+    q.top_k = 1000;
+    CHECK_OK(msadb_retrieve(snap, &q, hits, 4096, &nh));
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id != strong && hits[i].doc_id != needle_doc);
+    q.select = MSADB_SELECT_DOCUMENTS;
+    q.top_k = 100;
+    CHECK_OK(msadb_retrieve(snap, &q, hits, 4096, &nh));
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id != strong && hits[i].doc_id != needle_doc);
+    q.select = MSADB_SELECT_BLOCKS;
+    q.exact = 1;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    naive(snap, qbuf, NQ, 1, NULL, 0, NULL, 0, 0, ref, rlse);
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    check_close(lse, rlse, sizeof lse / 4, 1e-5);
+    /* after compaction too */
+    CHECK_OK(msadb_compact(st));
+    CHECK_OK(msadb_snapshot_renew(snap));
+    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    q.exact = 0;
+
+    /* memory layer 2 uses planes 0 and 1 */
+    q.layer = 2;
+    q.exact = 1;
+    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    naive(snap, qbuf, NQ, 0, NULL, 0, NULL, 0, 0, ref, rlse);
+    check_close(out, ref, sizeof out / 4, 1e-5);
+    q.exact = 0;
+
+    /* validation */
+    msadb_query bad = q;
+    bad.layer = 1; /* not a memory layer */
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad.layer = 99;
+    CHECK_RC(msadb_retrieve(snap, &bad, hits, 1, &nh), MSADB_EINVAL);
+    bad = q;
+    bad.top_k = 0;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = q;
+    bad.select = 7;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = q;
+    bad.summary = 4;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad.summary = MSADB_SUMMARY_ALL;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = q;
+    bad.scale = NAN;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad.scale = -1.0f;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = q;
+    bad.n_query = 0;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = q;
+    bad.q = NULL;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = q;
+    bad.n_spaces = 1;
+    bad.spaces = NULL;
+    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(snap, &q, NULL, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(snap, &q, out, NULL, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(NULL, &q, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(snap, NULL, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    float saved = qbuf[5];
+    qbuf[5] = NAN;
+    CHECK_RC(msadb_attend(snap, &q, out, lse, NULL, 0, NULL), MSADB_ENONFINITE);
+    qbuf[5] = INFINITY;
+    CHECK_RC(msadb_retrieve(snap, &q, hits, 1, &nh), MSADB_ENONFINITE);
+    qbuf[5] = saved;
+    msadb_query_init(NULL);
+    msadb_lse_merge(1, 1, NULL, NULL, NULL, NULL, NULL, NULL);
+
+    msadb_snapshot_end(snap);
+    msadb_close(st);
+}
+
+/* Enough blocks for the parallel scan, with many exact ties: the selection
+ * must not depend on the number of scan threads. */
+static void test_threads(void)
+{
+    ndocs = 0;
+    const char *dir = tu_tmpdir("query-threads");
+    msadb_store *st = make_store(dir, 1, 16);
+    enum { T = 40000, DD = 16 };
+    size_t n = (size_t)NPLANES * T * DD;
+    float *K = malloc(n * 4), *V = malloc(n * 4);
+    CHECK(K && V);
+    for (size_t i = 0; i < n; i++) /* few distinct keys: ties everywhere */
+        K[i] = (float)((int)(tu_rand(&rng) % 3) - 1);
+    tu_fill_randn(&rng, V, n, 1.0f);
+    msadb_doc doc = {0};
+    doc.n_tokens = T / 2;
+    doc.kv_dtype = MSADB_DTYPE_F32;
+    for (int part = 0; part < 2; part++) {
+        /* two documents, keys of plane p at [p][T/2][DD] */
+        float *Kp = malloc(n / 2 * 4), *Vp = malloc(n / 2 * 4);
+        CHECK(Kp && Vp);
+        for (int p = 0; p < NPLANES; p++) {
+            memcpy(Kp + (size_t)p * (T / 2) * DD, K + ((size_t)p * T + (size_t)part * T / 2) * DD, (T / 2) * DD * 4);
+            memcpy(Vp + (size_t)p * (T / 2) * DD, V + ((size_t)p * T + (size_t)part * T / 2) * DD, (T / 2) * DD * 4);
+        }
+        doc.keys = Kp;
+        doc.values = Vp;
+        CHECK_OK(msadb_doc_append(st, &doc, NULL));
+        free(Kp);
+        free(Vp);
+    }
+    float qv[2 * NQH * DD];
+    for (size_t i = 0; i < sizeof qv / 4; i++)
+        qv[i] = (float)((int)(tu_rand(&rng) % 3) - 1);
+    msadb_query q;
+    msadb_query_init(&q);
+    q.layer = 2;
+    q.q = qv;
+    q.n_query = 2;
+    q.top_k = 300;
+    static msadb_hit h1[4096], h2[4096];
+    size_t n1, n2;
+    for (int mode = 0; mode < 3; mode++) {
+        q.per_token = mode == 1;
+        q.summary = mode == 2 ? MSADB_SUMMARY_MINMAX : MSADB_SUMMARY_MEAN;
+        msadb_snapshot *s1, *s2;
+        setenv("MSADB_SCAN_THREADS", "1", 1);
+        CHECK_OK(msadb_snapshot_begin(st, &s1));
+        CHECK_OK(msadb_retrieve(s1, &q, h1, 4096, &n1));
+        setenv("MSADB_SCAN_THREADS", "3", 1);
+        CHECK_OK(msadb_snapshot_begin(st, &s2));
+        msadb_query_stats stt;
+        q.stats = &stt;
+        CHECK_OK(msadb_retrieve(s2, &q, h2, 4096, &n2));
+        q.stats = NULL;
+        CHECK(stt.blocks_scanned == (uint64_t)NKV * T);
+        CHECK(n1 == n2 && n1 == (size_t)NKV * 300 * (q.per_token ? 2 : 1));
+        CHECK(memcmp(h1, h2, n1 * sizeof *h1) == 0);
+        /* documents mode too */
+        q.select = MSADB_SELECT_DOCUMENTS;
+        q.top_k = 1;
+        CHECK_OK(msadb_retrieve(s1, &q, h1, 4096, &n1));
+        CHECK_OK(msadb_retrieve(s2, &q, h2, 4096, &n2));
+        CHECK(n1 == n2 && n1 == (size_t)NKV * (T / 2) * (q.per_token ? 2 : 1));
+        CHECK(memcmp(h1, h2, 4096 * sizeof *h1) == 0);
+        q.select = MSADB_SELECT_BLOCKS;
+        q.top_k = 300;
+        msadb_snapshot_end(s1);
+        msadb_snapshot_end(s2);
+    }
+    unsetenv("MSADB_SCAN_THREADS");
+    free(K);
+    free(V);
+    msadb_close(st);
+}
+
+int main(void)
+{
+    test_main();
+    test_threads();
+    printf("ok\n");
+    return 0;
+}
