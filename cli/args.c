@@ -35,7 +35,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_INGEST] = "ingest DB [--space S] [--title T] FILE...\n"
                    "       msadb ingest DB --model M.gguf [--space S] [--title T] [--split] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
-                  "           [--select blocks|documents] [--summary mean|minmax] [--exact]\n"
+                  "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--per-token] [--out FILE]\n"
                   "       msadb query DB --model M.gguf [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--exact] [--no-memory] [--max-tokens N]\n"
@@ -104,7 +104,7 @@ static const opt_def opts[O_COUNT] = {
     [O_BLOCK] = {"block", 0, 1, C(INIT), "B", "tokens per block (default 64)"},
     [O_DTYPE] = {"dtype", 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
     [O_SUMMARY] = {"summary", 0, 1, C(INIT) | C(QUERY), "KINDS",
-                   "init: summary kinds mean,minmax (default both); query: the one to route by"},
+                   "init: summary kinds mean,minmax,reps (default mean,reps); query: the one to route by"},
     [O_SPACE] = {"space", 0, 1, C(INGEST) | C(QUERY) | C(LS), "S", "space (query: repeatable)"},
     [O_TITLE] = {"title", 0, 1, C(INGEST), "T", "document title (default: file name)"},
     [O_Q] = {"q", 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
@@ -266,15 +266,16 @@ static int parse_layer_list(const char *s, cli_args *a, char *err, size_t errlen
 
 static int parse_kind(const char *s, size_t n, uint32_t *out)
 {
-    if (n == 4 && memcmp(s, "mean", 4) == 0)
-        *out = MSADB_SUMMARY_MEAN;
-    else if (n == 6 && memcmp(s, "minmax", 6) == 0)
-        *out = MSADB_SUMMARY_MINMAX;
-    else if (n == 3 && memcmp(s, "all", 3) == 0)
+    if (n == 3 && memcmp(s, "all", 3) == 0) {
         *out = MSADB_SUMMARY_ALL;
-    else
-        return -1;
-    return 0;
+        return 0;
+    }
+    for (const cli_kind_name *k = cli_summary_kinds; k->name; k++)
+        if (strlen(k->name) == n && memcmp(s, k->name, n) == 0) {
+            *out = k->kind;
+            return 0;
+        }
+    return -1;
 }
 
 static int parse_summary(cli_cmd cmd, const char *s, uint32_t *out, char *err, size_t errlen)
@@ -286,14 +287,16 @@ static int parse_summary(cli_cmd cmd, const char *s, uint32_t *out, char *err, s
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
         uint32_t k;
         if (parse_kind(p, n, &k) != 0)
-            return usage_err(err, errlen, "--summary: unknown kind in '%.60s' (expected mean, minmax or all)", s);
+            return usage_err(err, errlen, "--summary: unknown kind in '%.60s' (expected mean, minmax, reps or all)",
+                             s);
         kinds |= k;
         if (!comma)
             break;
         p = comma + 1;
     }
-    if (cmd == CMD_QUERY && kinds != MSADB_SUMMARY_MEAN && kinds != MSADB_SUMMARY_MINMAX)
-        return usage_err(err, errlen, "--summary: a query routes by one kind: mean or minmax, got '%.60s'", s);
+    if (cmd == CMD_QUERY && kinds != MSADB_SUMMARY_MEAN && kinds != MSADB_SUMMARY_MINMAX &&
+        kinds != MSADB_SUMMARY_REPS)
+        return usage_err(err, errlen, "--summary: a query routes by one kind: mean, minmax or reps, got '%.60s'", s);
     *out = kinds;
     return CLI_OK;
 }

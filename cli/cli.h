@@ -124,6 +124,14 @@ void cli_table_addf(cli_table *t, const char *fmt, ...) CLI_PRINTF(2, 3);
 void cli_table_print(cli_table *t, FILE *fp);
 void cli_table_free(cli_table *t);
 
+/* Summary kinds and their names ("mean", "minmax", "reps"), ending {0, NULL}. */
+typedef struct cli_kind_name {
+    uint32_t kind;
+    const char *name;
+} cli_kind_name;
+extern const cli_kind_name cli_summary_kinds[];
+const char *cli_summary_name(uint32_t kind);
+
 /* Signature <-> JSON (used by stat, init --json, dump and load). */
 json_t *cli_signature_json(const msadb_signature *sig);
 int cli_signature_from_json(json_t *j, msadb_signature *sig, char *err, size_t errlen);

@@ -342,7 +342,7 @@ static int check_query_args(const cli_args *a, msadb_store *st, const msadb_sign
     }
     if (a->summary && !(sig->summary_kinds & a->summary))
         return cli_error("--summary: %s does not store %s summaries", a->db,
-                         a->summary == MSADB_SUMMARY_MEAN ? "mean" : "minmax");
+                         cli_summary_name(a->summary));
     for (size_t i = 0; i < a->n_spaces; i++) {
         msadb_space_info info;
         int rc = msadb_space_get(st, a->spaces[i], &info);

@@ -308,11 +308,24 @@ void cli_layers_str(const msadb_signature *sig, char *buf, size_t cap)
         o += (size_t)snprintf(buf + o, cap - o, "%s%u", i ? "," : "", sig->memory_layers[i]);
 }
 
+const cli_kind_name cli_summary_kinds[] = {
+    {MSADB_SUMMARY_MEAN, "mean"}, {MSADB_SUMMARY_MINMAX, "minmax"}, {MSADB_SUMMARY_REPS, "reps"}, {0, NULL}};
+
+const char *cli_summary_name(uint32_t kind)
+{
+    for (const cli_kind_name *k = cli_summary_kinds; k->name; k++)
+        if (k->kind == kind)
+            return k->name;
+    return "?";
+}
+
 void cli_summary_str(uint32_t kinds, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "%s%s%s", (kinds & MSADB_SUMMARY_MEAN) ? "mean" : "",
-             (kinds & MSADB_SUMMARY_MEAN) && (kinds & MSADB_SUMMARY_MINMAX) ? "," : "",
-             (kinds & MSADB_SUMMARY_MINMAX) ? "minmax" : "");
+    size_t o = 0;
+    buf[0] = 0;
+    for (const cli_kind_name *k = cli_summary_kinds; k->name && o < cap; k++)
+        if (kinds & k->kind)
+            o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? "," : "", k->name);
 }
 
 json_t *cli_signature_json(const msadb_signature *sig)
@@ -321,10 +334,9 @@ json_t *cli_signature_json(const msadb_signature *sig)
     for (uint32_t i = 0; layers && i < sig->n_memory_layers; i++)
         json_array_append_new(layers, json_integer(sig->memory_layers[i]));
     json_t *kinds = json_array();
-    if (kinds && (sig->summary_kinds & MSADB_SUMMARY_MEAN))
-        json_array_append_new(kinds, json_string("mean"));
-    if (kinds && (sig->summary_kinds & MSADB_SUMMARY_MINMAX))
-        json_array_append_new(kinds, json_string("minmax"));
+    for (const cli_kind_name *k = cli_summary_kinds; kinds && k->name; k++)
+        if (sig->summary_kinds & k->kind)
+            json_array_append_new(kinds, json_string(k->name));
     const char *dt = msadb_dtype_name((int)sig->dtype);
     return json_pack("{s:I, s:I, s:I, s:I, s:o, s:I, s:s, s:o, s:s}", "layers",
                      (json_int_t)sig->n_layers, "kv_heads", (json_int_t)sig->n_kv_heads,
@@ -388,14 +400,14 @@ int cli_signature_from_json(json_t *j, msadb_signature *sig, char *err, size_t e
     }
     for (size_t i = 0; i < json_array_size(kinds); i++) {
         const char *k = json_string_value(json_array_get(kinds, i));
-        if (k && strcmp(k, "mean") == 0)
-            sig->summary_kinds |= MSADB_SUMMARY_MEAN;
-        else if (k && strcmp(k, "minmax") == 0)
-            sig->summary_kinds |= MSADB_SUMMARY_MINMAX;
-        else {
+        const cli_kind_name *kn = cli_summary_kinds;
+        while (kn->name && !(k && strcmp(k, kn->name) == 0))
+            kn++;
+        if (!kn->name) {
             snprintf(err, errlen, "signature: unknown summary kind");
             return -1;
         }
+        sig->summary_kinds |= kn->kind;
     }
     json_t *pos = json_object_get(j, "positions");
     if (!json_is_string(pos) || strcmp(json_string_value(pos), "document") != 0) {

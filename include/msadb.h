@@ -113,7 +113,12 @@ MSADB_API int msadb_dtype_parse(const char *name);
 /* Summary kinds (bit flags). */
 #define MSADB_SUMMARY_MEAN 1u   /* mean key of the block (MSA chunk pooling) */
 #define MSADB_SUMMARY_MINMAX 2u /* element-wise min and max key (Quest bound) */
-#define MSADB_SUMMARY_ALL 3u
+#define MSADB_SUMMARY_REPS 4u   /* 3 representative keys per block, int8: the two
+                                   tokens farthest from the block mean and the
+                                   4-token window farthest from it (finds 1- and
+                                   4-token needles that a mean averages away;
+                                   see docs/benchmarks.md) */
+#define MSADB_SUMMARY_ALL 7u
 
 /* Position schemes. */
 #define MSADB_POSITIONS_DOCUMENT 0u /* each document's positions start at 0 */
@@ -141,8 +146,8 @@ typedef struct msadb_signature {
 } msadb_signature;
 
 /** Fills *sig with defaults for a model: memory in the latter half of the
- * layers (as in MSA), block 64, dtype f16, all summary kinds, document-wise
- * positions.  Returns MSADB_EINVAL if a dimension is out of range. */
+ * layers (as in MSA), block 64, dtype f16, summaries MEAN and REPS,
+ * document-wise positions.  Returns MSADB_EINVAL if a dimension is out of range. */
 MSADB_API int msadb_signature_init(msadb_signature *sig, uint32_t n_layers,
                                    uint32_t n_kv_heads, uint32_t n_q_heads,
                                    uint32_t head_dim);

@@ -238,29 +238,34 @@ int msadb_space_drop(msadb_store *st, const char *name)
 /* Compaction                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* A page layout: up to two regions, entry i of region r at
- * sum_{r'<r} n*eb[r'] + i*eb[r]. */
+/* A page layout: regions as in msadb_summ_regions() (slot pages: one
+ * region), and the smallest stored size (summary pages are padded). */
 typedef struct {
-    size_t eb[2];
+    size_t eb[MSADB_SUMM_REGIONS];
+    size_t min_bytes;
 } layout_t;
 
-static size_t layout_entry(const layout_t *L) { return L->eb[0] + L->eb[1]; }
-
-/* Copies entry i of a page of n entries into out (regions concatenated). */
-static void entry_get(const layout_t *L, const uint8_t *page, uint32_t n, uint32_t i, uint8_t *out)
+static size_t layout_entry(const layout_t *L)
 {
-    memcpy(out, page + (size_t)i * L->eb[0], L->eb[0]);
-    memcpy(out + L->eb[0], page + (size_t)n * L->eb[0] + (size_t)i * L->eb[1], L->eb[1]);
+    size_t e = 0;
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++)
+        e += L->eb[r];
+    return e;
 }
 
-/* Lays out n concatenated entries as a page. */
+static size_t layout_bytes(const layout_t *L, size_t n)
+{
+    size_t b = n * layout_entry(L);
+    return b < L->min_bytes ? L->min_bytes : b;
+}
+
+/* Lays out n concatenated entries as a page of layout_bytes(n) bytes. */
 static void page_build(const layout_t *L, const uint8_t *entries, uint32_t n, uint8_t *page)
 {
     size_t e = layout_entry(L);
-    for (uint32_t i = 0; i < n; i++) {
-        memcpy(page + (size_t)i * L->eb[0], entries + (size_t)i * e, L->eb[0]);
-        memcpy(page + (size_t)n * L->eb[0] + (size_t)i * L->eb[1], entries + (size_t)i * e + L->eb[0], L->eb[1]);
-    }
+    memset(page, 0, layout_bytes(L, n));
+    for (uint32_t i = 0; i < n; i++)
+        msadb_summ_entry_put(L->eb, page, n, i, entries + (size_t)i * e);
 }
 
 typedef struct {
@@ -288,8 +293,8 @@ static int compact_stream(const page_stream *ps, const layout_t *L, const uint8_
                           uint64_t *n_out)
 {
     const uint32_t cap = ps->st->page_cap;
-    const size_t e = layout_entry(L);
-    uint8_t *in = malloc((size_t)cap * e), *acc = malloc((size_t)cap * e), *page = malloc((size_t)cap * e);
+    const size_t e = layout_entry(L), most = layout_bytes(L, cap);
+    uint8_t *in = malloc(most), *acc = malloc((size_t)cap * e), *page = malloc(most);
     int rc = (!in || !acc || !page) ? MSADB_ENOMEM : 0;
     uint64_t out_pg = 0, n_pages = (n_slots + cap - 1) / cap, total = 0;
     uint32_t n_acc = 0;
@@ -303,7 +308,7 @@ static int compact_stream(const page_stream *ps, const layout_t *L, const uint8_
             break;
         }
         uint64_t cnt = n_slots - pg * cap < cap ? n_slots - pg * cap : cap;
-        if (v.mv_size != cnt * e) {
+        if (v.mv_size != layout_bytes(L, cnt)) {
             rc = MSADB_ECORRUPT;
             break;
         }
@@ -312,12 +317,12 @@ static int compact_stream(const page_stream *ps, const layout_t *L, const uint8_
             uint64_t s = pg * cap + i;
             if (!(live[s >> 3] & (1u << (s & 7))))
                 continue;
-            entry_get(L, in, (uint32_t)cnt, i, acc + (size_t)n_acc * e);
+            msadb_summ_entry_get(L->eb, in, cnt, i, acc + (size_t)n_acc * e);
             total++;
             if (++n_acc == cap) {
                 page_build(L, acc, n_acc, page);
                 stream_key(ps, out_pg++, k, &klen);
-                MDB_val ok = {klen, k}, ov = {(size_t)n_acc * e, page};
+                MDB_val ok = {klen, k}, ov = {layout_bytes(L, n_acc), page};
                 rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
                 n_acc = 0;
             }
@@ -326,7 +331,7 @@ static int compact_stream(const page_stream *ps, const layout_t *L, const uint8_
     if (!rc && n_acc) {
         page_build(L, acc, n_acc, page);
         stream_key(ps, out_pg++, k, &klen);
-        MDB_val ok = {klen, k}, ov = {(size_t)n_acc * e, page};
+        MDB_val ok = {klen, k}, ov = {layout_bytes(L, n_acc), page};
         rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
     }
     for (uint64_t pg = out_pg; !rc && pg < n_pages; pg++) {
@@ -415,9 +420,8 @@ static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
         free(live);
         return rc;
     }
-    const size_t d = st->sig.head_dim;
-    const size_t mean_b = (st->sig.summary_kinds & MSADB_SUMMARY_MEAN) ? 2 * d : 0;
-    layout_t Ls = {{MSADB_SLOT_BYTES, 0}}, Lp = {{mean_b, msadb_summ_entry_bytes(st) - mean_b}};
+    layout_t Ls = {{MSADB_SLOT_BYTES}, 0}, Lp = {{0}, MSADB_SUMM_PAGE_MIN};
+    msadb_summ_regions(st, Lp.eb);
     page_stream ps = {st, txn, st->db_slots, sr.id, UINT32_MAX};
     rc = compact_stream(&ps, &Ls, live, sr.n_slots, &n_new);
     for (uint32_t p = 0; !rc && p < msadb_signature_planes(&st->sig); p++) {

@@ -11,6 +11,7 @@
 
 #include "codec.h"
 #include "crypto.h"
+#include "kernels.h"
 #include "store_impl.h"
 
 /* ------------------------------------------------------------------------ */
@@ -340,16 +341,20 @@ void msadb_summarize(const float *K, uint32_t n, uint32_t d, uint16_t *mean, uin
 void msadb_summarize_store(const msadb_store *st, const float *K, uint32_t n, uint8_t *out)
 {
     uint32_t d = st->sig.head_dim;
+    size_t eb[MSADB_SUMM_REGIONS];
+    msadb_summ_regions(st, eb);
     uint16_t mean[MSADB_MAX_HEAD_DIM], mm[2 * MSADB_MAX_HEAD_DIM];
-    int has_mean = (st->sig.summary_kinds & MSADB_SUMMARY_MEAN) != 0;
-    int has_mm = (st->sig.summary_kinds & MSADB_SUMMARY_MINMAX) != 0;
-    msadb_summarize(K, n, d, has_mean ? mean : NULL, has_mm ? mm : NULL);
-    if (has_mean) {
-        memcpy(out, mean, 2 * (size_t)d);
-        out += 2 * (size_t)d;
+    int8_t reps[MSADB_K_REPS * MSADB_MAX_HEAD_DIM];
+    float scale[MSADB_K_REPS];
+    msadb_summarize(K, n, d, eb[MSADB_REG_MEAN] ? mean : NULL, eb[MSADB_REG_MINMAX] ? mm : NULL);
+    if (eb[MSADB_REG_REPS])
+        msadb_k_reps_summarize(K, n, d, reps, scale);
+    /* concatenated form, in region order */
+    const void *src[MSADB_SUMM_REGIONS] = {scale, mean, mm, reps};
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        memcpy(out, src[r], eb[r]);
+        out += eb[r];
     }
-    if (has_mm)
-        memcpy(out, mm, 4 * (size_t)d);
 }
 
 /* The new slot entries of one space in a commit, with a pointer to each
@@ -371,17 +376,20 @@ typedef struct {
  * per-plane summary pages covering the group's new entries. */
 static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_t *page_buf)
 {
-    const uint32_t cap = st->page_cap, planes = msadb_signature_planes(&st->sig), d = st->sig.head_dim;
+    const uint32_t cap = st->page_cap, planes = msadb_signature_planes(&st->sig);
     const size_t se = msadb_summ_entry_bytes(st);
-    const size_t mean_b = (st->sig.summary_kinds & MSADB_SUMMARY_MEAN) ? 2 * (size_t)d : 0;
-    const size_t mm_b = se - mean_b;
+    size_t eb[MSADB_SUMM_REGIONS];
+    msadb_summ_regions(st, eb);
     const uint64_t n = g->slots.len / MSADB_SLOT_BYTES;
     const summ_ref *refs = (const summ_ref *)(const void *)g->refs.p;
     page_buf->len = 0;
-    int rc = buf_reserve(page_buf, (size_t)cap * (se > MSADB_SLOT_BYTES ? se : MSADB_SLOT_BYTES));
+    size_t page_max = msadb_summ_page_bytes(st, cap);
+    if (page_max < (size_t)cap * MSADB_SLOT_BYTES)
+        page_max = (size_t)cap * MSADB_SLOT_BYTES;
+    int rc = buf_reserve(page_buf, page_max + (size_t)cap * se);
     if (rc)
         return rc;
-    uint8_t *page = page_buf->p;
+    uint8_t *page = page_buf->p, *entry = page_buf->p + page_max;
     for (uint64_t done = 0; done < n;) {
         uint64_t slot = g->first_slot + done, pg = slot / cap;
         uint32_t have = (uint32_t)(slot % cap);
@@ -403,27 +411,28 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
         v.mv_data = page;
         if ((rc = mdb_put(txn, st->db_slots, &kv, &v, 0)))
             return rc;
-        /* One page per plane: the mean region [tot][d], then the minmax
-         * region [tot][2][d]. */
+        /* One page per plane, region by region (store.h); the old entries
+         * move to their places in the larger page. */
         for (uint32_t p = 0; p < planes; p++) {
             msadb_key_summ(k, g->rec.id, p, pg);
             kv.mv_size = 16;
+            size_t bytes = msadb_summ_page_bytes(st, tot);
+            memset(page, 0, bytes);
             if (have) {
                 if ((rc = mdb_get(txn, st->db_summ, &kv, &v)))
                     return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
-                if (v.mv_size != (size_t)have * se)
+                if (v.mv_size != msadb_summ_page_bytes(st, have))
                     return MSADB_ECORRUPT;
-                memcpy(page, v.mv_data, (size_t)have * mean_b);
-                memcpy(page + (size_t)tot * mean_b, (const uint8_t *)v.mv_data + (size_t)have * mean_b,
-                       (size_t)have * mm_b);
+                for (uint32_t i = 0; i < have; i++) {
+                    msadb_summ_entry_get(eb, v.mv_data, have, i, entry);
+                    msadb_summ_entry_put(eb, page, tot, i, entry);
+                }
             }
             for (uint32_t i = 0; i < add; i++) {
                 const summ_ref *r = &refs[done + i];
-                const uint8_t *e = r->summ + (size_t)p * r->stride;
-                memcpy(page + (size_t)(have + i) * mean_b, e, mean_b);
-                memcpy(page + (size_t)tot * mean_b + (size_t)(have + i) * mm_b, e + mean_b, mm_b);
+                msadb_summ_entry_put(eb, page, tot, have + i, r->summ + (size_t)p * r->stride);
             }
-            v.mv_size = (size_t)tot * se;
+            v.mv_size = bytes;
             v.mv_data = page;
             if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)))
                 return rc;

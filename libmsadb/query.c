@@ -40,7 +40,7 @@
 #define CAND_VIEW(id) ((size_t)((id) >> 16))
 #define CAND_ENTRY(id) ((uint32_t)((id) & 0xffffu))
 
-enum { KIND_MEAN, KIND_MEAN_COS, KIND_MINMAX };
+enum { KIND_MEAN, KIND_MEAN_COS, KIND_MINMAX, KIND_REPS };
 
 /* A maximal run of consecutive live entries of one document, as seen by one
  * scan thread (document selection). */
@@ -54,6 +54,8 @@ typedef struct scan_part {
     size_t v0, v1; /* views [v0, v1) */
     float *scores; /* n_groups * page entries */
     size_t scores_cap;
+    float *tmp;    /* representatives' scores before the max: n_groups * entries * 3 */
+    size_t tmp_cap;
     uint32_t *idx;
     size_t idx_cap;
     msadb_topk *heaps; /* one per group */
@@ -183,12 +185,14 @@ static inline uint64_t slot_doc(const uint8_t *slots, uint32_t i)
     return msadb_get_le64(slots + (size_t)i * MSADB_SLOT_BYTES + 8);
 }
 
-static void score_view(const qscratch *qs, const msadb_page_view *v, float *scores)
+static void score_view(const qscratch *qs, scan_part *p, const msadb_page_view *v)
 {
-    if (qs->kind == KIND_MINMAX)
-        msadb_k_score_minmax(qs->kq, v->minmax, v->n, scores, v->n);
+    if (qs->kind == KIND_REPS)
+        msadb_k_score_reps_i8(qs->kq, v->reps, v->reps_scale, v->n, MSADB_K_REPS, p->tmp, p->scores, v->n);
+    else if (qs->kind == KIND_MINMAX)
+        msadb_k_score_minmax(qs->kq, v->minmax, v->n, p->scores, v->n);
     else
-        msadb_k_score_mean(qs->kq, v->mean, v->n, qs->kind == KIND_MEAN_COS, scores, v->n);
+        msadb_k_score_mean(qs->kq, v->mean, v->n, qs->kind == KIND_MEAN_COS, p->scores, v->n);
 }
 
 /* Block selection over views [p->v0, p->v1): per group, a heap of the k
@@ -200,7 +204,7 @@ static int scan_blocks(qscratch *qs, scan_part *p)
     uint32_t G = qs->kq->n_groups;
     for (size_t vi = p->v0; vi < p->v1; vi++) {
         const msadb_page_view *v = &qs->views[vi];
-        score_view(qs, v, p->scores);
+        score_view(qs, p, v);
         p->scanned += v->n;
         for (uint32_t g = 0; g < G; g++) {
             msadb_topk *h = &p->heaps[g];
@@ -241,7 +245,7 @@ static int scan_docs(qscratch *qs, scan_part *p)
     int open = 0;
     for (size_t vi = p->v0; vi < p->v1; vi++) {
         const msadb_page_view *v = &qs->views[vi];
-        score_view(qs, v, p->scores);
+        score_view(qs, p, v);
         p->scanned += v->n;
         for (uint32_t i = 0; i < v->n; i++) {
             if (slot_flags(v->slots, i) & MSADB_SLOT_DELETED) {
@@ -321,6 +325,7 @@ static void scratch_destroy(void *ptr)
     for (int i = 0; i < MAX_SCAN_THREADS; i++) {
         scan_part *p = &qs->parts[i];
         free(p->scores);
+        free(p->tmp);
         free(p->idx);
         free(p->heaps);
         free(p->hs);
@@ -395,6 +400,8 @@ static int part_prepare(qscratch *qs, scan_part *p, size_t page_max)
     uint32_t G = qs->kq->n_groups;
     if (grow(&p->scores, &p->scores_cap, page_max * G, sizeof(float)) ||
         grow(&p->idx, &p->idx_cap, page_max, sizeof(uint32_t)))
+        return MSADB_ENOMEM;
+    if (qs->kind == KIND_REPS && grow(&p->tmp, &p->tmp_cap, page_max * G * MSADB_K_REPS, sizeof(float)))
         return MSADB_ENOMEM;
     if (!qs->doc_mode) {
         size_t hn = (size_t)G * qs->k, hc = p->heap_cap;
@@ -662,11 +669,12 @@ static int select_docs(qscratch *qs, uint32_t g, size_t *n)
         pv.n = 1;
         pv.mean = v->mean ? v->mean + (size_t)e * qs->d : NULL;
         pv.minmax = v->minmax ? v->minmax + (size_t)e * 2 * qs->d : NULL;
-        /* scores every group of this one entry (parts[0].scores holds
-         * page_max * G floats); keep group g's */
-        float *buf = qs->parts[0].scores;
-        score_view(qs, &pv, buf);
-        base[i].score = buf[g];
+        pv.reps = v->reps ? v->reps + (size_t)e * MSADB_K_REPS * qs->d : NULL;
+        pv.reps_scale = v->reps_scale ? v->reps_scale + (size_t)e * MSADB_K_REPS : NULL;
+        /* scores every group of this one entry (parts[0] holds room for
+         * page_max entries); keep group g's */
+        score_view(qs, &qs->parts[0], &pv);
+        base[i].score = qs->parts[0].scores[g];
     }
     *n += total;
     return 0;
@@ -886,10 +894,15 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
     for (size_t i = 0; i < q->n_spaces; i++)
         if (!q->spaces[i])
             return MSADB_EINVAL;
+    /* Default routing: representatives when stored (they find short needles
+     * that a mean averages away), else the mean, else the Quest bound. */
     uint32_t sk = q->summary;
     if (sk == 0)
-        sk = (sig->summary_kinds & MSADB_SUMMARY_MEAN) ? MSADB_SUMMARY_MEAN : MSADB_SUMMARY_MINMAX;
-    if ((sk != MSADB_SUMMARY_MEAN && sk != MSADB_SUMMARY_MINMAX) || !(sig->summary_kinds & sk))
+        sk = (sig->summary_kinds & MSADB_SUMMARY_REPS)   ? MSADB_SUMMARY_REPS
+             : (sig->summary_kinds & MSADB_SUMMARY_MEAN) ? MSADB_SUMMARY_MEAN
+                                                         : MSADB_SUMMARY_MINMAX;
+    if ((sk != MSADB_SUMMARY_MEAN && sk != MSADB_SUMMARY_MINMAX && sk != MSADB_SUMMARY_REPS) ||
+        !(sig->summary_kinds & sk))
         return MSADB_EINVAL;
     size_t nv = q->n_query * (size_t)sig->n_q_heads * sig->head_dim;
     for (size_t i = 0; i < nv; i++)
@@ -955,7 +968,7 @@ static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, flo
     const size_t nq = q->n_query, nrows = nq * G;
     const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
     const int per_token = q->per_token && !q->exact;
-    qs->kind = skind == MSADB_SUMMARY_MINMAX ? KIND_MINMAX : mean_kind();
+    qs->kind = skind == MSADB_SUMMARY_MINMAX ? KIND_MINMAX : skind == MSADB_SUMMARY_REPS ? KIND_REPS : mean_kind();
     qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
     qs->k = q->top_k;
     qs->d = d;

@@ -326,8 +326,8 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
     msadb_store *st = s->st;
     if (plane >= msadb_signature_planes(&st->sig))
         return MSADB_EINVAL;
-    const size_t d = st->sig.head_dim, se = msadb_summ_entry_bytes(st);
-    const size_t mean_b = (st->sig.summary_kinds & MSADB_SUMMARY_MEAN) ? 2 * d : 0;
+    size_t eb[MSADB_SUMM_REGIONS];
+    msadb_summ_regions(st, eb);
     *n = 0;
     MDB_cursor *cs, *cp;
     int rc = mdb_cursor_open(s->txn, st->db_slots, &cs);
@@ -356,7 +356,7 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
-        if (sv.mv_size != (size_t)cnt * se) {
+        if (sv.mv_size != msadb_summ_page_bytes(st, cnt) || ((uintptr_t)sv.mv_data & 15)) {
             rc = MSADB_ECORRUPT;
             break;
         }
@@ -374,10 +374,18 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
         pv->page_no = pg;
         pv->n = cnt;
         pv->slots = v.mv_data;
-        const uint8_t *base = sv.mv_data;
-        pv->mean = mean_b ? (const uint16_t *)base : NULL;
-        pv->minmax = (st->sig.summary_kinds & MSADB_SUMMARY_MINMAX) ? (const uint16_t *)(base + (size_t)cnt * mean_b)
-                                                                    : NULL;
+        /* Regions in order; the page is 16-byte aligned (checked above:
+         * pages are padded into LMDB overflow pages), so each pointer is
+         * aligned for its type. */
+        const uint8_t *base = sv.mv_data, *reg[MSADB_SUMM_REGIONS];
+        for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+            reg[r] = eb[r] ? base : NULL;
+            base += (size_t)cnt * eb[r];
+        }
+        pv->reps_scale = (const float *)(const void *)reg[MSADB_REG_REPS_SCALE];
+        pv->mean = (const uint16_t *)(const void *)reg[MSADB_REG_MEAN];
+        pv->minmax = (const uint16_t *)(const void *)reg[MSADB_REG_MINMAX];
+        pv->reps = (const int8_t *)reg[MSADB_REG_REPS];
     }
     if (rc == MDB_NOTFOUND)
         rc = 0;

@@ -41,7 +41,7 @@ int msadb_signature_init(msadb_signature *sig, uint32_t n_layers, uint32_t n_kv_
         sig->memory_layers[l - first] = (uint16_t)l;
     sig->block_size = 64;
     sig->dtype = MSADB_DTYPE_F16;
-    sig->summary_kinds = MSADB_SUMMARY_ALL;
+    sig->summary_kinds = MSADB_SUMMARY_MEAN | MSADB_SUMMARY_REPS;
     sig->position_scheme = MSADB_POSITIONS_DOCUMENT;
     return msadb_signature_validate(sig);
 }

@@ -448,14 +448,49 @@ void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, uint64_t page
     msadb_put_be64(k + 8, page);
 }
 
+void msadb_summ_regions(const msadb_store *st, size_t eb[MSADB_SUMM_REGIONS])
+{
+    size_t d = st->sig.head_dim;
+    uint32_t k = st->sig.summary_kinds;
+    eb[MSADB_REG_REPS_SCALE] = (k & MSADB_SUMMARY_REPS) ? 3 * sizeof(float) : 0;
+    eb[MSADB_REG_MEAN] = (k & MSADB_SUMMARY_MEAN) ? 2 * d : 0;
+    eb[MSADB_REG_MINMAX] = (k & MSADB_SUMMARY_MINMAX) ? 4 * d : 0;
+    eb[MSADB_REG_REPS] = (k & MSADB_SUMMARY_REPS) ? 3 * d : 0;
+}
+
 size_t msadb_summ_entry_bytes(const msadb_store *st)
 {
-    size_t d = st->sig.head_dim, b = 0;
-    if (st->sig.summary_kinds & MSADB_SUMMARY_MEAN)
-        b += 2 * d;
-    if (st->sig.summary_kinds & MSADB_SUMMARY_MINMAX)
-        b += 4 * d;
+    size_t eb[MSADB_SUMM_REGIONS], b = 0;
+    msadb_summ_regions(st, eb);
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++)
+        b += eb[r];
     return b;
+}
+
+size_t msadb_summ_page_bytes(const msadb_store *st, size_t n)
+{
+    size_t b = n * msadb_summ_entry_bytes(st);
+    return b < MSADB_SUMM_PAGE_MIN ? MSADB_SUMM_PAGE_MIN : b;
+}
+
+void msadb_summ_entry_get(const size_t eb[MSADB_SUMM_REGIONS], const uint8_t *page, size_t n, size_t i,
+                          uint8_t *out)
+{
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        memcpy(out, page + i * eb[r], eb[r]);
+        out += eb[r];
+        page += n * eb[r];
+    }
+}
+
+void msadb_summ_entry_put(const size_t eb[MSADB_SUMM_REGIONS], uint8_t *page, size_t n, size_t i,
+                          const uint8_t *entry)
+{
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        memcpy(page + i * eb[r], entry, eb[r]);
+        entry += eb[r];
+        page += n * eb[r];
+    }
 }
 
 void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t plane, uint64_t block, uint8_t ad[32])

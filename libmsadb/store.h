@@ -7,9 +7,15 @@
  * order (slot s sits in page s / page_cap at index s % page_cap).  Every
  * plane of a space has the same slots, so one slot page (block id, document
  * id, token range, deleted flag) serves all planes, and each (plane, kind)
- * has its own summary pages of f16 vectors:
- *   MEAN:   [n][d]            mean key of the block
- *   MINMAX: [n][2][d]         min (rounded down) then max (rounded up)
+ * has its own summary page holding, for its n entries, these regions in
+ * this order (absent kinds take no room):
+ *   REPS scales: [n][3] f32   scales of the representative vectors
+ *   MEAN:   [n][d] f16        mean key of the block
+ *   MINMAX: [n][2][d] f16     min (rounded down) then max (rounded up)
+ *   REPS:   [n][3][d] int8    representative keys (kernels.h)
+ * Pages are padded to at least MSADB_SUMM_PAGE_MIN bytes so that LMDB keeps
+ * every one in overflow pages, whose data is 16-byte aligned: the f32
+ * scales, first in the page, are then properly aligned.
  */
 #ifndef MSADB_STORE_H
 #define MSADB_STORE_H
@@ -38,6 +44,8 @@ typedef struct msadb_page_view {
     const uint8_t *slots;   /* n stored slot entries (MSADB_SLOT_BYTES each); decode with msadb_slot_at() */
     const uint16_t *mean;   /* [n][d] f16, or NULL when the store has no MEAN summaries */
     const uint16_t *minmax; /* [n][2][d] f16, or NULL when the store has no MINMAX summaries */
+    const int8_t *reps;     /* [n][3][d] int8, or NULL without REPS summaries */
+    const float *reps_scale; /* [n][3] f32 (16-byte aligned), or NULL without REPS */
 } msadb_page_view;
 
 #define MSADB_SLOT_BYTES 24

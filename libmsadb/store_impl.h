@@ -90,7 +90,20 @@ MSADB_HIDDEN int msadb_block_part(const uint8_t *rec, size_t len, uint32_t plane
                                   const uint8_t **part, size_t *part_len);
 MSADB_HIDDEN void msadb_key_slots(uint8_t k[12], uint32_t space, uint64_t page);
 MSADB_HIDDEN void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, uint64_t page);
+/* Summary page regions, in stored order (see store.h), and their bytes per
+ * entry in this store (0 for kinds it does not keep).  An entry "in
+ * concatenated form" is its regions' bytes one after another. */
+enum { MSADB_REG_REPS_SCALE, MSADB_REG_MEAN, MSADB_REG_MINMAX, MSADB_REG_REPS, MSADB_SUMM_REGIONS };
+#define MSADB_SUMM_PAGE_MIN 2048
+MSADB_HIDDEN void msadb_summ_regions(const msadb_store *st, size_t eb[MSADB_SUMM_REGIONS]);
 MSADB_HIDDEN size_t msadb_summ_entry_bytes(const msadb_store *st);
+/* Stored size of a summary page of n entries (padding included). */
+MSADB_HIDDEN size_t msadb_summ_page_bytes(const msadb_store *st, size_t n);
+/* Entry i of a page of n entries, to / from concatenated form. */
+MSADB_HIDDEN void msadb_summ_entry_get(const size_t eb[MSADB_SUMM_REGIONS], const uint8_t *page, size_t n,
+                                       size_t i, uint8_t *out);
+MSADB_HIDDEN void msadb_summ_entry_put(const size_t eb[MSADB_SUMM_REGIONS], uint8_t *page, size_t n, size_t i,
+                                       const uint8_t *entry);
 MSADB_HIDDEN void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t plane, uint64_t block,
                                  uint8_t ad[32]);
 MSADB_HIDDEN void msadb_summarize_store(const msadb_store *st, const float *K, uint32_t n, uint8_t *out);

@@ -32,28 +32,28 @@ __attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const ch
         vf->report(line, vf->ud);
 }
 
-/* Fetches stored summary entry `slot` of (space, plane) into out, laid out
- * as msadb_summarize_store() writes it. */
-static int stored_summary(verifier *vf, uint32_t space, uint32_t plane, uint64_t slot, uint8_t *out)
+/* Fetches stored summary entry `slot` of (space, plane), whose page holds
+ * n entries, into out, laid out as msadb_summarize_store() writes it. */
+static int stored_summary(verifier *vf, uint32_t space, uint32_t plane, uint64_t slot, size_t n, uint8_t *out)
 {
     msadb_store *st = vf->st;
-    const size_t se = msadb_summ_entry_bytes(st);
-    const size_t mean_b = (st->sig.summary_kinds & MSADB_SUMMARY_MEAN) ? 2 * (size_t)st->sig.head_dim : 0;
+    size_t eb[MSADB_SUMM_REGIONS];
+    msadb_summ_regions(st, eb);
     uint8_t k[16];
     msadb_key_summ(k, space, plane, slot / st->page_cap);
     MDB_val kv = {16, k}, v;
     int rc = mdb_get(vf->snap->txn, st->db_summ, &kv, &v);
     if (rc)
         return rc;
-    size_t n = v.mv_size / se, i = slot % st->page_cap;
-    if (v.mv_size % se || i >= n)
+    size_t i = slot % st->page_cap;
+    if (v.mv_size != msadb_summ_page_bytes(st, n) || i >= n)
         return MSADB_ECORRUPT;
-    memcpy(out, (const uint8_t *)v.mv_data + i * mean_b, mean_b);
-    memcpy(out + mean_b, (const uint8_t *)v.mv_data + n * mean_b + i * (se - mean_b), se - mean_b);
+    msadb_summ_entry_get(eb, v.mv_data, n, i, out);
     return 0;
 }
 
-static int get_slot(verifier *vf, uint32_t space, uint64_t slot, msadb_slot *s)
+/* Slot entry `slot` of a space, and the number of entries in its page. */
+static int get_slot(verifier *vf, uint32_t space, uint64_t slot, msadb_slot *s, size_t *page_n)
 {
     msadb_store *st = vf->st;
     uint8_t k[12];
@@ -66,6 +66,7 @@ static int get_slot(verifier *vf, uint32_t space, uint64_t slot, msadb_slot *s)
     if (v.mv_size % MSADB_SLOT_BYTES || i >= v.mv_size / MSADB_SLOT_BYTES)
         return MSADB_ECORRUPT;
     msadb_slot_at(v.mv_data, (uint32_t)i, s);
+    *page_n = v.mv_size / MSADB_SLOT_BYTES;
     return 0;
 }
 
@@ -130,7 +131,8 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
         uint64_t slot = r->first_slot + j, blk = r->first_block + j;
         uint32_t want_n = (uint32_t)(r->n_tokens - j * B < B ? r->n_tokens - j * B : B);
         msadb_slot s;
-        int rc = get_slot(vf, r->space_id, slot, &s);
+        size_t page_n = 0;
+        int rc = get_slot(vf, r->space_id, slot, &s, &page_n);
         if (rc) {
             problem(vf, "document %llu: slot %llu missing: %s", (unsigned long long)id, (unsigned long long)slot,
                     msadb_strerror(rc));
@@ -158,7 +160,7 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
                 continue;
             }
             msadb_summarize_store(st, vf->K, n, vf->summ);
-            if ((rc = stored_summary(vf, r->space_id, p, slot, vf->summ + se)))
+            if ((rc = stored_summary(vf, r->space_id, p, slot, page_n, vf->summ + se)))
                 problem(vf, "block %llu plane %u: summary missing: %s", (unsigned long long)blk, p,
                         msadb_strerror(rc));
             else if (memcmp(vf->summ, vf->summ + se, se) != 0)
@@ -196,7 +198,6 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
         problem(vf, "space %s: counts %llu documents / %llu tokens, found %llu / %llu", name,
                 (unsigned long long)sr->n_docs, (unsigned long long)sr->n_tokens, (unsigned long long)docs,
                 (unsigned long long)tokens);
-    const size_t se = msadb_summ_entry_bytes(st);
     const uint32_t planes = msadb_signature_planes(&st->sig);
     /* Walk the pages that exist (a damaged counter must not drive the loop):
      * numbered 0, 1, ... with every page full but the last. */
@@ -229,7 +230,7 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
             uint8_t k[16];
             msadb_key_summ(k, sr->id, p, pg);
             MDB_val sk = {16, k}, sv;
-            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != n * se)
+            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(st, n))
                 problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
                         (unsigned long long)pg, p);
         }

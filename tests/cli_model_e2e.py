@@ -128,7 +128,7 @@ def main():
     sig = j["signature"]
     check(j["model"] == model and not j["encrypted"], f"init --json: {j}")
     expect = {"layers": 4, "kv_heads": 2, "q_heads": 4, "head_dim": 16, "memory_layers": [2, 3],
-              "block": 16, "dtype": "f16", "summary": ["mean", "minmax"], "positions": "document"}
+              "block": 16, "dtype": "f16", "summary": ["mean", "reps"], "positions": "document"}
     check(sig == expect, f"init --model signature {sig} != {expect}")
     st = jrun("stat", db)
     check(st["signature"] == expect, f"stat signature {st['signature']}")

@@ -33,6 +33,7 @@ static msadb_store *make_store(const char *dir, uint32_t block, uint32_t d)
     CHECK_OK(msadb_signature_init(&sig, NL, NKV, NQH, d));
     sig.block_size = block;
     sig.dtype = MSADB_DTYPE_F32;
+    sig.summary_kinds = MSADB_SUMMARY_ALL;
     msadb_options opt;
     msadb_options_init(&opt);
     opt.no_sync = 1;
@@ -267,8 +268,9 @@ static void test_main(void)
     /* sparse: query token 1, q head 6 (kv head 1) points at the needle */
     for (int j = 0; j < D; j++)
         qbuf[(1 * NQH + 6) * D + j] = 3.0f * needle_q[j];
-    for (uint32_t kind = MSADB_SUMMARY_MEAN; kind <= MSADB_SUMMARY_MINMAX; kind++) {
-        q.summary = kind;
+    static const uint32_t kinds[] = {MSADB_SUMMARY_MEAN, MSADB_SUMMARY_MINMAX, MSADB_SUMMARY_REPS};
+    for (int ki = 0; ki < 3; ki++) {
+        q.summary = kinds[ki];
         q.top_k = 2;
         CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
         CHECK(nh == 2 * NKV);
@@ -458,7 +460,7 @@ static void test_main(void)
     bad.select = 7;
     CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
     bad = q;
-    bad.summary = 4;
+    bad.summary = 8; /* no such kind */
     CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
     bad.summary = MSADB_SUMMARY_ALL;
     CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);

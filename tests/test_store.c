@@ -20,6 +20,7 @@ static msadb_signature small_sig(int dtype, uint32_t block)
     CHECK_OK(msadb_signature_init(&sig, 4, 2, 4, 16));
     sig.dtype = (uint32_t)dtype;
     sig.block_size = block;
+    sig.summary_kinds = MSADB_SUMMARY_ALL;
     return sig;
 }
 
@@ -270,7 +271,8 @@ static void test_documents(int dtype)
     msadb_page_view *views = NULL;
     size_t nv = 0, cv = 0;
     CHECK_OK(msadb_snap_pages(snap, sid, 1, &views, &nv, &cv));
-    CHECK(nv == 1 && views[0].n == 3 && views[0].mean && views[0].minmax);
+    CHECK(nv == 1 && views[0].n == 3 && views[0].mean && views[0].minmax && views[0].reps && views[0].reps_scale);
+    CHECK(((uintptr_t)views[0].reps_scale & 15) == 0);
     msadb_slot s;
     msadb_slot_at(views[0].slots, 2, &s);
     CHECK(s.doc_id == id1 && s.tok_start == 16 && s.n_tok == 5 && s.flags == 0);

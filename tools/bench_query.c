@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "kernels.h"
+#include "store.h"
 #include "msadb.h"
 #include "util.h"
 #include "workload.h"
@@ -1271,6 +1272,10 @@ int main(int argc, char **argv)
     int nm = 0;
     double bpb_mean = 2.0 * M.d, bpb_mm = 4.0 * M.d;
     if (!no_engine) {
+        if (msadb_snap_signature(snap)->summary_kinds & MSADB_SUMMARY_REPS) {
+            result_init(&res[nm], "engine reps (default)", nq, MSADB_K_REPS * (M.d + 4.0), 1);
+            run_engine(&M, snap, g, nq, MSADB_SUMMARY_REPS, NULL, k, MSADB_SELECT_BLOCKS, &res[nm++]);
+        }
         result_init(&res[nm], "engine mean (dot)", nq, bpb_mean, 1);
         run_engine(&M, snap, g, nq, MSADB_SUMMARY_MEAN, "dot", k, MSADB_SELECT_BLOCKS, &res[nm++]);
         result_init(&res[nm], "engine mean (cosine)", nq, bpb_mean, 1);

@@ -72,6 +72,7 @@ static int write_store(wl_model *m, const char *dir, int dtype, uint64_t *doc_id
         return rc;
     sig.block_size = c->block;
     sig.dtype = (uint32_t)dtype;
+    sig.summary_kinds = MSADB_SUMMARY_ALL; /* the bench compares every kind */
     msadb_options opt;
     msadb_options_init(&opt);
     opt.no_sync = 1;
