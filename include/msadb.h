@@ -459,6 +459,18 @@ typedef struct msadb_hit {
 MSADB_API int msadb_attend(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
                            msadb_hit *hits, size_t hits_cap, size_t *n_hits);
 
+/** Attention over the given blocks only, without routing: for each kv
+ * head, exact attention of its q heads over the blocks of `blocks` that name
+ * that kv head (typically a selection returned earlier by msadb_attend() or
+ * msadb_retrieve() for this layer, reused while a transformer generates
+ * token after token: route once, attend many times).  Uses q->layer, q->q,
+ * q->n_query, q->scale and q->stats; out and lse as msadb_attend().  Decoded
+ * blocks are cached in the snapshot.  Errors: MSADB_EINVAL (a kv_head out
+ * of range, an empty token range), MSADB_ENOTFOUND (a block or document no
+ * longer in the snapshot), MSADB_ECORRUPT, MSADB_EAUTH. */
+MSADB_API int msadb_attend_blocks(msadb_snapshot *snap, const msadb_query *q, const msadb_hit *blocks,
+                                  size_t n_blocks, float *out, float *lse);
+
 /** Selection only: the blocks msadb_attend() would read, best first per kv
  * head (and per query token with per_token). */
 MSADB_API int msadb_retrieve(msadb_snapshot *snap, const msadb_query *q, msadb_hit *hits,
@@ -613,6 +625,10 @@ typedef struct msadb_ask_params {
     float top_p;            /* nucleus sampling mass (1) */
     uint64_t seed;          /* sampling seed */
     int32_t query_pos;      /* position of the question's first token (0) */
+    int route_each_token;   /* 0 (default): route once, on the question, as MSA
+                               does, and let every generated token attend the
+                               same selected blocks (msadb_attend_blocks);
+                               1: every generated token routes again */
     uint32_t interleave;    /* memory-interleave rounds (0 = off): the text of
                                the best document is put in front of the
                                question and memory is queried again */

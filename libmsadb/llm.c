@@ -300,13 +300,20 @@ typedef struct {
     /* streaming: bytes of an incomplete UTF-8 character held back */
     char pending[4];
     size_t n_pending;
+    /* routing once per prompt: each memory layer's selection from the
+     * prompt's last chunk, reused by every generated token */
+    msadb_hit **route;
+    size_t *n_route, *route_cap;
+    float *mem_out; /* memory result before the merge */
+    size_t mem_cap;
 } ask_state;
 
 static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *q, float *out, float *lse,
                        void *user)
 {
     ask_state *a = user;
-    if (!a->snap || msadb_signature_memory_index(a->sig, layer) < 0)
+    int mi = a->snap ? msadb_signature_memory_index(a->sig, layer) : -1;
+    if (mi < 0)
         return 0;
     msadb_query mq;
     msadb_query_init(&mq);
@@ -318,14 +325,45 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     mq.top_k = a->p->top_k;
     mq.select = a->p->select;
     mq.exact = a->p->exact;
-    int keep = !a->recorded && layer == a->last_memory_layer && first + n == a->prompt_len;
-    size_t got = 0;
-    int rc = msadb_attend_merge(a->snap, &mq, out, lse, keep ? a->hits : NULL, keep ? a->hits_cap : 0, &got);
-    if (!rc && keep) {
-        a->n_hits = got;
-        a->recorded = 1;
+    int in_prompt = first + n <= a->prompt_len && !a->recorded;
+    if (!in_prompt && !a->p->route_each_token) {
+        /* a generated token: attend the prompt's selection again */
+        size_t rows = n * (size_t)a->sig->n_q_heads, d = a->sig->head_dim;
+        if (rows * (d + 1) > a->mem_cap) {
+            float *m = realloc(a->mem_out, rows * (d + 1) * sizeof *m);
+            if (!m)
+                return MSADB_ENOMEM;
+            a->mem_out = m;
+            a->mem_cap = rows * (d + 1);
+        }
+        int rc = msadb_attend_blocks(a->snap, &mq, a->route[mi], a->n_route[mi], a->mem_out, a->mem_out + rows * d);
+        if (!rc)
+            msadb_lse_merge(rows, d, out, lse, a->mem_out, a->mem_out + rows * d, out, lse);
+        return rc;
     }
-    return rc;
+    int last_chunk = in_prompt && first + n == a->prompt_len;
+    size_t got = 0;
+    int rc = msadb_attend_merge(a->snap, &mq, out, lse, last_chunk ? a->route[mi] : NULL,
+                                last_chunk ? a->route_cap[mi] : 0, &got);
+    if (!rc && last_chunk && got > a->route_cap[mi]) {
+        /* more blocks than room (document selection): fetch them all */
+        msadb_hit *h = realloc(a->route[mi], got * sizeof *h);
+        if (!h)
+            return MSADB_ENOMEM;
+        a->route[mi] = h;
+        a->route_cap[mi] = got;
+        rc = msadb_retrieve(a->snap, &mq, h, got, &got);
+    }
+    if (rc || !last_chunk)
+        return rc;
+    a->n_route[mi] = got;
+    if (layer == a->last_memory_layer) {
+        a->n_hits = got < a->hits_cap ? got : a->hits_cap;
+        memcpy(a->hits, a->route[mi], a->n_hits * sizeof *a->hits);
+        a->n_hits = got;
+        a->recorded = 1; /* the prompt is done: later calls are generation */
+    }
+    return 0;
 }
 
 /* Length of the UTF-8 sequence a lead byte announces (1 for anything that
@@ -477,6 +515,21 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
         a.last_memory_layer = a.sig->memory_layers[a.sig->n_memory_layers - 1];
         if ((rc = msadb_snapshot_begin(st, &a.snap)))
             return rc;
+        uint32_t nm = a.sig->n_memory_layers;
+        a.route = calloc(nm, sizeof *a.route);
+        a.n_route = calloc(nm, sizeof *a.n_route);
+        a.route_cap = calloc(nm, sizeof *a.route_cap);
+        if (!a.route || !a.n_route || !a.route_cap) {
+            rc = MSADB_ENOMEM;
+            goto out;
+        }
+        for (uint32_t i = 0; i < nm; i++) {
+            a.route_cap[i] = (size_t)a.sig->n_kv_heads * (p->exact ? 1024 : p->top_k);
+            if (!(a.route[i] = malloc(a.route_cap[i] * sizeof *a.route[i]))) {
+                rc = MSADB_ENOMEM;
+                goto out;
+            }
+        }
     }
     if ((rc = tokenize_alloc(llm, question, qlen, msadb_tokenizer_add_bos(llm->tok), &qids, NULL, &nq)))
         goto out;
@@ -571,6 +624,12 @@ out:
         rc = MSADB_ELIMIT;
     msadb_model_ctx_free(ctx);
     msadb_snapshot_end(a.snap);
+    for (uint32_t i = 0; a.route && i < a.sig->n_memory_layers; i++)
+        free(a.route[i]);
+    free(a.route);
+    free(a.n_route);
+    free(a.route_cap);
+    free(a.mem_out);
     free(qids);
     free(ctx_ids);
     free(pos);

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bcache.h"
 #include "kernels.h"
 #include "msadb.h"
 #include "store.h"
@@ -129,6 +130,9 @@ typedef struct qscratch {
     size_t qg_cap, og_cap, lg_cap;
     float *Kc, *Vc, *work, *Ot;
     size_t kc_cap, work_cap, ot_cap;
+    msadb_bcache cache; /* decoded blocks (bcache.h) */
+    struct blk_ref *refs;
+    size_t refs_cap;
 } qscratch;
 
 static double now_ms(void)
@@ -353,7 +357,19 @@ static void scratch_destroy(void *ptr)
     msadb_afree(qs->Vc);
     msadb_afree(qs->work);
     free(qs->Ot);
+    msadb_bcache_free(&qs->cache);
+    free(qs->refs);
     free(qs);
+}
+
+/* Decoded-block cache size: MSADB_BLOCK_CACHE_MB, else 32 MiB (about 500
+ * blocks of 64 tokens at head dim 128: the working set of a few layers'
+ * top-16 selections for several kv heads). */
+static size_t cache_bytes(void)
+{
+    const char *e = getenv("MSADB_BLOCK_CACHE_MB");
+    long mb = e && *e ? strtol(e, NULL, 10) : 32;
+    return (size_t)(mb < 0 ? 0 : mb) << 20;
 }
 
 /* Scan threads: MSADB_SCAN_THREADS, else the online CPUs (at most 8). */
@@ -378,6 +394,11 @@ static int scratch_get(msadb_snapshot *snap, qscratch **out)
     qs = calloc(1, sizeof *qs);
     if (!qs)
         return MSADB_ENOMEM;
+    const msadb_signature *sig = msadb_snap_signature(snap);
+    if (msadb_bcache_init(&qs->cache, cache_bytes(), sig->block_size, sig->head_dim)) {
+        free(qs);
+        return MSADB_ENOMEM;
+    }
     pthread_mutex_init(&qs->mu, NULL);
     pthread_cond_init(&qs->cv_go, NULL);
     pthread_cond_init(&qs->cv_done, NULL);
@@ -727,15 +748,23 @@ static int grow_kv(qscratch *qs, size_t n)
     return 0;
 }
 
-/* Exact attention of rows Q[nr][d] over the tokens of blocks sels[0,ns),
- * in chunks of whole blocks merged by log-sum-exp, into O[nr][d], L[nr]. */
-static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_t ns,
-                       const float *Q, uint32_t nr, float *O, float *L)
+/* A block to attend: where it is and how many tokens it must hold (0: as
+ * many as it has). */
+typedef struct blk_ref {
+    uint64_t block_id;
+    uint32_t space_id;
+    uint32_t n_tok;
+} blk_ref;
+
+/* Exact attention of rows Q[nr][d] over the tokens of blocks b[0,nb), in
+ * chunks of whole blocks merged by log-sum-exp, into O[nr][d], L[nr]. */
+static int attend_refs(qscratch *qs, const attend_ctx *a, const blk_ref *b, size_t nb, const float *Q,
+                       uint32_t nr, float *O, float *L)
 {
     uint32_t d = a->d, bs = a->sig->block_size;
     size_t chunk = CHUNK_FLOATS / nr;
     chunk = chunk < bs ? bs : chunk - chunk % bs;
-    size_t need_tok = ns * (size_t)bs < chunk ? ns * (size_t)bs : chunk;
+    size_t need_tok = nb * (size_t)bs < chunk ? nb * (size_t)bs : chunk;
     if (need_tok == 0)
         need_tok = bs;
     if (grow_kv(qs, need_tok * d))
@@ -748,9 +777,9 @@ static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_
     size_t T = 0;
     int have = 0;
     double t_read = 0, t_att = 0;
-    for (size_t s = 0; s <= ns; s++) {
-        if (s == ns || T + bs > need_tok) {
-            if (T == 0 && s == ns)
+    for (size_t s = 0; s <= nb; s++) {
+        if (s == nb || T + bs > need_tok) {
+            if (T == 0 && s == nb)
                 break;
             double t0 = now_ms();
             if (!have) {
@@ -764,20 +793,19 @@ static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_
             if (a->st)
                 a->st->tokens_attended += T;
             T = 0;
-            if (s == ns)
+            if (s == nb)
                 break;
         }
         double t0 = now_ms();
-        const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
-        msadb_slot sl;
-        msadb_slot_at(v->slots, CAND_ENTRY(sels[s].cand), &sl);
         uint32_t n_tok = 0;
-        int rc = msadb_snap_block(a->snap, qs->space_ids[qs->view_space[CAND_VIEW(sels[s].cand)]],
-                                  sl.block_id, a->plane, qs->Kc + T * d, qs->Vc + T * d, &n_tok);
+        const float *bk, *bv;
+        int rc = msadb_bcache_get(&qs->cache, a->snap, b[s].space_id, b[s].block_id, a->plane, &bk, &bv, &n_tok);
         if (rc)
-            return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
-        if (n_tok != sl.n_tok || n_tok > bs)
+            return rc;
+        if ((b[s].n_tok && n_tok != b[s].n_tok) || n_tok > bs)
             return MSADB_ECORRUPT;
+        memcpy(qs->Kc + T * d, bk, (size_t)n_tok * d * sizeof(float));
+        memcpy(qs->Vc + T * d, bv, (size_t)n_tok * d * sizeof(float));
         T += n_tok;
         t_read += now_ms() - t0;
         if (a->st)
@@ -790,6 +818,22 @@ static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_
         a->st->attend_ms += t_att;
     }
     return 0;
+}
+
+/* Attention over selected entries sels[0,ns) of the current views. */
+static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_t ns, const float *Q, uint32_t nr,
+                       float *O, float *L)
+{
+    if (grow(&qs->refs, &qs->refs_cap, ns, sizeof(blk_ref)))
+        return MSADB_ENOMEM;
+    for (size_t s = 0; s < ns; s++) {
+        const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
+        msadb_slot sl;
+        msadb_slot_at(v->slots, CAND_ENTRY(sels[s].cand), &sl);
+        qs->refs[s] = (blk_ref){sl.block_id, qs->space_ids[qs->view_space[CAND_VIEW(sels[s].cand)]], sl.n_tok};
+    }
+    int rc = attend_refs(qs, a, qs->refs, ns, Q, nr, O, L);
+    return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1057,4 +1101,63 @@ int msadb_retrieve(msadb_snapshot *snap, const msadb_query *q, msadb_hit *hits, 
                    size_t *n_hits)
 {
     return run_query(snap, q, NULL, NULL, hits, hits_cap, n_hits);
+}
+
+int msadb_attend_blocks(msadb_snapshot *snap, const msadb_query *q, const msadb_hit *blocks, size_t n_blocks,
+                        float *out, float *lse)
+{
+    if (!snap || !q || !q->q || q->n_query == 0 || !out || !lse || (!blocks && n_blocks))
+        return MSADB_EINVAL;
+    const msadb_signature *sig = msadb_snap_signature(snap);
+    int mi = msadb_signature_memory_index(sig, q->layer);
+    if (mi < 0)
+        return MSADB_EINVAL;
+    if (q->n_query > MAX_QUERY_TOKENS)
+        return MSADB_ELIMIT;
+    if (!(q->scale >= 0.0f) || isinf(q->scale))
+        return MSADB_EINVAL;
+    const uint32_t d = sig->head_dim, nkv = sig->n_kv_heads, nqh = sig->n_q_heads, G = nqh / nkv;
+    const size_t nq = q->n_query, nrows = nq * G;
+    for (size_t i = 0; i < nq * nqh * d; i++)
+        if (!isfinite(q->q[i]))
+            return MSADB_ENONFINITE;
+    for (size_t i = 0; i < n_blocks; i++)
+        if (blocks[i].kv_head >= nkv || blocks[i].token_end <= blocks[i].token_start)
+            return MSADB_EINVAL;
+    qscratch *qs;
+    int rc = scratch_get(snap, &qs);
+    if (rc)
+        return rc;
+    msadb_query_stats local, *st = q->stats ? q->stats : &local;
+    memset(st, 0, sizeof *st);
+    if (grow_aligned(&qs->Qg, &qs->qg_cap, nrows * d) || grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float)) ||
+        grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float)) || grow(&qs->refs, &qs->refs_cap, n_blocks + 1, sizeof(blk_ref)))
+        return MSADB_ENOMEM;
+    const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
+    attend_ctx ac = {snap, sig, 0, d, scale, st};
+    for (uint32_t kh = 0; kh < nkv; kh++) {
+        ac.plane = (uint32_t)mi * nkv + kh;
+        size_t nb = 0;
+        for (size_t i = 0; i < n_blocks; i++) {
+            if (blocks[i].kv_head != kh)
+                continue;
+            blk_ref *r = &qs->refs[nb++];
+            r->block_id = blocks[i].block_id;
+            r->n_tok = blocks[i].token_end - blocks[i].token_start;
+            /* a run of blocks of one document shares its space */
+            if (nb > 1 && blocks[i].doc_id == blocks[i - 1].doc_id && blocks[i - 1].kv_head == kh)
+                r->space_id = qs->refs[nb - 2].space_id;
+            else if ((rc = msadb_snap_doc_space(snap, blocks[i].doc_id, &r->space_id)))
+                return rc;
+        }
+        for (size_t t = 0; t < nq; t++)
+            memcpy(qs->Qg + t * G * d, q->q + (t * nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
+        if ((rc = attend_refs(qs, &ac, qs->refs, nb, qs->Qg, (uint32_t)nrows, qs->Og, qs->Lg)))
+            return rc;
+        for (size_t t = 0; t < nq; t++) {
+            memcpy(out + (t * nqh + (size_t)kh * G) * d, qs->Og + t * G * d, (size_t)G * d * sizeof(float));
+            memcpy(lse + t * nqh + (size_t)kh * G, qs->Lg + t * G, G * sizeof(float));
+        }
+    }
+    return 0;
 }

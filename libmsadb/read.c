@@ -394,3 +394,14 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
     return rc;
 }
 
+
+int msadb_snap_doc_space(msadb_snapshot *s, uint64_t doc_id, uint32_t *space_id)
+{
+    if (!snap_ok(s) || !space_id)
+        return MSADB_EINVAL;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(s->txn, s->st, doc_id, &r);
+    if (!rc)
+        *space_id = r.space_id;
+    return rc;
+}

@@ -86,6 +86,9 @@ MSADB_HIDDEN int msadb_snap_block(msadb_snapshot *snap, uint32_t space_id, uint6
 MSADB_HIDDEN void *msadb_snap_scratch(msadb_snapshot *snap);
 MSADB_HIDDEN void msadb_snap_set_scratch(msadb_snapshot *snap, void *p, void (*destroy)(void *));
 
+/* The space a document belongs to.  Errors: MSADB_ENOTFOUND. */
+MSADB_HIDDEN int msadb_snap_doc_space(msadb_snapshot *snap, uint64_t doc_id, uint32_t *space_id);
+
 /* The signature of the snapshot's store. */
 MSADB_HIDDEN const msadb_signature *msadb_snap_signature(msadb_snapshot *snap);
 

@@ -256,6 +256,45 @@ static void test_sparse_shift(const char *path, const char *dir)
     msadb_llm_close(llm);
 }
 
+/* Generation: routing once on the question (the default) or again for every
+ * generated token attend the same memory in exact mode, so the greedy
+ * answers agree; in sparse mode both run and cite the document. */
+static void test_ask_routing(const char *path, const char *dir)
+{
+    msadb_llm *llm;
+    CHECK_OK(msadb_llm_open(path, &llm));
+    msadb_signature sig;
+    CHECK_OK(msadb_llm_signature(llm, &sig));
+    sig.block_size = 16;
+    char db[1200];
+    snprintf(db, sizeof db, "%s/ask", dir);
+    msadb_store *st;
+    CHECK_OK(msadb_create(db, &sig, NULL, &st));
+    uint64_t id;
+    CHECK_OK(msadb_llm_ingest(llm, st, NULL, "log", doc_text, strlen(doc_text), &id));
+    CHECK_OK(msadb_llm_ingest(llm, st, NULL, "other", question, strlen(question), NULL));
+    char a1[256], a2[256];
+    size_t l1, l2, nh;
+    msadb_hit hits[64];
+    msadb_ask_params p;
+    msadb_ask_params_init(&p);
+    p.max_tokens = 12;
+    p.exact = 1;
+    CHECK_OK(msadb_llm_ask(llm, st, question, strlen(question), &p, a1, sizeof a1, &l1, hits, 64, &nh));
+    p.route_each_token = 1;
+    CHECK_OK(msadb_llm_ask(llm, st, question, strlen(question), &p, a2, sizeof a2, &l2, hits, 64, &nh));
+    CHECK(l1 == l2 && memcmp(a1, a2, l1) == 0);
+    p.exact = 0;
+    p.top_k = 2;
+    for (int each = 0; each < 2; each++) {
+        p.route_each_token = each;
+        CHECK_OK(msadb_llm_ask(llm, st, question, strlen(question), &p, a1, sizeof a1, &l1, hits, 64, &nh));
+        CHECK(nh == 2 * sig.n_kv_heads);
+    }
+    msadb_close(st);
+    msadb_llm_close(llm);
+}
+
 int main(void)
 {
     const char *dir = tu_tmpdir("adapter");
@@ -267,6 +306,7 @@ int main(void)
     test_dense_vs_memory(path, dir, 1);
     test_dense_vs_memory(path, dir, 0);
     test_sparse_shift(path, dir);
+    test_ask_routing(path, dir);
     printf("test_adapter: ok\n");
     return 0;
 }

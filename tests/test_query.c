@@ -297,6 +297,24 @@ static void test_main(void)
         CHECK_OK(msadb_retrieve(snap, &q, h2, 4096, &nh2));
         msadb_k_force_portable(0);
         CHECK(nh2 == nh && memcmp(h2, hits, nh * sizeof *hits) == 0);
+        /* attending the same blocks without routing gives the same result
+         * (twice: the second time from the decoded-block cache) */
+        static float out2[sizeof out / 4], lse2[sizeof lse / 4];
+        for (int rep = 0; rep < 2; rep++) {
+            CHECK_OK(msadb_attend_blocks(snap, &q, hits, nh, out2, lse2));
+            check_close(out2, out, sizeof out / 4, 1e-6);
+            check_close(lse2, lse, sizeof lse / 4, 1e-6);
+        }
+        /* a subset of the blocks gives attention over that subset */
+        CHECK_OK(msadb_attend_blocks(snap, &q, hits, 1, out2, lse2));
+        naive(snap, qbuf, NQ, 1, NULL, 0, hits, 1, 0, ref, rlse);
+        check_close(out2, ref, sizeof out / 4, 1e-5);
+        msadb_hit badh = hits[0];
+        badh.kv_head = NKV;
+        CHECK_RC(msadb_attend_blocks(snap, &q, &badh, 1, out2, lse2), MSADB_EINVAL);
+        badh = hits[0];
+        badh.doc_id = 999999;
+        CHECK_RC(msadb_attend_blocks(snap, &q, &badh, 1, out2, lse2), MSADB_ENOTFOUND);
     }
     q.summary = 0;
 
