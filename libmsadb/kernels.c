@@ -19,6 +19,7 @@
 #include "msadb.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define MSADB_X86 1
 #define TARGET_AVX512 \
@@ -34,6 +35,16 @@
 static int simd_cpu = -1; /* -1 unknown, 0 no, 1 yes */
 static int simd_forced_off;
 
+#if MSADB_X86
+/* A CPUID feature bit of ECX (read directly: not every compiler's
+ * __builtin_cpu_supports knows VNNI or F16C by name). */
+static int cpuid_ecx_bit(unsigned leaf, unsigned bit)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid_count(leaf, 0, &a, &b, &c, &d) && ((c >> bit) & 1u);
+}
+#endif
+
 static int detect_simd(void)
 {
 #if MSADB_X86
@@ -43,8 +54,8 @@ static int detect_simd(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c") &&
-           __builtin_cpu_supports("fma");
+           cpuid_ecx_bit(7, 11) /* AVX512-VNNI */ && cpuid_ecx_bit(1, 29) /* F16C */ &&
+           cpuid_ecx_bit(1, 12) /* FMA */;
 #else
     return 0;
 #endif
