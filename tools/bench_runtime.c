@@ -1,8 +1,8 @@
 /* bench_runtime.c -- speed of the built-in runtime with memory attention:
  * prefill and decode tokens per second of llama GGUF models with no memory
  * and with stores of growing size (e.g. 1M and 10M tokens), memory read in
- * every memory layer at top-k 16 (the path of msadb_llm_ask: the model's
- * attend hook calls msadb_attend_merge()).
+ * every memory layer at top-k 16 (the paths of msadb_llm_ask: the model's
+ * attend hook calls msadb_attend_merge() / msadb_attend_blocks()).
  *
  * The memory is synthetic: a store created with the model's signature and
  * filled through the public API (msadb_batch_add / msadb_batch_commit) with
@@ -13,14 +13,14 @@
  * random token offset into one generated pool.
  *
  * Two routing policies are measured (--routing both, the default):
- *   each  every forward pass routes: the path of msadb_llm_ask today
- *         (each decode step scans every summary of every memory layer);
+ *   each  every forward pass routes (msadb_ask_params.route_each_token):
+ *         each decode step scans every summary of every memory layer;
  *   once  the prompt pass routes and its selection serves every decode step
- *         (MSA's "route, assemble, generate"): at the prompt the selected
- *         blocks are decoded through the public API (msadb_doc_kv of their
- *         documents) and each decode step attends over them (exact softmax
- *         with LSE, merged with msadb_lse_merge).  --check verifies that
- *         this equals msadb_attend for the queries that selected them.
+ *         (msadb_llm_ask's default, MSA's "route, then generate"): each
+ *         decode step calls msadb_attend_blocks with the prompt's selection
+ *         of its layer (decoded blocks come from the snapshot's cache) and
+ *         merges with msadb_lse_merge.  --check verifies that
+ *         msadb_attend_blocks equals msadb_attend for the prompt's queries.
  *
  * Usage: bench_runtime [--json | --json-file F] [--check] [--dir DIR] [--keep]
  *            [--sizes N,N,...] [--dtype int8|f16|...] [--prompt P] [--gen G]
@@ -276,33 +276,23 @@ static int grow_store(msadb_store *st, const pool *p, uint32_t planes, uint32_t 
 /* measuring                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* The selected memory of one (memory layer, kv head) when routing once:
- * the K/V of the blocks the prompt chose, decoded, [n][d]. */
-typedef struct sel_kv {
-    float *k, *v;
-    size_t n, cap;
-} sel_kv;
-
 typedef struct mem_hook {
     msadb_snapshot *snap; /* NULL: no memory */
     const msadb_signature *sig;
     uint32_t top_k;
-    double ms;            /* time in memory attention (and assembly) */
+    double ms;            /* time in memory attention */
     uint64_t scanned, attended;
     double scan, select, read, attend; /* msadb_query_stats, ms */
-    /* routing policy: 0 = every forward pass routes (msadb_llm_ask today);
-     * 1 = the prompt pass routes, and its selection serves every decode
-     * step (MSA's "route, assemble, generate") */
+    /* routing policy: 0 = every forward pass routes; 1 = the prompt pass
+     * routes, and its selection serves every decode step through
+     * msadb_attend_blocks (msadb_llm_ask's default) */
     int once, routed;
-    int check;            /* compare the assembled attention with msadb_attend */
+    int check;            /* compare msadb_attend_blocks with msadb_attend */
     double check_err;     /* largest difference seen */
-    sel_kv *sel;          /* [n_memory_layers][n_kv_heads] */
-    msadb_hit *hits;
-    size_t hits_cap;
-    float *doc_k, *doc_v; /* one decoded document plane */
-    size_t doc_cap, doc_vcap;
-    float *mo, *ml, *sc;  /* memory out/lse and scores scratch */
-    size_t mo_cap, sc_cap;
+    msadb_hit *hits;      /* [n_memory_layers][hits_cap] */
+    size_t *n_hits, hits_cap;
+    float *mo;            /* memory out/lse scratch */
+    size_t mo_cap;
 } mem_hook;
 
 static int grow_f(float **p, size_t *cap, size_t n)
@@ -317,132 +307,28 @@ static int grow_f(float **p, size_t *cap, size_t n)
     return 0;
 }
 
-static int hit_by_doc(const void *x, const void *y)
-{
-    const msadb_hit *a = x, *b = y;
-    if (a->kv_head != b->kv_head)
-        return a->kv_head < b->kv_head ? -1 : 1;
-    if (a->doc_id != b->doc_id)
-        return a->doc_id < b->doc_id ? -1 : 1;
-    return a->token_start < b->token_start ? -1 : a->token_start > b->token_start;
-}
-
-/* Decodes the selected blocks of memory layer index mi into h->sel, with
- * the public API only (msadb_doc_kv decodes a whole document plane; an
- * engine-level "attend these blocks" call would read just the blocks). */
-static int assemble(mem_hook *h, int mi, size_t n_hits)
-{
-    const msadb_signature *sig = h->sig;
-    const uint32_t d = sig->head_dim, nkv = sig->n_kv_heads;
-    qsort(h->hits, n_hits, sizeof *h->hits, hit_by_doc);
-    for (uint32_t g = 0; g < nkv; g++)
-        h->sel[(size_t)mi * nkv + g].n = 0;
-    uint64_t cur_doc = 0;
-    uint32_t cur_plane = UINT32_MAX;
-    for (size_t i = 0; i < n_hits; i++) {
-        const msadb_hit *x = &h->hits[i];
-        uint32_t plane = (uint32_t)mi * nkv + x->kv_head;
-        if (x->doc_id != cur_doc || plane != cur_plane) {
-            msadb_doc_info info;
-            int rc = msadb_doc_get(h->snap, x->doc_id, &info);
-            if (!rc && (grow_f(&h->doc_k, &h->doc_cap, (size_t)info.n_tokens * d) ||
-                        grow_f(&h->doc_v, &h->doc_vcap, (size_t)info.n_tokens * d)))
-                rc = MSADB_ENOMEM;
-            if (!rc)
-                rc = msadb_doc_kv(h->snap, x->doc_id, plane, h->doc_k, h->doc_v);
-            if (rc)
-                return rc;
-            cur_doc = x->doc_id;
-            cur_plane = plane;
-        }
-        sel_kv *s = &h->sel[plane];
-        size_t n = x->token_end - x->token_start;
-        if (s->n + n > s->cap) {
-            size_t nc = s->cap ? s->cap : 1024;
-            while (nc < s->n + n)
-                nc *= 2;
-            float *k = realloc(s->k, nc * d * sizeof(float));
-            if (!k)
-                return MSADB_ENOMEM;
-            s->k = k;
-            float *v = realloc(s->v, nc * d * sizeof(float));
-            if (!v)
-                return MSADB_ENOMEM;
-            s->v = v;
-            s->cap = nc;
-        }
-        memcpy(s->k + s->n * d, h->doc_k + (size_t)x->token_start * d, n * d * sizeof(float));
-        memcpy(s->v + s->n * d, h->doc_v + (size_t)x->token_start * d, n * d * sizeof(float));
-        s->n += n;
-    }
-    return 0;
-}
-
-/* Softmax attention of n query rows over the assembled memory of layer
- * index mi, merged into out/lse with msadb_lse_merge. */
-static int attend_assembled(mem_hook *h, int mi, uint32_t n, const float *q, float *out, float *lse)
-{
-    const msadb_signature *sig = h->sig;
-    const uint32_t d = sig->head_dim, nkv = sig->n_kv_heads, nq = sig->n_q_heads, G = nq / nkv;
-    const float scale = 1.0f / sqrtf((float)d);
-    size_t rows = (size_t)n * nq;
-    if (grow_f(&h->mo, &h->mo_cap, rows * (d + 1)))
-        return MSADB_ENOMEM;
-    float *mo = h->mo, *ml = h->mo + rows * d;
-    for (uint32_t g = 0; g < nkv; g++) {
-        const sel_kv *s = &h->sel[(size_t)mi * nkv + g];
-        if (grow_f(&h->sc, &h->sc_cap, s->n + 1))
-            return MSADB_ENOMEM;
-        for (uint32_t t = 0; t < n; t++)
-            for (uint32_t j = 0; j < G; j++) {
-                size_t row = (size_t)t * nq + g * G + j;
-                const float *qr = q + row * d;
-                float *o = mo + row * d;
-                memset(o, 0, d * sizeof(float));
-                if (!s->n) {
-                    ml[row] = -INFINITY;
-                    continue;
-                }
-                float m = -INFINITY;
-                for (size_t i = 0; i < s->n; i++) {
-                    const float *kr = s->k + i * d;
-                    float acc = 0;
-                    for (uint32_t c = 0; c < d; c++)
-                        acc += qr[c] * kr[c];
-                    h->sc[i] = acc * scale;
-                    m = h->sc[i] > m ? h->sc[i] : m;
-                }
-                double sum = 0;
-                for (size_t i = 0; i < s->n; i++) {
-                    float p = expf(h->sc[i] - m);
-                    sum += p;
-                    const float *vr = s->v + i * d;
-                    for (uint32_t c = 0; c < d; c++)
-                        o[c] += p * vr[c];
-                }
-                float inv = (float)(1.0 / sum);
-                for (uint32_t c = 0; c < d; c++)
-                    o[c] *= inv;
-                ml[row] = m + (float)log(sum);
-            }
-    }
-    msadb_lse_merge(rows, d, out, lse, mo, ml, out, lse);
-    return 0;
-}
-
 static void hook_free(mem_hook *h)
 {
-    if (h->sel && h->sig)
-        for (uint32_t i = 0; i < msadb_signature_planes(h->sig); i++) {
-            free(h->sel[i].k);
-            free(h->sel[i].v);
-        }
-    free(h->sel);
     free(h->hits);
-    free(h->doc_k);
-    free(h->doc_v);
+    free(h->n_hits);
     free(h->mo);
-    free(h->sc);
+}
+
+/* msadb_attend vs msadb_attend_blocks over the blocks it chose. */
+static int check_blocks(mem_hook *h, const msadb_query *mq, const msadb_hit *hits, size_t n_hits)
+{
+    size_t rows = mq->n_query * h->sig->n_q_heads, d = h->sig->head_dim;
+    float *a = malloc(2 * rows * (d + 1) * sizeof(float));
+    if (!a)
+        return MSADB_ENOMEM;
+    float *ro = a, *rl = a + rows * d, *bo = rl + rows, *bl = bo + rows * d;
+    int rc = msadb_attend(h->snap, mq, ro, rl, NULL, 0, NULL);
+    if (!rc)
+        rc = msadb_attend_blocks(h->snap, mq, hits, n_hits, bo, bl);
+    for (size_t i = 0; !rc && i < rows * (d + 1); i++)
+        h->check_err = fmax(h->check_err, fabs((double)ro[i] - bo[i]));
+    free(a);
+    return rc;
 }
 
 static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *q, float *out,
@@ -454,14 +340,6 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     if (!h->snap || (mi = msadb_signature_memory_index(h->sig, layer)) < 0)
         return 0;
     double t0 = now_s();
-    int rc;
-    if (h->once && h->routed) {
-        rc = attend_assembled(h, mi, n, q, out, lse);
-        for (uint32_t g = 0; g < h->sig->n_kv_heads; g++)
-            h->attended += h->sel[(size_t)mi * h->sig->n_kv_heads + g].n;
-        h->ms += (now_s() - t0) * 1e3;
-        return rc;
-    }
     msadb_query mq;
     msadb_query_stats qs;
     msadb_query_init(&mq);
@@ -470,33 +348,22 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     mq.n_query = n;
     mq.top_k = h->top_k;
     mq.stats = &qs;
-    size_t n_hits = 0;
-    rc = msadb_attend_merge(h->snap, &mq, out, lse, h->once ? h->hits : NULL, h->once ? h->hits_cap : 0,
-                            h->once ? &n_hits : NULL);
-    if (!rc && h->once)
-        rc = assemble(h, mi, n_hits < h->hits_cap ? n_hits : h->hits_cap);
-    if (!rc && h->once && h->check) {
-        /* the assembled blocks must give msadb_attend's result for the
-         * queries that selected them */
+    msadb_hit *hits = h->hits + (size_t)mi * h->hits_cap;
+    int rc;
+    if (h->once && h->routed) {
         size_t rows = (size_t)n * h->sig->n_q_heads, d = h->sig->head_dim;
-        float *ro = malloc(rows * d * sizeof(float)), *rl = malloc(rows * sizeof(float));
-        float *ao = calloc(rows * d, sizeof(float)), *al = malloc(rows * sizeof(float));
-        if (!ro || !rl || !ao || !al)
-            rc = MSADB_ENOMEM;
+        if (grow_f(&h->mo, &h->mo_cap, rows * (d + 1)))
+            return MSADB_ENOMEM;
+        rc = msadb_attend_blocks(h->snap, &mq, hits, h->n_hits[mi], h->mo, h->mo + rows * d);
         if (!rc)
-            rc = msadb_attend(h->snap, &mq, ro, rl, NULL, 0, NULL);
-        for (size_t i = 0; !rc && i < rows; i++)
-            al[i] = -INFINITY;
-        if (!rc)
-            rc = attend_assembled(h, mi, n, q, ao, al);
-        for (size_t i = 0; !rc && i < rows * d; i++)
-            h->check_err = fmax(h->check_err, fabs((double)ro[i] - ao[i]));
-        for (size_t i = 0; !rc && i < rows; i++)
-            h->check_err = fmax(h->check_err, fabs((double)rl[i] - al[i]));
-        free(ro);
-        free(rl);
-        free(ao);
-        free(al);
+            msadb_lse_merge(rows, d, out, lse, h->mo, h->mo + rows * d, out, lse);
+    } else {
+        size_t got = 0;
+        rc = msadb_attend_merge(h->snap, &mq, out, lse, h->once ? hits : NULL, h->once ? h->hits_cap : 0, &got);
+        if (h->once)
+            h->n_hits[mi] = got < h->hits_cap ? got : h->hits_cap;
+        if (!rc && h->once && h->check)
+            rc = check_blocks(h, &mq, hits, h->n_hits[mi]);
     }
     h->ms += (now_s() - t0) * 1e3;
     h->scanned += qs.blocks_scanned;
@@ -536,9 +403,9 @@ static int measure(msadb_model *m, msadb_store *st, const config *c, int once, r
         goto out;
     if (st && once) {
         h.hits_cap = (size_t)c->top_k * h.sig->n_kv_heads;
-        h.hits = malloc(h.hits_cap * sizeof *h.hits);
-        h.sel = calloc(msadb_signature_planes(h.sig), sizeof *h.sel);
-        if (!h.hits || !h.sel) {
+        h.hits = malloc(h.sig->n_memory_layers * h.hits_cap * sizeof *h.hits);
+        h.n_hits = calloc(h.sig->n_memory_layers, sizeof *h.n_hits);
+        if (!h.hits || !h.n_hits) {
             rc = MSADB_ENOMEM;
             goto out;
         }
@@ -584,7 +451,8 @@ static int measure(msadb_model *m, msadb_store *st, const config *c, int once, r
     r->prefill_tok_s = c->prompt / best_p;
     r->decode_tok_s = c->gen / best_d;
     if (h.check && once)
-        fprintf(stderr, "bench_runtime: check: assembled vs msadb_attend: max |diff| %.3g\n", h.check_err);
+        fprintf(stderr, "bench_runtime: check: msadb_attend_blocks vs msadb_attend: max |diff| %.3g\n",
+                h.check_err);
     if (h.check && once && !(h.check_err < 1e-3))
         rc = MSADB_ECORRUPT;
     r->decode_cpu_tok_s = c->gen / best_c;
