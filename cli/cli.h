@@ -187,6 +187,9 @@ void kv_source_close(kv_source *s);
 
 /* Like require_space in commands.c: 0, or CLI_ERROR after a message. */
 int cli_require_space(msadb_store *st, const char *db, const char *space);
+/* Every --space of a query exists in the store: CLI_OK, or CLI_ERROR with a
+ * message naming the first one that does not. */
+int cli_check_spaces(const cli_args *a, msadb_store *st);
 /* init's second half: applies --memory-layers, --block, --dtype and
  * --summary to *sig, validates it, creates a.db, prints the result (with
  * "model" in the JSON when model is not NULL).  Returns the exit status. */

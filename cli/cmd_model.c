@@ -670,19 +670,6 @@ static int read_question(const cli_args *a, char **q, size_t *len)
     return CLI_OK;
 }
 
-static int check_spaces(const cli_args *a, msadb_store *st)
-{
-    for (size_t i = 0; i < a->n_spaces; i++) {
-        msadb_space_info info;
-        int rc = msadb_space_get(st, a->spaces[i], &info);
-        if (rc == MSADB_ENOTFOUND)
-            return cli_error("--space %s: no such space in %s", a->spaces[i], a->db);
-        if (rc != 0)
-            return cli_error_rc(rc, "--space %s", a->spaces[i]);
-    }
-    return CLI_OK;
-}
-
 typedef struct ask_result {
     answer_buf ans;
     msadb_hit *hits;
@@ -772,7 +759,7 @@ int cmd_model_query(const cli_args *a)
     if (rc == CLI_OK)
         rc = check_model_store(a, llm, st);
     if (rc == CLI_OK)
-        rc = check_spaces(a, st);
+        rc = cli_check_spaces(a, st);
     if (rc == CLI_OK)
         rc = read_question(a, &question, &qlen);
     /* room for every block the question can draw on: top-k per kv head, or

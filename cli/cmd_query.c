@@ -343,15 +343,7 @@ static int check_query_args(const cli_args *a, msadb_store *st, const msadb_sign
     if (a->summary && !(sig->summary_kinds & a->summary))
         return cli_error("--summary: %s does not store %s summaries", a->db,
                          cli_summary_name(a->summary));
-    for (size_t i = 0; i < a->n_spaces; i++) {
-        msadb_space_info info;
-        int rc = msadb_space_get(st, a->spaces[i], &info);
-        if (rc == MSADB_ENOTFOUND)
-            return cli_error("--space %s: no such space in %s", a->spaces[i], a->db);
-        if (rc != 0)
-            return cli_error_rc(rc, "--space %s", a->spaces[i]);
-    }
-    return CLI_OK;
+    return cli_check_spaces(a, st);
 }
 
 /* Runs msadb_attend, growing the hit buffer until every hit fits. */

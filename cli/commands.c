@@ -81,6 +81,19 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out)
 /* Checks that a space exists; names the command's store in the message. */
 static int require_space(msadb_store *st, const char *db, const char *space);
 
+int cli_check_spaces(const cli_args *a, msadb_store *st)
+{
+    for (size_t i = 0; i < a->n_spaces; i++) {
+        msadb_space_info info;
+        int rc = msadb_space_get(st, a->spaces[i], &info);
+        if (rc == MSADB_ENOTFOUND)
+            return cli_error("--space %s: no such space in %s", a->spaces[i], a->db);
+        if (rc != 0)
+            return cli_error_rc(rc, "--space %s", a->spaces[i]);
+    }
+    return CLI_OK;
+}
+
 int cli_require_space(msadb_store *st, const char *db, const char *space)
 {
     return require_space(st, db, space);

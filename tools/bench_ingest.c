@@ -23,6 +23,7 @@
 #include <zstd.h>
 
 #include "codec.h"
+#include "machine.h"
 #include "msadb.h"
 
 #define N_DTYPES 5
@@ -96,41 +97,6 @@ static void gen_data(float *K, float *V, size_t n, uint32_t d, uint64_t seed)
 /* Machine information                                                      */
 /* ------------------------------------------------------------------------ */
 
-static void cpu_model(char *buf, size_t cap)
-{
-    snprintf(buf, cap, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10) == 0) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p++;
-                while (*p == ' ' || *p == '\t')
-                    p++;
-                p[strcspn(p, "\n")] = 0;
-                snprintf(buf, cap, "%s", p);
-            }
-            break;
-        }
-    }
-    fclose(f);
-}
-
-/* 1-minute load average, or -1: other work on the machine skews timings */
-static double load_avg(void)
-{
-    double l = -1.0;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1)
-            l = -1.0;
-        fclose(f);
-    }
-    return l;
-}
 
 static int cpu_flag(const char *flag)
 {
@@ -528,9 +494,9 @@ int main(int argc, char **argv)
         }
     }
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    machine_cpu_model(cpu, sizeof cpu);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    double load = load_avg();
+    double load = machine_load();
     if (cfg.json)
         print_json(&cfg, res, cpu, cores, load);
     else

@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "model.h"
+#include "machine.h"
 #include "msadb.h"
 
 #define MAX_MODELS 8
@@ -163,40 +164,6 @@ static int parse_sizes(const char *s, config *c)
     return c->n_sizes ? 0 : -1;
 }
 
-static void cpu_model(char *buf, size_t cap)
-{
-    snprintf(buf, cap, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10) == 0) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p++;
-                while (*p == ' ' || *p == '\t')
-                    p++;
-                p[strcspn(p, "\n")] = 0;
-                snprintf(buf, cap, "%s", p);
-            }
-            break;
-        }
-    }
-    fclose(f);
-}
-
-static double load_avg(void)
-{
-    double l = -1.0;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1)
-            l = -1.0;
-        fclose(f);
-    }
-    return l;
-}
 
 /* ------------------------------------------------------------------------ */
 /* building the memory                                                      */
@@ -656,7 +623,7 @@ int main(int argc, char **argv)
 
     /* report */
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    machine_cpu_model(cpu, sizeof cpu);
     struct utsname un;
     uname(&un);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -669,7 +636,7 @@ int main(int argc, char **argv)
     if (!rc && jf) {
         fprintf(jf, "{\"machine\": {\"cpu\": \"%s\", \"cpus\": %ld, \"kernel\": \"%s\", \"load_avg\": %.2f, "
                "\"openblas_threads\": \"%s\"},\n",
-               cpu, ncpu, un.release, load_avg(), blas ? blas : "default");
+               cpu, ncpu, un.release, machine_load(), blas ? blas : "default");
         fprintf(jf, " \"config\": {\"prompt\": %u, \"gen\": %u, \"top_k\": %u, \"select\": \"blocks\", "
                "\"dtype\": \"%s\", \"block\": %u, \"memory_layers\": %u, \"planes\": %u, "
                "\"doc_tokens\": %u, \"reps\": %u},\n",
@@ -714,7 +681,7 @@ int main(int argc, char **argv)
     }
     if (!rc && !c.json) {
         const msadb_model_config *mc = msadb_model_get_config(models[0]);
-        printf("machine: %s, %ld CPUs, load %.2f, OPENBLAS_NUM_THREADS=%s\n", cpu, ncpu, load_avg(),
+        printf("machine: %s, %ld CPUs, load %.2f, OPENBLAS_NUM_THREADS=%s\n", cpu, ncpu, machine_load(),
                blas ? blas : "(default)");
         printf("model: %u layers, %u q / %u kv heads x %u, embd %u, ffn %u, vocab %u; memory layers %u "
                "(%u planes), block %u, %s storage, top-k %u blocks\n",
