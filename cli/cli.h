@@ -190,6 +190,9 @@ int cli_require_space(msadb_store *st, const char *db, const char *space);
 /* Every --space of a query exists in the store: CLI_OK, or CLI_ERROR with a
  * message naming the first one that does not. */
 int cli_check_spaces(const cli_args *a, msadb_store *st);
+/* Commits a batch of n documents (the batch is freed and *batch set to
+ * NULL whatever happens); *ids gets their ids (caller frees). */
+int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t **ids);
 /* init's second half: applies --memory-layers, --block, --dtype and
  * --summary to *sig, validates it, creates a.db, prints the result (with
  * "model" in the JSON when model is not NULL).  Returns the exit status. */

@@ -485,15 +485,7 @@ int cmd_model_ingest(const cli_args *a)
         rc = ingest_file(&c, a->files[f]);
     if (rc == CLI_OK) {
         cli_progress(a, "ingest: committing %zu documents", c.n_store_docs);
-        ids = calloc(c.n_store_docs + 1, sizeof *ids);
-        if (!ids) {
-            rc = cli_error("out of memory");
-        } else {
-            mrc = msadb_batch_commit(c.batch, ids);
-            c.batch = NULL;
-            if (mrc != 0)
-                rc = cli_error_rc(mrc, "%s: commit failed", a->db);
-        }
+        rc = cli_commit_batch(a, &c.batch, c.n_store_docs, &ids);
     }
     msadb_batch_abort(c.batch);
     cli_progress_end(a);

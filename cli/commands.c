@@ -81,6 +81,16 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out)
 /* Checks that a space exists; names the command's store in the message. */
 static int require_space(msadb_store *st, const char *db, const char *space);
 
+int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t **ids)
+{
+    *ids = calloc(n + 1, sizeof **ids);
+    if (!*ids)
+        return cli_error("out of memory");
+    int mrc = msadb_batch_commit(*batch, *ids);
+    *batch = NULL;
+    return mrc ? cli_error_rc(mrc, "%s: commit failed", a->db) : CLI_OK;
+}
+
 int cli_check_spaces(const cli_args *a, msadb_store *st)
 {
     for (size_t i = 0; i < a->n_spaces; i++) {
@@ -761,15 +771,7 @@ int cmd_ingest(const cli_args *a)
     if (rc == CLI_OK) {
         cli_progress(a, "ingest: committing %zu documents, %llu tokens", c.n_docs,
                      (unsigned long long)c.n_tokens);
-        ids = calloc(c.n_docs + 1, sizeof *ids);
-        if (!ids) {
-            rc = cli_error("out of memory");
-        } else {
-            mrc = msadb_batch_commit(c.batch, ids);
-            c.batch = NULL;
-            if (mrc != 0)
-                rc = cli_error_rc(mrc, "%s: commit failed", a->db);
-        }
+        rc = cli_commit_batch(a, &c.batch, c.n_docs, &ids);
     }
     msadb_batch_abort(c.batch);
     cli_progress_end(a);
