@@ -1,0 +1,193 @@
+#!/usr/bin/python3
+"""export_gguf.py -- writes msadb's memory model as a llama GGUF file.
+
+    python3 tools/export_gguf.py CKPT_DIR OUT.gguf [--wtype q8_0|f16|f32]
+        [--tokenizer models/msadb-mem.tokenizer.model] [--name msadb-mem]
+
+CKPT_DIR holds the checkpoint tools/train_memory_model.py writes
+(ckpt_meta.json, ckpt_0.pt .. ckpt_2.pt: fp32 state dicts).  Needs numpy and
+torch (to read the checkpoint); the tokenizer is read from the SentencePiece
+model file with a small protobuf reader (no sentencepiece package needed).
+
+The file uses llama.cpp's key and tensor names (tools/make_test_model.py's
+table), written with the project's own tools/gguf.py.  Weights are exported
+as trained: the model applies RoPE to consecutive pairs (2i, 2i+1), msadb's
+GGUF-native convention, so q/k rows need no permutation.  The output
+embedding is tied (no output.weight).  Norm weights stay F32.
+
+Tokenizer metadata: tokenizer.ggml.model "llama", tokens = the SentencePiece
+pieces in id order, scores, token_type (1 normal, 2 unknown, 3 control,
+6 byte), bos 1, eos 2, unk 0, add_bos_token true, add_eos_token false,
+add_space_prefix true.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import gguf  # noqa: E402
+
+# ModelProto.SentencePiece.Type -> llama.cpp token type
+SP_TYPE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6}
+
+
+def _varint(b, i):
+    r, s = 0, 0
+    while True:
+        x = b[i]
+        i += 1
+        r |= (x & 0x7F) << s
+        s += 7
+        if not x & 0x80:
+            return r, i
+
+
+def _fields(b):
+    """(field number, wire type, value) of one protobuf message."""
+    i = 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        f, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(b, i)
+        elif wt == 1:
+            v = b[i:i + 8]
+            i += 8
+        elif wt == 2:
+            n, i = _varint(b, i)
+            v = b[i:i + n]
+            i += n
+        elif wt == 5:
+            v = b[i:i + 4]
+            i += 4
+        else:
+            raise ValueError("protobuf wire type %d" % wt)
+        yield f, wt, v
+
+
+def read_spm(path):
+    """pieces, scores, types of a SentencePiece model file; and the
+    normalizer's add_dummy_prefix."""
+    with open(path, "rb") as fh:
+        b = fh.read()
+    pieces, scores, types = [], [], []
+    add_dummy = True
+    for f, wt, v in _fields(b):
+        if f == 1:  # repeated SentencePiece pieces
+            piece, score, typ = "", 0.0, 1
+            for g, wt2, w in _fields(v):
+                if g == 1:
+                    piece = w.decode("utf-8")
+                elif g == 2:
+                    score = struct.unpack("<f", w)[0]
+                elif g == 3:
+                    typ = w
+            pieces.append(piece)
+            scores.append(score)
+            types.append(SP_TYPE.get(typ, 1))
+        elif f == 3:  # normalizer_spec
+            for g, wt2, w in _fields(v):
+                if g == 3:
+                    add_dummy = bool(w)
+    return pieces, scores, types, add_dummy
+
+
+def load_state(ckpt):
+    import torch
+    sd = {}
+    for i in range(3):
+        sd.update(torch.load(os.path.join(ckpt, "ckpt_%d.pt" % i), map_location="cpu"))
+    with open(os.path.join(ckpt, "ckpt_meta.json")) as f:
+        meta = json.load(f)
+    return {k: v.float().numpy() for k, v in sd.items()}, meta
+
+
+def build(sd, meta, tok_path, wtype, name, extra=None):
+    c = meta["config"]
+    wt = gguf.GGML_BY_NAME[wtype]
+    w = gguf.GGUFWriter()
+    w.add_string("general.architecture", "llama")
+    w.add_string("general.name", name)
+    w.add_string("general.description",
+                 "msadb's own small memory model: llama architecture, memory layers %d..%d "
+                 "(latter half), trained by tools/train_memory_model.py" %
+                 (c["n_layers"] // 2, c["n_layers"] - 1))
+    w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[wtype])
+    w.add_uint32("llama.block_count", c["n_layers"])
+    w.add_uint32("llama.context_length", c["ctx"])
+    w.add_uint32("llama.embedding_length", c["d"])
+    w.add_uint32("llama.feed_forward_length", c["ffn"])
+    w.add_uint32("llama.attention.head_count", c["n_heads"])
+    w.add_uint32("llama.attention.head_count_kv", c["n_kv"])
+    if c["hd"] * c["n_heads"] != c["d"]:
+        w.add_uint32("llama.attention.key_length", c["hd"])
+        w.add_uint32("llama.attention.value_length", c["hd"])
+    w.add_uint32("llama.rope.dimension_count", c["hd"])
+    w.add_float32("llama.rope.freq_base", c["theta"])
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", c["eps"])
+    w.add_uint32("llama.vocab_size", c["vocab"])
+    for k, v in (extra or {}).items():
+        w.add_string(k, v)
+    pieces, scores, types, add_dummy = read_spm(tok_path)
+    if len(pieces) != c["vocab"]:
+        raise ValueError("tokenizer has %d pieces, model %d" % (len(pieces), c["vocab"]))
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_string("tokenizer.ggml.pre", "default")
+    w.add_array("tokenizer.ggml.tokens", pieces, gguf.T_STRING)
+    w.add_array("tokenizer.ggml.scores", scores, gguf.T_FLOAT32)
+    w.add_array("tokenizer.ggml.token_type", types, gguf.T_INT32)
+    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_eos_token", False)
+    w.add_bool("tokenizer.ggml.add_space_prefix", add_dummy)
+
+    f32 = gguf.GGML_F32
+    w.add_tensor("token_embd.weight", sd["tok.weight"], wt)
+    names = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
+             "w_gate": "ffn_gate", "w_up": "ffn_up", "w_down": "ffn_down"}
+    for i in range(c["n_layers"]):
+        p = "layers.%d." % i
+        b = "blk.%d." % i
+        w.add_tensor(b + "attn_norm.weight", sd[p + "attn_norm"], f32)
+        for src, dst in names.items():
+            if dst == "ffn_norm":
+                continue
+            w.add_tensor(b + dst + ".weight", sd[p + src + ".weight"], wt)
+        w.add_tensor(b + "ffn_norm.weight", sd[p + "ffn_norm"], f32)
+    w.add_tensor("output_norm.weight", sd["out_norm"], f32)
+    return w
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("ckpt")
+    ap.add_argument("out")
+    ap.add_argument("--wtype", default="q8_0", choices=["q8_0", "f16", "f32", "bf16"])
+    ap.add_argument("--tokenizer", default=os.path.join(os.path.dirname(HERE), "models",
+                                                        "msadb-mem.tokenizer.model"))
+    ap.add_argument("--name", default="msadb-mem")
+    ap.add_argument("--training", default="",
+                    help="JSON for the msadb.training key (default: the checkpoint's own "
+                         "steps and tokens, which cover only its last command)")
+    args = ap.parse_args(argv)
+    sd, meta = load_state(args.ckpt)
+    info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
+                                        "seed": meta.get("seed"), "params": meta.get("params")})
+    w = build(sd, meta, args.tokenizer, args.wtype, args.name, {"msadb.training": info})
+    # write beside and rename: a process may have the old file mapped
+    tmp = args.out + ".tmp"
+    w.write(tmp)
+    os.replace(tmp, args.out)
+    print("%s: %d bytes" % (args.out, os.path.getsize(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,518 @@
+#!/usr/bin/python3
+"""make_memory_data.py -- the data recipe of msadb's own memory model.
+
+Runs on the development machine (Debian; numpy and python3-sentencepiece),
+never on the GPU machine, which gets only the arrays this writes.
+
+    /usr/bin/python3 tools/make_memory_data.py all --out DIR [--seed 1234]
+
+Steps (each also a subcommand: extract, tokenizer, build):
+
+extract   Natural English text from Debian packages installed here, one
+          document per natural unit, into DIR/text/*.txt (documents
+          separated by a form feed line "\\f\\n"):
+            train side (public domain or free licences):
+              bible-kjv-text (+ bible-kjv to read it): King James Bible, one
+                  document per chapter (the text is in the public domain);
+              dict-devil: Ambrose Bierce's The Devil's Dictionary, documents
+                  of consecutive entries (public domain);
+              fortunes: the fortune cookie files (BSD licence);
+              manpages: the Linux man-pages project, sections 1, 4, 5, 7,
+                  rendered with man(1) at 80 columns (free licences: GPL,
+                  BSD, "Linux man-pages copyleft").
+            held-out side (evaluation only; never trained on, never shipped):
+              dict-gcide: The Collaborative International Dictionary of
+                  English (GPL), documents of consecutive entries (~700
+                  characters), the
+                  haystack of the needle-in-a-haystack evaluation.
+tokenizer SentencePiece BPE (python3-sentencepiece's trainer) on the train
+          side: vocabulary 8192, byte_fallback, split_digits, identity
+          normalization, dummy prefix, no whitespace squeezing -- the options
+          msadb's C tokenizer implements (docs/tokenizer.md).  Written to
+          models/msadb-mem.tokenizer.model (and DIR).
+build     DIR/train_lm.u16 / val_lm.u16: the train-side documents tokenized
+          (no BOS) and concatenated with a blank line between documents;
+          2% of documents (by a seeded draw) go to validation.
+          DIR/facts_train.npz: synthetic memory tasks on TRAIN vocabularies
+          (entity nouns, person names, cities, numbers: disjoint from the
+          held-out ones, see Vocab); DIR/eval_*.npz: the evaluation sets
+          (held-out vocabularies, dict-gcide haystack).
+
+Memory tasks.  A fact is one sentence ("The password of the amber lockbox
+is 7314."); a question asks for its value ("What is the password of the
+amber lockbox?"), the exact answer is the value.  Kinds: code (4-digit
+numbers of objects), lives (person -> city), pet (person -> pet name),
+room (object -> 3-digit room), roomcode (room -> 4-digit code), and the
+multi-hop question joining the last two ("What is the code of the room where
+the amber lockbox is kept?").  Every kind has several fact and question
+templates.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TOKENIZER_PATH = os.path.join(ROOT, "models", "msadb-mem.tokenizer.model")
+VOCAB = 8192
+
+# --------------------------------------------------------------------------
+# Natural text
+# --------------------------------------------------------------------------
+
+
+def _write_docs(path, docs):
+    with open(path, "w", encoding="utf-8") as f:
+        for d in docs:
+            d = d.strip("\n")
+            if d.strip():
+                f.write(d.replace("\f", " ") + "\n\f\n")
+
+
+def read_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return [d.strip("\n") for d in f.read().split("\n\f\n") if d.strip()]
+
+
+def extract_bible():
+    out = subprocess.run(["bible", "Gen1:1-Rev22:21"], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, COLUMNS="100000")).stdout
+    docs, cur = [], []
+    for line in out.split("\n"):
+        if re.match(r"^(\d )?[A-Z][A-Za-z ]+ \d+$", line.strip()) and not line.startswith(" "):
+            if cur:
+                docs.append(" ".join(cur))
+            cur = [line.strip() + "."]
+            continue
+        m = re.match(r"^\s+\d+ (.*)$", line)
+        if m:
+            cur.append(m.group(1).strip())
+        elif line.strip() and cur:
+            cur[-1] += " " + line.strip()
+    if cur:
+        docs.append(" ".join(cur))
+    return docs
+
+
+def _dictd_entries(path):
+    raw = subprocess.run(["zcat", path], capture_output=True, check=True).stdout
+    text = raw.decode("utf-8", "replace")
+    return text
+
+
+def extract_devil():
+    text = _dictd_entries("/usr/share/dictd/devil.dict.dz")
+    # drop the dictd header entries (00-database-*)
+    i = text.find("\nA, n.")
+    if i > 0:
+        text = text[i:]
+    paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return _group(paras, 1500)
+
+
+def _group(paras, chars):
+    """Consecutive paragraphs grouped into documents of about `chars`."""
+    docs, cur, n = [], [], 0
+    for p in paras:
+        p = p.rstrip()
+        cur.append(p)
+        n += len(p)
+        if n >= chars:
+            docs.append("\n\n".join(cur))
+            cur, n = [], 0
+    if cur:
+        docs.append("\n\n".join(cur))
+    return docs
+
+
+def extract_fortunes():
+    d = "/usr/share/games/fortunes"
+    docs = []
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        if name.endswith((".dat", ".u8")) or os.path.islink(p) or not os.path.isfile(p):
+            continue
+        if name in ("art", "ascii-art"):
+            continue
+        with open(p, encoding="utf-8", errors="replace") as f:
+            items = [x.strip("\n") for x in f.read().split("\n%\n") if x.strip()]
+        docs += _group(items, 1200)
+    return docs
+
+
+def extract_manpages():
+    files = subprocess.run(["dpkg", "-L", "manpages", "manpages-dev"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    files = sorted(f for f in files if re.search(r"/man/man[1-7]/[^/]+\.gz$", f)
+                   and os.path.isfile(f) and not os.path.islink(f))
+    env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
+    docs = []
+    # two at a time (the machine has two cores)
+    procs = []
+    for f in files + [None, None]:
+        if f is not None:
+            procs.append(subprocess.Popen(
+                "man --nh --nj -l %s 2>/dev/null | col -bx" % f, shell=True, env=env,
+                stdout=subprocess.PIPE))
+        if len(procs) >= 2 or f is None:
+            while procs:
+                p = procs.pop(0)
+                out = p.communicate()[0].decode("utf-8", "replace")
+                out = re.sub(r"\n{3,}", "\n\n", out).strip()
+                if len(out) > 200:
+                    docs += _group([x for x in out.split("\n\n")], 2000)
+    return docs
+
+
+def extract_gcide():
+    text = _dictd_entries("/usr/share/dictd/gcide.dict.dz")
+    i = text.find("\nA\n")
+    text = text[i:] if i > 0 else text
+    paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    # skip the licence and header paragraphs that each letter file repeats
+    paras = [p for p in paras if "GNU General Public" not in p and "* * *" not in p]
+    # ~700 characters (~350 tokens: dictionary text is ~2 characters a token)
+    return _group(paras, 700)
+
+
+SOURCES_TRAIN = {"bible-kjv-text": extract_bible, "dict-devil": extract_devil,
+                 "fortunes": extract_fortunes, "manpages": extract_manpages}
+SOURCES_HELD = {"dict-gcide": extract_gcide}
+
+
+def cmd_extract(args):
+    os.makedirs(os.path.join(args.out, "text"), exist_ok=True)
+    stats = {}
+    for name, fn in list(SOURCES_TRAIN.items()) + list(SOURCES_HELD.items()):
+        docs = fn()
+        _write_docs(os.path.join(args.out, "text", name + ".txt"), docs)
+        stats[name] = {"docs": len(docs), "chars": sum(len(d) for d in docs)}
+        print("extract %-15s %6d docs %10d chars" % (name, len(docs), stats[name]["chars"]),
+              flush=True)
+    with open(os.path.join(args.out, "text", "stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+
+
+# --------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------
+
+def cmd_tokenizer(args):
+    import sentencepiece as spm
+    rng = np.random.default_rng(args.seed)
+    lines = []
+    for name in SOURCES_TRAIN:
+        for d in read_docs(os.path.join(args.out, "text", name + ".txt")):
+            lines += [x for x in d.split("\n") if x.strip()]
+    # plus fact sentences so that template words get pieces (train vocab only)
+    g = FactGen(args.seed + 7, "train")
+    for _ in range(20000):
+        ex = g.example()
+        lines += ex["facts"] + [ex["question"] + " " + ex["answer"]]
+    rng.shuffle(lines)
+    inp = os.path.join(args.out, "spm_input.txt")
+    with open(inp, "w", encoding="utf-8") as f:
+        for x in lines:
+            f.write(x.replace("\r", " ") + "\n")
+    prefix = os.path.join(args.out, "spm")
+    spm.SentencePieceTrainer.train(
+        input=inp, model_prefix=prefix, model_type="bpe", vocab_size=VOCAB,
+        byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        add_dummy_prefix=True, remove_extra_whitespaces=False, split_by_whitespace=True,
+        character_coverage=0.9995, input_sentence_size=2000000, shuffle_input_sentence=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, seed_sentencepiece_size=1000000,
+        num_threads=2, minloglevel=1, max_sentence_length=8192)
+    os.makedirs(os.path.dirname(TOKENIZER_PATH), exist_ok=True)
+    with open(prefix + ".model", "rb") as a, open(TOKENIZER_PATH, "wb") as b:
+        b.write(a.read())
+    print("tokenizer ->", TOKENIZER_PATH)
+
+
+def load_sp(path=TOKENIZER_PATH):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+# --------------------------------------------------------------------------
+# Facts
+# --------------------------------------------------------------------------
+
+def _h(s):
+    return int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "little")
+
+
+def _split(items, side, salt):
+    """Deterministic disjoint split: ~1/4 of items are held out."""
+    held = [x for x in items if _h(salt + x) % 4 == 0]
+    train = [x for x in items if _h(salt + x) % 4 != 0]
+    return train if side == "train" else held
+
+
+ADJ = ("red green blue yellow black white orange purple brown gray pink silver golden copper "
+       "bronze violet crimson scarlet navy olive amber teal indigo ivory maroon turquoise "
+       "lavender beige coral magenta wooden iron steel glass stone brass marble oak pine "
+       "leather granite cedar walnut tin velvet bamboo rusty dusty tiny huge old new narrow "
+       "wide round square heavy hidden northern southern eastern western upper lower").split()
+FIRST = ("James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William "
+         "Barbara Richard Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Nancy "
+         "Matthew Lisa Anthony Betty Mark Margaret Donald Sandra Steven Ashley Paul Kimberly "
+         "Andrew Emily Joshua Donna Kenneth Michelle Kevin Carol Brian Amanda George Melissa "
+         "Timothy Deborah Ronald Stephanie Edward Rebecca Jason Sharon Jeffrey Laura Ryan "
+         "Cynthia Jacob Kathleen Gary Amy Nicholas Angela Eric Shirley Jonathan Anna Stephen "
+         "Brenda Larry Pamela Justin Emma Scott Nicole Brandon Helen Benjamin Samantha Samuel "
+         "Katherine Gregory Christine Frank Debra Alexander Rachel Raymond Carolyn Patrick "
+         "Janet Jack Catherine Dennis Maria Jerry Heather Tyler Diane Aaron Ruth Jose Julie "
+         "Adam Olivia Henry Joyce Nathan Virginia Douglas Victoria Zachary Kelly Peter Lauren "
+         "Kyle Christina Ethan Joan Walter Evelyn Noah Judith Jeremy Megan Christian Andrea "
+         "Keith Cheryl Roger Hannah Terry Jacqueline Gerald Martha Harold Gloria Sean Teresa "
+         "Austin Ann Carl Sara Arthur Madison Lawrence Frances Dylan Kathryn Jesse Janice "
+         "Jordan Jean Bryan Abigail Billy Alice Joe Julia Bruce Judy Gabriel Sophia Logan "
+         "Grace Albert Denise Willie Amber Alan Doris Juan Marilyn Wayne Danielle Elijah "
+         "Beverly Randy Isabella Roy Theresa Vincent Diana Ralph Natalie Eugene Brittany "
+         "Russell Charlotte Bobby Marie Mason Kayla Philip Alexis Louis Lori").split()
+ANIMALS = "cat dog parrot horse rabbit goldfish turtle hamster pony goat canary ferret".split()
+CODE_ATTRS = ["password", "code", "combination", "PIN", "access code", "serial number",
+              "lock number", "key number"]
+ROOM_ATTRS = ["door code", "access code", "alarm code", "code"]
+
+
+def _words():
+    with open("/usr/share/dict/words", encoding="utf-8", errors="replace") as f:
+        ws = [w.strip() for w in f]
+    lower = sorted({w for w in ws if re.fullmatch(r"[a-z]{4,10}", w)})
+    proper = sorted({w for w in ws if re.fullmatch(r"[A-Z][a-z]{3,9}", w)})
+    return lower, proper
+
+
+class Vocab:
+    """Entity and value vocabularies of one side ("train" or "held"); the
+    two sides share no noun, first name, proper noun, number or room."""
+
+    _cache = {}
+
+    def __init__(self, side):
+        if side not in Vocab._cache:
+            lower, proper = _words()
+            Vocab._cache[side] = {
+                "adj": ADJ,
+                "noun": _split(lower, side, "noun"),
+                "first": _split(FIRST, side, "first"),
+                "proper": _split(proper, side, "proper"),
+                "code": _split(["%04d" % n for n in range(1000, 10000)], side, "code"),
+                "room": _split(["%03d" % n for n in range(100, 1000)], side, "room"),
+            }
+        self.__dict__.update(Vocab._cache[side])
+
+
+FACT_T = {
+    "code": ["The {attr} of {ent} is {val}.", "{Ent}'s {attr} is {val}.",
+             "The {attr} for {ent} is {val}.", "Remember that the {attr} of {ent} is {val}.",
+             "For {ent}, the {attr} is {val}.", "Note: {ent} has the {attr} {val}."],
+    "lives": ["{per} lives in {val}.", "{per} has lived in {val} for years.",
+              "{per} moved to {val} and lives there now.", "The home of {per} is in {val}."],
+    "pet": ["{per} has a {animal} named {val}.", "{per}'s {animal} is called {val}.",
+            "The {animal} of {per} is named {val}."],
+    "room": ["{Ent} is kept in room {val}.", "{Ent} is stored in room {val}.",
+             "You will find {ent} in room {val}."],
+    "roomcode": ["The {attr} of room {room} is {val}.", "Room {room} has the {attr} {val}.",
+                 "The {attr} for room {room} is {val}."],
+}
+QUESTION_T = {
+    "code": ["What is the {attr} of {ent}?", "What is the {attr} for {ent}?",
+             "Which {attr} does {ent} have?"],
+    "lives": ["Where does {per} live?", "In which city does {per} live?"],
+    "pet": ["What is the name of {per}'s {animal}?", "What is {per}'s {animal} called?"],
+    "room": ["In which room is {ent} kept?", "Which room is {ent} kept in?"],
+    "roomcode": ["What is the {attr} of room {room}?", "What is the {attr} for room {room}?"],
+    "multihop": ["What is the {attr} of the room where {ent} is kept?",
+                 "Which {attr} opens the room where {ent} is kept?"],
+}
+
+
+def _cap(s):
+    return s[0].upper() + s[1:]
+
+
+class FactGen:
+    """Seeded generator of facts and questions for one side's vocabulary."""
+
+    def __init__(self, seed, side):
+        self.rng = np.random.default_rng(seed)
+        self.v = Vocab(side)
+
+    def _pick(self, xs):
+        return xs[int(self.rng.integers(len(xs)))]
+
+    def entity(self):
+        return "the %s %s" % (self._pick(self.v.adj), self._pick(self.v.noun))
+
+    def person(self):
+        return "%s %s" % (self._pick(self.v.first), self._pick(self.v.proper))
+
+    def fact(self, kind, **kw):
+        """One fact: dict(kind, key, text, prefix (text before the value),
+        val, question, answer)."""
+        r = self._pick
+        d = dict(kw)
+        if kind in ("code",):
+            d.setdefault("ent", self.entity())
+            d.setdefault("attr", r(CODE_ATTRS))
+            d.setdefault("val", r(self.v.code))
+            key = "code|%s|%s" % (d["ent"], d["attr"])
+        elif kind == "lives":
+            d.setdefault("per", self.person())
+            d.setdefault("val", r(self.v.proper))
+            key = "lives|" + d["per"]
+        elif kind == "pet":
+            d.setdefault("per", self.person())
+            d.setdefault("animal", r(ANIMALS))
+            d.setdefault("val", r(self.v.proper))
+            key = "pet|%s|%s" % (d["per"], d["animal"])
+        elif kind == "room":
+            d.setdefault("ent", self.entity())
+            d.setdefault("val", r(self.v.room))
+            key = "room|" + d["ent"]
+        elif kind == "roomcode":
+            d.setdefault("room", r(self.v.room))
+            d.setdefault("attr", r(ROOM_ATTRS))
+            d.setdefault("val", r(self.v.code))
+            key = "roomcode|%s|%s" % (d["room"], d["attr"])
+        else:
+            raise ValueError(kind)
+        if "ent" in d:
+            d["Ent"] = _cap(d["ent"])
+        t = r(FACT_T[kind])
+        text = t.format(**d)
+        prefix = t[:t.index("{val}")].format(**d).rstrip()
+        q = r(QUESTION_T[kind]).format(**d)
+        return {"kind": kind, "key": key, "text": text, "prefix": prefix, "val": d["val"],
+                "question": q, "answer": d["val"], "d": d}
+
+    def example(self, kind=None):
+        """A question with the facts it needs: dict(facts [texts], prefixes,
+        vals, question, answer, keys, hops)."""
+        kind = kind or self._pick(["code", "code", "lives", "pet", "room", "roomcode",
+                                   "multihop", "multihop"])
+        if kind == "multihop":
+            a = self.fact("room")
+            b = self.fact("roomcode", room=a["val"])
+            q = self._pick(QUESTION_T["multihop"]).format(attr=b["d"]["attr"], ent=a["d"]["ent"])
+            fs = [a, b]
+            return {"facts": [f["text"] for f in fs], "prefixes": [f["prefix"] for f in fs],
+                    "vals": [f["val"] for f in fs], "keys": [f["key"] for f in fs] + ["room#" + a["val"]],
+                    "question": q, "answer": b["val"], "kind": "multihop"}
+        f = self.fact(kind)
+        keys = [f["key"]]
+        if kind == "room":
+            keys.append("room#" + f["val"])
+        if kind == "roomcode":
+            keys.append("room#" + f["d"]["room"])
+        return {"facts": [f["text"]], "prefixes": [f["prefix"]], "vals": [f["val"]],
+                "keys": keys, "question": f["question"], "answer": f["answer"], "kind": kind}
+
+
+# --------------------------------------------------------------------------
+# Tokenized arrays
+# --------------------------------------------------------------------------
+
+KINDS = ["code", "lives", "pet", "room", "roomcode", "multihop"]
+
+
+def tokenize_example(sp, ex):
+    """Token arrays of one example.  facts: ids of each fact sentence (as it
+    is tokenized inside a text, with the leading space piece); vstart: index
+    of the value's first token in each fact; q: BOS + question; a: answer
+    tokens (as they follow the question) + EOS."""
+    facts, vstart = [], []
+    for text, prefix in zip(ex["facts"], ex["prefixes"]):
+        ids = sp.encode(text)
+        pre = sp.encode(prefix)
+        if ids[:len(pre)] != pre:
+            raise ValueError("prefix tokens differ: %r" % text)
+        facts.append(ids)
+        vstart.append(len(pre))
+    q = sp.encode(ex["question"])
+    full = sp.encode(ex["question"] + " " + ex["answer"])
+    if full[:len(q)] != q:
+        raise ValueError("question tokens differ: %r" % ex["question"])
+    a = full[len(q):] + [sp.eos_id()]
+    return facts, vstart, [sp.bos_id()] + q, a
+
+
+def pack_examples(sp, exs):
+    """Ragged arrays of many examples into one npz-able dict."""
+    F, Fo, Vs, Q, Qo, A, Ao, nf, kind, keyh = [], [0], [], [], [0], [], [0], [], [], []
+    for ex in exs:
+        facts, vstart, q, a = tokenize_example(sp, ex)
+        for f, v in zip(facts, vstart):
+            F += f
+            Fo.append(len(F))
+            Vs.append(v)
+        nf.append(len(facts))
+        Q += q
+        Qo.append(len(Q))
+        A += a
+        Ao.append(len(A))
+        kind.append(KINDS.index(ex["kind"]))
+        kh = [_h(k) for k in ex["keys"]] + [0] * (3 - len(ex["keys"]))
+        keyh.append(kh[:3])
+    return {"fact_tok": np.array(F, np.uint16), "fact_off": np.array(Fo, np.int64),
+            "fact_vstart": np.array(Vs, np.int32), "n_facts": np.array(nf, np.int8),
+            "q_tok": np.array(Q, np.uint16), "q_off": np.array(Qo, np.int64),
+            "a_tok": np.array(A, np.uint16), "a_off": np.array(Ao, np.int64),
+            "kind": np.array(kind, np.int8), "key_hash": np.array(keyh, np.uint32)}
+
+
+def tokenize_docs(sp, docs):
+    ids = sp.encode([d + "\n\n" for d in docs])
+    return ids
+
+
+def cmd_build(args):
+    sp = load_sp()
+    rng = np.random.default_rng(args.seed)
+    tr, va = [], []
+    for name in SOURCES_TRAIN:
+        docs = read_docs(os.path.join(args.out, "text", name + ".txt"))
+        ids = tokenize_docs(sp, docs)
+        for d in ids:
+            (va if rng.random() < 0.02 else tr).append(d)
+        print("tokens %-15s %9d" % (name, sum(len(x) for x in ids)), flush=True)
+    order = rng.permutation(len(tr))
+    train = np.concatenate([np.array(tr[i], np.uint16) for i in order])
+    val = np.concatenate([np.array(x, np.uint16) for x in va])
+    train.tofile(os.path.join(args.out, "train_lm.u16"))
+    val.tofile(os.path.join(args.out, "val_lm.u16"))
+    print("train tokens %d, val tokens %d" % (len(train), len(val)), flush=True)
+    g = FactGen(args.seed, "train")
+    exs = [g.example() for _ in range(args.n_train_facts)]
+    np.savez_compressed(os.path.join(args.out, "facts_train.npz"), **pack_examples(sp, exs))
+    print("train examples", len(exs), flush=True)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cmd", choices=["extract", "tokenizer", "build", "all"])
+    ap.add_argument("--out", default=os.path.join(ROOT, ".train-data"))
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--n-train-facts", type=int, default=160000)
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.cmd in ("extract", "all"):
+        cmd_extract(args)
+    if args.cmd in ("tokenizer", "all"):
+        cmd_tokenizer(args)
+    if args.cmd in ("build", "all"):
+        cmd_build(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
