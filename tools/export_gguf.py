@@ -136,17 +136,7 @@ def build(sd, meta, tok_path, wtype, name, extra=None):
     pieces, scores, types, add_dummy = read_spm(tok_path)
     if len(pieces) != c["vocab"]:
         raise ValueError("tokenizer has %d pieces, model %d" % (len(pieces), c["vocab"]))
-    w.add_string("tokenizer.ggml.model", "llama")
-    w.add_string("tokenizer.ggml.pre", "default")
-    w.add_array("tokenizer.ggml.tokens", pieces, gguf.T_STRING)
-    w.add_array("tokenizer.ggml.scores", scores, gguf.T_FLOAT32)
-    w.add_array("tokenizer.ggml.token_type", types, gguf.T_INT32)
-    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
-    w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
-    w.add_bool("tokenizer.ggml.add_bos_token", True)
-    w.add_bool("tokenizer.ggml.add_eos_token", False)
-    w.add_bool("tokenizer.ggml.add_space_prefix", add_dummy)
+    gguf.add_spm_tokenizer(w, pieces, scores, types, add_dummy)
 
     f32 = gguf.GGML_F32
     w.add_tensor("token_embd.weight", sd["tok.weight"], wt)

@@ -253,6 +253,23 @@ class GGUFWriter:
 # Reader
 # --------------------------------------------------------------------------
 
+def add_spm_tokenizer(w, pieces, scores, types, add_space_prefix=None):
+    """Writes a SentencePiece-style ("llama") tokenizer's tokenizer.ggml.*
+    keys: <unk>=0, <s>=1, </s>=2, BOS added, EOS not."""
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_string("tokenizer.ggml.pre", "default")
+    w.add_array("tokenizer.ggml.tokens", pieces, T_STRING)
+    w.add_array("tokenizer.ggml.scores", scores, T_FLOAT32)
+    w.add_array("tokenizer.ggml.token_type", types, T_INT32)
+    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_eos_token", False)
+    if add_space_prefix is not None:
+        w.add_bool("tokenizer.ggml.add_space_prefix", add_space_prefix)
+
+
 class Tensor:
     def __init__(self, name, ggml_type, ne, offset, raw):
         self.name, self.ggml_type, self.ne, self.offset, self.raw = name, ggml_type, ne, offset, raw

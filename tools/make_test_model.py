@@ -82,16 +82,7 @@ def build(args):
     w.add_float32("llama.attention.layer_norm_rms_epsilon", args.eps)
 
     tokens, scores, types = vocabulary(args.vocab)
-    w.add_string("tokenizer.ggml.model", "llama")
-    w.add_string("tokenizer.ggml.pre", "default")
-    w.add_array("tokenizer.ggml.tokens", tokens, gguf.T_STRING)
-    w.add_array("tokenizer.ggml.scores", scores, gguf.T_FLOAT32)
-    w.add_array("tokenizer.ggml.token_type", types, gguf.T_INT32)
-    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
-    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
-    w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
-    w.add_bool("tokenizer.ggml.add_bos_token", True)
-    w.add_bool("tokenizer.ggml.add_eos_token", False)
+    gguf.add_spm_tokenizer(w, tokens, scores, types)
 
     def mat(rows, cols, scale=None):
         s = scale if scale is not None else 1.0 / np.sqrt(cols)
