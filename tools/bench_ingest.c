@@ -50,33 +50,11 @@ typedef struct result {
     double store_bytes_tok; /* LMDB pages of the blocks database per token per plane */
 } result;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static double cpu_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rng_normal(uint64_t *s)
-{
-    double u1 = ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-    double u2 = ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
 /* Keys: N(0,1), except 4 outlier channels with mean +-12 and sd 4.  Values:
@@ -211,7 +189,7 @@ static int bench_codec(const config *cfg, int dtype, const float *K, const float
 
     /* Encode, as the store does it: K_deq requested (summaries are computed
      * from stored keys), V_deq not. */
-    double bytes = 0.0, t0 = now_s(), c0 = cpu_s();
+    double bytes = 0.0, t0 = machine_now_s(), c0 = cpu_s();
     for (size_t b = 0; b < n_blocks; b++) {
         size_t j = b % nb_pool;
         rc = msadb_block_encode(c, dtype, K + j * B * d, V + j * B * d, B, d, arena + j * cap, cap,
@@ -220,12 +198,12 @@ static int bench_codec(const config *cfg, int dtype, const float *K, const float
             goto out;
         bytes += (double)len[j];
     }
-    double t1 = now_s(), c1 = cpu_s();
+    double t1 = machine_now_s(), c1 = cpu_s();
     r->enc_tok_s = (double)n_blocks * B / (t1 - t0);
     r->enc_cpu_tok_s = (double)n_blocks * B / (c1 - c0);
     r->bytes_per_tok = bytes / ((double)n_blocks * B);
 
-    t0 = now_s();
+    t0 = machine_now_s();
     c0 = cpu_s();
     for (size_t b = 0; b < n_blocks; b++) {
         size_t j = b % nb_pool;
@@ -234,7 +212,7 @@ static int bench_codec(const config *cfg, int dtype, const float *K, const float
         if (rc)
             goto out;
     }
-    t1 = now_s();
+    t1 = machine_now_s();
     c1 = cpu_s();
     r->dec_tok_s = (double)n_blocks * B / (t1 - t0);
     r->dec_cpu_tok_s = (double)n_blocks * B / (c1 - c0);
@@ -299,7 +277,7 @@ static int bench_store(const config *cfg, int dtype, const float *K, const float
         goto out;
     }
     size_t done = 0, doc_no = 0;
-    double t0 = now_s();
+    double t0 = machine_now_s();
     while (done < cfg->n_tokens && !rc) {
         msadb_batch *batch = NULL;
         if ((rc = msadb_batch_begin(st, &batch)))
@@ -322,7 +300,7 @@ static int bench_store(const config *cfg, int dtype, const float *K, const float
         }
         rc = msadb_batch_commit(batch, NULL);
     }
-    double t1 = now_s();
+    double t1 = machine_now_s();
     if (!rc) {
         msadb_stat_info si;
         r->store_tok_s = (double)done * planes / (t1 - t0);

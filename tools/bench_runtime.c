@@ -86,13 +86,6 @@ typedef struct result {
     double tokens_attended_tok;
 } result;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* CPU time of the whole process (all threads): with OPENBLAS_NUM_THREADS=1
  * it is the work done, robust to other load on the machine. */
 static double cpu_s(void)
@@ -100,21 +93,6 @@ static double cpu_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rng_normal(uint64_t *s)
-{
-    double u1 = ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-    double u2 = ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
 static int usage(void)
@@ -202,7 +180,7 @@ static int grow_store(msadb_store *st, const pool *p, uint32_t planes, uint32_t 
 {
     uint64_t rng = 7 + *have;
     while (*have < target && *spent < budget) {
-        double t0 = now_s();
+        double t0 = machine_now_s();
         msadb_batch *b;
         int rc = msadb_batch_begin(st, &b);
         if (rc)
@@ -228,7 +206,7 @@ static int grow_store(msadb_store *st, const pool *p, uint32_t planes, uint32_t 
         if ((rc = msadb_batch_commit(b, NULL)))
             return rc;
         *have += added;
-        *spent += now_s() - t0;
+        *spent += machine_now_s() - t0;
         if (!quiet && isatty(2))
             fprintf(stderr, "\rbench_runtime: memory %llu / %llu tokens, %.0f s, %.0f tokens/s   ",
                     (unsigned long long)*have, (unsigned long long)target, *spent,
@@ -306,7 +284,7 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     int mi;
     if (!h->snap || (mi = msadb_signature_memory_index(h->sig, layer)) < 0)
         return 0;
-    double t0 = now_s();
+    double t0 = machine_now_s();
     msadb_query mq;
     msadb_query_stats qs;
     msadb_query_init(&mq);
@@ -332,7 +310,7 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
         if (!rc && h->once && h->check)
             rc = check_blocks(h, &mq, hits, h->n_hits[mi]);
     }
-    h->ms += (now_s() - t0) * 1e3;
+    h->ms += (machine_now_s() - t0) * 1e3;
     h->scanned += qs.blocks_scanned;
     h->attended += qs.tokens_attended;
     h->scan += qs.scan_ms;
@@ -383,21 +361,21 @@ static int measure(msadb_model *m, msadb_store *st, const config *c, int once, r
         msadb_model_ctx_reset(ctx);
         h.ms = 0;
         h.routed = 0;
-        double t0 = now_s();
+        double t0 = machine_now_s();
         if ((rc = msadb_model_forward(ctx, tok, c->prompt, NULL, lg, 0, &hooks)))
             goto out;
         h.routed = 1;
-        double tp = now_s() - t0, pm = h.ms;
+        double tp = machine_now_s() - t0, pm = h.ms;
         h.ms = h.scan = h.select = h.read = h.attend = 0;
         h.scanned = h.attended = 0;
         double c0 = cpu_s();
-        t0 = now_s();
+        t0 = machine_now_s();
         for (uint32_t i = 0; i < c->gen; i++) {
             int32_t t = (int32_t)(i * 7919u % mc->n_vocab);
             if ((rc = msadb_model_forward(ctx, &t, 1, NULL, lg, 0, &hooks)))
                 goto out;
         }
-        double td = now_s() - t0, tc = cpu_s() - c0;
+        double td = machine_now_s() - t0, tc = cpu_s() - c0;
         if (tc < best_c)
             best_c = tc;
         if (tp < best_p) {
@@ -561,7 +539,7 @@ int main(int argc, char **argv)
     int skipped[MAX_SIZES] = {0};
     double build_s[MAX_SIZES] = {0};
     size_t n_res = 0;
-    double spent = 0, t_start = now_s();
+    double spent = 0, t_start = machine_now_s();
     uint64_t have = 0;
     msadb_stat_info si = {0};
     if (c.sizes[c.n_sizes - 1] > 0) {
@@ -675,7 +653,7 @@ int main(int argc, char **argv)
                    r->blocks_scanned_tok, r->tokens_attended_tok, r->scan_ms_tok, r->select_ms_tok,
                    r->read_ms_tok, r->attend_ms_tok, i + 1 < n_res ? "," : "");
         }
-        fprintf(jf, " ],\n \"wall_s\": %.1f}\n", now_s() - t_start);
+        fprintf(jf, " ],\n \"wall_s\": %.1f}\n", machine_now_s() - t_start);
         if (jf != stdout)
             fclose(jf);
     }

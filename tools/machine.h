@@ -1,11 +1,40 @@
-/* machine.h -- what the benchmarks print about the machine they ran on:
- * the CPU model and the load average (other work on the machine skews
- * timings, so every result carries it). */
+/* machine.h -- what the benchmarks share: a monotonic clock, a seeded
+ * random stream, and what they print about the machine they ran on (the
+ * CPU model and the load average: other work skews timings, so every
+ * result carries it). */
 #ifndef MSADB_TOOLS_MACHINE_H
 #define MSADB_TOOLS_MACHINE_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+
+/* Seconds on the monotonic clock. */
+static inline double machine_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* splitmix64: deterministic from the seed on every machine. */
+static inline uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Standard normal (Box-Muller). */
+static inline float rng_normal(uint64_t *s)
+{
+    double u1 = ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    double u2 = ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
 
 /* The "model name" line of /proc/cpuinfo, or "unknown". */
 static inline void machine_cpu_model(char *buf, size_t cap)
