@@ -309,8 +309,19 @@ def gpu_eval(model, path, dev, deadline, log=print):
     cum_blocks = np.cumsum(blocks_per_doc)
     mc = {}
 
-    def acc(outs, ans):
-        return float(np.mean([list(o) == list(a) for o, a in zip(outs, ans)]))
+    # the kinds of the questions, where prepare's eval.json lies beside the arrays
+    meta = os.path.join(os.path.dirname(os.path.abspath(path)), "eval.json")
+    kinds = None
+    if os.path.exists(meta):
+        with open(meta) as f:
+            kinds = [n["kind"] for n in json.load(f)["needles"]]
+
+    def acc(outs, ans, where=None):
+        ok = [list(o) == list(a) for o, a in zip(outs, ans)]
+        if where is not None and kinds is not None and len(kinds) == len(ok):
+            where["by_kind"] = {k: float(np.mean([o for o, kk in zip(ok, kinds) if kk == k]))
+                                for k in sorted(set(kinds))}
+        return float(np.mean(ok))
 
     outs = generate(model, qs, None, dev, eos)
     res["no_memory"] = acc(outs, ans)
@@ -323,11 +334,12 @@ def gpu_eval(model, path, dev, deadline, log=print):
         pools = _pools(kvs, valid, doc, nb, mc)
         t1 = time.time()
         outs = generate(model, qs, pools, dev, eos)
-        a = acc(outs, ans)
+        r = {}
+        a = acc(outs, ans, r)
         res["sizes"][str(name)] = {"tokens": int(nt), "docs": int(nd), "blocks": nb, "acc": a,
                                    "seconds": round(time.time() - t1, 1),
-                                   "sample": [outs[i] for i in range(3)]}
-        log({"event": "eval", "size": str(name), "tokens": int(nt), "acc": a})
+                                   "sample": [outs[i] for i in range(3)], **r}
+        log({"event": "eval", "size": str(name), "tokens": int(nt), "acc": a, **r})
     del kvs, mc
     torch.cuda.empty_cache()
     if time.time() < deadline:

@@ -340,12 +340,47 @@ def _cap(s):
     return s[0].upper() + s[1:]
 
 
-class FactGen:
-    """Seeded generator of facts and questions for one side's vocabulary."""
+ONSETS = ("b c d f g h j k l m n p r s t v w z br ch cl dr fl gr kr pl pr sh st th tr "
+          "").split(" ")
+VOWELS = "a e i o u a e i o ai ea ou".split()
+CODAS = ("", "", "", "n", "r", "l", "s", "m", "nd", "rt", "st", "x", "th")
+KIND_WEIGHTS = {"code": 2, "lives": 1, "pet": 1, "room": 1, "roomcode": 1, "multihop": 2}
 
-    def __init__(self, seed, side):
+
+class FactGen:
+    """Seeded generator of facts and questions for one side's vocabulary.
+
+    synthetic: the fraction of proper nouns (surnames, cities, pet names)
+    made of random syllables instead of drawn from the word list, on the
+    train side only: a name never seen before cannot be recalled from the
+    weights, only copied from memory, which is what the held-out evaluation
+    asks.  kind_weights: relative frequency of each kind of example."""
+
+    def __init__(self, seed, side, synthetic=0.0, kind_weights=None):
         self.rng = np.random.default_rng(seed)
         self.v = Vocab(side)
+        if synthetic and side != "train":
+            raise ValueError("synthetic names are for the train side only")
+        self.synthetic = synthetic
+        self.kw = kind_weights or KIND_WEIGHTS
+        self._avoid = None
+
+    def synthetic_name(self):
+        """A capitalized word of 2-3 random syllables, 4-10 letters, that is
+        not a word of /usr/share/dict/words (so never a held-out name)."""
+        if self._avoid is None:
+            lower, proper = _words()
+            self._avoid = set(lower) | {w.lower() for w in proper}
+        while True:
+            w = "".join(self._pick(ONSETS) + self._pick(VOWELS) + self._pick(CODAS)
+                        for _ in range(int(self.rng.integers(2, 4))))
+            if 4 <= len(w) <= 10 and w not in self._avoid:
+                return w.capitalize()
+
+    def proper(self):
+        if self.synthetic and self.rng.random() < self.synthetic:
+            return self.synthetic_name()
+        return self._pick(self.v.proper)
 
     def _pick(self, xs):
         return xs[int(self.rng.integers(len(xs)))]
@@ -354,7 +389,7 @@ class FactGen:
         return "the %s %s" % (self._pick(self.v.adj), self._pick(self.v.noun))
 
     def person(self):
-        return "%s %s" % (self._pick(self.v.first), self._pick(self.v.proper))
+        return "%s %s" % (self._pick(self.v.first), self.proper())
 
     def fact(self, kind, **kw):
         """One fact: dict(kind, key, text, prefix (text before the value),
@@ -368,12 +403,12 @@ class FactGen:
             key = "code|%s|%s" % (d["ent"], d["attr"])
         elif kind == "lives":
             d.setdefault("per", self.person())
-            d.setdefault("val", r(self.v.proper))
+            d.setdefault("val", self.proper())
             key = "lives|" + d["per"]
         elif kind == "pet":
             d.setdefault("per", self.person())
             d.setdefault("animal", r(ANIMALS))
-            d.setdefault("val", r(self.v.proper))
+            d.setdefault("val", self.proper())
             key = "pet|%s|%s" % (d["per"], d["animal"])
         elif kind == "room":
             d.setdefault("ent", self.entity())
@@ -398,8 +433,7 @@ class FactGen:
     def example(self, kind=None):
         """A question with the facts it needs: dict(facts [texts], prefixes,
         vals, question, answer, keys, hops)."""
-        kind = kind or self._pick(["code", "code", "lives", "pet", "room", "roomcode",
-                                   "multihop", "multihop"])
+        kind = kind or self._pick([k for k, n in self.kw.items() for _ in range(n)])
         if kind == "multihop":
             a = self.fact("room")
             b = self.fact("roomcode", room=a["val"])
@@ -491,7 +525,13 @@ def cmd_build(args):
     train.tofile(os.path.join(args.out, "train_lm.u16"))
     val.tofile(os.path.join(args.out, "val_lm.u16"))
     print("train tokens %d, val tokens %d" % (len(train), len(val)), flush=True)
-    g = FactGen(args.seed, "train")
+    kw = dict(KIND_WEIGHTS)
+    for item in args.kind_weights.split(",") if args.kind_weights else []:
+        k, n = item.split("=")
+        if k not in kw:
+            raise SystemExit("--kind-weights: unknown kind %r" % k)
+        kw[k] = int(n)
+    g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
     np.savez_compressed(os.path.join(args.out, "facts_train.npz"), **pack_examples(sp, exs))
     print("train examples", len(exs), flush=True)
@@ -503,6 +543,10 @@ def main(argv):
     ap.add_argument("--out", default=os.path.join(ROOT, ".train-data"))
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--n-train-facts", type=int, default=160000)
+    ap.add_argument("--synthetic-names", type=float, default=0.0,
+                    help="fraction of train-side proper nouns made of random syllables")
+    ap.add_argument("--kind-weights", default="",
+                    help="e.g. lives=2,pet=2 (others keep their defaults: %s)" % KIND_WEIGHTS)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.cmd in ("extract", "all"):

@@ -656,6 +656,8 @@ def main():
     ap.add_argument("--qa-frac-mem", type=float, default=0.0,
                     help="phases b, c: share of dense in-context QA batches")
     ap.add_argument("--resume", default="", help="checkpoint directory to start from")
+    ap.add_argument("--init-gguf", default="",
+                    help="start from the weights of a GGUF file (dequantized), e.g. the shipped model")
     ap.add_argument("--ctx-frac", type=float, default=0.25)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--lm-weight", type=float, default=0.3)
@@ -695,6 +697,15 @@ def main():
         for i in range(3):
             sd.update(torch.load(os.path.join(args.resume, "ckpt_%d.pt" % i), map_location="cpu"))
         model.load_state_dict(sd)
+    elif args.init_gguf:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import eval_memory
+        g = eval_memory.torch_from_gguf(args.init_gguf)
+        gc, mc = g.c.to_dict(), c.to_dict()
+        if gc.keys() != mc.keys() or any(not math.isclose(gc[k], mc[k], rel_tol=1e-6) for k in mc):
+            raise SystemExit("--init-gguf: the file's shape differs from the model's: %s"
+                             % g.c.to_dict())
+        model.load_state_dict(g.state_dict())
     model = model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     log({"event": "start", "params": n_params, "config": c.to_dict(), "args": vars(args),
