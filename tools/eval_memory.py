@@ -503,6 +503,13 @@ def cmd_cpu(args):
                 res["sizes"][s]["exact"] = {"acc": acc_x, "latency_s": lat_x,
                                             "by_kind": by_kind(needles, outs_x)}
                 print(s, "exact", acc_x, flush=True)
+            if "interleave" in args.what:
+                # one interleave round: the best-routed document's text goes into the
+                # prompt and routing runs again (as for multi-hop questions)
+                acc_i, lat_i, outs_i = run_qs(st, qs, exp, interleave=1)
+                res["sizes"][s]["interleave"] = {"acc": acc_i, "latency_s": lat_i,
+                                                 "by_kind": by_kind(needles, outs_i)}
+                print(s, "interleave", acc_i, lat_i, flush=True)
             if "trunc" in args.what:
                 # (b) the haystack truncated to the context: its last ~950 tokens
                 tail, n = [], 0
@@ -612,7 +619,8 @@ def cmd_plot(args):
                 ys.append(100 * v["acc"])
         ax.plot(xs, ys, style, label=label)
         if path == args.cpu:
-            for key, lab, st in (("rag", "RAG: Xapian BM25 top-3 in prompt", "^-"),
+            for key, lab, st in (("interleave", "memory + one interleave round (C)", "D-"),
+                                 ("rag", "RAG: Xapian BM25 top-3 in prompt", "^-"),
                                  ("truncated", "haystack truncated to context", "v-")):
                 xs2, ys2 = [], []
                 for s in order:
@@ -743,9 +751,61 @@ def cmd_check(args):
     return out
 
 
+def cmd_plot_log(args):
+    """Loss curves of a training log (train_memory_model.py's jsonl, with a
+    "run" field per command): steps are counted across the commands."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(args.log)]
+    offset, last_run, last_step = 0, None, 0
+    series = {"lm": ([], []), "qa_ans": ([], []), "ans": ([], []), "acc": ([], [])}
+    starts = []
+    for r in rows:
+        if "step" not in r:
+            continue
+        if r.get("run") != last_run:
+            offset += last_step
+            last_run = r.get("run")
+            starts.append((offset, last_run))
+        last_step = r["step"]
+        x = offset + r["step"]
+        for k in series:
+            # memory batches without context: the answer loss msadb's reading sees
+            if k in r and (k not in ("ans", "acc") or (r.get("mem") == 1 and r.get("ctx") == 0)):
+                series[k][0].append(x)
+                series[k][1].append(r[k])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    labels = {"lm": "LM loss (text)", "qa_ans": "in-context QA answer loss",
+              "ans": "memory answer loss (question alone, msadb routing)"}
+    for k, lab in labels.items():
+        if series[k][0]:
+            ax.plot(series[k][0], series[k][1], lw=0.8, label=lab)
+    ax2 = ax.twinx()
+    if series["acc"][0]:
+        ax2.plot(series["acc"][0], series["acc"][1], lw=0.6, color="gray", alpha=0.6,
+                 label="memory exact answers (batch)")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("exact answers (fraction)")
+    for x, run in starts:
+        ax.axvline(x, color="k", lw=0.5, ls=":")
+        ax.text(x, 8.0, " %s" % run, fontsize=7, va="top")
+    ax.set_ylim(0, 8.5)
+    ax.set_xlabel("optimizer step (all commands, in order; dotted: start of a command)")
+    ax.set_ylabel("loss (nats)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
+    ax.set_title("msadb-mem training (%s)" % os.path.basename(args.log))
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=110)
+    print(args.png)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check"])
+    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log"])
+    ap.add_argument("--log", default=os.path.join(ROOT, "models", "msadb-mem.train-log.jsonl"))
     ap.add_argument("--build", default="/tmp/build-train")
     ap.add_argument("--data", default=os.path.join(ROOT, ".train-data"))
     ap.add_argument("--seed", type=int, default=4321)
@@ -767,6 +827,8 @@ def main(argv):
         cmd_cpu(args)
     elif args.cmd == "check":
         cmd_check(args)
+    elif args.cmd == "plot-log":
+        cmd_plot_log(args)
     else:
         cmd_plot(args)
     return 0
