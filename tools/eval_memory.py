@@ -358,13 +358,29 @@ def gpu_eval(model, path, dev, deadline, log=print):
 # CPU evaluation through the C library
 # --------------------------------------------------------------------------
 
+def header_fields(struct):
+    """Field names of a struct of include/msadb.h, in order."""
+    import re
+    src = open(os.path.join(ROOT, "include", "msadb.h")).read()
+    body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (struct, struct), src, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    names = []
+    for decl in body.split(";"):
+        decl = decl.strip()
+        if not decl:
+            continue
+        m = re.search(r"\(\s*\*\s*(\w+)\s*\)", decl) or re.search(r"(\w+)\s*(\[[^\]]*\])?$", decl)
+        names.append(m.group(1))
+    return names
+
+
 class AskParams(ctypes.Structure):
     _fields_ = [("spaces", ctypes.c_void_p), ("n_spaces", ctypes.c_size_t),
                 ("top_k", ctypes.c_uint32), ("select", ctypes.c_int), ("exact", ctypes.c_int),
                 ("no_memory", ctypes.c_int), ("max_tokens", ctypes.c_uint32),
                 ("temperature", ctypes.c_float), ("top_p", ctypes.c_float),
                 ("seed", ctypes.c_uint64), ("query_pos", ctypes.c_int32),
-                ("interleave", ctypes.c_uint32), ("on_text", ctypes.c_void_p),
+                ("route_each_token", ctypes.c_int), ("interleave", ctypes.c_uint32), ("on_text", ctypes.c_void_p),
                 ("user", ctypes.c_void_p)]
 
 
@@ -378,6 +394,13 @@ class Msadb:
     """The few public functions the evaluation needs, through ctypes."""
 
     def __init__(self, lib):
+        # the ctypes mirrors must follow include/msadb.h field for field
+        for cls, name in ((AskParams, "msadb_ask_params"), (Options, "msadb_options")):
+            want = header_fields(name)
+            have = [f[0] for f in cls._fields_]
+            if want != have:
+                raise SystemExit("eval_memory.py: %s is out of date with include/msadb.h: %s != %s"
+                                 % (cls.__name__, have, want))
         self.L = L = ctypes.CDLL(lib)
         L.msadb_strerror.restype = ctypes.c_char_p
         self.llm = ctypes.c_void_p()
@@ -410,12 +433,13 @@ class Msadb:
                                            ctypes.c_size_t(len(b)), ctypes.byref(did)), "ingest")
 
     def ask(self, st, question, no_memory=False, interleave=0, top_k=16, max_tokens=12,
-            exact=False):
+            exact=False, route_each_token=False):
         p = AskParams()
         self.L.msadb_ask_params_init(ctypes.byref(p))
         p.no_memory = int(no_memory)
         p.exact = int(exact)
         p.interleave = interleave
+        p.route_each_token = int(route_each_token)
         p.top_k = top_k
         p.max_tokens = max_tokens
         buf = ctypes.create_string_buffer(4096)
@@ -469,6 +493,8 @@ def cmd_cpu(args):
 
     qs = [e["question"] for e in needles]
     exp = [e["answer"] for e in needles]
+    # "none", "trunc", "rag", "multihop" (the baselines and multi-hop set), "exact" (every
+    # block attended), "interleave" (one interleave round), "each" (route_each_token)
     if "no_memory" not in res and "none" in args.what:
         acc, lat, outs = run_qs(None, qs, exp, no_memory=True)
         res["no_memory"] = {"acc": acc, "latency_s": lat, "sample": outs[:5]}
@@ -510,6 +536,12 @@ def cmd_cpu(args):
                 res["sizes"][s]["interleave"] = {"acc": acc_i, "latency_s": lat_i,
                                                  "by_kind": by_kind(needles, outs_i)}
                 print(s, "interleave", acc_i, lat_i, flush=True)
+            if "each" in args.what:
+                # every generated token routes again (msadb_ask_params.route_each_token)
+                acc_e, lat_e, outs_e = run_qs(st, qs, exp, route_each_token=True)
+                res["sizes"][s]["route_each_token"] = {"acc": acc_e, "latency_s": lat_e,
+                                                       "by_kind": by_kind(needles, outs_e)}
+                print(s, "route_each_token", acc_e, lat_e, flush=True)
             if "trunc" in args.what:
                 # (b) the haystack truncated to the context: its last ~950 tokens
                 tail, n = [], 0
