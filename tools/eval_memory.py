@@ -517,10 +517,11 @@ def cmd_cpu(args):
             t_ing += time.time() - t
             done = nd
             acc, lat, outs = run_qs(st, qs, exp)
-            res["sizes"][s] = {"tokens": rec["sizes"][s]["tokens"], "docs": nd, "acc": acc,
-                               "latency_s": lat, "ingest_s_cumulative": round(t_ing, 1),
-                               "by_kind": by_kind(needles, outs),
-                               "wrong": [(q, e, o) for q, e, o in zip(qs, exp, outs) if norm_answer(o) != e][:8]}
+            # a later run with other --what keeps the other figures of a size
+            res["sizes"].setdefault(s, {}).update(
+                {"tokens": rec["sizes"][s]["tokens"], "docs": nd, "acc": acc, "latency_s": lat,
+                 "ingest_s_cumulative": round(t_ing, 1), "by_kind": by_kind(needles, outs),
+                 "wrong": [(q, e, o) for q, e, o in zip(qs, exp, outs) if norm_answer(o) != e][:8]})
             print(s, acc, lat, "ingest", round(t_ing, 1), flush=True)
             save()
             if "exact" in args.what:
