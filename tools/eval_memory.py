@@ -19,14 +19,22 @@
         model's 1024-token context); (c) RAG: Xapian (BM25) over the same
         documents, the top 3 pasted before the question; multi-hop with
         interleave off and on (--what picks: none, exact, trunc, rag,
-        multihop; "exact" attends every block, separating routing from
-        reading).  Latency per question is wall time.
+        multihop, interleave, each; "exact" attends every block, separating
+        routing from reading; "interleave" one interleave round on the
+        single-hop questions; "each" route_each_token).  A later run into
+        the same --out keeps the figures it does not measure again.
+        Latency per question is wall time.
     /usr/bin/python3 tools/eval_memory.py plot --cpu J --gpu J --png docs/model-eval.png
         accuracy vs memory size
     /usr/bin/python3 tools/eval_memory.py check --model models/msadb-mem.gguf
         next-token logits of msadb's C runtime (a small program built against
         BUILD/libmsadb/libmsadb.a) vs the PyTorch model holding the GGUF's
         weights, in float64
+    /usr/bin/python3 tools/eval_memory.py plot-log [--log models/msadb-mem.train-log.jsonl] --png P
+        loss curves of the training log, steps counted across its commands
+    /usr/bin/python3 tools/eval_memory.py mirrors --lib BUILD/libmsadb/libmsadb.so
+        checks the ctypes copies of msadb_ask_params and msadb_options
+        against include/msadb.h and the library (a meson test)
 
 gpu_eval() is called by tools/train_memory_model.py after training: the
 same evaluation through the PyTorch model with msadb's routing (mean-key
@@ -374,6 +382,37 @@ def header_fields(struct):
     return names
 
 
+def check_mirrors(L):
+    """Problems of the ctypes mirrors (AskParams, Options) against the
+    header and the library: field names and order as declared, and a layout
+    check: the library's *_init() fills a sentinel-filled buffer; its defaults
+    must land in the right fields and nothing may be written past the
+    mirror's size."""
+    problems = []
+    for cls, name, init, defaults in (
+            (AskParams, "msadb_ask_params", "msadb_ask_params_init",
+             {"top_k": 16, "max_tokens": 64, "top_p": 1.0}),
+            (Options, "msadb_options", "msadb_options_init", {"zstd_level": 1})):
+        want = header_fields(name)
+        have = [f[0] for f in cls._fields_]
+        if want != have:
+            problems.append("%s fields %s, header %s" % (cls.__name__, have, want))
+            continue
+        n = ctypes.sizeof(cls)
+        buf = (ctypes.c_ubyte * (n + 64))(*([0xAB] * (n + 64)))
+        getattr(L, init)(ctypes.byref(buf))
+        if any(b != 0xAB for b in buf[n:]):
+            problems.append("%s: the library's struct is larger than the mirror (%d bytes)"
+                            % (name, n))
+        st = cls.from_buffer(buf)
+        for f, _ in cls._fields_:
+            v = getattr(st, f)
+            exp = defaults.get(f, 0)
+            if (v or 0) != exp:
+                problems.append("%s.%s reads %r after %s(), expected %r" % (name, f, v, init, exp))
+    return problems
+
+
 class AskParams(ctypes.Structure):
     _fields_ = [("spaces", ctypes.c_void_p), ("n_spaces", ctypes.c_size_t),
                 ("top_k", ctypes.c_uint32), ("select", ctypes.c_int), ("exact", ctypes.c_int),
@@ -394,14 +433,11 @@ class Msadb:
     """The few public functions the evaluation needs, through ctypes."""
 
     def __init__(self, lib):
-        # the ctypes mirrors must follow include/msadb.h field for field
-        for cls, name in ((AskParams, "msadb_ask_params"), (Options, "msadb_options")):
-            want = header_fields(name)
-            have = [f[0] for f in cls._fields_]
-            if want != have:
-                raise SystemExit("eval_memory.py: %s is out of date with include/msadb.h: %s != %s"
-                                 % (cls.__name__, have, want))
         self.L = L = ctypes.CDLL(lib)
+        problems = check_mirrors(L)
+        if problems:
+            raise SystemExit("eval_memory.py: ctypes mirrors out of date with include/msadb.h:\n  "
+                             + "\n  ".join(problems))
         L.msadb_strerror.restype = ctypes.c_char_p
         self.llm = ctypes.c_void_p()
 
@@ -784,6 +820,16 @@ def cmd_check(args):
     return out
 
 
+def cmd_mirrors(args):
+    """Exit 1 if the ctypes mirrors disagree with include/msadb.h / the library."""
+    problems = check_mirrors(ctypes.CDLL(args.lib))
+    for p in problems:
+        print("FAIL:", p)
+    if problems:
+        sys.exit(1)
+    print("ctypes mirrors match include/msadb.h and %s" % os.path.basename(args.lib))
+
+
 def cmd_plot_log(args):
     """Loss curves of a training log (train_memory_model.py's jsonl, with a
     "run" field per command): steps are counted across the commands."""
@@ -837,7 +883,7 @@ def cmd_plot_log(args):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log"])
+    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log", "mirrors"])
     ap.add_argument("--log", default=os.path.join(ROOT, "models", "msadb-mem.train-log.jsonl"))
     ap.add_argument("--build", default="/tmp/build-train")
     ap.add_argument("--data", default=os.path.join(ROOT, ".train-data"))
@@ -862,6 +908,8 @@ def main(argv):
         cmd_check(args)
     elif args.cmd == "plot-log":
         cmd_plot_log(args)
+    elif args.cmd == "mirrors":
+        cmd_mirrors(args)
     else:
         cmd_plot(args)
     return 0
