@@ -30,7 +30,7 @@
         next-token logits of msadb's C runtime (a small program built against
         BUILD/libmsadb/libmsadb.a) vs the PyTorch model holding the GGUF's
         weights, in float64
-    /usr/bin/python3 tools/eval_memory.py plot-log [--log models/msadb-mem.train-log.jsonl] --png P
+    /usr/bin/python3 tools/eval_memory.py plot-log [--log models/msadb-mem.train-log.jsonl] [--png P]
         loss curves of the training log, steps counted across its commands
     /usr/bin/python3 tools/eval_memory.py mirrors --lib BUILD/libmsadb/libmsadb.so
         checks the ctypes copies of msadb_ask_params and msadb_options
@@ -897,8 +897,12 @@ def main(argv):
     ap.add_argument("--out", default="/tmp/msadb-eval/cpu.json")
     ap.add_argument("--cpu", default="")
     ap.add_argument("--gpu", default="")
-    ap.add_argument("--png", default=os.path.join(ROOT, "docs", "model-eval.png"))
+    ap.add_argument("--png", default=None,
+                    help="default: docs/model-eval.png (plot), models/msadb-mem.loss.png (plot-log)")
     args = ap.parse_args(argv)
+    if args.png is None:
+        args.png = (os.path.join(ROOT, "models", "msadb-mem.loss.png") if args.cmd == "plot-log"
+                    else os.path.join(ROOT, "docs", "model-eval.png"))
     if args.cmd == "prepare":
         cmd_prepare(args)
     elif args.cmd == "cpu":
