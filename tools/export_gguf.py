@@ -98,13 +98,10 @@ def read_spm(path):
 
 
 def load_state(ckpt):
-    import torch
-    sd = {}
-    for i in range(3):
-        sd.update(torch.load(os.path.join(ckpt, "ckpt_%d.pt" % i), map_location="cpu"))
-    with open(os.path.join(ckpt, "ckpt_meta.json")) as f:
-        meta = json.load(f)
-    return {k: v.float().numpy() for k, v in sd.items()}, meta
+    """(state as numpy fp32, meta) of a train_memory_model.py checkpoint."""
+    import train_memory_model as tm
+    sd, meta = tm.load_state(ckpt)
+    return {k: v.numpy() for k, v in sd.items()}, meta
 
 
 def build(sd, meta, tok_path, wtype, name, extra=None):

@@ -603,31 +603,54 @@ def val_lm(model, val, dev, T=1024):
 # Checkpoints
 # --------------------------------------------------------------------------
 
-def save_ckpt(model, out, meta):
-    """fp32 state in three files (each under 16 MB for the transfer back)."""
-    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    L = model.c.n_layers
-    parts = [{k: v for k, v in sd.items() if not k.startswith("layers.")},
-             {k: v for k, v in sd.items() if k.startswith("layers.") and int(k.split(".")[1]) < L // 2},
-             {k: v for k, v in sd.items() if k.startswith("layers.") and int(k.split(".")[1]) >= L // 2}]
+PART_BYTES = 15 << 20  # each checkpoint file under the 16 MB transfer limit
+
+
+def save_ckpt(model, out, meta, dtype="fp32"):
+    """The state in files ckpt_0.pt .. ckpt_{n-1}.pt of at most 15 MB each
+    (whole tensors, in state order), meta["parts"] = n; dtype "bf16" halves
+    the bytes (for models whose fp32 state would need too many files)."""
+    td = torch.bfloat16 if dtype == "bf16" else torch.float32
+    sd = {k: v.detach().to(td).cpu() for k, v in model.state_dict().items()}
+    parts, cur, size = [], {}, 0
+    for k, v in sd.items():
+        nb = v.numel() * v.element_size()
+        if cur and size + nb > PART_BYTES:
+            parts.append(cur)
+            cur, size = {}, 0
+        cur[k] = v
+        size += nb
+    parts.append(cur)
     for i, p in enumerate(parts):
         torch.save(p, os.path.join(out, "ckpt_%d.pt" % i))
+    meta = dict(meta, parts=len(parts), ckpt_dtype=dtype)
     with open(os.path.join(out, "ckpt_meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
 
 
-def load_ckpt(path_dir, device="cpu"):
+def load_state(path_dir):
+    """(state dict in fp32, meta) of a checkpoint directory.  Checkpoints
+    written before the part count was recorded have three parts."""
     with open(os.path.join(path_dir, "ckpt_meta.json")) as f:
         meta = json.load(f)
+    sd = {}
+    for i in range(int(meta.get("parts", 3))):
+        sd.update(torch.load(os.path.join(path_dir, "ckpt_%d.pt" % i), map_location="cpu"))
+    return {k: v.float() for k, v in sd.items()}, meta
+
+
+def config_of(meta):
     c = Config()
     for k, v in meta["config"].items():
         setattr(c, k, v)
-    m = Model(c)
-    sd = {}
-    for i in range(3):
-        sd.update(torch.load(os.path.join(path_dir, "ckpt_%d.pt" % i), map_location=device))
+    return c
+
+
+def load_ckpt(path_dir, device="cpu"):
+    sd, meta = load_state(path_dir)
+    m = Model(config_of(meta))
     m.load_state_dict(sd)
-    return m, meta
+    return m.to(device), meta
 
 
 # --------------------------------------------------------------------------
@@ -666,6 +689,15 @@ def main():
     ap.add_argument("--eval-gpu", default="")
     ap.add_argument("--eval-time", type=float, default=150)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke test)")
+    ap.add_argument("--n-layers", type=int, default=0, help="model shape (default: Config's, "
+                    "the shipped model's 8 layers, d 256, ffn 768, 4 heads, 2 kv heads)")
+    ap.add_argument("--d", type=int, default=0)
+    ap.add_argument("--ffn", type=int, default=0)
+    ap.add_argument("--n-heads", type=int, default=0)
+    ap.add_argument("--n-kv", type=int, default=0)
+    ap.add_argument("--ckpt-dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="checkpoint precision (bf16 for models above ~15M parameters: at most "
+                         "4 files of 15 MB come back from the GPU machine with the logs)")
     args = ap.parse_args()
     t_start = time.time()
     os.makedirs(args.out, exist_ok=True)
@@ -686,6 +718,15 @@ def main():
     c = Config()
     if args.tiny:
         c.n_layers, c.d, c.ffn = 2, 64, 128
+    for k in ("n_layers", "d", "ffn", "n_heads", "n_kv"):
+        if getattr(args, k):
+            setattr(c, k, getattr(args, k))
+    if c.d % c.n_heads or c.n_heads % c.n_kv:
+        raise SystemExit("--d must be a multiple of --n-heads, --n-heads of --n-kv")
+    c.hd = c.d // c.n_heads
+    if args.resume:
+        sd_resume, meta_resume = load_state(args.resume)
+        c = config_of(meta_resume)
     lm = np.fromfile(os.path.join(args.data, "train_lm.u16"), dtype=np.uint16)
     val = np.fromfile(os.path.join(args.data, "val_lm.u16"), dtype=np.uint16)
     facts = Facts(os.path.join(args.data, "facts_train.npz"))
@@ -693,10 +734,7 @@ def main():
     n_train_ex = facts.n - n_val_ex
     model = Model(c)
     if args.resume:
-        sd = {}
-        for i in range(3):
-            sd.update(torch.load(os.path.join(args.resume, "ckpt_%d.pt" % i), map_location="cpu"))
-        model.load_state_dict(sd)
+        model.load_state_dict(sd_resume)
     elif args.init_gguf:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import eval_memory
@@ -824,7 +862,7 @@ def main():
         save_ckpt(model, args.out, {"config": c.to_dict(), "params": n_params, "steps": step,
                                     "phase": ph, "tokens": dict(tokens_seen), "seed": args.seed,
                                     "train_seconds": round(time.time() - t_train0, 1),
-                                    "args": vars(args)})
+                                    "args": vars(args)}, dtype=args.ckpt_dtype)
     phase_box["stop"] = True
     try:
         while True:
