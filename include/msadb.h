@@ -120,6 +120,14 @@ MSADB_API int msadb_dtype_parse(const char *name);
                                    see docs/benchmarks.md) */
 #define MSADB_SUMMARY_ALL 7u
 
+/* How a query meets the mean summary (msadb_query.score): cosine of q with
+ * the block's mean key (the engine's default, as in MSA), or the plain dot
+ * product q . mean (what a model trained with dot-product routing, such as
+ * the bundled msadb-mem, expects).  The other summaries have one scoring. */
+#define MSADB_SCORE_DEFAULT 0
+#define MSADB_SCORE_COSINE 1
+#define MSADB_SCORE_DOT 2
+
 /* Position schemes. */
 #define MSADB_POSITIONS_DOCUMENT 0u /* each document's positions start at 0 */
 
@@ -428,6 +436,8 @@ typedef struct msadb_query {
     int select;               /* MSADB_SELECT_* (default blocks) */
     uint32_t summary;         /* one MSADB_SUMMARY_* kind stored in the store;
                                  0 = the engine's default for the store */
+    int score;                /* MSADB_SCORE_*: for the mean summary (default
+                                 cosine); other values MSADB_EINVAL */
     float scale;              /* softmax scale; 0 = 1/sqrt(head_dim) */
     int exact;                /* attend every block */
     int per_token;            /* each query token gets its own selection */
@@ -568,7 +578,10 @@ typedef struct msadb_llm_info {
 /** Loads a GGUF file (llama architecture; tensors F32, F16, BF16, Q8_0;
  * tokenizer "llama" or "gpt2" from its metadata).  Errors: those of the
  * GGUF reader (MSADB_ECORRUPT, MSADB_EVERSION), MSADB_EDTYPE, MSADB_ENOTFOUND,
- * MSADB_EINVAL (unsupported architecture or feature), errno values. */
+ * MSADB_EINVAL (unsupported architecture or feature, or an unknown value of
+ * the optional routing keys msadb.routing.summary / msadb.routing.score,
+ * which say how the model was trained to route: msadb_ask_params), errno
+ * values. */
 MSADB_API int msadb_llm_open(const char *path, msadb_llm **out);
 /** Frees a model; NULL allowed. */
 MSADB_API void msadb_llm_close(msadb_llm *llm);
@@ -632,6 +645,12 @@ typedef struct msadb_ask_params {
     uint32_t interleave;    /* memory-interleave rounds (0 = off): the text of
                                the best document is put in front of the
                                question and memory is queried again */
+    uint32_t summary;       /* MSADB_SUMMARY_* to route with, 0 = the model's
+                               own routing (GGUF keys msadb.routing.summary
+                               "mean"|"reps"|"minmax" and msadb.routing.score
+                               "dot"|"cosine") where the store holds that
+                               summary, else the engine's default */
+    int score;              /* MSADB_SCORE_*, 0 = the model's own (as above) */
     /* Streaming: called with each piece of answer text as it is generated;
      * a non-zero return stops generation. */
     int (*on_text)(const char *text, size_t len, void *user);
@@ -649,7 +668,8 @@ MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
  * characters (an incomplete one is held back until the next piece).  store
  * may be NULL (no memory); its signature must match the model
  * (MSADB_ESIGNATURE).  Errors also: MSADB_EINVAL (temperature < 0, top_p
- * outside (0, 1], interleave > 8), MSADB_ENOTFOUND (unknown space),
+ * outside (0, 1], interleave > 8, an unknown summary or score, a summary the
+ * store does not hold), MSADB_ENOTFOUND (unknown space),
  * MSADB_ELIMIT (answer longer than cap). */
 MSADB_API int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
                             const msadb_ask_params *p, char *answer, size_t cap, size_t *len,

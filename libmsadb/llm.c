@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf.h"
 #include "model.h"
 #include "store_impl.h"
 #include "tokenizer.h"
@@ -17,7 +18,47 @@
 struct msadb_llm {
     msadb_model *model;
     msadb_tokenizer *tok;
+    /* how the model was trained to route (GGUF msadb.routing.*), 0 = not said */
+    uint32_t route_summary;
+    int route_score;
 };
+
+/* The model's declared routing: optional string keys msadb.routing.summary
+ * ("mean", "reps", "minmax") and msadb.routing.score ("dot", "cosine").
+ * Unknown values are MSADB_EINVAL, values of another type MSADB_ECORRUPT. */
+static int read_routing(msadb_llm *llm)
+{
+    static const struct {
+        const char *key, *name;
+        int value;
+    } known[] = {{"msadb.routing.summary", "mean", MSADB_SUMMARY_MEAN},
+                 {"msadb.routing.summary", "reps", MSADB_SUMMARY_REPS},
+                 {"msadb.routing.summary", "minmax", MSADB_SUMMARY_MINMAX},
+                 {"msadb.routing.score", "dot", MSADB_SCORE_DOT},
+                 {"msadb.routing.score", "cosine", MSADB_SCORE_COSINE}};
+    const msadb_gguf *g = msadb_model_gguf(llm->model);
+    for (int k = 0; k < 2; k++) {
+        const char *key = k ? "msadb.routing.score" : "msadb.routing.summary";
+        char v[16];
+        int rc = msadb_gguf_get_cstr(g, key, v, sizeof v);
+        if (rc == MSADB_ENOTFOUND)
+            continue;
+        if (rc)
+            return rc == MSADB_ELIMIT ? MSADB_EINVAL : rc == MSADB_EDTYPE ? MSADB_ECORRUPT : rc;
+        int found = 0;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (!strcmp(known[i].key, key) && !strcmp(known[i].name, v)) {
+                if (k)
+                    llm->route_score = known[i].value;
+                else
+                    llm->route_summary = (uint32_t)known[i].value;
+                found = 1;
+            }
+        if (!found)
+            return MSADB_EINVAL;
+    }
+    return 0;
+}
 
 int msadb_llm_open(const char *path, msadb_llm **out)
 {
@@ -30,6 +71,8 @@ int msadb_llm_open(const char *path, msadb_llm **out)
     int rc = msadb_model_open(path, &llm->model);
     if (!rc)
         rc = msadb_tokenizer_from_gguf(msadb_model_gguf(llm->model), &llm->tok);
+    if (!rc)
+        rc = read_routing(llm);
     if (rc) {
         msadb_llm_close(llm);
         return rc;
@@ -284,6 +327,8 @@ typedef struct {
     msadb_snapshot *snap; /* NULL: no memory */
     const msadb_ask_params *p;
     const msadb_signature *sig;
+    uint32_t summary; /* routing of every memory query */
+    int score;
     uint32_t last_memory_layer;
     size_t prompt_len;    /* hits are kept from the pass over the prompt's */
     int recorded;         /* last chunk, in the last memory layer */
@@ -325,6 +370,8 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     mq.top_k = a->p->top_k;
     mq.select = a->p->select;
     mq.exact = a->p->exact;
+    mq.summary = a->summary;
+    mq.score = a->score;
     int in_prompt = first + n <= a->prompt_len && !a->recorded;
     if (!in_prompt && !a->p->route_each_token) {
         /* a generated token: attend the prompt's selection again */
@@ -493,7 +540,10 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     msadb_ask_params_init(&defaults);
     const msadb_ask_params *p = p_in ? p_in : &defaults;
     if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
-        isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces))
+        isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
+        (p->summary && p->summary != MSADB_SUMMARY_MEAN && p->summary != MSADB_SUMMARY_MINMAX &&
+         p->summary != MSADB_SUMMARY_REPS) ||
+        (p->score != MSADB_SCORE_DEFAULT && p->score != MSADB_SCORE_COSINE && p->score != MSADB_SCORE_DOT))
         return MSADB_EINVAL;
     int rc;
     if (st && (rc = check_signature(llm, st)))
@@ -512,6 +562,12 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     msadb_model_ctx *ctx = NULL;
     if (st && !p->no_memory) {
         a.sig = msadb_store_signature(st);
+        /* an explicit choice must be stored (else the engine says EINVAL);
+         * the model's own applies where the store holds it */
+        a.summary = p->summary;
+        a.score = p->score ? p->score : llm->route_score;
+        if (!a.summary && (a.sig->summary_kinds & llm->route_summary))
+            a.summary = llm->route_summary;
         a.last_memory_layer = a.sig->memory_layers[a.sig->n_memory_layers - 1];
         if ((rc = msadb_snapshot_begin(st, &a.snap)))
             return rc;

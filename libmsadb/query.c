@@ -933,6 +933,8 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         return q->top_k == 0 ? MSADB_EINVAL : MSADB_ELIMIT;
     if (!(q->scale >= 0.0f) || isinf(q->scale))
         return MSADB_EINVAL;
+    if (q->score != MSADB_SCORE_DEFAULT && q->score != MSADB_SCORE_COSINE && q->score != MSADB_SCORE_DOT)
+        return MSADB_EINVAL;
     if (q->n_spaces > 0 && !q->spaces)
         return MSADB_EINVAL;
     for (size_t i = 0; i < q->n_spaces; i++)
@@ -961,7 +963,8 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
 /* Scoring of the mean summary: cosine of q with the block's mean key (as in
  * MSA), which found 16-token needles in 91% of the queries where the plain
  * dot product found 70% at 10M tokens, for the same scan time (see
- * docs/benchmarks-query.md).  MSADB_MEAN_SCORE=dot selects q . mean, for
+ * docs/benchmarks-query.md).  MSADB_MEAN_SCORE=dot selects q . mean where
+ * the query leaves the score to the engine (msadb_query.score), for
  * comparisons. */
 static int mean_kind(void)
 {
@@ -1012,7 +1015,11 @@ static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, flo
     const size_t nq = q->n_query, nrows = nq * G;
     const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
     const int per_token = q->per_token && !q->exact;
-    qs->kind = skind == MSADB_SUMMARY_MINMAX ? KIND_MINMAX : skind == MSADB_SUMMARY_REPS ? KIND_REPS : mean_kind();
+    qs->kind = skind == MSADB_SUMMARY_MINMAX ? KIND_MINMAX
+               : skind == MSADB_SUMMARY_REPS ? KIND_REPS
+               : q->score == MSADB_SCORE_DOT ? KIND_MEAN
+               : q->score == MSADB_SCORE_COSINE ? KIND_MEAN_COS
+                                             : mean_kind();
     qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
     qs->k = q->top_k;
     qs->d = d;

@@ -295,6 +295,106 @@ static void test_ask_routing(const char *path, const char *dir)
     msadb_llm_close(llm);
 }
 
+/* Routing choice in msadb_llm_ask: a model that declares dot-product mean
+ * routing (GGUF msadb.routing.*) routes exactly as an undeclared model asked
+ * explicitly for (MEAN, DOT), and differently from the engine's default and
+ * from cosine; bad choices and bad declarations are refused. */
+static void ask_hits(msadb_llm *llm, msadb_store *st, uint32_t summary, int score, msadb_hit *hits,
+                     size_t *nh)
+{
+    msadb_ask_params p;
+    msadb_ask_params_init(&p);
+    p.max_tokens = 4;
+    p.top_k = 3;
+    p.summary = summary;
+    p.score = score;
+    char a[256];
+    size_t l;
+    CHECK_OK(msadb_llm_ask(llm, st, question, strlen(question), &p, a, sizeof a, &l, hits, 64, nh));
+    CHECK(*nh > 0 && *nh <= 64);
+}
+
+static int same_hits(const msadb_hit *a, size_t na, const msadb_hit *b, size_t nb)
+{
+    if (na != nb)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (a[i].block_id != b[i].block_id || a[i].kv_head != b[i].kv_head || a[i].score != b[i].score)
+            return 0;
+    return 1;
+}
+
+static void test_declared_routing(const char *plain_path, const char *dir)
+{
+    char plain[1200]; /* tu_make_model reuses its buffer */
+    snprintf(plain, sizeof plain, "%s", plain_path);
+    const char *shape = "--layers 4 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
+    char opts[256];
+    snprintf(opts, sizeof opts, "%s --routing mean:dot", shape);
+    const char *p = tu_make_model(dir, "declared", opts);
+    char declared[1200];
+    snprintf(declared, sizeof declared, "%s", p);
+    msadb_llm *l0, *l1;
+    CHECK_OK(msadb_llm_open(plain, &l0));
+    CHECK_OK(msadb_llm_open(declared, &l1));
+    msadb_signature sig;
+    CHECK_OK(msadb_llm_signature(l0, &sig));
+    sig.block_size = 16;
+    char db[1200];
+    snprintf(db, sizeof db, "%s/routing", dir);
+    msadb_store *st;
+    CHECK_OK(msadb_create(db, &sig, NULL, &st));
+    CHECK_OK(msadb_llm_ingest(l0, st, NULL, "log", doc_text, strlen(doc_text), NULL));
+    CHECK_OK(msadb_llm_ingest(l0, st, NULL, "other", question, strlen(question), NULL));
+    msadb_hit h_decl[64], h_dot[64], h_cos[64], h_def[64];
+    size_t n_decl, n_dot, n_cos, n_def;
+    ask_hits(l1, st, 0, 0, h_decl, &n_decl);
+    ask_hits(l0, st, MSADB_SUMMARY_MEAN, MSADB_SCORE_DOT, h_dot, &n_dot);
+    ask_hits(l0, st, MSADB_SUMMARY_MEAN, MSADB_SCORE_COSINE, h_cos, &n_cos);
+    ask_hits(l0, st, 0, 0, h_def, &n_def);
+    CHECK(same_hits(h_decl, n_decl, h_dot, n_dot));
+    CHECK(!same_hits(h_decl, n_decl, h_cos, n_cos)); /* cosine scores are scale-free */
+    CHECK(!same_hits(h_decl, n_decl, h_def, n_def)); /* the default routes with reps */
+    /* an explicit choice overrides the model's */
+    ask_hits(l1, st, MSADB_SUMMARY_MEAN, MSADB_SCORE_COSINE, h_def, &n_def);
+    CHECK(same_hits(h_def, n_def, h_cos, n_cos));
+    /* refused: a summary the store lacks, unknown values */
+    msadb_ask_params ap;
+    msadb_ask_params_init(&ap);
+    char a[64];
+    size_t l;
+    ap.summary = MSADB_SUMMARY_MINMAX;
+    CHECK_RC(msadb_llm_ask(l1, st, question, strlen(question), &ap, a, sizeof a, &l, NULL, 0, NULL),
+             MSADB_EINVAL);
+    ap.summary = 3;
+    CHECK_RC(msadb_llm_ask(l1, st, question, strlen(question), &ap, a, sizeof a, &l, NULL, 0, NULL),
+             MSADB_EINVAL);
+    ap.summary = 0;
+    ap.score = 7;
+    CHECK_RC(msadb_llm_ask(l1, st, question, strlen(question), &ap, a, sizeof a, &l, NULL, 0, NULL),
+             MSADB_EINVAL);
+    msadb_close(st);
+    /* a store without the declared summary: the engine's default applies */
+    sig.summary_kinds = MSADB_SUMMARY_REPS;
+    snprintf(db, sizeof db, "%s/routing-reps", dir);
+    CHECK_OK(msadb_create(db, &sig, NULL, &st));
+    CHECK_OK(msadb_llm_ingest(l0, st, NULL, "log", doc_text, strlen(doc_text), NULL));
+    ask_hits(l1, st, 0, 0, h_decl, &n_decl);
+    ask_hits(l0, st, 0, 0, h_def, &n_def);
+    CHECK(same_hits(h_decl, n_decl, h_def, n_def));
+    msadb_close(st);
+    msadb_llm_close(l0);
+    msadb_llm_close(l1);
+    /* bad declarations */
+    const char *bad[] = {"--routing mean:l2", "--routing median", "--routing reps:dotdotdotdotdotdotdot"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(opts, sizeof opts, "%s %s", shape, bad[i]);
+        msadb_llm *lb = NULL;
+        CHECK_RC(msadb_llm_open(tu_make_model(dir, "bad-routing", opts), &lb), MSADB_EINVAL);
+        CHECK(lb == NULL);
+    }
+}
+
 int main(void)
 {
     const char *dir = tu_tmpdir("adapter");
@@ -307,6 +407,7 @@ int main(void)
     test_dense_vs_memory(path, dir, 0);
     test_sparse_shift(path, dir);
     test_ask_routing(path, dir);
+    test_declared_routing(path, dir);
     printf("test_adapter: ok\n");
     return 0;
 }

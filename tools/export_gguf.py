@@ -167,7 +167,10 @@ def main(argv):
     sd, meta = load_state(args.ckpt)
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
                                         "seed": meta.get("seed"), "params": meta.get("params")})
-    w = build(sd, meta, args.tokenizer, args.wtype, args.name, {"msadb.training": info})
+    # how the model was trained to route (train_memory_model.py: q . mean key);
+    # msadb_llm_ask routes this way where the store holds mean summaries
+    w = build(sd, meta, args.tokenizer, args.wtype, args.name,
+              {"msadb.training": info, "msadb.routing.summary": "mean", "msadb.routing.score": "dot"})
     # write beside and rename: a process may have the old file mapped
     tmp = args.out + ".tmp"
     w.write(tmp)

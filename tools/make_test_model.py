@@ -5,7 +5,7 @@ seeded random weights, for tests and benchmarks of msadb's runtime.
     /usr/bin/python3 tools/make_test_model.py OUT.gguf [--layers 2] [--heads 4]
         [--kv-heads 2] [--head-dim 16] [--ffn 96] [--vocab 300] [--ctx 2048]
         [--rope-theta 10000] [--rope-dims N] [--rope-scale 1.0] [--untied] [--wtype f32|f16|bf16|q8_0]
-        [--eps 1e-5] [--seed 0]
+        [--eps 1e-5] [--seed 0] [--routing mean:dot]
 
 Metadata and tensor names are llama.cpp's, so the file reads like a converted
 llama model.  RoPE convention: weights are stored as llama.cpp stores them and
@@ -80,6 +80,11 @@ def build(args):
         w.add_string("llama.rope.scaling.type", "linear")
         w.add_float32("llama.rope.scaling.factor", args.rope_scale)
     w.add_float32("llama.attention.layer_norm_rms_epsilon", args.eps)
+    if args.routing:
+        summary, _, score = args.routing.partition(":")
+        w.add_string("msadb.routing.summary", summary)
+        if score:
+            w.add_string("msadb.routing.score", score)
 
     tokens, scores, types = vocabulary(args.vocab)
     gguf.add_spm_tokenizer(w, tokens, scores, types)
@@ -130,6 +135,8 @@ def parse_args(argv):
     ap.add_argument("--wtype", choices=sorted(gguf.GGML_BY_NAME), default="f32")
     ap.add_argument("--eps", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--routing", default="",
+                    help="SUMMARY[:SCORE] for msadb.routing.summary / .score, e.g. mean:dot")
     ap.add_argument("--name", default="msadb-test-model")
     return ap.parse_args(argv)
 
