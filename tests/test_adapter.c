@@ -259,20 +259,30 @@ static void test_sparse_shift(const char *path, const char *dir)
 /* Generation: routing once on the question (the default) or again for every
  * generated token attend the same memory in exact mode, so the greedy
  * answers agree; in sparse mode both run and cite the document. */
+/* A store of 16-token blocks for llm's signature (summary kinds: 0 = the
+ * signature's default) holding doc_text and the question as documents. */
+static msadb_store *ask_store(msadb_llm *llm, const char *dir, const char *name, uint32_t kinds,
+                              msadb_signature *sig)
+{
+    CHECK_OK(msadb_llm_signature(llm, sig));
+    sig->block_size = 16;
+    if (kinds)
+        sig->summary_kinds = kinds;
+    char db[1200];
+    snprintf(db, sizeof db, "%s/%s", dir, name);
+    msadb_store *st;
+    CHECK_OK(msadb_create(db, sig, NULL, &st));
+    CHECK_OK(msadb_llm_ingest(llm, st, NULL, "log", doc_text, strlen(doc_text), NULL));
+    CHECK_OK(msadb_llm_ingest(llm, st, NULL, "other", question, strlen(question), NULL));
+    return st;
+}
+
 static void test_ask_routing(const char *path, const char *dir)
 {
     msadb_llm *llm;
     CHECK_OK(msadb_llm_open(path, &llm));
     msadb_signature sig;
-    CHECK_OK(msadb_llm_signature(llm, &sig));
-    sig.block_size = 16;
-    char db[1200];
-    snprintf(db, sizeof db, "%s/ask", dir);
-    msadb_store *st;
-    CHECK_OK(msadb_create(db, &sig, NULL, &st));
-    uint64_t id;
-    CHECK_OK(msadb_llm_ingest(llm, st, NULL, "log", doc_text, strlen(doc_text), &id));
-    CHECK_OK(msadb_llm_ingest(llm, st, NULL, "other", question, strlen(question), NULL));
+    msadb_store *st = ask_store(llm, dir, "ask", 0, &sig);
     char a1[256], a2[256];
     size_t l1, l2, nh;
     msadb_hit hits[64];
@@ -338,14 +348,7 @@ static void test_declared_routing(const char *plain_path, const char *dir)
     CHECK_OK(msadb_llm_open(plain, &l0));
     CHECK_OK(msadb_llm_open(declared, &l1));
     msadb_signature sig;
-    CHECK_OK(msadb_llm_signature(l0, &sig));
-    sig.block_size = 16;
-    char db[1200];
-    snprintf(db, sizeof db, "%s/routing", dir);
-    msadb_store *st;
-    CHECK_OK(msadb_create(db, &sig, NULL, &st));
-    CHECK_OK(msadb_llm_ingest(l0, st, NULL, "log", doc_text, strlen(doc_text), NULL));
-    CHECK_OK(msadb_llm_ingest(l0, st, NULL, "other", question, strlen(question), NULL));
+    msadb_store *st = ask_store(l0, dir, "routing", 0, &sig);
     msadb_hit h_decl[64], h_dot[64], h_cos[64], h_def[64];
     size_t n_decl, n_dot, n_cos, n_def;
     ask_hits(l1, st, 0, 0, h_decl, &n_decl);
@@ -375,10 +378,7 @@ static void test_declared_routing(const char *plain_path, const char *dir)
              MSADB_EINVAL);
     msadb_close(st);
     /* a store without the declared summary: the engine's default applies */
-    sig.summary_kinds = MSADB_SUMMARY_REPS;
-    snprintf(db, sizeof db, "%s/routing-reps", dir);
-    CHECK_OK(msadb_create(db, &sig, NULL, &st));
-    CHECK_OK(msadb_llm_ingest(l0, st, NULL, "log", doc_text, strlen(doc_text), NULL));
+    st = ask_store(l0, dir, "routing-reps", MSADB_SUMMARY_REPS, &sig);
     ask_hits(l1, st, 0, 0, h_decl, &n_decl);
     ask_hits(l0, st, 0, 0, h_def, &n_def);
     CHECK(same_hits(h_decl, n_decl, h_def, n_def));
