@@ -38,9 +38,9 @@ static const char *const cmd_usage[CMD_COUNT] = {
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--per-token] [--out FILE]\n"
                   "       msadb query DB --model M.gguf [--space S]... [--top-k K]\n"
-                  "           [--select blocks|documents] [--exact] [--no-memory] [--max-tokens N]\n"
-                  "           [--temperature T] [--top-p P] [--seed S] [--interleave N]\n"
-                  "           [--query-pos P] QUESTION",
+                  "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
+                  "           [--no-memory] [--max-tokens N] [--temperature T] [--top-p P]\n"
+                  "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S]",
     [CMD_RM] = "rm DB DOC...",
@@ -555,7 +555,7 @@ static int check_space_cmd(cli_args *a, const char **pos, size_t n_pos, char *er
 static int check_query(cli_args *a, const char **pos, size_t n_pos, uint64_t seen, char *err,
                        size_t errlen)
 {
-    static const int tensor_only[] = {O_Q, O_LAYER, O_OUT, O_PER_TOKEN, O_SUMMARY};
+    static const int tensor_only[] = {O_Q, O_LAYER, O_OUT, O_PER_TOKEN};
     static const int model_only[] = {O_NO_MEMORY, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P,
                                      O_SEED, O_INTERLEAVE, O_QUERY_POS};
     if (a->model) {

@@ -187,9 +187,9 @@ void kv_source_close(kv_source *s);
 
 /* Like require_space in commands.c: 0, or CLI_ERROR after a message. */
 int cli_require_space(msadb_store *st, const char *db, const char *space);
-/* Every --space of a query exists in the store: CLI_OK, or CLI_ERROR with a
- * message naming the first one that does not. */
-int cli_check_spaces(const cli_args *a, msadb_store *st);
+/* A query's --summary is stored and every --space exists in the store:
+ * CLI_OK, or CLI_ERROR with a message naming the first that is not. */
+int cli_check_memory_args(const cli_args *a, msadb_store *st);
 /* Commits a batch of n documents (the batch is freed and *batch set to
  * NULL whatever happens); *ids gets their ids (caller frees). */
 int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t **ids);

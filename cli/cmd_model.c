@@ -751,7 +751,7 @@ int cmd_model_query(const cli_args *a)
     if (rc == CLI_OK)
         rc = check_model_store(a, llm, st);
     if (rc == CLI_OK)
-        rc = cli_check_spaces(a, st);
+        rc = cli_check_memory_args(a, st);
     if (rc == CLI_OK)
         rc = read_question(a, &question, &qlen);
     /* room for every block the question can draw on: top-k per kv head, or
@@ -779,6 +779,7 @@ int cmd_model_query(const cli_args *a)
         p.top_k = a->top_k;
         p.select = a->select;
         p.exact = a->exact;
+        p.summary = a->summary;
         p.no_memory = a->no_memory;
         p.max_tokens = a->max_tokens;
         p.temperature = a->temperature;

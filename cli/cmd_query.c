@@ -340,10 +340,7 @@ static int check_query_args(const cli_args *a, msadb_store *st, const msadb_sign
         return cli_error("--layer %u is not a memory layer of %s (memory layers: %s)", a->layer,
                          a->db, layers);
     }
-    if (a->summary && !(sig->summary_kinds & a->summary))
-        return cli_error("--summary: %s does not store %s summaries", a->db,
-                         cli_summary_name(a->summary));
-    return cli_check_spaces(a, st);
+    return cli_check_memory_args(a, st);
 }
 
 /* Runs msadb_attend, growing the hit buffer until every hit fits. */

@@ -91,8 +91,12 @@ int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t 
     return mrc ? cli_error_rc(mrc, "%s: commit failed", a->db) : CLI_OK;
 }
 
-int cli_check_spaces(const cli_args *a, msadb_store *st)
+int cli_check_memory_args(const cli_args *a, msadb_store *st)
 {
+    const msadb_signature *sig = msadb_store_signature(st);
+    if (a->summary && !(sig->summary_kinds & a->summary))
+        return cli_error("--summary: %s does not store %s summaries", a->db,
+                         cli_summary_name(a->summary));
     for (size_t i = 0; i < a->n_spaces; i++) {
         msadb_space_info info;
         int rc = msadb_space_get(st, a->spaces[i], &info);

@@ -303,6 +303,11 @@ def main():
     check(j["interleave"] == 2 and j["spans"], "interleave answer")
     j = ask("--query-pos", "100", "--max-tokens", "4")
     check_spans(j, what="--query-pos")
+    # --summary picks the routing summary; one the store lacks is refused
+    j = ask("--summary", "reps", "--max-tokens", "4")
+    check_spans(j, what="--summary reps")
+    run("query", db, "--model", model, "--summary", "minmax", question, expect=1,
+        msg="does not store minmax summaries")
 
     # streaming form: the answer first (the same text as --json), then the spans
     r = run("query", db, "--model", model, "--max-tokens", "8", question)
