@@ -35,10 +35,13 @@ import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import gguf  # noqa: E402  (tools/gguf.py)
+from spm_model import read_spm_model  # noqa: E402  (tools/spm_model.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -167,114 +170,22 @@ def read_cases(path):
     return cases
 
 # ---------------------------------------------------------------------------
-# SentencePiece model (protobuf) reader
+# GGUF writer (metadata only): tools/gguf.py
 # ---------------------------------------------------------------------------
 
-
-def _varint(b, i):
-    v = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        v |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return v, i
-
-
-def _fields(b):
-    """Yields (field number, wire type, value) of a protobuf message."""
-    i = 0
-    while i < len(b):
-        key, i = _varint(b, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _varint(b, i)
-        elif wt == 1:
-            v, i = b[i:i + 8], i + 8
-        elif wt == 2:
-            n, i = _varint(b, i)
-            v, i = b[i:i + n], i + n
-        elif wt == 5:
-            v, i = b[i:i + 4], i + 4
-        else:
-            raise ValueError("unsupported protobuf wire type %d" % wt)
-        yield num, wt, v
-
-
-def read_spm_model(path):
-    """Pieces, scores, types and the settings llama.cpp's converter reads
-    (sentencepiece_model.proto: ModelProto.pieces = 1, trainer_spec = 2,
-    normalizer_spec = 3)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pieces, scores, types = [], [], []
-    trainer = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
-    norm = {"name": "", "add_dummy_prefix": True, "remove_extra_whitespaces": True,
-            "escape_whitespaces": True}
-    for num, wt, v in _fields(data):
-        if num == 1 and wt == 2:
-            piece, score, typ = b"", 0.0, 1
-            for n2, w2, v2 in _fields(v):
-                if n2 == 1:
-                    piece = v2
-                elif n2 == 2 and w2 == 5:
-                    score = struct.unpack("<f", v2)[0]
-                elif n2 == 3:
-                    typ = v2
-            pieces.append(piece)
-            scores.append(score)
-            types.append(typ)
-        elif num == 2 and wt == 2:
-            ids = {40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}
-            for n2, w2, v2 in _fields(v):
-                if n2 in ids and w2 == 0:
-                    trainer[ids[n2]] = v2 - (1 << 64) if v2 >= 1 << 63 else v2
-        elif num == 3 and wt == 2:
-            for n2, w2, v2 in _fields(v):
-                if n2 == 1:
-                    norm["name"] = v2.decode()
-                elif n2 == 3:
-                    norm["add_dummy_prefix"] = bool(v2)
-                elif n2 == 4:
-                    norm["remove_extra_whitespaces"] = bool(v2)
-                elif n2 == 5:
-                    norm["escape_whitespaces"] = bool(v2)
-    return pieces, scores, types, trainer, norm
-
-# ---------------------------------------------------------------------------
-# GGUF writer (metadata only)
-# ---------------------------------------------------------------------------
-
-T_UINT32, T_INT32, T_FLOAT32, T_BOOL, T_STRING, T_ARRAY = 4, 5, 6, 7, 8, 9
-
-
-def _gstr(s):
-    b = s if isinstance(s, bytes) else s.encode("utf-8")
-    return struct.pack("<Q", len(b)) + b
+T_UINT32, T_INT32, T_FLOAT32, T_BOOL = gguf.T_UINT32, gguf.T_INT32, gguf.T_FLOAT32, gguf.T_BOOL
+T_STRING, T_ARRAY = gguf.T_STRING, gguf.T_ARRAY
 
 
 def write_gguf(path, kvs):
     """kvs: list of (key, type, value) with arrays as (T_ARRAY, (elem, list))."""
-    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)))
-    scalar = {T_UINT32: "<I", T_INT32: "<i", T_FLOAT32: "<f", T_BOOL: "<?"}
+    w = gguf.GGUFWriter()
     for key, t, v in kvs:
-        out += _gstr(key) + struct.pack("<I", t)
-        if t == T_STRING:
-            out += _gstr(v)
-        elif t == T_ARRAY:
-            et, items = v
-            out += struct.pack("<IQ", et, len(items))
-            if et == T_STRING:
-                for s in items:
-                    out += _gstr(s)
-            else:
-                out += b"".join(struct.pack(scalar[et], x) for x in items)
+        if t == T_ARRAY:
+            w.add_array(key, v[1], v[0])
         else:
-            out += struct.pack(scalar[t], v)
-    out += b"\0" * ((-len(out)) % 32)
-    with open(path, "wb") as f:
-        f.write(out)
+            w.add(key, t, v)
+    w.write(path)
 
 
 def spm_gguf(model, out):

@@ -23,7 +23,6 @@ add_space_prefix true.
 import argparse
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -31,70 +30,14 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import gguf  # noqa: E402
-
-# ModelProto.SentencePiece.Type -> llama.cpp token type
-SP_TYPE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6}
-
-
-def _varint(b, i):
-    r, s = 0, 0
-    while True:
-        x = b[i]
-        i += 1
-        r |= (x & 0x7F) << s
-        s += 7
-        if not x & 0x80:
-            return r, i
-
-
-def _fields(b):
-    """(field number, wire type, value) of one protobuf message."""
-    i = 0
-    while i < len(b):
-        key, i = _varint(b, i)
-        f, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _varint(b, i)
-        elif wt == 1:
-            v = b[i:i + 8]
-            i += 8
-        elif wt == 2:
-            n, i = _varint(b, i)
-            v = b[i:i + n]
-            i += n
-        elif wt == 5:
-            v = b[i:i + 4]
-            i += 4
-        else:
-            raise ValueError("protobuf wire type %d" % wt)
-        yield f, wt, v
-
+from spm_model import read_spm_model  # noqa: E402
 
 def read_spm(path):
-    """pieces, scores, types of a SentencePiece model file; and the
-    normalizer's add_dummy_prefix."""
-    with open(path, "rb") as fh:
-        b = fh.read()
-    pieces, scores, types = [], [], []
-    add_dummy = True
-    for f, wt, v in _fields(b):
-        if f == 1:  # repeated SentencePiece pieces
-            piece, score, typ = "", 0.0, 1
-            for g, wt2, w in _fields(v):
-                if g == 1:
-                    piece = w.decode("utf-8")
-                elif g == 2:
-                    score = struct.unpack("<f", w)[0]
-                elif g == 3:
-                    typ = w
-            pieces.append(piece)
-            scores.append(score)
-            types.append(SP_TYPE.get(typ, 1))
-        elif f == 3:  # normalizer_spec
-            for g, wt2, w in _fields(v):
-                if g == 3:
-                    add_dummy = bool(w)
-    return pieces, scores, types, add_dummy
+    """pieces, scores, types of a SentencePiece model file (SentencePiece's
+    piece types are llama.cpp's token types); and the normalizer's
+    add_dummy_prefix."""
+    pieces, scores, types, _, norm = read_spm_model(path)
+    return [p.decode("utf-8") for p in pieces], scores, types, norm["add_dummy_prefix"]
 
 
 def load_state(ckpt):
