@@ -18,8 +18,9 @@
         (b) the haystack's last ~950 tokens in the prompt (truncated to the
         model's 1024-token context); (c) RAG: Xapian (BM25) over the same
         documents, the top 3 pasted before the question; multi-hop with
-        interleave off and on (--what picks: none, exact, trunc, rag,
-        multihop, interleave, each; "exact" attends every block, separating
+        interleave off and on (--what picks: none, exact, trunc, rag, rag1,
+        multihop, interleave, each; "rag1" is RAG with the top document only,
+        the cheapest RAG prompt; "exact" attends every block, separating
         routing from reading; "interleave" one interleave round on the
         single-hop questions; "each" route_each_token).  A later run into
         the same --out keeps the figures it does not measure again.
@@ -499,9 +500,16 @@ def norm_answer(s):
     return s.strip().rstrip(".").strip()
 
 
+WHAT = ("none", "exact", "trunc", "rag", "rag1", "multihop", "interleave", "each")
+
+
 def cmd_cpu(args):
     import make_memory_data as mmd
     import shutil
+    args.what = set(w for w in args.what.split(",") if w)
+    if args.what - set(WHAT):
+        raise SystemExit("--what: unknown %s (known: %s)" % (",".join(sorted(args.what - set(WHAT))),
+                                                            ",".join(WHAT)))
     rec = json.load(open(os.path.join(args.data, "eval.json")))
     docs = mmd.read_docs(os.path.join(args.data, "eval_docs.txt"))
     mh_docs = mmd.read_docs(os.path.join(args.data, "eval_mh_docs.txt"))
@@ -598,9 +606,10 @@ def cmd_cpu(args):
                 acc_b, lat_b, _ = run_qs(None, [pre + q for q in qs], exp, no_memory=True)
                 res["sizes"][s]["truncated"] = {"acc": acc_b, "latency_s": lat_b, "context_tokens": n}
                 print(s, "truncated", acc_b, lat_b, flush=True)
-            if "rag" in args.what:
-                res["sizes"][s]["rag"] = rag_eval(m, docs[:nd], qs, exp)
-                print(s, "rag", res["sizes"][s]["rag"]["acc"], res["sizes"][s]["rag"]["latency_s"], flush=True)
+            for name, topk in (("rag", TOPK_RAG), ("rag1", 1)):
+                if name in args.what:
+                    r = res["sizes"][s][name] = rag_eval(m, docs[:nd], qs, exp, topk)
+                    print(s, name, r["acc"], r["latency_s"], flush=True)
             save()
         m.close_store(st)
         if not args.keep:
@@ -633,9 +642,9 @@ def by_kind(needles, outs):
     return {k: round(v[1] / v[0], 3) for k, v in r.items()}
 
 
-def rag_eval(m, docs, qs, exp):
-    """(c) classic RAG: Xapian BM25 over the documents, top 3 pasted before
-    the question, answered by the same model without memory."""
+def rag_eval(m, docs, qs, exp, topk=TOPK_RAG):
+    """(c) classic RAG: Xapian BM25 over the documents, the top topk pasted
+    before the question, answered by the same model without memory."""
     import xapian
     db = xapian.WritableDatabase("", xapian.DB_BACKEND_INMEMORY)
     tg = xapian.TermGenerator()
@@ -658,7 +667,7 @@ def rag_eval(m, docs, qs, exp):
     for q, e in zip(qs, exp):
         t = time.time()
         enq.set_query(qp.parse_query(q))
-        top = [int(x.document.get_data()) for x in enq.get_mset(0, TOPK_RAG)]
+        top = [int(x.document.get_data()) for x in enq.get_mset(0, topk)]
         ctx = []
         n = 0
         for i in top:
@@ -672,7 +681,7 @@ def rag_eval(m, docs, qs, exp):
         ok += norm_answer(a) == e
         hit += any(e in docs[i] for i in top)
     return {"acc": ok / len(qs), "latency_s": float(np.median(lat)), "retrieval_hit": hit / len(qs),
-            "index_s": round(t_index, 1), "top": TOPK_RAG}
+            "index_s": round(t_index, 1), "top": topk}
 
 
 def cmd_plot(args):
@@ -696,6 +705,7 @@ def cmd_plot(args):
         if path == args.cpu:
             for key, lab, st in (("interleave", "memory + one interleave round (C)", "D-"),
                                  ("rag", "RAG: Xapian BM25 top-3 in prompt", "^-"),
+                                 ("rag1", "RAG: Xapian BM25 top-1 in prompt", "<-"),
                                  ("truncated", "haystack truncated to context", "v-")):
                 xs2, ys2 = [], []
                 for s in order:

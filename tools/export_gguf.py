@@ -105,11 +105,12 @@ def main(argv):
     ap.add_argument("--name", default="msadb-mem")
     ap.add_argument("--training", default="",
                     help="JSON for the msadb.training key (default: the checkpoint's own "
-                         "steps and tokens, which cover only its last command)")
+                         "steps, tokens and training seconds, which cover only its last command)")
     args = ap.parse_args(argv)
     sd, meta = load_state(args.ckpt)
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
-                                        "seed": meta.get("seed"), "params": meta.get("params")})
+                                        "seed": meta.get("seed"), "params": meta.get("params"),
+                                        "gpu_train_seconds": meta.get("train_seconds")})
     # how the model was trained to route (train_memory_model.py: q . mean key);
     # msadb_llm_ask routes this way where the store holds mean summaries
     w = build(sd, meta, args.tokenizer, args.wtype, args.name,
