@@ -5,7 +5,9 @@
         [--seed 1234] [--time-a 60 --time-b 120 --time-c 180] \
         [--steps-a N --steps-b N --steps-c N]   (fixed step counts instead of seconds)
         [--qa-frac F --qa-frac-mem F] [--resume CKPT_DIR]
-        [--eval-gpu .train-data/eval_gpu.npz]
+        [--eval-gpu .train-data/eval_gpu.npz] [--stop-after SECONDS]
+    python3 tools/train_memory_model.py --continue OUTDIR --out OUTDIR2 --data DIR
+        (goes on from a command ended by --stop-after, with its options)
 
 The shipped model's exact commands are in docs/model.md.
 
@@ -698,7 +700,28 @@ def main():
     ap.add_argument("--ckpt-dtype", choices=["fp32", "bf16"], default="fp32",
                     help="checkpoint precision (bf16 for models above ~15M parameters: at most "
                          "4 files of 15 MB come back from the GPU machine with the logs)")
+    ap.add_argument("--stop-after", type=float, default=0,
+                    help="seconds: end this command at the first step boundary after them, "
+                         "writing the whole training state to OUT/state.pt (model, optimizer, "
+                         "schedule position) for --continue: a run longer than one device "
+                         "call, as commands that each fit its limit")
+    ap.add_argument("--stop-after-steps", type=int, default=0,
+                    help="the same after this many steps of this command (tests)")
+    ap.add_argument("--continue", dest="cont", default="",
+                    help="the OUT of a command ended by --stop-after: go on from its state "
+                         "with its options (this command's --out, --stop-after*, --eval-* "
+                         "and --data apply)")
+    ap.add_argument("--val-questions", type=int, default=64,
+                    help="questions of each validation batch at a phase end")
     args = ap.parse_args()
+    state = None
+    if args.cont:
+        state = torch.load(os.path.join(args.cont, "state.pt"), map_location="cpu",
+                           weights_only=False)
+        mine = {k: getattr(args, k) for k in ("out", "cont", "stop_after", "stop_after_steps",
+                                              "eval_gpu", "eval_time", "data")}
+        args = argparse.Namespace(**dict(state["args"], **mine))
+    segment = state["segment"] + 1 if state else 0
     t_start = time.time()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -706,7 +729,7 @@ def main():
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    logf = open(os.path.join(args.out, "train_log.jsonl"), "w")
+    logf = open(os.path.join(args.out, "train_log.jsonl"), "a" if state else "w")
 
     def log(d):
         d["t"] = round(time.time() - t_start, 1)
@@ -727,13 +750,17 @@ def main():
     if args.resume:
         sd_resume, meta_resume = load_state(args.resume)
         c = config_of(meta_resume)
+    if state:
+        c = config_of(state)
     lm = np.fromfile(os.path.join(args.data, "train_lm.u16"), dtype=np.uint16)
     val = np.fromfile(os.path.join(args.data, "val_lm.u16"), dtype=np.uint16)
     facts = Facts(os.path.join(args.data, "facts_train.npz"))
     n_val_ex = 2000
     n_train_ex = facts.n - n_val_ex
     model = Model(c)
-    if args.resume:
+    if state:
+        model.load_state_dict(state["model"])
+    elif args.resume:
         model.load_state_dict(sd_resume)
     elif args.init_gguf:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -746,19 +773,21 @@ def main():
         model.load_state_dict(g.state_dict())
     model = model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
-    log({"event": "start", "params": n_params, "config": c.to_dict(), "args": vars(args),
-         "lm_tokens": int(len(lm)), "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"})
+    log({"event": "continue" if state else "start", "segment": segment, "params": n_params,
+         "config": c.to_dict(), "args": vars(args), "lm_tokens": int(len(lm)), "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"})
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                             **({"fused": True} if dev.type == "cuda" else {}))
+    if state:
+        opt.load_state_dict(state["opt"])
     fixed = args.steps_a > 0 or args.steps_b > 0 or args.steps_c > 0
     budget = [args.time_a, args.time_b, args.time_c]
     steps_fixed = [args.steps_a, args.steps_b, args.steps_c]
     total_time = sum(budget)
-    batcher = Batcher(lm, facts, n_train_ex, args.seed, Ld=args.doc_len)
+    batcher = Batcher(lm, facts, n_train_ex, args.seed + 7919 * segment, Ld=args.doc_len)
     val_batcher = Batcher(val if len(val) > 4096 else lm, facts, facts.n, args.seed + 1, Ld=args.doc_len)
 
     # background batch construction
@@ -766,7 +795,7 @@ def main():
     phase_box = {"phase": "a", "stop": False}
 
     def producer():
-        rng = np.random.default_rng(args.seed + 99)
+        rng = np.random.default_rng(args.seed + 99 + 7919 * segment)
         while not phase_box["stop"]:
             ph = phase_box["phase"]
             r = rng.random()
@@ -789,19 +818,34 @@ def main():
             b["phase"] = ph
             qb.put(b)
 
-    th = threading.Thread(target=producer, daemon=True)
-    th.start()
-
     tokens_seen = {"lm": 0, "mem_docs": 0, "question": 0}
     step = 0
     hist = []
     t_train0 = time.time()
-    gpu_time = 0.0
+    pi0, in_ph_steps, in_ph_seconds = 0, 0, 0.0
+    if state:
+        tokens_seen, step, hist = state["tokens"], state["step"], state["hist"]
+        t_train0 -= state["train_seconds"]
+        pi0, in_ph_steps, in_ph_seconds = state["phase"], state["in_phase_steps"], state["in_phase_seconds"]
+    phase_box["phase"] = "abc"[pi0]
+    th = threading.Thread(target=producer, daemon=True)
+    th.start()
+    step0 = step
+
+    def stop_now():
+        return ((args.stop_after > 0 and time.time() - t_start >= args.stop_after)
+                or (args.stop_after_steps > 0 and step - step0 >= args.stop_after_steps))
+
     for pi, ph in enumerate("abc"):
+        if pi < pi0:
+            continue
         phase_box["phase"] = ph
         # drop batches made for the previous phase
         t_ph = time.time()
         n_ph = 0
+        if pi == pi0:
+            t_ph -= in_ph_seconds
+            n_ph = in_ph_steps
         while True:
             if fixed:
                 if n_ph >= steps_fixed[pi]:
@@ -840,6 +884,20 @@ def main():
             hist.append(st)
             if step % 25 == 0 or n_ph == 1:
                 log(st)
+            if stop_now():
+                break
+        if stop_now():
+            # the whole state, for --continue; the phase goes on there
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(args),
+                        "config": c.to_dict(), "step": step, "phase": pi,
+                        "in_phase_steps": n_ph, "in_phase_seconds": time.time() - t_ph,
+                        "train_seconds": time.time() - t_train0, "tokens": tokens_seen,
+                        "hist": hist, "segment": segment},
+                       os.path.join(args.out, "state.pt"))
+            phase_box["stop"] = True
+            log({"event": "stopped", "phase": ph, "steps_in_phase": n_ph, "total_steps": step,
+                 "train_seconds": round(time.time() - t_train0, 1)})
+            return
         # end of phase: validation and checkpoint
         model.eval()
         v = val_lm(model, val, dev)
@@ -848,8 +906,10 @@ def main():
             for ctx in (False, True):
                 accs = []
                 for r in range(2):
-                    vb = val_batcher.mem_batch(64 if not ctx else 16, 128 if not ctx else 64,
-                                               128, context=ctx, lo=n_train_ex, hi=facts.n)
+                    nq = args.val_questions
+                    vb = val_batcher.mem_batch(nq if not ctx else max(1, nq // 4),
+                                               2 * nq if not ctx else nq, 2 * nq, context=ctx,
+                                               lo=n_train_ex, hi=facts.n)
                     vbd = to_dev(vb, dev)
                     with amp(dev):
                         _, st = mem_step(model, vbd, args, oracle=False, use_memory=True)
