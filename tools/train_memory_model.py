@@ -774,7 +774,8 @@ def main():
     model = model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     log({"event": "continue" if state else "start", "segment": segment, "params": n_params,
-         "config": c.to_dict(), "args": vars(args), "lm_tokens": int(len(lm)), "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"})
+         "config": c.to_dict(), "args": vars(args), "lm_tokens": int(len(lm)),
+         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"})
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -826,7 +827,8 @@ def main():
     if state:
         tokens_seen, step, hist = state["tokens"], state["step"], state["hist"]
         t_train0 -= state["train_seconds"]
-        pi0, in_ph_steps, in_ph_seconds = state["phase"], state["in_phase_steps"], state["in_phase_seconds"]
+        pi0, in_ph_steps = state["phase"], state["in_phase_steps"]
+        in_ph_seconds = state["in_phase_seconds"]
     phase_box["phase"] = "abc"[pi0]
     th = threading.Thread(target=producer, daemon=True)
     th.start()
