@@ -692,7 +692,8 @@ def main():
     ap.add_argument("--eval-time", type=float, default=150)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke test)")
     ap.add_argument("--n-layers", type=int, default=0, help="model shape (default: Config's, "
-                    "the shipped model's 8 layers, d 256, ffn 768, 4 heads, 2 kv heads)")
+                    "the first model's 8 layers, d 256, ffn 768, 4 heads, 2 kv heads; the "
+                    "shipped model's options are in docs/model.md)")
     ap.add_argument("--d", type=int, default=0)
     ap.add_argument("--ffn", type=int, default=0)
     ap.add_argument("--n-heads", type=int, default=0)
@@ -738,20 +739,22 @@ def main():
         logf.write(s + "\n")
         logf.flush()
 
-    c = Config()
-    if args.tiny:
-        c.n_layers, c.d, c.ffn = 2, 64, 128
-    for k in ("n_layers", "d", "ffn", "n_heads", "n_kv"):
-        if getattr(args, k):
-            setattr(c, k, getattr(args, k))
-    if c.d % c.n_heads or c.n_heads % c.n_kv:
-        raise SystemExit("--d must be a multiple of --n-heads, --n-heads of --n-kv")
-    c.hd = c.d // c.n_heads
-    if args.resume:
-        sd_resume, meta_resume = load_state(args.resume)
-        c = config_of(meta_resume)
+    # the shape: a continued run's or a checkpoint's own, else the options'
     if state:
         c = config_of(state)
+    elif args.resume:
+        sd_resume, meta_resume = load_state(args.resume)
+        c = config_of(meta_resume)
+    else:
+        c = Config()
+        if args.tiny:
+            c.n_layers, c.d, c.ffn = 2, 64, 128
+        for k in ("n_layers", "d", "ffn", "n_heads", "n_kv"):
+            if getattr(args, k):
+                setattr(c, k, getattr(args, k))
+        if c.d % c.n_heads or c.n_heads % c.n_kv:
+            raise SystemExit("--d must be a multiple of --n-heads, --n-heads of --n-kv")
+        c.hd = c.d // c.n_heads
     lm = np.fromfile(os.path.join(args.data, "train_lm.u16"), dtype=np.uint16)
     val = np.fromfile(os.path.join(args.data, "val_lm.u16"), dtype=np.uint16)
     facts = Facts(os.path.join(args.data, "facts_train.npz"))
@@ -838,6 +841,7 @@ def main():
         return ((args.stop_after > 0 and time.time() - t_start >= args.stop_after)
                 or (args.stop_after_steps > 0 and step - step0 >= args.stop_after_steps))
 
+    stopped = False
     for pi, ph in enumerate("abc"):
         if pi < pi0:
             continue
@@ -887,8 +891,9 @@ def main():
             if step % 25 == 0 or n_ph == 1:
                 log(st)
             if stop_now():
+                stopped = True
                 break
-        if stop_now():
+        if stopped:
             # the whole state, for --continue; the phase goes on there
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "args": vars(args),
                         "config": c.to_dict(), "step": step, "phase": pi,
