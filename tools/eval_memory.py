@@ -583,25 +583,18 @@ def cmd_cpu(args):
                 res["sizes"][s]["ingest_s_cumulative"] = round(t_ing, 1)
             print(s, acc, lat, "ingest", round(t_ing, 1), flush=True)
             save()
-            if "exact" in args.what:
-                # every block attended: separates routing from reading
-                acc_x, lat_x, outs_x = run_qs(st, qs, exp, exact=True)
-                res["sizes"][s]["exact"] = {"acc": acc_x, "latency_s": lat_x,
-                                            "by_kind": by_kind(needles, outs_x)}
-                print(s, "exact", acc_x, flush=True)
-            if "interleave" in args.what:
-                # one interleave round: the best-routed document's text goes into the
-                # prompt and routing runs again (as for multi-hop questions)
-                acc_i, lat_i, outs_i = run_qs(st, qs, exp, interleave=1)
-                res["sizes"][s]["interleave"] = {"acc": acc_i, "latency_s": lat_i,
-                                                 "by_kind": by_kind(needles, outs_i)}
-                print(s, "interleave", acc_i, lat_i, flush=True)
-            if "each" in args.what:
-                # every generated token routes again (msadb_ask_params.route_each_token)
-                acc_e, lat_e, outs_e = run_qs(st, qs, exp, route_each_token=True)
-                res["sizes"][s]["route_each_token"] = {"acc": acc_e, "latency_s": lat_e,
-                                                       "by_kind": by_kind(needles, outs_e)}
-                print(s, "route_each_token", acc_e, lat_e, flush=True)
+            # other ways of asking the same store: "exact", every block attended
+            # (separates routing from reading); "interleave", one interleave round
+            # (the best-routed document's text in the prompt, routing again, as for
+            # multi-hop questions); "each", every generated token routes again
+            for what, key, how in (("exact", "exact", {"exact": True}),
+                                   ("interleave", "interleave", {"interleave": 1}),
+                                   ("each", "route_each_token", {"route_each_token": True})):
+                if what in args.what:
+                    acc_o, lat_o, outs_o = run_qs(st, qs, exp, **how)
+                    res["sizes"][s][key] = {"acc": acc_o, "latency_s": lat_o,
+                                            "by_kind": by_kind(needles, outs_o)}
+                    print(s, key, acc_o, lat_o, flush=True)
             if "trunc" in args.what:
                 # (b) the haystack truncated to the context: its last ~950 tokens
                 tail, n = [], 0
@@ -615,9 +608,11 @@ def cmd_cpu(args):
                 acc_b, lat_b, _ = run_qs(None, [pre + q for q in qs], exp, no_memory=True)
                 res["sizes"][s]["truncated"] = {"acc": acc_b, "latency_s": lat_b, "context_tokens": n}
                 print(s, "truncated", acc_b, lat_b, flush=True)
-            for name, topk in (("rag", TOPK_RAG), ("rag1", 1)):
-                if name in args.what:
-                    r = res["sizes"][s][name] = rag_eval(m, docs[:nd], qs, exp, topk)
+            rags = {name: topk for name, topk in (("rag", TOPK_RAG), ("rag1", 1))
+                    if name in args.what}
+            if rags:
+                for name, r in rag_eval(m, docs[:nd], qs, exp, rags).items():
+                    res["sizes"][s][name] = r
                     print(s, name, r["acc"], r["latency_s"], flush=True)
             save()
         m.close_store(st)
@@ -652,9 +647,10 @@ def by_kind(needles, outs):
     return {k: round(v[1] / v[0], 3) for k, v in r.items()}
 
 
-def rag_eval(m, docs, qs, exp, topk=TOPK_RAG):
-    """(c) classic RAG: Xapian BM25 over the documents, the top topk pasted
-    before the question, answered by the same model without memory."""
+def rag_eval(m, docs, qs, exp, topks):
+    """(c) classic RAG: Xapian BM25 over the documents (indexed once), the
+    top topk pasted before the question, answered by the same model without
+    memory; topks {name: topk}, returns {name: figures}."""
     import xapian
     db = xapian.WritableDatabase("", xapian.DB_BACKEND_INMEMORY)
     tg = xapian.TermGenerator()
@@ -673,25 +669,28 @@ def rag_eval(m, docs, qs, exp, topk=TOPK_RAG):
     qp.set_database(db)
     enq = xapian.Enquire(db)
     enq.set_weighting_scheme(xapian.BM25Weight())
-    ok, lat, hit = 0, [], 0
-    for q, e in zip(qs, exp):
-        t = time.time()
-        enq.set_query(qp.parse_query(q))
-        top = [int(x.document.get_data()) for x in enq.get_mset(0, topk)]
-        ctx = []
-        n = 0
-        for i in top:
-            tl = m.tokenize_len(docs[i])
-            if n + tl > 960:
-                break
-            ctx.append(docs[i].strip())
-            n += tl
-        a = m.ask(None, " ".join(ctx) + " " + q, no_memory=True)
-        lat.append(time.time() - t)
-        ok += norm_answer(a) == e
-        hit += any(e in docs[i] for i in top)
-    return {"acc": ok / len(qs), "latency_s": float(np.median(lat)), "retrieval_hit": hit / len(qs),
-            "index_s": round(t_index, 1), "top": topk}
+    res = {}
+    for name, topk in topks.items():
+        ok, lat, hit = 0, [], 0
+        for q, e in zip(qs, exp):
+            t = time.time()
+            enq.set_query(qp.parse_query(q))
+            top = [int(x.document.get_data()) for x in enq.get_mset(0, topk)]
+            ctx = []
+            n = 0
+            for i in top:
+                tl = m.tokenize_len(docs[i])
+                if n + tl > 960:
+                    break
+                ctx.append(docs[i].strip())
+                n += tl
+            a = m.ask(None, " ".join(ctx) + " " + q, no_memory=True)
+            lat.append(time.time() - t)
+            ok += norm_answer(a) == e
+            hit += any(e in docs[i] for i in top)
+        res[name] = {"acc": ok / len(qs), "latency_s": float(np.median(lat)),
+                     "retrieval_hit": hit / len(qs), "index_s": round(t_index, 1), "top": topk}
+    return res
 
 
 def cmd_plot(args):
