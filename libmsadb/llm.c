@@ -23,41 +23,48 @@ struct msadb_llm {
     int route_score;
 };
 
-/* The model's declared routing: optional string keys msadb.routing.summary
- * ("mean", "reps", "minmax") and msadb.routing.score ("dot", "cosine").
- * Unknown values are MSADB_EINVAL, values of another type MSADB_ECORRUPT. */
+typedef struct {
+    const char *name;
+    int value;
+} named_value;
+
+/* An optional string key of the model naming one of n values: 0 with *out
+ * set (left alone when the key is absent), MSADB_EINVAL for an unknown
+ * name, MSADB_ECORRUPT for a value of another type. */
+static int read_named(const msadb_gguf *g, const char *key, const named_value *vals, size_t n,
+                      int *out)
+{
+    char v[16];
+    int rc = msadb_gguf_get_cstr(g, key, v, sizeof v);
+    if (rc == MSADB_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc == MSADB_ELIMIT ? MSADB_EINVAL : rc == MSADB_EDTYPE ? MSADB_ECORRUPT : rc;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(vals[i].name, v)) {
+            *out = vals[i].value;
+            return 0;
+        }
+    return MSADB_EINVAL;
+}
+
+/* The model's declared routing: msadb.routing.summary ("mean", "reps",
+ * "minmax") and msadb.routing.score ("dot", "cosine"). */
 static int read_routing(msadb_llm *llm)
 {
-    static const struct {
-        const char *key, *name;
-        int value;
-    } known[] = {{"msadb.routing.summary", "mean", MSADB_SUMMARY_MEAN},
-                 {"msadb.routing.summary", "reps", MSADB_SUMMARY_REPS},
-                 {"msadb.routing.summary", "minmax", MSADB_SUMMARY_MINMAX},
-                 {"msadb.routing.score", "dot", MSADB_SCORE_DOT},
-                 {"msadb.routing.score", "cosine", MSADB_SCORE_COSINE}};
+    static const named_value summaries[] = {{"mean", MSADB_SUMMARY_MEAN},
+                                            {"reps", MSADB_SUMMARY_REPS},
+                                            {"minmax", MSADB_SUMMARY_MINMAX}};
+    static const named_value scores[] = {{"dot", MSADB_SCORE_DOT}, {"cosine", MSADB_SCORE_COSINE}};
     const msadb_gguf *g = msadb_model_gguf(llm->model);
-    for (int k = 0; k < 2; k++) {
-        const char *key = k ? "msadb.routing.score" : "msadb.routing.summary";
-        char v[16];
-        int rc = msadb_gguf_get_cstr(g, key, v, sizeof v);
-        if (rc == MSADB_ENOTFOUND)
-            continue;
-        if (rc)
-            return rc == MSADB_ELIMIT ? MSADB_EINVAL : rc == MSADB_EDTYPE ? MSADB_ECORRUPT : rc;
-        int found = 0;
-        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-            if (!strcmp(known[i].key, key) && !strcmp(known[i].name, v)) {
-                if (k)
-                    llm->route_score = known[i].value;
-                else
-                    llm->route_summary = (uint32_t)known[i].value;
-                found = 1;
-            }
-        if (!found)
-            return MSADB_EINVAL;
-    }
-    return 0;
+    int summary = 0;
+    int rc = read_named(g, "msadb.routing.summary", summaries,
+                        sizeof summaries / sizeof summaries[0], &summary);
+    if (!rc)
+        rc = read_named(g, "msadb.routing.score", scores, sizeof scores / sizeof scores[0],
+                        &llm->route_score);
+    llm->route_summary = (uint32_t)summary;
+    return rc;
 }
 
 int msadb_llm_open(const char *path, msadb_llm **out)
@@ -541,9 +548,7 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     const msadb_ask_params *p = p_in ? p_in : &defaults;
     if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
         isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
-        (p->summary && p->summary != MSADB_SUMMARY_MEAN && p->summary != MSADB_SUMMARY_MINMAX &&
-         p->summary != MSADB_SUMMARY_REPS) ||
-        (p->score != MSADB_SCORE_DEFAULT && p->score != MSADB_SCORE_COSINE && p->score != MSADB_SCORE_DOT))
+        (p->summary && !msadb_summary_is_one(p->summary)) || !msadb_score_valid(p->score))
         return MSADB_EINVAL;
     int rc;
     if (st && (rc = check_signature(llm, st)))

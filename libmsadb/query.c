@@ -933,7 +933,7 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         return q->top_k == 0 ? MSADB_EINVAL : MSADB_ELIMIT;
     if (!(q->scale >= 0.0f) || isinf(q->scale))
         return MSADB_EINVAL;
-    if (q->score != MSADB_SCORE_DEFAULT && q->score != MSADB_SCORE_COSINE && q->score != MSADB_SCORE_DOT)
+    if (!msadb_score_valid(q->score))
         return MSADB_EINVAL;
     if (q->n_spaces > 0 && !q->spaces)
         return MSADB_EINVAL;
@@ -947,8 +947,7 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         sk = (sig->summary_kinds & MSADB_SUMMARY_REPS)   ? MSADB_SUMMARY_REPS
              : (sig->summary_kinds & MSADB_SUMMARY_MEAN) ? MSADB_SUMMARY_MEAN
                                                          : MSADB_SUMMARY_MINMAX;
-    if ((sk != MSADB_SUMMARY_MEAN && sk != MSADB_SUMMARY_MINMAX && sk != MSADB_SUMMARY_REPS) ||
-        !(sig->summary_kinds & sk))
+    if (!msadb_summary_is_one(sk) || !(sig->summary_kinds & sk))
         return MSADB_EINVAL;
     size_t nv = q->n_query * (size_t)sig->n_q_heads * sig->head_dim;
     for (size_t i = 0; i < nv; i++)

@@ -28,6 +28,18 @@
 
 #define MSADB_SLOT_DELETED 1u
 
+/* The routing choices a query may name (msadb_query, msadb_ask_params):
+ * one summary kind, and a score for the mean summary. */
+static inline int msadb_summary_is_one(uint32_t k)
+{
+    return k == MSADB_SUMMARY_MEAN || k == MSADB_SUMMARY_MINMAX || k == MSADB_SUMMARY_REPS;
+}
+
+static inline int msadb_score_valid(int s)
+{
+    return s == MSADB_SCORE_DEFAULT || s == MSADB_SCORE_COSINE || s == MSADB_SCORE_DOT;
+}
+
 /* One slot page entry (decoded from its stored little-endian form). */
 typedef struct msadb_slot {
     uint64_t block_id;
