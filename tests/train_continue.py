@@ -10,7 +10,8 @@ it, the optimizer's own step count: 4, then 6, so the optimizer state is
 carried) and no checkpoint of the unfinished phase; the last command ends
 after 8 steps in all, in phase c, with a history of steps 1-8 whose
 phases and learning rates equal the uninterrupted run's (the schedule
-resumed, not restarted).  Skips (77)
+resumed, not restarted).  Then --resume of the finished checkpoint for 3
+steps of phase c: steps 9-11, a fresh warm-up, totals carried.  Skips (77)
 without numpy or torch.
 """
 import json
@@ -135,6 +136,24 @@ def main():
               "every step ran in the same phase as in the uninterrupted run")
         check(all(abs(a["lr"] - b["lr"]) < 1e-12 for a, b in zip(h3, h_whole)),
               "the learning rate of every step equals the uninterrupted run's")
+
+        # --resume: a finished checkpoint trained further in phase c alone, fresh optimizer
+        res = os.path.join(d, "resumed")
+        run(common[:common.index("--steps-a")] + ["--steps-a", "0", "--steps-b", "0",
+            "--steps-c", "3", "--lr", "1e-3", "--resume", whole, "--out", res]
+            + common[common.index("--mem-batch"):])
+        mw, mr, hr = meta_of(whole), meta_of(res), hist_of(res)
+        check(mr["steps"] == 11 and mr["phase"] == "c",
+              "the resumed run counts on from the checkpoint's 8 steps to 11 (%d)" % mr["steps"])
+        check([h["step"] for h in hr] == [9, 10, 11] and {h["phase"] for h in hr} == {"c"},
+              "its steps 9-11 all ran in phase c (%s)" % [(h["step"], h["phase"]) for h in hr])
+        check(abs(hr[0]["lr"] - 1e-3 / 200) < 1e-12,
+              "its fresh optimizer warms up again: first learning rate lr/200 (%g)" % hr[0]["lr"])
+        check(all(mr["tokens"][k] > mw["tokens"][k] for k in ("mem_docs", "question"))
+              and mr["train_seconds"] > mw["train_seconds"],
+              "its token counts and training seconds add to the checkpoint's")
+        check(not any(e.get("event") == "phase_end" and e.get("phase") != "c" for e in log_of(res)),
+              "the phases given no steps end without validation or checkpoint")
     if fails:
         print("%d check(s) failed" % len(fails))
         return 1

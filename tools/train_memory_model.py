@@ -680,9 +680,12 @@ def main():
                     help="phase a: share of dense in-context QA batches")
     ap.add_argument("--qa-frac-mem", type=float, default=0.0,
                     help="phases b, c: share of dense in-context QA batches")
-    ap.add_argument("--resume", default="", help="checkpoint directory to start from")
+    ap.add_argument("--resume", default="",
+                    help="checkpoint directory to start from (its shape; its steps, tokens and "
+                         "seconds carry forward; a fresh optimizer warms up again)")
     ap.add_argument("--init-gguf", default="",
-                    help="start from the weights of a GGUF file (dequantized), e.g. the shipped model")
+                    help="start from the weights and shape of a GGUF file (dequantized), e.g. the "
+                         "shipped model; its msadb.training steps, tokens and seconds carry forward")
     ap.add_argument("--ctx-frac", type=float, default=0.25)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--lm-weight", type=float, default=0.3)
@@ -739,12 +742,23 @@ def main():
         logf.write(s + "\n")
         logf.flush()
 
-    # the shape: a continued run's or a checkpoint's own, else the options'
+    # the shape: a continued run's or a checkpoint's own, else the options'; prior: the
+    # steps, tokens and seconds of a --resume checkpoint or an --init-gguf file
+    prior = None
     if state:
         c = config_of(state)
     elif args.resume:
-        sd_resume, meta_resume = load_state(args.resume)
-        c = config_of(meta_resume)
+        sd_resume, prior = load_state(args.resume)
+        c = config_of(prior)
+    elif args.init_gguf:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import eval_memory
+        import gguf
+        g = eval_memory.torch_from_gguf(args.init_gguf)
+        c = g.c
+        info = json.loads(gguf.GGUFReader(args.init_gguf).meta.get("msadb.training", "{}"))
+        prior = {"steps": info.get("steps") or 0, "tokens": info.get("tokens"),
+                 "train_seconds": info.get("gpu_train_seconds") or 0.0}
     else:
         c = Config()
         if args.tiny:
@@ -766,13 +780,6 @@ def main():
     elif args.resume:
         model.load_state_dict(sd_resume)
     elif args.init_gguf:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import eval_memory
-        g = eval_memory.torch_from_gguf(args.init_gguf)
-        gc, mc = g.c.to_dict(), c.to_dict()
-        if gc.keys() != mc.keys() or any(not math.isclose(gc[k], mc[k], rel_tol=1e-6) for k in mc):
-            raise SystemExit("--init-gguf: the file's shape differs from the model's: %s"
-                             % g.c.to_dict())
         model.load_state_dict(g.state_dict())
     model = model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
@@ -827,12 +834,23 @@ def main():
     hist = []
     t_train0 = time.time()
     pi0, in_ph_steps, in_ph_seconds = 0, 0, 0.0
+    # warm0, sched0: the step and training second this optimizer started at (the warm-up
+    # and the schedule count from them); a resumed checkpoint's totals carry forward
+    warm0, sched0 = 0, 0.0
+    if prior:
+        step = warm0 = int(prior.get("steps") or 0)
+        tokens_seen = dict(prior.get("tokens") or tokens_seen)
+        sched0 = float(prior.get("train_seconds") or 0.0)
+        t_train0 -= sched0
     if state:
+        warm0, sched0 = state.get("warm0", 0), state.get("sched0", 0.0)
         tokens_seen, step, hist = state["tokens"], state["step"], state["hist"]
         t_train0 -= state["train_seconds"]
         pi0, in_ph_steps = state["phase"], state["in_phase_steps"]
         in_ph_seconds = state["in_phase_seconds"]
     phase_box["phase"] = "abc"[pi0]
+    # the schedule's clock: this run's training time (a continued run's includes its earlier commands)
+    t_run0 = t_train0 + sched0
     th = threading.Thread(target=producer, daemon=True)
     th.start()
     step0 = step
@@ -863,10 +881,10 @@ def main():
                 continue
             # learning rate: warmup 200 steps, cosine to 10% over the whole run
             if fixed:
-                frac = step / max(1, sum(steps_fixed))
+                frac = (step - warm0) / max(1, sum(steps_fixed))
             else:
-                frac = (time.time() - t_train0) / total_time
-            lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+                frac = (time.time() - t_run0) / total_time
+            lr = args.lr * min(1.0, (step - warm0 + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
             for gopt in opt.param_groups:
                 gopt["lr"] = lr
             bd = to_dev(b, dev)
@@ -899,12 +917,15 @@ def main():
                         "config": c.to_dict(), "step": step, "phase": pi,
                         "in_phase_steps": n_ph, "in_phase_seconds": time.time() - t_ph,
                         "train_seconds": time.time() - t_train0, "tokens": tokens_seen,
-                        "hist": hist, "segment": segment},
+                        "hist": hist, "segment": segment, "warm0": warm0,
+                        "sched0": sched0},
                        os.path.join(args.out, "state.pt"))
             phase_box["stop"] = True
             log({"event": "stopped", "phase": ph, "steps_in_phase": n_ph, "total_steps": step,
                  "train_seconds": round(time.time() - t_train0, 1)})
             return
+        if n_ph == 0:
+            continue  # a phase given no time (a resumed run's phase c alone)
         # end of phase: validation and checkpoint
         model.eval()
         v = val_lm(model, val, dev)
@@ -929,6 +950,7 @@ def main():
         save_ckpt(model, args.out, {"config": c.to_dict(), "params": n_params, "steps": step,
                                     "phase": ph, "tokens": dict(tokens_seen), "seed": args.seed,
                                     "train_seconds": round(time.time() - t_train0, 1),
+                                    "started_from": {"steps": warm0, "train_seconds": sched0},
                                     "args": vars(args)}, dtype=args.ckpt_dtype)
     phase_box["stop"] = True
     try:
