@@ -443,6 +443,9 @@ class Msadb:
                              + "\n  ".join(problems))
         L.msadb_strerror.restype = ctypes.c_char_p
         self.llm = ctypes.c_void_p()
+        # how ask() routes: summary MSADB_SUMMARY_* (0: the model's declared routing),
+        # top_k blocks per kv head (msadb_ask_params' default 16)
+        self.summary, self.top_k = 0, 16
 
     def check(self, rc, what):
         if rc:
@@ -471,9 +474,7 @@ class Msadb:
         self.check(self.L.msadb_llm_ingest(self.llm, st, b"default", title.encode(), b,
                                            ctypes.c_size_t(len(b)), ctypes.byref(did)), "ingest")
 
-    summary = 0  # MSADB_SUMMARY_* to route with; 0: the model's declared routing
-
-    def ask(self, st, question, no_memory=False, interleave=0, top_k=16, max_tokens=12,
+    def ask(self, st, question, no_memory=False, interleave=0, top_k=None, max_tokens=12,
             exact=False, route_each_token=False):
         p = AskParams()
         self.L.msadb_ask_params_init(ctypes.byref(p))
@@ -482,7 +483,7 @@ class Msadb:
         p.exact = int(exact)
         p.interleave = interleave
         p.route_each_token = int(route_each_token)
-        p.top_k = top_k
+        p.top_k = self.top_k if top_k is None else top_k
         p.max_tokens = max_tokens
         buf = ctypes.create_string_buffer(4096)
         n = ctypes.c_size_t()
@@ -523,6 +524,7 @@ def cmd_cpu(args):
                          "kept apart as multihop_SUMMARY)")
     m = Msadb(args.lib)
     m.summary = SUMMARIES[args.summary]
+    m.top_k = args.top_k
     m.open_model(args.model)
     needles = rec["needles"]
     res = {"mode": "C library (libmsadb) on this machine, %d CPU cores" % os.cpu_count(),
@@ -530,6 +532,9 @@ def cmd_cpu(args):
     if os.path.exists(args.out):
         res = json.load(open(args.out))
         res.setdefault("sizes", {})
+    if res.setdefault("top_k", args.top_k) != args.top_k:
+        raise SystemExit("--top-k %d: %s holds figures for top_k %d (use another --out)"
+                         % (args.top_k, args.out, res["top_k"]))
 
     def save():
         with open(args.out, "w") as f:
@@ -869,9 +874,12 @@ def cmd_plot_log(args):
         if "step" not in r:
             continue
         if r.get("run") != last_run:
-            offset += last_step
+            # a command that starts counting again goes after the last; one that carried
+            # the step count forward (--resume, --init-gguf, --continue) already does
+            if r["step"] <= last_step:
+                offset += last_step
             last_run = r.get("run")
-            starts.append((offset, last_run))
+            starts.append((offset + r["step"] - 1, last_run))
         last_step = r["step"]
         x = offset + r["step"]
         for k in series:
@@ -921,6 +929,8 @@ def main(argv):
     ap.add_argument("--summary", choices=list(SUMMARIES), default="declared",
                     help="cpu: the routing summary of the multi-hop questions (default: the "
                          "model's declared routing)")
+    ap.add_argument("--top-k", type=int, default=16,
+                    help="cpu: blocks each kv head of a memory layer selects (msadb_ask_params)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     ap.add_argument("--reuse", action="store_true",
                     help="open the kept store instead of ingesting again (see --keep)")
