@@ -105,7 +105,8 @@ def main(argv):
     ap.add_argument("--name", default="msadb-mem")
     ap.add_argument("--training", default="",
                     help="JSON for the msadb.training key (default: the checkpoint's own "
-                         "steps, tokens and training seconds, which cover only its last command)")
+                         "steps, tokens and training seconds, which count the earlier commands "
+                         "it went on from with --continue, --resume or --init-gguf)")
     args = ap.parse_args(argv)
     sd, meta = load_state(args.ckpt)
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
