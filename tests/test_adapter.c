@@ -256,9 +256,6 @@ static void test_sparse_shift(const char *path, const char *dir)
     msadb_llm_close(llm);
 }
 
-/* Generation: routing once on the question (the default) or again for every
- * generated token attend the same memory in exact mode, so the greedy
- * answers agree; in sparse mode both run and cite the document. */
 /* A store of 16-token blocks for llm's signature (summary kinds: 0 = the
  * signature's default) holding doc_text and the question as documents. */
 static msadb_store *ask_store(msadb_llm *llm, const char *dir, const char *name, uint32_t kinds,
@@ -277,6 +274,9 @@ static msadb_store *ask_store(msadb_llm *llm, const char *dir, const char *name,
     return st;
 }
 
+/* Generation: routing once on the question (the default) or again for every
+ * generated token attend the same memory in exact mode, so the greedy
+ * answers agree; in sparse mode both run and cite the document. */
 static void test_ask_routing(const char *path, const char *dir)
 {
     msadb_llm *llm;
@@ -305,10 +305,7 @@ static void test_ask_routing(const char *path, const char *dir)
     msadb_llm_close(llm);
 }
 
-/* Routing choice in msadb_llm_ask: a model that declares dot-product mean
- * routing (GGUF msadb.routing.*) routes exactly as an undeclared model asked
- * explicitly for (MEAN, DOT), and differently from the engine's default and
- * from cosine; bad choices and bad declarations are refused. */
+/* The hits of one msadb_llm_ask with the given routing choice. */
 static void ask_hits(msadb_llm *llm, msadb_store *st, uint32_t summary, int score, msadb_hit *hits,
                      size_t *nh)
 {
@@ -334,6 +331,10 @@ static int same_hits(const msadb_hit *a, size_t na, const msadb_hit *b, size_t n
     return 1;
 }
 
+/* Routing choice in msadb_llm_ask: a model that declares dot-product mean
+ * routing (GGUF msadb.routing.*) routes exactly as an undeclared model asked
+ * explicitly for (MEAN, DOT), and differently from the engine's default and
+ * from cosine; bad choices and bad declarations are refused. */
 static void test_declared_routing(const char *plain_path, const char *dir)
 {
     char plain[1200]; /* tu_make_model reuses its buffer */

@@ -789,7 +789,8 @@ def build_logits_tool(build):
 
 
 def torch_from_gguf(path):
-    """The PyTorch model with the weights the GGUF file holds (dequantized)."""
+    """The PyTorch model with the weights the GGUF file holds (dequantized);
+    the file's metadata in its gguf_meta."""
     import torch
     import gguf
     import train_memory_model as tm
@@ -816,6 +817,7 @@ def torch_from_gguf(path):
         for a, b in names.items():
             sd["layers.%d.%s.weight" % (i, a)] = r.tensor_f32("blk.%d.%s.weight" % (i, b))
     m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+    m.gguf_meta = mt
     return m.eval()
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, HERE)
 import gguf  # noqa: E402
 from spm_model import read_spm_model  # noqa: E402
 
+
 def read_spm(path):
     """pieces, scores, types of a SentencePiece model file (SentencePiece's
     piece types are llama.cpp's token types); and the normalizer's

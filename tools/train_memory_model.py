@@ -753,10 +753,9 @@ def main():
     elif args.init_gguf:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import eval_memory
-        import gguf
         g = eval_memory.torch_from_gguf(args.init_gguf)
         c = g.c
-        info = json.loads(gguf.GGUFReader(args.init_gguf).meta.get("msadb.training", "{}"))
+        info = json.loads(g.gguf_meta.get("msadb.training", "{}"))
         prior = {"steps": info.get("steps") or 0, "tokens": info.get("tokens"),
                  "train_seconds": info.get("gpu_train_seconds") or 0.0}
     else:
