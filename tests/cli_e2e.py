@@ -77,8 +77,7 @@ def state(db, env=None, extra=()):
 # safetensors and .npy writing/reading
 # --------------------------------------------------------------------------
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-from safetensors_io import BF16, to_bf16, from_bf16, st_bytes, st_write, st_read  # noqa: E402
+from memmodel.safetensors_io import to_bf16, from_bf16, st_write, st_read
 
 
 # --------------------------------------------------------------------------

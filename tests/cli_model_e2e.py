@@ -2,7 +2,7 @@
 """End-to-end test of the msadb program's --model forms (built-in runtime):
 usage /usr/bin/python3 cli_model_e2e.py PATH_TO_msadb
 
-With small random llama models written by tools/make_test_model.py (the
+With small random llama models written by tools/memmodel/make_test_model.py (the
 answers are gibberish, but every code path runs): init --model (the store's
 signature is the model's, options override), ingest of text files (several
 files, --split into paragraphs under Markdown headings, spaces, titles, text
@@ -24,7 +24,6 @@ import tempfile
 
 MSADB = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAKE_MODEL = os.path.join(HERE, "..", "tools", "make_test_model.py")
 TMP = tempfile.mkdtemp(prefix="msadb-cli-model-")
 
 
@@ -67,8 +66,8 @@ def state(db):
 
 def make_model(name, *extra):
     path = p(name)
-    r = subprocess.run(["/usr/bin/python3", MAKE_MODEL, path, "--layers", "4", "--heads", "4",
-                        "--kv-heads", "2", "--head-dim", "16", "--ffn", "64", *extra],
+    r = subprocess.run(["/usr/bin/python3", "-m", "memmodel.make_test_model", path, "--layers", "4",
+                        "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--ffn", "64", *extra],
                        capture_output=True, text=True)
     if r.returncode != 0:
         print(f"skipping: cannot write a test model: {r.stderr.strip()[-300:]}")

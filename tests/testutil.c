@@ -83,7 +83,8 @@ const char *tu_make_model(const char *dir, const char *name, const char *opts)
     if (system(cmd) != 0)
         return NULL;
     snprintf(path, sizeof path, "%s/%s.gguf", dir, name);
-    snprintf(cmd, sizeof cmd, "%s %s/tools/make_test_model.py %s %s", py, root, path, opts);
+    snprintf(cmd, sizeof cmd, "PYTHONPATH=%s/tools %s -m memmodel.make_test_model %s %s", root, py,
+             path, opts);
     if (system(cmd) != 0) {
         fprintf(stderr, "command failed: %s\n", cmd);
         exit(1);

@@ -44,7 +44,7 @@ void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
 void tu_make_kv(uint64_t seed, size_t n, float *K, float *V);
 
 /* Writes DIR/NAME.gguf, a small llama model with seeded random weights,
- * with tools/make_test_model.py OPTS (needs MSADB_SOURCE_ROOT, and
+ * with tools/memmodel/make_test_model.py OPTS (needs MSADB_SOURCE_ROOT, and
  * MSADB_PYTHON or /usr/bin/python3 with numpy).  Returns the path (static
  * until the next call), or NULL when the tools are unavailable. */
 const char *tu_make_model(const char *dir, const char *name, const char *opts);

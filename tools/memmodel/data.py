@@ -1,10 +1,10 @@
 #!/usr/bin/python3
-"""make_memory_data.py -- the data recipe of msadb's own memory model.
+"""memmodel.data -- the data recipe of msadb's own memory model.
 
 Runs on the development machine (Debian; numpy and python3-sentencepiece),
 never on the GPU machine, which gets only the arrays this writes.
 
-    /usr/bin/python3 tools/make_memory_data.py all --out DIR [--seed 1234]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.data all --out DIR [--seed 1234]
 
 Steps (each also a subcommand: extract, tokenizer, build):
 
@@ -59,7 +59,7 @@ import zlib
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 TOKENIZER_PATH = os.path.join(ROOT, "models", "msadb-mem.tokenizer.model")
 VOCAB = 8192
 

@@ -2,7 +2,7 @@
 """spm_model.py -- reads a SentencePiece model file (protobuf) without the
 sentencepiece package: the pieces, scores and types, the special ids and the
 normalizer settings that msadb's tokenizer (and llama.cpp's converter) use.
-Used by tools/export_gguf.py and tests/tokenizer_reference.py."""
+Used by tools/memmodel/export_gguf.py and tests/tokenizer_reference.py."""
 import struct
 
 

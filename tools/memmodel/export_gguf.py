@@ -1,16 +1,16 @@
 #!/usr/bin/python3
 """export_gguf.py -- writes msadb's memory model as a llama GGUF file.
 
-    python3 tools/export_gguf.py CKPT_DIR OUT.gguf [--wtype q8_0|f16|f32]
+    PYTHONPATH=tools python3 -m memmodel.export_gguf CKPT_DIR OUT.gguf [--wtype q8_0|f16|f32]
         [--tokenizer models/msadb-mem.tokenizer.model] [--name msadb-mem]
 
-CKPT_DIR holds the checkpoint tools/train_memory_model.py writes
+CKPT_DIR holds the checkpoint tools/memmodel/train.py writes
 (ckpt_meta.json, ckpt_0.pt .. ckpt_2.pt: fp32 state dicts).  Needs numpy and
 torch (to read the checkpoint); the tokenizer is read from the SentencePiece
 model file with a small protobuf reader (no sentencepiece package needed).
 
-The file uses llama.cpp's key and tensor names (tools/make_test_model.py's
-table), written with the project's own tools/gguf.py.  Weights are exported
+The file uses llama.cpp's key and tensor names (tools/memmodel/make_test_model.py's
+table), written with the project's own tools/memmodel/gguf.py.  Weights are exported
 as trained: the model applies RoPE to consecutive pairs (2i, 2i+1), msadb's
 GGUF-native convention, so q/k rows need no permutation.  The output
 embedding is tied (no output.weight).  Norm weights stay F32.
@@ -28,9 +28,8 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import gguf  # noqa: E402
-from spm_model import read_spm_model  # noqa: E402
+from . import gguf
+from .spm_model import read_spm_model
 
 
 def read_spm(path):
@@ -42,9 +41,9 @@ def read_spm(path):
 
 
 def load_state(ckpt):
-    """(state as numpy fp32, meta) of a train_memory_model.py checkpoint."""
-    import train_memory_model as tm
-    sd, meta = tm.load_state(ckpt)
+    """(state as numpy fp32, meta) of a memmodel.train checkpoint."""
+    from .net import load_state
+    sd, meta = load_state(ckpt)
     return {k: v.numpy() for k, v in sd.items()}, meta
 
 
@@ -56,7 +55,7 @@ def build(sd, meta, tok_path, wtype, name, extra=None):
     w.add_string("general.name", name)
     w.add_string("general.description",
                  "msadb's own small memory model: llama architecture, memory layers %d..%d "
-                 "(latter half), trained by tools/train_memory_model.py" %
+                 "(latter half), trained by tools/memmodel/train.py" %
                  (c["n_layers"] // 2, c["n_layers"] - 1))
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[wtype])
     w.add_uint32("llama.block_count", c["n_layers"])
@@ -101,7 +100,7 @@ def main(argv):
     ap.add_argument("ckpt")
     ap.add_argument("out")
     ap.add_argument("--wtype", default="q8_0", choices=["q8_0", "f16", "f32", "bf16"])
-    ap.add_argument("--tokenizer", default=os.path.join(os.path.dirname(HERE), "models",
+    ap.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "models",
                                                         "msadb-mem.tokenizer.model"))
     ap.add_argument("--name", default="msadb-mem")
     ap.add_argument("--training", default="",
@@ -113,7 +112,7 @@ def main(argv):
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
                                         "seed": meta.get("seed"), "params": meta.get("params"),
                                         "gpu_train_seconds": meta.get("train_seconds")})
-    # how the model was trained to route (train_memory_model.py: q . mean key);
+    # how the model was trained to route (memmodel.train: q . mean key);
     # msadb_llm_ask routes this way where the store holds mean summaries
     w = build(sd, meta, args.tokenizer, args.wtype, args.name,
               {"msadb.training": info, "msadb.routing.summary": "mean", "msadb.routing.score": "dot"})

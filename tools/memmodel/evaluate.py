@@ -1,16 +1,16 @@
 #!/usr/bin/python3
-"""eval_memory.py -- evaluation of msadb's memory model.
+"""memmodel.evaluate -- evaluation of msadb's memory model.
 
-    /usr/bin/python3 tools/eval_memory.py prepare [--data .train-data]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate prepare [--data .train-data]
         held-out evaluation sets: 100 single-hop needles (held-out entities
-        and values, tools/make_memory_data.py's "held" vocabulary) inserted
+        and values, tools/memmodel/data.py's "held" vocabulary) inserted
         as paragraphs into the first documents of the dict-gcide haystack
         (held-out natural text), nested haystacks of 16K, 128K, 1M and 10M
         tokens (prefixes of one document list), and 40 multi-hop pairs in a
         separate 128K-token haystack.  Writes DATA/eval.json (the recipe:
         which document gets which fact) and DATA/eval_gpu.npz (the same
         documents tokenized, for gpu_eval).
-    /usr/bin/python3 tools/eval_memory.py cpu --model models/msadb-mem.gguf
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate cpu --model models/msadb-mem.gguf
         [--sizes 16K,128K,1M] [--lib BUILD/libmsadb/libmsadb.so] [--out J]
         the same needles measured through the real C library on this
         machine (ctypes over libmsadb: msadb_llm_ingest of every document
@@ -26,26 +26,22 @@
         the same --out keeps the figures it does not measure again.
         Latency per question is wall time.  --summary reps (with --what multihop
         --sizes "") routes the multi-hop questions with another summary.
-    /usr/bin/python3 tools/eval_memory.py plot --cpu J --gpu J --png docs/model-eval.png
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate plot --cpu J --gpu J --png docs/model-eval.png
         accuracy vs memory size
-    /usr/bin/python3 tools/eval_memory.py check --model models/msadb-mem.gguf
-        next-token logits of msadb's C runtime (a small program built against
-        BUILD/libmsadb/libmsadb.a) vs the PyTorch model holding the GGUF's
-        weights, in float64
-    /usr/bin/python3 tools/eval_memory.py plot-log [--log models/msadb-mem.train-log.jsonl] [--png P]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate check --model models/msadb-mem.gguf
+        next-token logits of msadb's C runtime (BUILD/tests/test_model --dump,
+        --build BUILD) vs the PyTorch model holding the GGUF's weights, in
+        float64
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate plot-log [--log models/msadb-mem.train-log.jsonl] [--png P]
         loss curves of the training log, steps counted across its commands
-    /usr/bin/python3 tools/eval_memory.py mirrors --lib BUILD/libmsadb/libmsadb.so
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate mirrors --lib BUILD/libmsadb/libmsadb.so
         checks the ctypes copies of msadb_ask_params and msadb_options
         against include/msadb.h and the library (a meson test)
 
-gpu_eval() is called by tools/train_memory_model.py after training: the
-same evaluation through the PyTorch model with msadb's routing (mean-key
-score, max over the group's q heads and the prompt's tokens, top-16 blocks
-per kv head; each generated token selects its own), run on the GPU where
-10M tokens of memory fit.
+The same evaluation through the PyTorch model on the GPU is
+memmodel.gpu_eval (memmodel.train --eval-gpu).
 """
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -53,9 +49,11 @@ import time
 
 import numpy as np
 
+from . import data as mmd
+from .clib import Msadb, mirror_problems
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 SIZES = {"16K": 16384, "128K": 131072, "1M": 1 << 20, "10M": 10 * (1 << 20)}
 N_NEEDLES = 100
@@ -75,7 +73,6 @@ def _insert(doc, fact, rng):
 
 
 def cmd_prepare(args):
-    import make_memory_data as mmd
     sp = mmd.load_sp()
     rng = np.random.default_rng(args.seed)
     docs = mmd.read_docs(os.path.join(args.data, "text", "dict-gcide.txt"))
@@ -172,333 +169,8 @@ def cmd_prepare(args):
 
 
 # --------------------------------------------------------------------------
-# GPU evaluation through the PyTorch model (msadb's routing)
-# --------------------------------------------------------------------------
-
-def _ragged(z, name):
-    t, o = z[name + "_tok"], z[name + "_off"]
-    return [t[o[i]:o[i + 1]].astype(np.int64) for i in range(len(o) - 1)]
-
-
-def encode_pool(model, docs, dev, batch_tokens=1 << 18):
-    """Runs documents (token lists) through the model with document-wise
-    positions; returns per memory layer (K, V) [kv, P, 64, hd] f32, block
-    valid [P, 64], block -> document index [P], in document order."""
-    import torch
-    import train_memory_model as tm
-    B = tm.BLOCK
-    order = np.argsort([len(d) for d in docs], kind="stable")
-    nmem = len(model.c.mem_layers())
-    Ks = [[] for _ in range(nmem)]
-    Vs = [[] for _ in range(nmem)]
-    valids, docids = [], []
-    i = 0
-    with torch.no_grad():
-        while i < len(order):
-            L = ((len(docs[order[i]]) + B - 1) // B) * B
-            # docs sorted by length: a batch pads to its longest
-            j = i
-            while j < len(order) and (j - i + 1) * (((len(docs[order[j]]) + B - 1) // B) * B) <= batch_tokens:
-                j += 1
-            j = max(j, i + 1)
-            idx = order[i:j]
-            L = ((max(len(docs[t]) for t in idx) + B - 1) // B) * B
-            x = np.zeros((len(idx), L), np.int64)
-            v = np.zeros((len(idx), L), bool)
-            for r, t in enumerate(idx):
-                x[r, :len(docs[t])] = docs[t]
-                v[r, :len(docs[t])] = True
-            xt = torch.from_numpy(x).to(dev)
-            _, caps = model.forward_plain(xt, capture=True)
-            nb = L // B
-            vb = torch.from_numpy(v.reshape(len(idx) * nb, B)).to(dev)
-            keep = vb.any(1)
-            for m, (k, vv) in enumerate(caps):
-                kv, hd = k.shape[1], k.shape[3]
-                K = k.float().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
-                V = vv.float().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
-                Ks[m].append(K[:, keep])
-                Vs[m].append(V[:, keep])
-            valids.append(vb[keep])
-            di = torch.from_numpy(np.repeat(idx, nb)).to(dev)[keep]
-            docids.append(di)
-            i = j
-        doc = torch.cat(docids)
-        # document order (stable: blocks of one document stay in order)
-        perm = torch.sort(doc, stable=True).indices
-        out = []
-        for m in range(nmem):
-            K = torch.cat(Ks[m], 1)[:, perm].to(torch.float16)
-            V = torch.cat(Vs[m], 1)[:, perm].to(torch.float16)
-            out.append((K, V))
-        return out, torch.cat(valids)[perm], doc[perm]
-
-
-def _pools(kvs, valid, doc, nb, means_cache):
-    import train_memory_model as tm
-    pools = []
-    for m, (K, V) in enumerate(kvs):
-        if m not in means_cache:
-            w = valid.float()
-            # mean of the f32 keys, stored in f16 as msadb's summaries are
-            means_cache[m] = ((K.float() * w[None, :, :, None]).sum(2) /
-                              w.sum(1).clamp(min=1)[None, :, None]).half().float()
-        p = tm.Pool.__new__(tm.Pool)
-        p.K, p.V, p.valid, p.doc = K[:, :nb], V[:, :nb], valid[:nb], doc[:nb]
-        p.means = means_cache[m][:, :nb]
-        pools.append(p)
-    return pools
-
-
-def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interleave=None):
-    """Greedy answers (token lists) to questions qs (token lists with BOS).
-    interleave: (docs token lists) -> one round: the best document of the
-    prompt pass (max routing score in the last memory layer) is put after
-    BOS and routing runs again."""
-    import torch
-    outs = []
-    for s in range(0, len(qs), batch):
-        chunk = [list(q) for q in qs[s:s + batch]]
-        if interleave is not None and pools is not None:
-            T = max(len(q) for q in chunk)
-            tok = np.zeros((len(chunk), T), np.int64)
-            val = np.zeros((len(chunk), T), bool)
-            for i, q in enumerate(chunk):
-                tok[i, :len(q)] = q
-                val[i, :len(q)] = True
-            with torch.no_grad():
-                _, _, info = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
-                                                 torch.from_numpy(val.sum(1)).to(dev), pools, top_k)
-            bb = info["best_block"].cpu().numpy()
-            dd = pools[-1].doc[torch.from_numpy(bb).to(dev)].cpu().numpy()
-            chunk = [[q[0]] + list(interleave[int(d)]) + q[1:] for q, d in zip(chunk, dd)]
-        plen = [len(q) for q in chunk]
-        seqs = [list(q) for q in chunk]
-        done = [False] * len(seqs)
-        gen = [[] for _ in seqs]
-        for _ in range(max_new):
-            T = max(len(q) for q in seqs)
-            tok = np.zeros((len(seqs), T), np.int64)
-            val = np.zeros((len(seqs), T), bool)
-            for i, q in enumerate(seqs):
-                tok[i, :len(q)] = q
-                val[i, :len(q)] = True
-            with torch.no_grad():
-                x, _, _ = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
-                                              torch.tensor(plen, device=dev), pools, top_k)
-                last = torch.tensor([len(q) - 1 for q in seqs], device=dev)
-                h = x[torch.arange(len(seqs), device=dev), last]
-                nxt = model.logits(h[:, None])[:, 0].argmax(-1).cpu().numpy()
-            for i, t in enumerate(nxt):
-                if done[i]:
-                    continue
-                if int(t) == eos:
-                    done[i] = True
-                else:
-                    gen[i].append(int(t))
-                    seqs[i].append(int(t))
-            if all(done):
-                break
-        outs += gen
-    return outs
-
-
-def gpu_eval(model, path, dev, deadline, log=print):
-    import torch
-    torch.backends.cuda.matmul.allow_tf32 = False
-    z = np.load(path)
-    eos = int(z["eos"])
-    docs = _ragged(z, "doc")
-    qs, ans = _ragged(z, "q"), _ragged(z, "a")
-    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-16 blocks/kv head), f16 K/V",
-           "sizes": {}}
-    t0 = time.time()
-    kvs, valid, doc = encode_pool(model, docs, dev)
-    res["encode_seconds"] = round(time.time() - t0, 1)
-    blocks_per_doc = torch.bincount(doc, minlength=len(docs)).cpu().numpy()
-    cum_blocks = np.cumsum(blocks_per_doc)
-    mc = {}
-
-    # the kinds of the questions, where prepare's eval.json lies beside the arrays
-    meta = os.path.join(os.path.dirname(os.path.abspath(path)), "eval.json")
-    kinds = None
-    if os.path.exists(meta):
-        with open(meta) as f:
-            kinds = [n["kind"] for n in json.load(f)["needles"]]
-
-    def acc(outs, ans, where=None):
-        ok = [list(o) == list(a) for o, a in zip(outs, ans)]
-        if where is not None and kinds is not None and len(kinds) == len(ok):
-            where["by_kind"] = {k: float(np.mean([o for o, kk in zip(ok, kinds) if kk == k]))
-                                for k in sorted(set(kinds))}
-        return float(np.mean(ok))
-
-    outs = generate(model, qs, None, dev, eos)
-    res["no_memory"] = acc(outs, ans)
-    log({"event": "eval", "what": "no_memory", "acc": res["no_memory"]})
-    for name, nd, nt in zip(z["size_names"], z["size_docs"], z["size_tokens"]):
-        if time.time() > deadline:
-            res["sizes"][str(name)] = "skipped: time"
-            continue
-        nb = int(cum_blocks[int(nd) - 1])
-        pools = _pools(kvs, valid, doc, nb, mc)
-        t1 = time.time()
-        outs = generate(model, qs, pools, dev, eos)
-        r = {}
-        a = acc(outs, ans, r)
-        res["sizes"][str(name)] = {"tokens": int(nt), "docs": int(nd), "blocks": nb, "acc": a,
-                                   "seconds": round(time.time() - t1, 1),
-                                   "sample": [outs[i] for i in range(3)], **r}
-        log({"event": "eval", "size": str(name), "tokens": int(nt), "acc": a, **r})
-    del kvs, mc
-    torch.cuda.empty_cache()
-    if time.time() < deadline:
-        mdocs = _ragged(z, "mh")
-        mq, ma = _ragged(z, "mq"), _ragged(z, "ma")
-        kvs, valid, doc = encode_pool(model, mdocs, dev)
-        pools = _pools(kvs, valid, doc, valid.shape[0], {})
-        off = acc(generate(model, mq, pools, dev, eos), ma)
-        on = acc(generate(model, mq, pools, dev, eos, interleave=mdocs), ma)
-        res["multihop"] = {"interleave_off": off, "interleave_on": on, "pairs": len(mq)}
-        log({"event": "eval", "multihop": res["multihop"]})
-    return res
-
-
-# --------------------------------------------------------------------------
 # CPU evaluation through the C library
 # --------------------------------------------------------------------------
-
-def header_fields(struct):
-    """Field names of a struct of include/msadb.h, in order."""
-    import re
-    src = open(os.path.join(ROOT, "include", "msadb.h")).read()
-    body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (struct, struct), src, re.S).group(1)
-    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
-    names = []
-    for decl in body.split(";"):
-        decl = decl.strip()
-        if not decl:
-            continue
-        m = re.search(r"\(\s*\*\s*(\w+)\s*\)", decl) or re.search(r"(\w+)\s*(\[[^\]]*\])?$", decl)
-        names.append(m.group(1))
-    return names
-
-
-def check_mirrors(L):
-    """Problems of the ctypes mirrors (AskParams, Options) against the
-    header and the library: field names and order as declared, and a layout
-    check: the library's *_init() fills a sentinel-filled buffer; its defaults
-    must land in the right fields and nothing may be written past the
-    mirror's size."""
-    problems = []
-    for cls, name, init, defaults in (
-            (AskParams, "msadb_ask_params", "msadb_ask_params_init",
-             {"top_k": 16, "max_tokens": 64, "top_p": 1.0}),
-            (Options, "msadb_options", "msadb_options_init", {"zstd_level": 1})):
-        want = header_fields(name)
-        have = [f[0] for f in cls._fields_]
-        if want != have:
-            problems.append("%s fields %s, header %s" % (cls.__name__, have, want))
-            continue
-        n = ctypes.sizeof(cls)
-        buf = (ctypes.c_ubyte * (n + 64))(*([0xAB] * (n + 64)))
-        getattr(L, init)(ctypes.byref(buf))
-        if any(b != 0xAB for b in buf[n:]):
-            problems.append("%s: the library's struct is larger than the mirror (%d bytes)"
-                            % (name, n))
-        st = cls.from_buffer(buf)
-        for f, _ in cls._fields_:
-            v = getattr(st, f)
-            exp = defaults.get(f, 0)
-            if (v or 0) != exp:
-                problems.append("%s.%s reads %r after %s(), expected %r" % (name, f, v, init, exp))
-    return problems
-
-
-class AskParams(ctypes.Structure):
-    _fields_ = [("spaces", ctypes.c_void_p), ("n_spaces", ctypes.c_size_t),
-                ("top_k", ctypes.c_uint32), ("select", ctypes.c_int), ("exact", ctypes.c_int),
-                ("no_memory", ctypes.c_int), ("max_tokens", ctypes.c_uint32),
-                ("temperature", ctypes.c_float), ("top_p", ctypes.c_float),
-                ("seed", ctypes.c_uint64), ("query_pos", ctypes.c_int32),
-                ("route_each_token", ctypes.c_int), ("interleave", ctypes.c_uint32),
-                ("summary", ctypes.c_uint32), ("score", ctypes.c_int), ("on_text", ctypes.c_void_p),
-                ("user", ctypes.c_void_p)]
-
-
-class Options(ctypes.Structure):
-    _fields_ = [("read_only", ctypes.c_int), ("map_size", ctypes.c_uint64),
-                ("max_readers", ctypes.c_uint), ("zstd_level", ctypes.c_int),
-                ("no_sync", ctypes.c_int), ("key", ctypes.c_void_p), ("passphrase", ctypes.c_char_p)]
-
-
-class Msadb:
-    """The few public functions the evaluation needs, through ctypes."""
-
-    def __init__(self, lib):
-        self.L = L = ctypes.CDLL(lib)
-        problems = check_mirrors(L)
-        if problems:
-            raise SystemExit("eval_memory.py: ctypes mirrors out of date with include/msadb.h:\n  "
-                             + "\n  ".join(problems))
-        L.msadb_strerror.restype = ctypes.c_char_p
-        self.llm = ctypes.c_void_p()
-        # how ask() routes: summary MSADB_SUMMARY_* (0: the model's declared routing),
-        # top_k blocks per kv head (msadb_ask_params' default 16)
-        self.summary, self.top_k = 0, 16
-
-    def check(self, rc, what):
-        if rc:
-            raise RuntimeError("%s: %s" % (what, self.L.msadb_strerror(rc).decode()))
-
-    def open_model(self, path):
-        self.check(self.L.msadb_llm_open(path.encode(), ctypes.byref(self.llm)), "llm_open")
-
-    def create_store(self, path, dtype=None):
-        sig = ctypes.create_string_buffer(4096)
-        self.check(self.L.msadb_llm_signature(self.llm, sig), "signature")
-        opt = Options()
-        self.L.msadb_options_init(ctypes.byref(opt))
-        opt.no_sync = 1
-        st = ctypes.c_void_p()
-        self.check(self.L.msadb_open_or_create(path.encode(), sig, ctypes.byref(opt),
-                                               ctypes.byref(st)), "open_or_create")
-        return st
-
-    def close_store(self, st):
-        self.L.msadb_close(st)
-
-    def ingest(self, st, title, text):
-        b = text.encode()
-        did = ctypes.c_uint64()
-        self.check(self.L.msadb_llm_ingest(self.llm, st, b"default", title.encode(), b,
-                                           ctypes.c_size_t(len(b)), ctypes.byref(did)), "ingest")
-
-    def ask(self, st, question, no_memory=False, interleave=0, top_k=None, max_tokens=12,
-            exact=False, route_each_token=False):
-        p = AskParams()
-        self.L.msadb_ask_params_init(ctypes.byref(p))
-        p.summary = self.summary
-        p.no_memory = int(no_memory)
-        p.exact = int(exact)
-        p.interleave = interleave
-        p.route_each_token = int(route_each_token)
-        p.top_k = self.top_k if top_k is None else top_k
-        p.max_tokens = max_tokens
-        buf = ctypes.create_string_buffer(4096)
-        n = ctypes.c_size_t()
-        b = question.encode()
-        self.check(self.L.msadb_llm_ask(self.llm, st, b, ctypes.c_size_t(len(b)), ctypes.byref(p), buf,
-                                        ctypes.c_size_t(4096), ctypes.byref(n), None, ctypes.c_size_t(0),
-                                        None), "ask")
-        return buf.value.decode("utf-8", "replace")
-
-    def tokenize_len(self, text):
-        n = ctypes.c_size_t()
-        b = text.encode()
-        self.L.msadb_llm_tokenize(self.llm, b, ctypes.c_size_t(len(b)), 0, None, None,
-                                  ctypes.c_size_t(0), ctypes.byref(n))
-        return n.value
 
 
 def norm_answer(s):
@@ -510,7 +182,6 @@ WHAT = ("none", "exact", "trunc", "rag", "rag1", "multihop", "interleave", "each
 
 
 def cmd_cpu(args):
-    import make_memory_data as mmd
     import shutil
     args.what = set(w for w in args.what.split(",") if w)
     if args.what - set(WHAT):
@@ -746,88 +417,29 @@ def cmd_plot(args):
 # C runtime vs PyTorch: next-token logits on the same tokens
 # --------------------------------------------------------------------------
 
-LOGITS_C = r"""
-/* logits of every token of a token file through msadb's runtime */
-#include <stdio.h>
-#include <stdlib.h>
-#include "model.h"
-int main(int argc, char **argv)
-{
-    if (argc != 4) return 2;
-    msadb_model *m;
-    int rc = msadb_model_open(argv[1], &m);
-    if (rc) { fprintf(stderr, "open %d\n", rc); return 1; }
-    FILE *f = fopen(argv[2], "rb");
-    int32_t ids[8192];
-    size_t n = fread(ids, 4, 8192, f);
-    fclose(f);
-    const msadb_model_config *c = msadb_model_get_config(m);
-    msadb_model_ctx *ctx;
-    if (msadb_model_ctx_new(m, (uint32_t)n, &ctx)) return 1;
-    float *lg = malloc(n * c->n_vocab * sizeof *lg);
-    rc = msadb_model_forward(ctx, ids, (uint32_t)n, NULL, lg, 1, NULL);
-    if (rc) { fprintf(stderr, "forward %d\n", rc); return 1; }
-    f = fopen(argv[3], "wb");
-    fwrite(lg, sizeof *lg, n * c->n_vocab, f);
-    fclose(f);
-    return 0;
-}
-"""
-
-
-def build_logits_tool(build):
+def c_logits(build, model, ids):
+    """Next-token logits [n][vocab] of the C runtime on ids (positions 0..n-1),
+    written by the build's tests/test_model --dump (the dump model_reference
+    compares with PyTorch)."""
     import subprocess
-    src, exe = "/tmp/msadb_logits.c", "/tmp/msadb_logits"
-    with open(src, "w") as f:
-        f.write(LOGITS_C)
-    cmd = ("cc -O2 -std=c11 -I%s/include -I%s/libmsadb %s -o %s %s/libmsadb/libmsadb.a "
-           "$(pkg-config --libs lmdb libzstd libsodium libpcre2-8 openblas 2>/dev/null || echo "
-           "-llmdb -lzstd -lsodium -lpcre2-8 -lopenblas) -lpthread -lm"
-           % (ROOT, ROOT, src, exe, build))
-    subprocess.run(cmd, shell=True, check=True)
-    return exe
-
-
-def torch_from_gguf(path):
-    """The PyTorch model with the weights the GGUF file holds (dequantized);
-    the file's metadata in its gguf_meta."""
-    import torch
-    import gguf
-    import train_memory_model as tm
-    r = gguf.GGUFReader(path)
-    mt = r.meta
-    c = tm.Config()
-    c.n_layers = mt["llama.block_count"]
-    c.d = mt["llama.embedding_length"]
-    c.ffn = mt["llama.feed_forward_length"]
-    c.n_heads = mt["llama.attention.head_count"]
-    c.n_kv = mt["llama.attention.head_count_kv"]
-    c.hd = mt.get("llama.attention.key_length", c.d // c.n_heads)
-    c.ctx = mt["llama.context_length"]
-    c.theta = mt["llama.rope.freq_base"]
-    c.eps = mt["llama.attention.layer_norm_rms_epsilon"]
-    c.vocab = len(mt["tokenizer.ggml.tokens"])
-    m = tm.Model(c)
-    sd = {"tok.weight": r.tensor_f32("token_embd.weight"), "out_norm": r.tensor_f32("output_norm.weight")}
-    names = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
-             "w_gate": "ffn_gate", "w_up": "ffn_up", "w_down": "ffn_down"}
-    for i in range(c.n_layers):
-        sd["layers.%d.attn_norm" % i] = r.tensor_f32("blk.%d.attn_norm.weight" % i)
-        sd["layers.%d.ffn_norm" % i] = r.tensor_f32("blk.%d.ffn_norm.weight" % i)
-        for a, b in names.items():
-            sd["layers.%d.%s.weight" % (i, a)] = r.tensor_f32("blk.%d.%s.weight" % (i, b))
-    m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
-    m.gguf_meta = mt
-    return m.eval()
+    import tempfile
+    exe = os.path.join(build, "tests", "test_model")
+    if not os.path.exists(exe):
+        raise SystemExit("check: %s not found: build the tree (ninja -C %s) or pass --build"
+                         % (exe, build))
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = os.path.join(tmp, "d")
+        lst = ",".join(map(str, ids))
+        subprocess.run([exe, "--dump", model, prefix, lst, ",".join(map(str, range(len(ids))))],
+                       check=True)
+        return np.fromfile(prefix + ".logits", np.float32).reshape(len(ids), -1)
 
 
 def cmd_check(args):
     """C runtime logits vs the PyTorch model (GGUF weights, f64) on prompts."""
-    import subprocess
     import torch
-    import make_memory_data as mmd
+    from .net import torch_from_gguf
     sp = mmd.load_sp()
-    exe = build_logits_tool(args.build)
     m = torch_from_gguf(args.model).double()
     prompts = ["What is the password of the amber lockbox?",
                "In the beginning God created the heaven and the earth.",
@@ -836,9 +448,7 @@ def cmd_check(args):
     out = []
     for p in prompts:
         ids = [sp.bos_id()] + sp.encode(p)
-        np.array(ids, np.int32).tofile("/tmp/msadb_ids.bin")
-        subprocess.run([exe, args.model, "/tmp/msadb_ids.bin", "/tmp/msadb_logits.bin"], check=True)
-        lc = np.fromfile("/tmp/msadb_logits.bin", np.float32).reshape(len(ids), -1)
+        lc = c_logits(args.build, args.model, ids)
         with torch.no_grad():
             h, _ = m.forward_plain(torch.tensor([ids]))
             lt = m.logits(h)[0].numpy()
@@ -854,7 +464,7 @@ def cmd_check(args):
 
 def cmd_mirrors(args):
     """Exit 1 if the ctypes mirrors disagree with include/msadb.h / the library."""
-    problems = check_mirrors(ctypes.CDLL(args.lib))
+    problems = mirror_problems(args.lib)
     for p in problems:
         print("FAIL:", p)
     if problems:
@@ -863,7 +473,7 @@ def cmd_mirrors(args):
 
 
 def cmd_plot_log(args):
-    """Loss curves of a training log (train_memory_model.py's jsonl, with a
+    """Loss curves of a training log (memmodel.train's jsonl, with a
     "run" field per command): steps are counted across the commands."""
     import matplotlib
     matplotlib.use("Agg")

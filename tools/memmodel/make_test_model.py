@@ -2,7 +2,7 @@
 """make_test_model.py -- writes a small llama-architecture GGUF model with
 seeded random weights, for tests and benchmarks of msadb's runtime.
 
-    /usr/bin/python3 tools/make_test_model.py OUT.gguf [--layers 2] [--heads 4]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.make_test_model OUT.gguf [--layers 2] [--heads 4]
         [--kv-heads 2] [--head-dim 16] [--ffn 96] [--vocab 300] [--ctx 2048]
         [--rope-theta 10000] [--rope-dims N] [--rope-scale 1.0] [--untied] [--wtype f32|f16|bf16|q8_0]
         [--eps 1e-5] [--seed 0] [--routing mean:dot]
@@ -20,12 +20,10 @@ Tokenizer: a byte-level "llama" (SentencePiece-style) vocabulary: <unk>, <s>,
 """
 import argparse
 import sys
-import os
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gguf  # noqa: E402
+from . import gguf
 
 # llama.cpp token types
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
