@@ -54,7 +54,6 @@ import os
 import re
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 
@@ -339,6 +338,65 @@ QUESTION_T = {
 def _cap(s):
     return s[0].upper() + s[1:]
 
+# --------------------------------------------------------------------------
+# Held-out splits of the held-out evaluation (memmodel.heldout).  Never drawn
+# by a training generator: slot vocabularies (adjectives, animals, attributes)
+# disjoint from the training lists above, and fact and question forms no
+# training template or composed form produces (checked by heldout_forms()).
+# --------------------------------------------------------------------------
+
+HELD_ADJ = ("mossy frosted lacquered speckled striped dented polished faded gilded enamel "
+            "chrome ebony jade pearl rosewood mahogany birch maple slate cobalt saffron "
+            "mustard lilac peach cream charcoal tawny russet plaid checkered dotted fuzzy "
+            "shiny glossy matte cracked battered sturdy flimsy slim bulky compact folding "
+            "portable antique vintage modern rustic ornate plain painted carved woven knitted "
+            "padded quilted frozen misty sunny breezy humble proud quiet noisy").split()
+HELD_ANIMALS = "lizard owl hedgehog gecko iguana raven donkey tortoise budgie newt".split()
+HELD_CODE_ATTRS = ["security code", "entry code", "unlock code", "safe number"]
+HELD_ROOM_ATTRS = ["entry code", "keypad code", "lock code"]
+# facts written as ordinary sentences (the value anywhere in them)
+HELD_FACT_T = {
+    "code": ["Nobody had touched {ent} in weeks, and its {attr} was still {val}, scratched "
+             "faintly on the side.",
+             "When the inventory was taken last winter, the clerk wrote down {val} as the "
+             "{attr} of {ent}.",
+             "Mind that {ent} only opens with the {attr} {val}, so keep it handy.",
+             "We finally learned that {val} is the {attr} protecting {ent}."],
+    "lives": ["Last spring {per} finally moved to {val}, where the family still lives.",
+              "These days {per} makes a home in {val}, not far from the river.",
+              "If you are ever in {val}, drop by and see {per}, who has settled there for good.",
+              "{per} grew up elsewhere but has long since put down roots in {val}."],
+    "pet": ["Every morning {per} walks a {animal} called {val} around the block.",
+            "The {animal} that {per} adopted last year answers to the name {val}.",
+            "{val}, a cheerful {animal}, belongs to {per} and sleeps by the stove.",
+            "Ask {per} about {val} and you will hear endless stories about that {animal}."],
+    "room": ["To keep it safe, they moved {ent} into room {val} at the end of the hall.",
+             "Anyone looking for {ent} should go straight to room {val}.",
+             "Room {val} is where {ent} ended up after the renovation."],
+    "roomcode": ["The staff punch in {val} as the {attr} whenever they need to enter room {room}.",
+                 "Keep this quiet: room {room} opens with the {attr} {val}.",
+                 "Since the lock was replaced, {val} has been the {attr} of room {room}."],
+}
+# question wordings no training form produces: other interrogatives, imperatives
+HELD_QUESTION_T = {
+    "code": ["Tell me the {attr} of {ent}.", "I need the {attr} for {ent}. What is it?",
+             "Do you know the {attr} that goes with {ent}?", "Give the {attr} belonging to {ent}."],
+    "lives": ["Which city is home to {per}?", "Tell me where {per} lives.",
+              "Name the city where {per} has settled.", "What town does {per} call home?"],
+    "pet": ["Tell me the name of {per}'s {animal}.", "What did {per} name the {animal}?",
+            "Give me the name of the {animal} that {per} owns.",
+            "What name does {per}'s {animal} answer to?"],
+    "room": ["Tell me which room {ent} is kept in.", "Where is {ent} kept? Give the room number.",
+             "What is the room number of {ent}?", "Name the room holding {ent}."],
+    "roomcode": ["Tell me the {attr} of room {room}.", "Give me the {attr} for room {room}.",
+                 "I need the {attr} for room {room}.", "Which {attr} opens room {room}?"],
+}
+# the answer to a question whose fact is not in memory
+ABSTAIN = "not in memory"
+HELD_SLOTS = {"adj": HELD_ADJ, "animal": HELD_ANIMALS, "code_attr": HELD_CODE_ATTRS,
+              "room_attr": HELD_ROOM_ATTRS}
+TRAIN_SLOTS = {"adj": ADJ, "animal": ANIMALS, "code_attr": CODE_ATTRS, "room_attr": ROOM_ATTRS}
+
 
 ONSETS = ("b c d f g h j k l m n p r s t v w z br ch cl dr fl gr kr pl pr sh st th tr "
           "").split(" ")
@@ -356,9 +414,15 @@ class FactGen:
     weights, only copied from memory, which is what the held-out evaluation
     asks.  kind_weights: relative frequency of each kind of example."""
 
-    def __init__(self, seed, side, synthetic=0.0, kind_weights=None):
+    def __init__(self, seed, side, synthetic=0.0, kind_weights=None, slots=None,
+                 fact_t=None, question_t=None):
+        """slots: the adjective, animal and attribute lists (TRAIN_SLOTS, or
+        HELD_SLOTS for the held-out evaluation); fact_t, question_t: the
+        forms of each kind (FACT_T, QUESTION_T by default)."""
         self.rng = np.random.default_rng(seed)
         self.v = Vocab(side)
+        self.slots = slots or TRAIN_SLOTS
+        self.fact_t, self.question_t = fact_t or FACT_T, question_t or QUESTION_T
         if synthetic and side != "train":
             raise ValueError("synthetic names are for the train side only")
         self.synthetic = synthetic
@@ -386,7 +450,7 @@ class FactGen:
         return xs[int(self.rng.integers(len(xs)))]
 
     def entity(self):
-        return "the %s %s" % (self._pick(self.v.adj), self._pick(self.v.noun))
+        return "the %s %s" % (self._pick(self.slots["adj"]), self._pick(self.v.noun))
 
     def person(self):
         return "%s %s" % (self._pick(self.v.first), self.proper())
@@ -398,7 +462,7 @@ class FactGen:
         d = dict(kw)
         if kind in ("code",):
             d.setdefault("ent", self.entity())
-            d.setdefault("attr", r(CODE_ATTRS))
+            d.setdefault("attr", r(self.slots["code_attr"]))
             d.setdefault("val", r(self.v.code))
             key = "code|%s|%s" % (d["ent"], d["attr"])
         elif kind == "lives":
@@ -407,7 +471,7 @@ class FactGen:
             key = "lives|" + d["per"]
         elif kind == "pet":
             d.setdefault("per", self.person())
-            d.setdefault("animal", r(ANIMALS))
+            d.setdefault("animal", r(self.slots["animal"]))
             d.setdefault("val", self.proper())
             key = "pet|%s|%s" % (d["per"], d["animal"])
         elif kind == "room":
@@ -416,17 +480,17 @@ class FactGen:
             key = "room|" + d["ent"]
         elif kind == "roomcode":
             d.setdefault("room", r(self.v.room))
-            d.setdefault("attr", r(ROOM_ATTRS))
+            d.setdefault("attr", r(self.slots["room_attr"]))
             d.setdefault("val", r(self.v.code))
             key = "roomcode|%s|%s" % (d["room"], d["attr"])
         else:
             raise ValueError(kind)
         if "ent" in d:
             d["Ent"] = _cap(d["ent"])
-        t = r(FACT_T[kind])
+        t = r(self.fact_t[kind])
         text = t.format(**d)
         prefix = t[:t.index("{val}")].format(**d).rstrip()
-        q = r(QUESTION_T[kind]).format(**d)
+        q = r(self.question_t[kind]).format(**d)
         return {"kind": kind, "key": key, "text": text, "prefix": prefix, "val": d["val"],
                 "question": q, "answer": d["val"], "d": d}
 
@@ -451,6 +515,173 @@ class FactGen:
         return {"facts": [f["text"]], "prefixes": [f["prefix"]], "vals": [f["val"]],
                 "keys": keys, "question": f["question"], "answer": f["answer"], "kind": kind}
 
+
+
+# --------------------------------------------------------------------------
+# Composed forms (training for generalization: memmodel.data build --composed)
+# --------------------------------------------------------------------------
+# A fact is a lead clause + a core clause in one of several word orders + a
+# trailing clause; a question one of several frames around a noun phrase or
+# a kind's own question.  Open slot vocabularies: modifiers and attribute
+# words from the train side of the word list, synthetic first names.  None of
+# the HELD_* forms or slot words is produced (heldout_clash() checks).
+
+LEADS = ["", "", "", "Remember that ", "Note that ", "For the record, ", "According to the notes, ",
+         "As it turns out, ", "By the way, ", "It is worth knowing that ", "Everyone agrees that ",
+         "The manager said that ", "Years ago it was decided that ",
+         "In the old ledger it says that ", "Just so you know, ", "Oddly enough, ",
+         "After a long day we found out that ", "The letter explained that ",
+         "Somebody mentioned that ", "It was written on the board that "]
+TRAILS = ["", "", "", ", as far as anyone knows", ", according to the records",
+          ", which surprised nobody", ", and that has not changed", " since last year",
+          ", or so we were told", " these days", ", at least for now", ", believe it or not",
+          " according to the caretaker", ", as the notice says"]
+CORES = {
+    "code": ["the {attr} of {ent} is {val}", "{ent}'s {attr} is {val}",
+             "the {attr} for {ent} is {val}", "{val} is the {attr} of {ent}",
+             "{ent} has the {attr} {val}", "the {attr} assigned to {ent} is {val}",
+             "{ent} uses the {attr} {val}", "the {attr} on {ent} was set to {val}",
+             "{ent} can be opened with the {attr} {val}", "{val} is what the {attr} of {ent} is"],
+    "lives": ["{per} lives in {val}", "{per} has lived in {val} for years",
+              "{per} moved to {val} and lives there now", "the home of {per} is in {val}",
+              "{per} resides in {val}", "{per} is living in {val}", "{val} is where {per} lives",
+              "{per} settled in {val} long ago", "{per} now lives in the city of {val}",
+              "{per} rents a flat in {val}"],
+    "pet": ["{per} has a {animal} named {val}", "{per}'s {animal} is called {val}",
+            "the {animal} of {per} is named {val}", "{per} owns a {animal} called {val}",
+            "{val} is the name of {per}'s {animal}", "{per} keeps a {animal} by the name of {val}",
+            "{per} takes care of a {animal} named {val}", "a {animal} named {val} lives with {per}"],
+    "room": ["{ent} is kept in room {val}", "{ent} is stored in room {val}",
+             "you will find {ent} in room {val}", "{ent} sits in room {val}",
+             "room {val} holds {ent}", "{ent} was placed in room {val}",
+             "{ent} belongs in room {val}", "{ent} is locked away in room {val}"],
+    "roomcode": ["the {attr} of room {room} is {val}", "room {room} has the {attr} {val}",
+                 "the {attr} for room {room} is {val}", "{val} is the {attr} of room {room}",
+                 "room {room} uses the {attr} {val}", "to enter room {room}, use the {attr} {val}"],
+}
+# noun phrases naming the asked value, and the frames around them
+PHRASES = {
+    "code": ["the {attr} of {ent}", "the {attr} for {ent}", "{ent}'s {attr}",
+             "the {attr} assigned to {ent}"],
+    "pet": ["the name of {per}'s {animal}", "the name of the {animal} belonging to {per}"],
+    "room": ["the room where {ent} is kept", "the room that holds {ent}"],
+    "roomcode": ["the {attr} of room {room}", "the {attr} for room {room}"],
+}
+FRAMES = ["What is {X}?", "What's {X}?", "What was {X}?", "Do you remember {X}?",
+          "Please recall {X}.", "Remind me of {X}.", "Look up {X}.", "I am looking for {X}.",
+          "Can you find {X}?", "Could you look up {X}?", "{X}: what is it?", "Recall {X}, please."]
+OWN_Q = {
+    "code": ["Which {attr} does {ent} have?", "What {attr} does {ent} use?"],
+    "lives": ["Where does {per} live?", "In which city does {per} live?",
+              "Where is {per} living these days?", "What city does {per} live in?",
+              "Where has {per} been living?", "Do you remember where {per} lives?",
+              "Please recall where {per} lives.", "Remind me where {per} lives.",
+              "In what city is {per}'s home?", "Look up where {per} lives."],
+    "pet": ["What is {per}'s {animal} called?", "What is the {animal} of {per} called?",
+            "What is the name of {per}'s {animal}?", "Remind me what {per}'s {animal} is called."],
+    "room": ["In which room is {ent} kept?", "Which room is {ent} kept in?",
+             "In what room is {ent} stored?", "Where is {ent} stored?",
+             "Which room holds {ent}?"],
+    "roomcode": ["What is the {attr} of room {room}?", "Which {attr} does room {room} have?"],
+}
+
+
+def composed_forms(kind):
+    """(fact forms, question forms) of a kind, every combination."""
+    facts = []
+    for core in CORES[kind]:
+        for lead in LEADS:
+            for trail in TRAILS:
+                c = core if lead else _cap(core)
+                facts.append(lead + c + trail + ".")
+    qs = list(OWN_Q[kind]) + [fr.replace("{X}", ph) if not fr.startswith("{X}")
+                              else fr.replace("{X}", _cap(ph))
+                              for ph in PHRASES.get(kind, []) for fr in FRAMES]
+    return sorted(set(facts)), sorted(set(qs))
+
+
+def heldout_clash():
+    """Held-out fact and question forms that a composed training form equals."""
+    bad = []
+    for kind in CORES:
+        fs, qs = composed_forms(kind)
+        bad += [t for t in HELD_FACT_T[kind] if t in fs]
+        bad += [t for t in HELD_QUESTION_T[kind] if t in qs]
+    return bad
+
+
+class OpenVocab:
+    """Open training vocabularies: nouns, modifiers and attribute words drawn
+    from the train side of the word list, never a HELD_* word."""
+
+    def __init__(self, v):
+        held = set(HELD_ADJ) | set(HELD_ANIMALS) | {w for a in HELD_CODE_ATTRS + HELD_ROOM_ATTRS
+                                                   for w in a.split()}
+        self.nouns = [w for w in v.noun if w not in held]
+        self.modifiers = [w for w in self.nouns if re.search(r"(y|ed|ish|ous|al|ive|ful|en|ic|ar)$", w)]
+        self.attr_words = [w for w in self.nouns if len(w) <= 7]
+
+
+class ComposedGen(FactGen):
+    """FactGen over composed forms and open vocabularies (train side only):
+    half of the adjectives, animals and attributes come from the training
+    lists, half from the open ones; a share `unans` of the examples asks for
+    a fact that is not in memory (the answer ABSTAIN), most of them with a
+    near miss stored instead."""
+
+    def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12):
+        forms = {k: composed_forms(k) for k in CORES}
+        super().__init__(seed, "train", synthetic=synthetic, kind_weights=kind_weights,
+                         fact_t={k: f for k, (f, _) in forms.items()},
+                         question_t={k: q for k, (_, q) in forms.items()})
+        self.open = OpenVocab(self.v)
+        self.unans = unans
+
+    def entity(self):
+        adj = self._pick(self.slots["adj"] if self.rng.random() < 0.5 else self.open.modifiers)
+        return "the %s %s" % (adj, self._pick(self.open.nouns))
+
+    def person(self):
+        first = (self._pick(self.v.first) if self.rng.random() < 0.7
+                 else self.synthetic_name())
+        return "%s %s" % (first, self.proper())
+
+    def fact(self, kind, **kw):
+        if self.rng.random() < 0.5:
+            if kind == "pet":
+                kw.setdefault("animal", self._pick(self.open.attr_words))
+            elif kind in ("code", "roomcode"):
+                kw.setdefault("attr", self._pick(self.open.attr_words) + " " +
+                              self._pick(["code", "number", "combination", "PIN"]))
+        return super().fact(kind, **kw)
+
+    def example(self, kind=None):
+        ex = super().example(kind)
+        if ex["kind"] == "multihop" or self.rng.random() >= self.unans:
+            return ex
+        return self.unanswerable(ex["kind"])
+
+    def unanswerable(self, kind):
+        """A question about a key not stored; usually a near miss is stored."""
+        asked = self.fact(kind)
+        d = asked["d"]
+        near = None
+        if self.rng.random() < 0.75:
+            if kind in ("code", "room"):
+                near = self.fact(kind, ent=self.entity().rsplit(" ", 1)[0] + " " +
+                                 d["ent"].split(" ")[-1])
+            elif kind == "pet":
+                near = self.fact(kind, per=d["per"])
+                if near["d"]["animal"] == d["animal"]:
+                    near = None
+            elif kind == "lives":
+                near = self.fact(kind, per=d["per"].split(" ")[0] + " " + self.proper())
+            else:
+                near = self.fact(kind, attr=d["attr"])
+        fs = [near] if near and near["key"] != asked["key"] else []
+        return {"facts": [f["text"] for f in fs], "prefixes": [f["prefix"] for f in fs],
+                "vals": [f["val"] for f in fs], "keys": [asked["key"]] + [f["key"] for f in fs],
+                "question": asked["question"], "answer": ABSTAIN, "kind": kind}
 
 # --------------------------------------------------------------------------
 # Tokenized arrays
@@ -511,6 +742,13 @@ def tokenize_docs(sp, docs):
 
 def cmd_build(args):
     sp = load_sp()
+    if not args.skip_lm:
+        build_lm(args, sp)
+    build_facts(args, sp)
+
+
+def build_lm(args, sp):
+    """DIR/train_lm.u16, DIR/val_lm.u16: the train-side text, tokenized."""
     rng = np.random.default_rng(args.seed)
     tr, va = [], []
     for name in SOURCES_TRAIN:
@@ -525,13 +763,21 @@ def cmd_build(args):
     train.tofile(os.path.join(args.out, "train_lm.u16"))
     val.tofile(os.path.join(args.out, "val_lm.u16"))
     print("train tokens %d, val tokens %d" % (len(train), len(val)), flush=True)
+
+
+def build_facts(args, sp):
+    """DIR/facts_train.npz: the memory tasks, tokenized."""
     kw = dict(KIND_WEIGHTS)
     for item in args.kind_weights.split(",") if args.kind_weights else []:
         k, n = item.split("=")
         if k not in kw:
             raise SystemExit("--kind-weights: unknown kind %r" % k)
         kw[k] = int(n)
-    g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
+    if args.composed:
+        g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
+                        unans=args.unans)
+    else:
+        g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
     np.savez_compressed(os.path.join(args.out, "facts_train.npz"), **pack_examples(sp, exs))
     print("train examples", len(exs), flush=True)
@@ -547,6 +793,13 @@ def main(argv):
                     help="fraction of train-side proper nouns made of random syllables")
     ap.add_argument("--kind-weights", default="",
                     help="e.g. lives=2,pet=2 (others keep their defaults: %s)" % KIND_WEIGHTS)
+    ap.add_argument("--composed", action="store_true",
+                    help="composed fact and question forms, open slot vocabularies and "
+                         "unanswerable questions (ComposedGen)")
+    ap.add_argument("--unans", type=float, default=0.12,
+                    help="with --composed: share of questions whose fact is not in memory")
+    ap.add_argument("--skip-lm", action="store_true",
+                    help="build: keep DIR's train_lm.u16 / val_lm.u16, write the facts only")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.cmd in ("extract", "all"):

@@ -74,6 +74,9 @@ class Facts:
         self.__dict__.update({k: z[k] for k in z.files})
         self.n = len(self.q_off) - 1
         self.first_fact = np.concatenate([[0], np.cumsum(self.n_facts.astype(np.int64))])
+        # single-hop examples with one fact stored, by kind (dense distractors)
+        one = self.n_facts == 1
+        self.by_kind = {int(k): np.flatnonzero(one & (self.kind == k)) for k in np.unique(self.kind)}
 
     def example(self, i):
         f0 = self.first_fact[i]
@@ -81,15 +84,40 @@ class Facts:
                   int(self.fact_vstart[j])) for j in range(f0, f0 + self.n_facts[i])]
         q = self.q_tok[self.q_off[i]:self.q_off[i + 1]].astype(np.int64)
         a = self.a_tok[self.a_off[i]:self.a_off[i + 1]].astype(np.int64)
-        return facts, q, a, set(int(h) for h in self.key_hash[i] if h)
+        return facts, q, a, set(int(h) for h in self.key_hash[i] if h), int(self.kind[i])
 
 
 class Batcher:
     """Builds memory batches on the CPU (numpy), in a background thread."""
 
-    def __init__(self, lm, facts, n_train_ex, seed, Ld=256):
+    def __init__(self, lm, facts, n_train_ex, seed, Ld=256, dense=0.0):
+        """dense: the share of a memory batch's questions whose document
+        also holds 2-4 other facts of the same kind (the distractors a
+        dense haystack puts next to the answer)."""
         self.lm, self.facts, self.n_ex, self.Ld = lm, facts, n_train_ex, Ld
+        self.dense = dense
         self.rng = np.random.default_rng(seed)
+
+    def dense_decoys(self, e, used, hi):
+        """Facts of 2-4 other examples of e's kind (one stored fact, keys
+        not in used, index below hi)."""
+        out = []
+        f0 = self.facts
+        pool = f0.by_kind.get(e[4]) if len(e[0]) == 1 else None
+        if pool is None or not len(pool):
+            return out
+        for _ in range(int(self.rng.integers(2, 5)) * 3):
+            if len(out) >= 4:
+                break
+            i = int(pool[int(self.rng.integers(len(pool)))])
+            if i >= hi:
+                continue
+            d = f0.example(i)
+            if d[3] & used:
+                continue
+            used |= d[3]
+            out += d[0]
+        return out
 
     def window(self, n):
         o = int(self.rng.integers(0, len(self.lm) - n - 1))
@@ -123,7 +151,7 @@ class Batcher:
             seq = [np.array([1], np.int64)] + [segs[i] for i in order]
             mask = [np.zeros(len(s), bool) for s in seq]
             for i in rng.choice(n_ex, n_q, replace=False):
-                _, q, a, _ = exs[i]
+                _, q, a, _, _ = exs[i]
                 seq += [q[1:], a, self.window(int(rng.integers(5, 30)))]
                 mask += [np.zeros(len(q) - 1, bool), np.ones(len(a), bool),
                          np.zeros(len(seq[-1]), bool)]
@@ -158,23 +186,33 @@ class Batcher:
                 continue
             used |= e[3]
             decoys += e[0]
-        # place facts: (fact ids, vstart, owner example or -1, hop index)
+        # place facts: (fact ids, vstart, owner example or -1, hop index, example
+        # whose document a dense distractor joins or -1)
         items = []
         for bi, e in enumerate(exs):
             for hop, (f, vs) in enumerate(e[0]):
-                items.append((f, vs, bi, hop))
+                items.append((f, vs, bi, hop, -1))
+            if self.dense and lo == 0 and rng.random() < self.dense:
+                items += [(f, vs, -1, 0, bi) for f, vs in self.dense_decoys(e, used, hi)]
         for f, vs in decoys:
-            items.append((f, vs, -1, 0))
+            items.append((f, vs, -1, 0, -1))
         docs_items = [[] for _ in range(n_docs)]
+        doc_of = {}
         where = {}
         for it in items:
             for _ in range(20):
-                d = int(rng.integers(n_docs))
+                d = doc_of.get(it[4], -1) if it[4] >= 0 else -1
+                if d < 0:
+                    d = int(rng.integers(n_docs))
                 tot = sum(len(x[0]) for x in docs_items[d]) + len(it[0])
                 # the two hops of one question go to different documents
                 if tot <= Ld // 2 and not (it[2] >= 0 and any(x[2] == it[2] for x in docs_items[d])):
                     docs_items[d].append(it)
+                    if it[2] >= 0 and it[3] == 0:
+                        doc_of[it[2]] = d
                     break
+                if it[4] >= 0:
+                    break  # its example's document is full: leave the distractor out
         docs = np.zeros((n_docs, Ld), np.int64)
         for d in range(n_docs):
             its = docs_items[d]
@@ -186,8 +224,7 @@ class Batcher:
             for c, j in zip(cuts, order):
                 out.append(base[prev:c])
                 start = sum(len(x) for x in out)
-                f, vs, owner, hop = its[j]
-                nv = 0
+                f, vs, owner, hop, _ = its[j]
                 out.append(f)
                 if owner >= 0:
                     # blocks holding the value's tokens (value up to the '.')
@@ -201,7 +238,7 @@ class Batcher:
         # question sequences
         seqs, plens, gp, ga, ctx_docs = [], [], [], [], []
         for bi, e in enumerate(exs):
-            facts, q, a, _ = e
+            facts, q, a, _, _ = e
             nh = len(facts)
             gold_all = sorted({b for h in range(nh) if (bi, h) in where for b in where[(bi, h)][1]})
             gold_ans = where.get((bi, nh - 1), (0, []))[1]
@@ -212,7 +249,8 @@ class Batcher:
             if context:
                 hop_doc = where.get((bi, 0), (None,))[0]
                 cds = [hop_doc] if hop_doc is not None else []
-                for _ in range(int(rng.integers(0, 2))):
+                # a second document only while two fit the RoPE table (8192 positions)
+                for _ in range(int(rng.integers(0, 2)) if 2 * Ld + 64 <= 4096 else 0):
                     cds.append(int(rng.integers(n_docs)))
                 if nh > 1:
                     d2 = where.get((bi, 1), (None,))[0]
@@ -342,6 +380,9 @@ def parse_args(argv=None):
     ap.add_argument("--docs-per-q", type=int, default=1)
     ap.add_argument("--doc-len", type=int, default=512)
     ap.add_argument("--decoys", type=int, default=384)
+    ap.add_argument("--dense", type=float, default=0.0,
+                    help="share of memory questions whose document also holds 2-4 facts of the "
+                         "same kind")
     ap.add_argument("--qa-frac", type=float, default=0.0,
                     help="phase a: share of dense in-context QA batches")
     ap.add_argument("--qa-frac-mem", type=float, default=0.0,
@@ -475,7 +516,7 @@ def build_model(run):
     if state:
         run.opt.load_state_dict(state["opt"])
     run.batcher = Batcher(run.lm, run.facts, run.n_train_ex, args.seed + 7919 * run.segment,
-                          Ld=args.doc_len)
+                          Ld=args.doc_len, dense=getattr(args, "dense", 0.0))
     run.val_batcher = Batcher(run.val if len(run.val) > 4096 else run.lm, run.facts, run.facts.n,
                               args.seed + 1, Ld=args.doc_len)
 
@@ -501,7 +542,10 @@ def start_producer(run):
             else:
                 if rng.random() < args.ctx_frac:
                     use = bool(rng.random() < 0.5)
-                    b = batcher.mem_batch(16, 64, 64, context=True, single_only=not use)
+                    # in-context batches: 16 questions over 512-token windows, fewer over
+                    # longer ones (their prompts hold whole documents)
+                    nq = max(2, 16 * 512 // args.doc_len)
+                    b = batcher.mem_batch(nq, 4 * nq, 4 * nq, context=True, single_only=not use)
                     b["use_memory"] = use
                 else:
                     b = batcher.mem_batch(args.mem_batch, args.mem_batch * args.docs_per_q,
