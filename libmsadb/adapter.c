@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/util.h"
 #include "store/store.h"
 
 int msadb_open_or_create(const char *path, const msadb_signature *sig, const msadb_options *opt,
@@ -23,7 +24,8 @@ int msadb_open_or_create(const char *path, const msadb_signature *sig, const msa
 /* Per plane, a growing [tokens][head_dim] matrix of keys and one of values. */
 typedef struct {
     float *k, *v;
-    uint64_t n, cap; /* tokens held, tokens of room */
+    uint64_t n;  /* tokens held */
+    size_t cap;  /* tokens of room */
 } plane_buf;
 
 struct msadb_capture {
@@ -65,20 +67,13 @@ void msadb_capture_abort(msadb_capture *c)
 
 static int plane_grow(plane_buf *pb, uint64_t need, size_t d)
 {
-    if (need <= pb->cap)
-        return 0;
-    uint64_t cap = pb->cap ? pb->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    float *k = realloc(pb->k, cap * d * sizeof(float));
-    if (!k)
+    size_t c = pb->cap;
+    if (need > SIZE_MAX || msadb_grow(&pb->k, &c, (size_t)need, d * sizeof(float), 256))
         return MSADB_ENOMEM;
-    pb->k = k;
-    float *v = realloc(pb->v, cap * d * sizeof(float));
-    if (!v)
+    c = pb->cap;
+    if (msadb_grow(&pb->v, &c, (size_t)need, d * sizeof(float), 256))
         return MSADB_ENOMEM;
-    pb->v = v;
-    pb->cap = cap;
+    pb->cap = c;
     return 0;
 }
 

@@ -70,18 +70,7 @@ struct msadb_codec {
  * a codec reused for blocks of one shape stops allocating after the first. */
 static int grow(uint8_t **buf, size_t *cap, size_t need)
 {
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 4096;
-    while (n < need)
-        n = n > SIZE_MAX / 2 ? need : n * 2;
-    uint8_t *p = msadb_aalloc(n);
-    if (!p)
-        return MSADB_ENOMEM;
-    msadb_afree(*buf);
-    *buf = p;
-    *cap = n;
-    return 0;
+    return msadb_grow_scratch(buf, cap, need, 1, 4096);
 }
 
 msadb_codec *msadb_codec_new(int zstd_level)

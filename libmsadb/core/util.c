@@ -224,3 +224,40 @@ void *msadb_aalloc(size_t bytes)
 }
 
 void msadb_afree(void *p) { free(p); }
+
+/* The capacity for n elements: first, doubled until it holds n; 0 on
+ * overflow of n * size. */
+static size_t grown_cap(size_t cap, size_t n, size_t size, size_t first)
+{
+    size_t nc = cap ? cap : (first ? first : 1);
+    while (nc < n)
+        nc = nc > SIZE_MAX / 2 ? n : nc * 2;
+    return size && nc > SIZE_MAX / size ? 0 : nc;
+}
+
+int msadb_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first)
+{
+    if (n <= *cap)
+        return 0;
+    size_t nc = grown_cap(*cap, n, size, first);
+    void *np = nc ? realloc(*(void **)pp, nc * size) : NULL;
+    if (!np)
+        return MSADB_ENOMEM;
+    *(void **)pp = np;
+    *cap = nc;
+    return 0;
+}
+
+int msadb_grow_scratch(void *pp, size_t *cap, size_t n, size_t size, size_t first)
+{
+    if (n <= *cap)
+        return 0;
+    size_t nc = grown_cap(*cap, n, size, first);
+    void *np = nc ? msadb_aalloc(nc * size) : NULL;
+    if (!np)
+        return MSADB_ENOMEM;
+    msadb_afree(*(void **)pp);
+    *(void **)pp = np;
+    *cap = nc;
+    return 0;
+}

@@ -54,6 +54,16 @@ MSADB_HIDDEN size_t msadb_to_f32(int dtype, const void *src, float *dst, size_t 
 /* CRC-32C (Castagnoli), hardware-accelerated when SSE4.2 is available. */
 MSADB_HIDDEN uint32_t msadb_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* Grows the array *pp (elements of `size` bytes, room for *cap of them) to
+ * room for at least n, doubling from `first`; contents are kept and the
+ * array never shrinks.  0, or MSADB_ENOMEM (size overflow or no memory:
+ * *pp and *cap unchanged).  The one growth rule of the library: every
+ * buffer that grows with its input uses it. */
+MSADB_HIDDEN int msadb_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first);
+/* The same for 64-byte aligned scratch whose content need not be kept
+ * (freed with msadb_afree). */
+MSADB_HIDDEN int msadb_grow_scratch(void *pp, size_t *cap, size_t n, size_t size, size_t first);
+
 /* 64-byte aligned allocation; free with msadb_afree(). */
 MSADB_HIDDEN void *msadb_aalloc(size_t bytes);
 MSADB_HIDDEN void msadb_afree(void *p);

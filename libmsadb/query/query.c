@@ -142,39 +142,6 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-/* Grows *p to hold n elements of size sz (never shrinks). */
-static int grow(void *pp, size_t *cap, size_t n, size_t sz)
-{
-    if (n <= *cap)
-        return 0;
-    size_t nc = *cap ? *cap : 16;
-    while (nc < n)
-        nc *= 2;
-    void *np = realloc(*(void **)pp, nc * sz);
-    if (!np)
-        return MSADB_ENOMEM;
-    *(void **)pp = np;
-    *cap = nc;
-    return 0;
-}
-
-/* Same for 64-byte aligned float arrays (content is not kept). */
-static int grow_aligned(float **p, size_t *cap, size_t n)
-{
-    if (n <= *cap)
-        return 0;
-    size_t nc = *cap ? *cap : 1024;
-    while (nc < n)
-        nc *= 2;
-    float *np = msadb_aalloc(nc * sizeof(float));
-    if (!np)
-        return MSADB_ENOMEM;
-    msadb_afree(*p);
-    *p = np;
-    *cap = nc;
-    return 0;
-}
-
 /* ------------------------------------------------------------------------ */
 /* The scan                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -223,16 +190,13 @@ static int scan_blocks(qscratch *qs, scan_part *p)
 /* Grows a part's run arrays together (runs and their G scores each). */
 static int grow_runs(scan_part *p, uint32_t G)
 {
-    size_t nc = p->runs_cap ? 2 * p->runs_cap : 1024;
-    doc_run *r = realloc(p->runs, nc * sizeof *r);
-    if (!r)
+    size_t want = p->runs_cap ? 2 * p->runs_cap : 1024, c = p->runs_cap;
+    if (msadb_grow(&p->runs, &c, want, sizeof *p->runs, want))
         return MSADB_ENOMEM;
-    p->runs = r;
-    float *rs = realloc(p->run_scores, nc * G * sizeof(float));
-    if (!rs)
+    c = p->runs_cap;
+    if (msadb_grow(&p->run_scores, &c, want, G * sizeof(float), want))
         return MSADB_ENOMEM;
-    p->run_scores = rs;
-    p->runs_cap = nc;
+    p->runs_cap = c;
     return 0;
 }
 
@@ -414,20 +378,21 @@ static int scratch_get(msadb_snapshot *snap, qscratch **out)
 static int part_prepare(qscratch *qs, scan_part *p, size_t page_max)
 {
     uint32_t G = qs->kq->n_groups;
-    if (grow(&p->scores, &p->scores_cap, page_max * G, sizeof(float)) ||
-        grow(&p->idx, &p->idx_cap, page_max, sizeof(uint32_t)))
+    if (msadb_grow(&p->scores, &p->scores_cap, page_max * G, sizeof(float), 16) ||
+        msadb_grow(&p->idx, &p->idx_cap, page_max, sizeof(uint32_t), 16))
         return MSADB_ENOMEM;
-    if (qs->how == MSADB_SUMM_SCORE_REPS && grow(&p->tmp, &p->tmp_cap, page_max * G * MSADB_K_REPS, sizeof(float)))
+    if (qs->how == MSADB_SUMM_SCORE_REPS &&
+        msadb_grow(&p->tmp, &p->tmp_cap, page_max * G * MSADB_K_REPS, sizeof(float), 16))
         return MSADB_ENOMEM;
     if (!qs->doc_mode) {
         size_t hn = (size_t)G * qs->k, hc = p->heap_cap;
-        if (grow(&p->hs, &hc, hn, sizeof(float)))
+        if (msadb_grow(&p->hs, &hc, hn, sizeof(float), 16))
             return MSADB_ENOMEM;
         hc = p->heap_cap;
-        if (grow(&p->hid, &hc, hn, sizeof(uint64_t)))
+        if (msadb_grow(&p->hid, &hc, hn, sizeof(uint64_t), 16))
             return MSADB_ENOMEM;
         p->heap_cap = hc;
-        if (grow(&p->heaps, &p->heaps_cap, G, sizeof(msadb_topk)))
+        if (msadb_grow(&p->heaps, &p->heaps_cap, G, sizeof(msadb_topk), 16))
             return MSADB_ENOMEM;
         for (uint32_t g = 0; g < G; g++)
             msadb_topk_reset(&p->heaps[g], p->hs + (size_t)g * qs->k, p->hid + (size_t)g * qs->k, qs->k);
@@ -499,7 +464,7 @@ static int scan_all(qscratch *qs, uint64_t *scanned)
 
 static int add_sel(qscratch *qs, size_t *n, uint64_t cand, float score)
 {
-    if (grow(&qs->sels, &qs->sels_cap, *n + 1, sizeof(sel)))
+    if (msadb_grow(&qs->sels, &qs->sels_cap, *n + 1, sizeof(sel), 16))
         return MSADB_ENOMEM;
     qs->sels[*n].cand = cand;
     qs->sels[*n].score = score;
@@ -510,20 +475,13 @@ static int add_sel(qscratch *qs, size_t *n, uint64_t cand, float score)
 /* Grows the merge buffers (scores and ids) together. */
 static int grow_merge(qscratch *qs, size_t n)
 {
-    if (n <= qs->m_cap)
-        return 0;
-    size_t nc = qs->m_cap ? qs->m_cap : 64;
-    while (nc < n)
-        nc *= 2;
-    float *ms = realloc(qs->ms, nc * sizeof(float));
-    if (!ms)
+    size_t c = qs->m_cap;
+    if (msadb_grow(&qs->ms, &c, n, sizeof(float), 64))
         return MSADB_ENOMEM;
-    qs->ms = ms;
-    uint64_t *mid = realloc(qs->mid, nc * sizeof(uint64_t));
-    if (!mid)
+    c = qs->m_cap;
+    if (msadb_grow(&qs->mid, &c, n, sizeof(uint64_t), 64))
         return MSADB_ENOMEM;
-    qs->mid = mid;
-    qs->m_cap = nc;
+    qs->m_cap = c;
     return 0;
 }
 
@@ -628,7 +586,7 @@ static int select_docs(qscratch *qs, uint32_t g, size_t *n)
         m = 2 * m < nr ? 2 * m : nr;
     }
     /* count blocks per chosen document, then place them rank by rank */
-    if (grow(&qs->cnt, &qs->cnt_cap, chosen + 1, sizeof(uint32_t)))
+    if (msadb_grow(&qs->cnt, &qs->cnt_cap, chosen + 1, sizeof(uint32_t), 16))
         return MSADB_ENOMEM;
     memset(qs->cnt, 0, (chosen + 1) * sizeof(uint32_t));
     size_t total = 0;
@@ -653,7 +611,7 @@ static int select_docs(qscratch *qs, uint32_t g, size_t *n)
         }
     for (size_t i = 1; i <= chosen; i++)
         qs->cnt[i] += qs->cnt[i - 1];
-    if (grow(&qs->sels, &qs->sels_cap, *n + total, sizeof(sel)))
+    if (msadb_grow(&qs->sels, &qs->sels_cap, *n + total, sizeof(sel), 16))
         return MSADB_ENOMEM;
     sel *base = qs->sels + *n;
     for (int t = 0; t < qs->n_threads; t++)
@@ -721,22 +679,13 @@ typedef struct attend_ctx {
 /* Grows the gathered K and V chunk buffers together. */
 static int grow_kv(qscratch *qs, size_t n)
 {
-    if (n <= qs->kc_cap)
-        return 0;
-    size_t nc = qs->kc_cap ? qs->kc_cap : 4096;
-    while (nc < n)
-        nc *= 2;
-    float *k = msadb_aalloc(nc * sizeof(float)), *v = msadb_aalloc(nc * sizeof(float));
-    if (!k || !v) {
-        msadb_afree(k);
-        msadb_afree(v);
+    size_t c = qs->kc_cap;
+    if (msadb_grow_scratch(&qs->Kc, &c, n, sizeof(float), 4096))
         return MSADB_ENOMEM;
-    }
-    msadb_afree(qs->Kc);
-    msadb_afree(qs->Vc);
-    qs->Kc = k;
-    qs->Vc = v;
-    qs->kc_cap = nc;
+    c = qs->kc_cap;
+    if (msadb_grow_scratch(&qs->Vc, &c, n, sizeof(float), 4096))
+        return MSADB_ENOMEM;
+    qs->kc_cap = c;
     return 0;
 }
 
@@ -761,9 +710,9 @@ static int attend_refs(qscratch *qs, const attend_ctx *a, const blk_ref *b, size
         need_tok = bs;
     if (grow_kv(qs, need_tok * d))
         return MSADB_ENOMEM;
-    if (grow_aligned(&qs->work, &qs->work_cap, need_tok * nr))
+    if (msadb_grow_scratch(&qs->work, &qs->work_cap, need_tok * nr, sizeof(float), 1024))
         return MSADB_ENOMEM;
-    if (grow(&qs->Ot, &qs->ot_cap, (size_t)nr * d + nr, sizeof(float)))
+    if (msadb_grow(&qs->Ot, &qs->ot_cap, (size_t)nr * d + nr, sizeof(float), 16))
         return MSADB_ENOMEM;
     float *Ot = qs->Ot, *Lt = qs->Ot + (size_t)nr * d;
     size_t T = 0;
@@ -816,7 +765,7 @@ static int attend_refs(qscratch *qs, const attend_ctx *a, const blk_ref *b, size
 static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_t ns, const float *Q, uint32_t nr,
                        float *O, float *L)
 {
-    if (grow(&qs->refs, &qs->refs_cap, ns, sizeof(blk_ref)))
+    if (msadb_grow(&qs->refs, &qs->refs_cap, ns, sizeof(blk_ref), 16))
         return MSADB_ENOMEM;
     for (size_t s = 0; s < ns; s++) {
         const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
@@ -858,14 +807,14 @@ static int resolve_spaces(msadb_snapshot *snap, qscratch *qs, const msadb_query 
         size_t n = 0;
         if ((rc = msadb_snap_space_ids(snap, NULL, 0, &n)) && rc != MSADB_ELIMIT)
             return rc;
-        if (grow(&qs->space_ids, &qs->space_cap, n ? n : 1, sizeof(uint32_t)))
+        if (msadb_grow(&qs->space_ids, &qs->space_cap, n ? n : 1, sizeof(uint32_t), 16))
             return MSADB_ENOMEM;
         if ((rc = msadb_snap_space_ids(snap, qs->space_ids, qs->space_cap, &n)))
             return rc;
         qs->n_spaces = n;
         return 0;
     }
-    if (grow(&qs->space_ids, &qs->space_cap, q->n_spaces, sizeof(uint32_t)))
+    if (msadb_grow(&qs->space_ids, &qs->space_cap, q->n_spaces, sizeof(uint32_t), 16))
         return MSADB_ENOMEM;
     for (size_t i = 0; i < q->n_spaces; i++) {
         uint32_t id;
@@ -889,8 +838,8 @@ static int collect_views(msadb_snapshot *snap, qscratch *qs, uint32_t plane)
         int rc = msadb_snap_pages(snap, qs->space_ids[s], plane, &qs->views_tmp, &n, &qs->views_tmp_cap);
         if (rc)
             return rc;
-        if (grow(&qs->views_all, &qs->views_cap, qs->n_views + n, sizeof(msadb_page_view)) ||
-            grow(&qs->view_space, &qs->view_space_cap, qs->n_views + n, sizeof(uint32_t)))
+        if (msadb_grow(&qs->views_all, &qs->views_cap, qs->n_views + n, sizeof(msadb_page_view), 16) ||
+            msadb_grow(&qs->view_space, &qs->view_space_cap, qs->n_views + n, sizeof(uint32_t), 16))
             return MSADB_ENOMEM;
         for (size_t i = 0; i < n; i++) {
             if (qs->views_tmp[i].n == 0 || qs->views_tmp[i].n > 65536)
@@ -1015,11 +964,11 @@ static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, flo
     /* the cosine variant scores the scale-free cosine, others in logit units */
     float hit_scale = qs->how == MSADB_SUMM_SCORE_MEAN_COS ? 1.0f : scale;
 
-    if (grow_aligned(&qs->Qg, &qs->qg_cap, nrows * d) ||
-        grow(&qs->sel_off, &qs->sel_off_cap, nq + 1, sizeof(size_t)))
+    if (msadb_grow_scratch(&qs->Qg, &qs->qg_cap, nrows * d, sizeof(float), 1024) ||
+        msadb_grow(&qs->sel_off, &qs->sel_off_cap, nq + 1, sizeof(size_t), 16))
         return MSADB_ENOMEM;
-    if (out && (grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float)) ||
-                grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float))))
+    if (out && (msadb_grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float), 16) ||
+                msadb_grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float), 16)))
         return MSADB_ENOMEM;
     attend_ctx ac = {snap, sig, 0, d, scale, st};
 
@@ -1126,8 +1075,10 @@ int msadb_attend_blocks(msadb_snapshot *snap, const msadb_query *q, const msadb_
         return rc;
     msadb_query_stats local, *st = q->stats ? q->stats : &local;
     memset(st, 0, sizeof *st);
-    if (grow_aligned(&qs->Qg, &qs->qg_cap, nrows * d) || grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float)) ||
-        grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float)) || grow(&qs->refs, &qs->refs_cap, n_blocks + 1, sizeof(blk_ref)))
+    if (msadb_grow_scratch(&qs->Qg, &qs->qg_cap, nrows * d, sizeof(float), 1024) ||
+        msadb_grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float), 16) ||
+        msadb_grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float), 16) ||
+        msadb_grow(&qs->refs, &qs->refs_cap, n_blocks + 1, sizeof(blk_ref), 16))
         return MSADB_ENOMEM;
     const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
     attend_ctx ac = {snap, sig, 0, d, scale, st};

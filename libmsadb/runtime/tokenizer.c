@@ -783,14 +783,8 @@ typedef struct heap {
 
 static int heap_push(heap *h, uint64_t key, int32_t right, int32_t aux)
 {
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? 2 * h->cap : 64;
-        cand *na = realloc(h->a, nc * sizeof *na);
-        if (!na)
-            return MSADB_ENOMEM;
-        h->a = na;
-        h->cap = nc;
-    }
+    if (msadb_grow(&h->a, &h->cap, h->n + 1, sizeof *h->a, 64))
+        return MSADB_ENOMEM;
     size_t i = h->n++;
     cand c = {key, right, aux};
     while (i > 0) {
@@ -935,14 +929,8 @@ static int spm_try(spm_state *st, int32_t l, int32_t r)
 
 static int spm_record(spm_state *st, const spm_sym *a, const spm_sym *b, int32_t *tree)
 {
-    if (st->n_tree + 2 > st->cap_tree) {
-        size_t nc = st->cap_tree ? 2 * st->cap_tree : 64;
-        spm_part *np = realloc(st->tree, nc * sizeof *np);
-        if (!np)
-            return MSADB_ENOMEM;
-        st->tree = np;
-        st->cap_tree = nc;
-    }
+    if (msadb_grow(&st->tree, &st->cap_tree, st->n_tree + 2, sizeof *st->tree, 64))
+        return MSADB_ENOMEM;
     st->tree[st->n_tree] = (spm_part){a->sstart, a->send, a->id, a->tree};
     st->tree[st->n_tree + 1] = (spm_part){b->sstart, b->send, b->id, b->tree};
     *tree = (int32_t)st->n_tree;
@@ -1103,24 +1091,17 @@ typedef struct bpe_state {
 
 static int bpe_grow(bpe_state *st, size_t n)
 {
-    if (n <= st->cap)
-        return 0;
-    size_t nc = st->cap ? st->cap : 256;
-    while (nc < n)
-        nc *= 2;
-    int32_t *a = realloc(st->id, nc * sizeof *a);
-    if (!a)
+    /* three arrays of one capacity */
+    size_t c = st->cap;
+    if (msadb_grow(&st->id, &c, n, sizeof *st->id, 256))
         return MSADB_ENOMEM;
-    st->id = a;
-    a = realloc(st->prev, nc * sizeof *a);
-    if (!a)
+    c = st->cap;
+    if (msadb_grow(&st->prev, &c, n, sizeof *st->prev, 256))
         return MSADB_ENOMEM;
-    st->prev = a;
-    a = realloc(st->next, nc * sizeof *a);
-    if (!a)
+    c = st->cap;
+    if (msadb_grow(&st->next, &c, n, sizeof *st->next, 256))
         return MSADB_ENOMEM;
-    st->next = a;
-    st->cap = nc;
+    st->cap = c;
     return 0;
 }
 
@@ -1131,14 +1112,8 @@ static int bpe_defer(bpe_state *st, int32_t l, int32_t r)
     int32_t rank = pair_rank(st->t, st->id[l], st->id[r]);
     if (rank < 0)
         return 0;
-    if (st->n_def == st->cap_def) {
-        size_t nc = st->cap_def ? 2 * st->cap_def : 64;
-        cand *nd = realloc(st->deferred, nc * sizeof *nd);
-        if (!nd)
-            return MSADB_ENOMEM;
-        st->deferred = nd;
-        st->cap_def = nc;
-    }
+    if (msadb_grow(&st->deferred, &st->cap_def, st->n_def + 1, sizeof *st->deferred, 64))
+        return MSADB_ENOMEM;
     st->deferred[st->n_def++] = (cand){(uint64_t)rank << 32 | (uint32_t)l, r, 0};
     return 0;
 }

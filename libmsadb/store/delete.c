@@ -185,14 +185,9 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
             if ((s.flags & MSADB_SLOT_DELETED) || s.doc_id == last)
                 continue;
             last = s.doc_id;
-            if (n_docs == cap) {
-                cap = cap ? 2 * cap : 64;
-                uint64_t *nd = realloc(docs, cap * sizeof *nd);
-                if (!nd) {
-                    rc = MSADB_ENOMEM;
-                    break;
-                }
-                docs = nd;
+            if (msadb_grow(&docs, &cap, n_docs + 1, sizeof *docs, 64)) {
+                rc = MSADB_ENOMEM;
+                break;
             }
             docs[n_docs++] = s.doc_id;
         }

@@ -26,17 +26,7 @@ typedef struct {
 
 static int buf_reserve(buf_t *b, size_t more)
 {
-    if (b->len + more <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + more)
-        cap *= 2;
-    uint8_t *p = realloc(b->p, cap);
-    if (!p)
-        return MSADB_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return msadb_grow(&b->p, &b->cap, b->len + more, 1, 4096);
 }
 
 static int buf_append(buf_t *b, const void *data, size_t len)
@@ -265,14 +255,8 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     const size_t se = st->summ.entry;
     /* Everything appended from here on is rolled back on error. */
     size_t arena_mark = b->arena.len;
-    if (b->n_docs == b->cap_docs) {
-        size_t nc = b->cap_docs ? 2 * b->cap_docs : 16;
-        batch_doc *nd = realloc(b->docs, nc * sizeof *nd);
-        if (!nd)
-            return MSADB_ENOMEM;
-        b->docs = nd;
-        b->cap_docs = nc;
-    }
+    if (msadb_grow(&b->docs, &b->cap_docs, b->n_docs + 1, sizeof *b->docs, 16))
+        return MSADB_ENOMEM;
     batch_doc *bd = &b->docs[b->n_docs];
     memset(bd, 0, sizeof *bd);
     snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");

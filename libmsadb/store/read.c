@@ -75,14 +75,7 @@ void msadb_snap_set_scratch(msadb_snapshot *s, void *p, void (*destroy)(void *))
 
 float *msadb_snap_floats(msadb_snapshot *s, size_t n)
 {
-    if (n > s->merge_cap) {
-        float *p = realloc(s->merge_buf, n * sizeof(float));
-        if (!p)
-            return NULL;
-        s->merge_buf = p;
-        s->merge_cap = n;
-    }
-    return s->merge_buf;
+    return msadb_grow(&s->merge_buf, &s->merge_cap, n, sizeof(float), 1) ? NULL : s->merge_buf;
 }
 
 const msadb_signature *msadb_snap_signature(msadb_snapshot *s) { return &s->st->sig; }
@@ -370,15 +363,9 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
             rc = MSADB_ECORRUPT;
             break;
         }
-        if (*n == *cap) {
-            size_t nc = *cap ? *cap * 2 : 64;
-            msadb_page_view *nv = realloc(*views, nc * sizeof *nv);
-            if (!nv) {
-                rc = MSADB_ENOMEM;
-                break;
-            }
-            *views = nv;
-            *cap = nc;
+        if (msadb_grow(views, cap, *n + 1, sizeof **views, 64)) {
+            rc = MSADB_ENOMEM;
+            break;
         }
         msadb_page_view *pv = &(*views)[(*n)++];
         pv->page_no = pg;
