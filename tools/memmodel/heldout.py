@@ -5,6 +5,7 @@ be tuned to.
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout prepare --data DATA [--seed 2718]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu --data DATA --model M.gguf \\
         --lib BUILD/libmsadb/libmsadb.so [--sizes 16K,128K,1M] [--out J] [--keep --reuse]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout table --json J [--json J2]
 
 prepare (needs DATA/text/dict-gcide.txt from `memmodel.data extract`) writes
 DATA/heldout.json (questions, answers, cells, needle positions; the command
@@ -316,9 +317,44 @@ def cmd_cpu(args):
         json.dump(out, f, indent=1)
 
 
+def pct(c):
+    return "%d%% (%d/%d)" % (round(100 * c["correct"] / c["n"]), c["correct"], c["n"]) if c else "-"
+
+
+def cmd_table(args):
+    """Markdown tables of cpu runs (--json, one per model): cells by size,
+    then kinds and needle positions at the largest size every run has."""
+    runs = [(os.path.basename(p), json.load(open(p))) for p in args.json]
+    cells = ["tpl", "q_para", "f_para", "unans"]
+    print("| model | memory | " + " | ".join(cells) + " | answerable abstained | latency |")
+    print("| --- | --- | " + " | ".join("---" for _ in cells) + " | --- | --- |")
+    for name, r in runs:
+        rows = [("none", r.get("no_memory"))] + list(r["sizes"].items())
+        for size, v in rows:
+            if not v:
+                continue
+            c = v["cells"]
+            ans = [c[k] for k in ("tpl", "q_para", "f_para") if k in c]
+            ab = sum(x["abstained"] for x in ans), sum(x["n"] for x in ans)
+            print("| %s | %s | %s | %d%% | %d ms |" % (
+                name, size, " | ".join(pct(c.get(k)) for k in cells),
+                round(100 * ab[0] / max(1, ab[1])), round(1000 * v["latency_s"])))
+    common = [s for s in runs[0][1]["sizes"] if all(s in r["sizes"] for _, r in runs)]
+    if not common:
+        return
+    size = common[-1]
+    for tab, title in (("by_kind", "kind"), ("by_pos", "needle position (tokens)")):
+        keys = sorted({k for _, r in runs for k in r["sizes"][size][tab]})
+        print("\n| %s at %s | " % (title, size) + " | ".join(n for n, _ in runs) + " |")
+        print("| --- | " + " | ".join("---" for _ in runs) + " |")
+        for k in keys:
+            print("| %s | " % k + " | ".join(pct(r["sizes"][size][tab].get(k)) for _, r in runs) + " |")
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "cpu"])
+    ap.add_argument("cmd", choices=["prepare", "cpu", "table"])
+    ap.add_argument("--json", action="append", default=[], help="table: a cpu run's --out")
     ap.add_argument("--data", default=os.path.join(mmd.ROOT, ".train-data"))
     ap.add_argument("--seed", type=int, default=2718)
     ap.add_argument("--max-size", default="10M", choices=list(SIZES))
@@ -335,6 +371,8 @@ def main(argv):
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         cmd_prepare(args)
+    elif args.cmd == "table":
+        cmd_table(args)
     else:
         cmd_cpu(args)
 
