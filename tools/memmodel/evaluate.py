@@ -181,23 +181,20 @@ SUMMARIES = {"declared": 0, "mean": 1, "minmax": 2, "reps": 4}  # MSADB_SUMMARY_
 WHAT = ("none", "exact", "trunc", "rag", "rag1", "multihop", "interleave", "each")
 
 
-def cmd_cpu(args):
-    import shutil
-    args.what = set(w for w in args.what.split(",") if w)
-    if args.what - set(WHAT):
-        raise SystemExit("--what: unknown %s (known: %s)" % (",".join(sorted(args.what - set(WHAT))),
-                                                            ",".join(WHAT)))
-    rec = json.load(open(os.path.join(args.data, "eval.json")))
-    docs = mmd.read_docs(os.path.join(args.data, "eval_docs.txt"))
-    mh_docs = mmd.read_docs(os.path.join(args.data, "eval_mh_docs.txt"))
-    if args.summary != "declared" and (args.what != {"multihop"} or args.sizes):
-        raise SystemExit("--summary: only with --what multihop --sizes '' (its figures are "
-                         "kept apart as multihop_SUMMARY)")
-    m = Msadb(args.lib)
-    m.summary = SUMMARIES[args.summary]
-    m.top_k = args.top_k
-    m.open_model(args.model)
-    needles = rec["needles"]
+def run_qs(m, st, qs, exp, **kw):
+    """(accuracy, median latency, answers) of questions qs against answers exp."""
+    ok, lat, outs = 0, [], []
+    for q, e in zip(qs, exp):
+        t = time.time()
+        a = m.ask(st, q, **kw)
+        lat.append(time.time() - t)
+        outs.append(a)
+        ok += norm_answer(a) == e
+    return ok / len(qs), float(np.median(lat)), outs
+
+
+def cpu_results(args):
+    """The figures kept in --out (a later run keeps what it does not measure)."""
     res = {"mode": "C library (libmsadb) on this machine, %d CPU cores" % os.cpu_count(),
            "model": args.model, "sizes": {}}
     if os.path.exists(args.out):
@@ -206,110 +203,137 @@ def cmd_cpu(args):
     if res.setdefault("top_k", args.top_k) != args.top_k:
         raise SystemExit("--top-k %d: %s holds figures for top_k %d (use another --out)"
                          % (args.top_k, args.out, res["top_k"]))
+    return res
+
+
+def cpu_other_asks(args, m, st, rec, docs, nd, r):
+    """Other ways of asking the store of nd documents, into r: "exact", every
+    block attended (separates routing from reading); "interleave", one
+    interleave round; "each", every generated token routes again; "trunc",
+    the haystack's last ~950 tokens in the prompt; "rag", "rag1": BM25."""
+    needles = rec["needles"]
+    qs = [e["question"] for e in needles]
+    exp = [e["answer"] for e in needles]
+    for what, key, how in (("exact", "exact", {"exact": True}),
+                           ("interleave", "interleave", {"interleave": 1}),
+                           ("each", "route_each_token", {"route_each_token": True})):
+        if what in args.what:
+            acc_o, lat_o, outs_o = run_qs(m, st, qs, exp, **how)
+            r[key] = {"acc": acc_o, "latency_s": lat_o, "by_kind": by_kind(needles, outs_o)}
+            print(key, acc_o, lat_o, flush=True)
+    if "trunc" in args.what:
+        tail, n = [], 0
+        for i in range(nd - 1, -1, -1):
+            tl = m.tokenize_len(docs[i])
+            if n + tl > 950:
+                break
+            tail.insert(0, docs[i].strip())
+            n += tl
+        pre = " ".join(tail) + " "
+        acc_b, lat_b, _ = run_qs(m, None, [pre + q for q in qs], exp, no_memory=True)
+        r["truncated"] = {"acc": acc_b, "latency_s": lat_b, "context_tokens": n}
+        print("truncated", acc_b, lat_b, flush=True)
+    rags = {name: topk for name, topk in (("rag", TOPK_RAG), ("rag1", 1)) if name in args.what}
+    if rags:
+        for name, rr in rag_eval(m, docs[:nd], qs, exp, rags).items():
+            r[name] = rr
+            print(name, rr["acc"], rr["latency_s"], flush=True)
+
+
+def cpu_sizes(args, m, rec, docs, res, save):
+    """The nested stores: the largest prefix ingested once, measured as it grows."""
+    import shutil
+    sizes = [s for s in args.sizes.split(",") if s]
+    if not sizes:
+        return
+    needles = rec["needles"]
+    qs = [e["question"] for e in needles]
+    exp = [e["answer"] for e in needles]
+    path = os.path.join(args.store_dir, "eval-store")
+    if not args.reuse:
+        shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(args.store_dir, exist_ok=True)
+    st = m.create_store(path)
+    # --reuse: a store kept (--keep) from an earlier run already holds the
+    # documents of the first size asked for; ingest times are then not measured
+    done = rec["sizes"][sizes[0]]["docs"] if args.reuse else 0
+    t_ing = 0.0
+    for s in sizes:
+        nd = rec["sizes"][s]["docs"]
+        t = time.time()
+        for i in range(done, nd):
+            m.ingest(st, "gcide-%d" % i, docs[i])
+        t_ing += time.time() - t
+        done = nd
+        acc, lat, outs = run_qs(m, st, qs, exp)
+        # a later run with other --what keeps the other figures of a size
+        r = res["sizes"].setdefault(s, {})
+        r.update({"tokens": rec["sizes"][s]["tokens"], "docs": nd, "acc": acc, "latency_s": lat,
+                  "by_kind": by_kind(needles, outs),
+                  "wrong": [(q, e, o) for q, e, o in zip(qs, exp, outs)
+                            if norm_answer(o) != e][:8]})
+        if not args.reuse:
+            r["ingest_s_cumulative"] = round(t_ing, 1)
+        print(s, acc, lat, "ingest", round(t_ing, 1), flush=True)
+        save()
+        cpu_other_asks(args, m, st, rec, docs, nd, r)
+        save()
+    m.close_store(st)
+    if not args.keep:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def cpu_multihop(args, m, rec, res):
+    """The multi-hop pairs in their own store, interleave off and on."""
+    import shutil
+    mh_docs = mmd.read_docs(os.path.join(args.data, "eval_mh_docs.txt"))
+    path = os.path.join(args.store_dir, "eval-mh")
+    shutil.rmtree(path, ignore_errors=True)
+    st = m.create_store(path)
+    for i, d in enumerate(mh_docs):
+        m.ingest(st, "mh-%d" % i, d)
+    mq = [e["question"] for e in rec["multihop"]]
+    me = [e["answer"] for e in rec["multihop"]]
+    off = run_qs(m, st, mq, me)
+    on = run_qs(m, st, mq, me, interleave=1)
+    key = "multihop" if args.summary == "declared" else "multihop_" + args.summary
+    res[key] = {"interleave_off": off[0], "interleave_on": on[0],
+                "latency_off_s": off[1], "latency_on_s": on[1], "pairs": len(mq)}
+    print(key, res[key], flush=True)
+    m.close_store(st)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cmd_cpu(args):
+    args.what = set(w for w in args.what.split(",") if w)
+    if args.what - set(WHAT):
+        raise SystemExit("--what: unknown %s (known: %s)" % (",".join(sorted(args.what - set(WHAT))),
+                                                            ",".join(WHAT)))
+    if args.summary != "declared" and (args.what != {"multihop"} or args.sizes):
+        raise SystemExit("--summary: only with --what multihop --sizes '' (its figures are "
+                         "kept apart as multihop_SUMMARY)")
+    rec = json.load(open(os.path.join(args.data, "eval.json")))
+    docs = mmd.read_docs(os.path.join(args.data, "eval_docs.txt"))
+    m = Msadb(args.lib)
+    m.summary = SUMMARIES[args.summary]
+    m.top_k = args.top_k
+    m.open_model(args.model)
+    res = cpu_results(args)
 
     def save():
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
 
-    def run_qs(st, qs, exp, **kw):
-        ok, lat, outs = 0, [], []
-        for q, e in zip(qs, exp):
-            t = time.time()
-            a = m.ask(st, q, **kw)
-            lat.append(time.time() - t)
-            outs.append(a)
-            ok += norm_answer(a) == e
-        return ok / len(qs), float(np.median(lat)), outs
-
-    qs = [e["question"] for e in needles]
-    exp = [e["answer"] for e in needles]
-    # "none", "trunc", "rag", "multihop" (the baselines and multi-hop set), "exact" (every
-    # block attended), "interleave" (one interleave round), "each" (route_each_token)
     if "no_memory" not in res and "none" in args.what:
-        acc, lat, outs = run_qs(None, qs, exp, no_memory=True)
+        qs = [e["question"] for e in rec["needles"]]
+        acc, lat, outs = run_qs(m, None, qs, [e["answer"] for e in rec["needles"]],
+                                no_memory=True)
         res["no_memory"] = {"acc": acc, "latency_s": lat, "sample": outs[:5]}
         print("no memory", acc, lat, flush=True)
         save()
-    # stores are nested: ingest the largest prefix once, measuring as it grows
-    sizes = [s for s in args.sizes.split(",") if s]
-    if sizes:
-        path = os.path.join(args.store_dir, "eval-store")
-        if not args.reuse:
-            shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(args.store_dir, exist_ok=True)
-        st = m.create_store(path)
-        # --reuse: a store kept (--keep) from an earlier run already holds the
-        # documents of the first size asked for; ingest times are then not measured
-        done = rec["sizes"][sizes[0]]["docs"] if args.reuse else 0
-        t_ing = 0.0
-        for s in sizes:
-            nd = rec["sizes"][s]["docs"]
-            t = time.time()
-            for i in range(done, nd):
-                m.ingest(st, "gcide-%d" % i, docs[i])
-            t_ing += time.time() - t
-            done = nd
-            acc, lat, outs = run_qs(st, qs, exp)
-            # a later run with other --what keeps the other figures of a size
-            res["sizes"].setdefault(s, {}).update(
-                {"tokens": rec["sizes"][s]["tokens"], "docs": nd, "acc": acc, "latency_s": lat,
-                 "by_kind": by_kind(needles, outs),
-                 "wrong": [(q, e, o) for q, e, o in zip(qs, exp, outs) if norm_answer(o) != e][:8]})
-            if not args.reuse:
-                res["sizes"][s]["ingest_s_cumulative"] = round(t_ing, 1)
-            print(s, acc, lat, "ingest", round(t_ing, 1), flush=True)
-            save()
-            # other ways of asking the same store: "exact", every block attended
-            # (separates routing from reading); "interleave", one interleave round
-            # (the best-routed document's text in the prompt, routing again, as for
-            # multi-hop questions); "each", every generated token routes again
-            for what, key, how in (("exact", "exact", {"exact": True}),
-                                   ("interleave", "interleave", {"interleave": 1}),
-                                   ("each", "route_each_token", {"route_each_token": True})):
-                if what in args.what:
-                    acc_o, lat_o, outs_o = run_qs(st, qs, exp, **how)
-                    res["sizes"][s][key] = {"acc": acc_o, "latency_s": lat_o,
-                                            "by_kind": by_kind(needles, outs_o)}
-                    print(s, key, acc_o, lat_o, flush=True)
-            if "trunc" in args.what:
-                # (b) the haystack truncated to the context: its last ~950 tokens
-                tail, n = [], 0
-                for i in range(nd - 1, -1, -1):
-                    tl = m.tokenize_len(docs[i])
-                    if n + tl > 950:
-                        break
-                    tail.insert(0, docs[i].strip())
-                    n += tl
-                pre = " ".join(tail) + " "
-                acc_b, lat_b, _ = run_qs(None, [pre + q for q in qs], exp, no_memory=True)
-                res["sizes"][s]["truncated"] = {"acc": acc_b, "latency_s": lat_b, "context_tokens": n}
-                print(s, "truncated", acc_b, lat_b, flush=True)
-            rags = {name: topk for name, topk in (("rag", TOPK_RAG), ("rag1", 1))
-                    if name in args.what}
-            if rags:
-                for name, r in rag_eval(m, docs[:nd], qs, exp, rags).items():
-                    res["sizes"][s][name] = r
-                    print(s, name, r["acc"], r["latency_s"], flush=True)
-            save()
-        m.close_store(st)
-        if not args.keep:
-            shutil.rmtree(path, ignore_errors=True)
+    cpu_sizes(args, m, rec, docs, res, save)
     if "multihop" in args.what:
-        path = os.path.join(args.store_dir, "eval-mh")
-        shutil.rmtree(path, ignore_errors=True)
-        st = m.create_store(path)
-        for i, d in enumerate(mh_docs):
-            m.ingest(st, "mh-%d" % i, d)
-        mq = [e["question"] for e in rec["multihop"]]
-        me = [e["answer"] for e in rec["multihop"]]
-        off = run_qs(st, mq, me)
-        on = run_qs(st, mq, me, interleave=1)
-        key = "multihop" if args.summary == "declared" else "multihop_" + args.summary
-        res[key] = {"interleave_off": off[0], "interleave_on": on[0],
-                    "latency_off_s": off[1], "latency_on_s": on[1], "pairs": len(mq)}
-        print(key, res[key], flush=True)
-        m.close_store(st)
-        shutil.rmtree(path, ignore_errors=True)
+        cpu_multihop(args, m, rec, res)
         save()
 
 

@@ -85,6 +85,16 @@ def _pools(kvs, valid, doc, nb, means_cache):
     return pools
 
 
+def pad(seqs):
+    """Token lists as (tokens [n, longest], valid mask), zero-padded."""
+    tok = np.zeros((len(seqs), max(len(q) for q in seqs)), np.int64)
+    val = np.zeros(tok.shape, bool)
+    for i, q in enumerate(seqs):
+        tok[i, :len(q)] = q
+        val[i, :len(q)] = True
+    return tok, val
+
+
 def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interleave=None):
     """Greedy answers (token lists) to questions qs (token lists with BOS).
     interleave: (docs token lists) -> one round: the best document of the
@@ -95,12 +105,7 @@ def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interle
     for s in range(0, len(qs), batch):
         chunk = [list(q) for q in qs[s:s + batch]]
         if interleave is not None and pools is not None:
-            T = max(len(q) for q in chunk)
-            tok = np.zeros((len(chunk), T), np.int64)
-            val = np.zeros((len(chunk), T), bool)
-            for i, q in enumerate(chunk):
-                tok[i, :len(q)] = q
-                val[i, :len(q)] = True
+            tok, val = pad(chunk)
             with torch.no_grad():
                 _, _, info = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
                                                  torch.from_numpy(val.sum(1)).to(dev), pools, top_k)
@@ -112,12 +117,7 @@ def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interle
         done = [False] * len(seqs)
         gen = [[] for _ in seqs]
         for _ in range(max_new):
-            T = max(len(q) for q in seqs)
-            tok = np.zeros((len(seqs), T), np.int64)
-            val = np.zeros((len(seqs), T), bool)
-            for i, q in enumerate(seqs):
-                tok[i, :len(q)] = q
-                val[i, :len(q)] = True
+            tok, val = pad(seqs)
             with torch.no_grad():
                 x, _, _ = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
                                               torch.tensor(plen, device=dev), pools, top_k)

@@ -168,8 +168,16 @@ class Batcher:
         context: put 1-2 documents (the gold one among them) before the
         question; multi-hop examples then get the first-hop document in the
         context and the second hop only in memory (interleave)."""
-        rng, Ld = self.rng, self.Ld
         hi = hi or self.n_ex
+        exs, decoys, used = self.draw(B, n_decoy, lo, hi, single_only)
+        docs_items = self.assign(exs, decoys, used, n_docs, lo, hi)
+        docs, where = self.write_docs(docs_items)
+        return self.questions(exs, docs, where, context)
+
+    def draw(self, B, n_decoy, lo, hi, single_only):
+        """B examples and the facts of about n_decoy others, no key shared;
+        (examples, decoy facts, keys used)."""
+        rng = self.rng
         used, exs = set(), []
         while len(exs) < B:
             e = self.facts.example(int(rng.integers(lo, hi)))
@@ -186,6 +194,13 @@ class Batcher:
                 continue
             used |= e[3]
             decoys += e[0]
+        return exs, decoys, used
+
+    def assign(self, exs, decoys, used, n_docs, lo, hi):
+        """The facts each document holds: the examples' (two hops of one
+        question in different documents), dense distractors in their
+        example's document, decoys anywhere; at most half a window each."""
+        rng, Ld = self.rng, self.Ld
         # place facts: (fact ids, vstart, owner example or -1, hop index, example
         # whose document a dense distractor joins or -1)
         items = []
@@ -198,7 +213,6 @@ class Batcher:
             items.append((f, vs, -1, 0, -1))
         docs_items = [[] for _ in range(n_docs)]
         doc_of = {}
-        where = {}
         for it in items:
             for _ in range(20):
                 d = doc_of.get(it[4], -1) if it[4] >= 0 else -1
@@ -213,6 +227,14 @@ class Batcher:
                     break
                 if it[4] >= 0:
                     break  # its example's document is full: leave the distractor out
+        return docs_items
+
+    def write_docs(self, docs_items):
+        """Windows of natural text with each document's facts at random
+        offsets; (docs [n, Ld], where[(example, hop)] = (doc, its value's
+        pool blocks))."""
+        rng, Ld, n_docs = self.rng, self.Ld, len(docs_items)
+        where = {}
         docs = np.zeros((n_docs, Ld), np.int64)
         for d in range(n_docs):
             its = docs_items[d]
@@ -235,8 +257,14 @@ class Batcher:
                 prev = c
             out.append(base[prev:])
             docs[d] = np.concatenate(out)[:Ld]
+        return docs, where
+
+    def questions(self, exs, docs, where, context):
+        """The batch: question (+ context documents) and answer sequences,
+        their gold blocks."""
+        rng, Ld, B, n_docs = self.rng, self.Ld, len(exs), len(docs)
         # question sequences
-        seqs, plens, gp, ga, ctx_docs = [], [], [], [], []
+        seqs, plens, gp, ga = [], [], [], []
         for bi, e in enumerate(exs):
             facts, q, a, _, _ = e
             nh = len(facts)
