@@ -104,6 +104,14 @@ def tiny_configs():
     return out
 
 
+def _load(fn, what):
+    import torch
+    try:
+        return fn(what, dtype=torch.float32)
+    except TypeError:  # releases before "dtype" replaced "torch_dtype"
+        return fn(what, torch_dtype=torch.float32)
+
+
 def layer_kv(cache, i):
     if hasattr(cache, "layers"):
         return cache.layers[i].keys, cache.layers[i].values
@@ -120,7 +128,8 @@ def check_exact(dev, log):
     res = {}
     for name, cfg in tiny_configs().items():
         torch.manual_seed(0)
-        model = tf.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32).to(dev).eval()
+        model = _load(tf.AutoModelForCausalLM.from_config, cfg).to(dev).eval()
+        model.generation_config.eos_token_id = None
         rng = np.random.default_rng(1)
         docs = [rng.integers(3, cfg.vocab_size, n).tolist() for n in (45, 70, 33)]
         question = rng.integers(3, cfg.vocab_size, 9).tolist()
@@ -173,12 +182,11 @@ def check_exact(dev, log):
 
 
 def load_converted(dev, work):
-    import torch
     import transformers as tf
     import hf_convert
     hf_dir = os.path.join(work, "msadb-mem-hf")
     hf_convert.gguf2hf(os.path.join(ROOT, "models", "msadb-mem.gguf"), hf_dir)
-    model = tf.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).to(dev).eval()
+    model = _load(tf.AutoModelForCausalLM.from_pretrained, hf_dir).to(dev).eval()
     return model, json.load(open(os.path.join(hf_dir, "config.json")))
 
 
@@ -343,19 +351,26 @@ def cmd_run(args):
     what = set(args.what.split(","))
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(args.work, exist_ok=True)
+    def guarded(name, fn, *a):
+        try:
+            out[name] = fn(*a)
+        except Exception:
+            import traceback
+            out[name] = {"error": traceback.format_exc(), "pass": False}
+            print(out[name]["error"], flush=True)
+        save()
     if "exact" in what:
-        out["exact"] = {d: check_exact(d, log) for d in (["cpu", dev] if dev != "cpu" else ["cpu"])}
-        save()
+        for d in (["cpu", dev] if dev != "cpu" else ["cpu"]):
+            guarded("exact_" + d, check_exact, d, log)
     if "niah" in what:
-        out["niah"] = check_niah(dev, args.data, args.work, log)
-        save()
+        guarded("niah", check_niah, dev, args.data, args.work, log)
     if "speed" in what:
-        out["speed"] = check_speed(dev, args.data, args.work, args.bench_tokens, deadline, log)
-        save()
+        guarded("speed", check_speed, dev, args.data, args.work, args.bench_tokens, deadline, log)
     out["seconds"] = time.time() - t_start
     save()
-    ok = all(r["pass"] for d in out.get("exact", {}).values() for r in d.values())
-    ok = ok and out.get("niah", {}).get("pass", True)
+    ok = all(r.get("pass", False) for k, v in out.items() if k.startswith("exact_")
+             for r in (v.values() if "error" not in v else [v]))
+    ok = ok and out.get("niah", {}).get("pass", True) and "error" not in out.get("speed", {})
     print("hf_check: %s" % ("PASS" if ok else "FAIL"))
     return 0 if ok else 1
 

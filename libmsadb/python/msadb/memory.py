@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from . import errors
 from .errors import invalid
 from .runtime import Answer, Model, cited_spans
-from .store import Store
 
 
 def default_model_path() -> str:

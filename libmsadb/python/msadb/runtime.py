@@ -17,7 +17,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import errors
-from ._lib import LLM_DOC_MAX, ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
+from ._lib import ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
 from .errors import check, invalid
 from .store import HIT_DTYPE, SCORES, SELECT, SUMMARIES, Signature, Snapshot, Store, _bytes, _doc, _name
 

@@ -8,6 +8,7 @@ wait for each other instead of corrupting it.  Give each reading thread its
 own snapshot.  The GIL is released during every library call.
 """
 import ctypes
+import os
 import dataclasses
 import threading
 import weakref
@@ -36,7 +37,6 @@ PathLike = Union[str, bytes, "os.PathLike[str]"]
 
 
 def _path(p) -> bytes:
-    import os
     return os.fsencode(p)
 
 

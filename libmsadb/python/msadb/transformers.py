@@ -93,9 +93,9 @@ def register() -> bool:
 
 def _set_impl(model, name: str) -> str:
     prev = model.config._attn_implementation
-    if hasattr(model, "set_attn_implementation"):
+    try:
         model.set_attn_implementation(name)
-    else:
+    except Exception:  # a model without the method, or one that refuses the name
         model.config._attn_implementation = name
     return prev
 
