@@ -27,8 +27,8 @@ run:
          transformers + msadb.transformers, and the same GGUF model through
          msadb's C runtime (msadb.Model.ask); accuracies must agree within
          one question.  Also: the transformers model reading the store the
-         C runtime filled (the RoPE conventions differ by a permutation that
-         leaves attention unchanged).
+         C runtime filled (key_layout="pairs": its queries reordered to the
+         GGUF RoPE layout the C runtime's keys are in).
   speed  Decoding tokens/s of the converted model with no memory (the
          model's own sdpa attention, and msadb's attention function with no
          store) and with --bench-tokens tokens of memory (route once, and
@@ -232,7 +232,7 @@ def check_niah(dev, data, work, log):
         a_c = cm.ask(st_c, q["question"], max_tokens=12).text
         with torch.no_grad():
             a_h, mem = hf_answer(model, opts, cm, st_h, q["question"], dev)
-            a_x, _ = hf_answer(model, opts, cm, st_c, q["question"], dev)
+            a_x, _ = hf_answer(model, dict(opts, key_layout="pairs"), cm, st_c, q["question"], dev)
         ok = [q["answer"] in a for a in (a_c, a_h, a_x)]
         for k, o in zip(acc, ok):
             acc[k] += o

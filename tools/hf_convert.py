@@ -18,10 +18,10 @@ RoPE: GGUF models (llama.cpp's convention, and msadb's) rotate consecutive
 pairs (2i, 2i+1) of each head; transformers' Llama rotates halves (i, i +
 head_dim/2).  The converter permutes the rows of the q and k projections
 (per head: even rows first, then odd rows; hf2gguf undoes it), which makes
-both give the same attention scores.  A store's keys captured through one
-engine are then a fixed permutation, within each head, of the other's:
-dot products, mean and representative summaries and attention outputs are
-the same, so either engine can read a store the other one filled.  The
+both give the same attention scores.  The keys transformers computes are
+then a fixed permutation, within each head, of the runtime's: a store
+filled by one engine is read by the other when msadb.transformers reorders
+its queries and keys alike (key_layout="pairs"), which changes no score.  The
 routing the model was trained with (msadb.routing.* keys) is kept in
 config.json as "msadb_routing".
 """

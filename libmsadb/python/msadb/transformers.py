@@ -168,13 +168,30 @@ class _Capture:
         if self.cap is not None:
             n = query.shape[2]
             t = time.perf_counter()
-            k = key[0, :, -n:, :].float().cpu().numpy()
+            kk = key[0, :, -n:, :]
+            if self.index is not None:
+                kk = kk[..., self.index.to(kk.device)]
+            k = kk.float().cpu().numpy()
             v = value[0, :, -n:, :].float().cpu().numpy()
             self.transfer_ms += (time.perf_counter() - t) * 1e3
             first = self.first.get(layer, 0)
             self.cap.kv(layer, first, k, v)
             self.first[layer] = first + n
         return out
+
+
+KEY_LAYOUTS = ("model", "pairs")
+
+
+def _layout_index(key_layout: str, head_dim: int, device):
+    """None for the model's own layout; for "pairs", the index that
+    reorders each head's dims from transformers' RoPE layout (dim j rotates
+    with dim j + D/2) to GGUF's (dims 2j and 2j+1 rotate together)."""
+    if key_layout not in KEY_LAYOUTS:
+        raise invalid("key_layout", "%r: one of %s" % (key_layout, ", ".join(KEY_LAYOUTS)))
+    if key_layout == "model":
+        return None
+    return torch.arange(head_dim, device=device).view(2, head_dim // 2).t().reshape(-1)
 
 
 def _tokenize(tokenizer, text: str):
@@ -191,7 +208,7 @@ def _tokenize(tokenizer, text: str):
 
 def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Dict]], *,
            tokenizer=None, space: Optional[str] = None, titles: Optional[Sequence[str]] = None,
-           chunk: int = 0, stats: Optional[dict] = None) -> List[int]:
+           chunk: int = 0, key_layout: str = "model", stats: Optional[dict] = None) -> List[int]:
     """Runs each document through ``model`` on its own at positions 0..T-1
     and stores the keys (after RoPE) and values of the store's memory
     layers, all documents in one batch (all or nothing).  A document is a
@@ -200,7 +217,8 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
     dict with ``ids`` and optionally ``text``, ``spans`` (byte [start,
     end) per token), ``title``, ``meta``.  ``chunk`` > 0 runs long
     documents in chunks of that many tokens through the model's KV cache.
-    Returns the new documents' ids."""
+    ``key_layout="pairs"`` stores each head's key dims in GGUF's RoPE
+    order (see :class:`MemoryAttention`).  Returns the new documents' ids."""
     register()
     sig = store.signature
     want = signature_for(model)
@@ -210,6 +228,7 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
                                        "the store's signature is not the model's shape")
     dev = next(model.parameters()).device
     state = _Capture()
+    state.index = _layout_index(key_layout, sig.head_dim, "cpu")
     key = id(model.config)
     prev = _set_impl(model, ATTN_NAME)
     _ACTIVE[key] = state
@@ -264,7 +283,12 @@ class MemoryAttention:
     ``select``, ``summary``, ``score``, ``exact``; ``route_each_token``
     routes every generated token again (default: route on the prompt,
     attend the same blocks afterwards).  A forward pass of more than one
-    token is a new prompt: it routes again.
+    token is a new prompt: it routes again.  ``key_layout="pairs"``
+    reorders each head's query (and, at ingest, key) dims from
+    transformers' RoPE layout to GGUF's, for a model converted from GGUF by
+    tools/hf_convert.py: the store is then the one msadb's built-in runtime
+    fills and reads (attention scores do not change, since queries and keys
+    are reordered alike).
 
     After (or during) generation: :attr:`blocks_read` (blocks read, all
     layers and steps), :attr:`tokens_attended`, :attr:`hits` (the last
@@ -275,8 +299,9 @@ class MemoryAttention:
 
     def __init__(self, model, store: Store, *, spaces=None, top_k: int = 16, select: str = "blocks",
                  summary: Optional[str] = None, score: Optional[str] = None, exact: bool = False,
-                 route_each_token: bool = False):
+                 route_each_token: bool = False, key_layout: str = "model"):
         self.model, self.store = model, store
+        self.index = _layout_index(key_layout, store.signature.head_dim, "cpu")
         self.opts = dict(spaces=spaces, top_k=top_k, select=select, summary=summary, score=score)
         self.exact, self.route_each_token = exact, route_each_token
         sig = store.signature
@@ -337,7 +362,10 @@ class MemoryAttention:
         res = []
         for b in range(B):
             t0 = time.perf_counter()
-            qh = query[b].detach().float().transpose(0, 1).contiguous()  # [n, H, D]
+            qb = query[b].detach()
+            if self.index is not None:
+                qb = qb[..., self.index.to(qb.device)]
+            qh = qb.float().transpose(0, 1).contiguous()  # [n, H, D]
             qn = qh.cpu().numpy()
             if cpu:
                 o = out[b].transpose(0, 1).contiguous()  # [n, H, D], merged in place
