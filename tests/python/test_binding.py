@@ -315,6 +315,7 @@ def test_error_paths():
     expect(msadb.NotFound, E.ENOTFOUND, st.space, "nope")
     expect(msadb.NotFound, E.ENOTFOUND, st.delete, [999])
     expect(msadb.InvalidArgument, E.EINVAL, st.delete, [])
+    assert msadb.Signature(4, 1, 2, 8, memory_layers=[3]).resolved().memory_layers == [3]
     expect(msadb.InvalidArgument, E.EINVAL, msadb.Signature(0, 1, 1, 8).to_c)
     expect(msadb.InvalidArgument, E.EINVAL, msadb.Signature(2, 2, 3, 8).to_c)
     expect(msadb.InvalidArgument, E.EINVAL, msadb.Signature(2, 1, 1, 8, dtype="f8").to_c)
@@ -384,6 +385,10 @@ def test_error_paths():
 
 def test_model_errors():
     d = pyenv.tmpdir("msadb-py-")
+    assert errors.error_class(errors.ENOTSUP) is msadb.NotSupported
+    if os.environ.get("MSADB_RUNTIME") == "0":  # a library built with -Druntime=disabled
+        expect(msadb.NotSupported, errors.ENOTSUP, msadb.Model, pyenv.MODEL)
+        return
     expect(msadb.IOFailure, 2, msadb.Model, os.path.join(d, "missing.gguf"))
     junk = os.path.join(d, "junk.gguf")
     open(junk, "wb").write(b"not a gguf file at all" * 10)

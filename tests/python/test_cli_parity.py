@@ -59,7 +59,7 @@ def test_sparse_equals_cli():
 def test_ask_equals_cli():
     d = pyenv.tmpdir("msadb-parity-")
     db = os.path.join(d, "m")
-    demo = os.path.join(pyenv.ROOT, "tools", "demo", "memory")
+    demo = os.path.join(pyenv.ROOT, "tools", "scripts", "demo", "memory")
     files = sorted(os.path.join(demo, f) for f in os.listdir(demo) if f.endswith(".txt") and f != "questions.txt")
     with msadb.Model(pyenv.MODEL) as m, m.open_store(db) as st:
         ids = m.ingest(st, [(os.path.basename(f), open(f, encoding="utf-8").read()) for f in files])
@@ -104,7 +104,7 @@ def test_ask_equals_cli():
 
 def test_memory_api():
     d = pyenv.tmpdir("msadb-memory-")
-    demo = os.path.join(pyenv.ROOT, "tools", "demo", "memory")
+    demo = os.path.join(pyenv.ROOT, "tools", "scripts", "demo", "memory")
     with msadb.Memory(os.path.join(d, "mem"), pyenv.MODEL) as mem:
         facts = open(os.path.join(demo, "neighbours.txt"), encoding="utf-8").read()
         tools = open(os.path.join(demo, "harbor-workshop.txt"), encoding="utf-8").read()

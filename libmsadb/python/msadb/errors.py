@@ -25,6 +25,7 @@ EDTYPE = -30988
 ENOTSTORE = -30987
 ELIMIT = -30986
 EIO = -30985
+ENOTSUP = -30984
 
 
 def strerror(code: int) -> str:
@@ -115,6 +116,11 @@ class IOFailure(Error, OSError):
             self.strerror = self.reason
 
 
+class NotSupported(Error):
+    """MSADB_ENOTSUP: a part this libmsadb was built without (e.g. the
+    runtime, with meson's -Druntime=disabled)."""
+
+
 class LMDBError(Error):
     """An LMDB code (-30800..-30780), e.g. MDB_MAP_FULL or MDB_READERS_FULL."""
 
@@ -123,7 +129,8 @@ _BY_CODE = {EINVAL: InvalidArgument, ENOMEM: OutOfMemory, ECORRUPT: Corrupt,
             EVERSION: VersionMismatch, ESIGNATURE: SignatureMismatch, EKEY: KeyRequired,
             EAUTH: AuthenticationFailed, ENOTFOUND: NotFound, EEXIST: AlreadyExists,
             EREADONLY: ReadOnly, ENONFINITE: NonFinite, ESTATE: WrongState,
-            EDTYPE: UnsupportedDtype, ENOTSTORE: NotAStore, ELIMIT: LimitExceeded, EIO: IOFailure}
+            EDTYPE: UnsupportedDtype, ENOTSTORE: NotAStore, ELIMIT: LimitExceeded, EIO: IOFailure,
+            ENOTSUP: NotSupported}
 
 
 def error_class(code: int) -> type:

@@ -97,6 +97,7 @@ class Signature:
             if not 1 <= len(ml) <= MAX_LAYERS:
                 raise invalid("signature", "memory_layers must hold 1..%d layers" % MAX_LAYERS)
             s.n_memory_layers = len(ml)
+            ctypes.memset(ctypes.addressof(s.memory_layers), 0, ctypes.sizeof(s.memory_layers))
             for i, layer in enumerate(ml):
                 s.memory_layers[i] = int(layer)
         s.block_size = self.block_size
