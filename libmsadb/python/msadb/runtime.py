@@ -19,7 +19,7 @@ import numpy as np
 from . import errors
 from ._lib import ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
 from .errors import check, invalid
-from .store import HIT_DTYPE, SCORES, SELECT, SUMMARIES, Signature, Snapshot, Store, _bytes, _doc, _name
+from .store import HIT_DTYPE, Signature, Snapshot, Store, _bytes, _doc, _routing
 
 
 @dataclasses.dataclass
@@ -197,17 +197,7 @@ class Model:
         p = AskParams_()
         lib.msadb_ask_params_init(ctypes.byref(p))
         keep = []
-        if spaces:
-            if isinstance(spaces, str):
-                spaces = [spaces]
-            arr = (ctypes.c_char_p * len(spaces))(*[_name(s, "space") for s in spaces])
-            keep.append(arr)
-            p.spaces = ctypes.cast(arr, ctypes.c_void_p)
-            p.n_spaces = len(spaces)
-        p.top_k = top_k
-        if select not in SELECT:
-            raise invalid("ask", "select %r: blocks or documents" % (select,))
-        p.select = SELECT[select]
+        _routing(p, "ask", spaces, top_k, select, summary, score, keep)
         p.exact = int(bool(exact))
         p.no_memory = int(bool(no_memory))
         p.max_tokens = max_tokens
@@ -217,12 +207,6 @@ class Model:
         p.query_pos = query_pos
         p.route_each_token = int(bool(route_each_token))
         p.interleave = interleave
-        if summary is not None and summary not in SUMMARIES:
-            raise invalid("ask", "summary %r: one of %s" % (summary, ", ".join(SUMMARIES)))
-        p.summary = SUMMARIES.get(summary, 0)
-        if score not in SCORES:
-            raise invalid("ask", "score %r: cosine or dot" % (score,))
-        p.score = SCORES[score]
         return p, keep
 
     def ask(self, store: Optional[Store], question: str, *,

@@ -240,8 +240,18 @@ class _Handle:
     def closed(self) -> bool:
         return not self._h
 
+    def close(self) -> None:
+        """Frees the handle (ends, aborts) unless already done.  Idempotent."""
+        with self._lock:
+            if self._h:
+                type(self)._free(self._h)
+                self._h = None
+
     def __enter__(self):
         return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __del__(self):
         try:
@@ -254,6 +264,8 @@ class Store(_Handle):
     """An open store (msadb_store).  Use :meth:`create`, :meth:`open` or
     :meth:`open_or_create`; close with :meth:`close` or a ``with`` block,
     which also ends the snapshots and aborts the batches still open on it."""
+
+    _free = staticmethod(lib.msadb_close)
 
     def __init__(self, ptr, path):
         super().__init__(ptr, "store %s" % path)
@@ -305,15 +317,9 @@ class Store(_Handle):
         """Ends this store's open snapshots, aborts its batches and captures,
         and closes it.  Idempotent."""
         with self._lock:
-            if not self._h:
-                return
             for c in list(self._children):
                 c.close()
-            lib.msadb_close(self._h)
-            self._h = None
-
-    def __exit__(self, *exc):
-        self.close()
+            super().close()
 
     def _own(self, child):
         self._children.add(child)
@@ -489,6 +495,8 @@ class Batch(_Handle):
     aborts on an exception.  After commit, :attr:`ids` holds the new
     documents' ids in add order."""
 
+    _free = staticmethod(lib.msadb_batch_abort)
+
     def __init__(self, h, store: Store):
         super().__init__(h, "batch")
         self.store = store
@@ -523,14 +531,8 @@ class Batch(_Handle):
             self.ids = list(ids[:n])
             return self.ids
 
-    def close(self) -> None:
-        """msadb_batch_abort (if not committed)."""
-        with self._lock:
-            if self._h:
-                lib.msadb_batch_abort(self._h)
-                self._h = None
 
-    abort = close
+    abort = _Handle.close
 
     def __exit__(self, et, ev, tb):
         if et is None and self._h:
@@ -543,6 +545,8 @@ class Capture(_Handle):
     """One document captured from a model's forward pass
     (msadb_capture_*): :meth:`kv` per layer and chunk, then :meth:`commit`
     or :meth:`add_to` a batch."""
+
+    _free = staticmethod(lib.msadb_capture_abort)
 
     def __init__(self, h, store: Store):
         super().__init__(h, "capture")
@@ -584,17 +588,8 @@ class Capture(_Handle):
             self._h = None
             check(lib.msadb_capture_add(h, batch._get(), ctypes.byref(doc)), "capture add")
 
-    def close(self) -> None:
-        """msadb_capture_abort (if not committed)."""
-        with self._lock:
-            if self._h:
-                lib.msadb_capture_abort(self._h)
-                self._h = None
 
-    abort = close
-
-    def __exit__(self, *exc):
-        self.close()
+    abort = _Handle.close
 
 
 @dataclasses.dataclass
@@ -613,20 +608,13 @@ class Snapshot(_Handle):
     """A consistent read view of a store (msadb_snapshot_*): documents,
     their text and K/V, and memory attention."""
 
+    _free = staticmethod(lib.msadb_snapshot_end)
+
     def __init__(self, h, store: Store):
         super().__init__(h, "snapshot")
         self.store = store
         self._sig = store.signature
 
-    def close(self) -> None:
-        """msadb_snapshot_end.  Idempotent."""
-        with self._lock:
-            if self._h:
-                lib.msadb_snapshot_end(self._h)
-                self._h = None
-
-    def __exit__(self, *exc):
-        self.close()
 
     def renew(self) -> None:
         """msadb_snapshot_renew: move to the newest commit, keeping scratch memory."""
@@ -722,23 +710,7 @@ class Snapshot(_Handle):
         mq.q = q.ctypes.data
         mq.n_query = q.shape[0]
         keep = [q]
-        if spaces:
-            if isinstance(spaces, str):
-                spaces = [spaces]
-            arr = (ctypes.c_char_p * len(spaces))(*[_name(s, "space") for s in spaces])
-            keep.append(arr)
-            mq.spaces = ctypes.cast(arr, ctypes.c_void_p)
-            mq.n_spaces = len(spaces)
-        mq.top_k = top_k
-        if select not in SELECT:
-            raise invalid("query", "select %r: blocks or documents" % (select,))
-        mq.select = SELECT[select]
-        if summary is not None and summary not in SUMMARIES:
-            raise invalid("query", "summary %r: one of %s" % (summary, ", ".join(SUMMARIES)))
-        mq.summary = SUMMARIES.get(summary, 0)
-        if score not in SCORES:
-            raise invalid("query", "score %r: cosine or dot" % (score,))
-        mq.score = SCORES[score]
+        _routing(mq, "query", spaces, top_k, select, summary, score, keep)
         mq.scale = scale or 0.0
         mq.exact = int(bool(exact))
         mq.per_token = int(bool(per_token))
@@ -830,6 +802,29 @@ class Snapshot(_Handle):
                                           out.ctypes.data, lse.ctypes.data), "attend blocks")
         del keep
         return Attention(out, lse, h, _stats(st))
+
+
+def _routing(st, what, spaces, top_k, select, summary, score, keep) -> None:
+    """Sets the routing fields msadb_query and msadb_ask_params share
+    (spaces, top_k, select, summary, score); ``keep`` holds what must live
+    as long as the struct."""
+    if spaces:
+        if isinstance(spaces, str):
+            spaces = [spaces]
+        arr = (ctypes.c_char_p * len(spaces))(*[_name(s, "space") for s in spaces])
+        keep.append(arr)
+        st.spaces = ctypes.cast(arr, ctypes.c_void_p)
+        st.n_spaces = len(spaces)
+    st.top_k = top_k
+    if select not in SELECT:
+        raise invalid(what, "select %r: blocks or documents" % (select,))
+    st.select = SELECT[select]
+    if summary is not None and summary not in SUMMARIES:
+        raise invalid(what, "summary %r: one of %s" % (summary, ", ".join(SUMMARIES)))
+    st.summary = SUMMARIES.get(summary, 0)
+    if score not in SCORES:
+        raise invalid(what, "score %r: cosine or dot" % (score,))
+    st.score = SCORES[score]
 
 
 def _attend_kw(kw):

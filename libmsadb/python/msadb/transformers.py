@@ -73,6 +73,20 @@ def signature_for(model_or_config, *, memory_layers: Optional[Sequence[int]] = N
                      block_size=block_size, dtype=dtype, summaries=summaries)
 
 
+def _check_shape(model, store: Store, what: str) -> Signature:
+    """The store's signature, if it has the model's layers, heads and head
+    dim (SignatureMismatch otherwise)."""
+    sig = store.signature
+    want = signature_for(model)
+    if (sig.n_layers, sig.n_kv_heads, sig.n_q_heads, sig.head_dim) != \
+            (want.n_layers, want.n_kv_heads, want.n_q_heads, want.head_dim):
+        raise errors.SignatureMismatch(errors.ESIGNATURE, what, "the store was made for %d layers, "
+                                       "%d kv / %d q heads, head dim %d; the model has %d, %d / %d, %d"
+                                       % (sig.n_layers, sig.n_kv_heads, sig.n_q_heads, sig.head_dim,
+                                          want.n_layers, want.n_kv_heads, want.n_q_heads, want.head_dim))
+    return sig
+
+
 def register() -> bool:
     """Registers the ``"msadb"`` attention function (and its mask format:
     eager's additive float mask) with transformers.  Idempotent.  Returns
@@ -220,12 +234,7 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
     ``key_layout="pairs"`` stores each head's key dims in GGUF's RoPE
     order (see :class:`MemoryAttention`).  Returns the new documents' ids."""
     register()
-    sig = store.signature
-    want = signature_for(model)
-    if (sig.n_layers, sig.n_kv_heads, sig.n_q_heads, sig.head_dim) != \
-            (want.n_layers, want.n_kv_heads, want.n_q_heads, want.head_dim):
-        raise errors.SignatureMismatch(errors.ESIGNATURE, "ingest",
-                                       "the store's signature is not the model's shape")
+    sig = _check_shape(model, store, "ingest")
     dev = next(model.parameters()).device
     state = _Capture()
     state.index = _layout_index(key_layout, sig.head_dim, "cpu")
@@ -304,12 +313,7 @@ class MemoryAttention:
         self.index = _layout_index(key_layout, store.signature.head_dim, "cpu")
         self.opts = dict(spaces=spaces, top_k=top_k, select=select, summary=summary, score=score)
         self.exact, self.route_each_token = exact, route_each_token
-        sig = store.signature
-        want = signature_for(model)
-        if (sig.n_layers, sig.n_kv_heads, sig.n_q_heads, sig.head_dim) != \
-                (want.n_layers, want.n_kv_heads, want.n_q_heads, want.head_dim):
-            raise errors.SignatureMismatch(errors.ESIGNATURE, "MemoryAttention",
-                                           "the store's signature is not the model's shape")
+        sig = _check_shape(model, store, "MemoryAttention")
         self.memory_layers = set(sig.memory_layers)
         #: None: merge on the host for CPU tensors (in place, in the library)
         #: and on the device otherwise; True/False force one way
