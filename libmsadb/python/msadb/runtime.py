@@ -19,7 +19,7 @@ import numpy as np
 from . import errors
 from ._lib import ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
 from .errors import check, invalid
-from .store import HIT_DTYPE, Signature, Snapshot, Store, _bytes, _doc, _routing
+from .store import HIT_DTYPE, Signature, Snapshot, Store, _bytes, _doc, _Handle, _routing
 
 
 @dataclasses.dataclass
@@ -90,40 +90,18 @@ def cited_spans(snap: Snapshot, hits: np.ndarray) -> List[Span]:
     return spans
 
 
-class Model:
+class Model(_Handle):
     """A GGUF model loaded by the built-in runtime (msadb_llm_open):
     llama architecture, F32/F16/BF16/Q8_0 weights, its tokenizer from the
     file.  Close with :meth:`close` or a ``with`` block."""
+
+    _free = staticmethod(lib.msadb_llm_close)
 
     def __init__(self, path):
         self.path = os.fspath(path)
         h = ctypes.c_void_p()
         check(lib.msadb_llm_open(os.fsencode(self.path), ctypes.byref(h)), "model %s" % self.path)
-        self._h = h
-        self._lock = threading.RLock()
-
-    def _get(self):
-        if not self._h:
-            raise errors.WrongState(errors.ESTATE, "model", "already closed")
-        return self._h
-
-    def close(self) -> None:
-        with self._lock:
-            if self._h:
-                lib.msadb_llm_close(self._h)
-                self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+        super().__init__(h, "model")
 
     @property
     def info(self) -> ModelInfo:
