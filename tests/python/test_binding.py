@@ -268,6 +268,44 @@ def test_round_trips():
         assert st.stat().n_documents == 0
 
 
+def test_threads():
+    """Readers in threads, each with its own snapshot, while the main thread
+    commits batches: every reader sees its snapshot's state throughout; a
+    snapshot shared by two threads serializes their calls."""
+    import threading
+    d = pyenv.tmpdir("msadb-py-")
+    with make_store(os.path.join(d, "s")) as st:
+        random_docs(st, 3)
+        q = RNG.standard_normal((2, 4, 16)).astype(np.float32)
+        failures = []
+
+        def reader(snap, rounds):
+            try:
+                first = snap.attend(2, q, exact=True)
+                n = len(snap.documents())
+                for _ in range(rounds):
+                    a = snap.attend(2, q, exact=True)
+                    assert np.array_equal(a.out, first.out) and len(snap.documents()) == n
+            except Exception as e:  # reported by the main thread
+                failures.append(e)
+        snaps = [st.snapshot() for _ in range(3)]
+        shared = st.snapshot()
+        threads = [threading.Thread(target=reader, args=(s, 30)) for s in snaps]
+        threads += [threading.Thread(target=reader, args=(shared, 30)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for _ in range(3):
+            random_docs(st, 2)
+        for t in threads:
+            t.join()
+        assert not failures, failures
+        for s in snaps + [shared]:
+            assert len(s.documents()) == 3
+            s.renew()
+            assert len(s.documents()) == 9
+            s.close()
+
+
 def test_encryption():
     d = pyenv.tmpdir("msadb-py-")
     key = bytes(range(32))
