@@ -45,6 +45,9 @@ import msadb, sys
 sig = msadb.Signature(2, 1, 1, 8)
 with msadb.Store.create(sys.argv[1], sig) as st:
     assert st.stat().n_documents == 0
-with msadb.Model(msadb.default_model_path()) as m:
-    assert m.info.n_layers > 0
+try:
+    with msadb.Model(msadb.default_model_path()) as m:
+        assert m.info.n_layers > 0
+except msadb.NotSupported:  # built with -Druntime=disabled
+    pass
 print("installed python package msadb %s works" % msadb.__version__)' "$dest/pystore"

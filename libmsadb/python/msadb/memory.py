@@ -40,6 +40,18 @@ def default_model_path() -> str:
                             "set MSADB_MODEL or pass model=" % ", ".join(cands))
 
 
+def _metadata(raw: bytes) -> Dict[str, Any]:
+    """A document's metadata: the JSON object Memory.add stored, or the
+    bytes another writer stored, as {"bytes": raw}."""
+    if not raw:
+        return {}
+    try:
+        v = json.loads(raw)
+    except ValueError:
+        return {"bytes": raw}
+    return v if isinstance(v, dict) else {"value": v}
+
+
 class Memory:
     """``Memory(path)`` opens (or creates) the store at ``path`` for the
     model (default: the bundled msadb-mem).  ``key``/``passphrase`` encrypt
@@ -95,7 +107,7 @@ class Memory:
     def _record(self, snap, info) -> Dict[str, Any]:
         return {"id": info.id, "memory": snap.text(info.id), "user_id": info.space,
                 "title": info.title, "created_at": info.created, "tokens": info.n_tokens,
-                "metadata": json.loads(snap.meta(info.id) or b"{}")}
+                "metadata": _metadata(snap.meta(info.id))}
 
     def get(self, memory_id: int) -> Dict[str, Any]:
         """One memory by id: ``{"id", "memory", "user_id", "title",

@@ -376,6 +376,8 @@ class MemoryAttention:
                 l = lse[b].transpose(0, 1).contiguous()
                 on, ln = o.numpy(), l.numpy()
             t1 = time.perf_counter()
+            # for CUDA tensors this includes waiting for the layer's queued
+            # GPU work (the copy synchronizes): an upper bound of the copy
             self.transfer_ms += (t1 - t0) * 1e3
             sel = self._sel.get((layer, b))
             if self.exact or sel is None or n > 1 or self.route_each_token:
