@@ -121,6 +121,9 @@ def test_memory_api():
         # bob's memories are not alice's
         assert all(h["user_id"] == "bob" for h in mem.search("amber toolbox", user_id="bob"))
         assert "Dublin" in mem.ask("Where does Walter Bennett live?", user_id="alice", max_tokens=8).text
+        other = mem.model.ingest(mem.store, "Written by another program.", space="alice", meta=b"\x00raw")
+        assert mem.get(other[0])["metadata"] == {"bytes": b"\x00raw"}
+        mem.delete(other)
         mem.delete(a[0]["id"])
         try:
             mem.get(a[0]["id"])
