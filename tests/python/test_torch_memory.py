@@ -236,6 +236,43 @@ def test_sparse_routes_once():
     assert st.stat().n_documents == 3
 
 
+class CharTokenizer:
+    """A tokenizer with transformers' call shape: one token per character,
+    offsets in characters."""
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        ids = [ord(c) % 60 + 3 for c in text]
+        out = {"input_ids": ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(i, i + 1) for i in range(len(text))]
+        return out
+
+
+def test_text_ingest_and_batch_rows():
+    """Text through a tokenizer: byte spans from character offsets (cited
+    text right with non-ASCII characters); a batch of two rows gets the
+    memory each row would get alone."""
+    d = pyenv.tmpdir("msadb-torch-")
+    torch.manual_seed(0)
+    model = TinyLM(Cfg()).eval()
+    sig = mt.signature_for(model, memory_layers=[1, 2], dtype="f32", block_size=4)
+    text = "Café crème, naïve façade: 42 ünïcödé bytes."
+    with msadb.Store.create(os.path.join(d, "s"), sig) as st:
+        with torch.no_grad():
+            (i,) = mt.ingest(model, st, [text], tokenizer=CharTokenizer(), titles=["t"])
+        with st.snapshot() as s:
+            assert s.text(i) == text and s.document(i).n_tokens == len(text)
+            assert s.cite(i, 0, 4) == "Café" and s.cite(i, 12, 17) == "naïve"
+        q = torch.tensor([QUESTION, QUESTION[::-1]])
+        pos = torch.arange(4)[None]
+        with torch.no_grad(), mt.MemoryAttention(model, st, top_k=2) as mem:
+            both = model(q, pos).logits
+            one = model(q[:1], pos).logits
+            two = model(q[1:], pos).logits
+        assert torch.allclose(both[0], one[0], atol=1e-5) and torch.allclose(both[1], two[0], atol=1e-5)
+        assert mem.calls == 2 * 2 + 2 * 1 * 2
+
+
 def test_local_attention_and_merge():
     torch.manual_seed(1)
     q = torch.randn(2, 4, 3, 8)
