@@ -329,6 +329,63 @@ def test_encryption():
             assert e.code == errors.EKEY and "key" in str(e)
 
 
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli), continuing from crc, as the block format's."""
+    crc ^= 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def damaged_store(d, name, kw, change):
+    """A store of one short document with its first encoded block changed by
+    change(block bytes) in the data file."""
+    path = os.path.join(d, name)
+    with make_store(path, dtype="f32", **kw) as st:
+        random_docs(st, 1, lengths=(20, 21))
+    data = os.path.join(path, "data.mdb")
+    raw = bytearray(open(data, "rb").read())
+    pos = raw.find(b"MSB1")
+    assert pos >= 0, "an encoded block is visible in the data file"
+    n = 24 + int.from_bytes(raw[pos + 16:pos + 20], "little")  # header + payload
+    blk = raw[pos:pos + n]
+    assert crc32c(blk[24:], crc32c(blk[:20])) == int.from_bytes(blk[20:24], "little")
+    change(blk)
+    raw[pos:pos + n] = blk
+    open(data, "wb").write(raw)
+    return path
+
+
+def test_damage_and_tampering():
+    """A damaged block: verify lists the problem and attention over it
+    raises Corrupt; a block of a newer format version raises
+    VersionMismatch; a sealed payload changed (with a valid checksum) raises
+    AuthenticationFailed."""
+    d = pyenv.tmpdir("msadb-py-")
+    key = {"key": bytes(range(32))}
+
+    def flip(blk):
+        blk[30] ^= 0xFF
+
+    def newer(blk):
+        blk[4] = 2
+
+    def tamper(blk):
+        blk[24 + (len(blk) - 24) // 2] ^= 0x01
+        blk[20:24] = crc32c(blk[24:], crc32c(blk[:20])).to_bytes(4, "little")
+    for name, kw, change, exc, code in (("plain", {}, flip, msadb.Corrupt, errors.ECORRUPT),
+                                        ("newer", {}, newer, msadb.VersionMismatch, errors.EVERSION),
+                                        ("sealed", key, tamper, msadb.AuthenticationFailed, errors.EAUTH)):
+        path = damaged_store(d, name, kw, change)
+        with msadb.Store.open(path, **kw) as st:
+            problems = st.verify()
+            assert problems and all(isinstance(p, str) and p for p in problems), (name, problems)
+            with st.snapshot() as s:
+                expect(exc, code, s.attend, 2, np.ones((1, 4, 16), np.float32), exact=True)
+
+
 def expect(exc, code, fn, *a, **kw):
     try:
         fn(*a, **kw)
