@@ -53,9 +53,11 @@ def build(sd, meta, tok_path, wtype, name, extra=None):
     w = gguf.GGUFWriter()
     w.add_string("general.architecture", "llama")
     w.add_string("general.name", name)
+    # the shipped file's own words (its old path kept: gguf <-> transformers round trips
+    # compare the metadata exactly)
     w.add_string("general.description",
                  "msadb's own small memory model: llama architecture, memory layers %d..%d "
-                 "(latter half), trained by tools/memmodel/train.py" %
+                 "(latter half), trained by tools/train_memory_model.py" %
                  (c["n_layers"] // 2, c["n_layers"] - 1))
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[wtype])
     w.add_uint32("llama.block_count", c["n_layers"])
