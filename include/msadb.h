@@ -87,6 +87,8 @@ enum {
     MSADB_ENOTSTORE = -30987, /* directory is not an msadb store */
     MSADB_ELIMIT = -30986,   /* a size exceeds a documented limit */
     MSADB_EIO = -30985,      /* I/O error (errno not available) */
+    MSADB_ETIMEDOUT = -30984, /* distributed operation: a rank did not answer in time */
+    MSADB_EPEER = -30983,    /* distributed operation: failed on another rank */
 };
 
 /** A static, human-readable description of any code returned by msadb,
