@@ -1,6 +1,7 @@
 /* cli.h -- internal interface between the parts of the msadb program:
  * command-line parsing (args.c), output helpers (output.c), the commands
- * (commands.c, cmd_query.c, cmd_dump.c) and main (msadb.c).
+ * (cmd_store.c, cmd_ingest.c, cmd_query.c, cmd_model.c, cmd_dump.c, with
+ * common.c), the input readers (input/) and main (msadb.c).
  *
  * The program uses only the public API in msadb.h.  Every command function
  * returns the process exit status: 0 success, 1 runtime error (a message
@@ -16,7 +17,8 @@
 #include <jansson.h>
 
 #include "msadb.h"
-#include "tensorfile.h"
+#include "input/tensorfile.h"
+#include "input/textfile.h"
 
 enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2 };
 
@@ -143,7 +145,7 @@ void cli_summary_str(uint32_t kinds, char *buf, size_t cap);
 double cli_now_ms(void);
 
 /* ------------------------------------------------------------------------ */
-/* commands.c                                                               */
+/* common.c: opening stores and what commands share                         */
 /* ------------------------------------------------------------------------ */
 
 /* Fills opt (and key) from --key-file / --passphrase-env.  Returns 0 or
@@ -155,7 +157,7 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out);
  * CLI_ERROR. */
 int cli_open_error(const char *path, int rc, int creating);
 
-/* One input file (safetensors, or a .npy pair) checked against a store
+/* input/kvsource.c: one input file (safetensors, or a .npy pair) checked against a store
  * signature and cut into documents. */
 typedef struct kv_source {
     char *label;               /* file name for messages (the keys file for .npy) */
@@ -185,7 +187,8 @@ int kv_source_doc(const kv_source *s, size_t i, kv_doc *d);
 void kv_doc_free(kv_doc *d);
 void kv_source_close(kv_source *s);
 
-/* Like require_space in commands.c: 0, or CLI_ERROR after a message. */
+/* Checks that a space exists, naming the store and the fix in the message:
+ * 0, or CLI_ERROR after a message. */
 int cli_require_space(msadb_store *st, const char *db, const char *space);
 /* A query's --summary is stored and every --space exists in the store:
  * CLI_OK, or CLI_ERROR with a message naming the first that is not. */
@@ -198,14 +201,17 @@ int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t 
  * "model" in the JSON when model is not NULL).  Returns the exit status. */
 int cli_init_store(const cli_args *a, msadb_signature *sig, const char *model);
 
+/* cmd_store.c */
 int cmd_init(const cli_args *a);
-int cmd_ingest(const cli_args *a);
 int cmd_stat(const cli_args *a);
 int cmd_ls(const cli_args *a);
 int cmd_rm(const cli_args *a);
 int cmd_space(const cli_args *a);
 int cmd_verify(const cli_args *a);
 int cmd_compact(const cli_args *a);
+
+/* cmd_ingest.c */
+int cmd_ingest(const cli_args *a);
 
 /* cmd_query.c */
 int cmd_query(const cli_args *a);

@@ -1,4 +1,4 @@
-/* fuzz_block.c -- fuzz target for the block codec (libmsadb/codec.c).
+/* fuzz_block.c -- fuzz target for the block codec (libmsadb/codec/codec.c).
  *
  * Byte 0 picks the mode:
  *   even: the rest is a stored block, decoded as is (bit 1 of byte 0 set:
@@ -24,8 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec.h"
-#include "crypto.h"
+#include "codec/codec.h"
+#include "core/crypto.h"
 #include "msadb.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,5 +1,5 @@
-/* fuzz_gguf.c -- the strict GGUF reader (libmsadb/gguf.c) and the llama
- * model loader (libmsadb/model.c) on arbitrary bytes.
+/* fuzz_gguf.c -- the strict GGUF reader (libmsadb/runtime/gguf.c) and the llama
+ * model loader (libmsadb/runtime/model.c) on arbitrary bytes.
  *
  * The input is parsed from memory; whatever parses must describe bytes
  * inside the input, so every metadata value, every array element and every
@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
-#include "model.h"
+#include "runtime/gguf.h"
+#include "runtime/model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,9 +1,9 @@
-/* fuzz_npy.c -- the strict .npy reader (cli/tensorfile.c) on arbitrary
+/* fuzz_npy.c -- the strict .npy reader (cli/input/tensorfile.c) on arbitrary
  * bytes.  A parsed array must lie inside the input and match its shape. */
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "tensorfile.h"
+#include "input/tensorfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

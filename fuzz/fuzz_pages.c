@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "msadb.h"
-#include "store_impl.h"
+#include "store/store_impl.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,4 +1,4 @@
-/* fuzz_safetensors.c -- the strict safetensors reader (cli/tensorfile.c) on
+/* fuzz_safetensors.c -- the strict safetensors reader (cli/input/tensorfile.c) on
  * arbitrary bytes.  Whatever parses must describe bytes inside the input;
  * every float tensor is converted and checked for non-finite values, and the
  * file is written back with tf_write_header() and must parse again to the
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tensorfile.h"
+#include "input/tensorfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

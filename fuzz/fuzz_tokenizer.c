@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "msadb.h"
-#include "tokenizer.h"
+#include "runtime/tokenizer.h"
 
 #define FAIL(what)                                                               \
     do {                                                                         \

@@ -87,8 +87,9 @@ enum {
     MSADB_ENOTSTORE = -30987, /* directory is not an msadb store */
     MSADB_ELIMIT = -30986,   /* a size exceeds a documented limit */
     MSADB_EIO = -30985,      /* I/O error (errno not available) */
-    MSADB_ETIMEDOUT = -30984, /* distributed operation: a rank did not answer in time */
-    MSADB_EPEER = -30983,    /* distributed operation: failed on another rank */
+    MSADB_ENOTSUP = -30984,  /* a part this library was built without (meson option) */
+    MSADB_ETIMEDOUT = -30983, /* distributed operation: a rank did not answer in time */
+    MSADB_EPEER = -30982,    /* distributed operation: failed on another rank */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -576,6 +577,9 @@ typedef struct msadb_llm_info {
     uint32_t n_layers, n_q_heads, n_kv_heads, head_dim, n_embd, n_vocab, n_ctx_train;
     size_t weight_bytes; /* weights held in memory */
 } msadb_llm_info;
+
+/* A library built with -Druntime=disabled has no runtime: every msadb_llm_*
+ * function then returns MSADB_ENOTSUP (msadb_llm_close does nothing). */
 
 /** Loads a GGUF file (llama architecture; tensors F32, F16, BF16, Q8_0;
  * tokenizer "llama" or "gpt2" from its metadata).  Errors: those of the

@@ -7,7 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "store_impl.h"
+#include "core/util.h"
+#include "store/store.h"
 
 int msadb_open_or_create(const char *path, const msadb_signature *sig, const msadb_options *opt,
                          msadb_store **out)
@@ -23,7 +24,8 @@ int msadb_open_or_create(const char *path, const msadb_signature *sig, const msa
 /* Per plane, a growing [tokens][head_dim] matrix of keys and one of values. */
 typedef struct {
     float *k, *v;
-    uint64_t n, cap; /* tokens held, tokens of room */
+    uint64_t n;  /* tokens held */
+    size_t cap;  /* tokens of room */
 } plane_buf;
 
 struct msadb_capture {
@@ -36,13 +38,13 @@ int msadb_capture_begin(msadb_store *st, msadb_capture **out)
     if (!st || !out)
         return MSADB_EINVAL;
     *out = NULL;
-    if (st->read_only)
+    if (msadb_store_read_only(st))
         return MSADB_EREADONLY;
     msadb_capture *c = calloc(1, sizeof *c);
     if (!c)
         return MSADB_ENOMEM;
     c->st = st;
-    c->planes = calloc(msadb_signature_planes(&st->sig), sizeof *c->planes);
+    c->planes = calloc(msadb_signature_planes(msadb_store_signature(st)), sizeof *c->planes);
     if (!c->planes) {
         free(c);
         return MSADB_ENOMEM;
@@ -55,7 +57,7 @@ void msadb_capture_abort(msadb_capture *c)
 {
     if (!c)
         return;
-    for (uint32_t p = 0; p < msadb_signature_planes(&c->st->sig); p++) {
+    for (uint32_t p = 0; p < msadb_signature_planes(msadb_store_signature(c->st)); p++) {
         free(c->planes[p].k);
         free(c->planes[p].v);
     }
@@ -65,20 +67,13 @@ void msadb_capture_abort(msadb_capture *c)
 
 static int plane_grow(plane_buf *pb, uint64_t need, size_t d)
 {
-    if (need <= pb->cap)
-        return 0;
-    uint64_t cap = pb->cap ? pb->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    float *k = realloc(pb->k, cap * d * sizeof(float));
-    if (!k)
+    size_t c = pb->cap;
+    if (need > SIZE_MAX || msadb_grow(&pb->k, &c, (size_t)need, d * sizeof(float), 256))
         return MSADB_ENOMEM;
-    pb->k = k;
-    float *v = realloc(pb->v, cap * d * sizeof(float));
-    if (!v)
+    c = pb->cap;
+    if (msadb_grow(&pb->v, &c, (size_t)need, d * sizeof(float), 256))
         return MSADB_ENOMEM;
-    pb->v = v;
-    pb->cap = cap;
+    pb->cap = c;
     return 0;
 }
 
@@ -87,7 +82,7 @@ int msadb_capture_kv(msadb_capture *c, uint32_t layer, uint64_t first, uint64_t 
 {
     if (!c || !k || !v || n == 0)
         return MSADB_EINVAL;
-    const msadb_signature *sig = &c->st->sig;
+    const msadb_signature *sig = msadb_store_signature(c->st);
     if (layer >= sig->n_layers)
         return MSADB_EINVAL;
     int mi = msadb_signature_memory_index(sig, layer);
@@ -123,7 +118,7 @@ static int capture_finish(msadb_capture *c, msadb_batch *batch, const msadb_doc 
     if (!c)
         return MSADB_EINVAL;
     int rc = 0;
-    const msadb_signature *sig = &c->st->sig;
+    const msadb_signature *sig = msadb_store_signature(c->st);
     const uint32_t planes = msadb_signature_planes(sig);
     const size_t d = sig->head_dim;
     float *K = NULL, *V = NULL;
@@ -179,19 +174,14 @@ int msadb_attend_merge(msadb_snapshot *snap, const msadb_query *q, float *out, f
 {
     if (!snap || !q || !out || !lse)
         return MSADB_EINVAL;
-    const msadb_signature *sig = &snap->st->sig;
+    const msadb_signature *sig = msadb_snap_signature(snap);
     size_t rows = q->n_query * sig->n_q_heads, d = sig->head_dim;
     if (q->n_query == 0 || rows > SIZE_MAX / (d + 1) / sizeof(float))
         return MSADB_EINVAL;
-    size_t need = rows * (d + 1);
-    if (need > snap->merge_cap) {
-        float *p = realloc(snap->merge_buf, need * sizeof(float));
-        if (!p)
-            return MSADB_ENOMEM;
-        snap->merge_buf = p;
-        snap->merge_cap = need;
-    }
-    float *mem_out = snap->merge_buf, *mem_lse = snap->merge_buf + rows * d;
+    float *mem_out = msadb_snap_floats(snap, rows * (d + 1));
+    if (!mem_out)
+        return MSADB_ENOMEM;
+    float *mem_lse = mem_out + rows * d;
     int rc = msadb_attend(snap, q, mem_out, mem_lse, hits, hits_cap, n_hits);
     if (rc)
         return rc;

@@ -2,7 +2,7 @@
 """The bundled memory model through the msadb program: usage
 /usr/bin/python3 bundled_model.py PATH_TO_msadb
 
-Ingests the demo documents (tools/demo/memory) with models/msadb-mem.gguf and
+Ingests the demo documents (tools/scripts/demo/memory) with models/msadb-mem.gguf and
 asks the demo questions: each must be answered with its expected answer
 from memory, and the store must verify.  Without memory the model must not
 know them (the answers come from the documents, not from training).  A
@@ -18,7 +18,7 @@ import tempfile
 MSADB = os.path.abspath(sys.argv[1])
 ROOT = os.environ.get("MSADB_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "msadb-mem.gguf")
-DEMO = os.path.join(ROOT, "tools", "demo", "memory")
+DEMO = os.path.join(ROOT, "tools", "scripts", "demo", "memory")
 
 
 def run(*args):

@@ -3,7 +3,7 @@
 
     /usr/bin/python3 tests/gguf_peer.py [--pkg DIR]
 
-The npm package @huggingface/gguf (installed by tools/run.sh into
+The npm package @huggingface/gguf (installed by tools/scripts/run.sh into
 <build>/npm) parses models/msadb-mem.gguf and models written by
 tools/make_test_model.py in every weight type the writer supports (f32, f16,
 bf16, q8_0; tied and untied).  Its view must agree with what tools/gguf.py
@@ -122,7 +122,7 @@ def main(argv):
     pkg = find_pkg(argv[argv.index("--pkg") + 1] if "--pkg" in argv else None)
     node = shutil.which("node") or shutil.which("nodejs")
     if not pkg or not node:
-        what = "node" if not node else "the npm package @huggingface/gguf (tools/run.sh installs it)"
+        what = "node" if not node else "the npm package @huggingface/gguf (tools/scripts/run.sh installs it)"
         if os.environ.get("CI") == "true":
             print("FAIL: %s not found" % what)
             return 1

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../tools/workload.h"
+#include "../tools/bench/workload.h"
 #include "shard_fixture.h"
 #include "testutil.h"
 

@@ -1,4 +1,4 @@
-/* shard_fixture.h -- the needle workload of tools/workload.h as documents of
+/* shard_fixture.h -- the needle workload of tools/bench/workload.h as documents of
  * a small two-kv-head store, for the tests of sharded stores (test_shard.c,
  * test_mpi.c): the same documents go into one store and into a sharded one,
  * and the same queries read both. */

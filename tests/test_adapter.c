@@ -12,7 +12,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "model.h"
+#include "runtime/model.h"
 #include "msadb.h"
 #include "testutil.h"
 

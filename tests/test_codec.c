@@ -1,4 +1,4 @@
-/* test_codec.c -- the block codec (libmsadb/codec.c): round trips with
+/* test_codec.c -- the block codec (libmsadb/codec/codec.c): round trips with
  * error bounds for every dtype, the stored layout read back by an
  * independent parser written from docs/format.md, rejection of every
  * corruption, sealing, and the size targets. */
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <zstd.h>
 
-#include "codec.h"
-#include "crypto.h"
+#include "codec/codec.h"
+#include "core/crypto.h"
 #include "msadb.h"
 #include "testutil.h"
 

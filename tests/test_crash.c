@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "msadb.h"
-#include "store.h"
+#include "store/store.h"
 #include "testutil.h"
 
 enum { D = 16, B = 16, MAX_T = 700, ROUNDS = 30 };

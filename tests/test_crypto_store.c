@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "msadb.h"
-#include "store_impl.h"
+#include "store/store_impl.h"
 #include "testutil.h"
 
 enum { D = 16, B = 8, T = 40 };

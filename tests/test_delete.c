@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "msadb.h"
-#include "store_impl.h"
+#include "store/store_impl.h"
 #include "testutil.h"
 
 enum { D = 16, B = 4 };

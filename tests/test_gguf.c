@@ -1,4 +1,4 @@
-/* test_gguf.c -- the strict GGUF reader (libmsadb/gguf.c).
+/* test_gguf.c -- the strict GGUF reader (libmsadb/runtime/gguf.c).
  *
  * 1. A sample written by tools/gguf.py (every metadata type, tensors in F32,
  *    F16, BF16 and Q8_0 next to F32 twins holding the values the reader must
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
+#include "runtime/gguf.h"
 #include "msadb.h"
 #include "testutil.h"
 

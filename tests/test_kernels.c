@@ -7,10 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "codec/summary.h"
+#include "core/kernels.h"
 #include "msadb.h"
 #include "testutil.h"
-#include "util.h"
+#include "core/util.h"
 
 static uint64_t rng = 12345;
 
@@ -358,7 +359,7 @@ static void test_reps(void)
             for (int t = 33; t < 37; t++)
                 for (int j = 0; j < DD; j++)
                     K[t * DD + j] = 0.3f * K[t * DD + j] + 1.5f * q[j];
-        msadb_k_reps_summarize(K, N, DD, v8, sc);
+        msadb_summarize_reps(K, N, DD, v8, sc);
         msadb_kq kq;
         memset(&kq, 0, sizeof kq);
         CHECK_OK(msadb_kq_prepare(&kq, q, 1, 4, 0, DD, DD, 0));

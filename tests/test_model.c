@@ -1,4 +1,4 @@
-/* test_model.c -- the llama runtime (libmsadb/model.c).
+/* test_model.c -- the llama runtime (libmsadb/runtime/model.c).
  *
  * Without arguments: builds small GGUF models with tools/make_test_model.py
  * (needs MSADB_SOURCE_ROOT and a python3 with numpy; exits 77 = skipped
@@ -30,7 +30,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "model.h"
+#include "runtime/model.h"
 #include "msadb.h"
 #include "testutil.h"
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "core/kernels.h"
 #include "msadb.h"
 #include "testutil.h"
 

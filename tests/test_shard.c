@@ -1,7 +1,7 @@
 /* test_shard.c -- sharded stores in one process (include/msadb_shard.h):
  * the manifest and shard labels, ids and placement, exact attention of 4
  * shards against one store holding the same documents, sparse hits on the
- * needle workload (tools/workload.h) equal to one store's, attend_blocks and
+ * needle workload (tools/bench/workload.h) equal to one store's, attend_blocks and
  * attend_merge, reads by global id, deletion, spaces, verify, open errors,
  * open of a part, and split / merge round trips. */
 #include <math.h>
@@ -14,7 +14,7 @@
 #include "msadb_shard.h"
 #include "shard_fixture.h"
 #include "testutil.h"
-#include "util.h"
+#include "core/util.h"
 
 enum { NSH = 4, ROWS = SFX_NQH, HCAP = 4096 };
 

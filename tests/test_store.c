@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "msadb.h"
-#include "store_impl.h"
+#include "store/store_impl.h"
 #include "testutil.h"
 
 /* Deterministic K/V for a document: [planes][T][d] f32. */
@@ -271,8 +271,8 @@ static void test_documents(int dtype)
     msadb_page_view *views = NULL;
     size_t nv = 0, cv = 0;
     CHECK_OK(msadb_snap_pages(snap, sid, 1, &views, &nv, &cv));
-    CHECK(nv == 1 && views[0].n == 3 && views[0].mean && views[0].minmax && views[0].reps && views[0].reps_scale);
-    CHECK(((uintptr_t)views[0].reps_scale & 15) == 0);
+    CHECK(nv == 1 && views[0].n == 3 && views[0].summ.mean && views[0].summ.minmax && views[0].summ.reps && views[0].summ.reps_scale);
+    CHECK(((uintptr_t)views[0].summ.reps_scale & 15) == 0);
     msadb_slot s;
     msadb_slot_at(views[0].slots, 2, &s);
     CHECK(s.doc_id == id1 && s.tok_start == 16 && s.n_tok == 5 && s.flags == 0);
@@ -280,8 +280,8 @@ static void test_documents(int dtype)
     CHECK_OK(msadb_doc_kv(snap, id1, 1, Kb, NULL));
     for (uint32_t t = 16; t < 21; t++)
         for (uint32_t c = 0; c < d; c++) {
-            float lo = msadb_f16_to_f32(views[0].minmax[2 * 2 * d + c]);
-            float hi = msadb_f16_to_f32(views[0].minmax[2 * 2 * d + d + c]);
+            float lo = msadb_f16_to_f32(views[0].summ.minmax[2 * 2 * d + c]);
+            float hi = msadb_f16_to_f32(views[0].summ.minmax[2 * 2 * d + d + c]);
             CHECK(lo <= Kb[t * d + c] && Kb[t * d + c] <= hi);
         }
     free(views);

@@ -15,10 +15,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "gguf.h"
+#include "runtime/gguf.h"
 #include "msadb.h"
 #include "testutil.h"
-#include "tokenizer.h"
+#include "runtime/tokenizer.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */

@@ -1,4 +1,4 @@
-/* test_util.c -- libmsadb/util.c: half-precision conversions (known values,
+/* test_util.c -- libmsadb/core/util.c: half-precision conversions (known values,
  * exhaustive round trips, exhaustive rounding at every midpoint, directed
  * rounding), CRC-32C (check value, hardware path against the table path and
  * a bitwise reference), byte-order helpers, aligned allocation. */
@@ -10,7 +10,7 @@
 
 #include "msadb.h"
 #include "testutil.h"
-#include "util.h"
+#include "core/util.h"
 
 /* The table path of msadb_crc32c, exported by util.c for this test only. */
 uint32_t msadb_crc32c_sw(uint32_t crc, const void *buf, size_t len);

@@ -132,8 +132,8 @@ def corpus():
 
 def live_texts():
     """Larger real texts for live runs: this repository's own sources and docs."""
-    names = ["include/msadb.h", "libmsadb/store.c", "libmsadb/tokenizer.c",
-             "tools/run.sh", "docs/architecture.md", "docs/tokenizer.md",
+    names = ["include/msadb.h", "libmsadb/store/store.c", "libmsadb/runtime/tokenizer.c",
+             "tools/scripts/run.sh", "docs/architecture.md", "docs/tokenizer.md",
              "../shared/DESIGN.md"]
     out = []
     for n in names:

@@ -1,5 +1,5 @@
 """Minimal safetensors reading and writing with numpy, for msadb's tools
-and tests (the CLI itself parses safetensors in C, cli/tensorfile.c).
+and tests (the CLI itself parses safetensors in C, cli/input/tensorfile.c).
 
 st_write(path, {name: array}) writes F32/F16/F64/I64/I32/U8 arrays and BF16
 (wrap uint16 bit patterns in BF16, or use to_bf16); st_read(path) returns a

@@ -32,7 +32,7 @@ Phases (each ends by writing the checkpoint to OUTDIR):
     question's tokens attend to [their causal local keys] + [the keys of
     the selected memory blocks] under one softmax;
  c  the same without forcing: exactly msadb's selection (below).
-Routing = msadb's default query (libmsadb/query.c): per memory layer and kv
+Routing = msadb's default query (libmsadb/query/query.c): per memory layer and kv
 head, a 64-token block's score is max over the group's q heads and the
 query tokens of q . mean(block keys); the prompt's tokens share one top-k
 selection (max over all prompt tokens: msadb_llm_ask runs the prompt in one

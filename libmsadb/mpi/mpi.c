@@ -16,7 +16,7 @@
 #define TAG_LIST 12  /* doc list: a chunk of msadb_doc_info, owner -> root */
 #define TAG_FETCH 13 /* doc fetch: one serialized document view, owner -> root */
 #define LIST_CHUNK 256
-#define MSG_MAX 240  /* bytes of an error sentence exchanged between ranks */
+#define MSG_MAX 1024 /* bytes of an error sentence, also exchanged between ranks */
 #define REPORT_MAX (64u << 10)
 
 struct msadb_mpi {
@@ -33,7 +33,7 @@ struct msadb_mpi {
     size_t res_cap;
     msadb_hit *hits;
     size_t hits_cap;
-    char err[1024];
+    char err[MSG_MAX];
 };
 
 void msadb_mpi_options_init(msadb_mpi_options *o)

@@ -7,7 +7,8 @@
 #include <string.h>
 
 #include "msadb_shard.h"
-#include "shard_impl.h"
+#include "shard/shard_impl.h"
+#include "core/util.h"
 
 typedef struct shard_job {
     msadb_snapshot *snap;
@@ -323,13 +324,8 @@ static void *job_run(void *arg)
         j->rc = msadb_retrieve(j->snap, &j->qc, h0, cap0, &j->n_hits);
     /* more hits than room: the selection is deterministic, take it again */
     if (j->rc == 0 && j->want_hits && j->n_hits > j->hits_cap && !j->qc.exact) {
-        msadb_hit *h = realloc(j->hits, j->n_hits * sizeof *h);
-        if (!h) {
-            j->rc = MSADB_ENOMEM;
+        if ((j->rc = msadb_grow(&j->hits, &j->hits_cap, j->n_hits, sizeof *j->hits, 64)))
             return NULL;
-        }
-        j->hits = h;
-        j->hits_cap = j->n_hits;
         j->rc = msadb_retrieve(j->snap, &j->qc, j->hits, j->hits_cap, &j->n_hits);
     }
     return NULL;
@@ -365,14 +361,8 @@ static int run_jobs(msadb_shards_snapshot *s)
 
 static int bufs_get(msadb_shards_snapshot *s, size_t rows, size_t d)
 {
-    size_t need = (size_t)s->sh->n_local * rows * (d + 1);
-    if (need > s->buf_cap) {
-        float *b = realloc(s->buf, need * sizeof *b);
-        if (!b)
-            return MSADB_ENOMEM;
-        s->buf = b;
-        s->buf_cap = need;
-    }
+    if (msadb_grow(&s->buf, &s->buf_cap, (size_t)s->sh->n_local * rows * (d + 1), sizeof *s->buf, 1024))
+        return MSADB_ENOMEM;
     for (uint32_t i = 0; i < s->sh->n_local; i++) {
         s->jobs[i].out = s->buf + (size_t)i * rows * (d + 1);
         s->jobs[i].lse = s->jobs[i].out + rows * d;
@@ -404,13 +394,8 @@ static int attend_all(msadb_shards_snapshot *s, const msadb_query *q, int with_o
         j->n_hits = 0;
         if (!with_out)
             j->out = j->lse = NULL;
-        if (want_hits && (guess > j->hits_cap || !j->hits)) {
-            msadb_hit *h = realloc(j->hits, (guess + 1) * sizeof *h);
-            if (!h)
-                return MSADB_ENOMEM;
-            j->hits = h;
-            j->hits_cap = guess;
-        }
+        if (want_hits && msadb_grow(&j->hits, &j->hits_cap, guess + 1, sizeof *j->hits, 64))
+            return MSADB_ENOMEM;
     }
     if ((rc = run_jobs(s)))
         return rc;
@@ -509,13 +494,8 @@ int msadb_shards_attend_blocks(msadb_shards_snapshot *s, const msadb_query *q, c
     msadb_shards *sh = s->sh;
     const msadb_signature *sig = msadb_shards_signature(sh);
     size_t rows = q->n_query * sig->n_q_heads;
-    if (n_blocks > s->blk_cap) {
-        msadb_hit *b = realloc(s->blk, n_blocks * sizeof *b);
-        if (!b)
-            return MSADB_ENOMEM;
-        s->blk = b;
-        s->blk_cap = n_blocks;
-    }
+    if (msadb_grow(&s->blk, &s->blk_cap, n_blocks, sizeof *s->blk, 64))
+        return MSADB_ENOMEM;
     int rc = bufs_get(s, rows, sig->head_dim);
     if (rc)
         return rc;

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "msadb_shard.h"
-#include "shard_impl.h"
+#include "shard/shard_impl.h"
 
 /* Documents are committed when the batch holds this many bytes of K/V. */
 #define COPY_BATCH_BYTES (64u << 20)
@@ -36,18 +36,6 @@ typedef struct copy_ctx {
     msadb_shards_copy_cb cb;
     void *ud;
 } copy_ctx;
-
-static int grow(void *pp, size_t *cap, size_t need, size_t size)
-{
-    if (need <= *cap)
-        return 0;
-    void *p = realloc(*(void **)pp, need * size);
-    if (!p)
-        return MSADB_ENOMEM;
-    *(void **)pp = p;
-    *cap = need;
-    return 0;
-}
 
 static int copy_flush(copy_ctx *c)
 {
@@ -81,11 +69,11 @@ static int copy_one(const msadb_doc_info *info, void *ud)
     uint32_t planes = msadb_signature_planes(sig), d = sig->head_dim;
     size_t T = info->n_tokens, plane_n = T * d;
     int rc;
-    if ((rc = grow(&c->kv, &c->kv_cap, 2 * planes * plane_n, sizeof(float))) ||
-        (rc = grow(&c->text, &c->text_cap, info->text_len + 1, 1)) ||
-        (rc = grow(&c->meta, &c->meta_cap, info->meta_len + 1, 1)) ||
-        (rc = grow(&c->tok, &c->tok_cap, T, sizeof(int32_t))) ||
-        (rc = grow(&c->spans, &c->span_cap, T, 2 * sizeof(int64_t))))
+    if ((rc = msadb_grow(&c->kv, &c->kv_cap, 2 * planes * plane_n, sizeof(float), 64)) ||
+        (rc = msadb_grow(&c->text, &c->text_cap, info->text_len + 1, 1, 64)) ||
+        (rc = msadb_grow(&c->meta, &c->meta_cap, info->meta_len + 1, 1, 64)) ||
+        (rc = msadb_grow(&c->tok, &c->tok_cap, T, sizeof(int32_t), 64)) ||
+        (rc = msadb_grow(&c->spans, &c->span_cap, T, 2 * sizeof(int64_t), 64)))
         return rc;
     float *K = c->kv, *V = c->kv + planes * plane_n;
     for (uint32_t p = 0; p < planes; p++)
@@ -112,18 +100,10 @@ static int copy_one(const msadb_doc_info *info, void *ud)
                      .kv_dtype = MSADB_DTYPE_F32,
                      .keys = K,
                      .values = V};
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? 2 * c->cap : 64;
-        uint64_t *o = realloc(c->old_ids, cap * sizeof *o);
-        if (!o)
-            return MSADB_ENOMEM;
-        c->old_ids = o;
-        msadb_doc_info *in = realloc(c->infos, cap * sizeof *in);
-        if (!in)
-            return MSADB_ENOMEM;
-        c->infos = in;
-        c->cap = cap;
-    }
+    size_t cap_ids = c->cap;
+    if ((rc = msadb_grow(&c->old_ids, &cap_ids, c->n + 1, sizeof *c->old_ids, 64)) ||
+        (rc = msadb_grow(&c->infos, &c->cap, c->n + 1, sizeof *c->infos, 64)))
+        return rc;
     if (c->dst_sh) {
         if (!c->sb && (rc = msadb_shards_batch_begin(c->dst_sh, &c->sb)))
             return rc;

@@ -12,8 +12,8 @@
 #include <sodium.h>
 
 #include "msadb_shard.h"
-#include "shard_impl.h"
-#include "util.h"
+#include "shard/shard_impl.h"
+#include "core/util.h"
 
 #define MANIFEST_NAME "msadb-shards"
 #define LABEL_NAME "msadb-shard"
@@ -441,18 +441,10 @@ static int space_add(const msadb_space_info *info, void *ud)
             a->seen[i]++;
             return 0;
         }
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? 2 * a->cap : 16;
-        msadb_space_info *v = realloc(a->v, cap * sizeof *v);
-        if (!v)
-            return MSADB_ENOMEM;
-        a->v = v;
-        uint32_t *s = realloc(a->seen, cap * sizeof *s);
-        if (!s)
-            return MSADB_ENOMEM;
-        a->seen = s;
-        a->cap = cap;
-    }
+    size_t cap_seen = a->cap;
+    if (msadb_grow(&a->seen, &cap_seen, a->n + 1, sizeof *a->seen, 16) ||
+        msadb_grow(&a->v, &a->cap, a->n + 1, sizeof *a->v, 16))
+        return MSADB_ENOMEM;
     a->v[a->n] = *info;
     a->seen[a->n++] = 1;
     return 0;
@@ -561,15 +553,9 @@ int msadb_shards_batch_begin(msadb_shards *sh, msadb_shards_batch **out)
 
 static int batch_add_local(msadb_shards_batch *b, uint32_t i, const msadb_doc *doc)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        uint32_t *w = realloc(b->where, cap * sizeof *w);
-        if (!w)
-            return MSADB_ENOMEM;
-        b->where = w;
-        b->cap = cap;
-    }
     int rc;
+    if ((rc = msadb_grow(&b->where, &b->cap, b->n + 1, sizeof *b->where, 64)))
+        return rc;
     if (!b->b[i] && (rc = msadb_batch_begin(b->sh->st[i], &b->b[i])))
         return rc;
     if ((rc = msadb_batch_add(b->b[i], doc)))

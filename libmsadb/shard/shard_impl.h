@@ -4,7 +4,7 @@
 #define MSADB_SHARD_IMPL_H
 
 #include "msadb_shard.h"
-#include "util.h"
+#include "core/util.h"
 
 struct msadb_shards {
     char *dir;

@@ -1,0 +1,119 @@
+/* common.c -- what every command that opens a store shares: key options,
+ * opening with messages that name the cause, committing batches, checking
+ * --space and --summary.  Uses only the public API (msadb.h). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* ------------------------------------------------------------------------ */
+/* opening stores                                                           */
+/* ------------------------------------------------------------------------ */
+
+int cli_key_options(const cli_args *a, msadb_options *opt, unsigned char key[MSADB_KEY_BYTES])
+{
+    msadb_options_init(opt);
+    if (a->key_file) {
+        int rc = msadb_key_file_read(a->key_file, key);
+        if (rc == MSADB_EINVAL)
+            return cli_error("--key-file %s: expected exactly 32 raw bytes or 64 hexadecimal "
+                             "digits",
+                             a->key_file);
+        if (rc != 0)
+            return cli_error_rc(rc, "--key-file %s", a->key_file);
+        opt->key = key;
+    } else if (a->passphrase_env) {
+        const char *p = getenv(a->passphrase_env);
+        if (!p)
+            return cli_error("--passphrase-env %s: the environment variable is not set",
+                             a->passphrase_env);
+        if (!*p)
+            return cli_error("--passphrase-env %s: the environment variable is empty",
+                             a->passphrase_env);
+        opt->passphrase = p;
+    }
+    return CLI_OK;
+}
+
+int cli_open_error(const char *path, int rc, int creating)
+{
+    if (creating && rc != MSADB_EEXIST)
+        return cli_error_rc(rc, "%s: cannot create the store", path);
+    switch (rc) {
+    case MSADB_EKEY:
+        return cli_error("%s: the store is encrypted and the key or passphrase is missing or "
+                         "wrong (give --key-file F or --passphrase-env VAR)",
+                         path);
+    case MSADB_ENOTSTORE:
+        return cli_error("%s: not an msadb store", path);
+    case ENOENT:
+        return cli_error("%s: no such store (create one with 'msadb init')", path);
+    case MSADB_EVERSION:
+        return cli_error("%s: the store's format is newer than this msadb (%s) supports", path,
+                         msadb_version());
+    case MSADB_EEXIST:
+        return cli_error("%s: a store already exists there", path);
+    default:
+        return cli_error_rc(rc, "%s", path);
+    }
+}
+
+int cli_open(const cli_args *a, int read_only, msadb_store **out)
+{
+    msadb_options opt;
+    unsigned char key[MSADB_KEY_BYTES];
+    *out = NULL;
+    if (cli_key_options(a, &opt, key) != CLI_OK)
+        return CLI_ERROR;
+    opt.read_only = read_only;
+    int rc = msadb_open(a->db, NULL, &opt, out);
+    explicit_bzero(key, sizeof key);
+    if (rc != 0) {
+        *out = NULL;
+        return cli_open_error(a->db, rc, 0);
+    }
+    return CLI_OK;
+}
+
+int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t **ids)
+{
+    *ids = calloc(n + 1, sizeof **ids);
+    if (!*ids)
+        return cli_error("out of memory");
+    int mrc = msadb_batch_commit(*batch, *ids);
+    *batch = NULL;
+    return mrc ? cli_error_rc(mrc, "%s: commit failed", a->db) : CLI_OK;
+}
+
+int cli_check_memory_args(const cli_args *a, msadb_store *st)
+{
+    const msadb_signature *sig = msadb_store_signature(st);
+    if (a->summary && !(sig->summary_kinds & a->summary))
+        return cli_error("--summary: %s does not store %s summaries", a->db,
+                         cli_summary_name(a->summary));
+    for (size_t i = 0; i < a->n_spaces; i++) {
+        msadb_space_info info;
+        int rc = msadb_space_get(st, a->spaces[i], &info);
+        if (rc == MSADB_ENOTFOUND)
+            return cli_error("--space %s: no such space in %s", a->spaces[i], a->db);
+        if (rc != 0)
+            return cli_error_rc(rc, "--space %s", a->spaces[i]);
+    }
+    return CLI_OK;
+}
+
+int cli_require_space(msadb_store *st, const char *db, const char *space)
+{
+    msadb_space_info info;
+    int rc = msadb_space_get(st, space, &info);
+    if (rc == MSADB_ENOTFOUND)
+        return cli_error("%s: no space '%s' (create it with: msadb space %s create %s)", db, space,
+                         db, space);
+    if (rc != 0)
+        return cli_error_rc(rc, "%s: space '%s'", db, space);
+    return CLI_OK;
+}
+

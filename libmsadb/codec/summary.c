@@ -1,0 +1,222 @@
+/* summary.c -- block summaries: computing them, laying them out in pages,
+ * scoring a page (see summary.h). */
+#include <string.h>
+
+#include "codec/summary.h"
+#include "core/kernels.h"
+#include "core/util.h"
+
+/* ------------------------------------------------------------------------ */
+/* Page layout                                                              */
+/* ------------------------------------------------------------------------ */
+
+static void layout_sum(msadb_summ_layout *L)
+{
+    L->entry = 0;
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++)
+        L->entry += L->eb[r];
+}
+
+void msadb_summ_layout_init(msadb_summ_layout *L, uint32_t d, uint32_t kinds)
+{
+    L->d = d;
+    L->eb[MSADB_REG_REPS_SCALE] = (kinds & MSADB_SUMMARY_REPS) ? MSADB_K_REPS * sizeof(float) : 0;
+    L->eb[MSADB_REG_MEAN] = (kinds & MSADB_SUMMARY_MEAN) ? 2 * (size_t)d : 0;
+    L->eb[MSADB_REG_MINMAX] = (kinds & MSADB_SUMMARY_MINMAX) ? 4 * (size_t)d : 0;
+    L->eb[MSADB_REG_REPS] = (kinds & MSADB_SUMMARY_REPS) ? MSADB_K_REPS * (size_t)d : 0;
+    L->min_bytes = MSADB_SUMM_PAGE_MIN;
+    layout_sum(L);
+}
+
+void msadb_summ_layout_flat(msadb_summ_layout *L, size_t entry)
+{
+    memset(L, 0, sizeof *L);
+    L->eb[0] = entry;
+    layout_sum(L);
+}
+
+size_t msadb_summ_page_bytes(const msadb_summ_layout *L, size_t n)
+{
+    size_t b = n * L->entry;
+    return b < L->min_bytes ? L->min_bytes : b;
+}
+
+void msadb_summ_entry_get(const msadb_summ_layout *L, const uint8_t *page, size_t n, size_t i, uint8_t *out)
+{
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        memcpy(out, page + i * L->eb[r], L->eb[r]);
+        out += L->eb[r];
+        page += n * L->eb[r];
+    }
+}
+
+void msadb_summ_entry_put(const msadb_summ_layout *L, uint8_t *page, size_t n, size_t i, const uint8_t *entry)
+{
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        memcpy(page + i * L->eb[r], entry, L->eb[r]);
+        entry += L->eb[r];
+        page += n * L->eb[r];
+    }
+}
+
+void msadb_summ_page_build(const msadb_summ_layout *L, const uint8_t *entries, uint32_t n, uint8_t *page)
+{
+    memset(page, 0, msadb_summ_page_bytes(L, n));
+    for (uint32_t i = 0; i < n; i++)
+        msadb_summ_entry_put(L, page, n, i, entries + (size_t)i * L->entry);
+}
+
+void msadb_summ_view_of(const msadb_summ_layout *L, const uint8_t *page, size_t n, msadb_summ_view *v)
+{
+    /* Regions in order; the page is 16-byte aligned (pages are padded into
+     * LMDB overflow pages), so each pointer is aligned for its type. */
+    const uint8_t *reg[MSADB_SUMM_REGIONS];
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        reg[r] = L->eb[r] ? page : NULL;
+        page += n * L->eb[r];
+    }
+    v->reps_scale = (const float *)(const void *)reg[MSADB_REG_REPS_SCALE];
+    v->mean = (const uint16_t *)(const void *)reg[MSADB_REG_MEAN];
+    v->minmax = (const uint16_t *)(const void *)reg[MSADB_REG_MINMAX];
+    v->reps = (const int8_t *)reg[MSADB_REG_REPS];
+}
+
+void msadb_summ_view_from(const msadb_summ_view *v, uint32_t d, uint32_t e, msadb_summ_view *out)
+{
+    out->mean = v->mean ? v->mean + (size_t)e * d : NULL;
+    out->minmax = v->minmax ? v->minmax + (size_t)e * 2 * d : NULL;
+    out->reps = v->reps ? v->reps + (size_t)e * MSADB_K_REPS * d : NULL;
+    out->reps_scale = v->reps_scale ? v->reps_scale + (size_t)e * MSADB_K_REPS : NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Computing summaries                                                      */
+/* ------------------------------------------------------------------------ */
+
+void msadb_summarize(const float *K, uint32_t n, uint32_t d, uint16_t *mean, uint16_t *minmax)
+{
+    /* Row by row so the inner loop runs over contiguous channels and
+     * vectorizes; the f32 sums of at most MSADB_MAX_BLOCK rows are exact
+     * enough for an f16 result. */
+    float sum[MSADB_MAX_HEAD_DIM], lo[MSADB_MAX_HEAD_DIM], hi[MSADB_MAX_HEAD_DIM];
+    memcpy(sum, K, d * sizeof(float));
+    memcpy(lo, K, d * sizeof(float));
+    memcpy(hi, K, d * sizeof(float));
+    for (uint32_t t = 1; t < n; t++) {
+        const float *r = K + (size_t)t * d;
+        for (uint32_t c = 0; c < d; c++) {
+            sum[c] += r[c];
+            lo[c] = r[c] < lo[c] ? r[c] : lo[c];
+            hi[c] = r[c] > hi[c] ? r[c] : hi[c];
+        }
+    }
+    float inv = 1.0f / (float)n;
+    for (uint32_t c = 0; c < d; c++) {
+        if (mean)
+            mean[c] = msadb_f32_to_f16(sum[c] * inv);
+        if (minmax) {
+            minmax[c] = msadb_f32_to_f16_down(lo[c]);
+            minmax[d + c] = msadb_f32_to_f16_up(hi[c]);
+        }
+    }
+}
+
+static double sqdist(const float *a, const float *b, uint32_t d)
+{
+    double s = 0.0;
+    for (uint32_t j = 0; j < d; j++)
+        s += (double)(a[j] - b[j]) * (a[j] - b[j]);
+    return s;
+}
+
+/* The aligned window of w tokens whose mean lies farthest from m; its mean
+ * goes to out (the whole block when it is shorter than w). */
+static void farthest_window(const float *K, uint32_t n, uint32_t d, uint32_t w, const float *m, float *out)
+{
+    double best = -1.0;
+    float wm[MSADB_MAX_HEAD_DIM];
+    for (uint32_t s0 = 0; s0 < n; s0 += w) {
+        uint32_t e = s0 + w < n ? s0 + w : n;
+        for (uint32_t j = 0; j < d; j++) {
+            double a = 0.0;
+            for (uint32_t t = s0; t < e; t++)
+                a += K[(size_t)t * d + j];
+            wm[j] = (float)(a / (e - s0));
+        }
+        double dd = sqdist(wm, m, d);
+        if (dd > best) {
+            best = dd;
+            memcpy(out, wm, d * sizeof(float));
+        }
+    }
+}
+
+void msadb_summarize_reps(const float *K, uint32_t n, uint32_t d, int8_t *v8, float *scale)
+{
+    float m[MSADB_MAX_HEAD_DIM], vec[MSADB_MAX_HEAD_DIM];
+    for (uint32_t j = 0; j < d; j++) {
+        double a = 0.0;
+        for (uint32_t t = 0; t < n; t++)
+            a += K[(size_t)t * d + j];
+        m[j] = (float)(a / n);
+    }
+    /* two k-center steps from the mean (ties: the earlier token) */
+    uint32_t f1 = 0, f2 = 0;
+    double b1 = -1.0, b2 = -1.0;
+    for (uint32_t t = 0; t < n; t++) {
+        double dd = sqdist(K + (size_t)t * d, m, d);
+        if (dd > b1)
+            b1 = dd, f1 = t;
+    }
+    for (uint32_t t = 0; t < n; t++) {
+        double dm = sqdist(K + (size_t)t * d, m, d), df = sqdist(K + (size_t)t * d, K + (size_t)f1 * d, d);
+        double dd = dm < df ? dm : df;
+        if (dd > b2)
+            b2 = dd, f2 = t;
+    }
+    scale[0] = msadb_k_quantize_i8(K + (size_t)f1 * d, d, v8);
+    scale[1] = msadb_k_quantize_i8(K + (size_t)f2 * d, d, v8 + d);
+    farthest_window(K, n, d, 4, m, vec);
+    scale[2] = msadb_k_quantize_i8(vec, d, v8 + 2 * (size_t)d);
+}
+
+void msadb_summarize_entry(const msadb_summ_layout *L, const float *K, uint32_t n, uint8_t *out)
+{
+    uint32_t d = L->d;
+    uint16_t mean[MSADB_MAX_HEAD_DIM], mm[2 * MSADB_MAX_HEAD_DIM];
+    int8_t reps[MSADB_K_REPS * MSADB_MAX_HEAD_DIM];
+    float scale[MSADB_K_REPS];
+    msadb_summarize(K, n, d, L->eb[MSADB_REG_MEAN] ? mean : NULL, L->eb[MSADB_REG_MINMAX] ? mm : NULL);
+    if (L->eb[MSADB_REG_REPS])
+        msadb_summarize_reps(K, n, d, reps, scale);
+    /* concatenated form, in region order */
+    const void *src[MSADB_SUMM_REGIONS] = {scale, mean, mm, reps};
+    for (int r = 0; r < MSADB_SUMM_REGIONS; r++) {
+        memcpy(out, src[r], L->eb[r]);
+        out += L->eb[r];
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scoring                                                                  */
+/* ------------------------------------------------------------------------ */
+
+msadb_summ_score msadb_summ_score_of(uint32_t kind, int score)
+{
+    if (kind == MSADB_SUMMARY_MINMAX)
+        return MSADB_SUMM_SCORE_MINMAX;
+    if (kind == MSADB_SUMMARY_REPS)
+        return MSADB_SUMM_SCORE_REPS;
+    return score == MSADB_SCORE_DOT ? MSADB_SUMM_SCORE_MEAN_DOT : MSADB_SUMM_SCORE_MEAN_COS;
+}
+
+void msadb_summ_score_page(const msadb_kq *kq, msadb_summ_score how, const msadb_summ_view *v, size_t n,
+                           float *tmp, float *scores)
+{
+    if (how == MSADB_SUMM_SCORE_REPS)
+        msadb_k_score_reps_i8(kq, v->reps, v->reps_scale, n, MSADB_K_REPS, tmp, scores, n);
+    else if (how == MSADB_SUMM_SCORE_MINMAX)
+        msadb_k_score_minmax(kq, v->minmax, n, scores, n);
+    else
+        msadb_k_score_mean(kq, v->mean, n, how == MSADB_SUMM_SCORE_MEAN_COS, scores, n);
+}

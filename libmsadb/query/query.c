@@ -1,0 +1,1110 @@
+/* query.c -- the query engine: memory attention for one memory layer.
+ *
+ * For every kv head the engine (1) scores the summaries of the queried
+ * spaces with the group's queries, a streaming scan of the summary pages
+ * straight from the memory map, split over the snapshot's scan threads;
+ * (2) keeps the top-k blocks (or documents) with per-thread size-k heaps,
+ * merged at the end; (3) reads and decodes the chosen blocks; (4) runs
+ * exact softmax attention over their tokens in chunks, merging chunks by
+ * log-sum-exp.
+ *
+ * All working memory lives in the snapshot's scratch slot and is only ever
+ * grown, so a host that keeps one snapshot does not allocate per query once
+ * the buffers have reached their working size.  The scan threads are
+ * created with the scratch and live until the snapshot ends.
+ *
+ * Determinism: a block's identity during a scan is its position (space,
+ * page, entry), and ties in score are broken by that position, so the
+ * selection does not depend on how the pages were split between threads.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "query/bcache.h"
+#include "core/kernels.h"
+#include "msadb.h"
+#include "store/store.h"
+#include "core/util.h"
+
+#define MAX_SCAN_THREADS 8
+#define MIN_ENTRIES_PER_THREAD 8192 /* below this a second thread costs more than it saves */
+#define MAX_TOP_K 65536
+#define MAX_QUERY_TOKENS 65536
+#define CHUNK_FLOATS (1u << 21) /* scores per attention chunk: bounds the work buffer */
+
+/* A candidate's id: view index (page of one space) and entry within it. */
+#define CAND_ID(view, i) (((uint64_t)(view) << 16) | (uint64_t)(i))
+#define CAND_VIEW(id) ((size_t)((id) >> 16))
+#define CAND_ENTRY(id) ((uint32_t)((id) & 0xffffu))
+
+
+/* A maximal run of consecutive live entries of one document, as seen by one
+ * scan thread (document selection). */
+typedef struct doc_run {
+    uint64_t doc_id;
+    uint64_t first, last; /* CAND_IDs of the run's first and last entry */
+} doc_run;
+
+/* One thread's share of a scan and its private results. */
+typedef struct scan_part {
+    size_t v0, v1; /* views [v0, v1) */
+    float *scores; /* n_groups * page entries */
+    size_t scores_cap;
+    float *tmp;    /* representatives' scores before the max: n_groups * entries * 3 */
+    size_t tmp_cap;
+    uint32_t *idx;
+    size_t idx_cap;
+    msadb_topk *heaps; /* one per group */
+    float *hs;
+    uint64_t *hid;
+    size_t heap_cap, heaps_cap;
+    doc_run *runs;
+    float *run_scores; /* [n_runs][n_groups] */
+    size_t n_runs, runs_cap;
+    uint32_t runs_g; /* groups the run_scores rows were allocated for */
+    uint64_t scanned;
+    int rc;
+} scan_part;
+
+typedef struct worker {
+    pthread_t th;
+    struct qscratch *qs;
+    int idx;
+} worker;
+
+/* A selected block, in the order hits are reported. */
+typedef struct sel {
+    uint64_t cand; /* CAND_ID */
+    float score;
+} sel;
+
+typedef struct qscratch {
+    /* scan threads */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_go, cv_done;
+    uint64_t gen;      /* bumped for every parallel scan */
+    int pending, quit; /* workers still running the current scan */
+    int n_threads, n_workers;
+    worker workers[MAX_SCAN_THREADS];
+    scan_part parts[MAX_SCAN_THREADS];
+
+    /* the scan in progress (read by the workers) */
+    const msadb_page_view *views;
+    size_t n_views;
+    const msadb_kq *kq;
+    msadb_summ_score how;
+    int doc_mode;
+    uint32_t k, d;
+
+    /* spaces and page views of the current plane */
+    uint32_t *space_ids;
+    size_t space_cap, n_spaces;
+    msadb_page_view *views_all, *views_tmp;
+    size_t views_cap, views_tmp_cap;
+    uint32_t *view_space; /* index into space_ids, per view */
+    size_t view_space_cap;
+
+    msadb_kq kqs;
+
+    /* selection */
+    sel *sels;
+    size_t sels_cap;
+    size_t *sel_off; /* per group: start in sels; n_groups + 1 entries */
+    size_t sel_off_cap;
+    float *ms;       /* merge buffers */
+    uint64_t *mid;
+    size_t m_cap;
+    uint64_t *set_key; /* doc hash set */
+    uint32_t *set_val;
+    uint8_t *set_used;
+    size_t set_cap;
+    uint32_t *cnt;
+    size_t cnt_cap;
+
+    /* attention */
+    float *Qg, *Og, *Lg; /* gathered rows of one kv head */
+    size_t qg_cap, og_cap, lg_cap;
+    float *Kc, *Vc, *work, *Ot;
+    size_t kc_cap, work_cap, ot_cap;
+    msadb_bcache cache; /* decoded blocks (bcache.h) */
+    struct blk_ref *refs;
+    size_t refs_cap;
+} qscratch;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The scan                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static inline uint16_t slot_flags(const uint8_t *slots, uint32_t i)
+{
+    return msadb_get_le16(slots + (size_t)i * MSADB_SLOT_BYTES + 22);
+}
+
+static inline uint64_t slot_doc(const uint8_t *slots, uint32_t i)
+{
+    return msadb_get_le64(slots + (size_t)i * MSADB_SLOT_BYTES + 8);
+}
+
+static void score_view(const qscratch *qs, scan_part *p, const msadb_page_view *v)
+{
+    msadb_summ_score_page(qs->kq, qs->how, &v->summ, v->n, p->tmp, p->scores);
+}
+
+/* Block selection over views [p->v0, p->v1): per group, a heap of the k
+ * best live entries.  Only entries that reach the heap's threshold are
+ * looked up in the slot page, so deleted flags cost nothing in the common
+ * case. */
+static int scan_blocks(qscratch *qs, scan_part *p)
+{
+    uint32_t G = qs->kq->n_groups;
+    for (size_t vi = p->v0; vi < p->v1; vi++) {
+        const msadb_page_view *v = &qs->views[vi];
+        score_view(qs, p, v);
+        p->scanned += v->n;
+        for (uint32_t g = 0; g < G; g++) {
+            msadb_topk *h = &p->heaps[g];
+            const float *s = p->scores + (size_t)g * v->n;
+            size_t c = msadb_k_select_ge(s, v->n, msadb_topk_threshold(h), p->idx);
+            for (size_t j = 0; j < c; j++) {
+                uint32_t i = p->idx[j];
+                if (slot_flags(v->slots, i) & MSADB_SLOT_DELETED)
+                    continue;
+                msadb_topk_offer(h, s[i], CAND_ID(vi, i));
+            }
+        }
+    }
+    return 0;
+}
+
+/* Grows a part's run arrays together (runs and their G scores each). */
+static int grow_runs(scan_part *p, uint32_t G)
+{
+    size_t want = p->runs_cap ? 2 * p->runs_cap : 1024, c = p->runs_cap;
+    if (msadb_grow(&p->runs, &c, want, sizeof *p->runs, want))
+        return MSADB_ENOMEM;
+    c = p->runs_cap;
+    if (msadb_grow(&p->run_scores, &c, want, G * sizeof(float), want))
+        return MSADB_ENOMEM;
+    p->runs_cap = c;
+    return 0;
+}
+
+/* Document selection: per group, the max score of every run of a
+ * document's consecutive live entries. */
+static int scan_docs(qscratch *qs, scan_part *p)
+{
+    uint32_t G = qs->kq->n_groups;
+    int open = 0;
+    for (size_t vi = p->v0; vi < p->v1; vi++) {
+        const msadb_page_view *v = &qs->views[vi];
+        score_view(qs, p, v);
+        p->scanned += v->n;
+        for (uint32_t i = 0; i < v->n; i++) {
+            if (slot_flags(v->slots, i) & MSADB_SLOT_DELETED) {
+                open = 0;
+                continue;
+            }
+            uint64_t doc = slot_doc(v->slots, i);
+            if (!open || p->runs[p->n_runs - 1].doc_id != doc) {
+                if (p->n_runs == p->runs_cap && grow_runs(p, G))
+                    return MSADB_ENOMEM;
+                doc_run *r = &p->runs[p->n_runs++];
+                r->doc_id = doc;
+                r->first = CAND_ID(vi, i);
+                for (uint32_t g = 0; g < G; g++)
+                    p->run_scores[(p->n_runs - 1) * G + g] = -INFINITY;
+                open = 1;
+            }
+            doc_run *r = &p->runs[p->n_runs - 1];
+            r->last = CAND_ID(vi, i);
+            float *rs = p->run_scores + (p->n_runs - 1) * G;
+            for (uint32_t g = 0; g < G; g++) {
+                float s = p->scores[(size_t)g * v->n + i];
+                rs[g] = s > rs[g] ? s : rs[g];
+            }
+        }
+    }
+    return 0;
+}
+
+static void run_part(qscratch *qs, scan_part *p)
+{
+    p->scanned = 0;
+    p->n_runs = 0;
+    p->rc = qs->doc_mode ? scan_docs(qs, p) : scan_blocks(qs, p);
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    qscratch *qs = w->qs;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&qs->mu);
+    for (;;) {
+        while (!qs->quit && qs->gen == seen)
+            pthread_cond_wait(&qs->cv_go, &qs->mu);
+        if (qs->quit)
+            break;
+        seen = qs->gen;
+        int active = w->idx < qs->n_threads;
+        pthread_mutex_unlock(&qs->mu);
+        if (active)
+            run_part(qs, &qs->parts[w->idx]);
+        pthread_mutex_lock(&qs->mu);
+        if (--qs->pending == 0)
+            pthread_cond_signal(&qs->cv_done);
+    }
+    pthread_mutex_unlock(&qs->mu);
+    return NULL;
+}
+
+static void scratch_destroy(void *ptr)
+{
+    qscratch *qs = ptr;
+    if (!qs)
+        return;
+    if (qs->n_workers > 0) {
+        pthread_mutex_lock(&qs->mu);
+        qs->quit = 1;
+        pthread_cond_broadcast(&qs->cv_go);
+        pthread_mutex_unlock(&qs->mu);
+        for (int i = 1; i <= qs->n_workers; i++)
+            pthread_join(qs->workers[i].th, NULL);
+    }
+    pthread_mutex_destroy(&qs->mu);
+    pthread_cond_destroy(&qs->cv_go);
+    pthread_cond_destroy(&qs->cv_done);
+    for (int i = 0; i < MAX_SCAN_THREADS; i++) {
+        scan_part *p = &qs->parts[i];
+        free(p->scores);
+        free(p->tmp);
+        free(p->idx);
+        free(p->heaps);
+        free(p->hs);
+        free(p->hid);
+        free(p->runs);
+        free(p->run_scores);
+    }
+    msadb_kq_free(&qs->kqs);
+    free(qs->space_ids);
+    free(qs->views_all);
+    free(qs->views_tmp);
+    free(qs->view_space);
+    free(qs->sels);
+    free(qs->sel_off);
+    free(qs->ms);
+    free(qs->mid);
+    free(qs->set_key);
+    free(qs->set_val);
+    free(qs->set_used);
+    free(qs->cnt);
+    msadb_afree(qs->Qg);
+    free(qs->Og);
+    free(qs->Lg);
+    msadb_afree(qs->Kc);
+    msadb_afree(qs->Vc);
+    msadb_afree(qs->work);
+    free(qs->Ot);
+    msadb_bcache_free(&qs->cache);
+    free(qs->refs);
+    free(qs);
+}
+
+/* Decoded-block cache size: MSADB_BLOCK_CACHE_MB, else 32 MiB (about 500
+ * blocks of 64 tokens at head dim 128: the working set of a few layers'
+ * top-16 selections for several kv heads). */
+static size_t cache_bytes(void)
+{
+    const char *e = getenv("MSADB_BLOCK_CACHE_MB");
+    long mb = e && *e ? strtol(e, NULL, 10) : 32;
+    return (size_t)(mb < 0 ? 0 : mb) << 20;
+}
+
+/* Scan threads: MSADB_SCAN_THREADS, else the online CPUs (at most 8). */
+static int thread_count(void)
+{
+    const char *e = getenv("MSADB_SCAN_THREADS");
+    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > MAX_SCAN_THREADS)
+        n = MAX_SCAN_THREADS;
+    return (int)n;
+}
+
+static int scratch_get(msadb_snapshot *snap, qscratch **out)
+{
+    qscratch *qs = msadb_snap_scratch(snap);
+    if (qs) {
+        *out = qs;
+        return 0;
+    }
+    qs = calloc(1, sizeof *qs);
+    if (!qs)
+        return MSADB_ENOMEM;
+    const msadb_signature *sig = msadb_snap_signature(snap);
+    if (msadb_bcache_init(&qs->cache, cache_bytes(), sig->block_size, sig->head_dim)) {
+        free(qs);
+        return MSADB_ENOMEM;
+    }
+    pthread_mutex_init(&qs->mu, NULL);
+    pthread_cond_init(&qs->cv_go, NULL);
+    pthread_cond_init(&qs->cv_done, NULL);
+    int want = thread_count();
+    for (int i = 1; i < want; i++) {
+        qs->workers[i].qs = qs;
+        qs->workers[i].idx = i;
+        if (pthread_create(&qs->workers[i].th, NULL, worker_main, &qs->workers[i]))
+            break; /* fewer threads is still correct */
+        qs->n_workers = i;
+    }
+    msadb_snap_set_scratch(snap, qs, scratch_destroy);
+    *out = qs;
+    return 0;
+}
+
+/* Prepares part p's buffers for a scan with page_max entries per page. */
+static int part_prepare(qscratch *qs, scan_part *p, size_t page_max)
+{
+    uint32_t G = qs->kq->n_groups;
+    if (msadb_grow(&p->scores, &p->scores_cap, page_max * G, sizeof(float), 16) ||
+        msadb_grow(&p->idx, &p->idx_cap, page_max, sizeof(uint32_t), 16))
+        return MSADB_ENOMEM;
+    if (qs->how == MSADB_SUMM_SCORE_REPS &&
+        msadb_grow(&p->tmp, &p->tmp_cap, page_max * G * MSADB_K_REPS, sizeof(float), 16))
+        return MSADB_ENOMEM;
+    if (!qs->doc_mode) {
+        size_t hn = (size_t)G * qs->k, hc = p->heap_cap;
+        if (msadb_grow(&p->hs, &hc, hn, sizeof(float), 16))
+            return MSADB_ENOMEM;
+        hc = p->heap_cap;
+        if (msadb_grow(&p->hid, &hc, hn, sizeof(uint64_t), 16))
+            return MSADB_ENOMEM;
+        p->heap_cap = hc;
+        if (msadb_grow(&p->heaps, &p->heaps_cap, G, sizeof(msadb_topk), 16))
+            return MSADB_ENOMEM;
+        for (uint32_t g = 0; g < G; g++)
+            msadb_topk_reset(&p->heaps[g], p->hs + (size_t)g * qs->k, p->hid + (size_t)g * qs->k, qs->k);
+    }
+    if (qs->doc_mode && G > p->runs_g) {
+        /* run scores are laid out by G: start over with the wider layout */
+        free(p->runs);
+        free(p->run_scores);
+        p->runs = NULL;
+        p->run_scores = NULL;
+        p->runs_cap = 0;
+        p->runs_g = G;
+    }
+    p->rc = 0;
+    return 0;
+}
+
+/* Runs the scan of all views on up to n_threads threads. */
+static int scan_all(qscratch *qs, uint64_t *scanned)
+{
+    size_t total = 0, page_max = 0;
+    for (size_t i = 0; i < qs->n_views; i++) {
+        total += qs->views[i].n;
+        page_max = qs->views[i].n > page_max ? qs->views[i].n : page_max;
+    }
+    int nt = 1 + qs->n_workers;
+    while (nt > 1 && total / (size_t)nt < MIN_ENTRIES_PER_THREAD)
+        nt--;
+    /* split the views into nt runs of about equal entry counts */
+    size_t acc = 0, v = 0;
+    for (int t = 0; t < nt; t++) {
+        scan_part *p = &qs->parts[t];
+        p->v0 = v;
+        size_t goal = total * (size_t)(t + 1) / (size_t)nt;
+        while (v < qs->n_views && (t == nt - 1 || acc + qs->views[v].n / 2 < goal))
+            acc += qs->views[v++].n;
+        p->v1 = v;
+        int rc = part_prepare(qs, p, page_max);
+        if (rc)
+            return rc;
+    }
+    if (nt > 1) {
+        pthread_mutex_lock(&qs->mu);
+        qs->n_threads = nt;
+        qs->pending = qs->n_workers;
+        qs->gen++;
+        pthread_cond_broadcast(&qs->cv_go);
+        pthread_mutex_unlock(&qs->mu);
+    }
+    run_part(qs, &qs->parts[0]);
+    if (nt > 1) {
+        pthread_mutex_lock(&qs->mu);
+        while (qs->pending > 0)
+            pthread_cond_wait(&qs->cv_done, &qs->mu);
+        pthread_mutex_unlock(&qs->mu);
+    }
+    qs->n_threads = nt;
+    for (int t = 0; t < nt; t++) {
+        if (qs->parts[t].rc)
+            return qs->parts[t].rc;
+        *scanned += qs->parts[t].scanned;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Selection                                                                */
+/* ------------------------------------------------------------------------ */
+
+static int add_sel(qscratch *qs, size_t *n, uint64_t cand, float score)
+{
+    if (msadb_grow(&qs->sels, &qs->sels_cap, *n + 1, sizeof(sel), 16))
+        return MSADB_ENOMEM;
+    qs->sels[*n].cand = cand;
+    qs->sels[*n].score = score;
+    (*n)++;
+    return 0;
+}
+
+/* Grows the merge buffers (scores and ids) together. */
+static int grow_merge(qscratch *qs, size_t n)
+{
+    size_t c = qs->m_cap;
+    if (msadb_grow(&qs->ms, &c, n, sizeof(float), 64))
+        return MSADB_ENOMEM;
+    c = qs->m_cap;
+    if (msadb_grow(&qs->mid, &c, n, sizeof(uint64_t), 64))
+        return MSADB_ENOMEM;
+    qs->m_cap = c;
+    return 0;
+}
+
+/* Block mode: merge the threads' heaps of group g into the best k. */
+static int select_blocks(qscratch *qs, uint32_t g, size_t *n)
+{
+    size_t m = 0;
+    for (int t = 0; t < qs->n_threads; t++)
+        m += qs->parts[t].heaps[g].n;
+    if (grow_merge(qs, m))
+        return MSADB_ENOMEM;
+    m = 0;
+    for (int t = 0; t < qs->n_threads; t++) {
+        const msadb_topk *h = &qs->parts[t].heaps[g];
+        if (h->n == 0) /* empty memory: the merge buffers may not exist yet */
+            continue;
+        memcpy(qs->ms + m, h->score, h->n * sizeof(float));
+        memcpy(qs->mid + m, h->id, h->n * sizeof(uint64_t));
+        m += h->n;
+    }
+    size_t k = m < qs->k ? m : qs->k;
+    msadb_k_topk_array(qs->ms, qs->mid, m, k);
+    for (size_t i = 0; i < k; i++)
+        if (add_sel(qs, n, qs->mid[i], qs->ms[i]))
+            return MSADB_ENOMEM;
+    return 0;
+}
+
+/* Open-addressing set of chosen documents: doc id -> rank. */
+static int set_init(qscratch *qs, size_t k)
+{
+    size_t cap = 16;
+    while (cap < 2 * k)
+        cap *= 2;
+    if (cap > qs->set_cap) {
+        uint64_t *key = realloc(qs->set_key, cap * sizeof(uint64_t));
+        if (!key)
+            return MSADB_ENOMEM;
+        qs->set_key = key;
+        uint32_t *val = realloc(qs->set_val, cap * sizeof(uint32_t));
+        if (!val)
+            return MSADB_ENOMEM;
+        qs->set_val = val;
+        uint8_t *used = realloc(qs->set_used, cap);
+        if (!used)
+            return MSADB_ENOMEM;
+        qs->set_used = used;
+        qs->set_cap = cap;
+    }
+    memset(qs->set_used, 0, qs->set_cap);
+    return 0;
+}
+
+static size_t set_slot(const qscratch *qs, uint64_t key)
+{
+    size_t mask = qs->set_cap - 1, h = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 17) & mask;
+    while (qs->set_used[h] && qs->set_key[h] != key)
+        h = (h + 1) & mask;
+    return h;
+}
+
+/* Document mode for group g: documents ranked by their best run (a
+ * document split into several runs appears once, with its best run's
+ * score, because runs are visited best first); then every live block of the
+ * k best documents, documents best first, blocks in storage order. */
+static int select_docs(qscratch *qs, uint32_t g, size_t *n)
+{
+    uint32_t G = qs->kq->n_groups;
+    size_t nr = 0;
+    for (int t = 0; t < qs->n_threads; t++)
+        nr += qs->parts[t].n_runs;
+    if (nr == 0)
+        return 0;
+    if (grow_merge(qs, nr))
+        return MSADB_ENOMEM;
+    int rc = set_init(qs, qs->k);
+    if (rc)
+        return rc;
+    /* run ids: thread in the top bits, run index below */
+    size_t m = qs->k < nr ? qs->k : nr, chosen = 0;
+    for (;;) {
+        size_t j = 0;
+        for (int t = 0; t < qs->n_threads; t++)
+            for (size_t r = 0; r < qs->parts[t].n_runs; r++, j++) {
+                qs->ms[j] = qs->parts[t].run_scores[r * G + g];
+                qs->mid[j] = ((uint64_t)t << 56) | r;
+            }
+        msadb_k_topk_array(qs->ms, qs->mid, nr, m);
+        memset(qs->set_used, 0, qs->set_cap);
+        chosen = 0;
+        for (size_t i = 0; i < m && chosen < qs->k; i++) {
+            const doc_run *r = &qs->parts[qs->mid[i] >> 56].runs[qs->mid[i] & ((1ull << 56) - 1)];
+            size_t h = set_slot(qs, r->doc_id);
+            if (qs->set_used[h])
+                continue;
+            qs->set_used[h] = 1;
+            qs->set_key[h] = r->doc_id;
+            qs->set_val[h] = (uint32_t)chosen++;
+        }
+        if (chosen == qs->k || m == nr)
+            break;
+        m = 2 * m < nr ? 2 * m : nr;
+    }
+    /* count blocks per chosen document, then place them rank by rank */
+    if (msadb_grow(&qs->cnt, &qs->cnt_cap, chosen + 1, sizeof(uint32_t), 16))
+        return MSADB_ENOMEM;
+    memset(qs->cnt, 0, (chosen + 1) * sizeof(uint32_t));
+    size_t total = 0;
+    for (int t = 0; t < qs->n_threads; t++)
+        for (size_t r = 0; r < qs->parts[t].n_runs; r++) {
+            const doc_run *dr = &qs->parts[t].runs[r];
+            size_t h = set_slot(qs, dr->doc_id);
+            if (!qs->set_used[h])
+                continue;
+            size_t len = 0;
+            for (uint64_t c = dr->first;;) { /* runs may cross page boundaries */
+                size_t vi = CAND_VIEW(c);
+                uint32_t i = CAND_ENTRY(c);
+                uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
+                len += end - i;
+                if (CAND_VIEW(dr->last) == vi)
+                    break;
+                c = CAND_ID(vi + 1, 0);
+            }
+            qs->cnt[qs->set_val[h] + 1] += (uint32_t)len;
+            total += len;
+        }
+    for (size_t i = 1; i <= chosen; i++)
+        qs->cnt[i] += qs->cnt[i - 1];
+    if (msadb_grow(&qs->sels, &qs->sels_cap, *n + total, sizeof(sel), 16))
+        return MSADB_ENOMEM;
+    sel *base = qs->sels + *n;
+    for (int t = 0; t < qs->n_threads; t++)
+        for (size_t r = 0; r < qs->parts[t].n_runs; r++) {
+            const doc_run *dr = &qs->parts[t].runs[r];
+            size_t h = set_slot(qs, dr->doc_id);
+            if (!qs->set_used[h])
+                continue;
+            uint32_t *pos = &qs->cnt[qs->set_val[h]];
+            for (uint64_t c = dr->first;;) {
+                size_t vi = CAND_VIEW(c);
+                uint32_t i = CAND_ENTRY(c);
+                uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
+                for (; i < end; i++) {
+                    base[*pos].cand = CAND_ID(vi, i);
+                    base[*pos].score = NAN; /* filled below */
+                    (*pos)++;
+                }
+                if (CAND_VIEW(dr->last) == vi)
+                    break;
+                c = CAND_ID(vi + 1, 0);
+            }
+        }
+    /* each block reports its own routing score */
+    for (size_t i = 0; i < total; i++) {
+        const msadb_page_view *v = &qs->views[CAND_VIEW(base[i].cand)];
+        uint32_t e = CAND_ENTRY(base[i].cand);
+        msadb_page_view pv = *v;
+        pv.n = 1;
+        msadb_summ_view_from(&v->summ, qs->d, e, &pv.summ);
+        /* scores every group of this one entry (parts[0] holds room for
+         * page_max entries); keep group g's */
+        score_view(qs, &qs->parts[0], &pv);
+        base[i].score = qs->parts[0].scores[g];
+    }
+    *n += total;
+    return 0;
+}
+
+/* Exact mode: every live block, in storage order. */
+static int select_all(qscratch *qs, size_t *n)
+{
+    for (size_t vi = 0; vi < qs->n_views; vi++) {
+        const msadb_page_view *v = &qs->views[vi];
+        for (uint32_t i = 0; i < v->n; i++)
+            if (!(slot_flags(v->slots, i) & MSADB_SLOT_DELETED))
+                if (add_sel(qs, n, CAND_ID(vi, i), 0.0f))
+                    return MSADB_ENOMEM;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading and attention                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct attend_ctx {
+    msadb_snapshot *snap;
+    const msadb_signature *sig;
+    uint32_t plane, d;
+    float scale;
+    msadb_query_stats *st;
+} attend_ctx;
+
+/* Grows the gathered K and V chunk buffers together. */
+static int grow_kv(qscratch *qs, size_t n)
+{
+    size_t c = qs->kc_cap;
+    if (msadb_grow_scratch(&qs->Kc, &c, n, sizeof(float), 4096))
+        return MSADB_ENOMEM;
+    c = qs->kc_cap;
+    if (msadb_grow_scratch(&qs->Vc, &c, n, sizeof(float), 4096))
+        return MSADB_ENOMEM;
+    qs->kc_cap = c;
+    return 0;
+}
+
+/* A block to attend: where it is and how many tokens it must hold (0: as
+ * many as it has). */
+typedef struct blk_ref {
+    uint64_t block_id;
+    uint32_t space_id;
+    uint32_t n_tok;
+} blk_ref;
+
+/* Exact attention of rows Q[nr][d] over the tokens of blocks b[0,nb), in
+ * chunks of whole blocks merged by log-sum-exp, into O[nr][d], L[nr]. */
+static int attend_refs(qscratch *qs, const attend_ctx *a, const blk_ref *b, size_t nb, const float *Q,
+                       uint32_t nr, float *O, float *L)
+{
+    uint32_t d = a->d, bs = a->sig->block_size;
+    size_t chunk = CHUNK_FLOATS / nr;
+    chunk = chunk < bs ? bs : chunk - chunk % bs;
+    size_t need_tok = nb * (size_t)bs < chunk ? nb * (size_t)bs : chunk;
+    if (need_tok == 0)
+        need_tok = bs;
+    if (grow_kv(qs, need_tok * d))
+        return MSADB_ENOMEM;
+    if (msadb_grow_scratch(&qs->work, &qs->work_cap, need_tok * nr, sizeof(float), 1024))
+        return MSADB_ENOMEM;
+    if (msadb_grow(&qs->Ot, &qs->ot_cap, (size_t)nr * d + nr, sizeof(float), 16))
+        return MSADB_ENOMEM;
+    float *Ot = qs->Ot, *Lt = qs->Ot + (size_t)nr * d;
+    size_t T = 0;
+    int have = 0;
+    double t_read = 0, t_att = 0;
+    for (size_t s = 0; s <= nb; s++) {
+        if (s == nb || T + bs > need_tok) {
+            if (T == 0 && s == nb)
+                break;
+            double t0 = now_ms();
+            if (!have) {
+                msadb_k_attend(Q, nr, qs->Kc, qs->Vc, T, d, a->scale, qs->work, O, L);
+                have = 1;
+            } else {
+                msadb_k_attend(Q, nr, qs->Kc, qs->Vc, T, d, a->scale, qs->work, Ot, Lt);
+                msadb_k_lse_merge(nr, d, O, L, Ot, Lt, O, L);
+            }
+            t_att += now_ms() - t0;
+            if (a->st)
+                a->st->tokens_attended += T;
+            T = 0;
+            if (s == nb)
+                break;
+        }
+        double t0 = now_ms();
+        uint32_t n_tok = 0;
+        const float *bk, *bv;
+        int rc = msadb_bcache_get(&qs->cache, a->snap, b[s].space_id, b[s].block_id, a->plane, &bk, &bv, &n_tok);
+        if (rc)
+            return rc;
+        if ((b[s].n_tok && n_tok != b[s].n_tok) || n_tok > bs)
+            return MSADB_ECORRUPT;
+        memcpy(qs->Kc + T * d, bk, (size_t)n_tok * d * sizeof(float));
+        memcpy(qs->Vc + T * d, bv, (size_t)n_tok * d * sizeof(float));
+        T += n_tok;
+        t_read += now_ms() - t0;
+        if (a->st)
+            a->st->blocks_read++;
+    }
+    if (!have)
+        msadb_k_attend(Q, nr, NULL, NULL, 0, d, a->scale, NULL, O, L);
+    if (a->st) {
+        a->st->read_ms += t_read;
+        a->st->attend_ms += t_att;
+    }
+    return 0;
+}
+
+/* Attention over selected entries sels[0,ns) of the current views. */
+static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_t ns, const float *Q, uint32_t nr,
+                       float *O, float *L)
+{
+    if (msadb_grow(&qs->refs, &qs->refs_cap, ns, sizeof(blk_ref), 16))
+        return MSADB_ENOMEM;
+    for (size_t s = 0; s < ns; s++) {
+        const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
+        msadb_slot sl;
+        msadb_slot_at(v->slots, CAND_ENTRY(sels[s].cand), &sl);
+        qs->refs[s] = (blk_ref){sl.block_id, qs->space_ids[qs->view_space[CAND_VIEW(sels[s].cand)]], sl.n_tok};
+    }
+    int rc = attend_refs(qs, a, qs->refs, ns, Q, nr, O, L);
+    return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points                                                             */
+/* ------------------------------------------------------------------------ */
+
+void msadb_query_init(msadb_query *q)
+{
+    if (!q)
+        return;
+    memset(q, 0, sizeof *q);
+    q->top_k = 16;
+    q->select = MSADB_SELECT_BLOCKS;
+}
+
+void msadb_lse_merge(size_t n, size_t d, const float *o1, const float *l1, const float *o2,
+                     const float *l2, float *out, float *lse_out)
+{
+    if (!o1 || !l1 || !o2 || !l2 || !out || !lse_out)
+        return;
+    msadb_k_lse_merge(n, d, o1, l1, o2, l2, out, lse_out);
+}
+
+/* Resolves the query's spaces into qs->space_ids (deduplicated). */
+static int resolve_spaces(msadb_snapshot *snap, qscratch *qs, const msadb_query *q)
+{
+    int rc;
+    qs->n_spaces = 0;
+    if (q->n_spaces == 0) {
+        size_t n = 0;
+        if ((rc = msadb_snap_space_ids(snap, NULL, 0, &n)) && rc != MSADB_ELIMIT)
+            return rc;
+        if (msadb_grow(&qs->space_ids, &qs->space_cap, n ? n : 1, sizeof(uint32_t), 16))
+            return MSADB_ENOMEM;
+        if ((rc = msadb_snap_space_ids(snap, qs->space_ids, qs->space_cap, &n)))
+            return rc;
+        qs->n_spaces = n;
+        return 0;
+    }
+    if (msadb_grow(&qs->space_ids, &qs->space_cap, q->n_spaces, sizeof(uint32_t), 16))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < q->n_spaces; i++) {
+        uint32_t id;
+        if ((rc = msadb_snap_space_id(snap, q->spaces[i], &id)))
+            return rc;
+        size_t j = 0;
+        while (j < qs->n_spaces && qs->space_ids[j] != id)
+            j++;
+        if (j == qs->n_spaces)
+            qs->space_ids[qs->n_spaces++] = id;
+    }
+    return 0;
+}
+
+/* Collects the page views of every queried space for one plane. */
+static int collect_views(msadb_snapshot *snap, qscratch *qs, uint32_t plane)
+{
+    qs->n_views = 0;
+    for (size_t s = 0; s < qs->n_spaces; s++) {
+        size_t n = 0;
+        int rc = msadb_snap_pages(snap, qs->space_ids[s], plane, &qs->views_tmp, &n, &qs->views_tmp_cap);
+        if (rc)
+            return rc;
+        if (msadb_grow(&qs->views_all, &qs->views_cap, qs->n_views + n, sizeof(msadb_page_view), 16) ||
+            msadb_grow(&qs->view_space, &qs->view_space_cap, qs->n_views + n, sizeof(uint32_t), 16))
+            return MSADB_ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            if (qs->views_tmp[i].n == 0 || qs->views_tmp[i].n > 65536)
+                return MSADB_ECORRUPT;
+            qs->views_all[qs->n_views + i] = qs->views_tmp[i];
+            qs->view_space[qs->n_views + i] = (uint32_t)s;
+        }
+        qs->n_views += n;
+    }
+    if (qs->n_views >= (1ull << 47))
+        return MSADB_ELIMIT;
+    qs->views = qs->views_all;
+    return 0;
+}
+
+static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_signature **sig_out,
+                    int *mem_index, uint32_t *kind)
+{
+    if (!snap || !q || !q->q || q->n_query == 0)
+        return MSADB_EINVAL;
+    const msadb_signature *sig = msadb_snap_signature(snap);
+    if (!sig)
+        return MSADB_EINVAL;
+    int mi = msadb_signature_memory_index(sig, q->layer);
+    if (mi < 0)
+        return MSADB_EINVAL;
+    if (q->n_query > MAX_QUERY_TOKENS)
+        return MSADB_ELIMIT;
+    if (q->select != MSADB_SELECT_BLOCKS && q->select != MSADB_SELECT_DOCUMENTS)
+        return MSADB_EINVAL;
+    if (!q->exact && (q->top_k == 0 || q->top_k > MAX_TOP_K))
+        return q->top_k == 0 ? MSADB_EINVAL : MSADB_ELIMIT;
+    if (!(q->scale >= 0.0f) || isinf(q->scale))
+        return MSADB_EINVAL;
+    if (!msadb_score_valid(q->score))
+        return MSADB_EINVAL;
+    if (q->n_spaces > 0 && !q->spaces)
+        return MSADB_EINVAL;
+    for (size_t i = 0; i < q->n_spaces; i++)
+        if (!q->spaces[i])
+            return MSADB_EINVAL;
+    /* Default routing: representatives when stored (they find short needles
+     * that a mean averages away), else the mean, else the Quest bound. */
+    uint32_t sk = q->summary;
+    if (sk == 0)
+        sk = (sig->summary_kinds & MSADB_SUMMARY_REPS)   ? MSADB_SUMMARY_REPS
+             : (sig->summary_kinds & MSADB_SUMMARY_MEAN) ? MSADB_SUMMARY_MEAN
+                                                         : MSADB_SUMMARY_MINMAX;
+    if (!msadb_summary_is_one(sk) || !(sig->summary_kinds & sk))
+        return MSADB_EINVAL;
+    size_t nv = q->n_query * (size_t)sig->n_q_heads * sig->head_dim;
+    for (size_t i = 0; i < nv; i++)
+        if (!isfinite(q->q[i]))
+            return MSADB_ENONFINITE;
+    *sig_out = sig;
+    *mem_index = mi;
+    *kind = sk;
+    return 0;
+}
+
+/* Scoring of the mean summary: cosine of q with the block's mean key (as in
+ * MSA), which found 16-token needles in 91% of the queries where the plain
+ * dot product found 70% at 10M tokens, for the same scan time (see
+ * docs/benchmarks-query.md).  MSADB_MEAN_SCORE=dot selects q . mean where
+ * the query leaves the score to the engine (msadb_query.score), for
+ * comparisons. */
+static int mean_score(int score)
+{
+    if (score != MSADB_SCORE_DEFAULT)
+        return score;
+    const char *e = getenv("MSADB_MEAN_SCORE");
+    return e && strcmp(e, "dot") == 0 ? MSADB_SCORE_DOT : MSADB_SCORE_COSINE;
+}
+
+static void emit_hits(qscratch *qs, const sel *s, size_t ns, uint32_t kv_head, uint32_t query,
+                      float scale, msadb_hit *hits, size_t hits_cap, size_t *n_hits)
+{
+    for (size_t i = 0; i < ns; i++, (*n_hits)++) {
+        if (!hits || *n_hits >= hits_cap)
+            continue;
+        const msadb_page_view *v = &qs->views[CAND_VIEW(s[i].cand)];
+        msadb_slot sl;
+        msadb_slot_at(v->slots, CAND_ENTRY(s[i].cand), &sl);
+        msadb_hit *h = &hits[*n_hits];
+        h->kv_head = kv_head;
+        h->query = query;
+        h->doc_id = sl.doc_id;
+        h->block_id = sl.block_id;
+        h->token_start = sl.tok_start;
+        h->token_end = sl.tok_start + sl.n_tok;
+        h->score = s[i].score * scale;
+    }
+}
+
+/* The engine: selection for every kv head, then (if out) attention. */
+static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
+                     msadb_hit *hits, size_t hits_cap, size_t *n_hits)
+{
+    const msadb_signature *sig;
+    int mi, rc;
+    uint32_t skind;
+    if ((rc = validate(snap, q, &sig, &mi, &skind)))
+        return rc;
+    qscratch *qs;
+    if ((rc = scratch_get(snap, &qs)))
+        return rc;
+    msadb_query_stats local, *st = q->stats ? q->stats : &local;
+    memset(st, 0, sizeof *st);
+    size_t nh = 0;
+    if ((rc = resolve_spaces(snap, qs, q)))
+        return rc;
+
+    const uint32_t d = sig->head_dim, nkv = sig->n_kv_heads, nqh = sig->n_q_heads;
+    const uint32_t G = nqh / nkv;
+    const size_t nq = q->n_query, nrows = nq * G;
+    const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
+    const int per_token = q->per_token && !q->exact;
+    qs->how = msadb_summ_score_of(skind, mean_score(q->score));
+    qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
+    qs->k = q->top_k;
+    qs->d = d;
+    /* the cosine variant scores the scale-free cosine, others in logit units */
+    float hit_scale = qs->how == MSADB_SUMM_SCORE_MEAN_COS ? 1.0f : scale;
+
+    if (msadb_grow_scratch(&qs->Qg, &qs->qg_cap, nrows * d, sizeof(float), 1024) ||
+        msadb_grow(&qs->sel_off, &qs->sel_off_cap, nq + 1, sizeof(size_t), 16))
+        return MSADB_ENOMEM;
+    if (out && (msadb_grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float), 16) ||
+                msadb_grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float), 16)))
+        return MSADB_ENOMEM;
+    attend_ctx ac = {snap, sig, 0, d, scale, st};
+
+    for (uint32_t kh = 0; kh < nkv; kh++) {
+        uint32_t plane = (uint32_t)mi * nkv + kh;
+        ac.plane = plane;
+        double t0 = now_ms();
+        if ((rc = collect_views(snap, qs, plane)))
+            return rc;
+        /* gather the group's rows: row t*G + j is q head kh*G + j of token t */
+        for (size_t t = 0; t < nq; t++)
+            memcpy(qs->Qg + t * G * d, q->q + (t * nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
+        size_t n_sel = 0;
+        uint32_t n_groups = per_token ? (uint32_t)nq : 1;
+        if (q->exact) {
+            qs->sel_off[0] = 0;
+            if ((rc = select_all(qs, &n_sel)))
+                return rc;
+            qs->sel_off[1] = n_sel;
+            st->scan_ms += now_ms() - t0;
+        } else {
+            if ((rc = msadb_kq_prepare(&qs->kqs, qs->Qg, n_groups, per_token ? G : (uint32_t)nrows,
+                                       (size_t)G * d, d, d, qs->how == MSADB_SUMM_SCORE_MEAN_COS)))
+                return rc;
+            qs->kq = &qs->kqs;
+            if ((rc = scan_all(qs, &st->blocks_scanned)))
+                return rc;
+            double t1 = now_ms();
+            st->scan_ms += t1 - t0;
+            for (uint32_t g = 0; g < n_groups; g++) {
+                qs->sel_off[g] = n_sel;
+                rc = qs->doc_mode ? select_docs(qs, g, &n_sel) : select_blocks(qs, g, &n_sel);
+                if (rc)
+                    return rc;
+            }
+            qs->sel_off[n_groups] = n_sel;
+            st->select_ms += now_ms() - t1;
+        }
+        for (uint32_t g = 0; g < n_groups; g++)
+            emit_hits(qs, qs->sels + qs->sel_off[g], qs->sel_off[g + 1] - qs->sel_off[g], kh,
+                      per_token ? g : 0, hit_scale, hits, hits_cap, &nh);
+        if (!out)
+            continue;
+        /* attention: one selection for all rows, or one per token */
+        if (!per_token) {
+            if ((rc = attend_sels(qs, &ac, qs->sels, n_sel, qs->Qg, (uint32_t)nrows, qs->Og, qs->Lg)))
+                return rc;
+        } else {
+            for (uint32_t g = 0; g < n_groups; g++) {
+                size_t o = qs->sel_off[g];
+                if ((rc = attend_sels(qs, &ac, qs->sels + o, qs->sel_off[g + 1] - o, qs->Qg + (size_t)g * G * d, G,
+                                      qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G)))
+                    return rc;
+            }
+        }
+        for (size_t t = 0; t < nq; t++) {
+            memcpy(out + (t * nqh + (size_t)kh * G) * d, qs->Og + t * G * d, (size_t)G * d * sizeof(float));
+            memcpy(lse + t * nqh + (size_t)kh * G, qs->Lg + t * G, G * sizeof(float));
+        }
+    }
+    if (n_hits)
+        *n_hits = nh;
+    return 0;
+}
+
+int msadb_attend(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse, msadb_hit *hits,
+                 size_t hits_cap, size_t *n_hits)
+{
+    if (!out || !lse)
+        return MSADB_EINVAL;
+    return run_query(snap, q, out, lse, hits, hits_cap, n_hits);
+}
+
+int msadb_retrieve(msadb_snapshot *snap, const msadb_query *q, msadb_hit *hits, size_t hits_cap,
+                   size_t *n_hits)
+{
+    return run_query(snap, q, NULL, NULL, hits, hits_cap, n_hits);
+}
+
+int msadb_attend_blocks(msadb_snapshot *snap, const msadb_query *q, const msadb_hit *blocks, size_t n_blocks,
+                        float *out, float *lse)
+{
+    if (!snap || !q || !q->q || q->n_query == 0 || !out || !lse || (!blocks && n_blocks))
+        return MSADB_EINVAL;
+    const msadb_signature *sig = msadb_snap_signature(snap);
+    int mi = msadb_signature_memory_index(sig, q->layer);
+    if (mi < 0)
+        return MSADB_EINVAL;
+    if (q->n_query > MAX_QUERY_TOKENS)
+        return MSADB_ELIMIT;
+    if (!(q->scale >= 0.0f) || isinf(q->scale))
+        return MSADB_EINVAL;
+    const uint32_t d = sig->head_dim, nkv = sig->n_kv_heads, nqh = sig->n_q_heads, G = nqh / nkv;
+    const size_t nq = q->n_query, nrows = nq * G;
+    for (size_t i = 0; i < nq * nqh * d; i++)
+        if (!isfinite(q->q[i]))
+            return MSADB_ENONFINITE;
+    for (size_t i = 0; i < n_blocks; i++)
+        if (blocks[i].kv_head >= nkv || blocks[i].token_end <= blocks[i].token_start)
+            return MSADB_EINVAL;
+    qscratch *qs;
+    int rc = scratch_get(snap, &qs);
+    if (rc)
+        return rc;
+    msadb_query_stats local, *st = q->stats ? q->stats : &local;
+    memset(st, 0, sizeof *st);
+    if (msadb_grow_scratch(&qs->Qg, &qs->qg_cap, nrows * d, sizeof(float), 1024) ||
+        msadb_grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float), 16) ||
+        msadb_grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float), 16) ||
+        msadb_grow(&qs->refs, &qs->refs_cap, n_blocks + 1, sizeof(blk_ref), 16))
+        return MSADB_ENOMEM;
+    const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
+    attend_ctx ac = {snap, sig, 0, d, scale, st};
+    for (uint32_t kh = 0; kh < nkv; kh++) {
+        ac.plane = (uint32_t)mi * nkv + kh;
+        size_t nb = 0;
+        for (size_t i = 0; i < n_blocks; i++) {
+            if (blocks[i].kv_head != kh)
+                continue;
+            blk_ref *r = &qs->refs[nb++];
+            r->block_id = blocks[i].block_id;
+            r->n_tok = blocks[i].token_end - blocks[i].token_start;
+            /* a run of blocks of one document shares its space */
+            if (nb > 1 && blocks[i].doc_id == blocks[i - 1].doc_id && blocks[i - 1].kv_head == kh)
+                r->space_id = qs->refs[nb - 2].space_id;
+            else if ((rc = msadb_snap_doc_space(snap, blocks[i].doc_id, &r->space_id)))
+                return rc;
+        }
+        for (size_t t = 0; t < nq; t++)
+            memcpy(qs->Qg + t * G * d, q->q + (t * nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
+        if ((rc = attend_refs(qs, &ac, qs->refs, nb, qs->Qg, (uint32_t)nrows, qs->Og, qs->Lg)))
+            return rc;
+        for (size_t t = 0; t < nq; t++) {
+            memcpy(out + (t * nqh + (size_t)kh * G) * d, qs->Og + t * G * d, (size_t)G * d * sizeof(float));
+            memcpy(lse + t * nqh + (size_t)kh * G, qs->Lg + t * G, G * sizeof(float));
+        }
+    }
+    return 0;
+}

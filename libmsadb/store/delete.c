@@ -1,0 +1,445 @@
+/* delete.c -- removing documents and spaces, and compacting summary pages.
+ *
+ * Deleting a document removes its blocks and records at once (LMDB puts the
+ * freed pages on its free list for reuse) and marks its slots deleted, so
+ * queries skip them.  Compaction later rewrites the pages of a space without
+ * the deleted slots.  Readers that began earlier keep their snapshot. */
+#include <lmdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_impl.h"
+
+/* Deletes every key of `dbi` in [lo, hi) (hi NULL = every key with prefix
+ * lo[0..prefix)). */
+static int del_range(MDB_txn *txn, MDB_dbi dbi, const uint8_t *lo, size_t lo_len, const uint8_t *hi,
+                     size_t hi_len, size_t prefix)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc)
+        return rc;
+    for (;;) {
+        /* Seek again after each delete: the next key >= lo is the next one. */
+        MDB_val k = {lo_len, (void *)lo}, v;
+        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)))
+            break;
+        if (hi) {
+            size_t m = k.mv_size < hi_len ? k.mv_size : hi_len;
+            int c = memcmp(k.mv_data, hi, m);
+            if (c > 0 || (c == 0 && k.mv_size >= hi_len))
+                break;
+        } else if (k.mv_size < prefix || memcmp(k.mv_data, lo, prefix) != 0) {
+            break;
+        }
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* Removes a document's blocks, data and record (not its slots). */
+static int drop_doc(msadb_store *st, MDB_txn *txn, uint64_t id, const msadb_docrec *r)
+{
+    uint8_t lo[8], hi[8], k[9];
+    msadb_key_block(lo, r->first_block);
+    msadb_key_block(hi, r->first_block + r->n_blocks);
+    int rc = del_range(txn, st->db_blocks, lo, 8, hi, 8, 0);
+    for (uint8_t kind = DD_TITLE; !rc && kind <= DD_SPANS; kind++) {
+        msadb_key_docdata(k, id, kind);
+        MDB_val kv = {9, k};
+        rc = mdb_del(txn, st->db_docdata, &kv, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    if (!rc) {
+        msadb_key_doc(k, id);
+        MDB_val kv = {8, k};
+        rc = mdb_del(txn, st->db_docs, &kv, NULL);
+    }
+    return rc;
+}
+
+/* Sets the deleted flag on slots [first, first + n) of a space. */
+static int mark_slots(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t first, uint64_t n)
+{
+    uint8_t *page = malloc((size_t)st->page_cap * MSADB_SLOT_BYTES);
+    if (!page)
+        return MSADB_ENOMEM;
+    int rc = 0;
+    for (uint64_t s = first; s < first + n;) {
+        uint64_t pg = s / st->page_cap;
+        uint8_t k[12];
+        msadb_key_slots(k, space, pg);
+        MDB_val kv = {12, k}, v;
+        if ((rc = mdb_get(txn, st->db_slots, &kv, &v))) {
+            rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+            break;
+        }
+        if (v.mv_size % MSADB_SLOT_BYTES || v.mv_size > (size_t)st->page_cap * MSADB_SLOT_BYTES) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        uint64_t cnt = v.mv_size / MSADB_SLOT_BYTES, base = pg * st->page_cap;
+        memcpy(page, v.mv_data, v.mv_size);
+        for (; s < first + n && s < base + cnt; s++) {
+            uint8_t *e = page + (s - base) * MSADB_SLOT_BYTES;
+            msadb_put_le16(e + 22, (uint16_t)(msadb_get_le16(e + 22) | MSADB_SLOT_DELETED));
+        }
+        if (s < first + n && s == base + cnt && cnt < st->page_cap) {
+            rc = MSADB_ECORRUPT; /* slots beyond the last page */
+            break;
+        }
+        v.mv_data = page;
+        if ((rc = mdb_put(txn, st->db_slots, &kv, &v, 0)))
+            break;
+    }
+    free(page);
+    return rc;
+}
+
+struct delete_args {
+    const uint64_t *ids;
+    size_t n;
+};
+
+static int delete_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    struct delete_args *a = ud;
+    for (size_t i = 0; i < a->n; i++) {
+        msadb_docrec r;
+        int rc = msadb_doc_lookup(txn, st, a->ids[i], &r);
+        char name[MSADB_NAME_MAX + 1];
+        msadb_spacerec sr;
+        if (rc || (rc = msadb_space_name_txn(txn, st, r.space_id, name)) ||
+            (rc = msadb_space_get_txn(txn, st, name, &sr)))
+            return rc;
+        if ((rc = drop_doc(st, txn, a->ids[i], &r)) || (rc = mark_slots(st, txn, r.space_id, r.first_slot, r.n_blocks)))
+            return rc;
+        sr.n_docs--;
+        sr.n_tokens -= r.n_tokens;
+        if ((rc = msadb_space_put_txn(txn, st, name, &sr)))
+            return rc;
+    }
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int msadb_doc_delete(msadb_store *st, const uint64_t *ids, size_t n)
+{
+    if (!st || (!ids && n))
+        return MSADB_EINVAL;
+    if (n == 0)
+        return 0;
+    uint64_t *sorted = malloc(n * sizeof *sorted);
+    if (!sorted)
+        return MSADB_ENOMEM;
+    memcpy(sorted, ids, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, cmp_u64);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) /* a repeated id is deleted once */
+        if (m == 0 || sorted[m - 1] != sorted[i])
+            sorted[m++] = sorted[i];
+    struct delete_args a = {sorted, m};
+    int rc = msadb_write(st, delete_fn, &a);
+    free(sorted);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Spaces                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    const char *name = ud;
+    msadb_spacerec sr;
+    int rc = msadb_space_get_txn(txn, st, name, &sr);
+    if (rc)
+        return rc;
+    /* The slot pages name every document of the space (deleted ones too:
+     * their records are gone, so a failed lookup is skipped). */
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, st->db_slots, &cur)))
+        return rc;
+    uint64_t *docs = NULL;
+    size_t n_docs = 0, cap = 0;
+    uint8_t k0[12];
+    msadb_key_slots(k0, sr.id, 0);
+    MDB_val k = {12, k0}, v;
+    uint64_t last = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12 || msadb_get_be32(k.mv_data) != sr.id)
+            break;
+        for (size_t i = 0; i + MSADB_SLOT_BYTES <= v.mv_size; i += MSADB_SLOT_BYTES) {
+            msadb_slot s;
+            msadb_slot_at((const uint8_t *)v.mv_data + i, 0, &s);
+            if ((s.flags & MSADB_SLOT_DELETED) || s.doc_id == last)
+                continue;
+            last = s.doc_id;
+            if (msadb_grow(&docs, &cap, n_docs + 1, sizeof *docs, 64)) {
+                rc = MSADB_ENOMEM;
+                break;
+            }
+            docs[n_docs++] = s.doc_id;
+        }
+        if (rc)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    for (size_t i = 0; !rc && i < n_docs; i++) {
+        msadb_docrec r;
+        rc = msadb_doc_lookup(txn, st, docs[i], &r);
+        if (rc == MSADB_ENOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (!rc)
+            rc = drop_doc(st, txn, docs[i], &r);
+    }
+    free(docs);
+    uint8_t p4[4];
+    msadb_put_be32(p4, sr.id);
+    if (!rc)
+        rc = del_range(txn, st->db_slots, p4, 4, NULL, 0, 4);
+    if (!rc)
+        rc = del_range(txn, st->db_summ, p4, 4, NULL, 0, 4);
+    if (!rc) {
+        MDB_val kn = {strlen(name), (void *)name}, ki = {4, p4};
+        if (!(rc = mdb_del(txn, st->db_spaces, &kn, NULL)))
+            rc = mdb_del(txn, st->db_spaceids, &ki, NULL);
+    }
+    return rc;
+}
+
+int msadb_space_drop(msadb_store *st, const char *name)
+{
+    if (!st || !name)
+        return MSADB_EINVAL;
+    return msadb_write(st, space_drop_fn, (void *)name);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Compaction                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    msadb_store *st;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    uint32_t space, plane; /* plane UINT32_MAX: slot pages */
+} page_stream;
+
+static void stream_key(const page_stream *ps, uint64_t pg, uint8_t *k, size_t *len)
+{
+    if (ps->plane == UINT32_MAX) {
+        msadb_key_slots(k, ps->space, pg);
+        *len = 12;
+    } else {
+        msadb_key_summ(k, ps->space, ps->plane, pg);
+        *len = 16;
+    }
+}
+
+/* Rewrites the pages of one stream keeping only slots whose bit is set in
+ * `live`.  Output page q never passes input page p, and each input page is
+ * copied before any write, so the rewrite can go in place. */
+static int compact_stream(const page_stream *ps, const msadb_summ_layout *L, const uint8_t *live, uint64_t n_slots,
+                          uint64_t *n_out)
+{
+    const uint32_t cap = ps->st->page_cap;
+    const size_t e = L->entry, most = msadb_summ_page_bytes(L, cap);
+    uint8_t *in = malloc(most), *acc = malloc((size_t)cap * e), *page = malloc(most);
+    int rc = (!in || !acc || !page) ? MSADB_ENOMEM : 0;
+    uint64_t out_pg = 0, n_pages = (n_slots + cap - 1) / cap, total = 0;
+    uint32_t n_acc = 0;
+    uint8_t k[16];
+    size_t klen;
+    for (uint64_t pg = 0; !rc && pg < n_pages; pg++) {
+        stream_key(ps, pg, k, &klen);
+        MDB_val kv = {klen, k}, v;
+        if ((rc = mdb_get(ps->txn, ps->dbi, &kv, &v))) {
+            rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+            break;
+        }
+        uint64_t cnt = n_slots - pg * cap < cap ? n_slots - pg * cap : cap;
+        if (v.mv_size != msadb_summ_page_bytes(L, cnt)) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        memcpy(in, v.mv_data, v.mv_size);
+        for (uint32_t i = 0; i < cnt && !rc; i++) {
+            uint64_t s = pg * cap + i;
+            if (!(live[s >> 3] & (1u << (s & 7))))
+                continue;
+            msadb_summ_entry_get(L, in, cnt, i, acc + (size_t)n_acc * e);
+            total++;
+            if (++n_acc == cap) {
+                msadb_summ_page_build(L, acc, n_acc, page);
+                stream_key(ps, out_pg++, k, &klen);
+                MDB_val ok = {klen, k}, ov = {msadb_summ_page_bytes(L, n_acc), page};
+                rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
+                n_acc = 0;
+            }
+        }
+    }
+    if (!rc && n_acc) {
+        msadb_summ_page_build(L, acc, n_acc, page);
+        stream_key(ps, out_pg++, k, &klen);
+        MDB_val ok = {klen, k}, ov = {msadb_summ_page_bytes(L, n_acc), page};
+        rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
+    }
+    for (uint64_t pg = out_pg; !rc && pg < n_pages; pg++) {
+        stream_key(ps, pg, k, &klen);
+        MDB_val kv = {klen, k};
+        rc = mdb_del(ps->txn, ps->dbi, &kv, NULL);
+    }
+    if (n_out)
+        *n_out = total;
+    free(in);
+    free(acc);
+    free(page);
+    return rc;
+}
+
+/* Reads the live bitmap of a space; *n_dead counts deleted slots. */
+static int read_live(msadb_store *st, MDB_txn *txn, const msadb_spacerec *sr, uint8_t **live, uint64_t *n_dead)
+{
+    *live = calloc((size_t)(sr->n_slots / 8 + 1), 1);
+    if (!*live)
+        return MSADB_ENOMEM;
+    *n_dead = 0;
+    for (uint64_t pg = 0; pg * st->page_cap < sr->n_slots; pg++) {
+        uint8_t k[12];
+        msadb_key_slots(k, sr->id, pg);
+        MDB_val kv = {12, k}, v;
+        int rc = mdb_get(txn, st->db_slots, &kv, &v);
+        if (rc)
+            return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+        for (uint32_t i = 0; i < v.mv_size / MSADB_SLOT_BYTES; i++) {
+            msadb_slot s;
+            msadb_slot_at(v.mv_data, i, &s);
+            uint64_t slot = pg * st->page_cap + i;
+            if (slot >= sr->n_slots)
+                return MSADB_ECORRUPT;
+            if (s.flags & MSADB_SLOT_DELETED)
+                (*n_dead)++;
+            else
+                (*live)[slot >> 3] |= (uint8_t)(1u << (slot & 7));
+        }
+    }
+    return 0;
+}
+
+/* Points every document of the space at its new first slot. */
+static int renumber_docs(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t n_slots)
+{
+    uint64_t last = 0;
+    for (uint64_t pg = 0; pg * st->page_cap < n_slots; pg++) {
+        uint8_t k[12];
+        msadb_key_slots(k, space, pg);
+        MDB_val kv = {12, k}, v;
+        int rc = mdb_get(txn, st->db_slots, &kv, &v);
+        if (rc)
+            return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+        for (uint32_t i = 0; i < v.mv_size / MSADB_SLOT_BYTES; i++) {
+            msadb_slot s;
+            msadb_slot_at(v.mv_data, i, &s);
+            if (s.doc_id == last)
+                continue;
+            last = s.doc_id;
+            msadb_docrec r;
+            if ((rc = msadb_doc_lookup(txn, st, s.doc_id, &r)))
+                return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+            r.first_slot = pg * st->page_cap + i;
+            uint8_t dk[8], rb[DOC_REC_BYTES];
+            msadb_key_doc(dk, s.doc_id);
+            msadb_docrec_encode(&r, rb);
+            MDB_val dkv = {8, dk}, dv = {DOC_REC_BYTES, rb};
+            if ((rc = mdb_put(txn, st->db_docs, &dkv, &dv, 0)))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
+{
+    msadb_spacerec sr;
+    int rc = msadb_space_get_txn(txn, st, name, &sr);
+    if (rc)
+        return rc;
+    uint8_t *live;
+    uint64_t n_dead, n_new = 0;
+    if ((rc = read_live(st, txn, &sr, &live, &n_dead)) || n_dead == 0) {
+        free(live);
+        return rc;
+    }
+    msadb_summ_layout Ls;
+    msadb_summ_layout_flat(&Ls, MSADB_SLOT_BYTES);
+    page_stream ps = {st, txn, st->db_slots, sr.id, UINT32_MAX};
+    rc = compact_stream(&ps, &Ls, live, sr.n_slots, &n_new);
+    for (uint32_t p = 0; !rc && p < msadb_signature_planes(&st->sig); p++) {
+        page_stream pp = {st, txn, st->db_summ, sr.id, p};
+        rc = compact_stream(&pp, &st->summ, live, sr.n_slots, NULL);
+    }
+    free(live);
+    if (rc)
+        return rc;
+    sr.n_slots = n_new;
+    if ((rc = renumber_docs(st, txn, sr.id, n_new)))
+        return rc;
+    return msadb_space_put_txn(txn, st, name, &sr);
+}
+
+static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    (void)ud;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->db_spaces, &cur);
+    if (rc)
+        return rc;
+    /* Collect names first: compaction writes to other databases only, but
+     * keep the cursor walk independent of those writes anyway. */
+    char (*names)[MSADB_NAME_MAX + 1] = NULL;
+    size_t n = 0;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        void *nn = realloc(names, (n + 1) * sizeof *names);
+        if (!nn) {
+            rc = MSADB_ENOMEM;
+            break;
+        }
+        names = nn;
+        memcpy(names[n], k.mv_data, k.mv_size);
+        names[n++][k.mv_size] = 0;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = compact_space(st, txn, names[i]);
+    free(names);
+    return rc;
+}
+
+int msadb_compact(msadb_store *st)
+{
+    if (!st)
+        return MSADB_EINVAL;
+    return msadb_write(st, compact_fn, NULL);
+}

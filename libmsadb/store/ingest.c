@@ -1,0 +1,605 @@
+/* ingest.c -- batches: documents are validated and encoded (quantized,
+ * compressed, summarized) outside any transaction by msadb_batch_add();
+ * msadb_batch_commit() then assigns ids, seals blocks when the store is
+ * encrypted and writes everything in one LMDB write transaction. */
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec/codec.h"
+#include "core/crypto.h"
+#include "core/kernels.h"
+#include "store/store_impl.h"
+
+/* ------------------------------------------------------------------------ */
+/* Batches                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* A growable byte buffer. */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} buf_t;
+
+static int buf_reserve(buf_t *b, size_t more)
+{
+    return msadb_grow(&b->p, &b->cap, b->len + more, 1, 4096);
+}
+
+static int buf_append(buf_t *b, const void *data, size_t len)
+{
+    int rc = buf_reserve(b, len);
+    if (rc)
+        return rc;
+    if (len)
+        memcpy(b->p + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+/* One encoded document of a batch.  Offsets point into the batch arena. */
+typedef struct {
+    char space[MSADB_NAME_MAX + 1];
+    uint64_t n_tokens, n_blocks;
+    size_t title_off, title_len, meta_off, meta_len, text_off, text_len;
+    size_t ids_off, spans_off; /* (size_t)-1 when absent */
+    size_t blocks_off;         /* n_planes * n_blocks (offset u64, length u64) pairs in the arena */
+    size_t summ_off;           /* [plane][block] summary entries */
+    int64_t created;
+} batch_doc;
+
+/* Encoding state of one thread: its codec and one block of scratch.  A
+ * document's blocks are encoded by up to ENCODE_THREADS workers, each into
+ * its own output buffer, merged into the arena in order afterwards. */
+#define ENCODE_THREADS 2
+#define ENCODE_MIN_ITEMS 16 /* blocks x planes below which one thread is faster */
+
+typedef struct {
+    msadb_codec *codec;
+    float *k, *v, *kdeq; /* [block_size][d] */
+    buf_t out;           /* encoded blocks of this worker's items */
+} encoder;
+
+struct msadb_batch {
+    msadb_store *st;
+    batch_doc *docs;
+    size_t n_docs, cap_docs;
+    buf_t arena;
+    encoder enc[ENCODE_THREADS];
+};
+
+static void encoder_free(encoder *e)
+{
+    msadb_codec_free(e->codec);
+    free(e->k);
+    free(e->v);
+    free(e->kdeq);
+    free(e->out.p);
+}
+
+static int encoder_init(encoder *e, const msadb_store *st)
+{
+    size_t n = (size_t)st->sig.block_size * st->sig.head_dim * sizeof(float);
+    e->codec = msadb_codec_new(st->zstd_level);
+    e->k = malloc(n);
+    e->v = malloc(n);
+    e->kdeq = malloc(n);
+    return e->codec && e->k && e->v && e->kdeq ? 0 : MSADB_ENOMEM;
+}
+
+int msadb_batch_begin(msadb_store *st, msadb_batch **out)
+{
+    if (!st || !out)
+        return MSADB_EINVAL;
+    *out = NULL;
+    if (st->read_only)
+        return MSADB_EREADONLY;
+    msadb_batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return MSADB_ENOMEM;
+    b->st = st;
+    for (int i = 0; i < ENCODE_THREADS; i++) {
+        if (encoder_init(&b->enc[i], st)) {
+            msadb_batch_abort(b);
+            return MSADB_ENOMEM;
+        }
+    }
+    *out = b;
+    return 0;
+}
+
+size_t msadb_batch_count(const msadb_batch *b) { return b ? b->n_docs : 0; }
+
+void msadb_batch_abort(msadb_batch *b)
+{
+    if (!b)
+        return;
+    for (int i = 0; i < ENCODE_THREADS; i++)
+        encoder_free(&b->enc[i]);
+    free(b->docs);
+    free(b->arena.p);
+    free(b);
+}
+
+static int validate_doc(const msadb_store *st, const msadb_doc *d)
+{
+    if (!d || d->n_tokens < 1 || d->n_tokens > UINT32_MAX || !d->keys || !d->values)
+        return MSADB_EINVAL;
+    if (d->kv_dtype != MSADB_DTYPE_F32 && d->kv_dtype != MSADB_DTYPE_F16 && d->kv_dtype != MSADB_DTYPE_BF16)
+        return MSADB_EDTYPE;
+    if (d->space && !msadb_space_name_valid(d->space))
+        return MSADB_EINVAL;
+    if (d->title && strlen(d->title) > MSADB_TITLE_MAX)
+        return MSADB_ELIMIT;
+    if ((d->meta_len && !d->meta) || (d->text_len && !d->text))
+        return MSADB_EINVAL;
+    if (d->token_spans) {
+        if (!d->text)
+            return MSADB_EINVAL;
+        for (size_t i = 0; i < d->n_tokens; i++) {
+            int64_t s = d->token_spans[2 * i], e = d->token_spans[2 * i + 1];
+            if (s < 0 || e < s || (uint64_t)e > d->text_len)
+                return MSADB_EINVAL;
+        }
+    }
+    (void)st;
+    return 0;
+}
+
+static int arena_put(buf_t *a, const void *p, size_t len, size_t *off)
+{
+    *off = a->len;
+    return buf_append(a, p, len);
+}
+
+/* One worker's share of a document: items [first, last) where item
+ * p * n_blocks + j is block j of plane p.  Encoded bytes go to the worker's
+ * buffer; the directory entry (offset in that buffer, length) and the
+ * summaries go straight to their reserved places in the arena. */
+typedef struct {
+    msadb_batch *b;
+    const msadb_doc *doc;
+    batch_doc *bd;
+    encoder *e;
+    uint64_t first, last;
+    int rc;
+} encode_job;
+
+static void *encode_items(void *arg)
+{
+    encode_job *job = arg;
+    msadb_store *st = job->b->st;
+    const msadb_signature *sig = &st->sig;
+    const uint32_t d = sig->head_dim, B = sig->block_size;
+    const uint64_t T = job->bd->n_tokens, nb = job->bd->n_blocks;
+    const size_t esz = job->doc->kv_dtype == MSADB_DTYPE_F32 ? 4 : 2;
+    const size_t se = st->summ.entry;
+    const size_t bound = msadb_block_bound((int)sig->dtype, B, d);
+    encoder *e = job->e;
+    e->out.len = 0;
+    for (uint64_t it = job->first; it < job->last; it++) {
+        uint64_t p = it / nb, j = it % nb;
+        uint32_t n = (uint32_t)(j + 1 < nb ? B : T - j * B);
+        size_t src = ((size_t)p * T + (size_t)j * B) * d * esz;
+        if (msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->keys + src, e->k, (size_t)n * d) ||
+            msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->values + src, e->v, (size_t)n * d)) {
+            job->rc = MSADB_ENONFINITE;
+            return NULL;
+        }
+        size_t len = 0;
+        if ((job->rc = buf_reserve(&e->out, bound)) ||
+            (job->rc = msadb_block_encode(e->codec, (int)sig->dtype, e->k, e->v, n, d, e->out.p + e->out.len,
+                                          bound, &len, e->kdeq, NULL)))
+            return NULL;
+        uint8_t *dir = job->b->arena.p + job->bd->blocks_off + it * 16;
+        msadb_put_le64(dir, e->out.len);
+        msadb_put_le64(dir + 8, len);
+        e->out.len += len;
+        msadb_summarize_entry(&st->summ, e->kdeq, n, job->b->arena.p + job->bd->summ_off + it * se);
+    }
+    job->rc = 0;
+    return NULL;
+}
+
+/* Encodes every block of every plane, on two threads when there is enough
+ * work, then appends the encoded bytes to the arena in item order. */
+static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
+{
+    const uint64_t items = (uint64_t)msadb_signature_planes(&b->st->sig) * bd->n_blocks;
+    int workers = items >= ENCODE_MIN_ITEMS ? ENCODE_THREADS : 1;
+    encode_job jobs[ENCODE_THREADS];
+    pthread_t tid[ENCODE_THREADS];
+    int started[ENCODE_THREADS] = {0};
+    for (int w = 0; w < workers; w++) {
+        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers, 0};
+        if (w > 0)
+            started[w] = pthread_create(&tid[w], NULL, encode_items, &jobs[w]) == 0;
+    }
+    encode_items(&jobs[0]);
+    for (int w = 1; w < workers; w++) {
+        if (started[w])
+            pthread_join(tid[w], NULL);
+        else
+            encode_items(&jobs[w]); /* no thread: do it here */
+    }
+    for (int w = 0; w < workers; w++)
+        if (jobs[w].rc)
+            return jobs[w].rc;
+    for (int w = 0; w < workers; w++) {
+        size_t base;
+        int rc = arena_put(&b->arena, b->enc[w].out.p, b->enc[w].out.len, &base);
+        if (rc)
+            return rc;
+        for (uint64_t it = jobs[w].first; it < jobs[w].last; it++) {
+            uint8_t *dir = b->arena.p + bd->blocks_off + it * 16;
+            msadb_put_le64(dir, msadb_get_le64(dir) + base);
+        }
+    }
+    return 0;
+}
+
+int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
+{
+    if (!b)
+        return MSADB_EINVAL;
+    msadb_store *st = b->st;
+    int rc = validate_doc(st, doc);
+    if (rc)
+        return rc;
+    const msadb_signature *sig = &st->sig;
+    const uint32_t B = sig->block_size, planes = msadb_signature_planes(sig);
+    const uint64_t T = doc->n_tokens, nb = (T + B - 1) / B;
+    const size_t se = st->summ.entry;
+    /* Everything appended from here on is rolled back on error. */
+    size_t arena_mark = b->arena.len;
+    if (msadb_grow(&b->docs, &b->cap_docs, b->n_docs + 1, sizeof *b->docs, 16))
+        return MSADB_ENOMEM;
+    batch_doc *bd = &b->docs[b->n_docs];
+    memset(bd, 0, sizeof *bd);
+    snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");
+    bd->n_tokens = T;
+    bd->n_blocks = nb;
+    bd->created = (int64_t)time(NULL);
+    bd->ids_off = bd->spans_off = (size_t)-1;
+    bd->title_len = doc->title ? strlen(doc->title) : 0;
+    bd->meta_len = doc->meta_len;
+    bd->text_len = doc->text_len;
+    if ((rc = arena_put(&b->arena, doc->title, bd->title_len, &bd->title_off)) ||
+        (rc = arena_put(&b->arena, doc->meta, bd->meta_len, &bd->meta_off)) ||
+        (rc = arena_put(&b->arena, doc->text, bd->text_len, &bd->text_off)))
+        goto fail;
+    if (doc->token_ids && (rc = arena_put(&b->arena, doc->token_ids, T * 4, &bd->ids_off)))
+        goto fail;
+    if (doc->token_spans && (rc = arena_put(&b->arena, doc->token_spans, T * 16, &bd->spans_off)))
+        goto fail;
+    /* Block directory and summaries are fixed-size: reserve them up front
+     * (the encoders write into them while the arena does not move). */
+    bd->blocks_off = b->arena.len;
+    bd->summ_off = bd->blocks_off + (size_t)planes * nb * 16;
+    if ((rc = buf_reserve(&b->arena, (size_t)planes * nb * (16 + se))))
+        goto fail;
+    b->arena.len += (size_t)planes * nb * (16 + se);
+    if ((rc = encode_doc(b, doc, bd)))
+        goto fail;
+    b->n_docs++;
+    return 0;
+fail:
+    b->arena.len = arena_mark;
+    return rc;
+}
+
+/* The new slot entries of one space in a commit, with a pointer to each
+ * entry's summaries (plane p's summary is at summ[i] + p * stride[i]). */
+typedef struct {
+    char name[MSADB_NAME_MAX + 1];
+    msadb_spacerec rec;
+    uint64_t first_slot; /* space's slot count before this commit */
+    buf_t slots;         /* new slot entries, MSADB_SLOT_BYTES each */
+    buf_t refs;          /* per entry: const uint8_t *summ, size_t stride */
+} space_group;
+
+typedef struct {
+    const uint8_t *summ;
+    size_t stride;
+} summ_ref;
+
+/* Writes (or rewrites, for a partial last page) the slot page and the
+ * per-plane summary pages covering the group's new entries. */
+static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_t *page_buf)
+{
+    const uint32_t cap = st->page_cap, planes = msadb_signature_planes(&st->sig);
+    const size_t se = st->summ.entry;
+    const uint64_t n = g->slots.len / MSADB_SLOT_BYTES;
+    const summ_ref *refs = (const summ_ref *)(const void *)g->refs.p;
+    page_buf->len = 0;
+    size_t page_max = msadb_summ_page_bytes(&st->summ, cap);
+    if (page_max < (size_t)cap * MSADB_SLOT_BYTES)
+        page_max = (size_t)cap * MSADB_SLOT_BYTES;
+    int rc = buf_reserve(page_buf, page_max + (size_t)cap * se);
+    if (rc)
+        return rc;
+    uint8_t *page = page_buf->p, *entry = page_buf->p + page_max;
+    for (uint64_t done = 0; done < n;) {
+        uint64_t slot = g->first_slot + done, pg = slot / cap;
+        uint32_t have = (uint32_t)(slot % cap);
+        uint32_t add = (uint32_t)((n - done) < (uint64_t)(cap - have) ? (n - done) : (cap - have));
+        uint32_t tot = have + add;
+        uint8_t k[16];
+        MDB_val kv = {12, k}, v;
+        msadb_key_slots(k, g->rec.id, pg);
+        if (have) {
+            if ((rc = mdb_get(txn, st->db_slots, &kv, &v)))
+                return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+            if (v.mv_size != (size_t)have * MSADB_SLOT_BYTES)
+                return MSADB_ECORRUPT;
+            memcpy(page, v.mv_data, v.mv_size);
+        }
+        memcpy(page + (size_t)have * MSADB_SLOT_BYTES, g->slots.p + done * MSADB_SLOT_BYTES,
+               (size_t)add * MSADB_SLOT_BYTES);
+        v.mv_size = (size_t)tot * MSADB_SLOT_BYTES;
+        v.mv_data = page;
+        if ((rc = mdb_put(txn, st->db_slots, &kv, &v, 0)))
+            return rc;
+        /* One page per plane, region by region (codec/summary.h); the old entries
+         * move to their places in the larger page. */
+        for (uint32_t p = 0; p < planes; p++) {
+            msadb_key_summ(k, g->rec.id, p, pg);
+            kv.mv_size = 16;
+            size_t bytes = msadb_summ_page_bytes(&st->summ, tot);
+            memset(page, 0, bytes);
+            if (have) {
+                if ((rc = mdb_get(txn, st->db_summ, &kv, &v)))
+                    return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+                if (v.mv_size != msadb_summ_page_bytes(&st->summ, have))
+                    return MSADB_ECORRUPT;
+                for (uint32_t i = 0; i < have; i++) {
+                    msadb_summ_entry_get(&st->summ, v.mv_data, have, i, entry);
+                    msadb_summ_entry_put(&st->summ, page, tot, i, entry);
+                }
+            }
+            for (uint32_t i = 0; i < add; i++) {
+                const summ_ref *r = &refs[done + i];
+                msadb_summ_entry_put(&st->summ, page, tot, have + i, r->summ + (size_t)p * r->stride);
+            }
+            v.mv_size = bytes;
+            v.mv_data = page;
+            if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)))
+                return rc;
+        }
+        done += add;
+    }
+    return 0;
+}
+
+static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint8_t kind, const uint8_t *data, size_t len)
+{
+    if (!len)
+        return 0;
+    uint8_t k[9];
+    msadb_key_docdata(k, doc, kind);
+    MDB_val kv = {9, k}, v;
+    if (!st->encrypted) {
+        v.mv_size = len;
+        v.mv_data = (void *)data;
+        return mdb_put(txn, st->db_docdata, &kv, &v, 0);
+    }
+    v.mv_size = len + MSADB_SEAL_OVERHEAD;
+    int rc = mdb_put(txn, st->db_docdata, &kv, &v, MDB_RESERVE);
+    if (rc)
+        return rc;
+    uint8_t ad[26];
+    msadb_docdata_ad(st, doc, kind, ad);
+    return msadb_seal(st->key, ad, sizeof ad, data, len, v.mv_data);
+}
+
+struct commit_args {
+    msadb_batch *b;
+    uint64_t *ids;
+};
+
+static space_group *find_group(space_group **groups, size_t *n, msadb_store *st, MDB_txn *txn,
+                               const char *name, int *rc)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*groups)[i].name, name) == 0)
+            return &(*groups)[i];
+    space_group *g = realloc(*groups, (*n + 1) * sizeof *g);
+    if (!g) {
+        *rc = MSADB_ENOMEM;
+        return NULL;
+    }
+    *groups = g;
+    g = &g[*n];
+    memset(g, 0, sizeof *g);
+    snprintf(g->name, sizeof g->name, "%s", name);
+    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)))
+        return NULL;
+    g->first_slot = g->rec.n_slots;
+    (*n)++;
+    return g;
+}
+
+/* Writes one record per block id holding all its planes (see
+ * msadb_block_part), straight into the map with MDB_RESERVE; sealing, when
+ * the store is encrypted, happens in place. */
+static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
+                            uint32_t space_id, uint64_t blk0)
+{
+    const uint32_t planes = msadb_signature_planes(&st->sig);
+    const size_t head = 4 + 4 * ((size_t)planes + 1), extra = st->encrypted ? MSADB_SEAL_OVERHEAD : 0;
+    for (uint64_t j = 0; j < bd->n_blocks; j++) {
+        size_t total = head;
+        for (uint32_t p = 0; p < planes; p++)
+            total += msadb_get_le64(b->arena.p + bd->blocks_off + ((size_t)p * bd->n_blocks + j) * 16 + 8) + extra;
+        if (total > UINT32_MAX)
+            return MSADB_ELIMIT;
+        uint8_t k[8];
+        msadb_key_block(k, blk0 + j);
+        MDB_val kv = {8, k}, v = {total, NULL};
+        int rc = mdb_put(txn, st->db_blocks, &kv, &v, MDB_APPEND | MDB_RESERVE);
+        if (rc)
+            return rc;
+        uint8_t *rec = v.mv_data;
+        size_t off = head;
+        msadb_put_le32(rec, planes);
+        for (uint32_t p = 0; p < planes; p++) {
+            const uint8_t *dir = b->arena.p + bd->blocks_off + ((size_t)p * bd->n_blocks + j) * 16;
+            const uint8_t *enc = b->arena.p + msadb_get_le64(dir);
+            size_t len = msadb_get_le64(dir + 8), out_len = len;
+            msadb_put_le32(rec + 4 + 4 * (size_t)p, (uint32_t)off);
+            if (st->encrypted) {
+                uint8_t ad[32];
+                msadb_block_ad(st, space_id, p, blk0 + j, ad);
+                if ((rc = msadb_block_seal(enc, len, st->key, ad, sizeof ad, rec + off, total - off, &out_len)))
+                    return rc;
+                if (out_len != len + extra)
+                    return MSADB_EINVAL;
+            } else {
+                memcpy(rec + off, enc, len);
+            }
+            off += out_len;
+        }
+        msadb_put_le32(rec + 4 + 4 * (size_t)planes, (uint32_t)off);
+    }
+    return 0;
+}
+
+static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
+                            uint64_t id, const msadb_docrec *rec)
+{
+    uint8_t k[8], rb[DOC_REC_BYTES];
+    msadb_key_doc(k, id);
+    msadb_docrec_encode(rec, rb);
+    MDB_val kv = {8, k}, v = {DOC_REC_BYTES, rb};
+    int rc = mdb_put(txn, st->db_docs, &kv, &v, MDB_APPEND);
+    const uint8_t *A = b->arena.p;
+    if (rc || (rc = put_docdata(st, txn, id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
+        (rc = put_docdata(st, txn, id, DD_META, A + bd->meta_off, bd->meta_len)) ||
+        (rc = put_docdata(st, txn, id, DD_TEXT, A + bd->text_off, bd->text_len)))
+        return rc;
+    if (bd->ids_off != (size_t)-1 && (rc = put_docdata(st, txn, id, DD_TOKENS, A + bd->ids_off, bd->n_tokens * 4)))
+        return rc;
+    if (bd->spans_off != (size_t)-1)
+        rc = put_docdata(st, txn, id, DD_SPANS, A + bd->spans_off, bd->n_tokens * 16);
+    return rc;
+}
+
+/* Appends the document's slot entries and summary references to its group. */
+static int group_add_doc(msadb_store *st, const msadb_batch *b, const batch_doc *bd, space_group *g, uint64_t id,
+                         uint64_t blk0)
+{
+    const size_t se = st->summ.entry;
+    const uint32_t B = st->sig.block_size;
+    int rc;
+    if ((rc = buf_reserve(&g->slots, bd->n_blocks * MSADB_SLOT_BYTES)) ||
+        (rc = buf_reserve(&g->refs, bd->n_blocks * sizeof(summ_ref))))
+        return rc;
+    for (uint64_t j = 0; j < bd->n_blocks; j++) {
+        uint8_t *e = g->slots.p + g->slots.len;
+        uint64_t left = bd->n_tokens - j * B;
+        msadb_put_le64(e, blk0 + j);
+        msadb_put_le64(e + 8, id);
+        msadb_put_le32(e + 16, (uint32_t)(j * B));
+        msadb_put_le16(e + 20, (uint16_t)(left < B ? left : B));
+        msadb_put_le16(e + 22, 0);
+        g->slots.len += MSADB_SLOT_BYTES;
+        summ_ref r = {b->arena.p + bd->summ_off + j * se, (size_t)bd->n_blocks * se};
+        memcpy(g->refs.p + g->refs.len, &r, sizeof r);
+        g->refs.len += sizeof r;
+    }
+    g->rec.n_slots += bd->n_blocks;
+    g->rec.n_docs++;
+    g->rec.n_tokens += bd->n_tokens;
+    return 0;
+}
+
+static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    struct commit_args *a = ud;
+    msadb_batch *b = a->b;
+    uint64_t next_doc, next_block;
+    int rc;
+    if ((rc = msadb_meta_u64(txn, st, "next_doc", &next_doc)) ||
+        (rc = msadb_meta_u64(txn, st, "next_block", &next_block)))
+        return rc;
+    if (next_doc == 0)
+        next_doc = 1; /* document ids start at 1 */
+    space_group *groups = NULL;
+    size_t n_groups = 0;
+    buf_t page_buf = {0};
+    for (size_t i = 0; i < b->n_docs; i++) {
+        const batch_doc *bd = &b->docs[i];
+        space_group *g = find_group(&groups, &n_groups, st, txn, bd->space, &rc);
+        if (!g)
+            goto out;
+        uint64_t id = next_doc + i, blk0 = next_block;
+        next_block += bd->n_blocks;
+        msadb_docrec rec = {0};
+        rec.space_id = g->rec.id;
+        rec.n_tokens = bd->n_tokens;
+        rec.n_blocks = bd->n_blocks;
+        rec.first_block = blk0;
+        rec.first_slot = g->rec.n_slots;
+        rec.created = bd->created;
+        rec.text_len = bd->text_len;
+        rec.meta_len = bd->meta_len;
+        rec.title_len = bd->title_len;
+        rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
+                    (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
+                    (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0);
+        if ((rc = write_doc_blocks(st, txn, b, bd, g->rec.id, blk0)) ||
+            (rc = write_doc_record(st, txn, b, bd, id, &rec)) || (rc = group_add_doc(st, b, bd, g, id, blk0)))
+            goto out;
+        if (a->ids)
+            a->ids[i] = id;
+    }
+    for (size_t i = 0; i < n_groups; i++)
+        if ((rc = write_pages(st, txn, &groups[i], &page_buf)) ||
+            (rc = msadb_space_put_txn(txn, st, groups[i].name, &groups[i].rec)))
+            goto out;
+    if ((rc = msadb_meta_put_u64(txn, st, "next_doc", next_doc + b->n_docs)) ||
+        (rc = msadb_meta_put_u64(txn, st, "next_block", next_block)))
+        goto out;
+out:
+    for (size_t i = 0; i < n_groups; i++) {
+        free(groups[i].slots.p);
+        free(groups[i].refs.p);
+    }
+    free(groups);
+    free(page_buf.p);
+    return rc;
+}
+
+int msadb_batch_commit(msadb_batch *b, uint64_t *doc_ids)
+{
+    if (!b)
+        return MSADB_EINVAL;
+    int rc = 0;
+    if (b->n_docs) {
+        struct commit_args a = {b, doc_ids};
+        rc = msadb_write(b->st, commit_fn, &a);
+    }
+    msadb_batch_abort(b);
+    return rc;
+}
+
+int msadb_doc_append(msadb_store *st, const msadb_doc *doc, uint64_t *doc_id)
+{
+    msadb_batch *b;
+    int rc = msadb_batch_begin(st, &b);
+    if (rc)
+        return rc;
+    if ((rc = msadb_batch_add(b, doc))) {
+        msadb_batch_abort(b);
+        return rc;
+    }
+    uint64_t id = 0;
+    rc = msadb_batch_commit(b, &id);
+    if (!rc && doc_id)
+        *doc_id = id;
+    return rc;
+}
+

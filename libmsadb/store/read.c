@@ -1,0 +1,393 @@
+/* read.c -- snapshots (LMDB read transactions) and everything read inside
+ * them: document information, text, tokens, decoded K/V, and the zero-copy
+ * summary page views the query engine scans. */
+#include <lmdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "core/crypto.h"
+#include "store/store_impl.h"
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots and reads                                                      */
+/* ------------------------------------------------------------------------ */
+
+int msadb_snapshot_begin(msadb_store *st, msadb_snapshot **out)
+{
+    if (!st || !out)
+        return MSADB_EINVAL;
+    *out = NULL;
+    msadb_snapshot *s = calloc(1, sizeof *s);
+    if (!s)
+        return MSADB_ENOMEM;
+    s->st = st;
+    s->codec = msadb_codec_new(1);
+    if (!s->codec) {
+        free(s);
+        return MSADB_ENOMEM;
+    }
+    int rc = msadb_txn_read(st, &s->txn);
+    if (rc) {
+        msadb_codec_free(s->codec);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int msadb_snapshot_renew(msadb_snapshot *s)
+{
+    if (!s || !s->txn)
+        return MSADB_EINVAL;
+    mdb_txn_reset(s->txn);
+    int rc = mdb_txn_renew(s->txn);
+    if (rc) { /* e.g. MDB_MAP_RESIZED: start a fresh transaction */
+        msadb_txn_done(s->st, s->txn);
+        s->txn = NULL;
+        if ((rc = msadb_txn_read(s->st, &s->txn)))
+            s->txn = NULL;
+    }
+    return rc;
+}
+
+void msadb_snapshot_end(msadb_snapshot *s)
+{
+    if (!s)
+        return;
+    if (s->scratch_free)
+        s->scratch_free(s->scratch);
+    free(s->merge_buf);
+    if (s->txn)
+        msadb_txn_done(s->st, s->txn);
+    msadb_codec_free(s->codec);
+    free(s);
+}
+
+void *msadb_snap_scratch(msadb_snapshot *s) { return s->scratch; }
+
+void msadb_snap_set_scratch(msadb_snapshot *s, void *p, void (*destroy)(void *))
+{
+    s->scratch = p;
+    s->scratch_free = destroy;
+}
+
+float *msadb_snap_floats(msadb_snapshot *s, size_t n)
+{
+    return msadb_grow(&s->merge_buf, &s->merge_cap, n, sizeof(float), 1) ? NULL : s->merge_buf;
+}
+
+const msadb_signature *msadb_snap_signature(msadb_snapshot *s) { return &s->st->sig; }
+
+static int snap_ok(msadb_snapshot *s) { return s && s->txn; }
+
+/* Reads a docdata record into buf (decrypting), or just its length. */
+int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf, size_t cap, size_t *len)
+{
+    msadb_store *st = s->st;
+    uint8_t k[9];
+    msadb_key_docdata(k, doc, kind);
+    MDB_val kv = {9, k}, v;
+    int rc = mdb_get(s->txn, st->db_docdata, &kv, &v);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    if (rc)
+        return rc;
+    size_t n = v.mv_size;
+    if (st->encrypted) {
+        if (n < MSADB_SEAL_OVERHEAD)
+            return MSADB_ECORRUPT;
+        n -= MSADB_SEAL_OVERHEAD;
+    }
+    if (len)
+        *len = n;
+    if (!buf)
+        return 0;
+    if (cap < n)
+        return MSADB_ELIMIT;
+    if (!st->encrypted) {
+        memcpy(buf, v.mv_data, n);
+        return 0;
+    }
+    uint8_t ad[26];
+    msadb_docdata_ad(st, doc, kind, ad);
+    return msadb_unseal(st->key, ad, sizeof ad, v.mv_data, v.mv_size, buf);
+}
+
+static int msadb_doc_info_fill(msadb_snapshot *s, uint64_t id, const msadb_docrec *r, msadb_doc_info *out)
+{
+    memset(out, 0, sizeof *out);
+    out->id = id;
+    out->space_id = r->space_id;
+    out->n_tokens = r->n_tokens;
+    out->n_blocks = r->n_blocks;
+    out->first_block = r->first_block;
+    out->created = r->created;
+    out->text_len = (size_t)r->text_len;
+    out->meta_len = (size_t)r->meta_len;
+    out->has_tokens = (r->flags & DOC_F_TOKENS) != 0;
+    out->has_spans = (r->flags & DOC_F_SPANS) != 0;
+    int rc = msadb_space_name_txn(s->txn, s->st, r->space_id, out->space);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    if (r->flags & DOC_F_TITLE) {
+        size_t n = 0;
+        rc = msadb_docdata_read(s, id, DD_TITLE, out->title, MSADB_TITLE_MAX, &n);
+        if (rc)
+            return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+        out->title[n] = 0;
+    }
+    return 0;
+}
+
+int msadb_doc_get(msadb_snapshot *s, uint64_t id, msadb_doc_info *out)
+{
+    if (!snap_ok(s) || !out)
+        return MSADB_EINVAL;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    return rc ? rc : msadb_doc_info_fill(s, id, &r, out);
+}
+
+int msadb_doc_list(msadb_snapshot *s, const char *space, int (*cb)(const msadb_doc_info *, void *), void *ud)
+{
+    if (!snap_ok(s) || !cb)
+        return MSADB_EINVAL;
+    uint32_t want = 0;
+    int rc;
+    if (space) {
+        msadb_spacerec sr;
+        if ((rc = msadb_space_get_txn(s->txn, s->st, space, &sr)))
+            return rc;
+        want = sr.id;
+    }
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(s->txn, s->st->db_docs, &cur)))
+        return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        msadb_docrec r;
+        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        if (space && r.space_id != want)
+            continue;
+        msadb_doc_info info;
+        if ((rc = msadb_doc_info_fill(s, msadb_get_be64(k.mv_data), &r, &info)) || (rc = cb(&info, ud)))
+            break;
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+static int docdata_copy(msadb_snapshot *s, uint64_t id, uint8_t kind, void *buf, size_t cap, size_t *len)
+{
+    if (!snap_ok(s) || !len)
+        return MSADB_EINVAL;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    if (rc)
+        return rc;
+    rc = msadb_docdata_read(s, id, kind, buf, cap, len);
+    if (rc == MSADB_ENOTFOUND) { /* a document without text/meta has length 0 */
+        *len = 0;
+        return 0;
+    }
+    return rc;
+}
+
+int msadb_doc_text(msadb_snapshot *s, uint64_t id, char *buf, size_t cap, size_t *len)
+{
+    return docdata_copy(s, id, DD_TEXT, buf, cap, len);
+}
+
+int msadb_doc_meta(msadb_snapshot *s, uint64_t id, void *buf, size_t cap, size_t *len)
+{
+    return docdata_copy(s, id, DD_META, buf, cap, len);
+}
+
+int msadb_doc_tokens(msadb_snapshot *s, uint64_t id, int32_t *ids, int64_t *spans, size_t cap)
+{
+    if (!snap_ok(s))
+        return MSADB_EINVAL;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    if (rc)
+        return rc;
+    if (cap < r.n_tokens)
+        return MSADB_ELIMIT;
+    if ((ids && !(r.flags & DOC_F_TOKENS)) || (spans && !(r.flags & DOC_F_SPANS)))
+        return MSADB_ENOTFOUND;
+    size_t n;
+    if (ids && (rc = msadb_docdata_read(s, id, DD_TOKENS, ids, (size_t)r.n_tokens * 4, &n)))
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    if (ids && n != r.n_tokens * 4)
+        return MSADB_ECORRUPT;
+    if (spans && (rc = msadb_docdata_read(s, id, DD_SPANS, spans, (size_t)r.n_tokens * 16, &n)))
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    if (spans && n != r.n_tokens * 16)
+        return MSADB_ECORRUPT;
+    return 0;
+}
+
+int msadb_snap_block(msadb_snapshot *s, uint32_t space_id, uint64_t block_id, uint32_t plane, float *K,
+                     float *V, uint32_t *n_tok)
+{
+    if (!snap_ok(s) || !n_tok || plane >= msadb_signature_planes(&s->st->sig))
+        return MSADB_EINVAL;
+    msadb_store *st = s->st;
+    uint8_t k[8];
+    msadb_key_block(k, block_id);
+    MDB_val kv = {8, k}, v;
+    int rc = mdb_get(s->txn, st->db_blocks, &kv, &v);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    if (rc)
+        return rc;
+    const uint8_t *part;
+    size_t part_len;
+    if ((rc = msadb_block_part(v.mv_data, v.mv_size, msadb_signature_planes(&st->sig), plane, &part, &part_len)))
+        return rc;
+    uint8_t ad[32];
+    msadb_block_ad(st, space_id, plane, block_id, ad);
+    return msadb_block_decode(s->codec, part, part_len, st->sig.head_dim, st->sig.block_size,
+                              st->encrypted ? st->key : NULL, ad, sizeof ad, K, V, n_tok);
+}
+
+int msadb_doc_kv(msadb_snapshot *s, uint64_t id, uint32_t plane, float *K, float *V)
+{
+    if (!snap_ok(s))
+        return MSADB_EINVAL;
+    const msadb_signature *sig = &s->st->sig;
+    if (plane >= msadb_signature_planes(sig))
+        return MSADB_EINVAL;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    if (rc)
+        return rc;
+    size_t d = sig->head_dim;
+    for (uint64_t j = 0; j < r.n_blocks; j++) {
+        uint32_t n = 0;
+        uint64_t t0 = j * sig->block_size;
+        uint64_t want = r.n_tokens - t0 < sig->block_size ? r.n_tokens - t0 : sig->block_size;
+        rc = msadb_snap_block(s, r.space_id, r.first_block + j, plane, K ? K + t0 * d : NULL,
+                                 V ? V + t0 * d : NULL, &n);
+        if (rc)
+            return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+        if (n != want)
+            return MSADB_ECORRUPT;
+    }
+    return 0;
+}
+
+int msadb_snap_space_id(msadb_snapshot *s, const char *name, uint32_t *id)
+{
+    if (!snap_ok(s) || !id)
+        return MSADB_EINVAL;
+    msadb_spacerec sr;
+    int rc = msadb_space_get_txn(s->txn, s->st, name, &sr);
+    if (!rc)
+        *id = sr.id;
+    return rc;
+}
+
+int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n)
+{
+    if (!snap_ok(s) || !n)
+        return MSADB_EINVAL;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(s->txn, s->st->db_spaceids, &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    size_t cnt = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 4) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        if (ids && cnt < cap)
+            ids[cnt] = msadb_get_be32(k.mv_data);
+        cnt++;
+    }
+    mdb_cursor_close(cur);
+    *n = cnt;
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (!rc && ids && cnt > cap)
+        rc = MSADB_ELIMIT;
+    return rc;
+}
+
+int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb_page_view **views, size_t *n,
+                     size_t *cap)
+{
+    if (!snap_ok(s) || !views || !n || !cap)
+        return MSADB_EINVAL;
+    msadb_store *st = s->st;
+    if (plane >= msadb_signature_planes(&st->sig))
+        return MSADB_EINVAL;
+    *n = 0;
+    MDB_cursor *cs, *cp;
+    int rc = mdb_cursor_open(s->txn, st->db_slots, &cs);
+    if (rc)
+        return rc;
+    if ((rc = mdb_cursor_open(s->txn, st->db_summ, &cp))) {
+        mdb_cursor_close(cs);
+        return rc;
+    }
+    uint8_t k0[16];
+    msadb_key_slots(k0, space_id, 0);
+    MDB_val k = {12, k0}, v;
+    for (rc = mdb_cursor_get(cs, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cs, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12 || msadb_get_be32(k.mv_data) != space_id)
+            break;
+        uint64_t pg = msadb_get_be64((const uint8_t *)k.mv_data + 4);
+        if (v.mv_size == 0 || v.mv_size % MSADB_SLOT_BYTES || v.mv_size / MSADB_SLOT_BYTES > st->page_cap) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        uint32_t cnt = (uint32_t)(v.mv_size / MSADB_SLOT_BYTES);
+        uint8_t ks[16];
+        msadb_key_summ(ks, space_id, plane, pg);
+        MDB_val sk = {16, ks}, sv;
+        if ((rc = mdb_cursor_get(cp, &sk, &sv, MDB_SET_KEY))) {
+            rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+            break;
+        }
+        if (sv.mv_size != msadb_summ_page_bytes(&st->summ, cnt) || ((uintptr_t)sv.mv_data & 15)) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        if (msadb_grow(views, cap, *n + 1, sizeof **views, 64)) {
+            rc = MSADB_ENOMEM;
+            break;
+        }
+        msadb_page_view *pv = &(*views)[(*n)++];
+        pv->page_no = pg;
+        pv->n = cnt;
+        pv->slots = v.mv_data;
+        msadb_summ_view_of(&st->summ, sv.mv_data, cnt, &pv->summ);
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    mdb_cursor_close(cs);
+    mdb_cursor_close(cp);
+    return rc;
+}
+
+
+int msadb_snap_doc_space(msadb_snapshot *s, uint64_t doc_id, uint32_t *space_id)
+{
+    if (!snap_ok(s) || !space_id)
+        return MSADB_EINVAL;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(s->txn, s->st, doc_id, &r);
+    if (!rc)
+        *space_id = r.space_id;
+    return rc;
+}

@@ -1,0 +1,799 @@
+/* store.c -- the store's environment: creating and opening stores, the
+ * meta records, keys and record layouts, spaces, the write-transaction
+ * helper and statistics (see docs/format.md).  Ingest is in ingest.c,
+ * reads in read.c, deletion in delete.c. */
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sodium.h>
+
+#include "core/crypto.h"
+#include "store/store_impl.h"
+
+/* ------------------------------------------------------------------------ */
+/* Environment                                                              */
+/* ------------------------------------------------------------------------ */
+
+static const char *const meta_keycheck_text = "msadb key check v1";
+
+static int get_meta(MDB_txn *txn, msadb_store *st, const char *name, MDB_val *v)
+{
+    MDB_val k = {strlen(name), (void *)name};
+    return mdb_get(txn, st->db_meta, &k, v);
+}
+
+static int put_meta(MDB_txn *txn, msadb_store *st, const char *name, const void *data, size_t len)
+{
+    MDB_val k = {strlen(name), (void *)name}, v = {len, (void *)data};
+    return mdb_put(txn, st->db_meta, &k, &v, 0);
+}
+
+int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out)
+{
+    MDB_val v;
+    int rc = get_meta(txn, st, name, &v);
+    if (rc == MDB_NOTFOUND) {
+        *out = 0;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (v.mv_size != 8)
+        return MSADB_ECORRUPT;
+    *out = msadb_get_le64(v.mv_data);
+    return 0;
+}
+
+int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val)
+{
+    uint8_t b[8];
+    msadb_put_le64(b, val);
+    return put_meta(txn, st, name, b, 8);
+}
+
+static int env_open(msadb_store *st, const char *path, const msadb_options *opt, int creating)
+{
+    int rc = mdb_env_create(&st->env);
+    if (rc)
+        return rc;
+    mdb_env_set_maxdbs(st->env, 16);
+    if (opt->max_readers)
+        mdb_env_set_maxreaders(st->env, opt->max_readers);
+    uint64_t map = opt->map_size ? opt->map_size : MSADB_DEFAULT_MAP_SIZE;
+    if ((rc = mdb_env_set_mapsize(st->env, (size_t)map)))
+        return rc;
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
+    if (opt->read_only)
+        flags |= MDB_RDONLY;
+    if (opt->no_sync)
+        flags |= MDB_NOSYNC;
+    if (creating) {
+        if (mkdir(path, 0775) != 0 && errno != EEXIST)
+            return errno;
+    } else {
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s/data.mdb", path);
+        struct stat sb;
+        if (stat(path, &sb) != 0)
+            return errno == ENOENT ? MSADB_ENOTSTORE : errno;
+        if (!S_ISDIR(sb.st_mode) || stat(probe, &sb) != 0)
+            return MSADB_ENOTSTORE;
+    }
+    rc = mdb_env_open(st->env, path, flags, 0664);
+    if (rc)
+        return rc;
+    /* Free the reader slots of processes that died holding them, so the
+     * pages they pinned can be reused. */
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+    return 0;
+}
+
+static const char *const db_names[] = {"meta", "spaces", "spaceids", "docs", "docdata", "blocks", "slots", "summ"};
+
+static int open_dbs(msadb_store *st, MDB_txn *txn, unsigned flags)
+{
+    MDB_dbi *dbis[] = {&st->db_meta,  &st->db_spaces, &st->db_spaceids, &st->db_docs,
+                       &st->db_docdata, &st->db_blocks, &st->db_slots,    &st->db_summ};
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+        int rc = mdb_dbi_open(txn, db_names[i], flags, dbis[i]);
+        if (rc == MDB_NOTFOUND)
+            return MSADB_ENOTSTORE;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void store_free(msadb_store *st)
+{
+    if (!st)
+        return;
+    if (st->env)
+        mdb_env_close(st->env);
+    pthread_mutex_destroy(&st->write_lock);
+    pthread_mutex_destroy(&st->snap_lock);
+    sodium_memzero(st->key, sizeof st->key);
+    free(st->path);
+    free(st);
+}
+
+static msadb_store *store_alloc(const char *path, const msadb_options *opt)
+{
+    msadb_store *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    st->path = strdup(path);
+    pthread_mutex_init(&st->write_lock, NULL);
+    pthread_mutex_init(&st->snap_lock, NULL);
+    st->read_only = opt->read_only;
+    st->zstd_level = opt->zstd_level;
+    if (!st->path) {
+        store_free(st);
+        return NULL;
+    }
+    return st;
+}
+
+static int check_options(const msadb_options *opt)
+{
+    if (opt->key && opt->passphrase)
+        return MSADB_EINVAL;
+    if (opt->zstd_level < 1 || opt->zstd_level > 19)
+        return MSADB_EINVAL;
+    if (opt->passphrase && !*opt->passphrase)
+        return MSADB_EINVAL;
+    return 0;
+}
+
+/* Crypto record in meta "crypt": mode u32 (1 raw key, 2 passphrase),
+ * opslimit u64, memlimit u64, salt[16]; "keycheck" holds a sealed constant. */
+static int keycheck_ad(const msadb_store *st, uint8_t *ad)
+{
+    memcpy(ad, st->store_id, 16);
+    memcpy(ad + 16, "keycheck", 8);
+    return 24;
+}
+
+static int setup_crypto_create(msadb_store *st, MDB_txn *txn, const msadb_options *opt)
+{
+    if (!opt->key && !opt->passphrase)
+        return 0;
+    uint8_t rec[36];
+    uint32_t mode = opt->key ? 1 : 2;
+    uint64_t ops = crypto_pwhash_opslimit_interactive(), mem = crypto_pwhash_memlimit_interactive();
+    msadb_put_le32(rec, mode);
+    msadb_put_le64(rec + 4, ops);
+    msadb_put_le64(rec + 12, mem);
+    msadb_random(rec + 20, MSADB_SALT_BYTES);
+    if (mode == 1) {
+        memcpy(st->key, opt->key, 32);
+    } else {
+        int rc = msadb_kdf(opt->passphrase, rec + 20, ops, mem, st->key);
+        if (rc)
+            return rc;
+    }
+    st->encrypted = 1;
+    uint8_t ad[24], sealed[64];
+    size_t tl = strlen(meta_keycheck_text);
+    msadb_seal(st->key, ad, (size_t)keycheck_ad(st, ad), (const uint8_t *)meta_keycheck_text, tl, sealed);
+    int rc = put_meta(txn, st, "crypt", rec, sizeof rec);
+    if (!rc)
+        rc = put_meta(txn, st, "keycheck", sealed, tl + MSADB_SEAL_OVERHEAD);
+    return rc;
+}
+
+static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options *opt)
+{
+    MDB_val rec;
+    int rc = get_meta(txn, st, "crypt", &rec);
+    if (rc == MDB_NOTFOUND)
+        return (opt->key || opt->passphrase) ? MSADB_EKEY : 0;
+    if (rc)
+        return rc;
+    if (rec.mv_size != 36)
+        return MSADB_ECORRUPT;
+    const uint8_t *r = rec.mv_data;
+    uint32_t mode = msadb_get_le32(r);
+    if (mode != 1 && mode != 2)
+        return MSADB_ECORRUPT;
+    if (opt->key) {
+        memcpy(st->key, opt->key, 32);
+    } else if (opt->passphrase) {
+        uint64_t ops = msadb_get_le64(r + 4), mem = msadb_get_le64(r + 12);
+        if (ops < 1 || ops > 64 || mem < 8192 || mem > (4ull << 30))
+            return MSADB_ECORRUPT;
+        if ((rc = msadb_kdf(opt->passphrase, r + 20, ops, mem, st->key)))
+            return rc;
+    } else {
+        return MSADB_EKEY;
+    }
+    MDB_val kc;
+    if ((rc = get_meta(txn, st, "keycheck", &kc)))
+        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+    size_t tl = strlen(meta_keycheck_text);
+    if (kc.mv_size != tl + MSADB_SEAL_OVERHEAD)
+        return MSADB_ECORRUPT;
+    uint8_t ad[24], plain[64];
+    if (msadb_unseal(st->key, ad, (size_t)keycheck_ad(st, ad), kc.mv_data, kc.mv_size, plain) != 0 ||
+        memcmp(plain, meta_keycheck_text, tl) != 0)
+        return MSADB_EKEY;
+    st->encrypted = 1;
+    return 0;
+}
+
+int msadb_create(const char *path, const msadb_signature *sig, const msadb_options *opt_in,
+                 msadb_store **out)
+{
+    if (!path || !*path || !sig || !out)
+        return MSADB_EINVAL;
+    *out = NULL;
+    msadb_options defaults;
+    msadb_options_init(&defaults);
+    const msadb_options *opt = opt_in ? opt_in : &defaults;
+    int rc = check_options(opt);
+    if (rc || (rc = msadb_signature_validate(sig)))
+        return rc;
+    if (opt->read_only)
+        return MSADB_EREADONLY;
+    if ((rc = msadb_crypto_init()))
+        return rc;
+    char probe[4096];
+    struct stat sb;
+    snprintf(probe, sizeof probe, "%s/data.mdb", path);
+    if (stat(probe, &sb) == 0)
+        return MSADB_EEXIST;
+    msadb_store *st = store_alloc(path, opt);
+    if (!st)
+        return MSADB_ENOMEM;
+    MDB_txn *txn = NULL;
+    if ((rc = env_open(st, path, opt, 1)) || (rc = mdb_txn_begin(st->env, NULL, 0, &txn)))
+        goto fail;
+    MDB_val v;
+    if ((rc = open_dbs(st, txn, MDB_CREATE)))
+        goto fail;
+    if (get_meta(txn, st, "format", &v) == 0) {
+        rc = MSADB_EEXIST;
+        goto fail;
+    }
+    st->sig = *sig;
+    msadb_summ_layout_init(&st->summ, sig->head_dim, sig->summary_kinds);
+    st->page_cap = MSADB_PAGE_CAP;
+    msadb_random(st->store_id, sizeof st->store_id);
+    uint8_t sigbuf[36 + 2 * MSADB_MAX_LAYERS], u32[4];
+    msadb_put_le32(u32, MSADB_FORMAT_VERSION);
+    if ((rc = put_meta(txn, st, "format", u32, 4)))
+        goto fail;
+    if ((rc = put_meta(txn, st, "signature", sigbuf, msadb_sig_encode(sig, sigbuf))))
+        goto fail;
+    if ((rc = put_meta(txn, st, "store_id", st->store_id, 16)))
+        goto fail;
+    msadb_put_le32(u32, st->page_cap);
+    if ((rc = put_meta(txn, st, "page_cap", u32, 4)))
+        goto fail;
+    if ((rc = setup_crypto_create(st, txn, opt)))
+        goto fail;
+    if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
+        goto fail;
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (rc)
+        goto fail;
+    *out = st;
+    return 0;
+fail:
+    if (txn)
+        mdb_txn_abort(txn);
+    store_free(st);
+    return rc;
+}
+
+int msadb_open(const char *path, const msadb_signature *expect, const msadb_options *opt_in,
+               msadb_store **out)
+{
+    if (!path || !*path || !out)
+        return MSADB_EINVAL;
+    *out = NULL;
+    msadb_options defaults;
+    msadb_options_init(&defaults);
+    const msadb_options *opt = opt_in ? opt_in : &defaults;
+    int rc = check_options(opt);
+    if (rc)
+        return rc;
+    if ((rc = msadb_crypto_init()))
+        return rc;
+    msadb_store *st = store_alloc(path, opt);
+    if (!st)
+        return MSADB_ENOMEM;
+    MDB_txn *txn = NULL;
+    if ((rc = env_open(st, path, opt, 0)))
+        goto fail;
+    if ((rc = msadb_txn_read(st, &txn)))
+        goto fail;
+    if ((rc = open_dbs(st, txn, 0)))
+        goto fail;
+    MDB_val v;
+    if ((rc = get_meta(txn, st, "format", &v))) {
+        rc = rc == MDB_NOTFOUND ? MSADB_ENOTSTORE : rc;
+        goto fail;
+    }
+    if (v.mv_size != 4) {
+        rc = MSADB_ECORRUPT;
+        goto fail;
+    }
+    uint32_t format = msadb_get_le32(v.mv_data);
+    if (format > MSADB_FORMAT_VERSION) {
+        rc = MSADB_EVERSION;
+        goto fail;
+    }
+    if (format < 1) {
+        rc = MSADB_ECORRUPT;
+        goto fail;
+    }
+    if ((rc = get_meta(txn, st, "signature", &v)) || (rc = msadb_sig_decode(v.mv_data, v.mv_size, &st->sig)))
+        goto fail_nf;
+    msadb_summ_layout_init(&st->summ, st->sig.head_dim, st->sig.summary_kinds);
+    if (expect && !msadb_sig_equal(expect, &st->sig)) {
+        rc = MSADB_ESIGNATURE;
+        goto fail;
+    }
+    if ((rc = get_meta(txn, st, "store_id", &v)))
+        goto fail_nf;
+    if (v.mv_size != 16) {
+        rc = MSADB_ECORRUPT;
+        goto fail;
+    }
+    memcpy(st->store_id, v.mv_data, 16);
+    if ((rc = get_meta(txn, st, "page_cap", &v)))
+        goto fail_nf;
+    st->page_cap = v.mv_size == 4 ? msadb_get_le32(v.mv_data) : 0;
+    if (st->page_cap < 1 || st->page_cap > 65536) {
+        rc = MSADB_ECORRUPT;
+        goto fail;
+    }
+    if ((rc = setup_crypto_open(st, txn, opt)))
+        goto fail;
+    /* Committing (not aborting) keeps the database handles opened here. */
+    rc = mdb_txn_commit(txn);
+    pthread_mutex_lock(&st->snap_lock);
+    st->n_readers--;
+    pthread_mutex_unlock(&st->snap_lock);
+    txn = NULL;
+    if (rc)
+        goto fail;
+    *out = st;
+    return 0;
+fail_nf:
+    if (rc == MDB_NOTFOUND)
+        rc = MSADB_ECORRUPT;
+fail:
+    if (txn)
+        msadb_txn_done(st, txn);
+    store_free(st);
+    return rc;
+}
+
+void msadb_close(msadb_store *st) { store_free(st); }
+
+const msadb_signature *msadb_store_signature(const msadb_store *st) { return st ? &st->sig : NULL; }
+
+int msadb_store_read_only(const msadb_store *st) { return st->read_only; }
+
+int msadb_store_encrypted(const msadb_store *st) { return st ? st->encrypted : MSADB_EINVAL; }
+
+/* Begins a read transaction, adopting a map grown by another process when
+ * no other reader of this process could be holding pointers into it. */
+int msadb_txn_read(msadb_store *st, MDB_txn **txn)
+{
+    pthread_mutex_lock(&st->snap_lock);
+    int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
+    if (rc == MDB_MAP_RESIZED && st->n_readers == 0) {
+        rc = mdb_env_set_mapsize(st->env, 0);
+        if (!rc)
+            rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
+    }
+    if (!rc)
+        st->n_readers++;
+    pthread_mutex_unlock(&st->snap_lock);
+    return rc;
+}
+
+void msadb_txn_done(msadb_store *st, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    pthread_mutex_lock(&st->snap_lock);
+    st->n_readers--;
+    pthread_mutex_unlock(&st->snap_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Keys                                                                     */
+/* ------------------------------------------------------------------------ */
+
+void msadb_key_doc(uint8_t k[8], uint64_t doc) { msadb_put_be64(k, doc); }
+
+void msadb_key_docdata(uint8_t k[9], uint64_t doc, uint8_t kind)
+{
+    msadb_put_be64(k, doc);
+    k[8] = kind;
+}
+
+void msadb_key_block(uint8_t k[8], uint64_t block) { msadb_put_be64(k, block); }
+
+int msadb_block_part(const uint8_t *rec, size_t len, uint32_t planes, uint32_t p, const uint8_t **part,
+                     size_t *part_len)
+{
+    size_t head = 4 + 4 * ((size_t)planes + 1);
+    if (len < head || msadb_get_le32(rec) != planes || p >= planes)
+        return MSADB_ECORRUPT;
+    uint32_t a = msadb_get_le32(rec + 4 + 4 * (size_t)p), b = msadb_get_le32(rec + 8 + 4 * (size_t)p);
+    if (a < head || b < a || b > len)
+        return MSADB_ECORRUPT;
+    *part = rec + a;
+    *part_len = b - a;
+    return 0;
+}
+
+void msadb_key_slots(uint8_t k[12], uint32_t space, uint64_t page)
+{
+    msadb_put_be32(k, space);
+    msadb_put_be64(k + 4, page);
+}
+
+void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, uint64_t page)
+{
+    msadb_put_be32(k, space);
+    msadb_put_be32(k + 4, plane);
+    msadb_put_be64(k + 8, page);
+}
+
+void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t plane, uint64_t block, uint8_t ad[32])
+{
+    memcpy(ad, st->store_id, 16);
+    msadb_put_le32(ad + 16, space);
+    msadb_put_le32(ad + 20, plane);
+    msadb_put_le64(ad + 24, block);
+}
+
+void msadb_docdata_ad(const msadb_store *st, uint64_t doc, uint8_t kind, uint8_t ad[26])
+{
+    memcpy(ad, st->store_id, 16);
+    ad[16] = 'D';
+    msadb_put_le64(ad + 17, doc);
+    ad[25] = kind;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Document records                                                         */
+/* ------------------------------------------------------------------------ */
+
+void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p)
+{
+    memset(p, 0, DOC_REC_BYTES);
+    p[0] = 1;
+    p[1] = (uint8_t)d->flags;
+    msadb_put_le32(p + 4, d->space_id);
+    msadb_put_le64(p + 8, d->n_tokens);
+    msadb_put_le64(p + 16, d->n_blocks);
+    msadb_put_le64(p + 24, d->first_block);
+    msadb_put_le64(p + 32, d->first_slot);
+    msadb_put_le64(p + 40, (uint64_t)d->created);
+    msadb_put_le64(p + 48, d->text_len);
+    msadb_put_le64(p + 56, d->meta_len);
+    msadb_put_le64(p + 64, d->title_len);
+}
+
+int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
+{
+    if (len != DOC_REC_BYTES || p[0] != 1 || (p[1] & ~DOC_F_ALL))
+        return MSADB_ECORRUPT;
+    d->flags = p[1];
+    d->space_id = msadb_get_le32(p + 4);
+    d->n_tokens = msadb_get_le64(p + 8);
+    d->n_blocks = msadb_get_le64(p + 16);
+    d->first_block = msadb_get_le64(p + 24);
+    d->first_slot = msadb_get_le64(p + 32);
+    d->created = (int64_t)msadb_get_le64(p + 40);
+    d->text_len = msadb_get_le64(p + 48);
+    d->meta_len = msadb_get_le64(p + 56);
+    d->title_len = msadb_get_le64(p + 64);
+    if (d->n_tokens == 0 || d->n_tokens > UINT32_MAX || d->n_blocks == 0 || d->n_blocks > d->n_tokens ||
+        d->title_len > MSADB_TITLE_MAX)
+        return MSADB_ECORRUPT;
+    return 0;
+}
+
+int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d)
+{
+    uint8_t k[8];
+    msadb_key_doc(k, id);
+    MDB_val kv = {8, k}, v;
+    int rc = mdb_get(txn, st->db_docs, &kv, &v);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    if (rc)
+        return rc;
+    return msadb_docrec_decode(v.mv_data, v.mv_size, d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Spaces                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Space record: id u32, pad u32, n_docs u64, n_tokens u64, n_slots u64. */
+#define SPACE_REC_BYTES 32
+
+static void spacerec_encode(const msadb_spacerec *s, uint8_t *p)
+{
+    memset(p, 0, SPACE_REC_BYTES);
+    msadb_put_le32(p, s->id);
+    msadb_put_le64(p + 8, s->n_docs);
+    msadb_put_le64(p + 16, s->n_tokens);
+    msadb_put_le64(p + 24, s->n_slots);
+}
+
+static int spacerec_decode(const MDB_val *v, msadb_spacerec *s)
+{
+    if (v->mv_size != SPACE_REC_BYTES)
+        return MSADB_ECORRUPT;
+    const uint8_t *p = v->mv_data;
+    s->id = msadb_get_le32(p);
+    s->n_docs = msadb_get_le64(p + 8);
+    s->n_tokens = msadb_get_le64(p + 16);
+    s->n_slots = msadb_get_le64(p + 24);
+    return 0;
+}
+
+int msadb_space_name_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n < 1 || n > MSADB_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("._-:@/", c)))
+            return 0;
+    }
+    return 1;
+}
+
+int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec)
+{
+    if (!msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    MDB_val k = {strlen(name), (void *)name}, v;
+    int rc = mdb_get(txn, st->db_spaces, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    return rc ? rc : spacerec_decode(&v, rec);
+}
+
+int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec)
+{
+    uint8_t buf[SPACE_REC_BYTES];
+    spacerec_encode(rec, buf);
+    MDB_val k = {strlen(name), (void *)name}, v = {SPACE_REC_BYTES, buf};
+    return mdb_put(txn, st->db_spaces, &k, &v, 0);
+}
+
+int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[MSADB_NAME_MAX + 1])
+{
+    uint8_t kb[4];
+    msadb_put_be32(kb, id);
+    MDB_val k = {4, kb}, v;
+    int rc = mdb_get(txn, st->db_spaceids, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    if (rc)
+        return rc;
+    if (v.mv_size < 1 || v.mv_size > MSADB_NAME_MAX)
+        return MSADB_ECORRUPT;
+    memcpy(name, v.mv_data, v.mv_size);
+    name[v.mv_size] = 0;
+    return 0;
+}
+
+int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out)
+{
+    if (!msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    msadb_spacerec rec;
+    int rc = msadb_space_get_txn(txn, st, name, &rec);
+    if (rc == 0)
+        return MSADB_EEXIST;
+    if (rc != MSADB_ENOTFOUND)
+        return rc;
+    uint64_t next;
+    if ((rc = msadb_meta_u64(txn, st, "next_space", &next)))
+        return rc;
+    if (next >= UINT32_MAX)
+        return MSADB_ELIMIT;
+    memset(&rec, 0, sizeof rec);
+    rec.id = (uint32_t)next;
+    if ((rc = msadb_space_put_txn(txn, st, name, &rec)))
+        return rc;
+    uint8_t kb[4];
+    msadb_put_be32(kb, rec.id);
+    MDB_val k = {4, kb}, v = {strlen(name), (void *)name};
+    if ((rc = mdb_put(txn, st->db_spaceids, &k, &v, 0)))
+        return rc;
+    if ((rc = msadb_meta_put_u64(txn, st, "next_space", next + 1)))
+        return rc;
+    if (id_out)
+        *id_out = rec.id;
+    return 0;
+}
+
+/* Runs fn inside a write transaction: serialized within the process, the
+ * map grown and fn retried when LMDB reports MDB_MAP_FULL. */
+int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud)
+{
+    if (st->read_only)
+        return MSADB_EREADONLY;
+    pthread_mutex_lock(&st->write_lock);
+    int rc;
+    for (int attempt = 0;; attempt++) {
+        MDB_txn *txn = NULL;
+        rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+        if (rc == 0) {
+            rc = fn(st, txn, ud);
+            if (rc == 0)
+                rc = mdb_txn_commit(txn);
+            else
+                mdb_txn_abort(txn);
+        }
+        if ((rc != MDB_MAP_FULL && rc != MDB_MAP_RESIZED) || attempt >= 40)
+            break;
+        /* Growing remaps the file: only when no reader of this process holds
+         * pointers into the map; otherwise MDB_MAP_FULL goes to the caller. */
+        pthread_mutex_lock(&st->snap_lock);
+        int rc2 = MDB_MAP_FULL;
+        if (st->n_readers == 0) {
+            MDB_envinfo info;
+            mdb_env_info(st->env, &info);
+            rc2 = mdb_env_set_mapsize(st->env, rc == MDB_MAP_RESIZED ? 0 : info.me_mapsize * 2);
+        }
+        pthread_mutex_unlock(&st->snap_lock);
+        if (rc2) {
+            rc = rc2;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&st->write_lock);
+    return rc;
+}
+
+struct space_create_args {
+    const char *name;
+    uint32_t id;
+};
+
+static int space_create_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    struct space_create_args *a = ud;
+    return msadb_space_create_txn(st, txn, a->name, &a->id);
+}
+
+int msadb_space_create(msadb_store *st, const char *name, uint32_t *id_out)
+{
+    if (!st || !msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    struct space_create_args a = {name, 0};
+    int rc = msadb_write(st, space_create_fn, &a);
+    if (!rc && id_out)
+        *id_out = a.id;
+    return rc;
+}
+
+static void space_info_fill(msadb_space_info *info, const char *name, size_t len, const msadb_spacerec *r)
+{
+    memset(info, 0, sizeof *info);
+    info->id = r->id;
+    memcpy(info->name, name, len);
+    info->n_documents = r->n_docs;
+    info->n_tokens = r->n_tokens;
+}
+
+int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
+{
+    if (!st || !out || !msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    msadb_spacerec rec;
+    rc = msadb_space_get_txn(txn, st, name, &rec);
+    if (!rc)
+        space_info_fill(out, name, strlen(name), &rec);
+    msadb_txn_done(st, txn);
+    return rc;
+}
+
+int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *), void *ud)
+{
+    if (!st || !cb)
+        return MSADB_EINVAL;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
+        msadb_txn_done(st, txn);
+        return rc;
+    }
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        msadb_spacerec rec;
+        msadb_space_info info;
+        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX || spacerec_decode(&v, &rec)) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        space_info_fill(&info, k.mv_data, k.mv_size, &rec);
+        if ((rc = cb(&info, ud)) != 0)
+            break;
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    mdb_cursor_close(cur);
+    msadb_txn_done(st, txn);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Statistics                                                               */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t db_bytes(MDB_txn *txn, MDB_dbi dbi, unsigned psize)
+{
+    MDB_stat s;
+    if (mdb_stat(txn, dbi, &s))
+        return 0;
+    return (uint64_t)(s.ms_branch_pages + s.ms_leaf_pages + s.ms_overflow_pages) * psize;
+}
+
+static int stat_space_cb(const msadb_space_info *info, void *ud)
+{
+    msadb_stat_info *out = ud;
+    out->n_spaces++;
+    out->n_documents += info->n_documents;
+    out->n_tokens += info->n_tokens;
+    return 0;
+}
+
+int msadb_stat(msadb_store *st, msadb_stat_info *out)
+{
+    if (!st || !out)
+        return MSADB_EINVAL;
+    memset(out, 0, sizeof *out);
+    int rc = msadb_space_list(st, stat_space_cb, out);
+    if (rc)
+        return rc;
+    MDB_txn *txn;
+    if ((rc = msadb_txn_read(st, &txn)))
+        return rc;
+    MDB_stat es;
+    MDB_envinfo info;
+    mdb_env_stat(st->env, &es);
+    mdb_env_info(st->env, &info);
+    MDB_stat bs;
+    mdb_stat(txn, st->db_blocks, &bs);
+    out->format_version = MSADB_FORMAT_VERSION;
+    out->n_blocks = bs.ms_entries;
+    out->block_bytes = db_bytes(txn, st->db_blocks, es.ms_psize);
+    out->summary_bytes = db_bytes(txn, st->db_summ, es.ms_psize) + db_bytes(txn, st->db_slots, es.ms_psize);
+    out->map_size = info.me_mapsize;
+    out->map_used = (uint64_t)(info.me_last_pgno + 1) * es.ms_psize;
+    out->encrypted = st->encrypted;
+    msadb_txn_done(st, txn);
+    return 0;
+}
+

@@ -1,0 +1,106 @@
+/* store_impl.h -- private to the storage layer (signature.c, store.c,
+ * ingest.c, read.c, delete.c, verify.c): handle layouts, record codecs and transaction helpers. */
+#ifndef MSADB_STORE_IMPL_H
+#define MSADB_STORE_IMPL_H
+
+#include <lmdb.h>
+#include <pthread.h>
+
+#include "codec/codec.h"
+#include "codec/summary.h"
+#include "store/store.h"
+
+#define MSADB_PAGE_CAP 256 /* slot entries per summary page (stored in meta) */
+#define MSADB_DEFAULT_MAP_SIZE (64ull << 30) /* virtual address space only; the file grows as used */
+
+struct msadb_store {
+    MDB_env *env;
+    MDB_dbi db_meta, db_spaces, db_spaceids, db_docs, db_docdata, db_blocks, db_slots, db_summ;
+    msadb_signature sig;
+    uint8_t store_id[16];
+    uint8_t key[32];
+    int encrypted, read_only, zstd_level;
+    uint32_t page_cap;
+    msadb_summ_layout summ; /* summary page layout (from sig) */
+    char *path;
+    pthread_mutex_t write_lock; /* one writer at a time in this process */
+    pthread_mutex_t snap_lock;  /* guards n_readers and remapping */
+    unsigned n_readers;         /* read transactions open in this process */
+};
+
+struct msadb_snapshot {
+    msadb_store *st;
+    MDB_txn *txn;
+    msadb_codec *codec;
+    void *scratch;
+    void (*scratch_free)(void *);
+    float *merge_buf; /* msadb_attend_merge()'s memory result, reused */
+    size_t merge_cap;
+};
+
+/* Document record flags and docdata kinds. */
+#define DOC_F_TEXT 1u
+#define DOC_F_META 2u
+#define DOC_F_TITLE 4u
+#define DOC_F_TOKENS 8u
+#define DOC_F_SPANS 16u
+#define DOC_F_ALL 31u
+#define DD_TITLE 1
+#define DD_META 2
+#define DD_TEXT 3
+#define DD_TOKENS 4
+#define DD_SPANS 5
+
+typedef struct msadb_docrec {
+    uint32_t flags, space_id;
+    uint64_t n_tokens, n_blocks, first_block, first_slot;
+    int64_t created;
+    uint64_t text_len, meta_len, title_len;
+} msadb_docrec;
+
+typedef struct msadb_spacerec {
+    uint32_t id;
+    uint64_t n_docs, n_tokens, n_slots;
+} msadb_spacerec;
+
+#define DOC_REC_BYTES 72
+
+MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
+MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
+MSADB_HIDDEN int msadb_space_name_valid(const char *name);
+MSADB_HIDDEN void msadb_docdata_ad(const msadb_store *st, uint64_t doc, uint8_t kind, uint8_t ad[26]);
+MSADB_HIDDEN int msadb_sig_decode(const uint8_t *p, size_t len, msadb_signature *s);
+MSADB_HIDDEN void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
+MSADB_HIDDEN int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d);
+
+/* Read transactions counted so the map is never remapped under a reader. */
+MSADB_HIDDEN int msadb_txn_read(msadb_store *st, MDB_txn **txn);
+MSADB_HIDDEN void msadb_txn_done(msadb_store *st, MDB_txn *txn);
+/* Runs fn in a write transaction (grows the map and retries when full). */
+MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud);
+
+MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
+MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
+
+MSADB_HIDDEN void msadb_key_doc(uint8_t k[8], uint64_t doc);
+MSADB_HIDDEN void msadb_key_docdata(uint8_t k[9], uint64_t doc, uint8_t kind);
+MSADB_HIDDEN void msadb_key_block(uint8_t k[8], uint64_t block);
+/* A block record holds every plane of one block id: u32 n_planes, then
+ * n_planes + 1 ascending u32 offsets from the record's start (the last is
+ * the record's size), then the encoded blocks.  Finds plane p's bytes. */
+MSADB_HIDDEN int msadb_block_part(const uint8_t *rec, size_t len, uint32_t planes, uint32_t p,
+                                  const uint8_t **part, size_t *part_len);
+MSADB_HIDDEN void msadb_key_slots(uint8_t k[12], uint32_t space, uint64_t page);
+MSADB_HIDDEN void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, uint64_t page);
+MSADB_HIDDEN void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t plane, uint64_t block,
+                                 uint8_t ad[32]);
+
+MSADB_HIDDEN int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d);
+MSADB_HIDDEN int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec);
+MSADB_HIDDEN int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec);
+MSADB_HIDDEN int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[MSADB_NAME_MAX + 1]);
+MSADB_HIDDEN int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out);
+MSADB_HIDDEN int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf, size_t cap,
+                                    size_t *len);
+
+#endif

@@ -1,0 +1,338 @@
+/* verify.c -- a full consistency check of a store, in one read snapshot:
+ * every block decodes (checksum, authentication), summaries equal those
+ * recomputed from the blocks, and documents, slots, pages and space
+ * counters agree with each other. */
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_impl.h"
+
+typedef struct {
+    msadb_snapshot *snap;
+    msadb_store *st;
+    void (*report)(const char *, void *);
+    void *ud;
+    uint64_t problems;
+    float *K, *V;
+    uint8_t *summ;
+} verifier;
+
+__attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    vf->problems++;
+    if (vf->report)
+        vf->report(line, vf->ud);
+}
+
+/* Fetches stored summary entry `slot` of (space, plane), whose page holds
+ * n entries, into out, in concatenated form (codec/summary.h). */
+static int stored_summary(verifier *vf, uint32_t space, uint32_t plane, uint64_t slot, size_t n, uint8_t *out)
+{
+    msadb_store *st = vf->st;
+    uint8_t k[16];
+    msadb_key_summ(k, space, plane, slot / st->page_cap);
+    MDB_val kv = {16, k}, v;
+    int rc = mdb_get(vf->snap->txn, st->db_summ, &kv, &v);
+    if (rc)
+        return rc;
+    size_t i = slot % st->page_cap;
+    if (v.mv_size != msadb_summ_page_bytes(&st->summ, n) || i >= n)
+        return MSADB_ECORRUPT;
+    msadb_summ_entry_get(&st->summ, v.mv_data, n, i, out);
+    return 0;
+}
+
+/* Slot entry `slot` of a space, and the number of entries in its page. */
+static int get_slot(verifier *vf, uint32_t space, uint64_t slot, msadb_slot *s, size_t *page_n)
+{
+    msadb_store *st = vf->st;
+    uint8_t k[12];
+    msadb_key_slots(k, space, slot / st->page_cap);
+    MDB_val kv = {12, k}, v;
+    int rc = mdb_get(vf->snap->txn, st->db_slots, &kv, &v);
+    if (rc)
+        return rc;
+    size_t i = slot % st->page_cap;
+    if (v.mv_size % MSADB_SLOT_BYTES || i >= v.mv_size / MSADB_SLOT_BYTES)
+        return MSADB_ECORRUPT;
+    msadb_slot_at(v.mv_data, (uint32_t)i, s);
+    *page_n = v.mv_size / MSADB_SLOT_BYTES;
+    return 0;
+}
+
+static void check_docdata(verifier *vf, uint64_t id, const msadb_docrec *r)
+{
+    static const struct {
+        uint32_t flag;
+        uint8_t kind;
+        const char *name;
+    } kinds[] = {{DOC_F_TITLE, DD_TITLE, "title"}, {DOC_F_META, DD_META, "metadata"}, {DOC_F_TEXT, DD_TEXT, "text"},
+                 {DOC_F_TOKENS, DD_TOKENS, "token ids"}, {DOC_F_SPANS, DD_SPANS, "token spans"}};
+    uint64_t want[] = {r->title_len, r->meta_len, r->text_len, r->n_tokens * 4, r->n_tokens * 16};
+    for (size_t i = 0; i < 5; i++) {
+        size_t len = 0;
+        int rc = msadb_docdata_read(vf->snap, id, kinds[i].kind, NULL, 0, &len);
+        int present = rc == 0;
+        if (rc && rc != MSADB_ENOTFOUND) {
+            problem(vf, "document %llu: %s unreadable: %s", (unsigned long long)id, kinds[i].name, msadb_strerror(rc));
+            continue;
+        }
+        if (present != ((r->flags & kinds[i].flag) != 0)) {
+            problem(vf, "document %llu: %s %s but the record says otherwise", (unsigned long long)id, kinds[i].name,
+                    present ? "present" : "missing");
+            continue;
+        }
+        if (!present)
+            continue;
+        if (len != want[i]) {
+            problem(vf, "document %llu: %s is %zu bytes, expected %llu", (unsigned long long)id, kinds[i].name, len,
+                    (unsigned long long)want[i]);
+            continue;
+        }
+        uint8_t *buf = malloc(len ? len : 1);
+        if (!buf)
+            continue;
+        if ((rc = msadb_docdata_read(vf->snap, id, kinds[i].kind, buf, len, &len)))
+            problem(vf, "document %llu: %s fails to open: %s", (unsigned long long)id, kinds[i].name,
+                    msadb_strerror(rc));
+        free(buf);
+    }
+}
+
+/* Checks one document; returns non-zero only if the check itself failed. */
+static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t *blocks_seen)
+{
+    msadb_store *st = vf->st;
+    const msadb_signature *sig = &st->sig;
+    const uint32_t B = sig->block_size, d = sig->head_dim, planes = msadb_signature_planes(sig);
+    const size_t se = st->summ.entry;
+    char name[MSADB_NAME_MAX + 1];
+    if (msadb_space_name_txn(vf->snap->txn, st, r->space_id, name)) {
+        problem(vf, "document %llu: space %u does not exist", (unsigned long long)id, r->space_id);
+        return 0;
+    }
+    if (r->n_blocks != (r->n_tokens + B - 1) / B) {
+        problem(vf, "document %llu: %llu blocks for %llu tokens", (unsigned long long)id,
+                (unsigned long long)r->n_blocks, (unsigned long long)r->n_tokens);
+        return 0;
+    }
+    check_docdata(vf, id, r);
+    for (uint64_t j = 0; j < r->n_blocks; j++) {
+        uint64_t slot = r->first_slot + j, blk = r->first_block + j;
+        uint32_t want_n = (uint32_t)(r->n_tokens - j * B < B ? r->n_tokens - j * B : B);
+        msadb_slot s;
+        size_t page_n = 0;
+        int rc = get_slot(vf, r->space_id, slot, &s, &page_n);
+        if (rc) {
+            problem(vf, "document %llu: slot %llu missing: %s", (unsigned long long)id, (unsigned long long)slot,
+                    msadb_strerror(rc));
+            return 0; /* the rest of this document is unreachable the same way */
+        } else if (s.block_id != blk || s.doc_id != id || s.tok_start != j * B || s.n_tok != want_n ||
+                 (s.flags & MSADB_SLOT_DELETED))
+            problem(vf, "document %llu: slot %llu does not describe block %llu", (unsigned long long)id,
+                    (unsigned long long)slot, (unsigned long long)blk);
+        (*blocks_seen)++; /* one record per block id, all planes inside */
+        for (uint32_t p = 0; p < planes; p++) {
+            uint32_t n = 0;
+            rc = msadb_snap_block(vf->snap, r->space_id, blk, p, vf->K, vf->V, &n);
+            if (rc == MSADB_ENOTFOUND) {
+                problem(vf, "block %llu plane %u (document %llu): missing", (unsigned long long)blk, p,
+                        (unsigned long long)id);
+                return 0;
+            }
+            if (rc) {
+                problem(vf, "block %llu plane %u (document %llu): %s", (unsigned long long)blk, p,
+                        (unsigned long long)id, msadb_strerror(rc));
+                continue;
+            }
+            if (n != want_n) {
+                problem(vf, "block %llu plane %u: %u tokens, expected %u", (unsigned long long)blk, p, n, want_n);
+                continue;
+            }
+            msadb_summarize_entry(&st->summ, vf->K, n, vf->summ);
+            if ((rc = stored_summary(vf, r->space_id, p, slot, page_n, vf->summ + se)))
+                problem(vf, "block %llu plane %u: summary missing: %s", (unsigned long long)blk, p,
+                        msadb_strerror(rc));
+            else if (memcmp(vf->summ, vf->summ + se, se) != 0)
+                problem(vf, "block %llu plane %u: stored summary differs from the block's keys",
+                        (unsigned long long)blk, p);
+        }
+    }
+    (void)d;
+    return 0;
+}
+
+/* Per-space totals gathered from the documents. */
+typedef struct {
+    uint32_t id;
+    uint64_t docs, tokens, blocks;
+} space_tally;
+
+static space_tally *tally_for(space_tally *t, size_t n, uint32_t id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].id == id)
+            return &t[i];
+    return NULL;
+}
+
+/* Checks a space's record, id map, pages and counters. */
+static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr, const space_tally *t)
+{
+    msadb_store *st = vf->st;
+    char back[MSADB_NAME_MAX + 1];
+    if (msadb_space_name_txn(vf->snap->txn, st, sr->id, back) || strcmp(back, name) != 0)
+        problem(vf, "space %s: id %u does not map back to it", name, sr->id);
+    uint64_t docs = t ? t->docs : 0, tokens = t ? t->tokens : 0, blocks = t ? t->blocks : 0;
+    if (sr->n_docs != docs || sr->n_tokens != tokens)
+        problem(vf, "space %s: counts %llu documents / %llu tokens, found %llu / %llu", name,
+                (unsigned long long)sr->n_docs, (unsigned long long)sr->n_tokens, (unsigned long long)docs,
+                (unsigned long long)tokens);
+    const uint32_t planes = msadb_signature_planes(&st->sig);
+    /* Walk the pages that exist (a damaged counter must not drive the loop):
+     * numbered 0, 1, ... with every page full but the last. */
+    uint64_t live = 0, slots = 0, expect_pg = 0;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(vf->snap->txn, st->db_slots, &cur))
+        return;
+    uint8_t k0[12];
+    msadb_key_slots(k0, sr->id, 0);
+    MDB_val kv = {12, k0}, v;
+    int rc;
+    for (rc = mdb_cursor_get(cur, &kv, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kv, &v, MDB_NEXT)) {
+        if (kv.mv_size != 12 || msadb_get_be32(kv.mv_data) != sr->id)
+            break;
+        uint64_t pg = msadb_get_be64((const uint8_t *)kv.mv_data + 4);
+        uint64_t n = v.mv_size / MSADB_SLOT_BYTES;
+        if (pg != expect_pg || v.mv_size % MSADB_SLOT_BYTES || n == 0 || n > st->page_cap ||
+            slots % st->page_cap) {
+            problem(vf, "space %s: slot page %llu out of sequence or of the wrong size", name, (unsigned long long)pg);
+            break;
+        }
+        expect_pg++;
+        slots += n;
+        for (uint32_t i = 0; i < n; i++) {
+            msadb_slot s;
+            msadb_slot_at(v.mv_data, i, &s);
+            live += !(s.flags & MSADB_SLOT_DELETED);
+        }
+        for (uint32_t p = 0; p < planes; p++) {
+            uint8_t k[16];
+            msadb_key_summ(k, sr->id, p, pg);
+            MDB_val sk = {16, k}, sv;
+            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n))
+                problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
+                        (unsigned long long)pg, p);
+        }
+    }
+    mdb_cursor_close(cur);
+    if (slots != sr->n_slots)
+        problem(vf, "space %s: counts %llu slots, its pages hold %llu", name, (unsigned long long)sr->n_slots,
+                (unsigned long long)slots);
+    if (live != blocks)
+        problem(vf, "space %s: %llu live slots but its documents have %llu blocks", name, (unsigned long long)live,
+                (unsigned long long)blocks);
+}
+
+static int verify_all(verifier *vf)
+{
+    msadb_store *st = vf->st;
+    MDB_txn *txn = vf->snap->txn;
+    space_tally *tally = NULL;
+    size_t n_tally = 0;
+    uint64_t blocks_seen = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->db_docs, &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        msadb_docrec r;
+        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
+            problem(vf, "a document record is malformed");
+            continue;
+        }
+        uint64_t id = msadb_get_be64(k.mv_data);
+        space_tally *t = tally_for(tally, n_tally, r.space_id);
+        if (!t) {
+            space_tally *nt = realloc(tally, (n_tally + 1) * sizeof *nt);
+            if (!nt) {
+                rc = MSADB_ENOMEM;
+                break;
+            }
+            tally = nt;
+            t = &tally[n_tally++];
+            memset(t, 0, sizeof *t);
+            t->id = r.space_id;
+        }
+        t->docs++;
+        t->tokens += r.n_tokens;
+        t->blocks += r.n_blocks;
+        if ((rc = check_doc(vf, id, &r, &blocks_seen)))
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            char name[MSADB_NAME_MAX + 1];
+            msadb_spacerec sr;
+            if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
+                problem(vf, "a space name is malformed");
+                continue;
+            }
+            memcpy(name, k.mv_data, k.mv_size);
+            name[k.mv_size] = 0;
+            if (msadb_space_get_txn(txn, st, name, &sr)) {
+                problem(vf, "space %s: record malformed", name);
+                continue;
+            }
+            check_space(vf, name, &sr, tally_for(tally, n_tally, sr.id));
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    if (!rc) {
+        MDB_stat bs;
+        if (!(rc = mdb_stat(txn, st->db_blocks, &bs)) && bs.ms_entries != blocks_seen)
+            problem(vf, "%llu stored blocks but documents account for %llu", (unsigned long long)bs.ms_entries,
+                    (unsigned long long)blocks_seen);
+    }
+    free(tally);
+    return rc;
+}
+
+int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud)
+{
+    if (!st)
+        return MSADB_EINVAL;
+    verifier vf = {0};
+    vf.st = st;
+    vf.report = report;
+    vf.ud = ud;
+    size_t n = (size_t)st->sig.block_size * st->sig.head_dim;
+    vf.K = malloc(n * sizeof(float));
+    vf.V = malloc(n * sizeof(float));
+    vf.summ = malloc(2 * st->summ.entry);
+    int rc = (!vf.K || !vf.V || !vf.summ) ? MSADB_ENOMEM : msadb_snapshot_begin(st, &vf.snap);
+    if (!rc) {
+        rc = verify_all(&vf);
+        msadb_snapshot_end(vf.snap);
+    }
+    free(vf.K);
+    free(vf.V);
+    free(vf.summ);
+    if (rc)
+        return rc;
+    return vf.problems ? MSADB_ECORRUPT : 0;
+}
