@@ -107,6 +107,22 @@ MSADB_API int msadb_mpi_attend(msadb_mpi *m, const msadb_query *q, float *out, f
  * to commit, the others' documents stay (docs/distributed.md). */
 MSADB_API int msadb_mpi_ingest(msadb_mpi *m, const msadb_doc *docs, size_t n_docs, uint64_t *ids);
 
+/** The same in steps, for input that arrives document by document: begin
+ * (the shards' token counts go to the root), add the root's documents one
+ * per call (each placed, sent to its rank and added to that rank's batch;
+ * an error there leaves the batch as it was, as msadb_batch_add()), then
+ * commit (ids on the root, in add order) or abort.  All collective, except
+ * msadb_mpi_batch_abort(), which every rank calls for itself. */
+MSADB_API int msadb_mpi_batch_begin(msadb_mpi *m);
+MSADB_API int msadb_mpi_batch_add(msadb_mpi *m, const msadb_doc *doc);
+MSADB_API int msadb_mpi_batch_commit(msadb_mpi *m, uint64_t *ids);
+MSADB_API void msadb_mpi_batch_abort(msadb_mpi *m);
+
+/** Broadcasts n bytes from the root with the handle's deadline
+ * (collective): for a program that drives its ranks in a loop (the root
+ * reads requests and tells the others what comes next, as msadb-mpi does). */
+MSADB_API int msadb_mpi_bcast(msadb_mpi *m, void *buf, size_t n);
+
 /** Deletes the root's ids (collective): every id is checked on its rank
  * first (MSADB_ENOTFOUND: nothing deleted), then each rank deletes its own. */
 MSADB_API int msadb_mpi_delete(msadb_mpi *m, const uint64_t *ids, size_t n);

@@ -33,6 +33,11 @@ struct msadb_mpi {
     size_t res_cap;
     msadb_hit *hits;
     size_t hits_cap;
+    /* an open batch: this rank's part; at the root the placement state */
+    msadb_shards_batch *batch;
+    uint64_t *loads;             /* root: tokens per shard, batch included */
+    uint32_t *owner;             /* root: the rank of each added document */
+    size_t n_added, owner_cap;
     char err[MSG_MAX];
 };
 
@@ -165,6 +170,16 @@ static int recv_bytes(msadb_mpi *m, int src, int tag, void **buf, int *len, cons
         return mrc != MPI_SUCCESS ? mpi_fail(m, mrc, what) : rc;
     }
     return 0;
+}
+
+static int begin_op(msadb_mpi *m);
+
+int msadb_mpi_bcast(msadb_mpi *m, void *buf, size_t n)
+{
+    int rc = begin_op(m);
+    if (rc)
+        return rc;
+    return n && !buf ? MSADB_EINVAL : bcast(m, buf, n, "broadcast");
 }
 
 /* ---- agreeing on a result ----------------------------------------------- */
@@ -376,6 +391,7 @@ void msadb_mpi_close(msadb_mpi *m)
     if (!m)
         return;
     end_snapshot(m);
+    msadb_mpi_batch_abort(m);
     msadb_shards_close(m->sh);
     if (m->have_op)
         MPI_Op_free(&m->op);
@@ -438,7 +454,8 @@ typedef struct qhdr {
     uint64_t hits_cap, names_bytes;
 } qhdr;
 
-static int grow(void *pp, size_t *cap, size_t need, size_t size)
+/* (msadb_mpi links libmsadb's public API only, so not core's msadb_grow) */
+static int grow_to(void *pp, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap)
         return 0;
@@ -662,8 +679,8 @@ int msadb_mpi_attend(msadb_mpi *m, const msadb_query *q, float *out, float *lse,
     size_t room = h.exact ? (size_t)h.hits_cap
                           : (size_t)h.top_k * sig->n_kv_heads * (h.per_token ? h.n_query : 1) *
                                 (h.select == MSADB_SELECT_DOCUMENTS ? 4 : 1);
-    if ((rc = grow(&m->res, &m->res_cap, 2 * rows * (d + 1), sizeof(float))) ||
-        (h.want_hits && (rc = grow(&m->hits, &m->hits_cap, room + 1, sizeof(msadb_hit)))))
+    if ((rc = grow_to(&m->res, &m->res_cap, 2 * rows * (d + 1), sizeof(float))) ||
+        (h.want_hits && (rc = grow_to(&m->hits, &m->hits_cap, room + 1, sizeof(msadb_hit)))))
         goto done;
     m->res2 = m->res + rows * (d + 1);
     float *lo = m->res2, *ll = m->res2 + rows * d; /* scratch: separate arrays, then rows */
@@ -676,7 +693,7 @@ int msadb_mpi_attend(msadb_mpi *m, const msadb_query *q, float *out, float *lse,
                                  &total_local);
     if (!rc && h.want_hits && !h.exact && total_local > room) {
         /* more than the room: take the whole selection */
-        if (!(rc = grow(&m->hits, &m->hits_cap, total_local + 1, sizeof(msadb_hit))))
+        if (!(rc = grow_to(&m->hits, &m->hits_cap, total_local + 1, sizeof(msadb_hit))))
             rc = msadb_shards_retrieve(m->snap, &lq, m->hits, total_local, &total_local);
         room = total_local;
     }
@@ -799,28 +816,36 @@ static int doc_unpack(const char *b, size_t n, msadb_doc *doc, char space[MSADB_
     return 0;
 }
 
-int msadb_mpi_ingest(msadb_mpi *m, const msadb_doc *docs, size_t n_docs, uint64_t *ids)
+void msadb_mpi_batch_abort(msadb_mpi *m)
+{
+    if (!m)
+        return;
+    msadb_shards_batch_abort(m->batch);
+    m->batch = NULL;
+    free(m->loads);
+    m->loads = NULL;
+    free(m->owner);
+    m->owner = NULL;
+    m->n_added = m->owner_cap = 0;
+}
+
+int msadb_mpi_batch_begin(msadb_mpi *m)
 {
     int rc = begin_op(m);
     if (rc)
         return rc;
+    if (m->batch)
+        return MSADB_ESTATE; /* the same answer on every rank: no exchange */
     end_snapshot(m);
     int is_root = m->rank == m->root;
     uint32_t N = m->n_shards, P = (uint32_t)m->size, per = (N + P - 1) / P;
-    uint64_t hdr[2] = {is_root ? n_docs : 0, is_root && n_docs && !docs ? (uint64_t)(int64_t)MSADB_EINVAL : 0};
-    if ((rc = bcast(m, hdr, sizeof hdr, "ingest")))
-        return rc;
-    if (hdr[1])
-        return (int)(int64_t)hdr[1];
-    size_t nd = hdr[0];
     /* every shard's tokens at the root, for placement */
-    uint64_t *mine = calloc(per, sizeof *mine), *loads = NULL, *all = NULL;
-    uint32_t *where = malloc((nd + 1) * sizeof *where);
+    uint64_t *mine = calloc(per, sizeof *mine), *all = NULL;
     if (is_root) {
         all = calloc((size_t)per * P, sizeof *all);
-        loads = calloc(N, sizeof *loads);
+        m->loads = calloc(N, sizeof *m->loads);
     }
-    if (!mine || !where || (is_root && (!all || !loads)))
+    if (!mine || (is_root && (!all || !m->loads)))
         rc = MSADB_ENOMEM;
     for (uint32_t i = 0; !rc && i < msadb_shards_local_count(m->sh); i++) {
         msadb_store *st;
@@ -829,74 +854,110 @@ int msadb_mpi_ingest(msadb_mpi *m, const msadb_doc *docs, size_t n_docs, uint64_
             !(rc = msadb_stat(st, &si)))
             mine[i] = si.n_tokens;
     }
-    msadb_shards_batch *b = NULL;
     if (!rc)
-        rc = msadb_shards_batch_begin(m->sh, &b);
-    if ((rc = agree(m, rc, "ingest")))
-        goto out;
-    MPI_Request r;
-    int mrc = MPI_Igather(mine, (int)per, MPI_UINT64_T, all, (int)per, MPI_UINT64_T, m->root, m->comm, &r);
-    if ((rc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, "ingest") : wait_one(m, &r, "ingest placement")))
-        goto out;
-    if (is_root) {
+        rc = msadb_shards_batch_begin(m->sh, &m->batch);
+    if (!(rc = agree(m, rc, "batch begin"))) {
+        MPI_Request r;
+        int mrc = MPI_Igather(mine, (int)per, MPI_UINT64_T, all, (int)per, MPI_UINT64_T, m->root, m->comm, &r);
+        rc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, "batch begin") : wait_one(m, &r, "batch placement");
+    }
+    if (!rc && is_root)
         for (uint32_t s = 0; s < N; s++)
-            loads[s] = all[(size_t)(s % P) * per + s / P];
-        for (size_t i = 0; i < nd; i++) {
-            where[i] = msadb_shards_pick(loads, N);
-            loads[where[i]] += docs[i].n_tokens;
-        }
-    }
-    if ((rc = bcast(m, where, nd * sizeof *where, "ingest placement")))
-        goto out;
-    /* the documents travel to their ranks in input order */
-    const msadb_signature *sig = msadb_shards_signature(m->sh);
-    int add_rc = 0;
-    for (size_t i = 0; i < nd && !rc; i++) {
-        int owner = (int)(where[i] % P);
-        if (is_root && owner == m->rank) {
-            if (!add_rc && (add_rc = msadb_shards_batch_add_to(b, where[i], &docs[i])))
-                set_err(m, "document %zu: %s", i, msadb_strerror(add_rc));
-        } else if (is_root) {
-            char *buf;
-            size_t len;
-            int prc = doc_pack(sig, &docs[i], &buf, &len);
-            if (prc) { /* tell the owner with an empty message */
-                if (!add_rc)
-                    add_rc = prc, set_err(m, "document %zu: %s", i, msadb_strerror(prc));
-                rc = send_bytes(m, "", 0, owner, TAG_DOC, "ingest send");
-                continue;
-            }
-            rc = send_bytes(m, buf, len, owner, TAG_DOC, "ingest send");
-            free(buf);
-        } else if (owner == m->rank) {
-            void *buf;
-            int len;
-            if ((rc = recv_bytes(m, m->root, TAG_DOC, &buf, &len, "ingest receive")))
-                break;
-            msadb_doc doc;
-            char space[MSADB_NAME_MAX + 1], title[MSADB_TITLE_MAX + 1];
-            if (len > 0 && !add_rc) {
-                if ((add_rc = doc_unpack(buf, (size_t)len, &doc, space, title)) ||
-                    (add_rc = msadb_shards_batch_add_to(b, where[i], &doc)))
-                    set_err(m, "document %zu: %s", i, msadb_strerror(add_rc));
-            }
-            free(buf);
-        }
-    }
+            m->loads[s] = all[(size_t)(s % P) * per + s / P];
+    free(mine);
+    free(all);
     if (rc)
-        goto out; /* a broken exchange: the others time out too */
-    /* all documents valid everywhere, or nothing is committed */
-    if ((rc = agree(m, add_rc, "ingest")))
-        goto out;
-    size_t mine_n = msadb_shards_batch_count(b);
+        msadb_mpi_batch_abort(m);
+    return rc;
+}
+
+int msadb_mpi_batch_add(msadb_mpi *m, const msadb_doc *doc)
+{
+    int rc = begin_op(m);
+    if (rc)
+        return rc;
+    int is_root = m->rank == m->root;
+    uint32_t P = (uint32_t)m->size;
+    /* the root places the document: {shard, its own error} to everyone */
+    int32_t h[2] = {0, 0};
+    char *buf = NULL;
+    size_t len = 0;
+    if (is_root) {
+        if (!m->batch)
+            h[1] = MSADB_ESTATE;
+        else if (!doc)
+            h[1] = MSADB_EINVAL;
+        else if (grow_to(&m->owner, &m->owner_cap, m->n_added + 1, sizeof *m->owner))
+            h[1] = MSADB_ENOMEM;
+        if (!h[1]) {
+            h[0] = (int32_t)msadb_shards_pick(m->loads, m->n_shards);
+            if ((int)((uint32_t)h[0] % P) != m->rank)
+                h[1] = doc_pack(msadb_shards_signature(m->sh), doc, &buf, &len);
+        }
+        if (h[1])
+            set_err(m, "document %zu: %s", m->n_added, msadb_strerror(h[1]));
+    }
+    if ((rc = bcast(m, h, sizeof h, "batch add"))) {
+        free(buf);
+        return rc;
+    }
+    if (h[1]) {
+        free(buf);
+        return h[1];
+    }
+    int owner = (int)((uint32_t)h[0] % P);
+    int add_rc = 0;
+    if (owner == m->rank && is_root) {
+        add_rc = msadb_shards_batch_add_to(m->batch, (uint32_t)h[0], doc);
+    } else if (is_root) {
+        rc = send_bytes(m, buf, len, owner, TAG_DOC, "batch add");
+    } else if (owner == m->rank) {
+        void *in;
+        int n;
+        if (!(rc = recv_bytes(m, m->root, TAG_DOC, &in, &n, "batch add"))) {
+            msadb_doc d;
+            char space[MSADB_NAME_MAX + 1], title[MSADB_TITLE_MAX + 1];
+            if (!m->batch)
+                add_rc = MSADB_ESTATE;
+            else if (!(add_rc = doc_unpack(in, (size_t)n, &d, space, title)))
+                add_rc = msadb_shards_batch_add_to(m->batch, (uint32_t)h[0], &d);
+            free(in);
+        }
+    }
+    free(buf);
+    if (rc)
+        return rc;
+    if (add_rc)
+        set_err(m, "document %zu on shard-%d: %s", m->n_added, h[0], msadb_strerror(add_rc));
+    if ((rc = agree(m, add_rc, "batch add")))
+        return rc; /* the batch is unchanged and may still be committed */
+    if (is_root) {
+        m->loads[h[0]] += doc->n_tokens;
+        m->owner[m->n_added] = (uint32_t)owner;
+    }
+    m->n_added++;
+    return 0;
+}
+
+int msadb_mpi_batch_commit(msadb_mpi *m, uint64_t *ids)
+{
+    int rc = begin_op(m);
+    if (rc)
+        return rc;
+    if (!m->batch)
+        return MSADB_ESTATE;
+    int is_root = m->rank == m->root;
+    uint32_t P = (uint32_t)m->size;
+    size_t mine_n = msadb_shards_batch_count(m->batch), nd = m->n_added;
     uint64_t *got = malloc((mine_n + 1) * sizeof *got);
-    rc = got ? msadb_shards_batch_commit(b, got) : MSADB_ENOMEM;
-    b = NULL;
+    rc = got ? msadb_shards_batch_commit(m->batch, got) : MSADB_ENOMEM;
+    m->batch = NULL;
     if (rc)
         set_err(m, "commit: %s", msadb_strerror(rc));
-    if ((rc = agree(m, rc, "ingest commit"))) {
+    if ((rc = agree(m, rc, "batch commit"))) {
         free(got);
-        goto out;
+        msadb_mpi_batch_abort(m);
+        return rc;
     }
     /* the ids back to the root, rank by rank, in each rank's order */
     int *cnt = NULL, *disp = NULL;
@@ -908,20 +969,22 @@ int msadb_mpi_ingest(msadb_mpi *m, const msadb_doc *docs, size_t n_docs, uint64_
         if (!cnt || !disp || !gids)
             rc = MSADB_ENOMEM;
         for (size_t i = 0; !rc && i < nd; i++)
-            cnt[where[i] % P]++;
+            cnt[m->owner[i]]++;
         for (uint32_t k = 1; !rc && k < P; k++)
             disp[k] = disp[k - 1] + cnt[k - 1];
     }
     if (!rc) {
-        mrc = MPI_Igatherv(got, (int)mine_n, MPI_UINT64_T, gids, cnt, disp, MPI_UINT64_T, m->root, m->comm, &r);
-        rc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, "ingest ids") : wait_one(m, &r, "ingest ids");
+        MPI_Request r;
+        int mrc = MPI_Igatherv(got, (int)mine_n, MPI_UINT64_T, gids, cnt, disp, MPI_UINT64_T, m->root, m->comm, &r);
+        rc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, "batch ids") : wait_one(m, &r, "batch ids");
     } else {
-        m->broken = 1;
+        m->broken = 1; /* the others wait in the gather: their deadline ends it */
+        set_err(m, "out of memory gathering %zu ids", nd);
     }
     if (!rc && is_root && ids) {
         memset(cnt, 0, P * sizeof *cnt);
         for (size_t i = 0; i < nd; i++) {
-            uint32_t k = where[i] % P;
+            uint32_t k = m->owner[i];
             ids[i] = gids[disp[k] + cnt[k]++];
         }
     }
@@ -929,13 +992,29 @@ int msadb_mpi_ingest(msadb_mpi *m, const msadb_doc *docs, size_t n_docs, uint64_
     free(disp);
     free(gids);
     free(got);
-out:
-    msadb_shards_batch_abort(b);
-    free(mine);
-    free(all);
-    free(loads);
-    free(where);
+    msadb_mpi_batch_abort(m);
     return rc;
+}
+
+int msadb_mpi_ingest(msadb_mpi *m, const msadb_doc *docs, size_t n_docs, uint64_t *ids)
+{
+    int rc = begin_op(m);
+    if (rc)
+        return rc;
+    int is_root = m->rank == m->root;
+    uint64_t hdr[2] = {is_root ? n_docs : 0, is_root && n_docs && !docs};
+    if ((rc = bcast(m, hdr, sizeof hdr, "ingest")))
+        return rc;
+    if (hdr[1])
+        return MSADB_EINVAL;
+    if ((rc = msadb_mpi_batch_begin(m)))
+        return rc;
+    for (size_t i = 0; i < hdr[0]; i++)
+        if ((rc = msadb_mpi_batch_add(m, is_root ? &docs[i] : NULL))) {
+            msadb_mpi_batch_abort(m);
+            return rc;
+        }
+    return msadb_mpi_batch_commit(m, ids);
 }
 
 /* ---- deletion, spaces --------------------------------------------------- */
@@ -1034,7 +1113,7 @@ typedef struct info_vec {
 
 static int vec_push(info_vec *a, const void *x)
 {
-    if (a->n == a->cap && grow(&a->v, &a->cap, a->cap ? 2 * a->cap : 16, a->size))
+    if (a->n == a->cap && grow_to(&a->v, &a->cap, a->cap ? 2 * a->cap : 16, a->size))
         return MSADB_ENOMEM;
     memcpy((char *)a->v + a->n++ * a->size, x, a->size);
     return 0;
@@ -1363,7 +1442,7 @@ static void report_keep(const char *problem, void *ud)
         r->dropped++;
         return;
     }
-    if (grow(&r->b, &r->cap, r->n + l, 1)) {
+    if (grow_to(&r->b, &r->cap, r->n + l, 1)) {
         r->dropped++;
         return;
     }
