@@ -61,7 +61,9 @@ typedef struct msadb_mpi msadb_mpi;
  * comm is duplicated (the handle's messages never mix with the caller's).
  * Errors: those of msadb_shards_open_part() (MSADB_EINVAL when there are
  * more ranks than shards), MSADB_ESIGNATURE (the ranks' shards differ),
- * MSADB_ETIMEDOUT.  *out is set on every rank or on none. */
+ * MSADB_ETIMEDOUT.  On an error *out may still get a handle that only
+ * msadb_mpi_error() (the cause, with its rank) and msadb_mpi_close()
+ * accept. */
 MSADB_API int msadb_mpi_open(MPI_Comm comm, const char *dir, const msadb_signature *expect,
                              const msadb_options *opt, const msadb_mpi_options *mo, msadb_mpi **out);
 
@@ -126,6 +128,9 @@ MSADB_API int msadb_mpi_bcast(msadb_mpi *m, void *buf, size_t n);
 /** Deletes the root's ids (collective): every id is checked on its rank
  * first (MSADB_ENOTFOUND: nothing deleted), then each rank deletes its own. */
 MSADB_API int msadb_mpi_delete(msadb_mpi *m, const uint64_t *ids, size_t n);
+
+/** msadb_shards_compact() on every rank (collective). */
+MSADB_API int msadb_mpi_compact(msadb_mpi *m);
 
 /** Creates / drops the root's space name on every shard (collective);
  * results as msadb_shards_space_create / _drop over all shards. */

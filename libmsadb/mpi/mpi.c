@@ -21,7 +21,7 @@
 
 struct msadb_mpi {
     MPI_Comm comm;
-    int rank, size, root, reduce, broken;
+    int rank, size, root, reduce, broken, failed;
     double timeout;
     msadb_shards *sh;
     msadb_shards_snapshot *snap; /* begun by a query, ended before writes */
@@ -234,7 +234,7 @@ static int begin_op(msadb_mpi *m)
 {
     if (!m)
         return MSADB_EINVAL;
-    if (m->broken)
+    if (m->broken || m->failed)
         return MSADB_ESTATE;
     m->err[0] = 0;
     return 0;
@@ -291,16 +291,25 @@ static int handle_new(MPI_Comm comm, const msadb_mpi_options *mo, msadb_mpi **ou
     return 0;
 }
 
+/* A failed open or create: the handle stays, for msadb_mpi_error() and
+ * msadb_mpi_close() only. */
+static int open_failed(msadb_mpi *m, int rc, msadb_mpi **out)
+{
+    msadb_shards_close(m->sh);
+    m->sh = NULL;
+    m->failed = 1;
+    *out = m;
+    return rc;
+}
+
 /* After the shards are open (or failed to): everyone agrees, checks that
  * every rank has the root's signature and manifest, sets up the reduction. */
 static int finish_open(msadb_mpi *m, int rc, const char *dir, msadb_mpi **out)
 {
-    if (rc)
+    if (rc && !m->err[0])
         set_err(m, "cannot open %s (shards %d, %d+%d, ...): %s", dir, m->rank, m->rank, m->size, msadb_strerror(rc));
-    if ((rc = agree(m, rc, "open"))) {
-        msadb_mpi_close(m);
-        return rc;
-    }
+    if ((rc = agree(m, rc, "open")))
+        return open_failed(m, rc, out);
     struct {
         msadb_signature sig;
         msadb_shards_manifest man;
@@ -314,10 +323,8 @@ static int finish_open(msadb_mpi *m, int rc, const char *dir, msadb_mpi **out)
         rc = MSADB_ECORRUPT, set_err(m, "%s: this node's manifest differs from rank %d's", dir, m->root);
     else if (!rc && memcmp(&root_view.sig, &mine.sig, sizeof mine.sig) != 0)
         rc = MSADB_ESIGNATURE, set_err(m, "%s: this rank's shards have another signature than rank %d's", dir, m->root);
-    if ((rc = agree(m, rc, "open"))) {
-        msadb_mpi_close(m);
-        return rc;
-    }
+    if ((rc = agree(m, rc, "open")))
+        return open_failed(m, rc, out);
     m->n_shards = mine.man.n_shards;
     if (MPI_Op_create(lse_op, 1, &m->op) == MPI_SUCCESS)
         m->have_op = 1;
@@ -325,8 +332,8 @@ static int finish_open(msadb_mpi *m, int rc, const char *dir, msadb_mpi **out)
         MPI_Type_commit(&m->row_t) == MPI_SUCCESS)
         m->have_row = 1;
     if (!m->have_op || !m->have_row) {
-        msadb_mpi_close(m);
-        return MSADB_EPEER;
+        set_err(m, "cannot create the MPI reduction");
+        return open_failed(m, MSADB_EPEER, out);
     }
     *out = m;
     return 0;
@@ -375,10 +382,8 @@ int msadb_mpi_create(MPI_Comm comm, const char *dir, uint32_t n_shards, const ms
             c.rc = MSADB_EINVAL, set_err(m, "%u shards for %d ranks: give each rank at least one shard",
                                           n_shards, m->size);
     }
-    if ((rc = bcast(m, &c, sizeof c, "create: manifest exchange"))) {
-        msadb_mpi_close(m);
-        return rc;
-    }
+    if ((rc = bcast(m, &c, sizeof c, "create: manifest exchange")))
+        return open_failed(m, rc, out);
     rc = c.rc ? c.rc
               : msadb_shards_create_part(dir, &c.man, &c.sig, opt, (uint32_t)m->rank, (uint32_t)m->size, &m->sh);
     if (rc && !m->err[0])
@@ -449,7 +454,7 @@ int msadb_mpi_stat(msadb_mpi *m, msadb_stat_info *out)
 typedef struct qhdr {
     int32_t rc;           /* the root's validation of its input */
     uint32_t layer, n_query, n_spaces, top_k, summary;
-    int32_t select, score, exact, per_token, want_hits;
+    int32_t select, score, exact, per_token, want_hits, want_stats;
     float scale;
     uint64_t hits_cap, names_bytes;
 } qhdr;
@@ -504,6 +509,7 @@ static int query_pack(msadb_mpi *m, const msadb_query *q, int want_hits, size_t 
     h->exact = q->exact;
     h->per_token = q->per_token;
     h->want_hits = want_hits;
+    h->want_stats = q->stats != NULL;
     h->scale = q->scale;
     h->hits_cap = hits_cap;
     h->names_bytes = names;
@@ -536,6 +542,29 @@ static int reduce_rows(msadb_mpi *m, size_t rows, size_t d)
         }
     }
     free(all);
+    return rc;
+}
+
+/* The query statistics at the root: counts summed, times of the slowest
+ * rank (as msadb_shards_attend does for its shards). */
+static int reduce_stats(msadb_mpi *m, const msadb_query_stats *mine, msadb_query_stats *out)
+{
+    uint64_t c[3] = {mine->blocks_scanned, mine->blocks_read, mine->tokens_attended}, cs[3] = {0};
+    double t[4] = {mine->scan_ms, mine->select_ms, mine->read_ms, mine->attend_ms}, ts[4] = {0};
+    MPI_Request r[2];
+    int mrc = MPI_Ireduce(c, cs, 3, MPI_UINT64_T, MPI_SUM, m->root, m->comm, &r[0]);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Ireduce(t, ts, 4, MPI_DOUBLE, MPI_MAX, m->root, m->comm, &r[1]);
+    int rc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, "query statistics") : wait_all(m, 2, r, "query statistics");
+    if (!rc && out) {
+        out->blocks_scanned = cs[0];
+        out->blocks_read = cs[1];
+        out->tokens_attended = cs[2];
+        out->scan_ms = ts[0];
+        out->select_ms = ts[1];
+        out->read_ms = ts[2];
+        out->attend_ms = ts[3];
+    }
     return rc;
 }
 
@@ -673,7 +702,9 @@ int msadb_mpi_attend(msadb_mpi *m, const msadb_query *q, float *out, float *lse,
     lq.scale = h.scale;
     lq.exact = h.exact;
     lq.per_token = h.per_token;
-    lq.stats = is_root && q ? q->stats : NULL;
+    msadb_query_stats st;
+    memset(&st, 0, sizeof st);
+    lq.stats = &st;
     /* local attention over this rank's shards */
     size_t n_local = 0, total_local = 0;
     size_t room = h.exact ? (size_t)h.hits_cap
@@ -714,6 +745,10 @@ done:
     moved += sizeof(vote) + rows * (d + 1) * sizeof(float);
     if ((rc = reduce_rows(m, rows, d)) ||
         (h.want_hits && (rc = gather_hits(m, &lq, n_local, total_local, hits, hits_cap, n_hits, &moved)))) {
+        free(payload);
+        return rc;
+    }
+    if (h.want_stats && (rc = reduce_stats(m, &st, is_root ? q->stats : NULL))) {
         free(payload);
         return rc;
     }
@@ -1065,6 +1100,18 @@ int msadb_mpi_delete(msadb_mpi *m, const uint64_t *ids, size_t n)
     free(all);
     free(mine);
     return rc;
+}
+
+int msadb_mpi_compact(msadb_mpi *m)
+{
+    int rc = begin_op(m);
+    if (rc)
+        return rc;
+    end_snapshot(m);
+    rc = msadb_shards_compact(m->sh);
+    if (rc)
+        set_err(m, "compact: %s", msadb_strerror(rc));
+    return agree(m, rc, "compact");
 }
 
 /* Broadcasts the root's name; returns every rank's code of `fn` on it. */
