@@ -132,6 +132,39 @@ def titles(db, **kw):
     return {d["id"]: d["title"] for d in jrun("ls", db, **kw)["documents"]}
 
 
+def docs_examples(one, qf):
+    """The commands of docs/distributed.md, as written there (names relative
+    to a working directory; the cluster's hostfile is localhost here)."""
+    cwd = p("docs")
+    os.makedirs(cwd)
+    shutil.copytree(one, os.path.join(cwd, "memory"))
+    shutil.copy(qf, os.path.join(cwd, "q.safetensors"))
+    with open(os.path.join(cwd, "hosts"), "w") as f:
+        f.write("localhost slots=4\n")
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    lines = [
+        "msadb split memory memory-4 --shards 4",
+        "msadb stat memory-4",
+        "msadb query memory-4 --q q.safetensors --layer 3",
+        "mpirun -np 4 msadb-mpi query memory-4 --q q.safetensors --layer 3",
+        "msadb merge memory-4 memory-again",
+        "mpirun --hostfile hosts -np 4 msadb-mpi init data/memory-4 --shards 4 " + " ".join(SIG),
+        "mpirun --hostfile hosts -np 4 msadb-mpi stat memory-4",
+        "mpirun --hostfile hosts -np 4 msadb-mpi ingest data/memory-4 a.safetensors",
+        "mpirun --hostfile hosts -np 4 msadb-mpi query memory-4 --q q.safetensors --layer 3",
+    ]
+    shutil.copy(p("a.safetensors"), os.path.join(cwd, "a.safetensors"))
+    os.makedirs(os.path.join(cwd, "data"))
+    for line in lines:
+        argv = line.split()
+        if argv[0] == "mpirun":
+            argv = ["mpirun", "--oversubscribe", *root, *argv[1:]]
+        argv = [MSADB if a == "msadb" else MSADB_MPI if a == "msadb-mpi" else a for a in argv]
+        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+        check(r.returncode == 0, f"docs/distributed.md: {line}: exit {r.returncode}\n{r.stderr[-2000:]}")
+    check(jrun("stat", os.path.join(cwd, "data", "memory-4"))["documents"] == 7, "docs: ingest through 4 ranks")
+
+
 def main():
     one, four = p("one"), p("four")
     # the commands of docs/distributed.md
@@ -217,6 +250,7 @@ def main():
     run("rm", m4, str(ids[-1]), exe=MSADB_MPI, mpi=4)
     check(jrun("stat", m4)["documents"] == 12, "rm through MPI")
     run("stat", three, exe=MSADB_MPI, mpi=4, expect="nonzero", msg="has 3 shards: run at most that many ranks")
+    docs_examples(one, qf)
     print("ok: sharded CLI, with msadb-mpi on 1, 2, 4 ranks")
 
 
