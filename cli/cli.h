@@ -145,6 +145,11 @@ int cli_signature_from_json(json_t *j, msadb_signature *sig, char *err, size_t e
 void cli_layers_str(const msadb_signature *sig, char *buf, size_t cap);
 void cli_summary_str(uint32_t kinds, char *buf, size_t cap);
 
+/* Grows the array *pp (elements of `size` bytes, room for *cap) to room for
+ * at least n, doubling from `first`; contents kept.  0, or -1 when out of
+ * memory (nothing changed).  Every growing array of the program uses it. */
+int cli_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first);
+
 /* Monotonic clock in milliseconds. */
 double cli_now_ms(void);
 

@@ -37,14 +37,8 @@ typedef struct dump_ctx {
 static int collect_doc(const msadb_doc_info *d, void *ud)
 {
     dump_ctx *c = ud;
-    if (c->n_docs == c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 64;
-        msadb_doc_info *n = realloc(c->docs, nc * sizeof *n);
-        if (!n)
-            return MSADB_ENOMEM;
-        c->docs = n;
-        c->cap = nc;
-    }
+    if (cli_grow(&c->docs, &c->cap, c->n_docs + 1, sizeof *c->docs, 64))
+        return MSADB_ENOMEM;
     c->docs[c->n_docs++] = *d;
     c->T += d->n_tokens;
     c->text_bytes += d->text_len;

@@ -198,14 +198,8 @@ void cli_table_add(cli_table *t, const char *const *cells)
     if (!t)
         return;
     size_t row = t->cells ? t->nrows + 1 : 0;
-    if (row + 1 > t->cap) {
-        size_t nc = t->cap ? t->cap * 2 : 16;
-        char **n = realloc(t->cells, nc * t->ncols * sizeof(char *));
-        if (!n)
-            return;
-        t->cells = n;
-        t->cap = nc;
-    }
+    if (cli_grow(&t->cells, &t->cap, row + 1, t->ncols * sizeof(char *), 16))
+        return;
     for (size_t c = 0; c < t->ncols; c++)
         t->cells[row * t->ncols + c] = dup_cell(cells[c]);
     if (row > 0)
@@ -419,5 +413,20 @@ int cli_signature_from_json(json_t *j, msadb_signature *sig, char *err, size_t e
         snprintf(err, errlen, "signature is not valid (dimensions out of range or inconsistent)");
         return -1;
     }
+    return 0;
+}
+
+int cli_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first)
+{
+    if (n <= *cap)
+        return 0;
+    size_t nc = *cap ? *cap : (first ? first : 1);
+    while (nc < n)
+        nc = nc > SIZE_MAX / 2 ? n : nc * 2;
+    void *np = size && nc <= SIZE_MAX / size ? realloc(*(void **)pp, nc * size) : NULL;
+    if (!np)
+        return -1;
+    *(void **)pp = np;
+    *cap = nc;
     return 0;
 }

@@ -67,14 +67,8 @@ void msadb_capture_abort(msadb_capture *c)
 
 static int plane_grow(plane_buf *pb, uint64_t need, size_t d)
 {
-    size_t c = pb->cap;
-    if (need > SIZE_MAX || msadb_grow(&pb->k, &c, (size_t)need, d * sizeof(float), 256))
-        return MSADB_ENOMEM;
-    c = pb->cap;
-    if (msadb_grow(&pb->v, &c, (size_t)need, d * sizeof(float), 256))
-        return MSADB_ENOMEM;
-    pb->cap = c;
-    return 0;
+    msadb_array a[] = {{&pb->k, d * sizeof(float)}, {&pb->v, d * sizeof(float)}};
+    return need > SIZE_MAX ? MSADB_ENOMEM : msadb_grow_arrays(a, 2, &pb->cap, (size_t)need, 256, 0);
 }
 
 int msadb_capture_kv(msadb_capture *c, uint32_t layer, uint64_t first, uint64_t n, const float *k,

@@ -174,187 +174,236 @@ static void random_q(float *q, size_t nq)
 static float qbuf[NQ * NQH * D], out[NQ * NQH * D], lse[NQ * NQH], ref[NQ * NQH * D], rlse[NQ * NQH];
 static msadb_hit hits[4096];
 
-static void test_main(void)
+/* The fixture of the query cases: one store with needles, one snapshot. */
+typedef struct qfix {
+    msadb_store *st;
+    msadb_snapshot *snap;
+    msadb_query q;
+    float needle_q[D], needle2_q[D];
+    uint64_t needle_doc, needle2_doc;
+    uint64_t strong; /* the stronger needle a later commit adds */
+    size_t total_blocks, total_tokens;
+} qfix;
+
+static void qfix_setup(qfix *f)
 {
     const char *dir = tu_tmpdir("query");
-    msadb_store *st = make_store(dir, B, D);
-    CHECK_OK(msadb_space_create(st, "alpha", NULL));
-    CHECK_OK(msadb_space_create(st, "beta", NULL));
-    CHECK_OK(msadb_space_create(st, "empty", NULL));
+    f->st = make_store(dir, B, D);
+    CHECK_OK(msadb_space_create(f->st, "alpha", NULL));
+    CHECK_OK(msadb_space_create(f->st, "beta", NULL));
+    CHECK_OK(msadb_space_create(f->st, "empty", NULL));
 
     /* needles: for kv head 1 of memory layer 3 (plane 3), aligned with the
      * query of q head 6 (group of kv head 1) */
-    float needle_q[D], needle2_q[D];
-    tu_fill_randn(&rng, needle_q, D, 1.0f);
-    tu_fill_randn(&rng, needle2_q, D, 1.0f);
+    tu_fill_randn(&rng, f->needle_q, D, 1.0f);
+    tu_fill_randn(&rng, f->needle2_q, D, 1.0f);
     size_t sizes[] = {5, 17, 40, 8, 33, 64, 1, 23, 16, 30};
     const char *sp[] = {NULL, "alpha", "beta", "alpha", NULL, "beta", "alpha", "beta", NULL, "alpha"};
-    uint64_t needle_doc = 0, needle2_doc = 0;
     for (int i = 0; i < 10; i++) {
         if (i == 4)
-            needle_doc = add_doc(st, sp[i], sizes[i], needle_q, 3, 13, 6.0f);
+            f->needle_doc = add_doc(f->st, sp[i], sizes[i], f->needle_q, 3, 13, 6.0f);
         else if (i == 7)
-            needle2_doc = add_doc(st, sp[i], sizes[i], needle2_q, 3, 20, 6.0f);
+            f->needle2_doc = add_doc(f->st, sp[i], sizes[i], f->needle2_q, 3, 20, 6.0f);
         else
-            add_doc(st, sp[i], sizes[i], NULL, 0, 0, 0);
+            add_doc(f->st, sp[i], sizes[i], NULL, 0, 0, 0);
     }
 
-    msadb_snapshot *snap;
-    CHECK_OK(msadb_snapshot_begin(st, &snap));
-    msadb_query q;
-    msadb_query_init(&q);
-    CHECK(q.top_k == 16 && q.select == MSADB_SELECT_BLOCKS);
+    CHECK_OK(msadb_snapshot_begin(f->st, &f->snap));
+    msadb_query_init(&f->q);
+    CHECK(f->q.top_k == 16 && f->q.select == MSADB_SELECT_BLOCKS);
     random_q(qbuf, NQ);
-    q.layer = 3;
-    q.q = qbuf;
-    q.n_query = NQ;
+    f->q.layer = 3;
+    f->q.q = qbuf;
+    f->q.n_query = NQ;
 
-    /* exact mode = dense attention over every stored token, all spaces */
-    msadb_query_stats stats;
-    q.exact = 1;
-    q.stats = &stats;
+    for (int i = 0; i < ndocs; i++) {
+        f->total_blocks += (docs[i].T + B - 1) / B;
+        f->total_tokens += docs[i].T;
+    }
+}
+
+/* the exact mode equals dense attention over every stored token, with
+ * hits and statistics for every block. */
+static void case_exact_all_spaces(qfix *f)
+{
+    msadb_query *const qp = &f->q;
     size_t nh = 0;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
-    naive(snap, qbuf, NQ, 1, NULL, 0, NULL, 0, 0, ref, rlse);
+    /* exact mode = dense attention over every stored token, all spaces */
+    static msadb_query_stats stats;
+    qp->exact = 1;
+    qp->stats = &stats;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
+    naive(f->snap, qbuf, NQ, 1, NULL, 0, NULL, 0, 0, ref, rlse);
     check_close(out, ref, sizeof out / 4, 1e-5);
     check_close(lse, rlse, sizeof lse / 4, 1e-5);
-    size_t total_blocks = 0, total_tokens = 0;
-    for (int i = 0; i < ndocs; i++) {
-        total_blocks += (docs[i].T + B - 1) / B;
-        total_tokens += docs[i].T;
-    }
-    CHECK(nh == NKV * total_blocks);
-    CHECK(stats.tokens_attended == NKV * total_tokens && stats.blocks_read == NKV * total_blocks);
+    CHECK(nh == NKV * f->total_blocks);
+    CHECK(stats.tokens_attended == NKV * f->total_tokens && stats.blocks_read == NKV * f->total_blocks);
+    (void)nh;
+}
 
+/* exact attention over two spaces equals the LSE merge of per-space results. */
+static void case_exact_spaces_merge(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* exact over two spaces, and the public LSE merge of per-space results */
     const char *ab[] = {"alpha", "beta"}, *a1[] = {"alpha"}, *b1[] = {"beta"};
-    q.spaces = ab;
-    q.n_spaces = 2;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
-    naive(snap, qbuf, NQ, 1, ab, 2, NULL, 0, 0, ref, rlse);
+    qp->spaces = ab;
+    qp->n_spaces = 2;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, NULL, 0, NULL));
+    naive(f->snap, qbuf, NQ, 1, ab, 2, NULL, 0, 0, ref, rlse);
     check_close(out, ref, sizeof out / 4, 1e-5);
     check_close(lse, rlse, sizeof lse / 4, 1e-5);
     static float o1[NQ * NQH * D], l1[NQ * NQH];
-    q.spaces = a1;
-    q.n_spaces = 1;
-    CHECK_OK(msadb_attend(snap, &q, o1, l1, NULL, 0, NULL));
-    q.spaces = b1;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    qp->spaces = a1;
+    qp->n_spaces = 1;
+    CHECK_OK(msadb_attend(f->snap, qp, o1, l1, NULL, 0, NULL));
+    qp->spaces = b1;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, NULL, 0, NULL));
     msadb_lse_merge(NQ * NQH, D, o1, l1, out, lse, o1, l1);
     check_close(o1, ref, sizeof out / 4, 1e-5);
     check_close(l1, rlse, sizeof lse / 4, 1e-5);
+    (void)nh;
+}
 
+/* an empty space attends nothing; an unknown one is ENOTFOUND. */
+static void case_empty_and_unknown_spaces(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* empty space: output 0, lse -inf, no hits */
     const char *e1[] = {"empty"};
-    q.spaces = e1;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    qp->spaces = e1;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
     CHECK(nh == 0);
     for (size_t i = 0; i < sizeof lse / 4; i++)
         CHECK(lse[i] == -INFINITY);
     for (size_t i = 0; i < sizeof out / 4; i++)
         CHECK(out[i] == 0.0f);
-    q.exact = 0;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    qp->exact = 0;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
     CHECK(nh == 0 && lse[0] == -INFINITY);
 
     /* unknown space */
     const char *u1[] = {"nope"};
-    q.spaces = u1;
-    CHECK_RC(msadb_attend(snap, &q, out, lse, hits, 4096, &nh), MSADB_ENOTFOUND);
-    CHECK_RC(msadb_retrieve(snap, &q, hits, 4096, &nh), MSADB_ENOTFOUND);
-    q.spaces = NULL;
-    q.n_spaces = 0;
+    qp->spaces = u1;
+    CHECK_RC(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh), MSADB_ENOTFOUND);
+    CHECK_RC(msadb_retrieve(f->snap, qp, hits, 4096, &nh), MSADB_ENOTFOUND);
+    qp->spaces = NULL;
+    qp->n_spaces = 0;
+    (void)nh;
+}
 
+/* sparse routing with every summary kind finds the needle and attends
+ * exactly the selected blocks. */
+static void case_sparse_every_summary(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* sparse: query token 1, q head 6 (kv head 1) points at the needle */
     for (int j = 0; j < D; j++)
-        qbuf[(1 * NQH + 6) * D + j] = 3.0f * needle_q[j];
+        qbuf[(1 * NQH + 6) * D + j] = 3.0f * f->needle_q[j];
     static const uint32_t kinds[] = {MSADB_SUMMARY_MEAN, MSADB_SUMMARY_MINMAX, MSADB_SUMMARY_REPS};
     for (int ki = 0; ki < 3; ki++) {
-        q.summary = kinds[ki];
-        q.top_k = 2;
-        CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+        qp->summary = kinds[ki];
+        qp->top_k = 2;
+        CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
         CHECK(nh == 2 * NKV);
-        CHECK(has_block(hits, nh, 1, needle_doc, 13, -1));
+        CHECK(has_block(hits, nh, 1, f->needle_doc, 13, -1));
         for (size_t i = 0; i < nh; i++) {
             CHECK(hits[i].query == 0 && hits[i].kv_head == (i < 2 ? 0u : 1u));
             if (i % 2 == 1) /* best first */
                 CHECK(hits[i].score <= hits[i - 1].score);
         }
         /* the output is exact attention over the selected tokens */
-        naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 0, ref, rlse);
+        naive(f->snap, qbuf, NQ, 1, NULL, 0, hits, nh, 0, ref, rlse);
         check_close(out, ref, sizeof out / 4, 1e-5);
         check_close(lse, rlse, sizeof lse / 4, 1e-5);
         /* retrieve selects the same blocks */
         static msadb_hit h2[4096];
         size_t nh2 = 0;
-        CHECK_OK(msadb_retrieve(snap, &q, h2, 4096, &nh2));
+        CHECK_OK(msadb_retrieve(f->snap, qp, h2, 4096, &nh2));
         CHECK(nh2 == nh && memcmp(h2, hits, nh * sizeof *hits) == 0);
         /* hits_cap smaller than the selection: count still reported */
-        CHECK_OK(msadb_retrieve(snap, &q, h2, 1, &nh2));
+        CHECK_OK(msadb_retrieve(f->snap, qp, h2, 1, &nh2));
         CHECK(nh2 == nh && memcmp(h2, hits, sizeof *hits) == 0);
         /* the portable kernels select exactly the same blocks */
         msadb_k_force_portable(1);
-        CHECK_OK(msadb_retrieve(snap, &q, h2, 4096, &nh2));
+        CHECK_OK(msadb_retrieve(f->snap, qp, h2, 4096, &nh2));
         msadb_k_force_portable(0);
         CHECK(nh2 == nh && memcmp(h2, hits, nh * sizeof *hits) == 0);
         /* attending the same blocks without routing gives the same result
          * (twice: the second time from the decoded-block cache) */
         static float out2[sizeof out / 4], lse2[sizeof lse / 4];
         for (int rep = 0; rep < 2; rep++) {
-            CHECK_OK(msadb_attend_blocks(snap, &q, hits, nh, out2, lse2));
+            CHECK_OK(msadb_attend_blocks(f->snap, qp, hits, nh, out2, lse2));
             check_close(out2, out, sizeof out / 4, 1e-6);
             check_close(lse2, lse, sizeof lse / 4, 1e-6);
         }
         /* a subset of the blocks gives attention over that subset */
-        CHECK_OK(msadb_attend_blocks(snap, &q, hits, 1, out2, lse2));
-        naive(snap, qbuf, NQ, 1, NULL, 0, hits, 1, 0, ref, rlse);
+        CHECK_OK(msadb_attend_blocks(f->snap, qp, hits, 1, out2, lse2));
+        naive(f->snap, qbuf, NQ, 1, NULL, 0, hits, 1, 0, ref, rlse);
         check_close(out2, ref, sizeof out / 4, 1e-5);
         msadb_hit badh = hits[0];
         badh.kv_head = NKV;
-        CHECK_RC(msadb_attend_blocks(snap, &q, &badh, 1, out2, lse2), MSADB_EINVAL);
+        CHECK_RC(msadb_attend_blocks(f->snap, qp, &badh, 1, out2, lse2), MSADB_EINVAL);
         badh = hits[0];
         badh.doc_id = 999999;
-        CHECK_RC(msadb_attend_blocks(snap, &q, &badh, 1, out2, lse2), MSADB_ENOTFOUND);
+        CHECK_RC(msadb_attend_blocks(f->snap, qp, &badh, 1, out2, lse2), MSADB_ENOTFOUND);
     }
-    q.summary = 0;
+    qp->summary = 0;
+    (void)nh;
+}
 
+/* GQA groups route per kv head; per-token selection routes each token. */
+static void case_gqa_and_per_token(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* GQA: q head 6 belongs to kv head 1, whose plane holds the needle;
      * kv head 0's plane has no needle, so its best score stays ordinary */
-    q.top_k = 1;
-    CHECK_OK(msadb_retrieve(snap, &q, hits, 4096, &nh));
-    CHECK(nh == NKV && hits[1].kv_head == 1 && hits[1].doc_id == needle_doc);
+    qp->top_k = 1;
+    CHECK_OK(msadb_retrieve(f->snap, qp, hits, 4096, &nh));
+    CHECK(nh == NKV && hits[1].kv_head == 1 && hits[1].doc_id == f->needle_doc);
     float hs_needle = hits[1].score;
     CHECK(hits[0].score < hs_needle); /* kv head 0 saw no needle */
 
     /* per-token: token 0 points at needle 2 through q head 5, token 1 at
      * needle 1 through q head 6; each token gets its own selection */
     for (int j = 0; j < D; j++)
-        qbuf[(0 * NQH + 5) * D + j] = 3.0f * needle2_q[j];
-    q.per_token = 1;
-    q.top_k = 2;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+        qbuf[(0 * NQH + 5) * D + j] = 3.0f * f->needle2_q[j];
+    qp->per_token = 1;
+    qp->top_k = 2;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
     CHECK(nh == (size_t)NKV * NQ * 2);
-    CHECK(has_block(hits, nh, 1, needle2_doc, 20, 0));
-    CHECK(has_block(hits, nh, 1, needle_doc, 13, 1));
-    naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 1, ref, rlse);
+    CHECK(has_block(hits, nh, 1, f->needle2_doc, 20, 0));
+    CHECK(has_block(hits, nh, 1, f->needle_doc, 13, 1));
+    naive(f->snap, qbuf, NQ, 1, NULL, 0, hits, nh, 1, ref, rlse);
     check_close(out, ref, sizeof out / 4, 1e-5);
     check_close(lse, rlse, sizeof lse / 4, 1e-5);
-    q.per_token = 0;
+    qp->per_token = 0;
+    (void)nh;
+}
 
+/* document selection takes the best documents and all their blocks. */
+static void case_document_selection(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* document selection: the top-2 documents by their best block, and all
      * of their blocks */
-    q.select = MSADB_SELECT_DOCUMENTS;
-    q.top_k = 2;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
+    qp->select = MSADB_SELECT_DOCUMENTS;
+    qp->top_k = 2;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
     {
         /* reference: every block's score from a large block retrieval */
-        msadb_query qb = q;
+        msadb_query qb = *qp;
         qb.select = MSADB_SELECT_BLOCKS;
         qb.top_k = 10000;
         static msadb_hit all[4096];
         size_t na = 0;
-        CHECK_OK(msadb_retrieve(snap, &qb, all, 4096, &na));
-        CHECK(na == NKV * total_blocks);
+        CHECK_OK(msadb_retrieve(f->snap, &qb, all, 4096, &na));
+        CHECK(na == NKV * f->total_blocks);
         for (uint32_t kh = 0; kh < NKV; kh++) {
             /* best two documents */
             uint64_t best[2] = {0, 0};
@@ -395,123 +444,167 @@ static void test_main(void)
                     break;
                 }
         }
-        CHECK(has_block(hits, nh, 1, needle_doc, 0, 0) && has_block(hits, nh, 1, needle_doc, 32, 0));
-        naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 0, ref, rlse);
+        CHECK(has_block(hits, nh, 1, f->needle_doc, 0, 0) && has_block(hits, nh, 1, f->needle_doc, 32, 0));
+        naive(f->snap, qbuf, NQ, 1, NULL, 0, hits, nh, 0, ref, rlse);
         check_close(out, ref, sizeof out / 4, 1e-5);
         check_close(lse, rlse, sizeof lse / 4, 1e-5);
     }
     /* per-token document selection */
-    q.per_token = 1;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 4096, &nh));
-    CHECK(has_block(hits, nh, 1, needle2_doc, 0, 0) && has_block(hits, nh, 1, needle_doc, 0, 1));
-    naive(snap, qbuf, NQ, 1, NULL, 0, hits, nh, 1, ref, rlse);
+    qp->per_token = 1;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 4096, &nh));
+    CHECK(has_block(hits, nh, 1, f->needle2_doc, 0, 0) && has_block(hits, nh, 1, f->needle_doc, 0, 1));
+    naive(f->snap, qbuf, NQ, 1, NULL, 0, hits, nh, 1, ref, rlse);
     check_close(out, ref, sizeof out / 4, 1e-5);
-    q.per_token = 0;
-    q.select = MSADB_SELECT_BLOCKS;
+    qp->per_token = 0;
+    qp->select = MSADB_SELECT_BLOCKS;
+    (void)nh;
+}
 
+/* a snapshot does not see a later commit until renewed. */
+static void case_snapshot_isolation(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* snapshot isolation: a writer commits a stronger needle; the old
      * snapshot's answer does not change until it is renewed */
-    q.top_k = 1;
+    qp->top_k = 1;
     static float out_before[sizeof out / 4], lse_before[sizeof lse / 4];
     static msadb_hit hb[64];
     size_t nhb;
-    CHECK_OK(msadb_attend(snap, &q, out_before, lse_before, hb, 64, &nhb));
+    CHECK_OK(msadb_attend(f->snap, qp, out_before, lse_before, hb, 64, &nhb));
     int ndocs_before = ndocs;
-    uint64_t strong = add_doc(st, "beta", 9, needle_q, 3, 2, 12.0f);
+    f->strong = add_doc(f->st, "beta", 9, f->needle_q, 3, 2, 12.0f);
     ndocs = ndocs_before; /* invisible to the old snapshot */
-    CHECK_OK(msadb_attend(snap, &q, out, lse, hits, 64, &nh));
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, hits, 64, &nh));
     CHECK(nh == nhb && memcmp(hits, hb, nh * sizeof *hits) == 0);
     CHECK(memcmp(out, out_before, sizeof out) == 0 && memcmp(lse, lse_before, sizeof lse) == 0);
     ndocs = ndocs_before + 1;
-    CHECK_OK(msadb_snapshot_renew(snap));
-    CHECK_OK(msadb_retrieve(snap, &q, hits, 64, &nh));
-    CHECK(hits[1].kv_head == 1 && hits[1].doc_id == strong);
+    CHECK_OK(msadb_snapshot_renew(f->snap));
+    CHECK_OK(msadb_retrieve(f->snap, qp, hits, 64, &nh));
+    CHECK(hits[1].kv_head == 1 && hits[1].doc_id == f->strong);
+    (void)nh;
+}
 
+/* deleted documents are never selected nor attended, also after compaction. */
+static void case_deleted_and_compacted(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* deleted documents are never selected, nor attended in exact mode */
-    CHECK_OK(msadb_doc_delete(st, &strong, 1));
-    CHECK_OK(msadb_doc_delete(st, &needle_doc, 1));
+    CHECK_OK(msadb_doc_delete(f->st, &f->strong, 1));
+    CHECK_OK(msadb_doc_delete(f->st, &f->needle_doc, 1));
     docs[ndocs - 1].deleted = 1;
     for (int i = 0; i < ndocs; i++)
-        if (docs[i].id == needle_doc)
+        if (docs[i].id == f->needle_doc)
             docs[i].deleted = 1;
-    CHECK_OK(msadb_snapshot_renew(snap));
-    q.top_k = 1000;
-    CHECK_OK(msadb_retrieve(snap, &q, hits, 4096, &nh));
+    CHECK_OK(msadb_snapshot_renew(f->snap));
+    qp->top_k = 1000;
+    CHECK_OK(msadb_retrieve(f->snap, qp, hits, 4096, &nh));
     for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id != strong && hits[i].doc_id != needle_doc);
-    q.select = MSADB_SELECT_DOCUMENTS;
-    q.top_k = 100;
-    CHECK_OK(msadb_retrieve(snap, &q, hits, 4096, &nh));
+        CHECK(hits[i].doc_id != f->strong && hits[i].doc_id != f->needle_doc);
+    qp->select = MSADB_SELECT_DOCUMENTS;
+    qp->top_k = 100;
+    CHECK_OK(msadb_retrieve(f->snap, qp, hits, 4096, &nh));
     for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id != strong && hits[i].doc_id != needle_doc);
-    q.select = MSADB_SELECT_BLOCKS;
-    q.exact = 1;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
-    naive(snap, qbuf, NQ, 1, NULL, 0, NULL, 0, 0, ref, rlse);
+        CHECK(hits[i].doc_id != f->strong && hits[i].doc_id != f->needle_doc);
+    qp->select = MSADB_SELECT_BLOCKS;
+    qp->exact = 1;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, NULL, 0, NULL));
+    naive(f->snap, qbuf, NQ, 1, NULL, 0, NULL, 0, 0, ref, rlse);
     check_close(out, ref, sizeof out / 4, 1e-5);
     check_close(lse, rlse, sizeof lse / 4, 1e-5);
     /* after compaction too */
-    CHECK_OK(msadb_compact(st));
-    CHECK_OK(msadb_snapshot_renew(snap));
-    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
+    CHECK_OK(msadb_compact(f->st));
+    CHECK_OK(msadb_snapshot_renew(f->snap));
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, NULL, 0, NULL));
     check_close(out, ref, sizeof out / 4, 1e-5);
-    q.exact = 0;
+    qp->exact = 0;
+    (void)nh;
+}
 
+/* another memory layer reads its own planes. */
+static void case_other_memory_layer(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* memory layer 2 uses planes 0 and 1 */
-    q.layer = 2;
-    q.exact = 1;
-    CHECK_OK(msadb_attend(snap, &q, out, lse, NULL, 0, NULL));
-    naive(snap, qbuf, NQ, 0, NULL, 0, NULL, 0, 0, ref, rlse);
+    qp->layer = 2;
+    qp->exact = 1;
+    CHECK_OK(msadb_attend(f->snap, qp, out, lse, NULL, 0, NULL));
+    naive(f->snap, qbuf, NQ, 0, NULL, 0, NULL, 0, 0, ref, rlse);
     check_close(out, ref, sizeof out / 4, 1e-5);
-    q.exact = 0;
+    qp->exact = 0;
+    (void)nh;
+}
 
+/* every invalid query is refused with its code. */
+static void case_validation(qfix *f)
+{
+    msadb_query *const qp = &f->q;
+    size_t nh = 0;
     /* validation */
-    msadb_query bad = q;
+    msadb_query bad = *qp;
     bad.layer = 1; /* not a memory layer */
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
     bad.layer = 99;
-    CHECK_RC(msadb_retrieve(snap, &bad, hits, 1, &nh), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_retrieve(f->snap, &bad, hits, 1, &nh), MSADB_EINVAL);
+    bad = *qp;
     bad.top_k = 0;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = *qp;
     bad.select = 7;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = *qp;
     bad.summary = 8; /* no such kind */
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
     bad.summary = MSADB_SUMMARY_ALL;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = *qp;
     bad.scale = NAN;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
     bad.scale = -1.0f;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = *qp;
     bad.n_query = 0;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = *qp;
     bad.q = NULL;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    bad = q;
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    bad = *qp;
     bad.n_spaces = 1;
     bad.spaces = NULL;
-    CHECK_RC(msadb_attend(snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    CHECK_RC(msadb_attend(snap, &q, NULL, lse, NULL, 0, NULL), MSADB_EINVAL);
-    CHECK_RC(msadb_attend(snap, &q, out, NULL, NULL, 0, NULL), MSADB_EINVAL);
-    CHECK_RC(msadb_attend(NULL, &q, out, lse, NULL, 0, NULL), MSADB_EINVAL);
-    CHECK_RC(msadb_attend(snap, NULL, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, &bad, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, qp, NULL, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, qp, out, NULL, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(NULL, qp, out, lse, NULL, 0, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_attend(f->snap, NULL, out, lse, NULL, 0, NULL), MSADB_EINVAL);
     float saved = qbuf[5];
     qbuf[5] = NAN;
-    CHECK_RC(msadb_attend(snap, &q, out, lse, NULL, 0, NULL), MSADB_ENONFINITE);
+    CHECK_RC(msadb_attend(f->snap, qp, out, lse, NULL, 0, NULL), MSADB_ENONFINITE);
     qbuf[5] = INFINITY;
-    CHECK_RC(msadb_retrieve(snap, &q, hits, 1, &nh), MSADB_ENONFINITE);
+    CHECK_RC(msadb_retrieve(f->snap, qp, hits, 1, &nh), MSADB_ENONFINITE);
     qbuf[5] = saved;
     msadb_query_init(NULL);
     msadb_lse_merge(1, 1, NULL, NULL, NULL, NULL, NULL, NULL);
+    (void)nh;
+}
 
-    msadb_snapshot_end(snap);
-    msadb_close(st);
+static void test_main(void)
+{
+    static qfix fix;
+    qfix_setup(&fix);
+    case_exact_all_spaces(&fix);
+    case_exact_spaces_merge(&fix);
+    case_empty_and_unknown_spaces(&fix);
+    case_sparse_every_summary(&fix);
+    case_gqa_and_per_token(&fix);
+    case_document_selection(&fix);
+    case_snapshot_isolation(&fix);
+    case_deleted_and_compacted(&fix);
+    case_other_memory_layer(&fix);
+    case_validation(&fix);
+    msadb_snapshot_end(fix.snap);
+    msadb_close(fix.st);
 }
 
 /* Enough blocks for the parallel scan, with many exact ties: the selection

@@ -31,14 +31,9 @@ int cli_read_file(const char *path, char **buf, size_t *len)
     char *p = malloc(cap);
     int rc = p ? CLI_OK : cli_error("out of memory");
     while (rc == CLI_OK) {
-        if (n + 1 >= cap) {
-            char *q = realloc(p, cap * 2);
-            if (!q) {
-                rc = cli_error("%s: out of memory", path);
-                break;
-            }
-            p = q;
-            cap *= 2;
+        if (n + 1 >= cap && cli_grow(&p, &cap, cap * 2, 1, 4096)) {
+            rc = cli_error("%s: out of memory", path);
+            break;
         }
         ssize_t r = read(fd, p + n, cap - 1 - n);
         if (r < 0 && errno == EINTR)
@@ -126,28 +121,16 @@ static int heading(const char *l, size_t n, const char **t, size_t *tn)
 
 static int push_para(split_text *s, size_t start, size_t end)
 {
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 32;
-        para *np = realloc(s->p, nc * sizeof *np);
-        if (!np)
-            return -1;
-        s->p = np;
-        s->cap = nc;
-    }
+    if (cli_grow(&s->p, &s->cap, s->n + 1, sizeof *s->p, 32))
+        return -1;
     s->p[s->n++] = (para){start, end, (long)s->n_headings - 1};
     return 0;
 }
 
 static int push_heading(split_text *s, const char *t, size_t n)
 {
-    if (s->n_headings == s->cap_headings) {
-        size_t nc = s->cap_headings ? s->cap_headings * 2 : 16;
-        char **nh = realloc(s->headings, nc * sizeof *nh);
-        if (!nh)
-            return -1;
-        s->headings = nh;
-        s->cap_headings = nc;
-    }
+    if (cli_grow(&s->headings, &s->cap_headings, s->n_headings + 1, sizeof *s->headings, 16))
+        return -1;
     char *h = strndup(t, n);
     if (!h)
         return -1;

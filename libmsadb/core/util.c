@@ -261,3 +261,17 @@ int msadb_grow_scratch(void *pp, size_t *cap, size_t n, size_t size, size_t firs
     *cap = nc;
     return 0;
 }
+
+int msadb_grow_arrays(const msadb_array *a, size_t k, size_t *cap, size_t n, size_t first, int scratch)
+{
+    size_t c = *cap;
+    for (size_t i = 0; i < k; i++) {
+        c = *cap;
+        int rc = scratch ? msadb_grow_scratch(a[i].pp, &c, n, a[i].size, first)
+                         : msadb_grow(a[i].pp, &c, n, a[i].size, first);
+        if (rc)
+            return rc;
+    }
+    *cap = c;
+    return 0;
+}

@@ -64,6 +64,16 @@ MSADB_HIDDEN int msadb_grow(void *pp, size_t *cap, size_t n, size_t size, size_t
  * (freed with msadb_afree). */
 MSADB_HIDDEN int msadb_grow_scratch(void *pp, size_t *cap, size_t n, size_t size, size_t first);
 
+/* Arrays that share one capacity *cap, grown together to room for n
+ * (msadb_grow's rule; scratch: msadb_grow_scratch's).  On MSADB_ENOMEM
+ * *cap is unchanged and every array still holds at least *cap. */
+typedef struct msadb_array {
+    void *pp;    /* address of the array pointer */
+    size_t size; /* bytes per element */
+} msadb_array;
+MSADB_HIDDEN int msadb_grow_arrays(const msadb_array *a, size_t k, size_t *cap, size_t n, size_t first,
+                                   int scratch);
+
 /* 64-byte aligned allocation; free with msadb_afree(). */
 MSADB_HIDDEN void *msadb_aalloc(size_t bytes);
 MSADB_HIDDEN void msadb_afree(void *p);

@@ -190,14 +190,8 @@ static int scan_blocks(qscratch *qs, scan_part *p)
 /* Grows a part's run arrays together (runs and their G scores each). */
 static int grow_runs(scan_part *p, uint32_t G)
 {
-    size_t want = p->runs_cap ? 2 * p->runs_cap : 1024, c = p->runs_cap;
-    if (msadb_grow(&p->runs, &c, want, sizeof *p->runs, want))
-        return MSADB_ENOMEM;
-    c = p->runs_cap;
-    if (msadb_grow(&p->run_scores, &c, want, G * sizeof(float), want))
-        return MSADB_ENOMEM;
-    p->runs_cap = c;
-    return 0;
+    msadb_array a[] = {{&p->runs, sizeof *p->runs}, {&p->run_scores, G * sizeof(float)}};
+    return msadb_grow_arrays(a, 2, &p->runs_cap, p->runs_cap + 1, 1024, 0);
 }
 
 /* Document selection: per group, the max score of every run of a
@@ -475,14 +469,8 @@ static int add_sel(qscratch *qs, size_t *n, uint64_t cand, float score)
 /* Grows the merge buffers (scores and ids) together. */
 static int grow_merge(qscratch *qs, size_t n)
 {
-    size_t c = qs->m_cap;
-    if (msadb_grow(&qs->ms, &c, n, sizeof(float), 64))
-        return MSADB_ENOMEM;
-    c = qs->m_cap;
-    if (msadb_grow(&qs->mid, &c, n, sizeof(uint64_t), 64))
-        return MSADB_ENOMEM;
-    qs->m_cap = c;
-    return 0;
+    msadb_array a[] = {{&qs->ms, sizeof(float)}, {&qs->mid, sizeof(uint64_t)}};
+    return msadb_grow_arrays(a, 2, &qs->m_cap, n, 64, 0);
 }
 
 /* Block mode: merge the threads' heaps of group g into the best k. */
@@ -679,14 +667,8 @@ typedef struct attend_ctx {
 /* Grows the gathered K and V chunk buffers together. */
 static int grow_kv(qscratch *qs, size_t n)
 {
-    size_t c = qs->kc_cap;
-    if (msadb_grow_scratch(&qs->Kc, &c, n, sizeof(float), 4096))
-        return MSADB_ENOMEM;
-    c = qs->kc_cap;
-    if (msadb_grow_scratch(&qs->Vc, &c, n, sizeof(float), 4096))
-        return MSADB_ENOMEM;
-    qs->kc_cap = c;
-    return 0;
+    msadb_array a[] = {{&qs->Kc, sizeof(float)}, {&qs->Vc, sizeof(float)}};
+    return msadb_grow_arrays(a, 2, &qs->kc_cap, n, 4096, 1);
 }
 
 /* A block to attend: where it is and how many tokens it must hold (0: as

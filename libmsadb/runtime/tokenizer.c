@@ -1091,18 +1091,8 @@ typedef struct bpe_state {
 
 static int bpe_grow(bpe_state *st, size_t n)
 {
-    /* three arrays of one capacity */
-    size_t c = st->cap;
-    if (msadb_grow(&st->id, &c, n, sizeof *st->id, 256))
-        return MSADB_ENOMEM;
-    c = st->cap;
-    if (msadb_grow(&st->prev, &c, n, sizeof *st->prev, 256))
-        return MSADB_ENOMEM;
-    c = st->cap;
-    if (msadb_grow(&st->next, &c, n, sizeof *st->next, 256))
-        return MSADB_ENOMEM;
-    st->cap = c;
-    return 0;
+    msadb_array a[] = {{&st->id, sizeof *st->id}, {&st->prev, sizeof *st->prev}, {&st->next, sizeof *st->next}};
+    return msadb_grow_arrays(a, 3, &st->cap, n, 256, 0);
 }
 
 static int bpe_defer(bpe_state *st, int32_t l, int32_t r)

@@ -312,65 +312,96 @@ static int compact_stream(const page_stream *ps, const msadb_summ_layout *L, con
     return rc;
 }
 
+/* Calls fn(slot number, entry, ud) for every slot of a space, in slot
+ * order, stopping at the first non-zero return. */
+static int each_slot(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t n_slots,
+                     int (*fn)(uint64_t, const msadb_slot *, void *), void *ud)
+{
+    /* Each page is copied before fn runs: fn may write (renumbering), and a
+     * write ends the life of values LMDB returned earlier. */
+    uint8_t *page = malloc((size_t)st->page_cap * MSADB_SLOT_BYTES);
+    int rc = page ? 0 : MSADB_ENOMEM;
+    for (uint64_t pg = 0; !rc && pg * st->page_cap < n_slots; pg++) {
+        uint8_t k[12];
+        msadb_key_slots(k, space, pg);
+        MDB_val kv = {12, k}, v;
+        if ((rc = mdb_get(txn, st->db_slots, &kv, &v))) {
+            rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+            break;
+        }
+        uint32_t n = (uint32_t)(v.mv_size / MSADB_SLOT_BYTES);
+        if (n > st->page_cap) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        memcpy(page, v.mv_data, (size_t)n * MSADB_SLOT_BYTES);
+        for (uint32_t i = 0; !rc && i < n; i++) {
+            msadb_slot sl;
+            msadb_slot_at(page, i, &sl);
+            uint64_t slot = pg * st->page_cap + i;
+            rc = slot >= n_slots ? MSADB_ECORRUPT : fn(slot, &sl, ud);
+        }
+    }
+    free(page);
+    return rc;
+}
+
+typedef struct {
+    uint8_t *live;
+    uint64_t n_dead;
+} live_args;
+
+static int live_fn(uint64_t slot, const msadb_slot *sl, void *ud)
+{
+    live_args *a = ud;
+    if (sl->flags & MSADB_SLOT_DELETED)
+        a->n_dead++;
+    else
+        a->live[slot >> 3] |= (uint8_t)(1u << (slot & 7));
+    return 0;
+}
+
 /* Reads the live bitmap of a space; *n_dead counts deleted slots. */
 static int read_live(msadb_store *st, MDB_txn *txn, const msadb_spacerec *sr, uint8_t **live, uint64_t *n_dead)
 {
-    *live = calloc((size_t)(sr->n_slots / 8 + 1), 1);
-    if (!*live)
+    live_args a = {calloc((size_t)(sr->n_slots / 8 + 1), 1), 0};
+    *live = a.live;
+    if (!a.live)
         return MSADB_ENOMEM;
-    *n_dead = 0;
-    for (uint64_t pg = 0; pg * st->page_cap < sr->n_slots; pg++) {
-        uint8_t k[12];
-        msadb_key_slots(k, sr->id, pg);
-        MDB_val kv = {12, k}, v;
-        int rc = mdb_get(txn, st->db_slots, &kv, &v);
-        if (rc)
-            return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
-        for (uint32_t i = 0; i < v.mv_size / MSADB_SLOT_BYTES; i++) {
-            msadb_slot s;
-            msadb_slot_at(v.mv_data, i, &s);
-            uint64_t slot = pg * st->page_cap + i;
-            if (slot >= sr->n_slots)
-                return MSADB_ECORRUPT;
-            if (s.flags & MSADB_SLOT_DELETED)
-                (*n_dead)++;
-            else
-                (*live)[slot >> 3] |= (uint8_t)(1u << (slot & 7));
-        }
-    }
-    return 0;
+    int rc = each_slot(st, txn, sr->id, sr->n_slots, live_fn, &a);
+    *n_dead = a.n_dead;
+    return rc;
+}
+
+typedef struct {
+    msadb_store *st;
+    MDB_txn *txn;
+    uint64_t last;
+} renumber_args;
+
+static int renumber_fn(uint64_t slot, const msadb_slot *sl, void *ud)
+{
+    renumber_args *a = ud;
+    if (sl->doc_id == a->last)
+        return 0;
+    a->last = sl->doc_id;
+    msadb_docrec r;
+    int rc = msadb_doc_lookup(a->txn, a->st, sl->doc_id, &r);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    r.first_slot = slot;
+    uint8_t dk[8], rb[DOC_REC_BYTES];
+    msadb_key_doc(dk, sl->doc_id);
+    msadb_docrec_encode(&r, rb);
+    MDB_val dkv = {8, dk}, dv = {DOC_REC_BYTES, rb};
+    return mdb_put(a->txn, a->st->db_docs, &dkv, &dv, 0);
 }
 
 /* Points every document of the space at its new first slot. */
 static int renumber_docs(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t n_slots)
 {
-    uint64_t last = 0;
-    for (uint64_t pg = 0; pg * st->page_cap < n_slots; pg++) {
-        uint8_t k[12];
-        msadb_key_slots(k, space, pg);
-        MDB_val kv = {12, k}, v;
-        int rc = mdb_get(txn, st->db_slots, &kv, &v);
-        if (rc)
-            return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
-        for (uint32_t i = 0; i < v.mv_size / MSADB_SLOT_BYTES; i++) {
-            msadb_slot s;
-            msadb_slot_at(v.mv_data, i, &s);
-            if (s.doc_id == last)
-                continue;
-            last = s.doc_id;
-            msadb_docrec r;
-            if ((rc = msadb_doc_lookup(txn, st, s.doc_id, &r)))
-                return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
-            r.first_slot = pg * st->page_cap + i;
-            uint8_t dk[8], rb[DOC_REC_BYTES];
-            msadb_key_doc(dk, s.doc_id);
-            msadb_docrec_encode(&r, rb);
-            MDB_val dkv = {8, dk}, dv = {DOC_REC_BYTES, rb};
-            if ((rc = mdb_put(txn, st->db_docs, &dkv, &dv, 0)))
-                return rc;
-        }
-    }
-    return 0;
+    renumber_args a = {st, txn, 0};
+    return each_slot(st, txn, space, n_slots, renumber_fn, &a);
 }
 
 static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
