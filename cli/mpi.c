@@ -150,8 +150,14 @@ static int m_space_list(cli_db *db, int (*cb)(const msadb_space_info *, void *),
 
 static int m_space_create(cli_db *db, const char *name, uint32_t *id)
 {
+    int rc = op(db, OP_SPACE_CREATE);
+    if (!rc)
+        rc = note(m_of(db), msadb_mpi_space_create(m_of(db), name));
+    msadb_space_info info;
     *id = 0;
-    OP_THEN(db, OP_SPACE_CREATE, msadb_mpi_space_create(m_of(db), name));
+    if (!rc && m_space_get(db, name, &info) == 0)
+        *id = info.id; /* that of shard 0, as msadb_shards_space_create */
+    return rc;
 }
 
 static int m_space_drop(cli_db *db, const char *name)

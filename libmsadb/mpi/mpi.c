@@ -1223,15 +1223,20 @@ int msadb_mpi_space_list(msadb_mpi *m, int (*cb)(const msadb_space_info *, void 
         size_t n = 0, total = (size_t)displs[m->size - 1] + (size_t)lens[m->size - 1];
         msadb_space_info *v = (msadb_space_info *)(void *)all;
         size_t cnt = total / sizeof *v;
-        qsort(v, cnt, sizeof *v, space_name_cmp);
-        for (size_t i = 0; i < cnt; i++) { /* sum the ranks' entries of a name */
-            if (n && strcmp(v[n - 1].name, v[i].name) == 0) {
-                v[n - 1].n_documents += v[i].n_documents;
-                v[n - 1].n_tokens += v[i].n_tokens;
+        /* the ranks' entries of a name summed, in rank order: the id is
+         * rank 0's (its lowest shard's, as msadb_shards_space_list) */
+        for (size_t i = 0; i < cnt; i++) {
+            size_t j = 0;
+            while (j < n && strcmp(v[j].name, v[i].name) != 0)
+                j++;
+            if (j < n) {
+                v[j].n_documents += v[i].n_documents;
+                v[j].n_tokens += v[i].n_tokens;
             } else {
                 v[n++] = v[i];
             }
         }
+        qsort(v, n, sizeof *v, space_name_cmp);
         for (size_t i = 0; i < n && !rc && cb; i++)
             rc = cb(&v[i], ud);
     }

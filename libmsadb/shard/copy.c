@@ -6,6 +6,7 @@
 
 #include "msadb_shard.h"
 #include "shard/shard_impl.h"
+#include "core/util.h"
 
 /* Documents are committed when the batch holds this many bytes of K/V. */
 #define COPY_BATCH_BYTES (64u << 20)
@@ -100,9 +101,8 @@ static int copy_one(const msadb_doc_info *info, void *ud)
                      .kv_dtype = MSADB_DTYPE_F32,
                      .keys = K,
                      .values = V};
-    size_t cap_ids = c->cap;
-    if ((rc = msadb_grow(&c->old_ids, &cap_ids, c->n + 1, sizeof *c->old_ids, 64)) ||
-        (rc = msadb_grow(&c->infos, &c->cap, c->n + 1, sizeof *c->infos, 64)))
+    const msadb_array arrays[] = {{&c->old_ids, sizeof *c->old_ids}, {&c->infos, sizeof *c->infos}};
+    if ((rc = msadb_grow_arrays(arrays, 2, &c->cap, c->n + 1, 64, 0)))
         return rc;
     if (c->dst_sh) {
         if (!c->sb && (rc = msadb_shards_batch_begin(c->dst_sh, &c->sb)))

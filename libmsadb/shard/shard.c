@@ -441,9 +441,8 @@ static int space_add(const msadb_space_info *info, void *ud)
             a->seen[i]++;
             return 0;
         }
-    size_t cap_seen = a->cap;
-    if (msadb_grow(&a->seen, &cap_seen, a->n + 1, sizeof *a->seen, 16) ||
-        msadb_grow(&a->v, &a->cap, a->n + 1, sizeof *a->v, 16))
+    const msadb_array arrays[] = {{&a->v, sizeof *a->v}, {&a->seen, sizeof *a->seen}};
+    if (msadb_grow_arrays(arrays, 2, &a->cap, a->n + 1, 16, 0))
         return MSADB_ENOMEM;
     a->v[a->n] = *info;
     a->seen[a->n++] = 1;
