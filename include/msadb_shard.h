@@ -232,6 +232,17 @@ MSADB_API int msadb_shards_doc_kv(msadb_shards_snapshot *s, uint64_t doc_id, uin
  * q->stats, counts are summed and times are those of the slowest shard. */
 MSADB_API int msadb_shards_attend(msadb_shards_snapshot *s, const msadb_query *q, float *out, float *lse,
                                   msadb_hit *hits, size_t hits_cap, size_t *n_hits);
+/** The global selection attended: every shard routes (in threads), the
+ * global top_k is kept as msadb_shards_retrieve() reports it, then each
+ * shard attends only its blocks of it (msadb_shards_attend_blocks).  The
+ * output is that of one store holding every document (the same selection),
+ * and the blocks read are that one store's (top_k per kv head in all,
+ * where msadb_shards_attend() reads top_k per kv head on every shard): read
+ * and decode dominate a query's time (docs/benchmarks.md), so this is the
+ * cheaper of the two when the shards share a machine.  Exact and per_token
+ * queries are msadb_shards_attend()'s.  Arguments as msadb_shards_attend(). */
+MSADB_API int msadb_shards_attend_global(msadb_shards_snapshot *s, const msadb_query *q, float *out, float *lse,
+                                         msadb_hit *hits, size_t hits_cap, size_t *n_hits);
 /** Selection only, merged as above. */
 MSADB_API int msadb_shards_retrieve(msadb_shards_snapshot *s, const msadb_query *q, msadb_hit *hits,
                                     size_t hits_cap, size_t *n_hits);

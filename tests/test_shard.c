@@ -217,6 +217,12 @@ static void compare_stores(msadb_store *st, const uint64_t *ids1, msadb_shards *
                     found1 += a;
                     foundn += b;
                 }
+            /* the global selection attended is one store's sparse result */
+            if (check_selection) {
+                CHECK_OK(msadb_shards_attend_global(sn, &mq, on, ln, hn, HCAP, &nn));
+                CHECK(sfx_rel_err(on, o1, ROWS, SFX_D) <= 1e-5 && sfx_lse_err(ln, l1, ROWS) <= 1e-5);
+                same_selection(h1, n1, ids1, hn, nn, idsn, nd);
+            }
             /* the selection attended again, block by block, equals one
              * store attending its own selection */
             if (sel == 0 && check_selection) {

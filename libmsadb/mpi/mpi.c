@@ -191,25 +191,41 @@ typedef struct vote {
 
 /* Every rank learns every rank's code: returns the lowest failing rank's
  * code (and its sentence in m->err), 0 if none failed.  votes (may be NULL)
- * gets all of them. */
+ * gets all of them.  The codes travel first (4 bytes a rank); the
+ * sentences only when one failed. */
 static int agree_all(msadb_mpi *m, int rc, const char *what, vote **votes)
 {
     if (m->broken)
         return rc ? rc : MSADB_ESTATE;
-    vote mine;
-    memset(&mine, 0, sizeof mine);
-    mine.rc = rc;
-    if (rc) {
-        if (!m->err[0])
-            set_err(m, "%s: %s", what, msadb_strerror(rc));
-        snprintf(mine.msg, sizeof mine.msg, "%s", m->err);
-    }
-    vote *all = malloc((size_t)m->size * sizeof *all);
-    if (!all)
+    int32_t mine = rc, *codes = malloc((size_t)m->size * sizeof *codes);
+    vote *all = calloc((size_t)m->size, sizeof *all);
+    if (!codes || !all) {
+        free(codes);
+        free(all);
+        m->broken = 1; /* cannot take part: the others' deadline ends it */
         return MSADB_ENOMEM;
+    }
     MPI_Request r;
-    int mrc = MPI_Iallgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE, m->comm, &r);
+    int mrc = MPI_Iallgather(&mine, 1, MPI_INT32_T, codes, 1, MPI_INT32_T, m->comm, &r);
     int wrc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, what) : wait_one(m, &r, what);
+    int any = 0;
+    for (int i = 0; !wrc && i < m->size; i++) {
+        all[i].rc = codes[i];
+        any |= codes[i] != 0;
+    }
+    free(codes);
+    if (!wrc && any) { /* the sentences, for the ranks that report */
+        vote v;
+        memset(&v, 0, sizeof v);
+        v.rc = rc;
+        if (rc) {
+            if (!m->err[0])
+                set_err(m, "%s: %s", what, msadb_strerror(rc));
+            snprintf(v.msg, sizeof v.msg, "%s", m->err);
+        }
+        mrc = MPI_Iallgather(&v, (int)sizeof v, MPI_BYTE, all, (int)sizeof v, MPI_BYTE, m->comm, &r);
+        wrc = mrc != MPI_SUCCESS ? mpi_fail(m, mrc, what) : wait_one(m, &r, what);
+    }
     if (wrc) {
         free(all);
         return wrc;
@@ -742,7 +758,7 @@ done:
         free(payload);
         return rc;
     }
-    moved += sizeof(vote) + rows * (d + 1) * sizeof(float);
+    moved += sizeof(int32_t) + rows * (d + 1) * sizeof(float);
     if ((rc = reduce_rows(m, rows, d)) ||
         (h.want_hits && (rc = gather_hits(m, &lq, n_local, total_local, hits, hits_cap, n_hits, &moved)))) {
         free(payload);

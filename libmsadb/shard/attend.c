@@ -32,6 +32,8 @@ struct msadb_shards_snapshot {
     size_t buf_cap;
     msadb_hit *blk;           /* attend_blocks: blocks regrouped by shard */
     size_t blk_cap;
+    msadb_hit *sel;           /* attend_global: the global selection */
+    size_t sel_cap;
 };
 
 int msadb_shards_snapshot_begin(msadb_shards *sh, msadb_shards_snapshot **out)
@@ -71,6 +73,7 @@ void msadb_shards_snapshot_end(msadb_shards_snapshot *s)
     free(s->jobs);
     free(s->buf);
     free(s->blk);
+    free(s->sel);
     free(s);
 }
 
@@ -546,4 +549,41 @@ int msadb_shards_attend_merge(msadb_shards_snapshot *s, const msadb_query *q, fl
         msadb_lse_merge(rows, d, out, lse, mo, mo + rows * d, out, lse);
     free(mo);
     return rc;
+}
+
+int msadb_shards_attend_global(msadb_shards_snapshot *s, const msadb_query *q, float *out, float *lse,
+                               msadb_hit *hits, size_t hits_cap, size_t *n_hits)
+{
+    if (!s || !q || !out || !lse)
+        return MSADB_EINVAL;
+    if (q->exact || q->per_token)
+        return msadb_shards_attend(s, q, out, lse, hits, hits_cap, n_hits);
+    msadb_query_stats st_sel, st_att;
+    msadb_query qq = *q;
+    qq.stats = &st_sel;
+    size_t n = 0;
+    int rc;
+    for (;;) {
+        if ((rc = msadb_shards_retrieve(s, &qq, s->sel, s->sel_cap, &n)))
+            return rc;
+        if (n <= s->sel_cap)
+            break;
+        if (msadb_grow(&s->sel, &s->sel_cap, n, sizeof *s->sel, 64))
+            return MSADB_ENOMEM;
+    }
+    qq.stats = &st_att;
+    if ((rc = msadb_shards_attend_blocks(s, &qq, s->sel, n, out, lse)))
+        return rc;
+    if (q->stats) {
+        *q->stats = st_sel;
+        q->stats->read_ms = st_att.read_ms;
+        q->stats->attend_ms = st_att.attend_ms;
+        q->stats->blocks_read = st_att.blocks_read;
+        q->stats->tokens_attended = st_att.tokens_attended;
+    }
+    if (hits)
+        memcpy(hits, s->sel, (n < hits_cap ? n : hits_cap) * sizeof *hits);
+    if (n_hits)
+        *n_hits = n;
+    return 0;
 }

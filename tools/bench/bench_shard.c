@@ -159,8 +159,45 @@ static timing summarize(double *ms, size_t n, double wall_s)
     return t;
 }
 
+/* Where a query's time goes in one store (mean over nq queries, one
+ * process): the cost model of docs/benchmarks.md takes the scan as
+ * proportional to the tokens and the rest as fixed per shard. */
+static void breakdown(const char *path, size_t nq, uint32_t top_k)
+{
+    msadb_options o;
+    msadb_options_init(&o);
+    o.read_only = 1;
+    msadb_store *st;
+    msadb_snapshot *s;
+    int rc;
+    if ((rc = msadb_open(path, NULL, &o, &st)) || (rc = msadb_snapshot_begin(st, &s)))
+        die(path, rc);
+    msadb_stat_info si;
+    msadb_stat(st, &si);
+    float q[NQH * D], out[NQH * D], lse[NQH];
+    double sum[4] = {0};
+    for (size_t i = 0; i < nq; i++) {
+        query_vec(i % wm.n_q, q);
+        msadb_query mq;
+        msadb_query_stats qs;
+        query_init(&mq, q, top_k);
+        mq.stats = &qs;
+        if ((rc = msadb_attend(s, &mq, out, lse, NULL, 0, NULL)))
+            die("attend", rc);
+        sum[0] += qs.scan_ms / nq;
+        sum[1] += qs.select_ms / nq;
+        sum[2] += qs.read_ms / nq;
+        sum[3] += qs.attend_ms / nq;
+    }
+    printf("%-24s %9llu tokens: scan %.3f ms, select %.3f, read %.3f, attend %.3f (means)\n", path + strlen(path) -
+           (strlen(path) > 20 ? 20 : strlen(path)), (unsigned long long)si.n_tokens, sum[0], sum[1], sum[2], sum[3]);
+    msadb_snapshot_end(s);
+    msadb_close(st);
+}
+
 /* One store and 4 shards in this process, on rank 0 only. */
-static void baselines(const char *dir, size_t nq, uint32_t top_k, timing *one_t, timing *shards_t)
+static void baselines(const char *dir, size_t nq, uint32_t top_k, timing *one_t, timing *shards_t,
+                      timing *global_t)
 {
     char one[4096], four[4096];
     snprintf(one, sizeof one, "%s/one", dir);
@@ -179,20 +216,21 @@ static void baselines(const char *dir, size_t nq, uint32_t top_k, timing *one_t,
         die(four, rc);
     float q[NQH * D], out[NQH * D], lse[NQH];
     double *ms = malloc(nq * sizeof *ms);
-    for (int which = 0; which < 2; which++) {
+    for (int which = 0; which < 3; which++) {
         double t0 = machine_now_s();
         for (size_t i = 0; i < nq; i++) {
             query_vec(i % wm.n_q, q);
             msadb_query mq;
             query_init(&mq, q, top_k);
             double a = machine_now_s();
-            rc = which ? msadb_shards_attend(s4, &mq, out, lse, NULL, 0, NULL)
-                       : msadb_attend(s1, &mq, out, lse, NULL, 0, NULL);
+            rc = which == 2 ? msadb_shards_attend_global(s4, &mq, out, lse, NULL, 0, NULL)
+                 : which  ? msadb_shards_attend(s4, &mq, out, lse, NULL, 0, NULL)
+                          : msadb_attend(s1, &mq, out, lse, NULL, 0, NULL);
             if (rc)
                 die("attend", rc);
             ms[i] = (machine_now_s() - a) * 1e3;
         }
-        *(which ? shards_t : one_t) = summarize(ms, nq, machine_now_s() - t0);
+        *(which == 2 ? global_t : which ? shards_t : one_t) = summarize(ms, nq, machine_now_s() - t0);
     }
     free(ms);
     msadb_snapshot_end(s1);
@@ -207,9 +245,15 @@ static void run(const char *dir, size_t nq, uint32_t top_k)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     model(1000); /* the queries only: they do not depend on the memory size */
-    timing one_t = {0}, sh_t = {0};
-    if (rank == 0)
-        baselines(dir, nq, top_k, &one_t, &sh_t);
+    timing one_t = {0}, sh_t = {0}, gl_t = {0};
+    if (rank == 0) {
+        char one[4096], shard0[4096];
+        snprintf(one, sizeof one, "%s/one", dir);
+        snprintf(shard0, sizeof shard0, "%s/four/shard-0", dir);
+        breakdown(one, nq, top_k);
+        breakdown(shard0, nq, top_k);
+        baselines(dir, nq, top_k, &one_t, &sh_t, &gl_t);
+    }
     MPI_Barrier(MPI_COMM_WORLD);
     char four[4096];
     snprintf(four, sizeof four, "%s/four", dir);
@@ -227,6 +271,8 @@ static void run(const char *dir, size_t nq, uint32_t top_k)
                one_t.qps, "", "");
         printf("%-34s %9.3f %7.2f %9.3f %9.1f %11s %12s\n", "4 shards, 1 process (threads)", sh_t.p50,
                sh_t.p50 / one_t.p50, sh_t.mean, sh_t.qps, "", "");
+        printf("%-34s %9.3f %7.2f %9.3f %9.1f %11s %12s\n", "4 shards, 1 process, global top-k", gl_t.p50,
+               gl_t.p50 / one_t.p50, gl_t.mean, gl_t.qps, "", "");
     }
     for (int red = 0; red < 2; red++) {
         msadb_mpi_options mo;
