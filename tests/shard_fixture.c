@@ -55,18 +55,10 @@ const sfx_query *sfx_query_info(size_t qi)
     return &q;
 }
 
-/* kv head 1 holds kv head 0's vectors with channels reversed */
-static void mirror(const float *x, float *y, size_t rows)
-{
-    for (size_t r = 0; r < rows; r++)
-        for (uint32_t i = 0; i < SFX_D; i++)
-            y[r * SFX_D + i] = x[r * SFX_D + SFX_D - 1 - i];
-}
-
 void sfx_query_vec(size_t qi, float *q)
 {
     memcpy(q, wm.qs[qi].q, sizeof(float) * SFX_G * SFX_D);
-    mirror(wm.qs[qi].q, q + SFX_G * SFX_D, SFX_G);
+    wl_mirror(wm.qs[qi].q, q + SFX_G * SFX_D, SFX_G, SFX_D);
 }
 
 void sfx_signature(msadb_signature *sig)
@@ -82,8 +74,8 @@ void sfx_doc(size_t di, msadb_doc *doc)
     wl_plant(&wm, di, k1);
     memcpy(kbuf, k1, sizeof(float) * L * SFX_D);
     memcpy(vbuf, v1, sizeof(float) * L * SFX_D);
-    mirror(k1, kbuf + (size_t)L * SFX_D, L);
-    mirror(v1, vbuf + (size_t)L * SFX_D, L);
+    wl_mirror(k1, kbuf + (size_t)L * SFX_D, L, SFX_D);
+    wl_mirror(v1, vbuf + (size_t)L * SFX_D, L, SFX_D);
     snprintf(title, sizeof title, "doc-%zu", di);
     int tl = snprintf(text, sizeof text, "text of document %zu", di);
     memset(doc, 0, sizeof *doc);
@@ -96,36 +88,47 @@ void sfx_doc(size_t di, msadb_doc *doc)
     doc->values = vbuf;
 }
 
-void sfx_fill_store(msadb_store *st, size_t first, size_t n, uint64_t *ids)
+/* Documents [first, first+n) in batches of 8 through a store's or a
+ * sharded store's batch functions. */
+typedef struct filler {
+    int (*begin)(void *h, void **b);
+    int (*add)(void *b, const msadb_doc *doc);
+    int (*commit)(void *b, uint64_t *ids);
+} filler;
+
+static void fill(const filler *f, void *h, size_t first, size_t n, uint64_t *ids)
 {
     for (size_t i = first; i < first + n;) {
-        msadb_batch *b;
-        CHECK_OK(msadb_batch_begin(st, &b));
+        void *b;
+        CHECK_OK(f->begin(h, &b));
         size_t j = i;
         for (; j < first + n && j < i + 8; j++) {
             msadb_doc doc;
             sfx_doc(j, &doc);
-            CHECK_OK(msadb_batch_add(b, &doc));
+            CHECK_OK(f->add(b, &doc));
         }
-        CHECK_OK(msadb_batch_commit(b, ids + i));
+        CHECK_OK(f->commit(b, ids + i));
         i = j;
     }
 }
 
+static int st_begin(void *h, void **b) { return msadb_batch_begin(h, (msadb_batch **)b); }
+static int st_add(void *b, const msadb_doc *doc) { return msadb_batch_add(b, doc); }
+static int st_commit(void *b, uint64_t *ids) { return msadb_batch_commit(b, ids); }
+static int sh_begin(void *h, void **b) { return msadb_shards_batch_begin(h, (msadb_shards_batch **)b); }
+static int sh_add(void *b, const msadb_doc *doc) { return msadb_shards_batch_add(b, doc, NULL); }
+static int sh_commit(void *b, uint64_t *ids) { return msadb_shards_batch_commit(b, ids); }
+
+void sfx_fill_store(msadb_store *st, size_t first, size_t n, uint64_t *ids)
+{
+    static const filler f = {st_begin, st_add, st_commit};
+    fill(&f, st, first, n, ids);
+}
+
 void sfx_fill_shards(msadb_shards *sh, size_t first, size_t n, uint64_t *ids)
 {
-    for (size_t i = first; i < first + n;) {
-        msadb_shards_batch *b;
-        CHECK_OK(msadb_shards_batch_begin(sh, &b));
-        size_t j = i;
-        for (; j < first + n && j < i + 8; j++) {
-            msadb_doc doc;
-            sfx_doc(j, &doc);
-            CHECK_OK(msadb_shards_batch_add(b, &doc, NULL));
-        }
-        CHECK_OK(msadb_shards_batch_commit(b, ids + i));
-        i = j;
-    }
+    static const filler f = {sh_begin, sh_add, sh_commit};
+    fill(&f, sh, first, n, ids);
 }
 
 int sfx_hits_needle(const msadb_hit *hits, size_t n, size_t qi, const uint64_t *ids, uint32_t kh)

@@ -165,6 +165,17 @@ static void test_manifest(const char *root)
     CHECK(msadb_shards_pick(load, 4) == 1);
 }
 
+/* Query qi of the workload (into q), exact mode. */
+static void exact_query(msadb_query *mq, size_t qi, float *q)
+{
+    sfx_query_vec(qi, q);
+    msadb_query_init(mq);
+    mq->layer = SFX_LAYER;
+    mq->q = q;
+    mq->n_query = 1;
+    mq->exact = 1;
+}
+
 /* Exact and sparse attention of `sh` against `st`, query by query. */
 static void compare_stores(msadb_store *st, const uint64_t *ids1, msadb_shards *sh, const uint64_t *idsn,
                            int check_selection)
@@ -179,13 +190,8 @@ static void compare_stores(msadb_store *st, const uint64_t *ids1, msadb_shards *
     CHECK(h1 && hn);
     int found1 = 0, foundn = 0;
     for (size_t qi = 0; qi < sfx_n_queries(); qi++) {
-        sfx_query_vec(qi, q);
         msadb_query mq;
-        msadb_query_init(&mq);
-        mq.layer = SFX_LAYER;
-        mq.q = q;
-        mq.n_query = 1;
-        mq.exact = 1;
+        exact_query(&mq, qi, q);
         size_t n1, nn;
         CHECK_OK(msadb_attend(s1, &mq, oe, le, h1, HCAP, &n1));
         CHECK_OK(msadb_shards_attend(sn, &mq, on, ln, hn, HCAP, &nn));
@@ -417,13 +423,8 @@ int main(void)
     }
     for (size_t qi = 0; qi < sfx_n_queries(); qi++) {
         float q[ROWS * SFX_D], oa[ROWS * SFX_D], ob[ROWS * SFX_D], la[ROWS], lb[ROWS];
-        sfx_query_vec(qi, q);
         msadb_query mq;
-        msadb_query_init(&mq);
-        mq.layer = SFX_LAYER;
-        mq.q = q;
-        mq.n_query = 1;
-        mq.exact = 1;
+        exact_query(&mq, qi, q);
         CHECK_OK(msadb_attend(sa, &mq, oa, la, NULL, 0, NULL));
         CHECK_OK(msadb_attend(sb, &mq, ob, lb, NULL, 0, NULL));
         CHECK(sfx_rel_err(ob, oa, ROWS, SFX_D) <= 1e-5 && sfx_lse_err(lb, la, ROWS) <= 1e-5);

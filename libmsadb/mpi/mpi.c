@@ -1265,6 +1265,15 @@ int msadb_mpi_space_list(msadb_mpi *m, int (*cb)(const msadb_space_info *, void 
 
 /* ---- listing and fetching documents ------------------------------------- */
 
+/* The end of a walk that fed the root's callback: a broken exchange (rc),
+ * else every rank's own result agreed, else the callback's return. */
+static int root_walk_end(msadb_mpi *m, int rc, int local_rc, int cb_rc, const char *what)
+{
+    if (rc || (rc = agree(m, local_rc, what)))
+        return rc;
+    return m->rank == m->root ? cb_rc : 0;
+}
+
 typedef struct list_send {
     msadb_mpi *m;
     msadb_doc_info buf[LIST_CHUNK];
@@ -1361,11 +1370,7 @@ int msadb_mpi_doc_list(msadb_mpi *m, const char *space, int (*cb)(const msadb_do
     }
     int cb_rc = l->cb_rc;
     free(l);
-    if (rc)
-        return rc;
-    if ((rc = agree(m, local_rc, "doc list")))
-        return rc;
-    return is_root ? cb_rc : 0;
+    return root_walk_end(m, rc, local_rc, cb_rc, "doc list");
 }
 
 /* A fetched document: rc, info, text length, spans count, then the bytes. */
@@ -1487,11 +1492,7 @@ int msadb_mpi_doc_fetch(msadb_mpi *m, const uint64_t *ids, size_t n, msadb_mpi_d
         free(buf);
     }
     free(all);
-    if (rc)
-        return rc;
-    if ((rc = agree(m, local_rc, "doc fetch")))
-        return rc;
-    return is_root ? cb_rc : 0;
+    return root_walk_end(m, rc, local_rc, cb_rc, "doc fetch");
 }
 
 /* ---- verify ------------------------------------------------------------- */

@@ -184,14 +184,21 @@ int msadb_shards_doc_kv(msadb_shards_snapshot *s, uint64_t doc_id, uint32_t plan
 
 /* ---- hits: one global selection ---------------------------------------- */
 
+/* Hits and runs group by (kv head, query token) first. */
+static int group_cmp(uint32_t kh1, uint32_t q1, uint32_t kh2, uint32_t q2)
+{
+    if (kh1 != kh2)
+        return kh1 < kh2 ? -1 : 1;
+    return q1 < q2 ? -1 : q1 > q2;
+}
+
 /* Order within a (kv head, query) group: best score first, then block id. */
 static int hit_cmp_score(const void *x, const void *y)
 {
     const msadb_hit *a = x, *b = y;
-    if (a->kv_head != b->kv_head)
-        return a->kv_head < b->kv_head ? -1 : 1;
-    if (a->query != b->query)
-        return a->query < b->query ? -1 : 1;
+    int g = group_cmp(a->kv_head, a->query, b->kv_head, b->query);
+    if (g)
+        return g;
     if (a->score != b->score)
         return a->score > b->score ? -1 : 1;
     return a->block_id < b->block_id ? -1 : a->block_id > b->block_id;
@@ -202,10 +209,9 @@ static int hit_cmp_score(const void *x, const void *y)
 static int hit_cmp_doc(const void *x, const void *y)
 {
     const msadb_hit *a = x, *b = y;
-    if (a->kv_head != b->kv_head)
-        return a->kv_head < b->kv_head ? -1 : 1;
-    if (a->query != b->query)
-        return a->query < b->query ? -1 : 1;
+    int g = group_cmp(a->kv_head, a->query, b->kv_head, b->query);
+    if (g)
+        return g;
     if (a->doc_id != b->doc_id)
         return a->doc_id < b->doc_id ? -1 : 1;
     return a->block_id < b->block_id ? -1 : a->block_id > b->block_id;
@@ -221,10 +227,9 @@ typedef struct doc_run {
 static int run_cmp(const void *x, const void *y)
 {
     const doc_run *a = x, *b = y;
-    if (a->kv_head != b->kv_head)
-        return a->kv_head < b->kv_head ? -1 : 1;
-    if (a->query != b->query)
-        return a->query < b->query ? -1 : 1;
+    int g = group_cmp(a->kv_head, a->query, b->kv_head, b->query);
+    if (g)
+        return g;
     if (a->score != b->score)
         return a->score > b->score ? -1 : 1;
     return a->doc_id < b->doc_id ? -1 : a->doc_id > b->doc_id;

@@ -66,18 +66,11 @@ static void model(uint64_t tokens)
     }
 }
 
-/* kv head 1 holds kv head 0's vectors reversed (as tests/shard_fixture.c) */
-static void mirror(const float *x, float *y, size_t rows)
-{
-    for (size_t r = 0; r < rows; r++)
-        for (uint32_t i = 0; i < D; i++)
-            y[r * D + i] = x[r * D + D - 1 - i];
-}
-
+/* kv head 1 holds kv head 0's vectors reversed (wl_mirror) */
 static void query_vec(size_t qi, float *q)
 {
     memcpy(q, wm.qs[qi].q, sizeof(float) * G * D);
-    mirror(wm.qs[qi].q, q + G * D, G);
+    wl_mirror(wm.qs[qi].q, q + G * D, G, D);
 }
 
 static void build(const char *dir, uint64_t tokens)
@@ -114,8 +107,8 @@ static void build(const char *dir, uint64_t tokens)
             wl_plant(&wm, j, k1);
             memcpy(K, k1, sizeof(float) * L * D);
             memcpy(V, v1, sizeof(float) * L * D);
-            mirror(k1, K + (size_t)L * D, L);
-            mirror(v1, V + (size_t)L * D, L);
+            wl_mirror(k1, K + (size_t)L * D, L, D);
+            wl_mirror(v1, V + (size_t)L * D, L, D);
             msadb_doc doc = {.n_tokens = L, .kv_dtype = MSADB_DTYPE_F32, .keys = K, .values = V};
             if ((rc = msadb_batch_add(b, &doc)) || (rc = msadb_shards_batch_add(sb, &doc, NULL)))
                 die("add", rc);
