@@ -23,7 +23,7 @@ static const char *const cmd_names[CMD_COUNT] = {
     [CMD_NONE] = "", [CMD_HELP] = "help", [CMD_VERSION] = "version", [CMD_INIT] = "init",
     [CMD_INGEST] = "ingest", [CMD_QUERY] = "query", [CMD_STAT] = "stat", [CMD_LS] = "ls",
     [CMD_RM] = "rm", [CMD_SPACE] = "space", [CMD_VERIFY] = "verify", [CMD_DUMP] = "dump",
-    [CMD_LOAD] = "load", [CMD_COMPACT] = "compact",
+    [CMD_LOAD] = "load", [CMD_COMPACT] = "compact", [CMD_SPLIT] = "split", [CMD_MERGE] = "merge",
 };
 
 static const char *const cmd_usage[CMD_COUNT] = {
@@ -31,7 +31,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_VERSION] = "version",
     [CMD_INIT] = "init DB (--layers L --kv-heads H --q-heads Q --head-dim D | --model M.gguf)\n"
                  "           [--memory-layers LIST] [--block B] [--dtype f32|f16|bf16|int8|q4]\n"
-                 "           [--summary KINDS] [--key-file F | --passphrase-env VAR]",
+                 "           [--summary KINDS] [--shards N] [--key-file F | --passphrase-env VAR]",
     [CMD_INGEST] = "ingest DB [--space S] [--title T] FILE...\n"
                    "       msadb ingest DB --model M.gguf [--space S] [--title T] [--split] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
@@ -49,6 +49,8 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_DUMP] = "dump DB FILE",
     [CMD_LOAD] = "load DB FILE",
     [CMD_COMPACT] = "compact DB",
+    [CMD_SPLIT] = "split DB DIR --shards N",
+    [CMD_MERGE] = "merge DIR DB",
 };
 
 static const char *const cmd_summary[CMD_COUNT] = {
@@ -65,19 +67,21 @@ static const char *const cmd_summary[CMD_COUNT] = {
     [CMD_DUMP] = "write a portable dump of the whole store",
     [CMD_LOAD] = "restore a dump (creating the store if needed)",
     [CMD_COMPACT] = "rewrite summary pages without deleted entries",
+    [CMD_SPLIT] = "copy a store into a new sharded store of N shards",
+    [CMD_MERGE] = "copy a sharded store into a new single store",
 };
 
 #define C(x) (1u << CMD_##x)
 #define STORE_CMDS                                                                            \
     (C(INIT) | C(INGEST) | C(QUERY) | C(STAT) | C(LS) | C(RM) | C(SPACE) | C(VERIFY) |        \
-     C(DUMP) | C(LOAD) | C(COMPACT))
+     C(DUMP) | C(LOAD) | C(COMPACT) | C(SPLIT) | C(MERGE))
 #define ALL_CMDS (STORE_CMDS | C(HELP) | C(VERSION))
 
 enum opt_id {
     O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
-    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_COUNT
+    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_SHARDS, O_COUNT
 };
 
 typedef struct opt_def {
@@ -127,6 +131,8 @@ static const opt_def opts[O_COUNT] = {
                       "with --model: memory-interleave rounds 0..8 (default 0)"},
     [O_QUERY_POS] = {"query-pos", 0, 1, C(QUERY), "P",
                      "with --model: position of the question's first token (default 0)"},
+    [O_SHARDS] = {"shards", 0, 1, C(INIT) | C(SPLIT), "N",
+                  "a sharded store of N shards (DIR/shard-0 ... shard-N-1)"},
 };
 
 const char *cli_cmd_name(cli_cmd c)
@@ -399,6 +405,7 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_HEAD_DIM: return parse_u32_opt("head-dim", v, 1, MSADB_MAX_HEAD_DIM, &a->head_dim, err, errlen);
     case O_BLOCK: return parse_u32_opt("block", v, 1, MSADB_MAX_BLOCK, &a->block, err, errlen);
     case O_LAYER: return parse_u32_opt("layer", v, 0, MSADB_MAX_LAYERS - 1, &a->layer, err, errlen);
+    case O_SHARDS: return parse_u32_opt("shards", v, 1, MSADB_SHARDS_MAX, &a->shards, err, errlen);
     case O_TOP_K: return parse_u32_opt("top-k", v, 1, 1u << 20, &a->top_k, err, errlen);
     case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);
     case O_DTYPE: return parse_dtype(v, &a->dtype, err, errlen);
@@ -622,6 +629,15 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t s
     case CMD_QUERY: return check_query(a, pos, n_pos, seen, err, errlen);
     case CMD_RM: return check_rm(a, pos, n_pos, err, errlen);
     case CMD_SPACE: return check_space_cmd(a, pos, n_pos, err, errlen);
+    case CMD_SPLIT:
+    case CMD_MERGE:
+        if (a->cmd == CMD_SPLIT && need((seen >> O_SHARDS) & 1, "split", "--shards N", err, errlen) != CLI_OK)
+            return CLI_USAGE;
+        if (n_pos != 2)
+            return usage_err(err, errlen, "%s: expected %s", cmd, a->cmd == CMD_SPLIT ? "DB and DIR" : "DIR and DB");
+        a->files = pos + 1;
+        a->n_files = 1;
+        return CLI_OK;
     case CMD_DUMP:
     case CMD_LOAD:
         if (n_pos != 2)

@@ -21,7 +21,7 @@ typedef struct ingested {
 
 typedef struct ingest_ctx {
     const cli_args *a;
-    msadb_batch *batch;
+    cli_db *db;
     ingested *docs;
     size_t n_docs, cap;
     uint64_t n_tokens;
@@ -94,7 +94,7 @@ static int ingest_source(ingest_ctx *c, const kv_source *s, const char *file)
             return CLI_ERROR;
         d.doc.space = c->a->space;
         d.doc.title = g->title;
-        int rc = msadb_batch_add(c->batch, &d.doc);
+        int rc = c->db->ops->batch_add(c->db, &d.doc);
         g->tokens = d.doc.n_tokens;
         kv_doc_free(&d);
         if (rc != 0)
@@ -202,23 +202,23 @@ static int print_ingested(const cli_args *a, const ingest_ctx *c, const uint64_t
 
 int cmd_ingest(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 0, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
-    ingest_ctx c = {.a = a};
+    ingest_ctx c = {.a = a, .db = db};
     uint64_t *ids = NULL;
-    int rc = a->space ? cli_require_space(st, a->db, a->space) : CLI_OK;
-    int mrc = rc == CLI_OK ? msadb_batch_begin(st, &c.batch) : 0;
+    int rc = a->space ? cli_require_space(db, a->db, a->space) : CLI_OK;
+    int mrc = rc == CLI_OK ? db->ops->batch_begin(db) : 0;
     if (mrc != 0)
         rc = cli_error_rc(mrc, "%s: cannot begin a batch", a->db);
     if (rc == CLI_OK)
-        rc = ingest_files(&c, msadb_store_signature(st));
+        rc = ingest_files(&c, db->sig);
     if (rc == CLI_OK) {
         cli_progress(a, "ingest: committing %zu documents, %llu tokens", c.n_docs,
                      (unsigned long long)c.n_tokens);
-        rc = cli_commit_batch(a, &c.batch, c.n_docs, &ids);
+        rc = cli_commit_db(a, db, c.n_docs, &ids);
     }
-    msadb_batch_abort(c.batch);
+    db->ops->batch_abort(db);
     cli_progress_end(a);
     if (rc == CLI_OK)
         rc = print_ingested(a, &c, ids);
@@ -226,7 +226,7 @@ int cmd_ingest(const cli_args *a)
         fprintf(stderr, "msadb: ingest: nothing was written to %s\n", a->db);
     free(ids);
     free(c.docs);
-    msadb_close(st);
+    cli_db_close(db);
     return rc;
 }
 

@@ -121,8 +121,9 @@ typedef struct mdoc {
 typedef struct model_ingest {
     const cli_args *a;
     msadb_llm *llm;
+    cli_db *db;
     msadb_store *st;
-    msadb_batch *batch;
+    msadb_batch *batch; /* db's */
     mdoc *docs;
     size_t n_docs, cap;
     size_t n_store_docs; /* documents in the batch */
@@ -260,24 +261,26 @@ int cmd_model_ingest(const cli_args *a)
     model_ingest c = {.a = a, .t0 = cli_now_ms()};
     if (open_model(a->model, &c.llm, NULL) != CLI_OK)
         return CLI_ERROR;
-    if (cli_open(a, 0, &c.st) != CLI_OK) {
+    if (cli_open_one(a, 0, &c.db) != CLI_OK) {
         msadb_llm_close(c.llm);
         return CLI_ERROR;
     }
+    c.st = cli_db_store(c.db);
     uint64_t *ids = NULL;
     int rc = check_model_store(a, c.llm, c.st);
     if (rc == CLI_OK && a->space)
-        rc = cli_require_space(c.st, a->db, a->space);
-    int mrc = rc == CLI_OK ? msadb_batch_begin(c.st, &c.batch) : 0;
+        rc = cli_require_space(c.db, a->db, a->space);
+    int mrc = rc == CLI_OK ? c.db->ops->batch_begin(c.db) : 0;
+    c.batch = c.db->batch;
     if (mrc != 0)
         rc = cli_error_rc(mrc, "%s: cannot begin a batch", a->db);
     for (size_t f = 0; rc == CLI_OK && f < a->n_files; f++)
         rc = ingest_file(&c, a->files[f]);
     if (rc == CLI_OK) {
         cli_progress(a, "ingest: committing %zu documents", c.n_store_docs);
-        rc = cli_commit_batch(a, &c.batch, c.n_store_docs, &ids);
+        rc = cli_commit_db(a, c.db, c.n_store_docs, &ids);
     }
-    msadb_batch_abort(c.batch);
+    c.db->ops->batch_abort(c.db);
     cli_progress_end(a);
     if (rc == CLI_OK)
         rc = print_model_ingested(&c, ids);
@@ -285,7 +288,7 @@ int cmd_model_ingest(const cli_args *a)
         fprintf(stderr, "msadb: ingest: nothing was written to %s\n", a->db);
     free(ids);
     free(c.docs);
-    msadb_close(c.st);
+    cli_db_close(c.db);
     msadb_llm_close(c.llm);
     return rc;
 }
@@ -532,16 +535,17 @@ int cmd_model_query(const cli_args *a)
     r.ans.first = -1;
     r.memory = !a->no_memory;
     msadb_llm *llm = NULL;
-    msadb_store *st = NULL;
+    cli_db *db;
     char *question = NULL;
     size_t qlen = 0;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    if (cli_open_one(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
+    msadb_store *st = cli_db_store(db);
     int rc = open_model(a->model, &llm, &r.load_ms);
     if (rc == CLI_OK)
         rc = check_model_store(a, llm, st);
     if (rc == CLI_OK)
-        rc = cli_check_memory_args(a, st);
+        rc = cli_check_memory_args(a, db);
     if (rc == CLI_OK)
         rc = read_question(a, &question, &qlen);
     /* room for every block the question can draw on: top-k per kv head, or
@@ -610,6 +614,6 @@ int cmd_model_query(const cli_args *a)
     free(r.spans);
     free(question);
     msadb_llm_close(llm);
-    msadb_close(st);
+    cli_db_close(db);
     return rc;
 }

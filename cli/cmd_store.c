@@ -42,16 +42,26 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
     unsigned char key[MSADB_KEY_BYTES];
     if (cli_key_options(a, &opt, key) != CLI_OK)
         return CLI_ERROR;
-    msadb_store *st = NULL;
-    rc = msadb_create(a->db, &sig, &opt, &st);
-    explicit_bzero(key, sizeof key);
-    if (rc != 0)
-        return cli_open_error(a->db, rc, 1);
-    int enc = msadb_store_encrypted(st) == 1;
-    msadb_close(st);
+    int enc = 0;
+    if (a->shards) {
+        rc = cli_db_create_sharded(a, &sig, &opt, &enc);
+        explicit_bzero(key, sizeof key);
+        if (rc != CLI_OK)
+            return rc;
+    } else {
+        msadb_store *st = NULL;
+        rc = msadb_create(a->db, &sig, &opt, &st);
+        explicit_bzero(key, sizeof key);
+        if (rc != 0)
+            return cli_open_error(a->db, rc, 1);
+        enc = msadb_store_encrypted(st) == 1;
+        msadb_close(st);
+    }
     if (a->json) {
         json_t *j = json_pack("{s:s, s:o, s:b}", "path", a->db, "signature",
                               cli_signature_json(&sig), "encrypted", enc);
+        if (j && a->shards)
+            json_object_set_new(j, "shards", json_integer(a->shards));
         if (j && model)
             json_object_set_new(j, "model", cli_json_bytes(model, strlen(model)));
         return cli_json_print(j);
@@ -61,9 +71,12 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
         cli_layers_str(&sig, layers, sizeof layers);
         cli_summary_str(sig.summary_kinds, kinds, sizeof kinds);
         printf("created %s: %u layers (memory layers %s), %u kv heads, %u q heads, head dim %u, "
-               "block %u, %s, summaries %s%s\n",
+               "block %u, %s, summaries %s%s",
                a->db, sig.n_layers, layers, sig.n_kv_heads, sig.n_q_heads, sig.head_dim,
                sig.block_size, msadb_dtype_name((int)sig.dtype), kinds, enc ? ", encrypted" : "");
+        if (a->shards)
+            printf(", %u shards", a->shards);
+        printf("\n");
     }
     return CLI_OK;
 }
@@ -119,22 +132,22 @@ static void stat_table(const cli_args *a, const msadb_signature *sig, const msad
 
 int cmd_stat(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
     msadb_stat_info s;
-    int rc = msadb_stat(st, &s);
+    int rc = db->ops->stat(db, &s);
     if (rc != 0) {
-        msadb_close(st);
+        cli_db_close(db);
         return cli_error_rc(rc, "%s: stat", a->db);
     }
-    const msadb_signature *sig = msadb_store_signature(st);
+    const msadb_signature *sig = db->sig;
     int out = CLI_OK;
     if (a->json)
         out = cli_json_print(stat_json(a, sig, &s));
     else if (!a->quiet)
         stat_table(a, sig, &s);
-    msadb_close(st);
+    cli_db_close(db);
     return out;
 }
 
@@ -174,22 +187,18 @@ static int ls_cb(const msadb_doc_info *d, void *ud)
 
 int cmd_ls(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
-    msadb_snapshot *snap = NULL;
-    int rc = a->space ? cli_require_space(st, a->db, a->space) : CLI_OK;
+    int rc = a->space ? cli_require_space(db, a->db, a->space) : CLI_OK;
     if (rc != CLI_OK) {
-        msadb_close(st);
+        cli_db_close(db);
         return rc;
     }
     static const char *const hdr[] = {"id", "space", "tokens", "blocks", "created", "title"};
     ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(6, hdr)};
-    int mrc = msadb_snapshot_begin(st, &snap);
-    if (mrc == 0)
-        mrc = msadb_doc_list(snap, a->space, ls_cb, &c);
-    msadb_snapshot_end(snap);
-    msadb_close(st);
+    int mrc = db->ops->doc_list(db, a->space, ls_cb, &c);
+    cli_db_close(db);
     if (mrc != 0) {
         json_decref(c.arr);
         cli_table_free(c.t);
@@ -214,23 +223,18 @@ static int u64_cmp(const void *x, const void *y)
 }
 
 /* Every id must exist, or nothing is deleted. */
-static int rm_check(const cli_args *a, msadb_store *st, const uint64_t *ids, size_t n)
+static int rm_check(const cli_args *a, cli_db *db, const uint64_t *ids, size_t n)
 {
-    msadb_snapshot *snap;
-    int mrc = msadb_snapshot_begin(st, &snap);
-    if (mrc != 0)
-        return cli_error_rc(mrc, "%s", a->db);
-    int rc = CLI_OK;
+    int rc = CLI_OK, mrc;
     for (size_t i = 0; i < n && rc == CLI_OK; i++) {
         msadb_doc_info info;
-        mrc = msadb_doc_get(snap, ids[i], &info);
+        mrc = db->ops->doc_get(db, ids[i], &info);
         if (mrc == MSADB_ENOTFOUND)
             rc = cli_error("%s: no document %llu; nothing was deleted", a->db,
                            (unsigned long long)ids[i]);
         else if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: document %llu", a->db, (unsigned long long)ids[i]);
     }
-    msadb_snapshot_end(snap);
     return rc;
 }
 
@@ -245,14 +249,14 @@ int cmd_rm(const cli_args *a)
     for (size_t i = 0; i < a->n_doc_ids; i++)
         if (n == 0 || ids[n - 1] != ids[i])
             ids[n++] = ids[i];
-    msadb_store *st;
-    int rc = cli_open(a, 0, &st);
+    cli_db *db;
+    int rc = cli_db_open(a, 0, &db);
     if (rc == CLI_OK) {
-        rc = rm_check(a, st, ids, n);
-        int mrc = rc == CLI_OK ? msadb_doc_delete(st, ids, n) : 0;
+        rc = rm_check(a, db, ids, n);
+        int mrc = rc == CLI_OK ? db->ops->del(db, ids, n) : 0;
         if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: delete", a->db);
-        msadb_close(st);
+        cli_db_close(db);
     }
     if (rc == CLI_OK && a->json) {
         json_t *arr = json_array();
@@ -284,11 +288,11 @@ static int space_ls_cb(const msadb_space_info *s, void *ud)
     return 0;
 }
 
-static int space_ls(const cli_args *a, msadb_store *st)
+static int space_ls(const cli_args *a, cli_db *db)
 {
     static const char *const hdr[] = {"id", "name", "documents", "tokens"};
     ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(4, hdr)};
-    int mrc = msadb_space_list(st, space_ls_cb, &c);
+    int mrc = db->ops->space_list(db, space_ls_cb, &c);
     if (mrc != 0) {
         json_decref(c.arr);
         cli_table_free(c.t);
@@ -302,12 +306,12 @@ static int space_ls(const cli_args *a, msadb_store *st)
     return CLI_OK;
 }
 
-static int space_change(const cli_args *a, msadb_store *st)
+static int space_change(const cli_args *a, cli_db *db)
 {
     const char *name = a->space_name;
     uint32_t id = 0;
-    int mrc = a->space_action == SPACE_CREATE ? msadb_space_create(st, name, &id)
-                                              : msadb_space_drop(st, name);
+    int mrc = a->space_action == SPACE_CREATE ? db->ops->space_create(db, name, &id)
+                                              : db->ops->space_drop(db, name);
     if (mrc == MSADB_EEXIST)
         return cli_error("%s: space '%s' already exists", a->db, name);
     if (mrc == MSADB_ENOTFOUND)
@@ -326,11 +330,11 @@ static int space_change(const cli_args *a, msadb_store *st)
 
 int cmd_space(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, a->space_action == SPACE_LS, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, a->space_action == SPACE_LS, &db) != CLI_OK)
         return CLI_ERROR;
-    int rc = a->space_action == SPACE_LS ? space_ls(a, st) : space_change(a, st);
-    msadb_close(st);
+    int rc = a->space_action == SPACE_LS ? space_ls(a, db) : space_change(a, db);
+    cli_db_close(db);
     return rc;
 }
 
@@ -358,16 +362,16 @@ static void verify_cb(const char *problem, void *ud)
 
 int cmd_verify(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
     verify_ctx c = {a, a->json ? json_array() : NULL, 0};
     cli_progress(a, "verify: checking %s", a->db);
-    int mrc = msadb_verify(st, verify_cb, &c);
+    int mrc = db->ops->verify(db, verify_cb, &c);
     cli_progress_end(a);
     msadb_stat_info s;
-    int have_stat = msadb_stat(st, &s) == 0;
-    msadb_close(st);
+    int have_stat = db->ops->stat(db, &s) == 0;
+    cli_db_close(db);
     if (mrc != 0 && mrc != MSADB_ECORRUPT) {
         json_decref(c.arr);
         return cli_error_rc(mrc, "%s: verify could not complete", a->db);
@@ -394,16 +398,16 @@ int cmd_verify(const cli_args *a)
 
 int cmd_compact(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 0, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
     msadb_stat_info before, after;
-    int mrc = msadb_stat(st, &before);
+    int mrc = db->ops->stat(db, &before);
     if (mrc == 0)
-        mrc = msadb_compact(st);
+        mrc = db->ops->compact(db);
     if (mrc == 0)
-        mrc = msadb_stat(st, &after);
-    msadb_close(st);
+        mrc = db->ops->stat(db, &after);
+    cli_db_close(db);
     if (mrc != 0)
         return cli_error_rc(mrc, "%s: compact", a->db);
     if (a->json)

@@ -11,7 +11,8 @@ static const cmd_fn commands[CMD_COUNT] = {
     [CMD_INIT] = cmd_init,     [CMD_INGEST] = cmd_ingest, [CMD_QUERY] = cmd_query,
     [CMD_STAT] = cmd_stat,     [CMD_LS] = cmd_ls,         [CMD_RM] = cmd_rm,
     [CMD_SPACE] = cmd_space,   [CMD_VERIFY] = cmd_verify, [CMD_DUMP] = cmd_dump,
-    [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact,
+    [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact, [CMD_SPLIT] = cmd_split,
+    [CMD_MERGE] = cmd_merge,
 };
 
 static const cmd_fn model_commands[CMD_COUNT] = {
@@ -29,11 +30,30 @@ static int usage_error(const cli_args *a, const char *msg)
     return CLI_USAGE;
 }
 
+/* Under msadb-mpi, whether every rank takes part in the command (the
+ * commands that may open a sharded store, and init --shards); for the
+ * others rank 0 works alone. */
+static int all_ranks(const cli_args *a)
+{
+    switch (a->cmd) {
+    case CMD_STAT: case CMD_LS: case CMD_RM: case CMD_SPACE: case CMD_VERIFY: case CMD_COMPACT:
+        return 1;
+    case CMD_INGEST: case CMD_QUERY: return !a->model;
+    case CMD_INIT: return a->shards != 0;
+    default: return 0;
+    }
+}
+
 int main(int argc, char **argv)
 {
     cli_args a;
     char err[512];
+    cli_mpi_init(&argc, &argv);
     int rc = cli_parse(argc, argv, &a, err, sizeof err);
+    if (cli_mpi_rank() != 0 && (rc != CLI_OK || !all_ranks(&a))) {
+        cli_args_free(&a);
+        cli_mpi_leave();
+    }
     if (rc != CLI_OK) {
         rc = usage_error(&a, err);
     } else if (a.cmd == CMD_HELP) {
@@ -48,5 +68,5 @@ int main(int argc, char **argv)
     cli_args_free(&a);
     if (fflush(stdout) != 0 && rc == CLI_OK)
         rc = CLI_ERROR;
-    return rc;
+    return cli_mpi_finish(rc);
 }

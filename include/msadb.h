@@ -88,6 +88,8 @@ enum {
     MSADB_ELIMIT = -30986,   /* a size exceeds a documented limit */
     MSADB_EIO = -30985,      /* I/O error (errno not available) */
     MSADB_ENOTSUP = -30984,  /* a part this library was built without (meson option) */
+    MSADB_ETIMEDOUT = -30983, /* distributed operation: a rank did not answer in time */
+    MSADB_EPEER = -30982,    /* distributed operation: failed on another rank */
 };
 
 /** A static, human-readable description of any code returned by msadb,

@@ -29,6 +29,8 @@ const char *msadb_strerror(int err)
     case MSADB_ELIMIT: return "size exceeds a limit or the buffer given";
     case MSADB_EIO: return "I/O error";
     case MSADB_ENOTSUP: return "not built into this library (rebuild msadb with that part enabled)";
+    case MSADB_ETIMEDOUT: return "a rank of the distributed store did not answer in time (failed or stalled)";
+    case MSADB_EPEER: return "the operation failed on another rank of the distributed store";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)

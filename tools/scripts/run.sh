@@ -15,7 +15,8 @@ packages=(build-essential meson ninja-build pkg-config
           liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev libpcre2-dev
           python3 python3-numpy)
 if [ "$what" = test ]; then
-  packages+=(python3-sentencepiece python3-torch)
+  # Open MPI: msadb_mpi, msadb-mpi and their tests under mpirun (suite 'mpi')
+  packages+=(python3-sentencepiece python3-torch openmpi-bin libopenmpi-dev)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 missing=()
