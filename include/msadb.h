@@ -88,6 +88,8 @@ enum {
     MSADB_ELIMIT = -30986,   /* a size exceeds a documented limit */
     MSADB_EIO = -30985,      /* I/O error (errno not available) */
     MSADB_ENOTSUP = -30984,  /* a part this library was built without (meson option) */
+    MSADB_ERANGE = -30983,   /* a key or value too large for the store's dtype or its f16
+                                summaries (|x| > 65504, see msadb_batch_add) */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -139,6 +141,7 @@ MSADB_API int msadb_dtype_parse(const char *name);
 #define MSADB_NAME_MAX 63    /* bytes of a space name */
 #define MSADB_TITLE_MAX 255  /* bytes of a document title */
 #define MSADB_KEY_BYTES 32   /* encryption key size */
+#define MSADB_MAX_TOP_K 65536 /* msadb_query.top_k */
 
 /** The model signature a store is created for; fixed for the store's life. */
 typedef struct msadb_signature {
@@ -191,7 +194,8 @@ typedef struct msadb_options {
 MSADB_API void msadb_options_init(msadb_options *opt);
 
 /** Reads an encryption key file: either exactly 32 raw bytes, or 64
- * hexadecimal characters optionally followed by a newline.  Errors:
+ * hexadecimal characters followed by at most one line ending ("\n" or
+ * "\r\n").  Anything else, trailing bytes included, is refused.  Errors:
  * MSADB_EINVAL (bad format), errno values (cannot read). */
 MSADB_API int msadb_key_file_read(const char *path, unsigned char key[MSADB_KEY_BYTES]);
 
@@ -298,8 +302,12 @@ MSADB_API int msadb_batch_begin(msadb_store *store, msadb_batch **out);
 /** Validates and encodes one document into the batch (the costly part of
  * ingest happens here, outside any transaction).  The caller's buffers may
  * be released when this returns.  On error the batch is unchanged and may
- * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names),
- * MSADB_ENONFINITE, MSADB_ENOTFOUND (space unknown at commit). */
+ * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names, a title
+ * that is not UTF-8; an empty title is no title), MSADB_ENONFINITE,
+ * MSADB_ERANGE (a key of magnitude above 65504 in a store with mean or
+ * min/max summaries or f16 storage, or a value above it with f16 storage:
+ * refused rather than stored as infinity or clamped), MSADB_ENOTFOUND
+ * (space unknown at commit). */
 MSADB_API int msadb_batch_add(msadb_batch *batch, const msadb_doc *doc);
 
 /** Number of documents added so far. */

@@ -29,6 +29,9 @@ const char *msadb_strerror(int err)
     case MSADB_ELIMIT: return "size exceeds a limit or the buffer given";
     case MSADB_EIO: return "I/O error";
     case MSADB_ENOTSUP: return "not built into this library (rebuild msadb with that part enabled)";
+    case MSADB_ERANGE:
+        return "a key or value is too large for the store (f16 storage or f16 summaries hold "
+               "magnitudes up to 65504)";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)
