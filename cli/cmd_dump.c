@@ -329,6 +329,14 @@ static int check_against(const load_ctx *c, const kv_source *s)
         if ((d->has_tokens && !s->tokens) || (d->has_spans && !s->spans))
             return cli_error("%s: manifest: document %zu has tokens or spans the file lacks",
                              c->path, i);
+        uint64_t tb = s->text_range ? s->text_range[2 * i + 1] - s->text_range[2 * i] : 0,
+                 mb = s->meta_range ? s->meta_range[2 * i + 1] - s->meta_range[2 * i] : 0;
+        if (d->text_bytes != tb || d->meta_bytes != mb)
+            return cli_error("%s: manifest: document %zu has text_bytes %llu and meta_bytes %llu "
+                             "but the file holds %llu and %llu bytes for it",
+                             c->path, i, (unsigned long long)d->text_bytes,
+                             (unsigned long long)d->meta_bytes, (unsigned long long)tb,
+                             (unsigned long long)mb);
     }
     return CLI_OK;
 }

@@ -238,9 +238,16 @@ typedef struct msadb_stat_info {
     uint64_t map_size;        /* current LMDB map size */
     uint64_t map_used;        /* bytes of the map in use (last page) */
     int encrypted;
+    /* Readers and space.  A snapshot (in any process) keeps every page of
+     * its state alive: while it is open, commits cannot reuse the pages
+     * they free, and the file grows instead. */
+    uint32_t readers;         /* open snapshots, all processes (dead ones cleared) */
+    uint64_t oldest_reader_lag; /* commits since the state the oldest open snapshot reads */
+    uint64_t live_bytes;      /* bytes of pages the newest state uses; map_used minus
+                                 this is free or pinned by older snapshots */
 } msadb_stat_info;
 
-/** Statistics of the store as of now. */
+/** Statistics of the store as of now (clears dead readers' slots first). */
 MSADB_API int msadb_stat(msadb_store *store, msadb_stat_info *out);
 
 /* ------------------------------------------------------------------------ */

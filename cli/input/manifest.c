@@ -12,13 +12,24 @@ static int manifest_doc(const char *path, dump_manifest *c, json_t *d, size_t i)
     load_doc *o = &c->docs[i];
     json_t *id = json_object_get(d, "id"), *sp = json_object_get(d, "space"),
            *ti = json_object_get(d, "title"), *tk = json_object_get(d, "tokens"),
-           *ht = json_object_get(d, "has_tokens"), *hs = json_object_get(d, "has_spans");
-    if (!json_is_integer(id) || !json_is_string(sp) || !json_is_string(ti) ||
+           *ht = json_object_get(d, "has_tokens"), *hs = json_object_get(d, "has_spans"),
+           *cr = json_object_get(d, "created"), *tb = json_object_get(d, "text_bytes"),
+           *mb = json_object_get(d, "meta_bytes");
+    if (!json_is_object(d) || !json_is_integer(id) || !json_is_string(sp) || !json_is_string(ti) ||
         !json_is_integer(tk) || !json_is_boolean(ht) || !json_is_boolean(hs) ||
-        json_integer_value(id) < 0 || json_integer_value(tk) < 1)
-        return cli_error("%s: manifest: document entry %zu lacks id, space, title, tokens, "
-                         "has_tokens or has_spans",
+        !json_is_integer(cr) || !json_is_integer(tb) || !json_is_integer(mb) ||
+        json_integer_value(id) < 0 || json_integer_value(tk) < 1 || json_integer_value(tb) < 0 ||
+        json_integer_value(mb) < 0)
+        return cli_error("%s: manifest: document entry %zu lacks id, space, title, created, "
+                         "tokens (>= 1), has_tokens, has_spans, text_bytes or meta_bytes (>= 0)",
                          path, i);
+    if (json_object_size(d) != 9)
+        return cli_error("%s: manifest: document entry %zu has fields beyond id, space, title, "
+                         "created, tokens, has_tokens, has_spans, text_bytes and meta_bytes",
+                         path, i);
+    o->created = json_integer_value(cr);
+    o->text_bytes = (uint64_t)json_integer_value(tb);
+    o->meta_bytes = (uint64_t)json_integer_value(mb);
     o->old_id = (uint64_t)json_integer_value(id);
     o->tokens = (uint64_t)json_integer_value(tk);
     o->space = json_string_value(sp);
@@ -34,6 +45,10 @@ static int manifest_doc(const char *path, dump_manifest *c, json_t *d, size_t i)
     if (strlen(o->title) > MSADB_TITLE_MAX)
         return cli_error("%s: manifest: document %zu: title longer than %d bytes", path, i,
                          MSADB_TITLE_MAX);
+    for (size_t k = 0; k < i; k++)
+        if (c->docs[k].old_id == o->old_id)
+            return cli_error("%s: manifest: documents %zu and %zu have the same id %llu", path, k,
+                             i, (unsigned long long)o->old_id);
     return CLI_OK;
 }
 
@@ -45,9 +60,16 @@ int dump_manifest_parse(const char *path, const uint8_t *bytes, size_t len, dump
     c->json = json_loadb((const char *)bytes, len, JSON_REJECT_DUPLICATES, &je);
     if (!c->json)
         return cli_error("%s: manifest: JSON at byte %d: %s", path, je.position, je.text);
-    json_t *ver = json_object_get(c->json, "format_version");
+    json_t *ver = json_object_get(c->json, "format_version"), *fmt = json_object_get(c->json, "format");
+    if (!json_is_string(fmt) || strcmp(json_string_value(fmt), DUMP_FORMAT) != 0)
+        return cli_error("%s: manifest: format is not \"%s\"", path, DUMP_FORMAT);
     if (!json_is_integer(ver) || json_integer_value(ver) != DUMP_VERSION)
         return cli_error("%s: manifest: format_version is not %d", path, DUMP_VERSION);
+    if (!json_is_string(json_object_get(c->json, "msadb_version")) ||
+        !json_is_boolean(json_object_get(c->json, "encrypted_source")))
+        return cli_error("%s: manifest: msadb_version (a string) or encrypted_source (true or "
+                         "false) is missing",
+                         path);
     if (cli_signature_from_json(json_object_get(c->json, "signature"), &c->sig, err, sizeof err) != 0)
         return cli_error("%s: manifest: %s", path, err);
     json_t *sp = json_object_get(c->json, "spaces"), *docs = json_object_get(c->json, "documents");

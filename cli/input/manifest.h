@@ -15,7 +15,8 @@
 
 /* One document of the manifest; strings point into the manifest's JSON. */
 typedef struct load_doc {
-    uint64_t old_id, tokens;
+    uint64_t old_id, tokens, text_bytes, meta_bytes;
+    int64_t created;
     const char *space, *title;
     int has_tokens, has_spans;
 } load_doc;

@@ -911,7 +911,7 @@ int tf_out_open(tf_out *o, const char *path, char *err, size_t errlen)
         tf_out_abort(o);
         return fail(err, errlen, "cannot create: %s", strerror(e));
     }
-    fchmod(fd, 0644);
+    /* mkstemp makes it 0600: a dump holds an encrypted store's plaintext */
     o->fp = fdopen(fd, "wb");
     if (!o->fp) {
         int e = errno;

@@ -1,4 +1,5 @@
 /* errors.c -- error strings and version information. */
+#include <errno.h>
 #include <lmdb.h>
 #include <string.h>
 
@@ -36,6 +37,9 @@ const char *msadb_strerror(int err)
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)
         return mdb_strerror(err);
+    if (err == EFBIG) /* strerror's "File too large" hides that it is a limit */
+        return "File size limit exceeded (the process's file size limit, ulimit -f, or the "
+               "filesystem's largest file)";
     if (err > 0) {
         const char *s = strerror(err);
         return s ? s : "system error";
