@@ -174,6 +174,7 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
 typedef struct {
     uint32_t id;
     uint64_t docs, tokens, blocks;
+    int has_record; /* a space record names this id */
 } space_tally;
 
 static space_tally *tally_for(space_tally *t, size_t n, uint32_t id)
@@ -356,12 +357,19 @@ static int verify_all(verifier *vf)
                 problem(vf, "space %s: record malformed", name);
                 continue;
             }
-            check_space(vf, name, &sr, tally_for(tally, n_tally, sr.id));
+            space_tally *t = tally_for(tally, n_tally, sr.id);
+            if (t)
+                t->has_record = 1;
+            check_space(vf, name, &sr, t);
         }
         mdb_cursor_close(cur);
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    for (size_t i = 0; !rc && i < n_tally; i++)
+        if (!tally[i].has_record)
+            problem(vf, "%llu documents are in space id %u, which has no space record",
+                    (unsigned long long)tally[i].docs, tally[i].id);
     if (!rc) {
         MDB_stat bs;
         if (!(rc = mdb_stat(txn, st->db_blocks, &bs)) && bs.ms_entries != blocks_seen)

@@ -40,7 +40,7 @@ def run_target(build, name, seconds, execs, merge):
            "-close_fd_mask=3", "-rss_limit_mb=2048", "-timeout=20",
            "-artifact_prefix=" + os.path.join(crashes, name + "-"), work, seeds]
     if execs:
-        cmd.insert(3, "-runs=%d" % execs)
+        cmd.insert(4, "-runs=%d" % execs)
     t0 = time.time()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        errors="replace")
