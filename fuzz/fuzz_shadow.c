@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "msadb.h"
+#include "fuzz_read.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -194,30 +195,6 @@ static void edit(MDB_txn *txn, MDB_dbi dbi, const uint8_t *e)
     free(nv);
 }
 
-static int doc_cb(const msadb_doc_info *info, void *ud)
-{
-    msadb_snapshot *snap = ud;
-    char text[64];
-    size_t len;
-    int32_t ids[16];
-    int64_t spans[32];
-    float k[16 * D], v[16 * D];
-    msadb_doc_text(snap, info->id, text, sizeof text, &len);
-    msadb_doc_meta(snap, info->id, text, sizeof text, &len);
-    if (info->n_tokens <= 16) {
-        msadb_doc_tokens(snap, info->id, ids, spans, 16);
-        msadb_doc_kv(snap, info->id, 0, k, v);
-    }
-    return 0;
-}
-
-static int space_cb(const msadb_space_info *info, void *ud)
-{
-    (void)info;
-    (void)ud;
-    return 0;
-}
-
 static void queries(msadb_snapshot *snap)
 {
     float q[2 * 2 * D], out[2 * 2 * D], lse[4];
@@ -252,10 +229,10 @@ static void exercise(const char *dir, int enc)
     int verified = msadb_verify(st, NULL, NULL) == 0;
     msadb_stat_info si;
     msadb_stat(st, &si);
-    msadb_space_list(st, space_cb, NULL);
+    msadb_space_list(st, fuzz_read_space, NULL);
     msadb_snapshot *snap;
     if (msadb_snapshot_begin(st, &snap) == 0) {
-        msadb_doc_list(snap, NULL, doc_cb, snap);
+        msadb_doc_list(snap, NULL, fuzz_read_doc, snap);
         queries(snap);
         msadb_snapshot_end(snap);
     }
