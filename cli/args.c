@@ -406,13 +406,17 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_BLOCK: return parse_u32_opt("block", v, 1, MSADB_MAX_BLOCK, &a->block, err, errlen);
     case O_LAYER: return parse_u32_opt("layer", v, 0, MSADB_MAX_LAYERS - 1, &a->layer, err, errlen);
     case O_SHARDS: return parse_u32_opt("shards", v, 1, MSADB_SHARDS_MAX, &a->shards, err, errlen);
-    case O_TOP_K: return parse_u32_opt("top-k", v, 1, 1u << 20, &a->top_k, err, errlen);
+    case O_TOP_K: return parse_u32_opt("top-k", v, 1, MSADB_MAX_TOP_K, &a->top_k, err, errlen);
     case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);
     case O_DTYPE: return parse_dtype(v, &a->dtype, err, errlen);
     case O_SUMMARY: return parse_summary(a->cmd, v, &a->summary, err, errlen);
     case O_TITLE:
         if (strlen(v) > MSADB_TITLE_MAX)
             return usage_err(err, errlen, "--title: %zu bytes, at most %d", strlen(v), MSADB_TITLE_MAX);
+        if (!*v)
+            return usage_err(err, errlen, "--title: empty (leave it out to title documents by file name)");
+        if (!cli_utf8_valid(v, strlen(v)))
+            return usage_err(err, errlen, "--title: not valid UTF-8");
         a->title = v;
         return CLI_OK;
     case O_Q: a->q_file = v; return CLI_OK;

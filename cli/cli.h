@@ -119,6 +119,10 @@ int cli_json_print(json_t *v);
 /* A JSON string from bytes that may not be valid UTF-8 (bad bytes become
  * U+FFFD). */
 json_t *cli_json_bytes(const char *s, size_t n);
+/* Whether n bytes are valid UTF-8 without NUL; cli_utf8_fix() replaces each
+ * byte of an invalid sequence with '?' in place (titles made of file names). */
+int cli_utf8_valid(const char *s, size_t n);
+void cli_utf8_fix(char *s);
 
 /* A table: aligned columns with a header on a terminal, tab-separated
  * lines with a header line otherwise. */
@@ -190,6 +194,9 @@ typedef struct kv_doc {
 } kv_doc;
 
 int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig);
+/* The same from a safetensors file in memory (buf must outlive s). */
+int kv_source_parse(kv_source *s, const char *label, const uint8_t *buf, size_t len,
+                    const msadb_signature *sig);
 int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_path,
                        const char *tokens_path, const msadb_signature *sig);
 int kv_source_doc(const kv_source *s, size_t i, kv_doc *d);

@@ -59,6 +59,7 @@ static void make_title(const cli_args *a, const char *file, size_t i, size_t n, 
             len--;
         memcpy(base, b, len);
         base[len] = 0;
+        cli_utf8_fix(base);
     }
     if (n <= 1) {
         snprintf(out, MSADB_TITLE_MAX + 1, "%s", base);

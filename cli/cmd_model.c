@@ -111,6 +111,7 @@ static void fit_title(const char *base, const char *suffix, char out[MSADB_TITLE
             keep--;
     }
     snprintf(out, MSADB_TITLE_MAX + 1, "%.*s%s", (int)keep, base, suffix);
+    cli_utf8_fix(out);
 }
 
 typedef struct mdoc {

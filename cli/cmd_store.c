@@ -85,16 +85,23 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
 /* stat                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* Commits behind the newest state past which stat warns about a reader. */
+#define STAT_LAG_WARN 100
+
 static json_t *stat_json(const cli_args *a, const msadb_signature *sig, const msadb_stat_info *s)
 {
-    return json_pack("{s:s, s:s, s:I, s:b, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "path",
+    return json_pack("{s:s, s:s, s:I, s:b, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                     "s:I}",
+                     "path",
                      a->db, "version", msadb_version(), "format_version",
                      (json_int_t)s->format_version, "encrypted", s->encrypted, "signature",
                      cli_signature_json(sig), "spaces", (json_int_t)s->n_spaces, "documents",
                      (json_int_t)s->n_documents, "tokens", (json_int_t)s->n_tokens, "blocks",
                      (json_int_t)s->n_blocks, "block_bytes", (json_int_t)s->block_bytes,
                      "summary_bytes", (json_int_t)s->summary_bytes, "map_size",
-                     (json_int_t)s->map_size, "map_used", (json_int_t)s->map_used);
+                     (json_int_t)s->map_size, "map_used", (json_int_t)s->map_used, "live_bytes",
+                     (json_int_t)s->live_bytes, "readers", (json_int_t)s->readers,
+                     "oldest_reader_lag", (json_int_t)s->oldest_reader_lag);
 }
 
 static void stat_table(const cli_args *a, const msadb_signature *sig, const msadb_stat_info *s)
@@ -126,6 +133,9 @@ static void stat_table(const cli_args *a, const msadb_signature *sig, const msad
                        (double)(s->block_bytes + s->summary_bytes) / (double)s->n_tokens);
     cli_table_addf(t, "map_size\t%llu", (unsigned long long)s->map_size);
     cli_table_addf(t, "map_used\t%llu", (unsigned long long)s->map_used);
+    cli_table_addf(t, "live_bytes\t%llu", (unsigned long long)s->live_bytes);
+    cli_table_addf(t, "readers\t%u", s->readers);
+    cli_table_addf(t, "oldest_reader_lag\t%llu", (unsigned long long)s->oldest_reader_lag);
     cli_table_print(t, stdout);
     cli_table_free(t);
 }
@@ -143,6 +153,14 @@ int cmd_stat(const cli_args *a)
     }
     const msadb_signature *sig = db->sig;
     int out = CLI_OK;
+    /* a snapshot left open by a long-lived reader while the file grows */
+    if (s.oldest_reader_lag >= STAT_LAG_WARN && s.map_used > 2 * s.live_bytes && !a->quiet)
+        fprintf(stderr,
+                "msadb: warning: %s: a reader has kept a snapshot open for %llu commits; the "
+                "pages it holds cannot be reused, so the file grows (%llu bytes used, %llu "
+                "live): end or renew long-lived snapshots\n",
+                a->db, (unsigned long long)s.oldest_reader_lag, (unsigned long long)s.map_used,
+                (unsigned long long)s.live_bytes);
     if (a->json)
         out = cli_json_print(stat_json(a, sig, &s));
     else if (!a->quiet)

@@ -19,8 +19,8 @@ int cli_key_options(const cli_args *a, msadb_options *opt, unsigned char key[MSA
     if (a->key_file) {
         int rc = msadb_key_file_read(a->key_file, key);
         if (rc == MSADB_EINVAL)
-            return cli_error("--key-file %s: expected exactly 32 raw bytes or 64 hexadecimal "
-                             "digits",
+            return cli_error("--key-file %s: expected exactly 32 raw bytes, or 64 hexadecimal "
+                             "digits and at most one newline",
                              a->key_file);
         if (rc != 0)
             return cli_error_rc(rc, "--key-file %s", a->key_file);

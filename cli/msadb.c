@@ -1,6 +1,7 @@
 /* msadb.c -- main of the msadb command-line program: parses the command
  * line (args.c) and runs one command.  Exit status: 0 success, 1 runtime
  * error, 2 usage error.  See docs/cli.md and msadb(1). */
+#include <signal.h>
 #include <stdio.h>
 
 #include "cli.h"
@@ -49,6 +50,9 @@ int main(int argc, char **argv)
     cli_args a;
     char err[512];
     cli_mpi_init(&argc, &argv);
+    /* past RLIMIT_FSIZE a write then fails with EFBIG, reported as "File
+     * size limit exceeded", instead of the signal killing the program */
+    signal(SIGXFSZ, SIG_IGN);
     int rc = cli_parse(argc, argv, &a, err, sizeof err);
     if (cli_mpi_rank() != 0 && (rc != CLI_OK || !all_ranks(&a))) {
         cli_args_free(&a);

@@ -140,6 +140,24 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+int cli_utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0, l; i < n; i += l)
+        if ((l = utf8_seq((const unsigned char *)s + i, n - i)) == 0 || s[i] == 0)
+            return 0;
+    return 1;
+}
+
+void cli_utf8_fix(char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0, l; i < n; i += l)
+        if ((l = utf8_seq((const unsigned char *)s + i, n - i)) == 0) {
+            s[i] = '?';
+            l = 1;
+        }
+}
+
 json_t *cli_json_bytes(const char *s, size_t n)
 {
     char *buf = malloc(n * 3 + 1);

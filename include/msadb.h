@@ -90,6 +90,8 @@ enum {
     MSADB_ENOTSUP = -30984,  /* a part this library was built without (meson option) */
     MSADB_ETIMEDOUT = -30983, /* distributed operation: a rank did not answer in time */
     MSADB_EPEER = -30982,    /* distributed operation: failed on another rank */
+    MSADB_ERANGE = -30981,   /* a key or value too large for the store's dtype or its f16
+                                summaries (|x| > 65504, see msadb_batch_add) */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -141,6 +143,7 @@ MSADB_API int msadb_dtype_parse(const char *name);
 #define MSADB_NAME_MAX 63    /* bytes of a space name */
 #define MSADB_TITLE_MAX 255  /* bytes of a document title */
 #define MSADB_KEY_BYTES 32   /* encryption key size */
+#define MSADB_MAX_TOP_K 65536 /* msadb_query.top_k */
 
 /** The model signature a store is created for; fixed for the store's life. */
 typedef struct msadb_signature {
@@ -193,7 +196,8 @@ typedef struct msadb_options {
 MSADB_API void msadb_options_init(msadb_options *opt);
 
 /** Reads an encryption key file: either exactly 32 raw bytes, or 64
- * hexadecimal characters optionally followed by a newline.  Errors:
+ * hexadecimal characters followed by at most one line ending ("\n" or
+ * "\r\n").  Anything else, trailing bytes included, is refused.  Errors:
  * MSADB_EINVAL (bad format), errno values (cannot read). */
 MSADB_API int msadb_key_file_read(const char *path, unsigned char key[MSADB_KEY_BYTES]);
 
@@ -236,9 +240,16 @@ typedef struct msadb_stat_info {
     uint64_t map_size;        /* current LMDB map size */
     uint64_t map_used;        /* bytes of the map in use (last page) */
     int encrypted;
+    /* Readers and space.  A snapshot (in any process) keeps every page of
+     * its state alive: while it is open, commits cannot reuse the pages
+     * they free, and the file grows instead. */
+    uint32_t readers;         /* open snapshots, all processes (dead ones cleared) */
+    uint64_t oldest_reader_lag; /* commits since the state the oldest open snapshot reads */
+    uint64_t live_bytes;      /* bytes of pages the newest state uses; map_used minus
+                                 this is free or pinned by older snapshots */
 } msadb_stat_info;
 
-/** Statistics of the store as of now. */
+/** Statistics of the store as of now (clears dead readers' slots first). */
 MSADB_API int msadb_stat(msadb_store *store, msadb_stat_info *out);
 
 /* ------------------------------------------------------------------------ */
@@ -300,8 +311,12 @@ MSADB_API int msadb_batch_begin(msadb_store *store, msadb_batch **out);
 /** Validates and encodes one document into the batch (the costly part of
  * ingest happens here, outside any transaction).  The caller's buffers may
  * be released when this returns.  On error the batch is unchanged and may
- * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names),
- * MSADB_ENONFINITE, MSADB_ENOTFOUND (space unknown at commit). */
+ * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names, a title
+ * that is not UTF-8; an empty title is no title), MSADB_ENONFINITE,
+ * MSADB_ERANGE (a key of magnitude above 65504 in a store with mean or
+ * min/max summaries or f16 storage, or a value above it with f16 storage:
+ * refused rather than stored as infinity or clamped), MSADB_ENOTFOUND
+ * (space unknown at commit). */
 MSADB_API int msadb_batch_add(msadb_batch *batch, const msadb_doc *doc);
 
 /** Number of documents added so far. */

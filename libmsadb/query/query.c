@@ -32,7 +32,6 @@
 
 #define MAX_SCAN_THREADS 8
 #define MIN_ENTRIES_PER_THREAD 8192 /* below this a second thread costs more than it saves */
-#define MAX_TOP_K 65536
 #define MAX_QUERY_TOKENS 65536
 #define CHUNK_FLOATS (1u << 21) /* scores per attention chunk: bounds the work buffer */
 
@@ -852,7 +851,7 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         return MSADB_ELIMIT;
     if (q->select != MSADB_SELECT_BLOCKS && q->select != MSADB_SELECT_DOCUMENTS)
         return MSADB_EINVAL;
-    if (!q->exact && (q->top_k == 0 || q->top_k > MAX_TOP_K))
+    if (!q->exact && (q->top_k == 0 || q->top_k > MSADB_MAX_TOP_K))
         return q->top_k == 0 ? MSADB_EINVAL : MSADB_ELIMIT;
     if (!(q->scale >= 0.0f) || isinf(q->scale))
         return MSADB_EINVAL;

@@ -19,13 +19,17 @@ struct msadb_store {
     msadb_signature sig;
     uint8_t store_id[16];
     uint8_t key[32];
+    uint8_t mac_key[32];        /* meta MAC key, derived from key (encrypted stores) */
     int encrypted, read_only, zstd_level;
+    int has_mac;     /* meta records carry a MAC (keycheck v2) */
+    int mac_pending; /* a write transaction in flight adds the MAC */
     uint32_t page_cap;
     msadb_summ_layout summ; /* summary page layout (from sig) */
     char *path;
     pthread_mutex_t write_lock; /* one writer at a time in this process */
     pthread_mutex_t snap_lock;  /* guards n_readers and remapping */
     unsigned n_readers;         /* read transactions open in this process */
+    int64_t last_reader_check;  /* monotonic second of the last mdb_reader_check (write_lock) */
 };
 
 struct msadb_snapshot {
@@ -79,6 +83,9 @@ MSADB_HIDDEN void msadb_txn_done(msadb_store *st, MDB_txn *txn);
 /* Runs fn in a write transaction (grows the map and retries when full). */
 MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud);
 
+/* The MAC of the meta records (encrypted stores): fills mac[32].  0 or an
+ * LMDB error. */
+MSADB_HIDDEN int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32]);
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
 

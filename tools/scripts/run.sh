@@ -51,6 +51,16 @@ case "$what" in
     rc=0
     meson test -C "$build" --print-errorlogs --num-processes 2 || rc=$?
     bash tools/scripts/check_install.sh "$build" || rc=1
+    # The C test suites again under AddressSanitizer and UBSan (suite 'c':
+    # unit, store, query, model and tokenizer programs and the fuzz corpus
+    # replays; the Python-driven tests stay in the plain build).
+    asan=${MSADB_ASAN_BUILD_DIR:-build-asan}
+    if [ ! -f "$asan/build.ninja" ]; then
+      meson setup "$asan" -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized >/dev/null
+    fi
+    ninja -C "$asan"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      meson test -C "$asan" --suite c --print-errorlogs --num-processes 2 || rc=1
     /usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY' || rc=1
 import json, os, sys
 ok = bad = skip = 0

@@ -15,7 +15,8 @@ snapshots, attention), :mod:`msadb.runtime` (GGUF models: ingest text, ask),
 from ._lib import LIBRARY, LLM_DOC_MAX, check_mirrors, lib
 from .errors import (AlreadyExists, AuthenticationFailed, Corrupt, Error, InvalidArgument,
                      IOFailure, KeyRequired, LimitExceeded, LMDBError, NonFinite, NotAStore,
-                     NotFound, NotSupported, OutOfMemory, ReadOnly, SignatureMismatch, UnsupportedDtype,
+                     NotFound, NotSupported, OutOfMemory, OutOfRange, ReadOnly, SignatureMismatch,
+                     UnsupportedDtype,
                      VersionMismatch, WrongState, strerror)
 from .memory import Memory, default_model_path
 from .runtime import Answer, Model, ModelInfo, Span, merge_spans
@@ -29,6 +30,7 @@ __all__ = ["AlreadyExists", "Answer", "Attention", "AuthenticationFailed", "Batc
            "Corrupt", "DocInfo", "Error", "FORMAT_VERSION", "HIT_DTYPE", "IOFailure",
            "InvalidArgument", "KeyRequired", "LIBRARY", "LLM_DOC_MAX", "LMDBError", "LimitExceeded",
            "Memory", "Model", "ModelInfo", "NonFinite", "NotAStore", "NotFound", "NotSupported", "OutOfMemory",
+           "OutOfRange",
            "QueryStats", "ReadOnly", "Signature", "SignatureMismatch", "Snapshot", "Span",
            "SpaceInfo", "Stat", "Store", "UnsupportedDtype", "VersionMismatch", "WrongState",
            "check_mirrors", "default_model_path", "lse_merge", "merge_spans", "read_key_file",

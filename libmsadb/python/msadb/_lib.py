@@ -44,7 +44,9 @@ class StatInfo_(ctypes.Structure):
                 ("n_documents", ctypes.c_uint64), ("n_tokens", ctypes.c_uint64),
                 ("n_blocks", ctypes.c_uint64), ("block_bytes", ctypes.c_uint64),
                 ("summary_bytes", ctypes.c_uint64), ("map_size", ctypes.c_uint64),
-                ("map_used", ctypes.c_uint64), ("encrypted", ctypes.c_int)]
+                ("map_used", ctypes.c_uint64), ("encrypted", ctypes.c_int),
+                ("readers", ctypes.c_uint32), ("oldest_reader_lag", ctypes.c_uint64),
+                ("live_bytes", ctypes.c_uint64)]
 
 
 class SpaceInfo_(ctypes.Structure):

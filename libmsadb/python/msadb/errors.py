@@ -26,6 +26,7 @@ ENOTSTORE = -30987
 ELIMIT = -30986
 EIO = -30985
 ENOTSUP = -30984
+ERANGE = -30983
 
 
 def strerror(code: int) -> str:
@@ -121,6 +122,11 @@ class NotSupported(Error):
     runtime, with meson's -Druntime=disabled)."""
 
 
+class OutOfRange(Error):
+    """MSADB_ERANGE: a key or value too large for the store's f16 storage or
+    f16 summaries (magnitude above 65504)."""
+
+
 class LMDBError(Error):
     """An LMDB code (-30800..-30780), e.g. MDB_MAP_FULL or MDB_READERS_FULL."""
 
@@ -130,7 +136,7 @@ _BY_CODE = {EINVAL: InvalidArgument, ENOMEM: OutOfMemory, ECORRUPT: Corrupt,
             EAUTH: AuthenticationFailed, ENOTFOUND: NotFound, EEXIST: AlreadyExists,
             EREADONLY: ReadOnly, ENONFINITE: NonFinite, ESTATE: WrongState,
             EDTYPE: UnsupportedDtype, ENOTSTORE: NotAStore, ELIMIT: LimitExceeded, EIO: IOFailure,
-            ENOTSUP: NotSupported}
+            ENOTSUP: NotSupported, ERANGE: OutOfRange}
 
 
 def error_class(code: int) -> type:
