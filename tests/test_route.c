@@ -95,7 +95,7 @@ static void count_problem(const char *line, void *ud)
 
 /* The coarse entry's vectors are copies of its blocks' representatives, so
  * its score never exceeds the best block's; parameters are checked. */
-static void test_coarse_bound(void)
+static void test_coarse_bound(uint32_t kind)
 {
     uint64_t rng = 5;
     enum { N = 40, S = 8, R = 3 };
@@ -109,13 +109,16 @@ static void test_coarse_bound(void)
     fine.reps = v8;
     fine.reps_scale = sc;
     fine.n_reps = MSADB_K_REPS;
-    msadb_coarse_layout C = {D, S, R, MSADB_COARSE_KCENTER};
+    msadb_coarse_layout C = {D, S, R, kind};
     CHECK(msadb_coarse_valid(&C, 256));
     msadb_coarse_layout bad = C;
     bad.S = 7; /* does not divide the page */
     CHECK(!msadb_coarse_valid(&bad, 256));
     bad = C;
     bad.R = MSADB_COARSE_MAX_R + 1;
+    CHECK(!msadb_coarse_valid(&bad, 256));
+    bad = C;
+    bad.kind = 3;
     CHECK(!msadb_coarse_valid(&bad, 256));
     size_t bytes = msadb_coarse_page_bytes(&C, N);
     CHECK(bytes >= 2048 && bytes >= (size_t)5 * R * (4 + D));
@@ -319,7 +322,8 @@ static void test_format1_upgrade(void)
 
 int main(void)
 {
-    test_coarse_bound();
+    test_coarse_bound(MSADB_COARSE_KCENTER);
+    test_coarse_bound(MSADB_COARSE_KCENTER_DIR);
     test_index_matches_scan();
     test_verify_and_repair();
     test_format1_upgrade();

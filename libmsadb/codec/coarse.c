@@ -1,12 +1,13 @@
 /* coarse.c -- the routing index's coarse summary: choice of a super-block's
  * representatives and the coarse page layout (see coarse.h). */
+#include <math.h>
 #include <string.h>
 
 #include "codec/coarse.h"
 
 int msadb_coarse_valid(const msadb_coarse_layout *C, uint32_t page_cap)
 {
-    return C->kind == MSADB_COARSE_KCENTER && C->S >= 1 && C->S <= MSADB_COARSE_MAX_S && C->S <= page_cap && page_cap % C->S == 0 && C->R >= 1 &&
+    return (C->kind == MSADB_COARSE_KCENTER || C->kind == MSADB_COARSE_KCENTER_DIR) && C->S >= 1 && C->S <= MSADB_COARSE_MAX_S && C->S <= page_cap && page_cap % C->S == 0 && C->R >= 1 &&
            C->R <= MSADB_COARSE_MAX_R && C->d >= 1 && C->d <= MSADB_MAX_HEAD_DIM;
 }
 
@@ -36,10 +37,23 @@ static double dist_to(const int8_t *a, float sa, const float *x, uint32_t d)
     return s;
 }
 
-/* k-center choice among m representatives (v[m][d], scale[m]): indexes of
- * up to R vectors into pick; returns how many were chosen. */
-static uint32_t kcenter(const int8_t *v, const float *scale, uint32_t m, uint32_t d, uint32_t R, uint32_t *pick)
+/* k-center choice among m representatives (v[m][d], scale[m]; with dir,
+ * each scale is taken as 1/|v8| so distances are between directions):
+ * indexes of up to R vectors into pick; returns how many were chosen. */
+static uint32_t kcenter(const int8_t *v, const float *scale_in, uint32_t m, uint32_t d, uint32_t R, int dir,
+                        uint32_t *pick)
 {
+    float dscale[MSADB_K_REPS * MSADB_COARSE_MAX_S];
+    const float *scale = scale_in;
+    if (dir) {
+        for (uint32_t i = 0; i < m; i++) {
+            double n2 = 0.0;
+            for (uint32_t j = 0; j < d; j++)
+                n2 += (double)v[(size_t)i * d + j] * v[(size_t)i * d + j];
+            dscale[i] = n2 > 0.0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
+        }
+        scale = dscale;
+    }
     float mean[MSADB_MAX_HEAD_DIM], x[MSADB_MAX_HEAD_DIM];
     double near[MSADB_K_REPS * MSADB_COARSE_MAX_S];
     for (uint32_t j = 0; j < d; j++) {
@@ -84,7 +98,7 @@ void msadb_coarse_page_build(const msadb_coarse_layout *C, const msadb_summ_view
         uint32_t m = (uint32_t)((b1 - b0) * K), pick[MSADB_COARSE_MAX_R];
         const int8_t *v = fine->reps + b0 * K * d;
         const float *sc = fine->reps_scale + b0 * K;
-        uint32_t np = kcenter(v, sc, m, d, R, pick);
+        uint32_t np = kcenter(v, sc, m, d, R, C->kind == MSADB_COARSE_KCENTER_DIR, pick);
         for (uint32_t r = 0; r < R; r++) {
             uint32_t src = pick[r < np ? r : 0];
             memcpy(ov + (e * R + r) * d, v + (size_t)src * d, d);

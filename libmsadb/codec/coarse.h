@@ -30,7 +30,9 @@
 
 #include "codec/summary.h"
 
-#define MSADB_COARSE_KCENTER 1 /* the only coarse kind so far (stored in meta/route) */
+/* Coarse kinds (stored in meta/route): the distance the k-center choice uses. */
+#define MSADB_COARSE_KCENTER 1     /* Euclidean, between dequantized vectors */
+#define MSADB_COARSE_KCENTER_DIR 2 /* between directions (vectors scaled to unit length) */
 #define MSADB_COARSE_MAX_R 16
 #define MSADB_COARSE_MAX_S 256
 

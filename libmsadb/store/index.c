@@ -64,7 +64,7 @@ int msadb_route_create(msadb_store *st, MDB_txn *txn)
         return 0;
     }
     uint8_t b[16] = {0};
-    msadb_put_le32(b, MSADB_COARSE_KCENTER);
+    msadb_put_le32(b, MSADB_COARSE_KCENTER_DIR);
     msadb_put_le32(b + 4, st->page_cap % ROUTE_DEFAULT_S == 0 ? ROUTE_DEFAULT_S : 1);
     msadb_put_le32(b + 8, ROUTE_DEFAULT_R);
     MDB_val k = {5, (void *)"route"}, v = {16, b};
@@ -202,5 +202,33 @@ int msadb_upgrade(msadb_store *st)
         st->has_route = 0; /* the transaction is gone, and the handle with it */
     else
         st->format = MSADB_FORMAT_VERSION;
+    return rc;
+}
+
+static int rebuild_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    const uint32_t *sr = ud;
+    uint8_t b[16] = {0};
+    msadb_put_le32(b, sr[2]);
+    msadb_put_le32(b + 4, sr[0]);
+    msadb_put_le32(b + 8, sr[1]);
+    MDB_val k = {5, (void *)"route"}, v = {16, b};
+    int rc = mdb_put(txn, st->db_meta, &k, &v, 0);
+    if (rc || (rc = meta_route(txn, st, &st->route)))
+        return rc;
+    return upgrade_fn(st, txn, NULL);
+}
+
+int msadb_route_rebuild(msadb_store *st, uint32_t S, uint32_t R, uint32_t kind)
+{
+    if (!st)
+        return MSADB_EINVAL;
+    msadb_coarse_layout C = {st->sig.head_dim, S, R, kind};
+    if (!(st->sig.summary_kinds & MSADB_SUMMARY_REPS) || !msadb_coarse_valid(&C, st->page_cap))
+        return MSADB_EINVAL;
+    uint32_t sr[3] = {S, R, kind};
+    int rc = msadb_write(st, rebuild_fn, sr);
+    if (rc)
+        st->has_route = 0;
     return rc;
 }

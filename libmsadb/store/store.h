@@ -91,6 +91,12 @@ MSADB_HIDDEN float *msadb_snap_floats(msadb_snapshot *snap, size_t n);
 /* Nonzero when the store was opened read-only. */
 MSADB_HIDDEN int msadb_store_read_only(const msadb_store *st);
 
+/* Rebuilds the routing index with S slots per super-block, R
+ * representatives each, chosen by coarse kind `kind` (store/index.c): for the benchmark that chooses the
+ * defaults.  Errors: MSADB_EINVAL (no representatives in the store, or
+ * parameters msadb_coarse_valid refuses), write errors. */
+MSADB_HIDDEN int msadb_route_rebuild(msadb_store *st, uint32_t S, uint32_t R, uint32_t kind);
+
 /* Nonzero when the snapshot's store has a routing index (store/index.c). */
 MSADB_HIDDEN int msadb_snap_has_index(msadb_snapshot *snap);
 
