@@ -118,7 +118,7 @@ static void test_coarse_bound(uint32_t kind)
     bad.R = MSADB_COARSE_MAX_R + 1;
     CHECK(!msadb_coarse_valid(&bad, 256));
     bad = C;
-    bad.kind = 3;
+    bad.kind = 4;
     CHECK(!msadb_coarse_valid(&bad, 256));
     size_t bytes = msadb_coarse_page_bytes(&C, N);
     CHECK(bytes >= 2048 && bytes >= (size_t)5 * R * (4 + D));
@@ -324,6 +324,7 @@ int main(void)
 {
     test_coarse_bound(MSADB_COARSE_KCENTER);
     test_coarse_bound(MSADB_COARSE_KCENTER_DIR);
+    test_coarse_bound(MSADB_COARSE_KCENTER_MIX);
     test_index_matches_scan();
     test_verify_and_repair();
     test_format1_upgrade();

@@ -7,7 +7,7 @@
 
 int msadb_coarse_valid(const msadb_coarse_layout *C, uint32_t page_cap)
 {
-    return (C->kind == MSADB_COARSE_KCENTER || C->kind == MSADB_COARSE_KCENTER_DIR) && C->S >= 1 && C->S <= MSADB_COARSE_MAX_S && C->S <= page_cap && page_cap % C->S == 0 && C->R >= 1 &&
+    return C->kind >= MSADB_COARSE_KCENTER && C->kind <= MSADB_COARSE_KCENTER_MIX && C->S >= 1 && C->S <= MSADB_COARSE_MAX_S && C->S <= page_cap && page_cap % C->S == 0 && C->R >= 1 &&
            C->R <= MSADB_COARSE_MAX_R && C->d >= 1 && C->d <= MSADB_MAX_HEAD_DIM;
 }
 
@@ -39,9 +39,10 @@ static double dist_to(const int8_t *a, float sa, const float *x, uint32_t d)
 
 /* k-center choice among m representatives (v[m][d], scale[m]; with dir,
  * each scale is taken as 1/|v8| so distances are between directions):
- * indexes of up to R vectors into pick; returns how many were chosen. */
+ * indexes of up to R vectors into pick, after the np0 already there (which
+ * count as centers); returns how many pick holds. */
 static uint32_t kcenter(const int8_t *v, const float *scale_in, uint32_t m, uint32_t d, uint32_t R, int dir,
-                        uint32_t *pick)
+                        uint32_t *pick, uint32_t np0)
 {
     float dscale[MSADB_K_REPS * MSADB_COARSE_MAX_S];
     const float *scale = scale_in;
@@ -64,7 +65,17 @@ static uint32_t kcenter(const int8_t *v, const float *scale_in, uint32_t m, uint
     }
     for (uint32_t i = 0; i < m; i++)
         near[i] = dist_to(v + (size_t)i * d, scale[i], mean, d);
-    uint32_t np = 0;
+    for (uint32_t c = 0; c < np0; c++) {
+        uint32_t p = pick[c];
+        for (uint32_t j = 0; j < d; j++)
+            x[j] = (float)((double)v[(size_t)p * d + j] * scale[p]);
+        for (uint32_t i = 0; i < m; i++) {
+            double t = dist_to(v + (size_t)i * d, scale[i], x, d);
+            near[i] = t < near[i] ? t : near[i];
+        }
+        near[p] = -1.0;
+    }
+    uint32_t np = np0;
     while (np < R && np < m) {
         uint32_t best = 0;
         for (uint32_t i = 1; i < m; i++)
@@ -98,7 +109,11 @@ void msadb_coarse_page_build(const msadb_coarse_layout *C, const msadb_summ_view
         uint32_t m = (uint32_t)((b1 - b0) * K), pick[MSADB_COARSE_MAX_R];
         const int8_t *v = fine->reps + b0 * K * d;
         const float *sc = fine->reps_scale + b0 * K;
-        uint32_t np = kcenter(v, sc, m, d, R, C->kind == MSADB_COARSE_KCENTER_DIR, pick);
+        uint32_t np;
+        if (C->kind == MSADB_COARSE_KCENTER_MIX) /* half by distance, the rest by direction */
+            np = kcenter(v, sc, m, d, R, 1, pick, kcenter(v, sc, m, d, (R + 1) / 2, 0, pick, 0));
+        else
+            np = kcenter(v, sc, m, d, R, C->kind == MSADB_COARSE_KCENTER_DIR, pick, 0);
         for (uint32_t r = 0; r < R; r++) {
             uint32_t src = pick[r < np ? r : 0];
             memcpy(ov + (e * R + r) * d, v + (size_t)src * d, d);

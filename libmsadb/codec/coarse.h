@@ -33,6 +33,7 @@
 /* Coarse kinds (stored in meta/route): the distance the k-center choice uses. */
 #define MSADB_COARSE_KCENTER 1     /* Euclidean, between dequantized vectors */
 #define MSADB_COARSE_KCENTER_DIR 2 /* between directions (vectors scaled to unit length) */
+#define MSADB_COARSE_KCENTER_MIX 3 /* the first ceil(R/2) Euclidean, the rest by direction */
 #define MSADB_COARSE_MAX_R 16
 #define MSADB_COARSE_MAX_S 256
 

@@ -64,7 +64,7 @@ int msadb_route_create(msadb_store *st, MDB_txn *txn)
         return 0;
     }
     uint8_t b[16] = {0};
-    msadb_put_le32(b, MSADB_COARSE_KCENTER_DIR);
+    msadb_put_le32(b, MSADB_COARSE_KCENTER_MIX);
     msadb_put_le32(b + 4, st->page_cap % ROUTE_DEFAULT_S == 0 ? ROUTE_DEFAULT_S : 1);
     msadb_put_le32(b + 8, ROUTE_DEFAULT_R);
     MDB_val k = {5, (void *)"route"}, v = {16, b};

@@ -1144,14 +1144,14 @@ static int scan_only(uint64_t n_tokens, uint32_t k)
 /* --route-scale TOKENS --dim D: routing cost at a size no store is built
  * for: random int8 representatives of TOKENS/64 blocks (3 per block, in
  * RAM), their coarse pages built as the store builds them (S 16, R 8,
- * directions), then per query (4 q heads, top-16) the exhaustive scan and
+ * mixed k-center), then per query (4 q heads, top-16) the exhaustive scan and
  * the two levels (coarse scan, then the blocks of the best 64 super-blocks)
  * with 1 and 2 threads, best and median of 9.  Quality is not measured here
  * (random vectors have no needles): --route-sweep does that on workloads. */
 static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k)
 {
     size_t nb = (size_t)((n_tokens + 63) / 64), nv = 3 * nb;
-    msadb_coarse_layout C = {d, 16, 8, MSADB_COARSE_KCENTER_DIR};
+    msadb_coarse_layout C = {d, 16, 8, MSADB_COARSE_KCENTER_MIX};
     size_t n_pages = (nb + 255) / 256, ns = (nb + C.S - 1) / C.S, nc = ns * C.R;
     int8_t *v8 = msadb_aalloc(nv * d), *c8 = msadb_aalloc(nc * d);
     float *s8 = xmalloc(sizeof(float) * nv), *cs = xmalloc(sizeof(float) * nc);
