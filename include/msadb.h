@@ -447,9 +447,9 @@ typedef struct msadb_query_stats {
     double read_ms;      /* reading and decoding the chosen blocks */
     double attend_ms;    /* exact attention over the chosen tokens */
     uint64_t blocks_scanned; /* block summaries scored */
-    uint64_t coarse_scanned; /* routing index entries scored (super-blocks) */
     uint64_t blocks_read;
     uint64_t tokens_attended;
+    uint64_t coarse_scanned; /* routing index entries scored (super-blocks) */
 } msadb_query_stats;
 
 typedef struct msadb_query {
