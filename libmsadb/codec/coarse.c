@@ -37,6 +37,20 @@ static double dist_to(const int8_t *a, float sa, const float *x, uint32_t d)
     return s;
 }
 
+/* Makes vector p a center: near[i] becomes the distance of vector i to its
+ * nearest center, and p is never chosen again (x: scratch of d floats). */
+static void add_center(const int8_t *v, const float *scale, uint32_t m, uint32_t d, uint32_t p, float *x,
+                       double *near)
+{
+    for (uint32_t j = 0; j < d; j++)
+        x[j] = (float)((double)v[(size_t)p * d + j] * scale[p]);
+    for (uint32_t i = 0; i < m; i++) {
+        double t = dist_to(v + (size_t)i * d, scale[i], x, d);
+        near[i] = t < near[i] ? t : near[i];
+    }
+    near[p] = -1.0;
+}
+
 /* k-center choice among m representatives (v[m][d], scale[m]; with dir,
  * each scale is taken as 1/|v8| so distances are between directions):
  * indexes of up to R vectors into pick, after the np0 already there (which
@@ -65,16 +79,8 @@ static uint32_t kcenter(const int8_t *v, const float *scale_in, uint32_t m, uint
     }
     for (uint32_t i = 0; i < m; i++)
         near[i] = dist_to(v + (size_t)i * d, scale[i], mean, d);
-    for (uint32_t c = 0; c < np0; c++) {
-        uint32_t p = pick[c];
-        for (uint32_t j = 0; j < d; j++)
-            x[j] = (float)((double)v[(size_t)p * d + j] * scale[p]);
-        for (uint32_t i = 0; i < m; i++) {
-            double t = dist_to(v + (size_t)i * d, scale[i], x, d);
-            near[i] = t < near[i] ? t : near[i];
-        }
-        near[p] = -1.0;
-    }
+    for (uint32_t c = 0; c < np0; c++)
+        add_center(v, scale, m, d, pick[c], x, near);
     uint32_t np = np0;
     while (np < R && np < m) {
         uint32_t best = 0;
@@ -84,13 +90,7 @@ static uint32_t kcenter(const int8_t *v, const float *scale_in, uint32_t m, uint
         if (np > 0 && near[best] <= 0.0)
             break; /* every other vector equals one already kept */
         pick[np++] = best;
-        for (uint32_t j = 0; j < d; j++)
-            x[j] = (float)((double)v[(size_t)best * d + j] * scale[best]);
-        for (uint32_t i = 0; i < m; i++) {
-            double t = dist_to(v + (size_t)i * d, scale[i], x, d);
-            near[i] = t < near[i] ? t : near[i];
-        }
-        near[best] = -1.0;
+        add_center(v, scale, m, d, best, x, near);
     }
     return np;
 }
