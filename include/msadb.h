@@ -57,7 +57,7 @@ extern "C" {
 
 /* On-disk format version written by this library.  A store whose format is
  * newer is refused with MSADB_EVERSION. */
-#define MSADB_FORMAT_VERSION 1
+#define MSADB_FORMAT_VERSION 2
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
@@ -405,6 +405,18 @@ MSADB_API int msadb_doc_kv(msadb_snapshot *snap, uint64_t doc_id, uint32_t plane
 /* Verification                                                             */
 /* ------------------------------------------------------------------------ */
 
+/** Builds (or rebuilds) the routing index of a store (see msadb_query.route):
+ * a store of format 1, written before the index existed, opens and is
+ * queried by the exhaustive scan until this is called; it then gets the
+ * index and format 2, in one write transaction (all or nothing; about 1/6 of
+ * the time of a verify: only the summary pages are read).  On a format 2
+ * store it recomputes every index page (the repair for an index page that
+ * msadb_verify() reports as damaged).  A store whose signature keeps no
+ * representative keys (MSADB_SUMMARY_REPS) has no index: only its format
+ * number changes.  Errors: MSADB_EINVAL (NULL), MSADB_EREADONLY,
+ * MSADB_ECORRUPT (a summary page without its slot page), LMDB errors. */
+MSADB_API int msadb_upgrade(msadb_store *store);
+
 /** Checks the whole store: every block decodes and passes its checksum and
  * authentication, summaries equal those recomputed from the blocks, and all
  * indexes agree.  For every problem found, report (if not NULL) is called
@@ -431,6 +443,18 @@ MSADB_API int msadb_verify(msadb_store *store,
  * attended (empty memory) the output is 0 and the LSE is -INFINITY.
  */
 
+/* How blocks are routed (msadb_query.route).  The index (a coarse level of
+ * super-blocks of consecutive slots, each summarized by a few of its blocks'
+ * representative keys; docs/format.md) is scanned first, then the block
+ * summaries of the best `route_candidates` super-blocks only.  It serves
+ * block selection with the representatives summary; the scan serves every
+ * other query and is the reference the index is measured against. */
+#define MSADB_ROUTE_DEFAULT 0 /* the index when it can serve the query, else the scan */
+#define MSADB_ROUTE_SCAN 1    /* every block summary (exhaustive) */
+#define MSADB_ROUTE_INDEX 2   /* the index; MSADB_EINVAL when the store has none
+                                 (format 1: see msadb_upgrade) or the query
+                                 is not a block selection with representatives */
+
 #define MSADB_SELECT_BLOCKS 0    /* top-k blocks per kv head */
 #define MSADB_SELECT_DOCUMENTS 1 /* top-k documents (max over their blocks), all their blocks */
 
@@ -439,9 +463,10 @@ typedef struct msadb_query_stats {
     double select_ms;    /* top-k selection */
     double read_ms;      /* reading and decoding the chosen blocks */
     double attend_ms;    /* exact attention over the chosen tokens */
-    uint64_t blocks_scanned;
+    uint64_t blocks_scanned; /* block summaries scored */
     uint64_t blocks_read;
     uint64_t tokens_attended;
+    uint64_t coarse_scanned; /* routing index entries scored (super-blocks) */
 } msadb_query_stats;
 
 typedef struct msadb_query {
@@ -460,6 +485,9 @@ typedef struct msadb_query {
     int exact;                /* attend every block */
     int per_token;            /* each query token gets its own selection */
     msadb_query_stats *stats; /* optional: filled with timings */
+    int route;                /* MSADB_ROUTE_* (default: index when present) */
+    uint32_t route_candidates; /* super-blocks whose blocks are scored
+                                  (0: 64; at most 65536) */
 } msadb_query;
 
 /** Fills *q with defaults (top_k 16, blocks, default summary, default scale). */

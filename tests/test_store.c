@@ -489,7 +489,9 @@ static void test_verify_detects(void)
     CHECK_OK(mdb_txn_commit(txn));
     problems = 0;
     CHECK_RC(msadb_verify(st, count_problem, &problems), MSADB_ECORRUPT);
-    CHECK(problems == 1);
+    /* the summary, and the index page computed from it when the changed
+     * representatives are among those the index keeps */
+    CHECK(problems == 1 || problems == 2);
     msadb_close(st);
     free(K);
     free(V);

@@ -12,6 +12,7 @@
 #include "codec/codec.h"
 #include "core/crypto.h"
 #include "core/kernels.h"
+#include "store/index.h"
 #include "store/store_impl.h"
 
 /* ------------------------------------------------------------------------ */
@@ -381,7 +382,8 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
             }
             v.mv_size = bytes;
             v.mv_data = page;
-            if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)))
+            if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)) ||
+                (rc = msadb_route_put(st, txn, g->rec.id, p, pg, page, tot)))
                 return rc;
         }
         done += add;

@@ -17,6 +17,7 @@
 #include <sodium.h>
 
 #include "core/crypto.h"
+#include "store/index.h"
 #include "store/store_impl.h"
 
 /* ------------------------------------------------------------------------ */
@@ -361,6 +362,9 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
         goto fail;
     if ((rc = setup_crypto_create(st, txn, opt)))
         goto fail;
+    st->format = MSADB_FORMAT_VERSION;
+    if ((rc = msadb_route_create(st, txn)))
+        goto fail;
     if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
         goto fail;
     if (st->encrypted && (rc = meta_mac_put(st, txn)))
@@ -444,6 +448,9 @@ int msadb_open(const char *path, const msadb_signature *expect, const msadb_opti
         goto fail;
     }
     if ((rc = setup_crypto_open(st, txn, opt)))
+        goto fail;
+    st->format = format;
+    if ((rc = msadb_route_open(st, txn, format)))
         goto fail;
     /* Committing (not aborting) keeps the database handles opened here. */
     rc = mdb_txn_commit(txn);
@@ -769,7 +776,9 @@ int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), vo
         MDB_txn *txn = NULL;
         rc = mdb_txn_begin(st->env, NULL, 0, &txn);
         if (rc == 0) {
-            rc = fn(st, txn, ud);
+            rc = msadb_route_refresh(st, txn);
+            if (rc == 0)
+                rc = fn(st, txn, ud);
             if (rc == 0 && st->encrypted)
                 rc = meta_mac_put(st, txn); /* the counters fn changed */
             if (rc == 0)
@@ -955,7 +964,7 @@ int msadb_stat(msadb_store *st, msadb_stat_info *out)
     mdb_env_info(st->env, &info);
     MDB_stat bs;
     mdb_stat(txn, st->db_blocks, &bs);
-    out->format_version = MSADB_FORMAT_VERSION;
+    out->format_version = st->format;
     out->n_blocks = bs.ms_entries;
     out->block_bytes = db_bytes(txn, st->db_blocks, es.ms_psize);
     out->summary_bytes = db_bytes(txn, st->db_summ, es.ms_psize) + db_bytes(txn, st->db_slots, es.ms_psize);

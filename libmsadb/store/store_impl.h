@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "codec/codec.h"
+#include "codec/coarse.h"
 #include "codec/summary.h"
 #include "store/store.h"
 
@@ -16,6 +17,10 @@
 struct msadb_store {
     MDB_env *env;
     MDB_dbi db_meta, db_spaces, db_spaceids, db_docs, db_docdata, db_blocks, db_slots, db_summ;
+    MDB_dbi db_route;        /* routing index (format 2; store/index.c) */
+    int has_route;           /* the index exists and is maintained */
+    msadb_coarse_layout route;
+    uint32_t format;         /* the store's format version */
     msadb_signature sig;
     uint8_t store_id[16];
     uint8_t key[32];

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/index.h"
 #include "store/store_impl.h"
 
 typedef struct {
@@ -18,6 +19,9 @@ typedef struct {
     uint64_t problems;
     float *K, *V;
     uint8_t *summ;
+    uint8_t *route; /* a recomputed coarse page */
+    size_t route_cap;
+    uint64_t route_pages; /* coarse pages checked */
 } verifier;
 
 __attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const char *fmt, ...)
@@ -229,9 +233,20 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
             uint8_t k[16];
             msadb_key_summ(k, sr->id, p, pg);
             MDB_val sk = {16, k}, sv;
-            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n))
+            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n)) {
                 problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
                         (unsigned long long)pg, p);
+                continue;
+            }
+            int rr = msadb_route_check(st, vf->snap->txn, sr->id, p, pg, sv.mv_data, (uint32_t)n, &vf->route,
+                                       &vf->route_cap);
+            if (rr == MSADB_ENOTFOUND || rr == MSADB_ECORRUPT)
+                problem(vf, "space %s: routing index page %llu of plane %u %s (msadb_upgrade() rebuilds the index)", name, (unsigned long long)pg, p,
+                        rr == MSADB_ENOTFOUND ? "missing" : "differs from its summary page");
+            else if (rr)
+                problem(vf, "space %s: routing index page %llu of plane %u unreadable: %s", name,
+                        (unsigned long long)pg, p, msadb_strerror(rr));
+            vf->route_pages++;
         }
     }
     mdb_cursor_close(cur);
@@ -376,6 +391,12 @@ static int verify_all(verifier *vf)
             problem(vf, "%llu stored blocks but documents account for %llu", (unsigned long long)bs.ms_entries,
                     (unsigned long long)blocks_seen);
     }
+    if (!rc && st->has_route) {
+        MDB_stat rs;
+        if (!(rc = mdb_stat(txn, st->db_route, &rs)) && rs.ms_entries != vf->route_pages)
+            problem(vf, "%llu routing index pages but %llu summary pages (msadb_upgrade() rebuilds the index)",
+                    (unsigned long long)rs.ms_entries, (unsigned long long)vf->route_pages);
+    }
     free(tally);
     return rc;
 }
@@ -400,6 +421,7 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     free(vf.K);
     free(vf.V);
     free(vf.summ);
+    free(vf.route);
     if (rc)
         return rc;
     return vf.problems ? MSADB_ECORRUPT : 0;

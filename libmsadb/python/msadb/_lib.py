@@ -77,7 +77,7 @@ class QueryStats_(ctypes.Structure):
     _fields_ = [("scan_ms", ctypes.c_double), ("select_ms", ctypes.c_double),
                 ("read_ms", ctypes.c_double), ("attend_ms", ctypes.c_double),
                 ("blocks_scanned", ctypes.c_uint64), ("blocks_read", ctypes.c_uint64),
-                ("tokens_attended", ctypes.c_uint64)]
+                ("tokens_attended", ctypes.c_uint64), ("coarse_scanned", ctypes.c_uint64)]
 
 
 class Query_(ctypes.Structure):
@@ -86,7 +86,8 @@ class Query_(ctypes.Structure):
                 ("n_spaces", ctypes.c_size_t), ("top_k", ctypes.c_uint32),
                 ("select", ctypes.c_int), ("summary", ctypes.c_uint32),
                 ("score", ctypes.c_int), ("scale", ctypes.c_float), ("exact", ctypes.c_int),
-                ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p)]
+                ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p),
+                ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32)]
 
 
 class Hit_(ctypes.Structure):
