@@ -22,7 +22,7 @@ int cmd_init(const cli_args *a)
     return cli_init_store(a, &sig, NULL);
 }
 
-int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
+int cli_init_store(const cli_args *a, msadb_signature *base, const msadb_model_id *model)
 {
     msadb_signature sig = *base;
     int rc;
@@ -48,12 +48,15 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
     if (rc != 0)
         return cli_open_error(a->db, rc, 1);
     int enc = msadb_store_encrypted(st) == 1;
+    rc = model ? msadb_store_set_model(st, model) : 0;
     msadb_close(st);
+    if (rc != 0)
+        return cli_error_rc(rc, "%s: created, but the model could not be recorded", a->db);
     if (a->json) {
         json_t *j = json_pack("{s:s, s:o, s:b}", "path", a->db, "signature",
                               cli_signature_json(&sig), "encrypted", enc);
         if (j && model)
-            json_object_set_new(j, "model", cli_json_bytes(model, strlen(model)));
+            json_object_set_new(j, "model", cli_model_json(model));
         return cli_json_print(j);
     }
     if (!a->quiet && cli_stdout_tty()) {

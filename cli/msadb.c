@@ -11,7 +11,8 @@ static const cmd_fn commands[CMD_COUNT] = {
     [CMD_INIT] = cmd_init,     [CMD_INGEST] = cmd_ingest, [CMD_QUERY] = cmd_query,
     [CMD_STAT] = cmd_stat,     [CMD_LS] = cmd_ls,         [CMD_RM] = cmd_rm,
     [CMD_SPACE] = cmd_space,   [CMD_VERIFY] = cmd_verify, [CMD_DUMP] = cmd_dump,
-    [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact,
+    [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact, [CMD_DOCTOR] = cmd_doctor,
+    [CMD_SEARCH] = cmd_search, [CMD_SHOW] = cmd_show,         [CMD_VACUUM] = cmd_vacuum,
 };
 
 static const cmd_fn model_commands[CMD_COUNT] = {
@@ -40,8 +41,9 @@ int main(int argc, char **argv)
         cli_usage(stdout, a.help_cmd);
     } else if (a.cmd == CMD_VERSION) {
         printf("msadb %s (format %d)\n", msadb_version(), msadb_format_version());
-    } else if (a.model && model_commands[a.cmd]) {
-        rc = model_commands[a.cmd](&a); /* the --model forms (cmd_model.c) */
+    } else if (model_commands[a.cmd] &&
+               (a.use_model || (a.cmd == CMD_INGEST && (a.model || !cli_is_tensor_file(a.files[0]))))) {
+        rc = model_commands[a.cmd](&a); /* the model forms (cmd_model.c) */
     } else {
         rc = commands[a.cmd](&a);
     }

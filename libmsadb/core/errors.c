@@ -29,6 +29,8 @@ const char *msadb_strerror(int err)
     case MSADB_ELIMIT: return "size exceeds a limit or the buffer given";
     case MSADB_EIO: return "I/O error";
     case MSADB_ENOTSUP: return "not built into this library (rebuild msadb with that part enabled)";
+    case MSADB_EMODEL: return "the store was made with another model of the same shape";
+    case MSADB_EBUSY: return "another process has the store open";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)

@@ -79,6 +79,8 @@ MSADB_HIDDEN void msadb_txn_done(msadb_store *st, MDB_txn *txn);
 /* Runs fn in a write transaction (grows the map and retries when full). */
 MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud);
 
+/* The store's LMDB environment (vacuum.c). */
+MSADB_HIDDEN MDB_env *msadb_store_env(msadb_store *st);
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
 
