@@ -77,7 +77,7 @@ static void make_title(const cli_args *a, const char *file, size_t i, size_t n, 
 
 int cli_is_tensor_file(const char *path)
 {
-    if (ends_with(path, ".npy") || ends_with(path, ".safetensors"))
+    if (ends_with(path, ".npy") || ends_with(path, ".safetensors") || ends_with(path, ".st"))
         return 1;
     /* safetensors: a little-endian u64 header length, then '{' */
     unsigned char head[9];

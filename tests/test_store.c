@@ -571,28 +571,30 @@ static void test_vacuum(void)
     /* open in this process: LMDB's lock is per process, so the check
      * cannot see it; a child holds it instead */
     msadb_close(st);
-    int pipefd[2];
-    CHECK(pipe(pipefd) == 0);
+    int up[2], down[2]; /* child -> parent: opened; parent -> child: done */
+    CHECK(pipe(up) == 0 && pipe(down) == 0);
     pid_t pid = fork();
     if (pid == 0) {
         msadb_store *cst;
         char c = msadb_open(path, NULL, NULL, &cst) == 0 ? 'y' : 'n';
-        if (write(pipefd[1], &c, 1) != 1)
+        if (write(up[1], &c, 1) != 1)
             _exit(1);
         char buf;
-        if (read(pipefd[0], &buf, 1) < 0) /* until the parent is done */
+        if (read(down[0], &buf, 1) < 0)
             _exit(1);
         _exit(0);
     }
     char c = 0;
-    CHECK(read(pipefd[0], &c, 1) == 1 && c == 'y');
+    CHECK(read(up[0], &c, 1) == 1 && c == 'y');
     uint64_t before = 0, after = 0;
     CHECK_RC(msadb_vacuum(path, NULL, &before, &after), MSADB_EBUSY);
-    CHECK(write(pipefd[1], "x", 1) == 1);
+    CHECK(write(down[1], "x", 1) == 1);
     int status;
     CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status));
-    close(pipefd[0]);
-    close(pipefd[1]);
+    close(up[0]);
+    close(up[1]);
+    close(down[0]);
+    close(down[1]);
     CHECK_OK(msadb_vacuum(path, NULL, &before, &after));
     CHECK(after * 4 < before);
     CHECK_OK(msadb_open(path, NULL, NULL, &st));
