@@ -74,7 +74,7 @@ int cmd_doctor(const cli_args *a)
                                           "head_dim", info.head_dim));
         else
             json_object_set_new(m, "error", json_string(why));
-        return cli_json_print(j);
+        return cli_json_print(j) == CLI_OK && loads ? CLI_OK : CLI_ERROR;
     }
     static const char *const hdr[] = {"what", "value"};
     cli_table *t = cli_table_new(2, hdr);
