@@ -134,7 +134,7 @@ def best_score(exe, db, q, blocks):
     return j["spans"][0]["score"] if j["spans"] else float("-inf")
 
 
-def run_set(exe, model, side, n_docs, seed, tmp, blocks, answers):
+def run_set(exe, model, side, n_docs, seed, tmp, blocks, answers, split):
     docs, answerable, unanswerable = make_set(side, n_docs, seed)
     db = os.path.join(tmp, "set%d" % side)
     msadb(exe, "init", db, "--model", model)
@@ -143,7 +143,7 @@ def run_set(exe, model, side, n_docs, seed, tmp, blocks, answers):
         f = os.path.join(tmp, "set%d-doc%02d.txt" % (side, i))
         open(f, "w").write(text)
         files.append(f)
-    msadb(exe, "ingest", db, *files)
+    msadb(exe, "ingest", db, *(["--split"] if split else []), *files)
     rows = []
     for q, a in answerable:
         row = {"question": q, "answer": a, "answerable": True, "score": best_score(exe, db, q, blocks)}
@@ -191,19 +191,21 @@ def main():
     ap.add_argument("--docs", type=int, default=12, help="documents per set (3 facts each)")
     ap.add_argument("--blocks", type=int, default=4, help="--blocks of search and query")
     ap.add_argument("--no-answers", action="store_true", help="skip generating answers")
+    ap.add_argument("--split", action="store_true",
+                    help="ingest with --split: one document per paragraph (each fact its own)")
     ap.add_argument("--out")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="msadb-abstain-")
     try:
         exe = os.path.abspath(a.msadb)
         model = os.path.abspath(a.model)
-        calib = run_set(exe, model, 0, a.docs, 11, tmp, a.blocks, not a.no_answers)
-        held = run_set(exe, model, 1, a.docs, 22, tmp, a.blocks, not a.no_answers)
+        calib = run_set(exe, model, 0, a.docs, 11, tmp, a.blocks, not a.no_answers, a.split)
+        held = run_set(exe, model, 1, a.docs, 22, tmp, a.blocks, not a.no_answers, a.split)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     t = calibrate(calib)
     res = {"calibration": measure(calib, t), "evaluation": measure(held, t),
-           "model": os.path.basename(a.model), "blocks": a.blocks, "docs": a.docs}
+           "model": os.path.basename(a.model), "blocks": a.blocks, "docs": a.docs, "split": a.split}
     print("set          threshold  answerable  unanswerable  abstain precision  abstain recall  answerable kept  answerable correct (kept)")
     for name in ("calibration", "evaluation"):
         m = res[name]
