@@ -96,6 +96,20 @@ def fixtures(d):
         pass
 
 
+def sanitize_flags():
+    """The build's -fsanitize flags: a program linked to a sanitized
+    library must be built with them too."""
+    import json
+    try:
+        opts = json.load(open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")))
+    except OSError:
+        return []
+    san = next((o["value"] for o in opts if o["name"] == "b_sanitize"), "none")
+    if isinstance(san, list):
+        san = ",".join(san)
+    return [] if san in ("none", "") else ["-fsanitize=" + san]
+
+
 def run_block(rel, lang, body, env):
     d = tempfile.mkdtemp(prefix="msadb-doc-")
     try:
@@ -109,7 +123,7 @@ def run_block(rel, lang, body, env):
             open(os.path.join(d, "example.c"), "w").write(body)
             cc = ["cc", "-std=c11", "-Wall", "-o", "example", "example.c",
                   "-I" + os.path.join(SRC, "include"), "-L" + os.path.join(BUILD, "libmsadb"),
-                  "-lmsadb", "-lm"]
+                  "-lmsadb", "-lm"] + sanitize_flags()
             r = subprocess.run(cc, cwd=d, capture_output=True, text=True)
             if r.returncode == 0:
                 e = dict(env, LD_LIBRARY_PATH=os.path.join(BUILD, "libmsadb"))
