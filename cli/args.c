@@ -44,7 +44,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
                   "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S]",
-    [CMD_RM] = "rm DB DOC...",
+    [CMD_RM] = "rm DB DOC... | rm DB --space S",
     [CMD_SPACE] = "space DB create NAME | drop NAME | ls",
     [CMD_VERIFY] = "verify DB",
     [CMD_DUMP] = "dump DB FILE",
@@ -118,7 +118,7 @@ static const opt_def opts[O_COUNT] = {
     [O_DTYPE] = {"dtype", NULL, 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
     [O_SUMMARY] = {"summary", NULL, 0, 1, C(INIT) | ROUTE_CMDS, "KINDS",
                    "init: summary kinds mean,minmax,reps (default mean,reps); query: the one to route by"},
-    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS), "S", "space (query, search: repeatable)"},
+    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM), "S", "space (query, search: repeatable)"},
     [O_TITLE] = {"title", NULL, 0, 1, C(INGEST), "T", "document title (default: file name)"},
     [O_Q] = {"q", NULL, 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
     [O_LAYER] = {"layer", NULL, 0, 1, C(QUERY), "N", "model layer (a memory layer)"},
@@ -550,8 +550,12 @@ static int check_init(cli_args *a, uint64_t seen, char *err, size_t errlen)
 
 static int check_rm(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
 {
+    if (a->space && n_pos > 1)
+        return usage_err(err, errlen, "rm: give DOC ids or --space S, not both");
+    if (a->space)
+        return CLI_OK; /* every document of the space */
     if (n_pos < 2)
-        return usage_err(err, errlen, "rm: missing DOC (document ids to delete)");
+        return usage_err(err, errlen, "rm: missing DOC (document ids to delete, or --space S)");
     a->doc_ids = calloc(n_pos - 1, sizeof(uint64_t));
     if (!a->doc_ids)
         return usage_err(err, errlen, "out of memory");

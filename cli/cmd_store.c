@@ -237,26 +237,63 @@ static int rm_check(const cli_args *a, msadb_store *st, const uint64_t *ids, siz
     return rc;
 }
 
+typedef struct id_list {
+    uint64_t *ids;
+    size_t n, cap;
+} id_list;
+
+static int collect_id(const msadb_doc_info *d, void *ud)
+{
+    id_list *l = ud;
+    if (cli_grow(&l->ids, &l->cap, l->n + 1, sizeof *l->ids, 64) != 0)
+        return MSADB_ENOMEM;
+    l->ids[l->n++] = d->id;
+    return 0;
+}
+
+/* rm --space S: the ids of every document of the space. */
+static int space_ids(const cli_args *a, msadb_store *st, id_list *l)
+{
+    if (cli_require_space(st, a->db, a->space) != CLI_OK)
+        return CLI_ERROR;
+    msadb_snapshot *snap;
+    int mrc = msadb_snapshot_begin(st, &snap);
+    if (mrc == 0)
+        mrc = msadb_doc_list(snap, a->space, collect_id, l);
+    msadb_snapshot_end(snap);
+    return mrc ? cli_error_rc(mrc, "%s: listing space '%s'", a->db, a->space) : CLI_OK;
+}
+
 int cmd_rm(const cli_args *a)
 {
-    uint64_t *ids = malloc(a->n_doc_ids * sizeof *ids);
-    if (!ids)
-        return cli_error("out of memory");
-    memcpy(ids, a->doc_ids, a->n_doc_ids * sizeof *ids);
-    qsort(ids, a->n_doc_ids, sizeof *ids, u64_cmp);
-    size_t n = 0;
-    for (size_t i = 0; i < a->n_doc_ids; i++)
-        if (n == 0 || ids[n - 1] != ids[i])
-            ids[n++] = ids[i];
     msadb_store *st;
     int rc = cli_open(a, 0, &st);
+    if (rc != CLI_OK)
+        return rc;
+    id_list l = {0};
+    if (a->space) {
+        rc = space_ids(a, st, &l);
+    } else if (!(l.ids = malloc(a->n_doc_ids * sizeof *l.ids))) {
+        rc = cli_error("out of memory");
+    } else {
+        memcpy(l.ids, a->doc_ids, a->n_doc_ids * sizeof *l.ids);
+        l.n = a->n_doc_ids;
+    }
+    uint64_t *ids = l.ids;
+    size_t n = 0;
     if (rc == CLI_OK) {
+        qsort(ids, l.n, sizeof *ids, u64_cmp);
+        for (size_t i = 0; i < l.n; i++)
+            if (n == 0 || ids[n - 1] != ids[i])
+                ids[n++] = ids[i];
+    }
+    if (rc == CLI_OK && n) {
         rc = rm_check(a, st, ids, n);
         int mrc = rc == CLI_OK ? msadb_doc_delete(st, ids, n) : 0;
         if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: delete", a->db);
-        msadb_close(st);
     }
+    msadb_close(st);
     if (rc == CLI_OK && a->json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++)

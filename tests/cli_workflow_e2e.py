@@ -121,6 +121,18 @@ def main():
     check(r.stdout == "", "search prints nothing when nothing scores")
     check(all(x["score"] >= t for x in jrun("search", db, "--min-score", "%.3f" % t, q)["spans"]),
           "search --min-score keeps the spans above it")
+    # ---------------------------------------------------------- rm --space
+    run("space", db, "create", "scratch")
+    scratch = [d["id"] for d in jrun("ingest", db, "--space", "scratch", docs[0], docs[1])["documents"]]
+    check(jrun("rm", db, "--space", "scratch")["deleted"] == scratch, "rm --space deletes the space's documents")
+    check(jrun("ls", db, "--space", "scratch")["documents"] == [] and
+          [d["id"] for d in jrun("ls", db)["documents"]] == ids, "rm --space leaves the others")
+    check(jrun("rm", db, "--space", "scratch")["deleted"] == [], "an empty space: nothing to delete")
+    run("rm", db, "--space", "nope", expect=1,
+        err="msadb: notes: no space 'nope' (create it with: msadb space notes create nope)")
+    run("rm", db, "--space", "scratch", "3", expect=2,
+        err="msadb: rm: give DOC ids or --space S, not both\n"
+            "usage: msadb rm ... (run 'msadb help rm')")
     # --------------------------------------------------------------- show
     sh = jrun("show", db, str(ids[1]))
     check(sh["title"] == os.path.basename(docs[1]) and sh["text"] == open(docs[1]).read() and
