@@ -21,7 +21,9 @@
 #include "input/tensorfile.h"
 #include "input/textfile.h"
 
-enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2 };
+/* CLI_ABSTAIN: query and search found nothing in memory scoring at least
+ * the minimum score (the answer is "not in memory"). */
+enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2, CLI_ABSTAIN = 3 };
 
 typedef struct cli_db cli_db; /* db.c */
 
@@ -31,7 +33,8 @@ typedef struct cli_db cli_db; /* db.c */
 
 typedef enum cli_cmd {
     CMD_NONE, CMD_HELP, CMD_VERSION, CMD_INIT, CMD_INGEST, CMD_QUERY, CMD_STAT, CMD_LS,
-    CMD_RM, CMD_SPACE, CMD_VERIFY, CMD_DUMP, CMD_LOAD, CMD_COMPACT, CMD_SPLIT, CMD_MERGE, CMD_COUNT
+    CMD_RM, CMD_SPACE, CMD_VERIFY, CMD_DUMP, CMD_LOAD, CMD_COMPACT, CMD_SPLIT, CMD_MERGE, CMD_DOCTOR,
+    CMD_SEARCH, CMD_SHOW, CMD_VACUUM, CMD_COUNT
 } cli_cmd;
 
 typedef enum cli_space_action { SPACE_CREATE, SPACE_DROP, SPACE_LS } cli_space_action;
@@ -63,7 +66,11 @@ typedef struct cli_args {
     uint32_t top_k;
     int select, exact, per_token;
     /* init, ingest, query with a model (cmd_model.c) */
-    const char *model;         /* --model: GGUF file; NULL = the tensor forms */
+    const char *model;         /* -m/--model: GGUF file; NULL: the store's, then $MSADB_MODEL */
+    int use_model;             /* init --model, query with a question, search */
+    int force_model;           /* --force-model */
+    float min_score;           /* --min-score (when has_min_score) */
+    int has_min_score;
     int split;                 /* ingest --split */
     int no_memory;             /* query */
     uint32_t max_tokens, interleave, query_pos;
@@ -213,9 +220,11 @@ int cli_check_memory_args(const cli_args *a, cli_db *db);
  * their ids (caller frees). */
 int cli_commit_db(const cli_args *a, cli_db *db, size_t n, uint64_t **ids);
 /* init's second half: applies --memory-layers, --block, --dtype and
- * --summary to *sig, validates it, creates a.db, prints the result (with
- * "model" in the JSON when model is not NULL).  Returns the exit status. */
-int cli_init_store(const cli_args *a, msadb_signature *sig, const char *model);
+ * --summary to *sig, validates it, creates a.db, records the model (when
+ * not NULL) and prints the result.  Returns the exit status. */
+int cli_init_store(const cli_args *a, msadb_signature *sig, const msadb_model_id *model);
+/* A model identity as JSON {path, blake2b, file_size}. */
+json_t *cli_model_json(const msadb_model_id *m);
 
 /* ------------------------------------------------------------------------ */
 /* db.c: what a command opens (an ordinary or a sharded store)              */
@@ -309,6 +318,16 @@ int cmd_query(const cli_args *a);
 int cmd_model_init(const cli_args *a);
 int cmd_model_ingest(const cli_args *a);
 int cmd_model_query(const cli_args *a);
+int cmd_search(const cli_args *a);
+
+/* cmd_doctor.c: doctor (what is installed), show, vacuum */
+int cmd_doctor(const cli_args *a);
+int cmd_show(const cli_args *a);
+int cmd_vacuum(const cli_args *a);
+
+/* Whether a file given to ingest holds tensors (safetensors or .npy) rather
+ * than text for a model. */
+int cli_is_tensor_file(const char *path);
 
 /* cmd_dump.c */
 int cmd_dump(const cli_args *a);

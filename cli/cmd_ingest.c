@@ -76,6 +76,19 @@ static void make_title(const cli_args *a, const char *file, size_t i, size_t n, 
     snprintf(out, MSADB_TITLE_MAX + 1, "%.*s%s", (int)keep, base, suffix);
 }
 
+int cli_is_tensor_file(const char *path)
+{
+    if (ends_with(path, ".npy") || ends_with(path, ".safetensors") || ends_with(path, ".st"))
+        return 1;
+    /* safetensors: a little-endian u64 header length, then '{' */
+    unsigned char head[9];
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : NULL;
+    size_t got = f ? fread(head, 1, sizeof head, f) : 0;
+    if (f)
+        fclose(f);
+    return got == sizeof head && head[8] == '{' && head[6] == 0 && head[7] == 0;
+}
+
 static int ingest_source(ingest_ctx *c, const kv_source *s, const char *file)
 {
     for (size_t i = 0; i < s->n_docs; i++) {

@@ -22,7 +22,7 @@ int cmd_init(const cli_args *a)
     return cli_init_store(a, &sig, NULL);
 }
 
-int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
+int cli_init_store(const cli_args *a, msadb_signature *base, const msadb_model_id *model)
 {
     msadb_signature sig = *base;
     int rc;
@@ -44,6 +44,11 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
         return CLI_ERROR;
     int enc = 0;
     if (a->shards) {
+        if (model) {
+            explicit_bzero(key, sizeof key);
+            return cli_error("%s: a sharded store cannot record its model yet; init without "
+                             "--shards, or pass -m to each command", a->db);
+        }
         rc = cli_db_create_sharded(a, &sig, &opt, &enc);
         explicit_bzero(key, sizeof key);
         if (rc != CLI_OK)
@@ -55,7 +60,10 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
         if (rc != 0)
             return cli_open_error(a->db, rc, 1);
         enc = msadb_store_encrypted(st) == 1;
+        rc = model ? msadb_store_set_model(st, model) : 0;
         msadb_close(st);
+        if (rc != 0)
+            return cli_error_rc(rc, "%s: created, but the model could not be recorded", a->db);
     }
     if (a->json) {
         json_t *j = json_pack("{s:s, s:o, s:b}", "path", a->db, "signature",
@@ -63,7 +71,7 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
         if (j && a->shards)
             json_object_set_new(j, "shards", json_integer(a->shards));
         if (j && model)
-            json_object_set_new(j, "model", cli_json_bytes(model, strlen(model)));
+            json_object_set_new(j, "model", cli_model_json(model));
         return cli_json_print(j);
     }
     if (!a->quiet && cli_stdout_tty()) {
@@ -256,26 +264,59 @@ static int rm_check(const cli_args *a, cli_db *db, const uint64_t *ids, size_t n
     return rc;
 }
 
+typedef struct id_list {
+    uint64_t *ids;
+    size_t n, cap;
+} id_list;
+
+static int collect_id(const msadb_doc_info *d, void *ud)
+{
+    id_list *l = ud;
+    if (cli_grow(&l->ids, &l->cap, l->n + 1, sizeof *l->ids, 64) != 0)
+        return MSADB_ENOMEM;
+    l->ids[l->n++] = d->id;
+    return 0;
+}
+
+/* rm --space S: the ids of every document of the space. */
+static int space_ids(const cli_args *a, cli_db *db, id_list *l)
+{
+    if (cli_require_space(db, a->db, a->space) != CLI_OK)
+        return CLI_ERROR;
+    int mrc = db->ops->doc_list(db, a->space, collect_id, l);
+    return mrc ? cli_error_rc(mrc, "%s: listing space '%s'", a->db, a->space) : CLI_OK;
+}
+
 int cmd_rm(const cli_args *a)
 {
-    uint64_t *ids = malloc(a->n_doc_ids * sizeof *ids);
-    if (!ids)
-        return cli_error("out of memory");
-    memcpy(ids, a->doc_ids, a->n_doc_ids * sizeof *ids);
-    qsort(ids, a->n_doc_ids, sizeof *ids, u64_cmp);
-    size_t n = 0;
-    for (size_t i = 0; i < a->n_doc_ids; i++)
-        if (n == 0 || ids[n - 1] != ids[i])
-            ids[n++] = ids[i];
     cli_db *db;
     int rc = cli_db_open(a, 0, &db);
+    if (rc != CLI_OK)
+        return rc;
+    id_list l = {0};
+    if (a->space) {
+        rc = space_ids(a, db, &l);
+    } else if (!(l.ids = malloc(a->n_doc_ids * sizeof *l.ids))) {
+        rc = cli_error("out of memory");
+    } else {
+        memcpy(l.ids, a->doc_ids, a->n_doc_ids * sizeof *l.ids);
+        l.n = a->n_doc_ids;
+    }
+    uint64_t *ids = l.ids;
+    size_t n = 0;
     if (rc == CLI_OK) {
+        qsort(ids, l.n, sizeof *ids, u64_cmp);
+        for (size_t i = 0; i < l.n; i++)
+            if (n == 0 || ids[n - 1] != ids[i])
+                ids[n++] = ids[i];
+    }
+    if (rc == CLI_OK && n) {
         rc = rm_check(a, db, ids, n);
         int mrc = rc == CLI_OK ? db->ops->del(db, ids, n) : 0;
         if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: delete", a->db);
-        cli_db_close(db);
     }
+    cli_db_close(db);
     if (rc == CLI_OK && a->json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++)

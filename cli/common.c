@@ -48,9 +48,11 @@ int cli_open_error(const char *path, int rc, int creating)
                          "wrong (give --key-file F or --passphrase-env VAR)",
                          path);
     case MSADB_ENOTSTORE:
-        return cli_error("%s: not an msadb store", path);
+        return cli_error("%s: not an msadb store (the directory holds no msadb data)", path);
     case ENOENT:
-        return cli_error("%s: no such store (create one with 'msadb init')", path);
+        return cli_error("%s: no such file or directory (create a store with 'msadb init %s "
+                         "--model M.gguf')",
+                         path, path);
     case MSADB_EVERSION:
         return cli_error("%s: the store's format is newer than this msadb (%s) supports", path,
                          msadb_version());

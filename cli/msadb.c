@@ -14,6 +14,8 @@ static const cmd_fn commands[CMD_COUNT] = {
     [CMD_SPACE] = cmd_space,   [CMD_VERIFY] = cmd_verify, [CMD_DUMP] = cmd_dump,
     [CMD_LOAD] = cmd_load,     [CMD_COMPACT] = cmd_compact, [CMD_SPLIT] = cmd_split,
     [CMD_MERGE] = cmd_merge,
+    [CMD_DOCTOR] = cmd_doctor,
+    [CMD_SEARCH] = cmd_search, [CMD_SHOW] = cmd_show,         [CMD_VACUUM] = cmd_vacuum,
 };
 
 static const cmd_fn model_commands[CMD_COUNT] = {
@@ -64,8 +66,9 @@ int main(int argc, char **argv)
         cli_usage(stdout, a.help_cmd);
     } else if (a.cmd == CMD_VERSION) {
         printf("msadb %s (format %d)\n", msadb_version(), msadb_format_version());
-    } else if (a.model && model_commands[a.cmd]) {
-        rc = model_commands[a.cmd](&a); /* the --model forms (cmd_model.c) */
+    } else if (model_commands[a.cmd] &&
+               (a.use_model || (a.cmd == CMD_INGEST && (a.model || !cli_is_tensor_file(a.files[0]))))) {
+        rc = model_commands[a.cmd](&a); /* the model forms (cmd_model.c) */
     } else {
         rc = commands[a.cmd](&a);
     }

@@ -448,3 +448,12 @@ int cli_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first)
     *cap = nc;
     return 0;
 }
+
+json_t *cli_model_json(const msadb_model_id *m)
+{
+    char hex[2 * MSADB_MODEL_HASH_BYTES + 1];
+    for (int i = 0; i < MSADB_MODEL_HASH_BYTES; i++)
+        snprintf(hex + 2 * i, 3, "%02x", m->hash[i]);
+    return json_pack("{s:o, s:s, s:I}", "path", cli_json_bytes(m->path, strlen(m->path)),
+                     "blake2b", hex, "file_size", (json_int_t)m->file_size);
+}

@@ -63,6 +63,9 @@ extern "C" {
 MSADB_API const char *msadb_version(void);
 /** Format version this library writes (MSADB_FORMAT_VERSION). */
 MSADB_API int msadb_format_version(void);
+/** Threads the BLAS library (OpenBLAS) the kernels call uses: its
+ * configured count (OPENBLAS_NUM_THREADS or the core count). */
+MSADB_API int msadb_blas_threads(void);
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -92,6 +95,8 @@ enum {
     MSADB_EPEER = -30982,    /* distributed operation: failed on another rank */
     MSADB_ERANGE = -30981,   /* a key or value too large for the store's dtype or its f16
                                 summaries (|x| > 65504, see msadb_batch_add) */
+    MSADB_EMODEL = -30980,   /* a model other than the store's (same shape, other weights) */
+    MSADB_EBUSY = -30979,    /* another process has the store open */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -214,7 +219,8 @@ MSADB_API int msadb_create(const char *path, const msadb_signature *sig,
                            const msadb_options *opt, msadb_store **out);
 
 /** Opens an existing store.  If `expect` is not NULL the stored signature
- * must equal it (MSADB_ESIGNATURE otherwise).  Errors: MSADB_ENOTSTORE,
+ * must equal it (MSADB_ESIGNATURE otherwise).  Errors: ENOENT (no such
+ * file or directory), MSADB_ENOTSTORE (it exists but holds no store),
  * MSADB_EVERSION, MSADB_EKEY (encrypted store without the right key). */
 MSADB_API int msadb_open(const char *path, const msadb_signature *expect,
                          const msadb_options *opt, msadb_store **out);
@@ -339,8 +345,53 @@ MSADB_API int msadb_doc_append(msadb_store *store, const msadb_doc *doc, uint64_
 MSADB_API int msadb_doc_delete(msadb_store *store, const uint64_t *doc_ids, size_t n);
 
 /** Rewrites summary pages without the entries of deleted documents.  Readers
- * keep their snapshots. */
+ * keep their snapshots.  The pages LMDB frees are reused by later writes
+ * inside the store; the data file does not shrink (msadb_vacuum() gives
+ * the space back to the file system). */
 MSADB_API int msadb_compact(msadb_store *store);
+
+/** Gives free space back to the file system: writes a compacted copy of the
+ * store (LMDB's compacting copy: only pages in use, renumbered) into a new
+ * directory beside it ("PATH.vacuum-XXXXXX"), syncs it, and renames it
+ * over `path` atomically; the old files are removed.  The store must not be
+ * open in any process, this one included: MSADB_EBUSY if another process
+ * holds it (nothing is changed then).  A crash leaves either the old store
+ * or the new one at `path` (and possibly a stale "PATH.vacuum-*" directory
+ * or "PATH.old-*" directory beside it, safe to delete).  opt (may be NULL)
+ * gives the key of an encrypted store, only to check it: the copy keeps
+ * every record as stored.  *before and *after (may be NULL) get the data
+ * file's size.  Errors: MSADB_ENOTSTORE, MSADB_EKEY, MSADB_EBUSY, errno
+ * values. */
+MSADB_API int msadb_vacuum(const char *path, const msadb_options *opt, uint64_t *before,
+                           uint64_t *after);
+
+/* ------------------------------------------------------------------------ */
+/* The model a store is bound to                                            */
+/* ------------------------------------------------------------------------ */
+
+#define MSADB_MODEL_HASH_BYTES 32
+#define MSADB_MODEL_PATH_MAX 4095
+
+/** Identity of a model file: where it was, its content hash and shape. */
+typedef struct msadb_model_id {
+    char path[MSADB_MODEL_PATH_MAX + 1];   /* absolute path when recorded */
+    uint8_t hash[MSADB_MODEL_HASH_BYTES];  /* BLAKE2b-256 (libsodium's
+                                              crypto_generichash) of the file */
+    uint64_t file_size;                    /* bytes */
+    uint32_t n_layers, n_kv_heads, n_q_heads, head_dim;
+} msadb_model_id;
+
+/** Records the model the store's keys and values come from (a meta record,
+ * docs/format.md), replacing any earlier record, in one transaction.  The
+ * shape must equal the store's signature (MSADB_ESIGNATURE), path must be
+ * a non-empty NUL-terminated string.  The record is not encrypted, even in
+ * an encrypted store.  Errors: MSADB_EINVAL, MSADB_EREADONLY,
+ * MSADB_ESIGNATURE. */
+MSADB_API int msadb_store_set_model(msadb_store *store, const msadb_model_id *id);
+/** The recorded model identity, copied into *out.  Errors: MSADB_ENOTFOUND
+ * (the store records none: made without a model, or by an older msadb),
+ * MSADB_ECORRUPT. */
+MSADB_API int msadb_store_get_model(msadb_store *store, msadb_model_id *out);
 
 /* ------------------------------------------------------------------------ */
 /* Reading: snapshots                                                       */
@@ -634,6 +685,28 @@ typedef struct msadb_llm_info {
 MSADB_API int msadb_llm_open(const char *path, msadb_llm **out);
 /** Frees a model; NULL allowed. */
 MSADB_API void msadb_llm_close(msadb_llm *llm);
+/** 1 if this library has the built-in runtime, 0 if it was built with
+ * -Druntime=disabled. */
+MSADB_API int msadb_llm_available(void);
+/** After msadb_llm_open(path) failed with err: writes into buf (capacity
+ * cap, always NUL-terminated when cap > 0) one sentence naming why the file
+ * cannot be used and what to do, e.g. "it is not a GGUF file (it does not
+ * begin with 'GGUF')" or "its pre-tokenizer 'llama-bpe' (tokenizer.ggml.pre)
+ * is not implemented: only GPT-2's ('default', 'gpt-2') is".  Returns 0, or
+ * MSADB_EINVAL (NULL path or buf). */
+MSADB_API int msadb_llm_explain(const char *path, int err, char *buf, size_t cap);
+/** The identity of the loaded model's file (absolute path, BLAKE2b-256 of
+ * its bytes, size, shape), for msadb_store_set_model() and comparing with
+ * msadb_store_get_model().  The hash is computed at the first call (reading
+ * the whole file: about 1 GB/s) and kept with the model.  Errors: errno
+ * values (the file cannot be read again), MSADB_EINVAL. */
+MSADB_API int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out);
+/** Whether the loaded model is the one a store was made with: 0 when the
+ * store records no model or records this one (same content hash),
+ * MSADB_EMODEL when it records another model of the same shape,
+ * MSADB_ESIGNATURE when the shapes differ.  If rec is not NULL it gets the
+ * store's record (zeroed when there is none). */
+MSADB_API int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_model_id *rec);
 MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
 /** The default store signature for this model (memory in the latter half
  * of the layers, block 64, f16). */
@@ -731,6 +804,39 @@ MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
 MSADB_API int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
                             const msadb_ask_params *p, char *answer, size_t cap, size_t *len,
                             msadb_hit *hits, size_t hits_cap, size_t *n_hits);
+
+/** A run of one document's tokens that memory routing selected: the
+ * selected blocks of the document (any kv head of the last memory layer)
+ * merged where they touch, with the best of their routing scores and the
+ * byte range of the document's stored text they cover. */
+typedef struct msadb_span {
+    uint64_t doc_id;
+    uint32_t token_start, token_end; /* [start, end) in the document */
+    float score;                     /* best routing score of its blocks */
+    uint64_t text_start, text_end;   /* bytes [start, end) of the document's
+                                        text; equal when it has no text or spans */
+} msadb_span;
+
+/** Merges hits (as msadb_llm_ask() or msadb_retrieve() return them) into
+ * spans, best score first: spans (up to cap; may be NULL with cap 0) and
+ * *n (the number of spans, which may exceed cap).  The text ranges are read
+ * in snap.  Errors: MSADB_EINVAL, MSADB_ENOMEM, read errors. */
+MSADB_API int msadb_hits_to_spans(msadb_snapshot *snap, const msadb_hit *hits, size_t n_hits,
+                                  msadb_span *spans, size_t cap, size_t *n);
+
+/** Search without generating: runs the question through the model with
+ * memory attention (the same routing step as msadb_llm_ask(), parameters
+ * from p: spaces, top_k, select, exact, summary, score, query_pos; the
+ * sampling fields are ignored) and returns the spans the last memory layer
+ * selected whose score is at least min_score (-INFINITY: all), best first:
+ * spans (up to cap), *n the count (may exceed cap).  *n == 0 means memory
+ * holds nothing scoring min_score for this question: a caller asking a
+ * question may then answer "not in memory" instead of calling
+ * msadb_llm_ask() (docs/cli.md says how the bundled model's threshold was
+ * calibrated).  store is required.  Errors: as msadb_llm_ask(). */
+MSADB_API int msadb_llm_search(msadb_llm *llm, msadb_store *store, const char *question,
+                               size_t qlen, const msadb_ask_params *p, float min_score,
+                               msadb_span *spans, size_t cap, size_t *n);
 
 #ifdef __cplusplus
 }

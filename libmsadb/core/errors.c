@@ -35,6 +35,8 @@ const char *msadb_strerror(int err)
     case MSADB_ERANGE:
         return "a key or value is too large for the store (f16 storage or f16 summaries hold "
                "magnitudes up to 65504)";
+    case MSADB_EMODEL: return "the store was made with another model of the same shape";
+    case MSADB_EBUSY: return "another process has the store open";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)

@@ -1047,3 +1047,5 @@ void msadb_k_lse_merge(size_t n, size_t d, const float *o1, const float *l1, con
         lse_out[i] = (float)(m + log(s));
     }
 }
+
+int msadb_blas_threads(void) { return openblas_get_num_threads(); }

@@ -132,7 +132,7 @@ static int env_open(msadb_store *st, const char *path, const msadb_options *opt,
         snprintf(probe, sizeof probe, "%s/data.mdb", path);
         struct stat sb;
         if (stat(path, &sb) != 0)
-            return errno == ENOENT ? MSADB_ENOTSTORE : errno;
+            return errno; /* ENOENT: no such file or directory */
         if (!S_ISDIR(sb.st_mode) || stat(probe, &sb) != 0)
             return MSADB_ENOTSTORE;
     }
@@ -978,3 +978,78 @@ int msadb_stat(msadb_store *st, msadb_stat_info *out)
     return 0;
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* The model record                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* meta "model": u32 version (1), u32 n_layers, n_kv_heads, n_q_heads,
+ * head_dim, u64 file size, 32-byte BLAKE2b-256 hash, u32 path length, the
+ * path bytes (no NUL).  docs/format.md. */
+#define MODEL_REC_FIXED (4 + 16 + 8 + MSADB_MODEL_HASH_BYTES + 4)
+
+static int set_model_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    const msadb_model_id *id = ud;
+    size_t pl = strlen(id->path);
+    uint8_t rec[MODEL_REC_FIXED + MSADB_MODEL_PATH_MAX];
+    uint8_t *p = rec;
+    msadb_put_le32(p, 1);
+    msadb_put_le32(p + 4, id->n_layers);
+    msadb_put_le32(p + 8, id->n_kv_heads);
+    msadb_put_le32(p + 12, id->n_q_heads);
+    msadb_put_le32(p + 16, id->head_dim);
+    msadb_put_le64(p + 20, id->file_size);
+    memcpy(p + 28, id->hash, MSADB_MODEL_HASH_BYTES);
+    msadb_put_le32(p + 28 + MSADB_MODEL_HASH_BYTES, (uint32_t)pl);
+    memcpy(p + MODEL_REC_FIXED, id->path, pl);
+    return put_meta(txn, st, "model", rec, MODEL_REC_FIXED + pl);
+}
+
+int msadb_store_set_model(msadb_store *st, const msadb_model_id *id)
+{
+    if (!st || !id || !id->path[0] || !memchr(id->path, 0, sizeof id->path))
+        return MSADB_EINVAL;
+    if (st->read_only)
+        return MSADB_EREADONLY;
+    if (id->n_layers != st->sig.n_layers || id->n_kv_heads != st->sig.n_kv_heads ||
+        id->n_q_heads != st->sig.n_q_heads || id->head_dim != st->sig.head_dim)
+        return MSADB_ESIGNATURE;
+    return msadb_write(st, set_model_fn, (void *)id);
+}
+
+int msadb_store_get_model(msadb_store *st, msadb_model_id *out)
+{
+    if (!st || !out)
+        return MSADB_EINVAL;
+    memset(out, 0, sizeof *out);
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    MDB_val v;
+    rc = get_meta(txn, st, "model", &v);
+    if (rc == MDB_NOTFOUND) {
+        rc = MSADB_ENOTFOUND;
+    } else if (!rc) {
+        const uint8_t *p = v.mv_data;
+        uint32_t pl = v.mv_size >= MODEL_REC_FIXED ? msadb_get_le32(p + 28 + MSADB_MODEL_HASH_BYTES) : 0;
+        if (v.mv_size < MODEL_REC_FIXED || msadb_get_le32(p) != 1 || pl == 0 ||
+            pl > MSADB_MODEL_PATH_MAX || v.mv_size != MODEL_REC_FIXED + pl) {
+            rc = MSADB_ECORRUPT;
+        } else {
+            out->n_layers = msadb_get_le32(p + 4);
+            out->n_kv_heads = msadb_get_le32(p + 8);
+            out->n_q_heads = msadb_get_le32(p + 12);
+            out->head_dim = msadb_get_le32(p + 16);
+            out->file_size = msadb_get_le64(p + 20);
+            memcpy(out->hash, p + 28, MSADB_MODEL_HASH_BYTES);
+            memcpy(out->path, p + MODEL_REC_FIXED, pl);
+        }
+    }
+    msadb_txn_done(st, txn);
+    return rc;
+}
+
+/* The LMDB environment, for vacuum.c's copy. */
+MDB_env *msadb_store_env(msadb_store *st) { return st->env; }

@@ -91,6 +91,8 @@ MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *
 /* The MAC of the meta records (encrypted stores): fills mac[32].  0 or an
  * LMDB error. */
 MSADB_HIDDEN int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32]);
+/* The store's LMDB environment (vacuum.c). */
+MSADB_HIDDEN MDB_env *msadb_store_env(msadb_store *st);
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # tools/scripts/run.sh -- install what msadb needs on Debian 12, build it, and then
-#   run the demo           (bash tools/scripts/run.sh demo)
-#   or the whole test suite (bash tools/scripts/run.sh test)
-# Runs as root on a fresh machine; safe to run again.
+#   install it system-wide and run the demo (bash tools/scripts/run.sh demo)
+#   or run the whole test suite             (bash tools/scripts/run.sh test)
+#   or only install it                      (bash tools/scripts/run.sh install)
+# Runs as root on a fresh machine; safe to run again.  Installing is
+# `meson install` (prefix /usr/local, or MSADB_PREFIX): whatever meson
+# installs -- the msadb program, libmsadb, its header and pkg-config file,
+# the man page, the bundled model -- lands there, then ldconfig.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-test}
@@ -29,16 +33,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+prefix=${MSADB_PREFIX:-/usr/local}
 if [ -f "$build/build.ninja" ]; then
-  meson setup --reconfigure "$build" >/dev/null
+  meson setup --reconfigure --prefix "$prefix" "$build" >/dev/null
 else
-  meson setup "$build" >/dev/null
+  meson setup --prefix "$prefix" "$build" >/dev/null
 fi
 ninja -C "$build"
 
+install_msadb() {
+  meson install -C "$build" --quiet
+  command -v ldconfig >/dev/null && ldconfig
+  echo "installed msadb in $prefix: $(command -v msadb || echo "$prefix/bin/msadb (not on PATH)")"
+  "$prefix/bin/msadb" doctor
+}
+
 case "$what" in
+  install)
+    install_msadb
+    ;;
   demo)
-    exec bash tools/scripts/demo.sh "$build"
+    install_msadb
+    exec bash tools/scripts/demo.sh "$prefix/bin/msadb"
     ;;
   test)
     # independent peers for the tests: GPT-2's BPE (tokenizer_reference)
@@ -77,7 +93,7 @@ PY
     exit $rc
     ;;
   *)
-    echo "usage: tools/scripts/run.sh demo|test" >&2
+    echo "usage: tools/scripts/run.sh demo|test|install" >&2
     exit 2
     ;;
 esac
