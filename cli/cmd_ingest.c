@@ -2,6 +2,7 @@
  * in one batch.  Uses only the public API (msadb.h). */
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,9 +81,15 @@ int cli_is_tensor_file(const char *path)
 {
     if (ends_with(path, ".npy") || ends_with(path, ".safetensors") || ends_with(path, ".st"))
         return 1;
+    /* Stdin, pipes, FIFOs and devices cannot be peeked at without taking
+     * what they hold (or blocking): they are tensor input unless -m names a
+     * model.  A missing file goes the tensor way too, whose message names it. */
+    struct stat sb;
+    if (strcmp(path, "-") == 0 || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 1;
     /* safetensors: a little-endian u64 header length, then '{' */
     unsigned char head[9];
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : NULL;
+    FILE *f = fopen(path, "rb");
     size_t got = f ? fread(head, 1, sizeof head, f) : 0;
     if (f)
         fclose(f);

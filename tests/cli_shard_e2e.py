@@ -21,8 +21,7 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-from safetensors_io import st_read, st_write  # noqa: E402
+from memmodel.safetensors_io import st_read, st_write  # noqa: E402
 
 MSADB = os.path.abspath(sys.argv[1])
 MSADB_MPI = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None

@@ -175,7 +175,7 @@ def main():
     # a llama GGUF whose only problem is its pre-tokenizer
     # (a small llama model whose tokenizer names GPT-2 BPE with llama-bpe's
     # pre-tokenizer: everything else about it loads)
-    maker = ("import sys; sys.path.insert(0, sys.argv[1]); import gguf, make_test_model as m\n"
+    maker = ("import sys; sys.path.insert(0, sys.argv[1]); from memmodel import gguf, make_test_model as m\n"
              "def bpe(w, pieces, scores, types, add_space_prefix=None):\n"
              "    w.add_string('tokenizer.ggml.model', 'gpt2')\n"
              "    w.add_string('tokenizer.ggml.pre', 'llama-bpe')\n"

@@ -41,7 +41,7 @@ ALLOWED = {
     ("docs/model.md", ""): "training and evaluating the model: a GPU and hours",
 }
 
-COMMAND = re.compile(r"^(msadb|python3|/usr/bin/python3|bash|build/|cc |OPENBLAS|M=|PW=|meson|ninja|sudo)")
+COMMAND = re.compile(r"^(msadb|PYTHONPATH=|python3|/usr/bin/python3|bash|build/|cc |OPENBLAS|M=|PW=|meson|ninja|sudo)")
 
 
 def blocks_md(rel):
@@ -84,8 +84,7 @@ def fixtures(d):
             shutil.copy(os.path.join(demo, f), os.path.join(d, "notes", f[:-4] + ".md"))
     try:  # tensor files the man page's examples name, for a 32-layer model
         import numpy as np
-        sys.path.insert(0, os.path.join(SRC, "tools"))
-        from safetensors_io import st_write
+        from memmodel.safetensors_io import st_write
         rng = np.random.default_rng(0)
         st_write(os.path.join(d, "book.safetensors"),
              {"keys": rng.standard_normal((16, 8, 64, 128)).astype(np.float16),
