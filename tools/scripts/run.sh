@@ -20,7 +20,7 @@ packages=(build-essential meson ninja-build pkg-config
           python3 python3-numpy)
 if [ "$what" = test ]; then
   # Open MPI: msadb_mpi, msadb-mpi and their tests under mpirun (suite 'mpi')
-  packages+=(python3-sentencepiece python3-torch openmpi-bin libopenmpi-dev)
+  packages+=(python3-sentencepiece python3-torch openmpi-bin libopenmpi-dev wamerican)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 missing=()
