@@ -545,23 +545,14 @@ static size_t set_slot(const qscratch *qs, uint64_t key)
     return h;
 }
 
-/* Document mode for group g: documents ranked by their best run (a
- * document split into several runs appears once, with its best run's
- * score, because runs are visited best first); then every live block of the
- * k best documents, documents best first, blocks in storage order. */
-static int select_docs(qscratch *qs, uint32_t g, size_t *n)
+/* The best k documents of group g by their best run: each chosen
+ * document's rank goes to the set (set_val); returns how many were chosen,
+ * or -1 out of memory. */
+static long choose_docs(qscratch *qs, uint32_t g, size_t nr)
 {
     uint32_t G = qs->kq->n_groups;
-    size_t nr = 0;
-    for (int t = 0; t < qs->n_threads; t++)
-        nr += qs->parts[t].n_runs;
-    if (nr == 0)
-        return 0;
-    if (grow_merge(qs, nr))
-        return MSADB_ENOMEM;
-    int rc = set_init(qs, qs->k);
-    if (rc)
-        return rc;
+    if (grow_merge(qs, nr) || set_init(qs, qs->k))
+        return -1;
     /* run ids: thread in the top bits, run index below */
     size_t m = qs->k < nr ? qs->k : nr, chosen = 0;
     for (;;) {
@@ -584,60 +575,90 @@ static int select_docs(qscratch *qs, uint32_t g, size_t *n)
             qs->set_val[h] = (uint32_t)chosen++;
         }
         if (chosen == qs->k || m == nr)
-            break;
+            return (long)chosen;
         m = 2 * m < nr ? 2 * m : nr;
     }
-    /* count blocks per chosen document, then place them rank by rank */
+}
+
+/* The entries of a run (runs may cross page boundaries): written to out
+ * from *pos on when out is not NULL; returns their count. */
+static size_t run_entries(const qscratch *qs, const doc_run *dr, sel *out, uint32_t *pos)
+{
+    size_t len = 0;
+    for (uint64_t c = dr->first;;) {
+        size_t vi = CAND_VIEW(c);
+        uint32_t i = CAND_ENTRY(c);
+        uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
+        len += end - i;
+        for (; out && i < end; i++) {
+            out[*pos].cand = CAND_ID(vi, i);
+            out[*pos].score = NAN; /* the routing score is filled in later */
+            (*pos)++;
+        }
+        if (CAND_VIEW(dr->last) == vi)
+            return len;
+        c = CAND_ID(vi + 1, 0);
+    }
+}
+
+/* The chosen run of a thread's run r, or NULL when its document was not
+ * chosen. */
+static const doc_run *chosen_run(qscratch *qs, int t, size_t r, size_t *h)
+{
+    const doc_run *dr = &qs->parts[t].runs[r];
+    *h = set_slot(qs, dr->doc_id);
+    return qs->set_used[*h] ? dr : NULL;
+}
+
+/* Places every block of the chosen documents at base, rank by rank (a
+ * document's blocks in storage order); *total gets their count. */
+static int place_doc_blocks(qscratch *qs, size_t chosen, size_t at, size_t *total)
+{
     if (msadb_grow(&qs->cnt, &qs->cnt_cap, chosen + 1, sizeof(uint32_t), 16))
         return MSADB_ENOMEM;
     memset(qs->cnt, 0, (chosen + 1) * sizeof(uint32_t));
-    size_t total = 0;
+    size_t h, sum = 0;
     for (int t = 0; t < qs->n_threads; t++)
         for (size_t r = 0; r < qs->parts[t].n_runs; r++) {
-            const doc_run *dr = &qs->parts[t].runs[r];
-            size_t h = set_slot(qs, dr->doc_id);
-            if (!qs->set_used[h])
+            const doc_run *dr = chosen_run(qs, t, r, &h);
+            if (!dr)
                 continue;
-            size_t len = 0;
-            for (uint64_t c = dr->first;;) { /* runs may cross page boundaries */
-                size_t vi = CAND_VIEW(c);
-                uint32_t i = CAND_ENTRY(c);
-                uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
-                len += end - i;
-                if (CAND_VIEW(dr->last) == vi)
-                    break;
-                c = CAND_ID(vi + 1, 0);
-            }
+            size_t len = run_entries(qs, dr, NULL, NULL);
             qs->cnt[qs->set_val[h] + 1] += (uint32_t)len;
-            total += len;
+            sum += len;
         }
     for (size_t i = 1; i <= chosen; i++)
         qs->cnt[i] += qs->cnt[i - 1];
-    if (msadb_grow(&qs->sels, &qs->sels_cap, *n + total, sizeof(sel), 16))
+    if (msadb_grow(&qs->sels, &qs->sels_cap, at + sum, sizeof(sel), 16))
         return MSADB_ENOMEM;
-    sel *base = qs->sels + *n;
     for (int t = 0; t < qs->n_threads; t++)
         for (size_t r = 0; r < qs->parts[t].n_runs; r++) {
-            const doc_run *dr = &qs->parts[t].runs[r];
-            size_t h = set_slot(qs, dr->doc_id);
-            if (!qs->set_used[h])
-                continue;
-            uint32_t *pos = &qs->cnt[qs->set_val[h]];
-            for (uint64_t c = dr->first;;) {
-                size_t vi = CAND_VIEW(c);
-                uint32_t i = CAND_ENTRY(c);
-                uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
-                for (; i < end; i++) {
-                    base[*pos].cand = CAND_ID(vi, i);
-                    base[*pos].score = NAN; /* filled below */
-                    (*pos)++;
-                }
-                if (CAND_VIEW(dr->last) == vi)
-                    break;
-                c = CAND_ID(vi + 1, 0);
-            }
+            const doc_run *dr = chosen_run(qs, t, r, &h);
+            if (dr)
+                run_entries(qs, dr, qs->sels + at, &qs->cnt[qs->set_val[h]]);
         }
-    /* each block reports its own routing score */
+    *total = sum;
+    return 0;
+}
+
+/* Document mode for group g: documents ranked by their best run (a
+ * document split into several runs appears once, with its best run's
+ * score, because runs are visited best first); then every live block of the
+ * k best documents, documents best first, blocks in storage order. */
+static int select_docs(qscratch *qs, uint32_t g, size_t *n)
+{
+    size_t nr = 0, total = 0;
+    for (int t = 0; t < qs->n_threads; t++)
+        nr += qs->parts[t].n_runs;
+    if (nr == 0)
+        return 0;
+    long chosen = choose_docs(qs, g, nr);
+    if (chosen < 0)
+        return MSADB_ENOMEM;
+    int rc = place_doc_blocks(qs, (size_t)chosen, *n, &total);
+    if (rc)
+        return rc;
+    sel *base = qs->sels + *n;
     for (size_t i = 0; i < total; i++) {
         const msadb_page_view *v = &qs->views[CAND_VIEW(base[i].cand)];
         uint32_t e = CAND_ENTRY(base[i].cand);
