@@ -36,15 +36,7 @@ static uint64_t add_doc(msadb_store *st, const char *space, uint64_t seed, size_
             K[((size_t)p * T + T / 2) * D + j] = 8.0f * needle[j];
     msadb_doc doc = {0};
     doc.space = space;
-    doc.n_tokens = T;
-    doc.kv_dtype = MSADB_DTYPE_F32;
-    doc.keys = K;
-    doc.values = V;
-    uint64_t id;
-    CHECK_OK(msadb_doc_append(st, &doc, &id));
-    free(K);
-    free(V);
-    return id;
+    return tu_append_f32(st, &doc, T, K, V);
 }
 
 /* Selection of q (one token, 4 q heads) with the given routing. */

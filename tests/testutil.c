@@ -91,3 +91,16 @@ const char *tu_make_model(const char *dir, const char *name, const char *opts)
     }
     return path;
 }
+
+uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, float *V)
+{
+    doc->n_tokens = T;
+    doc->kv_dtype = MSADB_DTYPE_F32;
+    doc->keys = K;
+    doc->values = V;
+    uint64_t id = 0;
+    CHECK_OK(msadb_doc_append(st, doc, &id));
+    free(K);
+    free(V);
+    return id;
+}

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "msadb.h"
+
 #define CHECK(cond)                                                                   \
     do {                                                                              \
         if (!(cond)) {                                                                \
@@ -42,6 +44,10 @@ void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
 
 /* Deterministic keys and values of n floats each, from a seed. */
 void tu_make_kv(uint64_t seed, size_t n, float *K, float *V);
+
+/* Appends doc to st with T tokens of f32 keys K and values V (malloc'ed;
+ * freed here), checking that the append succeeds; returns the id. */
+uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, float *V);
 
 /* Writes DIR/NAME.gguf, a small llama model with seeded random weights,
  * with tools/memmodel/make_test_model.py OPTS (needs MSADB_SOURCE_ROOT, and
