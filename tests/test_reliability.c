@@ -182,24 +182,13 @@ static void test_meta_flips(void)
 }
 
 /* A store written before meta records had a MAC (key check v1, no
- * meta_mac) opens, and its first write adds the MAC; from then on,
- * removing the MAC is refused. */
+ * meta_mac, no record MACs) opens, and its first write adds the meta MAC;
+ * msadb_upgrade() adds the record MACs; from then on, removing the meta
+ * MAC is refused. */
 static void test_legacy_store(void)
 {
     const char *dir = make_store("legacy", key, NULL, MSADB_DTYPE_F32);
-    raw r;
-    raw_begin(&r, dir);
-    uint8_t sid[16], sealed[128], ad[24];
-    meta_get(&r, "store_id", sid, sizeof sid);
-    memcpy(ad, sid, 16);
-    memcpy(ad + 16, "keycheck", 8);
-    const char *v1 = "msadb key check v1";
-    CHECK_OK(msadb_seal(key, ad, 24, (const uint8_t *)v1, strlen(v1), sealed));
-    meta_put(&r, "keycheck", sealed, strlen(v1) + MSADB_SEAL_OVERHEAD);
-    MDB_val k = {8, (void *)"meta_mac"};
-    CHECK_OK(mdb_del(r.txn, r.meta, &k, NULL));
-    raw_end(&r);
-
+    tu_make_legacy_store(dir, key);
     msadb_options o;
     opts(&o, key, NULL);
     msadb_store *st;
@@ -210,9 +199,21 @@ static void test_legacy_store(void)
     CHECK_OK(msadb_verify(st, NULL, NULL));
     msadb_close(st);
     CHECK_OK(open_rc(dir, key, NULL));
+    raw r;
     raw_begin(&r, dir);
-    uint8_t mac[32];
+    uint8_t mac[32], mac_v2[32];
+    CHECK(meta_get(&r, "meta_mac", mac_v2, sizeof mac_v2) == 32);
+    raw_end(&r);
+    CHECK_OK(msadb_open(dir, NULL, &o, &st));
+    CHECK_OK(msadb_upgrade(st));
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    CHECK_OK(msadb_doc_append(st, &d, NULL));
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    raw_begin(&r, dir);
     CHECK(meta_get(&r, "meta_mac", mac, sizeof mac) == 32);
+    CHECK(memcmp(mac, mac_v2, 32) != 0);
+    MDB_val k = {8, (void *)"meta_mac"};
     CHECK_OK(mdb_del(r.txn, r.meta, &k, NULL));
     raw_end(&r);
     CHECK_RC(open_rc(dir, key, NULL), MSADB_EAUTH);

@@ -1,8 +1,11 @@
 /* testutil.c -- see testutil.h. */
 #include "testutil.h"
 
+#include <lmdb.h>
 #include <math.h>
 #include <string.h>
+
+#include <sodium.h>
 #include <unistd.h>
 
 static char tmp_paths[16][512];
@@ -103,4 +106,80 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
     free(K);
     free(V);
     return id;
+}
+
+void tu_make_legacy_store(const char *dir, const unsigned char key[32])
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi main_db, meta;
+    CHECK_OK(mdb_env_create(&env));
+    CHECK_OK(mdb_env_set_maxdbs(env, 16));
+    CHECK_OK(mdb_env_open(env, dir, MDB_NOSYNC, 0600));
+    CHECK_OK(mdb_txn_begin(env, NULL, 0, &txn));
+    CHECK_OK(mdb_dbi_open(txn, NULL, 0, &main_db));
+    CHECK_OK(mdb_dbi_open(txn, "meta", 0, &meta));
+    /* the names of the databases, from the main database's keys */
+    char names[16][64];
+    size_t n_names = 0;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    CHECK_OK(mdb_cursor_open(txn, main_db, &cur));
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        CHECK(n_names < 16 && k.mv_size < 64);
+        memcpy(names[n_names], k.mv_data, k.mv_size);
+        names[n_names++][k.mv_size] = 0;
+    }
+    mdb_cursor_close(cur);
+    for (size_t i = 0; i < n_names; i++) {
+        if (!strcmp(names[i], "meta") || !strcmp(names[i], "blocks"))
+            continue;
+        MDB_dbi dbi;
+        CHECK_OK(mdb_dbi_open(txn, names[i], 0, &dbi));
+        /* collect, then rewrite (no writes under the cursor) */
+        uint8_t *buf = NULL;
+        size_t used = 0, cap = 0;
+        CHECK_OK(mdb_cursor_open(txn, dbi, &cur));
+        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            CHECK(v.mv_size >= 16);
+            size_t need = used + 16 + k.mv_size + v.mv_size;
+            if (need > cap) {
+                cap = need * 2;
+                buf = realloc(buf, cap);
+                CHECK(buf != NULL);
+            }
+            uint64_t kl = k.mv_size, vl = v.mv_size - 16;
+            memcpy(buf + used, &kl, 8);
+            memcpy(buf + used + 8, &vl, 8);
+            memcpy(buf + used + 16, k.mv_data, kl);
+            memcpy(buf + used + 16 + kl, v.mv_data, vl);
+            used += 16 + kl + vl;
+        }
+        mdb_cursor_close(cur);
+        for (size_t off = 0; off < used;) {
+            uint64_t kl, vl;
+            memcpy(&kl, buf + off, 8);
+            memcpy(&vl, buf + off + 8, 8);
+            MDB_val nk = {kl, buf + off + 16}, nv = {vl, buf + off + 16 + kl};
+            CHECK_OK(mdb_put(txn, dbi, &nk, &nv, 0));
+            off += 16 + kl + vl;
+        }
+        free(buf);
+    }
+    MDB_val sk = {8, (void *)"store_id"};
+    CHECK_OK(mdb_get(txn, meta, &sk, &v));
+    uint8_t ad[24], sealed[128], text[18];
+    memcpy(ad, v.mv_data, 16);
+    memcpy(ad + 16, "keycheck", 8);
+    memcpy(text, "msadb key check v", 17);
+    text[17] = '1';
+    unsigned long long cl;
+    randombytes_buf(sealed, 24);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(sealed + 24, &cl, text, sizeof text, ad, sizeof ad, NULL, sealed, key);
+    MDB_val kk = {8, (void *)"keycheck"}, kv = {24 + (size_t)cl, sealed};
+    CHECK_OK(mdb_put(txn, meta, &kk, &kv, 0));
+    MDB_val mk = {8, (void *)"meta_mac"};
+    CHECK_OK(mdb_del(txn, meta, &mk, NULL));
+    CHECK_OK(mdb_txn_commit(txn));
+    mdb_env_close(env);
 }

@@ -55,4 +55,10 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
  * until the next call), or NULL when the tools are unavailable. */
 const char *tu_make_model(const char *dir, const char *name, const char *opts);
 
+/* Turns an encrypted store (closed) into one as written before any MAC:
+ * every value of every database but meta and blocks loses its last 16
+ * bytes (its record MAC), the key check is sealed again as version 1 and
+ * the meta MAC is removed. */
+void tu_make_legacy_store(const char *dir, const unsigned char key[32]);
+
 #endif

@@ -23,7 +23,7 @@ static int del_range(MDB_txn *txn, MDB_dbi dbi, const uint8_t *lo, size_t lo_len
     for (;;) {
         /* Seek again after each delete: the next key >= lo is the next one. */
         MDB_val k = {lo_len, (void *)lo}, v;
-        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)))
+        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE))) /* keys only */
             break;
         if (hi) {
             size_t m = k.mv_size < hi_len ? k.mv_size : hi_len;
@@ -76,7 +76,7 @@ static int mark_slots(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t fi
         uint8_t k[12];
         msadb_key_slots(k, space, pg);
         MDB_val kv = {12, k}, v;
-        if ((rc = mdb_get(txn, st->db_slots, &kv, &v))) {
+        if ((rc = msadb_rec_get(txn, st, st->db_slots, &kv, &v))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -95,7 +95,7 @@ static int mark_slots(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t fi
             break;
         }
         v.mv_data = page;
-        if ((rc = mdb_put(txn, st->db_slots, &kv, &v, 0)))
+        if ((rc = msadb_rec_put(txn, st, st->db_slots, &kv, &v, 0)))
             break;
     }
     free(page);
@@ -177,7 +177,7 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     msadb_key_slots(k0, sr.id, 0);
     MDB_val k = {12, k0}, v;
     uint64_t last = 0;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != 12 || msadb_get_be32(k.mv_data) != sr.id)
             break;
         for (size_t i = 0; i + MSADB_SLOT_BYTES <= v.mv_size; i += MSADB_SLOT_BYTES) {
@@ -262,7 +262,7 @@ static int stream_put(const page_stream *ps, const msadb_summ_layout *L, uint64_
     size_t klen;
     stream_key(ps, pg, k, &klen);
     MDB_val ok = {klen, k}, ov = {msadb_summ_page_bytes(L, n), (void *)page};
-    int rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
+    int rc = msadb_rec_put(ps->txn, ps->st, ps->dbi, &ok, &ov, 0);
     if (!rc && ps->plane != UINT32_MAX)
         rc = msadb_route_put(ps->st, ps->txn, ps->space, ps->plane, pg, page, n);
     return rc;
@@ -285,7 +285,7 @@ static int compact_stream(const page_stream *ps, const msadb_summ_layout *L, con
     for (uint64_t pg = 0; !rc && pg < n_pages; pg++) {
         stream_key(ps, pg, k, &klen);
         MDB_val kv = {klen, k}, v;
-        if ((rc = mdb_get(ps->txn, ps->dbi, &kv, &v))) {
+        if ((rc = msadb_rec_get(ps->txn, ps->st, ps->dbi, &kv, &v))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -340,7 +340,7 @@ static int each_slot(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t n_s
         uint8_t k[12];
         msadb_key_slots(k, space, pg);
         MDB_val kv = {12, k}, v;
-        if ((rc = mdb_get(txn, st->db_slots, &kv, &v))) {
+        if ((rc = msadb_rec_get(txn, st, st->db_slots, &kv, &v))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -409,7 +409,7 @@ static int renumber_fn(uint64_t slot, const msadb_slot *sl, void *ud)
     msadb_key_doc(dk, sl->doc_id);
     msadb_docrec_encode(&r, rb);
     MDB_val dkv = {8, dk}, dv = {DOC_REC_BYTES, rb};
-    return mdb_put(a->txn, a->st->db_docs, &dkv, &dv, 0);
+    return msadb_rec_put(a->txn, a->st, a->st->db_docs, &dkv, &dv, 0);
 }
 
 /* Points every document of the space at its new first slot. */
@@ -460,7 +460,7 @@ static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
     char (*names)[MSADB_NAME_MAX + 1] = NULL;
     size_t n = 0;
     MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
             rc = MSADB_ECORRUPT;
             break;

@@ -21,7 +21,7 @@
 static int meta_route(MDB_txn *txn, msadb_store *st, msadb_coarse_layout *C)
 {
     MDB_val k = {5, (void *)"route"}, v;
-    int rc = mdb_get(txn, st->db_meta, &k, &v);
+    int rc = msadb_rec_get(txn, st, st->db_meta, &k, &v);
     if (rc)
         return rc;
     if (v.mv_size != 16)
@@ -42,7 +42,7 @@ int msadb_route_open(msadb_store *st, MDB_txn *txn, uint32_t format)
     st->has_route = 0;
     if (format < 2)
         return 0;
-    int rc = mdb_dbi_open(txn, "route", 0, &st->db_route);
+    int rc = msadb_dbi_open(st, txn, "route", 0, &st->db_route);
     if (rc)
         return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
     rc = meta_route(txn, st, &st->route);
@@ -56,7 +56,7 @@ int msadb_route_open(msadb_store *st, MDB_txn *txn, uint32_t format)
 
 int msadb_route_create(msadb_store *st, MDB_txn *txn)
 {
-    int rc = mdb_dbi_open(txn, "route", MDB_CREATE, &st->db_route);
+    int rc = msadb_dbi_open(st, txn, "route", MDB_CREATE, &st->db_route);
     if (rc || !(st->sig.summary_kinds & MSADB_SUMMARY_REPS))
         return rc;
     if (meta_route(txn, st, &st->route) == 0) { /* keep the store's parameters */
@@ -68,7 +68,7 @@ int msadb_route_create(msadb_store *st, MDB_txn *txn)
     msadb_put_le32(b + 4, st->page_cap % ROUTE_DEFAULT_S == 0 ? ROUTE_DEFAULT_S : 1);
     msadb_put_le32(b + 8, ROUTE_DEFAULT_R);
     MDB_val k = {5, (void *)"route"}, v = {16, b};
-    if ((rc = mdb_put(txn, st->db_meta, &k, &v, 0)))
+    if ((rc = msadb_rec_put(txn, st, st->db_meta, &k, &v, 0)))
         return rc;
     if ((rc = meta_route(txn, st, &st->route)))
         return rc;
@@ -82,7 +82,7 @@ int msadb_route_refresh(msadb_store *st, MDB_txn *txn)
         return 0;
     /* another process may have upgraded the store since it was opened here */
     MDB_val k = {6, (void *)"format"}, v;
-    int rc = mdb_get(txn, st->db_meta, &k, &v);
+    int rc = msadb_rec_get(txn, st, st->db_meta, &k, &v);
     if (rc || v.mv_size != 4)
         return rc ? rc : MSADB_ECORRUPT;
     st->format = msadb_get_le32(v.mv_data);
@@ -97,12 +97,13 @@ int msadb_route_put(msadb_store *st, MDB_txn *txn, uint32_t space, uint32_t plan
     uint8_t k[16];
     msadb_key_summ(k, space, plane, pg);
     MDB_val kv = {16, k}, v = {msadb_coarse_page_bytes(&st->route, n), NULL};
-    int rc = mdb_put(txn, st->db_route, &kv, &v, MDB_RESERVE);
+    int rc = msadb_rec_put(txn, st, st->db_route, &kv, &v, MDB_RESERVE);
     if (rc)
         return rc;
     msadb_summ_view fine;
     msadb_summ_view_of(&st->summ, summ, n, &fine);
     msadb_coarse_page_build(&st->route, &fine, n, v.mv_data);
+    msadb_rec_seal(st, st->db_route, &kv, &v);
     return 0;
 }
 
@@ -125,7 +126,7 @@ int msadb_route_check(msadb_store *st, MDB_txn *txn, uint32_t space, uint32_t pl
     uint8_t k[16];
     msadb_key_summ(k, space, plane, pg);
     MDB_val kv = {16, k}, v;
-    int rc = mdb_get(txn, st->db_route, &kv, &v);
+    int rc = msadb_rec_get(txn, st, st->db_route, &kv, &v);
     if (rc)
         return rc == MDB_NOTFOUND ? MSADB_ENOTFOUND : rc;
     size_t bytes = msadb_coarse_page_bytes(&st->route, n);
@@ -147,7 +148,7 @@ static int build_all(msadb_store *st, MDB_txn *txn)
     if (rc)
         return rc;
     MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
         const uint8_t *kp = k.mv_data;
         if (k.mv_size != 16 || ((uintptr_t)v.mv_data & 15)) {
             rc = MSADB_ECORRUPT;
@@ -157,7 +158,7 @@ static int build_all(msadb_store *st, MDB_txn *txn)
         uint8_t ks[12];
         msadb_key_slots(ks, msadb_get_be32(kp), msadb_get_be64(kp + 8));
         MDB_val sk = {12, ks}, sv;
-        if ((rc = mdb_get(txn, st->db_slots, &sk, &sv))) {
+        if ((rc = msadb_rec_get(txn, st, st->db_slots, &sk, &sv))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -178,7 +179,10 @@ static int upgrade_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     (void)ud;
     MDB_val k = {6, (void *)"format"}, v;
-    int rc = mdb_get(txn, st->db_meta, &k, &v);
+    /* an encrypted store written before record MACs gets them (record.c) */
+    int rc = st->encrypted ? msadb_rec_upgrade(st, txn) : 0;
+    if (!rc)
+        rc = msadb_rec_get(txn, st, st->db_meta, &k, &v);
     if (rc || v.mv_size != 4)
         return rc ? rc : MSADB_ECORRUPT;
     if (msadb_get_le32(v.mv_data) >= 2 && !(st->sig.summary_kinds & MSADB_SUMMARY_REPS))
@@ -190,7 +194,7 @@ static int upgrade_fn(msadb_store *st, MDB_txn *txn, void *ud)
     msadb_put_le32(b, MSADB_FORMAT_VERSION);
     v.mv_size = 4;
     v.mv_data = b;
-    return mdb_put(txn, st->db_meta, &k, &v, 0);
+    return msadb_rec_put(txn, st, st->db_meta, &k, &v, 0);
 }
 
 int msadb_upgrade(msadb_store *st)
@@ -213,7 +217,7 @@ static int rebuild_fn(msadb_store *st, MDB_txn *txn, void *ud)
     msadb_put_le32(b + 4, sr[0]);
     msadb_put_le32(b + 8, sr[1]);
     MDB_val k = {5, (void *)"route"}, v = {16, b};
-    int rc = mdb_put(txn, st->db_meta, &k, &v, 0);
+    int rc = msadb_rec_put(txn, st, st->db_meta, &k, &v, 0);
     if (rc || (rc = meta_route(txn, st, &st->route)))
         return rc;
     return upgrade_fn(st, txn, NULL);

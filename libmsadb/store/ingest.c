@@ -347,7 +347,7 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
         MDB_val kv = {12, k}, v;
         msadb_key_slots(k, g->rec.id, pg);
         if (have) {
-            if ((rc = mdb_get(txn, st->db_slots, &kv, &v)))
+            if ((rc = msadb_rec_get(txn, st, st->db_slots, &kv, &v)))
                 return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             if (v.mv_size != (size_t)have * MSADB_SLOT_BYTES)
                 return MSADB_ECORRUPT;
@@ -357,7 +357,7 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
                (size_t)add * MSADB_SLOT_BYTES);
         v.mv_size = (size_t)tot * MSADB_SLOT_BYTES;
         v.mv_data = page;
-        if ((rc = mdb_put(txn, st->db_slots, &kv, &v, 0)))
+        if ((rc = msadb_rec_put(txn, st, st->db_slots, &kv, &v, 0)))
             return rc;
         /* One page per plane, region by region (codec/summary.h); the old entries
          * move to their places in the larger page. */
@@ -367,7 +367,7 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
             size_t bytes = msadb_summ_page_bytes(&st->summ, tot);
             memset(page, 0, bytes);
             if (have) {
-                if ((rc = mdb_get(txn, st->db_summ, &kv, &v)))
+                if ((rc = msadb_rec_get(txn, st, st->db_summ, &kv, &v)))
                     return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
                 if (v.mv_size != msadb_summ_page_bytes(&st->summ, have))
                     return MSADB_ECORRUPT;
@@ -382,7 +382,7 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
             }
             v.mv_size = bytes;
             v.mv_data = page;
-            if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)) ||
+            if ((rc = msadb_rec_put(txn, st, st->db_summ, &kv, &v, 0)) ||
                 (rc = msadb_route_put(st, txn, g->rec.id, p, pg, page, tot)))
                 return rc;
         }
@@ -401,15 +401,17 @@ static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint8_t kind
     if (!st->encrypted) {
         v.mv_size = len;
         v.mv_data = (void *)data;
-        return mdb_put(txn, st->db_docdata, &kv, &v, 0);
+        return msadb_rec_put(txn, st, st->db_docdata, &kv, &v, 0);
     }
     v.mv_size = len + MSADB_SEAL_OVERHEAD;
-    int rc = mdb_put(txn, st->db_docdata, &kv, &v, MDB_RESERVE);
+    int rc = msadb_rec_put(txn, st, st->db_docdata, &kv, &v, MDB_RESERVE);
     if (rc)
         return rc;
     uint8_t ad[26];
     msadb_docdata_ad(st, doc, kind, ad);
-    return msadb_seal(st->key, ad, sizeof ad, data, len, v.mv_data);
+    msadb_seal(st->key, ad, sizeof ad, data, len, v.mv_data);
+    msadb_rec_seal(st, st->db_docdata, &kv, &v);
+    return 0;
 }
 
 struct commit_args {
@@ -456,7 +458,7 @@ static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
         uint8_t k[8];
         msadb_key_block(k, blk0 + j);
         MDB_val kv = {8, k}, v = {total, NULL};
-        int rc = mdb_put(txn, st->db_blocks, &kv, &v, MDB_APPEND | MDB_RESERVE);
+        int rc = msadb_rec_put(txn, st, st->db_blocks, &kv, &v, MDB_APPEND | MDB_RESERVE);
         if (rc)
             return rc;
         uint8_t *rec = v.mv_data;
@@ -491,7 +493,7 @@ static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
     msadb_key_doc(k, id);
     msadb_docrec_encode(rec, rb);
     MDB_val kv = {8, k}, v = {DOC_REC_BYTES, rb};
-    int rc = mdb_put(txn, st->db_docs, &kv, &v, MDB_APPEND);
+    int rc = msadb_rec_put(txn, st, st->db_docs, &kv, &v, MDB_APPEND);
     const uint8_t *A = b->arena.p;
     if (rc || (rc = put_docdata(st, txn, id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
         (rc = put_docdata(st, txn, id, DD_META, A + bd->meta_off, bd->meta_len)) ||

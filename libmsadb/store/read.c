@@ -89,7 +89,7 @@ int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf,
     uint8_t k[9];
     msadb_key_docdata(k, doc, kind);
     MDB_val kv = {9, k}, v;
-    int rc = mdb_get(s->txn, st->db_docdata, &kv, &v);
+    int rc = msadb_rec_get(s->txn, st, st->db_docdata, &kv, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
@@ -166,7 +166,7 @@ int msadb_doc_list(msadb_snapshot *s, const char *space, int (*cb)(const msadb_d
     if ((rc = mdb_cursor_open(s->txn, s->st->db_docs, &cur)))
         return rc;
     MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_NEXT)) {
         msadb_docrec r;
         if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
             rc = MSADB_ECORRUPT;
@@ -243,7 +243,7 @@ int msadb_snap_block(msadb_snapshot *s, uint32_t space_id, uint64_t block_id, ui
     uint8_t k[8];
     msadb_key_block(k, block_id);
     MDB_val kv = {8, k}, v;
-    int rc = mdb_get(s->txn, st->db_blocks, &kv, &v);
+    int rc = msadb_rec_get(s->txn, st, st->db_blocks, &kv, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
@@ -305,7 +305,7 @@ int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n
         return rc;
     MDB_val k, v;
     size_t cnt = 0;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != 4) {
             rc = MSADB_ECORRUPT;
             break;
@@ -335,7 +335,7 @@ static int coarse_view(msadb_snapshot *s, MDB_cursor *cr, uint8_t ks[16], uint32
     if (!cr)
         return 0;
     MDB_val rk = {16, ks}, rv;
-    int rc = mdb_cursor_get(cr, &rk, &rv, MDB_SET_KEY);
+    int rc = msadb_rec_cursor_get(st, cr, &rk, &rv, MDB_SET_KEY);
     if (rc)
         return rc == MDB_NOTFOUND ? 0 : rc;
     if (rv.mv_size != msadb_coarse_page_bytes(&st->route, cnt) || ((uintptr_t)rv.mv_data & 15))
@@ -371,7 +371,7 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
     uint8_t k0[16];
     msadb_key_slots(k0, space_id, 0);
     MDB_val k = {12, k0}, v;
-    for (rc = mdb_cursor_get(cs, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cs, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(st, cs, &k, &v, MDB_SET_RANGE); rc == 0; rc = msadb_rec_cursor_get(st, cs, &k, &v, MDB_NEXT)) {
         if (k.mv_size != 12 || msadb_get_be32(k.mv_data) != space_id)
             break;
         uint64_t pg = msadb_get_be64((const uint8_t *)k.mv_data + 4);
@@ -383,7 +383,7 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
         uint8_t ks[16];
         msadb_key_summ(ks, space_id, plane, pg);
         MDB_val sk = {16, ks}, sv;
-        if ((rc = mdb_cursor_get(cp, &sk, &sv, MDB_SET_KEY))) {
+        if ((rc = msadb_rec_cursor_get(st, cp, &sk, &sv, MDB_SET_KEY))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }

@@ -24,26 +24,28 @@
 /* Environment                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* The key check's sealed constant: v1 in stores whose meta records carry
- * no MAC yet, v2 once they do (so that deleting the MAC does not turn a
- * store back into one without). */
-static const char *const meta_keycheck_v1 = "msadb key check v1";
-static const char *const meta_keycheck_v2 = "msadb key check v2";
+/* The key check's sealed constant, "msadb key check vN": v1 in stores
+ * whose meta records carry no MAC, v2 once they do, v3 once every record
+ * does (record.c); so that deleting a MAC never turns a store back into one
+ * without. */
+#define KEYCHECK_TEXT "msadb key check v"
+#define KEYCHECK_LEN (sizeof KEYCHECK_TEXT) /* the text and its one-digit version */
 
-/* The meta records covered by the MAC, in MAC order (docs/format.md). */
+/* The meta records covered by the MAC of a v2 store, in MAC order
+ * (docs/format.md); a v3 store's MAC covers every meta record. */
 static const char *const mac_names[] = {"format", "signature", "store_id", "page_cap", "crypt",
                                         "next_doc", "next_block", "next_space"};
 
 static int get_meta(MDB_txn *txn, msadb_store *st, const char *name, MDB_val *v)
 {
     MDB_val k = {strlen(name), (void *)name};
-    return mdb_get(txn, st->db_meta, &k, v);
+    return msadb_rec_get(txn, st, st->db_meta, &k, v);
 }
 
 static int put_meta(MDB_txn *txn, msadb_store *st, const char *name, const void *data, size_t len)
 {
     MDB_val k = {strlen(name), (void *)name}, v = {len, (void *)data};
-    return mdb_put(txn, st->db_meta, &k, &v, 0);
+    return msadb_rec_put(txn, st, st->db_meta, &k, &v, 0);
 }
 
 int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out)
@@ -62,11 +64,42 @@ int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *ou
     return 0;
 }
 
+/* v3: every meta record but the MAC itself, in key order: name length
+ * u32 LE, name, value length u64 LE, value. */
+static int meta_mac_all(msadb_store *st, MDB_txn *txn, crypto_generichash_state *h)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->db_meta, &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size == 8 && memcmp(k.mv_data, "meta_mac", 8) == 0)
+            continue;
+        uint8_t len[12];
+        msadb_put_le32(len, (uint32_t)k.mv_size);
+        msadb_put_le64(len + 4, (uint64_t)v.mv_size);
+        crypto_generichash_update(h, len, 4);
+        crypto_generichash_update(h, k.mv_data, k.mv_size);
+        crypto_generichash_update(h, len + 4, 8);
+        crypto_generichash_update(h, v.mv_data, v.mv_size);
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32])
 {
     crypto_generichash_state h;
     crypto_generichash_init(&h, st->mac_key, sizeof st->mac_key, 32);
     crypto_generichash_update(&h, st->store_id, sizeof st->store_id);
+    if (st->rec_mac) {
+        int rc = meta_mac_all(st, txn, &h);
+        if (rc)
+            return rc;
+        crypto_generichash_final(&h, mac, 32);
+        return 0;
+    }
     for (size_t i = 0; i < sizeof mac_names / sizeof mac_names[0]; i++) {
         MDB_val v = {0, NULL};
         int rc = get_meta(txn, st, mac_names[i], &v);
@@ -83,21 +116,24 @@ int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32])
     return 0;
 }
 
-/* Seals the key check constant (v1 or v2) into meta "keycheck". */
-static int put_keycheck(msadb_store *st, MDB_txn *txn, const char *text);
+/* Seals the key check constant of version ver into meta "keycheck". */
+static int put_keycheck(msadb_store *st, MDB_txn *txn, int ver);
 
-/* Writes the meta MAC (and marks the store as carrying one) inside a write
- * transaction, after its other changes. */
+/* Writes the meta MAC inside a write transaction, after its other changes,
+ * and raises the key check to the version the store now has (3 with
+ * record MACs, else 2). */
 static int meta_mac_put(msadb_store *st, MDB_txn *txn)
 {
+    int want = st->rec_mac ? 3 : 2, rc = 0;
+    if (st->kc_ver < want) {
+        rc = put_keycheck(st, txn, want);
+        st->kc_pending = rc ? 0 : want;
+    }
     uint8_t mac[32];
-    int rc = msadb_meta_mac(st, txn, mac);
+    if (!rc)
+        rc = msadb_meta_mac(st, txn, mac);
     if (!rc)
         rc = put_meta(txn, st, "meta_mac", mac, sizeof mac);
-    if (!rc && !st->has_mac) {
-        rc = put_keycheck(st, txn, meta_keycheck_v2);
-        st->mac_pending = !rc;
-    }
     return rc;
 }
 
@@ -153,7 +189,7 @@ static int open_dbs(msadb_store *st, MDB_txn *txn, unsigned flags)
     MDB_dbi *dbis[] = {&st->db_meta,  &st->db_spaces, &st->db_spaceids, &st->db_docs,
                        &st->db_docdata, &st->db_blocks, &st->db_slots,    &st->db_summ};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
-        int rc = mdb_dbi_open(txn, db_names[i], flags, dbis[i]);
+        int rc = msadb_dbi_open(st, txn, db_names[i], flags, dbis[i]);
         if (rc == MDB_NOTFOUND)
             return MSADB_ENOTSTORE;
         if (rc)
@@ -172,6 +208,7 @@ static void store_free(msadb_store *st)
     pthread_mutex_destroy(&st->snap_lock);
     sodium_memzero(st->key, sizeof st->key);
     sodium_memzero(st->mac_key, sizeof st->mac_key);
+    sodium_memzero(st->rec_key, sizeof st->rec_key);
     free(st->path);
     free(st);
 }
@@ -218,6 +255,7 @@ static void derive_mac_key(msadb_store *st)
     static const char label[] = "msadb meta mac v1";
     crypto_generichash(st->mac_key, sizeof st->mac_key, (const uint8_t *)label, sizeof label - 1,
                        st->key, sizeof st->key);
+    msadb_rec_key_derive(st);
 }
 
 static int setup_crypto_create(msadb_store *st, MDB_txn *txn, const msadb_options *opt)
@@ -239,16 +277,18 @@ static int setup_crypto_create(msadb_store *st, MDB_txn *txn, const msadb_option
             return rc;
     }
     st->encrypted = 1;
+    st->rec_mac = 1; /* new stores authenticate every record from the start */
     derive_mac_key(st);
     return put_meta(txn, st, "crypt", rec, sizeof rec);
 }
 
-static int put_keycheck(msadb_store *st, MDB_txn *txn, const char *text)
+static int put_keycheck(msadb_store *st, MDB_txn *txn, int ver)
 {
-    uint8_t ad[24], sealed[64];
-    size_t tl = strlen(text);
-    msadb_seal(st->key, ad, (size_t)keycheck_ad(st, ad), (const uint8_t *)text, tl, sealed);
-    return put_meta(txn, st, "keycheck", sealed, tl + MSADB_SEAL_OVERHEAD);
+    uint8_t ad[24], sealed[64], text[KEYCHECK_LEN];
+    memcpy(text, KEYCHECK_TEXT, KEYCHECK_LEN - 1);
+    text[KEYCHECK_LEN - 1] = (uint8_t)('0' + ver);
+    msadb_seal(st->key, ad, (size_t)keycheck_ad(st, ad), text, KEYCHECK_LEN, sealed);
+    return put_meta(txn, st, "keycheck", sealed, KEYCHECK_LEN + MSADB_SEAL_OVERHEAD);
 }
 
 static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options *opt)
@@ -283,16 +323,16 @@ static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options 
     MDB_val kc;
     if ((rc = get_meta(txn, st, "keycheck", &kc)))
         return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
-    size_t tl = strlen(meta_keycheck_v1);
-    if (kc.mv_size != tl + MSADB_SEAL_OVERHEAD)
+    if (kc.mv_size != KEYCHECK_LEN + MSADB_SEAL_OVERHEAD)
         return MSADB_ECORRUPT;
     uint8_t ad[24], plain[64];
     if (msadb_unseal(st->key, ad, (size_t)keycheck_ad(st, ad), kc.mv_data, kc.mv_size, plain) != 0)
         return MSADB_EKEY;
-    if (memcmp(plain, meta_keycheck_v2, tl) == 0)
-        st->has_mac = 1;
-    else if (memcmp(plain, meta_keycheck_v1, tl) != 0)
+    int ver = plain[KEYCHECK_LEN - 1] - '0';
+    if (memcmp(plain, KEYCHECK_TEXT, KEYCHECK_LEN - 1) != 0 || ver < 1 || ver > 3)
         return MSADB_EKEY;
+    st->kc_ver = ver;
+    st->rec_mac = ver >= 3;
     st->encrypted = 1;
     derive_mac_key(st);
     /* The meta MAC: required once the key check says the store has one;
@@ -300,7 +340,7 @@ static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options 
     MDB_val mv;
     rc = get_meta(txn, st, "meta_mac", &mv);
     if (rc == MDB_NOTFOUND)
-        return st->has_mac ? MSADB_EAUTH : 0;
+        return st->kc_ver >= 2 ? MSADB_EAUTH : 0;
     if (rc)
         return rc;
     uint8_t mac[32];
@@ -369,8 +409,8 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
         goto fail;
     if (st->encrypted && (rc = meta_mac_put(st, txn)))
         goto fail;
-    st->has_mac = st->encrypted;
-    st->mac_pending = 0;
+    st->kc_ver = st->encrypted ? 3 : 0;
+    st->kc_pending = 0;
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc)
@@ -607,7 +647,7 @@ int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d
     uint8_t k[8];
     msadb_key_doc(k, id);
     MDB_val kv = {8, k}, v;
-    int rc = mdb_get(txn, st->db_docs, &kv, &v);
+    int rc = msadb_rec_get(txn, st, st->db_docs, &kv, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
@@ -662,7 +702,7 @@ int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_s
     if (!msadb_space_name_valid(name))
         return MSADB_EINVAL;
     MDB_val k = {strlen(name), (void *)name}, v;
-    int rc = mdb_get(txn, st->db_spaces, &k, &v);
+    int rc = msadb_rec_get(txn, st, st->db_spaces, &k, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     return rc ? rc : spacerec_decode(&v, rec);
@@ -673,7 +713,7 @@ int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const m
     uint8_t buf[SPACE_REC_BYTES];
     spacerec_encode(rec, buf);
     MDB_val k = {strlen(name), (void *)name}, v = {SPACE_REC_BYTES, buf};
-    return mdb_put(txn, st->db_spaces, &k, &v, 0);
+    return msadb_rec_put(txn, st, st->db_spaces, &k, &v, 0);
 }
 
 int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[MSADB_NAME_MAX + 1])
@@ -681,7 +721,7 @@ int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[M
     uint8_t kb[4];
     msadb_put_be32(kb, id);
     MDB_val k = {4, kb}, v;
-    int rc = mdb_get(txn, st->db_spaceids, &k, &v);
+    int rc = msadb_rec_get(txn, st, st->db_spaceids, &k, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
@@ -715,7 +755,7 @@ int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint
     uint8_t kb[4];
     msadb_put_be32(kb, rec.id);
     MDB_val k = {4, kb}, v = {strlen(name), (void *)name};
-    if ((rc = mdb_put(txn, st->db_spaceids, &k, &v, 0)))
+    if ((rc = msadb_rec_put(txn, st, st->db_spaceids, &k, &v, 0)))
         return rc;
     if ((rc = msadb_meta_put_u64(txn, st, "next_space", next + 1)))
         return rc;
@@ -785,9 +825,10 @@ int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), vo
                 rc = mdb_txn_commit(txn);
             else
                 mdb_txn_abort(txn);
-            if (st->mac_pending && rc == 0)
-                st->has_mac = 1;
-            st->mac_pending = 0;
+            if (st->kc_pending && rc == 0)
+                st->kc_ver = st->kc_pending;
+            st->kc_pending = 0;
+            st->rec_mac = st->encrypted && st->kc_ver >= 3; /* an upgrade that failed is undone */
         }
         if ((rc != MDB_MAP_FULL && rc != MDB_MAP_RESIZED) || attempt >= 40)
             break;
@@ -871,7 +912,7 @@ int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *
         return rc;
     }
     MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
         msadb_spacerec rec;
         msadb_space_info info;
         if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX || spacerec_decode(&v, &rec)) {

@@ -13,6 +13,8 @@
 
 #define MSADB_PAGE_CAP 256 /* slot entries per summary page (stored in meta) */
 #define MSADB_DEFAULT_MAP_SIZE (64ull << 30) /* virtual address space only; the file grows as used */
+#define MSADB_MAX_DBI 32       /* LMDB handles below this (maxdbs 16, plus LMDB's own two) */
+#define MSADB_REC_MAC_BYTES 16 /* the MAC ending each record value (record.c) */
 
 struct msadb_store {
     MDB_env *env;
@@ -26,8 +28,12 @@ struct msadb_store {
     uint8_t key[32];
     uint8_t mac_key[32];        /* meta MAC key, derived from key (encrypted stores) */
     int encrypted, read_only, zstd_level;
-    int has_mac;     /* meta records carry a MAC (keycheck v2) */
-    int mac_pending; /* a write transaction in flight adds the MAC */
+    int kc_ver;      /* key check version: 1 no MACs, 2 meta MAC, 3 meta and record MACs */
+    int kc_pending;  /* the version a write transaction in flight writes, 0 if none */
+    int rec_mac;     /* every record carries a MAC (keycheck v3; record.c) */
+    uint8_t rec_key[32];                /* record MAC key, derived from key */
+    const char *db_name[MSADB_MAX_DBI]; /* names of the handles opened by msadb_dbi_open */
+    uint8_t db_mac[MSADB_MAX_DBI];      /* the handle's values carry a MAC when rec_mac */
     uint32_t page_cap;
     msadb_summ_layout summ; /* summary page layout (from sig) */
     char *path;
@@ -87,6 +93,32 @@ MSADB_HIDDEN int msadb_txn_read(msadb_store *st, MDB_txn **txn);
 MSADB_HIDDEN void msadb_txn_done(msadb_store *st, MDB_txn *txn);
 /* Runs fn in a write transaction (grows the map and retries when full). */
 MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud);
+
+/* The record layer (record.c).  Every read and write of a named database
+ * goes through these, so that in a store with record MACs (rec_mac) each
+ * value is checked and written with its MAC; callers see values without
+ * it.  msadb_dbi_open opens (or creates, with MDB_CREATE) a database and
+ * registers its name, which the MAC binds. */
+MSADB_HIDDEN int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned flags, MDB_dbi *dbi);
+MSADB_HIDDEN void msadb_rec_key_derive(msadb_store *st);
+/* mdb_get / mdb_cursor_get, then the MAC check: MSADB_EAUTH when it fails. */
+MSADB_HIDDEN int msadb_rec_get(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
+MSADB_HIDDEN int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v,
+                                      MDB_cursor_op op);
+/* Checks the MAC of a value read by other means; strips it from v. */
+MSADB_HIDDEN int msadb_rec_check(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
+/* mdb_put with the MAC appended.  With MDB_RESERVE, v->mv_data receives
+ * room for v->mv_size bytes: the caller fills it, then calls
+ * msadb_rec_seal(st, dbi, k, v) before any other write. */
+MSADB_HIDDEN int msadb_rec_put(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
+                               unsigned flags);
+MSADB_HIDDEN void msadb_rec_seal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_val *v);
+/* Adds the MAC to every record of every covered database and sets rec_mac
+ * (an encrypted store written before record MACs; msadb_upgrade). */
+MSADB_HIDDEN int msadb_rec_upgrade(msadb_store *st, MDB_txn *txn);
+/* Calls bad(database, key) for every record whose MAC fails (verify). */
+MSADB_HIDDEN int msadb_rec_walk(msadb_store *st, MDB_txn *txn,
+                                void (*bad)(const char *db, const MDB_val *k, void *ud), void *ud);
 
 /* The MAC of the meta records (encrypted stores): fills mac[32].  0 or an
  * LMDB error. */

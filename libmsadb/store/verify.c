@@ -36,6 +36,35 @@ __attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const ch
         vf->report(line, vf->ud);
 }
 
+/* A cursor step that passes over records failing their MAC: the record
+ * walk (bad_record) has reported each of them already. */
+static int vstep(verifier *vf, MDB_cursor *cur, MDB_val *k, MDB_val *v, MDB_cursor_op op)
+{
+    int rc = msadb_rec_cursor_get(vf->st, cur, k, v, op);
+    while (rc == MSADB_EAUTH)
+        rc = msadb_rec_cursor_get(vf->st, cur, k, v, MDB_NEXT);
+    return rc;
+}
+
+/* Reports a record whose MAC fails, by database and key (hex; a key of
+ * printable characters, such as a space name, also as text). */
+static void bad_record(const char *db, const MDB_val *k, void *ud)
+{
+    char hex[2 * 64 + 1], text[64 + 1];
+    size_t n = k->mv_size < 64 ? k->mv_size : 64;
+    const uint8_t *p = k->mv_data;
+    int printable = n > 0;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(hex + 2 * i, 3, "%02x", p[i]);
+        text[i] = (char)p[i];
+        printable &= p[i] >= 0x20 && p[i] < 0x7f;
+    }
+    hex[2 * n] = 0;
+    text[n] = 0;
+    problem(ud, "%s record %s%s%s%s: fails authentication (edited, moved or from another store)", db, hex,
+            printable ? " (\"" : "", printable ? text : "", printable ? "\")" : "");
+}
+
 /* Fetches stored summary entry `slot` of (space, plane), whose page holds
  * n entries, into out, in concatenated form (codec/summary.h). */
 static int stored_summary(verifier *vf, uint32_t space, uint32_t plane, uint64_t slot, size_t n, uint8_t *out)
@@ -44,7 +73,7 @@ static int stored_summary(verifier *vf, uint32_t space, uint32_t plane, uint64_t
     uint8_t k[16];
     msadb_key_summ(k, space, plane, slot / st->page_cap);
     MDB_val kv = {16, k}, v;
-    int rc = mdb_get(vf->snap->txn, st->db_summ, &kv, &v);
+    int rc = msadb_rec_get(vf->snap->txn, st, st->db_summ, &kv, &v);
     if (rc)
         return rc;
     size_t i = slot % st->page_cap;
@@ -61,7 +90,7 @@ static int get_slot(verifier *vf, uint32_t space, uint64_t slot, msadb_slot *s, 
     uint8_t k[12];
     msadb_key_slots(k, space, slot / st->page_cap);
     MDB_val kv = {12, k}, v;
-    int rc = mdb_get(vf->snap->txn, st->db_slots, &kv, &v);
+    int rc = msadb_rec_get(vf->snap->txn, st, st->db_slots, &kv, &v);
     if (rc)
         return rc;
     size_t i = slot % st->page_cap;
@@ -212,7 +241,7 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
     msadb_key_slots(k0, sr->id, 0);
     MDB_val kv = {12, k0}, v;
     int rc;
-    for (rc = mdb_cursor_get(cur, &kv, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &kv, &v, MDB_NEXT)) {
+    for (rc = vstep(vf, cur, &kv, &v, MDB_SET_RANGE); rc == 0; rc = vstep(vf, cur, &kv, &v, MDB_NEXT)) {
         if (kv.mv_size != 12 || msadb_get_be32(kv.mv_data) != sr->id)
             break;
         uint64_t pg = msadb_get_be64((const uint8_t *)kv.mv_data + 4);
@@ -233,7 +262,7 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
             uint8_t k[16];
             msadb_key_summ(k, sr->id, p, pg);
             MDB_val sk = {16, k}, sv;
-            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n)) {
+            if (msadb_rec_get(vf->snap->txn, st, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n)) {
                 problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
                         (unsigned long long)pg, p);
                 continue;
@@ -268,7 +297,7 @@ static int last_id(MDB_txn *txn, MDB_dbi dbi, size_t width, uint64_t *out)
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc)
         return rc;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST) /* keys only */;
     if (rc == 0 && k.mv_size >= width)
         *out = width == 8 ? msadb_get_be64(k.mv_data) : msadb_get_be32(k.mv_data);
     mdb_cursor_close(cur);
@@ -285,12 +314,12 @@ static int check_meta(verifier *vf)
     if (st->encrypted) {
         uint8_t mac[32];
         MDB_val k = {8, (void *)"meta_mac"}, v;
-        int got = mdb_get(txn, st->db_meta, &k, &v);
+        int got = msadb_rec_get(txn, st, st->db_meta, &k, &v);
         if (got && got != MDB_NOTFOUND)
             return got;
         if ((rc = msadb_meta_mac(st, txn, mac)))
             return rc;
-        if (got == MDB_NOTFOUND ? st->has_mac : (v.mv_size != 32 || memcmp(mac, v.mv_data, 32) != 0))
+        if (got == MDB_NOTFOUND ? st->kc_ver >= 2 : (v.mv_size != 32 || memcmp(mac, v.mv_data, 32) != 0))
             problem(vf, "the meta records (signature, counters, key parameters) fail authentication");
     }
     static const struct {
@@ -327,10 +356,10 @@ static int verify_all(verifier *vf)
     uint64_t blocks_seen = 0;
     MDB_cursor *cur;
     int rc = check_meta(vf);
-    if (rc || (rc = mdb_cursor_open(txn, st->db_docs, &cur)))
+    if (rc || (rc = msadb_rec_walk(st, txn, bad_record, vf)) || (rc = mdb_cursor_open(txn, st->db_docs, &cur)))
         return rc;
     MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = vstep(vf, cur, &k, &v, MDB_FIRST); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT)) {
         msadb_docrec r;
         if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
             problem(vf, "a document record is malformed");
@@ -359,7 +388,7 @@ static int verify_all(verifier *vf)
     if (rc == MDB_NOTFOUND)
         rc = 0;
     if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        for (rc = vstep(vf, cur, &k, &v, MDB_FIRST); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT)) {
             char name[MSADB_NAME_MAX + 1];
             msadb_spacerec sr;
             if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {

@@ -1,0 +1,195 @@
+/* record.c -- the record layer: every get, put and cursor read of a
+ * store's named databases goes through here.  In an encrypted store whose
+ * key check says v3, each value of every database but `meta` (covered as a
+ * whole by the meta MAC) and `blocks` (each plane AEAD-sealed with its own
+ * binding) ends with a 16-byte MAC bound to the store's key, its store id,
+ * the database's name and the record's key (docs/format.md, *Record
+ * MACs*).  A database opened through msadb_dbi_open is covered without any
+ * code of its own; callers see the value without its MAC. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "store/store_impl.h"
+
+int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned flags, MDB_dbi *dbi)
+{
+    int rc = mdb_dbi_open(txn, name, flags, dbi);
+    if (rc)
+        return rc;
+    if (*dbi >= MSADB_MAX_DBI)
+        return MSADB_ELIMIT;
+    st->db_name[*dbi] = name;
+    st->db_mac[*dbi] = strcmp(name, "meta") != 0 && strcmp(name, "blocks") != 0;
+    return 0;
+}
+
+void msadb_rec_key_derive(msadb_store *st)
+{
+    static const char label[] = "msadb record mac v1";
+    crypto_generichash(st->rec_key, sizeof st->rec_key, (const uint8_t *)label, sizeof label - 1, st->key,
+                       sizeof st->key);
+}
+
+/* Nonzero when values of dbi carry a MAC. */
+static int macced(const msadb_store *st, MDB_dbi dbi)
+{
+    return st->rec_mac && dbi < MSADB_MAX_DBI && st->db_mac[dbi];
+}
+
+/* MAC over store id, database name, record key and value (docs/format.md). */
+static void rec_mac(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, const void *data, size_t len,
+                    uint8_t out[MSADB_REC_MAC_BYTES])
+{
+    const char *name = st->db_name[dbi];
+    uint8_t head[16 + 1 + 255 + 4];
+    size_t nl = strlen(name), h = 0;
+    memcpy(head, st->store_id, 16);
+    head[16] = (uint8_t)nl;
+    memcpy(head + 17, name, nl);
+    h = 17 + nl;
+    msadb_put_le32(head + h, (uint32_t)k->mv_size);
+    h += 4;
+    crypto_generichash_state s;
+    crypto_generichash_init(&s, st->rec_key, sizeof st->rec_key, MSADB_REC_MAC_BYTES);
+    crypto_generichash_update(&s, head, h);
+    crypto_generichash_update(&s, k->mv_data, k->mv_size);
+    crypto_generichash_update(&s, data, len);
+    crypto_generichash_final(&s, out, MSADB_REC_MAC_BYTES);
+}
+
+int msadb_rec_check(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v)
+{
+    if (!macced(st, dbi))
+        return 0;
+    if (v->mv_size < MSADB_REC_MAC_BYTES)
+        return MSADB_EAUTH;
+    size_t n = v->mv_size - MSADB_REC_MAC_BYTES;
+    uint8_t mac[MSADB_REC_MAC_BYTES];
+    rec_mac(st, dbi, k, v->mv_data, n, mac);
+    if (sodium_memcmp(mac, (const uint8_t *)v->mv_data + n, sizeof mac) != 0)
+        return MSADB_EAUTH;
+    v->mv_size = n;
+    return 0;
+}
+
+int msadb_rec_get(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v)
+{
+    MDB_val key = *k;
+    int rc = mdb_get(txn, dbi, &key, v);
+    return rc ? rc : msadb_rec_check(st, dbi, &key, v);
+}
+
+int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v, MDB_cursor_op op)
+{
+    int rc = mdb_cursor_get(cur, k, v, op);
+    return rc ? rc : msadb_rec_check(st, mdb_cursor_dbi(cur), k, v);
+}
+
+int msadb_rec_put(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
+                  unsigned flags)
+{
+    MDB_val key = *k;
+    if (!macced(st, dbi))
+        return mdb_put(txn, dbi, &key, v, flags);
+    const void *data = v->mv_data;
+    size_t n = v->mv_size;
+    MDB_val r = {n + MSADB_REC_MAC_BYTES, NULL};
+    int rc = mdb_put(txn, dbi, &key, &r, flags | MDB_RESERVE);
+    if (rc)
+        return rc;
+    if (flags & MDB_RESERVE) {
+        v->mv_data = r.mv_data; /* the caller fills it, then msadb_rec_seal() */
+        return 0;
+    }
+    memcpy(r.mv_data, data, n);
+    r.mv_size = n;
+    msadb_rec_seal(st, dbi, k, &r);
+    return 0;
+}
+
+void msadb_rec_seal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_val *v)
+{
+    if (macced(st, dbi))
+        rec_mac(st, dbi, k, v->mv_data, v->mv_size, (uint8_t *)v->mv_data + v->mv_size);
+}
+
+/* Rewrites every value of one database with its MAC appended (the keys
+ * are gathered first, so the rewrite never runs under an open cursor). */
+static int add_macs(msadb_store *st, MDB_txn *txn, MDB_dbi dbi)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc)
+        return rc;
+    uint8_t *keys = NULL;
+    size_t used = 0, cap = 0;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size > 255 || msadb_grow(&keys, &cap, used + 1 + k.mv_size, 1, 4096)) {
+            rc = k.mv_size > 255 ? MSADB_ECORRUPT : MSADB_ENOMEM;
+            break;
+        }
+        keys[used] = (uint8_t)k.mv_size;
+        memcpy(keys + used + 1, k.mv_data, k.mv_size);
+        used += 1 + k.mv_size;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    uint8_t *buf = NULL;
+    size_t bcap = 0;
+    for (size_t off = 0; !rc && off < used; off += 1 + keys[off]) {
+        MDB_val key = {keys[off], keys + off + 1};
+        if ((rc = mdb_get(txn, dbi, &key, &v)))
+            break;
+        if (msadb_grow(&buf, &bcap, v.mv_size + 1, 1, 4096)) {
+            rc = MSADB_ENOMEM;
+            break;
+        }
+        memcpy(buf, v.mv_data, v.mv_size);
+        MDB_val nv = {v.mv_size, buf};
+        rc = msadb_rec_put(txn, st, dbi, &key, &nv, 0);
+    }
+    free(buf);
+    free(keys);
+    return rc;
+}
+
+int msadb_rec_upgrade(msadb_store *st, MDB_txn *txn)
+{
+    if (st->rec_mac)
+        return 0;
+    st->rec_mac = 1;
+    int rc = 0;
+    for (MDB_dbi d = 0; !rc && d < MSADB_MAX_DBI; d++)
+        if (st->db_name[d] && st->db_mac[d])
+            rc = add_macs(st, txn, d);
+    if (rc)
+        st->rec_mac = 0;
+    return rc;
+}
+
+int msadb_rec_walk(msadb_store *st, MDB_txn *txn, void (*bad)(const char *db, const MDB_val *k, void *ud),
+                   void *ud)
+{
+    if (!st->rec_mac)
+        return 0;
+    for (MDB_dbi d = 0; d < MSADB_MAX_DBI; d++) {
+        if (!st->db_name[d] || !st->db_mac[d])
+            continue;
+        MDB_cursor *cur;
+        int rc = mdb_cursor_open(txn, d, &cur);
+        if (rc)
+            return rc;
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+            if (msadb_rec_check(st, d, &k, &v))
+                bad(st->db_name[d], &k, ud);
+        mdb_cursor_close(cur);
+        if (rc != MDB_NOTFOUND)
+            return rc;
+    }
+    return 0;
+}
