@@ -424,6 +424,51 @@ fail:
     return rc;
 }
 
+/* msadb_open, step 2: the format version, signature, store id and page
+ * capacity from meta (read before the key: the meta MAC, checked by step
+ * 3, covers them). */
+static int open_layout(msadb_store *st, MDB_txn *txn, const msadb_signature *expect)
+{
+    MDB_val v;
+    int rc = get_meta(txn, st, "format", &v);
+    if (rc)
+        return rc == MDB_NOTFOUND ? MSADB_ENOTSTORE : rc;
+    if (v.mv_size != 4)
+        return MSADB_ECORRUPT;
+    st->format = msadb_get_le32(v.mv_data);
+    if (st->format > MSADB_FORMAT_VERSION)
+        return MSADB_EVERSION;
+    if (st->format < 1)
+        return MSADB_ECORRUPT;
+    if ((rc = get_meta(txn, st, "signature", &v)) || (rc = msadb_sig_decode(v.mv_data, v.mv_size, &st->sig)))
+        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+    msadb_summ_layout_init(&st->summ, st->sig.head_dim, st->sig.summary_kinds);
+    if (expect && !msadb_sig_equal(expect, &st->sig))
+        return MSADB_ESIGNATURE;
+    if ((rc = get_meta(txn, st, "store_id", &v)))
+        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+    if (v.mv_size != 16)
+        return MSADB_ECORRUPT;
+    memcpy(st->store_id, v.mv_data, 16);
+    if ((rc = get_meta(txn, st, "page_cap", &v)))
+        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+    st->page_cap = v.mv_size == 4 ? msadb_get_le32(v.mv_data) : 0;
+    if (st->page_cap < 1 || st->page_cap > 65536)
+        return MSADB_ECORRUPT;
+    return 0;
+}
+
+/* msadb_open, last step: ends the read transaction by committing it, which
+ * keeps the database handles opened in it. */
+static int open_keep_handles(msadb_store *st, MDB_txn *txn)
+{
+    int rc = mdb_txn_commit(txn);
+    pthread_mutex_lock(&st->snap_lock);
+    st->n_readers--;
+    pthread_mutex_unlock(&st->snap_lock);
+    return rc;
+}
+
 int msadb_open(const char *path, const msadb_signature *expect, const msadb_options *opt_in,
                msadb_store **out)
 {
@@ -434,82 +479,28 @@ int msadb_open(const char *path, const msadb_signature *expect, const msadb_opti
     msadb_options_init(&defaults);
     const msadb_options *opt = opt_in ? opt_in : &defaults;
     int rc = check_options(opt);
-    if (rc)
-        return rc;
-    if ((rc = msadb_crypto_init()))
+    if (rc || (rc = msadb_crypto_init()))
         return rc;
     msadb_store *st = store_alloc(path, opt);
     if (!st)
         return MSADB_ENOMEM;
     MDB_txn *txn = NULL;
-    if ((rc = env_open(st, path, opt, 0)))
-        goto fail;
-    if ((rc = msadb_txn_read(st, &txn)))
-        goto fail;
-    if ((rc = open_dbs(st, txn, 0)))
-        goto fail;
-    MDB_val v;
-    if ((rc = get_meta(txn, st, "format", &v))) {
-        rc = rc == MDB_NOTFOUND ? MSADB_ENOTSTORE : rc;
-        goto fail;
+    /* 1. the environment and its databases; 2. the layout; 3. the key and
+     * the meta MAC; 4. the routing index */
+    if ((rc = env_open(st, path, opt, 0)) || (rc = msadb_txn_read(st, &txn)) || (rc = open_dbs(st, txn, 0)) ||
+        (rc = open_layout(st, txn, expect)) || (rc = setup_crypto_open(st, txn, opt)) ||
+        (rc = msadb_route_open(st, txn, st->format))) {
+        if (txn)
+            msadb_txn_done(st, txn);
+        store_free(st);
+        return rc;
     }
-    if (v.mv_size != 4) {
-        rc = MSADB_ECORRUPT;
-        goto fail;
+    if ((rc = open_keep_handles(st, txn))) {
+        store_free(st);
+        return rc;
     }
-    uint32_t format = msadb_get_le32(v.mv_data);
-    if (format > MSADB_FORMAT_VERSION) {
-        rc = MSADB_EVERSION;
-        goto fail;
-    }
-    if (format < 1) {
-        rc = MSADB_ECORRUPT;
-        goto fail;
-    }
-    if ((rc = get_meta(txn, st, "signature", &v)) || (rc = msadb_sig_decode(v.mv_data, v.mv_size, &st->sig)))
-        goto fail_nf;
-    msadb_summ_layout_init(&st->summ, st->sig.head_dim, st->sig.summary_kinds);
-    if (expect && !msadb_sig_equal(expect, &st->sig)) {
-        rc = MSADB_ESIGNATURE;
-        goto fail;
-    }
-    if ((rc = get_meta(txn, st, "store_id", &v)))
-        goto fail_nf;
-    if (v.mv_size != 16) {
-        rc = MSADB_ECORRUPT;
-        goto fail;
-    }
-    memcpy(st->store_id, v.mv_data, 16);
-    if ((rc = get_meta(txn, st, "page_cap", &v)))
-        goto fail_nf;
-    st->page_cap = v.mv_size == 4 ? msadb_get_le32(v.mv_data) : 0;
-    if (st->page_cap < 1 || st->page_cap > 65536) {
-        rc = MSADB_ECORRUPT;
-        goto fail;
-    }
-    if ((rc = setup_crypto_open(st, txn, opt)))
-        goto fail;
-    st->format = format;
-    if ((rc = msadb_route_open(st, txn, format)))
-        goto fail;
-    /* Committing (not aborting) keeps the database handles opened here. */
-    rc = mdb_txn_commit(txn);
-    pthread_mutex_lock(&st->snap_lock);
-    st->n_readers--;
-    pthread_mutex_unlock(&st->snap_lock);
-    txn = NULL;
-    if (rc)
-        goto fail;
     *out = st;
     return 0;
-fail_nf:
-    if (rc == MDB_NOTFOUND)
-        rc = MSADB_ECORRUPT;
-fail:
-    if (txn)
-        msadb_txn_done(st, txn);
-    store_free(st);
-    return rc;
 }
 
 void msadb_close(msadb_store *st) { store_free(st); }
