@@ -131,9 +131,14 @@ void tu_make_legacy_store(const char *dir, const unsigned char key[32])
         names[n_names++][k.mv_size] = 0;
     }
     mdb_cursor_close(cur);
+    MDB_val sk = {8, (void *)"store_id"};
+    uint8_t sid[16];
+    CHECK_OK(mdb_get(txn, meta, &sk, &v));
+    memcpy(sid, v.mv_data, 16);
     for (size_t i = 0; i < n_names; i++) {
         if (!strcmp(names[i], "meta") || !strcmp(names[i], "blocks"))
             continue;
+        int sealed = !strcmp(names[i], "summ") || !strcmp(names[i], "route");
         MDB_dbi dbi;
         CHECK_OK(mdb_dbi_open(txn, names[i], 0, &dbi));
         /* collect, then rewrite (no writes under the cursor) */
@@ -141,18 +146,32 @@ void tu_make_legacy_store(const char *dir, const unsigned char key[32])
         size_t used = 0, cap = 0;
         CHECK_OK(mdb_cursor_open(txn, dbi, &cur));
         for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-            CHECK(v.mv_size >= 16);
+            CHECK(v.mv_size >= (sealed ? 40u : 16u));
             size_t need = used + 16 + k.mv_size + v.mv_size;
             if (need > cap) {
                 cap = need * 2;
                 buf = realloc(buf, cap);
                 CHECK(buf != NULL);
             }
-            uint64_t kl = k.mv_size, vl = v.mv_size - 16;
+            uint64_t kl = k.mv_size, vl = v.mv_size - (sealed ? 40 : 16);
             memcpy(buf + used, &kl, 8);
             memcpy(buf + used + 8, &vl, 8);
             memcpy(buf + used + 16, k.mv_data, kl);
-            memcpy(buf + used + 16 + kl, v.mv_data, vl);
+            if (sealed) { /* additional data: store id, name, key (docs/format.md) */
+                uint8_t ad[16 + 1 + 64 + 4 + 512];
+                size_t nl = strlen(names[i]);
+                memcpy(ad, sid, 16);
+                ad[16] = (uint8_t)nl;
+                memcpy(ad + 17, names[i], nl);
+                uint32_t kl32 = (uint32_t)kl; /* little-endian host */
+                memcpy(ad + 17 + nl, &kl32, 4);
+                memcpy(ad + 21 + nl, k.mv_data, kl);
+                const uint8_t *sv = v.mv_data;
+                CHECK(crypto_aead_xchacha20poly1305_ietf_decrypt(buf + used + 16 + kl, NULL, NULL, sv + 24,
+                                                                 v.mv_size - 24, ad, 21 + nl + kl, sv, key) == 0);
+            } else {
+                memcpy(buf + used + 16 + kl, v.mv_data, vl);
+            }
             used += 16 + kl + vl;
         }
         mdb_cursor_close(cur);
@@ -166,10 +185,8 @@ void tu_make_legacy_store(const char *dir, const unsigned char key[32])
         }
         free(buf);
     }
-    MDB_val sk = {8, (void *)"store_id"};
-    CHECK_OK(mdb_get(txn, meta, &sk, &v));
     uint8_t ad[24], sealed[128], text[18];
-    memcpy(ad, v.mv_data, 16);
+    memcpy(ad, sid, 16);
     memcpy(ad + 16, "keycheck", 8);
     memcpy(text, "msadb key check v", 17);
     text[17] = '1';

@@ -285,7 +285,7 @@ static int compact_stream(const page_stream *ps, const msadb_summ_layout *L, con
     for (uint64_t pg = 0; !rc && pg < n_pages; pg++) {
         stream_key(ps, pg, k, &klen);
         MDB_val kv = {klen, k}, v;
-        if ((rc = msadb_rec_get(ps->txn, ps->st, ps->dbi, &kv, &v))) {
+        if ((rc = msadb_rec_read(ps->txn, ps->st, ps->dbi, &kv, &v, &ps->st->wread_buf, &ps->st->wread_cap))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }

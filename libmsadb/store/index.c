@@ -126,18 +126,23 @@ int msadb_route_check(msadb_store *st, MDB_txn *txn, uint32_t space, uint32_t pl
     uint8_t k[16];
     msadb_key_summ(k, space, plane, pg);
     MDB_val kv = {16, k}, v;
-    int rc = msadb_rec_get(txn, st, st->db_route, &kv, &v);
-    if (rc)
-        return rc == MDB_NOTFOUND ? MSADB_ENOTFOUND : rc;
     size_t bytes = msadb_coarse_page_bytes(&st->route, n);
-    if (v.mv_size != bytes)
-        return MSADB_ECORRUPT;
-    if (msadb_grow(buf, cap, bytes, 1, 4096))
+    /* [0, bytes): the recomputed page; after it, the stored one (unsealed) */
+    if (msadb_grow(buf, cap, 2 * bytes + 64, 1, 4096))
         return MSADB_ENOMEM;
-    msadb_summ_view fine;
-    msadb_summ_view_of(&st->summ, summ, n, &fine);
-    msadb_coarse_page_build(&st->route, &fine, n, *buf);
-    return memcmp(*buf, v.mv_data, bytes) ? MSADB_ECORRUPT : 0;
+    uint8_t *stored = NULL;
+    size_t scap = 0;
+    int rc = msadb_rec_read(txn, st, st->db_route, &kv, &v, &stored, &scap);
+    if (!rc && v.mv_size != bytes)
+        rc = MSADB_ECORRUPT;
+    if (!rc) {
+        msadb_summ_view fine;
+        msadb_summ_view_of(&st->summ, summ, n, &fine);
+        msadb_coarse_page_build(&st->route, &fine, n, *buf);
+        rc = memcmp(*buf, v.mv_data, bytes) ? MSADB_ECORRUPT : 0;
+    }
+    free(stored);
+    return rc == MDB_NOTFOUND ? MSADB_ENOTFOUND : rc;
 }
 
 /* Builds every coarse page of the store from its summary pages. */
@@ -148,7 +153,9 @@ static int build_all(msadb_store *st, MDB_txn *txn)
     if (rc)
         return rc;
     MDB_val k, v;
-    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if ((rc = msadb_rec_open(st, st->db_summ, &k, &v, &st->wread_buf, &st->wread_cap)))
+            break;
         const uint8_t *kp = k.mv_data;
         if (k.mv_size != 16 || ((uintptr_t)v.mv_data & 15)) {
             rc = MSADB_ECORRUPT;

@@ -367,7 +367,7 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
             size_t bytes = msadb_summ_page_bytes(&st->summ, tot);
             memset(page, 0, bytes);
             if (have) {
-                if ((rc = msadb_rec_get(txn, st, st->db_summ, &kv, &v)))
+                if ((rc = msadb_rec_read(txn, st, st->db_summ, &kv, &v, &st->wread_buf, &st->wread_cap)))
                     return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
                 if (v.mv_size != msadb_summ_page_bytes(&st->summ, have))
                     return MSADB_ECORRUPT;

@@ -9,6 +9,9 @@
 #include "core/crypto.h"
 #include "store/store_impl.h"
 
+struct msadb_page_cache;
+static void page_cache_free(struct msadb_page_cache *c);
+
 /* ------------------------------------------------------------------------ */
 /* Snapshots and reads                                                      */
 /* ------------------------------------------------------------------------ */
@@ -59,6 +62,7 @@ void msadb_snapshot_end(msadb_snapshot *s)
     if (s->scratch_free)
         s->scratch_free(s->scratch);
     free(s->merge_buf);
+    page_cache_free(s->pages);
     if (s->txn)
         msadb_txn_done(s->st, s->txn);
     msadb_codec_free(s->codec);
@@ -323,6 +327,122 @@ int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n
     return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Sealed pages                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* An encrypted store's summary and routing pages are sealed: a snapshot
+ * decrypts each page the first time a query reads it and keeps the
+ * plaintext, so later queries scan memory as they would scan the map.  An
+ * entry is valid while the stored value keeps its nonce and tag (a page
+ * rewritten by a later commit gets a fresh random nonce), so the copies
+ * survive msadb_snapshot_renew() and only changed pages are decrypted
+ * again.  Memory: the summary and routing pages the snapshot's queries
+ * read (docs/benchmarks.md, *Sealed summaries*). */
+typedef struct {
+    uint8_t key[17]; /* database handle, then the 16-byte page key */
+    uint8_t ident[MSADB_NONCE_BYTES + MSADB_TAG_BYTES];
+    uint8_t *data; /* 64-byte aligned */
+    size_t len;
+} page_entry;
+
+struct msadb_page_cache {
+    page_entry *e;
+    size_t cap, n; /* cap a power of two, or 0 */
+};
+
+static void page_cache_free(struct msadb_page_cache *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->cap; i++)
+        free(c->e[i].data);
+    free(c->e);
+    free(c);
+}
+
+static size_t page_hash(const uint8_t key[17])
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < 17; i++)
+        h = (h ^ key[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* The slot of key: its entry, or the empty one where it goes. */
+static page_entry *page_slot(struct msadb_page_cache *c, const uint8_t key[17])
+{
+    for (size_t i = page_hash(key) & (c->cap - 1);; i = (i + 1) & (c->cap - 1))
+        if (!c->e[i].data || memcmp(c->e[i].key, key, 17) == 0)
+            return &c->e[i];
+}
+
+static int page_cache_grow(struct msadb_page_cache *c)
+{
+    size_t cap = c->cap ? 2 * c->cap : 64;
+    page_entry *old = c->e, *e = calloc(cap, sizeof *e);
+    if (!e)
+        return MSADB_ENOMEM;
+    size_t old_cap = c->cap;
+    c->e = e;
+    c->cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i].data)
+            *page_slot(c, old[i].key) = old[i];
+    free(old);
+    return 0;
+}
+
+/* v (read from dbi under the 16-byte key k) as the page's plaintext:
+ * unchanged for databases that are not sealed (MAC checked), else the
+ * snapshot's decrypted copy. */
+static int snap_page(msadb_snapshot *s, MDB_dbi dbi, const uint8_t *k, MDB_val *v)
+{
+    msadb_store *st = s->st;
+    MDB_val kv = {16, (void *)k};
+    if (!msadb_rec_sealed(st, dbi))
+        return msadb_rec_check(st, dbi, &kv, v);
+    if (v->mv_size < MSADB_SEAL_OVERHEAD)
+        return MSADB_EAUTH;
+    struct msadb_page_cache *c = s->pages;
+    if (!c && !(c = s->pages = calloc(1, sizeof *c)))
+        return MSADB_ENOMEM;
+    if ((c->n + 1) * 2 > c->cap && page_cache_grow(c))
+        return MSADB_ENOMEM;
+    uint8_t key[17], ident[MSADB_NONCE_BYTES + MSADB_TAG_BYTES];
+    key[0] = (uint8_t)dbi;
+    memcpy(key + 1, k, 16);
+    const uint8_t *sealed = v->mv_data;
+    memcpy(ident, sealed, MSADB_NONCE_BYTES);
+    memcpy(ident + MSADB_NONCE_BYTES, sealed + v->mv_size - MSADB_TAG_BYTES, MSADB_TAG_BYTES);
+    page_entry *e = page_slot(c, key);
+    if (e->data && memcmp(e->ident, ident, sizeof ident) == 0) {
+        v->mv_data = e->data;
+        v->mv_size = e->len;
+        return 0;
+    }
+    size_t n = v->mv_size - MSADB_SEAL_OVERHEAD;
+    void *buf = NULL;
+    if (posix_memalign(&buf, 64, n ? n : 1))
+        return MSADB_ENOMEM;
+    MDB_val sv = *v;
+    int rc = msadb_rec_unseal(st, dbi, &kv, &sv, buf);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    if (!e->data)
+        c->n++;
+    free(e->data);
+    memcpy(e->key, key, 17);
+    memcpy(e->ident, ident, sizeof ident);
+    e->data = buf;
+    e->len = n;
+    v->mv_data = buf;
+    v->mv_size = n;
+    return 0;
+}
+
 /* The routing index page of summary page key ks (n slots) into pv, when
  * the store has an index (cr: a cursor on it).  A snapshot taken before
  * this process built the index has none: n_coarse stays 0. */
@@ -335,9 +455,11 @@ static int coarse_view(msadb_snapshot *s, MDB_cursor *cr, uint8_t ks[16], uint32
     if (!cr)
         return 0;
     MDB_val rk = {16, ks}, rv;
-    int rc = msadb_rec_cursor_get(st, cr, &rk, &rv, MDB_SET_KEY);
+    int rc = mdb_cursor_get(cr, &rk, &rv, MDB_SET_KEY);
     if (rc)
         return rc == MDB_NOTFOUND ? 0 : rc;
+    if ((rc = snap_page(s, st->db_route, ks, &rv)))
+        return rc;
     if (rv.mv_size != msadb_coarse_page_bytes(&st->route, cnt) || ((uintptr_t)rv.mv_data & 15))
         return MSADB_ECORRUPT;
     msadb_coarse_view_of(&st->route, rv.mv_data, cnt, &pv->coarse);
@@ -383,7 +505,7 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
         uint8_t ks[16];
         msadb_key_summ(ks, space_id, plane, pg);
         MDB_val sk = {16, ks}, sv;
-        if ((rc = msadb_rec_cursor_get(st, cp, &sk, &sv, MDB_SET_KEY))) {
+        if ((rc = mdb_cursor_get(cp, &sk, &sv, MDB_SET_KEY)) || (rc = snap_page(s, st->db_summ, ks, &sv))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }

@@ -2,15 +2,18 @@
  * store's named databases goes through here.  In an encrypted store whose
  * key check says v3, each value of every database but `meta` (covered as a
  * whole by the meta MAC) and `blocks` (each plane AEAD-sealed with its own
- * binding) ends with a 16-byte MAC bound to the store's key, its store id,
- * the database's name and the record's key (docs/format.md, *Record
- * MACs*).  A database opened through msadb_dbi_open is covered without any
- * code of its own; callers see the value without its MAC. */
+ * binding) is bound to the store's key, its store id, the database's name
+ * and the record's key (docs/format.md, *Record MACs*): the summary and
+ * routing pages (`summ`, `route`) are sealed (XChaCha20-Poly1305, that
+ * binding as additional data), every other value ends with a 16-byte MAC.
+ * A database opened through msadb_dbi_open is covered without any code of
+ * its own; callers see the value without its MAC or seal. */
 #include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
 
+#include "core/crypto.h"
 #include "store/store_impl.h"
 
 int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned flags, MDB_dbi *dbi)
@@ -22,6 +25,7 @@ int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned fla
         return MSADB_ELIMIT;
     st->db_name[*dbi] = name;
     st->db_mac[*dbi] = strcmp(name, "meta") != 0 && strcmp(name, "blocks") != 0;
+    st->db_seal[*dbi] = strcmp(name, "summ") == 0 || strcmp(name, "route") == 0;
     return 0;
 }
 
@@ -32,35 +36,80 @@ void msadb_rec_key_derive(msadb_store *st)
                        sizeof st->key);
 }
 
-/* Nonzero when values of dbi carry a MAC. */
+/* Nonzero when values of dbi carry a MAC, or are sealed. */
 static int macced(const msadb_store *st, MDB_dbi dbi)
 {
-    return st->rec_mac && dbi < MSADB_MAX_DBI && st->db_mac[dbi];
+    return st->rec_mac && dbi < MSADB_MAX_DBI && st->db_mac[dbi] && !st->db_seal[dbi];
 }
 
-/* MAC over store id, database name, record key and value (docs/format.md). */
+int msadb_rec_sealed(const msadb_store *st, MDB_dbi dbi)
+{
+    return st->rec_mac && dbi < MSADB_MAX_DBI && st->db_seal[dbi];
+}
+
+/* The binding of a record: store id, database name, record key
+ * (docs/format.md); ad has room for 16 + 1 + 255 + 4 + 511 bytes. */
+#define AD_MAX (16 + 1 + 255 + 4 + 511)
+static size_t rec_binding(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, uint8_t *ad)
+{
+    const char *name = st->db_name[dbi];
+    size_t nl = strlen(name), ks = k->mv_size < 511 ? k->mv_size : 511;
+    memcpy(ad, st->store_id, 16);
+    ad[16] = (uint8_t)nl;
+    memcpy(ad + 17, name, nl);
+    msadb_put_le32(ad + 17 + nl, (uint32_t)k->mv_size);
+    memcpy(ad + 21 + nl, k->mv_data, ks);
+    return 21 + nl + ks;
+}
+
+/* MAC over the binding and the value. */
 static void rec_mac(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, const void *data, size_t len,
                     uint8_t out[MSADB_REC_MAC_BYTES])
 {
-    const char *name = st->db_name[dbi];
-    uint8_t head[16 + 1 + 255 + 4];
-    size_t nl = strlen(name), h = 0;
-    memcpy(head, st->store_id, 16);
-    head[16] = (uint8_t)nl;
-    memcpy(head + 17, name, nl);
-    h = 17 + nl;
-    msadb_put_le32(head + h, (uint32_t)k->mv_size);
-    h += 4;
+    uint8_t ad[AD_MAX];
+    size_t h = rec_binding(st, dbi, k, ad);
     crypto_generichash_state s;
     crypto_generichash_init(&s, st->rec_key, sizeof st->rec_key, MSADB_REC_MAC_BYTES);
-    crypto_generichash_update(&s, head, h);
-    crypto_generichash_update(&s, k->mv_data, k->mv_size);
+    crypto_generichash_update(&s, ad, h);
     crypto_generichash_update(&s, data, len);
     crypto_generichash_final(&s, out, MSADB_REC_MAC_BYTES);
 }
 
+int msadb_rec_unseal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t *out)
+{
+    if (v->mv_size < MSADB_SEAL_OVERHEAD)
+        return MSADB_EAUTH;
+    uint8_t ad[AD_MAX];
+    if (msadb_unseal(st->key, ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, out))
+        return MSADB_EAUTH;
+    v->mv_data = out;
+    v->mv_size -= MSADB_SEAL_OVERHEAD;
+    return 0;
+}
+
+int msadb_rec_open(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t **buf, size_t *cap)
+{
+    if (!msadb_rec_sealed(st, dbi))
+        return msadb_rec_check(st, dbi, k, v);
+    if (v->mv_size < MSADB_SEAL_OVERHEAD)
+        return MSADB_EAUTH;
+    if (msadb_grow(buf, cap, v->mv_size - MSADB_SEAL_OVERHEAD + 1, 1, 4096))
+        return MSADB_ENOMEM;
+    return msadb_rec_unseal(st, dbi, k, v, *buf);
+}
+
+int msadb_rec_read(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t **buf,
+                   size_t *cap)
+{
+    MDB_val key = *k;
+    int rc = mdb_get(txn, dbi, &key, v);
+    return rc ? rc : msadb_rec_open(st, dbi, &key, v, buf, cap);
+}
+
 int msadb_rec_check(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v)
 {
+    if (msadb_rec_sealed(st, dbi))
+        return MSADB_EINVAL; /* read with msadb_rec_read / msadb_rec_open */
     if (!macced(st, dbi))
         return 0;
     if (v->mv_size < MSADB_REC_MAC_BYTES)
@@ -87,10 +136,30 @@ int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB
     return rc ? rc : msadb_rec_check(st, mdb_cursor_dbi(cur), k, v);
 }
 
-int msadb_rec_put(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
-                  unsigned flags)
+/* A sealed record: reserves the sealed size and seals data into it; with
+ * MDB_RESERVE the caller fills st->seal_buf first (msadb_rec_seal). */
+static int sealed_put(MDB_txn *txn, msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, unsigned flags)
+{
+    MDB_val key = *k, r = {v->mv_size + MSADB_SEAL_OVERHEAD, NULL};
+    int rc = mdb_put(txn, dbi, &key, &r, flags | MDB_RESERVE);
+    if (rc)
+        return rc;
+    if (flags & MDB_RESERVE) {
+        if (msadb_grow(&st->seal_buf, &st->seal_cap, v->mv_size + 1, 1, 4096))
+            return MSADB_ENOMEM;
+        st->seal_dst = r.mv_data;
+        v->mv_data = st->seal_buf;
+        return 0;
+    }
+    uint8_t ad[AD_MAX];
+    return msadb_seal(st->key, ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, r.mv_data);
+}
+
+int msadb_rec_put(MDB_txn *txn, msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, unsigned flags)
 {
     MDB_val key = *k;
+    if (msadb_rec_sealed(st, dbi))
+        return sealed_put(txn, st, dbi, k, v, flags);
     if (!macced(st, dbi))
         return mdb_put(txn, dbi, &key, v, flags);
     const void *data = v->mv_data;
@@ -109,9 +178,13 @@ int msadb_rec_put(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_va
     return 0;
 }
 
-void msadb_rec_seal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_val *v)
+void msadb_rec_seal(msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_val *v)
 {
-    if (macced(st, dbi))
+    if (msadb_rec_sealed(st, dbi)) {
+        uint8_t ad[AD_MAX];
+        msadb_seal(st->key, ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, st->seal_dst);
+        st->seal_dst = NULL;
+    } else if (macced(st, dbi))
         rec_mac(st, dbi, k, v->mv_data, v->mv_size, (uint8_t *)v->mv_data + v->mv_size);
 }
 
@@ -184,9 +257,18 @@ int msadb_rec_walk(msadb_store *st, MDB_txn *txn, void (*bad)(const char *db, co
         if (rc)
             return rc;
         MDB_val k, v;
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-            if (msadb_rec_check(st, d, &k, &v))
+        uint8_t *buf = NULL;
+        size_t cap = 0;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            int bad_rc = msadb_rec_open(st, d, &k, &v, &buf, &cap);
+            if (bad_rc == MSADB_ENOMEM) {
+                rc = bad_rc;
+                break;
+            }
+            if (bad_rc)
                 bad(st->db_name[d], &k, ud);
+        }
+        free(buf);
         mdb_cursor_close(cur);
         if (rc != MDB_NOTFOUND)
             return rc;

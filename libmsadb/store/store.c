@@ -209,6 +209,8 @@ static void store_free(msadb_store *st)
     sodium_memzero(st->key, sizeof st->key);
     sodium_memzero(st->mac_key, sizeof st->mac_key);
     sodium_memzero(st->rec_key, sizeof st->rec_key);
+    free(st->seal_buf);
+    free(st->wread_buf);
     free(st->path);
     free(st);
 }

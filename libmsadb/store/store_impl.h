@@ -34,6 +34,12 @@ struct msadb_store {
     uint8_t rec_key[32];                /* record MAC key, derived from key */
     const char *db_name[MSADB_MAX_DBI]; /* names of the handles opened by msadb_dbi_open */
     uint8_t db_mac[MSADB_MAX_DBI];      /* the handle's values carry a MAC when rec_mac */
+    uint8_t db_seal[MSADB_MAX_DBI];     /* ... or are sealed (summary and routing pages) */
+    uint8_t *seal_buf;                  /* a reserved sealed put's plaintext (write_lock) */
+    size_t seal_cap;
+    void *seal_dst;                     /* where msadb_rec_seal seals it */
+    uint8_t *wread_buf;                 /* sealed pages a writer reads (write_lock) */
+    size_t wread_cap;
     uint32_t page_cap;
     msadb_summ_layout summ; /* summary page layout (from sig) */
     char *path;
@@ -50,6 +56,7 @@ struct msadb_snapshot {
     void *scratch;
     void (*scratch_free)(void *);
     float *merge_buf; /* msadb_attend_merge()'s memory result, reused */
+    struct msadb_page_cache *pages; /* unsealed summary and routing pages (read.c) */
     size_t merge_cap;
 };
 
@@ -101,18 +108,33 @@ MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *
  * registers its name, which the MAC binds. */
 MSADB_HIDDEN int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned flags, MDB_dbi *dbi);
 MSADB_HIDDEN void msadb_rec_key_derive(msadb_store *st);
-/* mdb_get / mdb_cursor_get, then the MAC check: MSADB_EAUTH when it fails. */
+/* mdb_get / mdb_cursor_get, then the MAC check: MSADB_EAUTH when it fails.
+ * Not for sealed databases (MSADB_EINVAL): those are read with
+ * msadb_rec_read / msadb_rec_open, which decrypt into a buffer. */
 MSADB_HIDDEN int msadb_rec_get(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
 MSADB_HIDDEN int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v,
                                       MDB_cursor_op op);
 /* Checks the MAC of a value read by other means; strips it from v. */
 MSADB_HIDDEN int msadb_rec_check(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
-/* mdb_put with the MAC appended.  With MDB_RESERVE, v->mv_data receives
- * room for v->mv_size bytes: the caller fills it, then calls
+/* Nonzero when dbi's values are sealed in this store. */
+MSADB_HIDDEN int msadb_rec_sealed(const msadb_store *st, MDB_dbi dbi);
+/* A value read by other means (a cursor): a sealed one is decrypted into
+ * *buf (grown with msadb_grow; *cap its size) and v points there; others
+ * as msadb_rec_check.  MSADB_EAUTH when authentication fails. */
+MSADB_HIDDEN int msadb_rec_open(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t **buf,
+                                size_t *cap);
+/* Decrypts a sealed value into out (v->mv_size - MSADB_SEAL_OVERHEAD
+ * bytes); v then points there.  MSADB_EAUTH. */
+MSADB_HIDDEN int msadb_rec_unseal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t *out);
+/* mdb_get, then msadb_rec_open. */
+MSADB_HIDDEN int msadb_rec_read(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
+                                uint8_t **buf, size_t *cap);
+/* mdb_put with the MAC appended, or sealed.  With MDB_RESERVE, v->mv_data
+ * receives room for v->mv_size bytes: the caller fills it, then calls
  * msadb_rec_seal(st, dbi, k, v) before any other write. */
-MSADB_HIDDEN int msadb_rec_put(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
+MSADB_HIDDEN int msadb_rec_put(MDB_txn *txn, msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
                                unsigned flags);
-MSADB_HIDDEN void msadb_rec_seal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_val *v);
+MSADB_HIDDEN void msadb_rec_seal(msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_val *v);
 /* Adds the MAC to every record of every covered database and sets rec_mac
  * (an encrypted store written before record MACs; msadb_upgrade). */
 MSADB_HIDDEN int msadb_rec_upgrade(msadb_store *st, MDB_txn *txn);

@@ -22,6 +22,8 @@ typedef struct {
     uint8_t *route; /* a recomputed coarse page */
     size_t route_cap;
     uint64_t route_pages; /* coarse pages checked */
+    uint8_t *page;        /* a summary page, unsealed */
+    size_t page_cap;
 } verifier;
 
 __attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const char *fmt, ...)
@@ -73,7 +75,7 @@ static int stored_summary(verifier *vf, uint32_t space, uint32_t plane, uint64_t
     uint8_t k[16];
     msadb_key_summ(k, space, plane, slot / st->page_cap);
     MDB_val kv = {16, k}, v;
-    int rc = msadb_rec_get(vf->snap->txn, st, st->db_summ, &kv, &v);
+    int rc = msadb_rec_read(vf->snap->txn, st, st->db_summ, &kv, &v, &vf->page, &vf->page_cap);
     if (rc)
         return rc;
     size_t i = slot % st->page_cap;
@@ -262,7 +264,8 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
             uint8_t k[16];
             msadb_key_summ(k, sr->id, p, pg);
             MDB_val sk = {16, k}, sv;
-            if (msadb_rec_get(vf->snap->txn, st, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n)) {
+            if (msadb_rec_read(vf->snap->txn, st, st->db_summ, &sk, &sv, &vf->page, &vf->page_cap) ||
+                sv.mv_size != msadb_summ_page_bytes(&st->summ, n)) {
                 problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
                         (unsigned long long)pg, p);
                 continue;
@@ -451,6 +454,7 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     free(vf.V);
     free(vf.summ);
     free(vf.route);
+    free(vf.page);
     if (rc)
         return rc;
     return vf.problems ? MSADB_ECORRUPT : 0;
