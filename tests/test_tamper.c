@@ -54,8 +54,9 @@ static uint64_t add(msadb_store *st, uint64_t seed, const char *space, const cha
     return tu_append_f32(st, &d, T, K, V);
 }
 
-/* The small store every edit starts from. */
-static void make_store(const char *dir)
+/* The small store every edit starts from (plain: the same content
+ * without a key). */
+static void make_store_as(const char *dir, int plain)
 {
     msadb_signature sig;
     CHECK_OK(msadb_signature_init(&sig, 2, 1, NQ, D));
@@ -63,6 +64,8 @@ static void make_store(const char *dir)
     sig.dtype = MSADB_DTYPE_F16;
     msadb_options o;
     opts(&o);
+    if (plain)
+        o.key = NULL;
     msadb_store *st;
     CHECK_OK(msadb_create(dir, &sig, &o, &st));
     CHECK_OK(msadb_space_create(st, "tenant-b", NULL));
@@ -73,6 +76,8 @@ static void make_store(const char *dir)
     CHECK_OK(msadb_doc_delete(st, &gone, 1));
     msadb_close(st);
 }
+
+static void make_store(const char *dir) { make_store_as(dir, 0); }
 
 /* ---- answers -------------------------------------------------------- */
 
@@ -483,6 +488,55 @@ static void test_upgrade(void)
     n_recs = 0;
 }
 
+static void free_records(void)
+{
+    for (size_t i = 0; i < n_recs; i++)
+        free(recs[i].v);
+    free(recs);
+    recs = NULL;
+    n_recs = 0;
+}
+
+/* The summary and routing pages of a plain store with the same content
+ * appear nowhere in the encrypted store's file: no 16-byte run of their
+ * non-zero bytes. */
+static void test_summaries_sealed(void)
+{
+    char enc[600], data[700];
+    snprintf(enc, sizeof enc, "%s", tu_tmpdir("sealed-enc"));
+    make_store(enc);
+    const char *plain = tu_tmpdir("sealed-plain");
+    make_store_as(plain, 1);
+    load_records(plain);
+    snprintf(data, sizeof data, "%s/data.mdb", enc);
+    FILE *f = fopen(data, "rb");
+    CHECK(f != NULL);
+    static uint8_t file[1 << 22];
+    size_t flen = fread(file, 1, sizeof file, f);
+    fclose(f);
+    size_t runs = 0;
+    for (size_t i = 0; i < n_recs; i++) {
+        record *r = &recs[i];
+        if (strcmp(r->db, "summ") && strcmp(r->db, "route"))
+            continue;
+        for (size_t b = 0; b + 16 <= r->vlen; b += 16) {
+            int zeros = 0;
+            for (int j = 0; j < 16; j++)
+                zeros += r->v[b + j] == 0;
+            if (zeros > 8)
+                continue; /* padding and small values are not evidence */
+            runs++;
+            if (memmem(file, flen, r->v + b, 16)) {
+                fprintf(stderr, "%s page bytes %zu.. are in the encrypted file\n", r->db, b);
+                exit(1);
+            }
+        }
+    }
+    CHECK(runs >= 20);
+    printf("test_tamper: %zu 16-byte runs of plaintext summary/routing pages, none in the encrypted file\n", runs);
+    free_records();
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -493,6 +547,7 @@ int main(int argc, char **argv)
         execv("/proc/self/exe", argv);
     }
     CHECK(sodium_init() >= 0);
+    test_summaries_sealed();
     test_slot_doc_id();
     test_upgrade();
     test_every_byte();
