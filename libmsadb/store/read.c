@@ -393,44 +393,52 @@ static int page_cache_grow(struct msadb_page_cache *c)
     return 0;
 }
 
-/* v (read from dbi under the 16-byte key k) as the page's plaintext:
- * unchanged for databases that are not sealed (MAC checked), else the
- * snapshot's decrypted copy. */
-static int snap_page(msadb_snapshot *s, MDB_dbi dbi, const uint8_t *k, MDB_val *v)
+/* v (read from dbi under the key k of klen <= 16 bytes) as the page's
+ * plaintext, checked: the map's bytes in a store without record MACs, else
+ * the snapshot's copy, decrypted (summary and routing pages) or with its
+ * MAC checked (slot pages) once.  A copy is reused while the stored value
+ * ends with the same tag (and, sealed, starts with the same nonce): a
+ * value edited behind a kept tag still yields the authentic copy. */
+static int snap_page(msadb_snapshot *s, MDB_dbi dbi, const uint8_t *k, size_t klen, MDB_val *v)
 {
     msadb_store *st = s->st;
-    MDB_val kv = {16, (void *)k};
-    if (!msadb_rec_sealed(st, dbi))
+    MDB_val kv = {klen, (void *)k};
+    int sealed = msadb_rec_sealed(st, dbi);
+    if (!st->rec_mac)
         return msadb_rec_check(st, dbi, &kv, v);
-    if (v->mv_size < MSADB_SEAL_OVERHEAD)
+    size_t over = sealed ? MSADB_SEAL_OVERHEAD : MSADB_REC_MAC_BYTES;
+    if (v->mv_size < over)
         return MSADB_EAUTH;
     struct msadb_page_cache *c = s->pages;
     if (!c && !(c = s->pages = calloc(1, sizeof *c)))
         return MSADB_ENOMEM;
     if ((c->n + 1) * 2 > c->cap && page_cache_grow(c))
         return MSADB_ENOMEM;
-    uint8_t key[17], ident[MSADB_NONCE_BYTES + MSADB_TAG_BYTES];
+    uint8_t key[17] = {0}, ident[MSADB_NONCE_BYTES + MSADB_TAG_BYTES] = {0};
     key[0] = (uint8_t)dbi;
-    memcpy(key + 1, k, 16);
-    const uint8_t *sealed = v->mv_data;
-    memcpy(ident, sealed, MSADB_NONCE_BYTES);
-    memcpy(ident + MSADB_NONCE_BYTES, sealed + v->mv_size - MSADB_TAG_BYTES, MSADB_TAG_BYTES);
+    memcpy(key + 1, k, klen);
+    const uint8_t *stored = v->mv_data;
+    if (sealed)
+        memcpy(ident, stored, MSADB_NONCE_BYTES);
+    memcpy(ident + MSADB_NONCE_BYTES, stored + v->mv_size - 16, 16); /* the tag, or the MAC */
     page_entry *e = page_slot(c, key);
     if (e->data && memcmp(e->ident, ident, sizeof ident) == 0) {
         v->mv_data = e->data;
         v->mv_size = e->len;
         return 0;
     }
-    size_t n = v->mv_size - MSADB_SEAL_OVERHEAD;
+    size_t n = v->mv_size - over;
     void *buf = NULL;
     if (posix_memalign(&buf, 64, n ? n : 1))
         return MSADB_ENOMEM;
     MDB_val sv = *v;
-    int rc = msadb_rec_unseal(st, dbi, &kv, &sv, buf);
+    int rc = sealed ? msadb_rec_unseal(st, dbi, &kv, &sv, buf) : msadb_rec_check(st, dbi, &kv, &sv);
     if (rc) {
         free(buf);
         return rc;
     }
+    if (!sealed)
+        memcpy(buf, sv.mv_data, n);
     if (!e->data)
         c->n++;
     free(e->data);
@@ -458,7 +466,7 @@ static int coarse_view(msadb_snapshot *s, MDB_cursor *cr, uint8_t ks[16], uint32
     int rc = mdb_cursor_get(cr, &rk, &rv, MDB_SET_KEY);
     if (rc)
         return rc == MDB_NOTFOUND ? 0 : rc;
-    if ((rc = snap_page(s, st->db_route, ks, &rv)))
+    if ((rc = snap_page(s, st->db_route, ks, 16, &rv)))
         return rc;
     if (rv.mv_size != msadb_coarse_page_bytes(&st->route, cnt) || ((uintptr_t)rv.mv_data & 15))
         return MSADB_ECORRUPT;
@@ -493,8 +501,10 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
     uint8_t k0[16];
     msadb_key_slots(k0, space_id, 0);
     MDB_val k = {12, k0}, v;
-    for (rc = msadb_rec_cursor_get(st, cs, &k, &v, MDB_SET_RANGE); rc == 0; rc = msadb_rec_cursor_get(st, cs, &k, &v, MDB_NEXT)) {
+    for (rc = mdb_cursor_get(cs, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cs, &k, &v, MDB_NEXT)) {
         if (k.mv_size != 12 || msadb_get_be32(k.mv_data) != space_id)
+            break;
+        if ((rc = snap_page(s, st->db_slots, k.mv_data, 12, &v)))
             break;
         uint64_t pg = msadb_get_be64((const uint8_t *)k.mv_data + 4);
         if (v.mv_size == 0 || v.mv_size % MSADB_SLOT_BYTES || v.mv_size / MSADB_SLOT_BYTES > st->page_cap) {
@@ -505,7 +515,7 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
         uint8_t ks[16];
         msadb_key_summ(ks, space_id, plane, pg);
         MDB_val sk = {16, ks}, sv;
-        if ((rc = mdb_cursor_get(cp, &sk, &sv, MDB_SET_KEY)) || (rc = snap_page(s, st->db_summ, ks, &sv))) {
+        if ((rc = mdb_cursor_get(cp, &sk, &sv, MDB_SET_KEY)) || (rc = snap_page(s, st->db_summ, ks, 16, &sv))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
