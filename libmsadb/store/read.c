@@ -170,8 +170,12 @@ int msadb_doc_list(msadb_snapshot *s, const char *space, int (*cb)(const msadb_d
     if ((rc = mdb_cursor_open(s->txn, s->st->db_docs, &cur)))
         return rc;
     MDB_val k, v;
-    for (rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_NEXT)) {
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         msadb_docrec r;
+        if ((rc = msadb_rec_open(s->st, s->st->db_docs, &k, &v, &buf, &cap)))
+            break;
         if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
             rc = MSADB_ECORRUPT;
             break;
@@ -184,6 +188,7 @@ int msadb_doc_list(msadb_snapshot *s, const char *space, int (*cb)(const msadb_d
     }
     if (rc == MDB_NOTFOUND)
         rc = 0;
+    free(buf);
     mdb_cursor_close(cur);
     return rc;
 }

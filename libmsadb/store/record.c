@@ -4,8 +4,9 @@
  * whole by the meta MAC) and `blocks` (each plane AEAD-sealed with its own
  * binding) is bound to the store's key, its store id, the database's name
  * and the record's key (docs/format.md, *Record MACs*): the summary and
- * routing pages (`summ`, `route`) are sealed (XChaCha20-Poly1305, that
- * binding as additional data), every other value ends with a 16-byte MAC.
+ * routing pages (`summ`, `route`) and the document records (`docs`:
+ * lengths, times) are sealed (XChaCha20-Poly1305, that binding as
+ * additional data), every other value ends with a 16-byte MAC.
  * A database opened through msadb_dbi_open is covered without any code of
  * its own; callers see the value without its MAC or seal. */
 #include <stdlib.h>
@@ -25,7 +26,7 @@ int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned fla
         return MSADB_ELIMIT;
     st->db_name[*dbi] = name;
     st->db_mac[*dbi] = strcmp(name, "meta") != 0 && strcmp(name, "blocks") != 0;
-    st->db_seal[*dbi] = strcmp(name, "summ") == 0 || strcmp(name, "route") == 0;
+    st->db_seal[*dbi] = strcmp(name, "summ") == 0 || strcmp(name, "route") == 0 || strcmp(name, "docs") == 0;
     return 0;
 }
 
@@ -96,6 +97,27 @@ int msadb_rec_open(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val
     if (msadb_grow(buf, cap, v->mv_size - MSADB_SEAL_OVERHEAD + 1, 1, 4096))
         return MSADB_ENOMEM;
     return msadb_rec_unseal(st, dbi, k, v, *buf);
+}
+
+int msadb_rec_get_into(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, void *out, size_t cap,
+                       size_t *len)
+{
+    MDB_val key = *k, v;
+    int rc = mdb_get(txn, dbi, &key, &v);
+    if (rc)
+        return rc;
+    if (msadb_rec_sealed(st, dbi)) {
+        if (v.mv_size < MSADB_SEAL_OVERHEAD || v.mv_size - MSADB_SEAL_OVERHEAD > cap)
+            return MSADB_EAUTH;
+        rc = msadb_rec_unseal(st, dbi, &key, &v, out);
+    } else if (!(rc = msadb_rec_check(st, dbi, &key, &v))) {
+        if (v.mv_size > cap)
+            return MSADB_ECORRUPT;
+        memcpy(out, v.mv_data, v.mv_size);
+    }
+    if (!rc)
+        *len = v.mv_size;
+    return rc;
 }
 
 int msadb_rec_read(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t **buf,

@@ -640,12 +640,15 @@ int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d
     uint8_t k[8];
     msadb_key_doc(k, id);
     MDB_val kv = {8, k}, v;
-    int rc = msadb_rec_get(txn, st, st->db_docs, &kv, &v);
+    uint8_t rec[DOC_REC_BYTES];
+    size_t len = 0;
+    int rc = msadb_rec_get_into(txn, st, st->db_docs, &kv, rec, sizeof rec, &len);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
         return rc;
-    return msadb_docrec_decode(v.mv_data, v.mv_size, d);
+    (void)v;
+    return msadb_docrec_decode(rec, len, d);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -126,6 +126,10 @@ MSADB_HIDDEN int msadb_rec_open(const msadb_store *st, MDB_dbi dbi, const MDB_va
 /* Decrypts a sealed value into out (v->mv_size - MSADB_SEAL_OVERHEAD
  * bytes); v then points there.  MSADB_EAUTH. */
 MSADB_HIDDEN int msadb_rec_unseal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, uint8_t *out);
+/* A small record's plaintext copied into out (cap bytes; *len its size):
+ * MSADB_ECORRUPT (MSADB_EAUTH when sealed) if larger. */
+MSADB_HIDDEN int msadb_rec_get_into(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, void *out,
+                                    size_t cap, size_t *len);
 /* mdb_get, then msadb_rec_open. */
 MSADB_HIDDEN int msadb_rec_read(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v,
                                 uint8_t **buf, size_t *cap);

@@ -38,13 +38,22 @@ __attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const ch
         vf->report(line, vf->ud);
 }
 
+typedef struct {
+    uint8_t *p;
+    size_t cap;
+} vbuf;
+
 /* A cursor step that passes over records failing their MAC: the record
  * walk (bad_record) has reported each of them already. */
-static int vstep(verifier *vf, MDB_cursor *cur, MDB_val *k, MDB_val *v, MDB_cursor_op op)
+static int vstep(verifier *vf, MDB_cursor *cur, MDB_val *k, MDB_val *v, MDB_cursor_op op, vbuf *b)
 {
-    int rc = msadb_rec_cursor_get(vf->st, cur, k, v, op);
-    while (rc == MSADB_EAUTH)
-        rc = msadb_rec_cursor_get(vf->st, cur, k, v, MDB_NEXT);
+    int rc;
+    do {
+        rc = mdb_cursor_get(cur, k, v, op);
+        if (!rc)
+            rc = msadb_rec_open(vf->st, mdb_cursor_dbi(cur), k, v, &b->p, &b->cap);
+        op = MDB_NEXT;
+    } while (rc == MSADB_EAUTH);
     return rc;
 }
 
@@ -243,7 +252,8 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
     msadb_key_slots(k0, sr->id, 0);
     MDB_val kv = {12, k0}, v;
     int rc;
-    for (rc = vstep(vf, cur, &kv, &v, MDB_SET_RANGE); rc == 0; rc = vstep(vf, cur, &kv, &v, MDB_NEXT)) {
+    vbuf vb = {0};
+    for (rc = vstep(vf, cur, &kv, &v, MDB_SET_RANGE, &vb); rc == 0; rc = vstep(vf, cur, &kv, &v, MDB_NEXT, &vb)) {
         if (kv.mv_size != 12 || msadb_get_be32(kv.mv_data) != sr->id)
             break;
         uint64_t pg = msadb_get_be64((const uint8_t *)kv.mv_data + 4);
@@ -282,6 +292,7 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
         }
     }
     mdb_cursor_close(cur);
+    free(vb.p);
     if (slots != sr->n_slots)
         problem(vf, "space %s: counts %llu slots, its pages hold %llu", name, (unsigned long long)sr->n_slots,
                 (unsigned long long)slots);
@@ -362,7 +373,8 @@ static int verify_all(verifier *vf)
     if (rc || (rc = msadb_rec_walk(st, txn, bad_record, vf)) || (rc = mdb_cursor_open(txn, st->db_docs, &cur)))
         return rc;
     MDB_val k, v;
-    for (rc = vstep(vf, cur, &k, &v, MDB_FIRST); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT)) {
+    vbuf vb = {0};
+    for (rc = vstep(vf, cur, &k, &v, MDB_FIRST, &vb); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT, &vb)) {
         msadb_docrec r;
         if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
             problem(vf, "a document record is malformed");
@@ -391,7 +403,7 @@ static int verify_all(verifier *vf)
     if (rc == MDB_NOTFOUND)
         rc = 0;
     if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
-        for (rc = vstep(vf, cur, &k, &v, MDB_FIRST); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT)) {
+        for (rc = vstep(vf, cur, &k, &v, MDB_FIRST, &vb); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT, &vb)) {
             char name[MSADB_NAME_MAX + 1];
             msadb_spacerec sr;
             if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
@@ -430,6 +442,7 @@ static int verify_all(verifier *vf)
                     (unsigned long long)rs.ms_entries, (unsigned long long)vf->route_pages);
     }
     free(tally);
+    free(vb.p);
     return rc;
 }
 
