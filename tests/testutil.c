@@ -138,7 +138,8 @@ void tu_make_legacy_store(const char *dir, const unsigned char key[32])
     for (size_t i = 0; i < n_names; i++) {
         if (!strcmp(names[i], "meta") || !strcmp(names[i], "blocks"))
             continue;
-        int sealed = !strcmp(names[i], "summ") || !strcmp(names[i], "route") || !strcmp(names[i], "docs");
+        int sealed = !strcmp(names[i], "summ") || !strcmp(names[i], "route") || !strcmp(names[i], "docs") ||
+                     !strcmp(names[i], "slots") || !strcmp(names[i], "spaces") || !strcmp(names[i], "spaceids");
         MDB_dbi dbi;
         CHECK_OK(mdb_dbi_open(txn, names[i], 0, &dbi));
         /* collect, then rewrite (no writes under the cursor) */

@@ -76,7 +76,7 @@ static int mark_slots(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t fi
         uint8_t k[12];
         msadb_key_slots(k, space, pg);
         MDB_val kv = {12, k}, v;
-        if ((rc = msadb_rec_get(txn, st, st->db_slots, &kv, &v))) {
+        if ((rc = msadb_rec_read(txn, st, st->db_slots, &kv, &v, &st->wread_buf, &st->wread_cap))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -177,7 +177,10 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     msadb_key_slots(k0, sr.id, 0);
     MDB_val k = {12, k0}, v;
     uint64_t last = 0;
-    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
+    uint8_t *pbuf = NULL;
+    size_t pcap = 0;
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_SET_RANGE, &pbuf, &pcap); rc == 0;
+         rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT, &pbuf, &pcap)) {
         if (k.mv_size != 12 || msadb_get_be32(k.mv_data) != sr.id)
             break;
         for (size_t i = 0; i + MSADB_SLOT_BYTES <= v.mv_size; i += MSADB_SLOT_BYTES) {
@@ -195,6 +198,7 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
         if (rc)
             break;
     }
+    free(pbuf);
     mdb_cursor_close(cur);
     if (rc == MDB_NOTFOUND)
         rc = 0;
@@ -340,7 +344,7 @@ static int each_slot(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t n_s
         uint8_t k[12];
         msadb_key_slots(k, space, pg);
         MDB_val kv = {12, k}, v;
-        if ((rc = msadb_rec_get(txn, st, st->db_slots, &kv, &v))) {
+        if ((rc = msadb_rec_read(txn, st, st->db_slots, &kv, &v, &st->wread_buf, &st->wread_cap))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -460,8 +464,8 @@ static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
     char (*names)[MSADB_NAME_MAX + 1] = NULL;
     size_t n = 0;
     MDB_val k, v;
-    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) { /* names only: the records are read by name */
             rc = MSADB_ECORRUPT;
             break;
         }

@@ -153,6 +153,8 @@ static int build_all(msadb_store *st, MDB_txn *txn)
     if (rc)
         return rc;
     MDB_val k, v;
+    uint8_t *slot_buf = NULL;
+    size_t slot_cap = 0;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if ((rc = msadb_rec_open(st, st->db_summ, &k, &v, &st->wread_buf, &st->wread_cap)))
             break;
@@ -165,7 +167,7 @@ static int build_all(msadb_store *st, MDB_txn *txn)
         uint8_t ks[12];
         msadb_key_slots(ks, msadb_get_be32(kp), msadb_get_be64(kp + 8));
         MDB_val sk = {12, ks}, sv;
-        if ((rc = msadb_rec_get(txn, st, st->db_slots, &sk, &sv))) {
+        if ((rc = msadb_rec_read(txn, st, st->db_slots, &sk, &sv, &slot_buf, &slot_cap))) {
             rc = rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             break;
         }
@@ -178,6 +180,7 @@ static int build_all(msadb_store *st, MDB_txn *txn)
                                   v.mv_data, n)))
             break;
     }
+    free(slot_buf);
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : rc;
 }

@@ -347,7 +347,7 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
         MDB_val kv = {12, k}, v;
         msadb_key_slots(k, g->rec.id, pg);
         if (have) {
-            if ((rc = msadb_rec_get(txn, st, st->db_slots, &kv, &v)))
+            if ((rc = msadb_rec_read(txn, st, st->db_slots, &kv, &v, &st->wread_buf, &st->wread_cap)))
                 return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
             if (v.mv_size != (size_t)have * MSADB_SLOT_BYTES)
                 return MSADB_ECORRUPT;

@@ -314,8 +314,8 @@ int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n
         return rc;
     MDB_val k, v;
     size_t cnt = 0;
-    for (rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(s->st, cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 4) {
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 4) { /* ids only: the names are not read here */
             rc = MSADB_ECORRUPT;
             break;
         }

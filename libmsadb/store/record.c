@@ -3,9 +3,9 @@
  * key check says v3, each value of every database but `meta` (covered as a
  * whole by the meta MAC) and `blocks` (each plane AEAD-sealed with its own
  * binding) is bound to the store's key, its store id, the database's name
- * and the record's key (docs/format.md, *Record MACs*): the summary and
- * routing pages (`summ`, `route`) and the document records (`docs`:
- * lengths, times) are sealed (XChaCha20-Poly1305, that binding as
+ * and the record's key (docs/format.md, *Record MACs*): the summary,
+ * routing and slot pages, document records (lengths, times) and space
+ * records and names are sealed (XChaCha20-Poly1305, that binding as
  * additional data), every other value ends with a 16-byte MAC.
  * A database opened through msadb_dbi_open is covered without any code of
  * its own; callers see the value without its MAC or seal. */
@@ -26,7 +26,10 @@ int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned fla
         return MSADB_ELIMIT;
     st->db_name[*dbi] = name;
     st->db_mac[*dbi] = strcmp(name, "meta") != 0 && strcmp(name, "blocks") != 0;
-    st->db_seal[*dbi] = strcmp(name, "summ") == 0 || strcmp(name, "route") == 0 || strcmp(name, "docs") == 0;
+    static const char *const sealed[] = {"summ", "route", "docs", "slots", "spaces", "spaceids"};
+    st->db_seal[*dbi] = 0;
+    for (size_t i = 0; i < sizeof sealed / sizeof sealed[0]; i++)
+        st->db_seal[*dbi] |= strcmp(name, sealed[i]) == 0;
     return 0;
 }
 
@@ -152,10 +155,11 @@ int msadb_rec_get(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_va
     return rc ? rc : msadb_rec_check(st, dbi, &key, v);
 }
 
-int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v, MDB_cursor_op op)
+int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v, MDB_cursor_op op,
+                         uint8_t **buf, size_t *cap)
 {
     int rc = mdb_cursor_get(cur, k, v, op);
-    return rc ? rc : msadb_rec_check(st, mdb_cursor_dbi(cur), k, v);
+    return rc ? rc : msadb_rec_open(st, mdb_cursor_dbi(cur), k, v, buf, cap);
 }
 
 /* A sealed record: reserves the sealed size and seals data into it; with

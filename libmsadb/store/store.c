@@ -698,9 +698,11 @@ int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_s
     if (!msadb_space_name_valid(name))
         return MSADB_EINVAL;
     MDB_val k = {strlen(name), (void *)name}, v;
-    int rc = msadb_rec_get(txn, st, st->db_spaces, &k, &v);
+    uint8_t buf[SPACE_REC_BYTES];
+    int rc = msadb_rec_get_into(txn, st, st->db_spaces, &k, buf, sizeof buf, &v.mv_size);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
+    v.mv_data = buf;
     return rc ? rc : spacerec_decode(&v, rec);
 }
 
@@ -717,11 +719,13 @@ int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[M
     uint8_t kb[4];
     msadb_put_be32(kb, id);
     MDB_val k = {4, kb}, v;
-    int rc = msadb_rec_get(txn, st, st->db_spaceids, &k, &v);
+    uint8_t buf[MSADB_NAME_MAX];
+    int rc = msadb_rec_get_into(txn, st, st->db_spaceids, &k, buf, sizeof buf, &v.mv_size);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
         return rc;
+    v.mv_data = buf;
     if (v.mv_size < 1 || v.mv_size > MSADB_NAME_MAX)
         return MSADB_ECORRUPT;
     memcpy(name, v.mv_data, v.mv_size);
@@ -908,7 +912,10 @@ int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *
         return rc;
     }
     MDB_val k, v;
-    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST); rc == 0; rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT)) {
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST, &buf, &cap); rc == 0;
+         rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT, &buf, &cap)) {
         msadb_spacerec rec;
         msadb_space_info info;
         if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX || spacerec_decode(&v, &rec)) {
@@ -919,6 +926,7 @@ int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *
         if ((rc = cb(&info, ud)) != 0)
             break;
     }
+    free(buf);
     if (rc == MDB_NOTFOUND)
         rc = 0;
     mdb_cursor_close(cur);

@@ -112,8 +112,9 @@ MSADB_HIDDEN void msadb_rec_key_derive(msadb_store *st);
  * Not for sealed databases (MSADB_EINVAL): those are read with
  * msadb_rec_read / msadb_rec_open, which decrypt into a buffer. */
 MSADB_HIDDEN int msadb_rec_get(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
+/* mdb_cursor_get, then msadb_rec_open (buf, cap as there). */
 MSADB_HIDDEN int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v,
-                                      MDB_cursor_op op);
+                                      MDB_cursor_op op, uint8_t **buf, size_t *cap);
 /* Checks the MAC of a value read by other means; strips it from v. */
 MSADB_HIDDEN int msadb_rec_check(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
 /* Nonzero when dbi's values are sealed in this store. */

@@ -23,6 +23,8 @@ typedef struct {
     size_t route_cap;
     uint64_t route_pages; /* coarse pages checked */
     uint8_t *page;        /* a summary page, unsealed */
+    uint8_t *slot;        /* a slot page, unsealed */
+    size_t slot_cap;
     size_t page_cap;
 } verifier;
 
@@ -101,7 +103,7 @@ static int get_slot(verifier *vf, uint32_t space, uint64_t slot, msadb_slot *s, 
     uint8_t k[12];
     msadb_key_slots(k, space, slot / st->page_cap);
     MDB_val kv = {12, k}, v;
-    int rc = msadb_rec_get(vf->snap->txn, st, st->db_slots, &kv, &v);
+    int rc = msadb_rec_read(vf->snap->txn, st, st->db_slots, &kv, &v, &vf->slot, &vf->slot_cap);
     if (rc)
         return rc;
     size_t i = slot % st->page_cap;
@@ -468,6 +470,7 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     free(vf.summ);
     free(vf.route);
     free(vf.page);
+    free(vf.slot);
     if (rc)
         return rc;
     return vf.problems ? MSADB_ECORRUPT : 0;
