@@ -56,8 +56,10 @@ extern "C" {
 #define MSADB_VERSION_STRING "0.1.0"
 
 /* On-disk format version written by this library.  A store whose format is
- * newer is refused with MSADB_EVERSION. */
-#define MSADB_FORMAT_VERSION 1
+ * newer is refused with MSADB_EVERSION.  Version 2 adds document keys
+ * (docs/format.md); a version-1 store opens and is marked version 2 when its
+ * first keyed document is written. */
+#define MSADB_FORMAT_VERSION 2
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
@@ -287,7 +289,29 @@ typedef struct msadb_doc {
     int kv_dtype;             /* MSADB_DTYPE_F32, _F16 or _BF16 */
     const void *keys;
     const void *values;
+    /* Idempotency key, or NULL: 1..MSADB_DOCKEY_MAX bytes naming the
+     * document's content (see msadb_doc_key_hash()).  A store holds at most
+     * one document per key: adding a document whose key is already in the
+     * store (or earlier in the same batch) is a no-op, reported by
+     * msadb_batch_status_get(), not an error.  The key is stored with the
+     * document and removed when it is deleted. */
+    const void *key;
+    size_t key_len;
 } msadb_doc;
+
+#define MSADB_DOCKEY_MAX 64   /* bytes of a document key */
+#define MSADB_DOCKEY_HASH 32  /* bytes msadb_doc_key_hash() writes */
+
+/** Computes a document key: BLAKE2b-256 over the n byte strings parts[i]
+ * (lens[i] bytes each; each is preceded in the hash by its length, so
+ * ("ab","c") and ("a","bc") differ).  For an encrypted store the hash is
+ * keyed with a key derived from the store's encryption key, so a stored
+ * key reveals nothing about the content to whoever lacks the store's key;
+ * for other stores it is unkeyed (the same content gives the same key in
+ * every unencrypted store).  out gets MSADB_DOCKEY_HASH bytes.  Errors:
+ * MSADB_EINVAL (NULL store or out, a NULL part of non-zero length). */
+MSADB_API int msadb_doc_key_hash(const msadb_store *store, const void *const *parts, const size_t *lens,
+                                 size_t n, unsigned char out[MSADB_DOCKEY_HASH]);
 
 typedef struct msadb_batch msadb_batch;
 
@@ -297,18 +321,74 @@ MSADB_API int msadb_batch_begin(msadb_store *store, msadb_batch **out);
 
 /** Validates and encodes one document into the batch (the costly part of
  * ingest happens here, outside any transaction).  The caller's buffers may
- * be released when this returns.  On error the batch is unchanged and may
- * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names),
- * MSADB_ENONFINITE, MSADB_ENOTFOUND (space unknown at commit). */
+ * be released when this returns.  A document whose key (msadb_doc.key) is
+ * already in the store or held by the batch is not added: 0 is returned
+ * and msadb_batch_status_get() counts it as a duplicate.  With a flush limit
+ * (msadb_batch_set_flush()) the documents held may be committed first.  On
+ * error the batch still holds what it held before the call (a failed
+ * flush wrote nothing) and may still be committed.  Errors: MSADB_EINVAL
+ * (shapes, spans, names, a key of 0 or more than MSADB_DOCKEY_MAX bytes),
+ * MSADB_ENONFINITE, MSADB_ENOTFOUND (space unknown at commit), those of
+ * msadb_batch_flush(). */
 MSADB_API int msadb_batch_add(msadb_batch *batch, const msadb_doc *doc);
 
-/** Number of documents added so far. */
+/** Number of documents the batch holds: added and not yet committed. */
 MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
 
-/** Writes every added document in one LMDB transaction (all or nothing) and
- * frees the batch, whatever the result.  If doc_ids is not NULL it receives
- * the ids of the documents in add order (msadb_batch_count() entries). */
+/** Writes every document the batch holds in one LMDB transaction (all or
+ * nothing) and frees the batch, whatever the result.  If doc_ids is not
+ * NULL it receives the ids of those documents in add order
+ * (msadb_batch_count() entries); a keyed document whose key another writer
+ * stored after it was added is not written again, and its entry names the
+ * document holding the key. */
 MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
+
+/* Streaming ingest.  A batch that commits in bounded chunks keeps memory
+ * bounded whatever the input size: msadb_batch_flush() commits what the
+ * batch holds and leaves it open for more, and msadb_batch_set_flush()
+ * makes msadb_batch_add() do so by itself.  A document is never split
+ * across commits: after a crash every document is whole or absent, and
+ * with keys (msadb_doc.key) running the same input again adds only the
+ * documents that are missing. */
+
+/** Called after each successful commit of a batch (by a flush or by
+ * msadb_batch_commit()) with the ids of the documents it wrote, in add
+ * order (entries of keyed documents found stored by another writer name
+ * that document); the array is valid during the call only. */
+typedef void (*msadb_commit_fn)(const uint64_t *doc_ids, size_t n, void *user);
+
+/** Sets when msadb_batch_add() commits what the batch holds before adding
+ * a document: when it holds max_docs documents, or the new document would
+ * take it past max_tokens tokens, or its encoded data (keys, values,
+ * summaries, text) has reached max_bytes bytes; 0 = no limit of that kind
+ * (all 0, the default: never).  on_commit (may be NULL) is called after
+ * every commit, user passed along.  Memory held is then about max_bytes
+ * (or the tokens' encoded size) plus the largest document, twice over
+ * during a commit (LMDB's dirty pages).  Errors: MSADB_EINVAL (NULL batch). */
+MSADB_API int msadb_batch_set_flush(msadb_batch *batch, size_t max_docs, uint64_t max_tokens,
+                                    size_t max_bytes, msadb_commit_fn on_commit, void *user);
+
+/** Commits every document the batch holds in one transaction (as
+ * msadb_batch_commit()) and keeps the batch open, empty, for more; calls
+ * the batch's on_commit.  Nothing held: 0, no transaction.  On error
+ * nothing was written and the batch still holds its documents (flush or
+ * commit again, or abort). */
+MSADB_API int msadb_batch_flush(msadb_batch *batch);
+
+typedef struct msadb_batch_status {
+    size_t held;             /* documents added and not yet committed */
+    uint64_t held_tokens;    /* their tokens */
+    size_t held_bytes;       /* their encoded bytes held in memory */
+    uint64_t committed;      /* documents written by this batch's flushes */
+    uint64_t commits;        /* transactions those flushes made */
+    uint64_t duplicates;     /* adds that were no-ops: the key was already in */
+    uint64_t last_duplicate; /* the document holding the key of the last
+                                no-op add; 0 when that document is held by
+                                this batch, not yet committed */
+} msadb_batch_status;
+
+/** The batch's counters.  Errors: MSADB_EINVAL (NULL argument). */
+MSADB_API int msadb_batch_status_get(const msadb_batch *batch, msadb_batch_status *out);
 
 /** Discards a batch; NULL allowed. */
 MSADB_API void msadb_batch_abort(msadb_batch *batch);
@@ -355,6 +435,11 @@ typedef struct msadb_doc_info {
     int has_tokens;        /* token ids stored */
     int has_spans;         /* token spans stored */
 } msadb_doc_info;
+
+/** The document holding a key (msadb_doc.key) in the snapshot.  Errors:
+ * MSADB_ENOTFOUND (no such key), MSADB_EINVAL (NULL, or a length outside
+ * 1..MSADB_DOCKEY_MAX). */
+MSADB_API int msadb_doc_find_key(msadb_snapshot *snap, const void *key, size_t key_len, uint64_t *doc_id);
 
 /** Information about one document.  Errors: MSADB_ENOTFOUND. */
 MSADB_API int msadb_doc_get(msadb_snapshot *snap, uint64_t doc_id, msadb_doc_info *out);

@@ -141,6 +141,14 @@ static int msadb_doc_info_fill(msadb_snapshot *s, uint64_t id, const msadb_docre
     return 0;
 }
 
+int msadb_doc_find_key(msadb_snapshot *s, const void *key, size_t len, uint64_t *doc_id)
+{
+    if (!snap_ok(s) || !key || len < 1 || len > MSADB_DOCKEY_MAX || !doc_id)
+        return MSADB_EINVAL;
+    int rc = msadb_dockeys_open(s->st);
+    return rc ? rc : msadb_dockey_get(s->txn, s->st, key, len, doc_id);
+}
+
 int msadb_doc_get(msadb_snapshot *s, uint64_t id, msadb_doc_info *out)
 {
     if (!snap_ok(s) || !out)
