@@ -699,8 +699,12 @@ MSADB_API int msadb_llm_detokenize(const msadb_llm *llm, const int32_t *ids, siz
  * and commits them with the text, token ids and spans, in one transaction.
  * Text longer than MSADB_LLM_DOC_MAX tokens becomes several documents (each
  * with its own slice of the text), all committed together; *doc_id gets the
- * first one's id (the others follow it).  The store's signature must match
- * the model (MSADB_ESIGNATURE).  Empty text is MSADB_EINVAL. */
+ * first one's id (the others follow it).  Each document carries a key
+ * (msadb_doc.key): the content hash (msadb_doc_key_hash()) of the text, the
+ * space and the part's number, so the same text ingested again into the
+ * same space adds nothing (and runs no model); *doc_id then names the
+ * stored document of the text's last part.  The store's signature must
+ * match the model (MSADB_ESIGNATURE).  Empty text is MSADB_EINVAL. */
 MSADB_API int msadb_llm_ingest(msadb_llm *llm, msadb_store *store, const char *space,
                                const char *title, const char *text, size_t len, uint64_t *doc_id);
 
@@ -708,8 +712,12 @@ MSADB_API int msadb_llm_ingest(msadb_llm *llm, msadb_store *store, const char *s
  * `store` with msadb_batch_begin(), instead of committing them: nothing is
  * visible until the caller commits the batch, so many texts can be ingested
  * all or nothing.  *n_docs (may be NULL) gets the number of documents added
- * (more than 1 for text longer than MSADB_LLM_DOC_MAX tokens);
- * msadb_batch_commit() reports their ids in add order.  On error the batch
+ * (more than 1 for text longer than MSADB_LLM_DOC_MAX tokens; parts
+ * already in the store or the batch are not added, are counted by
+ * msadb_batch_status_get() as duplicates and cost no model run);
+ * msadb_batch_commit() reports their ids in add order.  The batch's flush
+ * policy (msadb_batch_set_flush()) applies: the parts of a long text may be
+ * committed in different transactions, each of them whole.  On error the batch
  * may hold the text's first parts: abort it. */
 MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
                                      const char *space, const char *title, const char *text,

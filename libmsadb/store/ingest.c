@@ -277,6 +277,19 @@ static int find_key(msadb_batch *b, const void *key, size_t len, uint64_t *id)
     return rc;
 }
 
+int msadb_batch_skip_key(msadb_batch *b, const void *key, size_t len)
+{
+    uint64_t id = 0;
+    int rc = find_key(b, key, len, &id);
+    if (rc == MSADB_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    b->duplicates++;
+    b->last_duplicate = id;
+    return 1;
+}
+
 /* Whether the flush policy commits what the batch holds before adding a
  * document of T tokens. */
 static int flush_due(const msadb_batch *b, uint64_t T)
@@ -295,17 +308,8 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     int rc = validate_doc(st, doc);
     if (rc)
         return rc;
-    if (doc->key) {
-        uint64_t id = 0;
-        rc = find_key(b, doc->key, doc->key_len, &id);
-        if (rc == 0) {
-            b->duplicates++;
-            b->last_duplicate = id;
-            return 0;
-        }
-        if (rc != MSADB_ENOTFOUND)
-            return rc;
-    }
+    if (doc->key && (rc = msadb_batch_skip_key(b, doc->key, doc->key_len)))
+        return rc < 0 ? rc : 0;
     if (flush_due(b, doc->n_tokens) && (rc = msadb_batch_flush(b)))
         return rc;
     const msadb_signature *sig = &st->sig;
