@@ -77,7 +77,9 @@ enum opt_id {
     O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
-    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_COUNT
+    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS,
+    O_COMMIT_EVERY, O_BINARY_OK,
+    O_COUNT
 };
 
 typedef struct opt_def {
@@ -127,6 +129,10 @@ static const opt_def opts[O_COUNT] = {
                       "with --model: memory-interleave rounds 0..8 (default 0)"},
     [O_QUERY_POS] = {"query-pos", 0, 1, C(QUERY), "P",
                      "with --model: position of the question's first token (default 0)"},
+    [O_COMMIT_EVERY] = {"commit-every", 0, 1, C(INGEST), "Nt|Nd",
+                        "commit every N tokens (10000t) or documents (500d); default 64 MiB encoded"},
+    [O_BINARY_OK] = {"binary-ok", 0, 0, C(INGEST), NULL,
+                     "with --model: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
 };
 
 const char *cli_cmd_name(cli_cmd c)
@@ -202,6 +208,30 @@ static int parse_u32_opt(const char *opt, const char *s, uint32_t lo, uint32_t h
 }
 
 /* A finite decimal number in [lo, hi] (lo excluded when open_lo). */
+/* --commit-every: a count and its unit, "10000t" (tokens) or "500d"
+ * (documents), 1..2^40. */
+static int parse_commit_every(const char *s, cli_args *a, char *err, size_t errlen)
+{
+    size_t n = strlen(s);
+    char digits[32];
+    uint64_t v = 0;
+    char unit = n ? s[n - 1] : 0;
+    int ok = n >= 2 && n - 1 < sizeof digits && (unit == 't' || unit == 'd');
+    if (ok) {
+        memcpy(digits, s, n - 1);
+        digits[n - 1] = 0;
+        ok = parse_u64(digits, &v) == 0 && v >= 1 && v <= (1ull << 40);
+    }
+    if (!ok)
+        return usage_err(err, errlen,
+                         "--commit-every: expected a count and a unit, e.g. 100000t (tokens) or 500d "
+                         "(documents), got '%.40s'",
+                         s);
+    a->commit_tokens = unit == 't' ? v : 0;
+    a->commit_docs = unit == 'd' ? v : 0;
+    return CLI_OK;
+}
+
 static int parse_float_opt(const char *opt, const char *s, double lo, int open_lo, double hi,
                            float *out, char *err, size_t errlen)
 {
@@ -372,6 +402,8 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_EXACT: a->exact = 1; return CLI_OK;
     case O_PER_TOKEN: a->per_token = 1; return CLI_OK;
     case O_SPLIT: a->split = 1; return CLI_OK;
+    case O_BINARY_OK: a->binary_ok = 1; return CLI_OK;
+    case O_COMMIT_EVERY: return parse_commit_every(v, a, err, errlen);
     case O_NO_MEMORY: a->no_memory = 1; return CLI_OK;
     case O_MODEL:
         if (!*v)
@@ -613,6 +645,8 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t s
     case CMD_INGEST:
         if (a->split && !a->model)
             return usage_err(err, errlen, "ingest: --split needs --model (it splits text files)");
+        if (a->binary_ok && !a->model)
+            return usage_err(err, errlen, "ingest: --binary-ok needs --model (it applies to text files)");
         if (n_pos < 2)
             return usage_err(err, errlen, a->model ? "ingest: missing FILE (text files)"
                                                    : "ingest: missing FILE (safetensors or X.keys.npy)");

@@ -61,6 +61,9 @@ typedef struct cli_args {
     /* init, ingest, query with a model (cmd_model.c) */
     const char *model;         /* --model: GGUF file; NULL = the tensor forms */
     int split;                 /* ingest --split */
+    uint64_t commit_tokens;    /* ingest --commit-every Nt (0: not given) */
+    uint64_t commit_docs;      /* ingest --commit-every Nd (0: not given) */
+    int binary_ok;             /* ingest --binary-ok */
     int no_memory;             /* query */
     uint32_t max_tokens, interleave, query_pos;
     float temperature, top_p;
@@ -185,9 +188,12 @@ typedef struct kv_doc {
     int64_t *token_spans;
 } kv_doc;
 
-int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig);
+/* scan: look for NaN and Inf in keys and values now (a pass over the data,
+ * in bounded memory); without it the library refuses them when the
+ * document is added (MSADB_ENONFINITE). */
+int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, int scan);
 int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_path,
-                       const char *tokens_path, const msadb_signature *sig);
+                       const char *tokens_path, const msadb_signature *sig, int scan);
 int kv_source_doc(const kv_source *s, size_t i, kv_doc *d);
 void kv_doc_free(kv_doc *d);
 void kv_source_close(kv_source *s);
@@ -205,6 +211,29 @@ int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t 
  * --summary to *sig, validates it, creates a.db, prints the result (with
  * "model" in the JSON when model is not NULL).  Returns the exit status. */
 int cli_init_store(const cli_args *a, msadb_signature *sig, const char *model);
+
+/* stream.c: streaming ingest (both forms of ingest) */
+#define CLI_COMMIT_BYTES ((size_t)64 << 20) /* default chunk: 64 MiB of encoded data */
+/* Begins a batch that commits in chunks (--commit-every, else
+ * CLI_COMMIT_BYTES), calling on_commit after each commit, and catches
+ * SIGINT and SIGTERM (cli_stream_stop_signal).  CLI_OK or CLI_ERROR. */
+int cli_stream_begin(const cli_args *a, msadb_store *st, msadb_commit_fn on_commit, void *user,
+                     msadb_batch **out);
+/* Restores the signal handlers. */
+void cli_stream_end(void);
+/* The signal that asked ingest to stop, or 0. */
+int cli_stream_stop_signal(void);
+typedef struct cli_progress_state {
+    double t0, last_ms;
+    uint64_t total;   /* known up front, in units */
+    const char *unit; /* "tokens", "bytes" */
+} cli_progress_state;
+/* Progress line (terminal only): done of total, percent, rate and ETA. */
+void cli_stream_progress(const cli_args *a, cli_progress_state *p, uint64_t done, uint64_t committed);
+/* The message of an interrupted ingest; returns the exit status 128 + sig. */
+int cli_stream_interrupted(const cli_args *a, int sig, uint64_t committed, uint64_t already);
+/* The closing line of a failed ingest: nothing written, or how to resume. */
+void cli_stream_failed(const cli_args *a, uint64_t committed);
 
 /* cmd_store.c */
 int cmd_init(const cli_args *a);
