@@ -119,6 +119,9 @@ int cli_json_print(json_t *v);
  * U+FFFD). */
 json_t *cli_json_bytes(const char *s, size_t n);
 
+/* Length of the valid UTF-8 sequence at s (n >= 1 bytes left), or 0. */
+size_t cli_utf8_seq(const unsigned char *s, size_t n);
+
 /* A table: aligned columns with a header on a terminal, tab-separated
  * lines with a header line otherwise. */
 typedef struct cli_table cli_table;

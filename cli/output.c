@@ -107,8 +107,7 @@ int cli_json_print(json_t *v)
     return CLI_OK;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t cli_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned char c = s[0];
     size_t len;
@@ -147,7 +146,7 @@ json_t *cli_json_bytes(const char *s, size_t n)
         return NULL;
     size_t o = 0;
     for (size_t i = 0; i < n;) {
-        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
+        size_t l = cli_utf8_seq((const unsigned char *)s + i, n - i);
         if (l == 0 || s[i] == 0) {
             memcpy(buf + o, "\xef\xbf\xbd", 3); /* U+FFFD */
             o += 3;
