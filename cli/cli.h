@@ -222,10 +222,14 @@ int cli_init_store(const cli_args *a, msadb_signature *sig, const char *model);
  * SIGINT and SIGTERM (cli_stream_stop_signal).  CLI_OK or CLI_ERROR. */
 int cli_stream_begin(const cli_args *a, msadb_store *st, msadb_commit_fn on_commit, void *user,
                      msadb_batch **out);
-/* Restores the signal handlers. */
-void cli_stream_end(void);
 /* The signal that asked ingest to stop, or 0. */
 int cli_stream_stop_signal(void);
+/* Ends a streaming ingest: commits what the batch holds when rc is CLI_OK
+ * or a signal stopped it (whole documents either way), frees the batch,
+ * restores the signal handlers and clears the progress line.  Returns rc,
+ * or CLI_ERROR after a message when the commit failed; *sig gets the
+ * signal that stopped the ingest, or 0. */
+int cli_stream_finish(const cli_args *a, msadb_batch **batch, int rc, int *sig);
 typedef struct cli_progress_state {
     double t0, last_ms;
     uint64_t total;   /* known up front, in units */

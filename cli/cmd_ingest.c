@@ -331,17 +331,8 @@ int cmd_ingest(const cli_args *a)
         rc = plan_inputs(&c);
     for (size_t k = 0; rc == CLI_OK && k < c.n_inputs && !cli_stream_stop_signal(); k++)
         rc = ingest_input(&c, k);
-    int sig = cli_stream_stop_signal();
-    if (rc == CLI_OK || sig) {
-        /* what is held is whole documents: commit it, also when stopping */
-        int mrc = msadb_batch_commit(c.batch, NULL);
-        c.batch = NULL;
-        if (mrc != 0)
-            rc = cli_error_rc(mrc, "%s: commit failed", a->db);
-    }
-    msadb_batch_abort(c.batch);
-    cli_stream_end();
-    cli_progress_end(a);
+    int sig;
+    rc = cli_stream_finish(a, &c.batch, rc, &sig);
     if (sig && c.n_docs) /* the summary says what is in */
         print_ingested(a, &c, 1);
     if (sig)

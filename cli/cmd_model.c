@@ -349,19 +349,10 @@ int cmd_model_ingest(const cli_args *a)
         rc = plan_files(&c);
     for (size_t f = 0; rc == CLI_OK && f < a->n_files && !cli_stream_stop_signal(); f++)
         rc = ingest_file(&c, a->files[f]);
-    int sig = cli_stream_stop_signal();
-    if (rc == CLI_OK || sig) {
-        /* what is held is whole documents: commit it, also when stopping */
-        int mrc = msadb_batch_commit(c.batch, NULL);
-        c.batch = NULL;
-        if (mrc != 0)
-            rc = cli_error_rc(mrc, "%s: commit failed", a->db);
-        else if (c.oom)
-            rc = cli_error("out of memory");
-    }
-    msadb_batch_abort(c.batch);
-    cli_stream_end();
-    cli_progress_end(a);
+    int sig;
+    rc = cli_stream_finish(a, &c.batch, rc, &sig);
+    if (rc == CLI_OK && c.oom)
+        rc = cli_error("out of memory");
     if (sig && c.n_docs)
         print_model_ingested(&c, 1);
     if (sig)

@@ -38,13 +38,30 @@ int cli_stream_begin(const cli_args *a, msadb_store *st, msadb_commit_fn on_comm
     return CLI_OK;
 }
 
-void cli_stream_end(void)
+static void cli_stream_end(void)
 {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
 }
 
 int cli_stream_stop_signal(void) { return stop_signal; }
+
+int cli_stream_finish(const cli_args *a, msadb_batch **batch, int rc, int *sig)
+{
+    *sig = stop_signal;
+    if (rc == CLI_OK || *sig) {
+        /* what is held is whole documents: commit it, also when stopping */
+        int mrc = msadb_batch_commit(*batch, NULL);
+        *batch = NULL;
+        if (mrc != 0)
+            rc = cli_error_rc(mrc, "%s: commit failed", a->db);
+    }
+    msadb_batch_abort(*batch);
+    *batch = NULL;
+    cli_stream_end();
+    cli_progress_end(a);
+    return rc;
+}
 
 static void duration(double s, char *buf, size_t cap)
 {

@@ -364,7 +364,10 @@ typedef void (*msadb_commit_fn)(const uint64_t *doc_ids, size_t n, void *user);
  * (all 0, the default: never).  on_commit (may be NULL) is called after
  * every commit, user passed along.  Memory held is then about max_bytes
  * (or the tokens' encoded size) plus the largest document, twice over
- * during a commit (LMDB's dirty pages).  Errors: MSADB_EINVAL (NULL batch). */
+ * during a commit (LMDB's dirty pages); after each commit of such a batch
+ * the pages of the store's memory map the process touched are dropped from
+ * its resident memory (they stay in the OS page cache, and are read back
+ * on the next access).  Errors: MSADB_EINVAL (NULL batch). */
 MSADB_API int msadb_batch_set_flush(msadb_batch *batch, size_t max_docs, uint64_t max_tokens,
                                     size_t max_bytes, msadb_commit_fn on_commit, void *user);
 

@@ -25,6 +25,16 @@ static void fill_doc(uint64_t seed, uint32_t planes, float *K, float *V)
     tu_make_kv(seed, planes * doc_tokens(seed) * D, K, V);
 }
 
+/* Document `seed`: its K/V in K and V, titled with its seed (in title). */
+static msadb_doc seed_doc(uint64_t seed, uint32_t planes, float *K, float *V, char title[32])
+{
+    fill_doc(seed, planes, K, V);
+    snprintf(title, 32, "%llu", (unsigned long long)seed);
+    msadb_doc doc = tu_doc_f32(doc_tokens(seed), K, V);
+    doc.title = title;
+    return doc;
+}
+
 /* Child: ingest batches of 1-3 documents forever, reporting (id, seed)
  * pairs on fd after each commit returns. */
 static void writer(const char *dir, int fd, uint64_t seed0)
@@ -42,15 +52,8 @@ static void writer(const char *dir, int fd, uint64_t seed0)
         int n = 1 + (int)(seed % 3);
         for (int i = 0; i < n; i++, seed++) {
             seeds[i] = seed;
-            fill_doc(seed, planes, K, V);
             char title[32];
-            snprintf(title, sizeof title, "%llu", (unsigned long long)seed);
-            msadb_doc doc = {0};
-            doc.title = title;
-            doc.n_tokens = doc_tokens(seed);
-            doc.kv_dtype = MSADB_DTYPE_F32;
-            doc.keys = K;
-            doc.values = V;
+            msadb_doc doc = seed_doc(seed, planes, K, V, title);
             if (msadb_batch_add(b, &doc))
                 _exit(5);
         }
@@ -123,15 +126,8 @@ static void stream_writer(const char *dir, int fd)
     if (!K || !V || msadb_batch_begin(st, &b) || msadb_batch_set_flush(b, CHUNK, 0, 0, report_commit, &fd))
         _exit(4);
     for (uint64_t seed = SET_SEED; seed < SET_SEED + SET; seed++) {
-        fill_doc(seed, planes, K, V);
         char title[32];
-        snprintf(title, sizeof title, "%llu", (unsigned long long)seed);
-        msadb_doc doc = {0};
-        doc.title = title;
-        doc.n_tokens = doc_tokens(seed);
-        doc.kv_dtype = MSADB_DTYPE_F32;
-        doc.keys = K;
-        doc.values = V;
+        msadb_doc doc = seed_doc(seed, planes, K, V, title);
         doc.key = &seed;
         doc.key_len = sizeof seed;
         if (msadb_batch_add(b, &doc))
@@ -186,18 +182,13 @@ static void crash_stream(const msadb_signature *sig, uint64_t *rng)
     size_t have = 0, kills = 0;
     uint64_t reported = 0;
     for (int round = 0;; round++) {
-        int fds[2];
-        CHECK(pipe(fds) == 0);
-        pid_t pid = fork();
-        CHECK(pid >= 0);
-        if (pid == 0) {
-            close(fds[0]);
-            stream_writer(dir, fds[1]);
-        }
-        close(fds[1]);
+        int fd;
+        pid_t pid = tu_fork_pipe(&fd);
+        if (pid == 0)
+            stream_writer(dir, fd);
         int last = round >= ROUNDS; /* the last run is left to finish */
         uint64_t n;
-        ssize_t got = read(fds[0], &n, sizeof n); /* the run's first commit (EOF: nothing to do) */
+        ssize_t got = read(fd, &n, sizeof n); /* the run's first commit (EOF: nothing to do) */
         if (got == (ssize_t)sizeof n)
             reported += n;
         if (!last) {
@@ -207,9 +198,9 @@ static void crash_stream(const msadb_signature *sig, uint64_t *rng)
         }
         int status;
         CHECK(waitpid(pid, &status, 0) == pid);
-        while (read(fds[0], &n, sizeof n) == (ssize_t)sizeof n)
+        while (read(fd, &n, sizeof n) == (ssize_t)sizeof n)
             reported += n; /* committed in this run (skipped documents are not in a commit) */
-        close(fds[0]);
+        close(fd);
         if (WIFSIGNALED(status))
             kills++;
         else
@@ -243,19 +234,14 @@ int main(void)
     uint64_t rng = (uint64_t)time(NULL);
     printf("seed %llu\n", (unsigned long long)rng);
     for (int round = 0; round < ROUNDS; round++) {
-        int fds[2];
-        CHECK(pipe(fds) == 0);
-        pid_t pid = fork();
-        CHECK(pid >= 0);
-        if (pid == 0) {
-            close(fds[0]);
-            writer(dir, fds[1], (uint64_t)round * 100000 + 1);
-        }
-        close(fds[1]);
+        int fd;
+        pid_t pid = tu_fork_pipe(&fd);
+        if (pid == 0)
+            writer(dir, fd, (uint64_t)round * 100000 + 1);
         /* the kill lands at a random moment after the first commit (on a
          * loaded machine the first one can take longer than any fixed delay) */
         pair p;
-        ssize_t got = read(fds[0], &p, sizeof p);
+        ssize_t got = read(fd, &p, sizeof p);
         CHECK(got == (ssize_t)sizeof p);
         struct timespec ts = {0, (long)(1 + tu_rand(&rng) % 80) * 1000000L};
         nanosleep(&ts, NULL);
@@ -263,14 +249,14 @@ int main(void)
         int status;
         CHECK(waitpid(pid, &status, 0) == pid);
         CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL); /* it never failed by itself */
-        for (; got == (ssize_t)sizeof p; got = read(fds[0], &p, sizeof p)) {
+        for (; got == (ssize_t)sizeof p; got = read(fd, &p, sizeof p)) {
             if (n_rep == cap_rep) {
                 cap_rep = cap_rep ? 2 * cap_rep : 256;
                 reported = realloc(reported, cap_rep * sizeof *reported);
             }
             reported[n_rep++] = p;
         }
-        close(fds[0]);
+        close(fd);
 
         CHECK_OK(msadb_open(dir, &sig, NULL, &st));
         CHECK_OK(msadb_verify(st, report, NULL));

@@ -34,11 +34,7 @@ static float K[4 * MAX_T * D], V[4 * MAX_T * D];
 static msadb_doc doc_of(uint64_t seed, size_t T, int keyed, char *keybuf)
 {
     tu_make_kv(seed, 4 * T * D, K, V);
-    msadb_doc doc = {0};
-    doc.n_tokens = T;
-    doc.kv_dtype = MSADB_DTYPE_F32;
-    doc.keys = K;
-    doc.values = V;
+    msadb_doc doc = tu_doc_f32(T, K, V);
     if (keyed) {
         snprintf(keybuf, 32, "k%llu", (unsigned long long)seed);
         doc.key = keybuf;
@@ -313,12 +309,9 @@ static void test_format1(void)
  * tokens (2 planes, head dim 64, f16) with the given flush limit, in KiB. */
 static long ingest_maxrss(const char *dir, size_t n_docs, size_t flush_bytes)
 {
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
+    int fd;
+    pid_t pid = tu_fork_pipe(&fd);
     if (pid == 0) {
-        close(fds[0]);
         enum { T = 256, DD = 64, P = 2 };
         msadb_signature sig;
         if (msadb_signature_init(&sig, 2, 1, 1, DD))
@@ -337,11 +330,7 @@ static long ingest_maxrss(const char *dir, size_t n_docs, size_t flush_bytes)
             _exit(3);
         for (size_t i = 0; i < n_docs; i++) {
             tu_make_kv(i + 1, (size_t)P * T * DD, k, v);
-            msadb_doc d = {0};
-            d.n_tokens = T;
-            d.kv_dtype = MSADB_DTYPE_F32;
-            d.keys = k;
-            d.values = v;
+            msadb_doc d = tu_doc_f32(T, k, v);
             if (msadb_batch_add(b, &d))
                 _exit(4);
         }
@@ -351,14 +340,13 @@ static long ingest_maxrss(const char *dir, size_t n_docs, size_t flush_bytes)
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         long kib = ru.ru_maxrss;
-        if (write(fds[1], &kib, sizeof kib) != sizeof kib)
+        if (write(fd, &kib, sizeof kib) != sizeof kib)
             _exit(6);
         _exit(0);
     }
-    close(fds[1]);
     long kib = -1;
-    CHECK(read(fds[0], &kib, sizeof kib) == sizeof kib);
-    close(fds[0]);
+    CHECK(read(fd, &kib, sizeof kib) == sizeof kib);
+    close(fd);
     int status;
     CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
     tu_rmtree(dir);

@@ -70,6 +70,27 @@ void tu_make_kv(uint64_t seed, size_t n, float *K, float *V)
     tu_fill_randn(&s, V, n, 1.0f);
 }
 
+msadb_doc tu_doc_f32(size_t T, const float *K, const float *V)
+{
+    msadb_doc d = {0};
+    d.n_tokens = T;
+    d.kv_dtype = MSADB_DTYPE_F32;
+    d.keys = K;
+    d.values = V;
+    return d;
+}
+
+int tu_fork_pipe(int *fd)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    int pid = fork();
+    CHECK(pid >= 0);
+    close(fds[pid == 0 ? 0 : 1]);
+    *fd = fds[pid == 0 ? 1 : 0];
+    return pid;
+}
+
 const char *tu_make_model(const char *dir, const char *name, const char *opts)
 {
     static char path[1200];

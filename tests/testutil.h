@@ -43,6 +43,16 @@ void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
 /* Deterministic keys and values of n floats each, from a seed. */
 void tu_make_kv(uint64_t seed, size_t n, float *K, float *V);
 
+#include "msadb.h"
+/* A document of T tokens over f32 keys and values ([planes][T][d] each),
+ * every other field zero. */
+msadb_doc tu_doc_f32(size_t T, const float *K, const float *V);
+
+/* fork() with a pipe from the child to the parent: returns the child's pid
+ * (0 in the child); *fd is the write end in the child, the read end in the
+ * parent (the other end closed). */
+int tu_fork_pipe(int *fd);
+
 /* Writes DIR/NAME.gguf, a small llama model with seeded random weights,
  * with tools/make_test_model.py OPTS (needs MSADB_SOURCE_ROOT, and
  * MSADB_PYTHON or /usr/bin/python3 with numpy).  Returns the path (static

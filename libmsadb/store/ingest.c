@@ -688,6 +688,8 @@ static int batch_write(msadb_batch *b, uint64_t *doc_ids)
             b->st->format = MSADB_FORMAT_DOCKEYS;
     b->committed += b->n_docs;
     b->commits++;
+    if (b->max_docs || b->max_tokens || b->max_bytes)
+        msadb_map_release(b->st);
     if (b->on_commit)
         b->on_commit(doc_ids, b->n_docs, b->user);
     return 0;

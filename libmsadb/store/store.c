@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <sodium.h>
@@ -61,6 +62,38 @@ int msadb_meta_put_format(MDB_txn *txn, msadb_store *st, uint32_t version)
     uint8_t b[4];
     msadb_put_le32(b, version);
     return put_meta(txn, st, "format", b, 4);
+}
+
+void msadb_map_release(msadb_store *st)
+{
+#ifdef __linux__
+    /* LMDB does not tell where its map is (mdb_env_info gives an address
+     * only with MDB_FIXEDMAP): find the mapping holding a value read from
+     * it.  The map is shared and read-only (no MDB_WRITEMAP), so dropped
+     * pages are read back from the page cache on the next access. */
+    MDB_txn *txn;
+    MDB_envinfo info;
+    MDB_stat es;
+    if (mdb_env_info(st->env, &info) || mdb_env_stat(st->env, &es) || msadb_txn_read(st, &txn))
+        return;
+    MDB_val k = {6, "format"}, v;
+    uintptr_t p = mdb_get(txn, st->db_meta, &k, &v) == 0 ? (uintptr_t)v.mv_data : 0;
+    msadb_txn_done(st, txn);
+    FILE *f = p ? fopen("/proc/self/maps", "r") : NULL;
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx", &lo, &hi) != 2 || p < lo || p >= hi)
+            continue;
+        size_t used = (size_t)(info.me_last_pgno + 1) * es.ms_psize;
+        madvise((void *)lo, used < hi - lo ? used : hi - lo, MADV_DONTNEED);
+        break;
+    }
+    if (f)
+        fclose(f);
+#else
+    (void)st;
+#endif
 }
 
 static int env_open(msadb_store *st, const char *path, const msadb_options *opt, int creating)

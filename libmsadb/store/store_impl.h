@@ -89,6 +89,10 @@ MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *
 
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
+/* Drops the pages of the memory map this process touched from its resident
+ * memory (streaming ingest: a commit reads the pages it rewrites, and over a
+ * large ingest those would add up). */
+MSADB_HIDDEN void msadb_map_release(msadb_store *st);
 /* Writes meta "format" (the caller updates st->format once committed). */
 MSADB_HIDDEN int msadb_meta_put_format(MDB_txn *txn, msadb_store *st, uint32_t version);
 
