@@ -726,6 +726,14 @@ MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_b
                                      const char *space, const char *title, const char *text,
                                      size_t len, size_t *n_docs);
 
+/** Like msadb_llm_ingest_batch(), with the text and its document fields
+ * taken from *doc: space, title, text/text_len (required, not empty) and
+ * meta/meta_len (opaque metadata bytes, kept with every document the text
+ * becomes); its other fields are ignored.  Errors as
+ * msadb_llm_ingest_batch(). */
+MSADB_API int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
+                                   const msadb_doc *doc, size_t *n_docs);
+
 typedef struct msadb_ask_params {
     const char *const *spaces; /* spaces to read (NULL/0 = all) */
     size_t n_spaces;

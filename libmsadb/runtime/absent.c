@@ -54,6 +54,13 @@ int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_batch *batc
     return MSADB_ENOTSUP;
 }
 
+int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *store, msadb_batch *batch, const msadb_doc *doc,
+                         size_t *n_docs)
+{
+    (void)llm, (void)store, (void)batch, (void)doc, (void)n_docs;
+    return MSADB_ENOTSUP;
+}
+
 int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
                   const msadb_ask_params *p, char *answer, size_t cap, size_t *len, msadb_hit *hits,
                   size_t hits_cap, size_t *n_hits)

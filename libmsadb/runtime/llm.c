@@ -248,10 +248,23 @@ static int check_signature(const msadb_llm *llm, const msadb_store *st)
 int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *st, msadb_batch *batch, const char *space,
                            const char *title, const char *text, size_t len, size_t *n_docs)
 {
+    msadb_doc doc = {0};
+    doc.space = space;
+    doc.title = title;
+    doc.text = text;
+    doc.text_len = len;
+    return msadb_llm_ingest_doc(llm, st, batch, &doc, n_docs);
+}
+
+int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, const msadb_doc *doc,
+                         size_t *n_docs)
+{
     if (n_docs)
         *n_docs = 0;
-    if (!llm || !st || !batch || !text || !len)
+    if (!llm || !st || !batch || !doc || !doc->text || !doc->text_len || (doc->meta_len && !doc->meta))
         return MSADB_EINVAL;
+    const char *title = doc->title, *text = doc->text;
+    size_t len = doc->text_len;
     if (title && strlen(title) > MSADB_TITLE_MAX)
         return MSADB_EINVAL;
     int rc = check_signature(llm, st);
@@ -271,10 +284,12 @@ int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *st, msadb_batch *batch, 
     if ((rc = msadb_model_ctx_new(llm->model, (uint32_t)window, &ctx)))
         goto out;
     msadb_doc meta = {0};
-    meta.space = space;
+    meta.space = doc->space;
     meta.title = title;
     meta.text = text;
     meta.text_len = len;
+    meta.meta = doc->meta;
+    meta.meta_len = doc->meta_len;
     meta.n_tokens = n; /* of the whole text; each part sets its own */
     size_t parts = (n + window - 1) / window;
     for (size_t p = 0; p < parts && !rc; p++) {

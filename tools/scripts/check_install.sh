@@ -31,3 +31,23 @@ lib=$(dirname "$(find "$dest" -name 'libmsadb.so*' | head -1)")
 LD_LIBRARY_PATH="$lib" "$dest/use" "$dest/store"
 test -x "$(find "$dest" -path '*/bin/msadb')"
 test -f "$(find "$dest" -name msadb.1)"
+# the Python package: installed into Debian's python3 site directory, with
+# _config.py naming the installed library directory; imported from the
+# scratch tree (MSADB_LIBRARY points at the library there, since the
+# configured directory is the real prefix's) with the bundled model
+pkg=$(dirname "$(find "$dest" -path '*-packages/msadb/__init__.py' | head -1)")
+test -f "$pkg/_config.py"
+grep -q "^LIBDIR = \"$prefix/" "$pkg/_config.py"
+model=$(find "$dest" -path '*/share/msadb/msadb-mem.gguf' | head -1)
+test -f "$model"
+PYTHONPATH="$(dirname "$pkg")" MSADB_LIBRARY="$lib/libmsadb.so" MSADB_MODEL="$model" /usr/bin/python3 -c '
+import msadb, sys
+sig = msadb.Signature(2, 1, 1, 8)
+with msadb.Store.create(sys.argv[1], sig) as st:
+    assert st.stat().n_documents == 0
+try:
+    with msadb.Model(msadb.default_model_path()) as m:
+        assert m.info.n_layers > 0
+except msadb.NotSupported:  # built with -Druntime=disabled
+    pass
+print("installed python package msadb %s works" % msadb.__version__)' "$dest/pystore"
