@@ -729,8 +729,8 @@ MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_b
 /** Like msadb_llm_ingest_batch(), with the text and its document fields
  * taken from *doc: space, title, text/text_len (required, not empty) and
  * meta/meta_len (opaque metadata bytes, kept with every document the text
- * becomes); its other fields are ignored.  Errors as
- * msadb_llm_ingest_batch(). */
+ * becomes); its other fields are ignored.  Keys, duplicates and errors as
+ * msadb_llm_ingest_batch() (the key does not depend on the metadata). */
 MSADB_API int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
                                    const msadb_doc *doc, size_t *n_docs);
 

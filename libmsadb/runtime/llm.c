@@ -308,7 +308,7 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
         }
         size_t t0 = p * window, cnt = n - t0 < window ? n - t0 : window;
         unsigned char key[MSADB_DOCKEY_HASH];
-        if ((rc = text_key(st, space, text, len, p, parts, key)))
+        if ((rc = text_key(st, doc->space, text, len, p, parts, key)))
             break;
         meta.key = key;
         meta.key_len = sizeof key;
