@@ -23,7 +23,9 @@ static const char *const cmd_names[CMD_COUNT] = {
     [CMD_NONE] = "", [CMD_HELP] = "help", [CMD_VERSION] = "version", [CMD_INIT] = "init",
     [CMD_INGEST] = "ingest", [CMD_QUERY] = "query", [CMD_STAT] = "stat", [CMD_LS] = "ls",
     [CMD_RM] = "rm", [CMD_SPACE] = "space", [CMD_VERIFY] = "verify", [CMD_DUMP] = "dump",
-    [CMD_LOAD] = "load", [CMD_COMPACT] = "compact",
+    [CMD_LOAD] = "load", [CMD_COMPACT] = "compact", [CMD_SPLIT] = "split", [CMD_MERGE] = "merge",
+    [CMD_DOCTOR] = "doctor",
+    [CMD_SEARCH] = "search", [CMD_SHOW] = "show", [CMD_VACUUM] = "vacuum",
 };
 
 static const char *const cmd_usage[CMD_COUNT] = {
@@ -31,24 +33,32 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_VERSION] = "version",
     [CMD_INIT] = "init DB (--layers L --kv-heads H --q-heads Q --head-dim D | --model M.gguf)\n"
                  "           [--memory-layers LIST] [--block B] [--dtype f32|f16|bf16|int8|q4]\n"
-                 "           [--summary KINDS] [--key-file F | --passphrase-env VAR]",
-    [CMD_INGEST] = "ingest DB [--space S] [--title T] FILE...\n"
-                   "       msadb ingest DB --model M.gguf [--space S] [--title T] [--split] TEXTFILE...",
+                 "           [--summary KINDS] [--shards N] [--key-file F | --passphrase-env VAR]",
+    [CMD_INGEST] = "ingest DB [--space S] [--title T] [--commit-every Nt|Nd] FILE...\n"
+                   "       msadb ingest DB [-m M.gguf] [--space S] [--title T] [--split]\n"
+                   "           [--commit-every Nt|Nd] [--binary-ok] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--per-token] [--out FILE]\n"
-                  "       msadb query DB --model M.gguf [--space S]... [--top-k K]\n"
+                  "       msadb query DB [-m M.gguf] [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
-                  "           [--no-memory] [--max-tokens N] [--temperature T] [--top-p P]\n"
+                  "           [--no-memory] [-n N] [--temp T] [--top-p P] [--min-score X]\n"
                   "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S]",
-    [CMD_RM] = "rm DB DOC...",
+    [CMD_RM] = "rm DB DOC... | rm DB --space S",
     [CMD_SPACE] = "space DB create NAME | drop NAME | ls",
     [CMD_VERIFY] = "verify DB",
     [CMD_DUMP] = "dump DB FILE",
     [CMD_LOAD] = "load DB FILE",
     [CMD_COMPACT] = "compact DB",
+    [CMD_SPLIT] = "split DB DIR --shards N",
+    [CMD_MERGE] = "merge DIR DB",
+    [CMD_DOCTOR] = "doctor [-m M.gguf]",
+    [CMD_SEARCH] = "search DB [-m M.gguf] [--space S]... [--top-k K] [--select blocks|documents]\n"
+                   "           [--summary mean|minmax|reps] [--min-score X] QUESTION",
+    [CMD_SHOW] = "show DB DOC",
+    [CMD_VACUUM] = "vacuum DB",
 };
 
 static const char *const cmd_summary[CMD_COUNT] = {
@@ -64,26 +74,33 @@ static const char *const cmd_summary[CMD_COUNT] = {
     [CMD_VERIFY] = "check every block, summary and index",
     [CMD_DUMP] = "write a portable dump of the whole store",
     [CMD_LOAD] = "restore a dump (creating the store if needed)",
-    [CMD_COMPACT] = "rewrite summary pages without deleted entries",
+    [CMD_SPLIT] = "copy a store into a new sharded store of N shards",
+    [CMD_MERGE] = "copy a sharded store into a new single store",
+    [CMD_COMPACT] = "rewrite summary pages without deleted entries (the file keeps its size)",
+    [CMD_DOCTOR] = "say what is installed: library, format, runtime, BLAS threads, default model",
+    [CMD_SEARCH] = "the memory spans a model's routing selects for a question, without generating",
+    [CMD_SHOW] = "show one document: metadata, blocks and text",
+    [CMD_VACUUM] = "rewrite the store into a compact copy that replaces it (gives space back)",
 };
 
 #define C(x) (1u << CMD_##x)
 #define STORE_CMDS                                                                            \
     (C(INIT) | C(INGEST) | C(QUERY) | C(STAT) | C(LS) | C(RM) | C(SPACE) | C(VERIFY) |        \
-     C(DUMP) | C(LOAD) | C(COMPACT))
-#define ALL_CMDS (STORE_CMDS | C(HELP) | C(VERSION))
+     C(DUMP) | C(LOAD) | C(COMPACT) | C(SPLIT) | C(MERGE) | C(SEARCH) | C(SHOW) | C(VACUUM))
+#define ALL_CMDS (STORE_CMDS | C(HELP) | C(VERSION) | C(DOCTOR))
+#define ROUTE_CMDS (C(QUERY) | C(SEARCH))
 
 enum opt_id {
     O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
-    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS,
-    O_COMMIT_EVERY, O_BINARY_OK,
-    O_COUNT
+    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
+    O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_COUNT
 };
 
 typedef struct opt_def {
     const char *name;
+    const char *alias;  /* a second long name (llama.cpp's spelling), or NULL */
     char short_name;
     int takes_value;
     unsigned cmds;
@@ -92,47 +109,54 @@ typedef struct opt_def {
 } opt_def;
 
 static const opt_def opts[O_COUNT] = {
-    [O_JSON] = {"json", 0, 0, ALL_CMDS, NULL, "print JSON on stdout"},
-    [O_QUIET] = {"quiet", 'q', 0, ALL_CMDS, NULL, "print only errors (and --json output)"},
-    [O_HELP] = {"help", 'h', 0, ALL_CMDS, NULL, "show this help"},
-    [O_KEY_FILE] = {"key-file", 0, 1, STORE_CMDS, "F", "32-byte key (raw or 64 hex digits)"},
-    [O_PASS_ENV] = {"passphrase-env", 0, 1, STORE_CMDS, "VAR", "passphrase from $VAR"},
-    [O_LAYERS] = {"layers", 0, 1, C(INIT), "L", "transformer layers"},
-    [O_KV_HEADS] = {"kv-heads", 0, 1, C(INIT), "H", "key/value heads"},
-    [O_Q_HEADS] = {"q-heads", 0, 1, C(INIT), "Q", "query heads (a multiple of H)"},
-    [O_HEAD_DIM] = {"head-dim", 0, 1, C(INIT), "D", "head dimension"},
-    [O_MEMORY_LAYERS] = {"memory-layers", 0, 1, C(INIT), "LIST",
+    [O_JSON] = {"json", NULL, 0, 0, ALL_CMDS, NULL, "print JSON on stdout"},
+    [O_QUIET] = {"quiet", NULL, 'q', 0, ALL_CMDS, NULL, "print only errors (and --json output)"},
+    [O_HELP] = {"help", NULL, 'h', 0, ALL_CMDS, NULL, "show this help"},
+    [O_KEY_FILE] = {"key-file", NULL, 0, 1, STORE_CMDS, "F", "32-byte key (raw or 64 hex digits)"},
+    [O_PASS_ENV] = {"passphrase-env", NULL, 0, 1, STORE_CMDS, "VAR", "passphrase from $VAR"},
+    [O_LAYERS] = {"layers", NULL, 0, 1, C(INIT), "L", "transformer layers"},
+    [O_KV_HEADS] = {"kv-heads", NULL, 0, 1, C(INIT), "H", "key/value heads"},
+    [O_Q_HEADS] = {"q-heads", NULL, 0, 1, C(INIT), "Q", "query heads (a multiple of H)"},
+    [O_HEAD_DIM] = {"head-dim", NULL, 0, 1, C(INIT), "D", "head dimension"},
+    [O_MEMORY_LAYERS] = {"memory-layers", NULL, 0, 1, C(INIT), "LIST",
                          "memory layers, e.g. 2,3 or 2-3 (default: latter half)"},
-    [O_BLOCK] = {"block", 0, 1, C(INIT), "B", "tokens per block (default 64)"},
-    [O_DTYPE] = {"dtype", 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
-    [O_SUMMARY] = {"summary", 0, 1, C(INIT) | C(QUERY), "KINDS",
+    [O_BLOCK] = {"block", NULL, 0, 1, C(INIT), "B", "tokens per block (default 64)"},
+    [O_DTYPE] = {"dtype", NULL, 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
+    [O_SUMMARY] = {"summary", NULL, 0, 1, C(INIT) | ROUTE_CMDS, "KINDS",
                    "init: summary kinds mean,minmax,reps (default mean,reps); query: the one to route by"},
-    [O_SPACE] = {"space", 0, 1, C(INGEST) | C(QUERY) | C(LS), "S", "space (query: repeatable)"},
-    [O_TITLE] = {"title", 0, 1, C(INGEST), "T", "document title (default: file name)"},
-    [O_Q] = {"q", 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
-    [O_LAYER] = {"layer", 0, 1, C(QUERY), "N", "model layer (a memory layer)"},
-    [O_TOP_K] = {"top-k", 0, 1, C(QUERY), "K", "blocks or documents per kv head (default 16)"},
-    [O_SELECT] = {"select", 0, 1, C(QUERY), "blocks|documents", "selection unit"},
-    [O_EXACT] = {"exact", 0, 0, C(QUERY), NULL, "attend every block (dense attention)"},
-    [O_PER_TOKEN] = {"per-token", 0, 0, C(QUERY), NULL, "one selection per query token"},
-    [O_OUT] = {"out", 0, 1, C(QUERY), "FILE", "write 'out' [n,Q,D] and 'lse' [n,Q] (safetensors)"},
-    [O_MODEL] = {"model", 0, 1, C(INIT) | C(INGEST) | C(QUERY), "M.gguf",
-                 "llama GGUF model: init takes its signature, ingest reads text, query answers"},
-    [O_SPLIT] = {"split", 0, 0, C(INGEST), NULL,
-                 "with --model: one document per paragraph (blank lines, # headings)"},
-    [O_NO_MEMORY] = {"no-memory", 0, 0, C(QUERY), NULL, "with --model: answer without memory"},
-    [O_MAX_TOKENS] = {"max-tokens", 0, 1, C(QUERY), "N", "with --model: answer length limit (default 64)"},
-    [O_TEMPERATURE] = {"temperature", 0, 1, C(QUERY), "T", "with --model: sampling temperature (0 = greedy)"},
-    [O_TOP_P] = {"top-p", 0, 1, C(QUERY), "P", "with --model: nucleus mass in (0,1] (default 1)"},
-    [O_SEED] = {"seed", 0, 1, C(QUERY), "S", "with --model: sampling seed (default 0)"},
-    [O_INTERLEAVE] = {"interleave", 0, 1, C(QUERY), "N",
-                      "with --model: memory-interleave rounds 0..8 (default 0)"},
-    [O_QUERY_POS] = {"query-pos", 0, 1, C(QUERY), "P",
-                     "with --model: position of the question's first token (default 0)"},
-    [O_COMMIT_EVERY] = {"commit-every", 0, 1, C(INGEST), "Nt|Nd",
+    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM), "S", "space (query, search: repeatable)"},
+    [O_TITLE] = {"title", NULL, 0, 1, C(INGEST), "T", "document title (default: file name)"},
+    [O_Q] = {"q", NULL, 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
+    [O_LAYER] = {"layer", NULL, 0, 1, C(QUERY), "N", "model layer (a memory layer)"},
+    [O_TOP_K] = {"top-k", "blocks", 0, 1, ROUTE_CMDS, "K",
+                 "memory blocks (or documents) each kv head selects, not sampling (default 16)"},
+    [O_SELECT] = {"select", NULL, 0, 1, ROUTE_CMDS, "blocks|documents", "selection unit"},
+    [O_EXACT] = {"exact", NULL, 0, 0, C(QUERY), NULL, "attend every block (dense attention)"},
+    [O_PER_TOKEN] = {"per-token", NULL, 0, 0, C(QUERY), NULL, "one selection per query token"},
+    [O_OUT] = {"out", NULL, 0, 1, C(QUERY), "FILE", "write 'out' [n,Q,D] and 'lse' [n,Q] (safetensors)"},
+    [O_MODEL] = {"model", NULL, 'm', 1, C(INIT) | C(INGEST) | ROUTE_CMDS | C(DOCTOR), "M.gguf",
+                 "llama GGUF model (default: the store's, then $MSADB_MODEL)"},
+    [O_SPLIT] = {"split", NULL, 0, 0, C(INGEST), NULL,
+                 "text files: one document per paragraph (blank lines, # headings)"},
+    [O_NO_MEMORY] = {"no-memory", NULL, 0, 0, C(QUERY), NULL, "with a question: answer without memory"},
+    [O_MAX_TOKENS] = {"max-tokens", NULL, 'n', 1, C(QUERY), "N", "with a question: answer length limit (default 64)"},
+    [O_TEMPERATURE] = {"temperature", "temp", 0, 1, C(QUERY), "T", "with a question: sampling temperature (0 = greedy)"},
+    [O_TOP_P] = {"top-p", NULL, 0, 1, C(QUERY), "P", "with a question: nucleus mass in (0,1] (default 1)"},
+    [O_SEED] = {"seed", NULL, 0, 1, C(QUERY), "S", "with a question: sampling seed (default 0)"},
+    [O_INTERLEAVE] = {"interleave", NULL, 0, 1, C(QUERY), "N",
+                      "with a question: memory-interleave rounds 0..8 (default 0)"},
+    [O_FORCE_MODEL] = {"force-model", NULL, 0, 0, C(INGEST) | ROUTE_CMDS, NULL,
+                       "use a model other than the one the store was made with (same shape)"},
+    [O_MIN_SCORE] = {"min-score", NULL, 0, 1, ROUTE_CMDS, "X",
+                     "routing score below which memory holds nothing relevant (see docs/cli.md)"},
+    [O_QUERY_POS] = {"query-pos", NULL, 0, 1, C(QUERY), "P",
+                     "with a question: position of the question's first token (default 0)"},
+    [O_SHARDS] = {"shards", NULL, 0, 1, C(INIT) | C(SPLIT), "N",
+                  "a sharded store of N shards (DIR/shard-0 ... shard-N-1)"},
+    [O_COMMIT_EVERY] = {"commit-every", NULL, 0, 1, C(INGEST), "Nt|Nd",
                         "commit every N tokens (10000t) or documents (500d); default 64 MiB encoded"},
-    [O_BINARY_OK] = {"binary-ok", 0, 0, C(INGEST), NULL,
-                     "with --model: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
+    [O_BINARY_OK] = {"binary-ok", NULL, 0, 0, C(INGEST), NULL,
+                     "text files: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
 };
 
 const char *cli_cmd_name(cli_cmd c)
@@ -159,10 +183,14 @@ void cli_usage(FILE *fp, cli_cmd c)
             continue;
         if (!any++)
             fprintf(fp, "options:\n");
-        char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", opts[i].name, opts[i].metavar ? " " : "",
+        char left[64], also[48] = "";
+        if (opts[i].short_name)
+            snprintf(also, sizeof also, "-%c, ", opts[i].short_name);
+        snprintf(left, sizeof left, "%s--%s%s%s", also, opts[i].name, opts[i].metavar ? " " : "",
                  opts[i].metavar ? opts[i].metavar : "");
         fprintf(fp, "  %-26s %s\n", left, opts[i].help);
+        if (opts[i].alias)
+            fprintf(fp, "  %-26s (also --%s)\n", "", opts[i].alias);
     }
 }
 
@@ -387,7 +415,9 @@ static int find_option(const char *arg, size_t len, char short_name)
 {
     for (int i = 0; i < O_COUNT; i++) {
         if (short_name ? opts[i].short_name == short_name
-                       : strlen(opts[i].name) == len && memcmp(opts[i].name, arg, len) == 0)
+                       : (strlen(opts[i].name) == len && memcmp(opts[i].name, arg, len) == 0) ||
+                             (opts[i].alias && strlen(opts[i].alias) == len &&
+                              memcmp(opts[i].alias, arg, len) == 0))
             return i;
     }
     return -1;
@@ -405,6 +435,16 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_BINARY_OK: a->binary_ok = 1; return CLI_OK;
     case O_COMMIT_EVERY: return parse_commit_every(v, a, err, errlen);
     case O_NO_MEMORY: a->no_memory = 1; return CLI_OK;
+    case O_FORCE_MODEL: a->force_model = 1; return CLI_OK;
+    case O_MIN_SCORE: {
+        char *end = NULL;
+        double x = strtod(v, &end);
+        if (!*v || !end || *end || !isfinite(x))
+            return usage_err(err, errlen, "--min-score: expected a number, got '%.40s'", v);
+        a->min_score = (float)x;
+        a->has_min_score = 1;
+        return CLI_OK;
+    }
     case O_MODEL:
         if (!*v)
             return usage_err(err, errlen, "--model: expected a GGUF file");
@@ -431,13 +471,18 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_HEAD_DIM: return parse_u32_opt("head-dim", v, 1, MSADB_MAX_HEAD_DIM, &a->head_dim, err, errlen);
     case O_BLOCK: return parse_u32_opt("block", v, 1, MSADB_MAX_BLOCK, &a->block, err, errlen);
     case O_LAYER: return parse_u32_opt("layer", v, 0, MSADB_MAX_LAYERS - 1, &a->layer, err, errlen);
-    case O_TOP_K: return parse_u32_opt("top-k", v, 1, 1u << 20, &a->top_k, err, errlen);
+    case O_SHARDS: return parse_u32_opt("shards", v, 1, MSADB_SHARDS_MAX, &a->shards, err, errlen);
+    case O_TOP_K: return parse_u32_opt("top-k", v, 1, MSADB_MAX_TOP_K, &a->top_k, err, errlen);
     case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);
     case O_DTYPE: return parse_dtype(v, &a->dtype, err, errlen);
     case O_SUMMARY: return parse_summary(a->cmd, v, &a->summary, err, errlen);
     case O_TITLE:
         if (strlen(v) > MSADB_TITLE_MAX)
             return usage_err(err, errlen, "--title: %zu bytes, at most %d", strlen(v), MSADB_TITLE_MAX);
+        if (!*v)
+            return usage_err(err, errlen, "--title: empty (leave it out to title documents by file name)");
+        if (!cli_utf8_valid(v, strlen(v)))
+            return usage_err(err, errlen, "--title: not valid UTF-8");
         a->title = v;
         return CLI_OK;
     case O_Q: a->q_file = v; return CLI_OK;
@@ -453,7 +498,7 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_SPACE:
         if (check_space("--space", v, err, errlen) != CLI_OK)
             return CLI_USAGE;
-        if (a->cmd != CMD_QUERY) {
+        if (a->cmd != CMD_QUERY && a->cmd != CMD_SEARCH) {
             a->space = v;
             return CLI_OK;
         }
@@ -486,7 +531,7 @@ static int parse_option(cli_args *a, int argc, char **argv, int *i, uint64_t *se
     const opt_def *o = &opts[id];
     if (!(o->cmds & (1u << a->cmd)))
         return usage_err(err, errlen, "%s: option --%s does not apply to this command", cmd, o->name);
-    if ((*seen & (1ull << id)) && !(id == O_SPACE && a->cmd == CMD_QUERY))
+    if ((*seen & (1ull << id)) && !(id == O_SPACE && (a->cmd == CMD_QUERY || a->cmd == CMD_SEARCH)))
         return usage_err(err, errlen, "%s: option --%s given twice", cmd, o->name);
     *seen |= 1ull << id;
     if (!o->takes_value) {
@@ -548,8 +593,12 @@ static int check_init(cli_args *a, uint64_t seen, char *err, size_t errlen)
 
 static int check_rm(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
 {
+    if (a->space && n_pos > 1)
+        return usage_err(err, errlen, "rm: give DOC ids or --space S, not both");
+    if (a->space)
+        return CLI_OK; /* every document of the space */
     if (n_pos < 2)
-        return usage_err(err, errlen, "rm: missing DOC (document ids to delete)");
+        return usage_err(err, errlen, "rm: missing DOC (document ids to delete, or --space S)");
     a->doc_ids = calloc(n_pos - 1, sizeof(uint64_t));
     if (!a->doc_ids)
         return usage_err(err, errlen, "out of memory");
@@ -582,40 +631,67 @@ static int check_space_cmd(cli_args *a, const char **pos, size_t n_pos, char *er
     return check_space("space", pos[2], err, errlen);
 }
 
-/* query: the tensor form (--q, --layer) and the model form (--model and a
- * question) take different options. */
+/* The QUESTION of query's model form and of search: one argument. */
+static int check_question(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
+{
+    const char *cmd = cli_cmd_name(a->cmd);
+    if (n_pos < 2)
+        return usage_err(err, errlen, "%s: missing QUESTION", cmd);
+    if (n_pos > 2)
+        return usage_err(err, errlen,
+                         "%s: unexpected argument '%.40s' (quote the question as one argument)",
+                         cmd, pos[2]);
+    if (!*pos[1])
+        return usage_err(err, errlen, "%s: the question is empty", cmd);
+    a->question = pos[1];
+    a->use_model = 1;
+    return CLI_OK;
+}
+
+/* query: the tensor form (--q FILE --layer N) and the model form (a
+ * question; the model from -m, the store or $MSADB_MODEL) take different
+ * options. */
 static int check_query(cli_args *a, const char **pos, size_t n_pos, uint64_t seen, char *err,
                        size_t errlen)
 {
     static const int tensor_only[] = {O_Q, O_LAYER, O_OUT, O_PER_TOKEN};
-    static const int model_only[] = {O_NO_MEMORY, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P,
-                                     O_SEED, O_INTERLEAVE, O_QUERY_POS};
-    if (a->model) {
-        for (size_t i = 0; i < sizeof tensor_only / sizeof tensor_only[0]; i++)
-            if (seen & (1ull << tensor_only[i]))
-                return usage_err(err, errlen, "query: --%s does not apply with --model",
-                                 opts[tensor_only[i]].name);
-        if (n_pos < 2)
-            return usage_err(err, errlen, "query: missing QUESTION (with --model)");
-        if (n_pos > 2)
-            return usage_err(err, errlen,
-                             "query: unexpected argument '%.40s' (quote the question as one "
-                             "argument)",
-                             pos[2]);
-        if (!*pos[1])
-            return usage_err(err, errlen, "query: the question is empty");
-        a->question = pos[1];
-        return CLI_OK;
-    }
+    static const int model_only[] = {O_MODEL, O_NO_MEMORY, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P,
+                                     O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
+                                     O_MIN_SCORE};
+    int tensor = 0;
+    for (size_t i = 0; i < sizeof tensor_only / sizeof tensor_only[0]; i++)
+        tensor |= (seen >> tensor_only[i]) & 1;
+    if (!tensor)
+        return check_question(a, pos, n_pos, err, errlen);
     for (size_t i = 0; i < sizeof model_only / sizeof model_only[0]; i++)
         if (seen & (1ull << model_only[i]))
-            return usage_err(err, errlen, "query: --%s needs --model",
+            return usage_err(err, errlen,
+                             "query: --%s applies to a question, not to query vectors (--q)",
                              opts[model_only[i]].name);
     if (n_pos > 1)
-        return usage_err(err, errlen, "query: unexpected argument '%.40s'", pos[1]);
+        return usage_err(err, errlen,
+                         "query: unexpected argument '%.40s' (a question and --q FILE are two "
+                         "forms of query: give one)",
+                         pos[1]);
     if (need(a->q_file != NULL, "query", "--q FILE", err, errlen) != CLI_OK)
         return CLI_USAGE;
     return need((seen >> O_LAYER) & 1, "query", "--layer N", err, errlen);
+}
+
+/* show DB DOC */
+static int check_show(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
+{
+    if (n_pos != 2)
+        return usage_err(err, errlen, "show: expected DB and one DOC (a document id)");
+    uint64_t id;
+    if (parse_u64(pos[1], &id) != 0)
+        return usage_err(err, errlen, "show: '%.40s' is not a document id", pos[1]);
+    a->doc_ids = calloc(1, sizeof *a->doc_ids);
+    if (!a->doc_ids)
+        return usage_err(err, errlen, "out of memory");
+    a->doc_ids[0] = id;
+    a->n_doc_ids = 1;
+    return CLI_OK;
 }
 
 /* Checks positional arguments and required options per command. */
@@ -630,8 +706,8 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t s
             return usage_err(err, errlen, "help: unknown command '%.40s'", pos[0]);
         return CLI_OK;
     }
-    if (a->cmd == CMD_VERSION)
-        return n_pos ? usage_err(err, errlen, "version: unexpected argument '%.40s'", pos[0]) : CLI_OK;
+    if (a->cmd == CMD_VERSION || a->cmd == CMD_DOCTOR)
+        return n_pos ? usage_err(err, errlen, "%s: unexpected argument '%.40s'", cmd, pos[0]) : CLI_OK;
     if (n_pos == 0)
         return usage_err(err, errlen, "%s: missing DB (the store directory)", cmd);
     a->db = pos[0];
@@ -641,21 +717,29 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t s
     case CMD_INIT:
         if (n_pos > 1)
             return usage_err(err, errlen, "init: unexpected argument '%.40s'", pos[1]);
+        a->use_model = a->model != NULL;
         return check_init(a, seen, err, errlen);
     case CMD_INGEST:
-        if (a->split && !a->model)
-            return usage_err(err, errlen, "ingest: --split needs --model (it splits text files)");
-        if (a->binary_ok && !a->model)
-            return usage_err(err, errlen, "ingest: --binary-ok needs --model (it applies to text files)");
         if (n_pos < 2)
-            return usage_err(err, errlen, a->model ? "ingest: missing FILE (text files)"
-                                                   : "ingest: missing FILE (safetensors or X.keys.npy)");
+            return usage_err(err, errlen,
+                             "ingest: missing FILE (text files, safetensors or X.keys.npy)");
         a->files = pos + 1;
         a->n_files = n_pos - 1;
         return CLI_OK;
     case CMD_QUERY: return check_query(a, pos, n_pos, seen, err, errlen);
+    case CMD_SEARCH: return check_question(a, pos, n_pos, err, errlen);
+    case CMD_SHOW: return check_show(a, pos, n_pos, err, errlen);
     case CMD_RM: return check_rm(a, pos, n_pos, err, errlen);
     case CMD_SPACE: return check_space_cmd(a, pos, n_pos, err, errlen);
+    case CMD_SPLIT:
+    case CMD_MERGE:
+        if (a->cmd == CMD_SPLIT && need((seen >> O_SHARDS) & 1, "split", "--shards N", err, errlen) != CLI_OK)
+            return CLI_USAGE;
+        if (n_pos != 2)
+            return usage_err(err, errlen, "%s: expected %s", cmd, a->cmd == CMD_SPLIT ? "DB and DIR" : "DIR and DB");
+        a->files = pos + 1;
+        a->n_files = 1;
+        return CLI_OK;
     case CMD_DUMP:
     case CMD_LOAD:
         if (n_pos != 2)

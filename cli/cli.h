@@ -17,10 +17,15 @@
 #include <jansson.h>
 
 #include "msadb.h"
+#include "msadb_shard.h"
 #include "input/tensorfile.h"
 #include "input/textfile.h"
 
-enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2 };
+/* CLI_ABSTAIN: query and search found nothing in memory scoring at least
+ * the minimum score (the answer is "not in memory"). */
+enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2, CLI_ABSTAIN = 3 };
+
+typedef struct cli_db cli_db; /* db.c */
 
 /* ------------------------------------------------------------------------ */
 /* args.c: parsing                                                          */
@@ -28,7 +33,8 @@ enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2 };
 
 typedef enum cli_cmd {
     CMD_NONE, CMD_HELP, CMD_VERSION, CMD_INIT, CMD_INGEST, CMD_QUERY, CMD_STAT, CMD_LS,
-    CMD_RM, CMD_SPACE, CMD_VERIFY, CMD_DUMP, CMD_LOAD, CMD_COMPACT, CMD_COUNT
+    CMD_RM, CMD_SPACE, CMD_VERIFY, CMD_DUMP, CMD_LOAD, CMD_COMPACT, CMD_SPLIT, CMD_MERGE, CMD_DOCTOR,
+    CMD_SEARCH, CMD_SHOW, CMD_VACUUM, CMD_COUNT
 } cli_cmd;
 
 typedef enum cli_space_action { SPACE_CREATE, SPACE_DROP, SPACE_LS } cli_space_action;
@@ -42,6 +48,7 @@ typedef struct cli_args {
     const char *key_file, *passphrase_env;
     /* init */
     uint32_t layers, kv_heads, q_heads, head_dim, block;
+    uint32_t shards;           /* init, split: --shards N (0: an ordinary store) */
     int has_memory_layers;
     uint32_t n_memory_layers;
     uint16_t memory_layers[MSADB_MAX_LAYERS];
@@ -59,7 +66,11 @@ typedef struct cli_args {
     uint32_t top_k;
     int select, exact, per_token;
     /* init, ingest, query with a model (cmd_model.c) */
-    const char *model;         /* --model: GGUF file; NULL = the tensor forms */
+    const char *model;         /* -m/--model: GGUF file; NULL: the store's, then $MSADB_MODEL */
+    int use_model;             /* init --model, query with a question, search */
+    int force_model;           /* --force-model */
+    float min_score;           /* --min-score (when has_min_score) */
+    int has_min_score;
     int split;                 /* ingest --split */
     uint64_t commit_tokens;    /* ingest --commit-every Nt (0: not given) */
     uint64_t commit_docs;      /* ingest --commit-every Nd (0: not given) */
@@ -118,6 +129,10 @@ int cli_json_print(json_t *v);
 /* A JSON string from bytes that may not be valid UTF-8 (bad bytes become
  * U+FFFD). */
 json_t *cli_json_bytes(const char *s, size_t n);
+/* Whether n bytes are valid UTF-8 without NUL; cli_utf8_fix() replaces each
+ * byte of an invalid sequence with '?' in place (titles made of file names). */
+int cli_utf8_valid(const char *s, size_t n);
+void cli_utf8_fix(char *s);
 
 /* Length of the valid UTF-8 sequence at s (n >= 1 bytes left), or 0. */
 size_t cli_utf8_seq(const unsigned char *s, size_t n);
@@ -195,6 +210,9 @@ typedef struct kv_doc {
  * in bounded memory); without it the library refuses them when the
  * document is added (MSADB_ENONFINITE). */
 int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, int scan);
+/* The same from a safetensors file in memory (buf must outlive s). */
+int kv_source_parse(kv_source *s, const char *label, const uint8_t *buf, size_t len,
+                    const msadb_signature *sig, int scan);
 int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_path,
                        const char *tokens_path, const msadb_signature *sig, int scan);
 int kv_source_doc(const kv_source *s, size_t i, kv_doc *d);
@@ -203,33 +221,107 @@ void kv_source_close(kv_source *s);
 
 /* Checks that a space exists, naming the store and the fix in the message:
  * 0, or CLI_ERROR after a message. */
-int cli_require_space(msadb_store *st, const char *db, const char *space);
+int cli_require_space(cli_db *d, const char *db, const char *space);
 /* A query's --summary is stored and every --space exists in the store:
  * CLI_OK, or CLI_ERROR with a message naming the first that is not. */
-int cli_check_memory_args(const cli_args *a, msadb_store *st);
-/* Commits a batch of n documents (the batch is freed and *batch set to
- * NULL whatever happens); *ids gets their ids (caller frees). */
-int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t **ids);
+int cli_check_memory_args(const cli_args *a, cli_db *db);
+/* Commits db's batch of n documents (freed whatever happens); *ids gets
+ * their ids (caller frees). */
+int cli_commit_db(const cli_args *a, cli_db *db, size_t n, uint64_t **ids);
 /* init's second half: applies --memory-layers, --block, --dtype and
- * --summary to *sig, validates it, creates a.db, prints the result (with
- * "model" in the JSON when model is not NULL).  Returns the exit status. */
-int cli_init_store(const cli_args *a, msadb_signature *sig, const char *model);
+ * --summary to *sig, validates it, creates a.db, records the model (when
+ * not NULL) and prints the result.  Returns the exit status. */
+int cli_init_store(const cli_args *a, msadb_signature *sig, const msadb_model_id *model);
+/* A model identity as JSON {path, blake2b, file_size}. */
+json_t *cli_model_json(const msadb_model_id *m);
+
+/* ------------------------------------------------------------------------ */
+/* db.c: what a command opens (an ordinary or a sharded store)              */
+/* ------------------------------------------------------------------------ */
+
+/* The operations, as the library names them (msadb_stat, msadb_space_*,
+ * msadb_doc_list, ..., msadb_attend), for each kind of store.  Reads go
+ * through one snapshot, renewed by each attend. */
+typedef struct cli_db_ops {
+    void (*close)(cli_db *db);
+    int (*stat)(cli_db *db, msadb_stat_info *s);
+    int (*space_get)(cli_db *db, const char *name, msadb_space_info *info);
+    int (*space_list)(cli_db *db, int (*cb)(const msadb_space_info *, void *), void *ud);
+    int (*space_create)(cli_db *db, const char *name, uint32_t *id);
+    int (*space_drop)(cli_db *db, const char *name);
+    int (*doc_list)(cli_db *db, const char *space, int (*cb)(const msadb_doc_info *, void *), void *ud);
+    int (*doc_get)(cli_db *db, uint64_t id, msadb_doc_info *info);
+    int (*doc_text)(cli_db *db, uint64_t id, char *buf, size_t cap, size_t *len); /* after doc_get */
+    int (*doc_spans)(cli_db *db, uint64_t id, int64_t *spans, size_t n);         /* after doc_get */
+    int (*del)(cli_db *db, const uint64_t *ids, size_t n);
+    int (*verify)(cli_db *db, void (*report)(const char *, void *), void *ud);
+    int (*compact)(cli_db *db);
+    int (*batch_begin)(cli_db *db);
+    int (*batch_add)(cli_db *db, const msadb_doc *doc);
+    int (*batch_commit)(cli_db *db, uint64_t *ids);
+    void (*batch_abort)(cli_db *db);
+    int (*attend)(cli_db *db, const msadb_query *q, float *out, float *lse, msadb_hit *hits, size_t cap,
+                  size_t *n_hits);
+} cli_db_ops;
+
+struct cli_db {
+    const cli_db_ops *ops;
+    void *h;                  /* msadb_store, msadb_shards or msadb_mpi */
+    void *snap, *batch;       /* the open snapshot and batch of that kind */
+    const msadb_signature *sig;
+    const char *path;
+};
+
+/* Opens a.db, an ordinary store or a sharded directory.  In msadb-mpi a
+ * sharded store is served by every rank: ranks other than 0 do not return
+ * (they serve rank 0's operations until it closes, then end the process);
+ * an ordinary store is opened by rank 0 alone.  CLI_OK, or CLI_ERROR after
+ * a message. */
+int cli_db_open(const cli_args *a, int read_only, cli_db **out);
+void cli_db_close(cli_db *db);
+/* Opens a.db as one ordinary store (a sharded store is an error naming
+ * 'msadb merge'): for the commands that work on one store. */
+int cli_open_one(const cli_args *a, int read_only, cli_db **out);
+/* The ordinary store behind db, or NULL when it is sharded. */
+msadb_store *cli_db_store(cli_db *db);
+/* A document's information, and its text and token spans (malloc'ed, NULL
+ * when it has none). */
+int cli_db_doc_view(cli_db *db, uint64_t id, msadb_doc_info *info, char **text, int64_t **spans);
+int cli_db_wrap(const cli_db_ops *ops, void *h, const msadb_signature *sig, const char *path, cli_db **out);
+/* init --shards: creates a.db with a.shards shards (all of them here, or
+ * each rank its own in msadb-mpi).  CLI_OK or CLI_ERROR after a message. */
+int cli_db_create_sharded(const cli_args *a, const msadb_signature *sig, const msadb_options *opt,
+                          int *encrypted);
+
+/* mpi.c (msadb-mpi) or mpi_none.c (msadb): the MPI job, if any. */
+void cli_mpi_init(int *argc, char ***argv);
+/* Ends MPI (without MPI_Finalize if a rank failed: a peer may be gone) and
+ * returns rc, the exit status. */
+int cli_mpi_finish(int rc);
+/* Ends this rank's process (status 0) after MPI_Finalize: for ranks with
+ * nothing to do. */
+void cli_mpi_leave(void);
+int cli_mpi_active(void); /* 1 in msadb-mpi */
+int cli_mpi_rank(void);
+int cli_mpi_open(const cli_args *a, int read_only, cli_db **out);
+int cli_mpi_create(const cli_args *a, const msadb_signature *sig, const msadb_options *opt, int *encrypted);
 
 /* stream.c: streaming ingest (both forms of ingest) */
 #define CLI_COMMIT_BYTES ((size_t)64 << 20) /* default chunk: 64 MiB of encoded data */
-/* Begins a batch that commits in chunks (--commit-every, else
- * CLI_COMMIT_BYTES), calling on_commit after each commit, and catches
- * SIGINT and SIGTERM (cli_stream_stop_signal).  CLI_OK or CLI_ERROR. */
-int cli_stream_begin(const cli_args *a, msadb_store *st, msadb_commit_fn on_commit, void *user,
-                     msadb_batch **out);
+/* Begins db's batch.  An ordinary store's commits in chunks (--commit-every,
+ * else CLI_COMMIT_BYTES), calling on_commit after each commit; a sharded
+ * store's is one batch, committed by cli_stream_finish (which then calls
+ * on_commit), and --commit-every there is a usage error.  Catches SIGINT and
+ * SIGTERM (cli_stream_stop_signal).  CLI_OK, CLI_USAGE or CLI_ERROR. */
+int cli_stream_begin(const cli_args *a, cli_db *db, msadb_commit_fn on_commit, void *user);
 /* The signal that asked ingest to stop, or 0. */
 int cli_stream_stop_signal(void);
-/* Ends a streaming ingest: commits what the batch holds when rc is CLI_OK
- * or a signal stopped it (whole documents either way), frees the batch,
- * restores the signal handlers and clears the progress line.  Returns rc,
- * or CLI_ERROR after a message when the commit failed; *sig gets the
- * signal that stopped the ingest, or 0. */
-int cli_stream_finish(const cli_args *a, msadb_batch **batch, int rc, int *sig);
+/* Ends a streaming ingest: commits what db's batch holds (n_held documents)
+ * when rc is CLI_OK or a signal stopped it (whole documents either way),
+ * ends the batch, restores the signal handlers and clears the progress
+ * line.  Returns rc, or CLI_ERROR after a message when the commit failed;
+ * *sig gets the signal that stopped the ingest, or 0. */
+int cli_stream_finish(const cli_args *a, cli_db *db, size_t n_held, int rc, int *sig);
 typedef struct cli_progress_state {
     double t0, last_ms;
     uint64_t total;   /* known up front, in units */
@@ -250,6 +342,8 @@ int cmd_rm(const cli_args *a);
 int cmd_space(const cli_args *a);
 int cmd_verify(const cli_args *a);
 int cmd_compact(const cli_args *a);
+int cmd_split(const cli_args *a);
+int cmd_merge(const cli_args *a);
 
 /* cmd_ingest.c */
 int cmd_ingest(const cli_args *a);
@@ -261,6 +355,16 @@ int cmd_query(const cli_args *a);
 int cmd_model_init(const cli_args *a);
 int cmd_model_ingest(const cli_args *a);
 int cmd_model_query(const cli_args *a);
+int cmd_search(const cli_args *a);
+
+/* cmd_doctor.c: doctor (what is installed), show, vacuum */
+int cmd_doctor(const cli_args *a);
+int cmd_show(const cli_args *a);
+int cmd_vacuum(const cli_args *a);
+
+/* Whether a file given to ingest holds tensors (safetensors or .npy) rather
+ * than text for a model. */
+int cli_is_tensor_file(const char *path);
 
 /* cmd_dump.c */
 int cmd_dump(const cli_args *a);

@@ -14,8 +14,7 @@
 
 #include "cli.h"
 
-#define DUMP_FORMAT "msadb-dump"
-#define DUMP_VERSION 1
+#include "input/manifest.h"
 
 /* ------------------------------------------------------------------------ */
 /* dump                                                                     */
@@ -298,100 +297,31 @@ int cmd_dump(const cli_args *a)
 /* load                                                                     */
 /* ------------------------------------------------------------------------ */
 
-typedef struct load_doc {
-    uint64_t old_id, tokens;
-    const char *space, *title;
-    int has_tokens, has_spans;
-} load_doc;
-
 typedef struct load_ctx {
     const cli_args *a;
     const char *path;
-    json_t *manifest;
-    msadb_signature sig;
-    load_doc *docs;
-    size_t n_docs;
-    const char **spaces;
-    size_t n_spaces;
+    dump_manifest m;
 } load_ctx;
-
-static int manifest_doc(load_ctx *c, json_t *d, size_t i)
-{
-    load_doc *o = &c->docs[i];
-    json_t *id = json_object_get(d, "id"), *sp = json_object_get(d, "space"),
-           *ti = json_object_get(d, "title"), *tk = json_object_get(d, "tokens"),
-           *ht = json_object_get(d, "has_tokens"), *hs = json_object_get(d, "has_spans");
-    if (!json_is_integer(id) || !json_is_string(sp) || !json_is_string(ti) ||
-        !json_is_integer(tk) || !json_is_boolean(ht) || !json_is_boolean(hs) ||
-        json_integer_value(id) < 0 || json_integer_value(tk) < 1)
-        return cli_error("%s: manifest: document entry %zu lacks id, space, title, tokens, "
-                         "has_tokens or has_spans",
-                         c->path, i);
-    o->old_id = (uint64_t)json_integer_value(id);
-    o->tokens = (uint64_t)json_integer_value(tk);
-    o->space = json_string_value(sp);
-    o->title = json_string_value(ti);
-    o->has_tokens = json_is_true(ht);
-    o->has_spans = json_is_true(hs);
-    int known = 0;
-    for (size_t k = 0; k < c->n_spaces; k++)
-        known |= strcmp(c->spaces[k], o->space) == 0;
-    if (!known)
-        return cli_error("%s: manifest: document %zu is in space '%.70s', not in the spaces list",
-                         c->path, i, o->space);
-    if (strlen(o->title) > MSADB_TITLE_MAX)
-        return cli_error("%s: manifest: document %zu: title longer than %d bytes", c->path, i,
-                         MSADB_TITLE_MAX);
-    return CLI_OK;
-}
 
 static int parse_manifest(load_ctx *c, const tf_file *f)
 {
-    char err[512];
     const char *fmt = tf_meta(f, "format");
     const tf_tensor *m = tf_find(f, "manifest");
     if (!fmt || strcmp(fmt, DUMP_FORMAT) != 0 || !m || m->dtype != TF_U8)
         return cli_error("%s: not an msadb dump (no __metadata__ format '%s' and 'manifest' "
                          "tensor); to add tensor files use 'msadb ingest'",
                          c->path, DUMP_FORMAT);
-    json_error_t je;
-    c->manifest = json_loadb((const char *)m->data, (size_t)m->nbytes, JSON_REJECT_DUPLICATES, &je);
-    if (!c->manifest)
-        return cli_error("%s: manifest: JSON at byte %d: %s", c->path, je.position, je.text);
-    json_t *ver = json_object_get(c->manifest, "format_version");
-    if (!json_is_integer(ver) || json_integer_value(ver) != DUMP_VERSION)
-        return cli_error("%s: manifest: format_version is not %d", c->path, DUMP_VERSION);
-    if (cli_signature_from_json(json_object_get(c->manifest, "signature"), &c->sig, err,
-                                sizeof err) != 0)
-        return cli_error("%s: manifest: %s", c->path, err);
-    json_t *sp = json_object_get(c->manifest, "spaces"), *docs = json_object_get(c->manifest, "documents");
-    if (!json_is_array(sp) || !json_is_array(docs))
-        return cli_error("%s: manifest: 'spaces' or 'documents' is not a list", c->path);
-    c->n_spaces = json_array_size(sp);
-    c->n_docs = json_array_size(docs);
-    c->spaces = calloc(c->n_spaces + 1, sizeof(char *));
-    c->docs = calloc(c->n_docs + 1, sizeof(load_doc));
-    if (!c->spaces || !c->docs)
-        return cli_error("out of memory");
-    for (size_t i = 0; i < c->n_spaces; i++) {
-        c->spaces[i] = json_string_value(json_array_get(sp, i));
-        if (!c->spaces[i] || !cli_space_name_ok(c->spaces[i]))
-            return cli_error("%s: manifest: space entry %zu is not a valid space name", c->path, i);
-    }
-    for (size_t i = 0; i < c->n_docs; i++)
-        if (manifest_doc(c, json_array_get(docs, i), i) != CLI_OK)
-            return CLI_ERROR;
-    return CLI_OK;
+    return dump_manifest_parse(c->path, m->data, (size_t)m->nbytes, &c->m);
 }
 
 /* Checks the manifest against the tensors (already checked by kv_source). */
 static int check_against(const load_ctx *c, const kv_source *s)
 {
-    if (s->n_docs != c->n_docs)
+    if (s->n_docs != c->m.n_docs)
         return cli_error("%s: manifest lists %zu documents but doc_lengths has %zu", c->path,
-                         c->n_docs, s->n_docs);
-    for (size_t i = 0; i < c->n_docs; i++) {
-        const load_doc *d = &c->docs[i];
+                         c->m.n_docs, s->n_docs);
+    for (size_t i = 0; i < c->m.n_docs; i++) {
+        const load_doc *d = &c->m.docs[i];
         if (d->tokens != s->doc_start[i + 1] - s->doc_start[i])
             return cli_error("%s: manifest: document %zu has %llu tokens but doc_lengths says %llu",
                              c->path, i, (unsigned long long)d->tokens,
@@ -399,6 +329,14 @@ static int check_against(const load_ctx *c, const kv_source *s)
         if ((d->has_tokens && !s->tokens) || (d->has_spans && !s->spans))
             return cli_error("%s: manifest: document %zu has tokens or spans the file lacks",
                              c->path, i);
+        uint64_t tb = s->text_range ? s->text_range[2 * i + 1] - s->text_range[2 * i] : 0,
+                 mb = s->meta_range ? s->meta_range[2 * i + 1] - s->meta_range[2 * i] : 0;
+        if (d->text_bytes != tb || d->meta_bytes != mb)
+            return cli_error("%s: manifest: document %zu has text_bytes %llu and meta_bytes %llu "
+                             "but the file holds %llu and %llu bytes for it",
+                             c->path, i, (unsigned long long)d->text_bytes,
+                             (unsigned long long)d->meta_bytes, (unsigned long long)tb,
+                             (unsigned long long)mb);
     }
     return CLI_OK;
 }
@@ -412,10 +350,10 @@ static int open_or_create(const load_ctx *c, msadb_store **st, int *created)
     if (cli_key_options(c->a, &opt, key) != CLI_OK)
         return CLI_ERROR;
     *created = 0;
-    int rc = msadb_open(c->a->db, &c->sig, &opt, st), creating = 0;
+    int rc = msadb_open(c->a->db, &c->m.sig, &opt, st), creating = 0;
     if (rc == MSADB_ENOTSTORE || rc == ENOENT) {
         creating = 1;
-        rc = msadb_create(c->a->db, &c->sig, &opt, st);
+        rc = msadb_create(c->a->db, &c->m.sig, &opt, st);
         *created = rc == 0;
     }
     explicit_bzero(key, sizeof key);
@@ -431,10 +369,10 @@ static int open_or_create(const load_ctx *c, msadb_store **st, int *created)
 
 static int add_docs(const load_ctx *c, const kv_source *s, msadb_batch *b)
 {
-    for (size_t i = 0; i < c->n_docs; i++) {
-        const load_doc *d = &c->docs[i];
+    for (size_t i = 0; i < c->m.n_docs; i++) {
+        const load_doc *d = &c->m.docs[i];
         kv_doc k;
-        cli_progress(c->a, "load: document %zu of %zu", i + 1, c->n_docs);
+        cli_progress(c->a, "load: document %zu of %zu", i + 1, c->m.n_docs);
         if (kv_source_doc(s, i, &k) != CLI_OK)
             return CLI_ERROR;
         k.doc.space = d->space;
@@ -456,24 +394,24 @@ static int print_loaded(const load_ctx *c, const uint64_t *ids)
 {
     if (c->a->json) {
         json_t *arr = json_array();
-        for (size_t i = 0; i < c->n_docs; i++)
+        for (size_t i = 0; i < c->m.n_docs; i++)
             json_array_append_new(arr, json_pack("{s:I, s:I, s:s, s:I, s:o}", "id",
                                                  (json_int_t)ids[i], "old_id",
-                                                 (json_int_t)c->docs[i].old_id, "space",
-                                                 c->docs[i].space, "tokens",
-                                                 (json_int_t)c->docs[i].tokens, "title",
-                                                 cli_json_bytes(c->docs[i].title,
-                                                                strlen(c->docs[i].title))));
+                                                 (json_int_t)c->m.docs[i].old_id, "space",
+                                                 c->m.docs[i].space, "tokens",
+                                                 (json_int_t)c->m.docs[i].tokens, "title",
+                                                 cli_json_bytes(c->m.docs[i].title,
+                                                                strlen(c->m.docs[i].title))));
         return cli_json_print(json_pack("{s:o}", "documents", arr));
     }
     if (c->a->quiet)
         return CLI_OK;
     static const char *const hdr[] = {"id", "old_id", "space", "tokens", "title"};
     cli_table *t = cli_table_new(5, hdr);
-    for (size_t i = 0; i < c->n_docs; i++)
+    for (size_t i = 0; i < c->m.n_docs; i++)
         cli_table_addf(t, "%llu\t%llu\t%s\t%llu\t%s", (unsigned long long)ids[i],
-                       (unsigned long long)c->docs[i].old_id, c->docs[i].space,
-                       (unsigned long long)c->docs[i].tokens, c->docs[i].title);
+                       (unsigned long long)c->m.docs[i].old_id, c->m.docs[i].space,
+                       (unsigned long long)c->m.docs[i].tokens, c->m.docs[i].title);
     cli_table_print(t, stdout);
     cli_table_free(t);
     return CLI_OK;
@@ -483,17 +421,17 @@ static int print_loaded(const load_ctx *c, const uint64_t *ids)
 static int make_spaces(const load_ctx *c, msadb_store *st, const char **made, size_t *n_made)
 {
     *n_made = 0;
-    for (size_t i = 0; i < c->n_spaces; i++) {
+    for (size_t i = 0; i < c->m.n_spaces; i++) {
         msadb_space_info info;
-        int mrc = msadb_space_get(st, c->spaces[i], &info);
+        int mrc = msadb_space_get(st, c->m.spaces[i], &info);
         if (mrc == MSADB_ENOTFOUND) {
             uint32_t id;
-            mrc = msadb_space_create(st, c->spaces[i], &id);
+            mrc = msadb_space_create(st, c->m.spaces[i], &id);
             if (mrc == 0)
-                made[(*n_made)++] = c->spaces[i];
+                made[(*n_made)++] = c->m.spaces[i];
         }
         if (mrc != 0)
-            return cli_error_rc(mrc, "%s: space '%s'", c->a->db, c->spaces[i]);
+            return cli_error_rc(mrc, "%s: space '%s'", c->a->db, c->m.spaces[i]);
     }
     return CLI_OK;
 }
@@ -504,17 +442,17 @@ static int restore(load_ctx *c, const kv_source *s)
     int created;
     if (open_or_create(c, &st, &created) != CLI_OK)
         return CLI_ERROR;
-    const char **made = calloc(c->n_spaces + 1, sizeof(char *));
-    uint64_t *ids = calloc(c->n_docs + 1, sizeof(uint64_t));
+    const char **made = calloc(c->m.n_spaces + 1, sizeof(char *));
+    uint64_t *ids = calloc(c->m.n_docs + 1, sizeof(uint64_t));
     size_t n_made = 0;
     msadb_batch *b = NULL;
     int rc = made && ids ? make_spaces(c, st, made, &n_made) : cli_error("out of memory");
-    int mrc = rc == CLI_OK && c->n_docs ? msadb_batch_begin(st, &b) : 0;
+    int mrc = rc == CLI_OK && c->m.n_docs ? msadb_batch_begin(st, &b) : 0;
     if (mrc != 0)
         rc = cli_error_rc(mrc, "%s: cannot begin a batch", c->a->db);
-    if (rc == CLI_OK && c->n_docs)
+    if (rc == CLI_OK && c->m.n_docs)
         rc = add_docs(c, s, b);
-    if (rc == CLI_OK && c->n_docs) {
+    if (rc == CLI_OK && c->m.n_docs) {
         mrc = msadb_batch_commit(b, ids);
         b = NULL;
         if (mrc != 0)
@@ -547,16 +485,14 @@ int cmd_load(const cli_args *a)
         return cli_error("%s: %s", c.path, err);
     int rc = parse_manifest(&c, &f);
     tf_file_close(&f);
-    if (rc == CLI_OK && c.n_docs > 0) {
-        rc = kv_source_open(&s, c.path, &c.sig, 1);
+    if (rc == CLI_OK && c.m.n_docs > 0) {
+        rc = kv_source_open(&s, c.path, &c.m.sig, 1);
         if (rc == CLI_OK)
             rc = check_against(&c, &s);
     }
     if (rc == CLI_OK)
         rc = restore(&c, &s);
     kv_source_close(&s);
-    json_decref(c.manifest);
-    free(c.spaces);
-    free(c.docs);
+    dump_manifest_free(&c.m);
     return rc;
 }

@@ -35,8 +35,8 @@ typedef struct input {
 
 typedef struct ingest_ctx {
     const cli_args *a;
-    msadb_store *st;
-    msadb_batch *batch;
+    cli_db *db;
+    msadb_store *st;          /* db's, or NULL when it is sharded (no keys there) */
     input *inputs;
     size_t n_inputs;
     ingested *docs;
@@ -77,6 +77,7 @@ static void make_title(const cli_args *a, const char *file, size_t i, size_t n, 
             len--;
         memcpy(base, b, len);
         base[len] = 0;
+        cli_utf8_fix(base);
     }
     if (n <= 1) {
         snprintf(out, MSADB_TITLE_MAX + 1, "%s", base);
@@ -91,6 +92,25 @@ static void make_title(const cli_args *a, const char *file, size_t i, size_t n, 
             keep--;
     }
     snprintf(out, MSADB_TITLE_MAX + 1, "%.*s%s", (int)keep, base, suffix);
+}
+
+int cli_is_tensor_file(const char *path)
+{
+    if (ends_with(path, ".npy") || ends_with(path, ".safetensors") || ends_with(path, ".st"))
+        return 1;
+    /* Stdin, pipes, FIFOs and devices cannot be peeked at without taking
+     * what they hold (or blocking): they are tensor input unless -m names a
+     * model.  A missing file goes the tensor way too, whose message names it. */
+    struct stat sb;
+    if (strcmp(path, "-") == 0 || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 1;
+    /* safetensors: a little-endian u64 header length, then '{' */
+    unsigned char head[9];
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(head, 1, sizeof head, f) : 0;
+    if (f)
+        fclose(f);
+    return got == sizeof head && head[8] == '{' && head[6] == 0 && head[7] == 0;
 }
 
 /* Ids of a commit, in add order, go to the added documents in order. */
@@ -131,7 +151,7 @@ static int ingest_input(ingest_ctx *c, size_t k)
 {
     const input *in = &c->inputs[k];
     kv_source s;
-    int rc = open_input(in, msadb_store_signature(c->st), 0, &s);
+    int rc = open_input(in, c->db->sig, 0, &s);
     for (size_t i = 0; rc == CLI_OK && i < s.n_docs; i++) {
         if (cli_stream_stop_signal())
             break;
@@ -147,11 +167,14 @@ static int ingest_input(ingest_ctx *c, size_t k)
         make_title(c->a, in->label, i, s.n_docs, title);
         d.doc.space = c->a->space;
         d.doc.title = title;
-        int mrc = doc_key(c, in, i, key);
-        d.doc.key = key;
-        d.doc.key_len = sizeof key;
-        msadb_batch_status before, after;
-        msadb_batch_status_get(c->batch, &before);
+        int mrc = 0;
+        msadb_batch_status before = {0}, after = {0};
+        if (c->st) { /* an ordinary store: the document is keyed, a repeat is skipped */
+            mrc = doc_key(c, in, i, key);
+            d.doc.key = key;
+            d.doc.key_len = sizeof key;
+            msadb_batch_status_get(c->db->batch, &before);
+        }
         ingested *g = &c->docs[c->n_docs];
         memset(g, 0, sizeof *g);
         g->tokens = d.doc.n_tokens;
@@ -160,7 +183,7 @@ static int ingest_input(ingest_ctx *c, size_t k)
         g->n_in_input = (uint32_t)s.n_docs;
         c->n_docs++; /* before the add: a flush inside it gives this one no id */
         if (mrc == 0)
-            mrc = msadb_batch_add(c->batch, &d.doc);
+            mrc = c->db->ops->batch_add(c->db, &d.doc);
         kv_doc_free(&d);
         if (mrc != 0) {
             c->n_docs--;
@@ -168,7 +191,8 @@ static int ingest_input(ingest_ctx *c, size_t k)
                               : cli_error_rc(mrc, "%s", in->label);
             break;
         }
-        msadb_batch_status_get(c->batch, &after);
+        if (c->st)
+            msadb_batch_status_get(c->db->batch, &after);
         if (after.duplicates > before.duplicates) {
             g->already = 1;
             g->id = after.last_duplicate;
@@ -210,7 +234,7 @@ static void file_identity(const char *path, uint8_t *out)
 static int plan_inputs(ingest_ctx *c)
 {
     const cli_args *a = c->a;
-    const msadb_signature *sig = msadb_store_signature(c->st);
+    const msadb_signature *sig = c->db->sig;
     c->inputs = calloc(a->n_files, sizeof *c->inputs);
     if (!c->inputs)
         return cli_error("out of memory");
@@ -318,31 +342,35 @@ static int print_ingested(const cli_args *a, const ingest_ctx *c, int interrupte
 
 int cmd_ingest(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 0, &st) != CLI_OK)
+    if (a->binary_ok) {
+        fprintf(stderr, "msadb: ingest: --binary-ok applies to text files; %s is a tensor file\n", a->files[0]);
+        return CLI_USAGE;
+    }
+    cli_db *db;
+    if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
-    ingest_ctx c = {.a = a, .st = st};
+    ingest_ctx c = {.a = a, .db = db, .st = cli_db_store(db)};
     c.prog.t0 = cli_now_ms();
     c.prog.unit = "tokens";
-    int rc = a->space ? cli_require_space(st, a->db, a->space) : CLI_OK;
+    int rc = a->space ? cli_require_space(db, a->db, a->space) : CLI_OK;
     if (rc == CLI_OK)
-        rc = cli_stream_begin(a, st, on_commit, &c, &c.batch);
+        rc = cli_stream_begin(a, db, on_commit, &c);
     if (rc == CLI_OK)
         rc = plan_inputs(&c);
     for (size_t k = 0; rc == CLI_OK && k < c.n_inputs && !cli_stream_stop_signal(); k++)
         rc = ingest_input(&c, k);
     int sig;
-    rc = cli_stream_finish(a, &c.batch, rc, &sig);
+    rc = cli_stream_finish(a, db, c.n_docs - c.next_id, rc, &sig);
     if (sig && c.n_docs) /* the summary says what is in */
         print_ingested(a, &c, 1);
     if (sig)
         rc = cli_stream_interrupted(a, sig, c.committed, c.already);
     else if (rc == CLI_OK)
         rc = print_ingested(a, &c, 0);
-    else
+    else if (rc != CLI_USAGE)
         cli_stream_failed(a, c.committed);
     free(c.docs);
     free_inputs(&c);
-    msadb_close(st);
+    cli_db_close(db);
     return rc;
 }

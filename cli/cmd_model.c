@@ -6,6 +6,7 @@
  * the public API (msadb.h).  See docs/cli.md. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,24 +27,11 @@ static int open_model(const char *path, msadb_llm **out, double *load_ms)
     if (rc == 0)
         return CLI_OK;
     *out = NULL;
-    switch (rc) {
-    case ENOENT: return cli_error("--model %s: no such file", path);
-    case MSADB_EINVAL:
-        return cli_error("--model %s: not a model the built-in runtime supports (llama "
-                         "architecture GGUF)",
-                         path);
-    case MSADB_ECORRUPT:
-    case MSADB_EVERSION:
-        return cli_error_rc(rc, "--model %s: not a GGUF v3 model file the runtime can read", path);
-    case MSADB_ENOTFOUND:
-        return cli_error("--model %s: a tensor or metadata key the llama runtime needs is missing",
-                         path);
-    case MSADB_EDTYPE:
-        return cli_error("--model %s: a weight type the runtime cannot read (F32, F16, BF16 "
-                         "and Q8_0 only)",
-                         path);
-    default: return cli_error_rc(rc, "--model %s: cannot load the model", path);
-    }
+    if (rc == ENOENT)
+        return cli_error("--model %s: no such file or directory", path);
+    char why[512];
+    msadb_llm_explain(path, rc, why, sizeof why);
+    return cli_error("--model %s: %s", path, why);
 }
 
 static void sig_dims(const msadb_signature *s, char *buf, size_t cap)
@@ -52,23 +40,78 @@ static void sig_dims(const msadb_signature *s, char *buf, size_t cap)
              s->n_kv_heads, s->n_q_heads, s->head_dim);
 }
 
-/* The store must hold K/V of this model's shape. */
-static int check_model_store(const cli_args *a, msadb_llm *llm, msadb_store *st)
+/* The model a command uses: -m, else the one the store records, else
+ * $MSADB_MODEL.  *path points into a, the record or the environment; NULL
+ * with a message when there is none.  rec gets the store's record. */
+static int pick_model(const cli_args *a, msadb_store *st, msadb_model_id *rec, const char **path)
 {
-    msadb_signature want;
-    int rc = msadb_llm_signature(llm, &want);
-    if (rc != 0)
-        return cli_error_rc(rc, "--model %s", a->model);
-    const msadb_signature *have = msadb_store_signature(st);
-    if (have->n_layers == want.n_layers && have->n_kv_heads == want.n_kv_heads &&
-        have->n_q_heads == want.n_q_heads && have->head_dim == want.head_dim)
+    int mrc = st ? msadb_store_get_model(st, rec) : MSADB_ENOTFOUND;
+    if (mrc != 0 && mrc != MSADB_ENOTFOUND)
+        return cli_error_rc(mrc, "%s: the store's model record", a->db);
+    const char *env = getenv("MSADB_MODEL");
+    *path = a->model ? a->model : mrc == 0 ? rec->path : env && *env ? env : NULL;
+    if (*path)
         return CLI_OK;
+    return cli_error("%s: no model: the store records none (it was made with --layers ... or by "
+                     "an older msadb); give -m M.gguf or set MSADB_MODEL",
+                     a->db);
+}
+
+static void hash_hex(const uint8_t *h, char out[17])
+{
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+/* The store must hold K/V of this model: its shape, and its weights when
+ * the store records them (unless --force-model). */
+static int check_model_store(const cli_args *a, const char *model, msadb_llm *llm, msadb_store *st)
+{
+    msadb_model_id rec;
+    int rc = msadb_llm_check_store(llm, st, &rec);
+    if (rc == 0 || (rc == MSADB_EMODEL && a->force_model))
+        return CLI_OK;
+    if (rc == MSADB_EMODEL) {
+        char want[17], have[17];
+        msadb_model_id mine;
+        msadb_llm_identity(llm, &mine);
+        hash_hex(rec.hash, want);
+        hash_hex(mine.hash, have);
+        return cli_error("%s: the store was made with model %s (blake2b %s...), not %s (blake2b "
+                         "%s...): same shape, other weights, so its memory would not match; use "
+                         "that model, or --force-model",
+                         a->db, rec.path, want, model, have);
+    }
+    if (rc != MSADB_ESIGNATURE)
+        return cli_error_rc(rc, "--model %s", model);
+    msadb_signature want;
+    msadb_llm_signature(llm, &want);
     char hs[128], ws[128];
-    sig_dims(have, hs, sizeof hs);
+    sig_dims(msadb_store_signature(st), hs, sizeof hs);
     sig_dims(&want, ws, sizeof ws);
     return cli_error("%s: the store was made for another model: its signature is %s, model %s "
                      "has %s",
-                     a->db, hs, a->model, ws);
+                     a->db, hs, model, ws);
+}
+
+/* Opens the store (read_only or not) and its model, checked against it. */
+static int open_store_model(const cli_args *a, int read_only, cli_db **db, msadb_store **st,
+                            msadb_llm **llm, double *load_ms, const char **model)
+{
+    msadb_model_id rec;
+    *llm = NULL;
+    if (cli_open_one(a, read_only, db) != CLI_OK)
+        return CLI_ERROR;
+    *st = cli_db_store(*db);
+    if (pick_model(a, *st, &rec, model) == CLI_OK && open_model(*model, llm, load_ms) == CLI_OK &&
+        check_model_store(a, *model, *llm, *st) == CLI_OK)
+        return CLI_OK;
+    msadb_llm_close(*llm);
+    cli_db_close(*db);
+    *llm = NULL;
+    *db = NULL;
+    *st = NULL;
+    return CLI_ERROR;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -93,7 +136,15 @@ int cmd_model_init(const cli_args *a)
                 a->memory_layers[a->n_memory_layers - 1], a->model, sig.n_layers, sig.n_layers - 1);
         return CLI_USAGE;
     }
-    return cli_init_store(a, &sig, a->model);
+    msadb_model_id id;
+    llm = NULL;
+    if (open_model(a->model, &llm, NULL) != CLI_OK)
+        return CLI_ERROR;
+    rc = msadb_llm_identity(llm, &id);
+    msadb_llm_close(llm);
+    if (rc != 0)
+        return cli_error_rc(rc, "--model %s: cannot read it to record its identity", a->model);
+    return cli_init_store(a, &sig, &id);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -111,6 +162,7 @@ static void fit_title(const char *base, const char *suffix, char out[MSADB_TITLE
             keep--;
     }
     snprintf(out, MSADB_TITLE_MAX + 1, "%.*s%s", (int)keep, base, suffix);
+    cli_utf8_fix(out);
 }
 
 /* One row of the summary: a document added (the k-th added gets the k-th
@@ -124,8 +176,9 @@ typedef struct mdoc {
 typedef struct model_ingest {
     const cli_args *a;
     msadb_llm *llm;
+    cli_db *db;
     msadb_store *st;
-    msadb_batch *batch;
+    msadb_batch *batch; /* db's */
     mdoc *docs;
     size_t n_docs, cap;
     uint64_t *ids;       /* committed ids in add order (on_commit) */
@@ -334,23 +387,19 @@ int cmd_model_ingest(const cli_args *a)
     model_ingest c = {.a = a};
     c.prog.t0 = cli_now_ms();
     c.prog.unit = "bytes";
-    if (open_model(a->model, &c.llm, NULL) != CLI_OK)
+    const char *model;
+    if (open_store_model(a, 0, &c.db, &c.st, &c.llm, NULL, &model) != CLI_OK)
         return CLI_ERROR;
-    if (cli_open(a, 0, &c.st) != CLI_OK) {
-        msadb_llm_close(c.llm);
-        return CLI_ERROR;
-    }
-    int rc = check_model_store(a, c.llm, c.st);
-    if (rc == CLI_OK && a->space)
-        rc = cli_require_space(c.st, a->db, a->space);
+    int rc = a->space ? cli_require_space(c.db, a->db, a->space) : CLI_OK;
     if (rc == CLI_OK)
-        rc = cli_stream_begin(a, c.st, model_on_commit, &c, &c.batch);
+        rc = cli_stream_begin(a, c.db, model_on_commit, &c);
+    c.batch = c.db->batch;
     if (rc == CLI_OK)
         rc = plan_files(&c);
     for (size_t f = 0; rc == CLI_OK && f < a->n_files && !cli_stream_stop_signal(); f++)
         rc = ingest_file(&c, a->files[f]);
     int sig;
-    rc = cli_stream_finish(a, &c.batch, rc, &sig);
+    rc = cli_stream_finish(a, c.db, 0, rc, &sig);
     if (rc == CLI_OK && c.oom)
         rc = cli_error("out of memory");
     if (sig && c.n_docs)
@@ -364,7 +413,7 @@ int cmd_model_ingest(const cli_args *a)
     free(c.ids);
     free(c.docs);
     free(c.stdin_text);
-    msadb_close(c.st);
+    cli_db_close(c.db);
     msadb_llm_close(c.llm);
     return rc;
 }
@@ -386,17 +435,9 @@ static int on_text(const char *text, size_t len, void *user)
     answer_buf *b = user;
     if (b->first < 0)
         b->first = cli_now_ms() - b->t0;
-    if (b->n + len + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc < b->n + len + 1)
-            nc *= 2;
-        char *p = realloc(b->s, nc);
-        if (!p) {
-            b->oom = 1;
-            return 1;
-        }
-        b->s = p;
-        b->cap = nc;
+    if (cli_grow(&b->s, &b->cap, b->n + len + 1, 1, 256) != 0) {
+        b->oom = 1;
+        return 1;
     }
     memcpy(b->s + b->n, text, len);
     b->n += len;
@@ -408,109 +449,88 @@ static int on_text(const char *text, size_t len, void *user)
     return 0;
 }
 
-/* A memory span: blocks of one document merged when adjacent. */
-typedef struct span {
-    uint64_t doc;
-    uint32_t start, end;
-    float score;
-} span;
-
-static int span_by_doc(const void *x, const void *y)
+/* The text a span covers (NULL with *len 0 when the document has none). */
+static char *span_text(msadb_snapshot *snap, const msadb_span *s, size_t *len)
 {
-    const span *a = x, *b = y;
-    if (a->doc != b->doc)
-        return a->doc < b->doc ? -1 : 1;
-    return a->start < b->start ? -1 : a->start > b->start;
-}
-
-static int span_by_score(const void *x, const void *y)
-{
-    const span *a = x, *b = y;
-    if (a->score != b->score)
-        return a->score > b->score ? -1 : 1;
-    return span_by_doc(x, y);
-}
-
-/* Distinct blocks of the hits (every kv head), adjacent ones of a document
- * merged into one span with the best score, best first. */
-static size_t merge_spans(const msadb_hit *h, size_t n, span *out)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = (span){h[i].doc_id, h[i].token_start, h[i].token_end, h[i].score};
-    qsort(out, n, sizeof *out, span_by_doc);
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (m && out[m - 1].doc == out[i].doc && out[i].start <= out[m - 1].end) {
-            if (out[i].end > out[m - 1].end)
-                out[m - 1].end = out[i].end;
-            if (out[i].score > out[m - 1].score)
-                out[m - 1].score = out[i].score;
-        } else {
-            out[m++] = out[i];
-        }
+    size_t tl = 0, n = (size_t)(s->text_end - s->text_start);
+    *len = 0;
+    if (!n || msadb_doc_text(snap, s->doc_id, NULL, 0, &tl) != 0 || s->text_end > tl)
+        return NULL;
+    char *all = malloc(tl + 1), *out = malloc(n + 1);
+    if (all && out && msadb_doc_text(snap, s->doc_id, all, tl + 1, &tl) == 0) {
+        memcpy(out, all + s->text_start, n);
+        out[n] = 0;
+        *len = n;
+    } else {
+        free(out);
+        out = NULL;
     }
-    qsort(out, m, sizeof *out, span_by_score);
-    return m;
-}
-
-/* The text a span of tokens covers: title and the bytes from the stored
- * text and token spans (empty when the document has none). */
-typedef struct cited {
-    char title[MSADB_TITLE_MAX + 1];
-    char *text;
-    size_t len;
-} cited;
-
-static void cite(msadb_snapshot *snap, const span *s, cited *c)
-{
-    memset(c, 0, sizeof *c);
-    msadb_doc_info info;
-    if (msadb_doc_get(snap, s->doc, &info) != 0)
-        return;
-    memcpy(c->title, info.title, sizeof c->title);
-    if (!info.text_len || !info.has_spans || s->end > info.n_tokens || s->start >= s->end)
-        return;
-    int64_t *sp = malloc((size_t)info.n_tokens * 2 * sizeof *sp);
-    char *text = malloc(info.text_len + 1);
-    size_t tl = 0;
-    if (sp && text && msadb_doc_tokens(snap, s->doc, NULL, sp, (size_t)info.n_tokens) == 0 &&
-        msadb_doc_text(snap, s->doc, text, info.text_len + 1, &tl) == 0) {
-        int64_t a = sp[2 * s->start], b = sp[2 * (s->end - 1) + 1];
-        if (a >= 0 && a <= b && (uint64_t)b <= tl) {
-            c->len = (size_t)(b - a);
-            c->text = malloc(c->len + 1);
-            if (c->text) {
-                memcpy(c->text, text + a, c->len);
-                c->text[c->len] = 0;
-            } else {
-                c->len = 0;
-            }
-        }
-    }
-    free(sp);
-    free(text);
+    free(all);
+    return out;
 }
 
 /* One line of at most 60 characters for a table cell. */
-static void excerpt(const cited *c, char *buf, size_t cap)
+static void excerpt(const char *text, size_t len, char *buf, size_t cap)
 {
     size_t o = 0, i = 0, chars = 0;
-    for (; c->text && i < c->len && o + 8 < cap && chars < 60; i++) {
-        unsigned char ch = (unsigned char)c->text[i];
+    for (; text && i < len && o + 8 < cap && chars < 60; i++) {
+        unsigned char ch = (unsigned char)text[i];
         if ((ch & 0xc0) != 0x80)
             chars++;
         buf[o++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
     }
-    while (o > 0 && i < c->len && ((unsigned char)c->text[i] & 0xc0) == 0x80) { /* cut char */
+    while (o > 0 && i < len && ((unsigned char)text[i] & 0xc0) == 0x80) { /* cut char */
         o--;
         i--;
     }
     buf[o] = 0;
-    if (c->text && i < c->len)
+    if (text && i < len)
         strcat(buf, "...");
 }
 
 #define SPANS_LISTED 64
+
+/* The spans as a JSON array: doc, title, tokens, score, text. */
+static json_t *spans_json(msadb_snapshot *snap, const msadb_span *sp, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        msadb_doc_info info;
+        if (msadb_doc_get(snap, sp[i].doc_id, &info) != 0)
+            info.title[0] = 0;
+        size_t len;
+        char *text = span_text(snap, &sp[i], &len);
+        json_t *o = json_pack("{s:I, s:o, s:I, s:I, s:f}", "doc", (json_int_t)sp[i].doc_id,
+                              "title", cli_json_bytes(info.title, strlen(info.title)),
+                              "token_start", (json_int_t)sp[i].token_start, "token_end",
+                              (json_int_t)sp[i].token_end, "score", (double)sp[i].score);
+        if (o && text)
+            json_object_set_new(o, "text", cli_json_bytes(text, len));
+        json_array_append_new(arr, o);
+        free(text);
+    }
+    return arr;
+}
+
+/* The spans as a table: doc, tokens, score, title, text excerpt. */
+static void spans_table(msadb_snapshot *snap, const msadb_span *sp, size_t n)
+{
+    static const char *const hdr[] = {"doc", "tokens", "score", "title", "text"};
+    cli_table *t = cli_table_new(5, hdr);
+    for (size_t i = 0; i < n; i++) {
+        msadb_doc_info info;
+        if (msadb_doc_get(snap, sp[i].doc_id, &info) != 0)
+            info.title[0] = 0;
+        size_t len;
+        char *text = span_text(snap, &sp[i], &len), ex[512];
+        excerpt(text, len, ex, sizeof ex);
+        cli_table_addf(t, "%llu\t%u-%u\t%.4f\t%s\t%s", (unsigned long long)sp[i].doc_id,
+                       sp[i].token_start, sp[i].token_end, (double)sp[i].score, info.title, ex);
+        free(text);
+    }
+    cli_table_print(t, stdout);
+    cli_table_free(t);
+}
 
 static int read_question(const cli_args *a, char **q, size_t *len)
 {
@@ -531,73 +551,230 @@ static int read_question(const cli_args *a, char **q, size_t *len)
     return CLI_OK;
 }
 
+/* The routing and sampling parameters from the command line. */
+static void ask_params(const cli_args *a, msadb_ask_params *p)
+{
+    msadb_ask_params_init(p);
+    p->spaces = a->spaces;
+    p->n_spaces = a->n_spaces;
+    p->top_k = a->top_k;
+    p->select = a->select;
+    p->exact = a->exact;
+    p->summary = a->summary;
+    p->no_memory = a->no_memory;
+    p->max_tokens = a->max_tokens;
+    p->temperature = a->temperature;
+    p->top_p = a->top_p;
+    p->seed = a->seed;
+    p->query_pos = (int32_t)a->query_pos;
+    p->interleave = a->interleave;
+}
+
+/* What query and search share: the store, its model, the question. */
+typedef struct asked {
+    cli_db *db;
+    msadb_store *st; /* the ordinary store behind db */
+    msadb_llm *llm;
+    const char *model;
+    char *question;
+    size_t qlen;
+    double load_ms;
+    msadb_span *spans; /* search's result, best first */
+    size_t n_spans;    /* all of them, even those past SPANS_LISTED */
+} asked;
+
+static int asked_open(const cli_args *a, asked *q)
+{
+    memset(q, 0, sizeof *q);
+    if (open_store_model(a, 1, &q->db, &q->st, &q->llm, &q->load_ms, &q->model) != CLI_OK)
+        return CLI_ERROR;
+    int rc = cli_check_memory_args(a, q->db);
+    return rc == CLI_OK ? read_question(a, &q->question, &q->qlen) : rc;
+}
+
+static void asked_close(asked *q)
+{
+    free(q->spans);
+    free(q->question);
+    msadb_llm_close(q->llm);
+    cli_db_close(q->db);
+}
+
+static int query_error(const cli_args *a, const asked *q, int mrc)
+{
+    return mrc == MSADB_ENOTFOUND ? cli_error_rc(mrc, "%s: a --space", a->db)
+                                  : cli_error_rc(mrc, "query %s with %s", a->db, q->model);
+}
+
+/* The routing step alone: every span the question selects (the CLI
+ * filters by --min-score itself, to report the best score either way). */
+static int run_search(const cli_args *a, asked *q)
+{
+    msadb_ask_params p;
+    ask_params(a, &p);
+    size_t cap = SPANS_LISTED;
+    q->spans = malloc(cap * sizeof *q->spans);
+    if (!q->spans)
+        return cli_error("out of memory");
+    int mrc = msadb_llm_search(q->llm, q->st, q->question, q->qlen, &p, -INFINITY, q->spans, cap,
+                               &q->n_spans);
+    return mrc ? query_error(a, q, mrc) : CLI_OK;
+}
+
+/* Spans scoring at least --min-score (they come best first). */
+static size_t above_min(const cli_args *a, const asked *q)
+{
+    size_t n = q->n_spans < SPANS_LISTED ? q->n_spans : SPANS_LISTED, k = 0;
+    while (k < n && (!a->has_min_score || q->spans[k].score >= a->min_score))
+        k++;
+    return k;
+}
+
+/* "not in memory": nothing scored --min-score.  Exit status 3. */
+static int print_abstain(const cli_args *a, const asked *q)
+{
+    double best = q->n_spans ? (double)q->spans[0].score : -INFINITY;
+    if (a->json) {
+        json_t *j = json_pack("{s:o, s:n, s:b, s:f, s:f}", "question",
+                              cli_json_bytes(q->question, q->qlen), "answer", "abstained", 1,
+                              "min_score", (double)a->min_score, "best_score",
+                              q->n_spans ? best : -1e30);
+        if (cli_json_print(j) != CLI_OK)
+            return CLI_ERROR;
+    } else {
+        printf("not in memory\n");
+        if (!a->quiet)
+            fprintf(stderr,
+                    "msadb: nothing in %s scores --min-score %.4g for this question (best "
+                    "%.4g): no answer\n",
+                    a->db, (double)a->min_score, best);
+    }
+    return CLI_ABSTAIN;
+}
+
+int cmd_search(const cli_args *a)
+{
+    asked q;
+    int rc = asked_open(a, &q);
+    if (rc == CLI_OK)
+        rc = run_search(a, &q);
+    size_t n = rc == CLI_OK ? above_min(a, &q) : 0;
+    msadb_snapshot *snap = NULL;
+    int mrc = rc == CLI_OK ? msadb_snapshot_begin(q.st, &snap) : 0;
+    if (mrc != 0)
+        rc = cli_error_rc(mrc, "%s", a->db);
+    if (rc == CLI_OK && a->json) {
+        rc = cli_json_print(json_pack("{s:o, s:o, s:I}", "question",
+                                      cli_json_bytes(q.question, q.qlen), "spans",
+                                      spans_json(snap, q.spans, n), "spans_total",
+                                      (json_int_t)q.n_spans));
+    } else if (rc == CLI_OK && n && !a->quiet) {
+        spans_table(snap, q.spans, n);
+    }
+    if (rc == CLI_OK && n == 0) {
+        if (!a->json && !a->quiet)
+            fprintf(stderr, "msadb: nothing in %s%s for this question\n", a->db,
+                    a->has_min_score ? " scores --min-score" : "");
+        rc = CLI_ABSTAIN;
+    }
+    msadb_snapshot_end(snap);
+    asked_close(&q);
+    return rc;
+}
+
 typedef struct ask_result {
     answer_buf ans;
     msadb_hit *hits;
-    size_t n_hits;
-    span *spans;
+    size_t n_hits, hits_cap;
+    msadb_span *spans;
     size_t n_spans;
-    double load_ms, ask_ms;
+    double ask_ms;
     int memory;
 } ask_result;
 
-static int print_answer(const cli_args *a, msadb_store *st, const char *question, ask_result *r)
+/* Room for every block the question can draw on: top-k per kv head, or
+ * every block with --exact and --select documents. */
+static int alloc_hits(const cli_args *a, msadb_store *st, ask_result *r)
+{
+    msadb_stat_info si;
+    int mrc = msadb_stat(st, &si);
+    if (mrc != 0)
+        return cli_error_rc(mrc, "%s: stat", a->db);
+    uint64_t per = a->exact || a->select == MSADB_SELECT_DOCUMENTS ? si.n_blocks : a->top_k;
+    if (per > si.n_blocks)
+        per = si.n_blocks;
+    r->hits_cap = (size_t)(per * msadb_store_signature(st)->n_kv_heads);
+    r->hits = malloc((r->hits_cap + 1) * sizeof *r->hits);
+    return r->hits ? CLI_OK : cli_error("out of memory");
+}
+
+/* Generates the answer (streamed unless --json) and merges its hits into
+ * spans. */
+static int run_ask(const cli_args *a, asked *q, ask_result *r)
+{
+    msadb_ask_params p;
+    ask_params(a, &p);
+    p.on_text = on_text;
+    p.user = &r->ans;
+    r->ans.stream = !a->json;
+    r->ans.t0 = cli_now_ms();
+    size_t len = 0;
+    int mrc = msadb_llm_ask(q->llm, q->st, q->question, q->qlen, &p, NULL, 0, &len,
+                            r->memory ? r->hits : NULL, r->memory ? r->hits_cap : 0, &r->n_hits);
+    r->ask_ms = cli_now_ms() - r->ans.t0;
+    if (mrc != 0) {
+        if (r->ans.stream && r->ans.n)
+            fputc('\n', stdout);
+        fflush(stdout);
+        return query_error(a, q, mrc);
+    }
+    if (r->ans.oom)
+        return cli_error("out of memory");
+    if (!r->n_hits)
+        return CLI_OK;
+    size_t n = r->n_hits < r->hits_cap ? r->n_hits : r->hits_cap;
+    msadb_snapshot *snap;
+    if ((mrc = msadb_snapshot_begin(q->st, &snap)) != 0)
+        return cli_error_rc(mrc, "%s", a->db);
+    r->spans = malloc(SPANS_LISTED * sizeof *r->spans);
+    mrc = r->spans ? msadb_hits_to_spans(snap, r->hits, n, r->spans, SPANS_LISTED, &r->n_spans)
+                   : MSADB_ENOMEM;
+    msadb_snapshot_end(snap);
+    return mrc ? cli_error_rc(mrc, "%s: the memory spans", a->db) : CLI_OK;
+}
+
+static int print_answer(const cli_args *a, const asked *q, ask_result *r)
 {
     msadb_snapshot *snap = NULL;
-    int mrc = r->n_spans ? msadb_snapshot_begin(st, &snap) : 0;
+    int mrc = r->n_spans ? msadb_snapshot_begin(q->st, &snap) : 0;
     if (mrc != 0)
         return cli_error_rc(mrc, "%s", a->db);
     size_t listed = r->n_spans < SPANS_LISTED ? r->n_spans : SPANS_LISTED;
     int rc = CLI_OK;
     if (a->json) {
-        json_t *arr = json_array();
-        for (size_t i = 0; i < listed; i++) {
-            cited c;
-            cite(snap, &r->spans[i], &c);
-            json_t *o = json_pack("{s:I, s:o, s:I, s:I, s:f}", "doc", (json_int_t)r->spans[i].doc,
-                                  "title", cli_json_bytes(c.title, strlen(c.title)), "token_start",
-                                  (json_int_t)r->spans[i].start, "token_end",
-                                  (json_int_t)r->spans[i].end, "score", (double)r->spans[i].score);
-            if (o && c.text)
-                json_object_set_new(o, "text", cli_json_bytes(c.text, c.len));
-            json_array_append_new(arr, o);
-            free(c.text);
-        }
-        json_t *timing = json_pack("{s:f, s:f, s:f}", "load", r->load_ms, "first_text",
+        json_t *timing = json_pack("{s:f, s:f, s:f}", "load", q->load_ms, "first_text",
                                    r->ans.first >= 0 ? r->ans.first : r->ask_ms, "ask", r->ask_ms);
         json_t *root = json_pack(
             "{s:o, s:o, s:b, s:s, s:I, s:b, s:I, s:o, s:I, s:o}", "question",
-            cli_json_bytes(question, strlen(question)), "answer",
+            cli_json_bytes(q->question, q->qlen), "answer",
             cli_json_bytes(r->ans.s ? r->ans.s : "", r->ans.n), "memory", r->memory, "select",
             a->select == MSADB_SELECT_DOCUMENTS ? "documents" : "blocks", "top_k",
             (json_int_t)a->top_k, "exact", a->exact, "interleave", (json_int_t)a->interleave,
-            "spans", arr, "spans_total", (json_int_t)r->n_spans, "timing_ms", timing);
+            "spans", spans_json(snap, r->spans, listed), "spans_total", (json_int_t)r->n_spans,
+            "timing_ms", timing);
         rc = cli_json_print(root);
     } else {
         if (r->ans.n == 0 || r->ans.s[r->ans.n - 1] != '\n')
             fputc('\n', stdout);
         if (!a->quiet && listed) {
-            static const char *const hdr[] = {"doc", "tokens", "score", "title", "text"};
-            cli_table *t = cli_table_new(5, hdr);
-            for (size_t i = 0; i < listed; i++) {
-                cited c;
-                cite(snap, &r->spans[i], &c);
-                char ex[512];
-                excerpt(&c, ex, sizeof ex);
-                cli_table_addf(t, "%llu\t%u-%u\t%.4f\t%s\t%s", (unsigned long long)r->spans[i].doc,
-                               r->spans[i].start, r->spans[i].end, (double)r->spans[i].score,
-                               c.title, ex);
-                free(c.text);
-            }
             fputc('\n', stdout);
-            cli_table_print(t, stdout);
-            cli_table_free(t);
+            spans_table(snap, r->spans, listed);
         }
         if (!a->quiet && cli_stdout_tty())
             printf("%s%zu memory span%s (%zu listed); first text after %.0f ms, answer in %.0f ms "
                    "(model load %.0f ms)\n",
                    r->memory ? "" : "no memory; ", r->n_spans, r->n_spans == 1 ? "" : "s", listed,
-                   r->ans.first >= 0 ? r->ans.first : r->ask_ms, r->ask_ms, r->load_ms);
+                   r->ans.first >= 0 ? r->ans.first : r->ask_ms, r->ask_ms, q->load_ms);
         if (fflush(stdout) != 0)
             rc = cli_error("cannot write to stdout");
     }
@@ -610,85 +787,27 @@ int cmd_model_query(const cli_args *a)
     ask_result r = {0};
     r.ans.first = -1;
     r.memory = !a->no_memory;
-    msadb_llm *llm = NULL;
-    msadb_store *st = NULL;
-    char *question = NULL;
-    size_t qlen = 0;
-    if (cli_open(a, 1, &st) != CLI_OK)
-        return CLI_ERROR;
-    int rc = open_model(a->model, &llm, &r.load_ms);
-    if (rc == CLI_OK)
-        rc = check_model_store(a, llm, st);
-    if (rc == CLI_OK)
-        rc = cli_check_memory_args(a, st);
-    if (rc == CLI_OK)
-        rc = read_question(a, &question, &qlen);
-    /* room for every block the question can draw on: top-k per kv head, or
-     * every block with --exact and --select documents */
-    const msadb_signature *sig = msadb_store_signature(st);
-    msadb_stat_info si;
-    size_t cap = 0;
-    if (rc == CLI_OK && r.memory) {
-        int mrc = msadb_stat(st, &si);
-        if (mrc != 0)
-            rc = cli_error_rc(mrc, "%s: stat", a->db);
-        uint64_t per = a->exact || a->select == MSADB_SELECT_DOCUMENTS ? si.n_blocks : a->top_k;
-        if (per > si.n_blocks)
-            per = si.n_blocks;
-        cap = (size_t)(per * sig->n_kv_heads);
-        r.hits = malloc((cap + 1) * sizeof *r.hits);
-        if (rc == CLI_OK && !r.hits)
-            rc = cli_error("out of memory");
+    asked q;
+    int rc = asked_open(a, &q);
+    /* --min-score: route first; nothing above it is "not in memory" */
+    int abstain = 0;
+    if (rc == CLI_OK && r.memory && a->has_min_score) {
+        rc = run_search(a, &q);
+        abstain = rc == CLI_OK && above_min(a, &q) == 0;
     }
-    if (rc == CLI_OK) {
-        msadb_ask_params p;
-        msadb_ask_params_init(&p);
-        p.spaces = a->spaces;
-        p.n_spaces = a->n_spaces;
-        p.top_k = a->top_k;
-        p.select = a->select;
-        p.exact = a->exact;
-        p.summary = a->summary;
-        p.no_memory = a->no_memory;
-        p.max_tokens = a->max_tokens;
-        p.temperature = a->temperature;
-        p.top_p = a->top_p;
-        p.seed = a->seed;
-        p.query_pos = (int32_t)a->query_pos;
-        p.interleave = a->interleave;
-        p.on_text = on_text;
-        p.user = &r.ans;
-        r.ans.stream = !a->json;
-        r.ans.t0 = cli_now_ms();
-        size_t len = 0;
-        int mrc = msadb_llm_ask(llm, st, question, qlen, &p, NULL, 0, &len,
-                                r.memory ? r.hits : NULL, r.memory ? cap : 0, &r.n_hits);
-        r.ask_ms = cli_now_ms() - r.ans.t0;
-        if (mrc != 0) {
-            if (r.ans.stream && r.ans.n)
-                fputc('\n', stdout);
-            fflush(stdout);
-            rc = mrc == MSADB_ENOTFOUND ? cli_error_rc(mrc, "%s: a --space", a->db)
-                                        : cli_error_rc(mrc, "query %s with %s", a->db, a->model);
-        } else if (r.ans.oom) {
-            rc = cli_error("out of memory");
-        }
+    if (rc == CLI_OK && abstain)
+        rc = print_abstain(a, &q);
+    else {
+        if (rc == CLI_OK && r.memory)
+            rc = alloc_hits(a, q.st, &r);
+        if (rc == CLI_OK)
+            rc = run_ask(a, &q, &r);
+        if (rc == CLI_OK)
+            rc = print_answer(a, &q, &r);
     }
-    if (rc == CLI_OK && r.n_hits) {
-        size_t n = r.n_hits < cap ? r.n_hits : cap;
-        r.spans = malloc(n * sizeof *r.spans);
-        if (!r.spans)
-            rc = cli_error("out of memory");
-        else
-            r.n_spans = merge_spans(r.hits, n, r.spans);
-    }
-    if (rc == CLI_OK)
-        rc = print_answer(a, st, question, &r);
     free(r.ans.s);
     free(r.hits);
     free(r.spans);
-    free(question);
-    msadb_llm_close(llm);
-    msadb_close(st);
+    asked_close(&q);
     return rc;
 }

@@ -76,7 +76,7 @@ typedef struct doc_entry {
 } doc_entry;
 
 typedef struct doc_cache {
-    msadb_snapshot *snap;
+    cli_db *db;
     doc_entry *e;
     size_t cap; /* power of two */
     size_t n;
@@ -91,28 +91,14 @@ static void cache_free(doc_cache *c)
     free(c->e);
 }
 
-static void load_doc(msadb_snapshot *snap, doc_entry *d)
+static void load_doc(cli_db *db, doc_entry *d)
 {
     msadb_doc_info info;
-    if (msadb_doc_get(snap, d->id, &info) != 0)
+    if (cli_db_doc_view(db, d->id, &info, &d->text, &d->spans) != 0)
         return;
     memcpy(d->title, info.title, sizeof d->title);
     d->n_tokens = info.n_tokens;
-    if (!info.text_len || !info.has_spans)
-        return;
-    size_t len = 0;
-    d->text = malloc(info.text_len + 1);
-    d->spans = malloc((size_t)info.n_tokens * 2 * sizeof(int64_t));
-    if (!d->text || !d->spans ||
-        msadb_doc_text(snap, d->id, d->text, info.text_len + 1, &len) != 0 ||
-        msadb_doc_tokens(snap, d->id, NULL, d->spans, (size_t)info.n_tokens) != 0) {
-        free(d->text);
-        free(d->spans);
-        d->text = NULL;
-        d->spans = NULL;
-        return;
-    }
-    d->text_len = len;
+    d->text_len = d->text ? info.text_len : 0;
 }
 
 static int cache_grow(doc_cache *c)
@@ -147,7 +133,7 @@ static doc_entry *cache_get(doc_cache *c, uint64_t id)
         d->used = 1;
         d->id = id;
         c->n++;
-        load_doc(c->snap, d);
+        load_doc(c->db, d);
     }
     return d;
 }
@@ -332,7 +318,7 @@ static int print_table(const query_run *r, doc_cache *c)
 /* the command                                                              */
 /* ------------------------------------------------------------------------ */
 
-static int check_query_args(const cli_args *a, msadb_store *st, const msadb_signature *sig)
+static int check_query_args(const cli_args *a, cli_db *db, const msadb_signature *sig)
 {
     if (msadb_signature_memory_index(sig, a->layer) < 0) {
         char layers[1024];
@@ -340,11 +326,11 @@ static int check_query_args(const cli_args *a, msadb_store *st, const msadb_sign
         return cli_error("--layer %u is not a memory layer of %s (memory layers: %s)", a->layer,
                          a->db, layers);
     }
-    return cli_check_memory_args(a, st);
+    return cli_check_memory_args(a, db);
 }
 
 /* Runs msadb_attend, growing the hit buffer until every hit fits. */
-static int attend(query_run *r, msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
+static int attend(query_run *r, cli_db *db, const msadb_query *q, float *out, float *lse,
                   int want_hits)
 {
     size_t cap = 0;
@@ -361,7 +347,7 @@ static int attend(query_run *r, msadb_snapshot *snap, const msadb_query *q, floa
         }
         size_t n = 0;
         double t0 = cli_now_ms();
-        int rc = msadb_attend(snap, q, out, lse, r->hits, cap, cap ? &n : NULL);
+        int rc = db->ops->attend(db, q, out, lse, r->hits, cap, cap ? &n : NULL);
         r->total_ms = cli_now_ms() - t0;
         if (rc != 0)
             return cli_error_rc(rc, "query %s, layer %u", r->a->db, r->a->layer);
@@ -385,9 +371,9 @@ static int write_out(const query_run *r, const float *out, const float *lse)
     return CLI_OK;
 }
 
-static int run_query(const cli_args *a, msadb_store *st, const float *qv, size_t n_query)
+static int run_query(const cli_args *a, cli_db *db, const float *qv, size_t n_query)
 {
-    const msadb_signature *sig = msadb_store_signature(st);
+    const msadb_signature *sig = db->sig;
     query_run r = {.a = a, .sig = sig, .n_query = n_query};
     msadb_query q;
     msadb_query_init(&q);
@@ -405,24 +391,19 @@ static int run_query(const cli_args *a, msadb_store *st, const float *qv, size_t
     size_t nq = n_query * sig->n_q_heads;
     float *out = malloc(nq * sig->head_dim * sizeof(float));
     float *lse = malloc(nq * sizeof(float));
-    msadb_snapshot *snap = NULL;
     doc_cache cache = {0};
     int rc = out && lse ? CLI_OK : cli_error("out of memory");
-    int mrc = rc == CLI_OK ? msadb_snapshot_begin(st, &snap) : 0;
-    if (mrc != 0)
-        rc = cli_error_rc(mrc, "%s", a->db);
     int want_hits = a->json || !a->quiet;
     if (rc == CLI_OK)
-        rc = attend(&r, snap, &q, out, lse, want_hits);
+        rc = attend(&r, db, &q, out, lse, want_hits);
     if (rc == CLI_OK && a->out)
         rc = write_out(&r, out, lse);
-    cache.snap = snap;
+    cache.db = db;
     if (rc == CLI_OK && a->json)
         rc = print_json(&r, &cache);
     else if (rc == CLI_OK && !a->quiet)
         rc = print_table(&r, &cache);
     cache_free(&cache);
-    msadb_snapshot_end(snap);
     free(r.hits);
     free(out);
     free(lse);
@@ -431,18 +412,18 @@ static int run_query(const cli_args *a, msadb_store *st, const float *qv, size_t
 
 int cmd_query(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
-    const msadb_signature *sig = msadb_store_signature(st);
+    const msadb_signature *sig = db->sig;
     float *qv = NULL;
     size_t n = 0;
-    int rc = check_query_args(a, st, sig);
+    int rc = check_query_args(a, db, sig);
     if (rc == CLI_OK)
         rc = load_queries(a->q_file, sig, &qv, &n);
     if (rc == CLI_OK)
-        rc = run_query(a, st, qv, n);
+        rc = run_query(a, db, qv, n);
     free(qv);
-    msadb_close(st);
+    cli_db_close(db);
     return rc;
 }

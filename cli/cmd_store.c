@@ -22,7 +22,7 @@ int cmd_init(const cli_args *a)
     return cli_init_store(a, &sig, NULL);
 }
 
-int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
+int cli_init_store(const cli_args *a, msadb_signature *base, const msadb_model_id *model)
 {
     msadb_signature sig = *base;
     int rc;
@@ -42,18 +42,36 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
     unsigned char key[MSADB_KEY_BYTES];
     if (cli_key_options(a, &opt, key) != CLI_OK)
         return CLI_ERROR;
-    msadb_store *st = NULL;
-    rc = msadb_create(a->db, &sig, &opt, &st);
-    explicit_bzero(key, sizeof key);
-    if (rc != 0)
-        return cli_open_error(a->db, rc, 1);
-    int enc = msadb_store_encrypted(st) == 1;
-    msadb_close(st);
+    int enc = 0;
+    if (a->shards) {
+        if (model) {
+            explicit_bzero(key, sizeof key);
+            return cli_error("%s: a sharded store cannot record its model yet; init without "
+                             "--shards, or pass -m to each command", a->db);
+        }
+        rc = cli_db_create_sharded(a, &sig, &opt, &enc);
+        explicit_bzero(key, sizeof key);
+        if (rc != CLI_OK)
+            return rc;
+    } else {
+        msadb_store *st = NULL;
+        rc = msadb_create(a->db, &sig, &opt, &st);
+        explicit_bzero(key, sizeof key);
+        if (rc != 0)
+            return cli_open_error(a->db, rc, 1);
+        enc = msadb_store_encrypted(st) == 1;
+        rc = model ? msadb_store_set_model(st, model) : 0;
+        msadb_close(st);
+        if (rc != 0)
+            return cli_error_rc(rc, "%s: created, but the model could not be recorded", a->db);
+    }
     if (a->json) {
         json_t *j = json_pack("{s:s, s:o, s:b}", "path", a->db, "signature",
                               cli_signature_json(&sig), "encrypted", enc);
+        if (j && a->shards)
+            json_object_set_new(j, "shards", json_integer(a->shards));
         if (j && model)
-            json_object_set_new(j, "model", cli_json_bytes(model, strlen(model)));
+            json_object_set_new(j, "model", cli_model_json(model));
         return cli_json_print(j);
     }
     if (!a->quiet && cli_stdout_tty()) {
@@ -61,9 +79,12 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
         cli_layers_str(&sig, layers, sizeof layers);
         cli_summary_str(sig.summary_kinds, kinds, sizeof kinds);
         printf("created %s: %u layers (memory layers %s), %u kv heads, %u q heads, head dim %u, "
-               "block %u, %s, summaries %s%s\n",
+               "block %u, %s, summaries %s%s",
                a->db, sig.n_layers, layers, sig.n_kv_heads, sig.n_q_heads, sig.head_dim,
                sig.block_size, msadb_dtype_name((int)sig.dtype), kinds, enc ? ", encrypted" : "");
+        if (a->shards)
+            printf(", %u shards", a->shards);
+        printf("\n");
     }
     return CLI_OK;
 }
@@ -72,16 +93,23 @@ int cli_init_store(const cli_args *a, msadb_signature *base, const char *model)
 /* stat                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* Commits behind the newest state past which stat warns about a reader. */
+#define STAT_LAG_WARN 100
+
 static json_t *stat_json(const cli_args *a, const msadb_signature *sig, const msadb_stat_info *s)
 {
-    return json_pack("{s:s, s:s, s:I, s:b, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "path",
+    return json_pack("{s:s, s:s, s:I, s:b, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                     "s:I}",
+                     "path",
                      a->db, "version", msadb_version(), "format_version",
                      (json_int_t)s->format_version, "encrypted", s->encrypted, "signature",
                      cli_signature_json(sig), "spaces", (json_int_t)s->n_spaces, "documents",
                      (json_int_t)s->n_documents, "tokens", (json_int_t)s->n_tokens, "blocks",
                      (json_int_t)s->n_blocks, "block_bytes", (json_int_t)s->block_bytes,
                      "summary_bytes", (json_int_t)s->summary_bytes, "map_size",
-                     (json_int_t)s->map_size, "map_used", (json_int_t)s->map_used);
+                     (json_int_t)s->map_size, "map_used", (json_int_t)s->map_used, "live_bytes",
+                     (json_int_t)s->live_bytes, "readers", (json_int_t)s->readers,
+                     "oldest_reader_lag", (json_int_t)s->oldest_reader_lag);
 }
 
 static void stat_table(const cli_args *a, const msadb_signature *sig, const msadb_stat_info *s)
@@ -113,28 +141,39 @@ static void stat_table(const cli_args *a, const msadb_signature *sig, const msad
                        (double)(s->block_bytes + s->summary_bytes) / (double)s->n_tokens);
     cli_table_addf(t, "map_size\t%llu", (unsigned long long)s->map_size);
     cli_table_addf(t, "map_used\t%llu", (unsigned long long)s->map_used);
+    cli_table_addf(t, "live_bytes\t%llu", (unsigned long long)s->live_bytes);
+    cli_table_addf(t, "readers\t%u", s->readers);
+    cli_table_addf(t, "oldest_reader_lag\t%llu", (unsigned long long)s->oldest_reader_lag);
     cli_table_print(t, stdout);
     cli_table_free(t);
 }
 
 int cmd_stat(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
     msadb_stat_info s;
-    int rc = msadb_stat(st, &s);
+    int rc = db->ops->stat(db, &s);
     if (rc != 0) {
-        msadb_close(st);
+        cli_db_close(db);
         return cli_error_rc(rc, "%s: stat", a->db);
     }
-    const msadb_signature *sig = msadb_store_signature(st);
+    const msadb_signature *sig = db->sig;
     int out = CLI_OK;
+    /* a snapshot left open by a long-lived reader while the file grows */
+    if (s.oldest_reader_lag >= STAT_LAG_WARN && s.map_used > 2 * s.live_bytes && !a->quiet)
+        fprintf(stderr,
+                "msadb: warning: %s: a reader has kept a snapshot open for %llu commits; the "
+                "pages it holds cannot be reused, so the file grows (%llu bytes used, %llu "
+                "live): end or renew long-lived snapshots\n",
+                a->db, (unsigned long long)s.oldest_reader_lag, (unsigned long long)s.map_used,
+                (unsigned long long)s.live_bytes);
     if (a->json)
         out = cli_json_print(stat_json(a, sig, &s));
     else if (!a->quiet)
         stat_table(a, sig, &s);
-    msadb_close(st);
+    cli_db_close(db);
     return out;
 }
 
@@ -174,22 +213,18 @@ static int ls_cb(const msadb_doc_info *d, void *ud)
 
 int cmd_ls(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
-    msadb_snapshot *snap = NULL;
-    int rc = a->space ? cli_require_space(st, a->db, a->space) : CLI_OK;
+    int rc = a->space ? cli_require_space(db, a->db, a->space) : CLI_OK;
     if (rc != CLI_OK) {
-        msadb_close(st);
+        cli_db_close(db);
         return rc;
     }
     static const char *const hdr[] = {"id", "space", "tokens", "blocks", "created", "title"};
     ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(6, hdr)};
-    int mrc = msadb_snapshot_begin(st, &snap);
-    if (mrc == 0)
-        mrc = msadb_doc_list(snap, a->space, ls_cb, &c);
-    msadb_snapshot_end(snap);
-    msadb_close(st);
+    int mrc = db->ops->doc_list(db, a->space, ls_cb, &c);
+    cli_db_close(db);
     if (mrc != 0) {
         json_decref(c.arr);
         cli_table_free(c.t);
@@ -214,46 +249,74 @@ static int u64_cmp(const void *x, const void *y)
 }
 
 /* Every id must exist, or nothing is deleted. */
-static int rm_check(const cli_args *a, msadb_store *st, const uint64_t *ids, size_t n)
+static int rm_check(const cli_args *a, cli_db *db, const uint64_t *ids, size_t n)
 {
-    msadb_snapshot *snap;
-    int mrc = msadb_snapshot_begin(st, &snap);
-    if (mrc != 0)
-        return cli_error_rc(mrc, "%s", a->db);
-    int rc = CLI_OK;
+    int rc = CLI_OK, mrc;
     for (size_t i = 0; i < n && rc == CLI_OK; i++) {
         msadb_doc_info info;
-        mrc = msadb_doc_get(snap, ids[i], &info);
+        mrc = db->ops->doc_get(db, ids[i], &info);
         if (mrc == MSADB_ENOTFOUND)
             rc = cli_error("%s: no document %llu; nothing was deleted", a->db,
                            (unsigned long long)ids[i]);
         else if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: document %llu", a->db, (unsigned long long)ids[i]);
     }
-    msadb_snapshot_end(snap);
     return rc;
+}
+
+typedef struct id_list {
+    uint64_t *ids;
+    size_t n, cap;
+} id_list;
+
+static int collect_id(const msadb_doc_info *d, void *ud)
+{
+    id_list *l = ud;
+    if (cli_grow(&l->ids, &l->cap, l->n + 1, sizeof *l->ids, 64) != 0)
+        return MSADB_ENOMEM;
+    l->ids[l->n++] = d->id;
+    return 0;
+}
+
+/* rm --space S: the ids of every document of the space. */
+static int space_ids(const cli_args *a, cli_db *db, id_list *l)
+{
+    if (cli_require_space(db, a->db, a->space) != CLI_OK)
+        return CLI_ERROR;
+    int mrc = db->ops->doc_list(db, a->space, collect_id, l);
+    return mrc ? cli_error_rc(mrc, "%s: listing space '%s'", a->db, a->space) : CLI_OK;
 }
 
 int cmd_rm(const cli_args *a)
 {
-    uint64_t *ids = malloc(a->n_doc_ids * sizeof *ids);
-    if (!ids)
-        return cli_error("out of memory");
-    memcpy(ids, a->doc_ids, a->n_doc_ids * sizeof *ids);
-    qsort(ids, a->n_doc_ids, sizeof *ids, u64_cmp);
+    cli_db *db;
+    int rc = cli_db_open(a, 0, &db);
+    if (rc != CLI_OK)
+        return rc;
+    id_list l = {0};
+    if (a->space) {
+        rc = space_ids(a, db, &l);
+    } else if (!(l.ids = malloc(a->n_doc_ids * sizeof *l.ids))) {
+        rc = cli_error("out of memory");
+    } else {
+        memcpy(l.ids, a->doc_ids, a->n_doc_ids * sizeof *l.ids);
+        l.n = a->n_doc_ids;
+    }
+    uint64_t *ids = l.ids;
     size_t n = 0;
-    for (size_t i = 0; i < a->n_doc_ids; i++)
-        if (n == 0 || ids[n - 1] != ids[i])
-            ids[n++] = ids[i];
-    msadb_store *st;
-    int rc = cli_open(a, 0, &st);
     if (rc == CLI_OK) {
-        rc = rm_check(a, st, ids, n);
-        int mrc = rc == CLI_OK ? msadb_doc_delete(st, ids, n) : 0;
+        qsort(ids, l.n, sizeof *ids, u64_cmp);
+        for (size_t i = 0; i < l.n; i++)
+            if (n == 0 || ids[n - 1] != ids[i])
+                ids[n++] = ids[i];
+    }
+    if (rc == CLI_OK && n) {
+        rc = rm_check(a, db, ids, n);
+        int mrc = rc == CLI_OK ? db->ops->del(db, ids, n) : 0;
         if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: delete", a->db);
-        msadb_close(st);
     }
+    cli_db_close(db);
     if (rc == CLI_OK && a->json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++)
@@ -284,11 +347,11 @@ static int space_ls_cb(const msadb_space_info *s, void *ud)
     return 0;
 }
 
-static int space_ls(const cli_args *a, msadb_store *st)
+static int space_ls(const cli_args *a, cli_db *db)
 {
     static const char *const hdr[] = {"id", "name", "documents", "tokens"};
     ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(4, hdr)};
-    int mrc = msadb_space_list(st, space_ls_cb, &c);
+    int mrc = db->ops->space_list(db, space_ls_cb, &c);
     if (mrc != 0) {
         json_decref(c.arr);
         cli_table_free(c.t);
@@ -302,12 +365,12 @@ static int space_ls(const cli_args *a, msadb_store *st)
     return CLI_OK;
 }
 
-static int space_change(const cli_args *a, msadb_store *st)
+static int space_change(const cli_args *a, cli_db *db)
 {
     const char *name = a->space_name;
     uint32_t id = 0;
-    int mrc = a->space_action == SPACE_CREATE ? msadb_space_create(st, name, &id)
-                                              : msadb_space_drop(st, name);
+    int mrc = a->space_action == SPACE_CREATE ? db->ops->space_create(db, name, &id)
+                                              : db->ops->space_drop(db, name);
     if (mrc == MSADB_EEXIST)
         return cli_error("%s: space '%s' already exists", a->db, name);
     if (mrc == MSADB_ENOTFOUND)
@@ -326,11 +389,11 @@ static int space_change(const cli_args *a, msadb_store *st)
 
 int cmd_space(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, a->space_action == SPACE_LS, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, a->space_action == SPACE_LS, &db) != CLI_OK)
         return CLI_ERROR;
-    int rc = a->space_action == SPACE_LS ? space_ls(a, st) : space_change(a, st);
-    msadb_close(st);
+    int rc = a->space_action == SPACE_LS ? space_ls(a, db) : space_change(a, db);
+    cli_db_close(db);
     return rc;
 }
 
@@ -358,16 +421,16 @@ static void verify_cb(const char *problem, void *ud)
 
 int cmd_verify(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 1, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 1, &db) != CLI_OK)
         return CLI_ERROR;
     verify_ctx c = {a, a->json ? json_array() : NULL, 0};
     cli_progress(a, "verify: checking %s", a->db);
-    int mrc = msadb_verify(st, verify_cb, &c);
+    int mrc = db->ops->verify(db, verify_cb, &c);
     cli_progress_end(a);
     msadb_stat_info s;
-    int have_stat = msadb_stat(st, &s) == 0;
-    msadb_close(st);
+    int have_stat = db->ops->stat(db, &s) == 0;
+    cli_db_close(db);
     if (mrc != 0 && mrc != MSADB_ECORRUPT) {
         json_decref(c.arr);
         return cli_error_rc(mrc, "%s: verify could not complete", a->db);
@@ -394,16 +457,16 @@ int cmd_verify(const cli_args *a)
 
 int cmd_compact(const cli_args *a)
 {
-    msadb_store *st;
-    if (cli_open(a, 0, &st) != CLI_OK)
+    cli_db *db;
+    if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
     msadb_stat_info before, after;
-    int mrc = msadb_stat(st, &before);
+    int mrc = db->ops->stat(db, &before);
     if (mrc == 0)
-        mrc = msadb_compact(st);
+        mrc = db->ops->compact(db);
     if (mrc == 0)
-        mrc = msadb_stat(st, &after);
-    msadb_close(st);
+        mrc = db->ops->stat(db, &after);
+    cli_db_close(db);
     if (mrc != 0)
         return cli_error_rc(mrc, "%s: compact", a->db);
     if (a->json)

@@ -19,8 +19,8 @@ int cli_key_options(const cli_args *a, msadb_options *opt, unsigned char key[MSA
     if (a->key_file) {
         int rc = msadb_key_file_read(a->key_file, key);
         if (rc == MSADB_EINVAL)
-            return cli_error("--key-file %s: expected exactly 32 raw bytes or 64 hexadecimal "
-                             "digits",
+            return cli_error("--key-file %s: expected exactly 32 raw bytes, or 64 hexadecimal "
+                             "digits and at most one newline",
                              a->key_file);
         if (rc != 0)
             return cli_error_rc(rc, "--key-file %s", a->key_file);
@@ -48,9 +48,11 @@ int cli_open_error(const char *path, int rc, int creating)
                          "wrong (give --key-file F or --passphrase-env VAR)",
                          path);
     case MSADB_ENOTSTORE:
-        return cli_error("%s: not an msadb store", path);
+        return cli_error("%s: not an msadb store (the directory holds no msadb data)", path);
     case ENOENT:
-        return cli_error("%s: no such store (create one with 'msadb init')", path);
+        return cli_error("%s: no such file or directory (create a store with 'msadb init %s "
+                         "--model M.gguf')",
+                         path, path);
     case MSADB_EVERSION:
         return cli_error("%s: the store's format is newer than this msadb (%s) supports", path,
                          msadb_version());
@@ -69,8 +71,12 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out)
     if (cli_key_options(a, &opt, key) != CLI_OK)
         return CLI_ERROR;
     opt.read_only = read_only;
-    int rc = msadb_open(a->db, NULL, &opt, out);
+    int rc = msadb_shards_probe(a->db) == 1 ? MSADB_ESTATE : msadb_open(a->db, NULL, &opt, out);
     explicit_bzero(key, sizeof key);
+    if (rc == MSADB_ESTATE)
+        return cli_error("%s is a sharded store: 'msadb %s' works on one store (make one with 'msadb merge "
+                         "%s DB')",
+                         a->db, cli_cmd_name(a->cmd), a->db);
     if (rc != 0) {
         *out = NULL;
         return cli_open_error(a->db, rc, 0);
@@ -78,25 +84,24 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out)
     return CLI_OK;
 }
 
-int cli_commit_batch(const cli_args *a, msadb_batch **batch, size_t n, uint64_t **ids)
+int cli_commit_db(const cli_args *a, cli_db *db, size_t n, uint64_t **ids)
 {
     *ids = calloc(n + 1, sizeof **ids);
     if (!*ids)
         return cli_error("out of memory");
-    int mrc = msadb_batch_commit(*batch, *ids);
-    *batch = NULL;
+    int mrc = db->ops->batch_commit(db, *ids);
     return mrc ? cli_error_rc(mrc, "%s: commit failed", a->db) : CLI_OK;
 }
 
-int cli_check_memory_args(const cli_args *a, msadb_store *st)
+int cli_check_memory_args(const cli_args *a, cli_db *db)
 {
-    const msadb_signature *sig = msadb_store_signature(st);
+    const msadb_signature *sig = db->sig;
     if (a->summary && !(sig->summary_kinds & a->summary))
         return cli_error("--summary: %s does not store %s summaries", a->db,
                          cli_summary_name(a->summary));
     for (size_t i = 0; i < a->n_spaces; i++) {
         msadb_space_info info;
-        int rc = msadb_space_get(st, a->spaces[i], &info);
+        int rc = db->ops->space_get(db, a->spaces[i], &info);
         if (rc == MSADB_ENOTFOUND)
             return cli_error("--space %s: no such space in %s", a->spaces[i], a->db);
         if (rc != 0)
@@ -105,10 +110,10 @@ int cli_check_memory_args(const cli_args *a, msadb_store *st)
     return CLI_OK;
 }
 
-int cli_require_space(msadb_store *st, const char *db, const char *space)
+int cli_require_space(cli_db *d, const char *db, const char *space)
 {
     msadb_space_info info;
-    int rc = msadb_space_get(st, space, &info);
+    int rc = d->ops->space_get(d, space, &info);
     if (rc == MSADB_ENOTFOUND)
         return cli_error("%s: no space '%s' (create it with: msadb space %s create %s)", db, space,
                          db, space);

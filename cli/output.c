@@ -139,6 +139,24 @@ size_t cli_utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+int cli_utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0, l; i < n; i += l)
+        if ((l = cli_utf8_seq((const unsigned char *)s + i, n - i)) == 0 || s[i] == 0)
+            return 0;
+    return 1;
+}
+
+void cli_utf8_fix(char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0, l; i < n; i += l)
+        if ((l = cli_utf8_seq((const unsigned char *)s + i, n - i)) == 0) {
+            s[i] = '?';
+            l = 1;
+        }
+}
+
 json_t *cli_json_bytes(const char *s, size_t n)
 {
     char *buf = malloc(n * 3 + 1);
@@ -428,4 +446,13 @@ int cli_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first)
     *(void **)pp = np;
     *cap = nc;
     return 0;
+}
+
+json_t *cli_model_json(const msadb_model_id *m)
+{
+    char hex[2 * MSADB_MODEL_HASH_BYTES + 1];
+    for (int i = 0; i < MSADB_MODEL_HASH_BYTES; i++)
+        snprintf(hex + 2 * i, 3, "%02x", m->hash[i]);
+    return json_pack("{s:o, s:s, s:I}", "path", cli_json_bytes(m->path, strlen(m->path)),
+                     "blake2b", hex, "file_size", (json_int_t)m->file_size);
 }

@@ -4,6 +4,7 @@
  * percent and ETA on a terminal, and the closing messages.  Uses only the
  * public API (msadb.h). */
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -13,15 +14,35 @@ static struct sigaction old_int, old_term;
 
 static void on_signal(int sig) { stop_signal = sig; }
 
-int cli_stream_begin(const cli_args *a, msadb_store *st, msadb_commit_fn on_commit, void *user, msadb_batch **out)
+static msadb_commit_fn commit_fn; /* for a store of several (one commit at the end) */
+static void *commit_user;
+
+int cli_stream_begin(const cli_args *a, cli_db *db, msadb_commit_fn on_commit, void *user)
 {
-    int rc = msadb_batch_begin(st, out);
-    if (rc != 0)
-        return cli_error_rc(rc, "%s: cannot begin a batch", a->db);
-    if (a->commit_tokens || a->commit_docs)
-        rc = msadb_batch_set_flush(*out, (size_t)a->commit_docs, a->commit_tokens, 0, on_commit, user);
-    else
-        rc = msadb_batch_set_flush(*out, 0, 0, CLI_COMMIT_BYTES, on_commit, user);
+    msadb_store *st = cli_db_store(db);
+    int rc;
+    if (!st) {
+        /* The shards of a store commit their parts of a batch one after the
+         * other and pick each document's shard by load: bounded commits and
+         * per-document keys are not offered there. */
+        if (a->commit_tokens || a->commit_docs) {
+            fprintf(stderr,
+                    "msadb: ingest: --commit-every works on an ordinary store only; %s is sharded, and its "
+                    "ingest is one batch (drop --commit-every, or 'msadb merge' it into one store first)\n",
+                    a->db);
+            return CLI_USAGE;
+        }
+        rc = db->ops->batch_begin(db);
+        commit_fn = on_commit;
+        commit_user = user;
+    } else {
+        commit_fn = NULL;
+        rc = msadb_batch_begin(st, (msadb_batch **)&db->batch);
+        if (rc == 0 && (a->commit_tokens || a->commit_docs))
+            rc = msadb_batch_set_flush(db->batch, (size_t)a->commit_docs, a->commit_tokens, 0, on_commit, user);
+        else if (rc == 0)
+            rc = msadb_batch_set_flush(db->batch, 0, 0, CLI_COMMIT_BYTES, on_commit, user);
+    }
     if (rc != 0)
         return cli_error_rc(rc, "%s: cannot begin a batch", a->db);
     /* The first signal asks for a stop at the next document boundary; the
@@ -46,18 +67,24 @@ static void cli_stream_end(void)
 
 int cli_stream_stop_signal(void) { return stop_signal; }
 
-int cli_stream_finish(const cli_args *a, msadb_batch **batch, int rc, int *sig)
+int cli_stream_finish(const cli_args *a, cli_db *db, size_t n_held, int rc, int *sig)
 {
     *sig = stop_signal;
     if (rc == CLI_OK || *sig) {
         /* what is held is whole documents: commit it, also when stopping */
-        int mrc = msadb_batch_commit(*batch, NULL);
-        *batch = NULL;
-        if (mrc != 0)
-            rc = cli_error_rc(mrc, "%s: commit failed", a->db);
+        uint64_t *ids = NULL;
+        int crc = commit_fn ? cli_commit_db(a, db, n_held, &ids) : CLI_OK;
+        if (!commit_fn) {
+            int mrc = db->ops->batch_commit(db, NULL);
+            crc = mrc ? cli_error_rc(mrc, "%s: commit failed", a->db) : CLI_OK;
+        }
+        if (crc == CLI_OK && commit_fn && n_held)
+            commit_fn(ids, n_held, commit_user);
+        free(ids);
+        if (crc != CLI_OK)
+            rc = crc;
     }
-    msadb_batch_abort(*batch);
-    *batch = NULL;
+    db->ops->batch_abort(db);
     cli_stream_end();
     cli_progress_end(a);
     return rc;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "msadb.h"
+#include "fuzz_read.h"
 #include "store/store_impl.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -69,30 +70,6 @@ static void build_store(void)
     msadb_close(st);
 }
 
-static int doc_cb(const msadb_doc_info *info, void *ud)
-{
-    msadb_snapshot *snap = ud;
-    char text[64];
-    size_t len;
-    int32_t ids[16];
-    int64_t spans[32];
-    float K[16 * 8], V[16 * 8];
-    msadb_doc_text(snap, info->id, text, sizeof text, &len);
-    msadb_doc_meta(snap, info->id, text, sizeof text, &len);
-    if (info->n_tokens <= 16) {
-        msadb_doc_tokens(snap, info->id, ids, spans, 16);
-        msadb_doc_kv(snap, info->id, 0, K, V);
-    }
-    return 0;
-}
-
-static int space_cb(const msadb_space_info *info, void *ud)
-{
-    (void)info;
-    (void)ud;
-    return 0;
-}
-
 static void exercise(void)
 {
     msadb_options opt;
@@ -102,12 +79,12 @@ static void exercise(void)
     if (msadb_open(store_dir, NULL, &opt, &st))
         return;
     msadb_verify(st, NULL, NULL);
-    msadb_space_list(st, space_cb, NULL);
+    msadb_space_list(st, fuzz_read_space, NULL);
     msadb_stat_info si;
     msadb_stat(st, &si);
     msadb_snapshot *snap;
     if (msadb_snapshot_begin(st, &snap) == 0) {
-        msadb_doc_list(snap, NULL, doc_cb, snap);
+        msadb_doc_list(snap, NULL, fuzz_read_doc, snap);
         uint32_t sids[8];
         size_t n = 0;
         msadb_snap_space_ids(snap, sids, 8, &n);

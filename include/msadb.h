@@ -56,15 +56,18 @@ extern "C" {
 #define MSADB_VERSION_STRING "0.1.0"
 
 /* On-disk format version written by this library.  A store whose format is
- * newer is refused with MSADB_EVERSION.  Version 2 adds document keys
- * (docs/format.md); a version-1 store opens and is marked version 2 when its
- * first keyed document is written. */
-#define MSADB_FORMAT_VERSION 2
+ * newer is refused with MSADB_EVERSION.  Version 2 adds the routing index,
+ * version 3 document keys (docs/format.md); older stores open, and
+ * msadb_upgrade() brings them to this version. */
+#define MSADB_FORMAT_VERSION 3
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
 /** Format version this library writes (MSADB_FORMAT_VERSION). */
 MSADB_API int msadb_format_version(void);
+/** Threads the BLAS library (OpenBLAS) the kernels call uses: its
+ * configured count (OPENBLAS_NUM_THREADS or the core count). */
+MSADB_API int msadb_blas_threads(void);
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -90,6 +93,12 @@ enum {
     MSADB_ELIMIT = -30986,   /* a size exceeds a documented limit */
     MSADB_EIO = -30985,      /* I/O error (errno not available) */
     MSADB_ENOTSUP = -30984,  /* a part this library was built without (meson option) */
+    MSADB_ETIMEDOUT = -30983, /* distributed operation: a rank did not answer in time */
+    MSADB_EPEER = -30982,    /* distributed operation: failed on another rank */
+    MSADB_ERANGE = -30981,   /* a key or value too large for the store's dtype or its f16
+                                summaries (|x| > 65504, see msadb_batch_add) */
+    MSADB_EMODEL = -30980,   /* a model other than the store's (same shape, other weights) */
+    MSADB_EBUSY = -30979,    /* another process has the store open */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -141,6 +150,7 @@ MSADB_API int msadb_dtype_parse(const char *name);
 #define MSADB_NAME_MAX 63    /* bytes of a space name */
 #define MSADB_TITLE_MAX 255  /* bytes of a document title */
 #define MSADB_KEY_BYTES 32   /* encryption key size */
+#define MSADB_MAX_TOP_K 65536 /* msadb_query.top_k */
 
 /** The model signature a store is created for; fixed for the store's life. */
 typedef struct msadb_signature {
@@ -193,7 +203,8 @@ typedef struct msadb_options {
 MSADB_API void msadb_options_init(msadb_options *opt);
 
 /** Reads an encryption key file: either exactly 32 raw bytes, or 64
- * hexadecimal characters optionally followed by a newline.  Errors:
+ * hexadecimal characters followed by at most one line ending ("\n" or
+ * "\r\n").  Anything else, trailing bytes included, is refused.  Errors:
  * MSADB_EINVAL (bad format), errno values (cannot read). */
 MSADB_API int msadb_key_file_read(const char *path, unsigned char key[MSADB_KEY_BYTES]);
 
@@ -210,7 +221,8 @@ MSADB_API int msadb_create(const char *path, const msadb_signature *sig,
                            const msadb_options *opt, msadb_store **out);
 
 /** Opens an existing store.  If `expect` is not NULL the stored signature
- * must equal it (MSADB_ESIGNATURE otherwise).  Errors: MSADB_ENOTSTORE,
+ * must equal it (MSADB_ESIGNATURE otherwise).  Errors: ENOENT (no such
+ * file or directory), MSADB_ENOTSTORE (it exists but holds no store),
  * MSADB_EVERSION, MSADB_EKEY (encrypted store without the right key). */
 MSADB_API int msadb_open(const char *path, const msadb_signature *expect,
                          const msadb_options *opt, msadb_store **out);
@@ -236,9 +248,16 @@ typedef struct msadb_stat_info {
     uint64_t map_size;        /* current LMDB map size */
     uint64_t map_used;        /* bytes of the map in use (last page) */
     int encrypted;
+    /* Readers and space.  A snapshot (in any process) keeps every page of
+     * its state alive: while it is open, commits cannot reuse the pages
+     * they free, and the file grows instead. */
+    uint32_t readers;         /* open snapshots, all processes (dead ones cleared) */
+    uint64_t oldest_reader_lag; /* commits since the state the oldest open snapshot reads */
+    uint64_t live_bytes;      /* bytes of pages the newest state uses; map_used minus
+                                 this is free or pinned by older snapshots */
 } msadb_stat_info;
 
-/** Statistics of the store as of now. */
+/** Statistics of the store as of now (clears dead readers' slots first). */
 MSADB_API int msadb_stat(msadb_store *store, msadb_stat_info *out);
 
 /* ------------------------------------------------------------------------ */
@@ -327,9 +346,12 @@ MSADB_API int msadb_batch_begin(msadb_store *store, msadb_batch **out);
  * (msadb_batch_set_flush()) the documents held may be committed first.  On
  * error the batch still holds what it held before the call (a failed
  * flush wrote nothing) and may still be committed.  Errors: MSADB_EINVAL
- * (shapes, spans, names, a key of 0 or more than MSADB_DOCKEY_MAX bytes),
- * MSADB_ENONFINITE, MSADB_ENOTFOUND (space unknown at commit), those of
- * msadb_batch_flush(). */
+ * (shapes, spans, names, a title that is not UTF-8, a key of 0 or more than
+ * MSADB_DOCKEY_MAX bytes; an empty title is no title), MSADB_ENONFINITE,
+ * MSADB_ERANGE (a key of magnitude above 65504 in a store with mean or
+ * min/max summaries or f16 storage, or a value above it with f16 storage:
+ * refused rather than stored as infinity or clamped), MSADB_ENOTFOUND
+ * (space unknown at commit), those of msadb_batch_flush(). */
 MSADB_API int msadb_batch_add(msadb_batch *batch, const msadb_doc *doc);
 
 /** Number of documents the batch holds: added and not yet committed. */
@@ -405,8 +427,53 @@ MSADB_API int msadb_doc_append(msadb_store *store, const msadb_doc *doc, uint64_
 MSADB_API int msadb_doc_delete(msadb_store *store, const uint64_t *doc_ids, size_t n);
 
 /** Rewrites summary pages without the entries of deleted documents.  Readers
- * keep their snapshots. */
+ * keep their snapshots.  The pages LMDB frees are reused by later writes
+ * inside the store; the data file does not shrink (msadb_vacuum() gives
+ * the space back to the file system). */
 MSADB_API int msadb_compact(msadb_store *store);
+
+/** Gives free space back to the file system: writes a compacted copy of the
+ * store (LMDB's compacting copy: only pages in use, renumbered) into a new
+ * directory beside it ("PATH.vacuum-XXXXXX"), syncs it, and renames it
+ * over `path` atomically; the old files are removed.  The store must not be
+ * open in any process, this one included: MSADB_EBUSY if another process
+ * holds it (nothing is changed then).  A crash leaves either the old store
+ * or the new one at `path` (and possibly a stale "PATH.vacuum-*" directory
+ * or "PATH.old-*" directory beside it, safe to delete).  opt (may be NULL)
+ * gives the key of an encrypted store, only to check it: the copy keeps
+ * every record as stored.  *before and *after (may be NULL) get the data
+ * file's size.  Errors: MSADB_ENOTSTORE, MSADB_EKEY, MSADB_EBUSY, errno
+ * values. */
+MSADB_API int msadb_vacuum(const char *path, const msadb_options *opt, uint64_t *before,
+                           uint64_t *after);
+
+/* ------------------------------------------------------------------------ */
+/* The model a store is bound to                                            */
+/* ------------------------------------------------------------------------ */
+
+#define MSADB_MODEL_HASH_BYTES 32
+#define MSADB_MODEL_PATH_MAX 4095
+
+/** Identity of a model file: where it was, its content hash and shape. */
+typedef struct msadb_model_id {
+    char path[MSADB_MODEL_PATH_MAX + 1];   /* absolute path when recorded */
+    uint8_t hash[MSADB_MODEL_HASH_BYTES];  /* BLAKE2b-256 (libsodium's
+                                              crypto_generichash) of the file */
+    uint64_t file_size;                    /* bytes */
+    uint32_t n_layers, n_kv_heads, n_q_heads, head_dim;
+} msadb_model_id;
+
+/** Records the model the store's keys and values come from (a meta record,
+ * docs/format.md), replacing any earlier record, in one transaction.  The
+ * shape must equal the store's signature (MSADB_ESIGNATURE), path must be
+ * a non-empty NUL-terminated string.  The record is not encrypted, even in
+ * an encrypted store.  Errors: MSADB_EINVAL, MSADB_EREADONLY,
+ * MSADB_ESIGNATURE. */
+MSADB_API int msadb_store_set_model(msadb_store *store, const msadb_model_id *id);
+/** The recorded model identity, copied into *out.  Errors: MSADB_ENOTFOUND
+ * (the store records none: made without a model, or by an older msadb),
+ * MSADB_ECORRUPT. */
+MSADB_API int msadb_store_get_model(msadb_store *store, msadb_model_id *out);
 
 /* ------------------------------------------------------------------------ */
 /* Reading: snapshots                                                       */
@@ -476,6 +543,20 @@ MSADB_API int msadb_doc_kv(msadb_snapshot *snap, uint64_t doc_id, uint32_t plane
 /* Verification                                                             */
 /* ------------------------------------------------------------------------ */
 
+/** Brings a store to this library's format (MSADB_FORMAT_VERSION, 3) and
+ * builds (or rebuilds) its routing index (see msadb_query.route): a store
+ * written before the index existed (format 1, or format 3 reached from 1 by
+ * its first keyed document) opens and is queried by the exhaustive scan
+ * until this is called; it then gets the index, the database of document
+ * keys and format 3, in one write transaction (all or nothing; about 1/6 of
+ * the time of a verify: only the summary pages are read).  On a store that
+ * has an index it recomputes every index page (the repair for an index page
+ * that msadb_verify() reports as damaged).  A store whose signature keeps no
+ * representative keys (MSADB_SUMMARY_REPS) has no index: only its format
+ * number changes.  Errors: MSADB_EINVAL (NULL), MSADB_EREADONLY,
+ * MSADB_ECORRUPT (a summary page without its slot page), LMDB errors. */
+MSADB_API int msadb_upgrade(msadb_store *store);
+
 /** Checks the whole store: every block decodes and passes its checksum and
  * authentication, summaries equal those recomputed from the blocks, and all
  * indexes agree.  For every problem found, report (if not NULL) is called
@@ -502,6 +583,18 @@ MSADB_API int msadb_verify(msadb_store *store,
  * attended (empty memory) the output is 0 and the LSE is -INFINITY.
  */
 
+/* How blocks are routed (msadb_query.route).  The index (a coarse level of
+ * super-blocks of consecutive slots, each summarized by a few of its blocks'
+ * representative keys; docs/format.md) is scanned first, then the block
+ * summaries of the best `route_candidates` super-blocks only.  It serves
+ * block selection with the representatives summary; the scan serves every
+ * other query and is the reference the index is measured against. */
+#define MSADB_ROUTE_DEFAULT 0 /* the index when it can serve the query, else the scan */
+#define MSADB_ROUTE_SCAN 1    /* every block summary (exhaustive) */
+#define MSADB_ROUTE_INDEX 2   /* the index; MSADB_EINVAL when the store has none
+                                 (written before format 2: see msadb_upgrade) or the query
+                                 is not a block selection with representatives */
+
 #define MSADB_SELECT_BLOCKS 0    /* top-k blocks per kv head */
 #define MSADB_SELECT_DOCUMENTS 1 /* top-k documents (max over their blocks), all their blocks */
 
@@ -510,9 +603,10 @@ typedef struct msadb_query_stats {
     double select_ms;    /* top-k selection */
     double read_ms;      /* reading and decoding the chosen blocks */
     double attend_ms;    /* exact attention over the chosen tokens */
-    uint64_t blocks_scanned;
+    uint64_t blocks_scanned; /* block summaries scored */
     uint64_t blocks_read;
     uint64_t tokens_attended;
+    uint64_t coarse_scanned; /* routing index entries scored (super-blocks) */
 } msadb_query_stats;
 
 typedef struct msadb_query {
@@ -531,6 +625,9 @@ typedef struct msadb_query {
     int exact;                /* attend every block */
     int per_token;            /* each query token gets its own selection */
     msadb_query_stats *stats; /* optional: filled with timings */
+    int route;                /* MSADB_ROUTE_* (default: index when present) */
+    uint32_t route_candidates; /* super-blocks whose blocks are scored
+                                  (0: 64; at most 65536) */
 } msadb_query;
 
 /** Fills *q with defaults (top_k 16, blocks, default summary, default scale). */
@@ -677,6 +774,28 @@ typedef struct msadb_llm_info {
 MSADB_API int msadb_llm_open(const char *path, msadb_llm **out);
 /** Frees a model; NULL allowed. */
 MSADB_API void msadb_llm_close(msadb_llm *llm);
+/** 1 if this library has the built-in runtime, 0 if it was built with
+ * -Druntime=disabled. */
+MSADB_API int msadb_llm_available(void);
+/** After msadb_llm_open(path) failed with err: writes into buf (capacity
+ * cap, always NUL-terminated when cap > 0) one sentence naming why the file
+ * cannot be used and what to do, e.g. "it is not a GGUF file (it does not
+ * begin with 'GGUF')" or "its pre-tokenizer 'llama-bpe' (tokenizer.ggml.pre)
+ * is not implemented: only GPT-2's ('default', 'gpt-2') is".  Returns 0, or
+ * MSADB_EINVAL (NULL path or buf). */
+MSADB_API int msadb_llm_explain(const char *path, int err, char *buf, size_t cap);
+/** The identity of the loaded model's file (absolute path, BLAKE2b-256 of
+ * its bytes, size, shape), for msadb_store_set_model() and comparing with
+ * msadb_store_get_model().  The hash is computed at the first call (reading
+ * the whole file: about 1 GB/s) and kept with the model.  Errors: errno
+ * values (the file cannot be read again), MSADB_EINVAL. */
+MSADB_API int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out);
+/** Whether the loaded model is the one a store was made with: 0 when the
+ * store records no model or records this one (same content hash),
+ * MSADB_EMODEL when it records another model of the same shape,
+ * MSADB_ESIGNATURE when the shapes differ.  If rec is not NULL it gets the
+ * store's record (zeroed when there is none). */
+MSADB_API int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_model_id *rec);
 MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
 /** The default store signature for this model (memory in the latter half
  * of the layers, block 64, f16). */
@@ -782,6 +901,39 @@ MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
 MSADB_API int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
                             const msadb_ask_params *p, char *answer, size_t cap, size_t *len,
                             msadb_hit *hits, size_t hits_cap, size_t *n_hits);
+
+/** A run of one document's tokens that memory routing selected: the
+ * selected blocks of the document (any kv head of the last memory layer)
+ * merged where they touch, with the best of their routing scores and the
+ * byte range of the document's stored text they cover. */
+typedef struct msadb_span {
+    uint64_t doc_id;
+    uint32_t token_start, token_end; /* [start, end) in the document */
+    float score;                     /* best routing score of its blocks */
+    uint64_t text_start, text_end;   /* bytes [start, end) of the document's
+                                        text; equal when it has no text or spans */
+} msadb_span;
+
+/** Merges hits (as msadb_llm_ask() or msadb_retrieve() return them) into
+ * spans, best score first: spans (up to cap; may be NULL with cap 0) and
+ * *n (the number of spans, which may exceed cap).  The text ranges are read
+ * in snap.  Errors: MSADB_EINVAL, MSADB_ENOMEM, read errors. */
+MSADB_API int msadb_hits_to_spans(msadb_snapshot *snap, const msadb_hit *hits, size_t n_hits,
+                                  msadb_span *spans, size_t cap, size_t *n);
+
+/** Search without generating: runs the question through the model with
+ * memory attention (the same routing step as msadb_llm_ask(), parameters
+ * from p: spaces, top_k, select, exact, summary, score, query_pos; the
+ * sampling fields are ignored) and returns the spans the last memory layer
+ * selected whose score is at least min_score (-INFINITY: all), best first:
+ * spans (up to cap), *n the count (may exceed cap).  *n == 0 means memory
+ * holds nothing scoring min_score for this question: a caller asking a
+ * question may then answer "not in memory" instead of calling
+ * msadb_llm_ask() (docs/cli.md says how the bundled model's threshold was
+ * calibrated).  store is required.  Errors: as msadb_llm_ask(). */
+MSADB_API int msadb_llm_search(msadb_llm *llm, msadb_store *store, const char *question,
+                               size_t qlen, const msadb_ask_params *p, float min_score,
+                               msadb_span *spans, size_t cap, size_t *n);
 
 #ifdef __cplusplus
 }

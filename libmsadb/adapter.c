@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <errno.h>
+
 #include "core/util.h"
 #include "store/store.h"
 
@@ -16,7 +18,7 @@ int msadb_open_or_create(const char *path, const msadb_signature *sig, const msa
     if (!path || !sig || !out)
         return MSADB_EINVAL;
     int rc = msadb_open(path, sig, opt, out);
-    if (rc == MSADB_ENOTSTORE)
+    if (rc == MSADB_ENOTSTORE || rc == ENOENT) /* an empty directory, or none */
         rc = msadb_create(path, sig, opt, out);
     return rc;
 }

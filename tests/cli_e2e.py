@@ -10,6 +10,7 @@ status, the message and that the store is unchanged afterwards.  Tensors are
 written with a small safetensors writer below (numpy + json + struct).
 """
 import json
+import resource
 import os
 import shutil
 import struct
@@ -68,7 +69,7 @@ def state(db, env=None, extra=()):
     """What must not change when a command fails."""
     ls = jrun("ls", db, *extra, env=env)
     st = jrun("stat", db, *extra, env=env)
-    for k in ("map_size", "map_used"):
+    for k in ("map_size", "map_used", "live_bytes", "readers", "oldest_reader_lag"):
         st.pop(k, None)
     return json.dumps([ls, st], sort_keys=True)
 
@@ -77,8 +78,7 @@ def state(db, env=None, extra=()):
 # safetensors and .npy writing/reading
 # --------------------------------------------------------------------------
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-from safetensors_io import BF16, to_bf16, from_bf16, st_bytes, st_write, st_read  # noqa: E402
+from memmodel.safetensors_io import to_bf16, from_bf16, st_write, st_read
 
 
 # --------------------------------------------------------------------------
@@ -611,7 +611,7 @@ def test_streaming():
     run("ingest", db, "--commit-every", "0t", f, expect=2, msg="got '0t'")
     run("ingest", db, "--commit-every", "t", f, expect=2, msg="got 't'")
     run("ingest", db, "--binary-ok", f, expect=2,
-        msg="msadb: ingest: --binary-ok needs --model (it applies to text files)")
+        msg=f"msadb: ingest: --binary-ok applies to text files; {f} is a tensor file")
     # tokens as the unit
     j = jrun("ingest", db, "--space", "default", "--commit-every", "20t", many_docs_file(p("t.safetensors"), 7, 8))
     check(j["added"] == 7, f"--commit-every 20t {j}")
@@ -667,6 +667,63 @@ def test_streaming():
     check(r.stderr == "", "no progress off a terminal")
 
 
+def test_edges(db, dump):
+    """Bounded, honest edges: size caps on inputs that are not regular files,
+    FIFOs without a writer, limits shared with the library, titles, manifest
+    fields, file size limits, file modes."""
+    before = state(db)
+    # /dev/zero and stdin are read only up to the input limit
+    run("ingest", db, "/dev/zero", expect=1, env={"MSADB_INPUT_MAX": "1000000"},
+        msg="input larger than 1000000 bytes")
+    r = subprocess.run(f"head -c 3000000 /dev/zero | MSADB_INPUT_MAX=1000000 {MSADB} ingest {db} -",
+                       shell=True, capture_output=True, text=True, timeout=60)
+    check(r.returncode == 1 and "input larger than" in r.stderr, f"stdin past the limit: {r.stderr}")
+    # a FIFO that nobody writes to: a clear error, not a hang (run() times out)
+    fifo = p("fifo")
+    os.mkfifo(fifo)
+    run("ingest", db, fifo, expect=1, msg="no data")
+    # --top-k beyond the library's limit is a usage error
+    run("query", db, "--q", p("q.safetensors"), "--layer", "2", "--top-k", "65537", expect=2,
+        msg="--top-k")
+    # titles: not empty when given, UTF-8
+    f1 = multi_doc_file(p("edge1.safetensors"), [Doc(5)])
+    run("ingest", db, f1, "--title", "", expect=2, msg="--title: empty")
+    run("ingest", db, f1, "--title", b"caf\xe9".decode("utf-8", "surrogateescape"), expect=2,
+        msg="not valid UTF-8")
+    # magnitudes an f16 store cannot hold are refused, not clamped or made infinite
+    big = Doc(5)
+    big.k[0, 0, 0, 0] = 1e6
+    run("ingest", db, multi_doc_file(p("big.safetensors"), [big]), expect=1, msg="65504")
+    check(state(db) == before, "refused edge inputs changed the store")
+    # load checks every manifest field: text_bytes that is not the file's
+    t = st_read(dump)
+    t.pop("__metadata__")
+    m = json.loads(bytes(t["manifest"]).decode())
+    m["documents"][0]["text_bytes"] += 1
+    t["manifest"] = np.frombuffer(json.dumps(m).encode(), dtype=np.uint8)
+    bad = st_write(p("bad_manifest.dump"), t, meta={"format": "msadb-dump", "format_version": "1"})
+    run("load", p("edge_load"), bad, expect=1, msg="text_bytes")
+    m["documents"][0]["text_bytes"] = False
+    t["manifest"] = np.frombuffer(json.dumps(m).encode(), dtype=np.uint8)
+    st_write(bad, t, meta={"format": "msadb-dump", "format_version": "1"})
+    run("load", p("edge_load"), bad, expect=1, msg="text_bytes")
+    # a store, and a dump, are readable by their owner only
+    for path in (os.path.join(db, "data.mdb"), dump):
+        check(os.stat(path).st_mode & 0o077 == 0, f"{path} is mode {os.stat(path).st_mode & 0o777:o}")
+    # past RLIMIT_FSIZE: "File size limit exceeded", not "Input/output error"
+    fsz = p("fsize")
+    run("init", fsz, *SIG)
+    limit = os.path.getsize(os.path.join(fsz, "data.mdb")) + 200000
+    r = subprocess.run([MSADB, "ingest", fsz, multi_doc_file(p("fsz.safetensors"), [Doc(900), Doc(900)])],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    check(r.returncode == 1 and "File size limit exceeded" in r.stderr, f"RLIMIT_FSIZE: {r.stderr}")
+    check(jrun("verify", fsz)["sound"], "the store is sound after the refused commit")
+    st = jrun("stat", db)
+    check(st["readers"] == 0 and st["oldest_reader_lag"] == 0 and 0 < st["live_bytes"] <= st["map_used"],
+          f"stat readers and space: {st}")
+
+
 def main():
     try:
         test_usage()
@@ -675,6 +732,7 @@ def main():
         bad_inputs(db, docs)
         docs = test_rm_verify_dump_load(db, docs, qs, qf, needle)
         test_verify_detects_damage(db)
+        test_edges(db, p("dump.safetensors"))
         test_encryption()
         test_quantized_roundtrip()
     except AssertionError as e:

@@ -2,7 +2,7 @@
 """End-to-end test of the msadb program's --model forms (built-in runtime):
 usage /usr/bin/python3 cli_model_e2e.py PATH_TO_msadb
 
-With small random llama models written by tools/make_test_model.py (the
+With small random llama models written by tools/memmodel/make_test_model.py (the
 answers are gibberish, but every code path runs): init --model (the store's
 signature is the model's, options override), ingest of text files (several
 files, --split into paragraphs under Markdown headings, spaces, titles, text
@@ -24,7 +24,6 @@ import tempfile
 
 MSADB = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAKE_MODEL = os.path.join(HERE, "..", "tools", "make_test_model.py")
 TMP = tempfile.mkdtemp(prefix="msadb-cli-model-")
 
 
@@ -67,8 +66,8 @@ def state(db):
 
 def make_model(name, *extra):
     path = p(name)
-    r = subprocess.run(["/usr/bin/python3", MAKE_MODEL, path, "--layers", "4", "--heads", "4",
-                        "--kv-heads", "2", "--head-dim", "16", "--ffn", "64", *extra],
+    r = subprocess.run(["/usr/bin/python3", "-m", "memmodel.make_test_model", path, "--layers", "4",
+                        "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--ffn", "64", *extra],
                        capture_output=True, text=True)
     if r.returncode != 0:
         print(f"skipping: cannot write a test model: {r.stderr.strip()[-300:]}")
@@ -126,7 +125,9 @@ def main():
     # ---------------------------------------------------------------- init
     j = jrun("init", db, "--model", model, "--block", "16")
     sig = j["signature"]
-    check(j["model"] == model and not j["encrypted"], f"init --json: {j}")
+    check(j["model"]["path"] == os.path.realpath(model) and len(j["model"]["blake2b"]) == 64
+          and j["model"]["file_size"] == os.path.getsize(model) and not j["encrypted"],
+          f"init --json: {j}")
     expect = {"layers": 4, "kv_heads": 2, "q_heads": 4, "head_dim": 16, "memory_layers": [2, 3],
               "block": 16, "dtype": "f16", "summary": ["mean", "reps"], "positions": "document"}
     check(sig == expect, f"init --model signature {sig} != {expect}")
@@ -269,12 +270,13 @@ def main():
     check(not os.path.exists(p("nostore")), "query created a directory")
     check(state(db) == before, "a failed command changed the store")
     # usage errors
-    run("ingest", db, "--split", f_light, expect=2, msg="--split needs --model")
     run("ingest", db, "--model", model, expect=2, msg="missing FILE")
     run("query", db, "--model", model, expect=2, msg="missing QUESTION")
     run("query", db, "--model", model, "a", "b", expect=2, msg="unexpected argument")
-    run("query", db, "--model", model, "--layer", "2", "q", expect=2, msg="--layer does not apply")
-    run("query", db, "--q", "f", "--layer", "2", "--max-tokens", "3", expect=2, msg="needs --model")
+    run("query", db, "--model", model, "--layer", "2", "q", expect=2,
+        msg="query: --model applies to a question, not to query vectors (--q)")
+    run("query", db, "--q", "f", "--layer", "2", "--max-tokens", "3", expect=2,
+        msg="query: --max-tokens applies to a question, not to query vectors (--q)")
     run("query", db, "--model", model, "--top-p", "0", "q", expect=2, msg="--top-p")
     run("query", db, "--model", model, "--temperature", "x", "q", expect=2, msg="--temperature")
     run("query", db, "--model", model, "--interleave", "9", "q", expect=2, msg="--interleave")

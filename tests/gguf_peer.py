@@ -5,8 +5,8 @@
 
 The npm package @huggingface/gguf (installed by tools/scripts/run.sh into
 <build>/npm) parses models/msadb-mem.gguf and models written by
-tools/make_test_model.py in every weight type the writer supports (f32, f16,
-bf16, q8_0; tied and untied).  Its view must agree with what tools/gguf.py
+tools/memmodel/make_test_model.py in every weight type the writer supports (f32, f16,
+bf16, q8_0; tied and untied).  Its view must agree with what tools/memmodel/gguf.py
 wrote: the same metadata keys, types' values and counts, the same tensor
 names, shapes, types and offsets, the same start of the data section, and
 every tensor's data must lie inside the file at the declared alignment.
@@ -23,8 +23,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import gguf  # noqa: E402
+from memmodel import gguf  # noqa: E402  (tools/ on PYTHONPATH: tests/meson.build)
 
 SKIP = 77
 
@@ -72,7 +71,7 @@ def same_value(ours, theirs):
 
 
 def compare(path, peer):
-    """Differences between tools/gguf.py's reading of path and the peer's."""
+    """Differences between tools/memmodel/gguf.py's reading of path and the peer's."""
     bad = []
     r = gguf.GGUFReader(path)
     meta = peer["metadata"]
@@ -133,7 +132,7 @@ def main(argv):
         files = [os.path.join(REPO, "models", "msadb-mem.gguf")]
         for wtype, extra in (("f32", []), ("f16", ["--untied"]), ("bf16", []), ("q8_0", ["--untied"])):
             out = os.path.join(tmp, "m-%s.gguf" % wtype)
-            subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_test_model.py"), out,
+            subprocess.run([sys.executable, "-m", "memmodel.make_test_model", out,
                             "--wtype", wtype, "--head-dim", "32", "--ffn", "96", *extra],
                            check=True, stdout=subprocess.DEVNULL)
             files.append(out)

@@ -8,13 +8,13 @@ For each configuration (f32/f16/bf16/q8_0 weights, tied and untied output,
 GQA and MHA, RoPE theta, linear RoPE scaling, partial rotary dims, head dim
 different from n_embd / n_heads, document-wise positions, an input longer
 than the runtime's internal chunk) it writes a model with
-tools/make_test_model.py, runs `test_model --dump`, and compares:
+tools/memmodel/make_test_model.py, runs `test_model --dump`, and compares:
   logits              [n][vocab]
   capture hook  K, V  [layers][kv_heads][n][head_dim]   (K after RoPE)
   attend hook   Q     [layers][n][heads][head_dim]      (after RoPE)
                 out   [layers][n][heads][head_dim]      (local attention)
                 lse   [layers][n][heads]                (natural log)
-The reference reads the weights with tools/gguf.py and dequantizes them the
+The reference reads the weights with tools/memmodel/gguf.py and dequantizes them the
 same way, so quantized models are compared on equal weights.  Exit 77 (skip)
 when torch is not installed (Debian: python3-torch).
 """
@@ -32,8 +32,7 @@ except ImportError:
     sys.exit(77)
 
 ROOT = os.environ.get("MSADB_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import gguf  # noqa: E402
+from memmodel import gguf  # noqa: E402  (tools/ on PYTHONPATH: tests/meson.build)
 
 torch.set_default_dtype(torch.float64)
 
@@ -158,7 +157,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         for name, opts, kind, n in CONFIGS:
             path = os.path.join(tmp, name + ".gguf")
-            subprocess.check_call([sys.executable, os.path.join(ROOT, "tools", "make_test_model.py"),
+            subprocess.check_call([sys.executable, "-m", "memmodel.make_test_model",
                                    path] + opts.split())
             vocab = len(gguf.GGUFReader(path).meta["tokenizer.ggml.tokens"])
             tokens = rng.integers(0, vocab, n).tolist()

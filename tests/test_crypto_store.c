@@ -20,15 +20,7 @@ static uint64_t add_doc(msadb_store *st, uint64_t seed)
     doc.title = "secret title";
     doc.text = secret_text;
     doc.text_len = strlen(secret_text);
-    doc.n_tokens = T;
-    doc.kv_dtype = MSADB_DTYPE_F32;
-    doc.keys = K;
-    doc.values = V;
-    uint64_t id;
-    CHECK_OK(msadb_doc_append(st, &doc, &id));
-    free(K);
-    free(V);
-    return id;
+    return tu_append_f32(st, &doc, T, K, V);
 }
 
 static int file_contains(const char *path, const void *needle, size_t n)

@@ -31,15 +31,7 @@ static uint64_t add_doc(msadb_store *st, const char *space, uint64_t seed, size_
     doc.title = title;
     doc.text = "some text";
     doc.text_len = 9;
-    doc.n_tokens = T;
-    doc.kv_dtype = MSADB_DTYPE_F32;
-    doc.keys = K;
-    doc.values = V;
-    uint64_t id;
-    CHECK_OK(msadb_doc_append(st, &doc, &id));
-    free(K);
-    free(V);
-    return id;
+    return tu_append_f32(st, &doc, T, K, V);
 }
 
 /* The document's stored keys of plane 0 equal those made from its seed. */

@@ -1,6 +1,6 @@
 /* test_gguf.c -- the strict GGUF reader (libmsadb/runtime/gguf.c).
  *
- * 1. A sample written by tools/gguf.py (every metadata type, tensors in F32,
+ * 1. A sample written by tools/memmodel/gguf.py (every metadata type, tensors in F32,
  *    F16, BF16 and Q8_0 next to F32 twins holding the values the reader must
  *    produce, alignment 64) reads back exactly, by path and from memory.
  *    Needs MSADB_SOURCE_ROOT and python3 with numpy; skipped otherwise.
@@ -542,7 +542,7 @@ static void test_files(void)
     free(B.b.p);
 }
 
-/* The sample written by tools/gguf.py. */
+/* The sample written by tools/memmodel/gguf.py. */
 static void check_sample(msadb_gguf *g)
 {
     int64_t v;
@@ -707,7 +707,8 @@ int main(void)
         return 0;
     }
     snprintf(path, sizeof path, "%s/sample.gguf", tu_tmpdir("gguf-sample"));
-    snprintf(cmd, sizeof cmd, "%s %s/tools/gguf.py sample %s", python, root, path);
+    snprintf(cmd, sizeof cmd, "PYTHONPATH=%s/tools %s -m memmodel.gguf sample %s", root, python,
+             path);
     CHECK(system(cmd) == 0);
     msadb_gguf *g;
     CHECK_OK(msadb_gguf_open(path, &g));

@@ -387,9 +387,13 @@ static void test_reps(void)
 int main(void)
 {
     printf("simd: %s\n", msadb_k_simd() ? "avx512" : "portable");
-    uint32_t dims[] = {128, 64, 40, 100, 16, 1, 256};
+    /* every common head dim (64, 80, 96, 128, 256) and odd ones; GQA
+     * groups 1, 2, 4 and 8 (vector paths: 4 summaries at a time, the rest
+     * one by one; n = 301 leaves a remainder) */
+    uint32_t dims[] = {128, 64, 80, 96, 40, 100, 16, 1, 256};
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
-        test_scores(dims[i], 1, 4);
+        for (uint32_t gq = 1; gq <= 8; gq *= 2)
+            test_scores(dims[i], 1, gq);
         test_scores(dims[i], 1, 3);
         test_scores(dims[i], 5, 2);
         test_scores(dims[i], 2, 9);

@@ -1,6 +1,6 @@
 /* test_model.c -- the llama runtime (libmsadb/runtime/model.c).
  *
- * Without arguments: builds small GGUF models with tools/make_test_model.py
+ * Without arguments: builds small GGUF models with tools/memmodel/make_test_model.py
  * (needs MSADB_SOURCE_ROOT and a python3 with numpy; exits 77 = skipped
  * otherwise) and checks, for f32 and q8_0, tied and untied, GQA models:
  *   - incremental decoding with the KV cache equals one full-sequence
@@ -50,14 +50,14 @@ static int run_cmd(const char *cmd)
     return rc;
 }
 
-/* Writes tmp/NAME.gguf with make_test_model.py and the given options. */
+/* Writes tmp/NAME.gguf with memmodel.make_test_model and the given options. */
 static const char *make_model(const char *name, const char *opts)
 {
     static char path[1200];
     char cmd[4096];
     snprintf(path, sizeof path, "%s/%s.gguf", tmp, name);
-    snprintf(cmd, sizeof cmd, "%s %s/tools/make_test_model.py %s %s", python, src_root, path,
-             opts);
+    snprintf(cmd, sizeof cmd, "PYTHONPATH=%s/tools %s -m memmodel.make_test_model %s %s",
+             src_root, python, path, opts);
     CHECK(run_cmd(cmd) == 0);
     return path;
 }
@@ -590,8 +590,8 @@ static void expect_refused(const char *base, const char *edit, int want)
 {
     char out[1200], cmd[4096];
     snprintf(out, sizeof out, "%s/edited.gguf", tmp);
-    snprintf(cmd, sizeof cmd, "%s %s/tools/gguf.py edit %s %s %s", python, src_root, base, out,
-             edit);
+    snprintf(cmd, sizeof cmd, "PYTHONPATH=%s/tools %s -m memmodel.gguf edit %s %s %s",
+             src_root, python, base, out, edit);
     CHECK(run_cmd(cmd) == 0);
     msadb_model *m = NULL;
     int rc = msadb_model_open(out, &m);

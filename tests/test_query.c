@@ -57,14 +57,7 @@ static uint64_t add_doc(msadb_store *st, const char *space, size_t T, const floa
             K[((size_t)needle_plane * T + needle_tok) * D + j] = alpha * needle[j];
     msadb_doc doc = {0};
     doc.space = space;
-    doc.n_tokens = T;
-    doc.kv_dtype = MSADB_DTYPE_F32;
-    doc.keys = K;
-    doc.values = V;
-    uint64_t id;
-    CHECK_OK(msadb_doc_append(st, &doc, &id));
-    free(K);
-    free(V);
+    uint64_t id = tu_append_f32(st, &doc, T, K, V);
     CHECK(ndocs < MAXDOC);
     docs[ndocs].id = id;
     docs[ndocs].space = space ? space : "default";

@@ -269,15 +269,8 @@ static void test_format1(void)
     char kb[32];
     msadb_doc plain = doc_of(5, 20, 0, kb);
     CHECK_OK(msadb_doc_append(st, &plain, NULL));
-    MDB_txn *txn;
-    CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
-    CHECK_OK(mdb_drop(txn, st->db_dockeys, 1));
-    uint8_t one[4];
-    msadb_put_le32(one, 1);
-    MDB_val fk = {6, "format"}, fv = {4, one};
-    CHECK_OK(mdb_put(txn, st->db_meta, &fk, &fv, 0));
-    CHECK_OK(mdb_txn_commit(txn));
     msadb_close(st);
+    tu_store_as_format(dir, 1);
 
     msadb_options ro;
     msadb_options_init(&ro);
@@ -297,7 +290,7 @@ static void test_format1(void)
     uint64_t id;
     CHECK_OK(msadb_doc_append(st, &keyed, &id));
     CHECK_OK(msadb_stat(st, &si));
-    CHECK(si.format_version == 2 && si.n_documents == 2);
+    CHECK(si.format_version == 3 && si.n_documents == 2);
     CHECK(find(st, "k6") == id && find(reader, "k6") == id);
     CHECK_OK(msadb_verify(st, NULL, NULL));
     CHECK_OK(msadb_verify(reader, NULL, NULL));

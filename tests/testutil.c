@@ -1,6 +1,7 @@
 /* testutil.c -- see testutil.h. */
 #include "testutil.h"
 
+#include <lmdb.h>
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
@@ -104,10 +105,50 @@ const char *tu_make_model(const char *dir, const char *name, const char *opts)
     if (system(cmd) != 0)
         return NULL;
     snprintf(path, sizeof path, "%s/%s.gguf", dir, name);
-    snprintf(cmd, sizeof cmd, "%s %s/tools/make_test_model.py %s %s", py, root, path, opts);
+    snprintf(cmd, sizeof cmd, "PYTHONPATH=%s/tools %s -m memmodel.make_test_model %s %s", root, py,
+             path, opts);
     if (system(cmd) != 0) {
         fprintf(stderr, "command failed: %s\n", cmd);
         exit(1);
     }
     return path;
+}
+
+uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, float *V)
+{
+    doc->n_tokens = T;
+    doc->kv_dtype = MSADB_DTYPE_F32;
+    doc->keys = K;
+    doc->values = V;
+    uint64_t id = 0;
+    CHECK_OK(msadb_doc_append(st, doc, &id));
+    free(K);
+    free(V);
+    return id;
+}
+
+void tu_store_as_format(const char *dir, uint32_t version)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta, db;
+    CHECK_OK(mdb_env_create(&env));
+    CHECK_OK(mdb_env_set_maxdbs(env, 32));
+    CHECK_OK(mdb_env_open(env, dir, 0, 0600));
+    CHECK_OK(mdb_txn_begin(env, NULL, 0, &txn));
+    CHECK_OK(mdb_dbi_open(txn, "meta", 0, &meta));
+    if (version < 3 && mdb_dbi_open(txn, "dockeys", 0, &db) == 0)
+        CHECK_OK(mdb_drop(txn, db, 1));
+    if (version < 2) {
+        if (mdb_dbi_open(txn, "route", 0, &db) == 0)
+            CHECK_OK(mdb_drop(txn, db, 1));
+        MDB_val k = {5, (void *)"route"};
+        int rc = mdb_del(txn, meta, &k, NULL);
+        CHECK(rc == 0 || rc == MDB_NOTFOUND);
+    }
+    uint8_t v[4] = {(uint8_t)version, 0, 0, 0};
+    MDB_val fk = {6, (void *)"format"}, fv = {4, v};
+    CHECK_OK(mdb_put(txn, meta, &fk, &fv, 0));
+    CHECK_OK(mdb_txn_commit(txn));
+    mdb_env_close(env);
 }

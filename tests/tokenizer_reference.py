@@ -39,9 +39,8 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import gguf  # noqa: E402  (tools/gguf.py)
-from spm_model import read_spm_model  # noqa: E402  (tools/spm_model.py)
+from memmodel import gguf
+from memmodel.spm_model import read_spm_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -170,7 +169,7 @@ def read_cases(path):
     return cases
 
 # ---------------------------------------------------------------------------
-# GGUF writer (metadata only): tools/gguf.py
+# GGUF writer (metadata only): tools/memmodel/gguf.py
 # ---------------------------------------------------------------------------
 
 T_UINT32, T_INT32, T_FLOAT32, T_BOOL = gguf.T_UINT32, gguf.T_INT32, gguf.T_FLOAT32, gguf.T_BOOL

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""train_continue.py -- tools/train_memory_model.py run in two commands
+"""train_continue.py -- tools/memmodel/train.py run in two commands
 (--stop-after-steps, then --continue) goes on where the first stopped.
 
 On a tiny model and made-up data (CPU, PyTorch): one uninterrupted run of
@@ -28,11 +28,10 @@ except ImportError:
     sys.exit(77)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "tools", "train_memory_model.py")
 
 
 def make_data(d, n_ex=2100, vocab=8192, seed=5):
-    """Text streams and facts in make_memory_data.py's layout: each example
+    """Text streams and facts in memmodel.data's layout: each example
     one 9-token fact whose value starts at token 5, a 6-token question
     (BOS first) and a 3-token answer ending in EOS."""
     rng = np.random.default_rng(seed)
@@ -55,10 +54,10 @@ def make_data(d, n_ex=2100, vocab=8192, seed=5):
 
 
 def run(args):
-    r = subprocess.run([sys.executable, TRAIN] + args, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "memmodel.train"] + args, capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-        raise SystemExit("train_memory_model.py %s: exit %d" % (" ".join(args), r.returncode))
+        raise SystemExit("memmodel.train %s: exit %d" % (" ".join(args), r.returncode))
 
 
 def log_of(out):

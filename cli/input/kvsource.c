@@ -277,15 +277,9 @@ static int kv_source_check(kv_source *s, const msadb_signature *sig, const tf_te
     return check_meta(s, meta_lengths);
 }
 
-int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, int scan)
+/* Finds the known tensors of a parsed safetensors file and checks them. */
+static int kv_source_tensors(kv_source *s, const msadb_signature *sig, int scan)
 {
-    char err[512];
-    memset(s, 0, sizeof *s);
-    s->label = strdup(path);
-    if (!s->label)
-        return cli_error("out of memory");
-    if (tf_safetensors_open(path, &s->st, err, sizeof err) != 0)
-        return cli_error("%s: %s", path, err);
     for (size_t i = 0; i < s->st.n; i++) {
         size_t k = 0;
         while (known_tensors[k] && strcmp(known_tensors[k], s->st.tensors[i].name) != 0)
@@ -293,7 +287,7 @@ int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, i
         if (!known_tensors[k])
             return cli_error("%s: unknown tensor '%.80s' (expected keys, values, doc_lengths, "
                              "tokens, text, token_spans, text_lengths, meta, meta_lengths)",
-                             path, s->st.tensors[i].name);
+                             s->label, s->st.tensors[i].name);
     }
     s->keys = tf_find(&s->st, "keys");
     s->values = tf_find(&s->st, "values");
@@ -303,6 +297,31 @@ int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, i
     s->meta = tf_find(&s->st, "meta");
     return kv_source_check(s, sig, tf_find(&s->st, "doc_lengths"), tf_find(&s->st, "text_lengths"),
                            tf_find(&s->st, "meta_lengths"), scan);
+}
+
+int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, int scan)
+{
+    char err[512];
+    memset(s, 0, sizeof *s);
+    s->label = strdup(path);
+    if (!s->label)
+        return cli_error("out of memory");
+    if (tf_safetensors_open(path, &s->st, err, sizeof err) != 0)
+        return cli_error("%s: %s", path, err);
+    return kv_source_tensors(s, sig, scan);
+}
+
+int kv_source_parse(kv_source *s, const char *label, const uint8_t *buf, size_t len,
+                    const msadb_signature *sig, int scan)
+{
+    char err[512];
+    memset(s, 0, sizeof *s);
+    s->label = strdup(label);
+    if (!s->label)
+        return cli_error("out of memory");
+    if (tf_safetensors_parse(buf, len, &s->st, err, sizeof err) != 0)
+        return cli_error("%s: %s", label, err);
+    return kv_source_tensors(s, sig, scan);
 }
 
 int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_path,

@@ -382,14 +382,49 @@ int tf_safetensors_parse(const uint8_t *buf, size_t len, tf_file *out, char *err
 /* files                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static int read_all(int fd, uint8_t **buf, size_t *len, char *err, size_t errlen)
+size_t tf_input_max(void)
+{
+    const char *e = getenv("MSADB_INPUT_MAX");
+    if (e && *e) {
+        char *end;
+        unsigned long long v = strtoull(e, &end, 10);
+        if (*end == 0 && v > 0 && v <= SIZE_MAX)
+            return (size_t)v;
+    }
+    return TF_INPUT_MAX;
+}
+
+int tf_input_open(const char *path, int *fd, struct stat *st, char *err, size_t errlen)
+{
+    /* Non-blocking, so that a FIFO without a writer does not hang here;
+     * reads then block as usual (and a FIFO without a writer reads as
+     * empty). */
+    *fd = strcmp(path, "-") == 0 ? dup(0) : open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (*fd < 0)
+        return fail(err, errlen, "cannot open: %s", strerror(errno));
+    int fl = fcntl(*fd, F_GETFL);
+    if (fstat(*fd, st) != 0 || fl < 0 || fcntl(*fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(*fd);
+        return fail(err, errlen, "cannot stat: %s", strerror(e));
+    }
+    if (S_ISDIR(st->st_mode)) {
+        close(*fd);
+        return fail(err, errlen, "is a directory, expected a file");
+    }
+    return 0;
+}
+
+int tf_read_fd(int fd, size_t max, uint8_t **buf, size_t *len, char *err, size_t errlen)
 {
     size_t cap = 1 << 16, n = 0;
     uint8_t *b = malloc(cap);
+    *buf = NULL;
+    *len = 0;
     if (!b)
         return fail(err, errlen, "out of memory");
     for (;;) {
-        if (n == cap) {
+        if (n + 1 >= cap) {
             uint8_t *nb = cap > SIZE_MAX / 2 ? NULL : realloc(b, cap * 2);
             if (!nb) {
                 free(b);
@@ -398,7 +433,10 @@ static int read_all(int fd, uint8_t **buf, size_t *len, char *err, size_t errlen
             b = nb;
             cap *= 2;
         }
-        ssize_t r = read(fd, b + n, cap - n);
+        size_t want = cap - 1 - n;
+        if (want > max + 1 - n)
+            want = max + 1 - n; /* one byte past the limit shows it was passed */
+        ssize_t r = read(fd, b + n, want);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
@@ -409,29 +447,30 @@ static int read_all(int fd, uint8_t **buf, size_t *len, char *err, size_t errlen
         if (r == 0)
             break;
         n += (size_t)r;
+        if (n > max) {
+            free(b);
+            return fail(err, errlen, "input larger than %zu bytes, the limit for input that is "
+                        "not a regular file (set MSADB_INPUT_MAX to change it)", max);
+        }
     }
+    b[n] = 0;
     *buf = b;
     *len = n;
     return 0;
 }
 
-/* Maps a regular file, or reads anything else (a pipe) into memory. */
 static int load_file(const char *path, uint8_t **buf, size_t *len, int *mapped, char *err,
                      size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return fail(err, errlen, "cannot open: %s", strerror(errno));
+    int fd;
     struct stat st;
+    if (tf_input_open(path, &fd, &st, err, errlen) != 0)
+        return -1;
     int rc = 0;
     *buf = NULL;
     *len = 0;
     *mapped = 0;
-    if (fstat(fd, &st) != 0) {
-        rc = fail(err, errlen, "cannot stat: %s", strerror(errno));
-    } else if (S_ISDIR(st.st_mode)) {
-        rc = fail(err, errlen, "is a directory, expected a file");
-    } else if (S_ISREG(st.st_mode)) {
+    if (S_ISREG(st.st_mode)) {
         if (st.st_size == 0) {
             rc = fail(err, errlen, "file is empty");
         } else if ((uint64_t)st.st_size > SIZE_MAX) {
@@ -446,8 +485,10 @@ static int load_file(const char *path, uint8_t **buf, size_t *len, int *mapped, 
                 *mapped = 1;
             }
         }
-    } else {
-        rc = read_all(fd, buf, len, err, errlen);
+    } else if ((rc = tf_read_fd(fd, tf_input_max(), buf, len, err, errlen)) == 0 && *len == 0) {
+        free(*buf);
+        *buf = NULL;
+        rc = fail(err, errlen, "no data (a pipe or FIFO that nothing was written to?)");
     }
     close(fd);
     return rc;
@@ -884,7 +925,7 @@ int tf_out_open(tf_out *o, const char *path, char *err, size_t errlen)
         tf_out_abort(o);
         return fail(err, errlen, "cannot create: %s", strerror(e));
     }
-    fchmod(fd, 0644);
+    /* mkstemp makes it 0600: a dump holds an encrypted store's plaintext */
     o->fp = fdopen(fd, "wb");
     if (!o->fp) {
         int e = errno;

@@ -19,6 +19,11 @@
 #define TF_MAX_HEADER (100u * 1024u * 1024u)
 /* Largest .npy header accepted (bytes). */
 #define TF_MAX_NPY_HEADER (1u * 1024u * 1024u)
+/* Most bytes read from an input held in memory whole: any input that is
+ * not a regular file (pipes, FIFOs, stdin, devices such as /dev/zero) and
+ * text files; the environment variable MSADB_INPUT_MAX (bytes) overrides
+ * it.  Regular tensor files are mapped, not read, and have no such limit. */
+#define TF_INPUT_MAX ((size_t)1 << 30)
 
 typedef enum tf_dtype {
     TF_BOOL, TF_U8, TF_I8, TF_U16, TF_I16, TF_U32, TF_I32, TF_U64, TF_I64,
@@ -59,6 +64,16 @@ typedef struct tf_file {
     size_t map_len_;
     int mapped_;
 } tf_file;
+
+struct stat;
+/* The input limit in force (TF_INPUT_MAX or $MSADB_INPUT_MAX). */
+size_t tf_input_max(void);
+/* Opens an input ("-": a duplicate of stdin) without blocking on a FIFO
+ * that has no writer, and stats it; refuses directories.  0, or -1. */
+int tf_input_open(const char *path, int *fd, struct stat *st, char *err, size_t errlen);
+/* Reads fd to its end into a malloc'ed, NUL-terminated buffer; refuses more
+ * than max bytes without reading further.  0, or -1. */
+int tf_read_fd(int fd, size_t max, uint8_t **buf, size_t *len, char *err, size_t errlen);
 
 /* Parses safetensors bytes.  `buf` must outlive the result (tensors point
  * into it).  Checks: 8-byte little-endian header length <= TF_MAX_HEADER and

@@ -17,44 +17,23 @@
 /* Reads a whole file; *buf is malloc'ed (NUL-terminated), or a message. */
 int cli_read_file(const char *path, char **buf, size_t *len)
 {
+    char err[256];
+    int fd;
+    struct stat sb;
     *buf = NULL;
     *len = 0;
-    int fd = strcmp(path, "-") == 0 ? 0 : open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return cli_error("%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        close(fd);
-        return cli_error("%s: is a directory, expected a text file", path);
-    }
-    size_t cap = sb.st_size > 0 && S_ISREG(sb.st_mode) ? (size_t)sb.st_size + 1 : 4096, n = 0;
-    char *p = malloc(cap);
-    int rc = p ? CLI_OK : cli_error("out of memory");
-    while (rc == CLI_OK) {
-        if (n + 1 >= cap && cli_grow(&p, &cap, cap * 2, 1, 4096)) {
-            rc = cli_error("%s: out of memory", path);
-            break;
-        }
-        ssize_t r = read(fd, p + n, cap - 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            rc = cli_error("%s: cannot read: %s", path, strerror(errno));
-        else if (r == 0)
-            break;
-        else
-            n += (size_t)r;
-    }
-    if (fd != 0)
-        close(fd);
-    if (rc != CLI_OK) {
-        free(p);
-        return rc;
-    }
-    p[n] = 0;
-    *buf = p;
-    *len = n;
-    return CLI_OK;
+    if (tf_input_open(path, &fd, &sb, err, sizeof err) != 0)
+        return cli_error("%s: %s", path, err);
+    size_t max = tf_input_max();
+    int rc = 0;
+    if (S_ISREG(sb.st_mode) && (uint64_t)sb.st_size > max)
+        rc = cli_error("%s: %llu bytes, more than the %zu bytes of text read at once (split the "
+                       "file, or set MSADB_INPUT_MAX)",
+                       path, (unsigned long long)sb.st_size, max);
+    else if (tf_read_fd(fd, max, (uint8_t **)buf, len, err, sizeof err) != 0)
+        rc = cli_error("%s: %s", path, err);
+    close(fd);
+    return rc;
 }
 
 int cli_text_check(const char *path, const char *text, size_t len)

@@ -79,14 +79,16 @@ void msadb_summ_view_of(const msadb_summ_layout *L, const uint8_t *page, size_t 
     v->mean = (const uint16_t *)(const void *)reg[MSADB_REG_MEAN];
     v->minmax = (const uint16_t *)(const void *)reg[MSADB_REG_MINMAX];
     v->reps = (const int8_t *)reg[MSADB_REG_REPS];
+    v->n_reps = MSADB_K_REPS;
 }
 
 void msadb_summ_view_from(const msadb_summ_view *v, uint32_t d, uint32_t e, msadb_summ_view *out)
 {
     out->mean = v->mean ? v->mean + (size_t)e * d : NULL;
     out->minmax = v->minmax ? v->minmax + (size_t)e * 2 * d : NULL;
-    out->reps = v->reps ? v->reps + (size_t)e * MSADB_K_REPS * d : NULL;
-    out->reps_scale = v->reps_scale ? v->reps_scale + (size_t)e * MSADB_K_REPS : NULL;
+    out->reps = v->reps ? v->reps + (size_t)e * v->n_reps * d : NULL;
+    out->reps_scale = v->reps_scale ? v->reps_scale + (size_t)e * v->n_reps : NULL;
+    out->n_reps = v->n_reps;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -214,7 +216,7 @@ void msadb_summ_score_page(const msadb_kq *kq, msadb_summ_score how, const msadb
                            float *tmp, float *scores)
 {
     if (how == MSADB_SUMM_SCORE_REPS)
-        msadb_k_score_reps_i8(kq, v->reps, v->reps_scale, n, MSADB_K_REPS, tmp, scores, n);
+        msadb_k_score_reps_i8(kq, v->reps, v->reps_scale, n, v->n_reps, tmp, scores, n);
     else if (how == MSADB_SUMM_SCORE_MINMAX)
         msadb_k_score_minmax(kq, v->minmax, n, scores, n);
     else

@@ -86,6 +86,8 @@ typedef struct msadb_summ_view {
     const uint16_t *minmax;  /* [n][2][d] f16 */
     const int8_t *reps;      /* [n][3][d] int8 */
     const float *reps_scale; /* [n][3] f32 */
+    uint32_t n_reps;         /* representatives per entry: MSADB_K_REPS in
+                                summary pages, R in coarse pages (coarse.h) */
 } msadb_summ_view;
 
 /* The regions of a page of n entries (page 16-byte aligned). */
@@ -119,7 +121,7 @@ typedef enum msadb_summ_score {
 MSADB_HIDDEN msadb_summ_score msadb_summ_score_of(uint32_t kind, int score);
 
 /* Scores n entries of a page for every group of kq: scores[g * n + i].
- * tmp holds n * MSADB_K_REPS * kq->n_groups floats (used by REPS only). */
+ * tmp holds n * v->n_reps * kq->n_groups floats (used by REPS only). */
 MSADB_HIDDEN void msadb_summ_score_page(const msadb_kq *kq, msadb_summ_score how, const msadb_summ_view *v,
                                         size_t n, float *tmp, float *scores);
 

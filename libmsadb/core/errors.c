@@ -1,4 +1,5 @@
 /* errors.c -- error strings and version information. */
+#include <errno.h>
 #include <lmdb.h>
 #include <string.h>
 
@@ -29,10 +30,20 @@ const char *msadb_strerror(int err)
     case MSADB_ELIMIT: return "size exceeds a limit or the buffer given";
     case MSADB_EIO: return "I/O error";
     case MSADB_ENOTSUP: return "not built into this library (rebuild msadb with that part enabled)";
+    case MSADB_ETIMEDOUT: return "a rank of the distributed store did not answer in time (failed or stalled)";
+    case MSADB_EPEER: return "the operation failed on another rank of the distributed store";
+    case MSADB_ERANGE:
+        return "a key or value is too large for the store (f16 storage or f16 summaries hold "
+               "magnitudes up to 65504)";
+    case MSADB_EMODEL: return "the store was made with another model of the same shape";
+    case MSADB_EBUSY: return "another process has the store open";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)
         return mdb_strerror(err);
+    if (err == EFBIG) /* strerror's "File too large" hides that it is a limit */
+        return "File size limit exceeded (the process's file size limit, ulimit -f, or the "
+               "filesystem's largest file)";
     if (err > 0) {
         const char *s = strerror(err);
         return s ? s : "system error";

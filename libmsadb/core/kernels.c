@@ -445,6 +445,75 @@ TARGET_AVX512 static inline __m512i reduce4x16i(__m512i a0, __m512i a1, __m512i 
     return _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0x4E));
 }
 
+/* Sums each of 16 accumulators: lane j of the result is the total of a[j].
+ * Integer sums are exact in any order. */
+TARGET_AVX512 static inline __m512i reduce16x16i(const __m512i *a)
+{
+    __m512i s2[8], s4[4];
+    for (int j = 0; j < 8; j++)
+        s2[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * j], a[2 * j + 1]),
+                                 _mm512_unpackhi_epi32(a[2 * j], a[2 * j + 1]));
+    for (int j = 0; j < 4; j++) /* 128-bit lane L: partial totals of a[4j..4j+3] */
+        s4[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(s2[2 * j], s2[2 * j + 1]),
+                                 _mm512_unpackhi_epi64(s2[2 * j], s2[2 * j + 1]));
+    __m512i u0 = _mm512_add_epi32(_mm512_shuffle_i32x4(s4[0], s4[1], 0x88), _mm512_shuffle_i32x4(s4[0], s4[1], 0xDD));
+    __m512i u1 = _mm512_add_epi32(_mm512_shuffle_i32x4(s4[2], s4[3], 0x88), _mm512_shuffle_i32x4(s4[2], s4[3], 0xDD));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(u0, u1, 0x88), _mm512_shuffle_i32x4(u0, u1, 0xDD));
+}
+
+/* Four summary vectors at a time against each four rows of every group:
+ * the 16 dot products of a (vector, row) tile are reduced together, which
+ * keeps small head dims (one or two 64-byte chunks per vector) from being
+ * bound by horizontal reductions.  Lane 4v + k of a tile is vector v, row
+ * k; the same float operations as the portable code follow (convert,
+ * times the row's scale, max over rows, times the vector's scale). */
+TARGET_AVX512 static size_t score_i8_x4_avx512(const msadb_kq *kq, const int8_t *v, const float *scale, size_t n,
+                                               float *scores, size_t stride)
+{
+    uint32_t d = kq->d, C = kq->dpad8 / 64, dp = kq->dpad8;
+    uint64_t tailbits = d % 64;
+    __mmask64 tail = tailbits ? (((__mmask64)1 << tailbits) - 1) : ~(__mmask64)0;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i pick = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const int8_t *b = v + i * d;
+        for (uint32_t g = 0; g < kq->n_groups; g++) {
+            size_t r0 = (size_t)g * kq->gpad;
+            __m512 best = _mm512_set1_ps(-INFINITY);
+            for (uint32_t r = 0; r < kq->gpad; r += 4) {
+                const int8_t *q = kq->q8 + (r0 + r) * dp;
+                __m512i acc[16];
+                for (int j = 0; j < 16; j++)
+                    acc[j] = _mm512_setzero_si512();
+                for (uint32_t c = 0; c < C; c++) {
+                    __m512i qr[4];
+                    for (int k = 0; k < 4; k++)
+                        qr[k] = _mm512_loadu_si512(q + (size_t)k * dp + c * 64);
+                    for (int u = 0; u < 4; u++) {
+                        const int8_t *p = b + (size_t)u * d + c * 64;
+                        __m512i raw = c + 1 < C || tailbits == 0 ? _mm512_loadu_si512(p)
+                                                                  : _mm512_maskz_loadu_epi8(tail, p);
+                        __m512i x = _mm512_xor_si512(raw, flip);
+                        for (int k = 0; k < 4; k++)
+                            acc[4 * u + k] = _mm512_dpbusd_epi32(acc[4 * u + k], x, qr[k]);
+                    }
+                }
+                __m512i t = reduce16x16i(acc);
+                __m512i corr = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(kq->q8_corr + r0 + r)));
+                __m512 sc = _mm512_broadcast_f32x4(_mm_loadu_ps(kq->q8_scale + r0 + r));
+                best = _mm512_max_ps(best, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(t, corr)), sc));
+            }
+            /* max over the four rows of each vector (lanes 4v..4v+3) */
+            __m512 m = _mm512_max_ps(best, _mm512_permute_ps(best, 0xB1));
+            m = _mm512_max_ps(m, _mm512_permute_ps(m, 0x4E));
+            __m128 top = _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, m));
+            _mm_storeu_ps(scores + g * stride + i, _mm_mul_ps(top, _mm_loadu_ps(scale + i)));
+        }
+    }
+    return i;
+}
+
 /* vpdpbusd multiplies unsigned by signed bytes: the summary bytes are
  * flipped to v + 128 and 128 * sum(q8) is subtracted afterwards.  The block
  * bytes are re-read from L1 for every four rows rather than kept in a stack
@@ -514,12 +583,19 @@ void msadb_k_score_minmax(const msadb_kq *kq, const uint16_t *minmax, size_t n, 
     score_minmax_portable(kq, minmax, n, scores, stride);
 }
 
+static int i8_tiles_off;
+
+void msadb_k_i8_tiles(int on) { __atomic_store_n(&i8_tiles_off, on == 0, __ATOMIC_RELAXED); }
+
 void msadb_k_score_i8(const msadb_kq *kq, const int8_t *v, const float *scale, size_t n,
                       float *scores, size_t stride)
 {
 #if MSADB_X86
     if (msadb_k_simd()) {
-        score_i8_avx512(kq, v, scale, n, scores, stride);
+        size_t done = __atomic_load_n(&i8_tiles_off, __ATOMIC_RELAXED) ? 0
+                                                                       : score_i8_x4_avx512(kq, v, scale, n, scores, stride);
+        if (done < n)
+            score_i8_avx512(kq, v + done * kq->d, scale + done, n - done, scores + done, stride);
         return;
     }
 #endif
@@ -971,3 +1047,5 @@ void msadb_k_lse_merge(size_t n, size_t d, const float *o1, const float *l1, con
         lse_out[i] = (float)(m + log(s));
     }
 }
+
+int msadb_blas_threads(void) { return openblas_get_num_threads(); }

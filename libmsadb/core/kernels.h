@@ -72,6 +72,11 @@ MSADB_HIDDEN void msadb_k_score_minmax(const msadb_kq *kq, const uint16_t *minma
 MSADB_HIDDEN void msadb_k_score_i8(const msadb_kq *kq, const int8_t *v, const float *scale,
                                    size_t n, float *scores, size_t stride);
 
+/* Turns the int8 kernel's four-summaries-at-a-time tiles off (0) or on (1,
+ * the default); off scores one summary at a time as before the tiles: for
+ * benchmarks that measure the tiles against it in the same run. */
+MSADB_HIDDEN void msadb_k_i8_tiles(int on);
+
 /* Quantizes one f32 vector to int8 with a symmetric absmax scale; returns
  * the scale (0 for a zero vector). */
 MSADB_HIDDEN float msadb_k_quantize_i8(const float *x, uint32_t d, int8_t *out);

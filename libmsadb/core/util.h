@@ -78,4 +78,11 @@ MSADB_HIDDEN int msadb_grow_arrays(const msadb_array *a, size_t k, size_t *cap, 
 MSADB_HIDDEN void *msadb_aalloc(size_t bytes);
 MSADB_HIDDEN void msadb_afree(void *p);
 
+/* Whether n bytes are valid UTF-8 (shortest forms, no surrogates, at most
+ * U+10FFFF). */
+MSADB_HIDDEN int msadb_utf8_valid(const char *s, size_t n);
+
+/* The largest |x| of n floats (NaN compares false: check finiteness first). */
+MSADB_HIDDEN float msadb_max_abs(const float *x, size_t n);
+
 #endif

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "query/bcache.h"
+#include "query/route.h"
 #include "core/kernels.h"
 #include "msadb.h"
 #include "store/store.h"
@@ -32,7 +33,6 @@
 
 #define MAX_SCAN_THREADS 8
 #define MIN_ENTRIES_PER_THREAD 8192 /* below this a second thread costs more than it saves */
-#define MAX_TOP_K 65536
 #define MAX_QUERY_TOKENS 65536
 #define CHUNK_FLOATS (1u << 21) /* scores per attention chunk: bounds the work buffer */
 
@@ -99,6 +99,8 @@ typedef struct qscratch {
     msadb_summ_score how;
     int doc_mode;
     uint32_t k, d;
+    uint32_t n_reps; /* representatives per entry of the views scanned */
+    int use_index;   /* route through the index when every page has one */
 
     /* spaces and page views of the current plane */
     uint32_t *space_ids;
@@ -107,6 +109,14 @@ typedef struct qscratch {
     size_t views_cap, views_tmp_cap;
     uint32_t *view_space; /* index into space_ids, per view */
     size_t view_space_cap;
+    const uint32_t *vspace; /* view_space of qs->views (the plane's, or the index's sub-views') */
+
+    /* routing index: level-1 views, chosen super-blocks, level-2 sub-views */
+    msadb_page_view *coarse_views, *sub_views;
+    size_t coarse_cap;
+    uint32_t *sub_space;
+    uint64_t *cands;
+    size_t cands_cap;
 
     msadb_kq kqs;
 
@@ -178,8 +188,8 @@ static int scan_blocks(qscratch *qs, scan_part *p)
             size_t c = msadb_k_select_ge(s, v->n, msadb_topk_threshold(h), p->idx);
             for (size_t j = 0; j < c; j++) {
                 uint32_t i = p->idx[j];
-                if (slot_flags(v->slots, i) & MSADB_SLOT_DELETED)
-                    continue;
+                if (v->slots && (slot_flags(v->slots, i) & MSADB_SLOT_DELETED))
+                    continue; /* coarse views have no slots: nothing masked */
                 msadb_topk_offer(h, s[i], CAND_ID(vi, i));
             }
         }
@@ -295,6 +305,10 @@ static void scratch_destroy(void *ptr)
     free(qs->views_all);
     free(qs->views_tmp);
     free(qs->view_space);
+    free(qs->coarse_views);
+    free(qs->sub_views);
+    free(qs->sub_space);
+    free(qs->cands);
     free(qs->sels);
     free(qs->sel_off);
     free(qs->ms);
@@ -376,7 +390,7 @@ static int part_prepare(qscratch *qs, scan_part *p, size_t page_max)
         msadb_grow(&p->idx, &p->idx_cap, page_max, sizeof(uint32_t), 16))
         return MSADB_ENOMEM;
     if (qs->how == MSADB_SUMM_SCORE_REPS &&
-        msadb_grow(&p->tmp, &p->tmp_cap, page_max * G * MSADB_K_REPS, sizeof(float), 16))
+        msadb_grow(&p->tmp, &p->tmp_cap, page_max * G * qs->n_reps, sizeof(float), 16))
         return MSADB_ENOMEM;
     if (!qs->doc_mode) {
         size_t hn = (size_t)G * qs->k, hc = p->heap_cap;
@@ -531,23 +545,14 @@ static size_t set_slot(const qscratch *qs, uint64_t key)
     return h;
 }
 
-/* Document mode for group g: documents ranked by their best run (a
- * document split into several runs appears once, with its best run's
- * score, because runs are visited best first); then every live block of the
- * k best documents, documents best first, blocks in storage order. */
-static int select_docs(qscratch *qs, uint32_t g, size_t *n)
+/* The best k documents of group g by their best run: each chosen
+ * document's rank goes to the set (set_val); returns how many were chosen,
+ * or -1 out of memory. */
+static long choose_docs(qscratch *qs, uint32_t g, size_t nr)
 {
     uint32_t G = qs->kq->n_groups;
-    size_t nr = 0;
-    for (int t = 0; t < qs->n_threads; t++)
-        nr += qs->parts[t].n_runs;
-    if (nr == 0)
-        return 0;
-    if (grow_merge(qs, nr))
-        return MSADB_ENOMEM;
-    int rc = set_init(qs, qs->k);
-    if (rc)
-        return rc;
+    if (grow_merge(qs, nr) || set_init(qs, qs->k))
+        return -1;
     /* run ids: thread in the top bits, run index below */
     size_t m = qs->k < nr ? qs->k : nr, chosen = 0;
     for (;;) {
@@ -570,60 +575,90 @@ static int select_docs(qscratch *qs, uint32_t g, size_t *n)
             qs->set_val[h] = (uint32_t)chosen++;
         }
         if (chosen == qs->k || m == nr)
-            break;
+            return (long)chosen;
         m = 2 * m < nr ? 2 * m : nr;
     }
-    /* count blocks per chosen document, then place them rank by rank */
+}
+
+/* The entries of a run (runs may cross page boundaries): written to out
+ * from *pos on when out is not NULL; returns their count. */
+static size_t run_entries(const qscratch *qs, const doc_run *dr, sel *out, uint32_t *pos)
+{
+    size_t len = 0;
+    for (uint64_t c = dr->first;;) {
+        size_t vi = CAND_VIEW(c);
+        uint32_t i = CAND_ENTRY(c);
+        uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
+        len += end - i;
+        for (; out && i < end; i++) {
+            out[*pos].cand = CAND_ID(vi, i);
+            out[*pos].score = NAN; /* the routing score is filled in later */
+            (*pos)++;
+        }
+        if (CAND_VIEW(dr->last) == vi)
+            return len;
+        c = CAND_ID(vi + 1, 0);
+    }
+}
+
+/* The chosen run of a thread's run r, or NULL when its document was not
+ * chosen. */
+static const doc_run *chosen_run(qscratch *qs, int t, size_t r, size_t *h)
+{
+    const doc_run *dr = &qs->parts[t].runs[r];
+    *h = set_slot(qs, dr->doc_id);
+    return qs->set_used[*h] ? dr : NULL;
+}
+
+/* Places every block of the chosen documents at base, rank by rank (a
+ * document's blocks in storage order); *total gets their count. */
+static int place_doc_blocks(qscratch *qs, size_t chosen, size_t at, size_t *total)
+{
     if (msadb_grow(&qs->cnt, &qs->cnt_cap, chosen + 1, sizeof(uint32_t), 16))
         return MSADB_ENOMEM;
     memset(qs->cnt, 0, (chosen + 1) * sizeof(uint32_t));
-    size_t total = 0;
+    size_t h, sum = 0;
     for (int t = 0; t < qs->n_threads; t++)
         for (size_t r = 0; r < qs->parts[t].n_runs; r++) {
-            const doc_run *dr = &qs->parts[t].runs[r];
-            size_t h = set_slot(qs, dr->doc_id);
-            if (!qs->set_used[h])
+            const doc_run *dr = chosen_run(qs, t, r, &h);
+            if (!dr)
                 continue;
-            size_t len = 0;
-            for (uint64_t c = dr->first;;) { /* runs may cross page boundaries */
-                size_t vi = CAND_VIEW(c);
-                uint32_t i = CAND_ENTRY(c);
-                uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
-                len += end - i;
-                if (CAND_VIEW(dr->last) == vi)
-                    break;
-                c = CAND_ID(vi + 1, 0);
-            }
+            size_t len = run_entries(qs, dr, NULL, NULL);
             qs->cnt[qs->set_val[h] + 1] += (uint32_t)len;
-            total += len;
+            sum += len;
         }
     for (size_t i = 1; i <= chosen; i++)
         qs->cnt[i] += qs->cnt[i - 1];
-    if (msadb_grow(&qs->sels, &qs->sels_cap, *n + total, sizeof(sel), 16))
+    if (msadb_grow(&qs->sels, &qs->sels_cap, at + sum, sizeof(sel), 16))
         return MSADB_ENOMEM;
-    sel *base = qs->sels + *n;
     for (int t = 0; t < qs->n_threads; t++)
         for (size_t r = 0; r < qs->parts[t].n_runs; r++) {
-            const doc_run *dr = &qs->parts[t].runs[r];
-            size_t h = set_slot(qs, dr->doc_id);
-            if (!qs->set_used[h])
-                continue;
-            uint32_t *pos = &qs->cnt[qs->set_val[h]];
-            for (uint64_t c = dr->first;;) {
-                size_t vi = CAND_VIEW(c);
-                uint32_t i = CAND_ENTRY(c);
-                uint32_t end = CAND_VIEW(dr->last) == vi ? CAND_ENTRY(dr->last) + 1 : qs->views[vi].n;
-                for (; i < end; i++) {
-                    base[*pos].cand = CAND_ID(vi, i);
-                    base[*pos].score = NAN; /* filled below */
-                    (*pos)++;
-                }
-                if (CAND_VIEW(dr->last) == vi)
-                    break;
-                c = CAND_ID(vi + 1, 0);
-            }
+            const doc_run *dr = chosen_run(qs, t, r, &h);
+            if (dr)
+                run_entries(qs, dr, qs->sels + at, &qs->cnt[qs->set_val[h]]);
         }
-    /* each block reports its own routing score */
+    *total = sum;
+    return 0;
+}
+
+/* Document mode for group g: documents ranked by their best run (a
+ * document split into several runs appears once, with its best run's
+ * score, because runs are visited best first); then every live block of the
+ * k best documents, documents best first, blocks in storage order. */
+static int select_docs(qscratch *qs, uint32_t g, size_t *n)
+{
+    size_t nr = 0, total = 0;
+    for (int t = 0; t < qs->n_threads; t++)
+        nr += qs->parts[t].n_runs;
+    if (nr == 0)
+        return 0;
+    long chosen = choose_docs(qs, g, nr);
+    if (chosen < 0)
+        return MSADB_ENOMEM;
+    int rc = place_doc_blocks(qs, (size_t)chosen, *n, &total);
+    if (rc)
+        return rc;
+    sel *base = qs->sels + *n;
     for (size_t i = 0; i < total; i++) {
         const msadb_page_view *v = &qs->views[CAND_VIEW(base[i].cand)];
         uint32_t e = CAND_ENTRY(base[i].cand);
@@ -753,7 +788,7 @@ static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_
         const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
         msadb_slot sl;
         msadb_slot_at(v->slots, CAND_ENTRY(sels[s].cand), &sl);
-        qs->refs[s] = (blk_ref){sl.block_id, qs->space_ids[qs->view_space[CAND_VIEW(sels[s].cand)]], sl.n_tok};
+        qs->refs[s] = (blk_ref){sl.block_id, qs->space_ids[qs->vspace[CAND_VIEW(sels[s].cand)]], sl.n_tok};
     }
     int rc = attend_refs(qs, a, qs->refs, ns, Q, nr, O, L);
     return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
@@ -834,6 +869,7 @@ static int collect_views(msadb_snapshot *snap, qscratch *qs, uint32_t plane)
     if (qs->n_views >= (1ull << 47))
         return MSADB_ELIMIT;
     qs->views = qs->views_all;
+    qs->vspace = qs->view_space;
     return 0;
 }
 
@@ -852,12 +888,16 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         return MSADB_ELIMIT;
     if (q->select != MSADB_SELECT_BLOCKS && q->select != MSADB_SELECT_DOCUMENTS)
         return MSADB_EINVAL;
-    if (!q->exact && (q->top_k == 0 || q->top_k > MAX_TOP_K))
+    if (!q->exact && (q->top_k == 0 || q->top_k > MSADB_MAX_TOP_K))
         return q->top_k == 0 ? MSADB_EINVAL : MSADB_ELIMIT;
     if (!(q->scale >= 0.0f) || isinf(q->scale))
         return MSADB_EINVAL;
     if (!msadb_score_valid(q->score))
         return MSADB_EINVAL;
+    if (q->route != MSADB_ROUTE_DEFAULT && q->route != MSADB_ROUTE_SCAN && q->route != MSADB_ROUTE_INDEX)
+        return MSADB_EINVAL;
+    if (q->route_candidates > MSADB_MAX_TOP_K)
+        return MSADB_ELIMIT;
     if (q->n_spaces > 0 && !q->spaces)
         return MSADB_EINVAL;
     for (size_t i = 0; i < q->n_spaces; i++)
@@ -916,100 +956,181 @@ static void emit_hits(qscratch *qs, const sel *s, size_t ns, uint32_t kv_head, u
     }
 }
 
+/* What one query needs for every kv head. */
+typedef struct qplan {
+    uint32_t d, nkv, nqh, G, n_groups, n_cand;
+    size_t nq, nrows;
+    float scale, hit_scale;
+    int per_token, mem_index;
+} qplan;
+
+#define DEFAULT_ROUTE_CANDIDATES 64
+
+/* Validates the query, gets the scratch and sizes its per-query buffers. */
+static int plan_query(msadb_snapshot *snap, const msadb_query *q, int attend, qscratch **qs_out, qplan *P)
+{
+    const msadb_signature *sig;
+    uint32_t skind;
+    int rc;
+    if ((rc = validate(snap, q, &sig, &P->mem_index, &skind)))
+        return rc;
+    qscratch *qs;
+    if ((rc = scratch_get(snap, &qs)) || (rc = resolve_spaces(snap, qs, q)))
+        return rc;
+    P->d = sig->head_dim;
+    P->nkv = sig->n_kv_heads;
+    P->nqh = sig->n_q_heads;
+    P->G = P->nqh / P->nkv;
+    P->nq = q->n_query;
+    P->nrows = P->nq * P->G;
+    P->scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)P->d);
+    P->per_token = q->per_token && !q->exact;
+    P->n_groups = P->per_token ? (uint32_t)P->nq : 1;
+    P->n_cand = q->route_candidates ? q->route_candidates : DEFAULT_ROUTE_CANDIDATES;
+    qs->how = msadb_summ_score_of(skind, mean_score(q->score));
+    qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
+    qs->d = P->d;
+    /* the index serves block selection with the representatives */
+    int indexable = !q->exact && !qs->doc_mode && qs->how == MSADB_SUMM_SCORE_REPS && msadb_snap_has_index(snap);
+    if (q->route == MSADB_ROUTE_INDEX && !indexable)
+        return MSADB_EINVAL;
+    qs->use_index = q->route != MSADB_ROUTE_SCAN && indexable;
+    /* the cosine variant scores the scale-free cosine, others in logit units */
+    P->hit_scale = qs->how == MSADB_SUMM_SCORE_MEAN_COS ? 1.0f : P->scale;
+    if (msadb_grow_scratch(&qs->Qg, &qs->qg_cap, P->nrows * P->d, sizeof(float), 1024) ||
+        msadb_grow(&qs->sel_off, &qs->sel_off_cap, P->nq + 1, sizeof(size_t), 16))
+        return MSADB_ENOMEM;
+    if (attend && (msadb_grow(&qs->Og, &qs->og_cap, P->nrows * P->d, sizeof(float), 16) ||
+                   msadb_grow(&qs->Lg, &qs->lg_cap, P->nrows, sizeof(float), 16)))
+        return MSADB_ENOMEM;
+    *qs_out = qs;
+    return 0;
+}
+
+/* Scans qs->views with heaps of k and selects per group into qs->sels. */
+static int scan_select(qscratch *qs, const qplan *P, uint32_t k, uint64_t *scanned, double *select_ms,
+                       size_t *n_sel)
+{
+    qs->k = k;
+    int rc = scan_all(qs, scanned);
+    double t1 = now_ms();
+    for (uint32_t g = 0; !rc && g < P->n_groups; g++) {
+        qs->sel_off[g] = *n_sel;
+        rc = qs->doc_mode ? select_docs(qs, g, n_sel) : select_blocks(qs, g, n_sel);
+    }
+    qs->sel_off[P->n_groups] = *n_sel;
+    *select_ms += now_ms() - t1;
+    return rc;
+}
+
+/* Two-level selection through the routing index (query/route.h): the best
+ * n_cand super-blocks per group, then top-k among their blocks. */
+static int select_index(qscratch *qs, const qplan *P, uint32_t top_k, msadb_query_stats *st, size_t *n_sel)
+{
+    const msadb_page_view *plane_views = qs->views;
+    size_t n_plane = qs->n_views;
+    if (msadb_grow(&qs->coarse_views, &qs->coarse_cap, n_plane + 1, sizeof(msadb_page_view), 16))
+        return MSADB_ENOMEM;
+    msadb_route_coarse_views(plane_views, n_plane, qs->coarse_views);
+    qs->views = qs->coarse_views;
+    qs->n_reps = plane_views[0].coarse.n_reps;
+    int rc = scan_select(qs, P, P->n_cand, &st->coarse_scanned, &st->select_ms, n_sel);
+    if (rc)
+        return rc;
+    size_t nc = *n_sel;
+    msadb_array a[] = {{&qs->cands, sizeof(uint64_t)}, {&qs->sub_views, sizeof(msadb_page_view)},
+                       {&qs->sub_space, sizeof(uint32_t)}};
+    if (msadb_grow_arrays(a, 3, &qs->cands_cap, nc + 1, 64, 0))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < nc; i++)
+        qs->cands[i] = qs->sels[i].cand;
+    qs->n_views = msadb_route_fine_views(plane_views, qs->view_space, qs->cands, nc, P->d, qs->sub_views,
+                                         qs->sub_space);
+    qs->views = qs->sub_views;
+    qs->vspace = qs->sub_space;
+    qs->n_reps = MSADB_K_REPS;
+    *n_sel = 0;
+    return scan_select(qs, P, top_k, &st->blocks_scanned, &st->select_ms, n_sel);
+}
+
+/* Selection for kv head kh: every block (exact), the index or the scan. */
+static int select_plane(msadb_snapshot *snap, qscratch *qs, const msadb_query *q, const qplan *P, uint32_t kh,
+                        msadb_query_stats *st, size_t *n_sel)
+{
+    double t0 = now_ms();
+    int rc = collect_views(snap, qs, (uint32_t)P->mem_index * P->nkv + kh);
+    if (rc)
+        return rc;
+    /* gather the group's rows: row t*G + j is q head kh*G + j of token t */
+    const uint32_t G = P->G, d = P->d;
+    for (size_t t = 0; t < P->nq; t++)
+        memcpy(qs->Qg + t * G * d, q->q + (t * P->nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
+    *n_sel = 0;
+    if (q->exact) {
+        qs->sel_off[0] = 0;
+        rc = select_all(qs, n_sel);
+        qs->sel_off[1] = *n_sel;
+        st->scan_ms += now_ms() - t0;
+        return rc;
+    }
+    if ((rc = msadb_kq_prepare(&qs->kqs, qs->Qg, P->n_groups, P->per_token ? G : (uint32_t)P->nrows,
+                               (size_t)G * d, d, d, qs->how == MSADB_SUMM_SCORE_MEAN_COS)))
+        return rc;
+    qs->kq = &qs->kqs;
+    qs->n_reps = MSADB_K_REPS;
+    double sel0 = st->select_ms;
+    if (qs->use_index && qs->n_views > 0 && msadb_route_views_indexed(qs->views, qs->n_views))
+        rc = select_index(qs, P, q->top_k, st, n_sel);
+    else
+        rc = scan_select(qs, P, q->top_k, &st->blocks_scanned, &st->select_ms, n_sel);
+    st->scan_ms += now_ms() - t0 - (st->select_ms - sel0); /* both levels, selection apart */
+    return rc;
+}
+
+/* Attention for kv head kh over its selection, into out and lse. */
+static int attend_plane(qscratch *qs, const qplan *P, const attend_ctx *ac, uint32_t kh, size_t n_sel, float *out,
+                        float *lse)
+{
+    const uint32_t G = P->G, d = P->d;
+    int rc = 0;
+    /* one selection for all rows, or one per token */
+    if (!P->per_token)
+        rc = attend_sels(qs, ac, qs->sels, n_sel, qs->Qg, (uint32_t)P->nrows, qs->Og, qs->Lg);
+    for (uint32_t g = 0; P->per_token && !rc && g < P->n_groups; g++) {
+        size_t o = qs->sel_off[g];
+        rc = attend_sels(qs, ac, qs->sels + o, qs->sel_off[g + 1] - o, qs->Qg + (size_t)g * G * d, G,
+                         qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G);
+    }
+    for (size_t t = 0; !rc && t < P->nq; t++) {
+        memcpy(out + (t * P->nqh + (size_t)kh * G) * d, qs->Og + t * G * d, (size_t)G * d * sizeof(float));
+        memcpy(lse + t * P->nqh + (size_t)kh * G, qs->Lg + t * G, G * sizeof(float));
+    }
+    return rc;
+}
+
 /* The engine: selection for every kv head, then (if out) attention. */
 static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
                      msadb_hit *hits, size_t hits_cap, size_t *n_hits)
 {
-    const msadb_signature *sig;
-    int mi, rc;
-    uint32_t skind;
-    if ((rc = validate(snap, q, &sig, &mi, &skind)))
-        return rc;
     qscratch *qs;
-    if ((rc = scratch_get(snap, &qs)))
+    qplan P;
+    int rc = plan_query(snap, q, out != NULL, &qs, &P);
+    if (rc)
         return rc;
     msadb_query_stats local, *st = q->stats ? q->stats : &local;
     memset(st, 0, sizeof *st);
+    attend_ctx ac = {snap, msadb_snap_signature(snap), 0, P.d, P.scale, st};
     size_t nh = 0;
-    if ((rc = resolve_spaces(snap, qs, q)))
-        return rc;
-
-    const uint32_t d = sig->head_dim, nkv = sig->n_kv_heads, nqh = sig->n_q_heads;
-    const uint32_t G = nqh / nkv;
-    const size_t nq = q->n_query, nrows = nq * G;
-    const float scale = q->scale > 0.0f ? q->scale : 1.0f / sqrtf((float)d);
-    const int per_token = q->per_token && !q->exact;
-    qs->how = msadb_summ_score_of(skind, mean_score(q->score));
-    qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
-    qs->k = q->top_k;
-    qs->d = d;
-    /* the cosine variant scores the scale-free cosine, others in logit units */
-    float hit_scale = qs->how == MSADB_SUMM_SCORE_MEAN_COS ? 1.0f : scale;
-
-    if (msadb_grow_scratch(&qs->Qg, &qs->qg_cap, nrows * d, sizeof(float), 1024) ||
-        msadb_grow(&qs->sel_off, &qs->sel_off_cap, nq + 1, sizeof(size_t), 16))
-        return MSADB_ENOMEM;
-    if (out && (msadb_grow(&qs->Og, &qs->og_cap, nrows * d, sizeof(float), 16) ||
-                msadb_grow(&qs->Lg, &qs->lg_cap, nrows, sizeof(float), 16)))
-        return MSADB_ENOMEM;
-    attend_ctx ac = {snap, sig, 0, d, scale, st};
-
-    for (uint32_t kh = 0; kh < nkv; kh++) {
-        uint32_t plane = (uint32_t)mi * nkv + kh;
-        ac.plane = plane;
-        double t0 = now_ms();
-        if ((rc = collect_views(snap, qs, plane)))
-            return rc;
-        /* gather the group's rows: row t*G + j is q head kh*G + j of token t */
-        for (size_t t = 0; t < nq; t++)
-            memcpy(qs->Qg + t * G * d, q->q + (t * nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
+    for (uint32_t kh = 0; kh < P.nkv; kh++) {
         size_t n_sel = 0;
-        uint32_t n_groups = per_token ? (uint32_t)nq : 1;
-        if (q->exact) {
-            qs->sel_off[0] = 0;
-            if ((rc = select_all(qs, &n_sel)))
-                return rc;
-            qs->sel_off[1] = n_sel;
-            st->scan_ms += now_ms() - t0;
-        } else {
-            if ((rc = msadb_kq_prepare(&qs->kqs, qs->Qg, n_groups, per_token ? G : (uint32_t)nrows,
-                                       (size_t)G * d, d, d, qs->how == MSADB_SUMM_SCORE_MEAN_COS)))
-                return rc;
-            qs->kq = &qs->kqs;
-            if ((rc = scan_all(qs, &st->blocks_scanned)))
-                return rc;
-            double t1 = now_ms();
-            st->scan_ms += t1 - t0;
-            for (uint32_t g = 0; g < n_groups; g++) {
-                qs->sel_off[g] = n_sel;
-                rc = qs->doc_mode ? select_docs(qs, g, &n_sel) : select_blocks(qs, g, &n_sel);
-                if (rc)
-                    return rc;
-            }
-            qs->sel_off[n_groups] = n_sel;
-            st->select_ms += now_ms() - t1;
-        }
-        for (uint32_t g = 0; g < n_groups; g++)
+        if ((rc = select_plane(snap, qs, q, &P, kh, st, &n_sel)))
+            return rc;
+        for (uint32_t g = 0; g < P.n_groups; g++)
             emit_hits(qs, qs->sels + qs->sel_off[g], qs->sel_off[g + 1] - qs->sel_off[g], kh,
-                      per_token ? g : 0, hit_scale, hits, hits_cap, &nh);
-        if (!out)
-            continue;
-        /* attention: one selection for all rows, or one per token */
-        if (!per_token) {
-            if ((rc = attend_sels(qs, &ac, qs->sels, n_sel, qs->Qg, (uint32_t)nrows, qs->Og, qs->Lg)))
-                return rc;
-        } else {
-            for (uint32_t g = 0; g < n_groups; g++) {
-                size_t o = qs->sel_off[g];
-                if ((rc = attend_sels(qs, &ac, qs->sels + o, qs->sel_off[g + 1] - o, qs->Qg + (size_t)g * G * d, G,
-                                      qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G)))
-                    return rc;
-            }
-        }
-        for (size_t t = 0; t < nq; t++) {
-            memcpy(out + (t * nqh + (size_t)kh * G) * d, qs->Og + t * G * d, (size_t)G * d * sizeof(float));
-            memcpy(lse + t * nqh + (size_t)kh * G, qs->Lg + t * G, G * sizeof(float));
-        }
+                      P.per_token ? g : 0, P.hit_scale, hits, hits_cap, &nh);
+        ac.plane = (uint32_t)P.mem_index * P.nkv + kh;
+        if (out && (rc = attend_plane(qs, &P, &ac, kh, n_sel, out, lse)))
+            return rc;
     }
     if (n_hits)
         *n_hits = nh;

@@ -2,6 +2,8 @@
  * runtime (-Druntime=disabled): each says so with MSADB_ENOTSUP, so a
  * program linked against either build runs and reports why it cannot load
  * a model. */
+#include <stdio.h>
+
 #include "msadb.h"
 
 int msadb_llm_open(const char *path, msadb_llm **out)
@@ -67,5 +69,39 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size
 {
     (void)llm, (void)store, (void)question, (void)qlen, (void)p, (void)answer, (void)cap, (void)len;
     (void)hits, (void)hits_cap, (void)n_hits;
+    return MSADB_ENOTSUP;
+}
+
+int msadb_llm_available(void) { return 0; }
+
+int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
+{
+    (void)err;
+    if (!path || !buf || !cap)
+        return MSADB_EINVAL;
+    snprintf(buf, cap, "this msadb was built without the model runtime (-Druntime=disabled)");
+    return 0;
+}
+
+int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out)
+{
+    (void)llm, (void)out;
+    return MSADB_ENOTSUP;
+}
+
+int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_model_id *rec)
+{
+    (void)llm, (void)store, (void)rec;
+    return MSADB_ENOTSUP;
+}
+
+int msadb_llm_search(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,
+                     const msadb_ask_params *p, float min_score, msadb_span *spans, size_t cap,
+                     size_t *n)
+{
+    (void)llm, (void)store, (void)question, (void)qlen, (void)p, (void)min_score, (void)spans,
+        (void)cap;
+    if (n)
+        *n = 0;
     return MSADB_ENOTSUP;
 }

@@ -1,8 +1,14 @@
 /* llm.c -- the built-in runtime behind the public API: a GGUF llama model
  * with its tokenizer, ingesting text into a store (capture) and answering
  * questions with memory attention merged into every memory layer. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <unistd.h>
+
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +28,9 @@ struct msadb_llm {
     /* how the model was trained to route (GGUF msadb.routing.*), 0 = not said */
     uint32_t route_summary;
     int route_score;
+    char *path;       /* absolute path of the file */
+    int have_id;      /* id computed (msadb_llm_identity) */
+    msadb_model_id id;
 };
 
 typedef struct {
@@ -81,6 +90,8 @@ int msadb_llm_open(const char *path, msadb_llm **out)
         rc = msadb_tokenizer_from_gguf(msadb_model_gguf(llm->model), &llm->tok);
     if (!rc)
         rc = read_routing(llm);
+    if (!rc && !(llm->path = realpath(path, NULL)))
+        rc = errno;
     if (rc) {
         msadb_llm_close(llm);
         return rc;
@@ -95,7 +106,155 @@ void msadb_llm_close(msadb_llm *llm)
         return;
     msadb_tokenizer_free(llm->tok);
     msadb_model_free(llm->model);
+    free(llm->path);
     free(llm);
+}
+
+/* Whether the store holds K/V of this model's shape. */
+static int check_signature(const msadb_llm *llm, const msadb_store *st)
+{
+    msadb_signature want;
+    int rc = msadb_llm_signature(llm, &want);
+    if (rc)
+        return rc;
+    const msadb_signature *have = msadb_store_signature(st);
+    if (!have)
+        return MSADB_EINVAL;
+    if (have->n_layers != want.n_layers || have->n_kv_heads != want.n_kv_heads ||
+        have->n_q_heads != want.n_q_heads || have->head_dim != want.head_dim)
+        return MSADB_ESIGNATURE;
+    return 0;
+}
+
+int msadb_llm_available(void) { return 1; }
+
+/* BLAKE2b-256 of a file, read in 1 MiB pieces. */
+static int hash_file(const char *path, uint8_t out[MSADB_MODEL_HASH_BYTES], uint64_t *size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, MSADB_MODEL_HASH_BYTES);
+    size_t cap = 1u << 20;
+    unsigned char *buf = malloc(cap);
+    int rc = buf ? 0 : MSADB_ENOMEM;
+    *size = 0;
+    while (!rc) {
+        ssize_t got = read(fd, buf, cap);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            rc = errno;
+        if (got <= 0)
+            break;
+        crypto_generichash_update(&h, buf, (unsigned long long)got);
+        *size += (uint64_t)got;
+    }
+    close(fd);
+    free(buf);
+    if (!rc)
+        crypto_generichash_final(&h, out, MSADB_MODEL_HASH_BYTES);
+    return rc;
+}
+
+int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out)
+{
+    if (!llm || !out)
+        return MSADB_EINVAL;
+    if (!llm->have_id) {
+        msadb_model_id *id = &llm->id;
+        memset(id, 0, sizeof *id);
+        if (strlen(llm->path) > MSADB_MODEL_PATH_MAX)
+            return MSADB_ELIMIT;
+        strcpy(id->path, llm->path);
+        int rc = hash_file(llm->path, id->hash, &id->file_size);
+        if (rc)
+            return rc;
+        const msadb_model_config *c = msadb_model_get_config(llm->model);
+        id->n_layers = c->n_layers;
+        id->n_kv_heads = c->n_kv_heads;
+        id->n_q_heads = c->n_heads;
+        id->head_dim = c->head_dim;
+        llm->have_id = 1;
+    }
+    *out = llm->id;
+    return 0;
+}
+
+int msadb_llm_check_store(msadb_llm *llm, msadb_store *st, msadb_model_id *rec)
+{
+    msadb_model_id local;
+    msadb_model_id *r = rec ? rec : &local;
+    if (rec)
+        memset(rec, 0, sizeof *rec);
+    if (!llm || !st)
+        return MSADB_EINVAL;
+    int rc = check_signature(llm, st);
+    if (rc)
+        return rc;
+    rc = msadb_store_get_model(st, r);
+    if (rc == MSADB_ENOTFOUND) {
+        memset(r, 0, sizeof *r);
+        return 0;
+    }
+    msadb_model_id mine;
+    if (rc || (rc = msadb_llm_identity(llm, &mine)))
+        return rc;
+    return memcmp(mine.hash, r->hash, sizeof mine.hash) == 0 ? 0 : MSADB_EMODEL;
+}
+
+int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
+{
+    if (!path || !buf || !cap)
+        return MSADB_EINVAL;
+    unsigned char magic[4] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, magic, 4) : -1;
+    int open_errno = errno;
+    if (fd >= 0)
+        close(fd);
+    if (fd < 0) {
+        snprintf(buf, cap, "%s", strerror(open_errno));
+        return 0;
+    }
+    if (got != 4 || memcmp(magic, "GGUF", 4) != 0) {
+        snprintf(buf, cap, "not a GGUF file (it does not begin with 'GGUF'); give a llama-architecture "
+                           ".gguf model");
+        return 0;
+    }
+    msadb_gguf *g = NULL;
+    int rc = msadb_gguf_open(path, &g);
+    if (rc) {
+        snprintf(buf, cap, "a GGUF file the reader refuses (%s); it may be truncated or of an "
+                           "unsupported GGUF version (3 is read)",
+                 msadb_strerror(rc));
+        return 0;
+    }
+    char arch[64] = "", tmodel[64] = "", pre[64] = "";
+    msadb_gguf_get_cstr(g, "general.architecture", arch, sizeof arch);
+    msadb_gguf_get_cstr(g, "tokenizer.ggml.model", tmodel, sizeof tmodel);
+    int has_pre = msadb_gguf_get_cstr(g, "tokenizer.ggml.pre", pre, sizeof pre) == 0;
+    msadb_gguf_close(g);
+    if (strcmp(arch, "llama") != 0)
+        snprintf(buf, cap, "its architecture '%s' (general.architecture) is not one the built-in "
+                           "runtime runs: only llama",
+                 arch);
+    else if (strcmp(tmodel, "llama") != 0 && strcmp(tmodel, "gpt2") != 0)
+        snprintf(buf, cap, "its tokenizer '%s' (tokenizer.ggml.model) is not implemented: only "
+                           "'llama' (SentencePiece) and 'gpt2' (BPE)",
+                 tmodel);
+    else if (!strcmp(tmodel, "gpt2") && has_pre && strcmp(pre, "default") && strcmp(pre, "gpt-2"))
+        snprintf(buf, cap, "its pre-tokenizer '%s' (tokenizer.ggml.pre) is not implemented: only "
+                           "GPT-2's ('default', 'gpt-2') is; the rest of the model is supported",
+                 pre);
+    else if (err == MSADB_EDTYPE)
+        snprintf(buf, cap, "a weight type the runtime cannot read (F32, F16, BF16 and Q8_0 only)");
+    else if (err == MSADB_ENOTFOUND)
+        snprintf(buf, cap, "a tensor or metadata key the llama runtime needs is missing");
+    else
+        snprintf(buf, cap, "a llama GGUF the runtime cannot load (%s)", msadb_strerror(err));
+    return 0;
 }
 
 int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)
@@ -227,22 +386,6 @@ static int ingest_part(msadb_store *st, msadb_batch *batch, msadb_model_ctx *ctx
     rc = msadb_capture_add(cap, batch, &doc);
     free(part_spans);
     return rc;
-}
-
-/* Whether the store holds K/V of this model's shape. */
-static int check_signature(const msadb_llm *llm, const msadb_store *st)
-{
-    msadb_signature want;
-    int rc = msadb_llm_signature(llm, &want);
-    if (rc)
-        return rc;
-    const msadb_signature *have = msadb_store_signature(st);
-    if (!have)
-        return MSADB_EINVAL;
-    if (have->n_layers != want.n_layers || have->n_kv_heads != want.n_kv_heads ||
-        have->n_q_heads != want.n_q_heads || have->head_dim != want.head_dim)
-        return MSADB_ESIGNATURE;
-    return 0;
 }
 
 int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *st, msadb_batch *batch, const char *space,
@@ -568,6 +711,141 @@ static int best_doc_text(ask_state *a, int32_t **ids, size_t *n)
     return rc;
 }
 
+/* The parameters of an ask or a search, checked. */
+static int check_params(const msadb_ask_params *p)
+{
+    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
+        isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
+        (p->summary && !msadb_summary_is_one(p->summary)) || !msadb_score_valid(p->score))
+        return MSADB_EINVAL;
+    return 0;
+}
+
+/* The routing step's state: a snapshot of the store, the summary and score
+ * to route by (an explicit choice must be stored, else the engine says
+ * EINVAL; the model's own applies where the store holds it) and room for
+ * each memory layer's selection. */
+static int route_begin(ask_state *a, msadb_llm *llm, msadb_store *st, const msadb_ask_params *p)
+{
+    a->sig = msadb_store_signature(st);
+    a->summary = p->summary;
+    a->score = p->score ? p->score : llm->route_score;
+    if (!a->summary && (a->sig->summary_kinds & llm->route_summary))
+        a->summary = llm->route_summary;
+    a->last_memory_layer = a->sig->memory_layers[a->sig->n_memory_layers - 1];
+    int rc = msadb_snapshot_begin(st, &a->snap);
+    if (rc)
+        return rc;
+    uint32_t nm = a->sig->n_memory_layers;
+    a->route = calloc(nm, sizeof *a->route);
+    a->n_route = calloc(nm, sizeof *a->n_route);
+    a->route_cap = calloc(nm, sizeof *a->route_cap);
+    if (!a->route || !a->n_route || !a->route_cap)
+        return MSADB_ENOMEM;
+    for (uint32_t i = 0; i < nm; i++) {
+        a->route_cap[i] = (size_t)a->sig->n_kv_heads * (p->exact ? 1024 : p->top_k);
+        if (!(a->route[i] = malloc(a->route_cap[i] * sizeof *a->route[i])))
+            return MSADB_ENOMEM;
+    }
+    return 0;
+}
+
+static void ask_state_free(ask_state *a)
+{
+    msadb_snapshot_end(a->snap);
+    for (uint32_t i = 0; a->route && i < a->sig->n_memory_layers; i++)
+        free(a->route[i]);
+    free(a->route);
+    free(a->n_route);
+    free(a->route_cap);
+    free(a->mem_out);
+}
+
+/* A context for n prompt tokens and `extra` more, and their positions
+ * (query_pos, query_pos + 1, ...). */
+static int prompt_ctx(ask_state *a, size_t n, uint32_t extra, msadb_model_ctx **ctx, int32_t **pos)
+{
+    if ((uint64_t)n + extra + 1 > MSADB_MODEL_MAX_CTX)
+        return MSADB_ELIMIT;
+    msadb_model_ctx_free(*ctx);
+    *ctx = NULL;
+    free(*pos);
+    if (!(*pos = malloc(n * sizeof **pos)))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        (*pos)[i] = a->p->query_pos + (int32_t)i;
+    a->prompt_len = n;
+    a->recorded = 0;
+    a->n_hits = 0;
+    return msadb_model_ctx_new(a->llm->model, (uint32_t)(n + extra + 1), ctx);
+}
+
+/* The routing step shared by ask and search: the prompt's pass through the
+ * model with memory attention in every memory layer; a->hits gets the last
+ * memory layer's selection. */
+static int route_prompt(ask_state *a, msadb_model_ctx *ctx, const int32_t *ids, size_t n,
+                        const int32_t *pos)
+{
+    msadb_model_hooks hooks = {NULL, attend_hook, a};
+    return msadb_model_forward(ctx, ids, (uint32_t)n, pos, NULL, 0, &hooks);
+}
+
+/* One interleave round after route_prompt: the best document's text goes
+ * in front of the question (after BOS, if any). */
+static int pull_best_doc(ask_state *a, int32_t **ctx_ids, size_t *n_ctx)
+{
+    int32_t *doc_ids;
+    size_t nd;
+    int rc = best_doc_text(a, &doc_ids, &nd);
+    if (rc || !nd)
+        return rc;
+    int32_t *grown = realloc(*ctx_ids, (*n_ctx + nd) * sizeof *grown);
+    if (!grown) {
+        free(doc_ids);
+        return MSADB_ENOMEM;
+    }
+    size_t at = (*n_ctx && grown[0] == msadb_tokenizer_special(a->llm->tok, MSADB_TOKEN_BOS)) ? 1 : 0;
+    memmove(grown + at + nd, grown + at, (*n_ctx - at) * sizeof *grown);
+    memcpy(grown + at, doc_ids, nd * sizeof *grown);
+    free(doc_ids);
+    *ctx_ids = grown;
+    *n_ctx += nd;
+    return 0;
+}
+
+/* Generation after the prompt: generated tokens query memory too (the
+ * prompt's selection unless route_each_token); the hits kept are those of
+ * the prompt's pass. */
+static int generate(ask_state *a, msadb_model_ctx *ctx, const int32_t *ids, size_t n, const int32_t *pos)
+{
+    const msadb_ask_params *p = a->p;
+    msadb_model_hooks hooks = {NULL, attend_hook, a};
+    int32_t eos = msadb_tokenizer_special(a->llm->tok, MSADB_TOKEN_EOS);
+    msadb_sampler sampler;
+    msadb_sampler_init(&sampler, p->temperature, p->top_p, 0, p->seed);
+    msadb_generate_params gp = {0};
+    gp.max_tokens = p->max_tokens;
+    gp.stop_tokens = eos >= 0 ? &eos : NULL;
+    gp.n_stop = eos >= 0 ? 1 : 0;
+    gp.sampler = &sampler;
+    gp.hooks = &hooks;
+    gp.on_token = on_token;
+    gp.user = a;
+    size_t n_out = 0;
+    int why = 0;
+    int rc = msadb_model_generate(ctx, ids, (uint32_t)n, pos, &gp, NULL, 0, &n_out, &why);
+    if (!rc && !a->stopped)
+        stream_text(a, NULL, 0, 1); /* a held-back incomplete character */
+    return rc;
+}
+
+/* The question's tokens (with BOS when the tokenizer adds one). */
+static int question_tokens(msadb_llm *llm, const char *q, size_t qlen, int32_t **ids, size_t *n)
+{
+    int rc = tokenize_alloc(llm, q, qlen, msadb_tokenizer_add_bos(llm->tok), ids, NULL, n);
+    return !rc && *n == 0 ? MSADB_EINVAL : rc;
+}
+
 int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t qlen, const msadb_ask_params *p_in,
                   char *answer, size_t cap, size_t *len, msadb_hit *hits, size_t hits_cap, size_t *n_hits)
 {
@@ -580,12 +858,8 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     msadb_ask_params defaults;
     msadb_ask_params_init(&defaults);
     const msadb_ask_params *p = p_in ? p_in : &defaults;
-    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
-        isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
-        (p->summary && !msadb_summary_is_one(p->summary)) || !msadb_score_valid(p->score))
-        return MSADB_EINVAL;
-    int rc;
-    if (st && (rc = check_signature(llm, st)))
+    int rc = check_params(p);
+    if (rc || (st && (rc = check_signature(llm, st))))
         return rc;
     ask_state a = {0};
     a.llm = llm;
@@ -596,118 +870,23 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     msadb_hit local_hits[64];
     a.hits = hits ? hits : local_hits;
     a.hits_cap = hits ? hits_cap : 64;
-    int32_t *qids = NULL, *ctx_ids = NULL, *pos = NULL;
-    size_t nq = 0, n_ctx = 0;
+    int32_t *ctx_ids = NULL, *pos = NULL;
+    size_t n_ctx = 0;
     msadb_model_ctx *ctx = NULL;
-    if (st && !p->no_memory) {
-        a.sig = msadb_store_signature(st);
-        /* an explicit choice must be stored (else the engine says EINVAL);
-         * the model's own applies where the store holds it */
-        a.summary = p->summary;
-        a.score = p->score ? p->score : llm->route_score;
-        if (!a.summary && (a.sig->summary_kinds & llm->route_summary))
-            a.summary = llm->route_summary;
-        a.last_memory_layer = a.sig->memory_layers[a.sig->n_memory_layers - 1];
-        if ((rc = msadb_snapshot_begin(st, &a.snap)))
-            return rc;
-        uint32_t nm = a.sig->n_memory_layers;
-        a.route = calloc(nm, sizeof *a.route);
-        a.n_route = calloc(nm, sizeof *a.n_route);
-        a.route_cap = calloc(nm, sizeof *a.route_cap);
-        if (!a.route || !a.n_route || !a.route_cap) {
-            rc = MSADB_ENOMEM;
-            goto out;
-        }
-        for (uint32_t i = 0; i < nm; i++) {
-            a.route_cap[i] = (size_t)a.sig->n_kv_heads * (p->exact ? 1024 : p->top_k);
-            if (!(a.route[i] = malloc(a.route_cap[i] * sizeof *a.route[i]))) {
-                rc = MSADB_ENOMEM;
-                goto out;
-            }
-        }
-    }
-    if ((rc = tokenize_alloc(llm, question, qlen, msadb_tokenizer_add_bos(llm->tok), &qids, NULL, &nq)))
+    if (st && !p->no_memory && (rc = route_begin(&a, llm, st, p)))
         goto out;
-    if (nq == 0) {
-        rc = MSADB_EINVAL;
-        goto out;
-    }
     /* Context: [pulled document texts...] + question; interleave rounds
      * grow it by the best document's text and query memory again. */
-    ctx_ids = malloc(nq * sizeof *ctx_ids);
-    if (!ctx_ids) {
-        rc = MSADB_ENOMEM;
+    if ((rc = question_tokens(llm, question, qlen, &ctx_ids, &n_ctx)))
         goto out;
+    for (uint32_t round = 0; a.snap && round < p->interleave; round++) {
+        if ((rc = prompt_ctx(&a, n_ctx, p->max_tokens, &ctx, &pos)) ||
+            (rc = route_prompt(&a, ctx, ctx_ids, n_ctx, pos)) ||
+            (rc = pull_best_doc(&a, &ctx_ids, &n_ctx)))
+            goto out;
     }
-    memcpy(ctx_ids, qids, nq * sizeof *ctx_ids);
-    n_ctx = nq;
-    for (uint32_t round = 0;; round++) {
-        if ((uint64_t)n_ctx + p->max_tokens + 1 > MSADB_MODEL_MAX_CTX) {
-            rc = MSADB_ELIMIT;
-            goto out;
-        }
-        uint32_t capacity = (uint32_t)(n_ctx + p->max_tokens + 1);
-        msadb_model_ctx_free(ctx);
-        ctx = NULL;
-        free(pos);
-        pos = malloc(n_ctx * sizeof *pos);
-        if (!pos) {
-            rc = MSADB_ENOMEM;
-            goto out;
-        }
-        for (size_t i = 0; i < n_ctx; i++)
-            pos[i] = p->query_pos + (int32_t)i;
-        if ((rc = msadb_model_ctx_new(llm->model, capacity, &ctx)))
-            goto out;
-        msadb_model_hooks hooks = {NULL, attend_hook, &a};
-        a.prompt_len = n_ctx;
-        a.recorded = 0;
-        a.n_hits = 0;
-        if (round < p->interleave && a.snap) {
-            /* Prompt pass only: route, then pull the best document in. */
-            if ((rc = msadb_model_forward(ctx, ctx_ids, (uint32_t)n_ctx, pos, NULL, 0, &hooks)))
-                goto out;
-            int32_t *doc_ids;
-            size_t nd;
-            if ((rc = best_doc_text(&a, &doc_ids, &nd)))
-                goto out;
-            if (nd) {
-                int32_t *grown = realloc(ctx_ids, (n_ctx + nd) * sizeof *grown);
-                if (!grown) {
-                    free(doc_ids);
-                    rc = MSADB_ENOMEM;
-                    goto out;
-                }
-                ctx_ids = grown;
-                /* Keep BOS (if any) first: document text goes after it. */
-                size_t at = (n_ctx && ctx_ids[0] == msadb_tokenizer_special(llm->tok, MSADB_TOKEN_BOS)) ? 1 : 0;
-                memmove(ctx_ids + at + nd, ctx_ids + at, (n_ctx - at) * sizeof *ctx_ids);
-                memcpy(ctx_ids + at, doc_ids, nd * sizeof *ctx_ids);
-                n_ctx += nd;
-            }
-            free(doc_ids);
-            continue;
-        }
-        int32_t eos = msadb_tokenizer_special(llm->tok, MSADB_TOKEN_EOS);
-        msadb_sampler sampler;
-        msadb_sampler_init(&sampler, p->temperature, p->top_p, 0, p->seed);
-        msadb_generate_params gp = {0};
-        gp.max_tokens = p->max_tokens;
-        gp.stop_tokens = eos >= 0 ? &eos : NULL;
-        gp.n_stop = eos >= 0 ? 1 : 0;
-        gp.sampler = &sampler;
-        gp.hooks = &hooks;
-        gp.on_token = on_token;
-        gp.user = &a;
-        size_t n_out = 0;
-        int why = 0;
-        /* Generated tokens query memory too; the hits kept are those of
-         * the prompt's pass. */
-        rc = msadb_model_generate(ctx, ctx_ids, (uint32_t)n_ctx, pos, &gp, NULL, 0, &n_out, &why);
-        if (!rc && !a.stopped)
-            stream_text(&a, NULL, 0, 1); /* a held-back incomplete character */
-        break;                            /* one generation, whatever the rounds */
-    }
+    if (!(rc = prompt_ctx(&a, n_ctx, p->max_tokens, &ctx, &pos)))
+        rc = generate(&a, ctx, ctx_ids, n_ctx, pos);
 out:
     if (a.answer && a.cap)
         a.answer[a.len < a.cap ? a.len : a.cap - 1] = 0;
@@ -718,15 +897,66 @@ out:
     if (!rc && answer && a.len >= cap)
         rc = MSADB_ELIMIT;
     msadb_model_ctx_free(ctx);
-    msadb_snapshot_end(a.snap);
-    for (uint32_t i = 0; a.route && i < a.sig->n_memory_layers; i++)
-        free(a.route[i]);
-    free(a.route);
-    free(a.n_route);
-    free(a.route_cap);
-    free(a.mem_out);
-    free(qids);
+    ask_state_free(&a);
     free(ctx_ids);
+    free(pos);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Search                                                                   */
+/* ------------------------------------------------------------------------ */
+
+int msadb_llm_search(msadb_llm *llm, msadb_store *st, const char *question, size_t qlen,
+                     const msadb_ask_params *p_in, float min_score, msadb_span *spans, size_t cap,
+                     size_t *n)
+{
+    if (n)
+        *n = 0;
+    if (!llm || !st || !question || !qlen || !n || (!spans && cap) || isnan(min_score))
+        return MSADB_EINVAL;
+    msadb_ask_params defaults;
+    msadb_ask_params_init(&defaults);
+    const msadb_ask_params *p = p_in ? p_in : &defaults;
+    int rc = check_params(p);
+    if (rc || (rc = check_signature(llm, st)))
+        return rc;
+    ask_state a = {0};
+    a.llm = llm;
+    a.p = p;
+    int32_t *ids = NULL, *pos = NULL;
+    size_t nq = 0, nm = 0;
+    msadb_model_ctx *ctx = NULL;
+    msadb_span *all = NULL;
+    if ((rc = route_begin(&a, llm, st, p)) || (rc = question_tokens(llm, question, qlen, &ids, &nq)) ||
+        (rc = prompt_ctx(&a, nq, 0, &ctx, &pos)))
+        goto out;
+    /* the selection of the last memory layer, every kv head */
+    size_t room = a.route_cap[a.sig->n_memory_layers - 1];
+    if (!(a.hits = malloc((room + 1) * sizeof *a.hits))) {
+        rc = MSADB_ENOMEM;
+        goto out;
+    }
+    a.hits_cap = room;
+    if ((rc = route_prompt(&a, ctx, ids, nq, pos)))
+        goto out;
+    size_t nh = a.n_hits < a.hits_cap ? a.n_hits : a.hits_cap, ns = 0;
+    if (!(all = malloc((nh + 1) * sizeof *all))) {
+        rc = MSADB_ENOMEM;
+        goto out;
+    }
+    if ((rc = msadb_hits_to_spans(a.snap, a.hits, nh, all, nh, &ns)))
+        goto out;
+    while (nm < ns && all[nm].score >= min_score) /* best first */
+        nm++;
+    memcpy(spans, all, (nm < cap ? nm : cap) * sizeof *spans);
+    *n = nm;
+out:
+    free(all);
+    free(a.hits);
+    msadb_model_ctx_free(ctx);
+    ask_state_free(&a);
+    free(ids);
     free(pos);
     return rc;
 }

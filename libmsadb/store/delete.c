@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/index.h"
 #include "store/store_impl.h"
 
 /* Deletes every key of `dbi` in [lo, hi) (hi NULL = every key with prefix
@@ -229,6 +230,8 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
         rc = del_range(txn, st->db_slots, p4, 4, NULL, 0, 4);
     if (!rc)
         rc = del_range(txn, st->db_summ, p4, 4, NULL, 0, 4);
+    if (!rc && st->has_route)
+        rc = del_range(txn, st->db_route, p4, 4, NULL, 0, 4);
     if (!rc) {
         MDB_val kn = {strlen(name), (void *)name}, ki = {4, p4};
         if (!(rc = mdb_del(txn, st->db_spaces, &kn, NULL)))
@@ -266,6 +269,20 @@ static void stream_key(const page_stream *ps, uint64_t pg, uint8_t *k, size_t *l
     }
 }
 
+/* Writes output page pg of a stream (n entries); a summary page takes its
+ * coarse page with it (store/index.c). */
+static int stream_put(const page_stream *ps, const msadb_summ_layout *L, uint64_t pg, const uint8_t *page, uint32_t n)
+{
+    uint8_t k[16];
+    size_t klen;
+    stream_key(ps, pg, k, &klen);
+    MDB_val ok = {klen, k}, ov = {msadb_summ_page_bytes(L, n), (void *)page};
+    int rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
+    if (!rc && ps->plane != UINT32_MAX)
+        rc = msadb_route_put(ps->st, ps->txn, ps->space, ps->plane, pg, page, n);
+    return rc;
+}
+
 /* Rewrites the pages of one stream keeping only slots whose bit is set in
  * `live`.  Output page q never passes input page p, and each input page is
  * copied before any write, so the rewrite can go in place. */
@@ -301,23 +318,21 @@ static int compact_stream(const page_stream *ps, const msadb_summ_layout *L, con
             total++;
             if (++n_acc == cap) {
                 msadb_summ_page_build(L, acc, n_acc, page);
-                stream_key(ps, out_pg++, k, &klen);
-                MDB_val ok = {klen, k}, ov = {msadb_summ_page_bytes(L, n_acc), page};
-                rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
+                rc = stream_put(ps, L, out_pg++, page, n_acc);
                 n_acc = 0;
             }
         }
     }
     if (!rc && n_acc) {
         msadb_summ_page_build(L, acc, n_acc, page);
-        stream_key(ps, out_pg++, k, &klen);
-        MDB_val ok = {klen, k}, ov = {msadb_summ_page_bytes(L, n_acc), page};
-        rc = mdb_put(ps->txn, ps->dbi, &ok, &ov, 0);
+        rc = stream_put(ps, L, out_pg++, page, n_acc);
     }
     for (uint64_t pg = out_pg; !rc && pg < n_pages; pg++) {
         stream_key(ps, pg, k, &klen);
         MDB_val kv = {klen, k};
         rc = mdb_del(ps->txn, ps->dbi, &kv, NULL);
+        if (!rc && ps->plane != UINT32_MAX)
+            rc = msadb_route_del(ps->st, ps->txn, ps->space, ps->plane, pg);
     }
     if (n_out)
         *n_out = total;

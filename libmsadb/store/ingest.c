@@ -15,6 +15,7 @@
 #include "codec/codec.h"
 #include "core/crypto.h"
 #include "core/kernels.h"
+#include "store/index.h"
 #include "store/store_impl.h"
 
 /* ------------------------------------------------------------------------ */
@@ -147,6 +148,8 @@ static int validate_doc(const msadb_store *st, const msadb_doc *d)
         return MSADB_EINVAL;
     if (d->title && strlen(d->title) > MSADB_TITLE_MAX)
         return MSADB_ELIMIT;
+    if (d->title && !msadb_utf8_valid(d->title, strlen(d->title)))
+        return MSADB_EINVAL;
     if ((d->meta_len && !d->meta) || (d->text_len && !d->text))
         return MSADB_EINVAL;
     if (d->key ? d->key_len < 1 || d->key_len > MSADB_DOCKEY_MAX : d->key_len != 0)
@@ -180,6 +183,7 @@ typedef struct {
     batch_doc *bd;
     encoder *e;
     uint64_t first, last;
+    float key_max, value_max; /* largest magnitude the store holds, 0 = no limit */
     int rc;
 } encode_job;
 
@@ -202,6 +206,13 @@ static void *encode_items(void *arg)
         if (msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->keys + src, e->k, (size_t)n * d) ||
             msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->values + src, e->v, (size_t)n * d)) {
             job->rc = MSADB_ENONFINITE;
+            return NULL;
+        }
+        /* f16 holds magnitudes up to 65504: beyond, a stored key or value,
+         * or a mean or bound summary, would become infinite */
+        if ((job->key_max && msadb_max_abs(e->k, (size_t)n * d) > job->key_max) ||
+            (job->value_max && msadb_max_abs(e->v, (size_t)n * d) > job->value_max)) {
+            job->rc = MSADB_ERANGE;
             return NULL;
         }
         size_t len = 0;
@@ -228,8 +239,13 @@ static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
     encode_job jobs[ENCODE_THREADS];
     pthread_t tid[ENCODE_THREADS];
     int started[ENCODE_THREADS] = {0};
+    const msadb_signature *sig = &b->st->sig;
+    const float f16_max = 65504.0f;
+    float value_max = sig->dtype == MSADB_DTYPE_F16 ? f16_max : 0.0f;
+    float key_max = (value_max || (sig->summary_kinds & (MSADB_SUMMARY_MEAN | MSADB_SUMMARY_MINMAX))) ? f16_max : 0.0f;
     for (int w = 0; w < workers; w++) {
-        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers, 0};
+        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers,
+                               key_max, value_max, 0};
         if (w > 0)
             started[w] = pthread_create(&tid[w], NULL, encode_items, &jobs[w]) == 0;
     }
@@ -432,7 +448,8 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
             }
             v.mv_size = bytes;
             v.mv_data = page;
-            if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)))
+            if ((rc = mdb_put(txn, st->db_summ, &kv, &v, 0)) ||
+                (rc = msadb_route_put(st, txn, g->rec.id, p, pg, page, tot)))
                 return rc;
         }
         done += add;

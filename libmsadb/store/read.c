@@ -338,6 +338,28 @@ int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n
     return rc;
 }
 
+/* The routing index page of summary page key ks (n slots) into pv, when
+ * the store has an index (cr: a cursor on it).  A snapshot taken before
+ * this process built the index has none: n_coarse stays 0. */
+static int coarse_view(msadb_snapshot *s, MDB_cursor *cr, uint8_t ks[16], uint32_t cnt, msadb_page_view *pv)
+{
+    msadb_store *st = s->st;
+    pv->n_coarse = 0;
+    pv->coarse_S = st->has_route ? st->route.S : 0;
+    memset(&pv->coarse, 0, sizeof pv->coarse);
+    if (!cr)
+        return 0;
+    MDB_val rk = {16, ks}, rv;
+    int rc = mdb_cursor_get(cr, &rk, &rv, MDB_SET_KEY);
+    if (rc)
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    if (rv.mv_size != msadb_coarse_page_bytes(&st->route, cnt) || ((uintptr_t)rv.mv_data & 15))
+        return MSADB_ECORRUPT;
+    msadb_coarse_view_of(&st->route, rv.mv_data, cnt, &pv->coarse);
+    pv->n_coarse = (uint32_t)msadb_coarse_entries(&st->route, cnt);
+    return 0;
+}
+
 int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb_page_view **views, size_t *n,
                      size_t *cap)
 {
@@ -353,6 +375,12 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
         return rc;
     if ((rc = mdb_cursor_open(s->txn, st->db_summ, &cp))) {
         mdb_cursor_close(cs);
+        return rc;
+    }
+    MDB_cursor *cr = NULL;
+    if (st->has_route && (rc = mdb_cursor_open(s->txn, st->db_route, &cr))) {
+        mdb_cursor_close(cs);
+        mdb_cursor_close(cp);
         return rc;
     }
     uint8_t k0[16];
@@ -387,14 +415,23 @@ int msadb_snap_pages(msadb_snapshot *s, uint32_t space_id, uint32_t plane, msadb
         pv->n = cnt;
         pv->slots = v.mv_data;
         msadb_summ_view_of(&st->summ, sv.mv_data, cnt, &pv->summ);
+        if ((rc = coarse_view(s, cr, ks, cnt, pv)))
+            break;
     }
     if (rc == MDB_NOTFOUND)
         rc = 0;
     mdb_cursor_close(cs);
     mdb_cursor_close(cp);
+    if (cr)
+        mdb_cursor_close(cr);
     return rc;
 }
 
+
+int msadb_snap_has_index(msadb_snapshot *s)
+{
+    return snap_ok(s) && s->st->has_route;
+}
 
 int msadb_snap_doc_space(msadb_snapshot *s, uint64_t doc_id, uint32_t *space_id)
 {

@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "store/store_impl.h"
 
 /* ------------------------------------------------------------------------ */
@@ -166,7 +168,8 @@ int msadb_key_file_read(const char *path, unsigned char key[MSADB_KEY_BYTES])
     FILE *f = fopen(path, "rb");
     if (!f)
         return errno ? errno : MSADB_EIO;
-    uint8_t buf[80];
+    /* one byte more than the longest valid file, so trailing bytes show */
+    uint8_t buf[67];
     size_t n = fread(buf, 1, sizeof buf, f);
     int err = ferror(f);
     fclose(f);
@@ -174,18 +177,22 @@ int msadb_key_file_read(const char *path, unsigned char key[MSADB_KEY_BYTES])
         return MSADB_EIO;
     if (n == MSADB_KEY_BYTES) {
         memcpy(key, buf, MSADB_KEY_BYTES);
+        sodium_memzero(buf, sizeof buf);
         return 0;
     }
-    while (n > 64 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    if (n != 64)
-        return MSADB_EINVAL;
-    for (int i = 0; i < MSADB_KEY_BYTES; i++) {
+    /* 64 hex digits, then at most one line ending */
+    if (n == 66 && buf[64] == '\r' && buf[65] == '\n')
+        n = 64;
+    else if (n == 65 && buf[64] == '\n')
+        n = 64;
+    int rc = n == 64 ? 0 : MSADB_EINVAL;
+    for (int i = 0; rc == 0 && i < MSADB_KEY_BYTES; i++) {
         int hi = hexval(buf[2 * i]), lo = hexval(buf[2 * i + 1]);
         if (hi < 0 || lo < 0)
-            return MSADB_EINVAL;
-        key[i] = (unsigned char)(hi << 4 | lo);
+            rc = MSADB_EINVAL;
+        else
+            key[i] = (unsigned char)(hi << 4 | lo);
     }
-    return 0;
+    sodium_memzero(buf, sizeof buf);
+    return rc;
 }
-

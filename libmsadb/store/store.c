@@ -9,18 +9,31 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
 #include "core/crypto.h"
+#include "store/index.h"
 #include "store/store_impl.h"
 
 /* ------------------------------------------------------------------------ */
 /* Environment                                                              */
 /* ------------------------------------------------------------------------ */
 
-static const char *const meta_keycheck_text = "msadb key check v1";
+/* The key check's sealed constant: v1 in stores whose meta records carry
+ * no MAC yet, v2 once they do (so that deleting the MAC does not turn a
+ * store back into one without). */
+static const char *const meta_keycheck_v1 = "msadb key check v1";
+static const char *const meta_keycheck_v2 = "msadb key check v2";
+
+/* The meta records covered by the MAC, in MAC order (docs/format.md). */
+static const char *const mac_names[] = {"format", "signature", "store_id", "page_cap", "crypt",
+                                        "next_doc", "next_block", "next_space"};
 
 static int get_meta(MDB_txn *txn, msadb_store *st, const char *name, MDB_val *v)
 {
@@ -48,6 +61,45 @@ int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *ou
         return MSADB_ECORRUPT;
     *out = msadb_get_le64(v.mv_data);
     return 0;
+}
+
+int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, st->mac_key, sizeof st->mac_key, 32);
+    crypto_generichash_update(&h, st->store_id, sizeof st->store_id);
+    for (size_t i = 0; i < sizeof mac_names / sizeof mac_names[0]; i++) {
+        MDB_val v = {0, NULL};
+        int rc = get_meta(txn, st, mac_names[i], &v);
+        if (rc && rc != MDB_NOTFOUND)
+            return rc;
+        uint8_t len[9];
+        msadb_put_le64(len, rc ? UINT64_MAX : (uint64_t)v.mv_size); /* absent != empty */
+        len[8] = (uint8_t)i;
+        crypto_generichash_update(&h, len, sizeof len);
+        if (!rc)
+            crypto_generichash_update(&h, v.mv_data, v.mv_size);
+    }
+    crypto_generichash_final(&h, mac, 32);
+    return 0;
+}
+
+/* Seals the key check constant (v1 or v2) into meta "keycheck". */
+static int put_keycheck(msadb_store *st, MDB_txn *txn, const char *text);
+
+/* Writes the meta MAC (and marks the store as carrying one) inside a write
+ * transaction, after its other changes. */
+static int meta_mac_put(msadb_store *st, MDB_txn *txn)
+{
+    uint8_t mac[32];
+    int rc = msadb_meta_mac(st, txn, mac);
+    if (!rc)
+        rc = put_meta(txn, st, "meta_mac", mac, sizeof mac);
+    if (!rc && !st->has_mac) {
+        rc = put_keycheck(st, txn, meta_keycheck_v2);
+        st->mac_pending = !rc;
+    }
+    return rc;
 }
 
 int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val)
@@ -113,18 +165,18 @@ static int env_open(msadb_store *st, const char *path, const msadb_options *opt,
     if (opt->no_sync)
         flags |= MDB_NOSYNC;
     if (creating) {
-        if (mkdir(path, 0775) != 0 && errno != EEXIST)
+        if (mkdir(path, 0700) != 0 && errno != EEXIST)
             return errno;
     } else {
         char probe[4096];
         snprintf(probe, sizeof probe, "%s/data.mdb", path);
         struct stat sb;
         if (stat(path, &sb) != 0)
-            return errno == ENOENT ? MSADB_ENOTSTORE : errno;
+            return errno; /* ENOENT: no such file or directory */
         if (!S_ISDIR(sb.st_mode) || stat(probe, &sb) != 0)
             return MSADB_ENOTSTORE;
     }
-    rc = mdb_env_open(st->env, path, flags, 0664);
+    rc = mdb_env_open(st->env, path, flags, 0600);
     if (rc)
         return rc;
     /* Free the reader slots of processes that died holding them, so the
@@ -150,7 +202,7 @@ static int open_dbs(msadb_store *st, MDB_txn *txn, unsigned flags)
     return 0;
 }
 
-/* The optional database of document keys (format 2): opened when it
+/* The optional database of document keys (format 3): opened when it
  * exists; created by the first read-write open (one write transaction). */
 static int dockeys_create_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
@@ -271,6 +323,7 @@ static void store_free(msadb_store *st)
     pthread_mutex_destroy(&st->write_lock);
     pthread_mutex_destroy(&st->snap_lock);
     sodium_memzero(st->key, sizeof st->key);
+    sodium_memzero(st->mac_key, sizeof st->mac_key);
     free(st->path);
     free(st);
 }
@@ -312,6 +365,13 @@ static int keycheck_ad(const msadb_store *st, uint8_t *ad)
     return 24;
 }
 
+static void derive_mac_key(msadb_store *st)
+{
+    static const char label[] = "msadb meta mac v1";
+    crypto_generichash(st->mac_key, sizeof st->mac_key, (const uint8_t *)label, sizeof label - 1,
+                       st->key, sizeof st->key);
+}
+
 static int setup_crypto_create(msadb_store *st, MDB_txn *txn, const msadb_options *opt)
 {
     if (!opt->key && !opt->passphrase)
@@ -331,13 +391,16 @@ static int setup_crypto_create(msadb_store *st, MDB_txn *txn, const msadb_option
             return rc;
     }
     st->encrypted = 1;
+    derive_mac_key(st);
+    return put_meta(txn, st, "crypt", rec, sizeof rec);
+}
+
+static int put_keycheck(msadb_store *st, MDB_txn *txn, const char *text)
+{
     uint8_t ad[24], sealed[64];
-    size_t tl = strlen(meta_keycheck_text);
-    msadb_seal(st->key, ad, (size_t)keycheck_ad(st, ad), (const uint8_t *)meta_keycheck_text, tl, sealed);
-    int rc = put_meta(txn, st, "crypt", rec, sizeof rec);
-    if (!rc)
-        rc = put_meta(txn, st, "keycheck", sealed, tl + MSADB_SEAL_OVERHEAD);
-    return rc;
+    size_t tl = strlen(text);
+    msadb_seal(st->key, ad, (size_t)keycheck_ad(st, ad), (const uint8_t *)text, tl, sealed);
+    return put_meta(txn, st, "keycheck", sealed, tl + MSADB_SEAL_OVERHEAD);
 }
 
 static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options *opt)
@@ -357,8 +420,12 @@ static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options 
     if (opt->key) {
         memcpy(st->key, opt->key, 32);
     } else if (opt->passphrase) {
+        /* Checked before any work: the record is not authenticated until a
+         * key exists, so an edit may ask for at most the work msadb's own
+         * stores ask for (Argon2id "interactive" limits). */
         uint64_t ops = msadb_get_le64(r + 4), mem = msadb_get_le64(r + 12);
-        if (ops < 1 || ops > 64 || mem < 8192 || mem > (4ull << 30))
+        if (ops < crypto_pwhash_opslimit_min() || ops > crypto_pwhash_opslimit_interactive() ||
+            mem < crypto_pwhash_memlimit_min() || mem > crypto_pwhash_memlimit_interactive())
             return MSADB_ECORRUPT;
         if ((rc = msadb_kdf(opt->passphrase, r + 20, ops, mem, st->key)))
             return rc;
@@ -368,14 +435,31 @@ static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options 
     MDB_val kc;
     if ((rc = get_meta(txn, st, "keycheck", &kc)))
         return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
-    size_t tl = strlen(meta_keycheck_text);
+    size_t tl = strlen(meta_keycheck_v1);
     if (kc.mv_size != tl + MSADB_SEAL_OVERHEAD)
         return MSADB_ECORRUPT;
     uint8_t ad[24], plain[64];
-    if (msadb_unseal(st->key, ad, (size_t)keycheck_ad(st, ad), kc.mv_data, kc.mv_size, plain) != 0 ||
-        memcmp(plain, meta_keycheck_text, tl) != 0)
+    if (msadb_unseal(st->key, ad, (size_t)keycheck_ad(st, ad), kc.mv_data, kc.mv_size, plain) != 0)
+        return MSADB_EKEY;
+    if (memcmp(plain, meta_keycheck_v2, tl) == 0)
+        st->has_mac = 1;
+    else if (memcmp(plain, meta_keycheck_v1, tl) != 0)
         return MSADB_EKEY;
     st->encrypted = 1;
+    derive_mac_key(st);
+    /* The meta MAC: required once the key check says the store has one;
+     * checked too when an older store (v1) happens to have one. */
+    MDB_val mv;
+    rc = get_meta(txn, st, "meta_mac", &mv);
+    if (rc == MDB_NOTFOUND)
+        return st->has_mac ? MSADB_EAUTH : 0;
+    if (rc)
+        return rc;
+    uint8_t mac[32];
+    if ((rc = msadb_meta_mac(st, txn, mac)))
+        return rc;
+    if (mv.mv_size != sizeof mac || sodium_memcmp(mac, mv.mv_data, sizeof mac) != 0)
+        return MSADB_EAUTH;
     return 0;
 }
 
@@ -430,8 +514,15 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
         goto fail;
     if ((rc = setup_crypto_create(st, txn, opt)))
         goto fail;
+    st->format = MSADB_FORMAT_VERSION;
+    if ((rc = msadb_route_create(st, txn)))
+        goto fail;
     if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
         goto fail;
+    if (st->encrypted && (rc = meta_mac_put(st, txn)))
+        goto fail;
+    st->has_mac = st->encrypted;
+    st->mac_pending = 0;
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc)
@@ -516,6 +607,9 @@ int msadb_open(const char *path, const msadb_signature *expect, const msadb_opti
     if ((rc = dockeys_open_txn(st, txn)) && rc != MSADB_ENOTFOUND)
         goto fail;
     st->has_dockeys = rc == 0;
+    st->format = format;
+    if ((rc = msadb_route_open(st, txn)))
+        goto fail;
     /* Committing (not aborting) keeps the database handles opened here. */
     rc = mdb_txn_commit(txn);
     pthread_mutex_lock(&st->snap_lock);
@@ -795,6 +889,45 @@ int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint
     return 0;
 }
 
+/* LMDB reports a short write as EIO.  When the file has reached the
+ * process's file size limit (RLIMIT_FSIZE) or the filesystem has no room
+ * left, say so: EFBIG or ENOSPC name the cause and the fix. */
+static int write_error_cause(const msadb_store *st, int rc)
+{
+    if (rc != EIO)
+        return rc;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/data.mdb", st->path);
+    struct rlimit rl;
+    struct stat sb;
+    long page = sysconf(_SC_PAGESIZE);
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && stat(path, &sb) == 0 &&
+        (uint64_t)sb.st_size + (uint64_t)(page > 0 ? page : 4096) > (uint64_t)rl.rlim_cur)
+        return EFBIG;
+    struct statvfs vs;
+    if (statvfs(st->path, &vs) == 0) {
+        uint64_t avail = (uint64_t)(geteuid() == 0 ? vs.f_bfree : vs.f_bavail) * vs.f_frsize;
+        if (avail < (1u << 20))
+            return ENOSPC;
+    }
+    return rc;
+}
+
+/* Clears the reader slots of dead processes at most once a second (a
+ * write transaction begins with it): a crashed reader must not pin pages
+ * for the life of the store. */
+static void reader_check(msadb_store *st)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec;
+    if (now == st->last_reader_check)
+        return;
+    st->last_reader_check = now;
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+}
+
 /* Runs fn inside a write transaction: serialized within the process, the
  * map grown and fn retried when LMDB reports MDB_MAP_FULL. */
 int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud)
@@ -802,16 +935,24 @@ int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), vo
     if (st->read_only)
         return MSADB_EREADONLY;
     pthread_mutex_lock(&st->write_lock);
+    reader_check(st);
     int rc;
     for (int attempt = 0;; attempt++) {
         MDB_txn *txn = NULL;
         rc = mdb_txn_begin(st->env, NULL, 0, &txn);
         if (rc == 0) {
-            rc = fn(st, txn, ud);
+            rc = msadb_route_refresh(st, txn);
+            if (rc == 0)
+                rc = fn(st, txn, ud);
+            if (rc == 0 && st->encrypted)
+                rc = meta_mac_put(st, txn); /* the counters fn changed */
             if (rc == 0)
                 rc = mdb_txn_commit(txn);
             else
                 mdb_txn_abort(txn);
+            if (st->mac_pending && rc == 0)
+                st->has_mac = 1;
+            st->mac_pending = 0;
         }
         if ((rc != MDB_MAP_FULL && rc != MDB_MAP_RESIZED) || attempt >= 40)
             break;
@@ -831,7 +972,7 @@ int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), vo
         }
     }
     pthread_mutex_unlock(&st->write_lock);
-    return rc;
+    return write_error_cause(st, rc);
 }
 
 struct space_create_args {
@@ -934,11 +1075,48 @@ static int stat_space_cb(const msadb_space_info *info, void *ud)
     return 0;
 }
 
+typedef struct {
+    uint32_t readers;
+    uint64_t oldest;
+} reader_tally;
+
+/* One line of mdb_reader_list: "pid thread txnid" ("-" for a free slot). */
+static int reader_line(const char *msg, void *ctx)
+{
+    reader_tally *t = ctx;
+    long pid;
+    unsigned long thread;
+    unsigned long long txnid;
+    if (sscanf(msg, "%ld %lx %llu", &pid, &thread, &txnid) == 3) {
+        t->readers++;
+        if (txnid < t->oldest)
+            t->oldest = txnid;
+    }
+    return 0;
+}
+
+static uint64_t live_bytes(msadb_store *st, MDB_txn *txn, unsigned psize)
+{
+    MDB_dbi dbis[] = {st->db_meta,  st->db_spaces, st->db_spaceids, st->db_docs,
+                      st->db_docdata, st->db_blocks, st->db_slots,    st->db_summ};
+    MDB_dbi main_db;
+    uint64_t total = 0;
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++)
+        total += db_bytes(txn, dbis[i], psize);
+    if (mdb_dbi_open(txn, NULL, 0, &main_db) == 0)
+        total += db_bytes(txn, main_db, psize);
+    return total + 2 * (uint64_t)psize; /* the two meta pages */
+}
+
 int msadb_stat(msadb_store *st, msadb_stat_info *out)
 {
     if (!st || !out)
         return MSADB_EINVAL;
     memset(out, 0, sizeof *out);
+    int dead = 0;
+    mdb_reader_check(st->env, &dead);
+    reader_tally rt = {0, UINT64_MAX};
+    mdb_reader_list(st->env, reader_line, &rt);
     int rc = msadb_space_list(st, stat_space_cb, out);
     if (rc)
         return rc;
@@ -960,7 +1138,85 @@ int msadb_stat(msadb_store *st, msadb_stat_info *out)
     out->map_size = info.me_mapsize;
     out->map_used = (uint64_t)(info.me_last_pgno + 1) * es.ms_psize;
     out->encrypted = st->encrypted;
+    out->readers = rt.readers;
+    out->oldest_reader_lag = rt.readers && info.me_last_txnid > rt.oldest ? info.me_last_txnid - rt.oldest : 0;
+    out->live_bytes = live_bytes(st, txn, es.ms_psize);
     msadb_txn_done(st, txn);
     return 0;
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* The model record                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* meta "model": u32 version (1), u32 n_layers, n_kv_heads, n_q_heads,
+ * head_dim, u64 file size, 32-byte BLAKE2b-256 hash, u32 path length, the
+ * path bytes (no NUL).  docs/format.md. */
+#define MODEL_REC_FIXED (4 + 16 + 8 + MSADB_MODEL_HASH_BYTES + 4)
+
+static int set_model_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    const msadb_model_id *id = ud;
+    size_t pl = strlen(id->path);
+    uint8_t rec[MODEL_REC_FIXED + MSADB_MODEL_PATH_MAX];
+    uint8_t *p = rec;
+    msadb_put_le32(p, 1);
+    msadb_put_le32(p + 4, id->n_layers);
+    msadb_put_le32(p + 8, id->n_kv_heads);
+    msadb_put_le32(p + 12, id->n_q_heads);
+    msadb_put_le32(p + 16, id->head_dim);
+    msadb_put_le64(p + 20, id->file_size);
+    memcpy(p + 28, id->hash, MSADB_MODEL_HASH_BYTES);
+    msadb_put_le32(p + 28 + MSADB_MODEL_HASH_BYTES, (uint32_t)pl);
+    memcpy(p + MODEL_REC_FIXED, id->path, pl);
+    return put_meta(txn, st, "model", rec, MODEL_REC_FIXED + pl);
+}
+
+int msadb_store_set_model(msadb_store *st, const msadb_model_id *id)
+{
+    if (!st || !id || !id->path[0] || !memchr(id->path, 0, sizeof id->path))
+        return MSADB_EINVAL;
+    if (st->read_only)
+        return MSADB_EREADONLY;
+    if (id->n_layers != st->sig.n_layers || id->n_kv_heads != st->sig.n_kv_heads ||
+        id->n_q_heads != st->sig.n_q_heads || id->head_dim != st->sig.head_dim)
+        return MSADB_ESIGNATURE;
+    return msadb_write(st, set_model_fn, (void *)id);
+}
+
+int msadb_store_get_model(msadb_store *st, msadb_model_id *out)
+{
+    if (!st || !out)
+        return MSADB_EINVAL;
+    memset(out, 0, sizeof *out);
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    MDB_val v;
+    rc = get_meta(txn, st, "model", &v);
+    if (rc == MDB_NOTFOUND) {
+        rc = MSADB_ENOTFOUND;
+    } else if (!rc) {
+        const uint8_t *p = v.mv_data;
+        uint32_t pl = v.mv_size >= MODEL_REC_FIXED ? msadb_get_le32(p + 28 + MSADB_MODEL_HASH_BYTES) : 0;
+        if (v.mv_size < MODEL_REC_FIXED || msadb_get_le32(p) != 1 || pl == 0 ||
+            pl > MSADB_MODEL_PATH_MAX || v.mv_size != MODEL_REC_FIXED + pl) {
+            rc = MSADB_ECORRUPT;
+        } else {
+            out->n_layers = msadb_get_le32(p + 4);
+            out->n_kv_heads = msadb_get_le32(p + 8);
+            out->n_q_heads = msadb_get_le32(p + 12);
+            out->head_dim = msadb_get_le32(p + 16);
+            out->file_size = msadb_get_le64(p + 20);
+            memcpy(out->hash, p + 28, MSADB_MODEL_HASH_BYTES);
+            memcpy(out->path, p + MODEL_REC_FIXED, pl);
+        }
+    }
+    msadb_txn_done(st, txn);
+    return rc;
+}
+
+/* The LMDB environment, for vacuum.c's copy. */
+MDB_env *msadb_store_env(msadb_store *st) { return st->env; }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "msadb.h"
+#include "codec/coarse.h"
 #include "codec/summary.h"
 #include "core/util.h"
 
@@ -36,6 +37,9 @@ typedef struct msadb_page_view {
     uint32_t n;
     const uint8_t *slots;   /* n stored slot entries (MSADB_SLOT_BYTES each); decode with msadb_slot_at() */
     msadb_summ_view summ;   /* the page's summaries (codec/summary.h) */
+    msadb_summ_view coarse; /* its routing index page (codec/coarse.h) */
+    uint32_t n_coarse;      /* super-blocks in it; 0: no index page */
+    uint32_t coarse_S;      /* slots per super-block */
 } msadb_page_view;
 
 #define MSADB_SLOT_BYTES 24
@@ -86,6 +90,15 @@ MSADB_HIDDEN float *msadb_snap_floats(msadb_snapshot *snap, size_t n);
 
 /* Nonzero when the store was opened read-only. */
 MSADB_HIDDEN int msadb_store_read_only(const msadb_store *st);
+
+/* Rebuilds the routing index with S slots per super-block, R
+ * representatives each, chosen by coarse kind `kind` (store/index.c): for the benchmark that chooses the
+ * defaults.  Errors: MSADB_EINVAL (no representatives in the store, or
+ * parameters msadb_coarse_valid refuses), write errors. */
+MSADB_HIDDEN int msadb_route_rebuild(msadb_store *st, uint32_t S, uint32_t R, uint32_t kind);
+
+/* Nonzero when the snapshot's store has a routing index (store/index.c). */
+MSADB_HIDDEN int msadb_snap_has_index(msadb_snapshot *snap);
 
 /* The signature of the snapshot's store. */
 MSADB_HIDDEN const msadb_signature *msadb_snap_signature(msadb_snapshot *snap);

@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "codec/codec.h"
+#include "codec/coarse.h"
 #include "codec/summary.h"
 #include "store/store.h"
 
@@ -16,19 +17,26 @@
 struct msadb_store {
     MDB_env *env;
     MDB_dbi db_meta, db_spaces, db_spaceids, db_docs, db_docdata, db_blocks, db_slots, db_summ;
-    MDB_dbi db_dockeys;         /* document key -> id; valid when has_dockeys */
+    MDB_dbi db_route;           /* routing index (format 2; store/index.c) */
+    int has_route;              /* the index exists and is maintained */
+    msadb_coarse_layout route;
+    MDB_dbi db_dockeys;         /* document key -> id (format 3); valid when has_dockeys */
     int has_dockeys;            /* the dockeys database exists and is open */
     uint32_t format;            /* the store's format version (meta "format") */
     msadb_signature sig;
     uint8_t store_id[16];
     uint8_t key[32];
+    uint8_t mac_key[32];        /* meta MAC key, derived from key (encrypted stores) */
     int encrypted, read_only, zstd_level;
+    int has_mac;     /* meta records carry a MAC (keycheck v2) */
+    int mac_pending; /* a write transaction in flight adds the MAC */
     uint32_t page_cap;
     msadb_summ_layout summ; /* summary page layout (from sig) */
     char *path;
     pthread_mutex_t write_lock; /* one writer at a time in this process */
     pthread_mutex_t snap_lock;  /* guards n_readers and remapping */
     unsigned n_readers;         /* read transactions open in this process */
+    int64_t last_reader_check;  /* monotonic second of the last mdb_reader_check (write_lock) */
 };
 
 struct msadb_snapshot {
@@ -57,7 +65,7 @@ struct msadb_snapshot {
 #define DD_KEY 6 /* the document's key, stored as given (never sealed) */
 
 /* The first format version with document keys (database "dockeys"). */
-#define MSADB_FORMAT_DOCKEYS 2u
+#define MSADB_FORMAT_DOCKEYS 3u
 
 typedef struct msadb_docrec {
     uint32_t flags, space_id;
@@ -87,6 +95,11 @@ MSADB_HIDDEN void msadb_txn_done(msadb_store *st, MDB_txn *txn);
 /* Runs fn in a write transaction (grows the map and retries when full). */
 MSADB_HIDDEN int msadb_write(msadb_store *st, int (*fn)(msadb_store *, MDB_txn *, void *), void *ud);
 
+/* The MAC of the meta records (encrypted stores): fills mac[32].  0 or an
+ * LMDB error. */
+MSADB_HIDDEN int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32]);
+/* The store's LMDB environment (vacuum.c). */
+MSADB_HIDDEN MDB_env *msadb_store_env(msadb_store *st);
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
 /* Drops the pages of the memory map this process touched from its resident

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/index.h"
 #include "store/store_impl.h"
 
 typedef struct {
@@ -18,6 +19,9 @@ typedef struct {
     uint64_t problems;
     float *K, *V;
     uint8_t *summ;
+    uint8_t *route; /* a recomputed coarse page */
+    size_t route_cap;
+    uint64_t route_pages; /* coarse pages checked */
 } verifier;
 
 __attribute__((format(printf, 2, 3))) static void problem(verifier *vf, const char *fmt, ...)
@@ -200,6 +204,7 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
 typedef struct {
     uint32_t id;
     uint64_t docs, tokens, blocks;
+    int has_record; /* a space record names this id */
 } space_tally;
 
 static space_tally *tally_for(space_tally *t, size_t n, uint32_t id)
@@ -254,9 +259,20 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
             uint8_t k[16];
             msadb_key_summ(k, sr->id, p, pg);
             MDB_val sk = {16, k}, sv;
-            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n))
+            if (mdb_get(vf->snap->txn, st->db_summ, &sk, &sv) || sv.mv_size != msadb_summ_page_bytes(&st->summ, n)) {
                 problem(vf, "space %s: summary page %llu of plane %u missing or of the wrong size", name,
                         (unsigned long long)pg, p);
+                continue;
+            }
+            int rr = msadb_route_check(st, vf->snap->txn, sr->id, p, pg, sv.mv_data, (uint32_t)n, &vf->route,
+                                       &vf->route_cap);
+            if (rr == MSADB_ENOTFOUND || rr == MSADB_ECORRUPT)
+                problem(vf, "space %s: routing index page %llu of plane %u %s (msadb_upgrade() rebuilds the index)", name, (unsigned long long)pg, p,
+                        rr == MSADB_ENOTFOUND ? "missing" : "differs from its summary page");
+            else if (rr)
+                problem(vf, "space %s: routing index page %llu of plane %u unreadable: %s", name,
+                        (unsigned long long)pg, p, msadb_strerror(rr));
+            vf->route_pages++;
         }
     }
     mdb_cursor_close(cur);
@@ -268,6 +284,66 @@ static void check_space(verifier *vf, const char *name, const msadb_spacerec *sr
                 (unsigned long long)blocks);
 }
 
+/* The largest key of a database as a big-endian id of `width` bytes (0 when
+ * empty). */
+static int last_id(MDB_txn *txn, MDB_dbi dbi, size_t width, uint64_t *out)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    *out = 0;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc)
+        return rc;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    if (rc == 0 && k.mv_size >= width)
+        *out = width == 8 ? msadb_get_be64(k.mv_data) : msadb_get_be32(k.mv_data);
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* The meta records: the MAC of an encrypted store, and counters ahead of
+ * every id in use (a counter behind would make a later write collide). */
+static int check_meta(verifier *vf)
+{
+    msadb_store *st = vf->st;
+    MDB_txn *txn = vf->snap->txn;
+    int rc;
+    if (st->encrypted) {
+        uint8_t mac[32];
+        MDB_val k = {8, (void *)"meta_mac"}, v;
+        int got = mdb_get(txn, st->db_meta, &k, &v);
+        if (got && got != MDB_NOTFOUND)
+            return got;
+        if ((rc = msadb_meta_mac(st, txn, mac)))
+            return rc;
+        if (got == MDB_NOTFOUND ? st->has_mac : (v.mv_size != 32 || memcmp(mac, v.mv_data, 32) != 0))
+            problem(vf, "the meta records (signature, counters, key parameters) fail authentication");
+    }
+    static const struct {
+        const char *counter;
+        int db; /* 0 docs, 1 blocks, 2 space ids */
+    } counters[] = {{"next_doc", 0}, {"next_block", 1}, {"next_space", 2}};
+    for (size_t i = 0; i < 3; i++) {
+        uint64_t next, last;
+        MDB_dbi dbi = counters[i].db == 0 ? st->db_docs : counters[i].db == 1 ? st->db_blocks : st->db_spaceids;
+        int any;
+        if ((rc = msadb_meta_u64(txn, st, counters[i].counter, &next)) == MSADB_ECORRUPT) {
+            problem(vf, "meta %s: malformed", counters[i].counter);
+            continue;
+        }
+        if (rc || (rc = last_id(txn, dbi, counters[i].db == 2 ? 4 : 8, &last)))
+            return rc;
+        MDB_stat ds;
+        if ((rc = mdb_stat(txn, dbi, &ds)))
+            return rc;
+        any = ds.ms_entries > 0;
+        if (any && next <= last)
+            problem(vf, "meta %s is %llu but id %llu is in use (a later write would collide)",
+                    counters[i].counter, (unsigned long long)next, (unsigned long long)last);
+    }
+    return 0;
+}
+
 static int verify_all(verifier *vf)
 {
     msadb_store *st = vf->st;
@@ -276,8 +352,8 @@ static int verify_all(verifier *vf)
     size_t n_tally = 0;
     uint64_t blocks_seen = 0, keyed = 0;
     MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, st->db_docs, &cur);
-    if (rc)
+    int rc = check_meta(vf);
+    if (rc || (rc = mdb_cursor_open(txn, st->db_docs, &cur)))
         return rc;
     MDB_val k, v;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
@@ -323,12 +399,19 @@ static int verify_all(verifier *vf)
                 problem(vf, "space %s: record malformed", name);
                 continue;
             }
-            check_space(vf, name, &sr, tally_for(tally, n_tally, sr.id));
+            space_tally *t = tally_for(tally, n_tally, sr.id);
+            if (t)
+                t->has_record = 1;
+            check_space(vf, name, &sr, t);
         }
         mdb_cursor_close(cur);
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    for (size_t i = 0; !rc && i < n_tally; i++)
+        if (!tally[i].has_record)
+            problem(vf, "%llu documents are in space id %u, which has no space record",
+                    (unsigned long long)tally[i].docs, tally[i].id);
     if (!rc) {
         MDB_stat bs;
         if (!(rc = mdb_stat(txn, st->db_blocks, &bs)) && bs.ms_entries != blocks_seen)
@@ -339,6 +422,12 @@ static int verify_all(verifier *vf)
     if (!rc && st->has_dockeys && mdb_stat(txn, st->db_dockeys, &ks) == 0 && ks.ms_entries != keyed)
         problem(vf, "%llu document keys stored but %llu documents have one", (unsigned long long)ks.ms_entries,
                 (unsigned long long)keyed);
+    if (!rc && st->has_route) {
+        MDB_stat rs;
+        if (!(rc = mdb_stat(txn, st->db_route, &rs)) && rs.ms_entries != vf->route_pages)
+            problem(vf, "%llu routing index pages but %llu summary pages (msadb_upgrade() rebuilds the index)",
+                    (unsigned long long)rs.ms_entries, (unsigned long long)vf->route_pages);
+    }
     free(tally);
     return rc;
 }
@@ -367,6 +456,7 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     free(vf.K);
     free(vf.V);
     free(vf.summ);
+    free(vf.route);
     if (rc)
         return rc;
     return vf.problems ? MSADB_ECORRUPT : 0;

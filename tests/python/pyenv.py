@@ -19,7 +19,6 @@ except ImportError:
     sys.exit(77)
 
 sys.path.insert(0, PACKAGE_DIR)
-sys.path.insert(1, os.path.join(ROOT, "tools"))
 os.environ.setdefault("MSADB_LIBRARY", os.path.join(BUILD, "libmsadb", "libmsadb.so"))
 CLI = os.environ.get("MSADB_CLI", os.path.join(BUILD, "cli", "msadb"))
 

@@ -11,7 +11,7 @@ import pyenv
 import numpy as np
 
 import msadb
-import safetensors_io
+from memmodel import safetensors_io  # tools/ on PYTHONPATH (meson)
 
 RNG = np.random.default_rng(11)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""tools/hf_convert.py: the bundled model to a transformers checkpoint and
+"""memmodel.hf_convert: the bundled model to a transformers checkpoint and
 back gives the same GGUF tensors and metadata, and the q/k row permutation
 makes transformers' RoPE (halves) give the attention scores of the GGUF
 convention (pairs) -- checked with numpy on the converted weights."""
@@ -9,9 +9,7 @@ import os
 import pyenv
 import numpy as np
 
-import gguf
-import hf_convert
-import safetensors_io
+from memmodel import gguf, hf_convert, safetensors_io  # tools/ on PYTHONPATH (meson)
 
 
 def rope_pairs(x, pos, theta):

@@ -5,7 +5,7 @@ tree, the bundled model), and the commands of the ```sh blocks (build and
 install steps aside: the build under test is the build, and
 tools/scripts/check_install.sh imports the installed package).  A block
 whose first line is "# needs: transformers" runs where transformers is
-installed and is reported as not run elsewhere (tools/hf_check.py covers
+installed and is reported as not run elsewhere (tools/memmodel/hf_check.py covers
 that integration on a GPU machine)."""
 import os
 import re

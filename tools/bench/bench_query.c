@@ -34,12 +34,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "codec/coarse.h"
 #include "codec/summary.h"
 #include "core/kernels.h"
 #include "store/store.h"
 #include "msadb.h"
 #include "core/util.h"
 #include "workload.h"
+#include "machine.h"
 
 #define MAXM 24
 #define GT_CHUNK 32768
@@ -380,6 +382,12 @@ static void evaluate(mem *M, const gt *g, size_t qi, size_t *blocks, size_t nbk,
     r->err[qi] = sqrt(e / (n2 > 0 ? n2 : 1));
 }
 
+/* Routing of the engine runs (msadb_query.route, route_candidates) and the
+ * index entries and block summaries they scored (summed over queries). */
+static int eng_route;
+static uint32_t eng_cands;
+static double eng_coarse, eng_fine;
+
 /* Engine: msadb_attend with one summary kind (and mean scoring variant). */
 static void run_engine(mem *M, msadb_snapshot *snap, const gt *g, size_t nq, uint32_t kind, const char *variant,
                        uint32_t k, int select, result *r)
@@ -404,6 +412,8 @@ static void run_engine(mem *M, msadb_snapshot *snap, const gt *g, size_t nq, uin
         q.summary = kind;
         q.select = select;
         q.stats = &st;
+        q.route = eng_route;
+        q.route_candidates = eng_cands;
         size_t nh = 0;
         double t0 = now_ms();
         int rc = msadb_attend(snap, &q, out, lse, hits, cap, &nh);
@@ -414,6 +424,8 @@ static void run_engine(mem *M, msadb_snapshot *snap, const gt *g, size_t nq, uin
         r->select_ms += st.select_ms;
         r->read_ms += st.read_ms;
         r->attend_ms += st.attend_ms;
+        eng_coarse += (double)st.coarse_scanned;
+        eng_fine += (double)st.blocks_scanned;
         if (nh > cap)
             nh = cap;
         for (size_t i = 0; i < nh; i++)
@@ -1129,6 +1141,236 @@ static int scan_only(uint64_t n_tokens, uint32_t k)
     return 0;
 }
 
+/* --route-scale TOKENS --dim D: routing cost at a size no store is built
+ * for: random int8 representatives of TOKENS/64 blocks (3 per block, in
+ * RAM), their coarse pages built as the store builds them (S 16, R 8,
+ * mixed k-center), then per query (4 q heads, top-16) the exhaustive scan and
+ * the two levels (coarse scan, then the blocks of the best 64 super-blocks)
+ * with 1 and 2 threads, best and median of 9.  Quality is not measured here
+ * (random vectors have no needles): --route-sweep does that on workloads. */
+static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k)
+{
+    size_t nb = (size_t)((n_tokens + 63) / 64), nv = 3 * nb;
+    msadb_coarse_layout C = {d, 16, 8, MSADB_COARSE_KCENTER_MIX};
+    size_t n_pages = (nb + 255) / 256, ns = (nb + C.S - 1) / C.S, nc = ns * C.R;
+    int8_t *v8 = msadb_aalloc(nv * d), *c8 = msadb_aalloc(nc * d);
+    float *s8 = xmalloc(sizeof(float) * nv), *cs = xmalloc(sizeof(float) * nc);
+    uint8_t *page = msadb_aalloc(msadb_coarse_page_bytes(&C, 256));
+    wl_rng g;
+    wl_rng_seed(&g, 7);
+    wl_ntab_init();
+    float tmp[1024];
+    for (size_t b = 0; b < nv; b++) {
+        for (uint32_t c = 0; c < d; c++)
+            tmp[c] = 0.3f * wl_fastn(&g);
+        s8[b] = msadb_k_quantize_i8(tmp, d, v8 + b * d);
+    }
+    double t0 = now_ms();
+    for (size_t p = 0; p < n_pages; p++) {
+        size_t n = nb - p * 256 < 256 ? nb - p * 256 : 256;
+        msadb_summ_view fine = {0}, cv;
+        fine.reps = v8 + p * 256 * 3 * d;
+        fine.reps_scale = s8 + p * 256 * 3;
+        fine.n_reps = 3;
+        msadb_coarse_page_build(&C, &fine, n, page);
+        msadb_coarse_view_of(&C, page, n, &cv);
+        size_t e0 = p * 256 / C.S, ne = msadb_coarse_entries(&C, n);
+        memcpy(c8 + e0 * C.R * d, cv.reps, ne * C.R * d);
+        memcpy(cs + e0 * C.R, cv.reps_scale, ne * C.R * sizeof(float));
+    }
+    double build_ms = now_ms() - t0;
+    float q[4 * 1024];
+    for (uint32_t i = 0; i < 4 * d; i++)
+        q[i] = wl_randn(&g);
+    msadb_kq kq;
+    memset(&kq, 0, sizeof kq);
+    msadb_kq_prepare(&kq, q, 1, 4, 0, d, d, 0);
+    scan_job jobs[8];
+    for (int t = 0; t < 8; t++) {
+        jobs[t].scores = xmalloc(sizeof(float) * 256 * 3);
+        jobs[t].idx = xmalloc(sizeof(uint32_t) * 256 * 3);
+    }
+    printf("{\"mode\": \"route-scale\", \"tokens\": %llu, \"d\": %u, \"blocks\": %zu, \"coarse_vectors\": %zu, "
+           "\"build_ms\": %.0f, \"results\": [",
+           (unsigned long long)n_tokens, d, nb, nc, build_ms);
+    for (int th = 1; th <= 2; th++) {
+        double scan[9], idx[9];
+        for (int rep = 0; rep < 9; rep++) {
+            scan[rep] = scan_once(&kq, NULL, v8, s8, nv, th, k, jobs);
+            /* level 1 over the coarse vectors (top 64 * R vectors: at most
+             * 64 super-blocks' worth), then level 2 over 64 super-blocks of
+             * 16 blocks at places spread over the memory */
+            double a = scan_once(&kq, NULL, c8, cs, nc, th, 64 > k ? 64 : k, jobs);
+            double b = 0;
+            for (int c = 0; c < 64; c++) {
+                size_t sb = (size_t)(jobs[0].hid[c % k] / C.R) % ns;
+                size_t v0 = sb * C.S * 3, n = (nv - v0) < C.S * 3 ? nv - v0 : C.S * 3;
+                b += scan_once(&kq, NULL, v8 + v0 * d, s8 + v0, n, 1, k, jobs);
+            }
+            idx[rep] = a + b;
+        }
+        printf("%s{\"threads\": %d, \"scan_best_ms\": %.3f, \"scan_p50_ms\": %.3f, \"index_best_ms\": %.3f, "
+               "\"index_p50_ms\": %.3f, \"scan_mb\": %.1f, \"index_mb\": %.1f}",
+               th > 1 ? ", " : "", th, percentile(scan, 9, 0.0), percentile(scan, 9, 0.5), percentile(idx, 9, 0.0),
+               percentile(idx, 9, 0.5), nv * (d + 4.0) / 1e6, (nc + 64.0 * C.S * 3) * (d + 4.0) / 1e6);
+    }
+    printf("], \"loadavg\": %.2f}\n", machine_load());
+    msadb_afree(v8);
+    msadb_afree(c8);
+    msadb_afree(page);
+    free(s8);
+    free(cs);
+    msadb_kq_free(&kq);
+    return 0;
+}
+
+static void summarize(const mem *M, const result *r, size_t nq, double out[8]);
+
+/* --route-sweep "S:R,..." --cands "C,...": for every index shape, the
+ * exhaustive scan (reference, same run) and the index at every candidate
+ * count: hit rates, mass recall, latency, entries scored, bytes touched. */
+static void route_sweep(mem *M, msadb_store *st, const gt *g, size_t nq, uint32_t k, const char *shapes,
+                        const char *cands)
+{
+    const char *sp = shapes;
+    while (*sp) {
+        unsigned S, R, kind = 1;
+        if (sscanf(sp, "%u:%u:%u", &S, &R, &kind) < 2)
+            die("--route-sweep wants S:R[:kind],...", MSADB_EINVAL);
+        double t0 = now_ms();
+        int rc = msadb_route_rebuild(st, S, R, kind);
+        if (rc)
+            die("msadb_route_rebuild", rc);
+        double build_ms = now_ms() - t0;
+        msadb_snapshot *snap;
+        if ((rc = msadb_snapshot_begin(st, &snap)))
+            die("msadb_snapshot_begin", rc);
+        const char *cp = cands;
+        for (int first = 1; first || *cp; first = 0) {
+            result r;
+            unsigned C = 0;
+            if (!first && sscanf(cp, "%u", &C) != 1)
+                die("--cands wants C,...", MSADB_EINVAL);
+            eng_route = first ? MSADB_ROUTE_SCAN : MSADB_ROUTE_INDEX;
+            eng_cands = C;
+            eng_coarse = eng_fine = 0;
+            result_init(&r, first ? "scan" : "index", nq, 0, 1);
+            run_engine(M, snap, g, nq, MSADB_SUMMARY_REPS, NULL, k, MSADB_SELECT_BLOCKS, &r);
+            double o[8];
+            summarize(M, &r, nq, o);
+            double ce = eng_coarse / nq, fe = eng_fine / nq;
+            double bytes = ce * R * (M->d + 4.0) + fe * MSADB_K_REPS * (M->d + 4.0);
+            printf("{\"kind\": %u, \"S\": %u, \"R\": %u, \"route\": \"%s\", \"C\": %u, \"p50_ms\": %.3f, \"p90_ms\": %.3f, "
+                   "\"hit1\": %.3f, \"hit4\": %.3f, \"hit16\": %.3f, \"mass\": %.4f, \"coarse\": %.0f, "
+                   "\"fine\": %.0f, \"mb_touched\": %.2f, \"build_ms\": %.0f, \"loadavg\": %.2f}\n",
+                   kind, S, R, r.name, C, o[0], o[1], o[2], o[3], o[4], o[5], ce, fe, bytes / 1e6, build_ms,
+                   machine_load());
+            fflush(stdout);
+            free(r.lat);
+            free(r.hit);
+            free(r.mass);
+            free(r.err);
+            if (!first) {
+                cp = strchr(cp, ',');
+                cp = cp ? cp + 1 : "";
+            }
+        }
+        msadb_snapshot_end(snap);
+        sp = strchr(sp, ',');
+        sp = sp ? sp + 1 : "";
+    }
+    eng_route = 0;
+    eng_cands = 0;
+}
+
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* --scan-dims N: the int8 representatives scan (3 vectors of d int8 + 3
+ * f32 scales per block, top-k of the per-block max, page by page) at every
+ * common head dim and GQA group size, with the four-at-a-time kernel tiles
+ * and without them (the previous kernel), 1 and 2 threads, same run. */
+static int scan_dims(uint64_t n_tokens, uint32_t k)
+{
+    const uint32_t dims[] = {64, 80, 96, 128, 256}, groups[] = {1, 2, 4, 8};
+    size_t nb = (size_t)((n_tokens + 63) / 64), nv = 3 * nb;
+    wl_rng g;
+    wl_rng_seed(&g, 7);
+    wl_ntab_init();
+    if (json)
+        printf("{\"mode\": \"scan-dims\", \"tokens\": %llu, \"blocks\": %zu, \"k\": %u, \"loadavg\": %.2f, \"results\": [",
+               (unsigned long long)n_tokens, nb, k, machine_load());
+    int first = 1;
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        uint32_t d = dims[di];
+        int8_t *v8 = msadb_aalloc(nv * d);
+        float *s8 = xmalloc(sizeof(float) * nv);
+        float tmp[256];
+        for (size_t b = 0; b < nv; b++) {
+            for (uint32_t c = 0; c < d; c++)
+                tmp[c] = 0.3f * wl_fastn(&g);
+            s8[b] = msadb_k_quantize_i8(tmp, d, v8 + b * d);
+        }
+        for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+            uint32_t G = groups[gi];
+            float q[8 * 256];
+            for (uint32_t i = 0; i < G * d; i++)
+                q[i] = wl_randn(&g);
+            msadb_kq kq;
+            memset(&kq, 0, sizeof kq);
+            msadb_kq_prepare(&kq, q, 1, G, 0, d, d, 0);
+            scan_job jobs[8];
+            for (int t = 0; t < 8; t++) {
+                jobs[t].scores = xmalloc(sizeof(float) * 256 * 3);
+                jobs[t].idx = xmalloc(sizeof(uint32_t) * 256 * 3);
+            }
+            /* best of 7 wall clock (the shared machine's other work only
+             * ever adds time), and thread CPU time of the 1-thread runs */
+            double med[2][2], cpu[2];
+            for (int tiles = 0; tiles <= 1; tiles++)
+                for (int th = 1; th <= 2; th++) {
+                    msadb_k_i8_tiles(tiles);
+                    double lat[7], c0 = cpu_ms();
+                    for (int rep = 0; rep < 7; rep++)
+                        lat[rep] = scan_once(&kq, NULL, v8, s8, nv, th, k, jobs);
+                    if (th == 1)
+                        cpu[tiles] = (cpu_ms() - c0) / 7;
+                    med[tiles][th - 1] = percentile(lat, 7, 0.0);
+                }
+            msadb_k_i8_tiles(1);
+            double bytes = (double)nv * (d + 4);
+            if (json)
+                printf("%s{\"d\": %u, \"gqa\": %u, \"old_ms_1t\": %.3f, \"old_ms_2t\": %.3f, \"ms_1t\": %.3f, "
+                       "\"ms_2t\": %.3f, \"gb_s_2t\": %.2f, \"old_gb_s_2t\": %.2f, \"cpu_ms\": %.3f, "
+                       "\"old_cpu_ms\": %.3f}",
+                       first ? "" : ", ", d, G, med[0][0], med[0][1], med[1][0], med[1][1], bytes / med[1][1] / 1e6,
+                       bytes / med[0][1] / 1e6, cpu[1], cpu[0]);
+            else
+                printf("d %3u gqa %u: tiles %6.2f ms 1t, %6.2f ms 2t (%5.1f GB/s), %5.1f GB/s per CPU s; one at a "
+                       "time %6.2f / %6.2f ms (%5.1f GB/s), %5.1f GB/s per CPU s; CPU x%.2f\n",
+                       d, G, med[1][0], med[1][1], bytes / med[1][1] / 1e6, bytes / cpu[1] / 1e6, med[0][0], med[0][1],
+                       bytes / med[0][1] / 1e6, bytes / cpu[0] / 1e6, cpu[0] / cpu[1]);
+            first = 0;
+            for (int t = 0; t < 8; t++) {
+                free(jobs[t].scores);
+                free(jobs[t].idx);
+            }
+            msadb_kq_free(&kq);
+        }
+        msadb_afree(v8);
+        free(s8);
+    }
+    if (json)
+        printf("]}\n");
+    else
+        printf("load average %.2f\n", machine_load());
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Report                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -1183,7 +1425,10 @@ static void usage(void)
     fprintf(stderr, "usage: bench_query [--json] [--k K] [--limit Q] [--exact-reps R] [--faiss SCRIPT]\n"
                     "                   [--hnsw-max N] [--workdir DIR] [--no-raw] [--no-engine]\n"
                     "                   [--recipes LIST] STORE\n"
-                    "       bench_query [--json] [--k K] --scan-only TOKENS\n");
+                    "       bench_query [--json] [--k K] --scan-only TOKENS\n"
+                    "       bench_query [--json] [--k K] --scan-dims TOKENS\n"
+                    "       bench_query [--k K] [--limit N] --route-sweep S:R[:kind],... [--cands C,...] DIR\n"
+                    "       bench_query [--k K] [--dim D] --route-scale TOKENS\n");
     exit(2);
 }
 
@@ -1194,7 +1439,10 @@ int main(int argc, char **argv)
     size_t limit = 0, hnsw_max = 2000000;
     int exact_reps = 3, no_raw = 0, no_engine = 0;
     const char *recipe_list = NULL;
-    uint64_t scan_tokens = 0;
+    uint64_t scan_tokens = 0, scan_dims_tokens = 0;
+    const char *sweep = NULL, *sweep_cands = "16,32,64,128";
+    uint64_t scale_tokens = 0;
+    uint32_t scale_dim = 64;
     tty = isatty(2);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1221,6 +1469,16 @@ int main(int argc, char **argv)
             no_engine = 1;
         else if (!strcmp(a, "--scan-only") && more)
             scan_tokens = (uint64_t)strtod(argv[++i], NULL);
+        else if (!strcmp(a, "--route-scale") && more)
+            scale_tokens = (uint64_t)strtod(argv[++i], NULL);
+        else if (!strcmp(a, "--dim") && more)
+            scale_dim = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--route-sweep") && more)
+            sweep = argv[++i];
+        else if (!strcmp(a, "--cands") && more)
+            sweep_cands = argv[++i];
+        else if (!strcmp(a, "--scan-dims") && more)
+            scan_dims_tokens = (uint64_t)strtod(argv[++i], NULL);
         else if (a[0] == '-' || store_dir)
             usage();
         else
@@ -1230,6 +1488,10 @@ int main(int argc, char **argv)
         usage();
     if (scan_tokens)
         return scan_only(scan_tokens, k);
+    if (scan_dims_tokens)
+        return scan_dims(scan_dims_tokens, k);
+    if (scale_tokens)
+        return scale_dim < 1 || scale_dim > 1024 ? (usage(), 2) : route_scale(scale_tokens, scale_dim, k);
     if (!store_dir)
         usage();
 
@@ -1243,7 +1505,7 @@ int main(int argc, char **argv)
     }
     msadb_options opt;
     msadb_options_init(&opt);
-    opt.read_only = 1;
+    opt.read_only = sweep == NULL; /* the sweep rebuilds the index */
     msadb_store *st;
     int rc = msadb_open(store_dir, NULL, &opt, &st);
     if (rc)
@@ -1261,6 +1523,13 @@ int main(int argc, char **argv)
     gt *g = calloc(nq, sizeof(gt));
     ground_truth(&M, g, nq);
     double gt_ms = now_ms() - t0;
+
+    if (sweep) {
+        msadb_snapshot_end(snap);
+        route_sweep(&M, st, g, nq, k, sweep, sweep_cands);
+        msadb_close(st);
+        return 0;
+    }
 
     /* dense baseline */
     double dense[16];

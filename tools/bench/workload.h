@@ -522,6 +522,17 @@ static inline int wl_calibrate(wl_model *m, int (*progress)(size_t done, size_t 
     return 0;
 }
 
+/* A second kv head from the first: rows of d channels reversed (a
+ * permutation, so q.k and the needles carry over to queries mirrored the
+ * same way).  Used for two-kv-head stores (tests/shard_fixture.c,
+ * bench_shard.c). */
+static inline void wl_mirror(const float *x, float *y, size_t rows, uint32_t d)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (uint32_t i = 0; i < d; i++)
+            y[r * d + i] = x[r * d + d - 1 - i];
+}
+
 /* Plants the needles that live in document di into its keys K[len][d]. */
 static inline void wl_plant(wl_model *m, size_t di, float *K)
 {

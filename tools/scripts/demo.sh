@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/scripts/demo.sh BUILD_DIR -- the demo: create a memory store for the bundled
+# tools/scripts/demo.sh [MSADB] -- the demo: create a memory store for the bundled
 # model (models/msadb-mem.gguf), ingest a few text documents
 # (tools/scripts/demo/memory/*.txt), then ask it the questions of
 # tools/scripts/demo/memory/questions.txt with memory and without, showing the
@@ -7,8 +7,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-build=${1:-build}
-msadb="$build/cli/msadb"
+# the msadb program: an installed one, or a build directory's
+msadb=${1:-build}
+[ -d "$msadb" ] && msadb="$msadb/cli/msadb"
 model="$root/models/msadb-mem.gguf"
 work=$(mktemp -d /tmp/msadb-demo-XXXXXX)
 db="$work/memory.msadb"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # tools/scripts/run.sh -- install what msadb needs on Debian 12, build it, and then
-#   run the demo           (bash tools/scripts/run.sh demo)
-#   or the whole test suite (bash tools/scripts/run.sh test)
-# Runs as root on a fresh machine; safe to run again.
+#   install it system-wide and run the demo (bash tools/scripts/run.sh demo)
+#   or run the whole test suite             (bash tools/scripts/run.sh test)
+#   or only install it                      (bash tools/scripts/run.sh install)
+# Runs as root on a fresh machine; safe to run again.  Installing is
+# `meson install` (prefix /usr/local, or MSADB_PREFIX): whatever meson
+# installs -- the msadb program, libmsadb, its header and pkg-config file,
+# the man page, the bundled model -- lands there, then ldconfig.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-test}
@@ -15,7 +19,8 @@ packages=(build-essential meson ninja-build pkg-config
           liblmdb-dev libzstd-dev libsodium-dev libopenblas-dev libjansson-dev libpcre2-dev
           python3 python3-numpy)
 if [ "$what" = test ]; then
-  packages+=(python3-sentencepiece python3-torch)
+  # Open MPI: msadb_mpi, msadb-mpi and their tests under mpirun (suite 'mpi')
+  packages+=(python3-sentencepiece python3-torch openmpi-bin libopenmpi-dev wamerican)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 missing=()
@@ -28,16 +33,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+prefix=${MSADB_PREFIX:-/usr/local}
 if [ -f "$build/build.ninja" ]; then
-  meson setup --reconfigure "$build" >/dev/null
+  meson setup --reconfigure --prefix "$prefix" "$build" >/dev/null
 else
-  meson setup "$build" >/dev/null
+  meson setup --prefix "$prefix" "$build" >/dev/null
 fi
 ninja -C "$build"
 
+install_msadb() {
+  meson install -C "$build" --quiet
+  command -v ldconfig >/dev/null && ldconfig
+  echo "installed msadb in $prefix: $(command -v msadb || echo "$prefix/bin/msadb (not on PATH)")"
+  "$prefix/bin/msadb" doctor
+}
+
 case "$what" in
+  install)
+    install_msadb
+    ;;
   demo)
-    exec bash tools/scripts/demo.sh "$build"
+    install_msadb
+    exec bash tools/scripts/demo.sh "$prefix/bin/msadb"
     ;;
   test)
     # independent peers for the tests: GPT-2's BPE (tokenizer_reference)
@@ -50,6 +67,16 @@ case "$what" in
     rc=0
     meson test -C "$build" --print-errorlogs --num-processes 2 || rc=$?
     bash tools/scripts/check_install.sh "$build" || rc=1
+    # The C test suites again under AddressSanitizer and UBSan (suite 'c':
+    # unit, store, query, model and tokenizer programs and the fuzz corpus
+    # replays; the Python-driven tests stay in the plain build).
+    asan=${MSADB_ASAN_BUILD_DIR:-build-asan}
+    if [ ! -f "$asan/build.ninja" ]; then
+      meson setup "$asan" -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized >/dev/null
+    fi
+    ninja -C "$asan"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      meson test -C "$asan" --suite c --print-errorlogs --num-processes 2 || rc=1
     /usr/bin/python3 - "$build/meson-logs/testlog.json" <<'PY' || rc=1
 import json, os, sys
 ok = bad = skip = 0
@@ -66,7 +93,7 @@ PY
     exit $rc
     ;;
   *)
-    echo "usage: tools/scripts/run.sh demo|test" >&2
+    echo "usage: tools/scripts/run.sh demo|test|install" >&2
     exit 2
     ;;
 esac

@@ -15,7 +15,8 @@ snapshots, attention), :mod:`msadb.runtime` (GGUF models: ingest text, ask),
 from ._lib import LIBRARY, LLM_DOC_MAX, check_mirrors, lib
 from .errors import (AlreadyExists, AuthenticationFailed, Corrupt, Error, InvalidArgument,
                      IOFailure, KeyRequired, LimitExceeded, LMDBError, NonFinite, NotAStore,
-                     NotFound, NotSupported, OutOfMemory, ReadOnly, SignatureMismatch, UnsupportedDtype,
+                     NotFound, NotSupported, OutOfMemory, OutOfRange, ReadOnly, SignatureMismatch,
+                     UnsupportedDtype, TimedOut, PeerFailed, ModelMismatch, Busy,
                      VersionMismatch, WrongState, strerror)
 from .memory import Memory, default_model_path
 from .runtime import Answer, Model, ModelInfo, Span, merge_spans
@@ -25,10 +26,11 @@ from .store import (HIT_DTYPE, Attention, Batch, Capture, DocInfo, QueryStats, S
 __version__ = lib.msadb_version().decode()
 FORMAT_VERSION = lib.msadb_format_version()
 
-__all__ = ["AlreadyExists", "Answer", "Attention", "AuthenticationFailed", "Batch", "Capture",
+__all__ = ["Busy", "ModelMismatch", "PeerFailed", "TimedOut", "AlreadyExists", "Answer", "Attention", "AuthenticationFailed", "Batch", "Capture",
            "Corrupt", "DocInfo", "Error", "FORMAT_VERSION", "HIT_DTYPE", "IOFailure",
            "InvalidArgument", "KeyRequired", "LIBRARY", "LLM_DOC_MAX", "LMDBError", "LimitExceeded",
            "Memory", "Model", "ModelInfo", "NonFinite", "NotAStore", "NotFound", "NotSupported", "OutOfMemory",
+           "OutOfRange",
            "QueryStats", "ReadOnly", "Signature", "SignatureMismatch", "Snapshot", "Span",
            "SpaceInfo", "Stat", "Store", "UnsupportedDtype", "VersionMismatch", "WrongState",
            "check_mirrors", "default_model_path", "lse_merge", "merge_spans", "read_key_file",

@@ -44,7 +44,9 @@ class StatInfo_(ctypes.Structure):
                 ("n_documents", ctypes.c_uint64), ("n_tokens", ctypes.c_uint64),
                 ("n_blocks", ctypes.c_uint64), ("block_bytes", ctypes.c_uint64),
                 ("summary_bytes", ctypes.c_uint64), ("map_size", ctypes.c_uint64),
-                ("map_used", ctypes.c_uint64), ("encrypted", ctypes.c_int)]
+                ("map_used", ctypes.c_uint64), ("encrypted", ctypes.c_int),
+                ("readers", ctypes.c_uint32), ("oldest_reader_lag", ctypes.c_uint64),
+                ("live_bytes", ctypes.c_uint64)]
 
 
 class SpaceInfo_(ctypes.Structure):
@@ -83,7 +85,7 @@ class QueryStats_(ctypes.Structure):
     _fields_ = [("scan_ms", ctypes.c_double), ("select_ms", ctypes.c_double),
                 ("read_ms", ctypes.c_double), ("attend_ms", ctypes.c_double),
                 ("blocks_scanned", ctypes.c_uint64), ("blocks_read", ctypes.c_uint64),
-                ("tokens_attended", ctypes.c_uint64)]
+                ("tokens_attended", ctypes.c_uint64), ("coarse_scanned", ctypes.c_uint64)]
 
 
 class Query_(ctypes.Structure):
@@ -92,7 +94,8 @@ class Query_(ctypes.Structure):
                 ("n_spaces", ctypes.c_size_t), ("top_k", ctypes.c_uint32),
                 ("select", ctypes.c_int), ("summary", ctypes.c_uint32),
                 ("score", ctypes.c_int), ("scale", ctypes.c_float), ("exact", ctypes.c_int),
-                ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p)]
+                ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p),
+                ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32)]
 
 
 class Hit_(ctypes.Structure):

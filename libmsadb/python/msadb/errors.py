@@ -26,6 +26,11 @@ ENOTSTORE = -30987
 ELIMIT = -30986
 EIO = -30985
 ENOTSUP = -30984
+ETIMEDOUT = -30983
+EPEER = -30982
+ERANGE = -30981
+EMODEL = -30980
+EBUSY = -30979
 
 
 def strerror(code: int) -> str:
@@ -121,6 +126,27 @@ class NotSupported(Error):
     runtime, with meson's -Druntime=disabled)."""
 
 
+class OutOfRange(Error):
+    """MSADB_ERANGE: a key or value too large for the store's f16 storage or
+    f16 summaries (magnitude above 65504)."""
+
+
+class TimedOut(Error):
+    """MSADB_ETIMEDOUT: a rank of a distributed (MPI) store did not answer in time."""
+
+
+class PeerFailed(Error):
+    """MSADB_EPEER: a distributed operation failed on another rank."""
+
+
+class ModelMismatch(Error):
+    """MSADB_EMODEL: the store was made with another model of the same shape."""
+
+
+class Busy(Error):
+    """MSADB_EBUSY: another process has the store open (vacuum)."""
+
+
 class LMDBError(Error):
     """An LMDB code (-30800..-30780), e.g. MDB_MAP_FULL or MDB_READERS_FULL."""
 
@@ -130,7 +156,8 @@ _BY_CODE = {EINVAL: InvalidArgument, ENOMEM: OutOfMemory, ECORRUPT: Corrupt,
             EAUTH: AuthenticationFailed, ENOTFOUND: NotFound, EEXIST: AlreadyExists,
             EREADONLY: ReadOnly, ENONFINITE: NonFinite, ESTATE: WrongState,
             EDTYPE: UnsupportedDtype, ENOTSTORE: NotAStore, ELIMIT: LimitExceeded, EIO: IOFailure,
-            ENOTSUP: NotSupported}
+            ENOTSUP: NotSupported, ERANGE: OutOfRange, ETIMEDOUT: TimedOut,
+            EPEER: PeerFailed, EMODEL: ModelMismatch, EBUSY: Busy}
 
 
 def error_class(code: int) -> type:

@@ -144,6 +144,9 @@ class Stat:
     map_size: int
     map_used: int
     encrypted: bool
+    readers: int            # open snapshots, all processes
+    oldest_reader_lag: int  # commits the oldest snapshot is behind
+    live_bytes: int         # bytes the newest state uses of map_used
 
 
 @dataclasses.dataclass
@@ -342,7 +345,8 @@ class Store(_Handle):
         s = StatInfo_()
         check(lib.msadb_stat(self._get(), ctypes.byref(s)), "stat")
         return Stat(s.format_version, s.n_spaces, s.n_documents, s.n_tokens, s.n_blocks,
-                    s.block_bytes, s.summary_bytes, s.map_size, s.map_used, bool(s.encrypted))
+                    s.block_bytes, s.summary_bytes, s.map_size, s.map_used, bool(s.encrypted),
+                    s.readers, s.oldest_reader_lag, s.live_bytes)
 
     # spaces
     def create_space(self, name: str) -> int:

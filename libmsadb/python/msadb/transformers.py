@@ -295,7 +295,7 @@ class MemoryAttention:
     token is a new prompt: it routes again.  ``key_layout="pairs"``
     reorders each head's query (and, at ingest, key) dims from
     transformers' RoPE layout to GGUF's, for a model converted from GGUF by
-    tools/hf_convert.py: the store is then the one msadb's built-in runtime
+    tools/memmodel/hf_convert.py: the store is then the one msadb's built-in runtime
     fills and reads (attention scores do not change, since queries and keys
     are reordered alike).
 

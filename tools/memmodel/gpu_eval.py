@@ -1,0 +1,199 @@
+"""gpu_eval.py -- the held-out evaluation through the PyTorch model with
+msadb's routing (mean-key score, max over the group's q heads and the
+prompt's tokens, top-16 blocks per kv head; each generated token selects its
+own), run on the GPU where 10M tokens of memory fit.  memmodel.train calls
+gpu_eval() after training (--eval-gpu)."""
+import json
+import os
+import time
+
+import numpy as np
+
+from . import net
+
+
+def _ragged(z, name):
+    t, o = z[name + "_tok"], z[name + "_off"]
+    return [t[o[i]:o[i + 1]].astype(np.int64) for i in range(len(o) - 1)]
+
+
+def encode_pool(model, docs, dev, batch_tokens=1 << 18):
+    """Runs documents (token lists) through the model with document-wise
+    positions; returns per memory layer (K, V) [kv, P, 64, hd] f32, block
+    valid [P, 64], block -> document index [P], in document order."""
+    import torch
+    B = net.BLOCK
+    order = np.argsort([len(d) for d in docs], kind="stable")
+    nmem = len(model.c.mem_layers())
+    Ks = [[] for _ in range(nmem)]
+    Vs = [[] for _ in range(nmem)]
+    valids, docids = [], []
+    i = 0
+    with torch.no_grad():
+        while i < len(order):
+            L = ((len(docs[order[i]]) + B - 1) // B) * B
+            # docs sorted by length: a batch pads to its longest
+            j = i
+            while j < len(order) and (j - i + 1) * (((len(docs[order[j]]) + B - 1) // B) * B) <= batch_tokens:
+                j += 1
+            j = max(j, i + 1)
+            idx = order[i:j]
+            L = ((max(len(docs[t]) for t in idx) + B - 1) // B) * B
+            x = np.zeros((len(idx), L), np.int64)
+            v = np.zeros((len(idx), L), bool)
+            for r, t in enumerate(idx):
+                x[r, :len(docs[t])] = docs[t]
+                v[r, :len(docs[t])] = True
+            xt = torch.from_numpy(x).to(dev)
+            _, caps = model.forward_plain(xt, capture=True)
+            nb = L // B
+            vb = torch.from_numpy(v.reshape(len(idx) * nb, B)).to(dev)
+            keep = vb.any(1)
+            for m, (k, vv) in enumerate(caps):
+                kv, hd = k.shape[1], k.shape[3]
+                K = k.float().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
+                V = vv.float().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
+                Ks[m].append(K[:, keep])
+                Vs[m].append(V[:, keep])
+            valids.append(vb[keep])
+            di = torch.from_numpy(np.repeat(idx, nb)).to(dev)[keep]
+            docids.append(di)
+            i = j
+        doc = torch.cat(docids)
+        # document order (stable: blocks of one document stay in order)
+        perm = torch.sort(doc, stable=True).indices
+        out = []
+        for m in range(nmem):
+            K = torch.cat(Ks[m], 1)[:, perm].to(torch.float16)
+            V = torch.cat(Vs[m], 1)[:, perm].to(torch.float16)
+            out.append((K, V))
+        return out, torch.cat(valids)[perm], doc[perm]
+
+
+def _pools(kvs, valid, doc, nb, means_cache):
+    pools = []
+    for m, (K, V) in enumerate(kvs):
+        if m not in means_cache:
+            w = valid.float()
+            # mean of the f32 keys, stored in f16 as msadb's summaries are
+            means_cache[m] = ((K.float() * w[None, :, :, None]).sum(2) /
+                              w.sum(1).clamp(min=1)[None, :, None]).half().float()
+        p = net.Pool.__new__(net.Pool)
+        p.K, p.V, p.valid, p.doc = K[:, :nb], V[:, :nb], valid[:nb], doc[:nb]
+        p.means = means_cache[m][:, :nb]
+        pools.append(p)
+    return pools
+
+
+def pad(seqs):
+    """Token lists as (tokens [n, longest], valid mask), zero-padded."""
+    tok = np.zeros((len(seqs), max(len(q) for q in seqs)), np.int64)
+    val = np.zeros(tok.shape, bool)
+    for i, q in enumerate(seqs):
+        tok[i, :len(q)] = q
+        val[i, :len(q)] = True
+    return tok, val
+
+
+def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interleave=None):
+    """Greedy answers (token lists) to questions qs (token lists with BOS).
+    interleave: (docs token lists) -> one round: the best document of the
+    prompt pass (max routing score in the last memory layer) is put after
+    BOS and routing runs again."""
+    import torch
+    outs = []
+    for s in range(0, len(qs), batch):
+        chunk = [list(q) for q in qs[s:s + batch]]
+        if interleave is not None and pools is not None:
+            tok, val = pad(chunk)
+            with torch.no_grad():
+                _, _, info = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
+                                                 torch.from_numpy(val.sum(1)).to(dev), pools, top_k)
+            bb = info["best_block"].cpu().numpy()
+            dd = pools[-1].doc[torch.from_numpy(bb).to(dev)].cpu().numpy()
+            chunk = [[q[0]] + list(interleave[int(d)]) + q[1:] for q, d in zip(chunk, dd)]
+        plen = [len(q) for q in chunk]
+        seqs = [list(q) for q in chunk]
+        done = [False] * len(seqs)
+        gen = [[] for _ in seqs]
+        for _ in range(max_new):
+            tok, val = pad(seqs)
+            with torch.no_grad():
+                x, _, _ = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
+                                              torch.tensor(plen, device=dev), pools, top_k)
+                last = torch.tensor([len(q) - 1 for q in seqs], device=dev)
+                h = x[torch.arange(len(seqs), device=dev), last]
+                nxt = model.logits(h[:, None])[:, 0].argmax(-1).cpu().numpy()
+            for i, t in enumerate(nxt):
+                if done[i]:
+                    continue
+                if int(t) == eos:
+                    done[i] = True
+                else:
+                    gen[i].append(int(t))
+                    seqs[i].append(int(t))
+            if all(done):
+                break
+        outs += gen
+    return outs
+
+
+def gpu_eval(model, path, dev, deadline, log=print):
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    z = np.load(path)
+    eos = int(z["eos"])
+    docs = _ragged(z, "doc")
+    qs, ans = _ragged(z, "q"), _ragged(z, "a")
+    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-16 blocks/kv head), f16 K/V",
+           "sizes": {}}
+    t0 = time.time()
+    kvs, valid, doc = encode_pool(model, docs, dev)
+    res["encode_seconds"] = round(time.time() - t0, 1)
+    blocks_per_doc = torch.bincount(doc, minlength=len(docs)).cpu().numpy()
+    cum_blocks = np.cumsum(blocks_per_doc)
+    mc = {}
+
+    # the kinds of the questions, where prepare's eval.json lies beside the arrays
+    meta = os.path.join(os.path.dirname(os.path.abspath(path)), "eval.json")
+    kinds = None
+    if os.path.exists(meta):
+        with open(meta) as f:
+            kinds = [n["kind"] for n in json.load(f)["needles"]]
+
+    def acc(outs, ans, where=None):
+        ok = [list(o) == list(a) for o, a in zip(outs, ans)]
+        if where is not None and kinds is not None and len(kinds) == len(ok):
+            where["by_kind"] = {k: float(np.mean([o for o, kk in zip(ok, kinds) if kk == k]))
+                                for k in sorted(set(kinds))}
+        return float(np.mean(ok))
+
+    outs = generate(model, qs, None, dev, eos)
+    res["no_memory"] = acc(outs, ans)
+    log({"event": "eval", "what": "no_memory", "acc": res["no_memory"]})
+    for name, nd, nt in zip(z["size_names"], z["size_docs"], z["size_tokens"]):
+        if time.time() > deadline:
+            res["sizes"][str(name)] = "skipped: time"
+            continue
+        nb = int(cum_blocks[int(nd) - 1])
+        pools = _pools(kvs, valid, doc, nb, mc)
+        t1 = time.time()
+        outs = generate(model, qs, pools, dev, eos)
+        r = {}
+        a = acc(outs, ans, r)
+        res["sizes"][str(name)] = {"tokens": int(nt), "docs": int(nd), "blocks": nb, "acc": a,
+                                   "seconds": round(time.time() - t1, 1),
+                                   "sample": [outs[i] for i in range(3)], **r}
+        log({"event": "eval", "size": str(name), "tokens": int(nt), "acc": a, **r})
+    del kvs, mc
+    torch.cuda.empty_cache()
+    if time.time() < deadline:
+        mdocs = _ragged(z, "mh")
+        mq, ma = _ragged(z, "mq"), _ragged(z, "ma")
+        kvs, valid, doc = encode_pool(model, mdocs, dev)
+        pools = _pools(kvs, valid, doc, valid.shape[0], {})
+        off = acc(generate(model, mq, pools, dev, eos), ma)
+        on = acc(generate(model, mq, pools, dev, eos, interleave=mdocs), ma)
+        res["multihop"] = {"interleave_off": off, "interleave_on": on, "pairs": len(mq)}
+        log({"event": "eval", "multihop": res["multihop"]})
+    return res

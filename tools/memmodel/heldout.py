@@ -1,0 +1,381 @@
+#!/usr/bin/python3
+"""memmodel.heldout -- an evaluation of the memory model that training cannot
+be tuned to.
+
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout prepare --data DATA [--seed 2718]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu --data DATA --model M.gguf \\
+        --lib BUILD/libmsadb/libmsadb.so [--sizes 16K,128K,1M] [--out J] [--keep --reuse]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout table --json J [--json J2]
+
+prepare (needs DATA/text/dict-gcide.txt from `memmodel.data extract`) writes
+DATA/heldout.json (questions, answers, cells, needle positions; the command
+and seed) and DATA/heldout_docs.txt (the haystack, in order).  Everything
+in it is held out from training (memmodel.data's HELD_* lists):
+
+  entities   held-out nouns, first names, proper nouns, numbers (Vocab "held")
+             AND held-out adjectives, animals and attribute words (HELD_SLOTS)
+  documents  dict-gcide entries (never trained on) joined into documents of
+             512-4096 tokens; a needle document holds 3-6 facts of ONE kind
+             (dense: same-kind neighbours are the distractors) at random
+             paragraph boundaries, so needles sit anywhere in 4096 tokens
+  cells      tpl      training fact and question templates, held-out slots
+             q_para   the same facts asked with held-out wordings
+                      (HELD_QUESTION_T: other interrogatives, imperatives)
+             f_para   facts written as ordinary sentences (HELD_FACT_T),
+                      asked with training question templates
+             unans    questions whose fact is not in memory (half of them near
+                      misses: a stored entity's noun with another adjective,
+                      a stored person's other animal, a room without that
+                      code); the right answer is memmodel.data.ABSTAIN
+
+cpu runs it through the C library (memmodel.clib): one store grows through
+the nested haystack sizes (prefixes of the document list); at each size
+every question whose needle document is in memory is asked (unanswerable
+ones always), plus once with no memory.  Reports per cell, per kind and per
+needle position (token offset of the fact in its document: 0-511,
+512-1023, 1024-2047, 2048-4095), the share of answerable questions
+answered ABSTAIN, and the share of unanswerable ones that abstained.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from . import data as mmd
+
+SIZES = {"16K": 16384, "128K": 131072, "1M": 1 << 20, "10M": 10 * (1 << 20)}
+KINDS = ["code", "lives", "pet", "room", "roomcode"]
+DOC_MAX = 4096
+POS_BUCKETS = [(0, 512), (512, 1024), (1024, 2048), (2048, 4096)]
+N_PER_KIND = 24          # facts per kind and fact cell: 120 tpl, 120 f_para
+N_UNANS = 120
+
+
+def bucket(pos):
+    for a, b in POS_BUCKETS:
+        if a <= pos < b:
+            return "%d-%d" % (a, b - 1)
+    return "4096+"
+
+
+# --------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------
+
+def draw_facts(seed):
+    """(tpl facts, f_para facts): N_PER_KIND of each kind each, on held-out
+    entities and slots, no key shared, no entity noun or person shared."""
+    held = dict(side="held", slots=mmd.HELD_SLOTS)
+    g_tpl = mmd.FactGen(seed, question_t=mmd.QUESTION_T, **held)
+    g_para = mmd.FactGen(seed + 1, fact_t=mmd.HELD_FACT_T, **held)
+    g_q = mmd.FactGen(seed + 2, question_t=mmd.HELD_QUESTION_T, **held)
+    used, names = set(), set()
+    out = {"tpl": [], "f_para": []}
+    for cell, g in (("tpl", g_tpl), ("f_para", g_para)):
+        for kind in KINDS:
+            n = 0
+            while n < N_PER_KIND:
+                f = g.fact(kind)
+                d = f["d"]
+                keys = {f["key"]} | ({"room#" + f["val"]} if kind == "room" else set()) | (
+                    {"room#" + d["room"]} if kind == "roomcode" else set())
+                name = d.get("ent", "").split(" ")[-1] or d.get("per") or d.get("room")
+                if keys & used or name in names:
+                    continue
+                used |= keys
+                names.add(name)
+                if cell == "tpl":
+                    # the same fact asked with a held-out wording (q_para)
+                    f["question_para"] = g_q._pick(mmd.HELD_QUESTION_T[kind]).format(**d)
+                out[cell].append(f)
+                n += 1
+    return out, used
+
+
+def draw_unanswerable(seed, facts, used):
+    """N_UNANS questions (training templates, held-out slots) about keys not in
+    memory; every other one a near miss of a stored fact."""
+    g = mmd.FactGen(seed + 3, "held", slots=mmd.HELD_SLOTS)
+    rng = np.random.default_rng(seed + 4)
+    stored = facts["tpl"] + facts["f_para"]
+    out = []
+    while len(out) < N_UNANS:
+        kind = KINDS[len(out) % len(KINDS)]
+        kw = {}
+        if len(out) % 2:
+            near = [f for f in stored if f["kind"] == kind][int(rng.integers(N_PER_KIND * 2))]
+            d = near["d"]
+            if kind in ("code", "room"):
+                kw["ent"] = "the %s %s" % (g._pick(mmd.HELD_ADJ), d["ent"].split(" ")[-1])
+            elif kind == "pet":
+                kw["per"] = d["per"]
+            elif kind == "lives":
+                kw["per"] = d["per"].split(" ")[0] + " " + g.proper()
+            else:
+                kw["room"] = g._pick(g.v.room)
+        f = g.fact(kind, **kw)
+        keys = {f["key"]}
+        if kind == "lives" and any(s["kind"] == "lives" and s["d"]["per"] == f["d"]["per"]
+                                   for s in stored):
+            continue
+        if keys & used:
+            continue
+        used |= keys
+        f["near_miss"] = bool(len(out) % 2)
+        out.append(f)
+    return out
+
+
+def _take_docs(gdocs, glens, cur, target):
+    """Consecutive gcide entries from cur joined up to target tokens (at
+    least one): (paragraphs, tokens, next cursor)."""
+    paras, n = [], 0
+    while cur < len(gdocs) and (not paras or n + glens[cur] <= target):
+        paras += gdocs[cur].split("\n\n")
+        n += glens[cur]
+        cur += 1
+    return paras, n, cur
+
+
+def build_needle_doc(sp, rng, facts, gdocs, glens, cur):
+    """A document of at most DOC_MAX tokens holding facts (texts) at random
+    paragraph boundaries; (text, token offset of each fact, next cursor)."""
+    ftok = sum(len(sp.encode(f)) + 2 for f in facts)
+    target = int(rng.integers(300, DOC_MAX - ftok - 64))
+    paras, _, cur = _take_docs(gdocs, glens, cur, target)
+    slots = sorted(int(x) for x in rng.integers(0, len(paras) + 1, len(facts)))
+    for j, (s, f) in enumerate(zip(slots, facts)):
+        paras.insert(s + j, f)
+    text = "\n\n".join(paras)
+    pos = []
+    for f in facts:
+        at = text.index(f)
+        pos.append(len(sp.encode(text[:at])) if at else 0)
+    n = len(sp.encode(text))
+    if n > DOC_MAX:
+        raise ValueError("needle document of %d tokens" % n)
+    return text, pos, cur
+
+
+def cmd_prepare(args):
+    sp = mmd.load_sp()
+    rng = np.random.default_rng(args.seed)
+    facts, used = draw_facts(args.seed)
+    unans = draw_unanswerable(args.seed, facts, used)
+    gdocs = mmd.read_docs(os.path.join(args.data, "text", "dict-gcide.txt"))
+    glens = [len(x) for x in sp.encode(gdocs)]
+    # needle documents: 3-6 facts of one kind and one cell each
+    groups = []
+    for cell in ("tpl", "f_para"):
+        for kind in KINDS:
+            fs = [f for f in facts[cell] if f["kind"] == kind]
+            i = 0
+            while i < len(fs):
+                k = int(rng.integers(3, 7))
+                groups.append(fs[i:i + k])
+                i += k
+    order = rng.permutation(len(groups))
+    docs, questions, cur = [], [], 0
+    for gi in order:
+        fs = groups[gi]
+        text, pos, cur = build_needle_doc(sp, rng, [f["text"] for f in fs], gdocs, glens, cur)
+        for f, p in zip(fs, pos):
+            cell = "tpl" if "question_para" in f else "f_para"
+            base = {"kind": f["kind"], "answer": f["val"], "doc": len(docs), "pos": p,
+                    "fact": f["text"]}
+            questions.append(dict(base, cell=cell, question=f["question"]))
+            if cell == "tpl":
+                questions.append(dict(base, cell="q_para", question=f["question_para"]))
+        docs.append(text)
+    n_needle_docs = len(docs)
+    for f in unans:
+        questions.append({"kind": f["kind"], "answer": mmd.ABSTAIN, "doc": -1, "pos": -1,
+                          "cell": "unans", "question": f["question"],
+                          "near_miss": f["near_miss"]})
+    # the rest of the haystack: gcide entries joined into 512-4096-token documents
+    lens = [len(x) for x in sp.encode(docs)]
+    total, need = sum(lens), SIZES[args.max_size]
+    while total < need and cur < len(gdocs):
+        paras, n, cur = _take_docs(gdocs, glens, cur, int(rng.integers(512, DOC_MAX + 1)))
+        docs.append("\n\n".join(paras))
+        lens.append(n)
+        total += n
+    mmd._write_docs(os.path.join(args.data, "heldout_docs.txt"), docs)
+    rec = {"command": "memmodel.heldout prepare --seed %d --max-size %s" % (args.seed, args.max_size),
+           "seed": args.seed, "doc_tokens": lens, "needle_docs": n_needle_docs,
+           "questions": questions}
+    with open(os.path.join(args.data, "heldout.json"), "w") as f:
+        json.dump(rec, f, indent=0)
+    cells = {}
+    for q in questions:
+        cells[q["cell"]] = cells.get(q["cell"], 0) + 1
+    print(json.dumps({"docs": len(docs), "needle_docs": n_needle_docs,
+                      "needle_tokens": int(sum(lens[:n_needle_docs])), "tokens": int(total),
+                      "questions": cells}))
+
+
+# --------------------------------------------------------------------------
+# cpu: through the C library
+# --------------------------------------------------------------------------
+
+def score(questions, outs):
+    """Figures of one run: per cell (accuracy, n, abstained), per cell and
+    kind, per cell and needle position."""
+    res = {"cells": {}, "by_kind": {}, "by_pos": {}}
+    for q, o in zip(questions, outs):
+        ok = o == q["answer"] or (q["cell"] == "unans" and o.lower() == mmd.ABSTAIN)
+        ab = o.lower() == mmd.ABSTAIN
+        for tab, key in (("cells", q["cell"]), ("by_kind", q["cell"] + "/" + q["kind"]),
+                         ("by_pos", q["cell"] + "/" + bucket(q["pos"]) if q["pos"] >= 0
+                          else None)):
+            if key is None:
+                continue
+            c = res[tab].setdefault(key, {"n": 0, "correct": 0, "abstained": 0})
+            c["n"] += 1
+            c["correct"] += int(ok)
+            c["abstained"] += int(ab)
+    for tab in res.values():
+        for c in tab.values():
+            c["acc"] = round(c["correct"] / c["n"], 4)
+            c["abstain_rate"] = round(c["abstained"] / c["n"], 4)
+    return res
+
+
+def ask_all(m, st, questions, **kw):
+    outs, t0 = [], time.time()
+    for q in questions:
+        outs.append(m.ask(st, q["question"], **kw).strip().rstrip(".").strip())
+    return outs, (time.time() - t0) / max(1, len(questions))
+
+
+def grow_store(m, st, docs, lens, have, size, log):
+    """Ingests documents after the first `have` while the haystack stays
+    within size tokens; the new count."""
+    cum = np.cumsum(lens)
+    upto = int(np.searchsorted(cum, size, side="right"))
+    t0 = time.time()
+    for i in range(have, upto):
+        m.ingest(st, "heldout-%06d" % i, docs[i])
+    dt = time.time() - t0
+    log({"event": "ingested", "docs": upto, "tokens": int(cum[upto - 1]) if upto else 0,
+         "new_tokens": int(cum[upto - 1] - (cum[have - 1] if have else 0)) if upto else 0,
+         "seconds": round(dt, 1)})
+    return upto
+
+
+def cmd_cpu(args):
+    from .clib import Msadb
+    rec = json.load(open(os.path.join(args.data, "heldout.json")))
+    docs = mmd.read_docs(os.path.join(args.data, "heldout_docs.txt"))
+    lens, qs = rec["doc_tokens"], rec["questions"]
+    m = Msadb(args.lib)
+    m.open_model(args.model)
+    m.top_k = args.top_k
+
+    def log(d):
+        print(json.dumps(d), flush=True)
+
+    out = {"command": "memmodel.heldout cpu " + " ".join(sys.argv[2:]), "model": args.model,
+           "prepare": rec["command"], "load": os.getloadavg(), "sizes": {}}
+    if os.path.exists(args.out):
+        prev = json.load(open(args.out))
+        out["sizes"] = prev.get("sizes", {})
+        if "no_memory" in prev:
+            out["no_memory"] = prev["no_memory"]
+    marker = os.path.join(args.store_dir, "heldout_docs_ingested")
+    if not args.reuse:
+        shutil.rmtree(args.store_dir, ignore_errors=True)
+    os.makedirs(args.store_dir, exist_ok=True)
+    st = m.create_store(os.path.join(args.store_dir, "store"))
+    have = int(open(marker).read()) if args.reuse and os.path.exists(marker) else 0
+    if "none" in args.what:
+        outs, lat = ask_all(m, st, qs, no_memory=True)
+        out["no_memory"] = dict(score(qs, outs), latency_s=round(lat, 4))
+        log({"event": "no_memory", "cells": out["no_memory"]["cells"]})
+    for name in [s for s in args.sizes.split(",") if s]:
+        have = grow_store(m, st, docs, lens, have, SIZES[name], log)
+        with open(marker, "w") as f:
+            f.write(str(have))
+        sel = [q for q in qs if q["doc"] < have]
+        outs, lat = ask_all(m, st, sel)
+        r = dict(score(sel, outs), latency_s=round(lat, 4), docs=have,
+                 tokens=int(sum(lens[:have])),
+                 examples=[{"q": q["question"], "want": q["answer"], "got": o, "cell": q["cell"]}
+                           for q, o in list(zip(sel, outs))[::25]])
+        out["sizes"][name] = r
+        log({"event": "size", "size": name, "cells": r["cells"], "latency_s": r["latency_s"]})
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+    m.close_store(st)
+    if not args.keep:
+        shutil.rmtree(args.store_dir, ignore_errors=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+def pct(c):
+    return "%d%% (%d/%d)" % (round(100 * c["correct"] / c["n"]), c["correct"], c["n"]) if c else "-"
+
+
+def cmd_table(args):
+    """Markdown tables of cpu runs (--json, one per model): cells by size,
+    then kinds and needle positions at the largest size every run has."""
+    runs = [(os.path.basename(p), json.load(open(p))) for p in args.json]
+    cells = ["tpl", "q_para", "f_para", "unans"]
+    print("| model | memory | " + " | ".join(cells) + " | answerable abstained | latency |")
+    print("| --- | --- | " + " | ".join("---" for _ in cells) + " | --- | --- |")
+    for name, r in runs:
+        rows = [("none", r.get("no_memory"))] + list(r["sizes"].items())
+        for size, v in rows:
+            if not v:
+                continue
+            c = v["cells"]
+            ans = [c[k] for k in ("tpl", "q_para", "f_para") if k in c]
+            ab = sum(x["abstained"] for x in ans), sum(x["n"] for x in ans)
+            print("| %s | %s | %s | %d%% | %d ms |" % (
+                name, size, " | ".join(pct(c.get(k)) for k in cells),
+                round(100 * ab[0] / max(1, ab[1])), round(1000 * v["latency_s"])))
+    common = [s for s in runs[0][1]["sizes"] if all(s in r["sizes"] for _, r in runs)]
+    if not common:
+        return
+    size = common[-1]
+    for tab, title in (("by_kind", "kind"), ("by_pos", "needle position (tokens)")):
+        keys = sorted({k for _, r in runs for k in r["sizes"][size][tab]})
+        print("\n| %s at %s | " % (title, size) + " | ".join(n for n, _ in runs) + " |")
+        print("| --- | " + " | ".join("---" for _ in runs) + " |")
+        for k in keys:
+            print("| %s | " % k + " | ".join(pct(r["sizes"][size][tab].get(k)) for _, r in runs) + " |")
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cmd", choices=["prepare", "cpu", "table"])
+    ap.add_argument("--json", action="append", default=[], help="table: a cpu run's --out")
+    ap.add_argument("--data", default=os.path.join(mmd.ROOT, ".train-data"))
+    ap.add_argument("--seed", type=int, default=2718)
+    ap.add_argument("--max-size", default="10M", choices=list(SIZES))
+    ap.add_argument("--model", default=os.path.join(mmd.ROOT, "models", "msadb-mem.gguf"))
+    ap.add_argument("--lib", default=os.path.join(mmd.ROOT, "build", "libmsadb", "libmsadb.so"))
+    ap.add_argument("--sizes", default="16K,128K,1M")
+    ap.add_argument("--what", default="none", help="cpu: 'none' adds the no-memory run")
+    ap.add_argument("--top-k", type=int, default=16)
+    ap.add_argument("--store-dir", default="/tmp/msadb-heldout")
+    ap.add_argument("--keep", action="store_true", help="keep the store (for --reuse)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="go on growing the kept store instead of starting again")
+    ap.add_argument("--out", default="/tmp/msadb-heldout.json")
+    args = ap.parse_args(argv)
+    if args.cmd == "prepare":
+        cmd_prepare(args)
+    elif args.cmd == "table":
+        cmd_table(args)
+    else:
+        cmd_cpu(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

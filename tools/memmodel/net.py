@@ -1,0 +1,387 @@
+"""net.py -- the memory model in PyTorch (the llama architecture exactly as
+msadb's runtime runs it), its checkpoints, and the model a GGUF file holds.
+
+Shared by memmodel.train (training) and memmodel.gpu_eval (evaluation through
+PyTorch); memmodel.evaluate uses torch_from_gguf for its check command."""
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import gguf
+
+
+BLOCK = 64
+
+
+class Config:
+    vocab = 8192
+    n_layers = 8
+    d = 256
+    n_heads = 4
+    n_kv = 2
+    hd = 64
+    ffn = 768
+    ctx = 1024
+    theta = 10000.0
+    eps = 1e-5
+
+    def mem_layers(self):
+        return list(range(self.n_layers // 2, self.n_layers))
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in dir(self)
+                if not k.startswith("_") and not callable(getattr(self, k))}
+
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+
+def sdpa(q, k, v, attn_mask=None, is_causal=False):
+    """F.scaled_dot_product_attention (PyTorch >= 2.0) or the same in plain
+    operations (the development machine's PyTorch 1.13)."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    s = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if is_causal:
+        T, S = q.shape[-2], k.shape[-2]
+        attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf"))
+    return (torch.softmax(s, -1) @ v.float()).to(q.dtype)
+
+
+def amp(dev):
+    """bf16 autocast on the GPU, nothing elsewhere."""
+    import contextlib
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rms(x, w, eps):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w).to(x.dtype)
+
+
+class Rope:
+    def __init__(self, hd, theta, max_pos, device):
+        i = torch.arange(0, hd, 2, dtype=torch.float64, device=device)
+        inv = theta ** (-i / hd)
+        p = torch.arange(max_pos, dtype=torch.float64, device=device)
+        ang = p[:, None] * inv[None, :]
+        self.cos = torch.cos(ang).float()
+        self.sin = torch.sin(ang).float()
+
+    def __call__(self, x, pos):
+        """x [B, h, T, hd]; pos [T] or [B, T]: pairs (2i, 2i+1) rotated."""
+        c, s = self.cos[pos], self.sin[pos]
+        if c.dim() == 2:
+            c, s = c[None, None], s[None, None]
+        else:
+            c, s = c[:, None], s[:, None]
+        xf = x.float()
+        xe, xo = xf[..., 0::2], xf[..., 1::2]
+        out = torch.stack([xe * c - xo * s, xe * s + xo * c], dim=-1).flatten(-2)
+        return out.to(x.dtype)
+
+
+class Layer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.attn_norm = nn.Parameter(torch.ones(c.d))
+        self.ffn_norm = nn.Parameter(torch.ones(c.d))
+        self.wq = nn.Linear(c.d, c.n_heads * c.hd, bias=False)
+        self.wk = nn.Linear(c.d, c.n_kv * c.hd, bias=False)
+        self.wv = nn.Linear(c.d, c.n_kv * c.hd, bias=False)
+        self.wo = nn.Linear(c.n_heads * c.hd, c.d, bias=False)
+        self.w_gate = nn.Linear(c.d, c.ffn, bias=False)
+        self.w_up = nn.Linear(c.d, c.ffn, bias=False)
+        self.w_down = nn.Linear(c.ffn, c.d, bias=False)
+
+
+class Pool:
+    """Memory blocks of one memory layer: K, V [kv, P, 64, hd]; valid [P, 64];
+    means [kv, P, hd] (f32, over valid tokens); doc [P] (document index)."""
+
+    def __init__(self, K, V, valid, doc=None):
+        self.K, self.V, self.valid, self.doc = K, V, valid, doc
+        w = valid.float()
+        self.means = (K.float() * w[None, :, :, None]).sum(2) / w.sum(1).clamp(min=1)[None, :, None]
+
+    @property
+    def P(self):
+        return self.K.shape[1]
+
+
+class Model(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.tok = nn.Embedding(c.vocab, c.d)
+        self.layers = nn.ModuleList([Layer(c) for _ in range(c.n_layers)])
+        self.out_norm = nn.Parameter(torch.ones(c.d))
+        self.mem = set(c.mem_layers())
+        self.rope = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        std = 0.02
+        nn.init.normal_(self.tok.weight, std=std)
+        for l in self.layers:
+            for m in (l.wq, l.wk, l.wv, l.w_gate, l.w_up):
+                nn.init.normal_(m.weight, std=std)
+            for m in (l.wo, l.w_down):
+                nn.init.normal_(m.weight, std=std / math.sqrt(2 * self.c.n_layers))
+
+    def _rope(self, device):
+        if self.rope is None:
+            self.rope = Rope(self.c.hd, self.c.theta, 8192, device)
+        return self.rope
+
+    def qkv(self, l, x, pos):
+        c = self.c
+        B, T, _ = x.shape
+        h = rms(x, l.attn_norm, c.eps)
+        q = l.wq(h).view(B, T, c.n_heads, c.hd).transpose(1, 2)
+        k = l.wk(h).view(B, T, c.n_kv, c.hd).transpose(1, 2)
+        v = l.wv(h).view(B, T, c.n_kv, c.hd).transpose(1, 2)
+        r = self._rope(x.device)
+        return r(q, pos), r(k, pos), v
+
+    def finish(self, l, x, o):
+        B, H, T, hd = o.shape
+        x = x + l.wo(o.transpose(1, 2).reshape(B, T, H * hd))
+        h = rms(x, l.ffn_norm, self.c.eps)
+        return x + l.w_down(F.silu(l.w_gate(h)) * l.w_up(h))
+
+    def logits(self, x):
+        return F.linear(rms(x, self.out_norm, self.c.eps), self.tok.weight)
+
+    def forward_plain(self, tok, capture=False):
+        """Causal forward, positions 0..T-1 (documents, LM).  Returns hidden
+        states and, with capture, [(k, v)] of the memory layers, each
+        [B, kv, T, hd] after RoPE."""
+        c = self.c
+        B, T = tok.shape
+        pos = torch.arange(T, device=tok.device)
+        x = self.tok(tok)
+        caps = []
+        G = c.n_heads // c.n_kv
+        for i, l in enumerate(self.layers):
+            q, k, v = self.qkv(l, x, pos)
+            if capture and i in self.mem:
+                caps.append((k, v))
+            o = sdpa(q, k.repeat_interleave(G, 1),
+                                               v.repeat_interleave(G, 1), is_causal=True)
+            x = self.finish(l, x, o)
+        return x, caps
+
+    def forward_query(self, tok, valid, plen, pools, top_k, gold_p=None, gold_a=None,
+                      oracle=False, aux=False, detach_pool=False):
+        """Question side.  tok/valid [B, T] (right padded), plen [B] prompt
+        lengths, pools: one Pool per memory layer, or None (no memory).
+        gold_p [B, n] / gold_a [B, m]: pool block indexes of the gold blocks
+        (prompt / answer tokens), padded by repeating the first.
+        Returns (hidden, aux_loss, info)."""
+        c = self.c
+        B, T = tok.shape
+        pos = torch.arange(T, device=tok.device)
+        x = self.tok(tok)
+        G = c.n_heads // c.n_kv
+        scale = 1.0 / math.sqrt(c.hd)
+        t_idx = torch.arange(T, device=tok.device)
+        is_prompt = t_idx[None, :] < plen[:, None]
+        lens = valid.sum(1)
+        is_ans_in = (~is_prompt) & (t_idx[None, :] < (lens - 1)[:, None])
+        causal = torch.ones(T, T, dtype=torch.bool, device=tok.device).tril()
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        info = {"recall": [], "best_block": None}
+        mi = 0
+        for i, l in enumerate(self.layers):
+            q, k, v = self.qkv(l, x, pos)
+            if pools is None or i not in self.mem:
+                o = sdpa(q, k.repeat_interleave(G, 1),
+                                                   v.repeat_interleave(G, 1), is_causal=True)
+                x = self.finish(l, x, o)
+                continue
+            pool = pools[mi]
+            mi += 1
+            means = pool.means.detach() if detach_pool else pool.means
+            Kp = pool.K.detach() if detach_pool else pool.K
+            Vp = pool.V.detach() if detach_pool else pool.V
+            P = pool.P
+            kk = min(top_k, P)
+            qg = q.float().view(B, c.n_kv, G, T, c.hd)
+            s = None
+            with (torch.autocast("cuda", enabled=False) if q.is_cuda else amp(q.device)):
+                for g in range(G):  # max over the group's q heads (f32, as msadb)
+                    sg = torch.einsum("bktd,kpd->bktp", qg[:, :, g], means.float())
+                    s = sg if s is None else torch.maximum(s, sg)
+            # [B, kv, T, P]
+            neg = torch.finfo(s.dtype).min
+            sp = s.masked_fill(~is_prompt[:, None, :, None], neg).amax(2)  # [B, kv, P]
+            with torch.no_grad():
+                sp_sel, s_sel = sp.detach(), s.detach()
+                if oracle and gold_p is not None:
+                    sp_sel = sp_sel.clone()
+                    sp_sel.scatter_(2, gold_p[:, None, :].expand(B, c.n_kv, -1), float("inf"))
+                    s_sel = s_sel.clone()
+                    s_sel.scatter_(3, gold_a[:, None, None, :].expand(B, c.n_kv, T, -1),
+                                   float("inf"))
+                sel_p = sp_sel.topk(kk, dim=-1).indices
+                vis_p = torch.zeros(B, c.n_kv, P, dtype=torch.bool, device=tok.device)
+                vis_p.scatter_(2, sel_p, True)
+                sel_t = s_sel.topk(kk, dim=-1).indices
+                vis = torch.zeros(B, c.n_kv, T, P, dtype=torch.bool, device=tok.device)
+                vis.scatter_(3, sel_t, True)
+                vis = torch.where(is_prompt[:, None, :, None], vis_p[:, :, None, :], vis)
+                vis &= valid[:, None, :, None]
+                union = vis.any(2)
+                nu = int(union.sum(-1).max().item())
+                nu = max(nu, 1)
+                idx_u = union.float().topk(nu, dim=-1).indices  # [B, kv, nu]
+                valid_u = union.gather(2, idx_u)
+                vis_u = vis.gather(3, idx_u[:, :, None, :].expand(B, c.n_kv, T, nu))
+                vis_u &= valid_u[:, :, None, :]
+                bv = pool.valid[idx_u]  # [B, kv, nu, 64]
+                mmask = (vis_u[..., None] & bv[:, :, None, :, :]).reshape(B, c.n_kv, T, nu * BLOCK)
+                if gold_p is not None:
+                    info["recall"].append(
+                        (sel_p == gold_p[:, None, :1]).any(-1).float().mean().item())
+                if mi == len(pools):
+                    flat = sp.detach().reshape(B, -1).argmax(-1)
+                    info["best_block"] = flat % P
+            ar = torch.arange(c.n_kv, device=tok.device)[None, :, None]
+            Ks = Kp[ar, idx_u].reshape(B, c.n_kv, nu * BLOCK, c.hd).to(k.dtype)
+            Vs = Vp[ar, idx_u].reshape(B, c.n_kv, nu * BLOCK, c.hd).to(v.dtype)
+            K_all = torch.cat([Ks, k], 2).repeat_interleave(G, 1)
+            V_all = torch.cat([Vs, v], 2).repeat_interleave(G, 1)
+            mask = torch.cat([mmask, causal[None, None].expand(B, c.n_kv, T, T)], 3)
+            mask = mask.repeat_interleave(G, 1)
+            o = sdpa(q, K_all, V_all, attn_mask=mask)
+            x = self.finish(l, x, o)
+            if aux and gold_p is not None:
+                lp = sp * scale
+                gm = torch.zeros(B, P, dtype=torch.bool, device=tok.device)
+                gm.scatter_(1, gold_p, True)
+                lse = torch.logsumexp(lp.masked_fill(gm[:, None], neg), -1)
+                lg = lp.gather(2, gold_p[:, None, :].expand(B, c.n_kv, -1))
+                loss_p = F.softplus(lse[..., None] - lg).mean()
+                la = s * scale
+                gma = torch.zeros(B, P, dtype=torch.bool, device=tok.device)
+                gma.scatter_(1, gold_a, True)
+                lsea = torch.logsumexp(la.masked_fill(gma[:, None, None], neg), -1)  # [B,kv,T]
+                lga = la.gather(3, gold_a[:, None, None, :].expand(B, c.n_kv, T, -1))
+                w = is_ans_in[:, None, :, None].float()
+                loss_a = (F.softplus(lsea[..., None] - lga) * w).sum() / (
+                    w.sum() * c.n_kv * gold_a.shape[1]).clamp(min=1)
+                aux_loss = aux_loss + loss_p + loss_a
+        return x, aux_loss, info
+
+
+def build_pools(model, caps, valid=None, doc=None):
+    """Pools from captured [(k, v)] with k [N, kv, L, hd], L a multiple of 64."""
+    pools = []
+    for k, v in caps:
+        N, kv, L, hd = k.shape
+        nb = L // BLOCK
+        K = k.reshape(N, kv, nb, BLOCK, hd).permute(1, 0, 2, 3, 4).reshape(kv, N * nb, BLOCK, hd)
+        V = v.reshape(N, kv, nb, BLOCK, hd).permute(1, 0, 2, 3, 4).reshape(kv, N * nb, BLOCK, hd)
+        vb = (valid.reshape(N * nb, BLOCK) if valid is not None
+              else torch.ones(N * nb, BLOCK, dtype=torch.bool, device=k.device))
+        pools.append(Pool(K, V, vb, doc))
+    return pools
+
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------
+
+PART_BYTES = 15 << 20  # each checkpoint file under the 16 MB transfer limit
+
+
+def save_ckpt(model, out, meta, dtype="fp32"):
+    """The state in files ckpt_0.pt .. ckpt_{n-1}.pt of at most 15 MB each
+    (whole tensors, in state order), meta["parts"] = n; dtype "bf16" halves
+    the bytes (for models whose fp32 state would need too many files)."""
+    td = torch.bfloat16 if dtype == "bf16" else torch.float32
+    sd = {k: v.detach().to(td).cpu() for k, v in model.state_dict().items()}
+    parts, cur, size = [], {}, 0
+    for k, v in sd.items():
+        nb = v.numel() * v.element_size()
+        if cur and size + nb > PART_BYTES:
+            parts.append(cur)
+            cur, size = {}, 0
+        cur[k] = v
+        size += nb
+    parts.append(cur)
+    for i, p in enumerate(parts):
+        torch.save(p, os.path.join(out, "ckpt_%d.pt" % i))
+    meta = dict(meta, parts=len(parts), ckpt_dtype=dtype)
+    with open(os.path.join(out, "ckpt_meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def load_state(path_dir):
+    """(state dict in fp32, meta) of a checkpoint directory.  Checkpoints
+    written before the part count was recorded have three parts."""
+    with open(os.path.join(path_dir, "ckpt_meta.json")) as f:
+        meta = json.load(f)
+    sd = {}
+    for i in range(int(meta.get("parts", 3))):
+        sd.update(torch.load(os.path.join(path_dir, "ckpt_%d.pt" % i), map_location="cpu"))
+    return {k: v.float() for k, v in sd.items()}, meta
+
+
+def config_of(meta):
+    c = Config()
+    for k, v in meta["config"].items():
+        setattr(c, k, v)
+    return c
+
+
+def load_ckpt(path_dir, device="cpu"):
+    sd, meta = load_state(path_dir)
+    m = Model(config_of(meta))
+    m.load_state_dict(sd)
+    return m.to(device), meta
+
+
+
+
+def torch_from_gguf(path):
+    """The PyTorch model with the weights the GGUF file holds (dequantized);
+    the file's metadata in its gguf_meta."""
+    import torch
+    r = gguf.GGUFReader(path)
+    mt = r.meta
+    c = Config()
+    c.n_layers = mt["llama.block_count"]
+    c.d = mt["llama.embedding_length"]
+    c.ffn = mt["llama.feed_forward_length"]
+    c.n_heads = mt["llama.attention.head_count"]
+    c.n_kv = mt["llama.attention.head_count_kv"]
+    c.hd = mt.get("llama.attention.key_length", c.d // c.n_heads)
+    c.ctx = mt["llama.context_length"]
+    c.theta = mt["llama.rope.freq_base"]
+    c.eps = mt["llama.attention.layer_norm_rms_epsilon"]
+    c.vocab = len(mt["tokenizer.ggml.tokens"])
+    m = Model(c)
+    sd = {"tok.weight": r.tensor_f32("token_embd.weight"), "out_norm": r.tensor_f32("output_norm.weight")}
+    names = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
+             "w_gate": "ffn_gate", "w_up": "ffn_up", "w_down": "ffn_down"}
+    for i in range(c.n_layers):
+        sd["layers.%d.attn_norm" % i] = r.tensor_f32("blk.%d.attn_norm.weight" % i)
+        sd["layers.%d.ffn_norm" % i] = r.tensor_f32("blk.%d.ffn_norm.weight" % i)
+        for a, b in names.items():
+            sd["layers.%d.%s.weight" % (i, a)] = r.tensor_f32("blk.%d.%s.weight" % (i, b))
+    m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+    m.gguf_meta = mt
+    return m.eval()

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Runs every libFuzzer target of a fuzz build for a given time and writes
+a table (executions, coverage, crashes) into docs/reliability.md.
+
+    CC=clang meson setup build-fuzz -Dfuzzers=true -Dnative=false
+    ninja -C build-fuzz
+    python3 tools/scripts/fuzz_campaign.py build-fuzz --seconds 1800 [--merge] [TARGET...]
+
+Each target starts from its seed corpus (fuzz/corpus/NAME/) plus a working
+corpus kept in <build>/fuzz-work/NAME/ across runs.  Crashing inputs are
+saved to <build>/fuzz-work/crashes/.  --merge adds the inputs that reach new
+coverage to fuzz/corpus/NAME/ (libFuzzer's -merge=1 keeps a minimal set),
+so that `meson test` replays them from then on.  The issue's target is 10M
+executions or 30 minutes per target, whichever comes first; pass --execs to
+stop a target at a number of executions.  Runs under `nice -n 10`.
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BEGIN = "<!-- fuzz-table:begin -->"
+END = "<!-- fuzz-table:end -->"
+
+
+def run_target(build, name, seconds, execs, merge):
+    exe = os.path.join(build, "fuzz", "fuzz_" + name)
+    seeds = os.path.join(ROOT, "fuzz", "corpus", name)
+    work = os.path.join(build, "fuzz-work", name)
+    crashes = os.path.join(build, "fuzz-work", "crashes")
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(crashes, exist_ok=True)
+    before = set(glob.glob(os.path.join(crashes, name + "-*")))
+    cmd = ["nice", "-n", "10", exe, "-max_total_time=%d" % seconds, "-print_final_stats=1",
+           "-close_fd_mask=3", "-rss_limit_mb=2048", "-timeout=20",
+           "-artifact_prefix=" + os.path.join(crashes, name + "-"), work, seeds]
+    if execs:
+        cmd.insert(4, "-runs=%d" % execs)
+    t0 = time.time()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       errors="replace")
+    wall = time.time() - t0
+    out = p.stdout
+    runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", out)
+    covs = re.findall(r"cov: (\d+) ft: (\d+)", out)
+    found = sorted(set(glob.glob(os.path.join(crashes, name + "-*"))) - before)
+    if merge:
+        subprocess.run(["nice", "-n", "10", exe, "-merge=1", "-close_fd_mask=3", seeds, work],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return {
+        "name": name,
+        "execs": int(runs[-1]) if runs else 0,
+        "cov": int(covs[-1][0]) if covs else 0,
+        "ft": int(covs[-1][1]) if covs else 0,
+        "crashes": len(found),
+        "files": [os.path.basename(f) for f in found],
+        "seconds": wall,
+        "rc": p.returncode,
+        "tail": out[-2000:] if p.returncode not in (0,) and not found else "",
+    }
+
+
+def write_table(rows, seconds, note):
+    path = os.path.join(ROOT, "docs", "reliability.md")
+    lines = [BEGIN, "",
+             "| target | seconds | executions | exec/s | edges (cov) | features (ft) | crashes |",
+             "|--------|--------:|-----------:|-------:|------------:|--------------:|--------:|"]
+    for r in rows:
+        eps = r["execs"] / r["seconds"] if r["seconds"] else 0
+        lines.append("| %s | %.0f | %s | %.0f | %d | %d | %d%s |" % (
+            r["name"], r["seconds"], f"{r['execs']:,}", eps, r["cov"], r["ft"], r["crashes"],
+            (" (" + ", ".join(r["files"]) + ")") if r["files"] else ""))
+    lines += ["", note, "", END]
+    text = open(path).read() if os.path.exists(path) else ""
+    if BEGIN in text and END in text:
+        a, b = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:a] + "\n".join(lines) + text[b:]
+    else:
+        text += "\n" + "\n".join(lines) + "\n"
+    open(path, "w").write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("build")
+    ap.add_argument("targets", nargs="*")
+    ap.add_argument("--seconds", type=int, default=1800)
+    ap.add_argument("--execs", type=int, default=10_000_000)
+    ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--no-table", action="store_true")
+    a = ap.parse_args()
+    names = a.targets or sorted(os.path.basename(p)[len("fuzz_"):]
+                                for p in glob.glob(os.path.join(a.build, "fuzz", "fuzz_*"))
+                                if os.access(p, os.X_OK) and not p.endswith(".p"))
+    if not names:
+        sys.exit("no fuzz_* binaries in %s/fuzz (configure with CC=clang -Dfuzzers=true)" % a.build)
+    rows = []
+    for n in names:
+        r = run_target(a.build, n, a.seconds, a.execs, a.merge)
+        rows.append(r)
+        print("%-12s %6.0fs %12d execs  cov %6d  ft %7d  crashes %d" % (
+            n, r["seconds"], r["execs"], r["cov"], r["ft"], r["crashes"]), flush=True)
+        if r["tail"]:
+            print(r["tail"], file=sys.stderr)
+    try:
+        load = open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        load = ["?"]
+    note = ("Run: `python3 tools/scripts/fuzz_campaign.py %s --seconds %d` on %d cores, "
+            "load average %s at the end, %s." % (
+                a.build, a.seconds, os.cpu_count() or 0, " ".join(load), time.strftime("%Y-%m-%d")))
+    if not a.no_table:
+        write_table(rows, a.seconds, note)
+    sys.exit(1 if any(r["crashes"] for r in rows) else 0)
+
+
+if __name__ == "__main__":
+    main()
