@@ -315,6 +315,18 @@ static uint64_t find_key(msadb_store *st, const char *key)
     return rc ? 0 : id;
 }
 
+/* A document of T tokens from seed carrying key. */
+static uint64_t add_keyed(msadb_store *st, uint64_t seed, size_t T, const char *key)
+{
+    uint32_t planes = msadb_signature_planes(msadb_store_signature(st));
+    float *K = malloc(planes * T * D * sizeof *K), *V = malloc(planes * T * D * sizeof *V);
+    tu_make_kv(seed, planes * T * D, K, V);
+    msadb_doc d = {0};
+    d.key = key;
+    d.key_len = strlen(key);
+    return tu_append_f32(st, &d, T, K, V);
+}
+
 /* A store as format 2 wrote it (the index, no document keys): opens with
  * its index; the first keyed document makes it format 3 and keeps the
  * index; msadb_upgrade of another such store gives format 3 too. */
@@ -344,13 +356,7 @@ static void test_format2(void)
         if (upgrade) {
             CHECK_OK(msadb_upgrade(st));
         } else {
-            size_t T = 150;
-            float *K = malloc(2 * T * D * sizeof *K), *V = malloc(2 * T * D * sizeof *V);
-            tu_make_kv(99, 2 * T * D, K, V);
-            msadb_doc d = tu_doc_f32(T, K, V);
-            d.key = "k";
-            d.key_len = 1;
-            uint64_t id = tu_append_f32(st, &d, T, K, V);
+            uint64_t id = add_keyed(st, 99, 150, "k");
             CHECK(find_key(st, "k") == id);
         }
         CHECK_OK(msadb_stat(st, &si));
@@ -376,13 +382,7 @@ static void test_format1_keyed(void)
     msadb_close(st);
     tu_store_as_format(dir, 1);
     CHECK_OK(msadb_open(dir, NULL, NULL, &st));
-    size_t T = 100;
-    float *K = malloc(2 * T * D * sizeof *K), *V = malloc(2 * T * D * sizeof *V);
-    tu_make_kv(7, 2 * T * D, K, V);
-    msadb_doc d = tu_doc_f32(T, K, V);
-    d.key = "key-1";
-    d.key_len = 5;
-    uint64_t id = tu_append_f32(st, &d, T, K, V);
+    uint64_t id = add_keyed(st, 7, 100, "key-1");
     msadb_close(st);
     CHECK_OK(msadb_open(dir, NULL, NULL, &st));
     msadb_stat_info si;

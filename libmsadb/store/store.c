@@ -262,21 +262,28 @@ int msadb_dockey_get(MDB_txn *txn, msadb_store *st, const void *key, size_t len,
     return 0;
 }
 
-int msadb_dockey_of(MDB_txn *txn, msadb_store *st, uint64_t doc, uint8_t *key, size_t *len)
+/* Copies the value under key (klen bytes) of dbi, 1..max bytes, to out:
+ * 0, MSADB_ENOTFOUND, MSADB_ECORRUPT (size out of range) or an LMDB error. */
+static int get_bounded(MDB_txn *txn, MDB_dbi dbi, void *key, size_t klen, size_t max, void *out, size_t *len)
 {
-    uint8_t k[9];
-    msadb_key_docdata(k, doc, DD_KEY);
-    MDB_val kv = {9, k}, v;
-    int rc = mdb_get(txn, st->db_docdata, &kv, &v);
+    MDB_val kv = {klen, key}, v;
+    int rc = mdb_get(txn, dbi, &kv, &v);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
         return rc;
-    if (v.mv_size < 1 || v.mv_size > MSADB_DOCKEY_MAX)
+    if (v.mv_size < 1 || v.mv_size > max)
         return MSADB_ECORRUPT;
-    memcpy(key, v.mv_data, v.mv_size);
+    memcpy(out, v.mv_data, v.mv_size);
     *len = v.mv_size;
     return 0;
+}
+
+int msadb_dockey_of(MDB_txn *txn, msadb_store *st, uint64_t doc, uint8_t *key, size_t *len)
+{
+    uint8_t k[9];
+    msadb_key_docdata(k, doc, DD_KEY);
+    return get_bounded(txn, st->db_docdata, k, 9, MSADB_DOCKEY_MAX, key, len);
 }
 
 int msadb_doc_key_hash(const msadb_store *st, const void *const *parts, const size_t *lens, size_t n,
@@ -845,17 +852,11 @@ int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[M
 {
     uint8_t kb[4];
     msadb_put_be32(kb, id);
-    MDB_val k = {4, kb}, v;
-    int rc = mdb_get(txn, st->db_spaceids, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return MSADB_ENOTFOUND;
-    if (rc)
-        return rc;
-    if (v.mv_size < 1 || v.mv_size > MSADB_NAME_MAX)
-        return MSADB_ECORRUPT;
-    memcpy(name, v.mv_data, v.mv_size);
-    name[v.mv_size] = 0;
-    return 0;
+    size_t len;
+    int rc = get_bounded(txn, st->db_spaceids, kb, 4, MSADB_NAME_MAX, name, &len);
+    if (!rc)
+        name[len] = 0;
+    return rc;
 }
 
 int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out)
