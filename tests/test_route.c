@@ -327,6 +327,20 @@ static uint64_t add_keyed(msadb_store *st, uint64_t seed, size_t T, const char *
     return tu_append_f32(st, &d, T, K, V);
 }
 
+/* A store of n documents as a library of format `version` wrote it, opened
+ * read-write; *dir gets its path. */
+static msadb_store *old_store(const char *tag, uint64_t seed, int n, uint32_t version, const char **dir)
+{
+    *dir = tu_tmpdir(tag);
+    msadb_store *st = open_store(*dir, MSADB_SUMMARY_MEAN | MSADB_SUMMARY_REPS);
+    for (int i = 0; i < n; i++)
+        add_doc(st, NULL, seed + (uint64_t)i, 150, NULL);
+    msadb_close(st);
+    tu_store_as_format(*dir, version);
+    CHECK_OK(msadb_open(*dir, NULL, NULL, &st));
+    return st;
+}
+
 /* A store as format 2 wrote it (the index, no document keys): opens with
  * its index; the first keyed document makes it format 3 and keeps the
  * index; msadb_upgrade of another such store gives format 3 too. */
@@ -336,13 +350,8 @@ static void test_format2(void)
     uint64_t rng = 5;
     tu_fill_randn(&rng, q, 4 * D, 1.0f);
     for (int upgrade = 0; upgrade < 2; upgrade++) {
-        const char *dir = tu_tmpdir("route-f2");
-        msadb_store *st = open_store(dir, MSADB_SUMMARY_MEAN | MSADB_SUMMARY_REPS);
-        for (uint64_t i = 0; i < 8; i++)
-            add_doc(st, NULL, 60 + i, 150, NULL);
-        msadb_close(st);
-        tu_store_as_format(dir, 2);
-        CHECK_OK(msadb_open(dir, NULL, NULL, &st));
+        const char *dir;
+        msadb_store *st = old_store("route-f2", 60, 8, 2, &dir);
         msadb_stat_info si;
         CHECK_OK(msadb_stat(st, &si));
         CHECK(si.format_version == 2 && si.n_documents == 8);
@@ -375,13 +384,8 @@ static void test_format2(void)
  * index: it routes by the scan until msadb_upgrade builds the index. */
 static void test_format1_keyed(void)
 {
-    const char *dir = tu_tmpdir("route-f1k");
-    msadb_store *st = open_store(dir, MSADB_SUMMARY_MEAN | MSADB_SUMMARY_REPS);
-    for (uint64_t i = 0; i < 4; i++)
-        add_doc(st, NULL, 80 + i, 150, NULL);
-    msadb_close(st);
-    tu_store_as_format(dir, 1);
-    CHECK_OK(msadb_open(dir, NULL, NULL, &st));
+    const char *dir;
+    msadb_store *st = old_store("route-f1k", 80, 4, 1, &dir);
     uint64_t id = add_keyed(st, 7, 100, "key-1");
     msadb_close(st);
     CHECK_OK(msadb_open(dir, NULL, NULL, &st));
