@@ -228,6 +228,15 @@ static void load_records(const char *dir)
     mdb_env_close(env);
 }
 
+static void free_records(void)
+{
+    for (size_t i = 0; i < n_recs; i++)
+        free(recs[i].v);
+    free(recs);
+    recs = NULL;
+    n_recs = 0;
+}
+
 /* Puts (key, value) into database db of the closed store; with del_key,
  * deletes that key first (a record moved). */
 static void raw_put(const char *dir, const char *db, const uint8_t *del_key, size_t del_len, const uint8_t *k,
@@ -287,6 +296,15 @@ static void record_name(const char *db, const uint8_t *k, size_t klen, char *out
 
 /* Checks the store in dir after one edit (of record `name` in database
  * db; for meta edits only refusal at open or identical answers pass). */
+static msadb_store *open_store(const char *dir)
+{
+    msadb_options o;
+    opts(&o);
+    msadb_store *st;
+    CHECK_OK(msadb_open(dir, NULL, &o, &st));
+    return st;
+}
+
 static void check_edit(const char *dir, const char *db, const char *name, const uint8_t want[32], tally *t,
                        const char *what)
 {
@@ -346,10 +364,7 @@ static void test_every_byte(void)
     copy_file(data, pristine);
     uint8_t want[32];
     {
-        msadb_options o;
-        opts(&o);
-        msadb_store *st;
-        CHECK_OK(msadb_open(dir, NULL, &o, &st));
+        msadb_store *st = open_store(dir);
         CHECK_OK(msadb_verify(st, NULL, NULL));
         CHECK_OK(answers(st, want));
         msadb_close(st);
@@ -396,11 +411,7 @@ static void test_every_byte(void)
            n_recs, dbs, bytes, flips.refused_open, flips.verify_named, flips.harmless, moves.edits,
            moves.refused_open, moves.verify_named, moves.harmless);
     CHECK(flips.harmless == 0 && moves.harmless == 0);
-    for (size_t i = 0; i < n_recs; i++)
-        free(recs[i].v);
-    free(recs);
-    recs = NULL;
-    n_recs = 0;
+    free_records();
 }
 
 /* A slot page whose entry names another document: an exact query must not
@@ -420,10 +431,7 @@ static void test_slot_doc_id(void)
     mod[8] ^= 0x02; /* document id 1 -> 3: a live document of the same space */
     raw_put(dir, "slots", NULL, 0, slot->k, slot->klen, mod, slot->vlen);
     free(mod);
-    msadb_options o;
-    opts(&o);
-    msadb_store *st;
-    CHECK_OK(msadb_open(dir, NULL, &o, &st));
+    msadb_store *st = open_store(dir);
     fp f;
     f.st = st;
     crypto_generichash_init(&f.h, NULL, 0, 32);
@@ -436,11 +444,7 @@ static void test_slot_doc_id(void)
         fprintf(stderr, "%s", reports);
     CHECK(strstr(reports, "slots record 000000000000000000000000") != NULL);
     msadb_close(st);
-    for (size_t i = 0; i < n_recs; i++)
-        free(recs[i].v);
-    free(recs);
-    recs = NULL;
-    n_recs = 0;
+    free_records();
 }
 
 /* A store from before record MACs: opens and answers the same; upgraded,
@@ -481,20 +485,7 @@ static void test_upgrade(void)
     CHECK(strstr(reports, "docs record 0000000000000001") != NULL);
     CHECK_RC(answers(st, got), MSADB_EAUTH);
     msadb_close(st);
-    for (size_t i = 0; i < n_recs; i++)
-        free(recs[i].v);
-    free(recs);
-    recs = NULL;
-    n_recs = 0;
-}
-
-static void free_records(void)
-{
-    for (size_t i = 0; i < n_recs; i++)
-        free(recs[i].v);
-    free(recs);
-    recs = NULL;
-    n_recs = 0;
+    free_records();
 }
 
 /* The summary and routing pages of a plain store with the same content
