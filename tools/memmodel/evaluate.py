@@ -34,9 +34,6 @@
         float64
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate plot-log [--log models/msadb-mem.train-log.jsonl] [--png P]
         loss curves of the training log, steps counted across its commands
-    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate mirrors --lib BUILD/libmsadb/libmsadb.so
-        checks the ctypes copies of msadb_ask_params and msadb_options
-        against include/msadb.h and the library (a meson test)
 
 The same evaluation through the PyTorch model on the GPU is
 memmodel.gpu_eval (memmodel.train --eval-gpu).
@@ -50,7 +47,7 @@ import time
 import numpy as np
 
 from . import data as mmd
-from .clib import Msadb, mirror_problems
+from .clib import Msadb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -177,7 +174,8 @@ def norm_answer(s):
     return s.strip().rstrip(".").strip()
 
 
-SUMMARIES = {"declared": 0, "mean": 1, "minmax": 2, "reps": 4}  # MSADB_SUMMARY_*
+# routing summaries (msadb's names; declared: the model's own routing)
+SUMMARIES = {"declared": None, "mean": "mean", "minmax": "minmax", "reps": "reps"}
 WHAT = ("none", "exact", "trunc", "rag", "rag1", "multihop", "interleave", "each")
 
 
@@ -486,16 +484,6 @@ def cmd_check(args):
     return out
 
 
-def cmd_mirrors(args):
-    """Exit 1 if the ctypes mirrors disagree with include/msadb.h / the library."""
-    problems = mirror_problems(args.lib)
-    for p in problems:
-        print("FAIL:", p)
-    if problems:
-        sys.exit(1)
-    print("ctypes mirrors match include/msadb.h and %s" % os.path.basename(args.lib))
-
-
 def cmd_plot_log(args):
     """Loss curves of a training log (memmodel.train's jsonl, with a
     "run" field per command): steps are counted across the commands."""
@@ -552,7 +540,7 @@ def cmd_plot_log(args):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log", "mirrors"])
+    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log"])
     ap.add_argument("--log", default=os.path.join(ROOT, "models", "msadb-mem.train-log.jsonl"))
     ap.add_argument("--build", default="/tmp/build-train")
     ap.add_argument("--data", default=os.path.join(ROOT, ".train-data"))
@@ -588,15 +576,9 @@ def main(argv):
         cmd_check(args)
     elif args.cmd == "plot-log":
         cmd_plot_log(args)
-    elif args.cmd == "mirrors":
-        cmd_mirrors(args)
     else:
         cmd_plot(args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":
