@@ -234,14 +234,9 @@ def cmd_arrays(args):
         full = sp.encode(x["question"] + " " + x["answer"])
         q.append([sp.bos_id()] + qt)
         a.append(full[len(qt):])
-
-    def ragged(lists):
-        flat = np.concatenate([np.array(t, np.uint16) for t in lists])
-        return flat, np.concatenate([[0], np.cumsum([len(t) for t in lists])]).astype(np.int64)
-
-    dt, do = ragged(sp.encode(docs[:nd]))
-    qt, qo = ragged(q)
-    at, ao = ragged(a)
+    dt, do = mmd.ragged(sp.encode(docs[:nd]))
+    qt, qo = mmd.ragged(q)
+    at, ao = mmd.ragged(a)
     np.savez_compressed(os.path.join(args.data, "heldout_gpu.npz"), doc_tok=dt, doc_off=do,
                         q_tok=qt, q_off=qo, a_tok=at, a_off=ao,
                         abstain=np.array(sp.encode(mmd.ABSTAIN), np.int64),
