@@ -779,18 +779,15 @@ def finish(run):
         pass
     with open(os.path.join(args.out, "train_hist.json"), "w") as f:
         json.dump(run.hist, f)
-    if args.eval_gpu:
-        run.model.eval()
-        res = gpu_eval(run.model, args.eval_gpu, run.dev,
-                       deadline=time.time() + args.eval_time, log=run.log)
-        with open(os.path.join(args.out, "eval_gpu.json"), "w") as f:
-            json.dump(res, f, indent=1)
-    if args.eval_heldout:
-        run.model.eval()
-        res = heldout_gpu(run.model, args.eval_heldout, run.dev,
-                          deadline=time.time() + args.eval_time, log=run.log)
-        with open(os.path.join(args.out, "heldout_gpu.json"), "w") as f:
-            json.dump(res, f, indent=1)
+    run.model.eval()
+    for path, evaluate, name in ((args.eval_gpu, gpu_eval, "eval_gpu.json"),
+                                 (getattr(args, "eval_heldout", ""), heldout_gpu,
+                                  "heldout_gpu.json")):
+        if path:
+            res = evaluate(run.model, path, run.dev, deadline=time.time() + args.eval_time,
+                           log=run.log)
+            with open(os.path.join(args.out, name), "w") as f:
+                json.dump(res, f, indent=1)
     run.log({"event": "done", "wall": round(time.time() - run.t_start, 1)})
 
 
