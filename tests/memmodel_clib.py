@@ -16,14 +16,8 @@ if importlib.util.find_spec("numpy") is None:
 
 from memmodel.clib import ROOT, Msadb
 
-fails = []
-
-
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what)
-    if not cond:
-        fails.append(what)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklist import check, done  # noqa: E402
 
 m = Msadb(sys.argv[1])
 check(os.path.realpath(m.msadb.LIBRARY) == os.path.realpath(sys.argv[1]),
@@ -43,4 +37,4 @@ with tempfile.TemporaryDirectory() as d:
     m.close_store(st)
 n = m.tokenize_len(fact)
 check(5 < n < 40, "tokenize_len counts the fact's tokens (%d)" % n)
-sys.exit(1 if fails else 0)
+done()

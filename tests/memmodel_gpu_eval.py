@@ -28,14 +28,8 @@ from memmodel import gpu_eval, net
 from memmodel.data import ragged
 from memmodel.train import window_shape
 
-fails = []
-
-
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what)
-    if not cond:
-        fails.append(what)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklist import check, done  # noqa: E402
 
 ABST = [7, 8, 9]
 # questions: (cell, kind, document, answer tokens); documents 0..2, sizes A (1 doc), B (3)
@@ -94,4 +88,4 @@ check(shapes == {(512, 192, 384), (4096, 24, 384)},
 args.doc_lens = ""
 check(window_shape(args, np.random.default_rng(0)) == (1024, 96, 384),
       "without --doc-lens: --doc-len, --mem-batch, --decoys")
-sys.exit(1 if fails else 0)
+done()
