@@ -187,17 +187,25 @@ typedef struct {
 static record *recs;
 static size_t n_recs;
 
+/* LMDB itself on the closed store: a transaction (read-only or not) in
+ * which database `db` (NULL: the main one) is open. */
+static MDB_env *raw_begin(const char *dir, int rdonly, const char *db, MDB_txn **txn, MDB_dbi *dbi)
+{
+    MDB_env *env;
+    CHECK_OK(mdb_env_create(&env));
+    CHECK_OK(mdb_env_set_maxdbs(env, 16));
+    CHECK_OK(mdb_env_open(env, dir, rdonly ? MDB_RDONLY : MDB_NOSYNC, 0600));
+    CHECK_OK(mdb_txn_begin(env, NULL, rdonly ? MDB_RDONLY : 0, txn));
+    CHECK_OK(mdb_dbi_open(*txn, db, 0, dbi));
+    return env;
+}
+
 /* Every record of every database but blocks, from the closed store. */
 static void load_records(const char *dir)
 {
-    MDB_env *env;
     MDB_txn *txn;
     MDB_dbi main_db;
-    CHECK_OK(mdb_env_create(&env));
-    CHECK_OK(mdb_env_set_maxdbs(env, 16));
-    CHECK_OK(mdb_env_open(env, dir, MDB_RDONLY, 0600));
-    CHECK_OK(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn));
-    CHECK_OK(mdb_dbi_open(txn, NULL, 0, &main_db));
+    MDB_env *env = raw_begin(dir, 1, NULL, &txn, &main_db);
     MDB_cursor *mc, *cur;
     MDB_val dk, dv, k, v;
     CHECK_OK(mdb_cursor_open(txn, main_db, &mc));
@@ -243,14 +251,9 @@ static void free_records(void)
 static void raw_put(const char *dir, const char *db, const uint8_t *del_key, size_t del_len, const uint8_t *k,
                     size_t klen, const uint8_t *v, size_t vlen)
 {
-    MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
-    CHECK_OK(mdb_env_create(&env));
-    CHECK_OK(mdb_env_set_maxdbs(env, 16));
-    CHECK_OK(mdb_env_open(env, dir, MDB_NOSYNC, 0600));
-    CHECK_OK(mdb_txn_begin(env, NULL, 0, &txn));
-    CHECK_OK(mdb_dbi_open(txn, db, 0, &dbi));
+    MDB_env *env = raw_begin(dir, 0, db, &txn, &dbi);
     if (del_key) {
         MDB_val dk = {del_len, (void *)del_key};
         CHECK_OK(mdb_del(txn, dbi, &dk, NULL));
