@@ -82,30 +82,6 @@ static msadb_query query(uint32_t layer, const float *q, size_t n_query, int sha
     return qq;
 }
 
-static int cmp_hit(const void *a, const void *b)
-{
-    const msadb_hit *x = a, *y = b;
-    if (x->kv_head != y->kv_head)
-        return x->kv_head < y->kv_head ? -1 : 1;
-    if (x->query != y->query)
-        return x->query < y->query ? -1 : 1;
-    return x->block_id < y->block_id ? -1 : x->block_id > y->block_id;
-}
-
-/* The same (kv head, query, block, score) sets, whatever the order. */
-static void same_hits(msadb_hit *a, size_t na, msadb_hit *b, size_t nb)
-{
-    CHECK(na == nb);
-    qsort(a, na, sizeof *a, cmp_hit);
-    qsort(b, nb, sizeof *b, cmp_hit);
-    for (size_t i = 0; i < na; i++) {
-        CHECK(a[i].kv_head == b[i].kv_head && a[i].query == b[i].query);
-        CHECK(a[i].block_id == b[i].block_id && a[i].doc_id == b[i].doc_id);
-        CHECK(a[i].token_start == b[i].token_start && a[i].token_end == b[i].token_end);
-        CHECK(a[i].score == b[i].score);
-    }
-}
-
 static int has_block(const msadb_hit *h, size_t n, uint32_t kv_head, uint64_t doc, uint32_t tok)
 {
     for (size_t i = 0; i < n; i++)
@@ -154,7 +130,7 @@ static void test_identical(void)
                         msadb_hit a[CAP], b[CAP];
                         memcpy(a, h0, n0 * sizeof *a);
                         memcpy(b, h1, n1 * sizeof *b);
-                        same_hits(a, n0, b, n1);
+                        tu_same_hits(a, n0, b, n1);
                     }
             }
     /* exact mode ignores sharing */

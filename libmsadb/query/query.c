@@ -786,11 +786,11 @@ static int attend_refs(qscratch *qs, const attend_ctx *a, const blk_ref *b, size
     return 0;
 }
 
-/* Attention over selected entries sels[0,ns) of the current views. */
-static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_t ns, const float *Q, uint32_t nr,
-                       float *O, float *L)
+/* The blocks of selected entries sels[0,ns) of the current views, into
+ * qs->refs. */
+static int sels_to_refs(qscratch *qs, const sel *sels, size_t ns)
 {
-    if (msadb_grow(&qs->refs, &qs->refs_cap, ns, sizeof(blk_ref), 16))
+    if (msadb_grow(&qs->refs, &qs->refs_cap, ns + 1, sizeof(blk_ref), 16))
         return MSADB_ENOMEM;
     for (size_t s = 0; s < ns; s++) {
         const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
@@ -798,8 +798,7 @@ static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_
         msadb_slot_at(v->slots, CAND_ENTRY(sels[s].cand), &sl);
         qs->refs[s] = (blk_ref){sl.block_id, qs->space_ids[qs->vspace[CAND_VIEW(sels[s].cand)]], sl.n_tok};
     }
-    int rc = attend_refs(qs, a, qs->refs, ns, Q, nr, O, L);
-    return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1116,23 +1115,23 @@ static void scatter_rows(const qscratch *qs, const qplan *P, uint32_t kh, float 
     }
 }
 
-/* Attention for kv head kh over its selection, into out and lse. */
-static int attend_plane(qscratch *qs, const qplan *P, const attend_ctx *ac, uint32_t kh, size_t n_sel, float *out,
-                        float *lse)
+/* Attention for kv head kh over the blocks qs->refs, group g's being
+ * [off[g], off[g+1]) (one group for all rows, or one per token), into out
+ * and lse. */
+static int attend_groups(qscratch *qs, const qplan *P, const attend_ctx *ac, uint32_t kh, const size_t *off,
+                         float *out, float *lse)
 {
     const uint32_t G = P->G, d = P->d;
     int rc = 0;
-    /* one selection for all rows, or one per token */
     if (!P->per_token)
-        rc = attend_sels(qs, ac, qs->sels, n_sel, qs->Qg, (uint32_t)P->nrows, qs->Og, qs->Lg);
-    for (uint32_t g = 0; P->per_token && !rc && g < P->n_groups; g++) {
-        size_t o = qs->sel_off[g];
-        rc = attend_sels(qs, ac, qs->sels + o, qs->sel_off[g + 1] - o, qs->Qg + (size_t)g * G * d, G,
+        rc = attend_refs(qs, ac, qs->refs, off[1], qs->Qg, (uint32_t)P->nrows, qs->Og, qs->Lg);
+    for (uint32_t g = 0; P->per_token && !rc && g < P->n_groups; g++)
+        rc = attend_refs(qs, ac, qs->refs + off[g], off[g + 1] - off[g], qs->Qg + (size_t)g * G * d, G,
                          qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G);
-    }
-    if (!rc)
-        scatter_rows(qs, P, kh, out, lse);
-    return rc;
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
+    scatter_rows(qs, P, kh, out, lse);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1270,7 +1269,6 @@ static int run_shared(msadb_snapshot *snap, qscratch *qs, const msadb_query *q, 
         return MSADB_ENOMEM;
     for (size_t i = 0; i < n; i++)
         qs->refs[i] = (blk_ref){qs->rs[i].block_id, qs->rs[i].space_id, qs->rs[i].n_tok};
-    const uint32_t G = P->G, d = P->d;
     for (uint32_t kh = 0; kh < P->nkv; kh++) {
         for (size_t i = 0; i < n; i++, (*nh)++) {
             if (!hits || *nh >= hits_cap)
@@ -1283,16 +1281,8 @@ static int run_shared(msadb_snapshot *snap, qscratch *qs, const msadb_query *q, 
             continue;
         gather_rows(qs, q, P, kh);
         ac->plane = (uint32_t)P->mem_index * P->nkv + kh;
-        if (!P->per_token)
-            rc = attend_refs(qs, ac, qs->refs, n, qs->Qg, (uint32_t)P->nrows, qs->Og, qs->Lg);
-        for (uint32_t g = 0; P->per_token && !rc && g < P->n_groups; g++) {
-            size_t o = qs->rs_off[g];
-            rc = attend_refs(qs, ac, qs->refs + o, qs->rs_off[g + 1] - o, qs->Qg + (size_t)g * G * d, G,
-                             qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G);
-        }
-        if (rc)
-            return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
-        scatter_rows(qs, P, kh, out, lse);
+        if ((rc = attend_groups(qs, P, ac, kh, qs->rs_off, out, lse)))
+            return rc;
     }
     return 0;
 }
@@ -1325,7 +1315,8 @@ static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, flo
             emit_hits(qs, qs->sels + qs->sel_off[g], qs->sel_off[g + 1] - qs->sel_off[g], kh,
                       P.per_token ? g : 0, P.hit_scale, hits, hits_cap, &nh);
         ac.plane = (uint32_t)P.mem_index * P.nkv + kh;
-        if (out && (rc = attend_plane(qs, &P, &ac, kh, n_sel, out, lse)))
+        if (out && ((rc = sels_to_refs(qs, qs->sels, n_sel)) ||
+                    (rc = attend_groups(qs, &P, &ac, kh, qs->sel_off, out, lse))))
             return rc;
     }
     if (n_hits)

@@ -65,8 +65,7 @@ static double proc_cpu_ms(void)
 
 static void die(const char *what, int rc)
 {
-    fprintf(stderr, "bench_query: %s: %s\n", what, rc ? msadb_strerror(rc) : "failed");
-    exit(1);
+    machine_die("bench_query", what, rc ? msadb_strerror(rc) : NULL);
 }
 
 static void *xmalloc(size_t n)
@@ -77,20 +76,7 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double percentile(double *v, size_t n, double p)
-{
-    if (n == 0)
-        return NAN;
-    qsort(v, n, sizeof *v, cmp_double);
-    size_t i = (size_t)(p * (n - 1) + 0.5);
-    return v[i];
-}
+static double percentile(double *v, size_t n, double p) { return machine_percentile(v, n, p); }
 
 /* ------------------------------------------------------------------------ */
 /* The loaded memory                                                        */

@@ -38,8 +38,7 @@
 
 static void die(const char *what, int rc)
 {
-    fprintf(stderr, "bench_scale: %s: %s\n", what, rc ? msadb_strerror(rc) : "failed");
-    exit(1);
+    machine_die("bench_scale", what, rc ? msadb_strerror(rc) : NULL);
 }
 
 static void *xmalloc(size_t n)
@@ -62,20 +61,12 @@ static double cpu_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
+/* The p-quantile of v[0,n) (v unchanged). */
 static double pct(const double *v, size_t n, double p)
 {
-    if (n == 0)
-        return NAN;
-    double *c = xmalloc(n * sizeof *c);
+    double *c = xmalloc((n ? n : 1) * sizeof *c);
     memcpy(c, v, n * sizeof *c);
-    qsort(c, n, sizeof *c, cmp_double);
-    double r = c[(size_t)(p * (double)(n - 1) + 0.5)];
+    double r = machine_percentile(c, n, p);
     free(c);
     return r;
 }
