@@ -341,7 +341,7 @@ static void test_format2(void)
         size_t na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
         size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
         CHECK(s2.coarse_scanned > 0); /* the index is found by its database */
-        same_hits(a, na, b, nb);
+        tu_same_hits(a, na, b, nb);
         if (upgrade) {
             CHECK_OK(msadb_upgrade(st));
         } else {
@@ -383,7 +383,7 @@ static void test_format1_keyed(void)
     CHECK_OK(msadb_upgrade(st));
     size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
     CHECK(s2.coarse_scanned > 0);
-    same_hits(a, na, b, nb);
+    tu_same_hits(a, na, b, nb);
     CHECK(find_key(st, "key-1") == id);
     CHECK_OK(msadb_verify(st, NULL, NULL));
     msadb_close(st);
