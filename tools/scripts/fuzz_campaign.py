@@ -11,8 +11,10 @@ corpus kept in <build>/fuzz-work/NAME/ across runs.  Crashing inputs are
 saved to <build>/fuzz-work/crashes/.  --merge minimizes fuzz/corpus/NAME/
 with libFuzzer's -merge=1: the named inputs (seeds and regression inputs
 written on purpose) are all kept, and of the inputs the fuzzer found (named
-by their SHA-1) only those that reach coverage the named ones do not, so
-that `meson test` replays a small corpus.  Targets run one at a time; the
+by their SHA-1) only those that reach an edge the named ones and the
+smaller found ones do not (-use_counters=0: new edges, not new hit
+counts), so that `meson test` replays a small corpus that still reaches
+every edge.  --minimize-only does that step alone, without fuzzing.  Targets run one at a time; the
 target is 10M executions or 30 minutes per target, whichever comes first
 (--execs, --seconds).  Runs under `nice -n 19` (--nice); the table notes
 the mean one-minute load average during each target's run.
@@ -55,7 +57,7 @@ def minimize(exe, seeds, work, nice):
     for f in os.listdir(seeds):
         dst = found if is_found(f) else out
         shutil.copy2(os.path.join(seeds, f), os.path.join(dst, f))
-    p = subprocess.run(["nice", "-n", str(nice), exe, "-merge=1", "-close_fd_mask=3",
+    p = subprocess.run(["nice", "-n", str(nice), exe, "-merge=1", "-use_counters=0", "-close_fd_mask=3",
                         "-rss_limit_mb=2048", "-timeout=20", out, found, work],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     if p.returncode != 0:
@@ -150,6 +152,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=1800)
     ap.add_argument("--execs", type=int, default=10_000_000)
     ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--minimize-only", action="store_true")
     ap.add_argument("--nice", type=int, default=19)
     ap.add_argument("--no-table", action="store_true")
     a = ap.parse_args()
@@ -158,6 +161,14 @@ def main():
                                 if os.access(p, os.X_OK) and not p.endswith(".p"))
     if not names:
         sys.exit("no fuzz_* binaries in %s/fuzz (configure with CC=clang -Dfuzzers=true)" % a.build)
+    if a.minimize_only:
+        for n in names:
+            work = os.path.join(a.build, "fuzz-work", n)
+            os.makedirs(work, exist_ok=True)
+            files, size = minimize(os.path.join(a.build, "fuzz", "fuzz_" + n),
+                                   os.path.join(ROOT, "fuzz", "corpus", n), work, a.nice)
+            print("%-12s corpus %d files, %d bytes" % (n, files, size), flush=True)
+        return
     rows = []
     for n in names:
         r = run_target(a.build, n, a.seconds, a.execs, a.merge, a.nice)
