@@ -237,12 +237,14 @@ static void variant_u64(const base *B, size_t at, uint64_t v, int want, const ch
 /* tests                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static void test_base(void)
+/* The fixture of the cases below is make_base's file (B). */
+
+/* Metadata, arrays and tensors of the well-formed file read back; wrong
+ * types, ranges and buffer sizes are refused. */
+static void test_base_read(base *B)
 {
-    base B;
-    make_base(&B);
     msadb_gguf *g;
-    CHECK_OK(open_buf(&B.b, &g));
+    CHECK_OK(open_buf(&B->b, &g));
     CHECK(msadb_gguf_n_kv(g) == 3 && msadb_gguf_n_tensors(g) == 2);
     CHECK(msadb_gguf_alignment(g) == 32);
     int64_t v;
@@ -283,63 +285,89 @@ static void test_base(void)
     CHECK_OK(msadb_gguf_to_f32(t, 2, 6, f));
     CHECK(f[0] == -1.5f && f[5] == 3.5f);
     CHECK_RC(msadb_gguf_get_tensor(g, "t2", &t), MSADB_ENOTFOUND);
-    CHECK(msadb_gguf_data_offset(g) == B.b.n - 32 - 34);
+    CHECK(msadb_gguf_data_offset(g) == B->b.n - 32 - 34);
     msadb_gguf_close(g);
+}
 
-    /* every truncation is refused */
-    for (size_t cut = 0; cut < B.b.n; cut++) {
-        CHECK_RC(msadb_gguf_open_memory(B.b.p, cut, &g), MSADB_ECORRUPT);
+/* Every truncation is refused. */
+static void test_base_truncations(base *B)
+{
+    msadb_gguf *g;
+    for (size_t cut = 0; cut < B->b.n; cut++) {
+        CHECK_RC(msadb_gguf_open_memory(B->b.p, cut, &g), MSADB_ECORRUPT);
         CHECK(g == NULL);
     }
     CHECK_RC(msadb_gguf_open_memory(NULL, 0, &g), MSADB_ECORRUPT);
     CHECK_RC(msadb_gguf_open_memory(NULL, 5, &g), MSADB_EINVAL);
+}
 
-    /* header */
-    variant_u32(&B, 0, 0x46554746u, MSADB_ECORRUPT, "bad magic");
-    variant_u32(&B, 4, 2, MSADB_EVERSION, "version 2");
-    variant_u32(&B, 4, 4, MSADB_EVERSION, "version 4");
-    variant_u32(&B, 4, 0x03000000u, MSADB_EVERSION, "big-endian version");
-    variant_u64(&B, 8, 3, MSADB_ECORRUPT, "one tensor too many");
-    variant_u64(&B, 8, UINT64_MAX, MSADB_ECORRUPT, "huge tensor count");
-    variant_u64(&B, 8, (uint64_t)1 << 62, MSADB_ECORRUPT, "huge tensor count 2");
-    variant_u64(&B, 16, 4, MSADB_ECORRUPT, "one kv too many");
-    variant_u64(&B, 16, UINT64_MAX, MSADB_ECORRUPT, "huge kv count");
-    variant_u64(&B, 16, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge kv count 2");
+/* The header's fields changed. */
+static void test_base_header(base *B)
+{
+    variant_u32(B, 0, 0x46554746u, MSADB_ECORRUPT, "bad magic");
+    variant_u32(B, 4, 2, MSADB_EVERSION, "version 2");
+    variant_u32(B, 4, 4, MSADB_EVERSION, "version 4");
+    variant_u32(B, 4, 0x03000000u, MSADB_EVERSION, "big-endian version");
+    variant_u64(B, 8, 3, MSADB_ECORRUPT, "one tensor too many");
+    variant_u64(B, 8, UINT64_MAX, MSADB_ECORRUPT, "huge tensor count");
+    variant_u64(B, 8, (uint64_t)1 << 62, MSADB_ECORRUPT, "huge tensor count 2");
+    variant_u64(B, 16, 4, MSADB_ECORRUPT, "one kv too many");
+    variant_u64(B, 16, UINT64_MAX, MSADB_ECORRUPT, "huge kv count");
+    variant_u64(B, 16, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge kv count 2");
     /* one tensor too few: the second's entry is read as padding, and t0
      * alone is a valid file */
-    variant_u64(&B, 8, 1, 0, "one tensor too few");
-    /* metadata */
-    variant_u64(&B, B.kv0_keylen, UINT64_MAX, MSADB_ECORRUPT, "huge key length");
-    variant_u64(&B, B.kv0_keylen, (uint64_t)1 << 63, MSADB_ECORRUPT, "huge key length 2");
-    variant_u64(&B, B.kv0_keylen, 0, MSADB_ECORRUPT, "empty key");
-    variant_u32(&B, B.kv1_type, 13, MSADB_ECORRUPT, "unknown value type");
-    variant_u32(&B, B.kv1_type, UINT32_MAX, MSADB_ECORRUPT, "unknown value type 2");
-    variant_u32(&B, B.kv1_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "value type wider than value");
-    variant_u32(&B, B.arr_type, MSADB_GGUF_ARRAY, MSADB_ECORRUPT, "nested array");
-    variant_u32(&B, B.arr_type, 77, MSADB_ECORRUPT, "unknown element type");
-    variant_u32(&B, B.arr_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "array elements too wide");
-    variant_u64(&B, B.arr_count, UINT64_MAX, MSADB_ECORRUPT, "huge array count");
-    variant_u64(&B, B.arr_count, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge array count 2");
-    variant_u64(&B, B.strarr_elem0_len, UINT64_MAX - 3, MSADB_ECORRUPT, "huge string in array");
-    variant_u64(&B, B.strarr_elem0_len, 1000, MSADB_ECORRUPT, "long string in array");
-    /* tensor table */
-    variant_u32(&B, B.t0_ndims, 0, MSADB_ECORRUPT, "0 dims");
-    variant_u32(&B, B.t0_ndims, 5, MSADB_ECORRUPT, "5 dims");
-    variant_u32(&B, B.t0_ndims, UINT32_MAX, MSADB_ECORRUPT, "huge dims");
-    variant_u64(&B, B.t0_ne0, (uint64_t)1 << 32, MSADB_ECORRUPT, "tensor past the end");
-    variant_u64(&B, B.t0_ne0, (uint64_t)INT64_MAX + 1, MSADB_ECORRUPT, "dim above int64");
-    variant_u64(&B, B.t0_ne0, (uint64_t)1 << 62, MSADB_ECORRUPT, "product overflow");
-    variant_u64(&B, B.t0_ne0, 0, 0, "empty tensor is fine");
-    variant_u32(&B, B.t0_type, 99, MSADB_EDTYPE, "unknown tensor type");
-    variant_u32(&B, B.t0_type, UINT32_MAX, MSADB_EDTYPE, "unknown tensor type 2");
-    variant_u32(&B, B.t0_type, MSADB_GGML_Q8_0, MSADB_ECORRUPT, "q8_0 with ne0 = 4");
-    variant_u32(&B, B.t0_type, MSADB_GGML_F16, 0, "f16 of the same shape fits");
-    variant_u32(&B, B.t0_type, MSADB_GGML_F64, MSADB_ECORRUPT, "f64 overlaps t1");
-    variant_u64(&B, B.t1_off, 0, MSADB_ECORRUPT, "overlapping tensors");
-    variant_u64(&B, B.t1_off, 33, MSADB_ECORRUPT, "misaligned offset");
-    variant_u64(&B, B.t1_off, 64, MSADB_ECORRUPT, "offset past the end");
-    variant_u64(&B, B.t1_off, UINT64_MAX - 31, MSADB_ECORRUPT, "offset overflow");
-    variant_u64(&B, B.t0_off, 32, MSADB_ECORRUPT, "same offset as t1");
+    variant_u64(B, 8, 1, 0, "one tensor too few");
+}
+
+/* The metadata's lengths, types and counts changed. */
+static void test_base_metadata(base *B)
+{
+    variant_u64(B, B->kv0_keylen, UINT64_MAX, MSADB_ECORRUPT, "huge key length");
+    variant_u64(B, B->kv0_keylen, (uint64_t)1 << 63, MSADB_ECORRUPT, "huge key length 2");
+    variant_u64(B, B->kv0_keylen, 0, MSADB_ECORRUPT, "empty key");
+    variant_u32(B, B->kv1_type, 13, MSADB_ECORRUPT, "unknown value type");
+    variant_u32(B, B->kv1_type, UINT32_MAX, MSADB_ECORRUPT, "unknown value type 2");
+    variant_u32(B, B->kv1_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "value type wider than value");
+    variant_u32(B, B->arr_type, MSADB_GGUF_ARRAY, MSADB_ECORRUPT, "nested array");
+    variant_u32(B, B->arr_type, 77, MSADB_ECORRUPT, "unknown element type");
+    variant_u32(B, B->arr_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "array elements too wide");
+    variant_u64(B, B->arr_count, UINT64_MAX, MSADB_ECORRUPT, "huge array count");
+    variant_u64(B, B->arr_count, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge array count 2");
+    variant_u64(B, B->strarr_elem0_len, UINT64_MAX - 3, MSADB_ECORRUPT, "huge string in array");
+    variant_u64(B, B->strarr_elem0_len, 1000, MSADB_ECORRUPT, "long string in array");
+}
+
+/* The tensor table's dimensions, types and offsets changed. */
+static void test_base_tensor_table(base *B)
+{
+    variant_u32(B, B->t0_ndims, 0, MSADB_ECORRUPT, "0 dims");
+    variant_u32(B, B->t0_ndims, 5, MSADB_ECORRUPT, "5 dims");
+    variant_u32(B, B->t0_ndims, UINT32_MAX, MSADB_ECORRUPT, "huge dims");
+    variant_u64(B, B->t0_ne0, (uint64_t)1 << 32, MSADB_ECORRUPT, "tensor past the end");
+    variant_u64(B, B->t0_ne0, (uint64_t)INT64_MAX + 1, MSADB_ECORRUPT, "dim above int64");
+    variant_u64(B, B->t0_ne0, (uint64_t)1 << 62, MSADB_ECORRUPT, "product overflow");
+    variant_u64(B, B->t0_ne0, 0, 0, "empty tensor is fine");
+    variant_u32(B, B->t0_type, 99, MSADB_EDTYPE, "unknown tensor type");
+    variant_u32(B, B->t0_type, UINT32_MAX, MSADB_EDTYPE, "unknown tensor type 2");
+    variant_u32(B, B->t0_type, MSADB_GGML_Q8_0, MSADB_ECORRUPT, "q8_0 with ne0 = 4");
+    variant_u32(B, B->t0_type, MSADB_GGML_F16, 0, "f16 of the same shape fits");
+    variant_u32(B, B->t0_type, MSADB_GGML_F64, MSADB_ECORRUPT, "f64 overlaps t1");
+    variant_u64(B, B->t1_off, 0, MSADB_ECORRUPT, "overlapping tensors");
+    variant_u64(B, B->t1_off, 33, MSADB_ECORRUPT, "misaligned offset");
+    variant_u64(B, B->t1_off, 64, MSADB_ECORRUPT, "offset past the end");
+    variant_u64(B, B->t1_off, UINT64_MAX - 31, MSADB_ECORRUPT, "offset overflow");
+    variant_u64(B, B->t0_off, 32, MSADB_ECORRUPT, "same offset as t1");
+}
+
+static void test_base(void)
+{
+    base B;
+    make_base(&B);
+    test_base_read(&B);
+    test_base_truncations(&B);
+    test_base_header(&B);
+    test_base_metadata(&B);
+    test_base_tensor_table(&B);
     free(B.b.p);
 }
 
