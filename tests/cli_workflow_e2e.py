@@ -184,8 +184,9 @@ def test_show(fx):
 def test_vacuum(fx):
     """vacuum: the data file shrinks after rm; documents and answers kept."""
     db, docs, ids, q = fx.db, fx.docs, fx.ids, fx.q
-    for i in range(6):
-        run("ingest", db, *docs)
+    for i in range(6):  # the same texts in another space are new documents
+        run("space", db, "create", f"bulk{i}")
+        run("ingest", db, "--space", f"bulk{i}", *docs)
     every = [d["id"] for d in jrun("ls", db)["documents"]]
     run("rm", db, *[str(i) for i in every if i not in ids])
     jrun("compact", db)
