@@ -14,7 +14,8 @@ written on purpose) are all kept, and of the inputs the fuzzer found (named
 by their SHA-1) only those that reach an edge the named ones and the
 smaller found ones do not (-use_counters=0: new edges, not new hit
 counts), so that `meson test` replays a small corpus that still reaches
-every edge.  --minimize-only does that step alone, without fuzzing.  Targets run one at a time; the
+every edge.  --minimize-only does that step alone on the committed
+corpus, without fuzzing.  Targets run one at a time; the
 target is 10M executions or 30 minutes per target, whichever comes first
 (--execs, --seconds).  Runs under `nice -n 19` (--nice); the table notes
 the mean one-minute load average during each target's run.
@@ -161,10 +162,11 @@ def main():
                                 if os.access(p, os.X_OK) and not p.endswith(".p"))
     if not names:
         sys.exit("no fuzz_* binaries in %s/fuzz (configure with CC=clang -Dfuzzers=true)" % a.build)
-    if a.minimize_only:
+    if a.minimize_only:  # the committed corpus alone: an empty working corpus
         for n in names:
-            work = os.path.join(a.build, "fuzz-work", n)
-            os.makedirs(work, exist_ok=True)
+            work = os.path.join(a.build, "fuzz-work", "empty")
+            shutil.rmtree(work, ignore_errors=True)
+            os.makedirs(work)
             files, size = minimize(os.path.join(a.build, "fuzz", "fuzz_" + n),
                                    os.path.join(ROOT, "fuzz", "corpus", n), work, a.nice)
             print("%-12s corpus %d files, %d bytes" % (n, files, size), flush=True)
