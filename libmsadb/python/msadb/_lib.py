@@ -95,7 +95,8 @@ class Query_(ctypes.Structure):
                 ("select", ctypes.c_int), ("summary", ctypes.c_uint32),
                 ("score", ctypes.c_int), ("scale", ctypes.c_float), ("exact", ctypes.c_int),
                 ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p),
-                ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32)]
+                ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32),
+                ("share", ctypes.c_int), ("route_head", ctypes.c_uint32)]
 
 
 class Hit_(ctypes.Structure):
