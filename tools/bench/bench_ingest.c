@@ -17,7 +17,7 @@
  * Usage: bench_ingest [--json] [--dim D] [--block B] [--level L]
  *                     [--store DIR] [--planes P] [--no-sync] [N]
  *        bench_ingest --stream DIR [--dtype T] [--chunk MIB] [--dim D]
- *                     [--planes P] [--no-sync] N1[,N2...]
+ *                     [--planes P] [--no-sync] [--max-gb G] N1[,N2...]
  * Exit status: 0 success, 1 error, 2 usage. */
 #include <errno.h>
 #include <math.h>
@@ -46,6 +46,7 @@ typedef struct config {
     size_t n_sizes;
     int dtype;              /* --stream: storage dtype */
     size_t chunk_mib;       /* --stream: commit every this much encoded data */
+    double max_gb;          /* --stream: stop a run when its store reaches this (0: never) */
     size_t n_tokens;
     uint32_t d, block;
     int level;
@@ -339,7 +340,19 @@ typedef struct stream_result {
     double seconds, token_planes_s, block_bytes_tp, file_bytes_tp;
     uint64_t commits;
     long maxrss_kib;
+    int capped;             /* stopped by --max-gb before all the tokens were in */
+    double load_end;        /* load average when the run ended */
+    double cpu_s;           /* CPU time of the run's process (user + system) */
 } stream_result;
+
+/* Bytes data.mdb at path takes on disk. */
+static double store_file_bytes(const char *path)
+{
+    char f[4200];
+    struct stat sb;
+    snprintf(f, sizeof f, "%s/data.mdb", path);
+    return stat(f, &sb) == 0 ? (double)sb.st_blocks * 512 : 0;
+}
 
 /* Child: ingests cfg->... tokens into a new store at path, in one batch
  * committing every chunk bytes (0: once, at the end). */
@@ -379,6 +392,10 @@ static int stream_child(const config *cfg, const char *path, size_t n_tokens, si
         rc = msadb_batch_add(b, &doc);
         done += n;
         doc_no++;
+        if (!rc && cfg->max_gb > 0 && doc_no % 32 == 0 && store_file_bytes(path) >= cfg->max_gb * 1e9) {
+            r->capped = 1; /* the disk budget is spent: commit what is held and stop */
+            break;
+        }
     }
     msadb_batch_status bs = {0};
     if (!rc) {
@@ -390,16 +407,14 @@ static int stream_child(const config *cfg, const char *path, size_t n_tokens, si
     double t1 = machine_now_s();
     msadb_stat_info si;
     if (!rc && !(rc = msadb_stat(st, &si))) {
-        char f[4200];
-        struct stat sb;
-        snprintf(f, sizeof f, "%s/data.mdb", path);
-        r->tokens = n_tokens;
+        r->tokens = done;
         r->chunk_bytes = chunk;
         r->seconds = t1 - t0;
-        r->token_planes_s = (double)n_tokens * planes / (t1 - t0);
-        r->block_bytes_tp = (double)si.block_bytes / ((double)n_tokens * planes);
-        r->file_bytes_tp = stat(f, &sb) == 0 ? (double)sb.st_blocks * 512 / ((double)n_tokens * planes) : 0;
+        r->token_planes_s = (double)done * planes / (t1 - t0);
+        r->block_bytes_tp = (double)si.block_bytes / ((double)done * planes);
+        r->file_bytes_tp = store_file_bytes(path) / ((double)done * planes);
         r->commits = bs.commits + 1;
+        r->load_end = machine_load();
     }
     free(dk);
     free(dv);
@@ -407,6 +422,8 @@ static int stream_child(const config *cfg, const char *path, size_t n_tokens, si
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     r->maxrss_kib = ru.ru_maxrss;
+    r->cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+               ru.ru_stime.tv_usec / 1e6;
     return rc;
 }
 
@@ -450,13 +467,16 @@ static void stream_print(const config *cfg, const stream_result *r, const char *
     if (cfg->json)
         printf("{\"run\":\"%s\",\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,\"seconds\":%.3f,"
                "\"token_planes_per_s\":%.6g,\"peak_rss_mib\":%.1f,\"block_bytes_per_token_plane\":%.2f,"
-               "\"file_bytes_per_token_plane\":%.2f,\"vs_f16\":%.4f}\n",
+               "\"file_bytes_per_token_plane\":%.2f,\"vs_f16\":%.4f,\"capped\":%s,\"load_end\":%.2f,"
+               "\"cpu_seconds\":%.2f}\n",
                what, r->tokens, r->chunk_bytes, (unsigned long long)r->commits, r->seconds, r->token_planes_s,
-               r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16);
+               r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16,
+               r->capped ? "true" : "false", r->load_end, r->cpu_s);
     else
-        printf("%-9s %12zu %8.0f %8llu %9.1f %14.3e %12.1f %10.2f %10.2f %7.4f\n", what, r->tokens,
-               r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds, r->token_planes_s,
-               r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16);
+        printf("%-9s %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what, r->tokens,
+               r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds, r->cpu_s, r->token_planes_s,
+               r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16, r->load_end,
+               r->capped ? " (stopped by --max-gb)" : "");
     fflush(stdout);
 }
 
@@ -476,8 +496,8 @@ static int bench_stream(const config *cfg)
         printf("store: dtype %s, head dim %u, %u planes, block %u, %u-token documents%s; one batch per run\n\n",
                msadb_dtype_name(cfg->dtype), cfg->d, cfg->planes, cfg->block, STORE_DOC_TOKENS,
                cfg->no_sync ? ", no_sync" : ", synced commits");
-        printf("%-9s %12s %8s %8s %9s %14s %12s %10s %10s %7s\n", "run", "tokens", "chunk MiB", "commits",
-               "seconds", "token-planes/s", "peak RSS MiB", "block B/tp", "file B/tp", "vs f16");
+        printf("%-9s %12s %8s %8s %9s %9s %14s %12s %10s %10s %7s %6s\n", "run", "tokens", "chunk MiB", "commits",
+               "seconds", "CPU s", "token-planes/s", "peak RSS MiB", "block B/tp", "file B/tp", "vs f16", "load");
     }
     int rc = 0;
     stream_result base = {0}, r;
@@ -494,7 +514,8 @@ static int bench_stream(const config *cfg)
                    r.token_planes_s / base.token_planes_s, (double)r.maxrss_kib / (double)base.maxrss_kib);
     }
     if (!cfg->json)
-        printf("\ntoken-planes/s: tokens x planes per second, add + commits included; block B/tp: LMDB pages\n"
+        printf("\nCPU s: user + system time of the run's process (a load-independent cost);\n"
+               "token-planes/s: tokens x planes per second, add + commits included; block B/tp: LMDB pages\n"
                "of the blocks database per token-plane; file B/tp: data.mdb on disk per token-plane (summaries,\n"
                "slots and records included); vs f16: file bytes against %u B (K and V rows in f16);\n"
                "load average %.2f at the end.\n",
@@ -593,11 +614,12 @@ static int usage(void)
                     "             DIR/<dtype> through msadb_batch_add/commit\n"
                     "  --planes   kv heads of the --store signature (default 4)\n"
                     "       bench_ingest --stream DIR [--dtype T] [--chunk MIB] [--dim D] [--planes P]\n"
-                    "                    [--no-sync] N1[,N2...]\n"
+                    "                    [--no-sync] [--max-gb G] N1[,N2...]\n"
                     "  --stream   streaming ingest of N1, N2... tokens into new stores under DIR (each\n"
                     "             removed after its run), committing every --chunk MiB (default 64)\n"
                     "             of encoded data, dtype --dtype (default int8); baseline: one batch\n"
-                    "             committed once at N1\n");
+                    "             committed once at N1; --max-gb stops a run (committing what it\n"
+                    "             holds) once its store takes G GB of disk\n");
     return 2;
 }
 
@@ -645,6 +667,8 @@ int main(int argc, char **argv)
                 return usage();
         } else if (!strcmp(a, "--json")) {
             cfg.json = 1;
+        } else if (!strcmp(a, "--max-gb") && i + 1 < argc && !parse_u(argv[i + 1], 1, 100000, &v)) {
+            cfg.max_gb = (double)v, i++;
         } else if (!strcmp(a, "--no-sync")) {
             cfg.no_sync = 1;
         } else if (!strcmp(a, "--store") && i + 1 < argc) {
