@@ -56,8 +56,10 @@ extern "C" {
 #define MSADB_VERSION_STRING "0.1.0"
 
 /* On-disk format version written by this library.  A store whose format is
- * newer is refused with MSADB_EVERSION. */
-#define MSADB_FORMAT_VERSION 2
+ * newer is refused with MSADB_EVERSION.  A store carries the lowest version
+ * its contents need (docs/format.md): version 3 (documents with an expiry
+ * time) only once such a document has been written. */
+#define MSADB_FORMAT_VERSION 3
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
@@ -306,7 +308,40 @@ typedef struct msadb_doc {
     int kv_dtype;             /* MSADB_DTYPE_F32, _F16 or _BF16 */
     const void *keys;
     const void *values;
+    /* Expiry: Unix seconds (msadb_time_now()'s clock) from which every read
+     * ignores the document (0 = never); it must be in the future when the
+     * document is added.  Expired documents are deleted by msadb_expire()
+     * and by every write transaction of msadb_batch_commit(),
+     * msadb_doc_append() and msadb_doc_delete(). */
+    int64_t expires;
 } msadb_doc;
+
+/* Document metadata as KEY=VALUE pairs.  msadb_doc.meta is opaque to the
+ * store; the CLI (ingest --meta) and the filters below read it as
+ * *metadata text*: lines "KEY=VALUE\n", KEY 1..MSADB_META_KEY_MAX bytes of
+ * letters, digits and "._-:@/", VALUE up to MSADB_META_VALUE_MAX bytes
+ * without a newline or NUL.  A filter (msadb_query.where,
+ * msadb_ask_params.where, msadb_doc_list_where()) is a list of terms
+ * "KEY=VALUE"; a document passes when its metadata holds every term as a
+ * whole line (AND); a document without metadata passes no term. */
+#define MSADB_META_KEY_MAX 64
+#define MSADB_META_VALUE_MAX 1024
+
+/** Checks one term "KEY=VALUE" (also one line of metadata text, without
+ * its newline): 0, or MSADB_EINVAL (NULL, no '=', an empty or too long
+ * key, a key byte outside the set above, a too long value, a newline). */
+MSADB_API int msadb_meta_term_check(const char *term);
+
+/** Whether metadata bytes (meta, len; meta may be NULL when len is 0) hold
+ * every term of where[0, n_where) as a line: 1 yes, 0 no (n_where 0: yes).
+ * Errors: MSADB_EINVAL (a malformed term, NULL where with n_where > 0). */
+MSADB_API int msadb_meta_match(const void *meta, size_t len, const char *const *where, size_t n_where);
+
+/** The clock that decides expiry: Unix seconds.  For tests only, the
+ * environment variable MSADB_TEST_NOW (a positive decimal number of
+ * seconds) replaces the system clock, so that expiry can be tested without
+ * waiting; never set it in production. */
+MSADB_API int64_t msadb_time_now(void);
 
 typedef struct msadb_batch msadb_batch;
 
@@ -333,8 +368,24 @@ MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
  * the ids of the documents in add order (msadb_batch_count() entries). */
 MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
 
+/** Names documents to delete in the transaction that commits the batch,
+ * before its documents are written: replacing a document is adding the
+ * new one and deleting the old one in one batch (all or nothing: if the
+ * commit fails, the old document is still there).  At commit, an id that
+ * does not exist (or has expired) fails the whole commit with
+ * MSADB_ENOTFOUND.  A repeated id is deleted once.  Errors: MSADB_EINVAL
+ * (NULL batch, NULL ids with n > 0), MSADB_ENOMEM. */
+MSADB_API int msadb_batch_delete(msadb_batch *batch, const uint64_t *ids, size_t n);
+
 /** Discards a batch; NULL allowed. */
 MSADB_API void msadb_batch_abort(msadb_batch *batch);
+
+/** Deletes every document whose expiry time (msadb_doc.expires) has
+ * passed, in one transaction; *n_purged (may be NULL) gets their count.
+ * Reads ignore expired documents at once whether or not they were purged;
+ * this gives their space back to later writes.  Errors: MSADB_EINVAL,
+ * MSADB_EREADONLY, LMDB errors. */
+MSADB_API int msadb_expire(msadb_store *store, uint64_t *n_purged);
 
 /** Appends one document in its own transaction. */
 MSADB_API int msadb_doc_append(msadb_store *store, const msadb_doc *doc, uint64_t *doc_id);
@@ -422,15 +473,29 @@ typedef struct msadb_doc_info {
     size_t meta_len;
     int has_tokens;        /* token ids stored */
     int has_spans;         /* token spans stored */
+    int64_t expires;       /* expiry time, Unix seconds; 0 = never */
 } msadb_doc_info;
+
+/* Expired documents (msadb_doc.expires) are gone for every read below, at
+ * once, as if deleted: msadb_doc_get() and the other per-document reads
+ * return MSADB_ENOTFOUND, listings and queries skip them. */
 
 /** Information about one document.  Errors: MSADB_ENOTFOUND. */
 MSADB_API int msadb_doc_get(msadb_snapshot *snap, uint64_t doc_id, msadb_doc_info *out);
 
 /** Calls cb for every document of `space` (NULL = every space) in id order;
- * a non-zero return from cb stops the walk and is returned. */
+ * a non-zero return from cb stops the walk and is returned.  info is valid
+ * during the call only. */
 MSADB_API int msadb_doc_list(msadb_snapshot *snap, const char *space,
                              int (*cb)(const msadb_doc_info *info, void *ud), void *ud);
+
+/** Like msadb_doc_list(), only the documents whose metadata holds every
+ * term of where[0, n_where) (see msadb_meta_match(); n_where 0: all).
+ * Errors: MSADB_EINVAL (a malformed term), MSADB_ENOTFOUND (unknown
+ * space), read errors. */
+MSADB_API int msadb_doc_list_where(msadb_snapshot *snap, const char *space, const char *const *where,
+                                   size_t n_where, int (*cb)(const msadb_doc_info *info, void *ud),
+                                   void *ud);
 
 /** Copies the document's source text into buf (capacity cap); *len gets
  * the text length.  buf may be NULL to learn the length.  Returns
@@ -539,6 +604,13 @@ typedef struct msadb_query {
     int route;                /* MSADB_ROUTE_* (default: index when present) */
     uint32_t route_candidates; /* super-blocks whose blocks are scored
                                   (0: 64; at most 65536) */
+    /* Metadata filter: routing considers only the documents whose metadata
+     * holds every term "KEY=VALUE" (msadb_meta_match()), so the top_k are
+     * chosen among them.  NULL/0 = no filter.  A filtered query (and any
+     * query while expired documents remain unpurged) routes by the scan:
+     * the index's super-blocks mix documents. */
+    const char *const *where;
+    size_t n_where;
 } msadb_query;
 
 /** Fills *q with defaults (top_k 16, blocks, default summary, default scale). */
@@ -560,9 +632,13 @@ typedef struct msadb_hit {
  * are written there and *n_hits gets the number selected (which may exceed
  * hits_cap).  The snapshot's scratch memory is reused across calls, so a
  * host that keeps one snapshot (see msadb_snapshot_renew) does not allocate
- * per query in steady state.  Errors: MSADB_EINVAL (not a memory layer, bad
- * sizes), MSADB_ENOTFOUND (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT,
- * MSADB_EAUTH. */
+ * per query in steady state.  With a filter (q->where) or expired documents
+ * in the store, the first query of a snapshot state reads every document
+ * record (and, with a filter, the metadata) to build the set of visible
+ * documents; later queries with the same filter reuse it until the
+ * snapshot moves or the next expiry time passes.  Errors: MSADB_EINVAL (not
+ * a memory layer, bad sizes, a malformed where term), MSADB_ENOTFOUND
+ * (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT, MSADB_EAUTH. */
 MSADB_API int msadb_attend(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
                            msadb_hit *hits, size_t hits_cap, size_t *n_hits);
 
@@ -785,6 +861,10 @@ typedef struct msadb_ask_params {
      * a non-zero return stops generation. */
     int (*on_text)(const char *text, size_t len, void *user);
     void *user;
+    /* Metadata filter for routing (msadb_query.where): memory is only the
+     * documents whose metadata holds every term.  NULL/0 = no filter. */
+    const char *const *where;
+    size_t n_where;
 } msadb_ask_params;
 
 MSADB_API void msadb_ask_params_init(msadb_ask_params *p);

@@ -521,6 +521,8 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     mq.n_query = n;
     mq.spaces = a->p->spaces;
     mq.n_spaces = a->p->n_spaces;
+    mq.where = a->p->where;
+    mq.n_where = a->p->n_where;
     mq.top_k = a->p->top_k;
     mq.select = a->p->select;
     mq.exact = a->p->exact;
@@ -686,6 +688,7 @@ static int check_params(const msadb_ask_params *p)
 {
     if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
         isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
+        (p->n_where && !p->where) ||
         (p->summary && !msadb_summary_is_one(p->summary)) || !msadb_score_valid(p->score))
         return MSADB_EINVAL;
     return 0;

@@ -186,11 +186,7 @@ static int upgrade_fn(msadb_store *st, MDB_txn *txn, void *ud)
     /* (re)build: the index is derived from the summary pages alone */
     if ((rc = msadb_route_create(st, txn)) || (rc = mdb_drop(txn, st->db_route, 0)) || (rc = build_all(st, txn)))
         return rc;
-    uint8_t b[4];
-    msadb_put_le32(b, MSADB_FORMAT_VERSION);
-    v.mv_size = 4;
-    v.mv_data = b;
-    return mdb_put(txn, st->db_meta, &k, &v, 0);
+    return msadb_meta_raise_format(txn, st, MSADB_FORMAT_ROUTE);
 }
 
 int msadb_upgrade(msadb_store *st)
@@ -200,8 +196,8 @@ int msadb_upgrade(msadb_store *st)
     int rc = msadb_write(st, upgrade_fn, NULL);
     if (rc)
         st->has_route = 0; /* the transaction is gone, and the handle with it */
-    else
-        st->format = MSADB_FORMAT_VERSION;
+    else if (st->format < MSADB_FORMAT_ROUTE)
+        st->format = MSADB_FORMAT_ROUTE;
     return rc;
 }
 

@@ -49,7 +49,7 @@ typedef struct {
     size_t ids_off, spans_off; /* (size_t)-1 when absent */
     size_t blocks_off;         /* n_planes * n_blocks (offset u64, length u64) pairs in the arena */
     size_t summ_off;           /* [plane][block] summary entries */
-    int64_t created;
+    int64_t created, expires;
 } batch_doc;
 
 /* Encoding state of one thread: its codec and one block of scratch.  A
@@ -70,6 +70,8 @@ struct msadb_batch {
     size_t n_docs, cap_docs;
     buf_t arena;
     encoder enc[ENCODE_THREADS];
+    uint64_t *del; /* documents msadb_batch_delete() named, deleted at commit */
+    size_t n_del, del_cap;
 };
 
 static void encoder_free(encoder *e)
@@ -122,7 +124,24 @@ void msadb_batch_abort(msadb_batch *b)
         encoder_free(&b->enc[i]);
     free(b->docs);
     free(b->arena.p);
+    free(b->del);
     free(b);
+}
+
+int msadb_batch_delete(msadb_batch *b, const uint64_t *ids, size_t n)
+{
+    if (!b || (!ids && n))
+        return MSADB_EINVAL;
+    if (msadb_grow(&b->del, &b->del_cap, b->n_del + n + 1, sizeof *b->del, 16))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < b->n_del && b->del[j] != ids[i])
+            j++;
+        if (j == b->n_del) /* a repeated id is deleted once */
+            b->del[b->n_del++] = ids[i];
+    }
+    return 0;
 }
 
 static int validate_doc(const msadb_store *st, const msadb_doc *d)
@@ -136,6 +155,8 @@ static int validate_doc(const msadb_store *st, const msadb_doc *d)
     if (d->title && strlen(d->title) > MSADB_TITLE_MAX)
         return MSADB_ELIMIT;
     if (d->title && !msadb_utf8_valid(d->title, strlen(d->title)))
+        return MSADB_EINVAL;
+    if (d->expires < 0 || (d->expires > 0 && d->expires <= msadb_time_now()))
         return MSADB_EINVAL;
     if ((d->meta_len && !d->meta) || (d->text_len && !d->text))
         return MSADB_EINVAL;
@@ -278,7 +299,8 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");
     bd->n_tokens = T;
     bd->n_blocks = nb;
-    bd->created = (int64_t)time(NULL);
+    bd->created = msadb_time_now();
+    bd->expires = doc->expires;
     bd->ids_off = bd->spans_off = (size_t)-1;
     bd->title_len = doc->title ? strlen(doc->title) : 0;
     bd->meta_len = doc->meta_len;
@@ -487,11 +509,7 @@ static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
 static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
                             uint64_t id, const msadb_docrec *rec)
 {
-    uint8_t k[8], rb[DOC_REC_BYTES];
-    msadb_key_doc(k, id);
-    msadb_docrec_encode(rec, rb);
-    MDB_val kv = {8, k}, v = {DOC_REC_BYTES, rb};
-    int rc = mdb_put(txn, st->db_docs, &kv, &v, MDB_APPEND);
+    int rc = msadb_docrec_put(txn, st, id, rec, MDB_APPEND);
     const uint8_t *A = b->arena.p;
     if (rc || (rc = put_docdata(st, txn, id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
         (rc = put_docdata(st, txn, id, DD_META, A + bd->meta_off, bd->meta_len)) ||
@@ -544,6 +562,11 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         return rc;
     if (next_doc == 0)
         next_doc = 1; /* document ids start at 1 */
+    /* Expired documents are purged by every commit (then the deletions the
+     * batch names), before anything is added. */
+    if ((rc = msadb_expire_txn(st, txn, msadb_time_now(), NULL)) ||
+        (rc = msadb_delete_txn(st, txn, b->del, b->n_del)))
+        return rc;
     space_group *groups = NULL;
     size_t n_groups = 0;
     buf_t page_buf = {0};
@@ -564,6 +587,9 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         rec.text_len = bd->text_len;
         rec.meta_len = bd->meta_len;
         rec.title_len = bd->title_len;
+        rec.expires = bd->expires;
+        if (bd->expires && (rc = msadb_meta_raise_format(txn, st, MSADB_FORMAT_EXPIRY)))
+            goto out;
         rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
                     (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
                     (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0);
@@ -595,7 +621,7 @@ int msadb_batch_commit(msadb_batch *b, uint64_t *doc_ids)
     if (!b)
         return MSADB_EINVAL;
     int rc = 0;
-    if (b->n_docs) {
+    if (b->n_docs || b->n_del) {
         struct commit_args a = {b, doc_ids};
         rc = msadb_write(b->st, commit_fn, &a);
     }

@@ -39,6 +39,7 @@ struct msadb_store {
 
 struct msadb_snapshot {
     msadb_store *st;
+    struct msadb_docmask *mask; /* the last document mask built (store/filter.c) */
     MDB_txn *txn;
     msadb_codec *codec;
     void *scratch;
@@ -65,6 +66,7 @@ typedef struct msadb_docrec {
     uint64_t n_tokens, n_blocks, first_block, first_slot;
     int64_t created;
     uint64_t text_len, meta_len, title_len;
+    int64_t expires; /* Unix seconds after which reads ignore the document; 0: never */
 } msadb_docrec;
 
 typedef struct msadb_spacerec {
@@ -72,14 +74,32 @@ typedef struct msadb_spacerec {
     uint64_t n_docs, n_tokens, n_slots;
 } msadb_spacerec;
 
-#define DOC_REC_BYTES 72
+#define DOC_REC_BYTES 72    /* record version 1: no expiry time */
+#define DOC_REC_BYTES_V2 80 /* record version 2: the expiry time at offset 72 */
+
+/* Format versions of the layouts added after version 1 (docs/format.md).  A
+ * store carries the lowest version its contents need: the expiry version
+ * only once a document with an expiry time has been written, so that a
+ * store without one stays readable by older libraries. */
+#define MSADB_FORMAT_ROUTE 2u
+#define MSADB_FORMAT_EXPIRY 3u
 
 MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
 MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
 MSADB_HIDDEN int msadb_space_name_valid(const char *name);
 MSADB_HIDDEN void msadb_docdata_ad(const msadb_store *st, uint64_t doc, uint8_t kind, uint8_t ad[26]);
 MSADB_HIDDEN int msadb_sig_decode(const uint8_t *p, size_t len, msadb_signature *s);
-MSADB_HIDDEN void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
+/* Encodes a record into p[DOC_REC_BYTES_V2]: version 1 (72 bytes) when it
+ * has no expiry time, else version 2 (80); returns the size. */
+MSADB_HIDDEN size_t msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
+/* Writes a document record (flags: mdb_put flags). */
+MSADB_HIDDEN int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d,
+                                  unsigned flags);
+/* Whether a document is visible at time now (not expired). */
+static inline int msadb_docrec_live(const msadb_docrec *d, int64_t now)
+{
+    return d->expires == 0 || d->expires > now;
+}
 MSADB_HIDDEN int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d);
 
 /* Read transactions counted so the map is never remapped under a reader. */
@@ -95,6 +115,21 @@ MSADB_HIDDEN int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32]);
 MSADB_HIDDEN MDB_env *msadb_store_env(msadb_store *st);
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
+/* The format version stored in txn (it can be newer than st->format when
+ * another process raised it). */
+MSADB_HIDDEN int msadb_meta_format(MDB_txn *txn, msadb_store *st, uint32_t *format);
+/* Raises the stored format version to at least `version` in txn (the
+ * caller sets st->format once the transaction commits). */
+MSADB_HIDDEN int msadb_meta_raise_format(MDB_txn *txn, msadb_store *st, uint32_t version);
+
+/* Deletes documents in txn (store/delete.c): their blocks, data and
+ * records, their slots marked deleted, their spaces' counts updated.
+ * MSADB_ENOTFOUND if one does not exist. */
+MSADB_HIDDEN int msadb_delete_txn(msadb_store *st, MDB_txn *txn, const uint64_t *ids, size_t n);
+/* Deletes every document expired at `now` in txn (store/delete.c); *n (may
+ * be NULL) gets their count.  Nothing to do (0) in a store whose format
+ * predates expiry times. */
+MSADB_HIDDEN int msadb_expire_txn(msadb_store *st, MDB_txn *txn, int64_t now, uint64_t *n);
 
 MSADB_HIDDEN void msadb_key_doc(uint8_t k[8], uint64_t doc);
 MSADB_HIDDEN void msadb_key_docdata(uint8_t k[9], uint64_t doc, uint8_t kind);
