@@ -26,7 +26,35 @@ typedef struct ingest_ctx {
     ingested *docs;
     size_t n_docs, cap;
     uint64_t n_tokens;
+    char *meta;      /* --meta as metadata text (NULL: none) */
+    size_t meta_len;
+    char *mbuf;      /* a file's own metadata followed by --meta's */
+    size_t mbuf_cap;
+    int64_t expires; /* --ttl */
 } ingest_ctx;
+
+/* The document's metadata: the file's own, then the --meta lines. */
+static int add_meta(ingest_ctx *c, msadb_doc *doc)
+{
+    if (!c->meta_len)
+        return CLI_OK;
+    if (!doc->meta_len) {
+        doc->meta = c->meta;
+        doc->meta_len = c->meta_len;
+        return CLI_OK;
+    }
+    const char *own = doc->meta;
+    size_t n = doc->meta_len, sep = own[n - 1] != '\n';
+    if (cli_grow(&c->mbuf, &c->mbuf_cap, n + sep + c->meta_len, 1, 256) != 0)
+        return cli_error("out of memory");
+    memcpy(c->mbuf, own, n);
+    if (sep)
+        c->mbuf[n] = '\n';
+    memcpy(c->mbuf + n + sep, c->meta, c->meta_len);
+    doc->meta = c->mbuf;
+    doc->meta_len = n + sep + c->meta_len;
+    return CLI_OK;
+}
 
 static int ends_with(const char *s, const char *suffix)
 {
@@ -115,6 +143,11 @@ static int ingest_source(ingest_ctx *c, const kv_source *s, const char *file)
             return CLI_ERROR;
         d.doc.space = c->a->space;
         d.doc.title = g->title;
+        d.doc.expires = c->expires;
+        if (add_meta(c, &d.doc) != CLI_OK) {
+            kv_doc_free(&d);
+            return CLI_ERROR;
+        }
         int rc = c->db->ops->batch_add(c->db, &d.doc);
         g->tokens = d.doc.n_tokens;
         kv_doc_free(&d);
@@ -226,9 +259,11 @@ int cmd_ingest(const cli_args *a)
     cli_db *db;
     if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
-    ingest_ctx c = {.a = a, .db = db};
+    ingest_ctx c = {.a = a, .db = db, .expires = cli_expires(a)};
     uint64_t *ids = NULL;
-    int rc = a->space ? cli_require_space(db, a->db, a->space) : CLI_OK;
+    int rc = cli_meta_text(a, &c.meta, &c.meta_len);
+    if (rc == CLI_OK && a->space)
+        rc = cli_require_space(db, a->db, a->space);
     int mrc = rc == CLI_OK ? db->ops->batch_begin(db) : 0;
     if (mrc != 0)
         rc = cli_error_rc(mrc, "%s: cannot begin a batch", a->db);
@@ -247,6 +282,8 @@ int cmd_ingest(const cli_args *a)
         fprintf(stderr, "msadb: ingest: nothing was written to %s\n", a->db);
     free(ids);
     free(c.docs);
+    free(c.meta);
+    free(c.mbuf);
     cli_db_close(db);
     return rc;
 }

@@ -181,6 +181,9 @@ typedef struct model_ingest {
     size_t n_store_docs; /* documents in the batch */
     uint64_t tokens;
     double t0;
+    const char *meta;    /* --meta as metadata text, and --ttl: of every document */
+    size_t meta_len;
+    int64_t expires;
 } model_ingest;
 
 static int ingest_text(model_ingest *c, const char *file, const char *what, const char *title,
@@ -196,7 +199,15 @@ static int ingest_text(model_ingest *c, const char *file, const char *what, cons
         c->cap = nc;
     }
     size_t parts = 0;
-    int rc = msadb_llm_ingest_batch(c->llm, c->st, c->batch, a->space, title, text, len, &parts);
+    msadb_doc doc = {0};
+    doc.space = a->space;
+    doc.title = title;
+    doc.text = text;
+    doc.text_len = len;
+    doc.meta = c->meta;
+    doc.meta_len = c->meta_len;
+    doc.expires = c->expires;
+    int rc = msadb_llm_ingest_doc(c->llm, c->st, c->batch, &doc, &parts);
     if (rc != 0)
         return cli_error_rc(rc, "%s%s", file, what);
     c->docs[c->n_docs++] = (mdoc){file, parts};
@@ -315,7 +326,10 @@ int cmd_model_ingest(const cli_args *a)
     if (open_store_model(a, 0, &c.db, &c.st, &c.llm, NULL, &model) != CLI_OK)
         return CLI_ERROR;
     uint64_t *ids = NULL;
-    int rc = CLI_OK;
+    char *meta = NULL;
+    int rc = cli_meta_text(a, &meta, &c.meta_len);
+    c.meta = meta;
+    c.expires = cli_expires(a);
     if (rc == CLI_OK && a->space)
         rc = cli_require_space(c.db, a->db, a->space);
     int mrc = rc == CLI_OK ? c.db->ops->batch_begin(c.db) : 0;
@@ -336,8 +350,53 @@ int cmd_model_ingest(const cli_args *a)
         fprintf(stderr, "msadb: ingest: nothing was written to %s\n", a->db);
     free(ids);
     free(c.docs);
+    free(meta);
     cli_db_close(c.db);
     msadb_llm_close(c.llm);
+    return rc;
+}
+
+/* update with text (FILE or --text) through the model: the text's
+ * document(s) replace the old one. */
+int cmd_model_update(const cli_args *a)
+{
+    cli_db *db;
+    msadb_store *st;
+    msadb_llm *llm;
+    const char *model;
+    if (open_store_model(a, 0, &db, &st, &llm, NULL, &model) != CLI_OK)
+        return CLI_ERROR;
+    cli_update u;
+    char *file_text = NULL;
+    const char *text = a->text;
+    size_t len = text ? strlen(text) : 0;
+    int rc = cli_update_begin(a, st, &u);
+    if (rc == CLI_OK && !text) {
+        rc = cli_read_file(a->files[0], &file_text, &len);
+        text = file_text;
+        if (rc == CLI_OK && len == 0)
+            rc = cli_error("%s: empty file (nothing to update with)", a->files[0]);
+    }
+    msadb_batch *b = NULL;
+    if (rc == CLI_OK) {
+        msadb_doc doc = {0};
+        cli_update_fill(a, &u, &doc);
+        doc.text = text;
+        doc.text_len = len;
+        int mrc = msadb_batch_begin(st, &b);
+        if (mrc == 0)
+            mrc = msadb_llm_ingest_doc(llm, st, b, &doc, NULL);
+        if (mrc != 0) {
+            msadb_batch_abort(b);
+            rc = cli_error_rc(mrc, "%s", a->text ? "--text" : a->files[0]);
+        } else {
+            rc = cli_update_commit(a, b, &u);
+        }
+    }
+    cli_update_free(&u);
+    free(file_text);
+    cli_db_close(db);
+    msadb_llm_close(llm);
     return rc;
 }
 
@@ -491,6 +550,8 @@ static void ask_params(const cli_args *a, msadb_ask_params *p)
     p->seed = a->seed;
     p->query_pos = (int32_t)a->query_pos;
     p->interleave = a->interleave;
+    p->where = a->where;
+    p->n_where = a->n_where;
 }
 
 /* What query and search share: the store, its model, the question. */

@@ -608,7 +608,9 @@ typedef struct msadb_query {
      * holds every term "KEY=VALUE" (msadb_meta_match()), so the top_k are
      * chosen among them.  NULL/0 = no filter.  A filtered query (and any
      * query while expired documents remain unpurged) routes by the scan:
-     * the index's super-blocks mix documents. */
+     * the index's super-blocks mix documents.  Sharded stores
+     * (msadb_shard.h) apply it in every shard; msadb_mpi_* refuses it
+     * (MSADB_ENOTSUP). */
     const char *const *where;
     size_t n_where;
 } msadb_query;
@@ -825,9 +827,9 @@ MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_b
                                      size_t len, size_t *n_docs);
 
 /** Like msadb_llm_ingest_batch(), with the text and its document fields
- * taken from *doc: space, title, text/text_len (required, not empty) and
- * meta/meta_len (opaque metadata bytes, kept with every document the text
- * becomes); its other fields are ignored.  Errors as
+ * taken from *doc: space, title, text/text_len (required, not empty),
+ * meta/meta_len (opaque metadata bytes) and expires, kept with every
+ * document the text becomes; its other fields are ignored.  Errors as
  * msadb_llm_ingest_batch(). */
 MSADB_API int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
                                    const msadb_doc *doc, size_t *n_docs);

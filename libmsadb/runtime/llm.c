@@ -416,6 +416,7 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
     meta.text_len = len;
     meta.meta = doc->meta;
     meta.meta_len = doc->meta_len;
+    meta.expires = doc->expires;
     meta.n_tokens = n; /* of the whole text; each part sets its own */
     size_t parts = (n + window - 1) / window;
     for (size_t p = 0; p < parts && !rc; p++) {

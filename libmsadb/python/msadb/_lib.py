@@ -60,7 +60,8 @@ class Doc_(ctypes.Structure):
                 ("text", ctypes.c_char_p), ("text_len", ctypes.c_size_t),
                 ("token_ids", ctypes.c_void_p), ("token_spans", ctypes.c_void_p),
                 ("n_tokens", ctypes.c_size_t), ("kv_dtype", ctypes.c_int),
-                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p)]
+                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
+                ("expires", ctypes.c_int64)]
 
 
 class DocInfo_(ctypes.Structure):
@@ -70,7 +71,8 @@ class DocInfo_(ctypes.Structure):
                 ("n_tokens", ctypes.c_uint64), ("n_blocks", ctypes.c_uint64),
                 ("first_block", ctypes.c_uint64), ("created", ctypes.c_int64),
                 ("text_len", ctypes.c_size_t), ("meta_len", ctypes.c_size_t),
-                ("has_tokens", ctypes.c_int), ("has_spans", ctypes.c_int)]
+                ("has_tokens", ctypes.c_int), ("has_spans", ctypes.c_int),
+                ("expires", ctypes.c_int64)]
 
 
 class QueryStats_(ctypes.Structure):
@@ -87,7 +89,8 @@ class Query_(ctypes.Structure):
                 ("select", ctypes.c_int), ("summary", ctypes.c_uint32),
                 ("score", ctypes.c_int), ("scale", ctypes.c_float), ("exact", ctypes.c_int),
                 ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p),
-                ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32)]
+                ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32),
+                ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
 
 
 class Hit_(ctypes.Structure):
@@ -118,7 +121,8 @@ class AskParams_(ctypes.Structure):
                 ("seed", ctypes.c_uint64), ("query_pos", ctypes.c_int32),
                 ("route_each_token", ctypes.c_int), ("interleave", ctypes.c_uint32),
                 ("summary", ctypes.c_uint32), ("score", ctypes.c_int),
-                ("on_text", ON_TEXT), ("user", ctypes.c_void_p)]
+                ("on_text", ON_TEXT), ("user", ctypes.c_void_p),
+                ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
 
 
 # Every public struct of include/msadb.h and its mirror (checked by
