@@ -122,6 +122,23 @@ int msadb_delete_txn(msadb_store *st, MDB_txn *txn, const uint64_t *ids, size_t 
     return 0;
 }
 
+typedef struct expired {
+    int64_t now;
+    uint64_t *ids;
+    size_t n, cap;
+} expired;
+
+static int collect_expired(uint64_t id, const msadb_docrec *r, void *ud)
+{
+    expired *e = ud;
+    if (msadb_docrec_live(r, e->now))
+        return 0;
+    if (msadb_grow(&e->ids, &e->cap, e->n + 1, sizeof *e->ids, 64))
+        return MSADB_ENOMEM;
+    e->ids[e->n++] = id;
+    return 0;
+}
+
 int msadb_expire_txn(msadb_store *st, MDB_txn *txn, int64_t now, uint64_t *n)
 {
     if (n)
@@ -130,35 +147,14 @@ int msadb_expire_txn(msadb_store *st, MDB_txn *txn, int64_t now, uint64_t *n)
     int rc = msadb_meta_format(txn, st, &format);
     if (rc || format < MSADB_FORMAT_EXPIRY)
         return rc;
-    /* collect first: the deletes rewrite the database the cursor walks */
-    uint64_t *ids = NULL;
-    size_t cnt = 0, cap = 0;
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(txn, st->db_docs, &cur)))
-        return rc;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        msadb_docrec r;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        if (msadb_docrec_live(&r, now))
-            continue;
-        if (msadb_grow(&ids, &cap, cnt + 1, sizeof *ids, 64)) {
-            rc = MSADB_ENOMEM;
-            break;
-        }
-        ids[cnt++] = msadb_get_be64(k.mv_data);
-    }
-    mdb_cursor_close(cur);
-    if (rc == MDB_NOTFOUND)
-        rc = 0;
+    /* collect first: the deletes rewrite the database the walk reads */
+    expired e = {now, NULL, 0, 0};
+    rc = msadb_docs_each(txn, st, collect_expired, &e);
     if (!rc)
-        rc = msadb_delete_txn(st, txn, ids, cnt);
-    free(ids);
+        rc = msadb_delete_txn(st, txn, e.ids, e.n);
+    free(e.ids);
     if (!rc && n)
-        *n = cnt;
+        *n = e.n;
     return rc;
 }
 

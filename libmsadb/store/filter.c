@@ -192,6 +192,27 @@ static int doc_passes(msadb_snapshot *s, msadb_docmask *m, uint64_t id, const ms
     return meta_match(m->meta, len, where, n);
 }
 
+typedef struct mask_ctx {
+    msadb_snapshot *s;
+    msadb_docmask *m;
+    const char *const *where;
+    size_t n;
+    int64_t now;
+} mask_ctx;
+
+static int mask_one(uint64_t id, const msadb_docrec *r, void *ud)
+{
+    mask_ctx *c = ud;
+    msadb_docmask *m = c->m;
+    int live = msadb_docrec_live(r, c->now);
+    if (live && r->expires && r->expires < m->valid_until)
+        m->valid_until = r->expires;
+    if (!m->include)
+        return live ? 0 : mask_add(m, id);
+    int ok = live ? doc_passes(c->s, m, id, r, c->where, c->n) : 0;
+    return ok < 0 ? ok : ok ? mask_add(m, id) : 0;
+}
+
 /* Walks every document record: the set of visible matching documents
  * (include mode, with filter terms) or of expired ones (exclude mode). */
 static int mask_build(msadb_snapshot *s, msadb_docmask *m, const char *const *where, size_t n, int64_t now)
@@ -199,33 +220,8 @@ static int mask_build(msadb_snapshot *s, msadb_docmask *m, const char *const *wh
     mask_clear(m);
     m->include = n > 0;
     m->valid_until = INT64_MAX;
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(s->txn, s->st->db_docs, &cur);
-    if (rc)
-        return rc;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        msadb_docrec r;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        uint64_t id = msadb_get_be64(k.mv_data);
-        int live = msadb_docrec_live(&r, now);
-        if (live && r.expires && r.expires < m->valid_until)
-            m->valid_until = r.expires;
-        if (m->include) {
-            int ok = live ? doc_passes(s, m, id, &r, where, n) : 0;
-            if (ok < 0 || (ok > 0 && (ok = mask_add(m, id)) != 0)) {
-                rc = ok;
-                break;
-            }
-        } else if (!live && (rc = mask_add(m, id))) {
-            break;
-        }
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    mask_ctx c = {s, m, where, n, now};
+    return msadb_docs_each(s->txn, s->st, mask_one, &c);
 }
 
 int msadb_snap_mask(msadb_snapshot *s, const char *const *where, size_t n_where, const msadb_docmask **out)

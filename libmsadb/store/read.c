@@ -166,44 +166,42 @@ int msadb_doc_list(msadb_snapshot *s, const char *space, int (*cb)(const msadb_d
     return msadb_doc_list_where(s, space, NULL, 0, cb, ud);
 }
 
+typedef struct list_ctx {
+    msadb_snapshot *s;
+    const msadb_docmask *mask;
+    uint32_t space; /* UINT32_MAX: every space */
+    int64_t now;
+    int (*cb)(const msadb_doc_info *, void *);
+    void *ud;
+} list_ctx;
+
+static int list_one(uint64_t id, const msadb_docrec *r, void *ud)
+{
+    list_ctx *c = ud;
+    if ((c->space != UINT32_MAX && r->space_id != c->space) || msadb_docmask_hides(c->mask, id) ||
+        !msadb_docrec_live(r, c->now))
+        return 0;
+    msadb_doc_info info;
+    int rc = msadb_doc_info_fill(c->s, id, r, &info);
+    return rc ? rc : c->cb(&info, c->ud);
+}
+
 int msadb_doc_list_where(msadb_snapshot *s, const char *space, const char *const *where, size_t n_where,
                          int (*cb)(const msadb_doc_info *, void *), void *ud)
 {
     if (!snap_ok(s) || !cb)
         return MSADB_EINVAL;
-    uint32_t want = 0;
-    const msadb_docmask *mask;
-    int rc = msadb_snap_mask(s, where, n_where, &mask);
+    list_ctx c = {s, NULL, UINT32_MAX, msadb_time_now(), cb, ud};
+    int rc = msadb_snap_mask(s, where, n_where, &c.mask);
     if (rc)
         return rc;
     if (space) {
         msadb_spacerec sr;
         if ((rc = msadb_space_get_txn(s->txn, s->st, space, &sr)))
             return rc;
-        want = sr.id;
+        c.space = sr.id;
     }
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(s->txn, s->st->db_docs, &cur)))
-        return rc;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        msadb_docrec r;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        uint64_t id = msadb_get_be64(k.mv_data);
-        if ((space && r.space_id != want) || msadb_docmask_hides(mask, id) ||
-            !msadb_docrec_live(&r, msadb_time_now()))
-            continue;
-        msadb_doc_info info;
-        if ((rc = msadb_doc_info_fill(s, id, &r, &info)) || (rc = cb(&info, ud)))
-            break;
-    }
-    if (rc == MDB_NOTFOUND)
-        rc = 0;
-    mdb_cursor_close(cur);
-    return rc;
+    return msadb_docs_each(s->txn, s->st, list_one, &c);
 }
 
 static int docdata_copy(msadb_snapshot *s, uint64_t id, uint8_t kind, void *buf, size_t cap, size_t *len)

@@ -632,6 +632,27 @@ int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
     return 0;
 }
 
+int msadb_docs_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint64_t id, const msadb_docrec *r, void *ud),
+                    void *ud)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->db_docs, &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        msadb_docrec r;
+        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        if ((rc = fn(msadb_get_be64(k.mv_data), &r, ud)))
+            break;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d, unsigned flags)
 {
     uint8_t k[8], rb[DOC_REC_BYTES_V2];

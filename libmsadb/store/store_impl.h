@@ -95,6 +95,11 @@ MSADB_HIDDEN size_t msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
 /* Writes a document record (flags: mdb_put flags). */
 MSADB_HIDDEN int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d,
                                   unsigned flags);
+/* Calls fn for every document record in id order (decoded; MSADB_ECORRUPT
+ * for one that does not decode); a non-zero return from fn stops the walk
+ * and is returned. */
+MSADB_HIDDEN int msadb_docs_each(MDB_txn *txn, msadb_store *st,
+                                 int (*fn)(uint64_t id, const msadb_docrec *r, void *ud), void *ud);
 /* Whether a document is visible at time now (not expired). */
 static inline int msadb_docrec_live(const msadb_docrec *d, int64_t now)
 {
