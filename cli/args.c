@@ -35,9 +35,10 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_INIT] = "init DB (--layers L --kv-heads H --q-heads Q --head-dim D | --model M.gguf)\n"
                  "           [--memory-layers LIST] [--block B] [--dtype f32|f16|bf16|int8|q4]\n"
                  "           [--summary KINDS] [--shards N] [--key-file F | --passphrase-env VAR]",
-    [CMD_INGEST] = "ingest DB [--space S] [--title T] [--meta K=V]... [--ttl D] FILE...\n"
-                   "       msadb ingest DB [-m M.gguf] [--space S] [--title T] [--split]\n"
-                   "           [--meta K=V]... [--ttl D] TEXTFILE...",
+    [CMD_INGEST] = "ingest DB [--space S] [--title T] [--meta K=V]... [--ttl D] [--commit-every Nt|Nd]\n"
+                   "           FILE...\n"
+                   "       msadb ingest DB [-m M.gguf] [--space S] [--title T] [--split] [--meta K=V]...\n"
+                   "           [--ttl D] [--commit-every Nt|Nd] [--binary-ok] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--per-token] [--where K=V]... [--out FILE]\n"
@@ -103,7 +104,7 @@ enum opt_id {
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
     O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
-    O_MIN_SCORE, O_SHARDS, O_META, O_WHERE, O_TTL, O_TEXT, O_COUNT
+    O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_META, O_WHERE, O_TTL, O_TEXT, O_COUNT
 };
 
 typedef struct opt_def {
@@ -162,6 +163,10 @@ static const opt_def opts[O_COUNT] = {
                      "with a question: position of the question's first token (default 0)"},
     [O_SHARDS] = {"shards", NULL, 0, 1, C(INIT) | C(SPLIT), "N",
                   "a sharded store of N shards (DIR/shard-0 ... shard-N-1)"},
+    [O_COMMIT_EVERY] = {"commit-every", NULL, 0, 1, C(INGEST), "Nt|Nd",
+                        "commit every N tokens (10000t) or documents (500d); default 64 MiB encoded"},
+    [O_BINARY_OK] = {"binary-ok", NULL, 0, 0, C(INGEST), NULL,
+                     "text files: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
     [O_META] = {"meta", NULL, 0, 1, C(INGEST) | C(UPDATE), "K=V",
                 "metadata of every document (repeatable; update: replaces the old metadata)"},
     [O_WHERE] = {"where", NULL, 0, 1, ROUTE_CMDS | C(LS) | C(RM), "K=V",
@@ -298,6 +303,30 @@ static int parse_kv(int id, const char *v, cli_args *a, char *err, size_t errlen
 }
 
 /* A finite decimal number in [lo, hi] (lo excluded when open_lo). */
+/* --commit-every: a count and its unit, "10000t" (tokens) or "500d"
+ * (documents), 1..2^40. */
+static int parse_commit_every(const char *s, cli_args *a, char *err, size_t errlen)
+{
+    size_t n = strlen(s);
+    char digits[32];
+    uint64_t v = 0;
+    char unit = n ? s[n - 1] : 0;
+    int ok = n >= 2 && n - 1 < sizeof digits && (unit == 't' || unit == 'd');
+    if (ok) {
+        memcpy(digits, s, n - 1);
+        digits[n - 1] = 0;
+        ok = parse_u64(digits, &v) == 0 && v >= 1 && v <= (1ull << 40);
+    }
+    if (!ok)
+        return usage_err(err, errlen,
+                         "--commit-every: expected a count and a unit, e.g. 100000t (tokens) or 500d "
+                         "(documents), got '%.40s'",
+                         s);
+    a->commit_tokens = unit == 't' ? v : 0;
+    a->commit_docs = unit == 'd' ? v : 0;
+    return CLI_OK;
+}
+
 static int parse_float_opt(const char *opt, const char *s, double lo, int open_lo, double hi,
                            float *out, char *err, size_t errlen)
 {
@@ -470,6 +499,8 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_EXACT: a->exact = 1; return CLI_OK;
     case O_PER_TOKEN: a->per_token = 1; return CLI_OK;
     case O_SPLIT: a->split = 1; return CLI_OK;
+    case O_BINARY_OK: a->binary_ok = 1; return CLI_OK;
+    case O_COMMIT_EVERY: return parse_commit_every(v, a, err, errlen);
     case O_NO_MEMORY: a->no_memory = 1; return CLI_OK;
     case O_FORCE_MODEL: a->force_model = 1; return CLI_OK;
     case O_MIN_SCORE: {

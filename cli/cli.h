@@ -72,6 +72,9 @@ typedef struct cli_args {
     float min_score;           /* --min-score (when has_min_score) */
     int has_min_score;
     int split;                 /* ingest --split */
+    uint64_t commit_tokens;    /* ingest --commit-every Nt (0: not given) */
+    uint64_t commit_docs;      /* ingest --commit-every Nd (0: not given) */
+    int binary_ok;             /* ingest --binary-ok */
     int no_memory;             /* query */
     uint32_t max_tokens, interleave, query_pos;
     float temperature, top_p;
@@ -135,6 +138,9 @@ json_t *cli_json_bytes(const char *s, size_t n);
  * byte of an invalid sequence with '?' in place (titles made of file names). */
 int cli_utf8_valid(const char *s, size_t n);
 void cli_utf8_fix(char *s);
+
+/* Length of the valid UTF-8 sequence at s (n >= 1 bytes left), or 0. */
+size_t cli_utf8_seq(const unsigned char *s, size_t n);
 
 /* A table: aligned columns with a header on a terminal, tab-separated
  * lines with a header line otherwise. */
@@ -210,12 +216,15 @@ typedef struct kv_doc {
     int64_t *token_spans;
 } kv_doc;
 
-int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig);
+/* scan: look for NaN and Inf in keys and values now (a pass over the data,
+ * in bounded memory); without it the library refuses them when the
+ * document is added (MSADB_ENONFINITE). */
+int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, int scan);
 /* The same from a safetensors file in memory (buf must outlive s). */
 int kv_source_parse(kv_source *s, const char *label, const uint8_t *buf, size_t len,
-                    const msadb_signature *sig);
+                    const msadb_signature *sig, int scan);
 int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_path,
-                       const char *tokens_path, const msadb_signature *sig);
+                       const char *tokens_path, const msadb_signature *sig, int scan);
 int kv_source_doc(const kv_source *s, size_t i, kv_doc *d);
 void kv_doc_free(kv_doc *d);
 void kv_source_close(kv_source *s);
@@ -324,6 +333,34 @@ int cli_mpi_rank(void);
 int cli_mpi_open(const cli_args *a, int read_only, cli_db **out);
 int cli_mpi_create(const cli_args *a, const msadb_signature *sig, const msadb_options *opt, int *encrypted);
 
+/* stream.c: streaming ingest (both forms of ingest) */
+#define CLI_COMMIT_BYTES ((size_t)64 << 20) /* default chunk: 64 MiB of encoded data */
+/* Begins db's batch.  An ordinary store's commits in chunks (--commit-every,
+ * else CLI_COMMIT_BYTES), calling on_commit after each commit; a sharded
+ * store's is one batch, committed by cli_stream_finish (which then calls
+ * on_commit), and --commit-every there is a usage error.  Catches SIGINT and
+ * SIGTERM (cli_stream_stop_signal).  CLI_OK, CLI_USAGE or CLI_ERROR. */
+int cli_stream_begin(const cli_args *a, cli_db *db, msadb_commit_fn on_commit, void *user);
+/* The signal that asked ingest to stop, or 0. */
+int cli_stream_stop_signal(void);
+/* Ends a streaming ingest: commits what db's batch holds (n_held documents)
+ * when rc is CLI_OK or a signal stopped it (whole documents either way),
+ * ends the batch, restores the signal handlers and clears the progress
+ * line.  Returns rc, or CLI_ERROR after a message when the commit failed;
+ * *sig gets the signal that stopped the ingest, or 0. */
+int cli_stream_finish(const cli_args *a, cli_db *db, size_t n_held, int rc, int *sig);
+typedef struct cli_progress_state {
+    double t0, last_ms;
+    uint64_t total;   /* known up front, in units */
+    const char *unit; /* "tokens", "bytes" */
+} cli_progress_state;
+/* Progress line (terminal only): done of total, percent, rate and ETA. */
+void cli_stream_progress(const cli_args *a, cli_progress_state *p, uint64_t done, uint64_t committed);
+/* The message of an interrupted ingest; returns the exit status 128 + sig. */
+int cli_stream_interrupted(const cli_args *a, int sig, uint64_t committed, uint64_t already);
+/* The closing line of a failed ingest: nothing written, or how to resume. */
+void cli_stream_failed(const cli_args *a, uint64_t committed);
+
 /* cmd_store.c */
 int cmd_init(const cli_args *a);
 int cmd_stat(const cli_args *a);
@@ -364,8 +401,13 @@ int cli_update_begin(const cli_args *a, msadb_store *st, cli_update *u);
 /* The new document's space, title (--title, else the old), metadata and
  * expiry into doc. */
 void cli_update_fill(const cli_args *a, const cli_update *u, msadb_doc *doc);
-/* Names the old document for deletion in batch, commits (all or nothing)
- * and prints "document OLD replaced by NEW".  The batch is freed. */
+/* Begins the update's batch and names the old document for deletion in it
+ * (before anything is added).  0 or the library's code. */
+int cli_update_batch(msadb_store *st, const cli_update *u, msadb_batch **batch);
+/* Commits the batch (all or nothing: the old document deleted, the new one
+ * added) and prints "document OLD replaced by NEW"; a batch that holds no
+ * new document (its content was already stored) is aborted with an error
+ * message.  The batch is freed. */
 int cli_update_commit(const cli_args *a, msadb_batch *batch, cli_update *u);
 void cli_update_free(cli_update *u);
 

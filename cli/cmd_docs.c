@@ -50,20 +50,29 @@ void cli_update_free(cli_update *u)
     u->meta = NULL;
 }
 
+int cli_update_batch(msadb_store *st, const cli_update *u, msadb_batch **batch)
+{
+    int mrc = msadb_batch_begin(st, batch);
+    if (mrc == 0) /* first: the old document's key does not make the new one a duplicate */
+        mrc = msadb_batch_delete(*batch, &u->old.id, 1);
+    return mrc;
+}
+
 int cli_update_commit(const cli_args *a, msadb_batch *batch, cli_update *u)
 {
     size_t n = msadb_batch_count(batch);
     uint64_t old = u->old.id, *ids = calloc(n + 1, sizeof *ids);
-    int mrc = ids ? msadb_batch_delete(batch, &old, 1) : MSADB_ENOMEM;
-    if (mrc == 0 && n == 0) {
+    msadb_batch_status bs = {0};
+    msadb_batch_status_get(batch, &bs);
+    if (ids && n == 0) { /* the content is another document's already */
         msadb_batch_abort(batch);
         free(ids);
-        return cli_error("%s: update: the new content makes no document; document %llu was kept",
-                         a->db, (unsigned long long)old);
+        return cli_error("%s: update: the new content is already in the store as document %llu; "
+                         "document %llu was kept (nothing was changed)",
+                         a->db, (unsigned long long)bs.last_duplicate, (unsigned long long)old);
     }
-    if (mrc == 0)
-        mrc = msadb_batch_commit(batch, ids);
-    else
+    int mrc = ids ? msadb_batch_commit(batch, ids) : MSADB_ENOMEM;
+    if (!ids)
         msadb_batch_abort(batch);
     if (mrc != 0) {
         free(ids);
@@ -104,7 +113,7 @@ int cmd_update(const cli_args *a)
     memset(&s, 0, sizeof s);
     int opened = 0;
     if (rc == CLI_OK) {
-        rc = kv_source_open(&s, a->files[0], msadb_store_signature(st));
+        rc = kv_source_open(&s, a->files[0], msadb_store_signature(st), 0);
         opened = 1;
     }
     if (rc == CLI_OK && s.n_docs != 1)
@@ -115,7 +124,7 @@ int cmd_update(const cli_args *a)
     kv_doc d;
     if (rc == CLI_OK && kv_source_doc(&s, 0, &d) == CLI_OK) {
         cli_update_fill(a, &u, &d.doc);
-        int mrc = msadb_batch_begin(st, &b);
+        int mrc = cli_update_batch(st, &u, &b);
         if (mrc == 0)
             mrc = msadb_batch_add(b, &d.doc);
         kv_doc_free(&d);

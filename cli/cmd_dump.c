@@ -486,7 +486,7 @@ int cmd_load(const cli_args *a)
     int rc = parse_manifest(&c, &f);
     tf_file_close(&f);
     if (rc == CLI_OK && c.m.n_docs > 0) {
-        rc = kv_source_open(&s, c.path, &c.m.sig);
+        rc = kv_source_open(&s, c.path, &c.m.sig, 1);
         if (rc == CLI_OK)
             rc = check_against(&c, &s);
     }

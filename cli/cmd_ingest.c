@@ -1,5 +1,8 @@
-/* cmd_ingest.c -- `msadb ingest` of K/V tensor files (safetensors, .npy)
- * in one batch.  Uses only the public API (msadb.h). */
+/* cmd_ingest.c -- `msadb ingest` of K/V tensor files (safetensors, .npy):
+ * every input checked first, then its documents streamed into the store in
+ * bounded commits (stream.c), each keyed by its file's identity and its
+ * place in it so that running the command again resumes.  Uses only the
+ * public API (msadb.h). */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -13,19 +16,33 @@
 /* ingest                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* One document of the command, in input order: added (id known once
+ * committed) or already in the store. */
 typedef struct ingested {
-    uint64_t id;
+    uint64_t id;              /* 0 until committed (or, for a repeat within the command, never) */
     uint64_t tokens;
-    char title[MSADB_TITLE_MAX + 1];
-    const char *file;
+    uint32_t input, index, n_in_input; /* its input, its place there (for the title) */
+    int already;              /* the key was already in the store or the command */
 } ingested;
+
+/* One input: a safetensors file or an .npy pair, checked up front. */
+typedef struct input {
+    const char *label;        /* the FILE argument */
+    char *keys, *values, *tokens; /* .npy pair (keys NULL: safetensors) */
+    uint64_t n_docs, n_tokens;
+    uint8_t identity[48];     /* device, inode, size, mtime of its file(s) */
+} input;
 
 typedef struct ingest_ctx {
     const cli_args *a;
     cli_db *db;
+    msadb_store *st;          /* db's, or NULL when it is sharded (no keys there) */
+    input *inputs;
+    size_t n_inputs;
     ingested *docs;
-    size_t n_docs, cap;
-    uint64_t n_tokens;
+    size_t n_docs, cap, next_id; /* next_id: first added document without an id */
+    uint64_t n_tokens, committed, already;
+    cli_progress_state prog;
     char *meta;      /* --meta as metadata text (NULL: none) */
     size_t meta_len;
     char *mbuf;      /* a file's own metadata followed by --meta's */
@@ -124,40 +141,102 @@ int cli_is_tensor_file(const char *path)
     return got == sizeof head && head[8] == '{' && head[6] == 0 && head[7] == 0;
 }
 
-static int ingest_source(ingest_ctx *c, const kv_source *s, const char *file)
+/* Ids of a commit, in add order, go to the added documents in order. */
+static void on_commit(const uint64_t *ids, size_t n, void *user)
 {
-    for (size_t i = 0; i < s->n_docs; i++) {
-        if (c->n_docs == c->cap) {
-            size_t nc = c->cap ? c->cap * 2 : 16;
-            ingested *nd = realloc(c->docs, nc * sizeof *nd);
-            if (!nd)
-                return cli_error("out of memory");
-            c->docs = nd;
-            c->cap = nc;
-        }
-        ingested *g = &c->docs[c->n_docs];
-        make_title(c->a, file, i, s->n_docs, g->title);
-        g->file = file;
+    ingest_ctx *c = user;
+    for (size_t k = 0; k < n; k++) {
+        while (c->next_id < c->n_docs && c->docs[c->next_id].already)
+            c->next_id++;
+        if (c->next_id < c->n_docs)
+            c->docs[c->next_id++].id = ids[k];
+    }
+    c->committed += n;
+}
+
+/* The key of document i of an input: its file identity and place, so that
+ * the same command run again skips what is already in (docs/cli.md). */
+static int doc_key(ingest_ctx *c, const input *in, uint64_t i, unsigned char key[MSADB_DOCKEY_HASH])
+{
+    static const char tag[] = "msadb kv file v1";
+    uint8_t ib[8];
+    for (int b = 0; b < 8; b++)
+        ib[b] = (uint8_t)(i >> (8 * b));
+    const char *space = c->a->space ? c->a->space : "default";
+    const void *parts[] = {tag, space, in->identity, ib};
+    const size_t lens[] = {sizeof tag - 1, strlen(space), sizeof in->identity, sizeof ib};
+    return msadb_doc_key_hash(c->st, parts, lens, 4, key);
+}
+
+static int open_input(const input *in, const msadb_signature *sig, int scan, kv_source *s)
+{
+    if (!in->keys)
+        return kv_source_open(s, in->label, sig, scan);
+    return kv_source_open_npy(s, in->keys, in->values, in->tokens, sig, scan);
+}
+
+static int ingest_input(ingest_ctx *c, size_t k)
+{
+    const input *in = &c->inputs[k];
+    kv_source s;
+    int rc = open_input(in, c->db->sig, 0, &s);
+    for (size_t i = 0; rc == CLI_OK && i < s.n_docs; i++) {
+        if (cli_stream_stop_signal())
+            break;
+        if (cli_grow(&c->docs, &c->cap, c->n_docs + 1, sizeof *c->docs, 64))
+            rc = cli_error("out of memory");
         kv_doc d;
-        if (kv_source_doc(s, i, &d) != CLI_OK)
-            return CLI_ERROR;
+        if (rc != CLI_OK || kv_source_doc(&s, i, &d) != CLI_OK) {
+            rc = CLI_ERROR;
+            break;
+        }
+        char title[MSADB_TITLE_MAX + 1];
+        unsigned char key[MSADB_DOCKEY_HASH];
+        make_title(c->a, in->label, i, s.n_docs, title);
         d.doc.space = c->a->space;
-        d.doc.title = g->title;
+        d.doc.title = title;
         d.doc.expires = c->expires;
         if (add_meta(c, &d.doc) != CLI_OK) {
             kv_doc_free(&d);
-            return CLI_ERROR;
+            rc = CLI_ERROR;
+            break;
         }
-        int rc = c->db->ops->batch_add(c->db, &d.doc);
+        int mrc = 0;
+        msadb_batch_status before = {0}, after = {0};
+        if (c->st) { /* an ordinary store: the document is keyed, a repeat is skipped */
+            mrc = doc_key(c, in, i, key);
+            d.doc.key = key;
+            d.doc.key_len = sizeof key;
+            msadb_batch_status_get(c->db->batch, &before);
+        }
+        ingested *g = &c->docs[c->n_docs];
+        memset(g, 0, sizeof *g);
         g->tokens = d.doc.n_tokens;
+        g->input = (uint32_t)k;
+        g->index = (uint32_t)i;
+        g->n_in_input = (uint32_t)s.n_docs;
+        c->n_docs++; /* before the add: a flush inside it gives this one no id */
+        if (mrc == 0)
+            mrc = c->db->ops->batch_add(c->db, &d.doc);
         kv_doc_free(&d);
-        if (rc != 0)
-            return s->n_docs > 1 ? cli_error_rc(rc, "%s: document %zu", file, i)
-                                 : cli_error_rc(rc, "%s", file);
-        c->n_docs++;
+        if (mrc != 0) {
+            c->n_docs--;
+            rc = s.n_docs > 1 ? cli_error_rc(mrc, "%s: document %zu", in->label, i)
+                              : cli_error_rc(mrc, "%s", in->label);
+            break;
+        }
+        if (c->st)
+            msadb_batch_status_get(c->db->batch, &after);
+        if (after.duplicates > before.duplicates) {
+            g->already = 1;
+            g->id = after.last_duplicate;
+            c->already++;
+        }
         c->n_tokens += g->tokens;
+        cli_stream_progress(c->a, &c->prog, c->n_tokens, c->committed);
     }
-    return CLI_OK;
+    kv_source_close(&s);
+    return rc;
 }
 
 /* X.keys.npy -> X (allocated), or NULL if the name is not a keys file. */
@@ -169,86 +248,127 @@ static char *npy_base(const char *file)
     return strndup(file, strlen(file) - strlen(suf));
 }
 
-static int ingest_npy(ingest_ctx *c, const msadb_signature *sig, const char *file, char **done,
-                      size_t *n_done)
+/* dev, inode, size and mtime of a file into 24 bytes. */
+static void file_identity(const char *path, uint8_t *out)
 {
-    char *base = npy_base(file);
-    if (!base)
-        return cli_error("%s: a .npy input must be a pair named X.keys.npy and X.values.npy",
-                         file);
-    for (size_t i = 0; i < *n_done; i++)
-        if (strcmp(done[i], base) == 0) {
-            free(base);
-            return CLI_OK; /* both halves of the pair were named */
-        }
-    size_t n = strlen(base) + 16;
-    char *k = malloc(n), *v = malloc(n), *t = malloc(n);
-    int rc = CLI_ERROR;
-    if (k && v && t) {
-        snprintf(k, n, "%s.keys.npy", base);
-        snprintf(v, n, "%s.values.npy", base);
-        snprintf(t, n, "%s.tokens.npy", base);
-        kv_source s;
-        rc = kv_source_open_npy(&s, k, v, access(t, F_OK) == 0 ? t : NULL, sig);
-        if (rc == CLI_OK)
-            rc = ingest_source(c, &s, file);
-        kv_source_close(&s);
-    } else {
-        cli_error("out of memory");
-    }
-    free(k);
-    free(v);
-    free(t);
-    done[(*n_done)++] = base;
-    return rc;
+    struct stat sb;
+    memset(out, 0, 24);
+    if (stat(path, &sb) != 0)
+        return;
+    uint64_t v[3] = {(uint64_t)sb.st_dev ^ ((uint64_t)sb.st_ino << 20), (uint64_t)sb.st_size,
+                     (uint64_t)sb.st_mtim.tv_sec * 1000000000ull + (uint64_t)sb.st_mtim.tv_nsec};
+    for (int i = 0; i < 3; i++)
+        for (int b = 0; b < 8; b++)
+            out[8 * i + b] = (uint8_t)(v[i] >> (8 * b));
 }
 
-static int ingest_files(ingest_ctx *c, const msadb_signature *sig)
+/* Every input named, checked in full (shapes, NaN and Inf) before anything
+ * is written, so bad input leaves the store unchanged; the token total
+ * drives the progress line. */
+static int plan_inputs(ingest_ctx *c)
 {
     const cli_args *a = c->a;
-    char **done = calloc(a->n_files, sizeof(char *));
-    size_t n_done = 0;
-    int rc = done ? CLI_OK : cli_error("out of memory");
-    for (size_t f = 0; rc == CLI_OK && f < a->n_files; f++) {
+    const msadb_signature *sig = c->db->sig;
+    c->inputs = calloc(a->n_files, sizeof *c->inputs);
+    if (!c->inputs)
+        return cli_error("out of memory");
+    for (size_t f = 0; f < a->n_files; f++) {
         const char *file = a->files[f];
-        cli_progress(a, "ingest: %s (file %zu of %zu, %zu documents, %llu tokens so far)", file,
-                     f + 1, a->n_files, c->n_docs, (unsigned long long)c->n_tokens);
+        input *in = &c->inputs[c->n_inputs];
+        in->label = file;
         if (ends_with(file, ".npy")) {
-            rc = ingest_npy(c, sig, file, done, &n_done);
+            char *base = npy_base(file);
+            if (!base)
+                return cli_error("%s: a .npy input must be a pair named X.keys.npy and X.values.npy",
+                                 file);
+            int seen = 0;
+            for (size_t j = 0; j < c->n_inputs && !seen; j++)
+                seen = c->inputs[j].keys && strlen(c->inputs[j].keys) == strlen(base) + 9 &&
+                       strncmp(c->inputs[j].keys, base, strlen(base)) == 0;
+            size_t n = strlen(base) + 16;
+            in->keys = malloc(n);
+            in->values = malloc(n);
+            in->tokens = malloc(n);
+            if (!in->keys || !in->values || !in->tokens) {
+                free(base);
+                return cli_error("out of memory");
+            }
+            snprintf(in->keys, n, "%s.keys.npy", base);
+            snprintf(in->values, n, "%s.values.npy", base);
+            snprintf(in->tokens, n, "%s.tokens.npy", base);
+            free(base);
+            if (access(in->tokens, F_OK) != 0) {
+                free(in->tokens);
+                in->tokens = NULL;
+            }
+            if (seen) { /* both halves of the pair were named */
+                free(in->keys);
+                free(in->values);
+                free(in->tokens);
+                memset(in, 0, sizeof *in);
+                continue;
+            }
+            file_identity(in->keys, in->identity);
+            file_identity(in->values, in->identity + 24);
         } else {
-            kv_source s;
-            rc = kv_source_open(&s, file, sig);
-            if (rc == CLI_OK)
-                rc = ingest_source(c, &s, file);
-            kv_source_close(&s);
+            file_identity(file, in->identity);
         }
+        c->n_inputs++;
+        if (cli_stream_stop_signal())
+            return CLI_ERROR;
+        kv_source s;
+        int rc = open_input(in, sig, 1, &s);
+        in->n_docs = s.n_docs;
+        in->n_tokens = s.T;
+        kv_source_close(&s);
+        if (rc != CLI_OK)
+            return rc;
+        c->prog.total += in->n_tokens;
     }
-    for (size_t i = 0; i < n_done; i++)
-        free(done[i]);
-    free(done);
-    return rc;
+    return CLI_OK;
 }
 
-static int print_ingested(const cli_args *a, const ingest_ctx *c, const uint64_t *ids)
+static void free_inputs(ingest_ctx *c)
+{
+    for (size_t i = 0; i < c->n_inputs; i++) {
+        free(c->inputs[i].keys);
+        free(c->inputs[i].values);
+        free(c->inputs[i].tokens);
+    }
+    free(c->inputs);
+}
+
+static int print_ingested(const cli_args *a, const ingest_ctx *c, int interrupted)
 {
     const char *space = a->space ? a->space : "default";
     if (a->json) {
         json_t *arr = json_array();
-        for (size_t i = 0; i < c->n_docs; i++)
+        for (size_t i = 0; i < c->n_docs; i++) {
+            const ingested *g = &c->docs[i];
+            char title[MSADB_TITLE_MAX + 1];
+            const char *file = c->inputs[g->input].label;
+            make_title(a, file, g->index, g->n_in_input, title);
             json_array_append_new(
-                arr, json_pack("{s:I, s:s, s:I, s:o, s:o}", "id", (json_int_t)ids[i], "space",
-                               space, "tokens", (json_int_t)c->docs[i].tokens, "title",
-                               cli_json_bytes(c->docs[i].title, strlen(c->docs[i].title)),
-                               "file", cli_json_bytes(c->docs[i].file, strlen(c->docs[i].file))));
-        return cli_json_print(json_pack("{s:o}", "documents", arr));
+                arr, json_pack("{s:I, s:s, s:I, s:o, s:o, s:s}", "id", (json_int_t)g->id, "space", space,
+                               "tokens", (json_int_t)g->tokens, "title", cli_json_bytes(title, strlen(title)),
+                               "file", cli_json_bytes(file, strlen(file)), "status",
+                               g->already ? "already in memory" : "added"));
+        }
+        return cli_json_print(json_pack("{s:o, s:I, s:I, s:b}", "documents", arr, "added",
+                                        (json_int_t)(c->n_docs - c->already), "already_in_memory",
+                                        (json_int_t)c->already, "interrupted", interrupted));
     }
     if (a->quiet)
         return CLI_OK;
-    static const char *const hdr[] = {"id", "space", "tokens", "title"};
-    cli_table *t = cli_table_new(4, hdr);
-    for (size_t i = 0; i < c->n_docs; i++)
-        cli_table_addf(t, "%llu\t%s\t%llu\t%s", (unsigned long long)ids[i], space,
-                       (unsigned long long)c->docs[i].tokens, c->docs[i].title);
+    static const char *const hdr[] = {"id", "space", "tokens", "title", "status"};
+    cli_table *t = cli_table_new(5, hdr);
+    for (size_t i = 0; i < c->n_docs; i++) {
+        const ingested *g = &c->docs[i];
+        char title[MSADB_TITLE_MAX + 1];
+        make_title(a, c->inputs[g->input].label, g->index, g->n_in_input, title);
+        cli_table_addf(t, "%llu\t%s\t%llu\t%s\t%s", (unsigned long long)g->id, space,
+                       (unsigned long long)g->tokens, title, g->already ? "already in memory" : "added");
+    }
     cli_table_print(t, stdout);
     cli_table_free(t);
     return CLI_OK;
@@ -256,35 +376,39 @@ static int print_ingested(const cli_args *a, const ingest_ctx *c, const uint64_t
 
 int cmd_ingest(const cli_args *a)
 {
+    if (a->binary_ok) {
+        fprintf(stderr, "msadb: ingest: --binary-ok applies to text files; %s is a tensor file\n", a->files[0]);
+        return CLI_USAGE;
+    }
     cli_db *db;
     if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
-    ingest_ctx c = {.a = a, .db = db, .expires = cli_expires(a)};
-    uint64_t *ids = NULL;
+    ingest_ctx c = {.a = a, .db = db, .st = cli_db_store(db), .expires = cli_expires(a)};
+    c.prog.t0 = cli_now_ms();
+    c.prog.unit = "tokens";
     int rc = cli_meta_text(a, &c.meta, &c.meta_len);
     if (rc == CLI_OK && a->space)
         rc = cli_require_space(db, a->db, a->space);
-    int mrc = rc == CLI_OK ? db->ops->batch_begin(db) : 0;
-    if (mrc != 0)
-        rc = cli_error_rc(mrc, "%s: cannot begin a batch", a->db);
     if (rc == CLI_OK)
-        rc = ingest_files(&c, db->sig);
-    if (rc == CLI_OK) {
-        cli_progress(a, "ingest: committing %zu documents, %llu tokens", c.n_docs,
-                     (unsigned long long)c.n_tokens);
-        rc = cli_commit_db(a, db, c.n_docs, &ids);
-    }
-    db->ops->batch_abort(db);
-    cli_progress_end(a);
+        rc = cli_stream_begin(a, db, on_commit, &c);
     if (rc == CLI_OK)
-        rc = print_ingested(a, &c, ids);
-    else
-        fprintf(stderr, "msadb: ingest: nothing was written to %s\n", a->db);
-    free(ids);
+        rc = plan_inputs(&c);
+    for (size_t k = 0; rc == CLI_OK && k < c.n_inputs && !cli_stream_stop_signal(); k++)
+        rc = ingest_input(&c, k);
+    int sig;
+    rc = cli_stream_finish(a, db, c.n_docs - c.next_id, rc, &sig);
+    if (sig && c.n_docs) /* the summary says what is in */
+        print_ingested(a, &c, 1);
+    if (sig)
+        rc = cli_stream_interrupted(a, sig, c.committed, c.already);
+    else if (rc == CLI_OK)
+        rc = print_ingested(a, &c, 0);
+    else if (rc != CLI_USAGE)
+        cli_stream_failed(a, c.committed);
     free(c.docs);
     free(c.meta);
     free(c.mbuf);
+    free_inputs(&c);
     cli_db_close(db);
     return rc;
 }
-

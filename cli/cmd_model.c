@@ -1,7 +1,7 @@
 /* cmd_model.c -- the --model forms of init, ingest and query: the built-in
  * runtime (llama GGUF models) gives the store's signature, turns text files
- * into documents (msadb_llm_ingest_batch: one transaction for the whole
- * command) and answers questions with memory attention (msadb_llm_ask),
+ * into documents (msadb_llm_ingest_batch, streamed in bounded commits by
+ * stream.c; text already in memory is skipped) and answers questions with memory attention (msadb_llm_ask),
  * streaming the answer and citing the memory spans it drew on.  Uses only
  * the public API (msadb.h).  See docs/cli.md. */
 #include <errno.h>
@@ -165,9 +165,12 @@ static void fit_title(const char *base, const char *suffix, char out[MSADB_TITLE
     cli_utf8_fix(out);
 }
 
+/* One row of the summary: a document added (the k-th added gets the k-th
+ * committed id) or a text already in memory (its stored document). */
 typedef struct mdoc {
     const char *file;
-    size_t parts; /* documents msadb_llm_ingest_batch made of it */
+    uint64_t id; /* already: the stored document (0: repeated within this command) */
+    int already;
 } mdoc;
 
 typedef struct model_ingest {
@@ -178,27 +181,44 @@ typedef struct model_ingest {
     msadb_batch *batch; /* db's */
     mdoc *docs;
     size_t n_docs, cap;
-    size_t n_store_docs; /* documents in the batch */
-    uint64_t tokens;
-    double t0;
-    const char *meta;    /* --meta as metadata text, and --ttl: of every document */
+    uint64_t *ids;       /* committed ids in add order (on_commit) */
+    size_t n_ids, cap_ids;
+    int oom;
+    uint64_t already, bytes_done;
+    char *stdin_text;    /* "-" is read once, in the plan */
+    size_t stdin_len;
+    cli_progress_state prog;
+    char *meta;          /* --meta as metadata text, and --ttl: of every document */
     size_t meta_len;
     int64_t expires;
 } model_ingest;
+
+static void model_on_commit(const uint64_t *ids, size_t n, void *user)
+{
+    model_ingest *c = user;
+    if (cli_grow(&c->ids, &c->cap_ids, c->n_ids + n, sizeof *c->ids, 64)) {
+        c->oom = 1;
+        return;
+    }
+    memcpy(c->ids + c->n_ids, ids, n * sizeof *ids);
+    c->n_ids += n;
+}
+
+static int push_row(model_ingest *c, const char *file, uint64_t id, int already)
+{
+    if (cli_grow(&c->docs, &c->cap, c->n_docs + 1, sizeof *c->docs, 16))
+        return cli_error("out of memory");
+    c->docs[c->n_docs++] = (mdoc){file, id, already};
+    return CLI_OK;
+}
 
 static int ingest_text(model_ingest *c, const char *file, const char *what, const char *title,
                        const char *text, size_t len)
 {
     const cli_args *a = c->a;
-    if (c->n_docs == c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 16;
-        mdoc *nd = realloc(c->docs, nc * sizeof *nd);
-        if (!nd)
-            return cli_error("out of memory");
-        c->docs = nd;
-        c->cap = nc;
-    }
     size_t parts = 0;
+    msadb_batch_status before, after;
+    msadb_batch_status_get(c->batch, &before);
     msadb_doc doc = {0};
     doc.space = a->space;
     doc.title = title;
@@ -210,17 +230,17 @@ static int ingest_text(model_ingest *c, const char *file, const char *what, cons
     int rc = msadb_llm_ingest_doc(c->llm, c->st, c->batch, &doc, &parts);
     if (rc != 0)
         return cli_error_rc(rc, "%s%s", file, what);
-    c->docs[c->n_docs++] = (mdoc){file, parts};
-    c->n_store_docs += parts;
-    if (!a->quiet && cli_stderr_tty()) {
-        size_t nt = 0;
-        if (msadb_llm_tokenize(c->llm, text, len, 0, NULL, NULL, 0, &nt) == 0)
-            c->tokens += nt;
-        double s = (cli_now_ms() - c->t0) / 1e3;
-        cli_progress(a, "ingest: %s: %zu documents, %llu tokens, %.0f tokens/s", file,
-                     c->n_store_docs, (unsigned long long)c->tokens,
-                     s > 0 ? (double)c->tokens / s : 0.0);
+    msadb_batch_status_get(c->batch, &after);
+    for (size_t p = 0; p < parts; p++)
+        if (push_row(c, file, 0, 0) != CLI_OK)
+            return CLI_ERROR;
+    if (after.duplicates > before.duplicates) {
+        c->already++;
+        if (push_row(c, file, after.last_duplicate, 1) != CLI_OK)
+            return CLI_ERROR;
     }
+    c->bytes_done += len;
+    cli_stream_progress(a, &c->prog, c->bytes_done, c->n_ids);
     return CLI_OK;
 }
 
@@ -231,27 +251,55 @@ static void file_title(const cli_args *a, const char *file, char out[MSADB_TITLE
               "", out);
 }
 
+/* Reads a file ("-": stdin, read once and kept) and checks that there is
+ * text to ingest: not empty, text unless --binary-ok, paragraphs with
+ * --split. */
+static int read_text(model_ingest *c, const char *file, char **text, size_t *len, split_text *s)
+{
+    const cli_args *a = c->a;
+    if (strcmp(file, "-") == 0 && c->stdin_text) {
+        *text = c->stdin_text;
+        *len = c->stdin_len;
+    } else if (cli_read_file(file, text, len) != CLI_OK) {
+        return CLI_ERROR;
+    } else if (strcmp(file, "-") == 0) {
+        c->stdin_text = *text;
+        c->stdin_len = *len;
+    }
+    int rc = CLI_OK;
+    memset(s, 0, sizeof *s);
+    if (*len == 0)
+        rc = cli_error("%s: empty file (nothing to ingest)", file);
+    else if (!a->binary_ok && cli_text_check(file, *text, *len) != CLI_OK)
+        rc = CLI_ERROR;
+    else if (a->split && cli_split_paragraphs(*text, *len, s) != 0)
+        rc = cli_error("out of memory");
+    else if (a->split && s->n == 0)
+        rc = cli_error("%s: no text to ingest (only blank lines and headings)", file);
+    if (rc != CLI_OK) {
+        cli_split_free(s);
+        if (*text != c->stdin_text)
+            free(*text);
+        *text = NULL;
+    }
+    return rc;
+}
+
 static int ingest_file(model_ingest *c, const char *file)
 {
     const cli_args *a = c->a;
     char *text;
     size_t len;
-    if (cli_read_file(file, &text, &len) != CLI_OK)
+    split_text s;
+    if (read_text(c, file, &text, &len, &s) != CLI_OK)
         return CLI_ERROR;
     char base[MSADB_TITLE_MAX + 1], title[MSADB_TITLE_MAX + 1];
     file_title(a, file, base);
     int rc = CLI_OK;
-    if (len == 0) {
-        rc = cli_error("%s: empty file (nothing to ingest)", file);
-    } else if (!a->split) {
+    if (!a->split) {
         rc = ingest_text(c, file, "", base, text, len);
     } else {
-        split_text s;
-        if (cli_split_paragraphs(text, len, &s) != 0)
-            rc = cli_error("out of memory");
-        else if (s.n == 0)
-            rc = cli_error("%s: no text to ingest (only blank lines and headings)", file);
-        for (size_t i = 0; rc == CLI_OK && i < s.n; i++) {
+        for (size_t i = 0; rc == CLI_OK && i < s.n && !cli_stream_stop_signal(); i++) {
             /* the paragraph's place in its section, for " #k" */
             size_t k = 0, count = 0;
             for (size_t j = 0; j < s.n; j++)
@@ -272,13 +320,32 @@ static int ingest_file(model_ingest *c, const char *file)
             snprintf(what, sizeof what, ": paragraph %zu (line %zu)", i + 1, line);
             rc = ingest_text(c, file, what, title, text + s.p[i].start, s.p[i].end - s.p[i].start);
         }
-        cli_split_free(&s);
     }
-    free(text);
+    cli_split_free(&s);
+    if (text != c->stdin_text)
+        free(text);
     return rc;
 }
 
-static int print_model_ingested(const model_ingest *c, const uint64_t *ids)
+/* Every file is read and checked before anything is written (bad input
+ * leaves the store unchanged); their sizes are the progress total. */
+static int plan_files(model_ingest *c)
+{
+    for (size_t f = 0; f < c->a->n_files && !cli_stream_stop_signal(); f++) {
+        char *text;
+        size_t len;
+        split_text s;
+        if (read_text(c, c->a->files[f], &text, &len, &s) != CLI_OK)
+            return CLI_ERROR;
+        cli_split_free(&s);
+        if (text != c->stdin_text)
+            free(text);
+        c->prog.total += len;
+    }
+    return CLI_OK;
+}
+
+static int print_model_ingested(const model_ingest *c, int interrupted)
 {
     const cli_args *a = c->a;
     msadb_snapshot *snap;
@@ -286,24 +353,30 @@ static int print_model_ingested(const model_ingest *c, const uint64_t *ids)
     if (mrc != 0)
         return cli_error_rc(mrc, "%s: the documents were written but cannot be listed", a->db);
     json_t *arr = a->json ? json_array() : NULL;
-    static const char *const hdr[] = {"id", "space", "tokens", "title"};
-    cli_table *t = !a->json && !a->quiet ? cli_table_new(4, hdr) : NULL;
+    static const char *const hdr[] = {"id", "space", "tokens", "title", "status"};
+    cli_table *t = !a->json && !a->quiet ? cli_table_new(5, hdr) : NULL;
     size_t k = 0;
-    for (size_t i = 0; i < c->n_docs; i++) {
-        for (size_t p = 0; p < c->docs[i].parts; p++, k++) {
-            msadb_doc_info d;
-            if ((mrc = msadb_doc_get(snap, ids[k], &d)) != 0)
-                break;
-            if (arr)
-                json_array_append_new(
-                    arr, json_pack("{s:I, s:s, s:I, s:o, s:o}", "id", (json_int_t)d.id, "space",
-                                   d.space, "tokens", (json_int_t)d.n_tokens, "title",
-                                   cli_json_bytes(d.title, strlen(d.title)), "file",
-                                   cli_json_bytes(c->docs[i].file, strlen(c->docs[i].file))));
-            else if (t)
-                cli_table_addf(t, "%llu\t%s\t%llu\t%s", (unsigned long long)d.id, d.space,
-                               (unsigned long long)d.n_tokens, d.title);
+    for (size_t i = 0; i < c->n_docs && mrc == 0; i++) {
+        const mdoc *m = &c->docs[i];
+        uint64_t id = m->already ? m->id : k < c->n_ids ? c->ids[k] : 0;
+        k += !m->already;
+        msadb_doc_info d;
+        memset(&d, 0, sizeof d);
+        if (id == 0) { /* repeated within this command, or not committed */
+            snprintf(d.space, sizeof d.space, "%s", a->space ? a->space : "default");
+            file_title(a, m->file, d.title);
+        } else if ((mrc = msadb_doc_get(snap, id, &d)) != 0) {
+            break;
         }
+        const char *status = m->already ? "already in memory" : "added";
+        if (arr)
+            json_array_append_new(
+                arr, json_pack("{s:I, s:s, s:I, s:o, s:o, s:s}", "id", (json_int_t)d.id, "space", d.space,
+                               "tokens", (json_int_t)d.n_tokens, "title", cli_json_bytes(d.title, strlen(d.title)),
+                               "file", cli_json_bytes(m->file, strlen(m->file)), "status", status));
+        else if (t)
+            cli_table_addf(t, "%llu\t%s\t%llu\t%s\t%s", (unsigned long long)d.id, d.space,
+                           (unsigned long long)d.n_tokens, d.title, status);
     }
     msadb_snapshot_end(snap);
     if (mrc != 0) {
@@ -312,7 +385,8 @@ static int print_model_ingested(const model_ingest *c, const uint64_t *ids)
         return cli_error_rc(mrc, "%s: the documents were written but cannot be listed", a->db);
     }
     if (arr)
-        return cli_json_print(json_pack("{s:o}", "documents", arr));
+        return cli_json_print(json_pack("{s:o, s:I, s:I, s:b}", "documents", arr, "added", (json_int_t)c->n_ids,
+                                        "already_in_memory", (json_int_t)c->already, "interrupted", interrupted));
     if (t)
         cli_table_print(t, stdout);
     cli_table_free(t);
@@ -321,36 +395,38 @@ static int print_model_ingested(const model_ingest *c, const uint64_t *ids)
 
 int cmd_model_ingest(const cli_args *a)
 {
-    model_ingest c = {.a = a, .t0 = cli_now_ms()};
+    model_ingest c = {.a = a, .expires = cli_expires(a)};
+    c.prog.t0 = cli_now_ms();
+    c.prog.unit = "bytes";
     const char *model;
     if (open_store_model(a, 0, &c.db, &c.st, &c.llm, NULL, &model) != CLI_OK)
         return CLI_ERROR;
-    uint64_t *ids = NULL;
-    char *meta = NULL;
-    int rc = cli_meta_text(a, &meta, &c.meta_len);
-    c.meta = meta;
-    c.expires = cli_expires(a);
+    int rc = cli_meta_text(a, &c.meta, &c.meta_len);
     if (rc == CLI_OK && a->space)
         rc = cli_require_space(c.db, a->db, a->space);
-    int mrc = rc == CLI_OK ? c.db->ops->batch_begin(c.db) : 0;
-    c.batch = c.db->batch;
-    if (mrc != 0)
-        rc = cli_error_rc(mrc, "%s: cannot begin a batch", a->db);
-    for (size_t f = 0; rc == CLI_OK && f < a->n_files; f++)
-        rc = ingest_file(&c, a->files[f]);
-    if (rc == CLI_OK) {
-        cli_progress(a, "ingest: committing %zu documents", c.n_store_docs);
-        rc = cli_commit_db(a, c.db, c.n_store_docs, &ids);
-    }
-    c.db->ops->batch_abort(c.db);
-    cli_progress_end(a);
     if (rc == CLI_OK)
-        rc = print_model_ingested(&c, ids);
+        rc = cli_stream_begin(a, c.db, model_on_commit, &c);
+    c.batch = c.db->batch;
+    if (rc == CLI_OK)
+        rc = plan_files(&c);
+    for (size_t f = 0; rc == CLI_OK && f < a->n_files && !cli_stream_stop_signal(); f++)
+        rc = ingest_file(&c, a->files[f]);
+    int sig;
+    rc = cli_stream_finish(a, c.db, 0, rc, &sig);
+    if (rc == CLI_OK && c.oom)
+        rc = cli_error("out of memory");
+    if (sig && c.n_docs)
+        print_model_ingested(&c, 1);
+    if (sig)
+        rc = cli_stream_interrupted(a, sig, c.n_ids, c.already);
+    else if (rc == CLI_OK)
+        rc = print_model_ingested(&c, 0);
     else
-        fprintf(stderr, "msadb: ingest: nothing was written to %s\n", a->db);
-    free(ids);
+        cli_stream_failed(a, c.n_ids);
+    free(c.ids);
     free(c.docs);
-    free(meta);
+    free(c.stdin_text);
+    free(c.meta);
     cli_db_close(c.db);
     msadb_llm_close(c.llm);
     return rc;
@@ -383,7 +459,7 @@ int cmd_model_update(const cli_args *a)
         cli_update_fill(a, &u, &doc);
         doc.text = text;
         doc.text_len = len;
-        int mrc = msadb_batch_begin(st, &b);
+        int mrc = cli_update_batch(st, &u, &b);
         if (mrc == 0)
             mrc = msadb_llm_ingest_doc(llm, st, b, &doc, NULL);
         if (mrc != 0) {

@@ -107,8 +107,7 @@ int cli_json_print(json_t *v)
     return CLI_OK;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t cli_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned char c = s[0];
     size_t len;
@@ -143,7 +142,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 int cli_utf8_valid(const char *s, size_t n)
 {
     for (size_t i = 0, l; i < n; i += l)
-        if ((l = utf8_seq((const unsigned char *)s + i, n - i)) == 0 || s[i] == 0)
+        if ((l = cli_utf8_seq((const unsigned char *)s + i, n - i)) == 0 || s[i] == 0)
             return 0;
     return 1;
 }
@@ -152,7 +151,7 @@ void cli_utf8_fix(char *s)
 {
     size_t n = strlen(s);
     for (size_t i = 0, l; i < n; i += l)
-        if ((l = utf8_seq((const unsigned char *)s + i, n - i)) == 0) {
+        if ((l = cli_utf8_seq((const unsigned char *)s + i, n - i)) == 0) {
             s[i] = '?';
             l = 1;
         }
@@ -165,7 +164,7 @@ json_t *cli_json_bytes(const char *s, size_t n)
         return NULL;
     size_t o = 0;
     for (size_t i = 0; i < n;) {
-        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
+        size_t l = cli_utf8_seq((const unsigned char *)s + i, n - i);
         if (l == 0 || s[i] == 0) {
             memcpy(buf + o, "\xef\xbf\xbd", 3); /* U+FFFD */
             o += 3;

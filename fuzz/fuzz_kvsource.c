@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (msadb_signature_init(&sig, 2, 1, 1, 4) != 0)
         abort();
     kv_source s;
-    if (kv_source_parse(&s, "fuzz", data, size, &sig) == CLI_OK) {
+    if (kv_source_parse(&s, "fuzz", data, size, &sig, 1) == CLI_OK) {
         uint64_t total = 0;
         for (size_t i = 0; i < s.n_docs; i++) {
             kv_doc d;

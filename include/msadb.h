@@ -56,10 +56,12 @@ extern "C" {
 #define MSADB_VERSION_STRING "0.1.0"
 
 /* On-disk format version written by this library.  A store whose format is
- * newer is refused with MSADB_EVERSION.  A store carries the lowest version
- * its contents need (docs/format.md): version 3 (documents with an expiry
- * time) only once such a document has been written. */
-#define MSADB_FORMAT_VERSION 3
+ * newer is refused with MSADB_EVERSION.  Version 2 adds the routing index,
+ * version 3 document keys, version 4 document expiry times (docs/format.md);
+ * older stores open, and msadb_upgrade() brings them to version 3.  A store
+ * is raised to version 4 only once a document with an expiry time is
+ * written, so that a store without one stays readable by older libraries. */
+#define MSADB_FORMAT_VERSION 4
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
@@ -308,6 +310,14 @@ typedef struct msadb_doc {
     int kv_dtype;             /* MSADB_DTYPE_F32, _F16 or _BF16 */
     const void *keys;
     const void *values;
+    /* Idempotency key, or NULL: 1..MSADB_DOCKEY_MAX bytes naming the
+     * document's content (see msadb_doc_key_hash()).  A store holds at most
+     * one document per key: adding a document whose key is already in the
+     * store (or earlier in the same batch) is a no-op, reported by
+     * msadb_batch_status_get(), not an error.  The key is stored with the
+     * document and removed when it is deleted. */
+    const void *key;
+    size_t key_len;
     /* Expiry: Unix seconds (msadb_time_now()'s clock) from which every read
      * ignores the document (0 = never); it must be in the future when the
      * document is added.  Expired documents are deleted by msadb_expire()
@@ -315,6 +325,20 @@ typedef struct msadb_doc {
      * msadb_doc_append() and msadb_doc_delete(). */
     int64_t expires;
 } msadb_doc;
+
+#define MSADB_DOCKEY_MAX 64   /* bytes of a document key */
+#define MSADB_DOCKEY_HASH 32  /* bytes msadb_doc_key_hash() writes */
+
+/** Computes a document key: BLAKE2b-256 over the n byte strings parts[i]
+ * (lens[i] bytes each; each is preceded in the hash by its length, so
+ * ("ab","c") and ("a","bc") differ).  For an encrypted store the hash is
+ * keyed with a key derived from the store's encryption key, so a stored
+ * key reveals nothing about the content to whoever lacks the store's key;
+ * for other stores it is unkeyed (the same content gives the same key in
+ * every unencrypted store).  out gets MSADB_DOCKEY_HASH bytes.  Errors:
+ * MSADB_EINVAL (NULL store or out, a NULL part of non-zero length). */
+MSADB_API int msadb_doc_key_hash(const msadb_store *store, const void *const *parts, const size_t *lens,
+                                 size_t n, unsigned char out[MSADB_DOCKEY_HASH]);
 
 /* Document metadata as KEY=VALUE pairs.  msadb_doc.meta is opaque to the
  * store; the CLI (ingest --meta) and the filters below read it as
@@ -351,31 +375,92 @@ MSADB_API int msadb_batch_begin(msadb_store *store, msadb_batch **out);
 
 /** Validates and encodes one document into the batch (the costly part of
  * ingest happens here, outside any transaction).  The caller's buffers may
- * be released when this returns.  On error the batch is unchanged and may
- * still be committed.  Errors: MSADB_EINVAL (shapes, spans, names, a title
- * that is not UTF-8; an empty title is no title), MSADB_ENONFINITE,
+ * be released when this returns.  A document whose key (msadb_doc.key) is
+ * already in the store or held by the batch is not added: 0 is returned
+ * and msadb_batch_status_get() counts it as a duplicate.  With a flush limit
+ * (msadb_batch_set_flush()) the documents held may be committed first.  On
+ * error the batch still holds what it held before the call (a failed
+ * flush wrote nothing) and may still be committed.  Errors: MSADB_EINVAL
+ * (shapes, spans, names, a title that is not UTF-8, a key of 0 or more than
+ * MSADB_DOCKEY_MAX bytes; an empty title is no title), MSADB_ENONFINITE,
  * MSADB_ERANGE (a key of magnitude above 65504 in a store with mean or
  * min/max summaries or f16 storage, or a value above it with f16 storage:
  * refused rather than stored as infinity or clamped), MSADB_ENOTFOUND
- * (space unknown at commit). */
+ * (space unknown at commit), those of msadb_batch_flush(). */
 MSADB_API int msadb_batch_add(msadb_batch *batch, const msadb_doc *doc);
 
-/** Number of documents added so far. */
+/** Number of documents the batch holds: added and not yet committed. */
 MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
 
-/** Writes every added document in one LMDB transaction (all or nothing) and
- * frees the batch, whatever the result.  If doc_ids is not NULL it receives
- * the ids of the documents in add order (msadb_batch_count() entries). */
+/** Writes every document the batch holds in one LMDB transaction (all or
+ * nothing) and frees the batch, whatever the result.  If doc_ids is not
+ * NULL it receives the ids of those documents in add order
+ * (msadb_batch_count() entries); a keyed document whose key another writer
+ * stored after it was added is not written again, and its entry names the
+ * document holding the key. */
 MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
 
 /** Names documents to delete in the transaction that commits the batch,
- * before its documents are written: replacing a document is adding the
- * new one and deleting the old one in one batch (all or nothing: if the
- * commit fails, the old document is still there).  At commit, an id that
- * does not exist (or has expired) fails the whole commit with
- * MSADB_ENOTFOUND.  A repeated id is deleted once.  Errors: MSADB_EINVAL
+ * before its documents are written: replacing a document is deleting the
+ * old one and adding the new one in one batch (all or nothing: if the
+ * commit fails, the old document is still there).  Name them before adding
+ * the new documents: a key (msadb_doc.key) held by a document the batch
+ * deletes does not make an add a duplicate.  With a flush policy the
+ * deletions go with the first commit.  At commit, an id that does not
+ * exist (or has expired) fails the whole commit with MSADB_ENOTFOUND.  A
+ * repeated id is deleted once.  Errors: MSADB_EINVAL
  * (NULL batch, NULL ids with n > 0), MSADB_ENOMEM. */
 MSADB_API int msadb_batch_delete(msadb_batch *batch, const uint64_t *ids, size_t n);
+
+/* Streaming ingest.  A batch that commits in bounded chunks keeps memory
+ * bounded whatever the input size: msadb_batch_flush() commits what the
+ * batch holds and leaves it open for more, and msadb_batch_set_flush()
+ * makes msadb_batch_add() do so by itself.  A document is never split
+ * across commits: after a crash every document is whole or absent, and
+ * with keys (msadb_doc.key) running the same input again adds only the
+ * documents that are missing. */
+
+/** Called after each successful commit of a batch (by a flush or by
+ * msadb_batch_commit()) with the ids of the documents it wrote, in add
+ * order (entries of keyed documents found stored by another writer name
+ * that document); the array is valid during the call only. */
+typedef void (*msadb_commit_fn)(const uint64_t *doc_ids, size_t n, void *user);
+
+/** Sets when msadb_batch_add() commits what the batch holds before adding
+ * a document: when it holds max_docs documents, or the new document would
+ * take it past max_tokens tokens, or its encoded data (keys, values,
+ * summaries, text) has reached max_bytes bytes; 0 = no limit of that kind
+ * (all 0, the default: never).  on_commit (may be NULL) is called after
+ * every commit, user passed along.  Memory held is then about max_bytes
+ * (or the tokens' encoded size) plus the largest document, twice over
+ * during a commit (LMDB's dirty pages); after each commit of such a batch
+ * the pages of the store's memory map the process touched are dropped from
+ * its resident memory (they stay in the OS page cache, and are read back
+ * on the next access).  Errors: MSADB_EINVAL (NULL batch). */
+MSADB_API int msadb_batch_set_flush(msadb_batch *batch, size_t max_docs, uint64_t max_tokens,
+                                    size_t max_bytes, msadb_commit_fn on_commit, void *user);
+
+/** Commits every document the batch holds in one transaction (as
+ * msadb_batch_commit()) and keeps the batch open, empty, for more; calls
+ * the batch's on_commit.  Nothing held: 0, no transaction.  On error
+ * nothing was written and the batch still holds its documents (flush or
+ * commit again, or abort). */
+MSADB_API int msadb_batch_flush(msadb_batch *batch);
+
+typedef struct msadb_batch_status {
+    size_t held;             /* documents added and not yet committed */
+    uint64_t held_tokens;    /* their tokens */
+    size_t held_bytes;       /* their encoded bytes held in memory */
+    uint64_t committed;      /* documents written by this batch's flushes */
+    uint64_t commits;        /* transactions those flushes made */
+    uint64_t duplicates;     /* adds that were no-ops: the key was already in */
+    uint64_t last_duplicate; /* the document holding the key of the last
+                                no-op add; 0 when that document is held by
+                                this batch, not yet committed */
+} msadb_batch_status;
+
+/** The batch's counters.  Errors: MSADB_EINVAL (NULL argument). */
+MSADB_API int msadb_batch_status_get(const msadb_batch *batch, msadb_batch_status *out);
 
 /** Discards a batch; NULL allowed. */
 MSADB_API void msadb_batch_abort(msadb_batch *batch);
@@ -476,6 +561,11 @@ typedef struct msadb_doc_info {
     int64_t expires;       /* expiry time, Unix seconds; 0 = never */
 } msadb_doc_info;
 
+/** The document holding a key (msadb_doc.key) in the snapshot.  Errors:
+ * MSADB_ENOTFOUND (no such key), MSADB_EINVAL (NULL, or a length outside
+ * 1..MSADB_DOCKEY_MAX). */
+MSADB_API int msadb_doc_find_key(msadb_snapshot *snap, const void *key, size_t key_len, uint64_t *doc_id);
+
 /* Expired documents (msadb_doc.expires) are gone for every read below, at
  * once, as if deleted: msadb_doc_get() and the other per-document reads
  * return MSADB_ENOTFOUND, listings and queries skip them. */
@@ -521,13 +611,16 @@ MSADB_API int msadb_doc_kv(msadb_snapshot *snap, uint64_t doc_id, uint32_t plane
 /* Verification                                                             */
 /* ------------------------------------------------------------------------ */
 
-/** Builds (or rebuilds) the routing index of a store (see msadb_query.route):
- * a store of format 1, written before the index existed, opens and is
- * queried by the exhaustive scan until this is called; it then gets the
- * index and format 2, in one write transaction (all or nothing; about 1/6 of
- * the time of a verify: only the summary pages are read).  On a format 2
- * store it recomputes every index page (the repair for an index page that
- * msadb_verify() reports as damaged).  A store whose signature keeps no
+/** Brings a store to format 3 (document keys; format 4 comes with the
+ * first document with an expiry time and is kept) and
+ * builds (or rebuilds) its routing index (see msadb_query.route): a store
+ * written before the index existed (format 1, or format 3 reached from 1 by
+ * its first keyed document) opens and is queried by the exhaustive scan
+ * until this is called; it then gets the index, the database of document
+ * keys and format 3, in one write transaction (all or nothing; about 1/6 of
+ * the time of a verify: only the summary pages are read).  On a store that
+ * has an index it recomputes every index page (the repair for an index page
+ * that msadb_verify() reports as damaged).  A store whose signature keeps no
  * representative keys (MSADB_SUMMARY_REPS) has no index: only its format
  * number changes.  Errors: MSADB_EINVAL (NULL), MSADB_EREADONLY,
  * MSADB_ECORRUPT (a summary page without its slot page), LMDB errors. */
@@ -568,7 +661,7 @@ MSADB_API int msadb_verify(msadb_store *store,
 #define MSADB_ROUTE_DEFAULT 0 /* the index when it can serve the query, else the scan */
 #define MSADB_ROUTE_SCAN 1    /* every block summary (exhaustive) */
 #define MSADB_ROUTE_INDEX 2   /* the index; MSADB_EINVAL when the store has none
-                                 (format 1: see msadb_upgrade) or the query
+                                 (written before format 2: see msadb_upgrade) or the query
                                  is not a block selection with representatives */
 
 #define MSADB_SELECT_BLOCKS 0    /* top-k blocks per kv head */
@@ -810,8 +903,12 @@ MSADB_API int msadb_llm_detokenize(const msadb_llm *llm, const int32_t *ids, siz
  * and commits them with the text, token ids and spans, in one transaction.
  * Text longer than MSADB_LLM_DOC_MAX tokens becomes several documents (each
  * with its own slice of the text), all committed together; *doc_id gets the
- * first one's id (the others follow it).  The store's signature must match
- * the model (MSADB_ESIGNATURE).  Empty text is MSADB_EINVAL. */
+ * first one's id (the others follow it).  Each document carries a key
+ * (msadb_doc.key): the content hash (msadb_doc_key_hash()) of the text, the
+ * space and the part's number, so the same text ingested again into the
+ * same space adds nothing (and runs no model); *doc_id then names the
+ * stored document of the text's last part.  The store's signature must
+ * match the model (MSADB_ESIGNATURE).  Empty text is MSADB_EINVAL. */
 MSADB_API int msadb_llm_ingest(msadb_llm *llm, msadb_store *store, const char *space,
                                const char *title, const char *text, size_t len, uint64_t *doc_id);
 
@@ -819,8 +916,12 @@ MSADB_API int msadb_llm_ingest(msadb_llm *llm, msadb_store *store, const char *s
  * `store` with msadb_batch_begin(), instead of committing them: nothing is
  * visible until the caller commits the batch, so many texts can be ingested
  * all or nothing.  *n_docs (may be NULL) gets the number of documents added
- * (more than 1 for text longer than MSADB_LLM_DOC_MAX tokens);
- * msadb_batch_commit() reports their ids in add order.  On error the batch
+ * (more than 1 for text longer than MSADB_LLM_DOC_MAX tokens; parts
+ * already in the store or the batch are not added, are counted by
+ * msadb_batch_status_get() as duplicates and cost no model run);
+ * msadb_batch_commit() reports their ids in add order.  The batch's flush
+ * policy (msadb_batch_set_flush()) applies: the parts of a long text may be
+ * committed in different transactions, each of them whole.  On error the batch
  * may hold the text's first parts: abort it. */
 MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
                                      const char *space, const char *title, const char *text,
@@ -829,8 +930,9 @@ MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_b
 /** Like msadb_llm_ingest_batch(), with the text and its document fields
  * taken from *doc: space, title, text/text_len (required, not empty),
  * meta/meta_len (opaque metadata bytes) and expires, kept with every
- * document the text becomes; its other fields are ignored.  Errors as
- * msadb_llm_ingest_batch(). */
+ * document the text becomes; its other fields are ignored.  Keys,
+ * duplicates and errors as msadb_llm_ingest_batch() (the key does not
+ * depend on the metadata or the expiry time). */
 MSADB_API int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
                                    const msadb_doc *doc, size_t *n_docs);
 

@@ -573,6 +573,100 @@ def test_verify_detects_damage(db):
     check(r.stdout.strip() != "", "verify lists the problems on stdout")
 
 
+def many_docs_file(path, n, T):
+    """n documents of T tokens each, without text."""
+    k = rng.standard_normal((len(MEM), H, n * T, D)).astype(np.float32)
+    v = rng.standard_normal((len(MEM), H, n * T, D)).astype(np.float32)
+    return st_write(path, {"keys": k, "values": v, "doc_lengths": np.full(n, T, np.int64)})
+
+
+def test_streaming():
+    """--commit-every, resuming without duplicates, 'already in memory', an
+    interrupted ingest (SIGINT) and progress on a terminal."""
+    import pty
+    import signal
+    import time
+    db = p("sdb")
+    run("init", db, *SIG, "--dtype", "int8")
+    f = many_docs_file(p("many.safetensors"), 30, 8)
+    j = jrun("ingest", db, "--commit-every", "4d", f)
+    check(j["added"] == 30 and j["already_in_memory"] == 0 and not j["interrupted"], f"first ingest {j}")
+    check(all(d["status"] == "added" for d in j["documents"]), "status added")
+    ids = [d["id"] for d in j["documents"]]
+    check(ids == sorted(ids) and len(set(ids)) == 30, f"ids {ids}")
+    # the same command again: a no-op that says so
+    j = jrun("ingest", db, "--commit-every", "4d", f)
+    check(j["added"] == 0 and j["already_in_memory"] == 30, f"second ingest {j}")
+    check([d["id"] for d in j["documents"]] == ids, "already in memory names the stored documents")
+    check(all(d["status"] == "already in memory" for d in j["documents"]), "status already")
+    rows = run("ingest", db, f).stdout.splitlines()
+    check(rows[0].split("\t") == ["id", "space", "tokens", "title", "status"], f"table header {rows[0]}")
+    check(rows[1].split("\t")[4] == "already in memory" and len(rows) == 31, f"table rows {rows[:2]}")
+    check(jrun("stat", db)["documents"] == 30, "no duplicates")
+    run("verify", db)
+    # usage errors, verbatim
+    r = run("ingest", db, "--commit-every", "10x", f, expect=2)
+    check(r.stderr.startswith("msadb: --commit-every: expected a count and a unit, e.g. 100000t (tokens) "
+                              "or 500d (documents), got '10x'\n"), f"message: {r.stderr!r}")
+    run("ingest", db, "--commit-every", "0t", f, expect=2, msg="got '0t'")
+    run("ingest", db, "--commit-every", "t", f, expect=2, msg="got 't'")
+    run("ingest", db, "--binary-ok", f, expect=2,
+        msg=f"msadb: ingest: --binary-ok applies to text files; {f} is a tensor file")
+    # tokens as the unit
+    j = jrun("ingest", db, "--space", "default", "--commit-every", "20t", many_docs_file(p("t.safetensors"), 7, 8))
+    check(j["added"] == 7, f"--commit-every 20t {j}")
+
+    # SIGINT: stops at a document boundary, commits what it holds, says how
+    # many documents are in and how to resume; the rerun completes the set
+    db2 = p("sdb2")
+    run("init", db2, *SIG, "--dtype", "f16")
+    big = many_docs_file(p("big.safetensors"), 600, 4)
+    proc = subprocess.Popen([MSADB, "ingest", db2, "--commit-every", "1d", big, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        st = subprocess.run([MSADB, "stat", db2, "--json"], capture_output=True, text=True)
+        if st.returncode == 0 and json.loads(st.stdout)["documents"] > 0:
+            break
+        time.sleep(0.02)
+    check(proc.poll() is None, "the ingest ended before it could be interrupted (make the input larger)")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    check(proc.returncode == 130, f"interrupted ingest: exit {proc.returncode}, stderr {err!r}")
+    n = jrun("stat", db2)["documents"]
+    check(0 < n < 600, f"{n} documents after the interrupt")
+    check(err == f"msadb: ingest: interrupted by SIGINT: {n} documents committed to {db2}; run the same "
+                 "command again to resume (documents already in the store are skipped)\n", f"message {err!r}")
+    j = json.loads(out)
+    check(j["interrupted"] and j["added"] == n and len(j["documents"]) == n, f"interrupted summary {j['added']}")
+    run("verify", db2)
+    j = jrun("ingest", db2, "--commit-every", "1d", big)
+    check(j["added"] == 600 - n and j["already_in_memory"] == n, f"resume: {j['added']} + {j['already_in_memory']}")
+    check(jrun("stat", db2)["documents"] == 600, "the rerun completed the set")
+    run("verify", db2)
+
+    # progress on a terminal: total, percent and ETA on stderr
+    master, slave = pty.openpty()
+    r = subprocess.run([MSADB, "ingest", db, many_docs_file(p("tty.safetensors"), 5, 8)],
+                       stdout=subprocess.PIPE, stderr=slave, timeout=120)
+    os.close(slave)
+    tty = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        tty += chunk
+    os.close(master)
+    check(r.returncode == 0, "ingest on a terminal")
+    text = tty.decode(errors="replace")
+    check("40/40 tokens (100%)" in text and "ETA" in text, f"progress line: {text!r}")
+    r = run("ingest", db, many_docs_file(p("notty.safetensors"), 5, 8))
+    check(r.stderr == "", "no progress off a terminal")
+
+
 def test_edges(db, dump):
     """Bounded, honest edges: size caps on inputs that are not regular files,
     FIFOs without a writer, limits shared with the library, titles, manifest
@@ -643,9 +737,9 @@ def test_documents():
     fp = multi_doc_file(p("plain.safetensors"), [plain])
     red.id = jrun("ingest", db, fr, "--meta", "team=red", "--meta", "lang=en", env=at(t0))["documents"][0]["id"]
     plain.id = jrun("ingest", db, fp, env=at(t0))["documents"][0]["id"]
-    check(jrun("stat", db)["format_version"] == 2, "no expiry yet: format 2")
+    check(jrun("stat", db)["format_version"] == 3, "no expiry yet: format 3")
     blue.id = jrun("ingest", db, fb, "--meta", "team=blue", "--ttl", "1h", env=at(t0))["documents"][0]["id"]
-    check(jrun("stat", db)["format_version"] == 3, "a document with an expiry: format 3")
+    check(jrun("stat", db)["format_version"] == 4, "a document with an expiry: format 4")
 
     ls = {x["id"]: x for x in jrun("ls", db, env=at(t0))["documents"]}
     check(ls[red.id]["meta"] == {"team": "red", "lang": "en"} and ls[red.id]["expires"] is None, f"ls {ls}")
@@ -733,6 +827,7 @@ def test_documents():
 def main():
     try:
         test_usage()
+        test_streaming()
         db, docs, qs, qf, needle = test_main()
         bad_inputs(db, docs)
         docs = test_rm_verify_dump_load(db, docs, qs, qf, needle)

@@ -200,6 +200,34 @@ def main():
           "the parts' texts tile the file")
     check(all(ls[d["id"]]["has_spans"] and ls[d["id"]]["has_tokens"] for d in parts), "spans kept")
 
+    # the same text again is a no-op that says so (content hash, per space)
+    n_before = jrun("stat", db)["documents"]
+    j = jrun("ingest", db, "--model", model, f_light, f_long)
+    check(j["added"] == 0 and j["already_in_memory"] == 2, f"again: {j}")
+    check(j["documents"][0]["id"] == light_id and j["documents"][0]["status"] == "already in memory"
+          and j["documents"][0]["title"] == "lighthouse.txt", f"already: {j['documents'][0]}")
+    check(j["documents"][1]["id"] == parts[-1]["id"], "a long text names its last part")
+    rows = run("ingest", db, "--model", model, f_light).stdout.splitlines()
+    check(rows[0].split("\t") == ["id", "space", "tokens", "title", "status"]
+          and rows[1].split("\t")[4] == "already in memory", f"table: {rows}")
+    check(jrun("stat", db)["documents"] == n_before, "nothing added")
+    run("space", db, "create", "gamma")
+    j = jrun("ingest", db, "--model", model, "--space", "gamma", f_light)  # another space: a new document
+    check(j["added"] == 1 and j["documents"][0]["status"] == "added", f"other space: {j}")
+    doc_text[j["documents"][0]["id"]] = LIGHTHOUSE
+    doc_space[j["documents"][0]["id"]] = "gamma"
+    same = write("same.txt", LIGHTHOUSE)  # another file, the same text
+    j = jrun("ingest", db, "--model", model, same, "--commit-every", "1d")
+    check(j["added"] == 0 and j["documents"][0]["id"] == light_id, f"same text, other file: {j}")
+    # --commit-every with text: every paragraph its own commit, all there
+    f_paras = write("paras.md", "".join(f"Paragraph number {i} about the harbour.\n\n" for i in range(6)))
+    j = jrun("ingest", db, "--model", model, "--split", "--space", "gamma", "--commit-every", "2d", f_paras)
+    check(j["added"] == 6 and len({d["id"] for d in j["documents"]}) == 6, f"--commit-every 2d: {j}")
+    for i, d in enumerate(j["documents"]):
+        doc_text[d["id"]] = f"Paragraph number {i} about the harbour."
+        doc_space[d["id"]] = "gamma"
+    run("verify", db)
+
     # ls shows titles and tokens
     ls = jrun("ls", db)["documents"]
     titles = {d["id"]: d["title"] for d in ls}
@@ -213,6 +241,20 @@ def main():
     empty = write("empty.txt", "")
     headings = write("headings.md", "# One\n\n## Two\n\n")
     run("ingest", db, "--model", model, f_light, empty, expect=1, msg="empty.txt: empty file")
+    # what is not text is refused (nothing written, even after a good file)
+    png = p("picture.png")
+    with open(png, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    r = run("ingest", db, "--model", model, f_garden, png, expect=1)
+    check(r.stderr.startswith(f"msadb: {png}: does not look like text (a NUL byte at offset 8); give "
+                              "--binary-ok to ingest it anyway\n"), f"binary message: {r.stderr!r}")
+    latin = p("latin.txt")
+    with open(latin, "wb") as f:
+        f.write("Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u00e0 la carte.\n".encode("latin-1") * 3)
+    r = run("ingest", db, "--model", model, latin, expect=1)
+    check(r.stderr.startswith(f"msadb: {latin}: does not look like text (15 of 90 bytes are not valid UTF-8, "
+                              "the first at offset 3); give --binary-ok to ingest it anyway\n"),
+          f"UTF-8 message: {r.stderr!r}")
     run("ingest", db, "--model", model, "--split", headings, expect=1, msg="headings.md: no text")
     run("ingest", db, "--model", model, f_light, p("missing.txt"), expect=1, msg="missing.txt: cannot open")
     run("ingest", db, "--model", model, TMP, expect=1, msg="is a directory")
@@ -241,6 +283,12 @@ def main():
     run("query", db, "--model", model, "--max-tokens", "0", "q", expect=2, msg="--max-tokens")
     run("query", db, "--model", model, "--seed", "-1", "q", expect=2)
     run("init", p("x"), "--split", expect=2, msg="does not apply")
+    # --binary-ok overrides the text check
+    n_before = jrun("stat", db)["documents"]
+    j = jrun("ingest", db, "--model", model, "--binary-ok", latin)
+    check(j["added"] == 1, f"--binary-ok: {j}")
+    run("rm", db, str(j["documents"][0]["id"]))
+    check(jrun("stat", db)["documents"] == n_before, "removed again")
 
     # --------------------------------------------------------------- query
     question = "When does the lamp oil run out?"

@@ -177,7 +177,18 @@ def main():
     K2, V2 = docs_file(f2, 6, 2)
     K, V = np.concatenate([K1, K2], axis=2), np.concatenate([V1, V2], axis=2)
     for db in (one, four):
-        run("ingest", db, f1, f2)
+        j = jrun("ingest", db, f1, f2)
+        check(j["added"] == 13 and {d["id"]: d["title"] for d in j["documents"]} == titles(db),
+              f"ingest lists the ids and titles ls shows ({db})")
+    # bounded commits are for an ordinary store: a usage error, nothing written
+    before = jrun("stat", four)
+    r = run("ingest", four, "--commit-every", "2d", f1, expect=2)
+    check(r.stderr == f"msadb: ingest: --commit-every works on an ordinary store only; {four} is sharded, and "
+                      "its ingest is one batch (drop --commit-every, or 'msadb merge' it into one store first)\n",
+          f"--commit-every on a sharded store: {r.stderr!r}")
+    after = jrun("stat", four)
+    check((after["documents"], after["tokens"]) == (before["documents"], before["tokens"]),
+          "the refused ingest changed the sharded store")
     s1, s4 = jrun("stat", one), jrun("stat", four)
     for k in ("documents", "tokens", "blocks", "spaces", "signature", "format_version"):
         check(s1[k] == s4[k], f"stat {k}: {s1[k]} vs {s4[k]}")

@@ -143,8 +143,9 @@ def main():
     run("show", db, "999", expect=1, err="msadb: notes: no document 999 (msadb ls notes lists them)")
     run("show", db, "x", expect=2)
     # ------------------------------------------------------------- vacuum
-    for i in range(6):
-        run("ingest", db, *docs)
+    for i in range(6):  # the same texts in another space are new documents
+        run("space", db, "create", f"bulk{i}")
+        run("ingest", db, "--space", f"bulk{i}", *docs)
     every = [d["id"] for d in jrun("ls", db)["documents"]]
     run("rm", db, *[str(i) for i in every if i not in ids])
     c = jrun("compact", db)

@@ -222,7 +222,7 @@ static void test_expiry(void)
     const char *dir = tu_tmpdir("docs-expiry");
     msadb_store *st = make_store(dir);
     uint64_t keep = add(st, NULL, 10, 1.0f, 0);
-    CHECK(format_of(st) == MSADB_FORMAT_ROUTE); /* no expiry yet: readable by older libraries */
+    CHECK(format_of(st) == MSADB_FORMAT_DOCKEYS); /* no expiry yet: readable by older libraries */
     uint64_t soon = add(st, "k=v", 11, 2.0f, t0 + 100);
     CHECK(format_of(st) == MSADB_FORMAT_EXPIRY);
     uint64_t later = add(st, NULL, 12, 3.0f, t0 + 200);
@@ -376,11 +376,45 @@ static void test_replace(void)
     CHECK_OK(msadb_doc_meta(snap, nid, meta, sizeof meta, &len));
     CHECK(len == 3 && memcmp(meta, "v=2", 3) == 0);
     msadb_snapshot_end(snap);
-    /* a batch of deletions alone commits them */
-    CHECK_OK(msadb_batch_begin(st, &b));
-    CHECK_OK(msadb_batch_delete(b, &nid, 1));
-    CHECK_OK(msadb_batch_commit(b, NULL));
     msadb_space_info si;
+    /* the same content under the same key: the document the batch deletes
+     * gives its key up, so the add is not a duplicate */
+    doc.key = "content-1";
+    doc.key_len = 9;
+    uint64_t keyed = 0, again = 0, found = 0;
+    CHECK_OK(msadb_doc_append(st, &doc, &keyed));
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_add(b, &doc)); /* a duplicate: the key is stored */
+    CHECK(msadb_batch_count(b) == 0);
+    msadb_batch_abort(b);
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_delete(b, &keyed, 1));
+    CHECK_OK(msadb_batch_add(b, &doc));
+    CHECK(msadb_batch_count(b) == 1);
+    CHECK_OK(msadb_batch_commit(b, &again));
+    CHECK(again != keyed);
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    CHECK_OK(msadb_doc_find_key(snap, "content-1", 9, &found));
+    CHECK(found == again);
+    CHECK_RC(msadb_doc_get(snap, keyed, &info), MSADB_ENOTFOUND);
+    msadb_snapshot_end(snap);
+    /* with a flush policy the deletions go with the first commit, once */
+    doc.key = NULL;
+    doc.key_len = 0;
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_set_flush(b, 1, 0, 0, NULL, NULL));
+    CHECK_OK(msadb_batch_delete(b, &again, 1));
+    CHECK_OK(msadb_batch_add(b, &doc));
+    CHECK_OK(msadb_batch_add(b, &doc)); /* flushes the first, with the deletion */
+    uint64_t last = 0;
+    CHECK_OK(msadb_batch_commit(b, &last));
+    CHECK_OK(msadb_space_get(st, "default", &si));
+    CHECK(si.n_documents == 3);
+    /* a batch of deletions alone commits them */
+    uint64_t all[3] = {nid, last - 1, last};
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_delete(b, all, 3));
+    CHECK_OK(msadb_batch_commit(b, NULL));
     CHECK_OK(msadb_space_get(st, "default", &si));
     CHECK(si.n_documents == 0);
     CHECK_OK(msadb_verify(st, NULL, NULL));

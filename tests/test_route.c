@@ -150,7 +150,7 @@ static void test_index_matches_scan(void)
         add_doc(st, NULL, 100 + i, 40 + (size_t)(i * 37 % 300), i == 41 ? needle : NULL);
     msadb_stat_info si;
     CHECK_OK(msadb_stat(st, &si));
-    CHECK(si.format_version == 2);
+    CHECK(si.format_version == MSADB_FORMAT_DOCKEYS);
     CHECK_OK(msadb_verify(st, NULL, NULL));
 
     msadb_hit a[64], b[64];
@@ -252,9 +252,9 @@ static void test_verify_and_repair(void)
     msadb_close(st);
 }
 
-/* A store as format 1 wrote it (no index database, no meta/route): opens,
- * routes by the scan, takes documents, and msadb_upgrade gives it the
- * index that new stores have. */
+/* A store as format 1 wrote it (no index database, no meta/route, no
+ * document keys): opens, routes by the scan, takes documents, and
+ * msadb_upgrade gives it the index and the format (3) that new stores have. */
 static void test_format1_upgrade(void)
 {
     const char *dir = tu_tmpdir("route-f1");
@@ -264,16 +264,8 @@ static void test_format1_upgrade(void)
     tu_fill_randn(&rng, q, 4 * D, 1.0f);
     for (uint64_t i = 0; i < 10; i++)
         add_doc(st, NULL, 50 + i, 200, NULL);
-    MDB_txn *txn;
-    CHECK_OK(mdb_txn_begin(st->env, NULL, 0, &txn));
-    CHECK_OK(mdb_drop(txn, st->db_route, 1));
-    MDB_val k = {5, (void *)"route"};
-    CHECK_OK(mdb_del(txn, st->db_meta, &k, NULL));
-    uint8_t one[4] = {1, 0, 0, 0};
-    MDB_val fk = {6, (void *)"format"}, fv = {4, one};
-    CHECK_OK(mdb_put(txn, st->db_meta, &fk, &fv, 0));
-    CHECK_OK(mdb_txn_commit(txn));
     msadb_close(st);
+    tu_store_as_format(dir, 1);
 
     CHECK_OK(msadb_open(dir, NULL, NULL, &st));
     msadb_stat_info si;
@@ -299,7 +291,7 @@ static void test_format1_upgrade(void)
 
     CHECK_OK(msadb_upgrade(st));
     CHECK_OK(msadb_stat(st, &si));
-    CHECK(si.format_version == 2);
+    CHECK(si.format_version == 3);
     CHECK_OK(msadb_verify(st, NULL, NULL));
     add_doc(st, NULL, 78, 200, NULL); /* now maintained */
     CHECK_OK(msadb_verify(st, NULL, NULL));
@@ -312,6 +304,111 @@ static void test_format1_upgrade(void)
     msadb_close(st);
 }
 
+static uint64_t find_key(msadb_store *st, const char *key)
+{
+    msadb_snapshot *snap;
+    uint64_t id = 0;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    int rc = msadb_doc_find_key(snap, key, strlen(key), &id);
+    CHECK(rc == 0 || rc == MSADB_ENOTFOUND);
+    msadb_snapshot_end(snap);
+    return rc ? 0 : id;
+}
+
+/* A document of T tokens from seed carrying key. */
+static uint64_t add_keyed(msadb_store *st, uint64_t seed, size_t T, const char *key)
+{
+    uint32_t planes = msadb_signature_planes(msadb_store_signature(st));
+    float *K = malloc(planes * T * D * sizeof *K), *V = malloc(planes * T * D * sizeof *V);
+    tu_make_kv(seed, planes * T * D, K, V);
+    msadb_doc d = {0};
+    d.key = key;
+    d.key_len = strlen(key);
+    return tu_append_f32(st, &d, T, K, V);
+}
+
+/* A store of n documents as a library of format `version` wrote it, opened
+ * read-write; *dir gets its path. */
+static msadb_store *old_store(const char *tag, uint64_t seed, int n, uint32_t version, const char **dir)
+{
+    *dir = tu_tmpdir(tag);
+    msadb_store *st = open_store(*dir, MSADB_SUMMARY_MEAN | MSADB_SUMMARY_REPS);
+    for (int i = 0; i < n; i++)
+        add_doc(st, NULL, seed + (uint64_t)i, 150, NULL);
+    msadb_close(st);
+    tu_store_as_format(*dir, version);
+    CHECK_OK(msadb_open(*dir, NULL, NULL, &st));
+    return st;
+}
+
+/* A store as format 2 wrote it (the index, no document keys): opens with
+ * its index; the first keyed document makes it format 3 and keeps the
+ * index; msadb_upgrade of another such store gives format 3 too. */
+static void test_format2(void)
+{
+    float q[4 * D];
+    uint64_t rng = 5;
+    tu_fill_randn(&rng, q, 4 * D, 1.0f);
+    for (int upgrade = 0; upgrade < 2; upgrade++) {
+        const char *dir;
+        msadb_store *st = old_store("route-f2", 60, 8, 2, &dir);
+        msadb_stat_info si;
+        CHECK_OK(msadb_stat(st, &si));
+        CHECK(si.format_version == 2 && si.n_documents == 8);
+        CHECK(find_key(st, "k") == 0);
+        msadb_hit a[64], b[64];
+        msadb_query_stats s1, s2;
+        size_t na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
+        size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
+        CHECK(s2.coarse_scanned > 0); /* the index is found by its database */
+        same_hits(a, na, b, nb);
+        if (upgrade) {
+            CHECK_OK(msadb_upgrade(st));
+        } else {
+            uint64_t id = add_keyed(st, 99, 150, "k");
+            CHECK(find_key(st, "k") == id);
+        }
+        CHECK_OK(msadb_stat(st, &si));
+        CHECK(si.format_version == 3);
+        CHECK_OK(msadb_verify(st, NULL, NULL));
+        msadb_close(st);
+        CHECK_OK(msadb_open(dir, NULL, NULL, &st));
+        nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
+        CHECK(s2.coarse_scanned > 0);
+        CHECK_OK(msadb_verify(st, NULL, NULL));
+        msadb_close(st);
+    }
+}
+
+/* A format 1 store's first keyed document makes it format 3 without an
+ * index: it routes by the scan until msadb_upgrade builds the index. */
+static void test_format1_keyed(void)
+{
+    const char *dir;
+    msadb_store *st = old_store("route-f1k", 80, 4, 1, &dir);
+    uint64_t id = add_keyed(st, 7, 100, "key-1");
+    msadb_close(st);
+    CHECK_OK(msadb_open(dir, NULL, NULL, &st));
+    msadb_stat_info si;
+    CHECK_OK(msadb_stat(st, &si));
+    CHECK(si.format_version == 3 && find_key(st, "key-1") == id);
+    float q[4 * D];
+    uint64_t rng = 8;
+    tu_fill_randn(&rng, q, 4 * D, 1.0f);
+    msadb_hit a[64], b[64];
+    msadb_query_stats s1, s2;
+    size_t na = route(st, q, MSADB_ROUTE_DEFAULT, 0, a, 64, &s1);
+    CHECK(s1.coarse_scanned == 0); /* no index: the scan */
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    CHECK_OK(msadb_upgrade(st));
+    size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
+    CHECK(s2.coarse_scanned > 0);
+    same_hits(a, na, b, nb);
+    CHECK(find_key(st, "key-1") == id);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+}
+
 int main(void)
 {
     test_coarse_bound(MSADB_COARSE_KCENTER);
@@ -320,6 +417,8 @@ int main(void)
     test_index_matches_scan();
     test_verify_and_repair();
     test_format1_upgrade();
+    test_format2();
+    test_format1_keyed();
     printf("test_route: ok\n");
     return 0;
 }

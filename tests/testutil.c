@@ -1,6 +1,7 @@
 /* testutil.c -- see testutil.h. */
 #include "testutil.h"
 
+#include <lmdb.h>
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
@@ -70,6 +71,27 @@ void tu_make_kv(uint64_t seed, size_t n, float *K, float *V)
     tu_fill_randn(&s, V, n, 1.0f);
 }
 
+msadb_doc tu_doc_f32(size_t T, const float *K, const float *V)
+{
+    msadb_doc d = {0};
+    d.n_tokens = T;
+    d.kv_dtype = MSADB_DTYPE_F32;
+    d.keys = K;
+    d.values = V;
+    return d;
+}
+
+int tu_fork_pipe(int *fd)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    int pid = fork();
+    CHECK(pid >= 0);
+    close(fds[pid == 0 ? 0 : 1]);
+    *fd = fds[pid == 0 ? 1 : 0];
+    return pid;
+}
+
 const char *tu_make_model(const char *dir, const char *name, const char *opts)
 {
     static char path[1200];
@@ -103,4 +125,30 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
     free(K);
     free(V);
     return id;
+}
+
+void tu_store_as_format(const char *dir, uint32_t version)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta, db;
+    CHECK_OK(mdb_env_create(&env));
+    CHECK_OK(mdb_env_set_maxdbs(env, 32));
+    CHECK_OK(mdb_env_open(env, dir, 0, 0600));
+    CHECK_OK(mdb_txn_begin(env, NULL, 0, &txn));
+    CHECK_OK(mdb_dbi_open(txn, "meta", 0, &meta));
+    if (version < 3 && mdb_dbi_open(txn, "dockeys", 0, &db) == 0)
+        CHECK_OK(mdb_drop(txn, db, 1));
+    if (version < 2) {
+        if (mdb_dbi_open(txn, "route", 0, &db) == 0)
+            CHECK_OK(mdb_drop(txn, db, 1));
+        MDB_val k = {5, (void *)"route"};
+        int rc = mdb_del(txn, meta, &k, NULL);
+        CHECK(rc == 0 || rc == MDB_NOTFOUND);
+    }
+    uint8_t v[4] = {(uint8_t)version, 0, 0, 0};
+    MDB_val fk = {6, (void *)"format"}, fv = {4, v};
+    CHECK_OK(mdb_put(txn, meta, &fk, &fv, 0));
+    CHECK_OK(mdb_txn_commit(txn));
+    mdb_env_close(env);
 }

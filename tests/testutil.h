@@ -45,6 +45,20 @@ void tu_fill_randn(uint64_t *state, float *x, size_t n, float sigma);
 /* Deterministic keys and values of n floats each, from a seed. */
 void tu_make_kv(uint64_t seed, size_t n, float *K, float *V);
 
+/* A document of T tokens over f32 keys and values ([planes][T][d] each),
+ * every other field zero. */
+msadb_doc tu_doc_f32(size_t T, const float *K, const float *V);
+
+/* fork() with a pipe from the child to the parent: returns the child's pid
+ * (0 in the child); *fd is the write end in the child, the read end in the
+ * parent (the other end closed). */
+int tu_fork_pipe(int *fd);
+
+/* Makes the (closed, unencrypted) store at dir look as a library of format
+ * version 1 or 2 wrote it: without the `dockeys` database (format < 3) and
+ * without the routing index (format < 2), meta "format" set to version. */
+void tu_store_as_format(const char *dir, uint32_t version);
+
 /* Appends doc to st with T tokens of f32 keys K and values V (malloc'ed;
  * freed here), checking that the append succeeds; returns the id. */
 uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, float *V);

@@ -36,13 +36,35 @@ static const char *where(const kv_source *s, const char *tensor, where_buf *b)
     return b->s;
 }
 
+/* The file a tensor of the source lives in. */
+static const tf_file *file_of(const kv_source *s, const tf_tensor *t)
+{
+    return s->npy_values.n && t == s->values ? &s->npy_values : &s->st;
+}
+
+/* Index of the first NaN or Inf of a float tensor, or -1; read in windows
+ * whose pages are released after use, so a file larger than memory is
+ * scanned in bounded memory. */
+static int64_t first_nonfinite(const kv_source *s, const tf_tensor *t)
+{
+    const uint64_t es = tf_dtype_size(t->dtype), win = (64u << 20) / es;
+    for (uint64_t i = 0; i < t->nelem; i += win) {
+        uint64_t n = t->nelem - i < win ? t->nelem - i : win;
+        int64_t bad = tf_first_nonfinite(t->dtype, t->data + i * es, n);
+        tf_release(file_of(s, t), t->data + i * es, (size_t)(n * es));
+        if (bad >= 0)
+            return (int64_t)i + bad;
+    }
+    return -1;
+}
+
 static int msadb_kv_dtype(tf_dtype dt)
 {
     return dt == TF_F32 ? MSADB_DTYPE_F32 : dt == TF_F16 ? MSADB_DTYPE_F16 : MSADB_DTYPE_BF16;
 }
 
 static int check_kv(const kv_source *s, const char *name, const tf_tensor *t,
-                    const msadb_signature *sig)
+                    const msadb_signature *sig, int scan)
 {
     where_buf w;
     char sb[200];
@@ -69,7 +91,7 @@ static int check_kv(const kv_source *s, const char *name, const tf_tensor *t,
                          sig->head_dim);
     if (t->shape[2] == 0)
         return cli_error("%s: shape %s holds no tokens (empty document)", where(s, name, &w), sb);
-    int64_t bad = tf_first_nonfinite(t->dtype, t->data, t->nelem);
+    int64_t bad = scan ? first_nonfinite(s, t) : -1;
     if (bad >= 0) {
         uint64_t i = (uint64_t)bad, D = t->shape[3], T = t->shape[2], H = t->shape[1];
         return cli_error("%s: NaN or Inf at [%llu,%llu,%llu,%llu]", where(s, name, &w),
@@ -232,11 +254,11 @@ static int check_meta(kv_source *s, const tf_tensor *meta_lengths)
 
 /* Checks the tensors found in s against sig and cuts documents. */
 static int kv_source_check(kv_source *s, const msadb_signature *sig, const tf_tensor *doc_lengths,
-                           const tf_tensor *text_lengths, const tf_tensor *meta_lengths)
+                           const tf_tensor *text_lengths, const tf_tensor *meta_lengths, int scan)
 {
     where_buf w;
     char sa[200], sb[200];
-    if (check_kv(s, "keys", s->keys, sig) != CLI_OK || check_kv(s, "values", s->values, sig) != CLI_OK)
+    if (check_kv(s, "keys", s->keys, sig, scan) != CLI_OK || check_kv(s, "values", s->values, sig, scan) != CLI_OK)
         return CLI_ERROR;
     if (memcmp(s->keys->shape, s->values->shape, sizeof s->keys->shape) != 0)
         return cli_error("%s: shape %s differs from keys shape %s", where(s, "values", &w),
@@ -256,7 +278,7 @@ static int kv_source_check(kv_source *s, const msadb_signature *sig, const tf_te
 }
 
 /* Finds the known tensors of a parsed safetensors file and checks them. */
-static int kv_source_tensors(kv_source *s, const msadb_signature *sig)
+static int kv_source_tensors(kv_source *s, const msadb_signature *sig, int scan)
 {
     for (size_t i = 0; i < s->st.n; i++) {
         size_t k = 0;
@@ -274,10 +296,10 @@ static int kv_source_tensors(kv_source *s, const msadb_signature *sig)
     s->spans = tf_find(&s->st, "token_spans");
     s->meta = tf_find(&s->st, "meta");
     return kv_source_check(s, sig, tf_find(&s->st, "doc_lengths"), tf_find(&s->st, "text_lengths"),
-                           tf_find(&s->st, "meta_lengths"));
+                           tf_find(&s->st, "meta_lengths"), scan);
 }
 
-int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig)
+int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig, int scan)
 {
     char err[512];
     memset(s, 0, sizeof *s);
@@ -286,11 +308,11 @@ int kv_source_open(kv_source *s, const char *path, const msadb_signature *sig)
         return cli_error("out of memory");
     if (tf_safetensors_open(path, &s->st, err, sizeof err) != 0)
         return cli_error("%s: %s", path, err);
-    return kv_source_tensors(s, sig);
+    return kv_source_tensors(s, sig, scan);
 }
 
 int kv_source_parse(kv_source *s, const char *label, const uint8_t *buf, size_t len,
-                    const msadb_signature *sig)
+                    const msadb_signature *sig, int scan)
 {
     char err[512];
     memset(s, 0, sizeof *s);
@@ -299,11 +321,11 @@ int kv_source_parse(kv_source *s, const char *label, const uint8_t *buf, size_t 
         return cli_error("out of memory");
     if (tf_safetensors_parse(buf, len, &s->st, err, sizeof err) != 0)
         return cli_error("%s: %s", label, err);
-    return kv_source_tensors(s, sig);
+    return kv_source_tensors(s, sig, scan);
 }
 
 int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_path,
-                       const char *tokens_path, const msadb_signature *sig)
+                       const char *tokens_path, const msadb_signature *sig, int scan)
 {
     char err[512];
     memset(s, 0, sizeof *s);
@@ -321,7 +343,7 @@ int kv_source_open_npy(kv_source *s, const char *keys_path, const char *values_p
     s->keys = &s->st.tensors[0];
     s->values = &s->npy_values.tensors[0];
     s->tokens = tokens_path ? &s->npy_tokens.tensors[0] : NULL;
-    return kv_source_check(s, sig, NULL, NULL, NULL);
+    return kv_source_check(s, sig, NULL, NULL, NULL, scan);
 }
 
 void kv_source_close(kv_source *s)
@@ -341,8 +363,9 @@ void kv_source_close(kv_source *s)
 }
 
 /* Copies tokens [t0, t0+n) of every plane of t into one contiguous
- * [P][n][D] buffer, converting to f32 when to_f32. */
-static void *gather(const tf_tensor *t, int to_f32, uint64_t P, uint64_t T, uint64_t D,
+ * [P][n][D] buffer, converting to f32 when to_f32; the pages read are
+ * released (documents are read once, in order). */
+static void *gather(const tf_file *f, const tf_tensor *t, int to_f32, uint64_t P, uint64_t T, uint64_t D,
                     uint64_t t0, uint64_t n)
 {
     size_t es = to_f32 ? 4 : tf_dtype_size(t->dtype);
@@ -356,6 +379,8 @@ static void *gather(const tf_tensor *t, int to_f32, uint64_t P, uint64_t T, uint
             tf_to_f32(t->dtype, t->data, first, n * D, (float *)dst);
         else
             memcpy(dst, t->data + first * es, (size_t)(n * D * es));
+        size_t ses = tf_dtype_size(t->dtype);
+        tf_release(f, t->data + first * ses, (size_t)(n * D * ses));
     }
     return out;
 }
@@ -365,8 +390,8 @@ int kv_source_doc(const kv_source *s, size_t i, kv_doc *d)
     memset(d, 0, sizeof *d);
     uint64_t t0 = s->doc_start[i], n = s->doc_start[i + 1] - t0;
     int to_f32 = s->keys->dtype != s->values->dtype;
-    d->keys = gather(s->keys, to_f32, s->L * s->H, s->T, s->D, t0, n);
-    d->values = gather(s->values, to_f32, s->L * s->H, s->T, s->D, t0, n);
+    d->keys = gather(file_of(s, s->keys), s->keys, to_f32, s->L * s->H, s->T, s->D, t0, n);
+    d->values = gather(file_of(s, s->values), s->values, to_f32, s->L * s->H, s->T, s->D, t0, n);
     if (!d->keys || !d->values)
         goto oom;
     d->doc.kv_dtype = to_f32 ? MSADB_DTYPE_F32 : msadb_kv_dtype(s->keys->dtype);

@@ -494,6 +494,20 @@ static int load_file(const char *path, uint8_t **buf, size_t *len, int *mapped, 
     return rc;
 }
 
+void tf_release(const tf_file *f, const void *p, size_t len)
+{
+    if (!f->mapped_ || !len)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p / pg * pg,
+              b = ((uintptr_t)p + len + pg - 1) / pg * pg;
+    uintptr_t lo = (uintptr_t)f->map_, hi = ((uintptr_t)f->map_ + f->map_len_ + pg - 1) / pg * pg;
+    if ((uintptr_t)p < lo || (uintptr_t)p + len > lo + f->map_len_ || a >= b)
+        return;
+    if (b > hi)
+        b = hi;
+    madvise((void *)a, b - a, MADV_DONTNEED); /* a private read-only mapping: refaults from the file */
+}
+
 static void unload(uint8_t *buf, size_t len, int mapped)
 {
     if (!buf)

@@ -98,6 +98,13 @@ int tf_npy_parse(const uint8_t *buf, size_t len, tf_file *out, char *err, size_t
 /* Maps (or reads) `path` and parses it as .npy. */
 int tf_npy_open(const char *path, tf_file *out, char *err, size_t errlen);
 
+/* Drops the memory pages overlapping [p, p + len) of a mapped file from
+ * the process's resident memory (they are read back from the file when
+ * touched again: the mapping is private and read-only), so a pass over a
+ * file larger than memory stays bounded.  Does nothing for a file read
+ * into memory (stdin, pipes). */
+void tf_release(const tf_file *f, const void *p, size_t len);
+
 /* Releases everything a parse or open produced; a zeroed tf_file is fine. */
 void tf_file_close(tf_file *f);
 

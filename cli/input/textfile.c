@@ -36,6 +36,30 @@ int cli_read_file(const char *path, char **buf, size_t *len)
     return rc;
 }
 
+int cli_text_check(const char *path, const char *text, size_t len)
+{
+    const char *nul = memchr(text, 0, len);
+    if (nul)
+        return cli_error("%s: does not look like text (a NUL byte at offset %zu); give --binary-ok to "
+                         "ingest it anyway",
+                         path, (size_t)(nul - text));
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < len;) {
+        size_t l = cli_utf8_seq((const unsigned char *)text + i, len - i);
+        if (l == 0) {
+            if (!bad++)
+                first = i;
+            l = 1;
+        }
+        i += l;
+    }
+    if (bad * 100 > len)
+        return cli_error("%s: does not look like text (%zu of %zu bytes are not valid UTF-8, the first at "
+                         "offset %zu); give --binary-ok to ingest it anyway",
+                         path, bad, len, first);
+    return CLI_OK;
+}
+
 void cli_split_free(split_text *s)
 {
     for (size_t i = 0; i < s->n_headings; i++)

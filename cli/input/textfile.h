@@ -21,6 +21,11 @@ typedef struct split_text {
  * Returns CLI_OK, or CLI_ERROR after a message naming the file. */
 int cli_read_file(const char *path, char **buf, size_t *len);
 
+/* Whether text read from `path` looks like text: no NUL byte, and at most
+ * 1% of its bytes outside valid UTF-8 sequences.  CLI_OK, or CLI_ERROR
+ * after a message naming the file, the evidence and --binary-ok. */
+int cli_text_check(const char *path, const char *text, size_t len);
+
 /* Cuts text into paragraphs: runs of non-blank lines; a heading line ends a
  * paragraph and names the section that follows; blank lines and "#" lines
  * inside a fenced code block belong to the block.  0, or -1 out of memory

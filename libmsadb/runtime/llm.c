@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/store.h"
 #include "runtime/gguf.h"
 #include "runtime/model.h"
 #include "codec/summary.h"
@@ -323,6 +324,22 @@ static int capture_hook(uint32_t layer, uint32_t first, uint32_t n, const float 
     return msadb_capture_kv(user, layer, first, n, k, v);
 }
 
+/* The key of part p (of n) of a text ingested into a space: the text's
+ * content hash (msadb_doc_key_hash, keyed per store when encrypted), so
+ * the same text ingested again into the same space is recognized. */
+static int text_key(const msadb_store *st, const char *space, const char *text, size_t len, size_t p, size_t n,
+                    unsigned char key[MSADB_DOCKEY_HASH])
+{
+    static const char tag[] = "msadb text v1";
+    uint8_t pn[8];
+    msadb_put_le32(pn, (uint32_t)p);
+    msadb_put_le32(pn + 4, (uint32_t)n);
+    const char *sp = space ? space : "default";
+    const void *parts[] = {tag, sp, text, pn};
+    const size_t lens[] = {sizeof tag - 1, strlen(sp), len, sizeof pn};
+    return msadb_doc_key_hash(st, parts, lens, 4, key);
+}
+
 /* Captures tokens [t0, t0 + n) of the text as one document added to the
  * batch.  The document keeps only its own slice of the text (spans tile the
  * text, so the slices of consecutive parts tile it too), with spans rebased
@@ -434,7 +451,18 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
             meta.title = part_title;
         }
         size_t t0 = p * window, cnt = n - t0 < window ? n - t0 : window;
-        rc = ingest_part(st, batch, ctx, &meta, ids, spans, t0, cnt);
+        unsigned char key[MSADB_DOCKEY_HASH];
+        if ((rc = text_key(st, doc->space, text, len, p, parts, key)))
+            break;
+        meta.key = key;
+        meta.key_len = sizeof key;
+        rc = msadb_batch_skip_key(batch, key, sizeof key); /* already in: no forward pass */
+        if (rc == 1) {
+            rc = 0;
+            continue;
+        }
+        if (!rc)
+            rc = ingest_part(st, batch, ctx, &meta, ids, spans, t0, cnt);
         if (!rc && n_docs)
             (*n_docs)++;
     }
@@ -461,6 +489,8 @@ int msadb_llm_ingest(msadb_llm *llm, msadb_store *st, const char *space, const c
         msadb_batch_abort(batch);
         return rc;
     }
+    msadb_batch_status bs;
+    msadb_batch_status_get(batch, &bs);
     uint64_t *ids = malloc((nd + 1) * sizeof *ids);
     if (!ids) {
         msadb_batch_abort(batch);
@@ -468,7 +498,7 @@ int msadb_llm_ingest(msadb_llm *llm, msadb_store *st, const char *space, const c
     }
     rc = msadb_batch_commit(batch, ids); /* frees the batch */
     if (!rc && doc_id)
-        *doc_id = ids[0];
+        *doc_id = nd ? ids[0] : bs.last_duplicate;
     free(ids);
     return rc;
 }

@@ -42,14 +42,29 @@ static int del_range(MDB_txn *txn, MDB_dbi dbi, const uint8_t *lo, size_t lo_len
     return rc;
 }
 
-/* Removes a document's blocks, data and record (not its slots). */
+/* Removes a document's blocks, data, key and record (not its slots). */
 static int drop_doc(msadb_store *st, MDB_txn *txn, uint64_t id, const msadb_docrec *r)
 {
     uint8_t lo[8], hi[8], k[9];
+    int rc = 0;
+    if (r->flags & DOC_F_KEY) {
+        uint8_t key[MSADB_DOCKEY_MAX];
+        size_t len = 0;
+        if ((rc = msadb_dockey_of(txn, st, id, key, &len)))
+            return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+        MDB_val kv = {len, key};
+        if (!st->has_dockeys)
+            return MSADB_ECORRUPT;
+        rc = mdb_del(txn, st->db_dockeys, &kv, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0; /* verify reports a missing entry; deleting still works */
+        if (rc)
+            return rc;
+    }
     msadb_key_block(lo, r->first_block);
     msadb_key_block(hi, r->first_block + r->n_blocks);
-    int rc = del_range(txn, st->db_blocks, lo, 8, hi, 8, 0);
-    for (uint8_t kind = DD_TITLE; !rc && kind <= DD_SPANS; kind++) {
+    rc = del_range(txn, st->db_blocks, lo, 8, hi, 8, 0);
+    for (uint8_t kind = DD_TITLE; !rc && kind <= DD_KEY; kind++) {
         msadb_key_docdata(k, id, kind);
         MDB_val kv = {9, k};
         rc = mdb_del(txn, st->db_docdata, &kv, NULL);

@@ -1,8 +1,9 @@
 /* index.c -- storage of the routing index: one coarse page (codec/coarse.h)
  * per summary page, in the `route` database under the summary page's key,
  * written in the same transaction as the summary page it is computed from
- * (ingest, compaction), removed with it (space drop), built for a store of
- * format 1 by msadb_upgrade(), and compared with a recomputation by verify.
+ * (ingest, compaction), removed with it (space drop), built for a store
+ * without one by msadb_upgrade(), and compared with a recomputation by
+ * verify.  A store has an index when its `route` database exists.
  *
  * meta/route (16 bytes, u32 LE each): kind, S (slots per super-block), R
  * (representatives per super-block), reserved 0.  Present only in stores
@@ -37,14 +38,16 @@ static int meta_route(MDB_txn *txn, msadb_store *st, msadb_coarse_layout *C)
     return 0;
 }
 
-int msadb_route_open(msadb_store *st, MDB_txn *txn, uint32_t format)
+int msadb_route_open(msadb_store *st, MDB_txn *txn)
 {
     st->has_route = 0;
-    if (format < 2)
-        return 0;
+    /* The database's presence, not the format number, tells: a store of
+     * format 1 that gained document keys is of format 3 without an index. */
     int rc = mdb_dbi_open(txn, "route", 0, &st->db_route);
+    if (rc == MDB_NOTFOUND)
+        return 0;
     if (rc)
-        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+        return rc;
     rc = meta_route(txn, st, &st->route);
     if (rc == MDB_NOTFOUND)
         return 0;
@@ -86,7 +89,7 @@ int msadb_route_refresh(msadb_store *st, MDB_txn *txn)
     if (rc || v.mv_size != 4)
         return rc ? rc : MSADB_ECORRUPT;
     st->format = msadb_get_le32(v.mv_data);
-    return msadb_route_open(st, txn, st->format);
+    return msadb_route_open(st, txn);
 }
 
 int msadb_route_put(msadb_store *st, MDB_txn *txn, uint32_t space, uint32_t plane, uint64_t pg, const uint8_t *summ,
@@ -181,12 +184,20 @@ static int upgrade_fn(msadb_store *st, MDB_txn *txn, void *ud)
     int rc = mdb_get(txn, st->db_meta, &k, &v);
     if (rc || v.mv_size != 4)
         return rc ? rc : MSADB_ECORRUPT;
-    if (msadb_get_le32(v.mv_data) >= 2 && !(st->sig.summary_kinds & MSADB_SUMMARY_REPS))
+    uint32_t format = msadb_get_le32(v.mv_data);
+    if (st->sig.summary_kinds & MSADB_SUMMARY_REPS) {
+        /* (re)build: the index is derived from the summary pages alone */
+        if ((rc = msadb_route_create(st, txn)) || (rc = mdb_drop(txn, st->db_route, 0)) ||
+            (rc = build_all(st, txn)))
+            return rc;
+    } else if (format >= MSADB_FORMAT_DOCKEYS) {
         return 0;
-    /* (re)build: the index is derived from the summary pages alone */
-    if ((rc = msadb_route_create(st, txn)) || (rc = mdb_drop(txn, st->db_route, 0)) || (rc = build_all(st, txn)))
+    }
+    /* format 3: the database of document keys (empty until a keyed document) */
+    MDB_dbi keys;
+    if ((rc = mdb_dbi_open(txn, "dockeys", MDB_CREATE, &keys)))
         return rc;
-    return msadb_meta_raise_format(txn, st, MSADB_FORMAT_ROUTE);
+    return msadb_meta_raise_format(txn, st, MSADB_FORMAT_DOCKEYS);
 }
 
 int msadb_upgrade(msadb_store *st)
@@ -194,11 +205,13 @@ int msadb_upgrade(msadb_store *st)
     if (!st)
         return MSADB_EINVAL;
     int rc = msadb_write(st, upgrade_fn, NULL);
-    if (rc)
+    if (rc) {
         st->has_route = 0; /* the transaction is gone, and the handle with it */
-    else if (st->format < MSADB_FORMAT_ROUTE)
-        st->format = MSADB_FORMAT_ROUTE;
-    return rc;
+        return rc;
+    }
+    if (st->format < MSADB_FORMAT_DOCKEYS)
+        st->format = MSADB_FORMAT_DOCKEYS;
+    return msadb_dockeys_open(st);
 }
 
 static int rebuild_fn(msadb_store *st, MDB_txn *txn, void *ud)

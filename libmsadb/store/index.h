@@ -9,9 +9,9 @@
 #include "codec/coarse.h"
 #include "msadb.h"
 
-/* Opens the index of a store of `format` (none before format 2, or without
- * meta/route). */
-MSADB_HIDDEN int msadb_route_open(msadb_store *st, MDB_txn *txn, uint32_t format);
+/* Opens the index of a store: none when the `route` database does not exist
+ * (a store written before format 2) or meta/route is absent. */
+MSADB_HIDDEN int msadb_route_open(msadb_store *st, MDB_txn *txn);
 /* At creation (and upgrade): the `route` database and meta/route with the
  * default parameters when the signature keeps representatives. */
 MSADB_HIDDEN int msadb_route_create(msadb_store *st, MDB_txn *txn);

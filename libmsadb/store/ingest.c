@@ -1,7 +1,10 @@
 /* ingest.c -- batches: documents are validated and encoded (quantized,
  * compressed, summarized) outside any transaction by msadb_batch_add();
  * msadb_batch_commit() then assigns ids, seals blocks when the store is
- * encrypted and writes everything in one LMDB write transaction. */
+ * encrypted and writes everything in one LMDB write transaction.  A batch
+ * may also commit in chunks (msadb_batch_flush(), or by itself past the
+ * limits of msadb_batch_set_flush()), whole documents at a time, and skips
+ * documents whose key is already stored. */
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -47,6 +50,7 @@ typedef struct {
     uint64_t n_tokens, n_blocks;
     size_t title_off, title_len, meta_off, meta_len, text_off, text_len;
     size_t ids_off, spans_off; /* (size_t)-1 when absent */
+    size_t key_off, key_len;   /* key_len 0: no key */
     size_t blocks_off;         /* n_planes * n_blocks (offset u64, length u64) pairs in the arena */
     size_t summ_off;           /* [plane][block] summary entries */
     int64_t created, expires;
@@ -72,6 +76,14 @@ struct msadb_batch {
     encoder enc[ENCODE_THREADS];
     uint64_t *del; /* documents msadb_batch_delete() named, deleted at commit */
     size_t n_del, del_cap;
+    /* flush policy (msadb_batch_set_flush) and counters */
+    size_t max_docs, max_bytes;
+    uint64_t max_tokens;
+    msadb_commit_fn on_commit;
+    void *user;
+    uint64_t held_tokens, committed, commits, duplicates, last_duplicate;
+    uint64_t *ids; /* a flush's ids when the caller gives no array */
+    size_t cap_ids;
 };
 
 static void encoder_free(encoder *e)
@@ -125,6 +137,7 @@ void msadb_batch_abort(msadb_batch *b)
     free(b->docs);
     free(b->arena.p);
     free(b->del);
+    free(b->ids);
     free(b);
 }
 
@@ -159,6 +172,8 @@ static int validate_doc(const msadb_store *st, const msadb_doc *d)
     if (d->expires < 0 || (d->expires > 0 && d->expires <= msadb_time_now()))
         return MSADB_EINVAL;
     if ((d->meta_len && !d->meta) || (d->text_len && !d->text))
+        return MSADB_EINVAL;
+    if (d->key ? d->key_len < 1 || d->key_len > MSADB_DOCKEY_MAX : d->key_len != 0)
         return MSADB_EINVAL;
     if (d->token_spans) {
         if (!d->text)
@@ -278,6 +293,55 @@ static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
     return 0;
 }
 
+/* Whether a key is held by the batch (*id = 0) or stored (*id = its
+ * document): 0, MSADB_ENOTFOUND or an error. */
+static int find_key(msadb_batch *b, const void *key, size_t len, uint64_t *id)
+{
+    for (size_t i = 0; i < b->n_docs; i++)
+        if (b->docs[i].key_len == len && memcmp(b->arena.p + b->docs[i].key_off, key, len) == 0) {
+            *id = 0;
+            return 0;
+        }
+    msadb_store *st = b->st;
+    int rc = msadb_dockeys_open(st);
+    if (rc)
+        return rc;
+    MDB_txn *txn;
+    if ((rc = msadb_txn_read(st, &txn)))
+        return rc;
+    rc = msadb_dockey_get(txn, st, key, len, id);
+    msadb_txn_done(st, txn);
+    /* a document the batch deletes gives its key up (the deletions come
+     * first in the commit): replacing a document by the same content */
+    for (size_t i = 0; rc == 0 && i < b->n_del; i++)
+        if (b->del[i] == *id)
+            rc = MSADB_ENOTFOUND;
+    return rc;
+}
+
+int msadb_batch_skip_key(msadb_batch *b, const void *key, size_t len)
+{
+    uint64_t id = 0;
+    int rc = find_key(b, key, len, &id);
+    if (rc == MSADB_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    b->duplicates++;
+    b->last_duplicate = id;
+    return 1;
+}
+
+/* Whether the flush policy commits what the batch holds before adding a
+ * document of T tokens. */
+static int flush_due(const msadb_batch *b, uint64_t T)
+{
+    if (!b->n_docs)
+        return 0;
+    return (b->max_docs && b->n_docs >= b->max_docs) || (b->max_tokens && b->held_tokens + T > b->max_tokens) ||
+           (b->max_bytes && b->arena.len >= b->max_bytes);
+}
+
 int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
 {
     if (!b)
@@ -285,6 +349,10 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     msadb_store *st = b->st;
     int rc = validate_doc(st, doc);
     if (rc)
+        return rc;
+    if (doc->key && (rc = msadb_batch_skip_key(b, doc->key, doc->key_len)))
+        return rc < 0 ? rc : 0;
+    if (flush_due(b, doc->n_tokens) && (rc = msadb_batch_flush(b)))
         return rc;
     const msadb_signature *sig = &st->sig;
     const uint32_t B = sig->block_size, planes = msadb_signature_planes(sig);
@@ -302,12 +370,14 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     bd->created = msadb_time_now();
     bd->expires = doc->expires;
     bd->ids_off = bd->spans_off = (size_t)-1;
+    bd->key_len = doc->key ? doc->key_len : 0;
     bd->title_len = doc->title ? strlen(doc->title) : 0;
     bd->meta_len = doc->meta_len;
     bd->text_len = doc->text_len;
     if ((rc = arena_put(&b->arena, doc->title, bd->title_len, &bd->title_off)) ||
         (rc = arena_put(&b->arena, doc->meta, bd->meta_len, &bd->meta_off)) ||
-        (rc = arena_put(&b->arena, doc->text, bd->text_len, &bd->text_off)))
+        (rc = arena_put(&b->arena, doc->text, bd->text_len, &bd->text_off)) ||
+        (rc = arena_put(&b->arena, doc->key, bd->key_len, &bd->key_off)))
         goto fail;
     if (doc->token_ids && (rc = arena_put(&b->arena, doc->token_ids, T * 4, &bd->ids_off)))
         goto fail;
@@ -323,6 +393,7 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     if ((rc = encode_doc(b, doc, bd)))
         goto fail;
     b->n_docs++;
+    b->held_tokens += T;
     return 0;
 fail:
     b->arena.len = arena_mark;
@@ -511,6 +582,15 @@ static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
 {
     int rc = msadb_docrec_put(txn, st, id, rec, MDB_APPEND);
     const uint8_t *A = b->arena.p;
+    if (!rc && bd->key_len) { /* the key, in the clear: it is itself a hash (msadb_doc_key_hash) */
+        uint8_t kk[9], idb[8];
+        msadb_key_docdata(kk, id, DD_KEY);
+        msadb_put_le64(idb, id);
+        MDB_val dk = {9, kk}, dv = {bd->key_len, (void *)(A + bd->key_off)};
+        MDB_val kk2 = {bd->key_len, (void *)(A + bd->key_off)}, iv = {8, idb};
+        if (!(rc = mdb_put(txn, st->db_docdata, &dk, &dv, 0)))
+            rc = mdb_put(txn, st->db_dockeys, &kk2, &iv, MDB_NOOVERWRITE);
+    }
     if (rc || (rc = put_docdata(st, txn, id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
         (rc = put_docdata(st, txn, id, DD_META, A + bd->meta_off, bd->meta_len)) ||
         (rc = put_docdata(st, txn, id, DD_TEXT, A + bd->text_off, bd->text_len)))
@@ -568,14 +648,32 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         (rc = msadb_delete_txn(st, txn, b->del, b->n_del)))
         return rc;
     space_group *groups = NULL;
-    size_t n_groups = 0;
+    size_t n_groups = 0, written = 0, keyed = 0;
     buf_t page_buf = {0};
     for (size_t i = 0; i < b->n_docs; i++) {
         const batch_doc *bd = &b->docs[i];
+        if (bd->key_len) {
+            /* another writer may have stored the key since the add */
+            uint64_t have;
+            if (!st->has_dockeys) {
+                rc = MSADB_ESTATE;
+                goto out;
+            }
+            rc = msadb_dockey_get(txn, st, b->arena.p + bd->key_off, bd->key_len, &have);
+            if (rc == 0) {
+                if (a->ids)
+                    a->ids[i] = have;
+                continue;
+            }
+            if (rc != MSADB_ENOTFOUND)
+                goto out;
+            rc = 0;
+            keyed++;
+        }
         space_group *g = find_group(&groups, &n_groups, st, txn, bd->space, &rc);
         if (!g)
             goto out;
-        uint64_t id = next_doc + i, blk0 = next_block;
+        uint64_t id = next_doc + written++, blk0 = next_block;
         next_block += bd->n_blocks;
         msadb_docrec rec = {0};
         rec.space_id = g->rec.id;
@@ -592,7 +690,7 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
             goto out;
         rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
                     (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
-                    (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0);
+                    (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0) | (bd->key_len ? DOC_F_KEY : 0);
         if ((rc = write_doc_blocks(st, txn, b, bd, g->rec.id, blk0)) ||
             (rc = write_doc_record(st, txn, b, bd, id, &rec)) || (rc = group_add_doc(st, b, bd, g, id, blk0)))
             goto out;
@@ -603,8 +701,10 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         if ((rc = write_pages(st, txn, &groups[i], &page_buf)) ||
             (rc = msadb_space_put_txn(txn, st, groups[i].name, &groups[i].rec)))
             goto out;
-    if ((rc = msadb_meta_put_u64(txn, st, "next_doc", next_doc + b->n_docs)) ||
+    if ((rc = msadb_meta_put_u64(txn, st, "next_doc", next_doc + written)) ||
         (rc = msadb_meta_put_u64(txn, st, "next_block", next_block)))
+        goto out;
+    if (keyed && st->format < MSADB_FORMAT_DOCKEYS && (rc = msadb_meta_put_format(txn, st, MSADB_FORMAT_DOCKEYS)))
         goto out;
 out:
     for (size_t i = 0; i < n_groups; i++) {
@@ -616,17 +716,82 @@ out:
     return rc;
 }
 
+/* Writes what the batch holds in one transaction, counts it and tells
+ * on_commit; the batch still holds the documents afterwards. */
+static int batch_write(msadb_batch *b, uint64_t *doc_ids)
+{
+    if (!b->n_docs && !b->n_del)
+        return 0;
+    if (!doc_ids && b->on_commit) {
+        if (msadb_grow(&b->ids, &b->cap_ids, b->n_docs, sizeof *b->ids, 64))
+            return MSADB_ENOMEM;
+        doc_ids = b->ids;
+    }
+    struct commit_args a = {b, doc_ids};
+    int rc = msadb_write(b->st, commit_fn, &a);
+    if (rc)
+        return rc;
+    b->n_del = 0; /* the deletions are done, in the first commit */
+    for (size_t i = 0; i < b->n_docs; i++)
+        if (b->docs[i].key_len && b->st->format < MSADB_FORMAT_DOCKEYS)
+            b->st->format = MSADB_FORMAT_DOCKEYS;
+    b->committed += b->n_docs;
+    b->commits++;
+    if (b->max_docs || b->max_tokens || b->max_bytes)
+        msadb_map_release(b->st);
+    if (b->on_commit)
+        b->on_commit(doc_ids, b->n_docs, b->user);
+    return 0;
+}
+
 int msadb_batch_commit(msadb_batch *b, uint64_t *doc_ids)
 {
     if (!b)
         return MSADB_EINVAL;
-    int rc = 0;
-    if (b->n_docs || b->n_del) {
-        struct commit_args a = {b, doc_ids};
-        rc = msadb_write(b->st, commit_fn, &a);
-    }
+    int rc = batch_write(b, doc_ids);
     msadb_batch_abort(b);
     return rc;
+}
+
+int msadb_batch_flush(msadb_batch *b)
+{
+    if (!b)
+        return MSADB_EINVAL;
+    int rc = batch_write(b, NULL);
+    if (rc)
+        return rc;
+    b->n_docs = 0;
+    b->arena.len = 0;
+    b->held_tokens = 0;
+    return 0;
+}
+
+int msadb_batch_set_flush(msadb_batch *b, size_t max_docs, uint64_t max_tokens, size_t max_bytes,
+                          msadb_commit_fn on_commit, void *user)
+{
+    if (!b)
+        return MSADB_EINVAL;
+    b->max_docs = max_docs;
+    b->max_tokens = max_tokens;
+    b->max_bytes = max_bytes;
+    b->on_commit = on_commit;
+    b->user = user;
+    return 0;
+}
+
+int msadb_batch_status_get(const msadb_batch *b, msadb_batch_status *out)
+{
+    if (!b || !out)
+        return MSADB_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->held = b->n_docs;
+    out->held_tokens = b->held_tokens;
+    out->held_bytes = b->arena.len;
+    out->committed = b->committed;
+    out->commits = b->commits;
+    out->duplicates = b->duplicates;
+    out->last_duplicate = b->last_duplicate;
+    return 0;
 }
 
 int msadb_doc_append(msadb_store *st, const msadb_doc *doc, uint64_t *doc_id)

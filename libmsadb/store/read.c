@@ -27,7 +27,15 @@ int msadb_snapshot_begin(msadb_store *st, msadb_snapshot **out)
         free(s);
         return MSADB_ENOMEM;
     }
-    int rc = msadb_txn_read(st, &s->txn);
+    /* A key database another process created since this one opened the
+     * store: its handle must exist before the snapshot's transaction. */
+    int rc = msadb_dockeys_open(st);
+    if (rc && rc != MSADB_ENOTFOUND) {
+        msadb_codec_free(s->codec);
+        free(s);
+        return rc;
+    }
+    rc = msadb_txn_read(st, &s->txn);
     if (rc) {
         msadb_codec_free(s->codec);
         free(s);
@@ -150,6 +158,13 @@ static int msadb_doc_info_fill(msadb_snapshot *s, uint64_t id, const msadb_docre
         out->title[n] = 0;
     }
     return 0;
+}
+
+int msadb_doc_find_key(msadb_snapshot *s, const void *key, size_t len, uint64_t *doc_id)
+{
+    if (!snap_ok(s) || !key || len < 1 || len > MSADB_DOCKEY_MAX || !doc_id)
+        return MSADB_EINVAL;
+    return msadb_dockey_get(s->txn, s->st, key, len, doc_id);
 }
 
 int msadb_doc_get(msadb_snapshot *s, uint64_t id, msadb_doc_info *out)

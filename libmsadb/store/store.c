@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -124,11 +125,46 @@ int msadb_meta_raise_format(MDB_txn *txn, msadb_store *st, uint32_t version)
 {
     uint32_t cur;
     int rc = msadb_meta_format(txn, st, &cur);
-    if (rc || cur >= version)
-        return rc;
+    return rc || cur >= version ? rc : msadb_meta_put_format(txn, st, version);
+}
+
+int msadb_meta_put_format(MDB_txn *txn, msadb_store *st, uint32_t version)
+{
     uint8_t b[4];
     msadb_put_le32(b, version);
     return put_meta(txn, st, "format", b, 4);
+}
+
+void msadb_map_release(msadb_store *st)
+{
+#ifdef __linux__
+    /* LMDB does not tell where its map is (mdb_env_info gives an address
+     * only with MDB_FIXEDMAP): find the mapping holding a value read from
+     * it.  The map is shared and read-only (no MDB_WRITEMAP), so dropped
+     * pages are read back from the page cache on the next access. */
+    MDB_txn *txn;
+    MDB_envinfo info;
+    MDB_stat es;
+    if (mdb_env_info(st->env, &info) || mdb_env_stat(st->env, &es) || msadb_txn_read(st, &txn))
+        return;
+    MDB_val k = {6, "format"}, v;
+    uintptr_t p = mdb_get(txn, st->db_meta, &k, &v) == 0 ? (uintptr_t)v.mv_data : 0;
+    msadb_txn_done(st, txn);
+    FILE *f = p ? fopen("/proc/self/maps", "r") : NULL;
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx", &lo, &hi) != 2 || p < lo || p >= hi)
+            continue;
+        size_t used = (size_t)(info.me_last_pgno + 1) * es.ms_psize;
+        madvise((void *)lo, used < hi - lo ? used : hi - lo, MADV_DONTNEED);
+        break;
+    }
+    if (f)
+        fclose(f);
+#else
+    (void)st;
+#endif
 }
 
 static int env_open(msadb_store *st, const char *path, const msadb_options *opt, int creating)
@@ -182,6 +218,125 @@ static int open_dbs(msadb_store *st, MDB_txn *txn, unsigned flags)
         if (rc)
             return rc;
     }
+    return 0;
+}
+
+/* The optional database of document keys (format 3): opened when it
+ * exists; created by the first read-write open (one write transaction). */
+static int dockeys_create_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    (void)ud;
+    return mdb_dbi_open(txn, "dockeys", MDB_CREATE, &st->db_dockeys);
+}
+
+static int dockeys_open_txn(msadb_store *st, MDB_txn *txn)
+{
+    int rc = mdb_dbi_open(txn, "dockeys", 0, &st->db_dockeys);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    return rc;
+}
+
+int msadb_dockeys_open(msadb_store *st)
+{
+    if (st->has_dockeys)
+        return 0;
+    /* mdb_dbi_open must not run concurrently with itself: writers are
+     * serialized by write_lock, so take it too. */
+    pthread_mutex_lock(&st->write_lock);
+    int rc = 0;
+    if (!st->has_dockeys) {
+        MDB_txn *txn;
+        if (!(rc = msadb_txn_read(st, &txn))) {
+            rc = dockeys_open_txn(st, txn);
+            if (!rc) {
+                rc = mdb_txn_commit(txn); /* keeps the handle */
+                pthread_mutex_lock(&st->snap_lock);
+                st->n_readers--;
+                pthread_mutex_unlock(&st->snap_lock);
+            } else {
+                msadb_txn_done(st, txn);
+            }
+            if (!rc)
+                st->has_dockeys = 1;
+        }
+    }
+    pthread_mutex_unlock(&st->write_lock);
+    return rc;
+}
+
+int msadb_dockey_get(MDB_txn *txn, msadb_store *st, const void *key, size_t len, uint64_t *id)
+{
+    if (!st->has_dockeys)
+        return MSADB_ENOTFOUND;
+    MDB_val k = {len, (void *)key}, v;
+    int rc = mdb_get(txn, st->db_dockeys, &k, &v);
+    if (rc == MDB_NOTFOUND || rc == EINVAL || rc == MDB_BAD_DBI)
+        return MSADB_ENOTFOUND; /* EINVAL, MDB_BAD_DBI: the database is newer than txn */
+    if (rc)
+        return rc;
+    if (v.mv_size != 8)
+        return MSADB_ECORRUPT;
+    *id = msadb_get_le64(v.mv_data);
+    return 0;
+}
+
+/* Copies the value under key (klen bytes) of dbi, 1..max bytes, to out:
+ * 0, MSADB_ENOTFOUND, MSADB_ECORRUPT (size out of range) or an LMDB error. */
+static int get_bounded(MDB_txn *txn, MDB_dbi dbi, void *key, size_t klen, size_t max, void *out, size_t *len)
+{
+    MDB_val kv = {klen, key}, v;
+    int rc = mdb_get(txn, dbi, &kv, &v);
+    if (rc == MDB_NOTFOUND)
+        return MSADB_ENOTFOUND;
+    if (rc)
+        return rc;
+    if (v.mv_size < 1 || v.mv_size > max)
+        return MSADB_ECORRUPT;
+    memcpy(out, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+    return 0;
+}
+
+int msadb_dockey_of(MDB_txn *txn, msadb_store *st, uint64_t doc, uint8_t *key, size_t *len)
+{
+    uint8_t k[9];
+    msadb_key_docdata(k, doc, DD_KEY);
+    return get_bounded(txn, st->db_docdata, k, 9, MSADB_DOCKEY_MAX, key, len);
+}
+
+int msadb_doc_key_hash(const msadb_store *st, const void *const *parts, const size_t *lens, size_t n,
+                       unsigned char out[MSADB_DOCKEY_HASH])
+{
+    if (!st || !out || (n && (!parts || !lens)))
+        return MSADB_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (lens[i] && !parts[i])
+            return MSADB_EINVAL;
+    /* Encrypted stores: keyed with BLAKE2b(key = the store key, "msadb
+     * document key v1" || store id), so equal content gives unrelated keys
+     * in different stores and nothing can be learnt without the key. */
+    uint8_t hkey[32];
+    size_t hkey_len = 0;
+    if (st->encrypted) {
+        static const char label[] = "msadb document key v1";
+        uint8_t msg[sizeof label - 1 + 16];
+        memcpy(msg, label, sizeof label - 1);
+        memcpy(msg + sizeof label - 1, st->store_id, 16);
+        crypto_generichash(hkey, sizeof hkey, msg, sizeof msg, st->key, 32);
+        hkey_len = sizeof hkey;
+    }
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, hkey_len ? hkey : NULL, hkey_len, MSADB_DOCKEY_HASH);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t l8[8];
+        msadb_put_le64(l8, lens[i]);
+        crypto_generichash_update(&h, l8, 8);
+        if (lens[i])
+            crypto_generichash_update(&h, parts[i], lens[i]);
+    }
+    crypto_generichash_final(&h, out, MSADB_DOCKEY_HASH);
+    sodium_memzero(hkey, sizeof hkey);
     return 0;
 }
 
@@ -362,7 +517,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     if ((rc = env_open(st, path, opt, 1)) || (rc = mdb_txn_begin(st->env, NULL, 0, &txn)))
         goto fail;
     MDB_val v;
-    if ((rc = open_dbs(st, txn, MDB_CREATE)))
+    if ((rc = open_dbs(st, txn, MDB_CREATE)) || (rc = dockeys_create_fn(st, txn, NULL)))
         goto fail;
     if (get_meta(txn, st, "format", &v) == 0) {
         rc = MSADB_EEXIST;
@@ -373,7 +528,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     st->page_cap = MSADB_PAGE_CAP;
     msadb_random(st->store_id, sizeof st->store_id);
     uint8_t sigbuf[36 + 2 * MSADB_MAX_LAYERS], u32[4];
-    msadb_put_le32(u32, MSADB_FORMAT_ROUTE); /* raised when a later layout is first used */
+    msadb_put_le32(u32, MSADB_FORMAT_DOCKEYS); /* raised when a later layout is first used */
     if ((rc = put_meta(txn, st, "format", u32, 4)))
         goto fail;
     if ((rc = put_meta(txn, st, "signature", sigbuf, msadb_sig_encode(sig, sigbuf))))
@@ -385,7 +540,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
         goto fail;
     if ((rc = setup_crypto_create(st, txn, opt)))
         goto fail;
-    st->format = MSADB_FORMAT_ROUTE;
+    st->format = MSADB_FORMAT_DOCKEYS;
     if ((rc = msadb_route_create(st, txn)))
         goto fail;
     if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
@@ -398,6 +553,8 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     txn = NULL;
     if (rc)
         goto fail;
+    st->has_dockeys = 1;
+    st->format = MSADB_FORMAT_DOCKEYS;
     *out = st;
     return 0;
 fail:
@@ -449,6 +606,7 @@ int msadb_open(const char *path, const msadb_signature *expect, const msadb_opti
         rc = MSADB_ECORRUPT;
         goto fail;
     }
+    st->format = format;
     if ((rc = get_meta(txn, st, "signature", &v)) || (rc = msadb_sig_decode(v.mv_data, v.mv_size, &st->sig)))
         goto fail_nf;
     msadb_summ_layout_init(&st->summ, st->sig.head_dim, st->sig.summary_kinds);
@@ -472,8 +630,11 @@ int msadb_open(const char *path, const msadb_signature *expect, const msadb_opti
     }
     if ((rc = setup_crypto_open(st, txn, opt)))
         goto fail;
+    if ((rc = dockeys_open_txn(st, txn)) && rc != MSADB_ENOTFOUND)
+        goto fail;
+    st->has_dockeys = rc == 0;
     st->format = format;
-    if ((rc = msadb_route_open(st, txn, format)))
+    if ((rc = msadb_route_open(st, txn)))
         goto fail;
     /* Committing (not aborting) keeps the database handles opened here. */
     rc = mdb_txn_commit(txn);
@@ -483,6 +644,13 @@ int msadb_open(const char *path, const msadb_signature *expect, const msadb_opti
     txn = NULL;
     if (rc)
         goto fail;
+    /* A store written by a library without document keys gets their
+     * (empty) database now; the format number changes with the first key. */
+    if (!st->has_dockeys && !st->read_only) {
+        if ((rc = msadb_write(st, dockeys_create_fn, NULL)))
+            goto fail;
+        st->has_dockeys = 1;
+    }
     *out = st;
     return 0;
 fail_nf:
@@ -739,17 +907,11 @@ int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[M
 {
     uint8_t kb[4];
     msadb_put_be32(kb, id);
-    MDB_val k = {4, kb}, v;
-    int rc = mdb_get(txn, st->db_spaceids, &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return MSADB_ENOTFOUND;
-    if (rc)
-        return rc;
-    if (v.mv_size < 1 || v.mv_size > MSADB_NAME_MAX)
-        return MSADB_ECORRUPT;
-    memcpy(name, v.mv_data, v.mv_size);
-    name[v.mv_size] = 0;
-    return 0;
+    size_t len;
+    int rc = get_bounded(txn, st->db_spaceids, kb, 4, MSADB_NAME_MAX, name, &len);
+    if (!rc)
+        name[len] = 0;
+    return rc;
 }
 
 int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out)

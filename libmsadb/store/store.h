@@ -152,4 +152,10 @@ MSADB_HIDDEN void msadb_docmask_free(msadb_docmask *m);
 /* The signature of the snapshot's store. */
 MSADB_HIDDEN const msadb_signature *msadb_snap_signature(msadb_snapshot *snap);
 
+/* For hosts that build a document only when it is new (the runtime's text
+ * ingest): whether a document key is held by the batch or stored.  If so
+ * the lookup counts as a no-op add (msadb_batch_status_get()) and 1 is
+ * returned; 0 when the key is new; or an error. */
+MSADB_HIDDEN int msadb_batch_skip_key(msadb_batch *b, const void *key, size_t len);
+
 #endif

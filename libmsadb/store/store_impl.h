@@ -17,10 +17,12 @@
 struct msadb_store {
     MDB_env *env;
     MDB_dbi db_meta, db_spaces, db_spaceids, db_docs, db_docdata, db_blocks, db_slots, db_summ;
-    MDB_dbi db_route;        /* routing index (format 2; store/index.c) */
-    int has_route;           /* the index exists and is maintained */
+    MDB_dbi db_route;           /* routing index (format 2; store/index.c) */
+    int has_route;              /* the index exists and is maintained */
     msadb_coarse_layout route;
-    uint32_t format;         /* the store's format version */
+    MDB_dbi db_dockeys;         /* document key -> id (format 3); valid when has_dockeys */
+    int has_dockeys;            /* the dockeys database exists and is open */
+    uint32_t format;            /* the store's format version (meta "format") */
     msadb_signature sig;
     uint8_t store_id[16];
     uint8_t key[32];
@@ -54,12 +56,14 @@ struct msadb_snapshot {
 #define DOC_F_TITLE 4u
 #define DOC_F_TOKENS 8u
 #define DOC_F_SPANS 16u
-#define DOC_F_ALL 31u
+#define DOC_F_KEY 32u /* the document has a key (docdata DD_KEY, database dockeys) */
+#define DOC_F_ALL 63u
 #define DD_TITLE 1
 #define DD_META 2
 #define DD_TEXT 3
 #define DD_TOKENS 4
 #define DD_SPANS 5
+#define DD_KEY 6 /* the document's key, stored as given (never sealed) */
 
 typedef struct msadb_docrec {
     uint32_t flags, space_id;
@@ -77,12 +81,15 @@ typedef struct msadb_spacerec {
 #define DOC_REC_BYTES 72    /* record version 1: no expiry time */
 #define DOC_REC_BYTES_V2 80 /* record version 2: the expiry time at offset 72 */
 
-/* Format versions of the layouts added after version 1 (docs/format.md).  A
- * store carries the lowest version its contents need: the expiry version
- * only once a document with an expiry time has been written, so that a
- * store without one stays readable by older libraries. */
+/* Format versions of the layouts added after version 1 (docs/format.md):
+ * the routing index (2), document keys (database "dockeys", 3; a new store
+ * starts there), expiry times (4).  A store carries the lowest version its
+ * contents need: the expiry version only once a document with an expiry
+ * time has been written, so that a store without one stays readable by
+ * older libraries. */
 #define MSADB_FORMAT_ROUTE 2u
-#define MSADB_FORMAT_EXPIRY 3u
+#define MSADB_FORMAT_DOCKEYS 3u
+#define MSADB_FORMAT_EXPIRY 4u
 
 MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
 MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
@@ -135,6 +142,12 @@ MSADB_HIDDEN int msadb_delete_txn(msadb_store *st, MDB_txn *txn, const uint64_t 
  * be NULL) gets their count.  Nothing to do (0) in a store whose format
  * predates expiry times. */
 MSADB_HIDDEN int msadb_expire_txn(msadb_store *st, MDB_txn *txn, int64_t now, uint64_t *n);
+/* Drops the pages of the memory map this process touched from its resident
+ * memory (streaming ingest: a commit reads the pages it rewrites, and over a
+ * large ingest those would add up). */
+MSADB_HIDDEN void msadb_map_release(msadb_store *st);
+/* Writes meta "format" (the caller updates st->format once committed). */
+MSADB_HIDDEN int msadb_meta_put_format(MDB_txn *txn, msadb_store *st, uint32_t version);
 
 MSADB_HIDDEN void msadb_key_doc(uint8_t k[8], uint64_t doc);
 MSADB_HIDDEN void msadb_key_docdata(uint8_t k[9], uint64_t doc, uint8_t kind);
@@ -154,6 +167,14 @@ MSADB_HIDDEN int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *
 MSADB_HIDDEN int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec);
 MSADB_HIDDEN int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[MSADB_NAME_MAX + 1]);
 MSADB_HIDDEN int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out);
+/* Document keys.  msadb_dockeys_open() makes st->db_dockeys usable when the
+ * database exists (opened by another process after this one opened the
+ * store); 0, or MSADB_ENOTFOUND when it does not exist yet. */
+MSADB_HIDDEN int msadb_dockeys_open(msadb_store *st);
+/* The id of the document holding `key`, in txn: 0 or MSADB_ENOTFOUND. */
+MSADB_HIDDEN int msadb_dockey_get(MDB_txn *txn, msadb_store *st, const void *key, size_t len, uint64_t *id);
+/* The key stored with a document (DD_KEY) into key[MSADB_DOCKEY_MAX]. */
+MSADB_HIDDEN int msadb_dockey_of(MDB_txn *txn, msadb_store *st, uint64_t doc, uint8_t *key, size_t *len);
 MSADB_HIDDEN int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf, size_t cap,
                                     size_t *len);
 

@@ -111,6 +111,32 @@ static void check_docdata(verifier *vf, uint64_t id, const msadb_docrec *r)
     }
 }
 
+/* A keyed document's key is stored and maps back to it. */
+static void check_key(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t *keyed)
+{
+    uint8_t key[MSADB_DOCKEY_MAX];
+    size_t len = 0;
+    int rc = msadb_dockey_of(vf->snap->txn, vf->st, id, key, &len);
+    if (!(r->flags & DOC_F_KEY)) {
+        if (rc != MSADB_ENOTFOUND)
+            problem(vf, "document %llu: a key is stored but the record says none", (unsigned long long)id);
+        return;
+    }
+    (*keyed)++;
+    if (rc) {
+        problem(vf, "document %llu: key missing or malformed: %s", (unsigned long long)id, msadb_strerror(rc));
+        return;
+    }
+    uint64_t back = 0;
+    rc = msadb_dockey_get(vf->snap->txn, vf->st, key, len, &back);
+    if (rc)
+        problem(vf, "document %llu: its key is not in the key index: %s", (unsigned long long)id,
+                msadb_strerror(rc));
+    else if (back != id)
+        problem(vf, "document %llu: its key names document %llu", (unsigned long long)id,
+                (unsigned long long)back);
+}
+
 /* Checks one document; returns non-zero only if the check itself failed. */
 static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t *blocks_seen)
 {
@@ -328,7 +354,7 @@ static int verify_all(verifier *vf)
     MDB_txn *txn = vf->snap->txn;
     space_tally *tally = NULL;
     size_t n_tally = 0;
-    uint64_t blocks_seen = 0;
+    uint64_t blocks_seen = 0, keyed = 0;
     MDB_cursor *cur;
     int rc = check_meta(vf);
     if (rc || (rc = mdb_cursor_open(txn, st->db_docs, &cur)))
@@ -356,6 +382,7 @@ static int verify_all(verifier *vf)
         t->docs++;
         t->tokens += r.n_tokens;
         t->blocks += r.n_blocks;
+        check_key(vf, id, &r, &keyed);
         if ((rc = check_doc(vf, id, &r, &blocks_seen)))
             break;
     }
@@ -395,6 +422,10 @@ static int verify_all(verifier *vf)
             problem(vf, "%llu stored blocks but documents account for %llu", (unsigned long long)bs.ms_entries,
                     (unsigned long long)blocks_seen);
     }
+    MDB_stat ks;
+    if (!rc && st->has_dockeys && mdb_stat(txn, st->db_dockeys, &ks) == 0 && ks.ms_entries != keyed)
+        problem(vf, "%llu document keys stored but %llu documents have one", (unsigned long long)ks.ms_entries,
+                (unsigned long long)keyed);
     if (!rc && st->has_route) {
         MDB_stat rs;
         if (!(rc = mdb_stat(txn, st->db_route, &rs)) && rs.ms_entries != vf->route_pages)
@@ -417,7 +448,11 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     vf.K = malloc(n * sizeof(float));
     vf.V = malloc(n * sizeof(float));
     vf.summ = malloc(2 * st->summ.entry);
-    int rc = (!vf.K || !vf.V || !vf.summ) ? MSADB_ENOMEM : msadb_snapshot_begin(st, &vf.snap);
+    int rc = msadb_dockeys_open(st);
+    if (rc == MSADB_ENOTFOUND)
+        rc = 0; /* a read-only version-1 store: no keys */
+    if (!rc)
+        rc = (!vf.K || !vf.V || !vf.summ) ? MSADB_ENOMEM : msadb_snapshot_begin(st, &vf.snap);
     if (!rc) {
         rc = verify_all(&vf);
         msadb_snapshot_end(vf.snap);

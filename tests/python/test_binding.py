@@ -201,7 +201,7 @@ def test_round_trips():
         assert st.space("agent-1").n_documents == 3
         assert st.space("default").n_tokens == sum(v[0].shape[2] for v in one.values())
         stat = st.stat()
-        assert stat.n_documents == 4 and 2 <= stat.format_version <= msadb.FORMAT_VERSION  # the lowest its contents need
+        assert stat.n_documents == 4 and 3 <= stat.format_version <= msadb.FORMAT_VERSION  # the lowest its contents need
         assert not st.encrypted and not stat.encrypted
         with st.snapshot() as s:
             assert [x.id for x in s.documents("agent-1")] == sorted(docs)

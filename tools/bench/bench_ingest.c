@@ -2,7 +2,12 @@
  * encode and decode throughput (tokens per second per plane, one thread),
  * bytes per token, size relative to f16, and the attention-output error each
  * dtype causes.  With --store DIR it also measures end-to-end ingest through
- * the public API (msadb_batch_add / msadb_batch_commit).
+ * the public API (msadb_batch_add / msadb_batch_commit).  With --stream DIR
+ * it instead measures streaming ingest: one batch that commits every
+ * --chunk MiB (msadb_batch_set_flush) at increasing sizes, each in a child
+ * process, reporting token-planes per second, peak resident memory and
+ * stored bytes per token against f16, with one batch committed once (the
+ * way ingest worked before streaming) at the first size as the baseline.
  *
  * Synthetic data: keys N(0,1) with a few outlier channels (large offset and
  * spread, as seen in real transformer keys), values N(0,1).  A pool of
@@ -11,13 +16,17 @@
  *
  * Usage: bench_ingest [--json] [--dim D] [--block B] [--level L]
  *                     [--store DIR] [--planes P] [--no-sync] [N]
+ *        bench_ingest --stream DIR [--dtype T] [--chunk MIB] [--dim D]
+ *                     [--planes P] [--no-sync] N1[,N2...]
  * Exit status: 0 success, 1 error, 2 usage. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -32,6 +41,11 @@
 #define ATT_QUERIES 32u
 
 typedef struct config {
+    const char *stream_dir; /* --stream */
+    size_t sizes[16];       /* --stream: token counts */
+    size_t n_sizes;
+    int dtype;              /* --stream: storage dtype */
+    size_t chunk_mib;       /* --stream: commit every this much encoded data */
     size_t n_tokens;
     uint32_t d, block;
     int level;
@@ -315,6 +329,183 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
+/* Streaming ingest (--stream DIR)                                          */
+/* ------------------------------------------------------------------------ */
+
+#define STREAM_POOL (32u * 1024u) /* tokens of input cycled (small: RSS is measured) */
+
+typedef struct stream_result {
+    size_t tokens, chunk_bytes;
+    double seconds, token_planes_s, block_bytes_tp, file_bytes_tp;
+    uint64_t commits;
+    long maxrss_kib;
+} stream_result;
+
+/* Child: ingests cfg->... tokens into a new store at path, in one batch
+ * committing every chunk bytes (0: once, at the end). */
+static int stream_child(const config *cfg, const char *path, size_t n_tokens, size_t chunk, const float *K,
+                        const float *V, stream_result *r)
+{
+    msadb_signature sig;
+    int rc = msadb_signature_init(&sig, 2, cfg->planes, cfg->planes, cfg->d);
+    if (rc)
+        return rc;
+    sig.block_size = cfg->block;
+    sig.dtype = (uint32_t)cfg->dtype;
+    uint32_t planes = msadb_signature_planes(&sig);
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.no_sync = cfg->no_sync;
+    msadb_store *st;
+    if ((rc = msadb_create(path, &sig, &opt, &st)))
+        return rc;
+    size_t T = STORE_DOC_TOKENS, d = cfg->d;
+    float *dk = malloc(planes * T * d * sizeof *dk), *dv = malloc(planes * T * d * sizeof *dv);
+    msadb_batch *b = NULL;
+    if (!dk || !dv)
+        rc = MSADB_ENOMEM;
+    if (!rc && !(rc = msadb_batch_begin(st, &b)))
+        rc = msadb_batch_set_flush(b, 0, 0, chunk, NULL, NULL);
+    size_t done = 0, doc_no = 0;
+    double t0 = machine_now_s();
+    while (!rc && done < n_tokens) {
+        size_t n = n_tokens - done < T ? n_tokens - done : T;
+        for (uint32_t p = 0; p < planes; p++) {
+            size_t start = ((doc_no * planes + p) * 977) % (STREAM_POOL - T + 1);
+            memcpy(dk + p * n * d, K + start * d, n * d * sizeof(float));
+            memcpy(dv + p * n * d, V + start * d, n * d * sizeof(float));
+        }
+        msadb_doc doc = {.n_tokens = n, .kv_dtype = MSADB_DTYPE_F32, .keys = dk, .values = dv};
+        rc = msadb_batch_add(b, &doc);
+        done += n;
+        doc_no++;
+    }
+    msadb_batch_status bs = {0};
+    if (!rc) {
+        msadb_batch_status_get(b, &bs);
+        rc = msadb_batch_commit(b, NULL);
+        b = NULL;
+    }
+    msadb_batch_abort(b);
+    double t1 = machine_now_s();
+    msadb_stat_info si;
+    if (!rc && !(rc = msadb_stat(st, &si))) {
+        char f[4200];
+        struct stat sb;
+        snprintf(f, sizeof f, "%s/data.mdb", path);
+        r->tokens = n_tokens;
+        r->chunk_bytes = chunk;
+        r->seconds = t1 - t0;
+        r->token_planes_s = (double)n_tokens * planes / (t1 - t0);
+        r->block_bytes_tp = (double)si.block_bytes / ((double)n_tokens * planes);
+        r->file_bytes_tp = stat(f, &sb) == 0 ? (double)sb.st_blocks * 512 / ((double)n_tokens * planes) : 0;
+        r->commits = bs.commits + 1;
+    }
+    free(dk);
+    free(dv);
+    msadb_close(st);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    r->maxrss_kib = ru.ru_maxrss;
+    return rc;
+}
+
+/* Runs one measurement in a child process (its own peak RSS) and removes
+ * the store afterwards. */
+static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, const float *K, const float *V,
+                      stream_result *r)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/stream-%zu-%zu", cfg->stream_dir, n_tokens, chunk);
+    int fds[2];
+    if (pipe(fds) != 0)
+        return errno;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return errno;
+    if (pid == 0) {
+        close(fds[0]);
+        stream_result cr = {0};
+        int rc = stream_child(cfg, path, n_tokens, chunk, K, V, &cr);
+        if (rc)
+            fprintf(stderr, "bench_ingest: %s: %s\n", path, msadb_strerror(rc));
+        _exit(write(fds[1], &cr, sizeof cr) == (ssize_t)sizeof cr && !rc ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t got = read(fds[0], r, sizeof *r);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench_ingest: could not remove %s\n", path);
+    return got == (ssize_t)sizeof *r && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : MSADB_EIO;
+}
+
+static void stream_print(const config *cfg, const stream_result *r, const char *what)
+{
+    double f16 = 4.0 * cfg->d; /* K and V rows in f16 */
+    if (cfg->json)
+        printf("{\"run\":\"%s\",\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,\"seconds\":%.3f,"
+               "\"token_planes_per_s\":%.6g,\"peak_rss_mib\":%.1f,\"block_bytes_per_token_plane\":%.2f,"
+               "\"file_bytes_per_token_plane\":%.2f,\"vs_f16\":%.4f}\n",
+               what, r->tokens, r->chunk_bytes, (unsigned long long)r->commits, r->seconds, r->token_planes_s,
+               r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16);
+    else
+        printf("%-9s %12zu %8.0f %8llu %9.1f %14.3e %12.1f %10.2f %10.2f %7.4f\n", what, r->tokens,
+               r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds, r->token_planes_s,
+               r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16);
+    fflush(stdout);
+}
+
+static int bench_stream(const config *cfg)
+{
+    float *K = malloc((size_t)STREAM_POOL * cfg->d * sizeof *K), *V = malloc((size_t)STREAM_POOL * cfg->d * sizeof *V);
+    if (!K || !V)
+        return MSADB_ENOMEM;
+    gen_data(K, V, STREAM_POOL, cfg->d, 42);
+    if (mkdir(cfg->stream_dir, 0755) != 0 && errno != EEXIST)
+        return errno;
+    char cpu[256];
+    machine_cpu_model(cpu, sizeof cpu);
+    if (!cfg->json) {
+        printf("msadb %s streaming ingest benchmark; machine: %s, %ld cores, load average %.2f at the start\n",
+               msadb_version(), cpu, sysconf(_SC_NPROCESSORS_ONLN), machine_load());
+        printf("store: dtype %s, head dim %u, %u planes, block %u, %u-token documents%s; one batch per run\n\n",
+               msadb_dtype_name(cfg->dtype), cfg->d, cfg->planes, cfg->block, STORE_DOC_TOKENS,
+               cfg->no_sync ? ", no_sync" : ", synced commits");
+        printf("%-9s %12s %8s %8s %9s %14s %12s %10s %10s %7s\n", "run", "tokens", "chunk MiB", "commits",
+               "seconds", "token-planes/s", "peak RSS MiB", "block B/tp", "file B/tp", "vs f16");
+    }
+    int rc = 0;
+    stream_result base = {0}, r;
+    /* baseline: the whole input held and committed once, at the first size */
+    if ((rc = stream_run(cfg, cfg->sizes[0], 0, K, V, &base)))
+        goto out;
+    stream_print(cfg, &base, "one-batch");
+    for (size_t i = 0; i < cfg->n_sizes; i++) {
+        if ((rc = stream_run(cfg, cfg->sizes[i], cfg->chunk_mib << 20, K, V, &r)))
+            goto out;
+        stream_print(cfg, &r, "streamed");
+        if (i == 0 && !cfg->json)
+            printf("%-9s against one-batch at the same size: throughput x%.2f, peak RSS x%.3f\n", "",
+                   r.token_planes_s / base.token_planes_s, (double)r.maxrss_kib / (double)base.maxrss_kib);
+    }
+    if (!cfg->json)
+        printf("\ntoken-planes/s: tokens x planes per second, add + commits included; block B/tp: LMDB pages\n"
+               "of the blocks database per token-plane; file B/tp: data.mdb on disk per token-plane (summaries,\n"
+               "slots and records included); vs f16: file bytes against %u B (K and V rows in f16);\n"
+               "load average %.2f at the end.\n",
+               4 * cfg->d, machine_load());
+out:
+    free(K);
+    free(V);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Output                                                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -400,7 +591,13 @@ static int usage(void)
                     "  N          tokens encoded per dtype (default 1048576)\n"
                     "  --store    also ingest N tokens per dtype end to end into new stores\n"
                     "             DIR/<dtype> through msadb_batch_add/commit\n"
-                    "  --planes   kv heads of the --store signature (default 4)\n");
+                    "  --planes   kv heads of the --store signature (default 4)\n"
+                    "       bench_ingest --stream DIR [--dtype T] [--chunk MIB] [--dim D] [--planes P]\n"
+                    "                    [--no-sync] N1[,N2...]\n"
+                    "  --stream   streaming ingest of N1, N2... tokens into new stores under DIR (each\n"
+                    "             removed after its run), committing every --chunk MiB (default 64)\n"
+                    "             of encoded data, dtype --dtype (default int8); baseline: one batch\n"
+                    "             committed once at N1\n");
     return 2;
 }
 
@@ -415,13 +612,38 @@ static int parse_u(const char *s, unsigned long long lo, unsigned long long hi, 
     return 0;
 }
 
+/* "1000000,10000000" into cfg->sizes. */
+static int parse_sizes(const char *s, config *cfg)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    cfg->n_sizes = 0;
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        unsigned long long v;
+        if (cfg->n_sizes == 16 || parse_u(tok, STORE_DOC_TOKENS, 1ull << 40, &v))
+            return -1;
+        cfg->sizes[cfg->n_sizes++] = (size_t)v;
+    }
+    return cfg->n_sizes ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
-    config cfg = {.n_tokens = 1u << 20, .d = 128, .block = 64, .level = 1, .planes = 4};
+    config cfg = {.n_tokens = 1u << 20, .d = 128, .block = 64, .level = 1, .planes = 4,
+                  .dtype = MSADB_DTYPE_INT8, .chunk_mib = 64};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         unsigned long long v;
-        if (!strcmp(a, "--json")) {
+        if (!strcmp(a, "--stream") && i + 1 < argc) {
+            cfg.stream_dir = argv[++i];
+        } else if (!strcmp(a, "--dtype") && i + 1 < argc && msadb_dtype_parse(argv[i + 1]) >= 0) {
+            cfg.dtype = msadb_dtype_parse(argv[++i]);
+        } else if (!strcmp(a, "--chunk") && i + 1 < argc && !parse_u(argv[i + 1], 1, 1u << 20, &v)) {
+            cfg.chunk_mib = (size_t)v, i++;
+        } else if (cfg.stream_dir && a[0] != '-') {
+            if (parse_sizes(a, &cfg))
+                return usage();
+        } else if (!strcmp(a, "--json")) {
             cfg.json = 1;
         } else if (!strcmp(a, "--no-sync")) {
             cfg.no_sync = 1;
@@ -440,6 +662,17 @@ int main(int argc, char **argv)
         } else {
             return usage();
         }
+    }
+
+    if (cfg.stream_dir) {
+        if (!cfg.n_sizes) {
+            cfg.sizes[0] = cfg.n_tokens;
+            cfg.n_sizes = 1;
+        }
+        int rc = bench_stream(&cfg);
+        if (rc)
+            fprintf(stderr, "bench_ingest: --stream: %s\n", msadb_strerror(rc));
+        return rc ? 1 : 0;
     }
 
     /* The pool: whole blocks, at least one document for --store. */

@@ -61,7 +61,15 @@ class Doc_(ctypes.Structure):
                 ("token_ids", ctypes.c_void_p), ("token_spans", ctypes.c_void_p),
                 ("n_tokens", ctypes.c_size_t), ("kv_dtype", ctypes.c_int),
                 ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
+                ("key", ctypes.c_void_p), ("key_len", ctypes.c_size_t),
                 ("expires", ctypes.c_int64)]
+
+
+class BatchStatus_(ctypes.Structure):
+    _fields_ = [("held", ctypes.c_size_t), ("held_tokens", ctypes.c_uint64),
+                ("held_bytes", ctypes.c_size_t), ("committed", ctypes.c_uint64),
+                ("commits", ctypes.c_uint64), ("duplicates", ctypes.c_uint64),
+                ("last_duplicate", ctypes.c_uint64)]
 
 
 class DocInfo_(ctypes.Structure):
@@ -130,7 +138,8 @@ class AskParams_(ctypes.Structure):
 MIRRORS = {"msadb_signature": Signature_, "msadb_options": Options_,
            "msadb_stat_info": StatInfo_, "msadb_space_info": SpaceInfo_, "msadb_doc": Doc_,
            "msadb_doc_info": DocInfo_, "msadb_query_stats": QueryStats_, "msadb_query": Query_,
-           "msadb_hit": Hit_, "msadb_llm_info": LlmInfo_, "msadb_ask_params": AskParams_}
+           "msadb_hit": Hit_, "msadb_llm_info": LlmInfo_, "msadb_ask_params": AskParams_,
+           "msadb_batch_status": BatchStatus_}
 
 _P = ctypes.c_void_p
 _PP = ctypes.POINTER(ctypes.c_void_p)
