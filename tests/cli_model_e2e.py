@@ -428,6 +428,18 @@ def test_documents(model):
     check(sh["text"] == "The lamp oil lasts until Monday." and sh["metadata"] == {"topic": "sea"}
           and sh["title"] == "d_a.txt", f"updated document {sh}")
     at(t0, "show", db, str(ida), expect=1, msg="no document")
+    # the same content again: the old document gives its key up, so the
+    # update is not taken for a duplicate
+    u = at(t0, "update", db, str(new), "--text", "The lamp oil lasts until Monday.", "--json")
+    check(u["replaced"] == new and u["documents"][0] != new, f"update with the same text {u}")
+    new = u["documents"][0]
+    # content another document holds already: nothing changes
+    other = at(t0, "ingest", db, write("d_c.txt", GARDEN), "--json")["documents"][0]["id"]
+    at(t0, "update", db, str(new), "--text", GARDEN, expect=1,
+       msg=f"msadb: {db}: update: the new content is already in the store as document {other}; "
+           f"document {new} was kept (nothing was changed)")
+    check(at(t0, "show", db, str(new), "--json")["text"] == "The lamp oil lasts until Monday.",
+          "a refused update keeps the document")
     r = at(t0, "update", db, "77", "--text", "x", expect=1,
            msg=f"msadb: {db}: no document 77 (msadb ls {db} lists them); nothing was changed")
     run("verify", db)
