@@ -664,6 +664,25 @@ MSADB_API int msadb_verify(msadb_store *store,
                                  (written before format 2: see msadb_upgrade) or the query
                                  is not a block selection with representatives */
 
+/* Sharing one selection between the planes of a layer (msadb_query.share).
+ * Slots are shared by all planes (a block id names the same tokens in every
+ * plane), so one selection can be attended by every kv head:
+ *  - NONE: each kv head routes over its own plane (the default);
+ *  - HEADS: every kv head's plane is scored by its q group as with NONE,
+ *    and a block's score is the max over the kv heads; the top_k blocks (or
+ *    documents) by that score are attended by every kv head.  Routing costs
+ *    what NONE costs; a block that only one plane finds reaches them all;
+ *  - ROUTE_HEAD: only kv head `route_head` routes (its plane, its q group);
+ *    every kv head attends its selection.  Routing costs 1/n_kv_heads of
+ *    NONE; what only other planes would find is missed.
+ * Hits then list the shared selection once per kv head, with its shared
+ * score.  Sharing across memory layers: msadb_retrieve() on one layer,
+ * then msadb_attend_blocks() on every layer with those hits (a selection
+ * names slots, not planes).  Ignored in exact mode. */
+#define MSADB_SHARE_NONE 0
+#define MSADB_SHARE_HEADS 1
+#define MSADB_SHARE_ROUTE_HEAD 2
+
 #define MSADB_SELECT_BLOCKS 0    /* top-k blocks per kv head */
 #define MSADB_SELECT_DOCUMENTS 1 /* top-k documents (max over their blocks), all their blocks */
 
@@ -697,6 +716,9 @@ typedef struct msadb_query {
     int route;                /* MSADB_ROUTE_* (default: index when present) */
     uint32_t route_candidates; /* super-blocks whose blocks are scored
                                   (0: 64; at most 65536) */
+    int share;                /* MSADB_SHARE_* (default NONE) */
+    uint32_t route_head;      /* the kv head that routes with ROUTE_HEAD
+                                 (< n_kv_heads; must be 0 otherwise) */
     /* Metadata filter: routing considers only the documents whose metadata
      * holds every term "KEY=VALUE" (msadb_meta_match()), so the top_k are
      * chosen among them.  NULL/0 = no filter.  A filtered query (and any
@@ -732,8 +754,10 @@ typedef struct msadb_hit {
  * record (and, with a filter, the metadata) to build the set of visible
  * documents; later queries with the same filter reuse it until the
  * snapshot moves or the next expiry time passes.  Errors: MSADB_EINVAL (not
- * a memory layer, bad sizes, a malformed where term), MSADB_ENOTFOUND
- * (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT, MSADB_EAUTH. */
+ * a memory layer, bad sizes, a malformed where term, an unknown share
+ * mode, route_head not a kv head or set without MSADB_SHARE_ROUTE_HEAD),
+ * MSADB_ENOTFOUND (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT,
+ * MSADB_EAUTH. */
 MSADB_API int msadb_attend(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
                            msadb_hit *hits, size_t hits_cap, size_t *n_hits);
 

@@ -59,26 +59,6 @@ static size_t route(msadb_store *st, const float *q, int how, uint32_t cands, ms
     return n < cap ? n : cap;
 }
 
-static int cmp_hit(const void *a, const void *b)
-{
-    const msadb_hit *x = a, *y = b;
-    if (x->kv_head != y->kv_head)
-        return x->kv_head < y->kv_head ? -1 : 1;
-    return x->block_id < y->block_id ? -1 : x->block_id > y->block_id;
-}
-
-/* Same blocks with the same scores, whatever the order of ties. */
-static void same_hits(msadb_hit *a, size_t na, msadb_hit *b, size_t nb)
-{
-    CHECK(na == nb);
-    qsort(a, na, sizeof *a, cmp_hit);
-    qsort(b, nb, sizeof *b, cmp_hit);
-    for (size_t i = 0; i < na; i++) {
-        CHECK(a[i].block_id == b[i].block_id && a[i].kv_head == b[i].kv_head);
-        CHECK(a[i].score == b[i].score);
-    }
-}
-
 static void count_problem(const char *line, void *ud)
 {
     (void)line;
@@ -158,7 +138,7 @@ static void test_index_matches_scan(void)
     size_t na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
     size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
     CHECK(na == 32 && s1.coarse_scanned == 0 && s2.coarse_scanned > 0);
-    same_hits(a, na, b, nb);
+    tu_same_hits(a, na, b, nb);
     /* 4 candidates of 16 slots: the needle's block comes first either way */
     na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
     nb = route(st, q, MSADB_ROUTE_DEFAULT, 4, b, 64, &s2);
@@ -180,7 +160,7 @@ static void test_index_matches_scan(void)
     CHECK_OK(msadb_verify(st, NULL, NULL));
     na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
     nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
-    same_hits(a, na, b, nb);
+    tu_same_hits(a, na, b, nb);
 
     /* a second space, dropped: its index pages go with it */
     CHECK_OK(msadb_space_create(st, "other", NULL));
@@ -300,7 +280,7 @@ static void test_format1_upgrade(void)
     na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
     size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
     CHECK(s2.coarse_scanned > 0);
-    same_hits(a, na, b, nb);
+    tu_same_hits(a, na, b, nb);
     msadb_close(st);
 }
 
@@ -361,7 +341,7 @@ static void test_format2(void)
         size_t na = route(st, q, MSADB_ROUTE_SCAN, 0, a, 64, &s1);
         size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
         CHECK(s2.coarse_scanned > 0); /* the index is found by its database */
-        same_hits(a, na, b, nb);
+        tu_same_hits(a, na, b, nb);
         if (upgrade) {
             CHECK_OK(msadb_upgrade(st));
         } else {
@@ -403,7 +383,7 @@ static void test_format1_keyed(void)
     CHECK_OK(msadb_upgrade(st));
     size_t nb = route(st, q, MSADB_ROUTE_INDEX, 65536, b, 64, &s2);
     CHECK(s2.coarse_scanned > 0);
-    same_hits(a, na, b, nb);
+    tu_same_hits(a, na, b, nb);
     CHECK(find_key(st, "key-1") == id);
     CHECK_OK(msadb_verify(st, NULL, NULL));
     msadb_close(st);

@@ -127,6 +127,29 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
     return id;
 }
 
+static int cmp_hit(const void *a, const void *b)
+{
+    const msadb_hit *x = a, *y = b;
+    if (x->kv_head != y->kv_head)
+        return x->kv_head < y->kv_head ? -1 : 1;
+    if (x->query != y->query)
+        return x->query < y->query ? -1 : 1;
+    return x->block_id < y->block_id ? -1 : x->block_id > y->block_id;
+}
+
+void tu_same_hits(msadb_hit *a, size_t na, msadb_hit *b, size_t nb)
+{
+    CHECK(na == nb);
+    qsort(a, na, sizeof *a, cmp_hit);
+    qsort(b, nb, sizeof *b, cmp_hit);
+    for (size_t i = 0; i < na; i++) {
+        CHECK(a[i].kv_head == b[i].kv_head && a[i].query == b[i].query);
+        CHECK(a[i].block_id == b[i].block_id && a[i].doc_id == b[i].doc_id);
+        CHECK(a[i].token_start == b[i].token_start && a[i].token_end == b[i].token_end);
+        CHECK(a[i].score == b[i].score);
+    }
+}
+
 void tu_store_as_format(const char *dir, uint32_t version)
 {
     MDB_env *env;

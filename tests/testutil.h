@@ -63,6 +63,10 @@ void tu_store_as_format(const char *dir, uint32_t version);
  * freed here), checking that the append succeeds; returns the id. */
 uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, float *V);
 
+/* Checks that two selections hold the same hits (kv head, query token,
+ * block, document, token range, score), whatever their order; sorts both. */
+void tu_same_hits(msadb_hit *a, size_t na, msadb_hit *b, size_t nb);
+
 /* Writes DIR/NAME.gguf, a small llama model with seeded random weights,
  * with tools/memmodel/make_test_model.py OPTS (needs MSADB_SOURCE_ROOT, and
  * MSADB_PYTHON or /usr/bin/python3 with numpy).  Returns the path (static

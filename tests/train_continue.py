@@ -113,6 +113,10 @@ def main():
               "the stopped command checkpointed phase a only (its last checkpoint: %s)"
               % meta_of(first)["phase"])
         check(any(e.get("event") == "stopped" for e in log_of(first)), "the stop is logged")
+        ms = meta_of(os.path.join(first, "at_stop"))
+        check(ms["steps"] == 4 and ms["phase"] == "b",
+              "the weights where it stopped are in OUT/at_stop (step %d, phase %s)"
+              % (ms["steps"], ms["phase"]))
 
         st2 = torch.load(os.path.join(second, "state.pt"), map_location="cpu", weights_only=False)
         check(st2["step"] == 6 and st2["phase"] == 2 and st2["in_phase_steps"] == 1,

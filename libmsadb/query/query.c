@@ -144,6 +144,12 @@ typedef struct qscratch {
     msadb_bcache cache; /* decoded blocks (bcache.h) */
     struct blk_ref *refs;
     size_t refs_cap;
+
+    /* a selection shared by the kv heads (msadb_query.share) */
+    struct rsel *rs;
+    size_t rs_cap;
+    size_t *rs_off; /* per group: start in rs; n_groups + 1 entries */
+    size_t rs_off_cap;
 } qscratch;
 
 static double now_ms(void)
@@ -334,6 +340,8 @@ static void scratch_destroy(void *ptr)
     free(qs->Ot);
     msadb_bcache_free(&qs->cache);
     free(qs->refs);
+    free(qs->rs);
+    free(qs->rs_off);
     free(qs);
 }
 
@@ -786,11 +794,11 @@ static int attend_refs(qscratch *qs, const attend_ctx *a, const blk_ref *b, size
     return 0;
 }
 
-/* Attention over selected entries sels[0,ns) of the current views. */
-static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_t ns, const float *Q, uint32_t nr,
-                       float *O, float *L)
+/* The blocks of selected entries sels[0,ns) of the current views, into
+ * qs->refs. */
+static int sels_to_refs(qscratch *qs, const sel *sels, size_t ns)
 {
-    if (msadb_grow(&qs->refs, &qs->refs_cap, ns, sizeof(blk_ref), 16))
+    if (msadb_grow(&qs->refs, &qs->refs_cap, ns + 1, sizeof(blk_ref), 16))
         return MSADB_ENOMEM;
     for (size_t s = 0; s < ns; s++) {
         const msadb_page_view *v = &qs->views[CAND_VIEW(sels[s].cand)];
@@ -798,8 +806,7 @@ static int attend_sels(qscratch *qs, const attend_ctx *a, const sel *sels, size_
         msadb_slot_at(v->slots, CAND_ENTRY(sels[s].cand), &sl);
         qs->refs[s] = (blk_ref){sl.block_id, qs->space_ids[qs->vspace[CAND_VIEW(sels[s].cand)]], sl.n_tok};
     }
-    int rc = attend_refs(qs, a, qs->refs, ns, Q, nr, O, L);
-    return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -906,6 +913,10 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         return MSADB_EINVAL;
     if (q->route_candidates > MSADB_MAX_TOP_K)
         return MSADB_ELIMIT;
+    if (q->share != MSADB_SHARE_NONE && q->share != MSADB_SHARE_HEADS && q->share != MSADB_SHARE_ROUTE_HEAD)
+        return MSADB_EINVAL;
+    if (q->share == MSADB_SHARE_ROUTE_HEAD ? q->route_head >= sig->n_kv_heads : q->route_head != 0)
+        return MSADB_EINVAL;
     if ((q->n_spaces > 0 && !q->spaces) || (q->n_where > 0 && !q->where))
         return MSADB_EINVAL;
     for (size_t i = 0; i < q->n_spaces; i++)
@@ -1065,6 +1076,15 @@ static int select_index(qscratch *qs, const qplan *P, uint32_t top_k, msadb_quer
     return scan_select(qs, P, top_k, &st->blocks_scanned, &st->select_ms, n_sel);
 }
 
+/* Gathers kv head kh's rows into qs->Qg: row t*G + j is q head kh*G + j of
+ * token t. */
+static void gather_rows(qscratch *qs, const msadb_query *q, const qplan *P, uint32_t kh)
+{
+    const uint32_t G = P->G, d = P->d;
+    for (size_t t = 0; t < P->nq; t++)
+        memcpy(qs->Qg + t * G * d, q->q + (t * P->nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
+}
+
 /* Selection for kv head kh: every block (exact), the index or the scan. */
 static int select_plane(msadb_snapshot *snap, qscratch *qs, const msadb_query *q, const qplan *P, uint32_t kh,
                         msadb_query_stats *st, size_t *n_sel)
@@ -1073,10 +1093,8 @@ static int select_plane(msadb_snapshot *snap, qscratch *qs, const msadb_query *q
     int rc = collect_views(snap, qs, (uint32_t)P->mem_index * P->nkv + kh);
     if (rc)
         return rc;
-    /* gather the group's rows: row t*G + j is q head kh*G + j of token t */
+    gather_rows(qs, q, P, kh);
     const uint32_t G = P->G, d = P->d;
-    for (size_t t = 0; t < P->nq; t++)
-        memcpy(qs->Qg + t * G * d, q->q + (t * P->nqh + (size_t)kh * G) * d, (size_t)G * d * sizeof(float));
     *n_sel = 0;
     if (q->exact) {
         qs->sel_off[0] = 0;
@@ -1099,25 +1117,186 @@ static int select_plane(msadb_snapshot *snap, qscratch *qs, const msadb_query *q
     return rc;
 }
 
-/* Attention for kv head kh over its selection, into out and lse. */
-static int attend_plane(qscratch *qs, const qplan *P, const attend_ctx *ac, uint32_t kh, size_t n_sel, float *out,
-                        float *lse)
+/* Copies kv head kh's attention rows (qs->Og, qs->Lg) into out and lse. */
+static void scatter_rows(const qscratch *qs, const qplan *P, uint32_t kh, float *out, float *lse)
 {
     const uint32_t G = P->G, d = P->d;
-    int rc = 0;
-    /* one selection for all rows, or one per token */
-    if (!P->per_token)
-        rc = attend_sels(qs, ac, qs->sels, n_sel, qs->Qg, (uint32_t)P->nrows, qs->Og, qs->Lg);
-    for (uint32_t g = 0; P->per_token && !rc && g < P->n_groups; g++) {
-        size_t o = qs->sel_off[g];
-        rc = attend_sels(qs, ac, qs->sels + o, qs->sel_off[g + 1] - o, qs->Qg + (size_t)g * G * d, G,
-                         qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G);
-    }
-    for (size_t t = 0; !rc && t < P->nq; t++) {
+    for (size_t t = 0; t < P->nq; t++) {
         memcpy(out + (t * P->nqh + (size_t)kh * G) * d, qs->Og + t * G * d, (size_t)G * d * sizeof(float));
         memcpy(lse + t * P->nqh + (size_t)kh * G, qs->Lg + t * G, G * sizeof(float));
     }
-    return rc;
+}
+
+/* Attention for kv head kh over the blocks qs->refs, group g's being
+ * [off[g], off[g+1]) (one group for all rows, or one per token), into out
+ * and lse. */
+static int attend_groups(qscratch *qs, const qplan *P, const attend_ctx *ac, uint32_t kh, const size_t *off,
+                         float *out, float *lse)
+{
+    const uint32_t G = P->G, d = P->d;
+    int rc = 0;
+    if (!P->per_token)
+        rc = attend_refs(qs, ac, qs->refs, off[1], qs->Qg, (uint32_t)P->nrows, qs->Og, qs->Lg);
+    for (uint32_t g = 0; P->per_token && !rc && g < P->n_groups; g++)
+        rc = attend_refs(qs, ac, qs->refs + off[g], off[g + 1] - off[g], qs->Qg + (size_t)g * G * d, G,
+                         qs->Og + (size_t)g * G * d, qs->Lg + (size_t)g * G);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc; /* the slot promised the block */
+    scatter_rows(qs, P, kh, out, lse);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* One selection shared by the kv heads (msadb_query.share)                 */
+/* ------------------------------------------------------------------------ */
+
+/* A selected block resolved to its slot: the same in every plane. */
+typedef struct rsel {
+    uint64_t block_id, doc_id;
+    uint32_t space_id, tok_start, n_tok, group;
+    float score;
+    float doc_score; /* document selection: the document's best block */
+} rsel;
+
+static int cmp_rsel_block(const void *a, const void *b)
+{
+    const rsel *x = a, *y = b;
+    if (x->group != y->group)
+        return x->group < y->group ? -1 : 1;
+    return x->block_id < y->block_id ? -1 : x->block_id > y->block_id;
+}
+
+/* Best first: by score, ties by block id (storage order). */
+static int cmp_rsel_score(const void *a, const void *b)
+{
+    const rsel *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->block_id < y->block_id ? -1 : x->block_id > y->block_id;
+}
+
+/* Documents best first (by their best block, ties by document id), each
+ * document's blocks in storage order. */
+static int cmp_rsel_doc(const void *a, const void *b)
+{
+    const rsel *x = a, *y = b;
+    if (x->doc_score != y->doc_score)
+        return x->doc_score > y->doc_score ? -1 : 1;
+    if (x->doc_id != y->doc_id)
+        return x->doc_id < y->doc_id ? -1 : 1;
+    return x->block_id < y->block_id ? -1 : x->block_id > y->block_id;
+}
+
+/* Appends the current selection (qs->sels by group, positions in qs->views)
+ * to qs->rs as slots. */
+static int resolve_sels(qscratch *qs, const qplan *P, size_t n_sel, size_t *n_rs)
+{
+    if (msadb_grow(&qs->rs, &qs->rs_cap, *n_rs + n_sel + 1, sizeof(rsel), 16))
+        return MSADB_ENOMEM;
+    for (uint32_t g = 0; g < P->n_groups; g++)
+        for (size_t i = qs->sel_off[g]; i < qs->sel_off[g + 1]; i++) {
+            const sel *s = &qs->sels[i];
+            msadb_slot sl;
+            msadb_slot_at(qs->views[CAND_VIEW(s->cand)].slots, CAND_ENTRY(s->cand), &sl);
+            qs->rs[(*n_rs)++] = (rsel){sl.block_id, sl.doc_id, qs->space_ids[qs->vspace[CAND_VIEW(s->cand)]],
+                                       sl.tok_start, sl.n_tok, g, s->score, s->score};
+        }
+    return 0;
+}
+
+/* Merges the kv heads' selections in qs->rs[0,n) into one per group: a
+ * block once, with its best score; then the top_k blocks, or the blocks of
+ * the top_k documents (a document's score is its best block's, which every
+ * head's document selection holds with all the document's live blocks).
+ * Sets qs->rs_off and returns the entries kept. */
+static size_t merge_shared(qscratch *qs, const qplan *P, size_t n, uint32_t top_k)
+{
+    qsort(qs->rs, n, sizeof(rsel), cmp_rsel_block);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m > 0 && qs->rs[m - 1].group == qs->rs[i].group && qs->rs[m - 1].block_id == qs->rs[i].block_id) {
+            if (qs->rs[i].score > qs->rs[m - 1].score)
+                qs->rs[m - 1].score = qs->rs[i].score;
+            continue;
+        }
+        qs->rs[m++] = qs->rs[i];
+    }
+    size_t out = 0, i = 0;
+    for (uint32_t g = 0; g < P->n_groups; g++) {
+        size_t j = i;
+        while (j < m && qs->rs[j].group == g)
+            j++;
+        rsel *r = qs->rs + i;
+        size_t cnt = j - i, keep = cnt;
+        if (qs->doc_mode) {
+            /* every entry of a document gets the document's best score */
+            for (size_t a = 0; a < cnt;) {
+                size_t b = a;
+                float best = -INFINITY;
+                while (b < cnt && r[b].doc_id == r[a].doc_id)
+                    best = r[b].score > best ? r[b].score : best, b++;
+                for (size_t c = a; c < b; c++)
+                    r[c].doc_score = best;
+                a = b;
+            }
+            qsort(r, cnt, sizeof(rsel), cmp_rsel_doc);
+            size_t docs = 0;
+            for (keep = 0; keep < cnt; keep++) {
+                if (keep == 0 || r[keep].doc_id != r[keep - 1].doc_id)
+                    docs++;
+                if (docs > top_k)
+                    break;
+            }
+        } else {
+            qsort(r, cnt, sizeof(rsel), cmp_rsel_score);
+            keep = cnt < top_k ? cnt : top_k;
+        }
+        qs->rs_off[g] = out;
+        memmove(qs->rs + out, r, keep * sizeof(rsel));
+        out += keep;
+        i = j;
+    }
+    qs->rs_off[P->n_groups] = out;
+    return out;
+}
+
+/* Shared selection: the routing kv heads select as usual, their selections
+ * are merged into one per group, and every kv head attends it. */
+static int run_shared(msadb_snapshot *snap, qscratch *qs, const msadb_query *q, const qplan *P, attend_ctx *ac,
+                      float *out, float *lse, msadb_hit *hits, size_t hits_cap, size_t *nh)
+{
+    uint32_t r0 = q->share == MSADB_SHARE_ROUTE_HEAD ? q->route_head : 0;
+    uint32_t r1 = q->share == MSADB_SHARE_ROUTE_HEAD ? q->route_head + 1 : P->nkv;
+    size_t n_rs = 0;
+    int rc;
+    if (msadb_grow(&qs->rs_off, &qs->rs_off_cap, P->n_groups + 1, sizeof(size_t), 16))
+        return MSADB_ENOMEM;
+    for (uint32_t kh = r0; kh < r1; kh++) {
+        size_t n_sel = 0;
+        if ((rc = select_plane(snap, qs, q, P, kh, ac->st, &n_sel)) || (rc = resolve_sels(qs, P, n_sel, &n_rs)))
+            return rc;
+    }
+    size_t n = merge_shared(qs, P, n_rs, q->top_k);
+    if (msadb_grow(&qs->refs, &qs->refs_cap, n + 1, sizeof(blk_ref), 16))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        qs->refs[i] = (blk_ref){qs->rs[i].block_id, qs->rs[i].space_id, qs->rs[i].n_tok};
+    for (uint32_t kh = 0; kh < P->nkv; kh++) {
+        for (size_t i = 0; i < n; i++, (*nh)++) {
+            if (!hits || *nh >= hits_cap)
+                continue;
+            const rsel *r = &qs->rs[i];
+            hits[*nh] = (msadb_hit){kh, P->per_token ? r->group : 0, r->doc_id, r->block_id,
+                                    r->tok_start, r->tok_start + r->n_tok, r->score * P->hit_scale};
+        }
+        if (!out)
+            continue;
+        gather_rows(qs, q, P, kh);
+        ac->plane = (uint32_t)P->mem_index * P->nkv + kh;
+        if ((rc = attend_groups(qs, P, ac, kh, qs->rs_off, out, lse)))
+            return rc;
+    }
+    return 0;
 }
 
 /* The engine: selection for every kv head, then (if out) attention. */
@@ -1133,6 +1312,13 @@ static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, flo
     memset(st, 0, sizeof *st);
     attend_ctx ac = {snap, msadb_snap_signature(snap), 0, P.d, P.scale, st};
     size_t nh = 0;
+    if (q->share != MSADB_SHARE_NONE && !q->exact) {
+        if ((rc = run_shared(snap, qs, q, &P, &ac, out, lse, hits, hits_cap, &nh)))
+            return rc;
+        if (n_hits)
+            *n_hits = nh;
+        return 0;
+    }
     for (uint32_t kh = 0; kh < P.nkv; kh++) {
         size_t n_sel = 0;
         if ((rc = select_plane(snap, qs, q, &P, kh, st, &n_sel)))
@@ -1141,7 +1327,8 @@ static int run_query(msadb_snapshot *snap, const msadb_query *q, float *out, flo
             emit_hits(qs, qs->sels + qs->sel_off[g], qs->sel_off[g + 1] - qs->sel_off[g], kh,
                       P.per_token ? g : 0, P.hit_scale, hits, hits_cap, &nh);
         ac.plane = (uint32_t)P.mem_index * P.nkv + kh;
-        if (out && (rc = attend_plane(qs, &P, &ac, kh, n_sel, out, lse)))
+        if (out && ((rc = sels_to_refs(qs, qs->sels, n_sel)) ||
+                    (rc = attend_groups(qs, &P, &ac, kh, qs->sel_off, out, lse))))
             return rc;
     }
     if (n_hits)

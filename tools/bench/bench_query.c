@@ -55,10 +55,17 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
+/* CPU time of the whole process (scan threads included). */
+static double proc_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 static void die(const char *what, int rc)
 {
-    fprintf(stderr, "bench_query: %s: %s\n", what, rc ? msadb_strerror(rc) : "failed");
-    exit(1);
+    machine_die("bench_query", what, rc ? msadb_strerror(rc) : NULL);
 }
 
 static void *xmalloc(size_t n)
@@ -69,20 +76,7 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double percentile(double *v, size_t n, double p)
-{
-    if (n == 0)
-        return NAN;
-    qsort(v, n, sizeof *v, cmp_double);
-    size_t i = (size_t)(p * (n - 1) + 0.5);
-    return v[i];
-}
+static double percentile(double *v, size_t n, double p) { return machine_percentile(v, n, p); }
 
 /* ------------------------------------------------------------------------ */
 /* The loaded memory                                                        */
@@ -1141,21 +1135,28 @@ static int scan_only(uint64_t n_tokens, uint32_t k)
     return 0;
 }
 
-/* --route-scale TOKENS --dim D: routing cost at a size no store is built
- * for: random int8 representatives of TOKENS/64 blocks (3 per block, in
- * RAM), their coarse pages built as the store builds them (S 16, R 8,
- * mixed k-center), then per query (4 q heads, top-16) the exhaustive scan and
- * the two levels (coarse scan, then the blocks of the best 64 super-blocks)
- * with 1 and 2 threads, best and median of 9.  Quality is not measured here
- * (random vectors have no needles): --route-sweep does that on workloads. */
-static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k)
+/* --route-scale TOKENS --dim D [--planes P]: routing cost at a size no
+ * store is built for: random int8 representatives of TOKENS/64 blocks per
+ * plane (3 per block, in RAM; planes after the first are copies of it at
+ * their own addresses), their coarse pages built as the store builds them
+ * (S 16, R 8, mixed k-center), then per question
+ * (4 q heads, top-16) the exhaustive scan and the two levels (coarse scan,
+ * then the blocks of the best 64 super-blocks) of every plane, one plane
+ * after the other as the engine routes them, with 1 and 2 threads, best
+ * and median of 9.  With P planes the lines also give the routing of P/8
+ * planes (one routing plane per layer of 8 kv heads) and of one plane
+ * (one selection for the whole question).  Quality is not measured here
+ * (random vectors have no needles): --route-sweep and bench_scale do that. */
+static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k, uint32_t P)
 {
     size_t nb = (size_t)((n_tokens + 63) / 64), nv = 3 * nb;
     msadb_coarse_layout C = {d, 16, 8, MSADB_COARSE_KCENTER_MIX};
     size_t n_pages = (nb + 255) / 256, ns = (nb + C.S - 1) / C.S, nc = ns * C.R;
-    int8_t *v8 = msadb_aalloc(nv * d), *c8 = msadb_aalloc(nc * d);
-    float *s8 = xmalloc(sizeof(float) * nv), *cs = xmalloc(sizeof(float) * nc);
+    int8_t *v8 = msadb_aalloc(P * nv * d), *c8 = msadb_aalloc(P * nc * d);
+    float *s8 = xmalloc(sizeof(float) * nv * P), *cs = xmalloc(sizeof(float) * nc * P);
     uint8_t *page = msadb_aalloc(msadb_coarse_page_bytes(&C, 256));
+    if (!v8 || !c8 || !page)
+        die("out of memory", MSADB_ENOMEM);
     wl_rng g;
     wl_rng_seed(&g, 7);
     wl_ntab_init();
@@ -1166,19 +1167,28 @@ static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k)
         s8[b] = msadb_k_quantize_i8(tmp, d, v8 + b * d);
     }
     double t0 = now_ms();
-    for (size_t p = 0; p < n_pages; p++) {
-        size_t n = nb - p * 256 < 256 ? nb - p * 256 : 256;
-        msadb_summ_view fine = {0}, cv;
-        fine.reps = v8 + p * 256 * 3 * d;
-        fine.reps_scale = s8 + p * 256 * 3;
-        fine.n_reps = 3;
-        msadb_coarse_page_build(&C, &fine, n, page);
-        msadb_coarse_view_of(&C, page, n, &cv);
-        size_t e0 = p * 256 / C.S, ne = msadb_coarse_entries(&C, n);
-        memcpy(c8 + e0 * C.R * d, cv.reps, ne * C.R * d);
-        memcpy(cs + e0 * C.R, cv.reps_scale, ne * C.R * sizeof(float));
-    }
+    for (uint32_t pl = 0; pl < 1; pl++)
+        for (size_t p = 0; p < n_pages; p++) {
+            size_t n = nb - p * 256 < 256 ? nb - p * 256 : 256;
+            msadb_summ_view fine = {0}, cv;
+            fine.reps = v8 + (pl * nv + p * 256 * 3) * d;
+            fine.reps_scale = s8 + pl * nv + p * 256 * 3;
+            fine.n_reps = 3;
+            msadb_coarse_page_build(&C, &fine, n, page);
+            msadb_coarse_view_of(&C, page, n, &cv);
+            size_t e0 = pl * ns + p * 256 / C.S, ne = msadb_coarse_entries(&C, n);
+            memcpy(c8 + e0 * C.R * d, cv.reps, ne * C.R * d);
+            memcpy(cs + e0 * C.R, cv.reps_scale, ne * C.R * sizeof(float));
+        }
     double build_ms = now_ms() - t0;
+    /* the other planes: copies of plane 0 at their own addresses (the cost
+     * of a scan does not depend on the random values) */
+    for (uint32_t pl = 1; pl < P; pl++) {
+        memcpy(v8 + pl * nv * d, v8, nv * d);
+        memcpy(s8 + pl * nv, s8, nv * sizeof(float));
+        memcpy(c8 + pl * nc * d, c8, nc * d);
+        memcpy(cs + pl * nc, cs, nc * sizeof(float));
+    }
     float q[4 * 1024];
     for (uint32_t i = 0; i < 4 * d; i++)
         q[i] = wl_randn(&g);
@@ -1190,31 +1200,49 @@ static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k)
         jobs[t].scores = xmalloc(sizeof(float) * 256 * 3);
         jobs[t].idx = xmalloc(sizeof(uint32_t) * 256 * 3);
     }
-    printf("{\"mode\": \"route-scale\", \"tokens\": %llu, \"d\": %u, \"blocks\": %zu, \"coarse_vectors\": %zu, "
-           "\"build_ms\": %.0f, \"results\": [",
-           (unsigned long long)n_tokens, d, nb, nc, build_ms);
+    printf("{\"mode\": \"route-scale\", \"tokens\": %llu, \"d\": %u, \"planes\": %u, \"blocks\": %zu, "
+           "\"coarse_vectors\": %zu, \"build_ms\": %.0f, \"results\": [",
+           (unsigned long long)n_tokens, d, P, nb, nc, build_ms);
+    double load0 = machine_load();
     for (int th = 1; th <= 2; th++) {
-        double scan[9], idx[9];
+        double scan[9], idx[9], idx_l[9], idx_1[9], idx_cpu[9], scan_cpu[9];
+        uint32_t per_layer = P >= 8 ? P / 8 : 1;
         for (int rep = 0; rep < 9; rep++) {
-            scan[rep] = scan_once(&kq, NULL, v8, s8, nv, th, k, jobs);
-            /* level 1 over the coarse vectors (top 64 * R vectors: at most
-             * 64 super-blocks' worth), then level 2 over 64 super-blocks of
-             * 16 blocks at places spread over the memory */
-            double a = scan_once(&kq, NULL, c8, cs, nc, th, 64 > k ? 64 : k, jobs);
-            double b = 0;
-            for (int c = 0; c < 64; c++) {
-                size_t sb = (size_t)(jobs[0].hid[c % k] / C.R) % ns;
-                size_t v0 = sb * C.S * 3, n = (nv - v0) < C.S * 3 ? nv - v0 : C.S * 3;
-                b += scan_once(&kq, NULL, v8 + v0 * d, s8 + v0, n, 1, k, jobs);
+            scan[rep] = idx[rep] = idx_cpu[rep] = scan_cpu[rep] = 0;
+            for (uint32_t pl = 0; pl < P; pl++) {
+                const int8_t *pv = v8 + pl * nv * d, *pc = c8 + pl * nc * d;
+                const float *ps = s8 + pl * nv, *pcs = cs + pl * nc;
+                double c0 = proc_cpu_ms();
+                scan[rep] += scan_once(&kq, NULL, pv, ps, nv, th, k, jobs);
+                double c1 = proc_cpu_ms();
+                scan_cpu[rep] += c1 - c0;
+                /* level 1 over the coarse vectors (top 64 * R vectors: at
+                 * most 64 super-blocks' worth), then level 2 over 64
+                 * super-blocks of 16 blocks at places spread over the memory */
+                double a = scan_once(&kq, NULL, pc, pcs, nc, th, 64 > k ? 64 : k, jobs);
+                double b = 0;
+                for (int c = 0; c < 64; c++) {
+                    size_t sb = (size_t)(jobs[0].hid[c % k] / C.R) % ns;
+                    size_t v0 = sb * C.S * 3, n = (nv - v0) < C.S * 3 ? nv - v0 : C.S * 3;
+                    b += scan_once(&kq, NULL, pv + v0 * d, ps + v0, n, 1, k, jobs);
+                }
+                idx[rep] += a + b;
+                idx_cpu[rep] += proc_cpu_ms() - c1;
+                if (pl + 1 == 1)
+                    idx_1[rep] = idx[rep];
+                if (pl + 1 == per_layer)
+                    idx_l[rep] = idx[rep];
             }
-            idx[rep] = a + b;
         }
         printf("%s{\"threads\": %d, \"scan_best_ms\": %.3f, \"scan_p50_ms\": %.3f, \"index_best_ms\": %.3f, "
-               "\"index_p50_ms\": %.3f, \"scan_mb\": %.1f, \"index_mb\": %.1f}",
+               "\"index_p50_ms\": %.3f, \"index_%u_planes_p50_ms\": %.3f, \"index_1_plane_p50_ms\": %.3f, "
+               "\"scan_cpu_p50_ms\": %.3f, \"index_cpu_p50_ms\": %.3f, \"scan_mb\": %.1f, \"index_mb\": %.1f}",
                th > 1 ? ", " : "", th, percentile(scan, 9, 0.0), percentile(scan, 9, 0.5), percentile(idx, 9, 0.0),
-               percentile(idx, 9, 0.5), nv * (d + 4.0) / 1e6, (nc + 64.0 * C.S * 3) * (d + 4.0) / 1e6);
+               percentile(idx, 9, 0.5), per_layer, percentile(idx_l, 9, 0.5), percentile(idx_1, 9, 0.5),
+               percentile(scan_cpu, 9, 0.5), percentile(idx_cpu, 9, 0.5),
+               P * nv * (d + 4.0) / 1e6, P * (nc + 64.0 * C.S * 3) * (d + 4.0) / 1e6);
     }
-    printf("], \"loadavg\": %.2f}\n", machine_load());
+    printf("], \"loadavg_start\": %.2f, \"loadavg\": %.2f}\n", load0, machine_load());
     msadb_afree(v8);
     msadb_afree(c8);
     msadb_afree(page);
@@ -1428,7 +1456,7 @@ static void usage(void)
                     "       bench_query [--json] [--k K] --scan-only TOKENS\n"
                     "       bench_query [--json] [--k K] --scan-dims TOKENS\n"
                     "       bench_query [--k K] [--limit N] --route-sweep S:R[:kind],... [--cands C,...] DIR\n"
-                    "       bench_query [--k K] [--dim D] --route-scale TOKENS\n");
+                    "       bench_query [--k K] [--dim D] [--planes P] --route-scale TOKENS\n");
     exit(2);
 }
 
@@ -1442,7 +1470,7 @@ int main(int argc, char **argv)
     uint64_t scan_tokens = 0, scan_dims_tokens = 0;
     const char *sweep = NULL, *sweep_cands = "16,32,64,128";
     uint64_t scale_tokens = 0;
-    uint32_t scale_dim = 64;
+    uint32_t scale_dim = 64, scale_planes = 1;
     tty = isatty(2);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1469,6 +1497,8 @@ int main(int argc, char **argv)
             no_engine = 1;
         else if (!strcmp(a, "--scan-only") && more)
             scan_tokens = (uint64_t)strtod(argv[++i], NULL);
+        else if (!strcmp(a, "--planes") && more)
+            scale_planes = (uint32_t)strtoul(argv[++i], NULL, 10);
         else if (!strcmp(a, "--route-scale") && more)
             scale_tokens = (uint64_t)strtod(argv[++i], NULL);
         else if (!strcmp(a, "--dim") && more)
@@ -1491,7 +1521,9 @@ int main(int argc, char **argv)
     if (scan_dims_tokens)
         return scan_dims(scan_dims_tokens, k);
     if (scale_tokens)
-        return scale_dim < 1 || scale_dim > 1024 ? (usage(), 2) : route_scale(scale_tokens, scale_dim, k);
+        return scale_dim < 1 || scale_dim > 1024 || scale_planes < 1 || scale_planes > 1024
+                   ? (usage(), 2)
+                   : route_scale(scale_tokens, scale_dim, k, scale_planes);
     if (!store_dir)
         usage();
 

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -71,6 +72,28 @@ static inline double machine_load(void)
         fclose(f);
     }
     return l;
+}
+
+/* A failed step: "PROG: WHAT: the error", exit status 1. */
+static inline void machine_die(const char *prog, const char *what, const char *err)
+{
+    fprintf(stderr, "%s: %s: %s\n", prog, what, err ? err : "failed");
+    exit(1);
+}
+
+static inline int machine_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The p-quantile (0..1, nearest rank) of v[0,n); sorts v.  NAN if n is 0. */
+static inline double machine_percentile(double *v, size_t n, double p)
+{
+    if (n == 0)
+        return NAN;
+    qsort(v, n, sizeof *v, machine_cmp_double);
+    return v[(size_t)(p * (double)(n - 1) + 0.5)];
 }
 
 #endif

@@ -43,7 +43,7 @@
 
 #define WL_MAX_DOC 8192
 #define WL_MAX_G 16
-#define WL_MAGIC 0x314c574275534d41ull /* "AMSuBWL1" */
+#define WL_MAGIC 0x324c574275534d41ull /* "AMSuBWL2" */
 
 typedef struct wl_config {
     uint64_t seed;
@@ -59,6 +59,9 @@ typedef struct wl_config {
     float temp_lo, temp_hi; /* range of per-head logit std */
     float delim_rate;    /* fraction of delimiter tokens */
     float delim_mag;     /* their extra norm */
+    uint32_t n_kv;       /* kv heads per memory layer (planes: n_layers * n_kv) */
+    uint32_t n_layers;   /* memory layers */
+    int needle_one;      /* 1: a needle lives in one plane only (wl_needle_plane) */
 } wl_config;
 
 static inline void wl_config_default(wl_config *c)
@@ -82,6 +85,8 @@ static inline void wl_config_default(wl_config *c)
     c->temp_hi = 1.6f;
     c->delim_rate = 1.0f / 24.0f;
     c->delim_mag = 16.0f;
+    c->n_kv = 1;
+    c->n_layers = 1;
 }
 
 typedef struct wl_doc {
@@ -533,15 +538,59 @@ static inline void wl_mirror(const float *x, float *y, size_t rows, uint32_t d)
             y[r * d + i] = x[r * d + d - 1 - i];
 }
 
+/* Plane p of a multi-plane workload holds plane 0's vectors with their
+ * channels permuted: p 1 reversed (wl_mirror), p >= 2 a permutation drawn
+ * from p.  A permutation keeps every dot product, so plane p answers the
+ * queries permuted the same way exactly as plane 0 answers the originals.
+ * perm: [d] source channel of each channel. */
+static inline void wl_plane_perm(uint32_t d, uint32_t p, uint32_t *perm)
+{
+    for (uint32_t i = 0; i < d; i++)
+        perm[i] = p == 1 ? d - 1 - i : i;
+    if (p < 2)
+        return;
+    wl_rng g;
+    wl_rng_seed(&g, 0x9a7e5ull + p);
+    for (uint32_t i = d - 1; i > 0; i--) {
+        uint32_t j = (uint32_t)(wl_next(&g) % (i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+static inline void wl_permute(const uint32_t *perm, const float *x, float *y, size_t rows, uint32_t d)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (uint32_t i = 0; i < d; i++)
+            y[r * d + i] = x[r * d + perm[i]];
+}
+
+/* The plane that holds query qi's needle when needles live in one plane
+ * (c.needle_one): spread over all planes. */
+static inline uint32_t wl_needle_plane(const wl_model *m, size_t qi)
+{
+    uint32_t np = m->c.n_kv * m->c.n_layers;
+    return (uint32_t)((qi * 7 + 3) % np);
+}
+
+/* Plants into K[len][d] the needles of document di that live in plane
+ * `plane` (every needle of di when plane < 0). */
+static inline void wl_plant_plane(wl_model *m, size_t di, float *K, int plane);
+
 /* Plants the needles that live in document di into its keys K[len][d]. */
 static inline void wl_plant(wl_model *m, size_t di, float *K)
+{
+    wl_plant_plane(m, di, K, -1);
+}
+
+static inline void wl_plant_plane(wl_model *m, size_t di, float *K, int plane)
 {
     const wl_config *c = &m->c;
     uint32_t d = c->d;
     float sd = sqrtf((float)d);
     for (size_t qi = 0; qi < m->n_q; qi++) {
         const wl_query *q = &m->qs[qi];
-        if (!q->needle_len || q->doc != di)
+        if (!q->needle_len || q->doc != di || (plane >= 0 && wl_needle_plane(m, qi) != (uint32_t)plane))
             continue;
         const float *qq = q->q + (size_t)q->head * d;
         double qn = 0;

@@ -17,6 +17,6 @@ Modules, each importing only those above it in this list:
     gpu_eval                          evaluation through the PyTorch model
     train                             training (GPU), resumable commands
     export_gguf                       checkpoint -> GGUF
-    clib                              libmsadb through ctypes (the C library's evaluation)
+    clib                              libmsadb through the msadb package (the C library's evaluation)
     evaluate                          evaluation sets and the C library's evaluation
 """

@@ -735,6 +735,12 @@ def pack_examples(sp, exs):
             "kind": np.array(kind, np.int8), "key_hash": np.array(keyh, np.uint32)}
 
 
+def ragged(lists):
+    """Token lists as one uint16 array and int64 offsets (len(lists) + 1)."""
+    flat = np.concatenate([np.array(x, np.uint16) for x in lists])
+    return flat, np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+
+
 def tokenize_docs(sp, docs):
     ids = sp.encode([d + "\n\n" for d in docs])
     return ids

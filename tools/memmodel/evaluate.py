@@ -34,9 +34,6 @@
         float64
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate plot-log [--log models/msadb-mem.train-log.jsonl] [--png P]
         loss curves of the training log, steps counted across its commands
-    PYTHONPATH=tools /usr/bin/python3 -m memmodel.evaluate mirrors --lib BUILD/libmsadb/libmsadb.so
-        checks the ctypes copies of msadb_ask_params and msadb_options
-        against include/msadb.h and the library (a meson test)
 
 The same evaluation through the PyTorch model on the GPU is
 memmodel.gpu_eval (memmodel.train --eval-gpu).
@@ -50,7 +47,7 @@ import time
 import numpy as np
 
 from . import data as mmd
-from .clib import Msadb, mirror_problems
+from .clib import Msadb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -72,29 +69,30 @@ def _insert(doc, fact, rng):
     return "\n\n".join(paras[:i] + [fact] + paras[i:])
 
 
-def cmd_prepare(args):
-    sp = mmd.load_sp()
-    rng = np.random.default_rng(args.seed)
-    docs = mmd.read_docs(os.path.join(args.data, "text", "dict-gcide.txt"))
-    g = mmd.FactGen(args.seed, "held")
+def draw_needles(seed):
+    """N_NEEDLES single-hop examples (the five kinds in turn) and N_MULTIHOP
+    multi-hop ones on held-out entities, no key shared."""
+    g = mmd.FactGen(seed, "held")
     kinds = ["code", "lives", "pet", "room", "roomcode"]
-    used, needles = set(), []
+    used, needles, mh = set(), [], []
     while len(needles) < N_NEEDLES:
         ex = g.example(kinds[len(needles) % len(kinds)])
         if set(ex["keys"]) & used:
             continue
         used |= set(ex["keys"])
         needles.append(ex)
-    mh = []
     while len(mh) < N_MULTIHOP:
         ex = g.example("multihop")
         if set(ex["keys"]) & used:
             continue
         used |= set(ex["keys"])
         mh.append(ex)
-    # token counts of the haystack documents
-    lens = np.array([len(x) for x in sp.encode(docs)], np.int64)
-    # needles go into the documents of the first ~12K tokens
+    return needles, mh
+
+
+def place_needles(docs, lens, needles, rng):
+    """Each needle's fact inserted into one of the documents of the first
+    ~12K tokens; (documents, {document: needle indexes}, region size)."""
     region = int(np.searchsorted(np.cumsum(lens), 12000)) + 1
     docs = list(docs)
     ins = {}
@@ -102,69 +100,80 @@ def cmd_prepare(args):
         d = int(rng.integers(region))
         docs[d] = _insert(docs[d], ex["facts"][0], rng)
         ins.setdefault(d, []).append(i)
-    # multi-hop haystack: documents from the end of the list
-    mh_docs_idx = []
-    tot = 0
+    return docs, ins, region
+
+
+def multihop_haystack(docs, lens, mh, rng):
+    """The last documents of the list up to MH_TOKENS, each pair's two facts
+    in two different ones; (documents, their indexes in the list)."""
+    idx, tot = [], 0
     for j in range(len(docs) - 1, -1, -1):
-        mh_docs_idx.append(j)
+        idx.append(j)
         tot += lens[j]
         if tot >= MH_TOKENS - 40 * 30:
             break
-    mh_docs_idx.reverse()
-    mh_docs = [docs[j] for j in mh_docs_idx]
-    for i, ex in enumerate(mh):
+    idx.reverse()
+    mh_docs = [docs[j] for j in idx]
+    for ex in mh:
         a, b = rng.choice(len(mh_docs), 2, replace=False)
         mh_docs[a] = _insert(mh_docs[a], ex["facts"][0], rng)
         mh_docs[b] = _insert(mh_docs[b], ex["facts"][1], rng)
-    tok = sp.encode(docs)
+    return mh_docs, idx
+
+
+def nested_sizes(tok):
+    """{size name: documents and tokens of the shortest prefix reaching it}."""
     cum = np.cumsum([len(t) for t in tok])
     sizes = {}
     for name, n in SIZES.items():
-        k = int(np.searchsorted(cum, n)) + 1
-        if k > len(tok):
-            k = len(tok)
+        k = min(int(np.searchsorted(cum, n)) + 1, len(tok))
         sizes[name] = {"docs": k, "tokens": int(cum[k - 1])}
-    mh_tok = sp.encode(mh_docs)
+    return sizes
 
+
+def write_gpu_arrays(path, sp, tok, mh_tok, needles, mh, sizes):
+    """eval_gpu.npz: the haystack up to its largest size, the multi-hop
+    haystack, questions and answers (no EOS), tokenized."""
     def qa(ex):
         _, _, q, a = mmd.tokenize_example(sp, ex)
         return q, a[:-1]
 
-    rec = {"needles": needles, "multihop": mh, "needle_docs": {str(k): v for k, v in ins.items()},
-           "sizes": sizes, "mh_doc_index": mh_docs_idx, "region_docs": region,
-           "total_docs": len(docs), "total_tokens": int(cum[-1]), "seed": args.seed}
-    with open(os.path.join(args.data, "eval.json"), "w") as f:
-        json.dump(rec, f, indent=1)
-    # the documents as text (for the C evaluation), and tokens (GPU)
-    with open(os.path.join(args.data, "eval_docs.txt"), "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(d.replace("\f", " ") + "\n\f\n")
-    with open(os.path.join(args.data, "eval_mh_docs.txt"), "w", encoding="utf-8") as f:
-        for d in mh_docs:
-            f.write(d.replace("\f", " ") + "\n\f\n")
     maxd = max(v["docs"] for v in sizes.values())
-
-    def ragged(lists):
-        flat = np.concatenate([np.array(x, np.uint16) for x in lists])
-        off = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
-        return flat, off
-
-    dt, do = ragged(tok[:maxd])
-    mt, mo = ragged(mh_tok)
     qs = [qa(e) for e in needles]
     ms = [qa(e) for e in mh]
-    qt, qo = ragged([q for q, _ in qs])
-    at, ao = ragged([a for _, a in qs])
-    mqt, mqo = ragged([q for q, _ in ms])
-    mat, mao = ragged([a for _, a in ms])
-    np.savez_compressed(os.path.join(args.data, "eval_gpu.npz"), doc_tok=dt, doc_off=do,
-                        mh_tok=mt, mh_off=mo, q_tok=qt, q_off=qo, a_tok=at, a_off=ao,
-                        mq_tok=mqt, mq_off=mqo, ma_tok=mat, ma_off=mao,
-                        size_names=np.array(list(sizes)),
+    arrays = {}
+    for name, lists in (("doc", tok[:maxd]), ("mh", mh_tok), ("q", [q for q, _ in qs]),
+                        ("a", [a for _, a in qs]), ("mq", [q for q, _ in ms]),
+                        ("ma", [a for _, a in ms])):
+        arrays[name + "_tok"], arrays[name + "_off"] = mmd.ragged(lists)
+    np.savez_compressed(path, **arrays, size_names=np.array(list(sizes)),
                         size_docs=np.array([v["docs"] for v in sizes.values()]),
                         size_tokens=np.array([v["tokens"] for v in sizes.values()]),
                         eos=np.array(sp.eos_id()))
-    print(json.dumps({"sizes": sizes, "region_docs": region, "total_tokens": int(cum[-1]),
+
+
+def cmd_prepare(args):
+    sp = mmd.load_sp()
+    rng = np.random.default_rng(args.seed)
+    docs = mmd.read_docs(os.path.join(args.data, "text", "dict-gcide.txt"))
+    needles, mh = draw_needles(args.seed)
+    lens = np.array([len(x) for x in sp.encode(docs)], np.int64)
+    docs, ins, region = place_needles(docs, lens, needles, rng)
+    mh_docs, mh_docs_idx = multihop_haystack(docs, lens, mh, rng)
+    tok = sp.encode(docs)
+    sizes = nested_sizes(tok)
+    mh_tok = sp.encode(mh_docs)
+    total = int(sum(len(t) for t in tok))
+    rec = {"needles": needles, "multihop": mh, "needle_docs": {str(k): v for k, v in ins.items()},
+           "sizes": sizes, "mh_doc_index": mh_docs_idx, "region_docs": region,
+           "total_docs": len(docs), "total_tokens": total, "seed": args.seed}
+    with open(os.path.join(args.data, "eval.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    # the documents as text (for the C evaluation), and tokens (GPU)
+    mmd._write_docs(os.path.join(args.data, "eval_docs.txt"), docs)
+    mmd._write_docs(os.path.join(args.data, "eval_mh_docs.txt"), mh_docs)
+    write_gpu_arrays(os.path.join(args.data, "eval_gpu.npz"), sp, tok, mh_tok, needles, mh, sizes)
+    print(json.dumps({"sizes": sizes, "region_docs": region, "total_tokens": total,
                       "mh_docs": len(mh_docs), "mh_tokens": int(sum(len(t) for t in mh_tok))}))
 
 
@@ -177,7 +186,8 @@ def norm_answer(s):
     return s.strip().rstrip(".").strip()
 
 
-SUMMARIES = {"declared": 0, "mean": 1, "minmax": 2, "reps": 4}  # MSADB_SUMMARY_*
+# routing summaries (msadb's names; declared: the model's own routing)
+SUMMARIES = {"declared": None, "mean": "mean", "minmax": "minmax", "reps": "reps"}
 WHAT = ("none", "exact", "trunc", "rag", "rag1", "multihop", "interleave", "each")
 
 
@@ -486,16 +496,6 @@ def cmd_check(args):
     return out
 
 
-def cmd_mirrors(args):
-    """Exit 1 if the ctypes mirrors disagree with include/msadb.h / the library."""
-    problems = mirror_problems(args.lib)
-    for p in problems:
-        print("FAIL:", p)
-    if problems:
-        sys.exit(1)
-    print("ctypes mirrors match include/msadb.h and %s" % os.path.basename(args.lib))
-
-
 def cmd_plot_log(args):
     """Loss curves of a training log (memmodel.train's jsonl, with a
     "run" field per command): steps are counted across the commands."""
@@ -552,7 +552,7 @@ def cmd_plot_log(args):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log", "mirrors"])
+    ap.add_argument("cmd", choices=["prepare", "cpu", "plot", "check", "plot-log"])
     ap.add_argument("--log", default=os.path.join(ROOT, "models", "msadb-mem.train-log.jsonl"))
     ap.add_argument("--build", default="/tmp/build-train")
     ap.add_argument("--data", default=os.path.join(ROOT, ".train-data"))
@@ -588,15 +588,9 @@ def main(argv):
         cmd_check(args)
     elif args.cmd == "plot-log":
         cmd_plot_log(args)
-    elif args.cmd == "mirrors":
-        cmd_mirrors(args)
     else:
         cmd_plot(args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -197,3 +197,50 @@ def gpu_eval(model, path, dev, deadline, log=print):
         res["multihop"] = {"interleave_off": off, "interleave_on": on, "pairs": len(mq)}
         log({"event": "eval", "multihop": res["multihop"]})
     return res
+
+
+def heldout_gpu(model, path, dev, deadline, log=print):
+    """memmodel.heldout's evaluation through PyTorch (the arrays `memmodel.heldout
+    arrays` writes, heldout.json beside them): every question whose needle
+    document is in memory at each size, and all of them with no memory,
+    scored by heldout.score (per cell, kind and needle position)."""
+    import torch
+    from . import heldout
+    torch.backends.cuda.matmul.allow_tf32 = False
+    z = np.load(path)
+    with open(os.path.join(os.path.dirname(os.path.abspath(path)), "heldout.json")) as f:
+        qs = json.load(f)["questions"]
+    eos = int(z["eos"])
+    docs = _ragged(z, "doc")
+    qtok, atok = _ragged(z, "q"), _ragged(z, "a")
+    abstain = [int(t) for t in z["abstain"]]
+
+    def as_text(outs, sel):
+        """Generated tokens as the C evaluation's strings: the answer, the
+        abstain form, or the tokens themselves (wrong either way)."""
+        return [qs[i]["answer"] if o == list(atok[i]) else
+                heldout.mmd.ABSTAIN if o == abstain else "?" + " ".join(map(str, o))
+                for o, i in zip(outs, sel)]
+
+    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-16 blocks/kv head), f16 K/V",
+           "sizes": {}}
+    allq = list(range(len(qs)))
+    outs = generate(model, [qtok[i] for i in allq], None, dev, eos)
+    res["no_memory"] = heldout.score(qs, as_text(outs, allq))
+    log({"event": "heldout", "what": "no_memory", "cells": res["no_memory"]["cells"]})
+    t0 = time.time()
+    kvs, valid, doc = encode_pool(model, docs, dev)
+    res["encode_seconds"] = round(time.time() - t0, 1)
+    cum_blocks = np.cumsum(torch.bincount(doc, minlength=len(docs)).cpu().numpy())
+    mc = {}
+    for name, nd in zip(z["size_names"], z["size_docs"]):
+        if time.time() > deadline:
+            res["sizes"][str(name)] = "skipped: time"
+            continue
+        pools = _pools(kvs, valid, doc, int(cum_blocks[int(nd) - 1]), mc)
+        sel = [i for i in allq if qs[i]["doc"] < int(nd)]
+        outs = generate(model, [qtok[i] for i in sel], pools, dev, eos)
+        r = heldout.score([qs[i] for i in sel], as_text(outs, sel))
+        res["sizes"][str(name)] = dict(r, docs=int(nd))
+        log({"event": "heldout", "size": str(name), "cells": r["cells"]})
+    return res

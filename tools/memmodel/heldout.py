@@ -218,6 +218,33 @@ def cmd_prepare(args):
                       "questions": cells}))
 
 
+def cmd_arrays(args):
+    """DATA/heldout_gpu.npz: the haystack's documents up to --gpu-size tokens,
+    the questions and answers tokenized, for memmodel.gpu_eval.heldout_gpu."""
+    sp = mmd.load_sp()
+    rec = json.load(open(os.path.join(args.data, "heldout.json")))
+    docs = mmd.read_docs(os.path.join(args.data, "heldout_docs.txt"))
+    cum = np.cumsum(rec["doc_tokens"])
+    sizes = [(n, int(np.searchsorted(cum, SIZES[n], side="right")))
+             for n in args.sizes.split(",") if n]
+    nd = max(k for _, k in sizes)
+    q, a = [], []
+    for x in rec["questions"]:
+        qt = sp.encode(x["question"])
+        full = sp.encode(x["question"] + " " + x["answer"])
+        q.append([sp.bos_id()] + qt)
+        a.append(full[len(qt):])
+    dt, do = mmd.ragged(sp.encode(docs[:nd]))
+    qt, qo = mmd.ragged(q)
+    at, ao = mmd.ragged(a)
+    np.savez_compressed(os.path.join(args.data, "heldout_gpu.npz"), doc_tok=dt, doc_off=do,
+                        q_tok=qt, q_off=qo, a_tok=at, a_off=ao,
+                        abstain=np.array(sp.encode(mmd.ABSTAIN), np.int64),
+                        size_names=np.array([n for n, _ in sizes]),
+                        size_docs=np.array([k for _, k in sizes]), eos=np.array(sp.eos_id()))
+    print(json.dumps({"sizes": dict(sizes), "doc_tokens": int(len(dt))}))
+
+
 # --------------------------------------------------------------------------
 # cpu: through the C library
 # --------------------------------------------------------------------------
@@ -353,7 +380,7 @@ def cmd_table(args):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "cpu", "table"])
+    ap.add_argument("cmd", choices=["prepare", "arrays", "cpu", "table"])
     ap.add_argument("--json", action="append", default=[], help="table: a cpu run's --out")
     ap.add_argument("--data", default=os.path.join(mmd.ROOT, ".train-data"))
     ap.add_argument("--seed", type=int, default=2718)
@@ -371,6 +398,8 @@ def main(argv):
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         cmd_prepare(args)
+    elif args.cmd == "arrays":
+        cmd_arrays(args)
     elif args.cmd == "table":
         cmd_table(args)
     else:

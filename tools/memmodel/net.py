@@ -194,11 +194,9 @@ class Model(nn.Module):
         pos = torch.arange(T, device=tok.device)
         x = self.tok(tok)
         G = c.n_heads // c.n_kv
-        scale = 1.0 / math.sqrt(c.hd)
         t_idx = torch.arange(T, device=tok.device)
         is_prompt = t_idx[None, :] < plen[:, None]
-        lens = valid.sum(1)
-        is_ans_in = (~is_prompt) & (t_idx[None, :] < (lens - 1)[:, None])
+        is_ans_in = (~is_prompt) & (t_idx[None, :] < (valid.sum(1) - 1)[:, None])
         causal = torch.ones(T, T, dtype=torch.bool, device=tok.device).tril()
         aux_loss = x.new_zeros((), dtype=torch.float32)
         info = {"recall": [], "best_block": None}
@@ -206,83 +204,116 @@ class Model(nn.Module):
         for i, l in enumerate(self.layers):
             q, k, v = self.qkv(l, x, pos)
             if pools is None or i not in self.mem:
-                o = sdpa(q, k.repeat_interleave(G, 1),
-                                                   v.repeat_interleave(G, 1), is_causal=True)
+                o = sdpa(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), is_causal=True)
                 x = self.finish(l, x, o)
                 continue
             pool = pools[mi]
             mi += 1
-            means = pool.means.detach() if detach_pool else pool.means
-            Kp = pool.K.detach() if detach_pool else pool.K
-            Vp = pool.V.detach() if detach_pool else pool.V
-            P = pool.P
-            kk = min(top_k, P)
-            qg = q.float().view(B, c.n_kv, G, T, c.hd)
-            s = None
-            with (torch.autocast("cuda", enabled=False) if q.is_cuda else amp(q.device)):
-                for g in range(G):  # max over the group's q heads (f32, as msadb)
-                    sg = torch.einsum("bktd,kpd->bktp", qg[:, :, g], means.float())
-                    s = sg if s is None else torch.maximum(s, sg)
-            # [B, kv, T, P]
-            neg = torch.finfo(s.dtype).min
-            sp = s.masked_fill(~is_prompt[:, None, :, None], neg).amax(2)  # [B, kv, P]
-            with torch.no_grad():
-                sp_sel, s_sel = sp.detach(), s.detach()
-                if oracle and gold_p is not None:
-                    sp_sel = sp_sel.clone()
-                    sp_sel.scatter_(2, gold_p[:, None, :].expand(B, c.n_kv, -1), float("inf"))
-                    s_sel = s_sel.clone()
-                    s_sel.scatter_(3, gold_a[:, None, None, :].expand(B, c.n_kv, T, -1),
-                                   float("inf"))
-                sel_p = sp_sel.topk(kk, dim=-1).indices
-                vis_p = torch.zeros(B, c.n_kv, P, dtype=torch.bool, device=tok.device)
-                vis_p.scatter_(2, sel_p, True)
-                sel_t = s_sel.topk(kk, dim=-1).indices
-                vis = torch.zeros(B, c.n_kv, T, P, dtype=torch.bool, device=tok.device)
-                vis.scatter_(3, sel_t, True)
-                vis = torch.where(is_prompt[:, None, :, None], vis_p[:, :, None, :], vis)
-                vis &= valid[:, None, :, None]
-                union = vis.any(2)
-                nu = int(union.sum(-1).max().item())
-                nu = max(nu, 1)
-                idx_u = union.float().topk(nu, dim=-1).indices  # [B, kv, nu]
-                valid_u = union.gather(2, idx_u)
-                vis_u = vis.gather(3, idx_u[:, :, None, :].expand(B, c.n_kv, T, nu))
-                vis_u &= valid_u[:, :, None, :]
-                bv = pool.valid[idx_u]  # [B, kv, nu, 64]
-                mmask = (vis_u[..., None] & bv[:, :, None, :, :]).reshape(B, c.n_kv, T, nu * BLOCK)
-                if gold_p is not None:
-                    info["recall"].append(
-                        (sel_p == gold_p[:, None, :1]).any(-1).float().mean().item())
-                if mi == len(pools):
-                    flat = sp.detach().reshape(B, -1).argmax(-1)
-                    info["best_block"] = flat % P
-            ar = torch.arange(c.n_kv, device=tok.device)[None, :, None]
-            Ks = Kp[ar, idx_u].reshape(B, c.n_kv, nu * BLOCK, c.hd).to(k.dtype)
-            Vs = Vp[ar, idx_u].reshape(B, c.n_kv, nu * BLOCK, c.hd).to(v.dtype)
-            K_all = torch.cat([Ks, k], 2).repeat_interleave(G, 1)
-            V_all = torch.cat([Vs, v], 2).repeat_interleave(G, 1)
-            mask = torch.cat([mmask, causal[None, None].expand(B, c.n_kv, T, T)], 3)
-            mask = mask.repeat_interleave(G, 1)
-            o = sdpa(q, K_all, V_all, attn_mask=mask)
+            s = self.route_scores(q, pool.means.detach() if detach_pool else pool.means)
+            # the prompt's tokens share one selection: max over them [B, kv, P]
+            sp = s.masked_fill(~is_prompt[:, None, :, None], torch.finfo(s.dtype).min).amax(2)
+            sel_p, idx_u, mmask = self.select_blocks(s, sp, is_prompt, valid, pool,
+                                                     min(top_k, pool.P),
+                                                     (gold_p, gold_a) if oracle else None)
+            if gold_p is not None:
+                info["recall"].append((sel_p == gold_p[:, None, :1]).any(-1).float().mean().item())
+            if mi == len(pools):
+                info["best_block"] = sp.detach().reshape(B, -1).argmax(-1) % pool.P
+            o = self.memory_attention(q, k, v, pool, idx_u, mmask, causal, detach_pool)
             x = self.finish(l, x, o)
             if aux and gold_p is not None:
-                lp = sp * scale
-                gm = torch.zeros(B, P, dtype=torch.bool, device=tok.device)
-                gm.scatter_(1, gold_p, True)
-                lse = torch.logsumexp(lp.masked_fill(gm[:, None], neg), -1)
-                lg = lp.gather(2, gold_p[:, None, :].expand(B, c.n_kv, -1))
-                loss_p = F.softplus(lse[..., None] - lg).mean()
-                la = s * scale
-                gma = torch.zeros(B, P, dtype=torch.bool, device=tok.device)
-                gma.scatter_(1, gold_a, True)
-                lsea = torch.logsumexp(la.masked_fill(gma[:, None, None], neg), -1)  # [B,kv,T]
-                lga = la.gather(3, gold_a[:, None, None, :].expand(B, c.n_kv, T, -1))
-                w = is_ans_in[:, None, :, None].float()
-                loss_a = (F.softplus(lsea[..., None] - lga) * w).sum() / (
-                    w.sum() * c.n_kv * gold_a.shape[1]).clamp(min=1)
-                aux_loss = aux_loss + loss_p + loss_a
+                aux_loss = aux_loss + self.routing_loss(s, sp, gold_p, gold_a, is_ans_in)
         return x, aux_loss, info
+
+    def route_scores(self, q, means):
+        """msadb's routing score of every (token, block) pair: per kv head, the
+        max over the group's q heads of q . mean(block keys), in f32.
+        q [B, H, T, hd], means [kv, P, hd] -> [B, kv, T, P]."""
+        c = self.c
+        B, _, T, _ = q.shape
+        G = c.n_heads // c.n_kv
+        qg = q.float().view(B, c.n_kv, G, T, c.hd)
+        s = None
+        with (torch.autocast("cuda", enabled=False) if q.is_cuda else amp(q.device)):
+            for g in range(G):
+                sg = torch.einsum("bktd,kpd->bktp", qg[:, :, g], means.float())
+                s = sg if s is None else torch.maximum(s, sg)
+        return s
+
+    @torch.no_grad()
+    def select_blocks(self, s, sp, is_prompt, valid, pool, kk, gold=None):
+        """Top-kk blocks per kv head: one selection for the prompt's tokens
+        (scores sp), one per answer token (scores s); gold = (gold_p, gold_a)
+        forces the gold blocks in (oracle).  Returns the prompt's selection
+        [B, kv, kk], the union of selected blocks idx_u [B, kv, nu] and the
+        mask of the memory keys each token sees [B, kv, T, nu * 64]."""
+        c = self.c
+        B, _, T, P = s.shape
+        dev = s.device
+        sp_sel, s_sel = sp.detach(), s.detach()
+        if gold is not None and gold[0] is not None:
+            gold_p, gold_a = gold
+            sp_sel = sp_sel.clone()
+            sp_sel.scatter_(2, gold_p[:, None, :].expand(B, c.n_kv, -1), float("inf"))
+            s_sel = s_sel.clone()
+            s_sel.scatter_(3, gold_a[:, None, None, :].expand(B, c.n_kv, T, -1), float("inf"))
+        sel_p = sp_sel.topk(kk, dim=-1).indices
+        vis_p = torch.zeros(B, c.n_kv, P, dtype=torch.bool, device=dev)
+        vis_p.scatter_(2, sel_p, True)
+        sel_t = s_sel.topk(kk, dim=-1).indices
+        vis = torch.zeros(B, c.n_kv, T, P, dtype=torch.bool, device=dev)
+        vis.scatter_(3, sel_t, True)
+        vis = torch.where(is_prompt[:, None, :, None], vis_p[:, :, None, :], vis)
+        vis &= valid[:, None, :, None]
+        union = vis.any(2)
+        nu = max(int(union.sum(-1).max().item()), 1)
+        idx_u = union.float().topk(nu, dim=-1).indices  # [B, kv, nu]
+        valid_u = union.gather(2, idx_u)
+        vis_u = vis.gather(3, idx_u[:, :, None, :].expand(B, c.n_kv, T, nu))
+        vis_u &= valid_u[:, :, None, :]
+        bv = pool.valid[idx_u]  # [B, kv, nu, 64]
+        mmask = (vis_u[..., None] & bv[:, :, None, :, :]).reshape(B, c.n_kv, T, nu * BLOCK)
+        return sel_p, idx_u, mmask
+
+    def memory_attention(self, q, k, v, pool, idx_u, mmask, causal, detach_pool=False):
+        """One softmax over the selected blocks' keys (mask mmask) and the
+        question's own causal keys; the heads' outputs [B, H, T, hd]."""
+        c = self.c
+        B, _, T, _ = q.shape
+        G = c.n_heads // c.n_kv
+        nu = idx_u.shape[2]
+        Kp = pool.K.detach() if detach_pool else pool.K
+        Vp = pool.V.detach() if detach_pool else pool.V
+        ar = torch.arange(c.n_kv, device=q.device)[None, :, None]
+        Ks = Kp[ar, idx_u].reshape(B, c.n_kv, nu * BLOCK, c.hd).to(k.dtype)
+        Vs = Vp[ar, idx_u].reshape(B, c.n_kv, nu * BLOCK, c.hd).to(v.dtype)
+        K_all = torch.cat([Ks, k], 2).repeat_interleave(G, 1)
+        V_all = torch.cat([Vs, v], 2).repeat_interleave(G, 1)
+        mask = torch.cat([mmask, causal[None, None].expand(B, c.n_kv, T, T)], 3)
+        return sdpa(q, K_all, V_all, attn_mask=mask.repeat_interleave(G, 1))
+
+    def routing_loss(self, s, sp, gold_p, gold_a, is_ans_in):
+        """softplus(logsumexp(non-gold scores) - gold score), for the prompt's
+        shared selection and for each answer token, averaged."""
+        c = self.c
+        B, _, T, P = s.shape
+        scale = 1.0 / math.sqrt(c.hd)
+        neg = torch.finfo(s.dtype).min
+        lp = sp * scale
+        gm = torch.zeros(B, P, dtype=torch.bool, device=s.device)
+        gm.scatter_(1, gold_p, True)
+        lse = torch.logsumexp(lp.masked_fill(gm[:, None], neg), -1)
+        lg = lp.gather(2, gold_p[:, None, :].expand(B, c.n_kv, -1))
+        loss_p = F.softplus(lse[..., None] - lg).mean()
+        la = s * scale
+        gma = torch.zeros(B, P, dtype=torch.bool, device=s.device)
+        gma.scatter_(1, gold_a, True)
+        lsea = torch.logsumexp(la.masked_fill(gma[:, None, None], neg), -1)  # [B, kv, T]
+        lga = la.gather(3, gold_a[:, None, None, :].expand(B, c.n_kv, T, -1))
+        w = is_ans_in[:, None, :, None].float()
+        loss_a = (F.softplus(lsea[..., None] - lga) * w).sum() / (
+            w.sum() * c.n_kv * gold_a.shape[1]).clamp(min=1)
+        return loss_p + loss_a
 
 
 def build_pools(model, caps, valid=None, doc=None):

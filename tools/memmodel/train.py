@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .gpu_eval import gpu_eval
+from .gpu_eval import gpu_eval, heldout_gpu
 from .net import (BLOCK, Config, Model, amp, build_pools, config_of, load_state, save_ckpt,
                   torch_from_gguf)
 
@@ -163,12 +163,16 @@ class Batcher:
                 x[r, len(s_):] = self.window(T + 1 - len(s_))
         return {"kind": "qa", "x": x, "amask": am}
 
-    def mem_batch(self, B, n_docs, n_decoy, context=False, lo=0, hi=None, single_only=False):
-        """A batch of B questions over a shared pool of n_docs documents.
+    def mem_batch(self, B, n_docs, n_decoy, context=False, lo=0, hi=None, single_only=False,
+                  Ld=None):
+        """A batch of B questions over a shared pool of n_docs documents of
+        Ld tokens (the batcher's own length by default).
         context: put 1-2 documents (the gold one among them) before the
         question; multi-hop examples then get the first-hop document in the
         context and the second hop only in memory (interleave)."""
         hi = hi or self.n_ex
+        if Ld:
+            self.Ld = Ld
         exs, decoys, used = self.draw(B, n_decoy, lo, hi, single_only)
         docs_items = self.assign(exs, decoys, used, n_docs, lo, hi)
         docs, where = self.write_docs(docs_items)
@@ -408,6 +412,9 @@ def parse_args(argv=None):
     ap.add_argument("--docs-per-q", type=int, default=1)
     ap.add_argument("--doc-len", type=int, default=512)
     ap.add_argument("--decoys", type=int, default=384)
+    ap.add_argument("--doc-lens", default="",
+                    help="memory window lengths drawn per batch (e.g. 512,1024,2048,4096), "
+                         "each batch holding about --doc-len x --mem-batch tokens")
     ap.add_argument("--dense", type=float, default=0.0,
                     help="share of memory questions whose document also holds 2-4 facts of the "
                          "same kind")
@@ -427,6 +434,9 @@ def parse_args(argv=None):
     ap.add_argument("--aux-weight", type=float, default=0.2)
     ap.add_argument("--detach-memory", action="store_true")
     ap.add_argument("--eval-gpu", default="")
+    ap.add_argument("--eval-heldout", default="",
+                    help="memmodel.heldout's arrays (heldout_gpu.npz, heldout.json beside it): "
+                         "the held-out evaluation through PyTorch at the end")
     ap.add_argument("--eval-time", type=float, default=150)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke test)")
     ap.add_argument("--n-layers", type=int, default=0, help="model shape (default: Config's, "
@@ -458,7 +468,7 @@ def parse_args(argv=None):
         state = torch.load(os.path.join(args.cont, "state.pt"), map_location="cpu",
                            weights_only=False)
         mine = {k: getattr(args, k) for k in ("out", "cont", "stop_after", "stop_after_steps",
-                                              "eval_gpu", "eval_time", "data")}
+                                              "eval_gpu", "eval_heldout", "eval_time", "data")}
         args = argparse.Namespace(**dict(state["args"], **mine))
     return args, state
 
@@ -549,6 +559,19 @@ def build_model(run):
                               args.seed + 1, Ld=args.doc_len)
 
 
+def window_shape(args, rng):
+    """(window length, questions, decoy facts) of one memory batch: --doc-len
+    and --mem-batch / --decoys, or with --doc-lens a length drawn from the
+    list and the question count scaled to keep the batch's memory tokens at
+    --doc-len x --mem-batch (the decoys stay --decoys: as many distractors
+    per memory token whatever the length)."""
+    if not getattr(args, "doc_lens", ""):
+        return args.doc_len, args.mem_batch, args.decoys
+    lens = [int(x) for x in args.doc_lens.split(",")]
+    Ld = lens[int(rng.integers(len(lens)))]
+    return Ld, max(8, args.doc_len * args.mem_batch // Ld), args.decoys
+
+
 def start_producer(run):
     """Batches built in a background thread for the phase in run.phase_box."""
     args, c, batcher = run.args, run.c, run.batcher
@@ -568,16 +591,17 @@ def start_producer(run):
             elif r < args.qa_frac_mem:
                 b = batcher.qa_batch(args.lm_batch, c.ctx)
             else:
+                Ld, nmem, ndec = window_shape(args, rng)
                 if rng.random() < args.ctx_frac:
                     use = bool(rng.random() < 0.5)
                     # in-context batches: 16 questions over 512-token windows, fewer over
                     # longer ones (their prompts hold whole documents)
-                    nq = max(2, 16 * 512 // args.doc_len)
-                    b = batcher.mem_batch(nq, 4 * nq, 4 * nq, context=True, single_only=not use)
+                    nq = max(2, 16 * 512 // Ld)
+                    b = batcher.mem_batch(nq, 4 * nq, 4 * nq, context=True, single_only=not use,
+                                          Ld=Ld)
                     b["use_memory"] = use
                 else:
-                    b = batcher.mem_batch(args.mem_batch, args.mem_batch * args.docs_per_q,
-                                          args.decoys)
+                    b = batcher.mem_batch(nmem, nmem * args.docs_per_q, ndec, Ld=Ld)
                     b["use_memory"] = True
             b["phase"] = ph
             qb.put(b)
@@ -693,6 +717,11 @@ def save_state(run, pi, ph, n_ph, t_ph):
                 "hist": run.hist, "segment": run.segment, "warm0": run.warm0,
                 "sched0": run.sched0},
                os.path.join(run.args.out, "state.pt"))
+    # the weights too, in files small enough to come back from the GPU machine (OUT/at_stop:
+    # OUT's own checkpoint stays the last finished phase's)
+    at_stop = os.path.join(run.args.out, "at_stop")
+    os.makedirs(at_stop, exist_ok=True)
+    save_ckpt(run.model, at_stop, ckpt_meta(run, ph), dtype=run.args.ckpt_dtype)
     run.phase_box["stop"] = True
     run.log({"event": "stopped", "phase": ph, "steps_in_phase": n_ph, "total_steps": run.step,
              "train_seconds": round(time.time() - run.t_train0, 1)})
@@ -728,12 +757,15 @@ def end_phase(run, ph, n_ph):
     run.log({"event": "phase_end", "phase": ph, "steps": n_ph, "total_steps": run.step,
              "val_lm_loss": v, "val_mem": mv, "tokens": dict(run.tokens_seen),
              "train_seconds": round(time.time() - run.t_train0, 1)})
-    save_ckpt(run.model, run.args.out,
-              {"config": run.c.to_dict(), "params": run.n_params, "steps": run.step,
-               "phase": ph, "tokens": dict(run.tokens_seen), "seed": run.args.seed,
-               "train_seconds": round(time.time() - run.t_train0, 1),
-               "started_from": {"steps": run.warm0, "train_seconds": run.sched0},
-               "args": vars(run.args)}, dtype=run.args.ckpt_dtype)
+    save_ckpt(run.model, run.args.out, ckpt_meta(run, ph), dtype=run.args.ckpt_dtype)
+
+
+def ckpt_meta(run, ph):
+    return {"config": run.c.to_dict(), "params": run.n_params, "steps": run.step,
+            "phase": ph, "tokens": dict(run.tokens_seen), "seed": run.args.seed,
+            "train_seconds": round(time.time() - run.t_train0, 1),
+            "started_from": {"steps": run.warm0, "train_seconds": run.sched0},
+            "args": vars(run.args)}
 
 
 def finish(run):
@@ -747,12 +779,15 @@ def finish(run):
         pass
     with open(os.path.join(args.out, "train_hist.json"), "w") as f:
         json.dump(run.hist, f)
-    if args.eval_gpu:
-        run.model.eval()
-        res = gpu_eval(run.model, args.eval_gpu, run.dev,
-                       deadline=time.time() + args.eval_time, log=run.log)
-        with open(os.path.join(args.out, "eval_gpu.json"), "w") as f:
-            json.dump(res, f, indent=1)
+    run.model.eval()
+    for path, evaluate, name in ((args.eval_gpu, gpu_eval, "eval_gpu.json"),
+                                 (getattr(args, "eval_heldout", ""), heldout_gpu,
+                                  "heldout_gpu.json")):
+        if path:
+            res = evaluate(run.model, path, run.dev, deadline=time.time() + args.eval_time,
+                           log=run.log)
+            with open(os.path.join(args.out, name), "w") as f:
+                json.dump(res, f, indent=1)
     run.log({"event": "done", "wall": round(time.time() - run.t_start, 1)})
 
 

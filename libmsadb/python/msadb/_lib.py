@@ -98,6 +98,7 @@ class Query_(ctypes.Structure):
                 ("score", ctypes.c_int), ("scale", ctypes.c_float), ("exact", ctypes.c_int),
                 ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p),
                 ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32),
+                ("share", ctypes.c_int), ("route_head", ctypes.c_uint32),
                 ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
 
 

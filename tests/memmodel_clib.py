@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""memmodel_clib.py -- memmodel.clib, through which the evaluations reach the
+C library (the msadb package over the library at argv[1]): with the bundled
+model, a store is created, a document holding a fact is ingested, and the
+question about that fact is answered with its value; without memory it is
+not; tokenize_len counts the model's tokens.  Skips (77) without numpy.
+"""
+import importlib.util
+import os
+import sys
+import tempfile
+
+if importlib.util.find_spec("numpy") is None:
+    print("skip: needs python3-numpy")
+    sys.exit(77)
+
+from memmodel.clib import ROOT, Msadb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklist import check, done  # noqa: E402
+
+m = Msadb(sys.argv[1])
+check(os.path.realpath(m.msadb.LIBRARY) == os.path.realpath(sys.argv[1]),
+      "the msadb package runs the library given (%s)" % m.msadb.LIBRARY)
+m.open_model(os.path.join(ROOT, "models", "msadb-mem.gguf"))
+fact = "The password of the teal toolbox is 4378."
+text = "Notes from the storeroom.\n\n" + fact + "\n\nNothing else was written down that day."
+with tempfile.TemporaryDirectory() as d:
+    st = m.create_store(os.path.join(d, "store"))
+    m.ingest(st, "notes", text)
+    check(st.stat().n_documents == 1, "one document ingested (%d)" % st.stat().n_documents)
+    q = "What is the password of the teal toolbox?"
+    a = m.ask(st, q).strip().rstrip(".")
+    check(a == "4378", "the fact's value is answered from memory (%r)" % a)
+    a0 = m.ask(st, q, no_memory=True).strip().rstrip(".")
+    check(a0 != "4378", "without memory it is not (%r)" % a0)
+    m.close_store(st)
+n = m.tokenize_len(fact)
+check(5 < n < 40, "tokenize_len counts the fact's tokens (%d)" % n)
+done()
