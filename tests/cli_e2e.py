@@ -772,6 +772,106 @@ def test_edges(db, dump):
           f"stat readers and space: {st}")
 
 
+def test_documents():
+    """--meta, --where, --ttl (under the test clock MSADB_TEST_NOW), show,
+    ls, update, expire and rm by filter."""
+    db = p("docs")
+    run("init", db, *SIG, "--dtype", "f32")
+    t0 = 2000000000
+    at = lambda t: {"MSADB_TEST_NOW": str(t)}
+    red, blue, plain = Doc(24), Doc(30), Doc(20)
+    fr = multi_doc_file(p("red.safetensors"), [red])
+    fb = multi_doc_file(p("blue.safetensors"), [blue])
+    fp = multi_doc_file(p("plain.safetensors"), [plain])
+    red.id = jrun("ingest", db, fr, "--meta", "team=red", "--meta", "lang=en", env=at(t0))["documents"][0]["id"]
+    plain.id = jrun("ingest", db, fp, env=at(t0))["documents"][0]["id"]
+    check(jrun("stat", db)["format_version"] == 3, "no expiry yet: format 3")
+    blue.id = jrun("ingest", db, fb, "--meta", "team=blue", "--ttl", "1h", env=at(t0))["documents"][0]["id"]
+    check(jrun("stat", db)["format_version"] == 4, "a document with an expiry: format 4")
+
+    ls = {x["id"]: x for x in jrun("ls", db, env=at(t0))["documents"]}
+    check(ls[red.id]["meta"] == {"team": "red", "lang": "en"} and ls[red.id]["expires"] is None, f"ls {ls}")
+    check(ls[blue.id]["expires"] == t0 + 3600 and ls[plain.id]["meta"] is None, f"ls {ls}")
+    check([x["id"] for x in jrun("ls", db, "--where", "team=red", env=at(t0))["documents"]] == [red.id],
+          "ls --where")
+    check(jrun("ls", db, "--where", "team=red", "--where", "lang=fr", env=at(t0))["documents"] == [],
+          "--where terms are ANDed")
+    sh = jrun("show", db, str(blue.id), env=at(t0))
+    check(sh["expires"] == t0 + 3600 and sh["metadata"] == {"team": "blue"}, f"show {sh}")
+    r = run("show", db, str(red.id), env=at(t0))
+    check("meta     team=red\nmeta     lang=en\n" in r.stdout and "expires  never" in r.stdout, r.stdout)
+
+    # a filtered query attends the matching documents only: exact output
+    # equals dense attention over them
+    qs = rng.standard_normal((2, Q, D)).astype(np.float32)
+    qf = st_write(p("dq.safetensors"), {"queries": qs})
+    for where, docs in ((["--where", "team=red"], [red]), ([], [red, plain, blue])):
+        out, lse = query_out(db, qf, 2, "--exact", *where, env=at(t0))
+        ro, rl = ref_attend(qs, docs, 2)
+        close(out, ro, 1e-4, f"query --exact {where}")
+        close(lse, rl, 1e-4, f"query --exact {where} lse")
+
+    # past blue's expiry: every read ignores it at once, before any purge
+    later = at(t0 + 3600)
+    check(sorted(x["id"] for x in jrun("ls", db, env=later)["documents"]) == sorted([red.id, plain.id]),
+          "ls skips the expired document")
+    run("show", db, str(blue.id), env=later, expect=1,
+        msg=f"msadb: {db}: no document {blue.id} (msadb ls {db} lists them)")
+    out, lse = query_out(db, qf, 2, "--exact", env=later)
+    ro, rl = ref_attend(qs, [red, plain], 2)
+    close(out, ro, 1e-4, "query skips the expired document")
+    check(jrun("expire", db, env=later) == {"purged": 1}, "expire purges it")
+    check(jrun("expire", db, env=later) == {"purged": 0}, "expire again: nothing")
+    run("show", db, str(blue.id), env=at(t0), expect=1, msg="no document")
+    r = run("expire", db, env=later)
+    check(r.stdout == "purged 0 expired documents\n", f"expire output {r.stdout!r}")
+
+    # update: a new id, the old one deleted, metadata kept unless given
+    red2 = Doc(28)
+    f2 = multi_doc_file(p("red2.safetensors"), [red2])
+    u = jrun("update", db, str(red.id), f2)
+    check(u["replaced"] == red.id and len(u["documents"]) == 1 and u["documents"][0] != red.id, f"update {u}")
+    old_id, red2.id = red.id, u["documents"][0]
+    run("show", db, str(old_id), expect=1, msg="no document")
+    check(jrun("show", db, str(red2.id))["metadata"] == {"team": "red", "lang": "en"}, "update keeps --meta")
+    out, lse = query_out(db, qf, 2, "--exact", "--where", "team=red")
+    ro, rl = ref_attend(qs, [red2], 2)
+    close(out, ro, 1e-4, "query after update")
+    u = jrun("update", db, str(red2.id), f2, "--meta", "team=green", "--ttl", "2d", env=at(t0))
+    red2.id = u["documents"][0]
+    sh = jrun("show", db, str(red2.id), env=at(t0))
+    check(sh["metadata"] == {"team": "green"} and sh["expires"] == t0 + 2 * 86400, f"update --meta --ttl {sh}")
+    before = state(db, env=at(t0))
+    run("update", db, "999", f2, expect=1, msg=f"msadb: {db}: no document 999 (msadb ls {db} lists them); "
+        "nothing was changed")
+    two = multi_doc_file(p("two.safetensors"), [Doc(5), Doc(6)])
+    run("update", db, str(red2.id), two, expect=1,
+        msg=f"msadb: {two}: holds 2 documents; update replaces one document with one (use ingest and rm for more)")
+    check(state(db, env=at(t0)) == before, "failed updates change nothing")
+    run("update", db, str(red2.id), expect=2,
+        msg="msadb: update: give the new content as FILE or as --text TEXT (one of them)")
+
+    # rm by filter, alone and with --space
+    check(jrun("rm", db, "--where", "team=nobody")["deleted"] == [], "rm --where with no match")
+    check(jrun("rm", db, "--where", "team=green", "--space", "default", env=at(t0))["deleted"] == [red2.id],
+          "rm --where --space")
+    check([x["id"] for x in jrun("ls", db)["documents"]] == [plain.id], "rm --where left the others")
+    run("verify", db)
+
+    # bad values, verbatim
+    run("ingest", db, fp, "--meta", "team", expect=2,
+        msg="msadb: --meta: expected KEY=VALUE (KEY: 1..64 letters, digits and ._-:@/; VALUE: up to 1024 "
+            "bytes, no newline), got 'team'")
+    run("ingest", db, fp, "--meta", "a=1", "--meta", "a=2", expect=2, msg="msadb: --meta: key 'a' given twice")
+    run("ingest", db, fp, "--ttl", "3w", expect=2,
+        msg="msadb: --ttl: expected a duration such as 90s, 45m, 12h or 30d (at most 36600d), got '3w'")
+    run("ls", db, "--where", "x", expect=2, msg="msadb: --where: expected KEY=VALUE")
+    run("rm", db, "1", "--where", "a=b", expect=2,
+        msg="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both")
+    run("ingest", db, fp, "--where", "a=b", expect=2,
+        msg="msadb: ingest: option --where does not apply to this command")
+
+
 def main():
     try:
         test_usage()
@@ -783,6 +883,7 @@ def main():
         test_edges(db, p("dump.safetensors"))
         test_encryption()
         test_quantized_roundtrip()
+        test_documents()
     except AssertionError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         print(f"(files kept in {TMP})", file=sys.stderr)

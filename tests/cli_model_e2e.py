@@ -288,7 +288,7 @@ def test_ls(fx):
     titles = {d["id"]: d["title"] for d in ls}
     check(titles[light_id] == "lighthouse.txt" and titles[notes_ids[1]] == "Tides #1", "ls titles")
     table = run("ls", db, "--space", "alpha").stdout.splitlines()
-    check(table[0].split("\t") == ["id", "space", "tokens", "blocks", "created", "title"]
+    check(table[0].split("\t") == ["id", "space", "tokens", "blocks", "created", "expires", "meta", "title"]
           and len(table) == 1 + len(NOTES_PARAS) and "Birds #1" in table[4], f"ls table {table}")
     fx.titles = titles
 
@@ -456,7 +456,69 @@ def main():
         case(fx)
     # the store is sound
     run("verify", fx.db)
+    test_documents(fx.model)
     print("cli_model_e2e: ok")
+
+
+def test_documents(model):
+    """Text documents with --meta and --ttl (test clock MSADB_TEST_NOW):
+    search and query routed among matching documents only, update --text,
+    expiry."""
+    db = p("docs")
+    run("init", db, "--model", model, "--block", "16")
+    t0 = 2000000000
+    env = dict(os.environ, MSADB_TEST_NOW=str(t0))
+
+    def at(t, *args, expect=0, msg=None):
+        r = subprocess.run([MSADB, *args], capture_output=True, text=True, errors="replace", timeout=300,
+                           env=dict(env, MSADB_TEST_NOW=str(t)))
+        check(r.returncode == expect, f"msadb {' '.join(args[:2])}: exit {r.returncode}: {r.stderr}")
+        if msg is not None:
+            check(msg in r.stderr, f"stderr lacks {msg!r}: {r.stderr}")
+        return json.loads(r.stdout) if "--json" in args and expect == 0 else r
+
+    a = write("d_a.txt", LIGHTHOUSE)
+    b = write("d_b.txt", GARDEN)
+    ida = at(t0, "ingest", db, a, "--meta", "topic=sea", "--json")["documents"][0]["id"]
+    idb = at(t0, "ingest", db, b, "--meta", "topic=garden", "--ttl", "90s", "--json")["documents"][0]["id"]
+    sh = at(t0, "show", db, str(idb), "--json")
+    check(sh["metadata"] == {"topic": "garden"} and sh["expires"] == t0 + 90, f"show {sh}")
+
+    question = "When does the lamp oil run out?"
+    for topic, doc in (("topic=sea", ida), ("topic=garden", idb)):
+        for cmd in (["search"], ["query", "--max-tokens", "2"]):
+            j = at(t0, *cmd, db, "--where", topic, "--top-k", "64", "--min-score", "-1000", question, "--json")
+            check(j["spans"] and {x["doc"] for x in j["spans"]} == {doc},
+                  f"{cmd[0]} --where {topic}: spans {j['spans']}")
+    j = at(t0, "search", db, "--where", "topic=none", question, "--json", expect=3)
+    # past the garden note's expiry, search no longer finds it, before any purge
+    j = at(t0 + 90, "search", db, "--top-k", "64", "--min-score", "-1000", question, "--json")
+    check({x["doc"] for x in j["spans"]} == {ida}, f"expired document searched: {j['spans']}")
+    check(at(t0 + 90, "expire", db, "--json") == {"purged": 1}, "expire")
+
+    # update --text: a new id, the old one deleted, metadata kept
+    u = at(t0, "update", db, str(ida), "--text", "The lamp oil lasts until Monday.", "--json")
+    new = u["documents"][0]
+    check(u["replaced"] == ida and new != ida, f"update {u}")
+    sh = at(t0, "show", db, str(new), "--json")
+    check(sh["text"] == "The lamp oil lasts until Monday." and sh["metadata"] == {"topic": "sea"}
+          and sh["title"] == "d_a.txt", f"updated document {sh}")
+    at(t0, "show", db, str(ida), expect=1, msg="no document")
+    # the same content again: the old document gives its key up, so the
+    # update is not taken for a duplicate
+    u = at(t0, "update", db, str(new), "--text", "The lamp oil lasts until Monday.", "--json")
+    check(u["replaced"] == new and u["documents"][0] != new, f"update with the same text {u}")
+    new = u["documents"][0]
+    # content another document holds already: nothing changes
+    other = at(t0, "ingest", db, write("d_c.txt", GARDEN), "--json")["documents"][0]["id"]
+    at(t0, "update", db, str(new), "--text", GARDEN, expect=1,
+       msg=f"msadb: {db}: update: the new content is already in the store as document {other}; "
+           f"document {new} was kept (nothing was changed)")
+    check(at(t0, "show", db, str(new), "--json")["text"] == "The lamp oil lasts until Monday.",
+          "a refused update keeps the document")
+    r = at(t0, "update", db, "77", "--text", "x", expect=1,
+           msg=f"msadb: {db}: no document 77 (msadb ls {db} lists them); nothing was changed")
+    run("verify", db)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def test_rm_space(fx):
     run("rm", db, "--space", "nope", expect=1,
         err="msadb: notes: no space 'nope' (create it with: msadb space notes create nope)")
     run("rm", db, "--space", "scratch", "3", expect=2,
-        err="msadb: rm: give DOC ids or --space S, not both\n"
+        err="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both\n"
             "usage: msadb rm ... (run 'msadb help rm')")
 
 
