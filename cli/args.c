@@ -26,6 +26,7 @@ static const char *const cmd_names[CMD_COUNT] = {
     [CMD_LOAD] = "load", [CMD_COMPACT] = "compact", [CMD_SPLIT] = "split", [CMD_MERGE] = "merge",
     [CMD_DOCTOR] = "doctor",
     [CMD_SEARCH] = "search", [CMD_SHOW] = "show", [CMD_VACUUM] = "vacuum",
+    [CMD_UPDATE] = "update", [CMD_EXPIRE] = "expire",
 };
 
 static const char *const cmd_usage[CMD_COUNT] = {
@@ -34,19 +35,21 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_INIT] = "init DB (--layers L --kv-heads H --q-heads Q --head-dim D | --model M.gguf)\n"
                  "           [--memory-layers LIST] [--block B] [--dtype f32|f16|bf16|int8|q4]\n"
                  "           [--summary KINDS] [--shards N] [--key-file F | --passphrase-env VAR]",
-    [CMD_INGEST] = "ingest DB [--space S] [--title T] [--commit-every Nt|Nd] FILE...\n"
-                   "       msadb ingest DB [-m M.gguf] [--space S] [--title T] [--split]\n"
-                   "           [--commit-every Nt|Nd] [--binary-ok] TEXTFILE...",
+    [CMD_INGEST] = "ingest DB [--space S] [--title T] [--meta K=V]... [--ttl D] [--commit-every Nt|Nd]\n"
+                   "           FILE...\n"
+                   "       msadb ingest DB [-m M.gguf] [--space S] [--title T] [--split] [--meta K=V]...\n"
+                   "           [--ttl D] [--commit-every Nt|Nd] [--binary-ok] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
-                  "           [--per-token] [--out FILE]\n"
+                  "           [--per-token] [--where K=V]... [--out FILE]\n"
                   "       msadb query DB [-m M.gguf] [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--no-memory] [-n N] [--temp T] [--top-p P] [--min-score X]\n"
+                  "           [--where K=V]...\n"
                   "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
-    [CMD_LS] = "ls DB [--space S]",
-    [CMD_RM] = "rm DB DOC... | rm DB --space S",
+    [CMD_LS] = "ls DB [--space S] [--where K=V]...",
+    [CMD_RM] = "rm DB DOC... | rm DB [--space S] [--where K=V]...",
     [CMD_SPACE] = "space DB create NAME | drop NAME | ls",
     [CMD_VERIFY] = "verify DB",
     [CMD_DUMP] = "dump DB FILE",
@@ -56,9 +59,12 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_MERGE] = "merge DIR DB",
     [CMD_DOCTOR] = "doctor [-m M.gguf]",
     [CMD_SEARCH] = "search DB [-m M.gguf] [--space S]... [--top-k K] [--select blocks|documents]\n"
-                   "           [--summary mean|minmax|reps] [--min-score X] QUESTION",
+                   "           [--summary mean|minmax|reps] [--min-score X] [--where K=V]... QUESTION",
     [CMD_SHOW] = "show DB DOC",
     [CMD_VACUUM] = "vacuum DB",
+    [CMD_UPDATE] = "update DB DOC (FILE | --text TEXT) [-m M.gguf] [--title T] [--meta K=V]...\n"
+                   "           [--ttl D]",
+    [CMD_EXPIRE] = "expire DB",
 };
 
 static const char *const cmd_summary[CMD_COUNT] = {
@@ -81,12 +87,15 @@ static const char *const cmd_summary[CMD_COUNT] = {
     [CMD_SEARCH] = "the memory spans a model's routing selects for a question, without generating",
     [CMD_SHOW] = "show one document: metadata, blocks and text",
     [CMD_VACUUM] = "rewrite the store into a compact copy that replaces it (gives space back)",
+    [CMD_UPDATE] = "replace a document's content (it gets a new id; the old one is deleted)",
+    [CMD_EXPIRE] = "delete the documents whose expiry time (ingest --ttl) has passed",
 };
 
 #define C(x) (1u << CMD_##x)
 #define STORE_CMDS                                                                            \
     (C(INIT) | C(INGEST) | C(QUERY) | C(STAT) | C(LS) | C(RM) | C(SPACE) | C(VERIFY) |        \
-     C(DUMP) | C(LOAD) | C(COMPACT) | C(SPLIT) | C(MERGE) | C(SEARCH) | C(SHOW) | C(VACUUM))
+     C(DUMP) | C(LOAD) | C(COMPACT) | C(SPLIT) | C(MERGE) | C(SEARCH) | C(SHOW) | C(VACUUM) |  \
+     C(UPDATE) | C(EXPIRE))
 #define ALL_CMDS (STORE_CMDS | C(HELP) | C(VERSION) | C(DOCTOR))
 #define ROUTE_CMDS (C(QUERY) | C(SEARCH))
 
@@ -95,7 +104,7 @@ enum opt_id {
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
     O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
-    O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_COUNT
+    O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_META, O_WHERE, O_TTL, O_TEXT, O_COUNT
 };
 
 typedef struct opt_def {
@@ -125,7 +134,8 @@ static const opt_def opts[O_COUNT] = {
     [O_SUMMARY] = {"summary", NULL, 0, 1, C(INIT) | ROUTE_CMDS, "KINDS",
                    "init: summary kinds mean,minmax,reps (default mean,reps); query: the one to route by"},
     [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM), "S", "space (query, search: repeatable)"},
-    [O_TITLE] = {"title", NULL, 0, 1, C(INGEST), "T", "document title (default: file name)"},
+    [O_TITLE] = {"title", NULL, 0, 1, C(INGEST) | C(UPDATE), "T",
+                 "document title (ingest: default the file name; update: default the old one's)"},
     [O_Q] = {"q", NULL, 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
     [O_LAYER] = {"layer", NULL, 0, 1, C(QUERY), "N", "model layer (a memory layer)"},
     [O_TOP_K] = {"top-k", "blocks", 0, 1, ROUTE_CMDS, "K",
@@ -134,7 +144,7 @@ static const opt_def opts[O_COUNT] = {
     [O_EXACT] = {"exact", NULL, 0, 0, C(QUERY), NULL, "attend every block (dense attention)"},
     [O_PER_TOKEN] = {"per-token", NULL, 0, 0, C(QUERY), NULL, "one selection per query token"},
     [O_OUT] = {"out", NULL, 0, 1, C(QUERY), "FILE", "write 'out' [n,Q,D] and 'lse' [n,Q] (safetensors)"},
-    [O_MODEL] = {"model", NULL, 'm', 1, C(INIT) | C(INGEST) | ROUTE_CMDS | C(DOCTOR), "M.gguf",
+    [O_MODEL] = {"model", NULL, 'm', 1, C(INIT) | C(INGEST) | ROUTE_CMDS | C(DOCTOR) | C(UPDATE), "M.gguf",
                  "llama GGUF model (default: the store's, then $MSADB_MODEL)"},
     [O_SPLIT] = {"split", NULL, 0, 0, C(INGEST), NULL,
                  "text files: one document per paragraph (blank lines, # headings)"},
@@ -145,7 +155,7 @@ static const opt_def opts[O_COUNT] = {
     [O_SEED] = {"seed", NULL, 0, 1, C(QUERY), "S", "with a question: sampling seed (default 0)"},
     [O_INTERLEAVE] = {"interleave", NULL, 0, 1, C(QUERY), "N",
                       "with a question: memory-interleave rounds 0..8 (default 0)"},
-    [O_FORCE_MODEL] = {"force-model", NULL, 0, 0, C(INGEST) | ROUTE_CMDS, NULL,
+    [O_FORCE_MODEL] = {"force-model", NULL, 0, 0, C(INGEST) | ROUTE_CMDS | C(UPDATE), NULL,
                        "use a model other than the one the store was made with (same shape)"},
     [O_MIN_SCORE] = {"min-score", NULL, 0, 1, ROUTE_CMDS, "X",
                      "routing score below which memory holds nothing relevant (see docs/cli.md)"},
@@ -157,6 +167,13 @@ static const opt_def opts[O_COUNT] = {
                         "commit every N tokens (10000t) or documents (500d); default 64 MiB encoded"},
     [O_BINARY_OK] = {"binary-ok", NULL, 0, 0, C(INGEST), NULL,
                      "text files: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
+    [O_META] = {"meta", NULL, 0, 1, C(INGEST) | C(UPDATE), "K=V",
+                "metadata of every document (repeatable; update: replaces the old metadata)"},
+    [O_WHERE] = {"where", NULL, 0, 1, ROUTE_CMDS | C(LS) | C(RM), "K=V",
+                 "only documents whose metadata has K=V (repeatable: all must hold)"},
+    [O_TTL] = {"ttl", NULL, 0, 1, C(INGEST) | C(UPDATE), "D",
+               "forget the documents after D: 90s, 45m, 12h or 30d (update: default the old expiry)"},
+    [O_TEXT] = {"text", NULL, 0, 1, C(UPDATE), "TEXT", "the new content as text, instead of FILE"},
 };
 
 const char *cli_cmd_name(cli_cmd c)
@@ -198,6 +215,8 @@ void cli_usage(FILE *fp, cli_cmd c)
 /* value parsers                                                            */
 /* ------------------------------------------------------------------------ */
 
+static int push(const char ***arr, size_t *n, const char *s);
+
 CLI_PRINTF(3, 4)
 static int usage_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -232,6 +251,54 @@ static int parse_u32_opt(const char *opt, const char *s, uint32_t lo, uint32_t h
         return usage_err(err, errlen, "--%s: expected an integer in %u..%u, got '%.40s'", opt, lo,
                          hi, s);
     *out = (uint32_t)v;
+    return CLI_OK;
+}
+
+/* --ttl: a count and a unit, s, m, h or d, at most 100 years. */
+static int parse_ttl(const char *s, cli_args *a, char *err, size_t errlen)
+{
+    static const struct {
+        char unit;
+        uint64_t secs;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    size_t n = strlen(s);
+    char digits[24];
+    uint64_t v = 0, mul = 0;
+    for (size_t i = 0; n >= 2 && i < sizeof units / sizeof units[0]; i++)
+        if (s[n - 1] == units[i].unit)
+            mul = units[i].secs;
+    int ok = mul && n - 1 < sizeof digits;
+    if (ok) {
+        memcpy(digits, s, n - 1);
+        digits[n - 1] = 0;
+        ok = parse_u64(digits, &v) == 0 && v >= 1 && v <= 36600ull * 86400 / mul;
+    }
+    if (!ok)
+        return usage_err(err, errlen,
+                         "--ttl: expected a duration such as 90s, 45m, 12h or 30d (at most 36600d), "
+                         "got '%.40s'",
+                         s);
+    a->ttl = (int64_t)(v * mul);
+    return CLI_OK;
+}
+
+/* --meta and --where: KEY=VALUE (msadb_meta_term_check); --meta keys once. */
+static int parse_kv(int id, const char *v, cli_args *a, char *err, size_t errlen)
+{
+    const char *name = id == O_META ? "meta" : "where";
+    if (msadb_meta_term_check(v) != 0)
+        return usage_err(err, errlen,
+                         "--%s: expected KEY=VALUE (KEY: 1..%d letters, digits and ._-:@/; VALUE: up "
+                         "to %d bytes, no newline), got '%.60s'",
+                         name, MSADB_META_KEY_MAX, MSADB_META_VALUE_MAX, v);
+    const char ***arr = id == O_META ? &a->meta : &a->where;
+    size_t *n = id == O_META ? &a->n_meta : &a->n_where;
+    size_t kl = (size_t)(strchr(v, '=') - v);
+    for (size_t i = 0; id == O_META && i < *n; i++)
+        if (strncmp((*arr)[i], v, kl + 1) == 0)
+            return usage_err(err, errlen, "--meta: key '%.*s' given twice", (int)kl, v);
+    if (push(arr, n, v) != 0)
+        return usage_err(err, errlen, "out of memory");
     return CLI_OK;
 }
 
@@ -472,6 +539,14 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
     case O_BLOCK: return parse_u32_opt("block", v, 1, MSADB_MAX_BLOCK, &a->block, err, errlen);
     case O_LAYER: return parse_u32_opt("layer", v, 0, MSADB_MAX_LAYERS - 1, &a->layer, err, errlen);
     case O_SHARDS: return parse_u32_opt("shards", v, 1, MSADB_SHARDS_MAX, &a->shards, err, errlen);
+    case O_META:
+    case O_WHERE: return parse_kv(id, v, a, err, errlen);
+    case O_TTL: return parse_ttl(v, a, err, errlen);
+    case O_TEXT:
+        if (!*v)
+            return usage_err(err, errlen, "--text: the text is empty");
+        a->text = v;
+        return CLI_OK;
     case O_TOP_K: return parse_u32_opt("top-k", v, 1, MSADB_MAX_TOP_K, &a->top_k, err, errlen);
     case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);
     case O_DTYPE: return parse_dtype(v, &a->dtype, err, errlen);
@@ -531,7 +606,9 @@ static int parse_option(cli_args *a, int argc, char **argv, int *i, uint64_t *se
     const opt_def *o = &opts[id];
     if (!(o->cmds & (1u << a->cmd)))
         return usage_err(err, errlen, "%s: option --%s does not apply to this command", cmd, o->name);
-    if ((*seen & (1ull << id)) && !(id == O_SPACE && (a->cmd == CMD_QUERY || a->cmd == CMD_SEARCH)))
+    int repeatable = (id == O_SPACE && (a->cmd == CMD_QUERY || a->cmd == CMD_SEARCH)) || id == O_META ||
+                     id == O_WHERE;
+    if ((*seen & (1ull << id)) && !repeatable)
         return usage_err(err, errlen, "%s: option --%s given twice", cmd, o->name);
     *seen |= 1ull << id;
     if (!o->takes_value) {
@@ -593,12 +670,13 @@ static int check_init(cli_args *a, uint64_t seen, char *err, size_t errlen)
 
 static int check_rm(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
 {
-    if (a->space && n_pos > 1)
-        return usage_err(err, errlen, "rm: give DOC ids or --space S, not both");
-    if (a->space)
-        return CLI_OK; /* every document of the space */
+    if ((a->space || a->n_where) && n_pos > 1)
+        return usage_err(err, errlen, "rm: give DOC ids or a filter (--space S, --where K=V), not both");
+    if (a->space || a->n_where)
+        return CLI_OK; /* every document of the space that passes the filter */
     if (n_pos < 2)
-        return usage_err(err, errlen, "rm: missing DOC (document ids to delete, or --space S)");
+        return usage_err(err, errlen,
+                         "rm: missing DOC (document ids to delete, or --space S and/or --where K=V)");
     a->doc_ids = calloc(n_pos - 1, sizeof(uint64_t));
     if (!a->doc_ids)
         return usage_err(err, errlen, "out of memory");
@@ -694,6 +772,30 @@ static int check_show(cli_args *a, const char **pos, size_t n_pos, char *err, si
     return CLI_OK;
 }
 
+/* update DB DOC (FILE | --text TEXT) */
+static int check_update(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
+{
+    if (n_pos < 2)
+        return usage_err(err, errlen, "update: missing DOC (the id of the document to replace)");
+    uint64_t id;
+    if (parse_u64(pos[1], &id) != 0)
+        return usage_err(err, errlen, "update: '%.40s' is not a document id", pos[1]);
+    if (n_pos > 3)
+        return usage_err(err, errlen, "update: unexpected argument '%.40s'", pos[3]);
+    if ((n_pos == 3) == (a->text != NULL))
+        return usage_err(err, errlen, "update: give the new content as FILE or as --text TEXT (one of them)");
+    a->doc_ids = calloc(1, sizeof *a->doc_ids);
+    if (!a->doc_ids)
+        return usage_err(err, errlen, "out of memory");
+    a->doc_ids[0] = id;
+    a->n_doc_ids = 1;
+    if (n_pos == 3) {
+        a->files = pos + 2;
+        a->n_files = 1;
+    }
+    return CLI_OK;
+}
+
 /* Checks positional arguments and required options per command. */
 static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t seen, char *err,
                          size_t errlen)
@@ -729,6 +831,7 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t s
     case CMD_QUERY: return check_query(a, pos, n_pos, seen, err, errlen);
     case CMD_SEARCH: return check_question(a, pos, n_pos, err, errlen);
     case CMD_SHOW: return check_show(a, pos, n_pos, err, errlen);
+    case CMD_UPDATE: return check_update(a, pos, n_pos, err, errlen);
     case CMD_RM: return check_rm(a, pos, n_pos, err, errlen);
     case CMD_SPACE: return check_space_cmd(a, pos, n_pos, err, errlen);
     case CMD_SPLIT:
@@ -806,8 +909,11 @@ void cli_args_free(cli_args *a)
 {
     free((void *)a->pos_owner_);
     free((void *)a->spaces);
+    free((void *)a->meta);
+    free((void *)a->where);
     free(a->doc_ids);
     a->pos_owner_ = NULL;
     a->spaces = NULL;
+    a->meta = a->where = NULL;
     a->doc_ids = NULL;
 }

@@ -34,7 +34,7 @@ typedef struct cli_db cli_db; /* db.c */
 typedef enum cli_cmd {
     CMD_NONE, CMD_HELP, CMD_VERSION, CMD_INIT, CMD_INGEST, CMD_QUERY, CMD_STAT, CMD_LS,
     CMD_RM, CMD_SPACE, CMD_VERIFY, CMD_DUMP, CMD_LOAD, CMD_COMPACT, CMD_SPLIT, CMD_MERGE, CMD_DOCTOR,
-    CMD_SEARCH, CMD_SHOW, CMD_VACUUM, CMD_COUNT
+    CMD_SEARCH, CMD_SHOW, CMD_VACUUM, CMD_UPDATE, CMD_EXPIRE, CMD_COUNT
 } cli_cmd;
 
 typedef enum cli_space_action { SPACE_CREATE, SPACE_DROP, SPACE_LS } cli_space_action;
@@ -80,7 +80,12 @@ typedef struct cli_args {
     float temperature, top_p;
     uint64_t seed;
     const char *question;      /* query: the positional QUESTION ("-": stdin) */
-    /* rm */
+    /* documents: ingest/update --meta and --ttl, ls/rm/query/search --where */
+    const char **meta, **where; /* KEY=VALUE terms */
+    size_t n_meta, n_where;
+    int64_t ttl;               /* seconds; 0: not given */
+    const char *text;          /* update --text */
+    /* rm, show, update */
     uint64_t *doc_ids;
     size_t n_doc_ids;
     /* space */
@@ -169,6 +174,11 @@ int cli_grow(void *pp, size_t *cap, size_t n, size_t size, size_t first);
 
 /* Monotonic clock in milliseconds. */
 double cli_now_ms(void);
+/* A Unix time as "2026-12-03T12:00:00Z" into buf ("" if it cannot be shown). */
+void cli_time_str(int64_t t, char *buf, size_t cap);
+/* Metadata text (lines KEY=VALUE, msadb.h) as a JSON object {KEY: VALUE},
+ * or NULL when the bytes are not such text (or empty). */
+json_t *cli_meta_json(const char *meta, size_t len);
 
 /* ------------------------------------------------------------------------ */
 /* common.c: opening stores and what commands share                         */
@@ -228,6 +238,18 @@ int cli_check_memory_args(const cli_args *a, cli_db *db);
 /* Commits db's batch of n documents (freed whatever happens); *ids gets
  * their ids (caller frees). */
 int cli_commit_db(const cli_args *a, cli_db *db, size_t n, uint64_t **ids);
+/* --meta as metadata text ("K=V\n" per term, malloc'ed; NULL, 0 without
+ * --meta).  0, or CLI_ERROR after a message. */
+int cli_meta_text(const cli_args *a, char **out, size_t *len);
+/* The expiry time --ttl asks for (msadb_time_now() + ttl), 0 without it. */
+int64_t cli_expires(const cli_args *a);
+/* The documents of `space` (NULL: all) that pass --where: db's listing, or
+ * the library's filtered one (an ordinary store only: a sharded store with
+ * --where is an error).  Returns the library's code (after a message for
+ * a sharded store: CLI_ERROR is then returned as MSADB_ENOTSUP). */
+int cli_doc_list(const cli_args *a, cli_db *db, const char *space,
+                 int (*cb)(const msadb_doc_info *, void *), void *ud);
+
 /* init's second half: applies --memory-layers, --block, --dtype and
  * --summary to *sig, validates it, creates a.db, records the model (when
  * not NULL) and prints the result.  Returns the exit status. */
@@ -253,6 +275,8 @@ typedef struct cli_db_ops {
     int (*doc_get)(cli_db *db, uint64_t id, msadb_doc_info *info);
     int (*doc_text)(cli_db *db, uint64_t id, char *buf, size_t cap, size_t *len); /* after doc_get */
     int (*doc_spans)(cli_db *db, uint64_t id, int64_t *spans, size_t n);         /* after doc_get */
+    int (*doc_meta)(cli_db *db, uint64_t id, void *buf, size_t cap, size_t *len); /* after doc_get or
+                                                                                 doc_list */
     int (*del)(cli_db *db, const uint64_t *ids, size_t n);
     int (*verify)(cli_db *db, void (*report)(const char *, void *), void *ud);
     int (*compact)(cli_db *db);
@@ -284,6 +308,9 @@ void cli_db_close(cli_db *db);
 int cli_open_one(const cli_args *a, int read_only, cli_db **out);
 /* The ordinary store behind db, or NULL when it is sharded. */
 msadb_store *cli_db_store(cli_db *db);
+/* An ordinary store's snapshot (begun, or renewed to the newest state):
+ * the one doc_text and doc_meta read.  0 or the library's code. */
+int cli_db_snapshot(cli_db *db, msadb_snapshot **out);
 /* A document's information, and its text and token spans (malloc'ed, NULL
  * when it has none). */
 int cli_db_doc_view(cli_db *db, uint64_t id, msadb_doc_info *info, char **text, int64_t **spans);
@@ -356,6 +383,36 @@ int cmd_model_init(const cli_args *a);
 int cmd_model_ingest(const cli_args *a);
 int cmd_model_query(const cli_args *a);
 int cmd_search(const cli_args *a);
+
+/* cmd_docs.c: update (the tensor form; both forms share cli_update_*),
+ * expire */
+int cmd_update(const cli_args *a);
+int cmd_expire(const cli_args *a);
+/* What an update keeps of the old document and what it changes. */
+typedef struct cli_update {
+    msadb_doc_info old;
+    char *meta;       /* the new document's metadata: --meta, else the old one's */
+    size_t meta_len;
+    int64_t expires;  /* --ttl from now, else the old expiry */
+} cli_update;
+/* Reads document a->doc_ids[0] of st and what the new one keeps of it.
+ * CLI_OK, or CLI_ERROR after a message ("no document N"). */
+int cli_update_begin(const cli_args *a, msadb_store *st, cli_update *u);
+/* The new document's space, title (--title, else the old), metadata and
+ * expiry into doc. */
+void cli_update_fill(const cli_args *a, const cli_update *u, msadb_doc *doc);
+/* Begins the update's batch and names the old document for deletion in it
+ * (before anything is added).  0 or the library's code. */
+int cli_update_batch(msadb_store *st, const cli_update *u, msadb_batch **batch);
+/* Commits the batch (all or nothing: the old document deleted, the new one
+ * added) and prints "document OLD replaced by NEW"; a batch that holds no
+ * new document (its content was already stored) is aborted with an error
+ * message.  The batch is freed. */
+int cli_update_commit(const cli_args *a, msadb_batch *batch, cli_update *u);
+void cli_update_free(cli_update *u);
+
+/* cmd_model.c: update with text through the model */
+int cmd_model_update(const cli_args *a);
 
 /* cmd_doctor.c: doctor (what is installed), show, vacuum */
 int cmd_doctor(const cli_args *a);

@@ -155,27 +155,32 @@ int cmd_show(const cli_args *a)
                                                     (json_int_t)(b * block), "token_end",
                                                     (json_int_t)end));
         }
+        json_t *kv = cli_meta_json(meta ? meta : "", ml);
         rc = cli_json_print(json_pack(
-            "{s:I, s:s, s:o, s:I, s:I, s:I, s:o, s:o, s:b, s:b, s:o}", "id", (json_int_t)d.id,
+            "{s:I, s:s, s:o, s:I, s:I, s:I, s:o, s:o, s:o, s:o, s:b, s:b, s:o}", "id", (json_int_t)d.id,
             "space", d.space, "title", cli_json_bytes(d.title, strlen(d.title)), "tokens",
             (json_int_t)d.n_tokens, "block_count", (json_int_t)d.n_blocks, "created",
-            (json_int_t)d.created, "meta", cli_json_bytes(meta ? meta : "", ml), "text",
+            (json_int_t)d.created, "expires", d.expires ? json_integer((json_int_t)d.expires) : json_null(),
+            "meta", cli_json_bytes(meta ? meta : "", ml), "metadata", kv ? kv : json_object(), "text",
             cli_json_bytes(text ? text : "", tl), "has_tokens", d.has_tokens, "has_spans",
             d.has_spans, "blocks", blocks));
     } else if (rc == CLI_OK && !a->quiet) {
-        char when[32] = "";
-        time_t tt = (time_t)d.created;
-        struct tm tm;
-        if (gmtime_r(&tt, &tm))
-            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        printf("id       %llu\nspace    %s\ntitle    %s\ncreated  %s\ntokens   %llu%s%s\n",
-               (unsigned long long)d.id, d.space, d.title, when, (unsigned long long)d.n_tokens,
+        char when[32], until[32] = "never";
+        cli_time_str(d.created, when, sizeof when);
+        if (d.expires)
+            cli_time_str(d.expires, until, sizeof until);
+        printf("id       %llu\nspace    %s\ntitle    %s\ncreated  %s\nexpires  %s\ntokens   %llu%s%s\n",
+               (unsigned long long)d.id, d.space, d.title, when, until, (unsigned long long)d.n_tokens,
                d.has_tokens ? " (ids stored)" : "", d.has_spans ? " (spans stored)" : "");
         printf("blocks   %llu of %u tokens: ids %llu..%llu\n", (unsigned long long)d.n_blocks,
                block, (unsigned long long)d.first_block,
                (unsigned long long)(d.first_block + d.n_blocks - 1));
-        if (ml)
-            printf("meta     %.*s\n", (int)ml, meta);
+        for (size_t i = 0; i < ml;) { /* one line of metadata text per line */
+            const char *nl = memchr(meta + i, '\n', ml - i);
+            size_t end = nl ? (size_t)(nl - meta) : ml;
+            printf("meta     %.*s\n", (int)(end - i), meta + i);
+            i = end + 1;
+        }
         printf("text     %zu bytes\n", tl);
         if (tl) {
             fwrite(text, 1, tl, stdout);

@@ -43,7 +43,35 @@ typedef struct ingest_ctx {
     size_t n_docs, cap, next_id; /* next_id: first added document without an id */
     uint64_t n_tokens, committed, already;
     cli_progress_state prog;
+    char *meta;      /* --meta as metadata text (NULL: none) */
+    size_t meta_len;
+    char *mbuf;      /* a file's own metadata followed by --meta's */
+    size_t mbuf_cap;
+    int64_t expires; /* --ttl */
 } ingest_ctx;
+
+/* The document's metadata: the file's own, then the --meta lines. */
+static int add_meta(ingest_ctx *c, msadb_doc *doc)
+{
+    if (!c->meta_len)
+        return CLI_OK;
+    if (!doc->meta_len) {
+        doc->meta = c->meta;
+        doc->meta_len = c->meta_len;
+        return CLI_OK;
+    }
+    const char *own = doc->meta;
+    size_t n = doc->meta_len, sep = own[n - 1] != '\n';
+    if (cli_grow(&c->mbuf, &c->mbuf_cap, n + sep + c->meta_len, 1, 256) != 0)
+        return cli_error("out of memory");
+    memcpy(c->mbuf, own, n);
+    if (sep)
+        c->mbuf[n] = '\n';
+    memcpy(c->mbuf + n + sep, c->meta, c->meta_len);
+    doc->meta = c->mbuf;
+    doc->meta_len = n + sep + c->meta_len;
+    return CLI_OK;
+}
 
 static int ends_with(const char *s, const char *suffix)
 {
@@ -167,6 +195,12 @@ static int ingest_input(ingest_ctx *c, size_t k)
         make_title(c->a, in->label, i, s.n_docs, title);
         d.doc.space = c->a->space;
         d.doc.title = title;
+        d.doc.expires = c->expires;
+        if (add_meta(c, &d.doc) != CLI_OK) {
+            kv_doc_free(&d);
+            rc = CLI_ERROR;
+            break;
+        }
         int mrc = 0;
         msadb_batch_status before = {0}, after = {0};
         if (c->st) { /* an ordinary store: the document is keyed, a repeat is skipped */
@@ -349,10 +383,12 @@ int cmd_ingest(const cli_args *a)
     cli_db *db;
     if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;
-    ingest_ctx c = {.a = a, .db = db, .st = cli_db_store(db)};
+    ingest_ctx c = {.a = a, .db = db, .st = cli_db_store(db), .expires = cli_expires(a)};
     c.prog.t0 = cli_now_ms();
     c.prog.unit = "tokens";
-    int rc = a->space ? cli_require_space(db, a->db, a->space) : CLI_OK;
+    int rc = cli_meta_text(a, &c.meta, &c.meta_len);
+    if (rc == CLI_OK && a->space)
+        rc = cli_require_space(db, a->db, a->space);
     if (rc == CLI_OK)
         rc = cli_stream_begin(a, db, on_commit, &c);
     if (rc == CLI_OK)
@@ -370,6 +406,8 @@ int cmd_ingest(const cli_args *a)
     else if (rc != CLI_USAGE)
         cli_stream_failed(a, c.committed);
     free(c.docs);
+    free(c.meta);
+    free(c.mbuf);
     free_inputs(&c);
     cli_db_close(db);
     return rc;

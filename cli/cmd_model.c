@@ -188,6 +188,9 @@ typedef struct model_ingest {
     char *stdin_text;    /* "-" is read once, in the plan */
     size_t stdin_len;
     cli_progress_state prog;
+    char *meta;          /* --meta as metadata text, and --ttl: of every document */
+    size_t meta_len;
+    int64_t expires;
 } model_ingest;
 
 static void model_on_commit(const uint64_t *ids, size_t n, void *user)
@@ -216,7 +219,15 @@ static int ingest_text(model_ingest *c, const char *file, const char *what, cons
     size_t parts = 0;
     msadb_batch_status before, after;
     msadb_batch_status_get(c->batch, &before);
-    int rc = msadb_llm_ingest_batch(c->llm, c->st, c->batch, a->space, title, text, len, &parts);
+    msadb_doc doc = {0};
+    doc.space = a->space;
+    doc.title = title;
+    doc.text = text;
+    doc.text_len = len;
+    doc.meta = c->meta;
+    doc.meta_len = c->meta_len;
+    doc.expires = c->expires;
+    int rc = msadb_llm_ingest_doc(c->llm, c->st, c->batch, &doc, &parts);
     if (rc != 0)
         return cli_error_rc(rc, "%s%s", file, what);
     msadb_batch_status_get(c->batch, &after);
@@ -384,13 +395,15 @@ static int print_model_ingested(const model_ingest *c, int interrupted)
 
 int cmd_model_ingest(const cli_args *a)
 {
-    model_ingest c = {.a = a};
+    model_ingest c = {.a = a, .expires = cli_expires(a)};
     c.prog.t0 = cli_now_ms();
     c.prog.unit = "bytes";
     const char *model;
     if (open_store_model(a, 0, &c.db, &c.st, &c.llm, NULL, &model) != CLI_OK)
         return CLI_ERROR;
-    int rc = a->space ? cli_require_space(c.db, a->db, a->space) : CLI_OK;
+    int rc = cli_meta_text(a, &c.meta, &c.meta_len);
+    if (rc == CLI_OK && a->space)
+        rc = cli_require_space(c.db, a->db, a->space);
     if (rc == CLI_OK)
         rc = cli_stream_begin(a, c.db, model_on_commit, &c);
     c.batch = c.db->batch;
@@ -413,8 +426,53 @@ int cmd_model_ingest(const cli_args *a)
     free(c.ids);
     free(c.docs);
     free(c.stdin_text);
+    free(c.meta);
     cli_db_close(c.db);
     msadb_llm_close(c.llm);
+    return rc;
+}
+
+/* update with text (FILE or --text) through the model: the text's
+ * document(s) replace the old one. */
+int cmd_model_update(const cli_args *a)
+{
+    cli_db *db;
+    msadb_store *st;
+    msadb_llm *llm;
+    const char *model;
+    if (open_store_model(a, 0, &db, &st, &llm, NULL, &model) != CLI_OK)
+        return CLI_ERROR;
+    cli_update u;
+    char *file_text = NULL;
+    const char *text = a->text;
+    size_t len = text ? strlen(text) : 0;
+    int rc = cli_update_begin(a, st, &u);
+    if (rc == CLI_OK && !text) {
+        rc = cli_read_file(a->files[0], &file_text, &len);
+        text = file_text;
+        if (rc == CLI_OK && len == 0)
+            rc = cli_error("%s: empty file (nothing to update with)", a->files[0]);
+    }
+    msadb_batch *b = NULL;
+    if (rc == CLI_OK) {
+        msadb_doc doc = {0};
+        cli_update_fill(a, &u, &doc);
+        doc.text = text;
+        doc.text_len = len;
+        int mrc = cli_update_batch(st, &u, &b);
+        if (mrc == 0)
+            mrc = msadb_llm_ingest_doc(llm, st, b, &doc, NULL);
+        if (mrc != 0) {
+            msadb_batch_abort(b);
+            rc = cli_error_rc(mrc, "%s", a->text ? "--text" : a->files[0]);
+        } else {
+            rc = cli_update_commit(a, b, &u);
+        }
+    }
+    cli_update_free(&u);
+    free(file_text);
+    cli_db_close(db);
+    msadb_llm_close(llm);
     return rc;
 }
 
@@ -568,6 +626,8 @@ static void ask_params(const cli_args *a, msadb_ask_params *p)
     p->seed = a->seed;
     p->query_pos = (int32_t)a->query_pos;
     p->interleave = a->interleave;
+    p->where = a->where;
+    p->n_where = a->n_where;
 }
 
 /* What query and search share: the store, its model, the question. */

@@ -382,6 +382,8 @@ static int run_query(const cli_args *a, cli_db *db, const float *qv, size_t n_qu
     q.n_query = n_query;
     q.spaces = a->spaces;
     q.n_spaces = a->n_spaces;
+    q.where = a->where;
+    q.n_where = a->n_where;
     q.top_k = a->top_k;
     q.select = a->select;
     q.summary = a->summary;

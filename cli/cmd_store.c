@@ -184,29 +184,69 @@ int cmd_stat(const cli_args *a)
 typedef struct ls_ctx {
     json_t *arr;
     cli_table *t;
+    cli_db *db;
 } ls_ctx;
+
+/* A document's metadata: as a JSON object when it is metadata text (else
+ * NULL), and as one line "K=V, K=V" for a table. */
+static int ls_meta(cli_db *db, uint64_t id, size_t len, json_t **obj, char *line, size_t cap)
+{
+    *obj = NULL;
+    line[0] = 0;
+    if (!len)
+        return 0;
+    char *m = malloc(len);
+    if (!m)
+        return MSADB_ENOMEM;
+    size_t got = 0;
+    int rc = db->ops->doc_meta(db, id, m, len, &got);
+    if (rc == MSADB_ENOTSUP) /* msadb-mpi: no metadata */
+        rc = 0;
+    else if (rc == 0) {
+        *obj = cli_meta_json(m, got);
+        size_t o = 0;
+        for (size_t i = 0; i < got && o + 3 < cap; i++) {
+            if (m[i] == '\n' && i + 1 < got) {
+                line[o++] = ',';
+                line[o++] = ' ';
+            } else if (m[i] != '\n') {
+                line[o++] = (unsigned char)m[i] < 0x20 ? '?' : m[i];
+            }
+        }
+        line[o] = 0;
+        cli_utf8_fix(line);
+    }
+    free(m);
+    return rc;
+}
 
 static int ls_cb(const msadb_doc_info *d, void *ud)
 {
     ls_ctx *c = ud;
+    json_t *meta;
+    char mline[256], when[32], until[32] = "-";
+    int rc = ls_meta(c->db, d->id, d->meta_len, &meta, mline, sizeof mline);
+    if (rc)
+        return rc;
+    cli_time_str(d->created, when, sizeof when);
+    if (d->expires)
+        cli_time_str(d->expires, until, sizeof until);
     if (c->arr) {
         json_array_append_new(c->arr,
-                              json_pack("{s:I, s:s, s:I, s:o, s:I, s:I, s:I, s:b, s:b}", "id",
+                              json_pack("{s:I, s:s, s:I, s:o, s:I, s:I, s:I, s:b, s:b, s:o, s:o}", "id",
                                         (json_int_t)d->id, "space", d->space, "tokens",
                                         (json_int_t)d->n_tokens, "title",
                                         cli_json_bytes(d->title, strlen(d->title)), "blocks",
                                         (json_int_t)d->n_blocks, "created", (json_int_t)d->created,
                                         "text_bytes", (json_int_t)d->text_len, "has_tokens",
-                                        d->has_tokens, "has_spans", d->has_spans));
+                                        d->has_tokens, "has_spans", d->has_spans, "expires",
+                                        d->expires ? json_integer((json_int_t)d->expires) : json_null(),
+                                        "meta", meta ? meta : json_null()));
     } else {
-        char when[32] = "";
-        time_t tt = (time_t)d->created;
-        struct tm tm;
-        if (gmtime_r(&tt, &tm))
-            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        cli_table_addf(c->t, "%llu\t%s\t%llu\t%llu\t%s\t%s", (unsigned long long)d->id, d->space,
-                       (unsigned long long)d->n_tokens, (unsigned long long)d->n_blocks, when,
-                       d->title);
+        json_decref(meta);
+        cli_table_addf(c->t, "%llu\t%s\t%llu\t%llu\t%s\t%s\t%s\t%s", (unsigned long long)d->id, d->space,
+                       (unsigned long long)d->n_tokens, (unsigned long long)d->n_blocks, when, until,
+                       mline[0] ? mline : "-", d->title);
     }
     return 0;
 }
@@ -221,14 +261,14 @@ int cmd_ls(const cli_args *a)
         cli_db_close(db);
         return rc;
     }
-    static const char *const hdr[] = {"id", "space", "tokens", "blocks", "created", "title"};
-    ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(6, hdr)};
-    int mrc = db->ops->doc_list(db, a->space, ls_cb, &c);
+    static const char *const hdr[] = {"id", "space", "tokens", "blocks", "created", "expires", "meta", "title"};
+    ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(8, hdr), db};
+    int mrc = cli_doc_list(a, db, a->space, ls_cb, &c);
     cli_db_close(db);
     if (mrc != 0) {
         json_decref(c.arr);
         cli_table_free(c.t);
-        return cli_error_rc(mrc, "%s: listing documents", a->db);
+        return mrc == MSADB_ENOTSUP ? CLI_ERROR : cli_error_rc(mrc, "%s: listing documents", a->db);
     }
     if (c.arr)
         return cli_json_print(json_pack("{s:o}", "documents", c.arr));
@@ -278,13 +318,15 @@ static int collect_id(const msadb_doc_info *d, void *ud)
     return 0;
 }
 
-/* rm --space S: the ids of every document of the space. */
-static int space_ids(const cli_args *a, cli_db *db, id_list *l)
+/* rm --space S and/or --where K=V: the ids of every document that passes. */
+static int filter_ids(const cli_args *a, cli_db *db, id_list *l)
 {
-    if (cli_require_space(db, a->db, a->space) != CLI_OK)
+    if (a->space && cli_require_space(db, a->db, a->space) != CLI_OK)
         return CLI_ERROR;
-    int mrc = db->ops->doc_list(db, a->space, collect_id, l);
-    return mrc ? cli_error_rc(mrc, "%s: listing space '%s'", a->db, a->space) : CLI_OK;
+    int mrc = cli_doc_list(a, db, a->space, collect_id, l);
+    if (mrc == MSADB_ENOTSUP)
+        return CLI_ERROR;
+    return mrc ? cli_error_rc(mrc, "%s: listing documents", a->db) : CLI_OK;
 }
 
 int cmd_rm(const cli_args *a)
@@ -294,8 +336,8 @@ int cmd_rm(const cli_args *a)
     if (rc != CLI_OK)
         return rc;
     id_list l = {0};
-    if (a->space) {
-        rc = space_ids(a, db, &l);
+    if (a->space || a->n_where) {
+        rc = filter_ids(a, db, &l);
     } else if (!(l.ids = malloc(a->n_doc_ids * sizeof *l.ids))) {
         rc = cli_error("out of memory");
     } else {
@@ -350,7 +392,7 @@ static int space_ls_cb(const msadb_space_info *s, void *ud)
 static int space_ls(const cli_args *a, cli_db *db)
 {
     static const char *const hdr[] = {"id", "name", "documents", "tokens"};
-    ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(4, hdr)};
+    ls_ctx c = {a->json ? json_array() : NULL, a->json ? NULL : cli_table_new(4, hdr), db};
     int mrc = db->ops->space_list(db, space_ls_cb, &c);
     if (mrc != 0) {
         json_decref(c.arr);

@@ -122,3 +122,50 @@ int cli_require_space(cli_db *d, const char *db, const char *space)
     return CLI_OK;
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* documents: metadata, expiry, filtered listings                           */
+/* ------------------------------------------------------------------------ */
+
+int cli_meta_text(const cli_args *a, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    if (!a->n_meta)
+        return CLI_OK;
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_meta; i++)
+        n += strlen(a->meta[i]) + 1;
+    char *m = malloc(n);
+    if (!m)
+        return cli_error("out of memory");
+    size_t o = 0;
+    for (size_t i = 0; i < a->n_meta; i++) {
+        size_t l = strlen(a->meta[i]);
+        memcpy(m + o, a->meta[i], l);
+        m[o + l] = '\n';
+        o += l + 1;
+    }
+    *out = m;
+    *len = n;
+    return CLI_OK;
+}
+
+int64_t cli_expires(const cli_args *a)
+{
+    return a->ttl ? msadb_time_now() + a->ttl : 0;
+}
+
+int cli_doc_list(const cli_args *a, cli_db *db, const char *space,
+                 int (*cb)(const msadb_doc_info *, void *), void *ud)
+{
+    if (!a->n_where)
+        return db->ops->doc_list(db, space, cb, ud);
+    msadb_snapshot *snap;
+    int rc = cli_db_snapshot(db, &snap);
+    if (rc == MSADB_ENOTSUP)
+        cli_error("%s: --where works on one store, not a sharded one (make one with 'msadb merge "
+                  "%s DB')",
+                  a->db, a->db);
+    return rc ? rc : msadb_doc_list_where(snap, space, a->where, a->n_where, cb, ud);
+}

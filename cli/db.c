@@ -55,6 +55,11 @@ static int st_doc_spans(cli_db *db, uint64_t id, int64_t *spans, size_t n)
 {
     return msadb_doc_tokens(db->snap, id, NULL, spans, n);
 }
+static int st_doc_meta(cli_db *db, uint64_t id, void *buf, size_t cap, size_t *len)
+{
+    return msadb_doc_meta(db->snap, id, buf, cap, len);
+}
+
 
 static int st_delete(cli_db *db, const uint64_t *ids, size_t n) { return msadb_doc_delete(st_of(db), ids, n); }
 static int st_verify(cli_db *db, void (*report)(const char *, void *), void *ud)
@@ -85,9 +90,16 @@ static int st_attend(cli_db *db, const msadb_query *q, float *out, float *lse, m
 
 static const cli_db_ops store_ops = {
     st_close, st_stat, st_space_get, st_space_list, st_space_create, st_space_drop, st_doc_list,
-    st_doc_get, st_doc_text, st_doc_spans, st_delete, st_verify, st_compact, st_batch_begin, st_batch_add, st_batch_commit,
+    st_doc_get, st_doc_text, st_doc_spans, st_doc_meta, st_delete, st_verify, st_compact, st_batch_begin, st_batch_add, st_batch_commit,
     st_batch_abort, st_attend,
 };
+
+int cli_db_snapshot(cli_db *db, msadb_snapshot **out)
+{
+    if (db->ops != &store_ops)
+        return MSADB_ENOTSUP;
+    return snap_get(db, out);
+}
 
 /* ---- a sharded store in this process ------------------------------------ */
 
@@ -138,6 +150,10 @@ static int sh_doc_spans(cli_db *db, uint64_t id, int64_t *spans, size_t n)
 {
     return msadb_shards_doc_tokens(db->snap, id, NULL, spans, n);
 }
+static int sh_doc_meta(cli_db *db, uint64_t id, void *buf, size_t cap, size_t *len)
+{
+    return msadb_shards_doc_meta(db->snap, id, buf, cap, len);
+}
 
 static int sh_delete(cli_db *db, const uint64_t *ids, size_t n) { return msadb_shards_doc_delete(sh_of(db), ids, n); }
 static int sh_verify(cli_db *db, void (*report)(const char *, void *), void *ud)
@@ -171,7 +187,7 @@ static int sh_attend(cli_db *db, const msadb_query *q, float *out, float *lse, m
 
 static const cli_db_ops shards_ops = {
     sh_close, sh_stat, sh_space_get, sh_space_list, sh_space_create, sh_space_drop, sh_doc_list,
-    sh_doc_get, sh_doc_text, sh_doc_spans, sh_delete, sh_verify, sh_compact, sh_batch_begin, sh_batch_add, sh_batch_commit,
+    sh_doc_get, sh_doc_text, sh_doc_spans, sh_doc_meta, sh_delete, sh_verify, sh_compact, sh_batch_begin, sh_batch_add, sh_batch_commit,
     sh_batch_abort, sh_attend,
 };
 

@@ -224,6 +224,13 @@ static int m_doc_spans(cli_db *db, uint64_t id, int64_t *spans, size_t n)
     return 0;
 }
 
+/* Metadata is not sent between the ranks: ls shows none. */
+static int m_doc_meta(cli_db *db, uint64_t id, void *buf, size_t cap, size_t *len)
+{
+    (void)db, (void)id, (void)buf, (void)cap, (void)len;
+    return MSADB_ENOTSUP;
+}
+
 static int m_delete(cli_db *db, const uint64_t *ids, size_t n)
 {
     OP_THEN(db, OP_DELETE, msadb_mpi_delete(m_of(db), ids, n));
@@ -257,7 +264,7 @@ static int m_attend(cli_db *db, const msadb_query *q, float *out, float *lse, ms
 
 static const cli_db_ops mpi_ops = {
     m_close, m_stat, m_space_get, m_space_list, m_space_create, m_space_drop, m_doc_list,
-    m_doc_get, m_doc_text, m_doc_spans, m_delete, m_verify, m_compact, m_batch_begin, m_batch_add,
+    m_doc_get, m_doc_text, m_doc_spans, m_doc_meta, m_delete, m_verify, m_compact, m_batch_begin, m_batch_add,
     m_batch_commit, m_batch_abort, m_attend,
 };
 

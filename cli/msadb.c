@@ -16,10 +16,12 @@ static const cmd_fn commands[CMD_COUNT] = {
     [CMD_MERGE] = cmd_merge,
     [CMD_DOCTOR] = cmd_doctor,
     [CMD_SEARCH] = cmd_search, [CMD_SHOW] = cmd_show,         [CMD_VACUUM] = cmd_vacuum,
+    [CMD_UPDATE] = cmd_update, [CMD_EXPIRE] = cmd_expire,
 };
 
 static const cmd_fn model_commands[CMD_COUNT] = {
     [CMD_INIT] = cmd_model_init, [CMD_INGEST] = cmd_model_ingest, [CMD_QUERY] = cmd_model_query,
+    [CMD_UPDATE] = cmd_model_update,
 };
 
 static int usage_error(const cli_args *a, const char *msg)
@@ -67,7 +69,9 @@ int main(int argc, char **argv)
     } else if (a.cmd == CMD_VERSION) {
         printf("msadb %s (format %d)\n", msadb_version(), msadb_format_version());
     } else if (model_commands[a.cmd] &&
-               (a.use_model || (a.cmd == CMD_INGEST && (a.model || !cli_is_tensor_file(a.files[0]))))) {
+               (a.use_model ||
+                ((a.cmd == CMD_INGEST || a.cmd == CMD_UPDATE) &&
+                 (a.model || a.text || !cli_is_tensor_file(a.files[0]))))) {
         rc = model_commands[a.cmd](&a); /* the model forms (cmd_model.c) */
     } else {
         rc = commands[a.cmd](&a);

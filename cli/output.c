@@ -456,3 +456,36 @@ json_t *cli_model_json(const msadb_model_id *m)
     return json_pack("{s:o, s:s, s:I}", "path", cli_json_bytes(m->path, strlen(m->path)),
                      "blake2b", hex, "file_size", (json_int_t)m->file_size);
 }
+
+void cli_time_str(int64_t t, char *buf, size_t cap)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    buf[0] = 0;
+    if (cap && gmtime_r(&tt, &tm))
+        strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+json_t *cli_meta_json(const char *meta, size_t len)
+{
+    json_t *o = json_object();
+    char term[MSADB_META_KEY_MAX + MSADB_META_VALUE_MAX + 2];
+    for (size_t i = 0; o && i < len;) {
+        const char *nl = memchr(meta + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - meta) : len, n = end - i;
+        if (n >= sizeof term || !cli_utf8_valid(meta + i, n))
+            break;
+        memcpy(term, meta + i, n);
+        term[n] = 0;
+        if (msadb_meta_term_check(term) != 0)
+            break;
+        char *eq = strchr(term, '=');
+        *eq = 0;
+        json_object_set_new(o, term, json_string(eq + 1));
+        i = end + 1;
+        if (i >= len) /* every line was a term */
+            return o;
+    }
+    json_decref(o);
+    return NULL;
+}

@@ -99,43 +99,45 @@ static void exercise(void)
 }
 
 typedef struct {
-    MDB_dbi dbi;
+    int which; /* index into db_names */
     uint8_t key[64];
     size_t key_len;
     uint8_t *old;
     size_t old_len;
 } saved;
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* The databases a mutation can name, in the order of their names. */
+static const char *const db_names[8] = {"meta", "spaces", "spaceids", "docs",
+                                        "docdata", "blocks", "slots", "summ"};
+
+static void store_dbis(const msadb_store *st, MDB_dbi dbis[8])
 {
-    if (size < 1)
-        return 0;
-    if (data[0] % 4 == 0) {
-        msadb_signature sig;
-        msadb_docrec rec;
-        msadb_sig_decode(data + 1, size - 1, &sig);
-        msadb_docrec_decode(data + 1, size - 1, &rec);
-        return 0;
-    }
-    if (!store_dir[0])
-        build_store();
+    const MDB_dbi d[8] = {st->db_meta, st->db_spaces, st->db_spaceids, st->db_docs,
+                          st->db_docdata, st->db_blocks, st->db_slots, st->db_summ};
+    memcpy(dbis, d, sizeof d);
+}
+
+/* Applies the mutations of data[1..size) to the store's records in one
+ * committed transaction, saving the old values in undo; returns how many.
+ * A mutation: db(1) entry(1) mode(1) len(1) bytes(len). */
+static int mutate(const uint8_t *data, size_t size, saved undo[8])
+{
     msadb_options opt;
     msadb_options_init(&opt);
     opt.no_sync = 1;
     msadb_store *st;
     if (msadb_open(store_dir, NULL, &opt, &st))
         abort();
-    MDB_dbi dbis[] = {st->db_meta, st->db_spaces, st->db_spaceids, st->db_docs,
-                      st->db_docdata, st->db_blocks, st->db_slots, st->db_summ};
-    saved undo[8];
+    MDB_dbi dbis[8];
+    store_dbis(st, dbis);
     int n_undo = 0;
     MDB_txn *txn;
     if (mdb_txn_begin(st->env, NULL, 0, &txn))
         abort();
     size_t pos = 1;
-    /* mutation: db(1) entry(1) mode(1) len(1) bytes(len) */
     while (pos + 4 <= size && n_undo < 8) {
-        MDB_dbi dbi = dbis[data[pos] % 8];
+        int which = data[pos] % 8;
+        MDB_dbi dbi = dbis[which];
         unsigned entry = data[pos + 1], mode = data[pos + 2], len = data[pos + 3];
         pos += 4;
         if (len > size - pos)
@@ -149,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
         if (rc == 0 && k.mv_size <= sizeof undo[0].key) {
             saved *u = &undo[n_undo++];
-            u->dbi = dbi;
+            u->which = which;
             memcpy(u->key, k.mv_data, k.mv_size);
             u->key_len = k.mv_size;
             u->old = malloc(v.mv_size + 1);
@@ -183,35 +185,50 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (mdb_txn_commit(txn))
         abort();
     msadb_close(st);
+    return n_undo;
+}
 
-    exercise();
-
-    {
-        /* restore with raw LMDB (the store may no longer open cleanly) */
-        MDB_env *env;
-        if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) ||
-            mdb_env_open(env, store_dir, MDB_NOSYNC, 0664))
+/* Puts the saved values back, newest first, with raw LMDB (the store may
+ * no longer open cleanly). */
+static void restore(saved *undo, int n_undo)
+{
+    MDB_env *env;
+    if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) ||
+        mdb_env_open(env, store_dir, MDB_NOSYNC, 0664))
+        abort();
+    MDB_txn *t;
+    if (mdb_txn_begin(env, NULL, 0, &t))
+        abort();
+    for (int i = n_undo - 1; i >= 0; i--) {
+        MDB_dbi dbi;
+        if (mdb_dbi_open(t, db_names[undo[i].which], 0, &dbi))
             abort();
-        MDB_txn *t;
-        if (mdb_txn_begin(env, NULL, 0, &t))
+        MDB_val kv = {undo[i].key_len, undo[i].key}, vv = {undo[i].old_len, undo[i].old};
+        if (mdb_put(t, dbi, &kv, &vv, 0))
             abort();
-        static const char *names[] = {"meta", "spaces", "spaceids", "docs", "docdata", "blocks", "slots", "summ"};
-        for (int i = n_undo - 1; i >= 0; i--) {
-            MDB_dbi dbi;
-            int which = 0;
-            for (int j = 0; j < 8; j++)
-                if (dbis[j] == undo[i].dbi)
-                    which = j;
-            if (mdb_dbi_open(t, names[which], 0, &dbi))
-                abort();
-            MDB_val kv = {undo[i].key_len, undo[i].key}, vv = {undo[i].old_len, undo[i].old};
-            if (mdb_put(t, dbi, &kv, &vv, 0))
-                abort();
-            free(undo[i].old);
-        }
-        if (mdb_txn_commit(t))
-            abort();
-        mdb_env_close(env);
+        free(undo[i].old);
     }
+    if (mdb_txn_commit(t))
+        abort();
+    mdb_env_close(env);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    if (data[0] % 4 == 0) {
+        msadb_signature sig;
+        msadb_docrec rec;
+        msadb_sig_decode(data + 1, size - 1, &sig);
+        msadb_docrec_decode(data + 1, size - 1, &rec);
+        return 0;
+    }
+    if (!store_dir[0])
+        build_store();
+    saved undo[8];
+    int n_undo = mutate(data, size, undo);
+    exercise();
+    restore(undo, n_undo);
     return 0;
 }

@@ -57,9 +57,11 @@ extern "C" {
 
 /* On-disk format version written by this library.  A store whose format is
  * newer is refused with MSADB_EVERSION.  Version 2 adds the routing index,
- * version 3 document keys (docs/format.md); older stores open, and
- * msadb_upgrade() brings them to this version. */
-#define MSADB_FORMAT_VERSION 3
+ * version 3 document keys, version 4 document expiry times (docs/format.md);
+ * older stores open, and msadb_upgrade() brings them to version 3.  A store
+ * is raised to version 4 only once a document with an expiry time is
+ * written, so that a store without one stays readable by older libraries. */
+#define MSADB_FORMAT_VERSION 4
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
@@ -316,6 +318,12 @@ typedef struct msadb_doc {
      * document and removed when it is deleted. */
     const void *key;
     size_t key_len;
+    /* Expiry: Unix seconds (msadb_time_now()'s clock) from which every read
+     * ignores the document (0 = never); it must be in the future when the
+     * document is added.  Expired documents are deleted by msadb_expire()
+     * and by every write transaction of msadb_batch_commit(),
+     * msadb_doc_append() and msadb_doc_delete(). */
+    int64_t expires;
 } msadb_doc;
 
 #define MSADB_DOCKEY_MAX 64   /* bytes of a document key */
@@ -331,6 +339,33 @@ typedef struct msadb_doc {
  * MSADB_EINVAL (NULL store or out, a NULL part of non-zero length). */
 MSADB_API int msadb_doc_key_hash(const msadb_store *store, const void *const *parts, const size_t *lens,
                                  size_t n, unsigned char out[MSADB_DOCKEY_HASH]);
+
+/* Document metadata as KEY=VALUE pairs.  msadb_doc.meta is opaque to the
+ * store; the CLI (ingest --meta) and the filters below read it as
+ * *metadata text*: lines "KEY=VALUE\n", KEY 1..MSADB_META_KEY_MAX bytes of
+ * letters, digits and "._-:@/", VALUE up to MSADB_META_VALUE_MAX bytes
+ * without a newline or NUL.  A filter (msadb_query.where,
+ * msadb_ask_params.where, msadb_doc_list_where()) is a list of terms
+ * "KEY=VALUE"; a document passes when its metadata holds every term as a
+ * whole line (AND); a document without metadata passes no term. */
+#define MSADB_META_KEY_MAX 64
+#define MSADB_META_VALUE_MAX 1024
+
+/** Checks one term "KEY=VALUE" (also one line of metadata text, without
+ * its newline): 0, or MSADB_EINVAL (NULL, no '=', an empty or too long
+ * key, a key byte outside the set above, a too long value, a newline). */
+MSADB_API int msadb_meta_term_check(const char *term);
+
+/** Whether metadata bytes (meta, len; meta may be NULL when len is 0) hold
+ * every term of where[0, n_where) as a line: 1 yes, 0 no (n_where 0: yes).
+ * Errors: MSADB_EINVAL (a malformed term, NULL where with n_where > 0). */
+MSADB_API int msadb_meta_match(const void *meta, size_t len, const char *const *where, size_t n_where);
+
+/** The clock that decides expiry: Unix seconds.  For tests only, the
+ * environment variable MSADB_TEST_NOW (a positive decimal number of
+ * seconds) replaces the system clock, so that expiry can be tested without
+ * waiting; never set it in production. */
+MSADB_API int64_t msadb_time_now(void);
 
 typedef struct msadb_batch msadb_batch;
 
@@ -364,6 +399,18 @@ MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
  * stored after it was added is not written again, and its entry names the
  * document holding the key. */
 MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
+
+/** Names documents to delete in the transaction that commits the batch,
+ * before its documents are written: replacing a document is deleting the
+ * old one and adding the new one in one batch (all or nothing: if the
+ * commit fails, the old document is still there).  Name them before adding
+ * the new documents: a key (msadb_doc.key) held by a document the batch
+ * deletes does not make an add a duplicate.  With a flush policy the
+ * deletions go with the first commit.  At commit, an id that does not
+ * exist (or has expired) fails the whole commit with MSADB_ENOTFOUND.  A
+ * repeated id is deleted once.  Errors: MSADB_EINVAL
+ * (NULL batch, NULL ids with n > 0), MSADB_ENOMEM. */
+MSADB_API int msadb_batch_delete(msadb_batch *batch, const uint64_t *ids, size_t n);
 
 /* Streaming ingest.  A batch that commits in bounded chunks keeps memory
  * bounded whatever the input size: msadb_batch_flush() commits what the
@@ -417,6 +464,13 @@ MSADB_API int msadb_batch_status_get(const msadb_batch *batch, msadb_batch_statu
 
 /** Discards a batch; NULL allowed. */
 MSADB_API void msadb_batch_abort(msadb_batch *batch);
+
+/** Deletes every document whose expiry time (msadb_doc.expires) has
+ * passed, in one transaction; *n_purged (may be NULL) gets their count.
+ * Reads ignore expired documents at once whether or not they were purged;
+ * this gives their space back to later writes.  Errors: MSADB_EINVAL,
+ * MSADB_EREADONLY, LMDB errors. */
+MSADB_API int msadb_expire(msadb_store *store, uint64_t *n_purged);
 
 /** Appends one document in its own transaction. */
 MSADB_API int msadb_doc_append(msadb_store *store, const msadb_doc *doc, uint64_t *doc_id);
@@ -504,6 +558,7 @@ typedef struct msadb_doc_info {
     size_t meta_len;
     int has_tokens;        /* token ids stored */
     int has_spans;         /* token spans stored */
+    int64_t expires;       /* expiry time, Unix seconds; 0 = never */
 } msadb_doc_info;
 
 /** The document holding a key (msadb_doc.key) in the snapshot.  Errors:
@@ -511,13 +566,26 @@ typedef struct msadb_doc_info {
  * 1..MSADB_DOCKEY_MAX). */
 MSADB_API int msadb_doc_find_key(msadb_snapshot *snap, const void *key, size_t key_len, uint64_t *doc_id);
 
+/* Expired documents (msadb_doc.expires) are gone for every read below, at
+ * once, as if deleted: msadb_doc_get() and the other per-document reads
+ * return MSADB_ENOTFOUND, listings and queries skip them. */
+
 /** Information about one document.  Errors: MSADB_ENOTFOUND. */
 MSADB_API int msadb_doc_get(msadb_snapshot *snap, uint64_t doc_id, msadb_doc_info *out);
 
 /** Calls cb for every document of `space` (NULL = every space) in id order;
- * a non-zero return from cb stops the walk and is returned. */
+ * a non-zero return from cb stops the walk and is returned.  info is valid
+ * during the call only. */
 MSADB_API int msadb_doc_list(msadb_snapshot *snap, const char *space,
                              int (*cb)(const msadb_doc_info *info, void *ud), void *ud);
+
+/** Like msadb_doc_list(), only the documents whose metadata holds every
+ * term of where[0, n_where) (see msadb_meta_match(); n_where 0: all).
+ * Errors: MSADB_EINVAL (a malformed term), MSADB_ENOTFOUND (unknown
+ * space), read errors. */
+MSADB_API int msadb_doc_list_where(msadb_snapshot *snap, const char *space, const char *const *where,
+                                   size_t n_where, int (*cb)(const msadb_doc_info *info, void *ud),
+                                   void *ud);
 
 /** Copies the document's source text into buf (capacity cap); *len gets
  * the text length.  buf may be NULL to learn the length.  Returns
@@ -543,7 +611,8 @@ MSADB_API int msadb_doc_kv(msadb_snapshot *snap, uint64_t doc_id, uint32_t plane
 /* Verification                                                             */
 /* ------------------------------------------------------------------------ */
 
-/** Brings a store to this library's format (MSADB_FORMAT_VERSION, 3) and
+/** Brings a store to format 3 (document keys; format 4 comes with the
+ * first document with an expiry time and is kept) and
  * builds (or rebuilds) its routing index (see msadb_query.route): a store
  * written before the index existed (format 1, or format 3 reached from 1 by
  * its first keyed document) opens and is queried by the exhaustive scan
@@ -650,6 +719,15 @@ typedef struct msadb_query {
     int share;                /* MSADB_SHARE_* (default NONE) */
     uint32_t route_head;      /* the kv head that routes with ROUTE_HEAD
                                  (< n_kv_heads; must be 0 otherwise) */
+    /* Metadata filter: routing considers only the documents whose metadata
+     * holds every term "KEY=VALUE" (msadb_meta_match()), so the top_k are
+     * chosen among them.  NULL/0 = no filter.  A filtered query (and any
+     * query while expired documents remain unpurged) routes by the scan:
+     * the index's super-blocks mix documents.  Sharded stores
+     * (msadb_shard.h) apply it in every shard; msadb_mpi_* refuses it
+     * (MSADB_ENOTSUP). */
+    const char *const *where;
+    size_t n_where;
 } msadb_query;
 
 /** Fills *q with defaults (top_k 16, blocks, default summary, default scale). */
@@ -671,9 +749,14 @@ typedef struct msadb_hit {
  * are written there and *n_hits gets the number selected (which may exceed
  * hits_cap).  The snapshot's scratch memory is reused across calls, so a
  * host that keeps one snapshot (see msadb_snapshot_renew) does not allocate
- * per query in steady state.  Errors: MSADB_EINVAL (not a memory layer, bad
- * sizes, an unknown share mode, route_head not a kv head or set without
- * MSADB_SHARE_ROUTE_HEAD), MSADB_ENOTFOUND (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT,
+ * per query in steady state.  With a filter (q->where) or expired documents
+ * in the store, the first query of a snapshot state reads every document
+ * record (and, with a filter, the metadata) to build the set of visible
+ * documents; later queries with the same filter reuse it until the
+ * snapshot moves or the next expiry time passes.  Errors: MSADB_EINVAL (not
+ * a memory layer, bad sizes, a malformed where term, an unknown share
+ * mode, route_head not a kv head or set without MSADB_SHARE_ROUTE_HEAD),
+ * MSADB_ENOTFOUND (unknown space), MSADB_ENONFINITE, MSADB_ECORRUPT,
  * MSADB_EAUTH. */
 MSADB_API int msadb_attend(msadb_snapshot *snap, const msadb_query *q, float *out, float *lse,
                            msadb_hit *hits, size_t hits_cap, size_t *n_hits);
@@ -869,10 +952,11 @@ MSADB_API int msadb_llm_ingest_batch(msadb_llm *llm, msadb_store *store, msadb_b
                                      size_t len, size_t *n_docs);
 
 /** Like msadb_llm_ingest_batch(), with the text and its document fields
- * taken from *doc: space, title, text/text_len (required, not empty) and
- * meta/meta_len (opaque metadata bytes, kept with every document the text
- * becomes); its other fields are ignored.  Keys, duplicates and errors as
- * msadb_llm_ingest_batch() (the key does not depend on the metadata). */
+ * taken from *doc: space, title, text/text_len (required, not empty),
+ * meta/meta_len (opaque metadata bytes) and expires, kept with every
+ * document the text becomes; its other fields are ignored.  Keys,
+ * duplicates and errors as msadb_llm_ingest_batch() (the key does not
+ * depend on the metadata or the expiry time). */
 MSADB_API int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *store, msadb_batch *batch,
                                    const msadb_doc *doc, size_t *n_docs);
 
@@ -905,6 +989,10 @@ typedef struct msadb_ask_params {
      * a non-zero return stops generation. */
     int (*on_text)(const char *text, size_t len, void *user);
     void *user;
+    /* Metadata filter for routing (msadb_query.where): memory is only the
+     * documents whose metadata holds every term.  NULL/0 = no filter. */
+    const char *const *where;
+    size_t n_where;
 } msadb_ask_params;
 
 MSADB_API void msadb_ask_params_init(msadb_ask_params *p);

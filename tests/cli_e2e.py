@@ -207,7 +207,9 @@ def test_usage():
     check(run("--version").stdout.startswith("msadb "), "--version")
 
 
-def test_main():
+def init_store():
+    """A store of SIG with f32 storage and spaces alpha and beta; init and
+    space refusals."""
     db = p("db")
     run("init", db, *SIG, "--dtype", "f32")
     run("init", db, *SIG, expect=1, msg="already exists")
@@ -218,11 +220,16 @@ def test_main():
     run("space", db, "create", "alpha", expect=1, msg="already exists")
     names = [s["name"] for s in jrun("space", db, "ls")["spaces"]]
     check(sorted(names) == ["alpha", "beta", "default"], f"spaces {names}")
+    return db
 
-    # --- ingest: a three-document F32 file, an F16 file, a BF16 file, an .npy pair
+
+def ingest_inputs(db):
+    """A three-document F32 file and the needle's file into alpha, an .npy
+    pair and an F16 file into beta, a BF16 file into default: ids, titles,
+    spaces, ls.  The needle: block 2 (tokens 32..47) of a document, keys
+    along u_h per kv head.  Returns the documents, the needle and u."""
     a_docs = [Doc(40), Doc(25), Doc(50)]
     fa = multi_doc_file(p("a.safetensors"), a_docs)
-    # the needle: block 2 (tokens 32..47) of a document, keys along u_h per kv head
     needle = Doc(64, scale=0.3)
     u = rng.standard_normal((len(MEM), H, D)).astype(np.float32)
     u /= np.linalg.norm(u, axis=-1, keepdims=True)
@@ -257,8 +264,13 @@ def test_main():
     check(len({d.id for d in docs}) == len(docs), "ids are distinct")
     check(len(jrun("ls", db, "--space", "beta")["documents"]) == 2, "ls --space beta")
     run("ls", db, "--space", "nope", expect=1, msg="no space 'nope'")
+    return docs, needle, u
 
-    # --- exact queries equal dense attention over the stored f32 K/V
+
+def exact_queries(db, docs):
+    """Exact queries equal dense attention over the stored f32 K/V (every
+    memory layer, two spaces, F16 and BF16 queries).  Returns the queries
+    and their file."""
     qs = rng.standard_normal((3, Q, D)).astype(np.float32)
     qf = st_write(p("q.safetensors"), {"queries": qs})
     for layer in MEM:
@@ -275,8 +287,12 @@ def test_main():
     close(out16, ref_attend(qs.astype(np.float16).astype(np.float32), docs, 2)[0], 1e-4, "F16 queries")
     outbf, _ = query_out(db, st_write(p("qbf.safetensors"), {"queries": to_bf16(qs)}), 2, "--exact")
     close(outbf, ref_attend(from_bf16(to_bf16(qs)), docs, 2)[0], 1e-4, "BF16 queries")
+    return qs, qf
 
-    # --- sparse selection finds the needle, and cites its text
+
+def sparse_needle(db, needle, u):
+    """Sparse selection (blocks and documents) finds the needle and cites
+    its text; the sparse output is dense attention over the selection."""
     for layer in MEM:
         li = MEM.index(layer)
         qn = np.repeat(u[li], Q // H, axis=0)[None].astype(np.float32) * 4.0  # [1,Q,D]
@@ -303,7 +319,11 @@ def test_main():
         ro, rl = ref_attend(qn, [sel], layer)
         close(out, ro, 1e-4, "sparse output over the selected block")
         close(lse, rl, 1e-4, "sparse lse over the selected block")
-    # per-token selection: one entry per (query token, kv head)
+
+
+def per_token_and_table(db, needle, u, qs, qf):
+    """Per-token selection (one entry per query token and kv head) and the
+    table form of the selection."""
     qp = np.concatenate([np.repeat(u[0], Q // H, axis=0)[None] * 4.0, qs[:1]]).astype(np.float32)
     res = jrun("query", db, "--q", st_write(p("qp.safetensors"), {"queries": qp}), "--layer", "2",
                "--top-k", "2", "--per-token")
@@ -315,94 +335,107 @@ def test_main():
     # the table form (not a terminal: tab-separated with a header line)
     r = run("query", db, "--q", qf, "--layer", "2", "--top-k", "2")
     check(r.stdout.splitlines()[0].split("\t")[:3] == ["kv_head", "doc", "block"], f"table header {r.stdout[:200]}")
+
+
+def test_main():
+    db = init_store()
+    docs, needle, u = ingest_inputs(db)
+    qs, qf = exact_queries(db, docs)
+    sparse_needle(db, needle, u)
+    per_token_and_table(db, needle, u, qs, qf)
     return db, docs, qs, qf, needle
 
 
-def bad_inputs(db, docs):
-    """Every bad input is refused with exit 1, a message naming the problem, and no change."""
-    before = state(db)
-    ok = Doc(20)
-    good = st_write(p("good.safetensors"), {"keys": ok.k, "values": ok.v})
+def refuse(db, files, msg, extra=()):
+    run("ingest", db, *extra, *files, expect=1, msg=msg)
 
-    def refuse(files, msg, extra=()):
-        run("ingest", db, *extra, *files, expect=1, msg=msg)
 
+def bad_tensor_contents(db, ok):
+    """Shapes, dtypes, non-finite values, lengths, tokens, spans and tensor
+    names that do not fit the store."""
     k, v = ok.k, ok.v
-    refuse([st_write(p("e1.st"), {"keys": k[:1], "values": v[:1]})],
+    refuse(db, [st_write(p("e1.st"), {"keys": k[:1], "values": v[:1]})],
            "keys: shape [1,2,20,16] but the store has 2 memory layers")
-    refuse([st_write(p("e2.st"), {"keys": k[:, :1], "values": v[:, :1]})], "but the store has 2 kv heads")
-    refuse([st_write(p("e3.st"), {"keys": k[..., :8], "values": v[..., :8]})], "but the store has head dim 16")
-    refuse([st_write(p("e4.st"), {"keys": k.astype(np.int32), "values": v})], "keys: dtype I32, expected F32, F16 or BF16")
-    refuse([st_write(p("e5.st"), {"keys": k, "values": v[:, :, :10]})], "values: shape [2,2,10,16] differs from keys")
-    refuse([st_write(p("e6.st"), {"keys": k})], "no tensor 'values'")
+    refuse(db, [st_write(p("e2.st"), {"keys": k[:, :1], "values": v[:, :1]})], "but the store has 2 kv heads")
+    refuse(db, [st_write(p("e3.st"), {"keys": k[..., :8], "values": v[..., :8]})], "but the store has head dim 16")
+    refuse(db, [st_write(p("e4.st"), {"keys": k.astype(np.int32), "values": v})], "keys: dtype I32, expected F32, F16 or BF16")
+    refuse(db, [st_write(p("e5.st"), {"keys": k, "values": v[:, :, :10]})], "values: shape [2,2,10,16] differs from keys")
+    refuse(db, [st_write(p("e6.st"), {"keys": k})], "no tensor 'values'")
     kn = v.copy()
     kn[1, 0, 3, 5] = np.nan
-    refuse([st_write(p("e7.st"), {"keys": k, "values": kn})], "values: NaN or Inf at [1,0,3,5]")
+    refuse(db, [st_write(p("e7.st"), {"keys": k, "values": kn})], "values: NaN or Inf at [1,0,3,5]")
     ki = k.astype(np.float16)
     ki[0, 1, 2, 3] = np.inf
-    refuse([st_write(p("e8.st"), {"keys": ki, "values": v.astype(np.float16)})], "keys: NaN or Inf")
-    refuse([st_write(p("e9.st"), {"keys": k[:, :, :0], "values": v[:, :, :0]})], "holds no tokens")
-    refuse([st_write(p("e10.st"), {"keys": k, "values": v, "doc_lengths": np.array([10, 5], np.int64)})],
+    refuse(db, [st_write(p("e8.st"), {"keys": ki, "values": v.astype(np.float16)})], "keys: NaN or Inf")
+    refuse(db, [st_write(p("e9.st"), {"keys": k[:, :, :0], "values": v[:, :, :0]})], "holds no tokens")
+    refuse(db, [st_write(p("e10.st"), {"keys": k, "values": v, "doc_lengths": np.array([10, 5], np.int64)})],
            "doc_lengths: the lengths sum to 15 but keys have T = 20")
-    refuse([st_write(p("e11.st"), {"keys": k, "values": v, "doc_lengths": np.array([20, 0], np.int64)})],
+    refuse(db, [st_write(p("e11.st"), {"keys": k, "values": v, "doc_lengths": np.array([20, 0], np.int64)})],
            "at least 1 token")
-    refuse([st_write(p("e12.st"), {"keys": k, "values": v, "tokens": np.zeros(19, np.int32)})], "tokens: I32 [19], expected I32 [T]")
+    refuse(db, [st_write(p("e12.st"), {"keys": k, "values": v, "tokens": np.zeros(19, np.int32)})], "tokens: I32 [19], expected I32 [T]")
     txt = np.frombuffer(b"hello", np.uint8)
-    refuse([st_write(p("e13.st"), {"keys": k, "values": v, "text": txt,
+    refuse(db, [st_write(p("e13.st"), {"keys": k, "values": v, "text": txt,
                                    "token_spans": np.tile(np.array([[0, 9]], np.int64), (20, 1))})],
            "token_spans: token 0 has span [0,9]")
-    refuse([st_write(p("e14.st"), {"keys": k, "values": v, "token_spans": np.zeros((20, 2), np.int64)})],
+    refuse(db, [st_write(p("e14.st"), {"keys": k, "values": v, "token_spans": np.zeros((20, 2), np.int64)})],
            "token_spans given without a 'text' tensor")
-    refuse([st_write(p("e15.st"), {"keys": k, "values": v, "kees": k})], "unknown tensor 'kees'")
-    # lying and truncated headers
+    refuse(db, [st_write(p("e15.st"), {"keys": k, "values": v, "kees": k})], "unknown tensor 'kees'")
+
+
+def bad_safetensors_headers(db, ok, good):
+    """Lying and truncated safetensors headers (good: ok's file)."""
+    k, v = ok.k, ok.v
     raw = open(good, "rb").read()
     open(p("t1.st"), "wb").write(raw[:-7])
-    refuse([p("t1.st")], "past the end of the data")
+    refuse(db, [p("t1.st")], "past the end of the data")
     open(p("t2.st"), "wb").write(struct.pack("<Q", 1 << 40) + raw[8:])
-    refuse([p("t2.st")], "header length 1099511627776 exceeds the limit")
+    refuse(db, [p("t2.st")], "header length 1099511627776 exceeds the limit")
     open(p("t3.st"), "wb").write(struct.pack("<Q", len(raw)) + raw[8:])
-    refuse([p("t3.st")], "exceeds the")
+    refuse(db, [p("t3.st")], "exceeds the")
     open(p("t4.st"), "wb").write(raw + b"\0" * 8)
-    refuse([p("t4.st")], "trailing bytes")
+    refuse(db, [p("t4.st")], "trailing bytes")
     n = k.nbytes
     hdr = {"keys": {"dtype": "F32", "shape": list(k.shape), "data_offsets": [0, n]},
            "values": {"dtype": "F32", "shape": list(k.shape), "data_offsets": [n // 2, n // 2 + n]}}
     h = json.dumps(hdr).encode()
     open(p("t5.st"), "wb").write(struct.pack("<Q", len(h)) + h + k.tobytes() + v.tobytes()[: n // 2])
-    refuse([p("t5.st")], "overlap")
+    refuse(db, [p("t5.st")], "overlap")
     h = (b'{"keys":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
          b'"keys":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}')
     open(p("t6.st"), "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 8)
-    refuse([p("t6.st")], "duplicate")
+    refuse(db, [p("t6.st")], "duplicate")
     h = b'{"keys":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}'
     open(p("t7.st"), "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 4)
-    refuse([p("t7.st")], "unknown dtype 'F33'")
+    refuse(db, [p("t7.st")], "unknown dtype 'F33'")
     h = b'{"keys":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}'
     open(p("t8.st"), "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 4)
-    refuse([p("t8.st")], "needs 8 bytes but data_offsets [0,4] hold 4")
+    refuse(db, [p("t8.st")], "needs 8 bytes but data_offsets [0,4] hold 4")
     open(p("t9.st"), "wb").write(b"")
-    refuse([p("t9.st")], "empty")
-    refuse([p("missing.st")], "missing.st: cannot open")
-    # .npy inputs
+    refuse(db, [p("t9.st")], "empty")
+    refuse(db, [p("missing.st")], "missing.st: cannot open")
+
+
+def bad_npy_inputs(db, ok):
+    """.npy pairs: Fortran order, a missing half, big-endian, a lone file,
+    a truncated file."""
+    k, v = ok.k, ok.v
     np.save(p("f.keys.npy"), np.asfortranarray(k))
     np.save(p("f.values.npy"), v)
-    refuse([p("f.keys.npy")], "fortran_order")
+    refuse(db, [p("f.keys.npy")], "fortran_order")
     np.save(p("g.keys.npy"), k)
-    refuse([p("g.keys.npy")], "g.values.npy: cannot open")
+    refuse(db, [p("g.keys.npy")], "g.values.npy: cannot open")
     np.save(p("g.values.npy"), v.astype(">f4"))
-    refuse([p("g.keys.npy")], "'descr' is '>f4'")
+    refuse(db, [p("g.keys.npy")], "'descr' is '>f4'")
     np.save(p("h.npy"), k)
-    refuse([p("h.npy")], "X.keys.npy and X.values.npy")
+    refuse(db, [p("h.npy")], "X.keys.npy and X.values.npy")
     raw = open(p("c.keys.npy"), "rb").read()
     open(p("i.keys.npy"), "wb").write(raw[:-4])
     shutil.copy(p("c.values.npy"), p("i.values.npy"))
-    refuse([p("i.keys.npy")], "needs")
-    # a good file followed by a bad one: the whole command is refused
-    refuse([good, p("e7.st")], "NaN or Inf")
-    refuse([good], "no space 'nope'", extra=("--space", "nope"))
-    check(state(db) == before, "bad input changed the store")
+    refuse(db, [p("i.keys.npy")], "needs")
 
-    # query errors
+
+def bad_queries_and_commands(db, docs):
+    """Query, rm, space and stat errors."""
     qf = st_write(p("qbad1.st"), {"queries": np.zeros((2, Q - 1, D), np.float32)})
     run("query", db, "--q", qf, "--layer", "2", expect=1, msg="queries: shape [2,3,16] but the store has 4 q heads")
     qf = st_write(p("qbad2.st"), {"q": np.zeros((2, Q, D), np.float32)})
@@ -418,6 +451,21 @@ def bad_inputs(db, docs):
     run("rm", db, str(docs[0].id), "999999", expect=1, msg="nothing was deleted")
     run("space", db, "drop", "nope", expect=1, msg="no space 'nope'")
     run("stat", p("nowhere"), expect=1, msg="nowhere")
+
+
+def bad_inputs(db, docs):
+    """Every bad input is refused with exit 1, a message naming the problem, and no change."""
+    before = state(db)
+    ok = Doc(20)
+    good = st_write(p("good.safetensors"), {"keys": ok.k, "values": ok.v})
+    bad_tensor_contents(db, ok)
+    bad_safetensors_headers(db, ok, good)
+    bad_npy_inputs(db, ok)
+    # a good file followed by a bad one: the whole command is refused
+    refuse(db, [good, p("e7.st")], "NaN or Inf")
+    refuse(db, [good], "no space 'nope'", extra=("--space", "nope"))
+    check(state(db) == before, "bad input changed the store")
+    bad_queries_and_commands(db, docs)
     check(state(db) == before, "failed commands changed the store")
 
 
@@ -724,6 +772,106 @@ def test_edges(db, dump):
           f"stat readers and space: {st}")
 
 
+def test_documents():
+    """--meta, --where, --ttl (under the test clock MSADB_TEST_NOW), show,
+    ls, update, expire and rm by filter."""
+    db = p("docs")
+    run("init", db, *SIG, "--dtype", "f32")
+    t0 = 2000000000
+    at = lambda t: {"MSADB_TEST_NOW": str(t)}
+    red, blue, plain = Doc(24), Doc(30), Doc(20)
+    fr = multi_doc_file(p("red.safetensors"), [red])
+    fb = multi_doc_file(p("blue.safetensors"), [blue])
+    fp = multi_doc_file(p("plain.safetensors"), [plain])
+    red.id = jrun("ingest", db, fr, "--meta", "team=red", "--meta", "lang=en", env=at(t0))["documents"][0]["id"]
+    plain.id = jrun("ingest", db, fp, env=at(t0))["documents"][0]["id"]
+    check(jrun("stat", db)["format_version"] == 3, "no expiry yet: format 3")
+    blue.id = jrun("ingest", db, fb, "--meta", "team=blue", "--ttl", "1h", env=at(t0))["documents"][0]["id"]
+    check(jrun("stat", db)["format_version"] == 4, "a document with an expiry: format 4")
+
+    ls = {x["id"]: x for x in jrun("ls", db, env=at(t0))["documents"]}
+    check(ls[red.id]["meta"] == {"team": "red", "lang": "en"} and ls[red.id]["expires"] is None, f"ls {ls}")
+    check(ls[blue.id]["expires"] == t0 + 3600 and ls[plain.id]["meta"] is None, f"ls {ls}")
+    check([x["id"] for x in jrun("ls", db, "--where", "team=red", env=at(t0))["documents"]] == [red.id],
+          "ls --where")
+    check(jrun("ls", db, "--where", "team=red", "--where", "lang=fr", env=at(t0))["documents"] == [],
+          "--where terms are ANDed")
+    sh = jrun("show", db, str(blue.id), env=at(t0))
+    check(sh["expires"] == t0 + 3600 and sh["metadata"] == {"team": "blue"}, f"show {sh}")
+    r = run("show", db, str(red.id), env=at(t0))
+    check("meta     team=red\nmeta     lang=en\n" in r.stdout and "expires  never" in r.stdout, r.stdout)
+
+    # a filtered query attends the matching documents only: exact output
+    # equals dense attention over them
+    qs = rng.standard_normal((2, Q, D)).astype(np.float32)
+    qf = st_write(p("dq.safetensors"), {"queries": qs})
+    for where, docs in ((["--where", "team=red"], [red]), ([], [red, plain, blue])):
+        out, lse = query_out(db, qf, 2, "--exact", *where, env=at(t0))
+        ro, rl = ref_attend(qs, docs, 2)
+        close(out, ro, 1e-4, f"query --exact {where}")
+        close(lse, rl, 1e-4, f"query --exact {where} lse")
+
+    # past blue's expiry: every read ignores it at once, before any purge
+    later = at(t0 + 3600)
+    check(sorted(x["id"] for x in jrun("ls", db, env=later)["documents"]) == sorted([red.id, plain.id]),
+          "ls skips the expired document")
+    run("show", db, str(blue.id), env=later, expect=1,
+        msg=f"msadb: {db}: no document {blue.id} (msadb ls {db} lists them)")
+    out, lse = query_out(db, qf, 2, "--exact", env=later)
+    ro, rl = ref_attend(qs, [red, plain], 2)
+    close(out, ro, 1e-4, "query skips the expired document")
+    check(jrun("expire", db, env=later) == {"purged": 1}, "expire purges it")
+    check(jrun("expire", db, env=later) == {"purged": 0}, "expire again: nothing")
+    run("show", db, str(blue.id), env=at(t0), expect=1, msg="no document")
+    r = run("expire", db, env=later)
+    check(r.stdout == "purged 0 expired documents\n", f"expire output {r.stdout!r}")
+
+    # update: a new id, the old one deleted, metadata kept unless given
+    red2 = Doc(28)
+    f2 = multi_doc_file(p("red2.safetensors"), [red2])
+    u = jrun("update", db, str(red.id), f2)
+    check(u["replaced"] == red.id and len(u["documents"]) == 1 and u["documents"][0] != red.id, f"update {u}")
+    old_id, red2.id = red.id, u["documents"][0]
+    run("show", db, str(old_id), expect=1, msg="no document")
+    check(jrun("show", db, str(red2.id))["metadata"] == {"team": "red", "lang": "en"}, "update keeps --meta")
+    out, lse = query_out(db, qf, 2, "--exact", "--where", "team=red")
+    ro, rl = ref_attend(qs, [red2], 2)
+    close(out, ro, 1e-4, "query after update")
+    u = jrun("update", db, str(red2.id), f2, "--meta", "team=green", "--ttl", "2d", env=at(t0))
+    red2.id = u["documents"][0]
+    sh = jrun("show", db, str(red2.id), env=at(t0))
+    check(sh["metadata"] == {"team": "green"} and sh["expires"] == t0 + 2 * 86400, f"update --meta --ttl {sh}")
+    before = state(db, env=at(t0))
+    run("update", db, "999", f2, expect=1, msg=f"msadb: {db}: no document 999 (msadb ls {db} lists them); "
+        "nothing was changed")
+    two = multi_doc_file(p("two.safetensors"), [Doc(5), Doc(6)])
+    run("update", db, str(red2.id), two, expect=1,
+        msg=f"msadb: {two}: holds 2 documents; update replaces one document with one (use ingest and rm for more)")
+    check(state(db, env=at(t0)) == before, "failed updates change nothing")
+    run("update", db, str(red2.id), expect=2,
+        msg="msadb: update: give the new content as FILE or as --text TEXT (one of them)")
+
+    # rm by filter, alone and with --space
+    check(jrun("rm", db, "--where", "team=nobody")["deleted"] == [], "rm --where with no match")
+    check(jrun("rm", db, "--where", "team=green", "--space", "default", env=at(t0))["deleted"] == [red2.id],
+          "rm --where --space")
+    check([x["id"] for x in jrun("ls", db)["documents"]] == [plain.id], "rm --where left the others")
+    run("verify", db)
+
+    # bad values, verbatim
+    run("ingest", db, fp, "--meta", "team", expect=2,
+        msg="msadb: --meta: expected KEY=VALUE (KEY: 1..64 letters, digits and ._-:@/; VALUE: up to 1024 "
+            "bytes, no newline), got 'team'")
+    run("ingest", db, fp, "--meta", "a=1", "--meta", "a=2", expect=2, msg="msadb: --meta: key 'a' given twice")
+    run("ingest", db, fp, "--ttl", "3w", expect=2,
+        msg="msadb: --ttl: expected a duration such as 90s, 45m, 12h or 30d (at most 36600d), got '3w'")
+    run("ls", db, "--where", "x", expect=2, msg="msadb: --where: expected KEY=VALUE")
+    run("rm", db, "1", "--where", "a=b", expect=2,
+        msg="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both")
+    run("ingest", db, fp, "--where", "a=b", expect=2,
+        msg="msadb: ingest: option --where does not apply to this command")
+
+
 def main():
     try:
         test_usage()
@@ -735,6 +883,7 @@ def main():
         test_edges(db, p("dump.safetensors"))
         test_encryption()
         test_quantized_roundtrip()
+        test_documents()
     except AssertionError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         print(f"(files kept in {TMP})", file=sys.stderr)

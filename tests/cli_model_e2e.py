@@ -115,14 +115,51 @@ NOTES_PARAS = [
 CHARTER_MD = "# Charter\n\nThe club meets on the last Friday of each month.\n"
 
 
-def main():
-    model = make_model("m.gguf")
-    other = make_model("other.gguf", "--head-dim", "8")  # another signature
-    db = p("db")
-    doc_text = {}   # id -> text the document must hold
-    doc_space = {}  # id -> space
+class Fixture:
+    """Two models (m.gguf, and other.gguf of another head dim), the store path
+    and what the cases learn as they fill it: each document's text and
+    space, and the files, ids and titles that later cases check against."""
 
-    # ---------------------------------------------------------------- init
+    question = "When does the lamp oil run out?"
+
+    def __init__(self):
+        self.model = make_model("m.gguf")
+        self.other = make_model("other.gguf", "--head-dim", "8")  # another signature
+        self.db = p("db")
+        self.doc_text = {}   # id -> text the document must hold
+        self.doc_space = {}  # id -> space
+
+    def ask(self, *extra, q=None):
+        return jrun("query", self.db, "--model", self.model, *extra, q or self.question)
+
+    def check_spans(self, j, spaces=None, what=""):
+        """Every span of the answer j names a known document and its title, a
+        token range, and text that the document holds (from `spaces`)."""
+        doc_text, doc_space, titles = self.doc_text, self.doc_space, self.titles
+        check(isinstance(j["answer"], str) and isinstance(j["spans"], list), f"{what}: structure {j}")
+        check(set(j["timing_ms"]) == {"load", "first_text", "ask"}, f"{what}: timing {j['timing_ms']}")
+        check(j["spans_total"] >= len(j["spans"]), f"{what}: spans_total")
+        for s in j["spans"]:
+            check(set(s) == {"doc", "title", "token_start", "token_end", "score", "text"},
+                  f"{what}: span keys {s}")
+            check(s["doc"] in doc_text or s["title"].startswith("long.txt"), f"{what}: unknown doc {s}")
+            check(s["title"] == titles[s["doc"]], f"{what}: title of {s}")
+            check(0 <= s["token_start"] < s["token_end"], f"{what}: token range {s}")
+            if s["doc"] in doc_text:
+                check(s["text"] and s["text"] in doc_text[s["doc"]],
+                      f"{what}: span text {s['text']!r} not in document {s['doc']}")
+                if spaces:
+                    check(doc_space[s["doc"]] in spaces, f"{what}: span from space "
+                          f"{doc_space[s['doc']]}, asked {spaces}")
+            else:
+                check(s["text"] in self.long_text, f"{what}: long-text span")
+
+
+
+def test_init(fx):
+    """init --model: the signature from the model, options overriding it,
+    and init's refusals (nothing left behind)."""
+    model, db = fx.model, fx.db
     j = jrun("init", db, "--model", model, "--block", "16")
     sig = j["signature"]
     check(j["model"]["path"] == os.path.realpath(model) and len(j["model"]["blake2b"]) == 64
@@ -145,7 +182,11 @@ def main():
     run("init", p("x"), "--model", p("nope.gguf"), expect=1, msg="no such file")
     check(not os.path.exists(p("x")), "a failed init left a directory")
 
-    # ------------------------------------------------------------- ingest
+
+def test_ingest_files(fx):
+    """Text files into spaces: titles from file names, --split into
+    paragraphs titled by headings, --title."""
+    model, db, doc_text, doc_space = fx.model, fx.db, fx.doc_text, fx.doc_space
     run("space", db, "create", "alpha")
     run("space", db, "create", "beta")
     f_light = write("lighthouse.txt", LIGHTHOUSE)
@@ -184,9 +225,14 @@ def main():
     doc_text[j["documents"][1]["id"]] = "Second paragraph."
     for d in j["documents"]:
         doc_space[d["id"]] = "beta"
+    fx.f_light, fx.f_garden, fx.light_id, fx.garden_id = f_light, f_garden, light_id, garden_id
+    fx.notes_ids = notes_ids
 
-    # text longer than one document (4096 tokens): consecutive parts whose
-    # texts tile the file
+
+def test_ingest_long_text(fx):
+    """Text longer than one document (4096 tokens): consecutive parts whose
+    texts tile the file."""
+    model, db = fx.model, fx.db
     words = ["storm", "boat", "oil", "lamp", "keeper", "dusk", "sea", "rock", "gull", "tide"]
     long_text = " ".join(words[(i * 7 + i // 3) % 10] for i in range(1900)) + "\n"
     f_long = write("long.txt", long_text)
@@ -199,8 +245,14 @@ def main():
     check(sum(ls[d["id"]]["text_bytes"] for d in parts) == len(long_text.encode()),
           "the parts' texts tile the file")
     check(all(ls[d["id"]]["has_spans"] and ls[d["id"]]["has_tokens"] for d in parts), "spans kept")
+    fx.long_text, fx.f_long, fx.parts = long_text, f_long, parts
 
-    # the same text again is a no-op that says so (content hash, per space)
+
+def test_ingest_again(fx):
+    """The same text again is a no-op that says so (content hash, per
+    space); --commit-every with text commits every paragraph."""
+    model, db, doc_text, doc_space = fx.model, fx.db, fx.doc_text, fx.doc_space
+    f_light, light_id, f_long, parts = fx.f_light, fx.light_id, fx.f_long, fx.parts
     n_before = jrun("stat", db)["documents"]
     j = jrun("ingest", db, "--model", model, f_light, f_long)
     check(j["added"] == 0 and j["already_in_memory"] == 2, f"again: {j}")
@@ -228,15 +280,24 @@ def main():
         doc_space[d["id"]] = "gamma"
     run("verify", db)
 
-    # ls shows titles and tokens
+
+def test_ls(fx):
+    """ls shows titles and tokens."""
+    db, light_id, notes_ids = fx.db, fx.light_id, fx.notes_ids
     ls = jrun("ls", db)["documents"]
     titles = {d["id"]: d["title"] for d in ls}
     check(titles[light_id] == "lighthouse.txt" and titles[notes_ids[1]] == "Tides #1", "ls titles")
     table = run("ls", db, "--space", "alpha").stdout.splitlines()
-    check(table[0].split("\t") == ["id", "space", "tokens", "blocks", "created", "title"]
+    check(table[0].split("\t") == ["id", "space", "tokens", "blocks", "created", "expires", "meta", "title"]
           and len(table) == 1 + len(NOTES_PARAS) and "Birds #1" in table[4], f"ls table {table}")
+    fx.titles = titles
 
-    # -------------------------------------------------------------- errors
+
+def test_ingest_refused(fx):
+    """What cannot be ingested or asked is refused with a message naming
+    the cause, and the store is unchanged."""
+    model, other, db, f_light = fx.model, fx.other, fx.db, fx.f_light
+    f_garden = fx.f_garden
     before = state(db)
     empty = write("empty.txt", "")
     headings = write("headings.md", "# One\n\n## Two\n\n")
@@ -269,7 +330,12 @@ def main():
     run("query", p("nostore"), "--model", model, "hello", expect=1, msg="nostore")
     check(not os.path.exists(p("nostore")), "query created a directory")
     check(state(db) == before, "a failed command changed the store")
-    # usage errors
+    fx.latin = latin
+
+
+def test_usage_errors(fx):
+    """Usage errors: exit 2."""
+    model, db = fx.model, fx.db
     run("ingest", db, "--model", model, expect=2, msg="missing FILE")
     run("query", db, "--model", model, expect=2, msg="missing QUESTION")
     run("query", db, "--model", model, "a", "b", expect=2, msg="unexpected argument")
@@ -283,38 +349,22 @@ def main():
     run("query", db, "--model", model, "--max-tokens", "0", "q", expect=2, msg="--max-tokens")
     run("query", db, "--model", model, "--seed", "-1", "q", expect=2)
     run("init", p("x"), "--split", expect=2, msg="does not apply")
-    # --binary-ok overrides the text check
+
+
+def test_binary_ok(fx):
+    """--binary-ok overrides the text check."""
+    model, db, latin = fx.model, fx.db, fx.latin
     n_before = jrun("stat", db)["documents"]
     j = jrun("ingest", db, "--model", model, "--binary-ok", latin)
     check(j["added"] == 1, f"--binary-ok: {j}")
     run("rm", db, str(j["documents"][0]["id"]))
     check(jrun("stat", db)["documents"] == n_before, "removed again")
 
-    # --------------------------------------------------------------- query
-    question = "When does the lamp oil run out?"
 
-    def ask(*extra, q=question):
-        return jrun("query", db, "--model", model, *extra, q)
-
-    def check_spans(j, spaces=None, what=""):
-        check(isinstance(j["answer"], str) and isinstance(j["spans"], list), f"{what}: structure {j}")
-        check(set(j["timing_ms"]) == {"load", "first_text", "ask"}, f"{what}: timing {j['timing_ms']}")
-        check(j["spans_total"] >= len(j["spans"]), f"{what}: spans_total")
-        for s in j["spans"]:
-            check(set(s) == {"doc", "title", "token_start", "token_end", "score", "text"},
-                  f"{what}: span keys {s}")
-            check(s["doc"] in doc_text or s["title"].startswith("long.txt"), f"{what}: unknown doc {s}")
-            check(s["title"] == titles[s["doc"]], f"{what}: title of {s}")
-            check(0 <= s["token_start"] < s["token_end"], f"{what}: token range {s}")
-            if s["doc"] in doc_text:
-                check(s["text"] and s["text"] in doc_text[s["doc"]],
-                      f"{what}: span text {s['text']!r} not in document {s['doc']}")
-                if spaces:
-                    check(doc_space[s["doc"]] in spaces, f"{what}: span from space "
-                          f"{doc_space[s['doc']]}, asked {spaces}")
-            else:
-                check(s["text"] in long_text, f"{what}: long-text span")
-
+def test_query_answers(fx):
+    """A memory answer cites spans; greedy answers and seeded sampling are
+    deterministic."""
+    ask, check_spans = fx.ask, fx.check_spans
     j = ask("--max-tokens", "8")
     check(j["memory"] and j["spans"], f"memory answer cites spans: {j}")
     check_spans(j, what="default")
@@ -325,13 +375,22 @@ def main():
     s1 = ask("--max-tokens", "12", "--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
     s2 = ask("--max-tokens", "12", "--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
     check(s1["answer"] == s2["answer"], "sampling with one seed is deterministic")
-    # spaces: only cited from the spaces asked
+
+
+def test_query_spaces(fx):
+    """Spans are only cited from the spaces asked."""
+    doc_space, ask, check_spans = fx.doc_space, fx.ask, fx.check_spans
     j = ask("--space", "alpha", "--max-tokens", "4")
     check(j["spans"], "alpha spans")
     check_spans(j, spaces={"alpha"}, what="--space alpha")
     j = ask("--space", "alpha", "--space", "beta", "--max-tokens", "4")
     check_spans(j, spaces={"alpha", "beta"}, what="--space alpha --space beta")
     check({doc_space.get(s["doc"]) for s in j["spans"]} <= {"alpha", "beta"}, "two spaces")
+
+
+def test_query_selection(fx):
+    """--top-k, --exact and --select documents choose what is attended."""
+    notes_ids, ask, check_spans = fx.notes_ids, fx.ask, fx.check_spans
     # top-k: at most K blocks per kv head
     j = ask("--top-k", "1", "--max-tokens", "4")
     check_spans(j, what="--top-k 1")
@@ -344,6 +403,12 @@ def main():
     j = ask("--select", "documents", "--top-k", "2", "--space", "alpha", "--max-tokens", "4")
     check_spans(j, spaces={"alpha"}, what="--select documents")
     check(1 <= len({s["doc"] for s in j["spans"]}) <= 4, "documents mode")
+
+
+def test_query_modes(fx):
+    """--no-memory, --interleave, --query-pos, --summary."""
+    model, db, question, ask = fx.model, fx.db, fx.question, fx.ask
+    check_spans = fx.check_spans
     # no memory: no spans, and the answer may differ
     j = ask("--no-memory", "--max-tokens", "4")
     check(not j["memory"] and j["spans"] == [] and j["spans_total"] == 0, f"--no-memory: {j}")
@@ -359,7 +424,11 @@ def main():
     run("query", db, "--model", model, "--summary", "minmax", question, expect=1,
         msg="does not store minmax summaries")
 
-    # streaming form: the answer first (the same text as --json), then the spans
+
+def test_query_output(fx):
+    """The streaming form (the answer first, then the spans), --quiet, the
+    question on stdin, and the tensor form still running on this store."""
+    model, db, question, ask = fx.model, fx.db, fx.question, fx.ask
     r = run("query", db, "--model", model, "--max-tokens", "8", question)
     jj = ask("--max-tokens", "8")
     check(r.stdout.startswith(jj["answer"]), f"streamed answer {r.stdout[:80]!r} != {jj['answer']!r}")
@@ -378,9 +447,78 @@ def main():
     # the tensor form of query still runs on this store
     run("query", db, "--layer", "2", expect=2, msg="missing --q")
 
+
+def main():
+    fx = Fixture()
+    for case in (test_init, test_ingest_files, test_ingest_long_text, test_ingest_again, test_ls,
+                 test_ingest_refused, test_usage_errors, test_binary_ok, test_query_answers,
+                 test_query_spaces, test_query_selection, test_query_modes, test_query_output):
+        case(fx)
     # the store is sound
-    run("verify", db)
+    run("verify", fx.db)
+    test_documents(fx.model)
     print("cli_model_e2e: ok")
+
+
+def test_documents(model):
+    """Text documents with --meta and --ttl (test clock MSADB_TEST_NOW):
+    search and query routed among matching documents only, update --text,
+    expiry."""
+    db = p("docs")
+    run("init", db, "--model", model, "--block", "16")
+    t0 = 2000000000
+    env = dict(os.environ, MSADB_TEST_NOW=str(t0))
+
+    def at(t, *args, expect=0, msg=None):
+        r = subprocess.run([MSADB, *args], capture_output=True, text=True, errors="replace", timeout=300,
+                           env=dict(env, MSADB_TEST_NOW=str(t)))
+        check(r.returncode == expect, f"msadb {' '.join(args[:2])}: exit {r.returncode}: {r.stderr}")
+        if msg is not None:
+            check(msg in r.stderr, f"stderr lacks {msg!r}: {r.stderr}")
+        return json.loads(r.stdout) if "--json" in args and expect == 0 else r
+
+    a = write("d_a.txt", LIGHTHOUSE)
+    b = write("d_b.txt", GARDEN)
+    ida = at(t0, "ingest", db, a, "--meta", "topic=sea", "--json")["documents"][0]["id"]
+    idb = at(t0, "ingest", db, b, "--meta", "topic=garden", "--ttl", "90s", "--json")["documents"][0]["id"]
+    sh = at(t0, "show", db, str(idb), "--json")
+    check(sh["metadata"] == {"topic": "garden"} and sh["expires"] == t0 + 90, f"show {sh}")
+
+    question = "When does the lamp oil run out?"
+    for topic, doc in (("topic=sea", ida), ("topic=garden", idb)):
+        for cmd in (["search"], ["query", "--max-tokens", "2"]):
+            j = at(t0, *cmd, db, "--where", topic, "--top-k", "64", "--min-score", "-1000", question, "--json")
+            check(j["spans"] and {x["doc"] for x in j["spans"]} == {doc},
+                  f"{cmd[0]} --where {topic}: spans {j['spans']}")
+    j = at(t0, "search", db, "--where", "topic=none", question, "--json", expect=3)
+    # past the garden note's expiry, search no longer finds it, before any purge
+    j = at(t0 + 90, "search", db, "--top-k", "64", "--min-score", "-1000", question, "--json")
+    check({x["doc"] for x in j["spans"]} == {ida}, f"expired document searched: {j['spans']}")
+    check(at(t0 + 90, "expire", db, "--json") == {"purged": 1}, "expire")
+
+    # update --text: a new id, the old one deleted, metadata kept
+    u = at(t0, "update", db, str(ida), "--text", "The lamp oil lasts until Monday.", "--json")
+    new = u["documents"][0]
+    check(u["replaced"] == ida and new != ida, f"update {u}")
+    sh = at(t0, "show", db, str(new), "--json")
+    check(sh["text"] == "The lamp oil lasts until Monday." and sh["metadata"] == {"topic": "sea"}
+          and sh["title"] == "d_a.txt", f"updated document {sh}")
+    at(t0, "show", db, str(ida), expect=1, msg="no document")
+    # the same content again: the old document gives its key up, so the
+    # update is not taken for a duplicate
+    u = at(t0, "update", db, str(new), "--text", "The lamp oil lasts until Monday.", "--json")
+    check(u["replaced"] == new and u["documents"][0] != new, f"update with the same text {u}")
+    new = u["documents"][0]
+    # content another document holds already: nothing changes
+    other = at(t0, "ingest", db, write("d_c.txt", GARDEN), "--json")["documents"][0]["id"]
+    at(t0, "update", db, str(new), "--text", GARDEN, expect=1,
+       msg=f"msadb: {db}: update: the new content is already in the store as document {other}; "
+           f"document {new} was kept (nothing was changed)")
+    check(at(t0, "show", db, str(new), "--json")["text"] == "The lamp oil lasts until Monday.",
+          "a refused update keeps the document")
+    r = at(t0, "update", db, "77", "--text", "x", expect=1,
+           msg=f"msadb: {db}: no document 77 (msadb ls {db} lists them); nothing was changed")
+    run("verify", db)
 
 
 if __name__ == "__main__":

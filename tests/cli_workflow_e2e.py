@@ -9,6 +9,7 @@ spans query cites), abstaining (--min-score: exit 3, "not in memory"),
 show, vacuum (the data file shrinks after rm), doctor, the flags -m, -n,
 --temp, --blocks, and every error message of these paths, verbatim.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -49,20 +50,31 @@ def check(cond, what):
         raise AssertionError(what)
 
 
-def main():
-    docs = sorted(os.path.join(DEMO, f) for f in os.listdir(DEMO)
-                  if f.endswith(".txt") and f != "questions.txt")
-    db = "notes"
-    # ------------------------------------------------ a store bound to its model
-    j = jrun("init", db, "-m", MODEL)
+class Fixture:
+    """The store "notes" bound to the bundled model (init -m) holding the
+    demo documents, and what the cases compare against: the init report,
+    the ids, one answered question and its search."""
+
+    def __init__(self):
+        self.docs = sorted(os.path.join(DEMO, f) for f in os.listdir(DEMO)
+                           if f.endswith(".txt") and f != "questions.txt")
+        self.db = "notes"
+        self.init = jrun("init", self.db, "-m", MODEL)
+        self.ids = [d["id"] for d in jrun("ingest", self.db, *self.docs)["documents"]]  # no --model
+        self.q = "What is the alarm code of room 568?"
+        self.ans = jrun("query", self.db, "-n", "16", "--blocks", "4", self.q)
+        self.search = jrun("search", self.db, "--blocks", "4", self.q)
+
+
+def test_bound_model(fx):
+    """init --model records the model; ingest and query use it; the short,
+    llama.cpp and long spellings agree; a copy of the model is the model."""
+    db, q, j = fx.db, fx.q, fx.init
     check(j["model"]["path"] == MODEL and j["model"]["file_size"] == os.path.getsize(MODEL), f"init: {j}")
-    import hashlib
     check(j["model"]["blake2b"] == hashlib.blake2b(open(MODEL, "rb").read(), digest_size=32).hexdigest(),
           "the recorded hash is BLAKE2b-256 of the file")
-    ids = [d["id"] for d in jrun("ingest", db, *docs)["documents"]]  # no --model: the store's
-    check(len(ids) == len(docs), "ingest through the store's model")
-    q = "What is the alarm code of room 568?"
-    ans = jrun("query", db, "-n", "16", "--blocks", "4", q)
+    check(len(fx.ids) == len(fx.docs), "ingest through the store's model")
+    ans = fx.ans
     check("2100" in ans["answer"], f"answer with the store's model: {ans['answer']!r}")
     # the same with llama.cpp's spellings and the long ones
     ans2 = jrun("query", db, "--max-tokens", "16", "--top-k", "4", "--temperature", "0", q)
@@ -71,39 +83,56 @@ def main():
     # a copy of the model elsewhere with the same bytes is the same model
     shutil.copy(MODEL, p("copy.gguf"))
     run("query", db, "-m", "copy.gguf", "-n", "4", q)
-    # another model of the same shape: refused unless --force-model
+
+
+def test_other_model(fx):
+    """Another model of the same shape: refused unless --force-model."""
+    db, q = fx.db, fx.q
     with open(p("other.gguf"), "wb") as f:
         f.write(open(MODEL, "rb").read() + b"\0")
-    h_store = j["model"]["blake2b"][:16]
+    h_store = fx.init["model"]["blake2b"][:16]
     h_other = hashlib.blake2b(open(p("other.gguf"), "rb").read(), digest_size=32).hexdigest()[:16]
     refusal = (f"msadb: notes: the store was made with model {MODEL} (blake2b {h_store}...), not "
                f"other.gguf (blake2b {h_other}...): same shape, other weights, so its memory would "
                f"not match; use that model, or --force-model")
     run("query", db, "-m", "other.gguf", q, expect=1, err=refusal)
     run("search", db, "-m", "other.gguf", q, expect=1, err=refusal)
-    run("ingest", db, "-m", "other.gguf", docs[0], expect=1,
+    run("ingest", db, "-m", "other.gguf", fx.docs[0], expect=1,
         err=refusal)
     run("query", db, "-m", "other.gguf", "--force-model", "-n", "2", q)
-    # MSADB_MODEL for a store that records no model
+
+
+def test_model_env(fx):
+    """MSADB_MODEL for a store that records no model."""
+    q = fx.q
     run("init", "bare", "--layers", "8", "--kv-heads", "3", "--q-heads", "6", "--head-dim", "64")
     run("query", "bare", q, expect=1,
         err="msadb: bare: no model: the store records none (it was made with --layers ... or by "
             "an older msadb); give -m M.gguf or set MSADB_MODEL")
-    run("ingest", "bare", docs[0], expect=1,
+    run("ingest", "bare", fx.docs[0], expect=1,
         err="msadb: bare: no model: the store records none (it was made with --layers ... or by "
             "an older msadb); give -m M.gguf or set MSADB_MODEL")
-    run("ingest", "bare", docs[0], env={"MSADB_MODEL": MODEL})
-    # ------------------------------------------------------------- search
-    s = jrun("search", db, "--blocks", "4", q)
+    run("ingest", "bare", fx.docs[0], env={"MSADB_MODEL": MODEL})
+
+
+def test_search(fx):
+    """search: best first, the fact cited, the spans query cites; the table."""
+    db, q, s = fx.db, fx.q, fx.search
     check(s["question"] == q and s["spans"], f"search: {s}")
     top = s["spans"][0]
     check(top["title"] == "music-room.txt" and "2100" in top["text"], f"search cites the fact: {top}")
     check(all(a["score"] >= b["score"] for a, b in zip(s["spans"], s["spans"][1:])), "best first")
-    check(s["spans"] == ans["spans"], "search returns the spans query cites")
+    check(s["spans"] == fx.ans["spans"], "search returns the spans query cites")
     table = run("search", db, "--blocks", "4", q).stdout.splitlines()
     check(table[0].split("\t") == ["doc", "tokens", "score", "title", "text"] and
           len(table) == 1 + len(s["spans"]) and "music-room.txt" in table[1], f"search table {table}")
-    # ------------------------------------------------------------ abstain
+
+
+def test_abstain(fx):
+    """--min-score between an unanswerable and an answerable question: exit 3
+    and "not in memory" for the one, an answer for the other."""
+    db, q = fx.db, fx.q
+    top = fx.search["spans"][0]
     unanswerable = "What is the name of Susan Clark's parrot?"
     best_un = jrun("search", db, unanswerable)["spans"][0]["score"]
     check(best_un < top["score"], "an unanswerable question scores below an answerable one")
@@ -121,7 +150,11 @@ def main():
     check(r.stdout == "", "search prints nothing when nothing scores")
     check(all(x["score"] >= t for x in jrun("search", db, "--min-score", "%.3f" % t, q)["spans"]),
           "search --min-score keeps the spans above it")
-    # ---------------------------------------------------------- rm --space
+
+
+def test_rm_space(fx):
+    """rm --space deletes that space's documents only."""
+    db, docs, ids = fx.db, fx.docs, fx.ids
     run("space", db, "create", "scratch")
     scratch = [d["id"] for d in jrun("ingest", db, "--space", "scratch", docs[0], docs[1])["documents"]]
     check(jrun("rm", db, "--space", "scratch")["deleted"] == scratch, "rm --space deletes the space's documents")
@@ -131,9 +164,13 @@ def main():
     run("rm", db, "--space", "nope", expect=1,
         err="msadb: notes: no space 'nope' (create it with: msadb space notes create nope)")
     run("rm", db, "--space", "scratch", "3", expect=2,
-        err="msadb: rm: give DOC ids or --space S, not both\n"
+        err="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both\n"
             "usage: msadb rm ... (run 'msadb help rm')")
-    # --------------------------------------------------------------- show
+
+
+def test_show(fx):
+    """show: metadata, blocks and text of one document."""
+    db, docs, ids = fx.db, fx.docs, fx.ids
     sh = jrun("show", db, str(ids[1]))
     check(sh["title"] == os.path.basename(docs[1]) and sh["text"] == open(docs[1]).read() and
           sh["block_count"] == len(sh["blocks"]) and sh["blocks"][-1]["token_end"] == sh["tokens"],
@@ -142,13 +179,17 @@ def main():
     check(out.startswith(f"id       {ids[1]}\n") and open(docs[1]).read() in out, "show text")
     run("show", db, "999", expect=1, err="msadb: notes: no document 999 (msadb ls notes lists them)")
     run("show", db, "x", expect=2)
-    # ------------------------------------------------------------- vacuum
+
+
+def test_vacuum(fx):
+    """vacuum: the data file shrinks after rm; documents and answers kept."""
+    db, docs, ids, q = fx.db, fx.docs, fx.ids, fx.q
     for i in range(6):  # the same texts in another space are new documents
         run("space", db, "create", f"bulk{i}")
         run("ingest", db, "--space", f"bulk{i}", *docs)
     every = [d["id"] for d in jrun("ls", db)["documents"]]
     run("rm", db, *[str(i) for i in every if i not in ids])
-    c = jrun("compact", db)
+    jrun("compact", db)
     v = jrun("vacuum", db)
     check(v["bytes_after"] < v["bytes_before"] and
           v["bytes_after"] == os.path.getsize(p(db, "data.mdb")), f"vacuum {v}")
@@ -159,7 +200,12 @@ def main():
     run("vacuum", "nowhere", expect=1,
         err="msadb: nowhere: no such file or directory (create a store with 'msadb init nowhere "
             "--model M.gguf')")
-    # ------------------------------------------- messages naming the cause
+
+
+def test_messages(fx):
+    """Messages naming the cause: a missing store, a file that is not GGUF, a
+    missing model, flags that do not fit, an unimplemented pre-tokenizer."""
+    db, q = fx.db, fx.q
     run("query", "nowhere", q, expect=1,
         err="msadb: nowhere: no such file or directory (create a store with 'msadb init nowhere "
             "--model M.gguf')")
@@ -173,7 +219,10 @@ def main():
     run("query", db, "--q", "x.st", "--layer", "4", "-n", "3", expect=2,
         err="msadb: query: --max-tokens applies to a question, not to query vectors (--q)\n"
             "usage: msadb query ... (run 'msadb help query')")
-    # a llama GGUF whose only problem is its pre-tokenizer
+
+
+def test_pre_tokenizer():
+    """A llama GGUF whose only problem is its pre-tokenizer."""
     # (a small llama model whose tokenizer names GPT-2 BPE with llama-bpe's
     # pre-tokenizer: everything else about it loads)
     maker = ("import sys; sys.path.insert(0, sys.argv[1]); from memmodel import gguf, make_test_model as m\n"
@@ -192,14 +241,27 @@ def main():
     run("init", "bpe", "-m", "bpe.gguf", expect=1,
         err="msadb: --model bpe.gguf: its pre-tokenizer 'llama-bpe' (tokenizer.ggml.pre) is not "
             "implemented: only GPT-2's ('default', 'gpt-2') is; the rest of the model is supported")
-    # ------------------------------------------------------------- doctor
+
+
+def test_doctor():
+    """doctor: what is installed; a bad MSADB_MODEL is reported."""
     d = jrun("doctor", "-m", MODEL)
     check(d["model"]["loads"] and d["model"]["shape"]["layers"] > 0 and d["runtime"] and
           d["format_version"] >= 1 and d["blas_threads"] >= 1 and os.path.exists(d["library"]),
           f"doctor: {d}")
-    d = jrun("doctor", expect=1, env={"MSADB_MODEL": p("picture.png")})
+    open(p("doctor.png"), "wb").write(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    d = jrun("doctor", expect=1, env={"MSADB_MODEL": p("doctor.png")})
     check(not d["model"]["loads"] and d["model"]["from"] == "MSADB_MODEL" and
           "not a GGUF file" in d["model"]["error"], f"doctor with a bad model: {d}")
+
+
+def main():
+    fx = Fixture()
+    for case in (test_bound_model, test_other_model, test_model_env, test_search, test_abstain,
+                 test_rm_space, test_show, test_vacuum, test_messages):
+        case(fx)
+    test_pre_tokenizer()
+    test_doctor()
     print("cli_workflow_e2e: ok")
 
 

@@ -523,64 +523,90 @@ static void test_flips(void)
 }
 
 /* Bytes that pass the CRC (as an attacker can arrange) but break a
- * structural rule: each must be refused with ECORRUPT, outputs untouched. */
-static void test_hostile(void)
+ * structural rule: each must be refused with ECORRUPT, outputs untouched.
+ * The cases below share the block shape of HOSTILE_N tokens of HOSTILE_D. */
+enum { HOSTILE_N = 6, HOSTILE_D = 10 };
+
+/* Fixture: a hand-built int8 block (f32 parameters, stored raw, no zstd,
+ * unshuffled) with the CRC fixed up; variant 0 is well formed, 1..8 each
+ * break one rule (non-finite or negative parameters, an overflowing top
+ * code, an unknown flag, the reserved byte, the raw length, the dtype).
+ * Returns the block's length. */
+static size_t hostile_int8_block(uint8_t *blk, int variant)
 {
-    const uint32_t n = 6, d = 10;
+    const uint32_t n = HOSTILE_N, d = HOSTILE_D;
     const size_t nd = (size_t)n * d;
-    float *Ko = falloc(nd), *Vo = falloc(nd);
-    uint8_t blk[1024];
-
-    /* hand-built int8 block: f32 parameters, stored raw (no zstd), unshuffled */
-    for (int variant = 0; variant < 9; variant++) {
-        size_t raw_len = 2 * d * 4 + 2 * n * 4 + 2 * nd;
-        uint8_t *p = blk + 24;
-        for (size_t i = 0; i < d; i++) {
-            float m = -1.0f, s = 0.01f;
-            if (variant == 1 && i == 3)
-                m = INFINITY;
-            if (variant == 2 && i == 4)
-                s = NAN;
-            if (variant == 3 && i == 5)
-                s = -0.5f;
-            if (variant == 4 && i == 6)
-                m = 3.0e38f, s = 1e37f; /* top code overflows */
-            memcpy(p + 4 * i, &m, 4);
-            memcpy(p + 4 * (d + i), &s, 4);
-        }
-        for (size_t t = 0; t < n; t++) {
-            float m = 0.0f, s = 1.0f / 255.0f;
-            memcpy(p + 8 * d + 4 * t, &m, 4);
-            memcpy(p + 8 * d + 4 * (n + t), &s, 4);
-        }
-        memset(p + 8 * d + 8 * n, 0x80, 2 * nd);
-        uint8_t flags = F_KPAR32 | F_VPAR32;
-        uint8_t dtype = MSADB_DTYPE_INT8, reserved = 0;
-        uint32_t rl = (uint32_t)raw_len, nn = n, dd = d;
-        if (variant == 5)
-            flags |= 32; /* unknown flag */
-        if (variant == 6)
-            reserved = 1;
-        if (variant == 7)
-            rl -= 1;
-        if (variant == 8)
-            dtype = 5;
-        memcpy(blk, "MSB1", 4);
-        blk[4] = 1, blk[5] = dtype, blk[6] = flags, blk[7] = reserved;
-        msadb_put_le16(blk + 8, (uint16_t)nn);
-        msadb_put_le16(blk + 10, (uint16_t)dd);
-        msadb_put_le32(blk + 12, rl);
-        msadb_put_le32(blk + 16, (uint32_t)raw_len);
-        fix_crc(blk, 24 + raw_len);
-        if (variant == 0) { /* the well-formed one decodes, to the formula */
-            CHECK_OK(msadb_block_decode(C, blk, 24 + raw_len, d, n, NULL, NULL, 0, Ko, Vo, NULL));
-            CHECK(same_bits(Ko[0], fmaf(128.0f, 0.01f, -1.0f)) &&
-                  same_bits(Vo[0], fmaf(128.0f, 1.0f / 255.0f, 0.0f)));
-        } else {
-            CHECK(decode_fails(blk, 24 + raw_len, d, n, NULL, NULL, 0) == MSADB_ECORRUPT);
-        }
+    size_t raw_len = 2 * d * 4 + 2 * n * 4 + 2 * nd;
+    uint8_t *p = blk + 24;
+    for (size_t i = 0; i < d; i++) {
+        float m = -1.0f, s = 0.01f;
+        if (variant == 1 && i == 3)
+            m = INFINITY;
+        if (variant == 2 && i == 4)
+            s = NAN;
+        if (variant == 3 && i == 5)
+            s = -0.5f;
+        if (variant == 4 && i == 6)
+            m = 3.0e38f, s = 1e37f; /* top code overflows */
+        memcpy(p + 4 * i, &m, 4);
+        memcpy(p + 4 * (d + i), &s, 4);
     }
+    for (size_t t = 0; t < n; t++) {
+        float m = 0.0f, s = 1.0f / 255.0f;
+        memcpy(p + 8 * d + 4 * t, &m, 4);
+        memcpy(p + 8 * d + 4 * (n + t), &s, 4);
+    }
+    memset(p + 8 * d + 8 * n, 0x80, 2 * nd);
+    uint8_t flags = F_KPAR32 | F_VPAR32;
+    uint8_t dtype = MSADB_DTYPE_INT8, reserved = 0;
+    uint32_t rl = (uint32_t)raw_len, nn = n, dd = d;
+    if (variant == 5)
+        flags |= 32; /* unknown flag */
+    if (variant == 6)
+        reserved = 1;
+    if (variant == 7)
+        rl -= 1;
+    if (variant == 8)
+        dtype = 5;
+    memcpy(blk, "MSB1", 4);
+    blk[4] = 1, blk[5] = dtype, blk[6] = flags, blk[7] = reserved;
+    msadb_put_le16(blk + 8, (uint16_t)nn);
+    msadb_put_le16(blk + 10, (uint16_t)dd);
+    msadb_put_le32(blk + 12, rl);
+    msadb_put_le32(blk + 16, (uint32_t)raw_len);
+    fix_crc(blk, 24 + raw_len);
+    return 24 + raw_len;
+}
 
+/* The well-formed hand-built block decodes, to the formula. */
+static void test_hostile_int8_wellformed(void)
+{
+    const uint32_t n = HOSTILE_N, d = HOSTILE_D;
+    float *Ko = falloc((size_t)n * d), *Vo = falloc((size_t)n * d);
+    uint8_t blk[1024];
+    size_t len = hostile_int8_block(blk, 0);
+    CHECK_OK(msadb_block_decode(C, blk, len, d, n, NULL, NULL, 0, Ko, Vo, NULL));
+    CHECK(same_bits(Ko[0], fmaf(128.0f, 0.01f, -1.0f)) &&
+          same_bits(Vo[0], fmaf(128.0f, 1.0f / 255.0f, 0.0f)));
+    free(Ko);
+    free(Vo);
+}
+
+/* Each broken variant of the hand-built block is refused. */
+static void test_hostile_int8_broken(void)
+{
+    uint8_t blk[1024];
+    for (int variant = 1; variant < 9; variant++) {
+        size_t len = hostile_int8_block(blk, variant);
+        CHECK(decode_fails(blk, len, HOSTILE_D, HOSTILE_N, NULL, NULL, 0) == MSADB_ECORRUPT);
+    }
+}
+
+/* Header fields of a real block of every dtype changed with the CRC fixed
+ * up; n_tok above max_tok; a head_dim other than the expected one. */
+static void test_hostile_header_fields(void)
+{
+    const uint32_t n = HOSTILE_N, d = HOSTILE_D;
     float K[60], V[60];
     gen_kv(K, V, n, d);
     for (int dt = 0; dt <= MSADB_DTYPE_Q4; dt++) {
@@ -612,7 +638,12 @@ static void test_hostile(void)
         CHECK(decode_fails(b, len, d + 1, n, NULL, NULL, 0) == MSADB_ECORRUPT);
         free(b);
     }
-    /* zstd frames that are not exactly one frame of exactly raw_len bytes */
+}
+
+/* zstd frames that are not exactly one frame of exactly raw_len bytes are
+ * refused; the same bytes recompressed at another level decode. */
+static void test_hostile_zstd_frames(void)
+{
     for (int dt = 0; dt <= MSADB_DTYPE_Q4; dt++) {
         float zk[16 * 16], zv[16 * 16];
         for (size_t i = 0; i < 256; i++)
@@ -657,36 +688,38 @@ static void test_hostile(void)
         CHECK_OK(msadb_block_decode(C, m, 24 + z, 16, 16, NULL, NULL, 0, fail_k, fail_v, NULL));
         free(b);
     }
-    /* a tiny block marked encrypted: too short to hold nonce and tag */
-    {
-        float k1[1] = {1}, v1[1] = {2};
-        size_t len;
-        uint8_t *b = encode_new(MSADB_DTYPE_F16, k1, v1, 1, 1, &len, NULL, NULL);
-        b[6] |= MSADB_BLOCK_F_ENCRYPTED;
-        fix_crc(b, len);
-        CHECK(decode_fails(b, len, 1, 1, KEY, AD, sizeof AD) == MSADB_ECORRUPT);
-        free(b);
-    }
-    /* a non-finite f16 element or a set q4 padding nibble, stored raw */
-    {
-        float k1[3] = {1, 2, 3}, v1[3] = {4, 5, 6};
-        size_t len;
-        uint8_t *b = encode_new(MSADB_DTYPE_F16, k1, v1, 1, 3, &len, NULL, NULL);
-        CHECK(!(b[6] & MSADB_BLOCK_F_ZSTD)); /* too small to compress */
-        b[24 + 6 + 1] = 0x7c; /* K[1]'s high byte (shuffled plane 1): inf or nan */
-        fix_crc(b, len);
-        CHECK(decode_fails(b, len, 3, 1, NULL, NULL, 0) == MSADB_ECORRUPT);
-        free(b);
-        b = encode_new(MSADB_DTYPE_Q4, k1, v1, 1, 3, &len, NULL, NULL);
-        CHECK(!(b[6] & MSADB_BLOCK_F_ZSTD));
-        /* raw: kpar 2*3*2, vpar 2*1*2, kq 2 bytes, vq 2 bytes */
-        b[24 + 12 + 4 + 1] |= 0x10;
-        fix_crc(b, len);
-        CHECK(decode_fails(b, len, 3, 1, NULL, NULL, 0) == MSADB_ECORRUPT);
-        free(b);
-    }
-    free(Ko);
-    free(Vo);
+}
+
+/* A tiny block marked encrypted: too short to hold nonce and tag. */
+static void test_hostile_tiny_sealed(void)
+{
+    float k1[1] = {1}, v1[1] = {2};
+    size_t len;
+    uint8_t *b = encode_new(MSADB_DTYPE_F16, k1, v1, 1, 1, &len, NULL, NULL);
+    b[6] |= MSADB_BLOCK_F_ENCRYPTED;
+    fix_crc(b, len);
+    CHECK(decode_fails(b, len, 1, 1, KEY, AD, sizeof AD) == MSADB_ECORRUPT);
+    free(b);
+}
+
+/* A non-finite f16 element or a set q4 padding nibble, stored raw. */
+static void test_hostile_raw_elements(void)
+{
+    float k1[3] = {1, 2, 3}, v1[3] = {4, 5, 6};
+    size_t len;
+    uint8_t *b = encode_new(MSADB_DTYPE_F16, k1, v1, 1, 3, &len, NULL, NULL);
+    CHECK(!(b[6] & MSADB_BLOCK_F_ZSTD)); /* too small to compress */
+    b[24 + 6 + 1] = 0x7c; /* K[1]'s high byte (shuffled plane 1): inf or nan */
+    fix_crc(b, len);
+    CHECK(decode_fails(b, len, 3, 1, NULL, NULL, 0) == MSADB_ECORRUPT);
+    free(b);
+    b = encode_new(MSADB_DTYPE_Q4, k1, v1, 1, 3, &len, NULL, NULL);
+    CHECK(!(b[6] & MSADB_BLOCK_F_ZSTD));
+    /* raw: kpar 2*3*2, vpar 2*1*2, kq 2 bytes, vq 2 bytes */
+    b[24 + 12 + 4 + 1] |= 0x10;
+    fix_crc(b, len);
+    CHECK(decode_fails(b, len, 3, 1, NULL, NULL, 0) == MSADB_ECORRUPT);
+    free(b);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -965,7 +998,12 @@ int main(void)
     test_extremes();
     test_f16_conversion();
     test_flips();
-    test_hostile();
+    test_hostile_int8_wellformed();
+    test_hostile_int8_broken();
+    test_hostile_header_fields();
+    test_hostile_zstd_frames();
+    test_hostile_tiny_sealed();
+    test_hostile_raw_elements();
     test_seal();
     test_version_and_limits();
     test_reuse();

@@ -237,12 +237,14 @@ static void variant_u64(const base *B, size_t at, uint64_t v, int want, const ch
 /* tests                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static void test_base(void)
+/* The fixture of the cases below is make_base's file (B). */
+
+/* Metadata, arrays and tensors of the well-formed file read back; wrong
+ * types, ranges and buffer sizes are refused. */
+static void test_base_read(base *B)
 {
-    base B;
-    make_base(&B);
     msadb_gguf *g;
-    CHECK_OK(open_buf(&B.b, &g));
+    CHECK_OK(open_buf(&B->b, &g));
     CHECK(msadb_gguf_n_kv(g) == 3 && msadb_gguf_n_tensors(g) == 2);
     CHECK(msadb_gguf_alignment(g) == 32);
     int64_t v;
@@ -283,166 +285,204 @@ static void test_base(void)
     CHECK_OK(msadb_gguf_to_f32(t, 2, 6, f));
     CHECK(f[0] == -1.5f && f[5] == 3.5f);
     CHECK_RC(msadb_gguf_get_tensor(g, "t2", &t), MSADB_ENOTFOUND);
-    CHECK(msadb_gguf_data_offset(g) == B.b.n - 32 - 34);
+    CHECK(msadb_gguf_data_offset(g) == B->b.n - 32 - 34);
     msadb_gguf_close(g);
+}
 
-    /* every truncation is refused */
-    for (size_t cut = 0; cut < B.b.n; cut++) {
-        CHECK_RC(msadb_gguf_open_memory(B.b.p, cut, &g), MSADB_ECORRUPT);
+/* Every truncation is refused. */
+static void test_base_truncations(base *B)
+{
+    msadb_gguf *g;
+    for (size_t cut = 0; cut < B->b.n; cut++) {
+        CHECK_RC(msadb_gguf_open_memory(B->b.p, cut, &g), MSADB_ECORRUPT);
         CHECK(g == NULL);
     }
     CHECK_RC(msadb_gguf_open_memory(NULL, 0, &g), MSADB_ECORRUPT);
     CHECK_RC(msadb_gguf_open_memory(NULL, 5, &g), MSADB_EINVAL);
+}
 
-    /* header */
-    variant_u32(&B, 0, 0x46554746u, MSADB_ECORRUPT, "bad magic");
-    variant_u32(&B, 4, 2, MSADB_EVERSION, "version 2");
-    variant_u32(&B, 4, 4, MSADB_EVERSION, "version 4");
-    variant_u32(&B, 4, 0x03000000u, MSADB_EVERSION, "big-endian version");
-    variant_u64(&B, 8, 3, MSADB_ECORRUPT, "one tensor too many");
-    variant_u64(&B, 8, UINT64_MAX, MSADB_ECORRUPT, "huge tensor count");
-    variant_u64(&B, 8, (uint64_t)1 << 62, MSADB_ECORRUPT, "huge tensor count 2");
-    variant_u64(&B, 16, 4, MSADB_ECORRUPT, "one kv too many");
-    variant_u64(&B, 16, UINT64_MAX, MSADB_ECORRUPT, "huge kv count");
-    variant_u64(&B, 16, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge kv count 2");
+/* The header's fields changed. */
+static void test_base_header(base *B)
+{
+    variant_u32(B, 0, 0x46554746u, MSADB_ECORRUPT, "bad magic");
+    variant_u32(B, 4, 2, MSADB_EVERSION, "version 2");
+    variant_u32(B, 4, 4, MSADB_EVERSION, "version 4");
+    variant_u32(B, 4, 0x03000000u, MSADB_EVERSION, "big-endian version");
+    variant_u64(B, 8, 3, MSADB_ECORRUPT, "one tensor too many");
+    variant_u64(B, 8, UINT64_MAX, MSADB_ECORRUPT, "huge tensor count");
+    variant_u64(B, 8, (uint64_t)1 << 62, MSADB_ECORRUPT, "huge tensor count 2");
+    variant_u64(B, 16, 4, MSADB_ECORRUPT, "one kv too many");
+    variant_u64(B, 16, UINT64_MAX, MSADB_ECORRUPT, "huge kv count");
+    variant_u64(B, 16, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge kv count 2");
     /* one tensor too few: the second's entry is read as padding, and t0
      * alone is a valid file */
-    variant_u64(&B, 8, 1, 0, "one tensor too few");
-    /* metadata */
-    variant_u64(&B, B.kv0_keylen, UINT64_MAX, MSADB_ECORRUPT, "huge key length");
-    variant_u64(&B, B.kv0_keylen, (uint64_t)1 << 63, MSADB_ECORRUPT, "huge key length 2");
-    variant_u64(&B, B.kv0_keylen, 0, MSADB_ECORRUPT, "empty key");
-    variant_u32(&B, B.kv1_type, 13, MSADB_ECORRUPT, "unknown value type");
-    variant_u32(&B, B.kv1_type, UINT32_MAX, MSADB_ECORRUPT, "unknown value type 2");
-    variant_u32(&B, B.kv1_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "value type wider than value");
-    variant_u32(&B, B.arr_type, MSADB_GGUF_ARRAY, MSADB_ECORRUPT, "nested array");
-    variant_u32(&B, B.arr_type, 77, MSADB_ECORRUPT, "unknown element type");
-    variant_u32(&B, B.arr_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "array elements too wide");
-    variant_u64(&B, B.arr_count, UINT64_MAX, MSADB_ECORRUPT, "huge array count");
-    variant_u64(&B, B.arr_count, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge array count 2");
-    variant_u64(&B, B.strarr_elem0_len, UINT64_MAX - 3, MSADB_ECORRUPT, "huge string in array");
-    variant_u64(&B, B.strarr_elem0_len, 1000, MSADB_ECORRUPT, "long string in array");
-    /* tensor table */
-    variant_u32(&B, B.t0_ndims, 0, MSADB_ECORRUPT, "0 dims");
-    variant_u32(&B, B.t0_ndims, 5, MSADB_ECORRUPT, "5 dims");
-    variant_u32(&B, B.t0_ndims, UINT32_MAX, MSADB_ECORRUPT, "huge dims");
-    variant_u64(&B, B.t0_ne0, (uint64_t)1 << 32, MSADB_ECORRUPT, "tensor past the end");
-    variant_u64(&B, B.t0_ne0, (uint64_t)INT64_MAX + 1, MSADB_ECORRUPT, "dim above int64");
-    variant_u64(&B, B.t0_ne0, (uint64_t)1 << 62, MSADB_ECORRUPT, "product overflow");
-    variant_u64(&B, B.t0_ne0, 0, 0, "empty tensor is fine");
-    variant_u32(&B, B.t0_type, 99, MSADB_EDTYPE, "unknown tensor type");
-    variant_u32(&B, B.t0_type, UINT32_MAX, MSADB_EDTYPE, "unknown tensor type 2");
-    variant_u32(&B, B.t0_type, MSADB_GGML_Q8_0, MSADB_ECORRUPT, "q8_0 with ne0 = 4");
-    variant_u32(&B, B.t0_type, MSADB_GGML_F16, 0, "f16 of the same shape fits");
-    variant_u32(&B, B.t0_type, MSADB_GGML_F64, MSADB_ECORRUPT, "f64 overlaps t1");
-    variant_u64(&B, B.t1_off, 0, MSADB_ECORRUPT, "overlapping tensors");
-    variant_u64(&B, B.t1_off, 33, MSADB_ECORRUPT, "misaligned offset");
-    variant_u64(&B, B.t1_off, 64, MSADB_ECORRUPT, "offset past the end");
-    variant_u64(&B, B.t1_off, UINT64_MAX - 31, MSADB_ECORRUPT, "offset overflow");
-    variant_u64(&B, B.t0_off, 32, MSADB_ECORRUPT, "same offset as t1");
+    variant_u64(B, 8, 1, 0, "one tensor too few");
+}
+
+/* The metadata's lengths, types and counts changed. */
+static void test_base_metadata(base *B)
+{
+    variant_u64(B, B->kv0_keylen, UINT64_MAX, MSADB_ECORRUPT, "huge key length");
+    variant_u64(B, B->kv0_keylen, (uint64_t)1 << 63, MSADB_ECORRUPT, "huge key length 2");
+    variant_u64(B, B->kv0_keylen, 0, MSADB_ECORRUPT, "empty key");
+    variant_u32(B, B->kv1_type, 13, MSADB_ECORRUPT, "unknown value type");
+    variant_u32(B, B->kv1_type, UINT32_MAX, MSADB_ECORRUPT, "unknown value type 2");
+    variant_u32(B, B->kv1_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "value type wider than value");
+    variant_u32(B, B->arr_type, MSADB_GGUF_ARRAY, MSADB_ECORRUPT, "nested array");
+    variant_u32(B, B->arr_type, 77, MSADB_ECORRUPT, "unknown element type");
+    variant_u32(B, B->arr_type, MSADB_GGUF_UINT64, MSADB_ECORRUPT, "array elements too wide");
+    variant_u64(B, B->arr_count, UINT64_MAX, MSADB_ECORRUPT, "huge array count");
+    variant_u64(B, B->arr_count, (uint64_t)1 << 61, MSADB_ECORRUPT, "huge array count 2");
+    variant_u64(B, B->strarr_elem0_len, UINT64_MAX - 3, MSADB_ECORRUPT, "huge string in array");
+    variant_u64(B, B->strarr_elem0_len, 1000, MSADB_ECORRUPT, "long string in array");
+}
+
+/* The tensor table's dimensions, types and offsets changed. */
+static void test_base_tensor_table(base *B)
+{
+    variant_u32(B, B->t0_ndims, 0, MSADB_ECORRUPT, "0 dims");
+    variant_u32(B, B->t0_ndims, 5, MSADB_ECORRUPT, "5 dims");
+    variant_u32(B, B->t0_ndims, UINT32_MAX, MSADB_ECORRUPT, "huge dims");
+    variant_u64(B, B->t0_ne0, (uint64_t)1 << 32, MSADB_ECORRUPT, "tensor past the end");
+    variant_u64(B, B->t0_ne0, (uint64_t)INT64_MAX + 1, MSADB_ECORRUPT, "dim above int64");
+    variant_u64(B, B->t0_ne0, (uint64_t)1 << 62, MSADB_ECORRUPT, "product overflow");
+    variant_u64(B, B->t0_ne0, 0, 0, "empty tensor is fine");
+    variant_u32(B, B->t0_type, 99, MSADB_EDTYPE, "unknown tensor type");
+    variant_u32(B, B->t0_type, UINT32_MAX, MSADB_EDTYPE, "unknown tensor type 2");
+    variant_u32(B, B->t0_type, MSADB_GGML_Q8_0, MSADB_ECORRUPT, "q8_0 with ne0 = 4");
+    variant_u32(B, B->t0_type, MSADB_GGML_F16, 0, "f16 of the same shape fits");
+    variant_u32(B, B->t0_type, MSADB_GGML_F64, MSADB_ECORRUPT, "f64 overlaps t1");
+    variant_u64(B, B->t1_off, 0, MSADB_ECORRUPT, "overlapping tensors");
+    variant_u64(B, B->t1_off, 33, MSADB_ECORRUPT, "misaligned offset");
+    variant_u64(B, B->t1_off, 64, MSADB_ECORRUPT, "offset past the end");
+    variant_u64(B, B->t1_off, UINT64_MAX - 31, MSADB_ECORRUPT, "offset overflow");
+    variant_u64(B, B->t0_off, 32, MSADB_ECORRUPT, "same offset as t1");
+}
+
+static void test_base(void)
+{
+    base B;
+    make_base(&B);
+    test_base_read(&B);
+    test_base_truncations(&B);
+    test_base_header(&B);
+    test_base_metadata(&B);
+    test_base_tensor_table(&B);
     free(B.b.p);
 }
 
-/* Small files built from scratch. */
-static void test_structures(void)
+/* Small files built from scratch.  Fixture: each case writes its file
+ * into an empty buffer (b->n == 0) and leaves it as it pleases. */
+static const uint64_t ne4[1] = {4};
+static const float four[4] = {1, 2, 3, 4};
+
+/* Minimal valid file: no metadata, no tensors. */
+static void test_struct_empty_file(buf *b)
 {
-    buf b = {0};
-    const uint64_t ne4[1] = {4};
-    float four[4] = {1, 2, 3, 4};
+    header(b, 3, 0, 0);
+    expect_rc(b, 0, "empty file");
+}
 
-    /* minimal valid file: no metadata, no tensors */
-    header(&b, 3, 0, 0);
-    expect_rc(&b, 0, "empty file");
-    b.n = 0;
+/* Duplicate keys. */
+static void test_struct_duplicate_keys(buf *b)
+{
+    header(b, 3, 0, 2);
+    put_str(b, "k");
+    put_u32(b, MSADB_GGUF_UINT8);
+    put_u8(b, 1);
+    put_str(b, "k");
+    put_u32(b, MSADB_GGUF_UINT8);
+    put_u8(b, 2);
+    expect_rc(b, MSADB_ECORRUPT, "duplicate key");
+}
 
-    /* duplicate keys */
-    header(&b, 3, 0, 2);
-    put_str(&b, "k");
-    put_u32(&b, MSADB_GGUF_UINT8);
-    put_u8(&b, 1);
-    put_str(&b, "k");
-    put_u32(&b, MSADB_GGUF_UINT8);
-    put_u8(&b, 2);
-    expect_rc(&b, MSADB_ECORRUPT, "duplicate key");
-    b.n = 0;
+/* Key with a NUL byte. */
+static void test_struct_key_with_nul(buf *b)
+{
+    header(b, 3, 0, 1);
+    put_strn(b, "a\0b", 3);
+    put_u32(b, MSADB_GGUF_UINT8);
+    put_u8(b, 1);
+    expect_rc(b, MSADB_ECORRUPT, "NUL in key");
+}
 
-    /* key with a NUL byte */
-    header(&b, 3, 0, 1);
-    put_strn(&b, "a\0b", 3);
-    put_u32(&b, MSADB_GGUF_UINT8);
-    put_u8(&b, 1);
-    expect_rc(&b, MSADB_ECORRUPT, "NUL in key");
-    b.n = 0;
+/* Bool that is not 0/1, scalar and in an array. */
+static void test_struct_bool_values(buf *b)
+{
+    header(b, 3, 0, 1);
+    put_str(b, "k");
+    put_u32(b, MSADB_GGUF_BOOL);
+    put_u8(b, 2);
+    expect_rc(b, MSADB_ECORRUPT, "bool 2");
+    b->n = 0;
+    header(b, 3, 0, 1);
+    put_str(b, "k");
+    put_u32(b, MSADB_GGUF_ARRAY);
+    put_u32(b, MSADB_GGUF_BOOL);
+    put_u64(b, 3);
+    put_u8(b, 1);
+    put_u8(b, 0);
+    put_u8(b, 255);
+    expect_rc(b, MSADB_ECORRUPT, "bool 255 in array");
+}
 
-    /* bool that is not 0/1, scalar and in an array */
-    header(&b, 3, 0, 1);
-    put_str(&b, "k");
-    put_u32(&b, MSADB_GGUF_BOOL);
-    put_u8(&b, 2);
-    expect_rc(&b, MSADB_ECORRUPT, "bool 2");
-    b.n = 0;
-    header(&b, 3, 0, 1);
-    put_str(&b, "k");
-    put_u32(&b, MSADB_GGUF_ARRAY);
-    put_u32(&b, MSADB_GGUF_BOOL);
-    put_u64(&b, 3);
-    put_u8(&b, 1);
-    put_u8(&b, 0);
-    put_u8(&b, 255);
-    expect_rc(&b, MSADB_ECORRUPT, "bool 255 in array");
-    b.n = 0;
-
-    /* a UINT64 above INT64_MAX is out of range for get_int */
-    header(&b, 3, 0, 2);
-    put_str(&b, "u");
-    put_u32(&b, MSADB_GGUF_UINT64);
-    put_u64(&b, UINT64_MAX);
-    put_str(&b, "f");
-    put_u32(&b, MSADB_GGUF_FLOAT32);
+/* A UINT64 above INT64_MAX is out of range for get_int. */
+static void test_struct_uint64_range(buf *b)
+{
+    header(b, 3, 0, 2);
+    put_str(b, "u");
+    put_u32(b, MSADB_GGUF_UINT64);
+    put_u64(b, UINT64_MAX);
+    put_str(b, "f");
+    put_u32(b, MSADB_GGUF_FLOAT32);
     float inf = INFINITY;
-    put(&b, &inf, 4);
-    {
-        msadb_gguf *g;
-        int64_t v;
-        float f;
-        CHECK_OK(open_buf(&b, &g));
-        CHECK_RC(msadb_gguf_get_int(g, "u", INT64_MIN, INT64_MAX, &v), MSADB_ECORRUPT);
-        CHECK_RC(msadb_gguf_get_f32(g, "f", &f), MSADB_ECORRUPT);
-        CHECK_RC(msadb_gguf_get_f32(g, "u", &f), MSADB_EDTYPE);
-        msadb_gguf_close(g);
-    }
-    b.n = 0;
+    put(b, &inf, 4);
+    msadb_gguf *g;
+    int64_t v;
+    float f;
+    CHECK_OK(open_buf(b, &g));
+    CHECK_RC(msadb_gguf_get_int(g, "u", INT64_MIN, INT64_MAX, &v), MSADB_ECORRUPT);
+    CHECK_RC(msadb_gguf_get_f32(g, "f", &f), MSADB_ECORRUPT);
+    CHECK_RC(msadb_gguf_get_f32(g, "u", &f), MSADB_EDTYPE);
+    msadb_gguf_close(g);
+}
 
-    /* duplicate tensor names */
-    header(&b, 3, 2, 0);
-    tensor_info(&b, "w", 1, ne4, MSADB_GGML_F32, 0);
-    tensor_info(&b, "w", 1, ne4, MSADB_GGML_F32, 32);
-    pad_to(&b, 32);
-    put(&b, four, 16);
-    pad_to(&b, 32);
-    put(&b, four, 16);
-    expect_rc(&b, MSADB_ECORRUPT, "duplicate tensor");
-    b.n = 0;
+/* Duplicate tensor names. */
+static void test_struct_duplicate_tensors(buf *b)
+{
+    header(b, 3, 2, 0);
+    tensor_info(b, "w", 1, ne4, MSADB_GGML_F32, 0);
+    tensor_info(b, "w", 1, ne4, MSADB_GGML_F32, 32);
+    pad_to(b, 32);
+    put(b, four, 16);
+    pad_to(b, 32);
+    put(b, four, 16);
+    expect_rc(b, MSADB_ECORRUPT, "duplicate tensor");
+}
 
-    /* tensor name of 64 bytes (ggml allows 63) */
+/* Tensor name of 64 bytes (ggml allows 63). */
+static void test_struct_tensor_name_length(buf *b)
+{
     char longname[65];
     memset(longname, 'n', 64);
     longname[64] = 0;
-    header(&b, 3, 1, 0);
-    tensor_info(&b, longname, 1, ne4, MSADB_GGML_F32, 0);
-    pad_to(&b, 32);
-    put(&b, four, 16);
-    expect_rc(&b, MSADB_ECORRUPT, "64-byte tensor name");
-    b.n = 0;
+    header(b, 3, 1, 0);
+    tensor_info(b, longname, 1, ne4, MSADB_GGML_F32, 0);
+    pad_to(b, 32);
+    put(b, four, 16);
+    expect_rc(b, MSADB_ECORRUPT, "64-byte tensor name");
+    b->n = 0;
     longname[63] = 0;
-    header(&b, 3, 1, 0);
-    tensor_info(&b, longname, 1, ne4, MSADB_GGML_F32, 0);
-    pad_to(&b, 32);
-    put(&b, four, 16);
-    expect_rc(&b, 0, "63-byte tensor name");
-    b.n = 0;
+    header(b, 3, 1, 0);
+    tensor_info(b, longname, 1, ne4, MSADB_GGML_F32, 0);
+    pad_to(b, 32);
+    put(b, four, 16);
+    expect_rc(b, 0, "63-byte tensor name");
+}
 
-    /* alignment: must be a u32 power of two; data placed by it */
+/* Alignment: must be a u32 power of two; data placed by it. */
+static void test_struct_alignment(buf *b)
+{
     const struct {
         uint32_t type;
         uint64_t value;
@@ -454,66 +494,90 @@ static void test_structures(void)
         {MSADB_GGUF_UINT32, 1u << 31, 0},
     };
     for (size_t i = 0; i < sizeof al / sizeof al[0]; i++) {
-        header(&b, 3, 1, 1);
-        put_str(&b, "general.alignment");
-        put_u32(&b, al[i].type);
+        header(b, 3, 1, 1);
+        put_str(b, "general.alignment");
+        put_u32(b, al[i].type);
         if (al[i].type == MSADB_GGUF_UINT32)
-            put_u32(&b, (uint32_t)al[i].value);
+            put_u32(b, (uint32_t)al[i].value);
         else
-            put_u64(&b, al[i].value);
-        tensor_info(&b, "w", 1, ne4, MSADB_GGML_F32, 0);
+            put_u64(b, al[i].value);
+        tensor_info(b, "w", 1, ne4, MSADB_GGML_F32, 0);
         size_t a = al[i].value && al[i].value <= 4096 && !(al[i].value & (al[i].value - 1))
                        ? (size_t)al[i].value
                        : 32;
         if (al[i].value == 1u << 31) {
             /* the data would start 2 GiB in: refused as truncated */
-            expect_rc(&b, MSADB_ECORRUPT, "alignment 2^31, no data");
-            b.n = 0;
+            expect_rc(b, MSADB_ECORRUPT, "alignment 2^31, no data");
+            b->n = 0;
             continue;
         }
-        pad_to(&b, a);
-        size_t data_at = b.n;
-        put(&b, four, 16);
+        pad_to(b, a);
+        size_t data_at = b->n;
+        put(b, four, 16);
         char what[64];
         snprintf(what, sizeof what, "alignment %llu type %u", (unsigned long long)al[i].value,
                  al[i].type);
-        expect_rc(&b, al[i].want, what);
+        expect_rc(b, al[i].want, what);
         if (al[i].want == 0) {
             msadb_gguf *g;
-            CHECK_OK(open_buf(&b, &g));
+            CHECK_OK(open_buf(b, &g));
             CHECK(msadb_gguf_data_offset(g) == data_at);
             CHECK(msadb_gguf_alignment(g) == al[i].value);
             msadb_gguf_close(g);
         }
-        b.n = 0;
+        b->n = 0;
     }
+}
 
-    /* offset that is a multiple of 32 but not of 64 under alignment 64 */
-    header(&b, 3, 1, 1);
-    put_str(&b, "general.alignment");
-    put_u32(&b, MSADB_GGUF_UINT32);
-    put_u32(&b, 64);
-    tensor_info(&b, "w", 1, ne4, MSADB_GGML_F32, 32);
-    pad_to(&b, 64);
+/* Offset that is a multiple of 32 but not of 64 under alignment 64. */
+static void test_struct_offset_under_alignment_64(buf *b)
+{
+    header(b, 3, 1, 1);
+    put_str(b, "general.alignment");
+    put_u32(b, MSADB_GGUF_UINT32);
+    put_u32(b, 64);
+    tensor_info(b, "w", 1, ne4, MSADB_GGML_F32, 32);
+    pad_to(b, 64);
     for (int i = 0; i < 48; i++)
-        put_u8(&b, 0);
-    expect_rc(&b, MSADB_ECORRUPT, "offset aligned to 32 not 64");
-    b.n = 0;
+        put_u8(b, 0);
+    expect_rc(b, MSADB_ECORRUPT, "offset aligned to 32 not 64");
+}
 
-    /* tensors in any order, with unused gaps, are fine */
-    header(&b, 3, 2, 0);
-    tensor_info(&b, "b", 1, ne4, MSADB_GGML_F32, 64);
-    tensor_info(&b, "a", 1, ne4, MSADB_GGML_F32, 0);
-    pad_to(&b, 32);
-    put(&b, four, 16);
-    pad_to(&b, 32);
+/* Tensors in any order, with unused gaps, are fine. */
+static void test_struct_tensor_order(buf *b)
+{
+    header(b, 3, 2, 0);
+    tensor_info(b, "b", 1, ne4, MSADB_GGML_F32, 64);
+    tensor_info(b, "a", 1, ne4, MSADB_GGML_F32, 0);
+    pad_to(b, 32);
+    put(b, four, 16);
+    pad_to(b, 32);
     for (int i = 0; i < 8; i++)
-        put_u8(&b, 0xEE);
-    pad_to(&b, 32);
-    put(&b, four, 16);
-    expect_rc(&b, 0, "reordered tensors with a gap");
-    b.n = 0;
+        put_u8(b, 0xEE);
+    pad_to(b, 32);
+    put(b, four, 16);
+    expect_rc(b, 0, "reordered tensors with a gap");
+}
 
+static void test_structures(void)
+{
+    void (*const cases[])(buf *) = {
+        test_struct_empty_file,
+        test_struct_duplicate_keys,
+        test_struct_key_with_nul,
+        test_struct_bool_values,
+        test_struct_uint64_range,
+        test_struct_duplicate_tensors,
+        test_struct_tensor_name_length,
+        test_struct_alignment,
+        test_struct_offset_under_alignment_64,
+        test_struct_tensor_order,
+    };
+    buf b = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        b.n = 0;
+        cases[i](&b);
+    }
     free(b.p);
 }
 

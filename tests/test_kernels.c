@@ -55,14 +55,31 @@ static double naive_minmax_score(const float *rows, uint32_t gsize, uint32_t d, 
     return best;
 }
 
-static void test_scores(uint32_t d, uint32_t n_groups, uint32_t gsize)
+/* Fixture of the scoring cases: n_groups query groups of gsize rows of
+ * head dim d, prepared (kq); n blocks' f16 means (with a zero mean and an
+ * outlier channel) and f16 min/max bounds of 8 random keys per block
+ * (rounded outward); score buffers for the SIMD and the portable kernels. */
+typedef struct {
+    uint32_t d, n_groups, gsize;
+    size_t n;
+    float *rows, *keys, *s_simd, *s_port;
+    uint16_t *mean, *mm;
+    msadb_kq kq;
+} scores_fixture;
+
+static void scores_setup(scores_fixture *fx, uint32_t d, uint32_t n_groups, uint32_t gsize)
 {
-    size_t n = 301;
-    float *rows = malloc(sizeof(float) * n_groups * gsize * d);
-    uint16_t *mean = malloc(2 * n * d), *mm = malloc(4 * n * d);
-    float *s_simd = malloc(sizeof(float) * n * n_groups), *s_port = malloc(sizeof(float) * n * n_groups);
-    CHECK(rows && mean && mm && s_simd && s_port);
-    tu_fill_randn(&rng, rows, (size_t)n_groups * gsize * d, 1.0f);
+    memset(fx, 0, sizeof *fx);
+    const size_t n = fx->n = 301;
+    fx->d = d, fx->n_groups = n_groups, fx->gsize = gsize;
+    fx->rows = malloc(sizeof(float) * n_groups * gsize * d);
+    fx->mean = malloc(2 * n * d);
+    fx->mm = malloc(4 * n * d);
+    fx->s_simd = malloc(sizeof(float) * n * n_groups);
+    fx->s_port = malloc(sizeof(float) * n * n_groups);
+    CHECK(fx->rows && fx->mean && fx->mm && fx->s_simd && fx->s_port);
+    tu_fill_randn(&rng, fx->rows, (size_t)n_groups * gsize * d, 1.0f);
+    uint16_t *mean = fx->mean;
     fill_f16(mean, n * d, 0.5f);
     /* a zero mean (cosine must give 0) and an outlier channel */
     memset(mean + 7 * d, 0, 2 * d);
@@ -70,64 +87,97 @@ static void test_scores(uint32_t d, uint32_t n_groups, uint32_t gsize)
         mean[i * d] = msadb_f32_to_f16(20.0f);
     mean[7 * d] = 0;
     /* minmax: bounds of 8 random keys per block, rounded outward */
-    float *keys = malloc(sizeof(float) * n * 8 * d);
-    CHECK(keys);
-    tu_fill_randn(&rng, keys, n * 8 * d, 1.0f);
+    fx->keys = malloc(sizeof(float) * n * 8 * d);
+    CHECK(fx->keys);
+    tu_fill_randn(&rng, fx->keys, n * 8 * d, 1.0f);
     for (size_t i = 0; i < n; i++)
         for (uint32_t j = 0; j < d; j++) {
             float lo = INFINITY, hi = -INFINITY;
             for (int t = 0; t < 8; t++) {
-                float v = keys[(i * 8 + t) * d + j];
+                float v = fx->keys[(i * 8 + t) * d + j];
                 lo = v < lo ? v : lo;
                 hi = v > hi ? v : hi;
             }
-            mm[i * 2 * d + j] = msadb_f32_to_f16_down(lo);
-            mm[i * 2 * d + d + j] = msadb_f32_to_f16_up(hi);
+            fx->mm[i * 2 * d + j] = msadb_f32_to_f16_down(lo);
+            fx->mm[i * 2 * d + d + j] = msadb_f32_to_f16_up(hi);
         }
+    CHECK_OK(msadb_kq_prepare(&fx->kq, fx->rows, n_groups, gsize, (size_t)gsize * d, d, d, 0));
+}
 
-    msadb_kq kq;
-    memset(&kq, 0, sizeof kq);
+static void scores_teardown(scores_fixture *fx)
+{
+    msadb_kq_free(&fx->kq);
+    free(fx->keys);
+    free(fx->rows);
+    free(fx->mean);
+    free(fx->mm);
+    free(fx->s_simd);
+    free(fx->s_port);
+}
+
+/* Mean scores (dot and cosine; kq prepared again for each): SIMD equals
+ * portable bit for bit, both equal the naive formula. */
+static void scores_mean(scores_fixture *fx)
+{
+    const uint32_t d = fx->d, gsize = fx->gsize;
+    const size_t n = fx->n;
     for (int cosine = 0; cosine <= 1; cosine++) {
-        CHECK_OK(msadb_kq_prepare(&kq, rows, n_groups, gsize, (size_t)gsize * d, d, d, 0));
+        CHECK_OK(msadb_kq_prepare(&fx->kq, fx->rows, fx->n_groups, gsize, (size_t)gsize * d, d, d, 0));
         msadb_k_force_portable(0);
-        msadb_k_score_mean(&kq, mean, n, cosine, s_simd, n);
+        msadb_k_score_mean(&fx->kq, fx->mean, n, cosine, fx->s_simd, n);
         msadb_k_force_portable(1);
-        msadb_k_score_mean(&kq, mean, n, cosine, s_port, n);
+        msadb_k_score_mean(&fx->kq, fx->mean, n, cosine, fx->s_port, n);
         msadb_k_force_portable(0);
-        CHECK(memcmp(s_simd, s_port, sizeof(float) * n * n_groups) == 0);
-        for (uint32_t g = 0; g < n_groups; g++)
+        CHECK(memcmp(fx->s_simd, fx->s_port, sizeof(float) * n * fx->n_groups) == 0);
+        for (uint32_t g = 0; g < fx->n_groups; g++)
             for (size_t i = 0; i < n; i++) {
-                double want = naive_mean_score(rows + (size_t)g * gsize * d, gsize, d, mean + i * d, cosine);
-                double got = s_simd[g * n + i];
+                double want = naive_mean_score(fx->rows + (size_t)g * gsize * d, gsize, d, fx->mean + i * d,
+                                               cosine);
+                double got = fx->s_simd[g * n + i];
                 CHECK(fabs(got - want) <= 1e-4 * (1.0 + fabs(want)));
             }
     }
-    msadb_k_score_minmax(&kq, mm, n, s_simd, n);
+}
+
+/* Min/max bound scores: SIMD equals portable, both equal the naive
+ * formula, and the bound holds for every key of the block and every row. */
+static void scores_minmax(scores_fixture *fx)
+{
+    const uint32_t d = fx->d, gsize = fx->gsize;
+    const size_t n = fx->n;
+    msadb_k_score_minmax(&fx->kq, fx->mm, n, fx->s_simd, n);
     msadb_k_force_portable(1);
-    msadb_k_score_minmax(&kq, mm, n, s_port, n);
+    msadb_k_score_minmax(&fx->kq, fx->mm, n, fx->s_port, n);
     msadb_k_force_portable(0);
-    CHECK(memcmp(s_simd, s_port, sizeof(float) * n * n_groups) == 0);
-    for (uint32_t g = 0; g < n_groups; g++)
+    CHECK(memcmp(fx->s_simd, fx->s_port, sizeof(float) * n * fx->n_groups) == 0);
+    for (uint32_t g = 0; g < fx->n_groups; g++)
         for (size_t i = 0; i < n; i++) {
-            const float *qr = rows + (size_t)g * gsize * d;
-            double want = naive_minmax_score(qr, gsize, d, mm + i * 2 * d);
-            double got = s_simd[g * n + i];
+            const float *qr = fx->rows + (size_t)g * gsize * d;
+            double want = naive_minmax_score(qr, gsize, d, fx->mm + i * 2 * d);
+            double got = fx->s_simd[g * n + i];
             CHECK(fabs(got - want) <= 1e-4 * (1.0 + fabs(want)));
-            /* the bound holds for every key of the block and every row */
             for (int t = 0; t < 8; t++)
                 for (uint32_t r = 0; r < gsize; r++) {
                     double dot = 0.0, mag = 0.0;
                     for (uint32_t j = 0; j < d; j++) {
-                        dot += (double)qr[r * d + j] * keys[(i * 8 + t) * d + j];
-                        mag += fabs((double)qr[r * d + j] * keys[(i * 8 + t) * d + j]);
+                        dot += (double)qr[r * d + j] * fx->keys[(i * 8 + t) * d + j];
+                        mag += fabs((double)qr[r * d + j] * fx->keys[(i * 8 + t) * d + j]);
                     }
                     CHECK(got >= dot - 1e-6 * mag);
                 }
         }
+}
 
-    /* int8 summaries: exact integer arithmetic in both versions */
-    int8_t *v8 = malloc(n * d);
-    float *vs = malloc(sizeof(float) * n);
+/* int8 summaries: exact integer arithmetic in both versions, and close to
+ * the f16 score (int8 is a routing approximation). */
+static void scores_i8(scores_fixture *fx)
+{
+    const uint32_t d = fx->d, gsize = fx->gsize;
+    const size_t n = fx->n;
+    const msadb_kq *kq = &fx->kq;
+    const uint16_t *mean = fx->mean;
+    int8_t *v8 = calloc(n, d);
+    float *vs = calloc(n, sizeof(float));
     CHECK(v8 && vs);
     for (size_t i = 0; i < n; i++) {
         float tmp[MSADB_MAX_HEAD_DIM];
@@ -135,40 +185,42 @@ static void test_scores(uint32_t d, uint32_t n_groups, uint32_t gsize)
             tmp[j] = msadb_f16_to_f32(mean[i * d + j]);
         vs[i] = msadb_k_quantize_i8(tmp, d, v8 + i * d);
     }
-    msadb_k_score_i8(&kq, v8, vs, n, s_simd, n);
+    msadb_k_score_i8(kq, v8, vs, n, fx->s_simd, n);
     msadb_k_force_portable(1);
-    msadb_k_score_i8(&kq, v8, vs, n, s_port, n);
+    msadb_k_score_i8(kq, v8, vs, n, fx->s_port, n);
     msadb_k_force_portable(0);
-    CHECK(memcmp(s_simd, s_port, sizeof(float) * n * n_groups) == 0);
-    for (uint32_t g = 0; g < n_groups; g++)
+    CHECK(memcmp(fx->s_simd, fx->s_port, sizeof(float) * n * fx->n_groups) == 0);
+    for (uint32_t g = 0; g < fx->n_groups; g++)
         for (size_t i = 0; i < n; i++) {
             double best = -INFINITY;
-            for (uint32_t r = 0; r < kq.gpad; r++) {
-                size_t ri = (size_t)g * kq.gpad + r;
+            for (uint32_t r = 0; r < kq->gpad; r++) {
+                size_t ri = (size_t)g * kq->gpad + r;
                 long acc = 0;
                 for (uint32_t j = 0; j < d; j++)
-                    acc += (long)v8[i * d + j] * kq.q8[ri * kq.dpad8 + j];
-                double s = (double)acc * kq.q8_scale[ri];
+                    acc += (long)v8[i * d + j] * kq->q8[ri * kq->dpad8 + j];
+                double s = (double)acc * kq->q8_scale[ri];
                 best = s > best ? s : best;
             }
             best *= vs[i];
-            CHECK(fabs(s_simd[g * n + i] - best) <= 1e-5 * (1.0 + fabs(best)));
-            /* and close to the f16 score: int8 is a routing approximation */
-            double f = naive_mean_score(rows + (size_t)g * gsize * d, gsize, d, mean + i * d, 0);
+            CHECK(fabs(fx->s_simd[g * n + i] - best) <= 1e-5 * (1.0 + fabs(best)));
+            double f = naive_mean_score(fx->rows + (size_t)g * gsize * d, gsize, d, mean + i * d, 0);
             double mag = 0.0;
             for (uint32_t j = 0; j < d; j++)
                 mag += fabs(msadb_f16_to_f32(mean[i * d + j]));
-            CHECK(fabs(s_simd[g * n + i] - f) <= 0.05 * (1.0 + mag));
+            CHECK(fabs(fx->s_simd[g * n + i] - f) <= 0.05 * (1.0 + mag));
         }
-    msadb_kq_free(&kq);
     free(v8);
     free(vs);
-    free(keys);
-    free(rows);
-    free(mean);
-    free(mm);
-    free(s_simd);
-    free(s_port);
+}
+
+static void test_scores(uint32_t d, uint32_t n_groups, uint32_t gsize)
+{
+    scores_fixture fx;
+    scores_setup(&fx, d, n_groups, gsize);
+    scores_mean(&fx);
+    scores_minmax(&fx);
+    scores_i8(&fx);
+    scores_teardown(&fx);
 }
 
 typedef struct pair {

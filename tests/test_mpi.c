@@ -232,23 +232,28 @@ static void compare_queries(msadb_mpi *m, msadb_store *st, const uint64_t *ids1,
     }
 }
 
-static void run_compare(void)
+/* Fixture of the comparison cases: the first half of the workload built
+ * into the single store and the shards (build), the second half ingested
+ * through the ranks; st: the single store (rank 0 only), m: the
+ * distributed store; ids1 / idsn: the documents' ids in each. */
+typedef struct {
+    size_t nd, half;
+    uint64_t *ids1, *idsn;
+    msadb_store *st;
+    msadb_mpi *m;
+} compare_fixture;
+
+/* The second half through the ranks, three documents per call (copies:
+ * sfx_doc's buffers hold one document). */
+static void ingest_second_half(compare_fixture *fx)
 {
-    size_t nd = sfx_n_docs(), half = nd / 2;
-    uint64_t *ids1 = calloc(nd, sizeof *ids1), *idsn = calloc(nd, sizeof *idsn);
-    CHECK(ids1 && idsn);
-    build(half, ids1, idsn);
-    msadb_mpi *m = open_four(MSADB_MPI_REDUCE_OP, 30);
-    CHECK(msadb_mpi_size(m) == size && msadb_shards_local_count(msadb_mpi_shards(m)) * size >= NSH);
-    /* the second half through the ranks, three documents per call (copies:
-     * sfx_doc's buffers hold one document) */
     enum { PER = 3 };
     msadb_doc docs[PER];
     void *bufs[PER][2] = {{NULL}};
-    for (size_t k = half;;) {
+    for (size_t k = fx->half;;) {
         int n = 0;
         if (rank == 0)
-            for (; n < PER && k + (size_t)n < nd; n++) {
+            for (; n < PER && k + (size_t)n < fx->nd; n++) {
                 sfx_doc(k + (size_t)n, &docs[n]);
                 size_t bytes = docs[n].n_tokens * SFX_NKV * SFX_D * sizeof(float);
                 for (int j = 0; j < 2; j++) {
@@ -264,48 +269,90 @@ static void run_compare(void)
         MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
         if (!n)
             break;
-        MPI_OK(m, msadb_mpi_ingest(m, docs, rank == 0 ? (size_t)n : 0, rank == 0 ? &idsn[k] : NULL));
+        MPI_OK(fx->m,
+               msadb_mpi_ingest(fx->m, docs, rank == 0 ? (size_t)n : 0, rank == 0 ? &fx->idsn[k] : NULL));
         for (int j = 0; rank == 0 && j < n; j++)
             free((char *)docs[j].title), free((char *)docs[j].text);
         k += (size_t)n;
     }
     for (int n = 0; n < PER; n++)
         free(bufs[n][0]), free(bufs[n][1]);
-    msadb_store *st = NULL;
+}
+
+static void compare_setup(compare_fixture *fx)
+{
+    memset(fx, 0, sizeof *fx);
+    fx->nd = sfx_n_docs();
+    fx->half = fx->nd / 2;
+    fx->ids1 = calloc(fx->nd, sizeof *fx->ids1);
+    fx->idsn = calloc(fx->nd, sizeof *fx->idsn);
+    CHECK(fx->ids1 && fx->idsn);
+    build(fx->half, fx->ids1, fx->idsn);
+    fx->m = open_four(MSADB_MPI_REDUCE_OP, 30);
+    CHECK(msadb_mpi_size(fx->m) == size && msadb_shards_local_count(msadb_mpi_shards(fx->m)) * size >= NSH);
+    ingest_second_half(fx);
     msadb_options o = opts();
     if (rank == 0)
-        CHECK_OK(msadb_open(sub("one"), NULL, &o, &st));
-    /* every id unique and on its shard */
+        CHECK_OK(msadb_open(sub("one"), NULL, &o, &fx->st));
+}
+
+static void compare_teardown(compare_fixture *fx)
+{
+    msadb_mpi_close(fx->m);
+    msadb_close(fx->st);
+    free(fx->ids1);
+    free(fx->idsn);
+}
+
+/* Every id unique and on its shard; the counts are the single store's. */
+static void compare_counts(compare_fixture *fx)
+{
     msadb_stat_info si;
-    MPI_OK(m, msadb_mpi_stat(m, &si));
+    MPI_OK(fx->m, msadb_mpi_stat(fx->m, &si));
     if (rank == 0) {
         msadb_stat_info s1;
-        CHECK_OK(msadb_stat(st, &s1));
-        CHECK(si.n_documents == nd && si.n_tokens == s1.n_tokens && si.n_blocks == s1.n_blocks);
-        for (size_t i = 0; i < nd; i++)
+        CHECK_OK(msadb_stat(fx->st, &s1));
+        CHECK(si.n_documents == fx->nd && si.n_tokens == s1.n_tokens && si.n_blocks == s1.n_blocks);
+        for (size_t i = 0; i < fx->nd; i++)
             for (size_t j = 0; j < i; j++)
-                CHECK(idsn[i] != idsn[j]);
+                CHECK(fx->idsn[i] != fx->idsn[j]);
     }
+}
+
+/* Queries under both reductions (the distributed store is reopened with
+ * the gather reduction for the cases after this one). */
+static void compare_reductions(compare_fixture *fx)
+{
     uint64_t bytes = 0;
-    compare_queries(m, st, ids1, idsn, &bytes);
+    compare_queries(fx->m, fx->st, fx->ids1, fx->idsn, &bytes);
     if (rank == 0)
         printf("bytes one rank exchanges per query (exact, 1 token): %llu\n", (unsigned long long)bytes);
-    msadb_mpi_close(m);
+    msadb_mpi_close(fx->m);
     /* the gather reduction gives the same results */
-    m = open_four(MSADB_MPI_REDUCE_GATHER, 30);
-    compare_queries(m, st, ids1, idsn, &bytes);
+    fx->m = open_four(MSADB_MPI_REDUCE_GATHER, 30);
+    compare_queries(fx->m, fx->st, fx->ids1, fx->idsn, &bytes);
+}
 
+/* Listing and fetching documents by global id. */
+static void compare_list_fetch(compare_fixture *fx)
+{
+    msadb_mpi *m = fx->m;
     size_t listed = 0;
     MPI_OK(m, msadb_mpi_doc_list(m, NULL, count_doc, &listed));
     if (rank == 0)
-        CHECK(listed == nd);
+        CHECK(listed == fx->nd);
     CHECK_RC(msadb_mpi_doc_list(m, "nope", count_doc, &listed), MSADB_ENOTFOUND);
     fetch_ctx fc = {0, 0};
-    uint64_t want[3] = {idsn[0], idsn[nd - 1], idsn[0] + 1000 * NSH};
+    uint64_t want[3] = {fx->idsn[0], fx->idsn[fx->nd - 1], fx->idsn[0] + 1000 * NSH};
     MPI_OK(m, msadb_mpi_doc_fetch(m, want, 3, on_fetch, &fc));
     if (rank == 0)
         CHECK(fc.n_ok == 2 && fc.n_missing == 1);
-    /* spaces */
+}
+
+/* Spaces; a document of an unknown space commits nothing anywhere. */
+static void compare_spaces(compare_fixture *fx)
+{
+    msadb_mpi *m = fx->m;
     MPI_OK(m, msadb_mpi_space_create(m, "beta"));
     CHECK_RC(msadb_mpi_space_create(m, "beta"), MSADB_EEXIST);
     int seen = 0;
@@ -314,7 +361,6 @@ static void run_compare(void)
         CHECK(seen == 1);
     MPI_OK(m, msadb_mpi_space_drop(m, "beta"));
     CHECK_RC(msadb_mpi_space_drop(m, "beta"), MSADB_ENOTFOUND);
-    /* a document of an unknown space: nothing committed anywhere */
     msadb_doc bad;
     if (rank == 0) {
         sfx_doc(0, &bad);
@@ -322,24 +368,40 @@ static void run_compare(void)
     }
     int rc = msadb_mpi_ingest(m, &bad, rank == 0 ? 1 : 0, NULL);
     CHECK(rc != 0);
-    /* delete: an unknown id deletes nothing; then two documents */
-    uint64_t del[2] = {idsn[1], idsn[2] + 1000 * NSH};
+}
+
+/* Delete: an unknown id deletes nothing; then two documents, after which
+ * the answers still match the single store's and the shards verify. */
+static void compare_delete(compare_fixture *fx)
+{
+    msadb_mpi *m = fx->m;
+    msadb_stat_info si;
+    uint64_t del[2] = {fx->idsn[1], fx->idsn[2] + 1000 * NSH};
     CHECK_RC(msadb_mpi_delete(m, del, 2), MSADB_ENOTFOUND);
     MPI_OK(m, msadb_mpi_stat(m, &si));
     if (rank == 0)
-        CHECK(si.n_documents == nd);
-    del[1] = idsn[2];
+        CHECK(si.n_documents == fx->nd);
+    del[1] = fx->idsn[2];
     MPI_OK(m, msadb_mpi_delete(m, del, 2));
     if (rank == 0)
-        CHECK_OK(msadb_doc_delete(st, (uint64_t[]){ids1[1], ids1[2]}, 2));
-    ids1[1] = ids1[2] = UINT64_MAX;
-    idsn[1] = idsn[2] = UINT64_MAX - 1;
-    compare_queries(m, st, ids1, idsn, &bytes);
+        CHECK_OK(msadb_doc_delete(fx->st, (uint64_t[]){fx->ids1[1], fx->ids1[2]}, 2));
+    fx->ids1[1] = fx->ids1[2] = UINT64_MAX;
+    fx->idsn[1] = fx->idsn[2] = UINT64_MAX - 1;
+    uint64_t bytes = 0;
+    compare_queries(m, fx->st, fx->ids1, fx->idsn, &bytes);
     MPI_OK(m, msadb_mpi_verify(m, NULL, NULL));
-    msadb_mpi_close(m);
-    msadb_close(st);
-    free(ids1);
-    free(idsn);
+}
+
+static void run_compare(void)
+{
+    compare_fixture fx;
+    compare_setup(&fx);
+    compare_counts(&fx);
+    compare_reductions(&fx);
+    compare_list_fetch(&fx);
+    compare_spaces(&fx);
+    compare_delete(&fx);
+    compare_teardown(&fx);
     if (rank == 0)
         printf("ok: %d ranks\n", size);
 }

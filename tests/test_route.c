@@ -130,7 +130,7 @@ static void test_index_matches_scan(void)
         add_doc(st, NULL, 100 + i, 40 + (size_t)(i * 37 % 300), i == 41 ? needle : NULL);
     msadb_stat_info si;
     CHECK_OK(msadb_stat(st, &si));
-    CHECK(si.format_version == MSADB_FORMAT_VERSION);
+    CHECK(si.format_version == MSADB_FORMAT_DOCKEYS);
     CHECK_OK(msadb_verify(st, NULL, NULL));
 
     msadb_hit a[64], b[64];

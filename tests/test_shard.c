@@ -297,36 +297,57 @@ static int doc_count(const msadb_doc_info *info, void *ud)
     return 0;
 }
 
-int main(void)
-{
-    const char *root = tu_tmpdir("shard");
-    test_manifest(root);
-    CHECK(sfx_init(30000, 7) == 0);
-    size_t nd = sfx_n_docs();
-    printf("workload: %zu documents\n", nd);
+/* Fixture: the workload in one store ("one") and in NSH shards ("four");
+ * ids1 / idsn: the documents' ids in each, by document index. */
+typedef struct {
+    char root[512];
+    size_t nd;
     msadb_signature sig;
-    sfx_signature(&sig);
-    msadb_options o = opts();
-    uint64_t *ids1 = malloc(nd * sizeof *ids1), *idsn = malloc(nd * sizeof *idsn);
-    CHECK(ids1 && idsn);
-
+    msadb_options o;
+    uint64_t *ids1, *idsn;
     msadb_store *st;
-    CHECK_OK(msadb_create(path_in(root, "one"), &sig, &o, &st));
-    sfx_fill_store(st, 0, nd, ids1);
     msadb_shards *sh;
-    CHECK_OK(msadb_shards_create(path_in(root, "four"), NSH, &sig, &o, &sh));
-    sfx_fill_shards(sh, 0, nd, idsn);
+} shard_fixture;
 
-    /* placement: every shard holds documents, tokens within one document's
-     * length of each other; global ids are unique and name their shard */
+static void shard_setup(shard_fixture *fx)
+{
+    snprintf(fx->root, sizeof fx->root, "%s", tu_tmpdir("shard"));
+    test_manifest(fx->root);
+    CHECK(sfx_init(30000, 7) == 0);
+    fx->nd = sfx_n_docs();
+    printf("workload: %zu documents\n", fx->nd);
+    sfx_signature(&fx->sig);
+    fx->o = opts();
+    fx->ids1 = malloc(fx->nd * sizeof *fx->ids1);
+    fx->idsn = malloc(fx->nd * sizeof *fx->idsn);
+    CHECK(fx->ids1 && fx->idsn);
+    CHECK_OK(msadb_create(path_in(fx->root, "one"), &fx->sig, &fx->o, &fx->st));
+    sfx_fill_store(fx->st, 0, fx->nd, fx->ids1);
+    CHECK_OK(msadb_shards_create(path_in(fx->root, "four"), NSH, &fx->sig, &fx->o, &fx->sh));
+    sfx_fill_shards(fx->sh, 0, fx->nd, fx->idsn);
+}
+
+static void shard_teardown(shard_fixture *fx)
+{
+    msadb_close(fx->st);
+    free(fx->ids1);
+    free(fx->idsn);
+    sfx_free();
+}
+
+/* Placement: every shard holds documents, tokens within one document's
+ * length of each other; global ids are unique and name their shard. */
+static void shard_placement(shard_fixture *fx)
+{
+    const size_t nd = fx->nd;
     msadb_stat_info s1, sn;
-    CHECK_OK(msadb_stat(st, &s1));
-    CHECK_OK(msadb_shards_stat(sh, &sn));
+    CHECK_OK(msadb_stat(fx->st, &s1));
+    CHECK_OK(msadb_shards_stat(fx->sh, &sn));
     CHECK(s1.n_documents == sn.n_documents && s1.n_tokens == sn.n_tokens && s1.n_blocks == sn.n_blocks);
     uint64_t lo = UINT64_MAX, hi = 0;
     for (uint32_t i = 0; i < NSH; i++) {
         msadb_store *one;
-        CHECK_OK(msadb_shards_store(sh, i, &one));
+        CHECK_OK(msadb_shards_store(fx->sh, i, &one));
         msadb_stat_info si;
         CHECK_OK(msadb_stat(one, &si));
         lo = si.n_tokens < lo ? si.n_tokens : lo;
@@ -334,35 +355,36 @@ int main(void)
     }
     CHECK(lo > 0 && hi - lo <= 8192 /* the longest document */);
     msadb_shards_snapshot *ss;
-    CHECK_OK(msadb_shards_snapshot_begin(sh, &ss));
+    CHECK_OK(msadb_shards_snapshot_begin(fx->sh, &ss));
     for (size_t i = 0; i < nd; i++) {
         msadb_doc_info info;
-        CHECK_OK(msadb_shards_doc_get(ss, idsn[i], &info));
-        CHECK(info.id == idsn[i]);
+        CHECK_OK(msadb_shards_doc_get(ss, fx->idsn[i], &info));
+        CHECK(info.id == fx->idsn[i]);
         char want[64], got[96];
         snprintf(want, sizeof want, "doc-%zu", i);
         CHECK(strcmp(info.title, want) == 0);
         size_t len;
-        CHECK_OK(msadb_shards_doc_text(ss, idsn[i], got, sizeof got, &len));
+        CHECK_OK(msadb_shards_doc_text(ss, fx->idsn[i], got, sizeof got, &len));
         CHECK(len == info.text_len && memcmp(got, "text of document", 16) == 0);
         for (size_t j = 0; j < i; j++)
-            CHECK(idsn[j] != idsn[i]);
+            CHECK(fx->idsn[j] != fx->idsn[i]);
     }
     CHECK_RC(msadb_shards_doc_get(ss, 1 * NSH + 3 + 1000000, &(msadb_doc_info){0}), MSADB_ENOTFOUND);
     size_t listed = 0;
     CHECK_OK(msadb_shards_doc_list(ss, NULL, doc_count, &listed));
     CHECK(listed == nd);
     msadb_shards_snapshot_end(ss);
+}
 
-    compare_stores(st, ids1, sh, idsn, 1);
-    printf("exact and sparse: 4 shards match one store\n");
-
-    /* spaces on every shard; a space lost on one shard is reported */
+/* Spaces on every shard; a space lost on one shard is reported. */
+static void shard_spaces(shard_fixture *fx)
+{
+    msadb_shards *sh = fx->sh;
     CHECK_OK(msadb_shards_space_create(sh, "alpha", NULL));
     CHECK_RC(msadb_shards_space_create(sh, "alpha", NULL), MSADB_EEXIST);
     msadb_space_info spi;
     CHECK_OK(msadb_shards_space_get(sh, "default", &spi));
-    CHECK(spi.n_documents == nd);
+    CHECK(spi.n_documents == fx->nd);
     int problems = 0;
     CHECK_OK(msadb_shards_verify(sh, report_collect, &problems));
     CHECK(problems == 0);
@@ -374,51 +396,75 @@ int main(void)
     CHECK_OK(msadb_shards_space_create(sh, "alpha", NULL)); /* repairs it */
     CHECK_OK(msadb_shards_space_drop(sh, "alpha"));
     CHECK_RC(msadb_shards_space_drop(sh, "alpha"), MSADB_ENOTFOUND);
+}
 
-    /* deletion by global id: an unknown id deletes nothing */
-    uint64_t del[2] = {idsn[0], idsn[1] + 1000 * NSH};
+/* Deletion by global id: an unknown id deletes nothing.  Documents 0 and 1
+ * are deleted from both stores; the shards are closed after. */
+static void shard_delete(shard_fixture *fx)
+{
+    msadb_shards *sh = fx->sh;
+    msadb_stat_info sn;
+    uint64_t del[2] = {fx->idsn[0], fx->idsn[1] + 1000 * NSH};
     CHECK_RC(msadb_shards_doc_delete(sh, del, 2), MSADB_ENOTFOUND);
     CHECK_OK(msadb_shards_stat(sh, &sn));
-    CHECK(sn.n_documents == nd);
-    del[1] = idsn[1];
+    CHECK(sn.n_documents == fx->nd);
+    del[1] = fx->idsn[1];
     CHECK_OK(msadb_shards_doc_delete(sh, del, 2));
-    CHECK_OK(msadb_doc_delete(st, ids1, 2));
+    CHECK_OK(msadb_doc_delete(fx->st, fx->ids1, 2));
     CHECK_OK(msadb_shards_compact(sh));
     CHECK_OK(msadb_shards_stat(sh, &sn));
-    CHECK(sn.n_documents == nd - 2);
+    CHECK(sn.n_documents == fx->nd - 2);
     CHECK_OK(msadb_shards_verify(sh, NULL, NULL));
     msadb_shards_close(sh);
+    fx->sh = NULL;
+}
 
-    /* split the single store into 3 shards, merge them back into one */
-    pairs p = {malloc(nd * sizeof(uint64_t)), ids1, nd, 0};
+/* Split the single store into 3 shards ("three"): they attend as the one
+ * store does.  Returns the ids in "three" by document index (malloc'ed). */
+static uint64_t *shard_split(shard_fixture *fx)
+{
+    const size_t nd = fx->nd;
+    pairs p = {malloc(nd * sizeof(uint64_t)), fx->ids1, nd, 0};
     CHECK(p.map);
-    CHECK_OK(msadb_shards_split(path_in(root, "one"), &o, path_in(root, "three"), 3, &o, on_copy, &p));
+    CHECK_OK(msadb_shards_split(path_in(fx->root, "one"), &fx->o, path_in(fx->root, "three"), 3, &fx->o,
+                                on_copy, &p));
     CHECK(p.seen == nd - 2);
-    CHECK_RC(msadb_shards_split(path_in(root, "one"), &o, path_in(root, "three"), 3, &o, NULL, NULL),
+    CHECK_RC(msadb_shards_split(path_in(fx->root, "one"), &fx->o, path_in(fx->root, "three"), 3, &fx->o,
+                                NULL, NULL),
              MSADB_EEXIST);
-    CHECK_OK(msadb_shards_open(path_in(root, "three"), &sig, &o, &sh));
+    msadb_shards *sh;
+    int problems = 0;
+    CHECK_OK(msadb_shards_open(path_in(fx->root, "three"), &fx->sig, &fx->o, &sh));
     CHECK_OK(msadb_shards_verify(sh, report_collect, &problems));
     /* documents 0 and 1 were deleted: give them ids that match nothing */
     p.map[0] = p.map[1] = UINT64_MAX;
-    ids1[0] = ids1[1] = UINT64_MAX - 1;
-    compare_stores(st, ids1, sh, p.map, 1);
+    fx->ids1[0] = fx->ids1[1] = UINT64_MAX - 1;
+    compare_stores(fx->st, fx->ids1, sh, p.map, 1);
     msadb_shards_close(sh);
+    return p.map;
+}
+
+/* Merge the 3 shards back into one store ("back"): it equals the original,
+ * same titles, same exact attention; the shards still open after. */
+static void shard_merge_back(shard_fixture *fx, const uint64_t *three_ids)
+{
+    const size_t nd = fx->nd;
     uint64_t *merged = malloc(nd * sizeof *merged);
     CHECK(merged);
-    pairs p2 = {merged, p.map, nd, 0};
+    pairs p2 = {merged, three_ids, nd, 0};
     merged[0] = merged[1] = UINT64_MAX - 2;
-    CHECK_OK(msadb_shards_merge(path_in(root, "three"), &o, path_in(root, "back"), &o, on_copy, &p2));
+    CHECK_OK(msadb_shards_merge(path_in(fx->root, "three"), &fx->o, path_in(fx->root, "back"), &fx->o,
+                                on_copy, &p2));
     CHECK(p2.seen == nd - 2);
     msadb_store *back;
-    CHECK_OK(msadb_open(path_in(root, "back"), &sig, &o, &back));
+    CHECK_OK(msadb_open(path_in(fx->root, "back"), &fx->sig, &fx->o, &back));
     CHECK_OK(msadb_verify(back, NULL, NULL));
-    /* the merged store equals the original: same titles, same exact attention */
     msadb_snapshot *sa, *sb;
-    CHECK_OK(msadb_snapshot_begin(st, &sa));
+    CHECK_OK(msadb_snapshot_begin(fx->st, &sa));
     CHECK_OK(msadb_snapshot_begin(back, &sb));
     for (size_t i = 2; i < nd; i++) {
         msadb_doc_info ia, ib;
-        CHECK_OK(msadb_doc_get(sa, ids1[i], &ia));
+        CHECK_OK(msadb_doc_get(sa, fx->ids1[i], &ia));
         CHECK_OK(msadb_doc_get(sb, merged[i], &ib));
         CHECK(strcmp(ia.title, ib.title) == 0 && ia.n_tokens == ib.n_tokens && ia.text_len == ib.text_len);
     }
@@ -433,15 +479,25 @@ int main(void)
     msadb_snapshot_end(sa);
     msadb_snapshot_end(sb);
     msadb_close(back);
-    CHECK_OK(msadb_shards_open(path_in(root, "three"), &sig, &o, &sh));
+    msadb_shards *sh;
+    CHECK_OK(msadb_shards_open(path_in(fx->root, "three"), &fx->sig, &fx->o, &sh));
     msadb_shards_close(sh);
-
-    msadb_close(st);
-    free(ids1);
-    free(idsn);
-    free(p.map);
     free(merged);
-    sfx_free();
+}
+
+int main(void)
+{
+    shard_fixture fx;
+    shard_setup(&fx);
+    shard_placement(&fx);
+    compare_stores(fx.st, fx.ids1, fx.sh, fx.idsn, 1);
+    printf("exact and sparse: 4 shards match one store\n");
+    shard_spaces(&fx);
+    shard_delete(&fx);
+    uint64_t *three_ids = shard_split(&fx);
+    shard_merge_back(&fx, three_ids);
+    free(three_ids);
+    shard_teardown(&fx);
     printf("ok\n");
     return 0;
 }

@@ -145,129 +145,195 @@ static int collect_doc(const msadb_doc_info *info, void *ud)
     return 0;
 }
 
-static void test_documents(int dtype)
-{
-    const char *dir = tu_tmpdir("docs");
-    const uint32_t B = 8, d = 16;
-    msadb_signature sig = small_sig(dtype, B);
-    const uint32_t planes = msadb_signature_planes(&sig);
-    msadb_store *st;
-    CHECK_OK(msadb_create(dir, &sig, NULL, &st));
-    CHECK_OK(msadb_space_create(st, "notes", NULL));
+/* Fixture of the document cases: a store of the given dtype with a space
+ * "notes" holding document 1 (f32 input with title, metadata, text, token
+ * ids and spans: 21 tokens, 3 blocks, the last one short) and document 2
+ * in the default space (the same K/V as f16 input, nothing else). */
+enum { DOCS_T = 21, DOCS_D = 16 };
+static const char DOCS_TEXT[] = "the quick brown fox jumps over the lazy dog";
 
-    const size_t T = 21; /* 3 blocks, the last one short */
-    float *K = malloc(planes * T * d * 4), *V = malloc(planes * T * d * 4);
-    make_kv(7, planes, T, d, K, V);
-    const char *text = "the quick brown fox jumps over the lazy dog";
-    int32_t ids[21];
-    int64_t spans[42];
+typedef struct {
+    int dtype;
+    const char *dir;
+    msadb_signature sig;
+    uint32_t planes;
+    msadb_store *st;
+    float *K, *V; /* planes x T x d */
+    uint16_t *K16, *V16;
+    int32_t ids[DOCS_T];
+    int64_t spans[2 * DOCS_T];
+    msadb_doc doc; /* document 1 as appended */
+    uint64_t id1, id2;
+} docs_fixture;
+
+static void docs_setup(docs_fixture *fx, int dtype)
+{
+    const size_t T = DOCS_T, d = DOCS_D;
+    memset(fx, 0, sizeof *fx);
+    fx->dtype = dtype;
+    fx->dir = tu_tmpdir("docs");
+    fx->sig = small_sig(dtype, 8);
+    fx->planes = msadb_signature_planes(&fx->sig);
+    CHECK_OK(msadb_create(fx->dir, &fx->sig, NULL, &fx->st));
+    CHECK_OK(msadb_space_create(fx->st, "notes", NULL));
+    const uint32_t planes = fx->planes;
+    fx->K = malloc(planes * T * d * 4);
+    fx->V = malloc(planes * T * d * 4);
+    make_kv(7, planes, T, d, fx->K, fx->V);
     for (size_t i = 0; i < T; i++) {
-        ids[i] = (int32_t)(100 + i);
-        spans[2 * i] = (int64_t)i;
-        spans[2 * i + 1] = (int64_t)i + 2;
+        fx->ids[i] = (int32_t)(100 + i);
+        fx->spans[2 * i] = (int64_t)i;
+        fx->spans[2 * i + 1] = (int64_t)i + 2;
     }
-    msadb_doc doc = {0};
-    doc.space = "notes";
-    doc.title = "fox";
-    doc.meta = "{\"k\":1}";
-    doc.meta_len = 7;
-    doc.text = text;
-    doc.text_len = strlen(text);
-    doc.token_ids = ids;
-    doc.token_spans = spans;
-    doc.n_tokens = T;
-    doc.kv_dtype = MSADB_DTYPE_F32;
-    doc.keys = K;
-    doc.values = V;
-    uint64_t id1 = 0, id2 = 0;
-    CHECK_OK(msadb_doc_append(st, &doc, &id1));
-    CHECK(id1 == 1);
+    msadb_doc *doc = &fx->doc;
+    doc->space = "notes";
+    doc->title = "fox";
+    doc->meta = "{\"k\":1}";
+    doc->meta_len = 7;
+    doc->text = DOCS_TEXT;
+    doc->text_len = strlen(DOCS_TEXT);
+    doc->token_ids = fx->ids;
+    doc->token_spans = fx->spans;
+    doc->n_tokens = T;
+    doc->kv_dtype = MSADB_DTYPE_F32;
+    doc->keys = fx->K;
+    doc->values = fx->V;
+    CHECK_OK(msadb_doc_append(fx->st, doc, &fx->id1));
+    CHECK(fx->id1 == 1);
 
     /* Same document as f16 input into the default space, without text. */
-    uint16_t *K16 = malloc(planes * T * d * 2), *V16 = malloc(planes * T * d * 2);
+    fx->K16 = malloc(planes * T * d * 2);
+    fx->V16 = malloc(planes * T * d * 2);
     for (size_t i = 0; i < planes * T * d; i++) {
-        K16[i] = msadb_f32_to_f16(K[i]);
-        V16[i] = msadb_f32_to_f16(V[i]);
+        fx->K16[i] = msadb_f32_to_f16(fx->K[i]);
+        fx->V16[i] = msadb_f32_to_f16(fx->V[i]);
     }
     msadb_doc doc2 = {0};
     doc2.n_tokens = T;
     doc2.kv_dtype = MSADB_DTYPE_F16;
-    doc2.keys = K16;
-    doc2.values = V16;
-    CHECK_OK(msadb_doc_append(st, &doc2, &id2));
-    CHECK(id2 == 2);
+    doc2.keys = fx->K16;
+    doc2.values = fx->V16;
+    CHECK_OK(msadb_doc_append(fx->st, &doc2, &fx->id2));
+    CHECK(fx->id2 == 2);
+}
 
-    /* Invalid inputs leave the store unchanged. */
-    msadb_doc bad = doc;
+static void docs_teardown(docs_fixture *fx)
+{
+    msadb_close(fx->st);
+    free(fx->K);
+    free(fx->V);
+    free(fx->K16);
+    free(fx->V16);
+}
+
+/* Invalid inputs are refused (docs_stat_verify checks the store did not
+ * change). */
+static void docs_invalid_inputs(docs_fixture *fx)
+{
+    const size_t n = (size_t)fx->planes * DOCS_T * DOCS_D;
+    msadb_doc bad = fx->doc;
     bad.n_tokens = 0;
-    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_EINVAL);
-    bad = doc;
+    CHECK_RC(msadb_doc_append(fx->st, &bad, NULL), MSADB_EINVAL);
+    bad = fx->doc;
     bad.kv_dtype = MSADB_DTYPE_INT8;
-    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_EDTYPE);
-    bad = doc;
-    int64_t badspans[42];
-    memcpy(badspans, spans, sizeof spans);
+    CHECK_RC(msadb_doc_append(fx->st, &bad, NULL), MSADB_EDTYPE);
+    bad = fx->doc;
+    int64_t badspans[2 * DOCS_T];
+    memcpy(badspans, fx->spans, sizeof badspans);
     badspans[5] = 1000; /* past the text */
     bad.token_spans = badspans;
-    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_EINVAL);
-    bad = doc;
-    float *Knan = malloc(planes * T * d * 4);
-    memcpy(Knan, K, planes * T * d * 4);
-    Knan[planes * T * d - 1] = NAN;
+    CHECK_RC(msadb_doc_append(fx->st, &bad, NULL), MSADB_EINVAL);
+    bad = fx->doc;
+    float *Knan = malloc(n * 4);
+    memcpy(Knan, fx->K, n * 4);
+    Knan[n - 1] = NAN;
     bad.keys = Knan;
-    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_ENONFINITE);
-    bad = doc;
+    CHECK_RC(msadb_doc_append(fx->st, &bad, NULL), MSADB_ENONFINITE);
+    free(Knan);
+    bad = fx->doc;
     bad.space = "nowhere";
-    CHECK_RC(msadb_doc_append(st, &bad, NULL), MSADB_ENOTFOUND);
+    CHECK_RC(msadb_doc_append(fx->st, &bad, NULL), MSADB_ENOTFOUND);
+}
 
+/* Document info, text, metadata, token ids and spans read back. */
+static void docs_read_back(docs_fixture *fx)
+{
+    const size_t T = DOCS_T;
+    const char *text = DOCS_TEXT;
     msadb_snapshot *snap;
-    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    CHECK_OK(msadb_snapshot_begin(fx->st, &snap));
     msadb_doc_info info;
-    CHECK_OK(msadb_doc_get(snap, id1, &info));
+    CHECK_OK(msadb_doc_get(snap, fx->id1, &info));
     CHECK(info.n_tokens == T && info.n_blocks == 3 && strcmp(info.title, "fox") == 0);
     CHECK(strcmp(info.space, "notes") == 0 && info.has_tokens && info.has_spans);
     CHECK(info.text_len == strlen(text) && info.meta_len == 7);
     CHECK_RC(msadb_doc_get(snap, 99, &info), MSADB_ENOTFOUND);
     char tbuf[64];
     size_t len = 0;
-    CHECK_OK(msadb_doc_text(snap, id1, NULL, 0, &len));
+    CHECK_OK(msadb_doc_text(snap, fx->id1, NULL, 0, &len));
     CHECK(len == strlen(text));
-    CHECK_RC(msadb_doc_text(snap, id1, tbuf, 4, &len), MSADB_ELIMIT);
-    CHECK_OK(msadb_doc_text(snap, id1, tbuf, sizeof tbuf, &len));
+    CHECK_RC(msadb_doc_text(snap, fx->id1, tbuf, 4, &len), MSADB_ELIMIT);
+    CHECK_OK(msadb_doc_text(snap, fx->id1, tbuf, sizeof tbuf, &len));
     CHECK(len == strlen(text) && memcmp(tbuf, text, len) == 0);
-    CHECK_OK(msadb_doc_text(snap, id2, tbuf, sizeof tbuf, &len));
+    CHECK_OK(msadb_doc_text(snap, fx->id2, tbuf, sizeof tbuf, &len));
     CHECK(len == 0);
-    CHECK_OK(msadb_doc_meta(snap, id1, tbuf, sizeof tbuf, &len));
+    CHECK_OK(msadb_doc_meta(snap, fx->id1, tbuf, sizeof tbuf, &len));
     CHECK(len == 7 && memcmp(tbuf, "{\"k\":1}", 7) == 0);
-    int32_t ids_back[21];
-    int64_t spans_back[42];
-    CHECK_OK(msadb_doc_tokens(snap, id1, ids_back, spans_back, 21));
-    CHECK(memcmp(ids_back, ids, sizeof ids) == 0 && memcmp(spans_back, spans, sizeof spans) == 0);
-    CHECK_RC(msadb_doc_tokens(snap, id2, ids_back, NULL, 21), MSADB_ENOTFOUND);
-    CHECK_RC(msadb_doc_tokens(snap, id1, ids_back, NULL, 20), MSADB_ELIMIT);
+    int32_t ids_back[DOCS_T];
+    int64_t spans_back[2 * DOCS_T];
+    CHECK_OK(msadb_doc_tokens(snap, fx->id1, ids_back, spans_back, 21));
+    CHECK(memcmp(ids_back, fx->ids, sizeof fx->ids) == 0 &&
+          memcmp(spans_back, fx->spans, sizeof fx->spans) == 0);
+    CHECK_RC(msadb_doc_tokens(snap, fx->id2, ids_back, NULL, 21), MSADB_ENOTFOUND);
+    CHECK_RC(msadb_doc_tokens(snap, fx->id1, ids_back, NULL, 20), MSADB_ELIMIT);
+    msadb_snapshot_end(snap);
+}
 
-    /* Stored K/V within the dtype's bound. */
+/* Stored K/V within the dtype's bound, in every plane. */
+static void docs_kv_within_bound(docs_fixture *fx)
+{
+    const size_t T = DOCS_T, d = DOCS_D;
+    const int dtype = fx->dtype;
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(fx->st, &snap));
     float *Kb = malloc(T * d * 4), *Vb = malloc(T * d * 4);
     double tol = dtype == MSADB_DTYPE_F32 ? 0 : dtype == MSADB_DTYPE_F16 ? 2e-3 : dtype == MSADB_DTYPE_BF16 ? 1.6e-2
                  : dtype == MSADB_DTYPE_INT8 ? 0.03 : 0.5;
-    for (uint32_t p = 0; p < planes; p++) {
-        CHECK_OK(msadb_doc_kv(snap, id1, p, Kb, Vb));
+    for (uint32_t p = 0; p < fx->planes; p++) {
+        CHECK_OK(msadb_doc_kv(snap, fx->id1, p, Kb, Vb));
         for (size_t i = 0; i < T * d; i++) {
-            float k = K[p * T * d + i], v = V[p * T * d + i];
+            float k = fx->K[p * T * d + i], v = fx->V[p * T * d + i];
             CHECK(fabs(Kb[i] - k) <= tol * fmax(1.0, fabs(k)) + 1e-7);
             CHECK(fabs(Vb[i] - v) <= tol * fmax(1.0, fabs(v)) + 1e-7);
         }
     }
-    CHECK_RC(msadb_doc_kv(snap, id1, planes, Kb, Vb), MSADB_EINVAL);
+    CHECK_RC(msadb_doc_kv(snap, fx->id1, fx->planes, Kb, Vb), MSADB_EINVAL);
+    msadb_snapshot_end(snap);
+    free(Kb);
+    free(Vb);
+}
 
+/* Listing all documents and those of one space. */
+static void docs_list(docs_fixture *fx)
+{
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(fx->st, &snap));
     id_list all = {0}, notes = {0};
     CHECK_OK(msadb_doc_list(snap, NULL, collect_doc, &all));
-    CHECK(all.n == 2 && all.ids[0] == id1 && all.ids[1] == id2);
+    CHECK(all.n == 2 && all.ids[0] == fx->id1 && all.ids[1] == fx->id2);
     CHECK_OK(msadb_doc_list(snap, "notes", collect_doc, &notes));
-    CHECK(notes.n == 1 && notes.ids[0] == id1);
+    CHECK(notes.n == 1 && notes.ids[0] == fx->id1);
     CHECK_RC(msadb_doc_list(snap, "nowhere", collect_doc, &notes), MSADB_ENOTFOUND);
+    msadb_snapshot_end(snap);
+}
 
-    /* Pages: one per space here, with slots describing the blocks. */
+/* Pages: one per space here, with slots describing the blocks; minmax
+ * really bounds the stored keys of block 2 in plane 1. */
+static void docs_pages(docs_fixture *fx)
+{
+    const uint32_t d = DOCS_D;
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(fx->st, &snap));
     uint32_t sid;
     CHECK_OK(msadb_snap_space_id(snap, "notes", &sid));
     msadb_page_view *views = NULL;
@@ -277,40 +343,60 @@ static void test_documents(int dtype)
     CHECK(((uintptr_t)views[0].summ.reps_scale & 15) == 0);
     msadb_slot s;
     msadb_slot_at(views[0].slots, 2, &s);
-    CHECK(s.doc_id == id1 && s.tok_start == 16 && s.n_tok == 5 && s.flags == 0);
-    /* minmax really bounds the stored keys of block 2 in plane 1 */
-    CHECK_OK(msadb_doc_kv(snap, id1, 1, Kb, NULL));
+    CHECK(s.doc_id == fx->id1 && s.tok_start == 16 && s.n_tok == 5 && s.flags == 0);
+    float *Kb = malloc((size_t)DOCS_T * d * 4);
+    CHECK_OK(msadb_doc_kv(snap, fx->id1, 1, Kb, NULL));
     for (uint32_t t = 16; t < 21; t++)
         for (uint32_t c = 0; c < d; c++) {
             float lo = msadb_f16_to_f32(views[0].summ.minmax[2 * 2 * d + c]);
             float hi = msadb_f16_to_f32(views[0].summ.minmax[2 * 2 * d + d + c]);
             CHECK(lo <= Kb[t * d + c] && Kb[t * d + c] <= hi);
         }
+    free(Kb);
     free(views);
     msadb_snapshot_end(snap);
+}
 
+/* The counts are the two documents' (the refused ones left no trace) and
+ * the store verifies. */
+static void docs_stat_verify(docs_fixture *fx)
+{
     msadb_stat_info si;
-    CHECK_OK(msadb_stat(st, &si));
-    CHECK(si.n_documents == 2 && si.n_tokens == 2 * T && si.n_blocks == 6 && si.n_spaces == 2);
-    CHECK_OK(msadb_verify(st, NULL, NULL));
-    msadb_close(st);
+    CHECK_OK(msadb_stat(fx->st, &si));
+    CHECK(si.n_documents == 2 && si.n_tokens == 2 * DOCS_T && si.n_blocks == 6 && si.n_spaces == 2);
+    CHECK_OK(msadb_verify(fx->st, NULL, NULL));
+}
 
-    /* Persistence: reopen and read again. */
-    CHECK_OK(msadb_open(dir, &sig, NULL, &st));
-    CHECK_OK(msadb_snapshot_begin(st, &snap));
-    CHECK_OK(msadb_doc_kv(snap, id1, 0, Kb, Vb));
-    if (dtype == MSADB_DTYPE_F32)
-        CHECK(memcmp(Kb, K, T * d * 4) == 0 && memcmp(Vb, V, T * d * 4) == 0);
+/* Persistence: reopen and read again. */
+static void docs_persistence(docs_fixture *fx)
+{
+    const size_t T = DOCS_T, d = DOCS_D;
+    msadb_close(fx->st);
+    CHECK_OK(msadb_open(fx->dir, &fx->sig, NULL, &fx->st));
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(fx->st, &snap));
+    float *Kb = malloc(T * d * 4), *Vb = malloc(T * d * 4);
+    CHECK_OK(msadb_doc_kv(snap, fx->id1, 0, Kb, Vb));
+    if (fx->dtype == MSADB_DTYPE_F32)
+        CHECK(memcmp(Kb, fx->K, T * d * 4) == 0 && memcmp(Vb, fx->V, T * d * 4) == 0);
     msadb_snapshot_end(snap);
-    CHECK_OK(msadb_verify(st, NULL, NULL));
-    msadb_close(st);
-    free(K);
-    free(V);
-    free(K16);
-    free(V16);
-    free(Knan);
+    CHECK_OK(msadb_verify(fx->st, NULL, NULL));
     free(Kb);
     free(Vb);
+}
+
+static void test_documents(int dtype)
+{
+    docs_fixture fx;
+    docs_setup(&fx, dtype);
+    docs_invalid_inputs(&fx);
+    docs_read_back(&fx);
+    docs_kv_within_bound(&fx);
+    docs_list(&fx);
+    docs_pages(&fx);
+    docs_stat_verify(&fx);
+    docs_persistence(&fx);
+    docs_teardown(&fx);
 }
 
 /* A batch is all or nothing; ids follow add order; pages span boundaries. */

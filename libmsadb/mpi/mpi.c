@@ -497,6 +497,8 @@ static int query_pack(msadb_mpi *m, const msadb_query *q, int want_hits, size_t 
     const msadb_signature *sig = msadb_shards_signature(m->sh);
     if (!q || !q->q || q->n_query == 0 || q->n_query > UINT32_MAX || (q->n_spaces && !q->spaces))
         return h->rc = MSADB_EINVAL;
+    if (q->n_where) /* metadata filters are not sent to the ranks */
+        return h->rc = MSADB_ENOTSUP;
     size_t names = 0;
     for (size_t i = 0; i < q->n_spaces; i++) {
         if (!q->spaces[i])
@@ -783,7 +785,7 @@ done:
 
 /* A document as bytes: a header of u64 fields, then space, title, meta,
  * text, token ids, spans, keys, values. */
-enum { DH_SPACE, DH_TITLE, DH_META, DH_TEXT, DH_IDS, DH_SPANS, DH_KV, DH_NTOK, DH_DTYPE, DH_N };
+enum { DH_SPACE, DH_TITLE, DH_META, DH_TEXT, DH_IDS, DH_SPANS, DH_KV, DH_NTOK, DH_DTYPE, DH_EXPIRES, DH_N };
 
 static size_t dtype_bytes(int t) { return t == MSADB_DTYPE_F32 ? 4 : t == MSADB_DTYPE_F16 || t == MSADB_DTYPE_BF16 ? 2 : 0; }
 
@@ -802,6 +804,7 @@ static int doc_pack(const msadb_signature *sig, const msadb_doc *doc, char **buf
     h[DH_KV] = (uint64_t)msadb_signature_planes(sig) * doc->n_tokens * sig->head_dim * es;
     h[DH_NTOK] = doc->n_tokens;
     h[DH_DTYPE] = (uint64_t)doc->kv_dtype;
+    h[DH_EXPIRES] = (uint64_t)doc->expires;
     size_t n = sizeof h;
     for (int i = DH_SPACE; i <= DH_SPANS; i++)
         n += h[i];
@@ -862,6 +865,7 @@ static int doc_unpack(const char *b, size_t n, msadb_doc *doc, char space[MSADB_
     o += h[DH_SPANS];
     doc->n_tokens = h[DH_NTOK];
     doc->kv_dtype = (int)h[DH_DTYPE];
+    doc->expires = (int64_t)h[DH_EXPIRES];
     doc->keys = b + o;
     doc->values = b + o + h[DH_KV];
     return 0;

@@ -101,6 +101,7 @@ typedef struct qscratch {
     uint32_t k, d;
     uint32_t n_reps; /* representatives per entry of the views scanned */
     int use_index;   /* route through the index when every page has one */
+    const msadb_docmask *mask; /* documents routing must not consider, or NULL */
 
     /* spaces and page views of the current plane */
     uint32_t *space_ids;
@@ -172,6 +173,13 @@ static inline uint64_t slot_doc(const uint8_t *slots, uint32_t i)
     return msadb_get_le64(slots + (size_t)i * MSADB_SLOT_BYTES + 8);
 }
 
+/* Whether entry i of a slot page is out of routing: deleted, or its
+ * document hidden by the query's mask (filter, expiry). */
+static inline int slot_skip(const qscratch *qs, const uint8_t *slots, uint32_t i)
+{
+    return (slot_flags(slots, i) & MSADB_SLOT_DELETED) || msadb_docmask_hides(qs->mask, slot_doc(slots, i));
+}
+
 static void score_view(const qscratch *qs, scan_part *p, const msadb_page_view *v)
 {
     msadb_summ_score_page(qs->kq, qs->how, &v->summ, v->n, p->tmp, p->scores);
@@ -194,7 +202,7 @@ static int scan_blocks(qscratch *qs, scan_part *p)
             size_t c = msadb_k_select_ge(s, v->n, msadb_topk_threshold(h), p->idx);
             for (size_t j = 0; j < c; j++) {
                 uint32_t i = p->idx[j];
-                if (v->slots && (slot_flags(v->slots, i) & MSADB_SLOT_DELETED))
+                if (v->slots && slot_skip(qs, v->slots, i))
                     continue; /* coarse views have no slots: nothing masked */
                 msadb_topk_offer(h, s[i], CAND_ID(vi, i));
             }
@@ -221,7 +229,7 @@ static int scan_docs(qscratch *qs, scan_part *p)
         score_view(qs, p, v);
         p->scanned += v->n;
         for (uint32_t i = 0; i < v->n; i++) {
-            if (slot_flags(v->slots, i) & MSADB_SLOT_DELETED) {
+            if (slot_skip(qs, v->slots, i)) {
                 open = 0;
                 continue;
             }
@@ -688,7 +696,7 @@ static int select_all(qscratch *qs, size_t *n)
     for (size_t vi = 0; vi < qs->n_views; vi++) {
         const msadb_page_view *v = &qs->views[vi];
         for (uint32_t i = 0; i < v->n; i++)
-            if (!(slot_flags(v->slots, i) & MSADB_SLOT_DELETED))
+            if (!slot_skip(qs, v->slots, i))
                 if (add_sel(qs, n, CAND_ID(vi, i), 0.0f))
                     return MSADB_ENOMEM;
     }
@@ -909,7 +917,7 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
         return MSADB_EINVAL;
     if (q->share == MSADB_SHARE_ROUTE_HEAD ? q->route_head >= sig->n_kv_heads : q->route_head != 0)
         return MSADB_EINVAL;
-    if (q->n_spaces > 0 && !q->spaces)
+    if ((q->n_spaces > 0 && !q->spaces) || (q->n_where > 0 && !q->where))
         return MSADB_EINVAL;
     for (size_t i = 0; i < q->n_spaces; i++)
         if (!q->spaces[i])
@@ -986,7 +994,8 @@ static int plan_query(msadb_snapshot *snap, const msadb_query *q, int attend, qs
     if ((rc = validate(snap, q, &sig, &P->mem_index, &skind)))
         return rc;
     qscratch *qs;
-    if ((rc = scratch_get(snap, &qs)) || (rc = resolve_spaces(snap, qs, q)))
+    if ((rc = scratch_get(snap, &qs)) || (rc = resolve_spaces(snap, qs, q)) ||
+        (rc = msadb_snap_mask(snap, q->where, q->n_where, &qs->mask)))
         return rc;
     P->d = sig->head_dim;
     P->nkv = sig->n_kv_heads;
@@ -1001,8 +1010,11 @@ static int plan_query(msadb_snapshot *snap, const msadb_query *q, int attend, qs
     qs->how = msadb_summ_score_of(skind, mean_score(q->score));
     qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
     qs->d = P->d;
-    /* the index serves block selection with the representatives */
-    int indexable = !q->exact && !qs->doc_mode && qs->how == MSADB_SUMM_SCORE_REPS && msadb_snap_has_index(snap);
+    /* the index serves block selection with the representatives, over
+     * every live document (its super-blocks mix documents: with a mask the
+     * best super-blocks might hold no visible block) */
+    int indexable = !q->exact && !qs->doc_mode && qs->how == MSADB_SUMM_SCORE_REPS && !qs->mask &&
+                    msadb_snap_has_index(snap);
     if (q->route == MSADB_ROUTE_INDEX && !indexable)
         return MSADB_EINVAL;
     qs->use_index = q->route != MSADB_ROUTE_SCAN && indexable;

@@ -433,6 +433,7 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
     meta.text_len = len;
     meta.meta = doc->meta;
     meta.meta_len = doc->meta_len;
+    meta.expires = doc->expires;
     meta.n_tokens = n; /* of the whole text; each part sets its own */
     size_t parts = (n + window - 1) / window;
     for (size_t p = 0; p < parts && !rc; p++) {
@@ -551,6 +552,8 @@ static int attend_hook(uint32_t layer, uint32_t first, uint32_t n, const float *
     mq.n_query = n;
     mq.spaces = a->p->spaces;
     mq.n_spaces = a->p->n_spaces;
+    mq.where = a->p->where;
+    mq.n_where = a->p->n_where;
     mq.top_k = a->p->top_k;
     mq.select = a->p->select;
     mq.exact = a->p->exact;
@@ -716,6 +719,7 @@ static int check_params(const msadb_ask_params *p)
 {
     if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
         isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
+        (p->n_where && !p->where) ||
         (p->summary && !msadb_summary_is_one(p->summary)) || !msadb_score_valid(p->score))
         return MSADB_EINVAL;
     return 0;

@@ -117,23 +117,17 @@ static int mark_slots(msadb_store *st, MDB_txn *txn, uint32_t space, uint64_t fi
     return rc;
 }
 
-struct delete_args {
-    const uint64_t *ids;
-    size_t n;
-};
-
-static int delete_fn(msadb_store *st, MDB_txn *txn, void *ud)
+int msadb_delete_txn(msadb_store *st, MDB_txn *txn, const uint64_t *ids, size_t n)
 {
-    struct delete_args *a = ud;
-    for (size_t i = 0; i < a->n; i++) {
+    for (size_t i = 0; i < n; i++) {
         msadb_docrec r;
-        int rc = msadb_doc_lookup(txn, st, a->ids[i], &r);
+        int rc = msadb_doc_lookup(txn, st, ids[i], &r);
         char name[MSADB_NAME_MAX + 1];
         msadb_spacerec sr;
         if (rc || (rc = msadb_space_name_txn(txn, st, r.space_id, name)) ||
             (rc = msadb_space_get_txn(txn, st, name, &sr)))
             return rc;
-        if ((rc = drop_doc(st, txn, a->ids[i], &r)) || (rc = mark_slots(st, txn, r.space_id, r.first_slot, r.n_blocks)))
+        if ((rc = drop_doc(st, txn, ids[i], &r)) || (rc = mark_slots(st, txn, r.space_id, r.first_slot, r.n_blocks)))
             return rc;
         sr.n_docs--;
         sr.n_tokens -= r.n_tokens;
@@ -141,6 +135,73 @@ static int delete_fn(msadb_store *st, MDB_txn *txn, void *ud)
             return rc;
     }
     return 0;
+}
+
+typedef struct expired {
+    int64_t now;
+    uint64_t *ids;
+    size_t n, cap;
+} expired;
+
+static int collect_expired(uint64_t id, const msadb_docrec *r, void *ud)
+{
+    expired *e = ud;
+    if (msadb_docrec_live(r, e->now))
+        return 0;
+    if (msadb_grow(&e->ids, &e->cap, e->n + 1, sizeof *e->ids, 64))
+        return MSADB_ENOMEM;
+    e->ids[e->n++] = id;
+    return 0;
+}
+
+int msadb_expire_txn(msadb_store *st, MDB_txn *txn, int64_t now, uint64_t *n)
+{
+    if (n)
+        *n = 0;
+    uint32_t format;
+    int rc = msadb_meta_format(txn, st, &format);
+    if (rc || format < MSADB_FORMAT_EXPIRY)
+        return rc;
+    /* collect first: the deletes rewrite the database the walk reads */
+    expired e = {now, NULL, 0, 0};
+    rc = msadb_docs_each(txn, st, collect_expired, &e);
+    if (!rc)
+        rc = msadb_delete_txn(st, txn, e.ids, e.n);
+    free(e.ids);
+    if (!rc && n)
+        *n = e.n;
+    return rc;
+}
+
+struct delete_args {
+    const uint64_t *ids;
+    size_t n;
+};
+
+/* Expired documents go first: an expired id is no longer there to delete. */
+static int delete_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    struct delete_args *a = ud;
+    int rc = msadb_expire_txn(st, txn, msadb_time_now(), NULL);
+    return rc ? rc : msadb_delete_txn(st, txn, a->ids, a->n);
+}
+
+static int expire_fn(msadb_store *st, MDB_txn *txn, void *ud)
+{
+    return msadb_expire_txn(st, txn, msadb_time_now(), ud);
+}
+
+int msadb_expire(msadb_store *st, uint64_t *n_purged)
+{
+    if (n_purged)
+        *n_purged = 0;
+    if (!st)
+        return MSADB_EINVAL;
+    uint64_t n = 0;
+    int rc = msadb_write(st, expire_fn, &n);
+    if (!rc && n_purged)
+        *n_purged = n;
+    return rc;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -424,11 +485,7 @@ static int renumber_fn(uint64_t slot, const msadb_slot *sl, void *ud)
     if (rc)
         return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
     r.first_slot = slot;
-    uint8_t dk[8], rb[DOC_REC_BYTES];
-    msadb_key_doc(dk, sl->doc_id);
-    msadb_docrec_encode(&r, rb);
-    MDB_val dkv = {8, dk}, dv = {DOC_REC_BYTES, rb};
-    return msadb_rec_put(a->txn, a->st, a->st->db_docs, &dkv, &dv, 0);
+    return msadb_docrec_put(a->txn, a->st, sl->doc_id, &r, 0);
 }
 
 /* Points every document of the space at its new first slot. */

@@ -204,20 +204,14 @@ static int upgrade_fn(msadb_store *st, MDB_txn *txn, void *ud)
         if ((rc = msadb_route_create(st, txn)) || (rc = mdb_drop(txn, st->db_route, 0)) ||
             (rc = build_all(st, txn)))
             return rc;
-    } else if (format >= MSADB_FORMAT_VERSION) {
+    } else if (format >= MSADB_FORMAT_DOCKEYS) {
         return 0;
     }
     /* format 3: the database of document keys (empty until a keyed document) */
     MDB_dbi keys;
     if ((rc = msadb_dbi_open(st, txn, "dockeys", MDB_CREATE, &keys)))
         return rc;
-    if (format >= MSADB_FORMAT_VERSION)
-        return 0;
-    uint8_t b[4];
-    msadb_put_le32(b, MSADB_FORMAT_VERSION);
-    v.mv_size = 4;
-    v.mv_data = b;
-    return msadb_rec_put(txn, st, st->db_meta, &k, &v, 0);
+    return msadb_meta_raise_format(txn, st, MSADB_FORMAT_DOCKEYS);
 }
 
 int msadb_upgrade(msadb_store *st)
@@ -229,7 +223,8 @@ int msadb_upgrade(msadb_store *st)
         st->has_route = 0; /* the transaction is gone, and the handle with it */
         return rc;
     }
-    st->format = MSADB_FORMAT_VERSION;
+    if (st->format < MSADB_FORMAT_DOCKEYS)
+        st->format = MSADB_FORMAT_DOCKEYS;
     return msadb_dockeys_open(st);
 }
 

@@ -53,7 +53,7 @@ typedef struct {
     size_t key_off, key_len;   /* key_len 0: no key */
     size_t blocks_off;         /* n_planes * n_blocks (offset u64, length u64) pairs in the arena */
     size_t summ_off;           /* [plane][block] summary entries */
-    int64_t created;
+    int64_t created, expires;
 } batch_doc;
 
 /* Encoding state of one thread: its codec and one block of scratch.  A
@@ -74,6 +74,8 @@ struct msadb_batch {
     size_t n_docs, cap_docs;
     buf_t arena;
     encoder enc[ENCODE_THREADS];
+    uint64_t *del; /* documents msadb_batch_delete() named, deleted at commit */
+    size_t n_del, del_cap;
     /* flush policy (msadb_batch_set_flush) and counters */
     size_t max_docs, max_bytes;
     uint64_t max_tokens;
@@ -134,8 +136,25 @@ void msadb_batch_abort(msadb_batch *b)
         encoder_free(&b->enc[i]);
     free(b->docs);
     free(b->arena.p);
+    free(b->del);
     free(b->ids);
     free(b);
+}
+
+int msadb_batch_delete(msadb_batch *b, const uint64_t *ids, size_t n)
+{
+    if (!b || (!ids && n))
+        return MSADB_EINVAL;
+    if (msadb_grow(&b->del, &b->del_cap, b->n_del + n + 1, sizeof *b->del, 16))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < b->n_del && b->del[j] != ids[i])
+            j++;
+        if (j == b->n_del) /* a repeated id is deleted once */
+            b->del[b->n_del++] = ids[i];
+    }
+    return 0;
 }
 
 static int validate_doc(const msadb_store *st, const msadb_doc *d)
@@ -149,6 +168,8 @@ static int validate_doc(const msadb_store *st, const msadb_doc *d)
     if (d->title && strlen(d->title) > MSADB_TITLE_MAX)
         return MSADB_ELIMIT;
     if (d->title && !msadb_utf8_valid(d->title, strlen(d->title)))
+        return MSADB_EINVAL;
+    if (d->expires < 0 || (d->expires > 0 && d->expires <= msadb_time_now()))
         return MSADB_EINVAL;
     if ((d->meta_len && !d->meta) || (d->text_len && !d->text))
         return MSADB_EINVAL;
@@ -290,6 +311,11 @@ static int find_key(msadb_batch *b, const void *key, size_t len, uint64_t *id)
         return rc;
     rc = msadb_dockey_get(txn, st, key, len, id);
     msadb_txn_done(st, txn);
+    /* a document the batch deletes gives its key up (the deletions come
+     * first in the commit): replacing a document by the same content */
+    for (size_t i = 0; rc == 0 && i < b->n_del; i++)
+        if (b->del[i] == *id)
+            rc = MSADB_ENOTFOUND;
     return rc;
 }
 
@@ -341,7 +367,8 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");
     bd->n_tokens = T;
     bd->n_blocks = nb;
-    bd->created = (int64_t)time(NULL);
+    bd->created = msadb_time_now();
+    bd->expires = doc->expires;
     bd->ids_off = bd->spans_off = (size_t)-1;
     bd->key_len = doc->key ? doc->key_len : 0;
     bd->title_len = doc->title ? strlen(doc->title) : 0;
@@ -555,11 +582,7 @@ static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
 static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
                             uint64_t id, const msadb_docrec *rec)
 {
-    uint8_t k[8], rb[DOC_REC_BYTES];
-    msadb_key_doc(k, id);
-    msadb_docrec_encode(rec, rb);
-    MDB_val kv = {8, k}, v = {DOC_REC_BYTES, rb};
-    int rc = msadb_rec_put(txn, st, st->db_docs, &kv, &v, MDB_APPEND);
+    int rc = msadb_docrec_put(txn, st, id, rec, MDB_APPEND);
     const uint8_t *A = b->arena.p;
     if (!rc && bd->key_len) { /* the key, in the clear: it is itself a hash (msadb_doc_key_hash) */
         uint8_t kk[9], idb[8];
@@ -621,6 +644,11 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         return rc;
     if (next_doc == 0)
         next_doc = 1; /* document ids start at 1 */
+    /* Expired documents are purged by every commit (then the deletions the
+     * batch names), before anything is added. */
+    if ((rc = msadb_expire_txn(st, txn, msadb_time_now(), NULL)) ||
+        (rc = msadb_delete_txn(st, txn, b->del, b->n_del)))
+        return rc;
     space_group *groups = NULL;
     size_t n_groups = 0, written = 0, keyed = 0;
     buf_t page_buf = {0};
@@ -659,6 +687,9 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
         rec.text_len = bd->text_len;
         rec.meta_len = bd->meta_len;
         rec.title_len = bd->title_len;
+        rec.expires = bd->expires;
+        if (bd->expires && (rc = msadb_meta_raise_format(txn, st, MSADB_FORMAT_EXPIRY)))
+            goto out;
         rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
                     (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
                     (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0) | (bd->key_len ? DOC_F_KEY : 0);
@@ -691,7 +722,7 @@ out:
  * on_commit; the batch still holds the documents afterwards. */
 static int batch_write(msadb_batch *b, uint64_t *doc_ids)
 {
-    if (!b->n_docs)
+    if (!b->n_docs && !b->n_del)
         return 0;
     if (!doc_ids && b->on_commit) {
         if (msadb_grow(&b->ids, &b->cap_ids, b->n_docs, sizeof *b->ids, 64))
@@ -702,6 +733,7 @@ static int batch_write(msadb_batch *b, uint64_t *doc_ids)
     int rc = msadb_write(b->st, commit_fn, &a);
     if (rc)
         return rc;
+    b->n_del = 0; /* the deletions are done, in the first commit */
     for (size_t i = 0; i < b->n_docs; i++)
         if (b->docs[i].key_len && b->st->format < MSADB_FORMAT_DOCKEYS)
             b->st->format = MSADB_FORMAT_DOCKEYS;

@@ -69,6 +69,7 @@ void msadb_snapshot_end(msadb_snapshot *s)
         return;
     if (s->scratch_free)
         s->scratch_free(s->scratch);
+    msadb_docmask_free(s->mask);
     free(s->merge_buf);
     page_cache_free(s->pages);
     if (s->txn)
@@ -93,6 +94,15 @@ float *msadb_snap_floats(msadb_snapshot *s, size_t n)
 const msadb_signature *msadb_snap_signature(msadb_snapshot *s) { return &s->st->sig; }
 
 static int snap_ok(msadb_snapshot *s) { return s && s->txn; }
+
+/* A document as reads see it: MSADB_ENOTFOUND once it has expired. */
+static int doc_visible(msadb_snapshot *s, uint64_t id, msadb_docrec *r)
+{
+    int rc = msadb_doc_lookup(s->txn, s->st, id, r);
+    if (!rc && !msadb_docrec_live(r, msadb_time_now()))
+        rc = MSADB_ENOTFOUND;
+    return rc;
+}
 
 /* Reads a docdata record into buf (decrypting), or just its length. */
 int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf, size_t cap, size_t *len)
@@ -140,6 +150,7 @@ static int msadb_doc_info_fill(msadb_snapshot *s, uint64_t id, const msadb_docre
     out->meta_len = (size_t)r->meta_len;
     out->has_tokens = (r->flags & DOC_F_TOKENS) != 0;
     out->has_spans = (r->flags & DOC_F_SPANS) != 0;
+    out->expires = r->expires;
     int rc = msadb_space_name_txn(s->txn, s->st, r->space_id, out->space);
     if (rc)
         return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
@@ -165,47 +176,51 @@ int msadb_doc_get(msadb_snapshot *s, uint64_t id, msadb_doc_info *out)
     if (!snap_ok(s) || !out)
         return MSADB_EINVAL;
     msadb_docrec r;
-    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    int rc = doc_visible(s, id, &r);
     return rc ? rc : msadb_doc_info_fill(s, id, &r, out);
 }
 
 int msadb_doc_list(msadb_snapshot *s, const char *space, int (*cb)(const msadb_doc_info *, void *), void *ud)
 {
+    return msadb_doc_list_where(s, space, NULL, 0, cb, ud);
+}
+
+typedef struct list_ctx {
+    msadb_snapshot *s;
+    const msadb_docmask *mask;
+    uint32_t space; /* UINT32_MAX: every space */
+    int64_t now;
+    int (*cb)(const msadb_doc_info *, void *);
+    void *ud;
+} list_ctx;
+
+static int list_one(uint64_t id, const msadb_docrec *r, void *ud)
+{
+    list_ctx *c = ud;
+    if ((c->space != UINT32_MAX && r->space_id != c->space) || msadb_docmask_hides(c->mask, id) ||
+        !msadb_docrec_live(r, c->now))
+        return 0;
+    msadb_doc_info info;
+    int rc = msadb_doc_info_fill(c->s, id, r, &info);
+    return rc ? rc : c->cb(&info, c->ud);
+}
+
+int msadb_doc_list_where(msadb_snapshot *s, const char *space, const char *const *where, size_t n_where,
+                         int (*cb)(const msadb_doc_info *, void *), void *ud)
+{
     if (!snap_ok(s) || !cb)
         return MSADB_EINVAL;
-    uint32_t want = 0;
-    int rc;
+    list_ctx c = {s, NULL, UINT32_MAX, msadb_time_now(), cb, ud};
+    int rc = msadb_snap_mask(s, where, n_where, &c.mask);
+    if (rc)
+        return rc;
     if (space) {
         msadb_spacerec sr;
         if ((rc = msadb_space_get_txn(s->txn, s->st, space, &sr)))
             return rc;
-        want = sr.id;
+        c.space = sr.id;
     }
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(s->txn, s->st->db_docs, &cur)))
-        return rc;
-    MDB_val k, v;
-    uint8_t *buf = NULL;
-    size_t cap = 0;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        msadb_docrec r;
-        if ((rc = msadb_rec_open(s->st, s->st->db_docs, &k, &v, &buf, &cap)))
-            break;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        if (space && r.space_id != want)
-            continue;
-        msadb_doc_info info;
-        if ((rc = msadb_doc_info_fill(s, msadb_get_be64(k.mv_data), &r, &info)) || (rc = cb(&info, ud)))
-            break;
-    }
-    if (rc == MDB_NOTFOUND)
-        rc = 0;
-    free(buf);
-    mdb_cursor_close(cur);
-    return rc;
+    return msadb_docs_each(s->txn, s->st, list_one, &c);
 }
 
 static int docdata_copy(msadb_snapshot *s, uint64_t id, uint8_t kind, void *buf, size_t cap, size_t *len)
@@ -213,7 +228,7 @@ static int docdata_copy(msadb_snapshot *s, uint64_t id, uint8_t kind, void *buf,
     if (!snap_ok(s) || !len)
         return MSADB_EINVAL;
     msadb_docrec r;
-    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    int rc = doc_visible(s, id, &r);
     if (rc)
         return rc;
     rc = msadb_docdata_read(s, id, kind, buf, cap, len);
@@ -239,7 +254,7 @@ int msadb_doc_tokens(msadb_snapshot *s, uint64_t id, int32_t *ids, int64_t *span
     if (!snap_ok(s))
         return MSADB_EINVAL;
     msadb_docrec r;
-    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    int rc = doc_visible(s, id, &r);
     if (rc)
         return rc;
     if (cap < r.n_tokens)
@@ -290,7 +305,7 @@ int msadb_doc_kv(msadb_snapshot *s, uint64_t id, uint32_t plane, float *K, float
     if (plane >= msadb_signature_planes(sig))
         return MSADB_EINVAL;
     msadb_docrec r;
-    int rc = msadb_doc_lookup(s->txn, s->st, id, &r);
+    int rc = doc_visible(s, id, &r);
     if (rc)
         return rc;
     size_t d = sig->head_dim;
@@ -575,7 +590,7 @@ int msadb_snap_doc_space(msadb_snapshot *s, uint64_t doc_id, uint32_t *space_id)
     if (!snap_ok(s) || !space_id)
         return MSADB_EINVAL;
     msadb_docrec r;
-    int rc = msadb_doc_lookup(s->txn, s->st, doc_id, &r);
+    int rc = doc_visible(s, doc_id, &r);
     if (!rc)
         *space_id = r.space_id;
     return rc;

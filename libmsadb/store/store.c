@@ -145,6 +145,25 @@ int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t
     return put_meta(txn, st, name, b, 8);
 }
 
+int msadb_meta_format(MDB_txn *txn, msadb_store *st, uint32_t *format)
+{
+    MDB_val v;
+    int rc = get_meta(txn, st, "format", &v);
+    if (rc)
+        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+    if (v.mv_size != 4)
+        return MSADB_ECORRUPT;
+    *format = msadb_get_le32(v.mv_data);
+    return 0;
+}
+
+int msadb_meta_raise_format(MDB_txn *txn, msadb_store *st, uint32_t version)
+{
+    uint32_t cur;
+    int rc = msadb_meta_format(txn, st, &cur);
+    return rc || cur >= version ? rc : msadb_meta_put_format(txn, st, version);
+}
+
 int msadb_meta_put_format(MDB_txn *txn, msadb_store *st, uint32_t version)
 {
     uint8_t b[4];
@@ -548,7 +567,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     st->page_cap = MSADB_PAGE_CAP;
     msadb_random(st->store_id, sizeof st->store_id);
     uint8_t sigbuf[36 + 2 * MSADB_MAX_LAYERS], u32[4];
-    msadb_put_le32(u32, MSADB_FORMAT_VERSION);
+    msadb_put_le32(u32, MSADB_FORMAT_DOCKEYS); /* raised when a later layout is first used */
     if ((rc = put_meta(txn, st, "format", u32, 4)))
         goto fail;
     if ((rc = put_meta(txn, st, "signature", sigbuf, msadb_sig_encode(sig, sigbuf))))
@@ -560,7 +579,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
         goto fail;
     if ((rc = setup_crypto_create(st, txn, opt)))
         goto fail;
-    st->format = MSADB_FORMAT_VERSION;
+    st->format = MSADB_FORMAT_DOCKEYS;
     if ((rc = msadb_route_create(st, txn)))
         goto fail;
     if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
@@ -574,7 +593,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     if (rc)
         goto fail;
     st->has_dockeys = 1;
-    st->format = MSADB_FORMAT_VERSION;
+    st->format = MSADB_FORMAT_DOCKEYS;
     *out = st;
     return 0;
 fail:
@@ -774,10 +793,11 @@ void msadb_docdata_ad(const msadb_store *st, uint64_t doc, uint8_t kind, uint8_t
 /* Document records                                                         */
 /* ------------------------------------------------------------------------ */
 
-void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p)
+size_t msadb_docrec_encode(const msadb_docrec *d, uint8_t *p)
 {
-    memset(p, 0, DOC_REC_BYTES);
-    p[0] = 1;
+    size_t len = d->expires ? DOC_REC_BYTES_V2 : DOC_REC_BYTES;
+    memset(p, 0, len);
+    p[0] = d->expires ? 2 : 1;
     p[1] = (uint8_t)d->flags;
     msadb_put_le32(p + 4, d->space_id);
     msadb_put_le64(p + 8, d->n_tokens);
@@ -788,11 +808,16 @@ void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p)
     msadb_put_le64(p + 48, d->text_len);
     msadb_put_le64(p + 56, d->meta_len);
     msadb_put_le64(p + 64, d->title_len);
+    if (d->expires)
+        msadb_put_le64(p + 72, (uint64_t)d->expires);
+    return len;
 }
 
 int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
 {
-    if (len != DOC_REC_BYTES || p[0] != 1 || (p[1] & ~DOC_F_ALL))
+    /* version 1: 72 bytes; version 2: 80, the expiry time (never 0) last */
+    if (len < 1 || !((p[0] == 1 && len == DOC_REC_BYTES) || (p[0] == 2 && len == DOC_REC_BYTES_V2)) ||
+        (p[1] & ~DOC_F_ALL))
         return MSADB_ECORRUPT;
     d->flags = p[1];
     d->space_id = msadb_get_le32(p + 4);
@@ -804,10 +829,44 @@ int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
     d->text_len = msadb_get_le64(p + 48);
     d->meta_len = msadb_get_le64(p + 56);
     d->title_len = msadb_get_le64(p + 64);
+    d->expires = p[0] == 2 ? (int64_t)msadb_get_le64(p + 72) : 0;
     if (d->n_tokens == 0 || d->n_tokens > UINT32_MAX || d->n_blocks == 0 || d->n_blocks > d->n_tokens ||
-        d->title_len > MSADB_TITLE_MAX)
+        d->title_len > MSADB_TITLE_MAX || (p[0] == 2 && d->expires <= 0))
         return MSADB_ECORRUPT;
     return 0;
+}
+
+int msadb_docs_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint64_t id, const msadb_docrec *r, void *ud),
+                    void *ud)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->db_docs, &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST, &buf, &cap); rc == 0;
+         rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT, &buf, &cap)) {
+        msadb_docrec r;
+        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
+            rc = MSADB_ECORRUPT;
+            break;
+        }
+        if ((rc = fn(msadb_get_be64(k.mv_data), &r, ud)))
+            break;
+    }
+    free(buf);
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d, unsigned flags)
+{
+    uint8_t k[8], rb[DOC_REC_BYTES_V2];
+    msadb_key_doc(k, id);
+    MDB_val kv = {8, k}, v = {msadb_docrec_encode(d, rb), rb};
+    return msadb_rec_put(txn, st, st->db_docs, &kv, &v, flags);
 }
 
 int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d)
@@ -815,7 +874,7 @@ int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d
     uint8_t k[8];
     msadb_key_doc(k, id);
     MDB_val kv = {8, k}, v;
-    uint8_t rec[DOC_REC_BYTES];
+    uint8_t rec[DOC_REC_BYTES_V2];
     size_t len = 0;
     int rc = msadb_rec_get_into(txn, st, st->db_docs, &kv, rec, sizeof rec, &len);
     if (rc == MDB_NOTFOUND)
@@ -1176,9 +1235,8 @@ int msadb_stat(msadb_store *st, msadb_stat_info *out)
     mdb_env_info(st->env, &info);
     MDB_stat bs;
     mdb_stat(txn, st->db_blocks, &bs);
-    MDB_val fv;
-    out->format_version = get_meta(txn, st, "format", &fv) == 0 && fv.mv_size == 4 ? msadb_get_le32(fv.mv_data)
-                                                                                    : st->format;
+    out->format_version = st->format;
+    msadb_meta_format(txn, st, &out->format_version); /* another writer may have raised it */
     out->n_blocks = bs.ms_entries;
     out->block_bytes = db_bytes(txn, st->db_blocks, es.ms_psize);
     out->summary_bytes = db_bytes(txn, st->db_summ, es.ms_psize) + db_bytes(txn, st->db_slots, es.ms_psize);

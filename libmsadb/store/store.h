@@ -100,6 +100,55 @@ MSADB_HIDDEN int msadb_route_rebuild(msadb_store *st, uint32_t S, uint32_t R, ui
 /* Nonzero when the snapshot's store has a routing index (store/index.c). */
 MSADB_HIDDEN int msadb_snap_has_index(msadb_snapshot *snap);
 
+/* Which documents a read may see (store/filter.c): a set of document ids,
+ * either the only visible ones (include: a metadata filter was given) or
+ * the hidden ones (expired documents).  Built by walking the document
+ * records, and kept in the snapshot until its state, the filter or the
+ * clock (past the next expiry time) makes it stale. */
+typedef struct msadb_docmask {
+    int include;
+    uint64_t *keys;
+    uint8_t *used;
+    size_t cap, n;
+    /* what it was built for */
+    size_t txn_id;
+    int64_t built_at, valid_until;
+    char *where;
+    size_t where_len;
+    uint8_t *meta; /* scratch for metadata reads */
+    size_t meta_cap;
+} msadb_docmask;
+
+static inline size_t msadb_docmask_hash(uint64_t doc, size_t mask)
+{
+    return (size_t)((doc * 0x9e3779b97f4a7c15ull) >> 17) & mask;
+}
+
+/* Whether the mask hides document doc (a NULL mask hides nothing). */
+static inline int msadb_docmask_hides(const msadb_docmask *m, uint64_t doc)
+{
+    if (!m)
+        return 0;
+    int in = 0;
+    if (m->cap) {
+        size_t h = msadb_docmask_hash(doc, m->cap - 1);
+        while (m->used[h] && m->keys[h] != doc)
+            h = (h + 1) & (m->cap - 1);
+        in = m->used[h];
+    }
+    return m->include ? !in : in;
+}
+
+/* The mask for filter terms where[0, n_where) ("KEY=VALUE", all must hold)
+ * and the expiry times as of now, in the snapshot: *out NULL when every
+ * document is visible (no terms, nothing expired: then no document record
+ * is read if the store never held an expiry time).  Valid until the next
+ * call on the snapshot or its end.  Errors: MSADB_EINVAL (a malformed
+ * term), MSADB_ENOMEM, read errors. */
+MSADB_HIDDEN int msadb_snap_mask(msadb_snapshot *snap, const char *const *where, size_t n_where,
+                                 const msadb_docmask **out);
+MSADB_HIDDEN void msadb_docmask_free(msadb_docmask *m);
+
 /* The signature of the snapshot's store. */
 MSADB_HIDDEN const msadb_signature *msadb_snap_signature(msadb_snapshot *snap);
 

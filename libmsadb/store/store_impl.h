@@ -53,6 +53,7 @@ struct msadb_store {
 
 struct msadb_snapshot {
     msadb_store *st;
+    struct msadb_docmask *mask; /* the last document mask built (store/filter.c) */
     MDB_txn *txn;
     msadb_codec *codec;
     void *scratch;
@@ -77,14 +78,12 @@ struct msadb_snapshot {
 #define DD_SPANS 5
 #define DD_KEY 6 /* the document's key, stored as given (never sealed) */
 
-/* The first format version with document keys (database "dockeys"). */
-#define MSADB_FORMAT_DOCKEYS 3u
-
 typedef struct msadb_docrec {
     uint32_t flags, space_id;
     uint64_t n_tokens, n_blocks, first_block, first_slot;
     int64_t created;
     uint64_t text_len, meta_len, title_len;
+    int64_t expires; /* Unix seconds after which reads ignore the document; 0: never */
 } msadb_docrec;
 
 typedef struct msadb_spacerec {
@@ -92,14 +91,40 @@ typedef struct msadb_spacerec {
     uint64_t n_docs, n_tokens, n_slots;
 } msadb_spacerec;
 
-#define DOC_REC_BYTES 72
+#define DOC_REC_BYTES 72    /* record version 1: no expiry time */
+#define DOC_REC_BYTES_V2 80 /* record version 2: the expiry time at offset 72 */
+
+/* Format versions of the layouts added after version 1 (docs/format.md):
+ * the routing index (2), document keys (database "dockeys", 3; a new store
+ * starts there), expiry times (4).  A store carries the lowest version its
+ * contents need: the expiry version only once a document with an expiry
+ * time has been written, so that a store without one stays readable by
+ * older libraries. */
+#define MSADB_FORMAT_ROUTE 2u
+#define MSADB_FORMAT_DOCKEYS 3u
+#define MSADB_FORMAT_EXPIRY 4u
 
 MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
 MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
 MSADB_HIDDEN int msadb_space_name_valid(const char *name);
 MSADB_HIDDEN void msadb_docdata_ad(const msadb_store *st, uint64_t doc, uint8_t kind, uint8_t ad[26]);
 MSADB_HIDDEN int msadb_sig_decode(const uint8_t *p, size_t len, msadb_signature *s);
-MSADB_HIDDEN void msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
+/* Encodes a record into p[DOC_REC_BYTES_V2]: version 1 (72 bytes) when it
+ * has no expiry time, else version 2 (80); returns the size. */
+MSADB_HIDDEN size_t msadb_docrec_encode(const msadb_docrec *d, uint8_t *p);
+/* Writes a document record (flags: mdb_put flags). */
+MSADB_HIDDEN int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d,
+                                  unsigned flags);
+/* Calls fn for every document record in id order (decoded; MSADB_ECORRUPT
+ * for one that does not decode); a non-zero return from fn stops the walk
+ * and is returned. */
+MSADB_HIDDEN int msadb_docs_each(MDB_txn *txn, msadb_store *st,
+                                 int (*fn)(uint64_t id, const msadb_docrec *r, void *ud), void *ud);
+/* Whether a document is visible at time now (not expired). */
+static inline int msadb_docrec_live(const msadb_docrec *d, int64_t now)
+{
+    return d->expires == 0 || d->expires > now;
+}
 MSADB_HIDDEN int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d);
 
 /* Read transactions counted so the map is never remapped under a reader. */
@@ -161,6 +186,21 @@ MSADB_HIDDEN int msadb_meta_mac(msadb_store *st, MDB_txn *txn, uint8_t mac[32]);
 MSADB_HIDDEN MDB_env *msadb_store_env(msadb_store *st);
 MSADB_HIDDEN int msadb_meta_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t *out);
 MSADB_HIDDEN int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t val);
+/* The format version stored in txn (it can be newer than st->format when
+ * another process raised it). */
+MSADB_HIDDEN int msadb_meta_format(MDB_txn *txn, msadb_store *st, uint32_t *format);
+/* Raises the stored format version to at least `version` in txn (the
+ * caller sets st->format once the transaction commits). */
+MSADB_HIDDEN int msadb_meta_raise_format(MDB_txn *txn, msadb_store *st, uint32_t version);
+
+/* Deletes documents in txn (store/delete.c): their blocks, data and
+ * records, their slots marked deleted, their spaces' counts updated.
+ * MSADB_ENOTFOUND if one does not exist. */
+MSADB_HIDDEN int msadb_delete_txn(msadb_store *st, MDB_txn *txn, const uint64_t *ids, size_t n);
+/* Deletes every document expired at `now` in txn (store/delete.c); *n (may
+ * be NULL) gets their count.  Nothing to do (0) in a store whose format
+ * predates expiry times. */
+MSADB_HIDDEN int msadb_expire_txn(msadb_store *st, MDB_txn *txn, int64_t now, uint64_t *n);
 /* Drops the pages of the memory map this process touched from its resident
  * memory (streaming ingest: a commit reads the pages it rewrites, and over a
  * large ingest those would add up). */

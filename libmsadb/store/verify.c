@@ -197,6 +197,10 @@ static int check_doc(verifier *vf, uint64_t id, const msadb_docrec *r, uint64_t 
         return 0;
     }
     check_docdata(vf, id, r);
+    uint32_t format = 0;
+    if (r->expires && msadb_meta_format(vf->snap->txn, st, &format) == 0 && format < MSADB_FORMAT_EXPIRY)
+        problem(vf, "document %llu: an expiry time in a store of format %u (expiry needs format %u)",
+                (unsigned long long)id, format, MSADB_FORMAT_EXPIRY);
     for (uint64_t j = 0; j < r->n_blocks; j++) {
         uint64_t slot = r->first_slot + j, blk = r->first_block + j;
         uint32_t want_n = (uint32_t)(r->n_tokens - j * B < B ? r->n_tokens - j * B : B);

@@ -201,7 +201,7 @@ def test_round_trips():
         assert st.space("agent-1").n_documents == 3
         assert st.space("default").n_tokens == sum(v[0].shape[2] for v in one.values())
         stat = st.stat()
-        assert stat.n_documents == 4 and stat.format_version == msadb.FORMAT_VERSION
+        assert stat.n_documents == 4 and 3 <= stat.format_version <= msadb.FORMAT_VERSION  # the lowest its contents need
         assert not st.encrypted and not stat.encrypted
         with st.snapshot() as s:
             assert [x.id for x in s.documents("agent-1")] == sorted(docs)
@@ -499,6 +499,75 @@ def test_model_errors():
             expect(msadb.NotFound, errors.ENOTFOUND, m.ingest, st, "text", space="nope")
             assert st.stat().n_documents == 0
     expect(msadb.WrongState, errors.ESTATE, m.tokenize, "x")
+
+
+def test_documents():
+    """Metadata dicts, where filters (routing and listing), expiry under
+    the test clock, Batch.delete (replace), Store.expire."""
+    st = make_store(os.path.join(pyenv.tmpdir("msadb-py-docs-"), "s"))
+    sig = st.signature
+    t0 = 2000000000
+    os.environ["MSADB_TEST_NOW"] = str(t0)
+    try:
+        assert msadb.time_now() == t0
+        shape = (len(sig.memory_layers), sig.n_kv_heads, 32, sig.head_dim)
+        kv = [(RNG.standard_normal(shape).astype(np.float32), RNG.standard_normal(shape).astype(np.float32))
+              for _ in range(3)]
+        red = st.add(*kv[0], meta={"team": "red"})
+        blue = st.add(*kv[1], meta={"team": "blue"}, expires=t0 + 60)
+        other = st.add(*kv[2], meta=b"\x00opaque")
+        with st.snapshot() as snap:
+            assert [d.id for d in snap.documents(where={"team": "red"})] == [red]
+            assert [d.id for d in snap.documents(where=["team=blue"])] == [blue]
+            assert snap.document(blue).expires == t0 + 60
+            assert msadb.parse_meta(snap.meta(red)) == {"team": "red"}
+            assert msadb.parse_meta(snap.meta(other)) is None
+            q = RNG.standard_normal((2, sig.n_q_heads, sig.head_dim)).astype(np.float32)
+            a = snap.attend(2, q, exact=True, where={"team": "red"})
+            assert set(a.hits["doc_id"]) == {red}
+            K0, V0 = kv[0][0][0], kv[0][1][0]  # memory layer 2 = index 0
+            g = sig.n_q_heads // sig.n_kv_heads
+            for h in range(sig.n_q_heads):
+                o, l = dense(q[:, h:h + 1], K0[h // g], V0[h // g])
+                assert rel(a.out[:, h:h + 1], o) < 1e-5
+            hits = snap.retrieve(2, q, top_k=1000, where={"team": "blue"})
+            assert len(hits) and set(hits["doc_id"]) == {blue}
+            os.environ["MSADB_TEST_NOW"] = str(t0 + 60)
+            assert len(snap.retrieve(2, q, top_k=1000, where={"team": "blue"})) == 0
+            assert [d.id for d in snap.documents()] == [red, other]
+            try:
+                snap.document(blue)
+                raise AssertionError("an expired document was read")
+            except msadb.NotFound:
+                pass
+        assert st.expire() == 1
+        # replace: the new document added, the old deleted, in one commit
+        with st.batch() as b:
+            b.add(*kv[1], meta={"team": "red", "v": "2"})
+            b.delete(red)
+        new = b.ids[0]
+        with st.snapshot() as snap:
+            assert [d.id for d in snap.documents(where={"team": "red"})] == [new]
+        b = st.batch()
+        b.add(*kv[2])
+        b.delete([12345])
+        try:
+            b.commit()
+            raise AssertionError("a missing id was deleted")
+        except msadb.NotFound:
+            pass
+        with st.snapshot() as snap:
+            assert [d.id for d in snap.documents()] == [other, new]
+        for bad in ({"sp ace": "x"}, {"k": "a\nb"}):
+            try:
+                st.add(*kv[0], meta=bad)
+                raise AssertionError("bad metadata accepted")
+            except msadb.InvalidArgument:
+                pass
+        assert st.verify() == []
+    finally:
+        os.environ.pop("MSADB_TEST_NOW", None)
+        st.close()
 
 
 if __name__ == "__main__":

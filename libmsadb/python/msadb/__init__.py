@@ -21,7 +21,8 @@ from .errors import (AlreadyExists, AuthenticationFailed, Corrupt, Error, Invali
 from .memory import Memory, default_model_path
 from .runtime import Answer, Model, ModelInfo, Span, merge_spans
 from .store import (HIT_DTYPE, Attention, Batch, Capture, DocInfo, QueryStats, Signature,
-                    Snapshot, SpaceInfo, Stat, Store, lse_merge, read_key_file)
+                    Snapshot, SpaceInfo, Stat, Store, lse_merge, meta_text, parse_meta, read_key_file,
+                    time_now)
 
 __version__ = lib.msadb_version().decode()
 FORMAT_VERSION = lib.msadb_format_version()
@@ -33,5 +34,5 @@ __all__ = ["Busy", "ModelMismatch", "PeerFailed", "TimedOut", "AlreadyExists", "
            "OutOfRange",
            "QueryStats", "ReadOnly", "Signature", "SignatureMismatch", "Snapshot", "Span",
            "SpaceInfo", "Stat", "Store", "UnsupportedDtype", "VersionMismatch", "WrongState",
-           "check_mirrors", "default_model_path", "lse_merge", "merge_spans", "read_key_file",
-           "strerror"]
+           "check_mirrors", "default_model_path", "lse_merge", "merge_spans", "meta_text",
+           "parse_meta", "read_key_file", "strerror", "time_now"]

@@ -61,7 +61,8 @@ class Doc_(ctypes.Structure):
                 ("token_ids", ctypes.c_void_p), ("token_spans", ctypes.c_void_p),
                 ("n_tokens", ctypes.c_size_t), ("kv_dtype", ctypes.c_int),
                 ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
-                ("key", ctypes.c_void_p), ("key_len", ctypes.c_size_t)]
+                ("key", ctypes.c_void_p), ("key_len", ctypes.c_size_t),
+                ("expires", ctypes.c_int64)]
 
 
 class BatchStatus_(ctypes.Structure):
@@ -78,7 +79,8 @@ class DocInfo_(ctypes.Structure):
                 ("n_tokens", ctypes.c_uint64), ("n_blocks", ctypes.c_uint64),
                 ("first_block", ctypes.c_uint64), ("created", ctypes.c_int64),
                 ("text_len", ctypes.c_size_t), ("meta_len", ctypes.c_size_t),
-                ("has_tokens", ctypes.c_int), ("has_spans", ctypes.c_int)]
+                ("has_tokens", ctypes.c_int), ("has_spans", ctypes.c_int),
+                ("expires", ctypes.c_int64)]
 
 
 class QueryStats_(ctypes.Structure):
@@ -96,7 +98,8 @@ class Query_(ctypes.Structure):
                 ("score", ctypes.c_int), ("scale", ctypes.c_float), ("exact", ctypes.c_int),
                 ("per_token", ctypes.c_int), ("stats", ctypes.c_void_p),
                 ("route", ctypes.c_int), ("route_candidates", ctypes.c_uint32),
-                ("share", ctypes.c_int), ("route_head", ctypes.c_uint32)]
+                ("share", ctypes.c_int), ("route_head", ctypes.c_uint32),
+                ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
 
 
 class Hit_(ctypes.Structure):
@@ -127,7 +130,8 @@ class AskParams_(ctypes.Structure):
                 ("seed", ctypes.c_uint64), ("query_pos", ctypes.c_int32),
                 ("route_each_token", ctypes.c_int), ("interleave", ctypes.c_uint32),
                 ("summary", ctypes.c_uint32), ("score", ctypes.c_int),
-                ("on_text", ON_TEXT), ("user", ctypes.c_void_p)]
+                ("on_text", ON_TEXT), ("user", ctypes.c_void_p),
+                ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
 
 
 # Every public struct of include/msadb.h and its mirror (checked by
@@ -179,6 +183,12 @@ PROTOTYPES = {
     "msadb_batch_abort": (None, [_P]),
     "msadb_doc_append": (_I, [_P, _P, _U64P]),
     "msadb_doc_delete": (_I, [_P, _U64P, _SZ]),
+    "msadb_batch_delete": (_I, [_P, _U64P, _SZ]),
+    "msadb_expire": (_I, [_P, _U64P]),
+    "msadb_meta_term_check": (_I, [_S]),
+    "msadb_meta_match": (_I, [_P, _SZ, _P, _SZ]),
+    "msadb_time_now": (ctypes.c_int64, []),
+    "msadb_doc_list_where": (_I, [_P, _S, _P, _SZ, DOC_CB, _P]),
     "msadb_compact": (_I, [_P]),
     "msadb_snapshot_begin": (_I, [_P, _PP]),
     "msadb_snapshot_end": (None, [_P]),

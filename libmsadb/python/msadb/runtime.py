@@ -19,7 +19,7 @@ import numpy as np
 from . import errors
 from ._lib import ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
 from .errors import check, invalid
-from .store import HIT_DTYPE, Signature, Snapshot, Store, _bytes, _doc, _Handle, _routing
+from .store import HIT_DTYPE, Signature, Snapshot, Store, _bytes, _doc, _Handle, _routing, _where
 
 
 @dataclasses.dataclass
@@ -148,11 +148,12 @@ class Model(_Handle):
 
     def ingest(self, store: Store, texts: Union[str, Sequence[Union[str, Tuple[str, str]]]], *,
                space: Optional[str] = None, title: Optional[str] = None,
-               meta: Union[bytes, str, None] = None) -> List[int]:
+               meta: Union[bytes, str, dict, None] = None, expires: int = 0) -> List[int]:
         """Ingests text(s) through the model in one batch, all or nothing
         (msadb_llm_ingest_doc per text, then one commit).  ``texts`` is a
         string, or a list of strings or (title, text) pairs; ``meta``
-        (opaque bytes) is kept with every document.  A text longer than
+        (opaque bytes, or a dict stored as metadata text) and ``expires``
+        (Unix seconds; 0 = never) are kept with every document.  A text longer than
         LLM_DOC_MAX tokens becomes several documents.  Returns the new
         documents' ids in order."""
         if isinstance(texts, (str, bytes)):
@@ -162,7 +163,8 @@ class Model(_Handle):
             tt, body = (t if isinstance(t, tuple) else (title, t))
             if not _bytes(body, "text"):
                 raise invalid("ingest", "empty text (nothing to ingest)")
-            docs.append(_doc(store, None, None, space=space, title=tt, text=body, meta=meta))
+            docs.append(_doc(store, None, None, space=space, title=tt, text=body, meta=meta,
+                             expires=expires))
         with self._lock, store.batch() as batch:
             for d, keep in docs:
                 with batch._lock:
@@ -171,11 +173,12 @@ class Model(_Handle):
         return batch.ids
 
     def _params(self, spaces, top_k, select, exact, no_memory, max_tokens, temperature, top_p,
-                seed, query_pos, route_each_token, interleave, summary, score):
+                seed, query_pos, route_each_token, interleave, summary, score, where=None):
         p = AskParams_()
         lib.msadb_ask_params_init(ctypes.byref(p))
         keep = []
         _routing(p, "ask", spaces, top_k, select, summary, score, keep)
+        _where(p, where, keep)
         p.exact = int(bool(exact))
         p.no_memory = int(bool(no_memory))
         p.max_tokens = max_tokens
@@ -193,7 +196,7 @@ class Model(_Handle):
             select: str = "blocks", exact: bool = False, no_memory: bool = False,
             max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
             query_pos: int = 0, route_each_token: bool = False, interleave: int = 0,
-            summary: Optional[str] = None, score: Optional[str] = None) -> Answer:
+            summary: Optional[str] = None, score: Optional[str] = None, where=None) -> Answer:
         """msadb_llm_ask: answers ``question`` from memory, as ``msadb query
         --model`` does: greedy by default, memory in every memory layer,
         routed once on the question.  ``on_text(piece)`` receives the answer
@@ -202,7 +205,8 @@ class Model(_Handle):
         memory.  Returns an :class:`Answer` with the cited spans."""
         q = _bytes(question, "question")
         p, keep = self._params(spaces, top_k, select, exact, no_memory, max_tokens, temperature,
-                               top_p, seed, query_pos, route_each_token, interleave, summary, score)
+                               top_p, seed, query_pos, route_each_token, interleave, summary, score,
+                               where)
         pieces = []
         failure = []
 

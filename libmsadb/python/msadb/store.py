@@ -12,7 +12,7 @@ import os
 import dataclasses
 import threading
 import weakref
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -173,12 +173,52 @@ class DocInfo:
     meta_len: int
     has_tokens: bool
     has_spans: bool
+    expires: int = 0  # Unix seconds after which reads ignore it; 0: never
 
 
 def _docinfo(d: DocInfo_) -> DocInfo:
     return DocInfo(d.id, d.space_id, d.space.decode("utf-8", "replace"),
                    d.title.decode("utf-8", "replace"), d.n_tokens, d.n_blocks, d.first_block,
-                   d.created, d.text_len, d.meta_len, bool(d.has_tokens), bool(d.has_spans))
+                   d.created, d.text_len, d.meta_len, bool(d.has_tokens), bool(d.has_spans),
+                   d.expires)
+
+
+def meta_text(meta: Dict[str, str]) -> bytes:
+    """Metadata text (one "KEY=VALUE\\n" line per item, msadb.h) from a dict,
+    each line checked with msadb_meta_term_check (Invalid otherwise)."""
+    out = b""
+    for k, v in meta.items():
+        term = ("%s=%s" % (k, v)).encode("utf-8")
+        if lib.msadb_meta_term_check(term) != 0:
+            raise invalid("meta", "%r=%r: KEY is 1..64 letters, digits and ._-:@/, VALUE up to 1024 "
+                          "bytes without a newline" % (k, v))
+        out += term + b"\n"
+    return out
+
+
+def parse_meta(meta: bytes) -> Optional[Dict[str, str]]:
+    """The dict of metadata text, or None when the bytes are not such text."""
+    if not meta:
+        return {}
+    out = {}
+    for line in meta.decode("utf-8", "replace").rstrip("\n").split("\n"):
+        if lib.msadb_meta_term_check(line.encode("utf-8")) != 0:
+            return None
+        k, _, v = line.partition("=")
+        out[k] = v
+    return out
+
+
+def _where(st, where, keep) -> None:
+    """Sets st.where/n_where (msadb_query, msadb_ask_params) from a dict or
+    a list of "KEY=VALUE" terms."""
+    if not where:
+        return
+    terms = ["%s=%s" % kv for kv in where.items()] if isinstance(where, dict) else list(where)
+    arr = (ctypes.c_char_p * len(terms))(*[t.encode("utf-8") for t in terms])
+    keep.append(arr)
+    st.where = ctypes.cast(arr, ctypes.c_void_p)
+    st.n_where = len(terms)
 
 
 @dataclasses.dataclass
@@ -405,6 +445,13 @@ class Store(_Handle):
         check(lib.msadb_doc_delete(self._get(), ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
                                    ids.size), "delete")
 
+    def expire(self) -> int:
+        """msadb_expire: deletes the documents whose expiry time has passed
+        (reads ignore them already); returns how many."""
+        n = ctypes.c_uint64()
+        check(lib.msadb_expire(self._get(), ctypes.byref(n)), "expire")
+        return n.value
+
     def compact(self) -> None:
         """msadb_compact: summary pages rewritten without deleted documents."""
         check(lib.msadb_compact(self._get()), "compact")
@@ -443,7 +490,8 @@ _KV_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
 
 def _doc(store: Store, keys, values, *, space: Optional[str] = None, title: Optional[str] = None,
          text: Union[str, bytes, None] = None, token_ids=None, spans=None,
-         meta: Union[bytes, str, None] = None, n_tokens: Optional[int] = None):
+         meta: Union[bytes, str, Dict[str, str], None] = None, n_tokens: Optional[int] = None,
+         expires: int = 0):
     """A msadb_doc for keys/values [memory layers][kv heads][T][head dim]
     (float32 or float16, used in place when C-contiguous) and its metadata."""
     keep = []
@@ -473,7 +521,8 @@ def _doc(store: Store, keys, values, *, space: Optional[str] = None, title: Opti
     if b is not None:
         d.text, d.text_len = b, len(b)
         keep.append(b)
-    m = _bytes(meta, "meta")
+    d.expires = int(expires or 0)
+    m = _bytes(meta_text(meta) if isinstance(meta, dict) else meta, "meta")
     if m is not None:
         mb = ctypes.create_string_buffer(m, len(m))
         d.meta, d.meta_len = ctypes.cast(mb, ctypes.c_void_p), len(m)
@@ -508,17 +557,30 @@ class Batch(_Handle):
 
     def add(self, keys, values, *, space: Optional[str] = None, title: Optional[str] = None,
             text: Union[str, bytes, None] = None, token_ids=None, spans=None,
-            meta: Union[bytes, str, None] = None) -> None:
+            meta: Union[bytes, str, Dict[str, str], None] = None, expires: int = 0) -> None:
         """msadb_batch_add: keys and values [memory layers][kv heads][T][head
         dim] (float32 or float16: read in place when C-contiguous, other
         dtypes converted), post-RoPE at document-wise positions; ``text``
         with ``spans`` [T, 2] (byte [start, end) of each token in the
-        UTF-8 text) lets hits cite their text; ``meta`` is opaque bytes."""
+        UTF-8 text) lets hits cite their text; ``meta`` is opaque bytes, or
+        a dict stored as metadata text (what ``where`` filters read);
+        ``expires`` (Unix seconds, :func:`time_now`'s clock; 0 = never) is
+        when every read starts ignoring the document."""
         with self._lock:
             doc, keep = _doc(self.store, keys, values, space=space, title=title, text=text,
-                             token_ids=token_ids, spans=spans, meta=meta)
+                             token_ids=token_ids, spans=spans, meta=meta, expires=expires)
             check(lib.msadb_batch_add(self._get(), ctypes.byref(doc)), "batch add")
             del keep
+
+    def delete(self, doc_ids: Union[int, Iterable[int]]) -> None:
+        """msadb_batch_delete: the documents are deleted in the commit's
+        transaction, before the batch's documents are written (replacing a
+        document: add the new one and delete the old one in one batch; a
+        missing id fails the commit with NotFound and nothing is written)."""
+        ids = np.ascontiguousarray(np.atleast_1d(np.asarray(doc_ids, dtype=np.uint64)))
+        with self._lock:
+            check(lib.msadb_batch_delete(self._get(), ids.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
+                                         ids.size), "batch delete")
 
     def __len__(self) -> int:
         return int(lib.msadb_batch_count(self._get())) if self._h else 0
@@ -632,16 +694,24 @@ class Snapshot(_Handle):
             check(lib.msadb_doc_get(self._get(), doc_id, ctypes.byref(d)), "document %d" % doc_id)
         return _docinfo(d)
 
-    def documents(self, space: Optional[str] = None) -> List[DocInfo]:
-        """msadb_doc_list: the documents of ``space`` (None: all), id order."""
+    def documents(self, space: Optional[str] = None, *, where=None) -> List[DocInfo]:
+        """msadb_doc_list_where: the documents of ``space`` (None: all) whose
+        metadata holds every term of ``where`` (a dict, or "KEY=VALUE"
+        strings; None: all), id order.  Expired documents are not listed."""
         out = []
+        keep: list = []
+
+        class _W(ctypes.Structure):
+            _fields_ = [("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
+        w = _W()
+        _where(w, where, keep)
 
         def cb(p, ud):
             out.append(_docinfo(p.contents))
             return 0
         with self._lock:
-            check(lib.msadb_doc_list(self._get(), _name(space, "space"), DOC_CB(cb), None),
-                  "list documents")
+            check(lib.msadb_doc_list_where(self._get(), _name(space, "space"), w.where, w.n_where,
+                                           DOC_CB(cb), None), "list documents")
         return out
 
     def _blob(self, fn, doc_id, what) -> bytes:
@@ -701,7 +771,8 @@ class Snapshot(_Handle):
         return text[a:b].decode("utf-8", "replace")
 
     # memory attention
-    def _query(self, layer, q, spaces, top_k, select, summary, score, scale, exact, per_token):
+    def _query(self, layer, q, spaces, top_k, select, summary, score, scale, exact, per_token,
+               where=None):
         sig = self._sig
         q = _f32(q, "query", (sig.n_q_heads, sig.head_dim))
         if q.ndim == 2:
@@ -715,6 +786,7 @@ class Snapshot(_Handle):
         mq.n_query = q.shape[0]
         keep = [q]
         _routing(mq, "query", spaces, top_k, select, summary, score, keep)
+        _where(mq, where, keep)
         mq.scale = scale or 0.0
         mq.exact = int(bool(exact))
         mq.per_token = int(bool(per_token))
@@ -732,9 +804,9 @@ class Snapshot(_Handle):
         return max(1, per * sig.n_kv_heads * (n_query if per_token else 1))
 
     def _attend(self, fn, layer, q, out, lse, spaces, top_k, select, summary, score, scale,
-                exact, per_token, hits_cap):
+                exact, per_token, hits_cap, where=None):
         mq, q, st, keep = self._query(layer, q, spaces, top_k, select, summary, score, scale,
-                                      exact, per_token)
+                                      exact, per_token, where)
         n, H, D = q.shape
         cap = hits_cap if hits_cap is not None else self._hit_cap(top_k, exact, select, per_token, n)
         hits = np.zeros(cap, HIT_DTYPE)
@@ -748,11 +820,13 @@ class Snapshot(_Handle):
     def attend(self, layer: int, q, *, spaces: Union[str, Sequence[str], None] = None,
                top_k: int = 16, select: str = "blocks", summary: Optional[str] = None,
                score: Optional[str] = None, scale: Optional[float] = None, exact: bool = False,
-               per_token: bool = False, hits_cap: Optional[int] = None) -> Attention:
+               per_token: bool = False, hits_cap: Optional[int] = None, where=None) -> Attention:
         """msadb_attend: memory attention of model layer ``layer`` for
         queries ``q`` [n, q heads, head dim] (float32 C-contiguous is read
         in place; [q heads, head dim] is one query).  ``exact`` attends every
-        block (dense attention over the stored K/V).  Returns
+        block (dense attention over the stored K/V).  ``where`` (a dict or
+        "KEY=VALUE" strings) routes among the documents whose metadata
+        holds every term, and attends nothing else.  Returns
         :class:`Attention`; hits beyond ``hits_cap`` (default: all that can
         be selected) are counted by the library but not returned."""
         sig = self._sig
@@ -761,7 +835,7 @@ class Snapshot(_Handle):
         out = np.empty((n, sig.n_q_heads, sig.head_dim), np.float32)
         lse = np.empty((n, sig.n_q_heads), np.float32)
         return self._attend(lib.msadb_attend, layer, q, out, lse, spaces, top_k, select, summary,
-                            score, scale, exact, per_token, hits_cap)
+                            score, scale, exact, per_token, hits_cap, where)
 
     def attend_merge(self, layer: int, q, out: np.ndarray, lse: np.ndarray, **kw) -> Attention:
         """msadb_attend_merge: memory attention merged, in place, into the
@@ -777,11 +851,11 @@ class Snapshot(_Handle):
 
     def retrieve(self, layer: int, q, *, spaces=None, top_k: int = 16, select: str = "blocks",
                  summary: Optional[str] = None, score: Optional[str] = None, exact: bool = False,
-                 per_token: bool = False, hits_cap: Optional[int] = None) -> np.ndarray:
+                 per_token: bool = False, hits_cap: Optional[int] = None, where=None) -> np.ndarray:
         """msadb_retrieve: the blocks :meth:`attend` would read (HIT_DTYPE
         array, best first per kv head), without attending."""
         mq, qq, st, keep = self._query(layer, q, spaces, top_k, select, summary, score, None,
-                                       exact, per_token)
+                                       exact, per_token, where)
         cap = hits_cap if hits_cap is not None else self._hit_cap(top_k, exact, select, per_token,
                                                                   qq.shape[0])
         hits = np.zeros(cap, HIT_DTYPE)
@@ -833,7 +907,7 @@ def _routing(st, what, spaces, top_k, select, summary, score, keep) -> None:
 
 def _attend_kw(kw):
     d = dict(spaces=None, top_k=16, select="blocks", summary=None, score=None, scale=None,
-             exact=False, per_token=False, hits_cap=None)
+             exact=False, per_token=False, hits_cap=None, where=None)
     bad = set(kw) - set(d)
     if bad:
         raise TypeError("unexpected keyword arguments %s" % sorted(bad))
@@ -873,3 +947,9 @@ def lse_merge(o1, l1, o2, l2, out: Optional[np.ndarray] = None,
     lib.msadb_lse_merge(l1.size, o1.shape[-1], o1.ctypes.data, l1.ctypes.data, o2.ctypes.data,
                         l2.ctypes.data, out.ctypes.data, lse_out.ctypes.data)
     return out, lse_out
+
+
+def time_now() -> int:
+    """msadb_time_now: the clock of expiry times (Unix seconds; the
+    environment variable MSADB_TEST_NOW replaces it, for tests only)."""
+    return int(lib.msadb_time_now())
