@@ -162,6 +162,25 @@ int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB
     return rc ? rc : msadb_rec_open(st, mdb_cursor_dbi(cur), k, v, buf, cap);
 }
 
+int msadb_rec_each(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi,
+                   int (*fn)(const MDB_val *k, const MDB_val *v, void *ud), void *ud)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST, &buf, &cap); rc == 0;
+         rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT, &buf, &cap))
+        if ((rc = fn(&k, &v, ud)))
+            break;
+    free(buf);
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 /* A sealed record: reserves the sealed size and seals data into it; with
  * MDB_RESERVE the caller fills st->seal_buf first (msadb_rec_seal). */
 static int sealed_put(MDB_txn *txn, msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, unsigned flags)

@@ -836,29 +836,25 @@ int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
     return 0;
 }
 
+struct docs_each_ctx {
+    int (*fn)(uint64_t id, const msadb_docrec *r, void *ud);
+    void *ud;
+};
+
+static int docs_each_one(const MDB_val *k, const MDB_val *v, void *ud)
+{
+    struct docs_each_ctx *c = ud;
+    msadb_docrec r;
+    if (k->mv_size != 8 || msadb_docrec_decode(v->mv_data, v->mv_size, &r))
+        return MSADB_ECORRUPT;
+    return c->fn(msadb_get_be64(k->mv_data), &r, c->ud);
+}
+
 int msadb_docs_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint64_t id, const msadb_docrec *r, void *ud),
                     void *ud)
 {
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, st->db_docs, &cur);
-    if (rc)
-        return rc;
-    MDB_val k, v;
-    uint8_t *buf = NULL;
-    size_t cap = 0;
-    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST, &buf, &cap); rc == 0;
-         rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT, &buf, &cap)) {
-        msadb_docrec r;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        if ((rc = fn(msadb_get_be64(k.mv_data), &r, ud)))
-            break;
-    }
-    free(buf);
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    struct docs_each_ctx c = {fn, ud};
+    return msadb_rec_each(txn, st, st->db_docs, docs_each_one, &c);
 }
 
 int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d, unsigned flags)
@@ -1124,38 +1120,32 @@ int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
     return rc;
 }
 
+struct space_list_ctx {
+    int (*cb)(const msadb_space_info *, void *);
+    void *ud;
+};
+
+static int space_list_one(const MDB_val *k, const MDB_val *v, void *ud)
+{
+    struct space_list_ctx *c = ud;
+    msadb_spacerec rec;
+    msadb_space_info info;
+    if (k->mv_size < 1 || k->mv_size > MSADB_NAME_MAX || spacerec_decode(v, &rec))
+        return MSADB_ECORRUPT;
+    space_info_fill(&info, k->mv_data, k->mv_size, &rec);
+    return c->cb(&info, c->ud);
+}
+
 int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *), void *ud)
 {
     if (!st || !cb)
         return MSADB_EINVAL;
     MDB_txn *txn;
-    MDB_cursor *cur;
     int rc = msadb_txn_read(st, &txn);
     if (rc)
         return rc;
-    if ((rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
-        msadb_txn_done(st, txn);
-        return rc;
-    }
-    MDB_val k, v;
-    uint8_t *buf = NULL;
-    size_t cap = 0;
-    for (rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_FIRST, &buf, &cap); rc == 0;
-         rc = msadb_rec_cursor_get(st, cur, &k, &v, MDB_NEXT, &buf, &cap)) {
-        msadb_spacerec rec;
-        msadb_space_info info;
-        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX || spacerec_decode(&v, &rec)) {
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        space_info_fill(&info, k.mv_data, k.mv_size, &rec);
-        if ((rc = cb(&info, ud)) != 0)
-            break;
-    }
-    free(buf);
-    if (rc == MDB_NOTFOUND)
-        rc = 0;
-    mdb_cursor_close(cur);
+    struct space_list_ctx c = {cb, ud};
+    rc = msadb_rec_each(txn, st, st->db_spaces, space_list_one, &c);
     msadb_txn_done(st, txn);
     return rc;
 }

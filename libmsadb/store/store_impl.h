@@ -147,6 +147,11 @@ MSADB_HIDDEN int msadb_rec_get(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi,
 /* mdb_cursor_get, then msadb_rec_open (buf, cap as there). */
 MSADB_HIDDEN int msadb_rec_cursor_get(const msadb_store *st, MDB_cursor *cur, MDB_val *k, MDB_val *v,
                                       MDB_cursor_op op, uint8_t **buf, size_t *cap);
+/* Calls fn(key, plaintext value) for every record of dbi in key order, each
+ * authenticated (MSADB_EAUTH) or decrypted first; stops at fn's first
+ * nonzero return and returns it.  The value lives until fn returns. */
+MSADB_HIDDEN int msadb_rec_each(MDB_txn *txn, const msadb_store *st, MDB_dbi dbi,
+                                int (*fn)(const MDB_val *k, const MDB_val *v, void *ud), void *ud);
 /* Checks the MAC of a value read by other means; strips it from v. */
 MSADB_HIDDEN int msadb_rec_check(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v);
 /* Nonzero when dbi's values are sealed in this store. */
