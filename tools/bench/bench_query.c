@@ -1039,6 +1039,28 @@ static void *scan_job_run(void *arg)
     return NULL;
 }
 
+/* A random query of G heads (q: G * d floats) prepared into kq, and eight
+ * scan jobs with room for cap scores each (scan_jobs_free). */
+static void scan_setup(wl_rng *g, uint32_t G, uint32_t d, float *q, msadb_kq *kq, scan_job jobs[8], size_t cap)
+{
+    for (uint32_t i = 0; i < G * d; i++)
+        q[i] = wl_randn(g);
+    memset(kq, 0, sizeof *kq);
+    msadb_kq_prepare(kq, q, 1, G, 0, d, d, 0);
+    for (int t = 0; t < 8; t++) {
+        jobs[t].scores = xmalloc(sizeof(float) * cap);
+        jobs[t].idx = xmalloc(sizeof(uint32_t) * cap);
+    }
+}
+
+static void scan_jobs_free(scan_job jobs[8])
+{
+    for (int t = 0; t < 8; t++) {
+        free(jobs[t].scores);
+        free(jobs[t].idx);
+    }
+}
+
 static double scan_once(const msadb_kq *kq, const uint16_t *v, const int8_t *v8, const float *s8, size_t nb,
                         int threads, uint32_t k, scan_job *jobs)
 {
@@ -1094,16 +1116,9 @@ static int scan_only(uint64_t n_tokens, uint32_t k)
         s8[b] = msadb_k_quantize_i8(tmp, d, v8 + b * d);
     }
     float q[4 * 128];
-    for (uint32_t i = 0; i < G * d; i++)
-        q[i] = wl_randn(&g);
     msadb_kq kq;
-    memset(&kq, 0, sizeof kq);
-    msadb_kq_prepare(&kq, q, 1, G, 0, d, d, 0);
     scan_job jobs[8];
-    for (int t = 0; t < 8; t++) {
-        jobs[t].scores = xmalloc(sizeof(float) * 256);
-        jobs[t].idx = xmalloc(sizeof(uint32_t) * 256);
-    }
+    scan_setup(&g, G, d, q, &kq, jobs, 256);
     const char *names[4] = {"f16 mean, 1 thread", "f16 mean, 2 threads", "int8 mean, 1 thread", "int8 mean, 2 threads"};
     double med[4];
     for (int m = 0; m < 4; m++) {
@@ -1131,6 +1146,7 @@ static int scan_only(uint64_t n_tokens, uint32_t k)
     msadb_afree(v);
     msadb_afree(v8);
     free(s8);
+    scan_jobs_free(jobs);
     msadb_kq_free(&kq);
     return 0;
 }
@@ -1190,16 +1206,9 @@ static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k, uint32_t P)
         memcpy(cs + pl * nc, cs, nc * sizeof(float));
     }
     float q[4 * 1024];
-    for (uint32_t i = 0; i < 4 * d; i++)
-        q[i] = wl_randn(&g);
     msadb_kq kq;
-    memset(&kq, 0, sizeof kq);
-    msadb_kq_prepare(&kq, q, 1, 4, 0, d, d, 0);
     scan_job jobs[8];
-    for (int t = 0; t < 8; t++) {
-        jobs[t].scores = xmalloc(sizeof(float) * 256 * 3);
-        jobs[t].idx = xmalloc(sizeof(uint32_t) * 256 * 3);
-    }
+    scan_setup(&g, 4, d, q, &kq, jobs, 256 * 3);
     printf("{\"mode\": \"route-scale\", \"tokens\": %llu, \"d\": %u, \"planes\": %u, \"blocks\": %zu, "
            "\"coarse_vectors\": %zu, \"build_ms\": %.0f, \"results\": [",
            (unsigned long long)n_tokens, d, P, nb, nc, build_ms);
@@ -1248,6 +1257,7 @@ static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k, uint32_t P)
     msadb_afree(page);
     free(s8);
     free(cs);
+    scan_jobs_free(jobs);
     msadb_kq_free(&kq);
     return 0;
 }
@@ -1346,16 +1356,9 @@ static int scan_dims(uint64_t n_tokens, uint32_t k)
         for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
             uint32_t G = groups[gi];
             float q[8 * 256];
-            for (uint32_t i = 0; i < G * d; i++)
-                q[i] = wl_randn(&g);
             msadb_kq kq;
-            memset(&kq, 0, sizeof kq);
-            msadb_kq_prepare(&kq, q, 1, G, 0, d, d, 0);
             scan_job jobs[8];
-            for (int t = 0; t < 8; t++) {
-                jobs[t].scores = xmalloc(sizeof(float) * 256 * 3);
-                jobs[t].idx = xmalloc(sizeof(uint32_t) * 256 * 3);
-            }
+            scan_setup(&g, G, d, q, &kq, jobs, 256 * 3);
             /* best of 7 wall clock (the shared machine's other work only
              * ever adds time), and thread CPU time of the 1-thread runs */
             double med[2][2], cpu[2];
@@ -1383,10 +1386,7 @@ static int scan_dims(uint64_t n_tokens, uint32_t k)
                        d, G, med[1][0], med[1][1], bytes / med[1][1] / 1e6, bytes / cpu[1] / 1e6, med[0][0], med[0][1],
                        bytes / med[0][1] / 1e6, bytes / cpu[0] / 1e6, cpu[0] / cpu[1]);
             first = 0;
-            for (int t = 0; t < 8; t++) {
-                free(jobs[t].scores);
-                free(jobs[t].idx);
-            }
+            scan_jobs_free(jobs);
             msadb_kq_free(&kq);
         }
         msadb_afree(v8);
