@@ -394,10 +394,12 @@ MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
 
 /** Writes every document the batch holds in one LMDB transaction (all or
  * nothing) and frees the batch, whatever the result.  If doc_ids is not
- * NULL it receives the ids of those documents in add order
- * (msadb_batch_count() entries); a keyed document whose key another writer
- * stored after it was added is not written again, and its entry names the
- * document holding the key. */
+ * NULL it receives the ids of those documents in add order (at most
+ * msadb_batch_count() entries: a background commit that ends during the
+ * call, see msadb_batch_set_threads(), reports its documents to on_commit
+ * only); a keyed document whose key another writer stored after it was
+ * added is not written again, and its entry names the document holding
+ * the key. */
 MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
 
 /** Names documents to delete in the transaction that commits the batch,
@@ -446,6 +448,24 @@ MSADB_API int msadb_batch_set_flush(msadb_batch *batch, size_t max_docs, uint64_
  * nothing was written and the batch still holds its documents (flush or
  * commit again, or abort). */
 MSADB_API int msadb_batch_flush(msadb_batch *batch);
+
+/** Sets how many threads the batch uses, 1..8; 0 = the default: the
+ * environment variable MSADB_INGEST_THREADS, else the online CPUs (at most
+ * 8), read by msadb_batch_begin().  A document's blocks are encoded by up
+ * to n threads (the calling one included).  With n > 1, a commit that
+ * msadb_batch_add() makes by itself (msadb_batch_set_flush()) is written by
+ * the batch's writer thread while the following documents are encoded:
+ * its documents count as held (msadb_batch_count(), status `held`) until
+ * the next add that reaches the flush limit, msadb_batch_flush(),
+ * msadb_batch_commit() or msadb_batch_abort() sees it done, and on_commit
+ * is called then, from the calling thread.  If that commit fails, its
+ * error is returned by that next call (an add then does not add its
+ * document) and its documents are still held: a flush or commit writes
+ * them again, before the later ones, in one transaction.  At most two
+ * chunks are held (the one being written, the one being filled).  What is
+ * stored does not depend on n.  Errors: MSADB_EINVAL (NULL batch, n out of
+ * range). */
+MSADB_API int msadb_batch_set_threads(msadb_batch *batch, int n);
 
 typedef struct msadb_batch_status {
     size_t held;             /* documents added and not yet committed */
