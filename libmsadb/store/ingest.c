@@ -133,7 +133,9 @@ struct msadb_batch {
     pthread_t writer;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int writer_on, fl_busy, fl_rc, quit;
+    int writer_on, quit;
+    int fl_sent;         /* b->fl was handed to the writer and is not collected yet */
+    int fl_busy, fl_rc;  /* under mu: the writer is at it; its result */
     /* flush policy (msadb_batch_set_flush) and counters */
     size_t max_docs, max_bytes;
     uint64_t max_tokens;
@@ -867,17 +869,15 @@ static void *writer_main(void *arg)
  * and the chunk stays held (the next flush writes it again). */
 static int collect(msadb_batch *b)
 {
-    if (!b->writer_on)
+    if (!b->fl_sent)
         return 0;
     pthread_mutex_lock(&b->mu);
-    int was_busy = b->fl_busy;
     while (b->fl_busy)
         pthread_cond_wait(&b->cv, &b->mu);
     int rc = b->fl_rc;
     b->fl_rc = 0;
     pthread_mutex_unlock(&b->mu);
-    if (!was_busy)
-        return 0;
+    b->fl_sent = 0;
     if (rc)
         return rc;
     committed(b, &b->fl, NULL, b->fl.ids, b->fl.n_docs);
@@ -897,6 +897,7 @@ static int write_behind(msadb_batch *b)
     chunk t = b->fl;
     b->fl = b->cur;
     b->cur = t;
+    b->fl_sent = 1;
     pthread_mutex_lock(&b->mu);
     b->fl_busy = 1;
     pthread_cond_broadcast(&b->cv);
