@@ -467,6 +467,9 @@ MSADB_API int msadb_batch_flush(msadb_batch *batch);
  * range). */
 MSADB_API int msadb_batch_set_threads(msadb_batch *batch, int n);
 
+/** The batch's thread count (msadb_batch_set_threads()); 0 for NULL. */
+MSADB_API int msadb_batch_threads(const msadb_batch *batch);
+
 typedef struct msadb_batch_status {
     size_t held;             /* documents added and not yet committed */
     uint64_t held_tokens;    /* their tokens */

@@ -394,6 +394,7 @@ static void test_background_commits(void)
     CHECK_RC(msadb_batch_set_threads(b, 9), MSADB_EINVAL);
     CHECK_RC(msadb_batch_set_threads(NULL, 2), MSADB_EINVAL);
     CHECK_OK(msadb_batch_set_threads(b, 2));
+    CHECK(msadb_batch_threads(b) == 2 && msadb_batch_threads(NULL) == 0);
     CHECK_OK(msadb_batch_set_flush(b, 3, 0, 0, on_commit, &c));
     for (uint64_t i = 0; i < 10; i++) {
         msadb_doc d = doc_of(400 + i, 20, 1, kb);

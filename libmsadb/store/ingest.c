@@ -123,12 +123,40 @@ typedef struct {
     buf_t out;           /* encoded blocks of this worker's items */
 } encoder;
 
+/* One worker's share of a document: items [first, last) where item
+ * p * n_blocks + j is block j of plane p.  Encoded bytes go to the worker's
+ * buffer; the directory entry (offset in that buffer, length) and the
+ * summaries go straight to their reserved places in the arena. */
+typedef struct {
+    struct msadb_batch *b;
+    const msadb_doc *doc;
+    batch_doc *bd;
+    encoder *e;
+    uint64_t first, last;
+    float key_max, value_max; /* largest magnitude the store holds, 0 = no limit */
+    int rc;
+} encode_job;
+
+typedef struct {
+    struct msadb_batch *b;
+    int idx;
+} helper_arg;
+
 struct msadb_batch {
     msadb_store *st;
     chunk cur;      /* being filled by msadb_batch_add() */
     chunk fl;       /* handed to the writer thread, or left by a commit of it that failed */
     int threads;    /* msadb_batch_set_threads() */
     encoder enc[MAX_INGEST_THREADS];
+    /* the encoding pool: helpers 1..n_helpers take jobs[1..pool_active] of
+     * each document (generation pool_gen), the adding thread jobs[0] */
+    encode_job jobs[MAX_INGEST_THREADS];
+    pthread_t helpers[MAX_INGEST_THREADS];
+    helper_arg helper_args[MAX_INGEST_THREADS];
+    int n_helpers, pool_active, pool_pending, pool_quit;
+    uint64_t pool_gen;
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_go, pool_done;
     /* the writer thread: started by the first background commit */
     pthread_t writer;
     pthread_mutex_t mu;
@@ -195,6 +223,9 @@ int msadb_batch_begin(msadb_store *st, msadb_batch **out)
     b->threads = default_threads();
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
+    pthread_mutex_init(&b->pool_mu, NULL);
+    pthread_cond_init(&b->pool_go, NULL);
+    pthread_cond_init(&b->pool_done, NULL);
     if (encoder_init(&b->enc[0], st)) {
         msadb_batch_abort(b);
         return MSADB_ENOMEM;
@@ -210,6 +241,8 @@ int msadb_batch_set_threads(msadb_batch *b, int n)
     b->threads = n ? n : default_threads();
     return 0;
 }
+
+int msadb_batch_threads(const msadb_batch *b) { return b ? b->threads : 0; }
 
 size_t msadb_batch_count(const msadb_batch *b) { return b ? b->cur.n_docs + b->fl.n_docs : 0; }
 
@@ -256,19 +289,6 @@ static int arena_put(buf_t *a, const void *p, size_t len, size_t *off)
     return buf_append(a, p, len);
 }
 
-/* One worker's share of a document: items [first, last) where item
- * p * n_blocks + j is block j of plane p.  Encoded bytes go to the worker's
- * buffer; the directory entry (offset in that buffer, length) and the
- * summaries go straight to their reserved places in the arena. */
-typedef struct {
-    msadb_batch *b;
-    const msadb_doc *doc;
-    batch_doc *bd;
-    encoder *e;
-    uint64_t first, last;
-    float key_max, value_max; /* largest magnitude the store holds, 0 = no limit */
-    int rc;
-} encode_job;
 
 static void *encode_items(void *arg)
 {
@@ -313,6 +333,57 @@ static void *encode_items(void *arg)
     return NULL;
 }
 
+/* A helper thread of the encoding pool: waits for a document, encodes
+ * its share (b->jobs[idx]) when it has one, says so, and waits again. */
+
+static void *helper_main(void *arg)
+{
+    helper_arg *h = arg;
+    msadb_batch *b = h->b;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&b->pool_mu);
+    for (;;) {
+        while (b->pool_gen == seen && !b->pool_quit)
+            pthread_cond_wait(&b->pool_go, &b->pool_mu);
+        if (b->pool_quit)
+            break;
+        seen = b->pool_gen;
+        if (h->idx > b->pool_active)
+            continue;
+        pthread_mutex_unlock(&b->pool_mu);
+        encode_items(&b->jobs[h->idx]);
+        pthread_mutex_lock(&b->pool_mu);
+        if (--b->pool_pending == 0)
+            pthread_cond_signal(&b->pool_done);
+    }
+    pthread_mutex_unlock(&b->pool_mu);
+    return NULL;
+}
+
+/* Starts helper threads until there are n; an error if not all could be. */
+static int pool_start(msadb_batch *b, int n)
+{
+    while (b->n_helpers < n) {
+        int i = b->n_helpers + 1;
+        b->helper_args[i] = (helper_arg){b, i};
+        if (pthread_create(&b->helpers[i], NULL, helper_main, &b->helper_args[i]) != 0)
+            return MSADB_ENOMEM;
+        b->n_helpers++;
+    }
+    return 0;
+}
+
+static void pool_stop(msadb_batch *b)
+{
+    pthread_mutex_lock(&b->pool_mu);
+    b->pool_quit = 1;
+    pthread_cond_broadcast(&b->pool_go);
+    pthread_mutex_unlock(&b->pool_mu);
+    for (int i = 1; i <= b->n_helpers; i++)
+        pthread_join(b->helpers[i], NULL);
+    b->n_helpers = 0;
+}
+
 /* Encodes every block of every plane, on up to b->threads threads when
  * there is enough work, then appends the encoded bytes to the arena in item
  * order (the same bytes whatever the number of threads). */
@@ -324,9 +395,9 @@ static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
         workers = (int)(items / (ENCODE_MIN_ITEMS / 2));
     if (workers < 1)
         workers = 1;
-    encode_job jobs[MAX_INGEST_THREADS];
-    pthread_t tid[MAX_INGEST_THREADS];
-    int started[MAX_INGEST_THREADS] = {0};
+    if (workers > 1 && pool_start(b, workers - 1))
+        workers = 1 + b->n_helpers; /* as many as could be started */
+    encode_job *jobs = b->jobs;
     const msadb_signature *sig = &b->st->sig;
     const float f16_max = 65504.0f;
     float value_max = sig->dtype == MSADB_DTYPE_F16 ? f16_max : 0.0f;
@@ -334,19 +405,21 @@ static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
     for (int w = 0; w < workers; w++)
         if (encoder_init(&b->enc[w], b->st))
             return MSADB_ENOMEM;
-    for (int w = 0; w < workers; w++) {
+    for (int w = 0; w < workers; w++)
         jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers,
                                key_max, value_max, 0};
-        if (w > 0)
-            started[w] = pthread_create(&tid[w], NULL, encode_items, &jobs[w]) == 0;
-    }
+    /* helpers 1..workers-1 take their shares, this thread the first */
+    pthread_mutex_lock(&b->pool_mu);
+    b->pool_active = workers - 1;
+    b->pool_pending = workers - 1;
+    b->pool_gen++;
+    pthread_cond_broadcast(&b->pool_go);
+    pthread_mutex_unlock(&b->pool_mu);
     encode_items(&jobs[0]);
-    for (int w = 1; w < workers; w++) {
-        if (started[w])
-            pthread_join(tid[w], NULL);
-        else
-            encode_items(&jobs[w]); /* no thread: do it here */
-    }
+    pthread_mutex_lock(&b->pool_mu);
+    while (b->pool_pending)
+        pthread_cond_wait(&b->pool_done, &b->pool_mu);
+    pthread_mutex_unlock(&b->pool_mu);
     for (int w = 0; w < workers; w++)
         if (jobs[w].rc)
             return jobs[w].rc;
@@ -971,8 +1044,12 @@ void msadb_batch_abort(msadb_batch *b)
         pthread_mutex_unlock(&b->mu);
         pthread_join(b->writer, NULL);
     }
+    pool_stop(b);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->pool_mu);
+    pthread_cond_destroy(&b->pool_go);
+    pthread_cond_destroy(&b->pool_done);
     for (int i = 0; i < MAX_INGEST_THREADS; i++)
         encoder_free(&b->enc[i]);
     chunk_free(&b->cur);
