@@ -164,7 +164,7 @@ static const opt_def opts[O_COUNT] = {
     [O_SHARDS] = {"shards", NULL, 0, 1, C(INIT) | C(SPLIT), "N",
                   "a sharded store of N shards (DIR/shard-0 ... shard-N-1)"},
     [O_COMMIT_EVERY] = {"commit-every", NULL, 0, 1, C(INGEST), "Nt|Nd",
-                        "commit every N tokens (10000t) or documents (500d); default 64 MiB encoded"},
+                        "commit every N tokens (10000t) or documents (500d); default 8 MiB encoded"},
     [O_BINARY_OK] = {"binary-ok", NULL, 0, 0, C(INGEST), NULL,
                      "text files: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
     [O_META] = {"meta", NULL, 0, 1, C(INGEST) | C(UPDATE), "K=V",

@@ -334,7 +334,7 @@ int cli_mpi_open(const cli_args *a, int read_only, cli_db **out);
 int cli_mpi_create(const cli_args *a, const msadb_signature *sig, const msadb_options *opt, int *encrypted);
 
 /* stream.c: streaming ingest (both forms of ingest) */
-#define CLI_COMMIT_BYTES ((size_t)64 << 20) /* default chunk: 64 MiB of encoded data */
+#define CLI_COMMIT_BYTES ((size_t)8 << 20) /* default chunk: 8 MiB of encoded data */
 /* Begins db's batch.  An ordinary store's commits in chunks (--commit-every,
  * else CLI_COMMIT_BYTES), calling on_commit after each commit; a sharded
  * store's is one batch, committed by cli_stream_finish (which then calls

@@ -435,7 +435,9 @@ typedef void (*msadb_commit_fn)(const uint64_t *doc_ids, size_t n, void *user);
  * (all 0, the default: never).  on_commit (may be NULL) is called after
  * every commit, user passed along.  Memory held is then about max_bytes
  * (or the tokens' encoded size) plus the largest document, twice over
- * during a commit (LMDB's dirty pages); after each commit of such a batch
+ * during a commit (LMDB's dirty pages), once more with more than one
+ * thread (msadb_batch_set_threads(): a chunk is filled while another is
+ * written); after each commit of such a batch
  * the pages of the store's memory map the process touched are dropped from
  * its resident memory (they stay in the OS page cache, and are read back
  * on the next access).  Errors: MSADB_EINVAL (NULL batch). */

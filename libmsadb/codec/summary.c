@@ -188,7 +188,7 @@ static void farthest_window(const float *K, uint32_t n, uint32_t d, uint32_t w, 
 
 void msadb_summarize_reps(const float *K, uint32_t n, uint32_t d, int8_t *v8, float *scale)
 {
-    float m[MSADB_MAX_HEAD_DIM], vec[MSADB_MAX_HEAD_DIM];
+    float m[MSADB_MAX_HEAD_DIM] = {0}, vec[MSADB_MAX_HEAD_DIM];
     double dm[MSADB_MAX_BLOCK], df[MSADB_MAX_BLOCK];
     mean_rows(K, 0, n, d, m);
     /* two k-center steps from the mean (ties: the earlier token) */

@@ -300,10 +300,17 @@ int msadb_utf8_valid(const char *str, size_t n)
 
 float msadb_max_abs(const float *x, size_t n)
 {
-    float m = 0.0f;
+    /* On the bits: without the sign, finite floats order as unsigned
+     * integers, and an integer max vectorizes where a float one may not
+     * (NaN rules). */
+    uint32_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        m = a > m ? a : m;
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u &= 0x7fffffffu;
+        m = u > m ? u : m;
     }
-    return m;
+    float f;
+    memcpy(&f, &m, 4);
+    return f;
 }

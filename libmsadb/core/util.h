@@ -82,7 +82,8 @@ MSADB_HIDDEN void msadb_afree(void *p);
  * U+10FFFF). */
 MSADB_HIDDEN int msadb_utf8_valid(const char *s, size_t n);
 
-/* The largest |x| of n floats (NaN compares false: check finiteness first). */
+/* The largest |x| of n finite floats (check finiteness first: a NaN would
+ * count as larger than any number). */
 MSADB_HIDDEN float msadb_max_abs(const float *x, size_t n);
 
 #endif

@@ -123,16 +123,20 @@ typedef struct {
     buf_t out;           /* encoded blocks of this worker's items */
 } encoder;
 
-/* One worker's share of a document: items [first, last) where item
- * p * n_blocks + j is block j of plane p.  Encoded bytes go to the worker's
- * buffer; the directory entry (offset in that buffer, length) and the
+/* One worker's part in a document: it takes items (item p * n_blocks + j
+ * is block j of plane p) one at a time from the shared counter *next until
+ * all are taken, so a worker that the system pauses holds up at most one
+ * item.  Encoded bytes go to the worker's buffer, owner[item] names the
+ * worker; the directory entry (offset in that buffer, length) and the
  * summaries go straight to their reserved places in the arena. */
 typedef struct {
     struct msadb_batch *b;
     const msadb_doc *doc;
     batch_doc *bd;
     encoder *e;
-    uint64_t first, last;
+    uint64_t items, *next;
+    uint8_t *owner;
+    uint8_t idx;
     float key_max, value_max; /* largest magnitude the store holds, 0 = no limit */
     int rc;
 } encode_job;
@@ -154,6 +158,8 @@ struct msadb_batch {
     pthread_t helpers[MAX_INGEST_THREADS];
     helper_arg helper_args[MAX_INGEST_THREADS];
     int n_helpers, pool_active, pool_pending, pool_quit;
+    uint8_t *owner; /* per item of the document being encoded: its worker */
+    size_t cap_owner;
     uint64_t pool_gen;
     pthread_mutex_t pool_mu;
     pthread_cond_t pool_go, pool_done;
@@ -302,34 +308,40 @@ static void *encode_items(void *arg)
     const size_t bound = msadb_block_bound((int)sig->dtype, B, d);
     encoder *e = job->e;
     e->out.len = 0;
-    for (uint64_t it = job->first; it < job->last; it++) {
+    job->rc = 0;
+    for (;;) {
+        uint64_t it = __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED);
+        if (it >= job->items)
+            break;
         uint64_t p = it / nb, j = it % nb;
         uint32_t n = (uint32_t)(j + 1 < nb ? B : T - j * B);
         size_t src = ((size_t)p * T + (size_t)j * B) * d * esz;
         if (msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->keys + src, e->k, (size_t)n * d) ||
             msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->values + src, e->v, (size_t)n * d)) {
             job->rc = MSADB_ENONFINITE;
-            return NULL;
+            break;
         }
         /* f16 holds magnitudes up to 65504: beyond, a stored key or value,
          * or a mean or bound summary, would become infinite */
         if ((job->key_max && msadb_max_abs(e->k, (size_t)n * d) > job->key_max) ||
             (job->value_max && msadb_max_abs(e->v, (size_t)n * d) > job->value_max)) {
             job->rc = MSADB_ERANGE;
-            return NULL;
+            break;
         }
         size_t len = 0;
         if ((job->rc = buf_reserve(&e->out, bound)) ||
             (job->rc = msadb_block_encode(e->codec, (int)sig->dtype, e->k, e->v, n, d, e->out.p + e->out.len,
                                           bound, &len, e->kdeq, NULL)))
-            return NULL;
+            break;
+        job->owner[it] = job->idx;
         uint8_t *dir = job->b->cur.arena.p + job->bd->blocks_off + it * 16;
         msadb_put_le64(dir, e->out.len);
         msadb_put_le64(dir + 8, len);
         e->out.len += len;
         msadb_summarize_entry(&st->summ, e->kdeq, n, job->b->cur.arena.p + job->bd->summ_off + it * se);
     }
-    job->rc = 0;
+    if (job->rc) /* the others stop at their next item */
+        __atomic_store_n(job->next, job->items, __ATOMIC_RELAXED);
     return NULL;
 }
 
@@ -405,9 +417,11 @@ static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
     for (int w = 0; w < workers; w++)
         if (encoder_init(&b->enc[w], b->st))
             return MSADB_ENOMEM;
+    if (msadb_grow(&b->owner, &b->cap_owner, items, 1, 256))
+        return MSADB_ENOMEM;
+    uint64_t next = 0;
     for (int w = 0; w < workers; w++)
-        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers,
-                               key_max, value_max, 0};
+        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items, &next, b->owner, (uint8_t)w, key_max, value_max, 0};
     /* helpers 1..workers-1 take their shares, this thread the first */
     pthread_mutex_lock(&b->pool_mu);
     b->pool_active = workers - 1;
@@ -423,15 +437,19 @@ static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
     for (int w = 0; w < workers; w++)
         if (jobs[w].rc)
             return jobs[w].rc;
-    for (int w = 0; w < workers; w++) {
-        size_t base;
-        int rc = arena_put(&b->cur.arena, b->enc[w].out.p, b->enc[w].out.len, &base);
-        if (rc)
-            return rc;
-        for (uint64_t it = jobs[w].first; it < jobs[w].last; it++) {
-            uint8_t *dir = b->cur.arena.p + bd->blocks_off + it * 16;
-            msadb_put_le64(dir, msadb_get_le64(dir) + base);
-        }
+    /* the encoded blocks into the arena in item order, whoever made them */
+    size_t total = 0;
+    for (int w = 0; w < workers; w++)
+        total += b->enc[w].out.len;
+    int rc = buf_reserve(&b->cur.arena, total);
+    if (rc)
+        return rc;
+    for (uint64_t it = 0; it < items; it++) {
+        uint8_t *dir = b->cur.arena.p + bd->blocks_off + it * 16;
+        size_t off = msadb_get_le64(dir), len = msadb_get_le64(dir + 8);
+        memcpy(b->cur.arena.p + b->cur.arena.len, b->enc[b->owner[it]].out.p + off, len);
+        msadb_put_le64(dir, b->cur.arena.len);
+        b->cur.arena.len += len;
     }
     return 0;
 }
@@ -1054,6 +1072,7 @@ void msadb_batch_abort(msadb_batch *b)
         encoder_free(&b->enc[i]);
     chunk_free(&b->cur);
     chunk_free(&b->fl);
+    free(b->owner);
     free(b);
 }
 
