@@ -241,7 +241,10 @@ class Panel:
         self.refs = list(refs)  # (axis "x"/"y", value, label)
         self.categories = categories  # bar chart: category labels, top to bottom
         self.left = 76 if categories is None else 300
-        self.legend_rows = self.legend_layout()[1] + (1 if any_hollow(series) else 0)
+
+    @property
+    def legend_rows(self):
+        return self.legend_layout()[1] + (1 if any_hollow(self.series) else 0)
 
     def legend_layout(self):
         """(columns, rows) of the legend: two columns when the names fit."""
