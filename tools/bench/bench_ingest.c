@@ -473,18 +473,21 @@ static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, int thre
 static void stream_print(const config *cfg, const stream_result *r, const char *what)
 {
     double f16 = 4.0 * cfg->d; /* K and V rows in f16 */
-    if (cfg->json)
-        printf("{\"run\":\"%s\",\"head_dim\":%u,\"planes\":%u,\"threads\":%d,\"tokens\":%zu,"
-               "\"chunk_bytes\":%zu,\"commits\":%llu,\"seconds\":%.3f,"
-               "\"token_planes_per_s\":%.6g,\"token_planes_per_cpu_s\":%.6g,\"peak_rss_mib\":%.1f,"
+    if (cfg->json) {
+        printf("{\"mode\": \"stream\", ");
+        machine_json();
+        printf("\"dtype\":\"%s\",\"d\":%u,\"planes\":%u,\"block\":%u,\"synced\":%s,", msadb_dtype_name(cfg->dtype),
+               cfg->d, cfg->planes, cfg->block, cfg->no_sync ? "false" : "true");
+        printf("\"run\":\"%s\",\"threads\":%d,\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,"
+               "\"seconds\":%.3f,\"token_planes_per_s\":%.6g,\"token_planes_per_cpu_s\":%.6g,\"peak_rss_mib\":%.1f,"
                "\"block_bytes_per_token_plane\":%.2f,"
                "\"file_bytes_per_token_plane\":%.2f,\"vs_f16\":%.4f,\"capped\":%s,\"load_end\":%.2f,"
                "\"cpu_seconds\":%.2f}\n",
-               what, cfg->d, cfg->planes, r->threads, r->tokens, r->chunk_bytes, (unsigned long long)r->commits,
+               what, r->threads, r->tokens, r->chunk_bytes, (unsigned long long)r->commits,
                r->seconds, r->token_planes_s, r->cpu_s > 0 ? (double)r->tokens * cfg->planes / r->cpu_s : 0.0,
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16,
                r->capped ? "true" : "false", r->load_end, r->cpu_s);
-    else
+    } else
         printf("%-9s %7d %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what,
                r->threads, r->tokens, r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds,
                r->cpu_s, r->token_planes_s, r->cpu_s > 0 ? (double)r->tokens * cfg->planes / r->cpu_s : 0.0,
@@ -525,7 +528,7 @@ static int bench_stream(const config *cfg)
         stream_print(cfg, &base, "one-batch");
         if ((rc = stream_run(cfg, n_base, cfg->chunk_mib << 20, 1, K, V, &one)))
             goto out;
-        stream_print(cfg, &one, "streamed");
+        stream_print(cfg, &one, "one-thread");
     }
     for (size_t i = 0; i < cfg->n_sizes; i++) {
         if ((rc = stream_run(cfg, cfg->sizes[i], cfg->chunk_mib << 20, cfg->threads, K, V, &r)))
