@@ -4,6 +4,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "msadb.h"
 
@@ -296,6 +297,17 @@ int msadb_utf8_valid(const char *str, size_t n)
         i += len;
     }
     return 1;
+}
+
+int msadb_env_threads(const char *var, int max)
+{
+    const char *e = getenv(var);
+    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > max)
+        n = max;
+    return (int)n;
 }
 
 float msadb_max_abs(const float *x, size_t n)

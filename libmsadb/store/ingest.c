@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "codec/codec.h"
 #include "core/crypto.h"
@@ -204,16 +203,7 @@ static int encoder_init(encoder *e, const msadb_store *st)
 }
 
 /* Ingest threads: MSADB_INGEST_THREADS, else the online CPUs (at most 8). */
-static int default_threads(void)
-{
-    const char *e = getenv("MSADB_INGEST_THREADS");
-    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
-    if (n > MAX_INGEST_THREADS)
-        n = MAX_INGEST_THREADS;
-    return (int)n;
-}
+static int default_threads(void) { return msadb_env_threads("MSADB_INGEST_THREADS", MAX_INGEST_THREADS); }
 
 int msadb_batch_begin(msadb_store *st, msadb_batch **out)
 {
