@@ -127,14 +127,17 @@ def main():
     check(texts(root, "x-label") == ["head dim", "head dim"], "sd: x labels")
     check(set(["64", "80", "96", "128", "256"]) <= set(texts(root, "tick")), "sd: head dim ticks")
 
-    # ingest.svg: streamed at 2 sizes, the one-batch baseline at the first
+    # ingest.svg: streamed at 2 sizes, the one-batch and one-thread baselines at the first
     ser, root = series_of(os.path.join(out, "ingest.svg"))
-    check(len(ing) == 3 and all(x.get("mode") == "stream" for x in ing), "bench_ingest --stream --json: 3 records")
+    check(len(ing) == 4 and all(x.get("mode") == "stream" for x in ing), "bench_ingest --stream --json: 4 records")
+    check([x["run"] for x in ing] == ["one-batch", "one-thread", "streamed", "streamed"] and ing[1]["threads"] == 1,
+          "bench_ingest --stream --json: runs and threads %s" % [(x["run"], x["threads"]) for x in ing])
     want = {"streamed, wall": 2, "streamed, per CPU s": 2, "streamed": 2, "one batch (baseline), wall": 1,
-            "one batch (baseline), per CPU s": 1, "one batch (baseline)": 1}
+            "one batch (baseline), per CPU s": 1, "one batch (baseline)": 1, "one-thread, wall": 1,
+            "one-thread, per CPU s": 1, "one-thread": 1}
     check({k: len(v) for k, v in ser.items()} == want, "ingest: series and points %s" % ser)
     got = {p[0] for p in ser.get("streamed", [])}
-    for x in ing[1:]:
+    for x in ing[2:]:
         check("streamed: %s, %s" % (plot.fmt(x["tokens"]), plot.fmt(x["peak_rss_mib"])) in got,
               "ingest: the peak RSS at %d tokens in %s" % (x["tokens"], got))
     check("throughput, int8 d 32, 2 planes" in texts(root, "panel-title"), "ingest: the store's shape")
