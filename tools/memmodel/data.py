@@ -669,7 +669,7 @@ N_CORE = {
                  "the locksmith set {val} as the {attr} of room {room}",
                  "room {room} got a new {attr}, {val},",
                  "{val} became the {attr} of room {room}",
-                 "the door of room {room}, whose {attr} is {val}, was painted green",
+                 "the door of room {room}, whose {attr} is {val}, got a fresh coat of green",
                  "the cleaners use {val}, the {attr} of room {room}"],
 }
 
