@@ -589,12 +589,7 @@ OWN_Q = {
 
 def composed_forms(kind):
     """(fact forms, question forms) of a kind, every combination."""
-    facts = []
-    for core in CORES[kind]:
-        for lead in LEADS:
-            for trail in TRAILS:
-                c = core if lead else _cap(core)
-                facts.append(lead + c + trail + ".")
+    facts = _sentences(CORES[kind], LEADS, TRAILS)
     qs = list(OWN_Q[kind]) + [fr.replace("{X}", ph) if not fr.startswith("{X}")
                               else fr.replace("{X}", _cap(ph))
                               for ph in PHRASES.get(kind, []) for fr in FRAMES]
@@ -676,14 +671,14 @@ N_CORE = {
 
 def narrative_forms(kind):
     """Fact forms of a kind written as ordinary sentences, every combination."""
-    out = []
-    for core in N_CORE[kind]:
-        for op in N_OPEN:
-            for cl in N_CLOSE:
-                c = core if op else _cap(core)
-                s = (op + c).rstrip(",") + cl + "."
-                out.append(s.replace(",,", ","))
-    return sorted(set(out))
+    return sorted(set(_sentences(N_CORE[kind], N_OPEN, N_CLOSE)))
+
+
+def _sentences(cores, leads, trails):
+    """Every lead + core + trail sentence (the core capitalized when it
+    opens the sentence; a core's closing comma dropped before the trail)."""
+    return [(lead + (core if lead else _cap(core))).rstrip(",") + trail + "."
+            for core in cores for lead in leads for trail in trails]
 
 
 def _ngrams(form, n=4):
