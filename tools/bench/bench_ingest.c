@@ -488,7 +488,7 @@ static void stream_print(const config *cfg, const stream_result *r, const char *
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16,
                r->capped ? "true" : "false", r->load_end, r->cpu_s);
     } else
-        printf("%-9s %7d %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what,
+        printf("%-10s %7d %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what,
                r->threads, r->tokens, r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds,
                r->cpu_s, r->token_planes_s, r->cpu_s > 0 ? (double)r->tokens * cfg->planes / r->cpu_s : 0.0,
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16, r->load_end,
@@ -512,7 +512,7 @@ static int bench_stream(const config *cfg)
         printf("store: dtype %s, head dim %u, %u planes, block %u, %u-token documents%s; one batch per run\n\n",
                msadb_dtype_name(cfg->dtype), cfg->d, cfg->planes, cfg->block, STORE_DOC_TOKENS,
                cfg->no_sync ? ", no_sync" : ", synced commits");
-        printf("%-9s %7s %12s %8s %8s %9s %9s %14s %12s %12s %10s %10s %7s %6s\n", "run", "threads", "tokens",
+        printf("%-10s %7s %12s %8s %8s %9s %9s %14s %12s %12s %10s %10s %7s %6s\n", "run", "threads", "tokens",
                "chunk MiB", "commits", "seconds", "CPU s", "token-planes/s", "tp per CPU s", "peak RSS MiB",
                "block B/tp", "file B/tp", "vs f16", "load");
     }
@@ -535,8 +535,8 @@ static int bench_stream(const config *cfg)
             goto out;
         stream_print(cfg, &r, "streamed");
         if (i == 0 && !cfg->json && !cfg->no_baseline)
-            printf("%-9s against one thread at %zu tokens: throughput x%.2f, per CPU second x%.2f, peak RSS "
-                   "x%.3f;\n%-9s against one-batch: throughput x%.2f, peak RSS x%.3f\n", "", n_base,
+            printf("%-10s against one thread at %zu tokens: throughput x%.2f, per CPU second x%.2f, peak RSS "
+                   "x%.3f;\n%-10s against one-batch: throughput x%.2f, peak RSS x%.3f\n", "", n_base,
                    r.token_planes_s / one.token_planes_s,
                    (r.tokens / r.cpu_s) / (one.tokens / one.cpu_s),
                    (double)r.maxrss_kib / (double)one.maxrss_kib, "", r.token_planes_s / base.token_planes_s,
