@@ -49,7 +49,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
                   "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S] [--where K=V]...",
-    [CMD_RM] = "rm DB DOC... | rm DB [--space S] [--where K=V]...",
+    [CMD_RM] = "rm DB [--space S] DOC... | rm DB [--space S] [--where K=V]...",
     [CMD_SPACE] = "space DB create NAME | drop NAME | ls",
     [CMD_VERIFY] = "verify DB",
     [CMD_DUMP] = "dump DB FILE",
@@ -60,10 +60,10 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_DOCTOR] = "doctor [-m M.gguf]",
     [CMD_SEARCH] = "search DB [-m M.gguf] [--space S]... [--top-k K] [--select blocks|documents]\n"
                    "           [--summary mean|minmax|reps] [--min-score X] [--where K=V]... QUESTION",
-    [CMD_SHOW] = "show DB DOC",
+    [CMD_SHOW] = "show DB [--space S] DOC",
     [CMD_VACUUM] = "vacuum DB",
-    [CMD_UPDATE] = "update DB DOC (FILE | --text TEXT) [-m M.gguf] [--title T] [--meta K=V]...\n"
-                   "           [--ttl D]",
+    [CMD_UPDATE] = "update DB DOC (FILE | --text TEXT) [-m M.gguf] [--space S] [--title T]\n"
+                   "           [--meta K=V]... [--ttl D]",
     [CMD_EXPIRE] = "expire DB",
 };
 
@@ -133,7 +133,9 @@ static const opt_def opts[O_COUNT] = {
     [O_DTYPE] = {"dtype", NULL, 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
     [O_SUMMARY] = {"summary", NULL, 0, 1, C(INIT) | ROUTE_CMDS, "KINDS",
                    "init: summary kinds mean,minmax,reps (default mean,reps); query: the one to route by"},
-    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM), "S", "space (query, search: repeatable)"},
+    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM) | C(SHOW) | C(UPDATE), "S",
+                  "space (query, search: repeatable); limits ls, rm, show, update (query, search: "
+                  "when given once) to it"},
     [O_TITLE] = {"title", NULL, 0, 1, C(INGEST) | C(UPDATE), "T",
                  "document title (ingest: default the file name; update: default the old one's)"},
     [O_Q] = {"q", NULL, 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
@@ -670,9 +672,9 @@ static int check_init(cli_args *a, uint64_t seen, char *err, size_t errlen)
 
 static int check_rm(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
 {
-    if ((a->space || a->n_where) && n_pos > 1)
-        return usage_err(err, errlen, "rm: give DOC ids or a filter (--space S, --where K=V), not both");
-    if (a->space || a->n_where)
+    if (a->n_where && n_pos > 1)
+        return usage_err(err, errlen, "rm: give DOC ids or a filter (--where K=V), not both");
+    if ((a->space || a->n_where) && n_pos == 1)
         return CLI_OK; /* every document of the space that passes the filter */
     if (n_pos < 2)
         return usage_err(err, errlen,

@@ -189,6 +189,15 @@ json_t *cli_meta_json(const char *meta, size_t len);
 int cli_key_options(const cli_args *a, msadb_options *opt, unsigned char key[MSADB_KEY_BYTES]);
 /* Opens a.db; returns 0 or CLI_ERROR after a message naming the problem. */
 int cli_open(const cli_args *a, int read_only, msadb_store **out);
+/* The space a command is limited to (--space on ls, rm, show, update; a
+ * single --space on query, search): cli_open and cli_db_open limit the
+ * handle to it (msadb_store_scope).  NULL: none. */
+const char *cli_scope_space(const cli_args *a);
+/* Message for a failed msadb_store_scope; returns CLI_ERROR. */
+int cli_scope_error(const cli_args *a, int rc);
+/* Message for a document read or delete that failed with rc (no such
+ * document, outside --space, other errors), `after` appended; CLI_ERROR. */
+int cli_doc_error(const cli_args *a, uint64_t id, int rc, const char *after);
 /* Message for a failed open (creating = 0) or create of `path`; returns
  * CLI_ERROR. */
 int cli_open_error(const char *path, int rc, int creating);

@@ -295,11 +295,8 @@ static int rm_check(const cli_args *a, cli_db *db, const uint64_t *ids, size_t n
     for (size_t i = 0; i < n && rc == CLI_OK; i++) {
         msadb_doc_info info;
         mrc = db->ops->doc_get(db, ids[i], &info);
-        if (mrc == MSADB_ENOTFOUND)
-            rc = cli_error("%s: no document %llu; nothing was deleted", a->db,
-                           (unsigned long long)ids[i]);
-        else if (mrc != 0)
-            rc = cli_error_rc(mrc, "%s: document %llu", a->db, (unsigned long long)ids[i]);
+        if (mrc != 0)
+            rc = cli_doc_error(a, ids[i], mrc, "; nothing was deleted");
     }
     return rc;
 }
@@ -355,7 +352,9 @@ int cmd_rm(const cli_args *a)
     if (rc == CLI_OK && n) {
         rc = rm_check(a, db, ids, n);
         int mrc = rc == CLI_OK ? db->ops->del(db, ids, n) : 0;
-        if (mrc != 0)
+        if (mrc == MSADB_ESCOPE || mrc == MSADB_ENOTFOUND) /* changed since the check */
+            rc = cli_error("%s: delete: %s; nothing was deleted", a->db, msadb_strerror(mrc));
+        else if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: delete", a->db);
     }
     cli_db_close(db);

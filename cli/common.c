@@ -63,6 +63,39 @@ int cli_open_error(const char *path, int rc, int creating)
     }
 }
 
+const char *cli_scope_space(const cli_args *a)
+{
+    switch (a->cmd) {
+    case CMD_LS:
+    case CMD_RM:
+    case CMD_SHOW:
+    case CMD_UPDATE: return a->space;
+    case CMD_QUERY:
+    case CMD_SEARCH: return a->n_spaces == 1 ? a->spaces[0] : NULL;
+    default: return NULL;
+    }
+}
+
+int cli_scope_error(const cli_args *a, int rc)
+{
+    const char *space = cli_scope_space(a);
+    if (rc == MSADB_ENOTFOUND)
+        return cli_error("%s: no space '%s' (create it with: msadb space %s create %s)", a->db, space, a->db,
+                         space);
+    return cli_error_rc(rc, "%s: --space %s", a->db, space);
+}
+
+int cli_doc_error(const cli_args *a, uint64_t id, int rc, const char *after)
+{
+    if (rc == MSADB_ENOTFOUND)
+        return cli_error("%s: no document %llu (msadb ls %s lists them)%s", a->db, (unsigned long long)id, a->db,
+                         after);
+    if (rc == MSADB_ESCOPE)
+        return cli_error("%s: document %llu is not in space '%s' (--space limits 'msadb %s' to that space)%s",
+                         a->db, (unsigned long long)id, cli_scope_space(a), cli_cmd_name(a->cmd), after);
+    return cli_error_rc(rc, "%s: document %llu%s", a->db, (unsigned long long)id, after);
+}
+
 int cli_open(const cli_args *a, int read_only, msadb_store **out)
 {
     msadb_options opt;
@@ -80,6 +113,11 @@ int cli_open(const cli_args *a, int read_only, msadb_store **out)
     if (rc != 0) {
         *out = NULL;
         return cli_open_error(a->db, rc, 0);
+    }
+    if (cli_scope_space(a) && (rc = msadb_store_scope(*out, cli_scope_space(a)))) {
+        msadb_close(*out);
+        *out = NULL;
+        return cli_scope_error(a, rc);
     }
     return CLI_OK;
 }

@@ -225,6 +225,10 @@ int cli_db_open(const cli_args *a, int read_only, cli_db **out)
     int sharded = msadb_shards_probe(a->db);
     if (sharded < 0)
         return cli_error_rc(sharded, "%s: the shard manifest (msadb-shards)", a->db);
+    if (sharded && cli_mpi_active() && a->cmd == CMD_RM && a->n_doc_ids && a->space)
+        return cli_error("%s: msadb-mpi does not limit 'rm' to --space; run 'msadb rm %s --space %s DOC...' "
+                         "(without MPI)",
+                         a->db, a->db, a->space);
     if (sharded && cli_mpi_active())
         return cli_mpi_open(a, read_only, out);
     if (cli_mpi_rank() != 0)
@@ -241,6 +245,14 @@ int cli_db_open(const cli_args *a, int read_only, cli_db **out)
     explicit_bzero(key, sizeof key);
     if (rc)
         return cli_open_error(a->db, rc, 0);
+    for (uint32_t i = 0; cli_scope_space(a) && i < msadb_shards_local_count(sh); i++) { /* every shard */
+        msadb_store *st;
+        if ((rc = msadb_shards_store(sh, (uint32_t)msadb_shards_local_index(sh, i), &st)) ||
+            (rc = msadb_store_scope(st, cli_scope_space(a)))) {
+            msadb_shards_close(sh);
+            return cli_scope_error(a, rc);
+        }
+    }
     if (cli_db_wrap(&shards_ops, sh, msadb_shards_signature(sh), a->db, out) != CLI_OK) {
         msadb_shards_close(sh);
         return CLI_ERROR;

@@ -101,6 +101,8 @@ enum {
                                 summaries (|x| > 65504, see msadb_batch_add) */
     MSADB_EMODEL = -30980,   /* a model other than the store's (same shape, other weights) */
     MSADB_EBUSY = -30979,    /* another process has the store open */
+    MSADB_ESCOPE = -30978,   /* a document or space outside the space the handle is
+                                limited to (msadb_store_scope) */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -235,6 +237,30 @@ MSADB_API void msadb_close(msadb_store *store);
 
 /** The store's signature; valid until msadb_close(). */
 MSADB_API const msadb_signature *msadb_store_signature(const msadb_store *store);
+
+/** Limits this handle to one space, for the rest of its life (a tenant's
+ * view: there is no call that widens it again).  From then on, through this
+ * handle and its snapshots and batches:
+ * - a document of another space is refused with MSADB_ESCOPE by every call
+ *   that takes a document id (msadb_doc_get(), msadb_doc_text(),
+ *   msadb_doc_meta(), msadb_doc_tokens(), msadb_doc_kv(),
+ *   msadb_doc_delete(), which then deletes nothing, msadb_attend_blocks(),
+ *   msadb_doc_find_key());
+ * - listings and queries read the space alone: msadb_doc_list() with a
+ *   NULL space lists it, msadb_space_list() shows it alone, a query with
+ *   no spaces reads it; naming another space (msadb_doc_list(),
+ *   msadb_query.spaces, msadb_space_get(), msadb_space_drop(),
+ *   msadb_doc.space of a new document) is MSADB_ESCOPE;
+ * - a new document with a NULL msadb_doc.space goes to the space;
+ * - msadb_space_create() is MSADB_ESCOPE, msadb_compact() compacts the
+ *   space alone, msadb_verify() and msadb_upgrade() (whole-store work) are
+ *   MSADB_ESCOPE.
+ * The scope is the space's id at this call: a space dropped and created
+ * again under the same name is another space.  Calling it again with the
+ * same space does nothing.  Call it before beginning snapshots or batches.
+ * Errors: MSADB_EINVAL (NULL, invalid name), MSADB_ENOTFOUND (no such
+ * space), MSADB_ESCOPE (the handle is already limited to another space). */
+MSADB_API int msadb_store_scope(msadb_store *store, const char *space);
 
 /** Whether the store is encrypted (1) or not (0); -EINVAL-style code on NULL. */
 MSADB_API int msadb_store_encrypted(const msadb_store *store);

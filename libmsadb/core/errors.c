@@ -37,6 +37,7 @@ const char *msadb_strerror(int err)
                "magnitudes up to 65504)";
     case MSADB_EMODEL: return "the store was made with another model of the same shape";
     case MSADB_EBUSY: return "another process has the store open";
+    case MSADB_ESCOPE: return "the document or space is outside the space this handle is limited to";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)

@@ -183,6 +183,11 @@ static int delete_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     struct delete_args *a = ud;
     int rc = msadb_expire_txn(st, txn, msadb_time_now(), NULL);
+    for (size_t i = 0; !rc && st->scoped && i < a->n; i++) { /* every id in scope, or none deleted */
+        msadb_docrec r;
+        if (!(rc = msadb_doc_lookup(txn, st, a->ids[i], &r)))
+            rc = msadb_scope_id(st, r.space_id);
+    }
     return rc ? rc : msadb_delete_txn(st, txn, a->ids, a->n);
 }
 
@@ -240,7 +245,7 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     const char *name = ud;
     msadb_spacerec sr;
     int rc = msadb_space_get_txn(txn, st, name, &sr);
-    if (rc)
+    if (rc || (rc = msadb_scope_id(st, sr.id)))
         return rc;
     /* The slot pages name every document of the space (deleted ones too:
      * their records are gone, so a failed lookup is skipped). */
@@ -309,6 +314,8 @@ int msadb_space_drop(msadb_store *st, const char *name)
 {
     if (!st || !name)
         return MSADB_EINVAL;
+    if (msadb_scope_name(st, name))
+        return MSADB_ESCOPE;
     return msadb_write(st, space_drop_fn, (void *)name);
 }
 
@@ -527,6 +534,11 @@ static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
 static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     (void)ud;
+    if (st->scoped) { /* the handle's space alone */
+        msadb_spacerec sr;
+        int rc = msadb_space_get_txn(txn, st, st->scope_name, &sr);
+        return rc ? rc : (rc = msadb_scope_id(st, sr.id)) ? rc : compact_space(st, txn, st->scope_name);
+    }
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, st->db_spaces, &cur);
     if (rc)

@@ -364,7 +364,10 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
         return MSADB_ENOMEM;
     batch_doc *bd = &b->docs[b->n_docs];
     memset(bd, 0, sizeof *bd);
-    snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");
+    const char *space = doc->space ? doc->space : b->st->scoped ? b->st->scope_name : "default";
+    if (msadb_scope_name(b->st, space))
+        return MSADB_ESCOPE;
+    snprintf(bd->space, sizeof bd->space, "%s", space);
     bd->n_tokens = T;
     bd->n_blocks = nb;
     bd->created = msadb_time_now();
@@ -527,7 +530,7 @@ static space_group *find_group(space_group **groups, size_t *n, msadb_store *st,
     g = &g[*n];
     memset(g, 0, sizeof *g);
     snprintf(g->name, sizeof g->name, "%s", name);
-    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)))
+    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)) || (*rc = msadb_scope_id(st, g->rec.id)))
         return NULL;
     g->first_slot = g->rec.n_slots;
     (*n)++;

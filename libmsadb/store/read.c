@@ -101,7 +101,7 @@ static int doc_visible(msadb_snapshot *s, uint64_t id, msadb_docrec *r)
     int rc = msadb_doc_lookup(s->txn, s->st, id, r);
     if (!rc && !msadb_docrec_live(r, msadb_time_now()))
         rc = MSADB_ENOTFOUND;
-    return rc;
+    return rc ? rc : msadb_scope_id(s->st, r->space_id);
 }
 
 /* Reads a docdata record into buf (decrypting), or just its length. */
@@ -168,7 +168,13 @@ int msadb_doc_find_key(msadb_snapshot *s, const void *key, size_t len, uint64_t 
 {
     if (!snap_ok(s) || !key || len < 1 || len > MSADB_DOCKEY_MAX || !doc_id)
         return MSADB_EINVAL;
-    return msadb_dockey_get(s->txn, s->st, key, len, doc_id);
+    int rc = msadb_dockey_get(s->txn, s->st, key, len, doc_id);
+    if (rc || !s->st->scoped)
+        return rc;
+    msadb_docrec r;
+    if ((rc = msadb_doc_lookup(s->txn, s->st, *doc_id, &r)))
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    return msadb_scope_id(s->st, r.space_id);
 }
 
 int msadb_doc_get(msadb_snapshot *s, uint64_t id, msadb_doc_info *out)
@@ -216,10 +222,12 @@ int msadb_doc_list_where(msadb_snapshot *s, const char *space, const char *const
         return rc;
     if (space) {
         msadb_spacerec sr;
-        if ((rc = msadb_space_get_txn(s->txn, s->st, space, &sr)))
+        if ((rc = msadb_scope_name(s->st, space)) || (rc = msadb_space_get_txn(s->txn, s->st, space, &sr)) ||
+            (rc = msadb_scope_id(s->st, sr.id)))
             return rc;
         c.space = sr.id;
-    }
+    } else if (s->st->scoped)
+        c.space = s->st->scope_id;
     return msadb_docs_each(s->txn, s->st, list_one, &c);
 }
 
@@ -328,8 +336,8 @@ int msadb_snap_space_id(msadb_snapshot *s, const char *name, uint32_t *id)
     if (!snap_ok(s) || !id)
         return MSADB_EINVAL;
     msadb_spacerec sr;
-    int rc = msadb_space_get_txn(s->txn, s->st, name, &sr);
-    if (!rc)
+    int rc = msadb_scope_name(s->st, name);
+    if (!rc && !(rc = msadb_space_get_txn(s->txn, s->st, name, &sr)) && !(rc = msadb_scope_id(s->st, sr.id)))
         *id = sr.id;
     return rc;
 }
@@ -349,6 +357,8 @@ int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n
             rc = MSADB_ECORRUPT;
             break;
         }
+        if (msadb_scope_id(s->st, msadb_get_be32(k.mv_data)))
+            continue;
         if (ids && cnt < cap)
             ids[cnt] = msadb_get_be32(k.mv_data);
         cnt++;

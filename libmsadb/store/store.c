@@ -1088,11 +1088,44 @@ int msadb_space_create(msadb_store *st, const char *name, uint32_t *id_out)
 {
     if (!st || !msadb_space_name_valid(name))
         return MSADB_EINVAL;
+    if (st->scoped)
+        return MSADB_ESCOPE;
     struct space_create_args a = {name, 0};
     int rc = msadb_write(st, space_create_fn, &a);
     if (!rc && id_out)
         *id_out = a.id;
     return rc;
+}
+
+int msadb_scope_name(const msadb_store *st, const char *name)
+{
+    return st->scoped && strcmp(name, st->scope_name) != 0 ? MSADB_ESCOPE : 0;
+}
+
+int msadb_scope_id(const msadb_store *st, uint32_t id)
+{
+    return st->scoped && id != st->scope_id ? MSADB_ESCOPE : 0;
+}
+
+int msadb_store_scope(msadb_store *st, const char *name)
+{
+    if (!st || !msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    msadb_spacerec rec;
+    rc = msadb_space_get_txn(txn, st, name, &rec);
+    msadb_txn_done(st, txn);
+    if (rc)
+        return rc;
+    if (st->scoped)
+        return st->scope_id == rec.id && strcmp(st->scope_name, name) == 0 ? 0 : MSADB_ESCOPE;
+    snprintf(st->scope_name, sizeof st->scope_name, "%s", name);
+    st->scope_id = rec.id;
+    st->scoped = 1;
+    return 0;
 }
 
 static void space_info_fill(msadb_space_info *info, const char *name, size_t len, const msadb_spacerec *r)
@@ -1108,6 +1141,8 @@ int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
 {
     if (!st || !out || !msadb_space_name_valid(name))
         return MSADB_EINVAL;
+    if (msadb_scope_name(st, name))
+        return MSADB_ESCOPE;
     MDB_txn *txn;
     int rc = msadb_txn_read(st, &txn);
     if (rc)
@@ -1115,12 +1150,15 @@ int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
     msadb_spacerec rec;
     rc = msadb_space_get_txn(txn, st, name, &rec);
     if (!rc)
+        rc = msadb_scope_id(st, rec.id);
+    if (!rc)
         space_info_fill(out, name, strlen(name), &rec);
     msadb_txn_done(st, txn);
     return rc;
 }
 
 struct space_list_ctx {
+    const msadb_store *st;
     int (*cb)(const msadb_space_info *, void *);
     void *ud;
 };
@@ -1132,6 +1170,8 @@ static int space_list_one(const MDB_val *k, const MDB_val *v, void *ud)
     msadb_space_info info;
     if (k->mv_size < 1 || k->mv_size > MSADB_NAME_MAX || spacerec_decode(v, &rec))
         return MSADB_ECORRUPT;
+    if (msadb_scope_id(c->st, rec.id))
+        return 0;
     space_info_fill(&info, k->mv_data, k->mv_size, &rec);
     return c->cb(&info, c->ud);
 }
@@ -1144,7 +1184,7 @@ int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *
     int rc = msadb_txn_read(st, &txn);
     if (rc)
         return rc;
-    struct space_list_ctx c = {cb, ud};
+    struct space_list_ctx c = {st, cb, ud};
     rc = msadb_rec_each(txn, st, st->db_spaces, space_list_one, &c);
     msadb_txn_done(st, txn);
     return rc;

@@ -43,6 +43,9 @@ struct msadb_store {
     uint8_t *wread_buf;                 /* sealed pages a writer reads (write_lock) */
     size_t wread_cap;
     uint32_t page_cap;
+    int scoped;                         /* limited to one space (msadb_store_scope) */
+    uint32_t scope_id;
+    char scope_name[MSADB_NAME_MAX + 1];
     msadb_summ_layout summ; /* summary page layout (from sig) */
     char *path;
     pthread_mutex_t write_lock; /* one writer at a time in this process */
@@ -226,6 +229,10 @@ MSADB_HIDDEN void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, 
 MSADB_HIDDEN void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t plane, uint64_t block,
                                  uint8_t ad[32]);
 
+/* MSADB_ESCOPE when the handle is limited to a space other than the one
+ * named, or with this id (msadb_store_scope); 0 otherwise. */
+MSADB_HIDDEN int msadb_scope_name(const msadb_store *st, const char *name);
+MSADB_HIDDEN int msadb_scope_id(const msadb_store *st, uint32_t id);
 MSADB_HIDDEN int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d);
 MSADB_HIDDEN int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec);
 MSADB_HIDDEN int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec);

@@ -487,6 +487,8 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
 {
     if (!st)
         return MSADB_EINVAL;
+    if (st->scoped)
+        return MSADB_ESCOPE; /* whole-store work */
     verifier vf = {0};
     vf.st = st;
     vf.report = report;

@@ -171,6 +171,7 @@ PROTOTYPES = {
     "msadb_close": (None, [_P]),
     "msadb_store_signature": (ctypes.POINTER(Signature_), [_P]),
     "msadb_store_encrypted": (_I, [_P]),
+    "msadb_store_scope": (_I, [_P, _S]),
     "msadb_stat": (_I, [_P, _P]),
     "msadb_space_create": (_I, [_P, _S, ctypes.POINTER(_U32)]),
     "msadb_space_drop": (_I, [_P, _S]),

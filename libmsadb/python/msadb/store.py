@@ -373,6 +373,11 @@ class Store(_Handle):
         """The store's signature."""
         return Signature.from_c(lib.msadb_store_signature(self._get()).contents)
 
+    def scope(self, space: str) -> None:
+        """msadb_store_scope: limits this handle to one space for the rest
+        of its life (documents and spaces outside it raise OutOfScope)."""
+        check(lib.msadb_store_scope(self._get(), space.encode()), f"scope {space}")
+
     @property
     def encrypted(self) -> bool:
         rc = lib.msadb_store_encrypted(self._get())

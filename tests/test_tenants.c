@@ -1,0 +1,226 @@
+/* test_tenants.c -- spaces as tenants: a handle limited to one space
+ * (msadb_store_scope) reaches nothing of another space through any call. */
+#include <string.h>
+
+#include "msadb.h"
+#include "testutil.h"
+
+enum { D = 16, B = 8, T = 24 };
+
+static uint64_t add_doc(msadb_store *st, const char *space, uint64_t seed, const char *key)
+{
+    uint32_t planes = msadb_signature_planes(msadb_store_signature(st));
+    float *K = malloc(planes * T * D * 4), *V = malloc(planes * T * D * 4);
+    tu_make_kv(seed, planes * T * D, K, V);
+    msadb_doc doc = {0};
+    doc.space = space;
+    doc.title = "a title";
+    doc.text = "some text";
+    doc.text_len = 9;
+    doc.meta = "k=v";
+    doc.meta_len = 3;
+    doc.key = key;
+    doc.key_len = key ? strlen(key) : 0;
+    return tu_append_f32(st, &doc, T, K, V);
+}
+
+typedef struct seen {
+    uint64_t ids[16];
+    size_t n;
+    char spaces[8][MSADB_NAME_MAX + 1];
+    size_t n_spaces;
+} seen;
+
+static int doc_cb(const msadb_doc_info *d, void *ud)
+{
+    seen *s = ud;
+    CHECK(s->n < 16);
+    s->ids[s->n++] = d->id;
+    return 0;
+}
+
+static int space_cb(const msadb_space_info *i, void *ud)
+{
+    seen *s = ud;
+    CHECK(s->n_spaces < 8);
+    snprintf(s->spaces[s->n_spaces++], MSADB_NAME_MAX + 1, "%s", i->name);
+    return 0;
+}
+
+static msadb_store *open_store(const char *dir, const unsigned char *key)
+{
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    msadb_store *st;
+    CHECK_OK(msadb_open(dir, NULL, &opt, &st));
+    return st;
+}
+
+/* Whether document id exists, seen by an unlimited handle. */
+static int exists(const char *dir, const unsigned char *key, uint64_t id)
+{
+    msadb_store *st = open_store(dir, key);
+    msadb_snapshot *s;
+    msadb_doc_info info;
+    CHECK_OK(msadb_snapshot_begin(st, &s));
+    int rc = msadb_doc_get(s, id, &info);
+    CHECK(rc == 0 || rc == MSADB_ENOTFOUND);
+    msadb_snapshot_end(s);
+    msadb_close(st);
+    return rc == 0;
+}
+
+static void test_scope(const unsigned char *key)
+{
+    const char *dir = tu_tmpdir("tenants");
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
+    sig.block_size = B;
+    sig.dtype = MSADB_DTYPE_F32;
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    CHECK_OK(msadb_space_create(st, "A", NULL));
+    CHECK_OK(msadb_space_create(st, "B", NULL));
+    uint64_t a1 = add_doc(st, "A", 1, "key-a1"), a2 = add_doc(st, "A", 2, NULL);
+    uint64_t b1 = add_doc(st, "B", 3, "key-b1");
+    msadb_close(st);
+
+    st = open_store(dir, key);
+    CHECK_RC(msadb_store_scope(NULL, "A"), MSADB_EINVAL);
+    CHECK_RC(msadb_store_scope(st, "bad name!"), MSADB_EINVAL);
+    CHECK_RC(msadb_store_scope(st, "nope"), MSADB_ENOTFOUND);
+    CHECK_OK(msadb_store_scope(st, "A"));
+    CHECK_OK(msadb_store_scope(st, "A"));              /* the same space again: nothing */
+    CHECK_RC(msadb_store_scope(st, "B"), MSADB_ESCOPE); /* never widened or moved */
+
+    /* every read of B's document is refused */
+    msadb_snapshot *s;
+    CHECK_OK(msadb_snapshot_begin(st, &s));
+    msadb_doc_info info;
+    char buf[64];
+    size_t len;
+    int32_t tok[T];
+    float kv[T * D];
+    CHECK_OK(msadb_doc_get(s, a1, &info));
+    CHECK(strcmp(info.space, "A") == 0);
+    CHECK_RC(msadb_doc_get(s, b1, &info), MSADB_ESCOPE);
+    CHECK_RC(msadb_doc_text(s, b1, buf, sizeof buf, &len), MSADB_ESCOPE);
+    CHECK_RC(msadb_doc_meta(s, b1, buf, sizeof buf, &len), MSADB_ESCOPE);
+    CHECK_RC(msadb_doc_tokens(s, b1, tok, NULL, T), MSADB_ESCOPE);
+    CHECK_RC(msadb_doc_kv(s, b1, 0, kv, kv), MSADB_ESCOPE);
+    CHECK_OK(msadb_doc_kv(s, a1, 0, kv, NULL));
+    uint64_t found = 0;
+    CHECK_OK(msadb_doc_find_key(s, "key-a1", 6, &found));
+    CHECK(found == a1);
+    CHECK_RC(msadb_doc_find_key(s, "key-b1", 6, &found), MSADB_ESCOPE);
+
+    /* listings show the space alone */
+    seen sn = {0};
+    CHECK_OK(msadb_doc_list(s, NULL, doc_cb, &sn));
+    CHECK(sn.n == 2 && sn.ids[0] == a1 && sn.ids[1] == a2);
+    sn.n = 0;
+    CHECK_OK(msadb_doc_list(s, "A", doc_cb, &sn));
+    CHECK(sn.n == 2);
+    CHECK_RC(msadb_doc_list(s, "B", doc_cb, &sn), MSADB_ESCOPE);
+    const char *where[] = {"k=v"};
+    sn.n = 0;
+    CHECK_OK(msadb_doc_list_where(s, NULL, where, 1, doc_cb, &sn));
+    CHECK(sn.n == 2);
+    CHECK_OK(msadb_space_list(st, space_cb, &sn));
+    CHECK(sn.n_spaces == 1 && strcmp(sn.spaces[0], "A") == 0);
+    msadb_space_info si;
+    CHECK_OK(msadb_space_get(st, "A", &si));
+    CHECK_RC(msadb_space_get(st, "B", &si), MSADB_ESCOPE);
+    CHECK_RC(msadb_space_get(st, "default", &si), MSADB_ESCOPE);
+
+    /* queries read the space alone; naming another is refused */
+    float q[2 * D], out[2 * D], lse[2];
+    uint64_t rs = 9;
+    tu_fill_randn(&rs, q, 2 * D, 1.0f);
+    msadb_query qq;
+    msadb_query_init(&qq);
+    qq.layer = 1;
+    qq.q = q;
+    qq.n_query = 1;
+    qq.top_k = 64;
+    qq.exact = 1;
+    msadb_hit hits[64];
+    size_t nh = 0;
+    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
+    CHECK(nh > 0 && nh <= 64);
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id == a1 || hits[i].doc_id == a2);
+    qq.exact = 0;
+    nh = 0;
+    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
+    for (size_t i = 0; i < nh && i < 64; i++)
+        CHECK(hits[i].doc_id == a1 || hits[i].doc_id == a2);
+    const char *other[] = {"B"};
+    qq.spaces = other;
+    qq.n_spaces = 1;
+    CHECK_RC(msadb_attend(s, &qq, out, lse, hits, 64, &nh), MSADB_ESCOPE);
+    msadb_hit forged = hits[0];
+    forged.doc_id = b1;
+    qq.spaces = NULL;
+    qq.n_spaces = 0;
+    CHECK_RC(msadb_attend_blocks(s, &qq, &forged, 1, out, lse), MSADB_ESCOPE);
+    msadb_snapshot_end(s);
+
+    /* writes: nothing of B can be deleted, dropped or added to */
+    uint64_t mixed[] = {a2, b1};
+    CHECK_RC(msadb_doc_delete(st, mixed, 2), MSADB_ESCOPE);
+    CHECK_RC(msadb_doc_delete(st, &b1, 1), MSADB_ESCOPE);
+    CHECK_RC(msadb_space_drop(st, "B"), MSADB_ESCOPE);
+    CHECK_RC(msadb_space_create(st, "C", NULL), MSADB_ESCOPE);
+    CHECK_RC(msadb_verify(st, NULL, NULL), MSADB_ESCOPE);
+    CHECK_RC(msadb_upgrade(st), MSADB_ESCOPE);
+    msadb_batch *bt;
+    CHECK_OK(msadb_batch_begin(st, &bt));
+    float K[T * D * 1], V[T * D * 1];
+    tu_make_kv(4, T * D, K, V);
+    msadb_doc doc = tu_doc_f32(T, K, V);
+    doc.space = "B";
+    CHECK_RC(msadb_batch_add(bt, &doc), MSADB_ESCOPE);
+    doc.space = NULL; /* the handle's space */
+    CHECK_OK(msadb_batch_add(bt, &doc));
+    uint64_t a3 = 0;
+    CHECK_OK(msadb_batch_commit(bt, &a3));
+    CHECK_OK(msadb_doc_delete(st, &a2, 1));
+    CHECK_OK(msadb_compact(st));
+    msadb_close(st);
+
+    CHECK(exists(dir, key, a1) && !exists(dir, key, a2) && exists(dir, key, b1) && exists(dir, key, a3));
+    st = open_store(dir, key);
+    CHECK_OK(msadb_snapshot_begin(st, &s));
+    CHECK_OK(msadb_doc_get(s, a3, &info));
+    CHECK(strcmp(info.space, "A") == 0);
+    msadb_snapshot_end(s);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+
+    /* a space dropped and made again under the same name is another space */
+    msadb_store *st2 = open_store(dir, key);
+    CHECK_OK(msadb_store_scope(st2, "B"));
+    CHECK_OK(msadb_space_drop(st, "B"));
+    CHECK_OK(msadb_space_create(st, "B", NULL));
+    uint64_t b2 = add_doc(st, "B", 5, NULL);
+    CHECK_OK(msadb_snapshot_begin(st2, &s));
+    CHECK_RC(msadb_doc_get(s, b2, &info), MSADB_ESCOPE);
+    msadb_snapshot_end(s);
+    msadb_close(st2);
+    msadb_close(st);
+}
+
+int main(void)
+{
+    test_scope(NULL);
+    unsigned char key[32];
+    for (int i = 0; i < 32; i++)
+        key[i] = (unsigned char)(i * 5 + 3);
+    test_scope(key);
+    puts("test_tenants: ok");
+    return 0;
+}
