@@ -333,7 +333,7 @@ int cmd_rm(const cli_args *a)
     if (rc != CLI_OK)
         return rc;
     id_list l = {0};
-    if (a->space || a->n_where) {
+    if (!a->n_doc_ids) { /* --space S and/or --where K=V */
         rc = filter_ids(a, db, &l);
     } else if (!(l.ids = malloc(a->n_doc_ids * sizeof *l.ids))) {
         rc = cli_error("out of memory");

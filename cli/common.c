@@ -79,6 +79,8 @@ const char *cli_scope_space(const cli_args *a)
 int cli_scope_error(const cli_args *a, int rc)
 {
     const char *space = cli_scope_space(a);
+    if (rc == MSADB_ENOTFOUND && (a->cmd == CMD_QUERY || a->cmd == CMD_SEARCH))
+        return cli_error("--space %s: no such space in %s", space, a->db);
     if (rc == MSADB_ENOTFOUND)
         return cli_error("%s: no space '%s' (create it with: msadb space %s create %s)", a->db, space, a->db,
                          space);

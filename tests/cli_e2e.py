@@ -867,13 +867,49 @@ def test_documents():
         msg="msadb: --ttl: expected a duration such as 90s, 45m, 12h or 30d (at most 36600d), got '3w'")
     run("ls", db, "--where", "x", expect=2, msg="msadb: --where: expected KEY=VALUE")
     run("rm", db, "1", "--where", "a=b", expect=2,
-        msg="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both")
+        msg="msadb: rm: give DOC ids or a filter (--where K=V), not both")
     run("ingest", db, fp, "--where", "a=b", expect=2,
         msg="msadb: ingest: option --where does not apply to this command")
 
 
+def test_tenants():
+    """--space as a scope: ls, rm, show, update, query and search given one
+    space reach nothing of another; refused ids change nothing."""
+    db = p("tenants")
+    run("init", db, *SIG, "--dtype", "f32")
+    run("space", db, "create", "A")
+    run("space", db, "create", "B")
+    a1, a2, b1 = Doc(16), Doc(20), Doc(24)
+    for d, sp in ((a1, "A"), (a2, "A"), (b1, "B")):
+        f = multi_doc_file(p(f"t{id(d)}.safetensors"), [d])
+        d.id = jrun("ingest", db, f, "--space", sp)["documents"][0]["id"]
+    check([x["id"] for x in jrun("ls", db, "--space", "A")["documents"]] == [a1.id, a2.id], "ls --space A")
+    before = state(db)
+    run("rm", db, "--space", "A", str(a2.id), str(b1.id), expect=1,
+        msg=f"msadb: {db}: document {b1.id} is not in space 'A' (--space limits 'msadb rm' to that space); "
+            "nothing was deleted")
+    check(state(db) == before, "a refused rm changes nothing")
+    run("show", db, "--space", "A", str(b1.id), expect=1, msg=f"document {b1.id} is not in space 'A'")
+    f = multi_doc_file(p("tnew.safetensors"), [Doc(8)])
+    run("update", db, str(b1.id), f, "--space", "A", expect=1, msg=f"document {b1.id} is not in space 'A'")
+    run("ls", db, "--space", "nope", expect=1, msg="no space 'nope'")
+    check(state(db) == before, "refused show and update change nothing")
+    qs = rng.standard_normal((1, Q, D)).astype(np.float32)
+    qf = st_write(p("tq.safetensors"), {"queries": qs})
+    out, lse = query_out(db, qf, 2, "--exact", "--space", "A")
+    ro, rl = ref_attend(qs, [a1, a2], 2)
+    close(out, ro, 1e-4, "query --space A attends A alone")
+    hits = jrun("query", db, "--q", qf, "--layer", "2", "--space", "A", "--top-k", "64")
+    ids = {b["doc"] for e in hits["selected"] for b in e["blocks"]}
+    check(ids == {a1.id, a2.id}, f"query --space A selects {ids}")
+    check(jrun("rm", db, "--space", "A", str(a2.id))["deleted"] == [a2.id], "rm --space A DOC of A")
+    check([x["id"] for x in jrun("ls", db)["documents"]] == [a1.id, b1.id], "rm deleted a2 alone")
+    run("verify", db)
+
+
 def main():
     try:
+        test_tenants()
         test_usage()
         test_streaming()
         db, docs, qs, qf, needle = test_main()
