@@ -378,10 +378,10 @@ static int space_ls_cb(const msadb_space_info *s, void *ud)
 {
     ls_ctx *c = ud;
     if (c->arr)
-        json_array_append_new(c->arr, json_pack("{s:I, s:s, s:I, s:I}", "id", (json_int_t)s->id,
+        json_array_append_new(c->arr, json_pack("{s:I, s:s, s:I, s:I, s:b}", "id", (json_int_t)s->id,
                                                 "name", s->name, "documents",
                                                 (json_int_t)s->n_documents, "tokens",
-                                                (json_int_t)s->n_tokens));
+                                                (json_int_t)s->n_tokens, "keyed", s->keyed));
     else
         cli_table_addf(c->t, "%u\t%s\t%llu\t%llu", s->id, s->name,
                        (unsigned long long)s->n_documents, (unsigned long long)s->n_tokens);
@@ -410,8 +410,29 @@ static int space_change(const cli_args *a, cli_db *db)
 {
     const char *name = a->space_name;
     uint32_t id = 0;
-    int mrc = a->space_action == SPACE_CREATE ? db->ops->space_create(db, name, &id)
-                                              : db->ops->space_drop(db, name);
+    int mrc;
+    if (a->space_action == SPACE_CREATE && (a->space_key_file || a->space_passphrase_env)) {
+        unsigned char key[MSADB_KEY_BYTES];
+        const unsigned char *k;
+        const char *pass;
+        if (!cli_db_store(db))
+            return cli_error("%s: a space with its own key is made in an ordinary store, not a sharded one",
+                             a->db);
+        if (cli_space_key(a, key, &k, &pass) != CLI_OK)
+            return CLI_ERROR;
+        mrc = msadb_space_create_keyed(cli_db_store(db), name, k, pass, &id);
+        explicit_bzero(key, sizeof key);
+        if (mrc == MSADB_EINVAL && !msadb_store_encrypted(cli_db_store(db)))
+            return cli_error("%s: space create %s: a space with its own key needs an encrypted store (one "
+                             "made with 'msadb init --key-file F' or '--passphrase-env VAR')",
+                             a->db, name);
+    } else {
+        mrc = a->space_action == SPACE_CREATE ? db->ops->space_create(db, name, &id) : db->ops->space_drop(db, name);
+    }
+    if (mrc == MSADB_EKEY && a->space_action == SPACE_DROP)
+        return cli_error("%s: space '%s' has its own key: give it with --space-key-file F or "
+                         "--space-passphrase-env VAR to drop it",
+                         a->db, name);
     if (mrc == MSADB_EEXIST)
         return cli_error("%s: space '%s' already exists", a->db, name);
     if (mrc == MSADB_ENOTFOUND)
@@ -474,7 +495,11 @@ int cmd_verify(const cli_args *a)
     cli_db_close(db);
     if (mrc != 0 && mrc != MSADB_ECORRUPT) {
         json_decref(c.arr);
-        return cli_error_rc(mrc, "%s: verify could not complete", a->db);
+        return mrc == MSADB_EKEY ? cli_error("%s: verify could not complete: a space has its own key, and "
+                                             "verify reads every record (msadb_verify() with "
+                                             "msadb_space_unlock() for each keyed space)",
+                                             a->db)
+                                 : cli_error_rc(mrc, "%s: verify could not complete", a->db);
     }
     if (c.arr) {
         int rc = cli_json_print(json_pack("{s:b, s:o}", "sound", mrc == 0, "problems", c.arr));

@@ -245,12 +245,12 @@ int cli_db_open(const cli_args *a, int read_only, cli_db **out)
     explicit_bzero(key, sizeof key);
     if (rc)
         return cli_open_error(a->db, rc, 0);
-    for (uint32_t i = 0; cli_scope_space(a) && i < msadb_shards_local_count(sh); i++) { /* every shard */
+    for (uint32_t i = 0; i < msadb_shards_local_count(sh); i++) { /* every shard */
         msadb_store *st;
-        if ((rc = msadb_shards_store(sh, (uint32_t)msadb_shards_local_index(sh, i), &st)) ||
-            (rc = msadb_store_scope(st, cli_scope_space(a)))) {
+        rc = msadb_shards_store(sh, (uint32_t)msadb_shards_local_index(sh, i), &st);
+        if (rc || cli_limit(a, st) != CLI_OK) {
             msadb_shards_close(sh);
-            return cli_scope_error(a, rc);
+            return rc ? cli_error_rc(rc, "%s: shard %u", a->db, i) : CLI_ERROR;
         }
     }
     if (cli_db_wrap(&shards_ops, sh, msadb_shards_signature(sh), a->db, out) != CLI_OK) {

@@ -906,6 +906,49 @@ def test_tenants():
     check([x["id"] for x in jrun("ls", db)["documents"]] == [a1.id, b1.id], "rm deleted a2 alone")
     run("verify", db)
 
+    # a space with its own key, in an encrypted store: the store key alone
+    # reaches nothing of it; a wrong key is refused; the right one works
+    db = p("tenants-keyed")
+    sk, bk, wk = p("store.key"), p("b.key"), p("wrong.key")
+    for f in (sk, bk, wk):
+        open(f, "w").write(os.urandom(32).hex() + "\n")
+    K = ("--key-file", sk)
+    run("init", db, *SIG, "--dtype", "f32", *K)
+    run("space", db, "create", "A", *K)
+    run("space", db, "create", "B", *K, "--space-key-file", bk)
+    run("space", p("tenants"), "create", "C", "--space-key-file", bk, expect=1,
+        msg="a space with its own key needs an encrypted store")
+    spaces = {x["name"]: x for x in jrun("space", db, "ls", *K)["spaces"]}
+    check(spaces["B"]["keyed"] and not spaces["A"]["keyed"], f"space ls {spaces}")
+    ka, kb1 = Doc(16), Doc(24)
+    ka.id = jrun("ingest", db, multi_doc_file(p("ka.safetensors"), [ka]), "--space", "A", *K)["documents"][0]["id"]
+    fb = multi_doc_file(p("kb.safetensors"), [kb1])
+    run("ingest", db, fb, "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("ingest", db, fb, "--space", "B", *K, "--space-key-file", wk, expect=1, msg="wrong key for space 'B'")
+    BK = ("--space", "B", "--space-key-file", bk)
+    kb1.id = jrun("ingest", db, fb, *K, *BK)["documents"][0]["id"]
+    check([x["id"] for x in jrun("ls", db, *K)["documents"]] == [ka.id], "ls without B's key: A's documents")
+    before = state(db, extra=K)
+    run("ls", db, "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("show", db, str(kb1.id), *K, expect=1, msg="is in a space with its own key")
+    run("rm", db, str(kb1.id), *K, expect=1, msg="is in a space with its own key")
+    run("rm", db, "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("space", db, "drop", "B", *K, expect=1, msg="has its own key")
+    run("query", db, "--q", qf, "--layer", "2", "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("rm", db, "--space", "B", str(kb1.id), *K, "--space-key-file", wk, expect=1, msg="wrong key for space 'B'")
+    check(state(db, extra=K) == before, "refused commands change nothing")
+    check([x["id"] for x in jrun("ls", db, *K, *BK)["documents"]] == [kb1.id], "ls with B's key")
+    out, lse = query_out(db, qf, 2, "--exact", *K, *BK)
+    ro, rl = ref_attend(qs, [kb1], 2)
+    close(out, ro, 1e-4, "query --space B with its key")
+    out, lse = query_out(db, qf, 2, "--exact", *K)
+    ro, rl = ref_attend(qs, [ka], 2)
+    close(out, ro, 1e-4, "a query without B's key attends A alone")
+    run("rm", db, str(ka.id), *K, *BK, expect=1, msg=f"document {ka.id} is not in space 'B'")
+    check(jrun("rm", db, str(kb1.id), *K, *BK)["deleted"] == [kb1.id], "rm with B's key")
+    run("space", db, "drop", "B", *K, "--space-key-file", bk)
+    run("verify", db, *K)
+
 
 def main():
     try:

@@ -1,5 +1,6 @@
 /* test_tenants.c -- spaces as tenants: a handle limited to one space
  * (msadb_store_scope) reaches nothing of another space through any call. */
+#include <lmdb.h>
 #include <string.h>
 
 #include "msadb.h"
@@ -214,6 +215,233 @@ static void test_scope(const unsigned char *key)
     msadb_close(st);
 }
 
+/* Flips one byte of a stored value (offset from its end when negative),
+ * or restores it (flip it again). */
+static void flip(const char *dir, const char *db, const void *key, size_t klen, long off)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    CHECK_OK(mdb_env_create(&env));
+    CHECK_OK(mdb_env_set_maxdbs(env, 32));
+    CHECK_OK(mdb_env_open(env, dir, MDB_NOSYNC, 0600));
+    CHECK_OK(mdb_txn_begin(env, NULL, 0, &txn));
+    CHECK_OK(mdb_dbi_open(txn, db, 0, &dbi));
+    MDB_val k = {klen, (void *)key}, v;
+    CHECK_OK(mdb_get(txn, dbi, &k, &v));
+    uint8_t *copy = malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    copy[off < 0 ? (long)v.mv_size + off : off] ^= 0x20;
+    MDB_val nv = {v.mv_size, copy};
+    CHECK_OK(mdb_put(txn, dbi, &k, &nv, 0));
+    CHECK_OK(mdb_txn_commit(txn));
+    mdb_env_close(env);
+    free(copy);
+}
+
+static void be(uint8_t *p, uint64_t x, int n)
+{
+    for (int i = n - 1; i >= 0; i--, x >>= 8)
+        p[i] = (uint8_t)x;
+}
+
+static const unsigned char kb[32] = {9, 8, 7, 6, 5, 4, 3, 2, 1};
+static const char pc[] = "tenant C's passphrase";
+
+/* A handle with the store key and the keys given (NULL: none). */
+static msadb_store *tenant(const char *dir, const unsigned char *key, int with_b, int with_c)
+{
+    msadb_store *st = open_store(dir, key);
+    if (with_b)
+        CHECK_OK(msadb_space_unlock(st, "B", kb, NULL));
+    if (with_c)
+        CHECK_OK(msadb_space_unlock(st, "C", NULL, pc));
+    return st;
+}
+
+static void test_keyed(void)
+{
+    const char *dir = tu_tmpdir("keyed");
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
+    sig.block_size = B;
+    sig.dtype = MSADB_DTYPE_F32;
+    unsigned char key[32];
+    for (int i = 0; i < 32; i++)
+        key[i] = (unsigned char)(200 - i);
+    msadb_options opt;
+    msadb_options_init(&opt);
+    msadb_store *st;
+
+    /* a plain store has no keyed spaces */
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    CHECK_RC(msadb_space_create_keyed(st, "B", kb, NULL, NULL), MSADB_EINVAL);
+    msadb_close(st);
+    tu_rmtree(dir);
+
+    opt.key = key;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    CHECK_RC(msadb_space_create_keyed(st, "B", kb, pc, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_space_create_keyed(st, "B", NULL, NULL, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_space_create_keyed(st, "B", NULL, "", NULL), MSADB_EINVAL);
+    CHECK_OK(msadb_space_create(st, "A", NULL));
+    uint32_t bid = 0;
+    CHECK_OK(msadb_space_create_keyed(st, "B", kb, NULL, &bid));
+    CHECK_RC(msadb_space_create_keyed(st, "B", kb, NULL, NULL), MSADB_EEXIST);
+    CHECK_OK(msadb_space_create_keyed(st, "C", NULL, pc, NULL));
+    msadb_stat_info si;
+    CHECK_OK(msadb_stat(st, &si));
+    CHECK(si.format_version == 5);
+    uint64_t a1 = add_doc(st, "A", 11, "ka"), b1 = add_doc(st, "B", 12, "kb"), c1 = add_doc(st, "C", 13, NULL);
+    msadb_close(st);
+
+    /* the store key alone: B and C are names and counts, nothing more */
+    st = tenant(dir, key, 0, 0);
+    seen sn = {0};
+    msadb_space_info info;
+    CHECK_OK(msadb_space_get(st, "B", &info));
+    CHECK(info.keyed && info.locked && info.id == bid);
+    CHECK_OK(msadb_space_get(st, "A", &info));
+    CHECK(!info.keyed && !info.locked);
+    msadb_snapshot *s;
+    msadb_doc_info di;
+    char buf[64];
+    size_t len;
+    float kv[T * D];
+    CHECK_OK(msadb_snapshot_begin(st, &s));
+    CHECK_RC(msadb_doc_get(s, b1, &di), MSADB_EKEY);
+    CHECK_RC(msadb_doc_get(s, c1, &di), MSADB_EKEY);
+    CHECK_RC(msadb_doc_text(s, b1, buf, sizeof buf, &len), MSADB_EKEY);
+    CHECK_RC(msadb_doc_meta(s, b1, buf, sizeof buf, &len), MSADB_EKEY);
+    CHECK_RC(msadb_doc_kv(s, b1, 0, kv, kv), MSADB_EKEY);
+    uint64_t found;
+    CHECK_RC(msadb_doc_find_key(s, "kb", 2, &found), MSADB_EKEY);
+    CHECK_OK(msadb_doc_list(s, NULL, doc_cb, &sn));
+    CHECK(sn.n == 1 && sn.ids[0] == a1);
+    CHECK_RC(msadb_doc_list(s, "B", doc_cb, &sn), MSADB_EKEY);
+    float q[2 * D], out[2 * D], lse[2];
+    uint64_t rs = 3;
+    tu_fill_randn(&rs, q, 2 * D, 1.0f);
+    msadb_query qq;
+    msadb_query_init(&qq);
+    qq.layer = 1;
+    qq.q = q;
+    qq.n_query = 1;
+    qq.top_k = 64;
+    qq.exact = 1;
+    msadb_hit hits[64];
+    size_t nh = 0;
+    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
+    CHECK(nh > 0);
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id == a1);
+    qq.exact = 0;
+    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id == a1);
+    const char *onlyb[] = {"B"};
+    qq.spaces = onlyb;
+    qq.n_spaces = 1;
+    CHECK_RC(msadb_attend(s, &qq, out, lse, hits, 64, &nh), MSADB_EKEY);
+    msadb_snapshot_end(s);
+    CHECK_RC(msadb_doc_delete(st, &b1, 1), MSADB_EKEY);
+    CHECK_RC(msadb_space_drop(st, "B"), MSADB_EKEY);
+    CHECK_RC(msadb_verify(st, NULL, NULL), MSADB_EKEY);
+    CHECK_RC(msadb_upgrade(st), MSADB_EKEY);
+    CHECK_OK(msadb_compact(st));
+    float K[T * D], V[T * D];
+    tu_make_kv(4, T * D, K, V);
+    msadb_doc doc = tu_doc_f32(T, K, V);
+    doc.space = "B";
+    uint64_t nid;
+    CHECK_RC(msadb_doc_append(st, &doc, &nid), MSADB_EKEY);
+    /* wrong keys */
+    unsigned char wrong[32];
+    memcpy(wrong, kb, 32);
+    wrong[5] ^= 1;
+    CHECK_RC(msadb_space_unlock(st, "B", wrong, NULL), MSADB_EKEY);
+    CHECK_RC(msadb_space_unlock(st, "B", NULL, pc), MSADB_EKEY);
+    CHECK_RC(msadb_space_unlock(st, "C", NULL, "not it"), MSADB_EKEY);
+    CHECK_RC(msadb_space_unlock(st, "C", kb, NULL), MSADB_EKEY);
+    CHECK_RC(msadb_space_unlock(st, "C", key, NULL), MSADB_EKEY); /* the store key is not C's */
+    CHECK_RC(msadb_space_unlock(st, "A", kb, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_space_unlock(st, "nope", kb, NULL), MSADB_ENOTFOUND);
+    msadb_close(st);
+    CHECK(exists(dir, key, a1));
+
+    /* tenant B: its own documents, nothing of C, and with a scope nothing of A */
+    st = tenant(dir, key, 1, 0);
+    CHECK_OK(msadb_store_scope(st, "B"));
+    CHECK_OK(msadb_snapshot_begin(st, &s));
+    CHECK_OK(msadb_doc_get(s, b1, &di));
+    CHECK(strcmp(di.space, "B") == 0 && strcmp(di.title, "a title") == 0);
+    CHECK_OK(msadb_doc_text(s, b1, buf, sizeof buf, &len));
+    CHECK(len == 9 && memcmp(buf, "some text", 9) == 0);
+    CHECK_OK(msadb_doc_find_key(s, "kb", 2, &found));
+    CHECK(found == b1);
+    CHECK_RC(msadb_doc_get(s, a1, &di), MSADB_ESCOPE);
+    CHECK_RC(msadb_doc_get(s, c1, &di), MSADB_ESCOPE);
+    sn.n = 0;
+    CHECK_OK(msadb_doc_list(s, NULL, doc_cb, &sn));
+    CHECK(sn.n == 1 && sn.ids[0] == b1);
+    qq.spaces = NULL;
+    qq.n_spaces = 0;
+    qq.exact = 1;
+    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
+    CHECK(nh > 0);
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id == b1);
+    qq.exact = 0;
+    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
+    for (size_t i = 0; i < nh; i++)
+        CHECK(hits[i].doc_id == b1);
+    uint64_t first_block = di.first_block;
+    msadb_snapshot_end(s);
+    doc.space = NULL;
+    uint64_t b2 = 0;
+    CHECK_OK(msadb_doc_append(st, &doc, &b2));
+    CHECK_OK(msadb_doc_delete(st, &b2, 1));
+    CHECK_OK(msadb_compact(st));
+    msadb_close(st);
+
+    /* every key: verify passes; flipped bytes of B's records are found */
+    st = tenant(dir, key, 1, 1);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    uint8_t kdoc[8], kslot[12], ksumm[16], kblock[8], kdata[9];
+    be(kdoc, b1, 8);
+    be(kslot, bid, 4);
+    be(kslot + 4, 0, 8);
+    memcpy(ksumm, kslot, 4);
+    be(ksumm + 4, 0, 4);
+    be(ksumm + 8, 0, 8);
+    be(kblock, first_block, 8);
+    memcpy(kdata, kdoc, 8);
+    kdata[8] = 3; /* the text */
+    struct {
+        const char *db;
+        const uint8_t *k;
+        size_t n;
+        long off;
+    } edits[] = {{"docs", kdoc, 8, 30}, {"docs", kdoc, 8, -1}, {"docs", kdoc, 8, 4},
+                 {"slots", kslot, 12, 30}, {"summ", ksumm, 16, 40}, {"summ", ksumm, 16, -1},
+                 {"blocks", kblock, 8, -3}, {"docdata", kdata, 9, 26}};
+    for (size_t e = 0; e < sizeof edits / sizeof edits[0]; e++) {
+        flip(dir, edits[e].db, edits[e].k, edits[e].n, edits[e].off);
+        st = tenant(dir, key, 1, 1);
+        CHECK_RC(msadb_verify(st, NULL, NULL), MSADB_ECORRUPT);
+        msadb_close(st);
+        flip(dir, edits[e].db, edits[e].k, edits[e].n, edits[e].off);
+    }
+    st = tenant(dir, key, 1, 1);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    /* dropping a keyed space with its key */
+    CHECK_OK(msadb_space_drop(st, "C"));
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    CHECK(!exists(dir, key, c1) && exists(dir, key, a1));
+}
+
 int main(void)
 {
     test_scope(NULL);
@@ -221,6 +449,7 @@ int main(void)
     for (int i = 0; i < 32; i++)
         key[i] = (unsigned char)(i * 5 + 3);
     test_scope(key);
+    test_keyed();
     puts("test_tenants: ok");
     return 0;
 }

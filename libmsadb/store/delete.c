@@ -245,7 +245,7 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     const char *name = ud;
     msadb_spacerec sr;
     int rc = msadb_space_get_txn(txn, st, name, &sr);
-    if (rc || (rc = msadb_scope_id(st, sr.id)))
+    if (rc || (rc = msadb_scope_id(st, sr.id)) || (rc = msadb_space_access(st, &sr)))
         return rc;
     /* The slot pages name every document of the space (deleted ones too:
      * their records are gone, so a failed lookup is skipped). */
@@ -508,6 +508,8 @@ static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
     int rc = msadb_space_get_txn(txn, st, name, &sr);
     if (rc)
         return rc;
+    if (msadb_space_access(st, &sr))
+        return 0; /* a keyed space without its key: its pages are out of reach */
     uint8_t *live;
     uint64_t n_dead, n_new = 0;
     if ((rc = read_live(st, txn, &sr, &live, &n_dead)) || n_dead == 0) {

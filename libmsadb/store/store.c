@@ -837,31 +837,37 @@ int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
 }
 
 struct docs_each_ctx {
+    const msadb_store *st;
     int (*fn)(uint64_t id, const msadb_docrec *r, void *ud);
     void *ud;
 };
 
+/* Documents of keyed spaces whose key this handle lacks are skipped. */
 static int docs_each_one(const MDB_val *k, const MDB_val *v, void *ud)
 {
     struct docs_each_ctx *c = ud;
     msadb_docrec r;
-    if (k->mv_size != 8 || msadb_docrec_decode(v->mv_data, v->mv_size, &r))
+    if (k->mv_size != 8)
         return MSADB_ECORRUPT;
-    return c->fn(msadb_get_be64(k->mv_data), &r, c->ud);
+    uint64_t id = msadb_get_be64(k->mv_data);
+    int rc = msadb_docrec_open(c->st, id, v->mv_data, v->mv_size, &r);
+    if (rc == MSADB_EKEY)
+        return 0;
+    return rc ? rc : c->fn(id, &r, c->ud);
 }
 
 int msadb_docs_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint64_t id, const msadb_docrec *r, void *ud),
                     void *ud)
 {
-    struct docs_each_ctx c = {fn, ud};
+    struct docs_each_ctx c = {st, fn, ud};
     return msadb_rec_each(txn, st, st->db_docs, docs_each_one, &c);
 }
 
 int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d, unsigned flags)
 {
-    uint8_t k[8], rb[DOC_REC_BYTES_V2];
+    uint8_t k[8], rb[DOC_REC_BYTES_MAX];
     msadb_key_doc(k, id);
-    MDB_val kv = {8, k}, v = {msadb_docrec_encode(d, rb), rb};
+    MDB_val kv = {8, k}, v = {msadb_docrec_store(st, id, d, rb), rb};
     return msadb_rec_put(txn, st, st->db_docs, &kv, &v, flags);
 }
 
@@ -869,43 +875,56 @@ int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d
 {
     uint8_t k[8];
     msadb_key_doc(k, id);
-    MDB_val kv = {8, k}, v;
-    uint8_t rec[DOC_REC_BYTES_V2];
+    MDB_val kv = {8, k};
+    uint8_t rec[DOC_REC_BYTES_MAX];
     size_t len = 0;
     int rc = msadb_rec_get_into(txn, st, st->db_docs, &kv, rec, sizeof rec, &len);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
         return rc;
-    (void)v;
-    return msadb_docrec_decode(rec, len, d);
+    return msadb_docrec_open(st, id, rec, len, d);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Spaces                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Space record: id u32, pad u32, n_docs u64, n_tokens u64, n_slots u64. */
+/* Space record: id u32, flags u32, n_docs u64, n_tokens u64, n_slots u64;
+ * a keyed space's (flags & SPACE_F_KEYED, format 5) adds its key info. */
 #define SPACE_REC_BYTES 32
+#define SPACE_REC_BYTES_KEYED (SPACE_REC_BYTES + SPACE_KEYINFO_BYTES)
 
-static void spacerec_encode(const msadb_spacerec *s, uint8_t *p)
+static size_t spacerec_encode(const msadb_spacerec *s, uint8_t *p)
 {
     memset(p, 0, SPACE_REC_BYTES);
     msadb_put_le32(p, s->id);
+    msadb_put_le32(p + 4, s->flags);
     msadb_put_le64(p + 8, s->n_docs);
     msadb_put_le64(p + 16, s->n_tokens);
     msadb_put_le64(p + 24, s->n_slots);
+    if (!(s->flags & SPACE_F_KEYED))
+        return SPACE_REC_BYTES;
+    memcpy(p + SPACE_REC_BYTES, s->keyinfo, SPACE_KEYINFO_BYTES);
+    return SPACE_REC_BYTES_KEYED;
 }
 
 static int spacerec_decode(const MDB_val *v, msadb_spacerec *s)
 {
-    if (v->mv_size != SPACE_REC_BYTES)
-        return MSADB_ECORRUPT;
     const uint8_t *p = v->mv_data;
+    if (v->mv_size < SPACE_REC_BYTES)
+        return MSADB_ECORRUPT;
+    memset(s, 0, sizeof *s);
     s->id = msadb_get_le32(p);
+    s->flags = msadb_get_le32(p + 4);
     s->n_docs = msadb_get_le64(p + 8);
     s->n_tokens = msadb_get_le64(p + 16);
     s->n_slots = msadb_get_le64(p + 24);
+    if (s->flags & ~SPACE_F_KEYED ||
+        v->mv_size != (s->flags & SPACE_F_KEYED ? SPACE_REC_BYTES_KEYED : SPACE_REC_BYTES))
+        return MSADB_ECORRUPT;
+    if (s->flags & SPACE_F_KEYED)
+        memcpy(s->keyinfo, p + SPACE_REC_BYTES, SPACE_KEYINFO_BYTES);
     return 0;
 }
 
@@ -928,7 +947,7 @@ int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_s
     if (!msadb_space_name_valid(name))
         return MSADB_EINVAL;
     MDB_val k = {strlen(name), (void *)name}, v;
-    uint8_t buf[SPACE_REC_BYTES];
+    uint8_t buf[SPACE_REC_BYTES_KEYED];
     int rc = msadb_rec_get_into(txn, st, st->db_spaces, &k, buf, sizeof buf, &v.mv_size);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
@@ -938,9 +957,8 @@ int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_s
 
 int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec)
 {
-    uint8_t buf[SPACE_REC_BYTES];
-    spacerec_encode(rec, buf);
-    MDB_val k = {strlen(name), (void *)name}, v = {SPACE_REC_BYTES, buf};
+    uint8_t buf[SPACE_REC_BYTES_KEYED];
+    MDB_val k = {strlen(name), (void *)name}, v = {spacerec_encode(rec, buf), buf};
     return msadb_rec_put(txn, st, st->db_spaces, &k, &v, 0);
 }
 
@@ -1128,13 +1146,16 @@ int msadb_store_scope(msadb_store *st, const char *name)
     return 0;
 }
 
-static void space_info_fill(msadb_space_info *info, const char *name, size_t len, const msadb_spacerec *r)
+static void space_info_fill(const msadb_store *st, msadb_space_info *info, const char *name, size_t len,
+                            const msadb_spacerec *r)
 {
     memset(info, 0, sizeof *info);
     info->id = r->id;
     memcpy(info->name, name, len);
     info->n_documents = r->n_docs;
     info->n_tokens = r->n_tokens;
+    info->keyed = (r->flags & SPACE_F_KEYED) != 0;
+    info->locked = msadb_space_access(st, r) != 0;
 }
 
 int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
@@ -1152,7 +1173,7 @@ int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
     if (!rc)
         rc = msadb_scope_id(st, rec.id);
     if (!rc)
-        space_info_fill(out, name, strlen(name), &rec);
+        space_info_fill(st, out, name, strlen(name), &rec);
     msadb_txn_done(st, txn);
     return rc;
 }
@@ -1172,7 +1193,7 @@ static int space_list_one(const MDB_val *k, const MDB_val *v, void *ud)
         return MSADB_ECORRUPT;
     if (msadb_scope_id(c->st, rec.id))
         return 0;
-    space_info_fill(&info, k->mv_data, k->mv_size, &rec);
+    space_info_fill(c->st, &info, k->mv_data, k->mv_size, &rec);
     return c->cb(&info, c->ud);
 }
 

@@ -125,7 +125,7 @@ static void check_docdata(verifier *vf, uint64_t id, const msadb_docrec *r)
     uint64_t want[] = {r->title_len, r->meta_len, r->text_len, r->n_tokens * 4, r->n_tokens * 16};
     for (size_t i = 0; i < 5; i++) {
         size_t len = 0;
-        int rc = msadb_docdata_read(vf->snap, id, kinds[i].kind, NULL, 0, &len);
+        int rc = msadb_docdata_read(vf->snap, id, r->space_id, kinds[i].kind, NULL, 0, &len);
         int present = rc == 0;
         if (rc && rc != MSADB_ENOTFOUND) {
             problem(vf, "document %llu: %s unreadable: %s", (unsigned long long)id, kinds[i].name, msadb_strerror(rc));
@@ -146,7 +146,7 @@ static void check_docdata(verifier *vf, uint64_t id, const msadb_docrec *r)
         uint8_t *buf = malloc(len ? len : 1);
         if (!buf)
             continue;
-        if ((rc = msadb_docdata_read(vf->snap, id, kinds[i].kind, buf, len, &len)))
+        if ((rc = msadb_docdata_read(vf->snap, id, r->space_id, kinds[i].kind, buf, len, &len)))
             problem(vf, "document %llu: %s fails to open: %s", (unsigned long long)id, kinds[i].name,
                     msadb_strerror(rc));
         free(buf);
@@ -408,7 +408,7 @@ static int verify_all(verifier *vf)
     vbuf vb = {0};
     for (rc = vstep(vf, cur, &k, &v, MDB_FIRST, &vb); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT, &vb)) {
         msadb_docrec r;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
+        if (k.mv_size != 8 || msadb_docrec_open(st, msadb_get_be64(k.mv_data), v.mv_data, v.mv_size, &r)) {
             problem(vf, "a document record is malformed");
             continue;
         }
@@ -500,6 +500,8 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     int rc = msadb_dockeys_open(st);
     if (rc == MSADB_ENOTFOUND)
         rc = 0; /* a read-only version-1 store: no keys */
+    if (!rc) /* every record is checked: every keyed space's key is needed */
+        rc = msadb_spaces_open(st);
     if (!rc)
         rc = (!vf.K || !vf.V || !vf.summ) ? MSADB_ENOMEM : msadb_snapshot_begin(st, &vf.snap);
     if (!rc) {

@@ -156,6 +156,8 @@ class SpaceInfo:
     name: str
     n_documents: int
     n_tokens: int
+    keyed: bool = False
+    locked: bool = False
 
 
 @dataclasses.dataclass
@@ -410,7 +412,7 @@ class Store(_Handle):
         s = SpaceInfo_()
         check(lib.msadb_space_get(self._get(), _name(name, "space"), ctypes.byref(s)),
               "space %r" % name)
-        return SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens)
+        return SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens, bool(s.keyed), bool(s.locked))
 
     def spaces(self) -> List[SpaceInfo]:
         """msadb_space_list: every space, in name order."""
@@ -418,7 +420,8 @@ class Store(_Handle):
 
         def cb(p, ud):
             s = p.contents
-            out.append(SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens))
+            out.append(SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens, bool(s.keyed),
+                                 bool(s.locked)))
             return 0
         check(lib.msadb_space_list(self._get(), SPACE_CB(cb), None), "list spaces")
         return out
