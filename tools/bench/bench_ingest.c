@@ -464,15 +464,19 @@ static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, const fl
 static void stream_print(const config *cfg, const stream_result *r, const char *what)
 {
     double f16 = 4.0 * cfg->d; /* K and V rows in f16 */
-    if (cfg->json)
-        printf("{\"run\":\"%s\",\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,\"seconds\":%.3f,"
+    if (cfg->json) {
+        printf("{\"mode\": \"stream\", ");
+        machine_json();
+        printf("\"dtype\":\"%s\",\"d\":%u,\"planes\":%u,\"block\":%u,\"synced\":%s,", msadb_dtype_name(cfg->dtype),
+               cfg->d, cfg->planes, cfg->block, cfg->no_sync ? "false" : "true");
+        printf("\"run\":\"%s\",\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,\"seconds\":%.3f,"
                "\"token_planes_per_s\":%.6g,\"peak_rss_mib\":%.1f,\"block_bytes_per_token_plane\":%.2f,"
                "\"file_bytes_per_token_plane\":%.2f,\"vs_f16\":%.4f,\"capped\":%s,\"load_end\":%.2f,"
                "\"cpu_seconds\":%.2f}\n",
                what, r->tokens, r->chunk_bytes, (unsigned long long)r->commits, r->seconds, r->token_planes_s,
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16,
                r->capped ? "true" : "false", r->load_end, r->cpu_s);
-    else
+    } else
         printf("%-9s %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what, r->tokens,
                r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds, r->cpu_s, r->token_planes_s,
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16, r->load_end,
