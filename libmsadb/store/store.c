@@ -1197,6 +1197,40 @@ static int space_list_one(const MDB_val *k, const MDB_val *v, void *ud)
     return c->cb(&info, c->ud);
 }
 
+/* Records that fail authentication or do not decode are left to verify,
+ * which reports them by name. */
+int msadb_spaces_open(msadb_store *st)
+{
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
+        msadb_txn_done(st, txn);
+        return rc;
+    }
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        msadb_spacerec r;
+        int orc = msadb_rec_open(st, st->db_spaces, &k, &v, &buf, &cap);
+        if (orc == MSADB_ENOMEM) {
+            rc = orc;
+            break;
+        }
+        if (!orc && !spacerec_decode(&v, &r) && msadb_space_access(st, &r)) {
+            rc = MSADB_EKEY;
+            break;
+        }
+    }
+    free(buf);
+    mdb_cursor_close(cur);
+    msadb_txn_done(st, txn);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *), void *ud)
 {
     if (!st || !cb)

@@ -215,14 +215,3 @@ int msadb_docrec_open(const msadb_store *st, uint64_t id, const uint8_t *p, size
     int rc = msadb_docrec_decode(inner, n, d);
     return rc ? rc : d->space_id != space ? MSADB_ECORRUPT : 0;
 }
-
-static int locked_space(const msadb_space_info *info, void *ud)
-{
-    (void)ud;
-    return info->locked ? MSADB_EKEY : 0;
-}
-
-int msadb_spaces_open(msadb_store *st)
-{
-    return msadb_space_list(st, locked_space, NULL);
-}
