@@ -259,6 +259,59 @@ static msadb_store *tenant(const char *dir, const unsigned char *key, int with_b
     return st;
 }
 
+static int file_has(const char *dir, const char *needle)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len);
+    CHECK(fread(buf, 1, (size_t)len, f) == (size_t)len);
+    fclose(f);
+    int found = memmem(buf, (size_t)len, needle, strlen(needle)) != NULL;
+    free(buf);
+    return found;
+}
+
+/* Space names are not in an encrypted store's file (the keys of `spaces`
+ * are keyed hashes, the names sealed in `spaceids`); listings, compaction
+ * and verify walk the names.  A plain store shows them. */
+static void test_hidden_names(const unsigned char *key)
+{
+    const char *dir = tu_tmpdir("names");
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
+    sig.block_size = B;
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    const char *names[] = {"zeta-project-name", "alpha-project-name", "mid-project-name"};
+    for (int i = 0; i < 3; i++)
+        CHECK_OK(msadb_space_create(st, names[i], NULL));
+    uint64_t id = add_doc(st, "zeta-project-name", 21, NULL), id2 = add_doc(st, "alpha-project-name", 22, NULL);
+    CHECK_OK(msadb_doc_delete(st, &id2, 1));
+    CHECK_OK(msadb_compact(st));
+    seen sn = {0};
+    CHECK_OK(msadb_space_list(st, space_cb, &sn));
+    CHECK(sn.n_spaces == 4 && !strcmp(sn.spaces[0], "alpha-project-name") && !strcmp(sn.spaces[1], "default") &&
+          !strcmp(sn.spaces[2], "mid-project-name") && !strcmp(sn.spaces[3], "zeta-project-name"));
+    msadb_space_info si;
+    CHECK_OK(msadb_space_get(st, "zeta-project-name", &si));
+    CHECK(si.n_documents == 1);
+    CHECK_OK(msadb_space_drop(st, "mid-project-name"));
+    CHECK_RC(msadb_space_get(st, "mid-project-name", &si), MSADB_ENOTFOUND);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+    for (int i = 0; i < 3; i++)
+        CHECK(file_has(dir, names[i]) == (key == NULL));
+    CHECK(exists(dir, key, id));
+}
+
 static void test_keyed(void)
 {
     const char *dir = tu_tmpdir("keyed");
@@ -450,6 +503,8 @@ int main(void)
         key[i] = (unsigned char)(i * 5 + 3);
     test_scope(key);
     test_keyed();
+    test_hidden_names(NULL);
+    test_hidden_names(key);
     puts("test_tenants: ok");
     return 0;
 }

@@ -5,6 +5,7 @@
  * queries skip them.  Compaction later rewrites the pages of a space without
  * the deleted slots.  Readers that began earlier keep their snapshot. */
 #include <lmdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -303,7 +304,8 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     if (!rc && st->has_route)
         rc = del_range(txn, st->db_route, p4, 4, NULL, 0, 4);
     if (!rc) {
-        MDB_val kn = {strlen(name), (void *)name}, ki = {4, p4};
+        uint8_t h[32];
+        MDB_val kn = msadb_space_dbkey(st, name, h), ki = {4, p4};
         if (!(rc = mdb_del(txn, st->db_spaces, &kn, NULL)))
             rc = mdb_del(txn, st->db_spaceids, &ki, NULL);
     }
@@ -533,6 +535,21 @@ static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
     return msadb_space_put_txn(txn, st, name, &sr);
 }
 
+struct names {
+    char (*names)[MSADB_NAME_MAX + 1];
+    size_t n, cap;
+};
+
+static int collect_name(uint32_t id, const char *name, void *ud)
+{
+    (void)id;
+    struct names *c = ud;
+    if (msadb_grow(&c->names, &c->cap, c->n + 1, sizeof *c->names, 8))
+        return MSADB_ENOMEM;
+    snprintf(c->names[c->n++], MSADB_NAME_MAX + 1, "%s", name);
+    return 0;
+}
+
 static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     (void)ud;
@@ -541,35 +558,13 @@ static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
         int rc = msadb_space_get_txn(txn, st, st->scope_name, &sr);
         return rc ? rc : (rc = msadb_scope_id(st, sr.id)) ? rc : compact_space(st, txn, st->scope_name);
     }
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, st->db_spaces, &cur);
-    if (rc)
-        return rc;
-    /* Collect names first: compaction writes to other databases only, but
-     * keep the cursor walk independent of those writes anyway. */
-    char (*names)[MSADB_NAME_MAX + 1] = NULL;
-    size_t n = 0;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) { /* names only: the records are read by name */
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        void *nn = realloc(names, (n + 1) * sizeof *names);
-        if (!nn) {
-            rc = MSADB_ENOMEM;
-            break;
-        }
-        names = nn;
-        memcpy(names[n], k.mv_data, k.mv_size);
-        names[n++][k.mv_size] = 0;
-    }
-    mdb_cursor_close(cur);
-    if (rc == MDB_NOTFOUND)
-        rc = 0;
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = compact_space(st, txn, names[i]);
-    free(names);
+    /* Collect the names first (from `spaceids`: the keys of `spaces` may be
+     * hashes), then compact each space. */
+    struct names c = {NULL, 0, 0};
+    int rc = msadb_space_names_each(txn, st, collect_name, &c);
+    for (size_t i = 0; !rc && i < c.n; i++)
+        rc = compact_space(st, txn, c.names[i]);
+    free(c.names);
     return rc;
 }
 

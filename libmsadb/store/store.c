@@ -429,9 +429,11 @@ static int keycheck_ad(const msadb_store *st, uint8_t *ad)
 
 static void derive_mac_key(msadb_store *st)
 {
-    static const char label[] = "msadb meta mac v1";
+    static const char label[] = "msadb meta mac v1", names[] = "msadb space name v1";
     crypto_generichash(st->mac_key, sizeof st->mac_key, (const uint8_t *)label, sizeof label - 1,
                        st->key, sizeof st->key);
+    crypto_generichash(st->name_key, sizeof st->name_key, (const uint8_t *)names, sizeof names - 1, st->key,
+                       sizeof st->key);
     msadb_rec_key_derive(st);
 }
 
@@ -525,6 +527,14 @@ static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options 
         return rc;
     if (mv.mv_size != sizeof mac || sodium_memcmp(mac, mv.mv_data, sizeof mac) != 0)
         return MSADB_EAUTH;
+    /* hidden space names (authenticated by the meta MAC just checked) */
+    if ((rc = get_meta(txn, st, "space_names", &mv)) == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (mv.mv_size != 4 || msadb_get_le32(mv.mv_data) != 1 || !st->rec_mac)
+        return MSADB_ECORRUPT;
+    st->hashed_names = 1;
     return 0;
 }
 
@@ -580,6 +590,13 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     if ((rc = setup_crypto_create(st, txn, opt)))
         goto fail;
     st->format = MSADB_FORMAT_DOCKEYS;
+    if (st->encrypted) { /* space names hidden: keyed hashes as the keys of `spaces` (format 5) */
+        msadb_put_le32(u32, 1);
+        if ((rc = put_meta(txn, st, "space_names", u32, 4)) ||
+            (rc = msadb_meta_raise_format(txn, st, MSADB_FORMAT_SPACEKEYS)))
+            goto fail;
+        st->hashed_names = 1;
+    }
     if ((rc = msadb_route_create(st, txn)))
         goto fail;
     if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
@@ -593,7 +610,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     if (rc)
         goto fail;
     st->has_dockeys = 1;
-    st->format = MSADB_FORMAT_DOCKEYS;
+    st->format = st->hashed_names ? MSADB_FORMAT_SPACEKEYS : MSADB_FORMAT_DOCKEYS;
     *out = st;
     return 0;
 fail:
@@ -942,11 +959,46 @@ int msadb_space_name_valid(const char *name)
     return 1;
 }
 
+MDB_val msadb_space_dbkey(const msadb_store *st, const char *name, uint8_t h[32])
+{
+    MDB_val k = {strlen(name), (void *)name};
+    if (st->hashed_names) {
+        crypto_generichash(h, 32, (const uint8_t *)name, k.mv_size, st->name_key, sizeof st->name_key);
+        k.mv_size = 32;
+        k.mv_data = h;
+    }
+    return k;
+}
+
+struct names_each_ctx {
+    int (*fn)(uint32_t id, const char *name, void *ud);
+    void *ud;
+};
+
+static int names_each_one(const MDB_val *k, const MDB_val *v, void *ud)
+{
+    struct names_each_ctx *c = ud;
+    char name[MSADB_NAME_MAX + 1];
+    if (k->mv_size != 4 || v->mv_size < 1 || v->mv_size > MSADB_NAME_MAX)
+        return MSADB_ECORRUPT;
+    memcpy(name, v->mv_data, v->mv_size);
+    name[v->mv_size] = 0;
+    return msadb_space_name_valid(name) ? c->fn(msadb_get_be32(k->mv_data), name, c->ud) : MSADB_ECORRUPT;
+}
+
+int msadb_space_names_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint32_t id, const char *name, void *ud),
+                           void *ud)
+{
+    struct names_each_ctx c = {fn, ud};
+    return msadb_rec_each(txn, st, st->db_spaceids, names_each_one, &c);
+}
+
 int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec)
 {
     if (!msadb_space_name_valid(name))
         return MSADB_EINVAL;
-    MDB_val k = {strlen(name), (void *)name}, v;
+    uint8_t h[32];
+    MDB_val k = msadb_space_dbkey(st, name, h), v;
     uint8_t buf[SPACE_REC_BYTES_KEYED];
     int rc = msadb_rec_get_into(txn, st, st->db_spaces, &k, buf, sizeof buf, &v.mv_size);
     if (rc == MDB_NOTFOUND)
@@ -957,8 +1009,8 @@ int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_s
 
 int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec)
 {
-    uint8_t buf[SPACE_REC_BYTES_KEYED];
-    MDB_val k = {strlen(name), (void *)name}, v = {spacerec_encode(rec, buf), buf};
+    uint8_t buf[SPACE_REC_BYTES_KEYED], h[32];
+    MDB_val k = msadb_space_dbkey(st, name, h), v = {spacerec_encode(rec, buf), buf};
     return msadb_rec_put(txn, st, st->db_spaces, &k, &v, 0);
 }
 
@@ -1179,22 +1231,53 @@ int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
 }
 
 struct space_list_ctx {
-    const msadb_store *st;
-    int (*cb)(const msadb_space_info *, void *);
-    void *ud;
+    msadb_store *st;
+    MDB_txn *txn;
+    msadb_space_info *infos;
+    size_t n, cap;
 };
 
-static int space_list_one(const MDB_val *k, const MDB_val *v, void *ud)
+static int space_list_one(uint32_t id, const char *name, void *ud)
 {
     struct space_list_ctx *c = ud;
     msadb_spacerec rec;
-    msadb_space_info info;
-    if (k->mv_size < 1 || k->mv_size > MSADB_NAME_MAX || spacerec_decode(v, &rec))
+    int rc = msadb_space_get_txn(c->txn, c->st, name, &rec);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    if (rec.id != id)
         return MSADB_ECORRUPT;
     if (msadb_scope_id(c->st, rec.id))
         return 0;
-    space_info_fill(c->st, &info, k->mv_data, k->mv_size, &rec);
-    return c->cb(&info, c->ud);
+    if (msadb_grow(&c->infos, &c->cap, c->n + 1, sizeof *c->infos, 8))
+        return MSADB_ENOMEM;
+    space_info_fill(c->st, &c->infos[c->n++], name, strlen(name), &rec);
+    return 0;
+}
+
+static int info_name_cmp(const void *a, const void *b)
+{
+    return strcmp(((const msadb_space_info *)a)->name, ((const msadb_space_info *)b)->name);
+}
+
+/* Walks the names (`spaceids`), not the keys of `spaces`: those are keyed
+ * hashes in a store with hidden names. */
+int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *), void *ud)
+{
+    if (!st || !cb)
+        return MSADB_EINVAL;
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    struct space_list_ctx c = {st, txn, NULL, 0, 0};
+    rc = msadb_space_names_each(txn, st, space_list_one, &c);
+    msadb_txn_done(st, txn);
+    if (!rc)
+        qsort(c.infos, c.n, sizeof *c.infos, info_name_cmp);
+    for (size_t i = 0; !rc && i < c.n; i++)
+        rc = cb(&c.infos[i], ud);
+    free(c.infos);
+    return rc;
 }
 
 /* Records that fail authentication or do not decode are left to verify,
@@ -1231,19 +1314,6 @@ int msadb_spaces_open(msadb_store *st)
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *), void *ud)
-{
-    if (!st || !cb)
-        return MSADB_EINVAL;
-    MDB_txn *txn;
-    int rc = msadb_txn_read(st, &txn);
-    if (rc)
-        return rc;
-    struct space_list_ctx c = {st, cb, ud};
-    rc = msadb_rec_each(txn, st, st->db_spaces, space_list_one, &c);
-    msadb_txn_done(st, txn);
-    return rc;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Statistics                                                               */

@@ -38,6 +38,8 @@ struct msadb_store {
     int kc_pending;  /* the version a write transaction in flight writes, 0 if none */
     int rec_mac;     /* every record carries a MAC (keycheck v3; record.c) */
     uint8_t rec_key[32];                /* record MAC key, derived from key */
+    int hashed_names;                   /* spaces keyed by a keyed hash of the name (meta "space_names") */
+    uint8_t name_key[32];               /* that hash's key, derived from key */
     const char *db_name[MSADB_MAX_DBI]; /* names of the handles opened by msadb_dbi_open */
     uint8_t db_mac[MSADB_MAX_DBI];      /* the handle's values carry a MAC when rec_mac */
     uint8_t db_seal[MSADB_MAX_DBI];     /* ... or are sealed (summary and routing pages) */
@@ -122,7 +124,7 @@ typedef struct msadb_spacerec {
 #define MSADB_FORMAT_ROUTE 2u
 #define MSADB_FORMAT_DOCKEYS 3u
 #define MSADB_FORMAT_EXPIRY 4u
-#define MSADB_FORMAT_SPACEKEYS 5u
+#define MSADB_FORMAT_SPACEKEYS 5u /* also: an encrypted store's hidden space names */
 
 MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
 MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
@@ -272,6 +274,12 @@ MSADB_HIDDEN int msadb_scope_name(const msadb_store *st, const char *name);
 MSADB_HIDDEN int msadb_scope_id(const msadb_store *st, uint32_t id);
 MSADB_HIDDEN int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d);
 MSADB_HIDDEN int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec);
+/* The key of a space's record in `spaces`: the name, or in a store with
+ * hidden names its keyed hash (h receives it). */
+MSADB_HIDDEN MDB_val msadb_space_dbkey(const msadb_store *st, const char *name, uint8_t h[32]);
+/* Calls fn(id, name) for every space, in id order (the `spaceids` walk). */
+MSADB_HIDDEN int msadb_space_names_each(MDB_txn *txn, msadb_store *st,
+                                        int (*fn)(uint32_t id, const char *name, void *ud), void *ud);
 MSADB_HIDDEN int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec);
 MSADB_HIDDEN int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[MSADB_NAME_MAX + 1]);
 MSADB_HIDDEN int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out);

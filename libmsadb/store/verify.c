@@ -435,18 +435,21 @@ static int verify_all(verifier *vf)
     mdb_cursor_close(cur);
     if (rc == MDB_NOTFOUND)
         rc = 0;
-    if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
+    /* the spaces by their names (`spaceids`: the keys of `spaces` may be hashes) */
+    uint64_t n_names = 0;
+    if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaceids, &cur))) {
         for (rc = vstep(vf, cur, &k, &v, MDB_FIRST, &vb); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT, &vb)) {
             char name[MSADB_NAME_MAX + 1];
             msadb_spacerec sr;
-            if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
+            n_names++;
+            if (k.mv_size != 4 || v.mv_size < 1 || v.mv_size > MSADB_NAME_MAX) {
                 problem(vf, "a space name is malformed");
                 continue;
             }
-            memcpy(name, k.mv_data, k.mv_size);
-            name[k.mv_size] = 0;
-            if (msadb_space_get_txn(txn, st, name, &sr)) {
-                problem(vf, "space %s: record malformed", name);
+            memcpy(name, v.mv_data, v.mv_size);
+            name[v.mv_size] = 0;
+            if (msadb_space_get_txn(txn, st, name, &sr) || sr.id != msadb_get_be32(k.mv_data)) {
+                problem(vf, "space %s: record missing, malformed or of another id", name);
                 continue;
             }
             space_tally *t = tally_for(tally, n_tally, sr.id);
@@ -458,6 +461,10 @@ static int verify_all(verifier *vf)
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    MDB_stat ss;
+    if (!rc && !(rc = mdb_stat(txn, st->db_spaces, &ss)) && ss.ms_entries != n_names)
+        problem(vf, "%llu space records but %llu space names", (unsigned long long)ss.ms_entries,
+                (unsigned long long)n_names);
     for (size_t i = 0; !rc && i < n_tally; i++)
         if (!tally[i].has_record)
             problem(vf, "%llu documents are in space id %u, which has no space record",
