@@ -62,7 +62,8 @@ extern "C" {
  * is raised to version 4 only once a document with an expiry time is
  * written, to version 5 only by its first keyed space
  * (msadb_space_create_keyed), so that a store without them stays readable
- * by older libraries. */
+ * by older libraries; new encrypted stores start at version 5 (their space
+ * names are hidden). */
 #define MSADB_FORMAT_VERSION 5
 
 /** Library version as a string ("0.1.0"); static storage. */
