@@ -25,6 +25,57 @@ static uint64_t add_doc(msadb_store *st, const char *space, uint64_t seed, const
     return tu_append_f32(st, &doc, T, K, V);
 }
 
+static msadb_store *create_store(const char *dir, const unsigned char *key)
+{
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
+    sig.block_size = B;
+    sig.dtype = MSADB_DTYPE_F32;
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    return st;
+}
+
+/* A query of layer 1 over `spaces` (NULL: all): every hit, exact and
+ * routed, is one of the n_ok documents ok (and the exact one has some);
+ * returns the attend's result for the routed query. */
+static int attend_only(msadb_snapshot *s, const char *const *spaces, size_t n_spaces, const uint64_t *ok,
+                       size_t n_ok, msadb_hit *first)
+{
+    float q[2 * D], out[2 * D], lse[2];
+    uint64_t rs = 9;
+    tu_fill_randn(&rs, q, 2 * D, 1.0f);
+    msadb_query qq;
+    msadb_query_init(&qq);
+    qq.layer = 1;
+    qq.q = q;
+    qq.n_query = 1;
+    qq.top_k = 64;
+    qq.spaces = spaces;
+    qq.n_spaces = n_spaces;
+    msadb_hit hits[64];
+    for (int exact = 1; exact >= 0; exact--) {
+        size_t nh = 0;
+        qq.exact = exact;
+        int rc = msadb_attend(s, &qq, out, lse, hits, 64, &nh);
+        if (rc)
+            return rc;
+        CHECK(nh <= 64 && (nh > 0 || !exact));
+        for (size_t i = 0; i < nh; i++) {
+            size_t j = 0;
+            while (j < n_ok && hits[i].doc_id != ok[j])
+                j++;
+            CHECK(j < n_ok);
+        }
+        if (first && nh)
+            *first = hits[0];
+    }
+    return 0;
+}
+
 typedef struct seen {
     uint64_t ids[16];
     size_t n;
@@ -75,15 +126,7 @@ static int exists(const char *dir, const unsigned char *key, uint64_t id)
 static void test_scope(const unsigned char *key)
 {
     const char *dir = tu_tmpdir("tenants");
-    msadb_signature sig;
-    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
-    sig.block_size = B;
-    sig.dtype = MSADB_DTYPE_F32;
-    msadb_options opt;
-    msadb_options_init(&opt);
-    opt.key = key;
-    msadb_store *st;
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    msadb_store *st = create_store(dir, key);
     CHECK_OK(msadb_space_create(st, "A", NULL));
     CHECK_OK(msadb_space_create(st, "B", NULL));
     uint64_t a1 = add_doc(st, "A", 1, "key-a1"), a2 = add_doc(st, "A", 2, NULL);
@@ -139,35 +182,18 @@ static void test_scope(const unsigned char *key)
     CHECK_RC(msadb_space_get(st, "default", &si), MSADB_ESCOPE);
 
     /* queries read the space alone; naming another is refused */
-    float q[2 * D], out[2 * D], lse[2];
-    uint64_t rs = 9;
-    tu_fill_randn(&rs, q, 2 * D, 1.0f);
+    const uint64_t in_a[] = {a1, a2};
+    msadb_hit forged;
+    CHECK_OK(attend_only(s, NULL, 0, in_a, 2, &forged));
+    const char *other[] = {"B"};
+    CHECK_RC(attend_only(s, other, 1, in_a, 2, NULL), MSADB_ESCOPE);
+    forged.doc_id = b1;
+    float q[2 * D] = {0}, out[2 * D], lse[2];
     msadb_query qq;
     msadb_query_init(&qq);
     qq.layer = 1;
     qq.q = q;
     qq.n_query = 1;
-    qq.top_k = 64;
-    qq.exact = 1;
-    msadb_hit hits[64];
-    size_t nh = 0;
-    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
-    CHECK(nh > 0 && nh <= 64);
-    for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id == a1 || hits[i].doc_id == a2);
-    qq.exact = 0;
-    nh = 0;
-    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
-    for (size_t i = 0; i < nh && i < 64; i++)
-        CHECK(hits[i].doc_id == a1 || hits[i].doc_id == a2);
-    const char *other[] = {"B"};
-    qq.spaces = other;
-    qq.n_spaces = 1;
-    CHECK_RC(msadb_attend(s, &qq, out, lse, hits, 64, &nh), MSADB_ESCOPE);
-    msadb_hit forged = hits[0];
-    forged.doc_id = b1;
-    qq.spaces = NULL;
-    qq.n_spaces = 0;
     CHECK_RC(msadb_attend_blocks(s, &qq, &forged, 1, out, lse), MSADB_ESCOPE);
     msadb_snapshot_end(s);
 
@@ -259,37 +285,13 @@ static msadb_store *tenant(const char *dir, const unsigned char *key, int with_b
     return st;
 }
 
-static int file_has(const char *dir, const char *needle)
-{
-    char path[600];
-    snprintf(path, sizeof path, "%s/data.mdb", dir);
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len);
-    CHECK(fread(buf, 1, (size_t)len, f) == (size_t)len);
-    fclose(f);
-    int found = memmem(buf, (size_t)len, needle, strlen(needle)) != NULL;
-    free(buf);
-    return found;
-}
-
 /* Space names are not in an encrypted store's file (the keys of `spaces`
  * are keyed hashes, the names sealed in `spaceids`); listings, compaction
  * and verify walk the names.  A plain store shows them. */
 static void test_hidden_names(const unsigned char *key)
 {
     const char *dir = tu_tmpdir("names");
-    msadb_signature sig;
-    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
-    sig.block_size = B;
-    msadb_options opt;
-    msadb_options_init(&opt);
-    opt.key = key;
-    msadb_store *st;
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    msadb_store *st = create_store(dir, key);
     const char *names[] = {"zeta-project-name", "alpha-project-name", "mid-project-name"};
     for (int i = 0; i < 3; i++)
         CHECK_OK(msadb_space_create(st, names[i], NULL));
@@ -307,33 +309,27 @@ static void test_hidden_names(const unsigned char *key)
     CHECK_RC(msadb_space_get(st, "mid-project-name", &si), MSADB_ENOTFOUND);
     CHECK_OK(msadb_verify(st, NULL, NULL));
     msadb_close(st);
+    char data[600];
+    snprintf(data, sizeof data, "%s/data.mdb", dir);
     for (int i = 0; i < 3; i++)
-        CHECK(file_has(dir, names[i]) == (key == NULL));
+        CHECK(tu_file_contains(data, names[i], strlen(names[i])) == (key == NULL));
     CHECK(exists(dir, key, id));
 }
 
 static void test_keyed(void)
 {
     const char *dir = tu_tmpdir("keyed");
-    msadb_signature sig;
-    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
-    sig.block_size = B;
-    sig.dtype = MSADB_DTYPE_F32;
     unsigned char key[32];
     for (int i = 0; i < 32; i++)
         key[i] = (unsigned char)(200 - i);
-    msadb_options opt;
-    msadb_options_init(&opt);
-    msadb_store *st;
 
     /* a plain store has no keyed spaces */
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    msadb_store *st = create_store(dir, NULL);
     CHECK_RC(msadb_space_create_keyed(st, "B", kb, NULL, NULL), MSADB_EINVAL);
     msadb_close(st);
     tu_rmtree(dir);
 
-    opt.key = key;
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    st = create_store(dir, key);
     CHECK_RC(msadb_space_create_keyed(st, "B", kb, pc, NULL), MSADB_EINVAL);
     CHECK_RC(msadb_space_create_keyed(st, "B", NULL, NULL, NULL), MSADB_EINVAL);
     CHECK_RC(msadb_space_create_keyed(st, "B", NULL, "", NULL), MSADB_EINVAL);
@@ -372,30 +368,9 @@ static void test_keyed(void)
     CHECK_OK(msadb_doc_list(s, NULL, doc_cb, &sn));
     CHECK(sn.n == 1 && sn.ids[0] == a1);
     CHECK_RC(msadb_doc_list(s, "B", doc_cb, &sn), MSADB_EKEY);
-    float q[2 * D], out[2 * D], lse[2];
-    uint64_t rs = 3;
-    tu_fill_randn(&rs, q, 2 * D, 1.0f);
-    msadb_query qq;
-    msadb_query_init(&qq);
-    qq.layer = 1;
-    qq.q = q;
-    qq.n_query = 1;
-    qq.top_k = 64;
-    qq.exact = 1;
-    msadb_hit hits[64];
-    size_t nh = 0;
-    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
-    CHECK(nh > 0);
-    for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id == a1);
-    qq.exact = 0;
-    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
-    for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id == a1);
+    CHECK_OK(attend_only(s, NULL, 0, &a1, 1, NULL));
     const char *onlyb[] = {"B"};
-    qq.spaces = onlyb;
-    qq.n_spaces = 1;
-    CHECK_RC(msadb_attend(s, &qq, out, lse, hits, 64, &nh), MSADB_EKEY);
+    CHECK_RC(attend_only(s, onlyb, 1, &a1, 1, NULL), MSADB_EKEY);
     msadb_snapshot_end(s);
     CHECK_RC(msadb_doc_delete(st, &b1, 1), MSADB_EKEY);
     CHECK_RC(msadb_space_drop(st, "B"), MSADB_EKEY);
@@ -437,17 +412,7 @@ static void test_keyed(void)
     sn.n = 0;
     CHECK_OK(msadb_doc_list(s, NULL, doc_cb, &sn));
     CHECK(sn.n == 1 && sn.ids[0] == b1);
-    qq.spaces = NULL;
-    qq.n_spaces = 0;
-    qq.exact = 1;
-    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
-    CHECK(nh > 0);
-    for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id == b1);
-    qq.exact = 0;
-    CHECK_OK(msadb_attend(s, &qq, out, lse, hits, 64, &nh));
-    for (size_t i = 0; i < nh; i++)
-        CHECK(hits[i].doc_id == b1);
+    CHECK_OK(attend_only(s, NULL, 0, &b1, 1, NULL));
     uint64_t first_block = di.first_block;
     msadb_snapshot_end(s);
     doc.space = NULL;

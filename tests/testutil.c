@@ -129,6 +129,21 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
     return id;
 }
 
+int tu_file_contains(const char *path, const void *needle, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len);
+    CHECK(buf != NULL && fread(buf, 1, (size_t)len, f) == (size_t)len);
+    fclose(f);
+    int found = memmem(buf, (size_t)len, needle, n) != NULL;
+    free(buf);
+    return found;
+}
+
 void tu_make_legacy_store(const char *dir, const unsigned char key[32])
 {
     MDB_env *env;

@@ -34,6 +34,8 @@
  * string is static until the next call.  Removed at exit unless
  * MSADB_KEEP_TMP is set. */
 const char *tu_tmpdir(const char *tag);
+/* Whether the file at path holds the n bytes of needle. */
+int tu_file_contains(const char *path, const void *needle, size_t n);
 /* Removes a directory tree. */
 void tu_rmtree(const char *path);
 /* Deterministic pseudo-random numbers (splitmix64). */

@@ -1177,17 +1177,23 @@ int msadb_scope_id(const msadb_store *st, uint32_t id)
     return st->scoped && id != st->scope_id ? MSADB_ESCOPE : 0;
 }
 
-int msadb_store_scope(msadb_store *st, const char *name)
+int msadb_space_read(msadb_store *st, const char *name, msadb_spacerec *rec)
 {
-    if (!st || !msadb_space_name_valid(name))
-        return MSADB_EINVAL;
     MDB_txn *txn;
     int rc = msadb_txn_read(st, &txn);
     if (rc)
         return rc;
-    msadb_spacerec rec;
-    rc = msadb_space_get_txn(txn, st, name, &rec);
+    rc = msadb_space_get_txn(txn, st, name, rec);
     msadb_txn_done(st, txn);
+    return rc;
+}
+
+int msadb_store_scope(msadb_store *st, const char *name)
+{
+    if (!st || !msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    msadb_spacerec rec;
+    int rc = msadb_space_read(st, name, &rec);
     if (rc)
         return rc;
     if (st->scoped)
@@ -1216,17 +1222,12 @@ int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
         return MSADB_EINVAL;
     if (msadb_scope_name(st, name))
         return MSADB_ESCOPE;
-    MDB_txn *txn;
-    int rc = msadb_txn_read(st, &txn);
-    if (rc)
-        return rc;
     msadb_spacerec rec;
-    rc = msadb_space_get_txn(txn, st, name, &rec);
+    int rc = msadb_space_read(st, name, &rec);
     if (!rc)
         rc = msadb_scope_id(st, rec.id);
     if (!rc)
         space_info_fill(st, out, name, strlen(name), &rec);
-    msadb_txn_done(st, txn);
     return rc;
 }
 

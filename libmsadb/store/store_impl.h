@@ -273,6 +273,8 @@ MSADB_HIDDEN void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t
 MSADB_HIDDEN int msadb_scope_name(const msadb_store *st, const char *name);
 MSADB_HIDDEN int msadb_scope_id(const msadb_store *st, uint32_t id);
 MSADB_HIDDEN int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d);
+/* msadb_space_get_txn in a read transaction of its own. */
+MSADB_HIDDEN int msadb_space_read(msadb_store *st, const char *name, msadb_spacerec *rec);
 MSADB_HIDDEN int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec);
 /* The key of a space's record in `spaces`: the name, or in a store with
  * hidden names its keyed hash (h receives it). */

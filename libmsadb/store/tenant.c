@@ -149,13 +149,8 @@ int msadb_space_unlock(msadb_store *st, const char *name, const unsigned char *k
         return MSADB_EINVAL;
     if (msadb_scope_name(st, name))
         return MSADB_ESCOPE;
-    MDB_txn *txn;
-    int rc = msadb_txn_read(st, &txn);
-    if (rc)
-        return rc;
     msadb_spacerec rec;
-    rc = msadb_space_get_txn(txn, st, name, &rec);
-    msadb_txn_done(st, txn);
+    int rc = msadb_space_read(st, name, &rec);
     if (!rc && (rc = msadb_scope_id(st, rec.id)) == 0 && !(rec.flags & SPACE_F_KEYED))
         rc = MSADB_EINVAL; /* the space has no key of its own */
     if (rc)
