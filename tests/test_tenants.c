@@ -27,16 +27,7 @@ static uint64_t add_doc(msadb_store *st, const char *space, uint64_t seed, const
 
 static msadb_store *create_store(const char *dir, const unsigned char *key)
 {
-    msadb_signature sig;
-    CHECK_OK(msadb_signature_init(&sig, 2, 1, 2, D));
-    sig.block_size = B;
-    sig.dtype = MSADB_DTYPE_F32;
-    msadb_options opt;
-    msadb_options_init(&opt);
-    opt.key = key;
-    msadb_store *st;
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
-    return st;
+    return tu_create(dir, 1, D, B, MSADB_DTYPE_F32, key);
 }
 
 /* A query of layer 1 over `spaces` (NULL: all): every hit, exact and

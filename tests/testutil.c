@@ -129,6 +129,21 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
     return id;
 }
 
+msadb_store *tu_create(const char *dir, uint32_t kv_heads, uint32_t d, uint32_t block, msadb_dtype dtype,
+                       const unsigned char *key)
+{
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, kv_heads, 2, d));
+    sig.block_size = block;
+    sig.dtype = dtype;
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    return st;
+}
+
 int tu_file_contains(const char *path, const void *needle, size_t n)
 {
     FILE *f = fopen(path, "rb");
