@@ -229,6 +229,9 @@ int cli_db_open(const cli_args *a, int read_only, cli_db **out)
         return cli_error("%s: msadb-mpi does not limit 'rm' to --space; run 'msadb rm %s --space %s DOC...' "
                          "(without MPI)",
                          a->db, a->db, a->space);
+    if (sharded && cli_mpi_active() && (a->space_key_file || a->space_passphrase_env))
+        return cli_error("%s: msadb-mpi does not take space keys (--space-key-file, --space-passphrase-env)",
+                         a->db);
     if (sharded && cli_mpi_active())
         return cli_mpi_open(a, read_only, out);
     if (cli_mpi_rank() != 0)

@@ -946,6 +946,7 @@ def test_tenants():
     close(out, ro, 1e-4, "a query without B's key attends A alone")
     run("rm", db, str(ka.id), *K, *BK, expect=1, msg=f"document {ka.id} is not in space 'B'")
     run("dump", db, p("keyed.dump"), *K, expect=1, msg="the store has spaces with their own key")
+    run("split", db, p("keyed-split"), "--shards", "2", *K, expect=1, msg="has spaces with their own key")
     check(not os.path.exists(p("keyed.dump")), "a refused dump writes nothing")
     check(jrun("rm", db, str(kb1.id), *K, *BK)["deleted"] == [kb1.id], "rm with B's key")
     run("space", db, "drop", "B", *K, "--space-key-file", bk)
