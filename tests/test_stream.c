@@ -20,13 +20,7 @@ static msadb_store *make_store(const char *dir, const unsigned char *key)
 {
     msadb_signature sig;
     CHECK_OK(msadb_signature_init(&sig, 2, 2, 2, D));
-    sig.block_size = B;
-    msadb_options opt;
-    msadb_options_init(&opt);
-    opt.key = key;
-    msadb_store *st;
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
-    return st;
+    return tu_create(dir, 2, D, B, sig.dtype, key);
 }
 
 static float K[4 * MAX_T * D], V[4 * MAX_T * D];

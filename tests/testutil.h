@@ -34,6 +34,13 @@
  * string is static until the next call.  Removed at exit unless
  * MSADB_KEEP_TMP is set. */
 const char *tu_tmpdir(const char *tag);
+/* Creates a store at dir: 2 layers (the second a memory layer), kv_heads
+ * kv heads, 2 query heads, head_dim d, blocks of `block` tokens, dtype,
+ * encrypted with key when not NULL. */
+msadb_store *tu_create(const char *dir, uint32_t kv_heads, uint32_t d, uint32_t block, msadb_dtype dtype,
+                       const unsigned char *key);
+/* Whether the file at path holds the n bytes of needle. */
+int tu_file_contains(const char *path, const void *needle, size_t n);
 /* Removes a directory tree. */
 void tu_rmtree(const char *path);
 /* Deterministic pseudo-random numbers (splitmix64). */

@@ -533,7 +533,10 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
         return MSADB_ENOMEM;
     batch_doc *bd = &b->cur.docs[b->cur.n_docs];
     memset(bd, 0, sizeof *bd);
-    snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");
+    const char *space = doc->space ? doc->space : b->st->scoped ? b->st->scope_name : "default";
+    if (msadb_scope_name(b->st, space))
+        return MSADB_ESCOPE;
+    snprintf(bd->space, sizeof bd->space, "%s", space);
     bd->n_tokens = T;
     bd->n_blocks = nb;
     bd->created = msadb_time_now();
@@ -653,7 +656,8 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
     return 0;
 }
 
-static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint8_t kind, const uint8_t *data, size_t len)
+static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint32_t space, uint8_t kind,
+                       const uint8_t *data, size_t len)
 {
     if (!len)
         return 0;
@@ -671,7 +675,7 @@ static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint8_t kind
         return rc;
     uint8_t ad[26];
     msadb_docdata_ad(st, doc, kind, ad);
-    msadb_seal(st->key, ad, sizeof ad, data, len, v.mv_data);
+    msadb_seal(msadb_space_seal_key(st, space), ad, sizeof ad, data, len, v.mv_data);
     msadb_rec_seal(st, st->db_docdata, &kv, &v);
     return 0;
 }
@@ -700,7 +704,8 @@ static space_group *find_group(space_group **groups, size_t *n, msadb_store *st,
     g = &g[*n];
     memset(g, 0, sizeof *g);
     snprintf(g->name, sizeof g->name, "%s", name);
-    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)))
+    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)) || (*rc = msadb_scope_id(st, g->rec.id)) ||
+        (*rc = msadb_space_access(st, &g->rec)))
         return NULL;
     g->first_slot = g->rec.n_slots;
     (*n)++;
@@ -738,7 +743,7 @@ static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const chunk *b, const
             if (st->encrypted) {
                 uint8_t ad[32];
                 msadb_block_ad(st, space_id, p, blk0 + j, ad);
-                if ((rc = msadb_block_seal(enc, len, st->key, ad, sizeof ad, rec + off, total - off, &out_len)))
+                if ((rc = msadb_block_seal(enc, len, msadb_space_seal_key(st, space_id), ad, sizeof ad, rec + off, total - off, &out_len)))
                     return rc;
                 if (out_len != len + extra)
                     return MSADB_EINVAL;
@@ -766,14 +771,14 @@ static int write_doc_record(msadb_store *st, MDB_txn *txn, const chunk *b, const
         if (!(rc = msadb_rec_put(txn, st, st->db_docdata, &dk, &dv, 0)))
             rc = msadb_rec_put(txn, st, st->db_dockeys, &kk2, &iv, MDB_NOOVERWRITE);
     }
-    if (rc || (rc = put_docdata(st, txn, id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
-        (rc = put_docdata(st, txn, id, DD_META, A + bd->meta_off, bd->meta_len)) ||
-        (rc = put_docdata(st, txn, id, DD_TEXT, A + bd->text_off, bd->text_len)))
+    if (rc || (rc = put_docdata(st, txn, id, rec->space_id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
+        (rc = put_docdata(st, txn, id, rec->space_id, DD_META, A + bd->meta_off, bd->meta_len)) ||
+        (rc = put_docdata(st, txn, id, rec->space_id, DD_TEXT, A + bd->text_off, bd->text_len)))
         return rc;
-    if (bd->ids_off != (size_t)-1 && (rc = put_docdata(st, txn, id, DD_TOKENS, A + bd->ids_off, bd->n_tokens * 4)))
+    if (bd->ids_off != (size_t)-1 && (rc = put_docdata(st, txn, id, rec->space_id, DD_TOKENS, A + bd->ids_off, bd->n_tokens * 4)))
         return rc;
     if (bd->spans_off != (size_t)-1)
-        rc = put_docdata(st, txn, id, DD_SPANS, A + bd->spans_off, bd->n_tokens * 16);
+        rc = put_docdata(st, txn, id, rec->space_id, DD_SPANS, A + bd->spans_off, bd->n_tokens * 16);
     return rc;
 }
 
