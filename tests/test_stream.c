@@ -433,18 +433,6 @@ static void test_background_commits(void)
     msadb_close(st);
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    CHECK(in && out);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        CHECK(fwrite(buf, 1, n, out) == n);
-    fclose(in);
-    CHECK(fclose(out) == 0);
-}
-
 /* Adds the same documents (sizes, keys, text, token ids, deletions, two
  * spaces) to the store at dir with the given thread count, committing
  * every 3 documents or 40 KB. */
@@ -567,7 +555,7 @@ static void test_threads_identical(void)
         CHECK(mkdir(dirs[i], 0700) == 0);
         snprintf(from, sizeof from, "%s/data.mdb", dirs[0]);
         snprintf(to, sizeof to, "%s/data.mdb", dirs[i]);
-        copy_file(from, to);
+        tu_copy_file(from, to);
     }
     for (int i = 0; i < 3; i++)
         ingest_set(dirs[i], threads[i], first);

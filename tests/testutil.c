@@ -333,3 +333,15 @@ void tu_store_as_format(const char *dir, uint32_t version)
     CHECK_OK(mdb_txn_commit(txn));
     mdb_env_close(env);
 }
+
+void tu_copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    CHECK(in && out);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        CHECK(fwrite(buf, 1, n, out) == n);
+    fclose(in);
+    CHECK(fclose(out) == 0);
+}

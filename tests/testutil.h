@@ -43,6 +43,8 @@ msadb_store *tu_create(const char *dir, uint32_t kv_heads, uint32_t d, uint32_t 
 int tu_file_contains(const char *path, const void *needle, size_t n);
 /* Removes a directory tree. */
 void tu_rmtree(const char *path);
+/* Copies file `from` to `to` (created or truncated); CHECKs every step. */
+void tu_copy_file(const char *from, const char *to);
 /* Deterministic pseudo-random numbers (splitmix64). */
 uint64_t tu_rand(uint64_t *state);
 float tu_randn(uint64_t *state); /* approximately standard normal */
