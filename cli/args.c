@@ -49,8 +49,8 @@ static const char *const cmd_usage[CMD_COUNT] = {
                   "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S] [--where K=V]...",
-    [CMD_RM] = "rm DB DOC... | rm DB [--space S] [--where K=V]...",
-    [CMD_SPACE] = "space DB create NAME | drop NAME | ls",
+    [CMD_RM] = "rm DB [--space S] DOC... | rm DB [--space S] [--where K=V]...",
+    [CMD_SPACE] = "space DB create NAME [--space-key-file F | --space-passphrase-env VAR] | drop NAME | ls",
     [CMD_VERIFY] = "verify DB",
     [CMD_DUMP] = "dump DB FILE",
     [CMD_LOAD] = "load DB FILE",
@@ -60,10 +60,10 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_DOCTOR] = "doctor [-m M.gguf]",
     [CMD_SEARCH] = "search DB [-m M.gguf] [--space S]... [--top-k K] [--select blocks|documents]\n"
                    "           [--summary mean|minmax|reps] [--min-score X] [--where K=V]... QUESTION",
-    [CMD_SHOW] = "show DB DOC",
+    [CMD_SHOW] = "show DB [--space S] DOC",
     [CMD_VACUUM] = "vacuum DB",
-    [CMD_UPDATE] = "update DB DOC (FILE | --text TEXT) [-m M.gguf] [--title T] [--meta K=V]...\n"
-                   "           [--ttl D]",
+    [CMD_UPDATE] = "update DB DOC (FILE | --text TEXT) [-m M.gguf] [--space S] [--title T]\n"
+                   "           [--meta K=V]... [--ttl D]",
     [CMD_EXPIRE] = "expire DB",
 };
 
@@ -98,13 +98,15 @@ static const char *const cmd_summary[CMD_COUNT] = {
      C(UPDATE) | C(EXPIRE))
 #define ALL_CMDS (STORE_CMDS | C(HELP) | C(VERSION) | C(DOCTOR))
 #define ROUTE_CMDS (C(QUERY) | C(SEARCH))
+#define SPACE_KEY_CMDS (C(INGEST) | ROUTE_CMDS | C(LS) | C(RM) | C(SHOW) | C(UPDATE) | C(SPACE))
 
 enum opt_id {
     O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
     O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
-    O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_META, O_WHERE, O_TTL, O_TEXT, O_COUNT
+    O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_META, O_WHERE, O_TTL, O_TEXT, O_SPACE_KEY_FILE,
+    O_SPACE_PASS_ENV, O_COUNT
 };
 
 typedef struct opt_def {
@@ -123,6 +125,10 @@ static const opt_def opts[O_COUNT] = {
     [O_HELP] = {"help", NULL, 'h', 0, ALL_CMDS, NULL, "show this help"},
     [O_KEY_FILE] = {"key-file", NULL, 0, 1, STORE_CMDS, "F", "32-byte key (raw or 64 hex digits)"},
     [O_PASS_ENV] = {"passphrase-env", NULL, 0, 1, STORE_CMDS, "VAR", "passphrase from $VAR"},
+    [O_SPACE_KEY_FILE] = {"space-key-file", NULL, 0, 1, SPACE_KEY_CMDS, "F",
+                          "the --space's own key (space create: make a keyed space)"},
+    [O_SPACE_PASS_ENV] = {"space-passphrase-env", NULL, 0, 1, SPACE_KEY_CMDS, "VAR",
+                          "the --space's own passphrase from $VAR (space create: make a keyed space)"},
     [O_LAYERS] = {"layers", NULL, 0, 1, C(INIT), "L", "transformer layers"},
     [O_KV_HEADS] = {"kv-heads", NULL, 0, 1, C(INIT), "H", "key/value heads"},
     [O_Q_HEADS] = {"q-heads", NULL, 0, 1, C(INIT), "Q", "query heads (a multiple of H)"},
@@ -133,7 +139,9 @@ static const opt_def opts[O_COUNT] = {
     [O_DTYPE] = {"dtype", NULL, 0, 1, C(INIT), "T", "storage dtype f32|f16|bf16|int8|q4 (default f16)"},
     [O_SUMMARY] = {"summary", NULL, 0, 1, C(INIT) | ROUTE_CMDS, "KINDS",
                    "init: summary kinds mean,minmax,reps (default mean,reps); query: the one to route by"},
-    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM), "S", "space (query, search: repeatable)"},
+    [O_SPACE] = {"space", NULL, 0, 1, C(INGEST) | ROUTE_CMDS | C(LS) | C(RM) | C(SHOW) | C(UPDATE), "S",
+                  "space (query, search: repeatable); limits ls, rm, show, update (query, search: "
+                  "when given once) to it"},
     [O_TITLE] = {"title", NULL, 0, 1, C(INGEST) | C(UPDATE), "T",
                  "document title (ingest: default the file name; update: default the old one's)"},
     [O_Q] = {"q", NULL, 0, 1, C(QUERY), "FILE", "safetensors file with 'queries' [n,Q,D]"},
@@ -164,7 +172,7 @@ static const opt_def opts[O_COUNT] = {
     [O_SHARDS] = {"shards", NULL, 0, 1, C(INIT) | C(SPLIT), "N",
                   "a sharded store of N shards (DIR/shard-0 ... shard-N-1)"},
     [O_COMMIT_EVERY] = {"commit-every", NULL, 0, 1, C(INGEST), "Nt|Nd",
-                        "commit every N tokens (10000t) or documents (500d); default 64 MiB encoded"},
+                        "commit every N tokens (10000t) or documents (500d); default 8 MiB encoded"},
     [O_BINARY_OK] = {"binary-ok", NULL, 0, 0, C(INGEST), NULL,
                      "text files: ingest files that do not look like text (NUL bytes, bad UTF-8)"},
     [O_META] = {"meta", NULL, 0, 1, C(INGEST) | C(UPDATE), "K=V",
@@ -527,6 +535,12 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
             return usage_err(err, errlen, "--seed: expected an unsigned integer, got '%.40s'", v);
         return CLI_OK;
     case O_KEY_FILE: a->key_file = v; return CLI_OK;
+    case O_SPACE_KEY_FILE: a->space_key_file = v; return CLI_OK;
+    case O_SPACE_PASS_ENV:
+        if (!*v)
+            return usage_err(err, errlen, "--space-passphrase-env: expected an environment variable name");
+        a->space_passphrase_env = v;
+        return CLI_OK;
     case O_PASS_ENV:
         if (!*v)
             return usage_err(err, errlen, "--passphrase-env: expected an environment variable name");
@@ -670,9 +684,9 @@ static int check_init(cli_args *a, uint64_t seen, char *err, size_t errlen)
 
 static int check_rm(cli_args *a, const char **pos, size_t n_pos, char *err, size_t errlen)
 {
-    if ((a->space || a->n_where) && n_pos > 1)
-        return usage_err(err, errlen, "rm: give DOC ids or a filter (--space S, --where K=V), not both");
-    if (a->space || a->n_where)
+    if (a->n_where && n_pos > 1)
+        return usage_err(err, errlen, "rm: give DOC ids or a filter (--where K=V), not both");
+    if ((a->space || a->n_where) && n_pos == 1)
         return CLI_OK; /* every document of the space that passes the filter */
     if (n_pos < 2)
         return usage_err(err, errlen,
@@ -695,6 +709,8 @@ static int check_space_cmd(cli_args *a, const char **pos, size_t n_pos, char *er
     const char *act = pos[1];
     if (strcmp(act, "ls") == 0) {
         a->space_action = SPACE_LS;
+        if (a->space_key_file || a->space_passphrase_env)
+            return usage_err(err, errlen, "space ls: --space-key-file and --space-passphrase-env do not apply");
         return n_pos == 2 ? CLI_OK : usage_err(err, errlen, "space ls: unexpected argument '%.40s'", pos[2]);
     }
     if (strcmp(act, "create") == 0)
@@ -815,6 +831,11 @@ static int check_command(cli_args *a, const char **pos, size_t n_pos, uint64_t s
     a->db = pos[0];
     if (a->key_file && a->passphrase_env)
         return usage_err(err, errlen, "%s: give --key-file or --passphrase-env, not both", cmd);
+    if (a->space_key_file && a->space_passphrase_env)
+        return usage_err(err, errlen, "%s: give --space-key-file or --space-passphrase-env, not both", cmd);
+    if ((a->space_key_file || a->space_passphrase_env) && a->cmd != CMD_SPACE && !a->space && a->n_spaces != 1)
+        return usage_err(err, errlen, "%s: --space-key-file and --space-passphrase-env need --space S, given once "
+                         "(the space whose key it is)", cmd);
     switch (a->cmd) {
     case CMD_INIT:
         if (n_pos > 1)

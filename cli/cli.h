@@ -46,6 +46,7 @@ typedef struct cli_args {
     const char *db;
     int json, quiet, help;
     const char *key_file, *passphrase_env;
+    const char *space_key_file, *space_passphrase_env; /* a keyed space's key (--space) */
     /* init */
     uint32_t layers, kv_heads, q_heads, head_dim, block;
     uint32_t shards;           /* init, split: --shards N (0: an ordinary store) */
@@ -189,6 +190,24 @@ json_t *cli_meta_json(const char *meta, size_t len);
 int cli_key_options(const cli_args *a, msadb_options *opt, unsigned char key[MSADB_KEY_BYTES]);
 /* Opens a.db; returns 0 or CLI_ERROR after a message naming the problem. */
 int cli_open(const cli_args *a, int read_only, msadb_store **out);
+/* The space a command is limited to (--space on ls, rm, show, update; a
+ * single --space on query, search): cli_open and cli_db_open limit the
+ * handle to it (msadb_store_scope).  NULL: none. */
+const char *cli_scope_space(const cli_args *a);
+/* Gives st the key of the command's keyed space (--space-key-file,
+ * --space-passphrase-env), then limits it to the command's space
+ * (cli_scope_space).  CLI_OK, or CLI_ERROR after a message. */
+int cli_limit(const cli_args *a, msadb_store *st);
+/* A keyed space's key (--space-key-file F) or passphrase
+ * (--space-passphrase-env VAR): *kout or *pout set (both NULL if neither
+ * was given).  CLI_OK or CLI_ERROR after a message. */
+int cli_space_key(const cli_args *a, unsigned char key[MSADB_KEY_BYTES], const unsigned char **kout,
+                  const char **pout);
+/* Message for a failed msadb_store_scope; returns CLI_ERROR. */
+int cli_scope_error(const cli_args *a, int rc);
+/* Message for a document read or delete that failed with rc (no such
+ * document, outside --space, other errors), `after` appended; CLI_ERROR. */
+int cli_doc_error(const cli_args *a, uint64_t id, int rc, const char *after);
 /* Message for a failed open (creating = 0) or create of `path`; returns
  * CLI_ERROR. */
 int cli_open_error(const char *path, int rc, int creating);
@@ -232,6 +251,8 @@ void kv_source_close(kv_source *s);
 /* Checks that a space exists, naming the store and the fix in the message:
  * 0, or CLI_ERROR after a message. */
 int cli_require_space(cli_db *d, const char *db, const char *space);
+/* The message for a keyed space whose key was not given; CLI_ERROR. */
+int cli_space_locked(const char *db, const char *space);
 /* A query's --summary is stored and every --space exists in the store:
  * CLI_OK, or CLI_ERROR with a message naming the first that is not. */
 int cli_check_memory_args(const cli_args *a, cli_db *db);
@@ -334,7 +355,7 @@ int cli_mpi_open(const cli_args *a, int read_only, cli_db **out);
 int cli_mpi_create(const cli_args *a, const msadb_signature *sig, const msadb_options *opt, int *encrypted);
 
 /* stream.c: streaming ingest (both forms of ingest) */
-#define CLI_COMMIT_BYTES ((size_t)64 << 20) /* default chunk: 64 MiB of encoded data */
+#define CLI_COMMIT_BYTES ((size_t)8 << 20) /* default chunk: 8 MiB of encoded data */
 /* Begins db's batch.  An ordinary store's commits in chunks (--commit-every,
  * else CLI_COMMIT_BYTES), calling on_commit after each commit; a sharded
  * store's is one batch, committed by cli_stream_finish (which then calls

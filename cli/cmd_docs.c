@@ -24,11 +24,8 @@ int cli_update_begin(const cli_args *a, msadb_store *st, cli_update *u)
         mrc = u->meta ? msadb_doc_meta(snap, id, u->meta, u->old.meta_len, &u->meta_len) : MSADB_ENOMEM;
     }
     msadb_snapshot_end(snap);
-    if (mrc == MSADB_ENOTFOUND)
-        return cli_error("%s: no document %llu (msadb ls %s lists them); nothing was changed", a->db,
-                         (unsigned long long)id, a->db);
     if (mrc != 0)
-        return cli_error_rc(mrc, "%s: document %llu", a->db, (unsigned long long)id);
+        return cli_doc_error(a, id, mrc, "; nothing was changed");
     if (a->n_meta && cli_meta_text(a, &u->meta, &u->meta_len) != CLI_OK)
         return CLI_ERROR;
     u->expires = a->ttl ? cli_expires(a) : u->old.expires;

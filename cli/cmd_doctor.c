@@ -141,11 +141,8 @@ int cmd_show(const cli_args *a)
     msadb_snapshot_end(snap);
     msadb_close(st);
     int rc = CLI_OK;
-    if (mrc == MSADB_ENOTFOUND)
-        rc = cli_error("%s: no document %llu (msadb ls %s lists them)", a->db,
-                       (unsigned long long)id, a->db);
-    else if (mrc != 0)
-        rc = cli_error_rc(mrc, "%s: document %llu", a->db, (unsigned long long)id);
+    if (mrc != 0)
+        rc = cli_doc_error(a, id, mrc, "");
     if (rc == CLI_OK && a->json) {
         json_t *blocks = json_array();
         for (uint64_t b = 0; b < d.n_blocks; b++) {

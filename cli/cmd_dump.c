@@ -60,6 +60,8 @@ static int has_space(json_t *arr, const char *name)
 static int collect_space(const msadb_space_info *s, void *ud)
 {
     json_t *arr = ud;
+    if (s->keyed) /* a dump is plaintext and load makes plain spaces */
+        return MSADB_ENOTSUP;
     return json_array_append_new(arr, json_string(s->name)) == 0 ? 0 : MSADB_ENOMEM;
 }
 
@@ -276,7 +278,11 @@ int cmd_dump(const cli_args *a)
         mrc = msadb_space_list(st, collect_space, c.spaces);
     if (mrc == 0)
         mrc = msadb_doc_list(c.snap, NULL, collect_doc, &c);
-    if (mrc != 0)
+    if (mrc == MSADB_ENOTSUP)
+        rc = cli_error("%s: dump: the store has spaces with their own key; a dump is plaintext and load "
+                       "would make them plain spaces, so dump refuses it (nothing was written)",
+                       a->db);
+    else if (mrc != 0)
         rc = cli_error_rc(mrc, "%s: dump", a->db);
     if (rc == CLI_OK)
         rc = write_dump(&c, st);

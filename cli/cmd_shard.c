@@ -56,6 +56,10 @@ static int copy_cmd(const cli_args *a, int split)
         if (rc == MSADB_ENOTSTORE || rc == ENOENT)
             return cli_error("%s: %s is not %s", cli_cmd_name(a->cmd), a->db,
                              split ? "an msadb store" : "a sharded msadb store (no msadb-shards manifest)");
+        if (rc == MSADB_ENOTSUP && split)
+            return cli_error("split: %s has spaces with their own key, which the copy would make plain "
+                             "spaces: not split (%s was left without a manifest: remove it)",
+                             a->db, dst);
         return cli_error_rc(rc, "%s %s into %s", cli_cmd_name(a->cmd), a->db, dst);
     }
     if (c.arr)

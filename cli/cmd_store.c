@@ -295,11 +295,8 @@ static int rm_check(const cli_args *a, cli_db *db, const uint64_t *ids, size_t n
     for (size_t i = 0; i < n && rc == CLI_OK; i++) {
         msadb_doc_info info;
         mrc = db->ops->doc_get(db, ids[i], &info);
-        if (mrc == MSADB_ENOTFOUND)
-            rc = cli_error("%s: no document %llu; nothing was deleted", a->db,
-                           (unsigned long long)ids[i]);
-        else if (mrc != 0)
-            rc = cli_error_rc(mrc, "%s: document %llu", a->db, (unsigned long long)ids[i]);
+        if (mrc != 0)
+            rc = cli_doc_error(a, ids[i], mrc, "; nothing was deleted");
     }
     return rc;
 }
@@ -336,7 +333,7 @@ int cmd_rm(const cli_args *a)
     if (rc != CLI_OK)
         return rc;
     id_list l = {0};
-    if (a->space || a->n_where) {
+    if (!a->n_doc_ids) { /* --space S and/or --where K=V */
         rc = filter_ids(a, db, &l);
     } else if (!(l.ids = malloc(a->n_doc_ids * sizeof *l.ids))) {
         rc = cli_error("out of memory");
@@ -355,7 +352,9 @@ int cmd_rm(const cli_args *a)
     if (rc == CLI_OK && n) {
         rc = rm_check(a, db, ids, n);
         int mrc = rc == CLI_OK ? db->ops->del(db, ids, n) : 0;
-        if (mrc != 0)
+        if (mrc == MSADB_ESCOPE || mrc == MSADB_ENOTFOUND) /* changed since the check */
+            rc = cli_error("%s: delete: %s; nothing was deleted", a->db, msadb_strerror(mrc));
+        else if (mrc != 0)
             rc = cli_error_rc(mrc, "%s: delete", a->db);
     }
     cli_db_close(db);
@@ -379,10 +378,10 @@ static int space_ls_cb(const msadb_space_info *s, void *ud)
 {
     ls_ctx *c = ud;
     if (c->arr)
-        json_array_append_new(c->arr, json_pack("{s:I, s:s, s:I, s:I}", "id", (json_int_t)s->id,
+        json_array_append_new(c->arr, json_pack("{s:I, s:s, s:I, s:I, s:b}", "id", (json_int_t)s->id,
                                                 "name", s->name, "documents",
                                                 (json_int_t)s->n_documents, "tokens",
-                                                (json_int_t)s->n_tokens));
+                                                (json_int_t)s->n_tokens, "keyed", s->keyed));
     else
         cli_table_addf(c->t, "%u\t%s\t%llu\t%llu", s->id, s->name,
                        (unsigned long long)s->n_documents, (unsigned long long)s->n_tokens);
@@ -411,8 +410,29 @@ static int space_change(const cli_args *a, cli_db *db)
 {
     const char *name = a->space_name;
     uint32_t id = 0;
-    int mrc = a->space_action == SPACE_CREATE ? db->ops->space_create(db, name, &id)
-                                              : db->ops->space_drop(db, name);
+    int mrc;
+    if (a->space_action == SPACE_CREATE && (a->space_key_file || a->space_passphrase_env)) {
+        unsigned char key[MSADB_KEY_BYTES];
+        const unsigned char *k;
+        const char *pass;
+        if (!cli_db_store(db))
+            return cli_error("%s: a space with its own key is made in an ordinary store, not a sharded one",
+                             a->db);
+        if (cli_space_key(a, key, &k, &pass) != CLI_OK)
+            return CLI_ERROR;
+        mrc = msadb_space_create_keyed(cli_db_store(db), name, k, pass, &id);
+        explicit_bzero(key, sizeof key);
+        if (mrc == MSADB_EINVAL && !msadb_store_encrypted(cli_db_store(db)))
+            return cli_error("%s: space create %s: a space with its own key needs an encrypted store (one "
+                             "made with 'msadb init --key-file F' or '--passphrase-env VAR')",
+                             a->db, name);
+    } else {
+        mrc = a->space_action == SPACE_CREATE ? db->ops->space_create(db, name, &id) : db->ops->space_drop(db, name);
+    }
+    if (mrc == MSADB_EKEY && a->space_action == SPACE_DROP)
+        return cli_error("%s: space '%s' has its own key: give it with --space-key-file F or "
+                         "--space-passphrase-env VAR to drop it",
+                         a->db, name);
     if (mrc == MSADB_EEXIST)
         return cli_error("%s: space '%s' already exists", a->db, name);
     if (mrc == MSADB_ENOTFOUND)
@@ -475,7 +495,11 @@ int cmd_verify(const cli_args *a)
     cli_db_close(db);
     if (mrc != 0 && mrc != MSADB_ECORRUPT) {
         json_decref(c.arr);
-        return cli_error_rc(mrc, "%s: verify could not complete", a->db);
+        return mrc == MSADB_EKEY ? cli_error("%s: verify could not complete: a space has its own key, and "
+                                             "verify reads every record (msadb_verify() with "
+                                             "msadb_space_unlock() for each keyed space)",
+                                             a->db)
+                                 : cli_error_rc(mrc, "%s: verify could not complete", a->db);
     }
     if (c.arr) {
         int rc = cli_json_print(json_pack("{s:b, s:o}", "sound", mrc == 0, "problems", c.arr));

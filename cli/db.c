@@ -225,6 +225,13 @@ int cli_db_open(const cli_args *a, int read_only, cli_db **out)
     int sharded = msadb_shards_probe(a->db);
     if (sharded < 0)
         return cli_error_rc(sharded, "%s: the shard manifest (msadb-shards)", a->db);
+    if (sharded && cli_mpi_active() && a->cmd == CMD_RM && a->n_doc_ids && a->space)
+        return cli_error("%s: msadb-mpi does not limit 'rm' to --space; run 'msadb rm %s --space %s DOC...' "
+                         "(without MPI)",
+                         a->db, a->db, a->space);
+    if (sharded && cli_mpi_active() && (a->space_key_file || a->space_passphrase_env))
+        return cli_error("%s: msadb-mpi does not take space keys (--space-key-file, --space-passphrase-env)",
+                         a->db);
     if (sharded && cli_mpi_active())
         return cli_mpi_open(a, read_only, out);
     if (cli_mpi_rank() != 0)
@@ -241,6 +248,14 @@ int cli_db_open(const cli_args *a, int read_only, cli_db **out)
     explicit_bzero(key, sizeof key);
     if (rc)
         return cli_open_error(a->db, rc, 0);
+    for (uint32_t i = 0; i < msadb_shards_local_count(sh); i++) { /* every shard */
+        msadb_store *st;
+        rc = msadb_shards_store(sh, (uint32_t)msadb_shards_local_index(sh, i), &st);
+        if (rc || cli_limit(a, st) != CLI_OK) {
+            msadb_shards_close(sh);
+            return rc ? cli_error_rc(rc, "%s: shard %u", a->db, i) : CLI_ERROR;
+        }
+    }
     if (cli_db_wrap(&shards_ops, sh, msadb_shards_signature(sh), a->db, out) != CLI_OK) {
         msadb_shards_close(sh);
         return CLI_ERROR;

@@ -1,5 +1,5 @@
 /* stream.c -- what the two forms of `msadb ingest` share: a batch that
- * commits in bounded chunks (--commit-every, or 64 MiB of encoded data),
+ * commits in bounded chunks (--commit-every, or 8 MiB of encoded data),
  * SIGINT/SIGTERM stopping at a document boundary, progress with a total,
  * percent and ETA on a terminal, and the closing messages.  Uses only the
  * public API (msadb.h). */

@@ -60,8 +60,11 @@ extern "C" {
  * version 3 document keys, version 4 document expiry times (docs/format.md);
  * older stores open, and msadb_upgrade() brings them to version 3.  A store
  * is raised to version 4 only once a document with an expiry time is
- * written, so that a store without one stays readable by older libraries. */
-#define MSADB_FORMAT_VERSION 4
+ * written, to version 5 only by its first keyed space
+ * (msadb_space_create_keyed), so that a store without them stays readable
+ * by older libraries; new encrypted stores start at version 5 (their space
+ * names are hidden). */
+#define MSADB_FORMAT_VERSION 5
 
 /** Library version as a string ("0.1.0"); static storage. */
 MSADB_API const char *msadb_version(void);
@@ -101,6 +104,8 @@ enum {
                                 summaries (|x| > 65504, see msadb_batch_add) */
     MSADB_EMODEL = -30980,   /* a model other than the store's (same shape, other weights) */
     MSADB_EBUSY = -30979,    /* another process has the store open */
+    MSADB_ESCOPE = -30978,   /* a document or space outside the space the handle is
+                                limited to (msadb_store_scope) */
 };
 
 /** A static, human-readable description of any code returned by msadb,
@@ -236,6 +241,30 @@ MSADB_API void msadb_close(msadb_store *store);
 /** The store's signature; valid until msadb_close(). */
 MSADB_API const msadb_signature *msadb_store_signature(const msadb_store *store);
 
+/** Limits this handle to one space, for the rest of its life (a tenant's
+ * view: there is no call that widens it again).  From then on, through this
+ * handle and its snapshots and batches:
+ * - a document of another space is refused with MSADB_ESCOPE by every call
+ *   that takes a document id (msadb_doc_get(), msadb_doc_text(),
+ *   msadb_doc_meta(), msadb_doc_tokens(), msadb_doc_kv(),
+ *   msadb_doc_delete(), which then deletes nothing, msadb_attend_blocks(),
+ *   msadb_doc_find_key());
+ * - listings and queries read the space alone: msadb_doc_list() with a
+ *   NULL space lists it, msadb_space_list() shows it alone, a query with
+ *   no spaces reads it; naming another space (msadb_doc_list(),
+ *   msadb_query.spaces, msadb_space_get(), msadb_space_drop(),
+ *   msadb_doc.space of a new document) is MSADB_ESCOPE;
+ * - a new document with a NULL msadb_doc.space goes to the space;
+ * - msadb_space_create() is MSADB_ESCOPE, msadb_compact() compacts the
+ *   space alone, msadb_verify() and msadb_upgrade() (whole-store work) are
+ *   MSADB_ESCOPE.
+ * The scope is the space's id at this call: a space dropped and created
+ * again under the same name is another space.  Calling it again with the
+ * same space does nothing.  Call it before beginning snapshots or batches.
+ * Errors: MSADB_EINVAL (NULL, invalid name), MSADB_ENOTFOUND (no such
+ * space), MSADB_ESCOPE (the handle is already limited to another space). */
+MSADB_API int msadb_store_scope(msadb_store *store, const char *space);
+
 /** Whether the store is encrypted (1) or not (0); -EINVAL-style code on NULL. */
 MSADB_API int msadb_store_encrypted(const msadb_store *store);
 
@@ -270,6 +299,39 @@ MSADB_API int msadb_stat(msadb_store *store, msadb_stat_info *out);
  * and "._-:@/".  Errors: MSADB_EEXIST, MSADB_EINVAL. */
 MSADB_API int msadb_space_create(msadb_store *store, const char *name, uint32_t *id_out);
 
+/** Creates a space with a key of its own (a tenant's), independent of the
+ * store's key: exactly one of key (MSADB_KEY_BYTES bytes) and passphrase
+ * (non-empty, stretched with Argon2id and the space's own salt).  The
+ * store key does not give access to it: the space's document records,
+ * document data, blocks and slot, summary and routing pages are sealed
+ * with a key derived from this one, and a handle reaches them only after
+ * msadb_space_unlock() (this handle holds the key from here on).  Without
+ * it the space's documents are not listed, read, attended or deleted, and
+ * the space cannot be dropped (MSADB_EKEY).  The store must be encrypted
+ * and carry record MACs (created by this library, or msadb_upgrade()):
+ * MSADB_EINVAL otherwise.  The first keyed space raises the store to
+ * format 5.  Errors: MSADB_EINVAL (NULL store, invalid name, both or
+ * neither of key and passphrase, an empty passphrase, a store that is
+ * not encrypted), MSADB_EEXIST, MSADB_EREADONLY, MSADB_ESCOPE (a handle
+ * limited to a space), MSADB_ELIMIT (the handle already holds
+ * MSADB_SPACE_KEYS_MAX keys). */
+#define MSADB_SPACE_KEYS_MAX 16
+MSADB_API int msadb_space_create_keyed(msadb_store *store, const char *name, const unsigned char *key,
+                                       const char *passphrase, uint32_t *id_out);
+
+/** Gives this handle the key of a keyed space (exactly one of key and
+ * passphrase, the kind the space was created with), checked against the
+ * space's key check before it is kept; the handle then reads and writes
+ * the space's documents until msadb_close().  Call it before beginning
+ * snapshots or batches that need it.  Errors: MSADB_EINVAL (NULL store,
+ * invalid name, both or neither of key and passphrase, a space without a
+ * key of its own), MSADB_ENOTFOUND (no such space), MSADB_EKEY (a wrong
+ * key or passphrase, or the other kind), MSADB_ECORRUPT (the space's key
+ * derivation limits out of bounds), MSADB_ESCOPE, MSADB_ELIMIT (more than
+ * MSADB_SPACE_KEYS_MAX spaces). */
+MSADB_API int msadb_space_unlock(msadb_store *store, const char *name, const unsigned char *key,
+                                 const char *passphrase);
+
 /** Drops a space and every document in it, in one transaction.  Readers that
  * began before keep seeing it.  Errors: MSADB_ENOTFOUND. */
 MSADB_API int msadb_space_drop(msadb_store *store, const char *name);
@@ -279,6 +341,9 @@ typedef struct msadb_space_info {
     char name[MSADB_NAME_MAX + 1];
     uint64_t n_documents;
     uint64_t n_tokens;
+    int keyed;   /* the space has its own key (msadb_space_create_keyed) */
+    int locked;  /* keyed, and this handle does not hold its key (msadb_space_unlock):
+                    its documents are out of reach */
 } msadb_space_info;
 
 /** Calls cb for every space in name order; a non-zero return from cb stops
@@ -394,10 +459,12 @@ MSADB_API size_t msadb_batch_count(const msadb_batch *batch);
 
 /** Writes every document the batch holds in one LMDB transaction (all or
  * nothing) and frees the batch, whatever the result.  If doc_ids is not
- * NULL it receives the ids of those documents in add order
- * (msadb_batch_count() entries); a keyed document whose key another writer
- * stored after it was added is not written again, and its entry names the
- * document holding the key. */
+ * NULL it receives the ids of those documents in add order (at most
+ * msadb_batch_count() entries: a background commit that ends during the
+ * call, see msadb_batch_set_threads(), reports its documents to on_commit
+ * only); a keyed document whose key another writer stored after it was
+ * added is not written again, and its entry names the document holding
+ * the key. */
 MSADB_API int msadb_batch_commit(msadb_batch *batch, uint64_t *doc_ids);
 
 /** Names documents to delete in the transaction that commits the batch,
@@ -433,7 +500,9 @@ typedef void (*msadb_commit_fn)(const uint64_t *doc_ids, size_t n, void *user);
  * (all 0, the default: never).  on_commit (may be NULL) is called after
  * every commit, user passed along.  Memory held is then about max_bytes
  * (or the tokens' encoded size) plus the largest document, twice over
- * during a commit (LMDB's dirty pages); after each commit of such a batch
+ * during a commit (LMDB's dirty pages), once more with more than one
+ * thread (msadb_batch_set_threads(): a chunk is filled while another is
+ * written); after each commit of such a batch
  * the pages of the store's memory map the process touched are dropped from
  * its resident memory (they stay in the OS page cache, and are read back
  * on the next access).  Errors: MSADB_EINVAL (NULL batch). */
@@ -446,6 +515,27 @@ MSADB_API int msadb_batch_set_flush(msadb_batch *batch, size_t max_docs, uint64_
  * nothing was written and the batch still holds its documents (flush or
  * commit again, or abort). */
 MSADB_API int msadb_batch_flush(msadb_batch *batch);
+
+/** Sets how many threads the batch uses, 1..8; 0 = the default: the
+ * environment variable MSADB_INGEST_THREADS, else the online CPUs (at most
+ * 8), read by msadb_batch_begin().  A document's blocks are encoded by up
+ * to n threads (the calling one included).  With n > 1, a commit that
+ * msadb_batch_add() makes by itself (msadb_batch_set_flush()) is written by
+ * the batch's writer thread while the following documents are encoded:
+ * its documents count as held (msadb_batch_count(), status `held`) until
+ * the next add that reaches the flush limit, msadb_batch_flush(),
+ * msadb_batch_commit() or msadb_batch_abort() sees it done, and on_commit
+ * is called then, from the calling thread.  If that commit fails, its
+ * error is returned by that next call (an add then does not add its
+ * document) and its documents are still held: a flush or commit writes
+ * them again, before the later ones, in one transaction.  At most two
+ * chunks are held (the one being written, the one being filled).  What is
+ * stored does not depend on n.  Errors: MSADB_EINVAL (NULL batch, n out of
+ * range). */
+MSADB_API int msadb_batch_set_threads(msadb_batch *batch, int n);
+
+/** The batch's thread count (msadb_batch_set_threads()); 0 for NULL. */
+MSADB_API int msadb_batch_threads(const msadb_batch *batch);
 
 typedef struct msadb_batch_status {
     size_t held;             /* documents added and not yet committed */
@@ -623,14 +713,18 @@ MSADB_API int msadb_doc_kv(msadb_snapshot *snap, uint64_t doc_id, uint32_t plane
  * that msadb_verify() reports as damaged).  A store whose signature keeps no
  * representative keys (MSADB_SUMMARY_REPS) has no index: only its format
  * number changes.  Errors: MSADB_EINVAL (NULL), MSADB_EREADONLY,
- * MSADB_ECORRUPT (a summary page without its slot page), LMDB errors. */
+ * MSADB_ECORRUPT (a summary page without its slot page), MSADB_EKEY (a
+ * keyed space whose key this handle does not hold), MSADB_ESCOPE, LMDB
+ * errors. */
 MSADB_API int msadb_upgrade(msadb_store *store);
 
 /** Checks the whole store: every block decodes and passes its checksum and
  * authentication, summaries equal those recomputed from the blocks, and all
  * indexes agree.  For every problem found, report (if not NULL) is called
  * with a one-line description.  Returns 0 if sound, MSADB_ECORRUPT if any
- * problem was found, or another error if the check itself failed. */
+ * problem was found, or another error if the check itself failed: among
+ * them MSADB_EKEY when a keyed space's key is not held by this handle
+ * (msadb_space_unlock(): every record is checked), MSADB_ESCOPE. */
 MSADB_API int msadb_verify(msadb_store *store,
                            void (*report)(const char *problem, void *ud), void *ud);
 

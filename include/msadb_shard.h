@@ -284,7 +284,9 @@ typedef void (*msadb_shards_copy_cb)(uint64_t old_id, uint64_t new_id, const msa
  * title, metadata, text, token ids and spans), placed by the placement
  * rule, committed in batches of bounded size.  Ids change (cb reports each
  * pair).  src_opt opens the source (read-only is enough), dst_opt creates
- * the shards.  On error dst is left without a manifest. */
+ * the shards.  On error dst is left without a manifest.  A store with a
+ * space of its own key (msadb_space_create_keyed) is refused with
+ * MSADB_ENOTSUP: the copy would make it a plain space. */
 MSADB_API int msadb_shards_split(const char *src, const msadb_options *src_opt, const char *dst,
                                  uint32_t n_shards, const msadb_options *dst_opt, msadb_shards_copy_cb cb,
                                  void *ud);

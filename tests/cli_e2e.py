@@ -867,13 +867,95 @@ def test_documents():
         msg="msadb: --ttl: expected a duration such as 90s, 45m, 12h or 30d (at most 36600d), got '3w'")
     run("ls", db, "--where", "x", expect=2, msg="msadb: --where: expected KEY=VALUE")
     run("rm", db, "1", "--where", "a=b", expect=2,
-        msg="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both")
+        msg="msadb: rm: give DOC ids or a filter (--where K=V), not both")
     run("ingest", db, fp, "--where", "a=b", expect=2,
         msg="msadb: ingest: option --where does not apply to this command")
 
 
+def test_tenants():
+    """--space as a scope: ls, rm, show, update, query and search given one
+    space reach nothing of another; refused ids change nothing."""
+    db = p("tenants")
+    run("init", db, *SIG, "--dtype", "f32")
+    run("space", db, "create", "A")
+    run("space", db, "create", "B")
+    a1, a2, b1 = Doc(16), Doc(20), Doc(24)
+    for d, sp in ((a1, "A"), (a2, "A"), (b1, "B")):
+        f = multi_doc_file(p(f"t{id(d)}.safetensors"), [d])
+        d.id = jrun("ingest", db, f, "--space", sp)["documents"][0]["id"]
+    check([x["id"] for x in jrun("ls", db, "--space", "A")["documents"]] == [a1.id, a2.id], "ls --space A")
+    before = state(db)
+    run("rm", db, "--space", "A", str(a2.id), str(b1.id), expect=1,
+        msg=f"msadb: {db}: document {b1.id} is not in space 'A' (--space limits 'msadb rm' to that space); "
+            "nothing was deleted")
+    check(state(db) == before, "a refused rm changes nothing")
+    run("show", db, "--space", "A", str(b1.id), expect=1, msg=f"document {b1.id} is not in space 'A'")
+    f = multi_doc_file(p("tnew.safetensors"), [Doc(8)])
+    run("update", db, str(b1.id), f, "--space", "A", expect=1, msg=f"document {b1.id} is not in space 'A'")
+    run("ls", db, "--space", "nope", expect=1, msg="no space 'nope'")
+    check(state(db) == before, "refused show and update change nothing")
+    qs = rng.standard_normal((1, Q, D)).astype(np.float32)
+    qf = st_write(p("tq.safetensors"), {"queries": qs})
+    out, lse = query_out(db, qf, 2, "--exact", "--space", "A")
+    ro, rl = ref_attend(qs, [a1, a2], 2)
+    close(out, ro, 1e-4, "query --space A attends A alone")
+    hits = jrun("query", db, "--q", qf, "--layer", "2", "--space", "A", "--top-k", "64")
+    ids = {b["doc"] for e in hits["selected"] for b in e["blocks"]}
+    check(ids == {a1.id, a2.id}, f"query --space A selects {ids}")
+    check(jrun("rm", db, "--space", "A", str(a2.id))["deleted"] == [a2.id], "rm --space A DOC of A")
+    check([x["id"] for x in jrun("ls", db)["documents"]] == [a1.id, b1.id], "rm deleted a2 alone")
+    run("verify", db)
+
+    # a space with its own key, in an encrypted store: the store key alone
+    # reaches nothing of it; a wrong key is refused; the right one works
+    db = p("tenants-keyed")
+    sk, bk, wk = p("store.key"), p("b.key"), p("wrong.key")
+    for f in (sk, bk, wk):
+        open(f, "w").write(os.urandom(32).hex() + "\n")
+    K = ("--key-file", sk)
+    run("init", db, *SIG, "--dtype", "f32", *K)
+    run("space", db, "create", "A", *K)
+    run("space", db, "create", "B", *K, "--space-key-file", bk)
+    run("space", p("tenants"), "create", "C", "--space-key-file", bk, expect=1,
+        msg="a space with its own key needs an encrypted store")
+    spaces = {x["name"]: x for x in jrun("space", db, "ls", *K)["spaces"]}
+    check(spaces["B"]["keyed"] and not spaces["A"]["keyed"], f"space ls {spaces}")
+    ka, kb1 = Doc(16), Doc(24)
+    ka.id = jrun("ingest", db, multi_doc_file(p("ka.safetensors"), [ka]), "--space", "A", *K)["documents"][0]["id"]
+    fb = multi_doc_file(p("kb.safetensors"), [kb1])
+    run("ingest", db, fb, "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("ingest", db, fb, "--space", "B", *K, "--space-key-file", wk, expect=1, msg="wrong key for space 'B'")
+    BK = ("--space", "B", "--space-key-file", bk)
+    kb1.id = jrun("ingest", db, fb, *K, *BK)["documents"][0]["id"]
+    check([x["id"] for x in jrun("ls", db, *K)["documents"]] == [ka.id], "ls without B's key: A's documents")
+    before = state(db, extra=K)
+    run("ls", db, "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("show", db, str(kb1.id), *K, expect=1, msg="is in a space with its own key")
+    run("rm", db, str(kb1.id), *K, expect=1, msg="is in a space with its own key")
+    run("rm", db, "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("space", db, "drop", "B", *K, expect=1, msg="has its own key")
+    run("query", db, "--q", qf, "--layer", "2", "--space", "B", *K, expect=1, msg="space 'B' has its own key")
+    run("rm", db, "--space", "B", str(kb1.id), *K, "--space-key-file", wk, expect=1, msg="wrong key for space 'B'")
+    check(state(db, extra=K) == before, "refused commands change nothing")
+    check([x["id"] for x in jrun("ls", db, *K, *BK)["documents"]] == [kb1.id], "ls with B's key")
+    out, lse = query_out(db, qf, 2, "--exact", *K, *BK)
+    ro, rl = ref_attend(qs, [kb1], 2)
+    close(out, ro, 1e-4, "query --space B with its key")
+    out, lse = query_out(db, qf, 2, "--exact", *K)
+    ro, rl = ref_attend(qs, [ka], 2)
+    close(out, ro, 1e-4, "a query without B's key attends A alone")
+    run("rm", db, str(ka.id), *K, *BK, expect=1, msg=f"document {ka.id} is not in space 'B'")
+    run("dump", db, p("keyed.dump"), *K, expect=1, msg="the store has spaces with their own key")
+    run("split", db, p("keyed-split"), "--shards", "2", *K, expect=1, msg="has spaces with their own key")
+    check(not os.path.exists(p("keyed.dump")), "a refused dump writes nothing")
+    check(jrun("rm", db, str(kb1.id), *K, *BK)["deleted"] == [kb1.id], "rm with B's key")
+    run("space", db, "drop", "B", *K, "--space-key-file", bk)
+    run("verify", db, *K)
+
+
 def main():
     try:
+        test_tenants()
         test_usage()
         test_streaming()
         db, docs, qs, qf, needle = test_main()

@@ -163,8 +163,12 @@ def test_rm_space(fx):
     check(jrun("rm", db, "--space", "scratch")["deleted"] == [], "an empty space: nothing to delete")
     run("rm", db, "--space", "nope", expect=1,
         err="msadb: notes: no space 'nope' (create it with: msadb space notes create nope)")
-    run("rm", db, "--space", "scratch", "3", expect=2,
-        err="msadb: rm: give DOC ids or a filter (--space S, --where K=V), not both\n"
+    run("rm", db, "--space", "scratch", str(ids[0]), expect=1,
+        err=f"msadb: notes: document {ids[0]} is not in space 'scratch' (--space limits 'msadb rm' to that "
+            "space); nothing was deleted")
+    check([d["id"] for d in jrun("ls", db)["documents"]] == ids, "a refused rm --space DOC deletes nothing")
+    run("rm", db, "--where", "a=b", "3", expect=2,
+        err="msadb: rm: give DOC ids or a filter (--where K=V), not both\n"
             "usage: msadb rm ... (run 'msadb help rm')")
 
 

@@ -4,8 +4,10 @@
 memmodel.heldout measures the bundled model on fact forms, question
 wordings and slot words that training never draws.  This checks that the
 training generators (FactGen with the training lists, ComposedGen with
-composed forms and open vocabularies) cannot produce them: no held-out fact
-or question form equals a composed one, no held-out adjective, animal or
+composed and narrative forms, near neighbours, open vocabularies, either side
+of the tuning split) cannot produce them: no held-out fact or question form
+equals a composed or narrative one, no narrative form shares four plain words
+in a row with a held-out fact form, no held-out adjective, animal or
 attribute word appears in thousands of generated training examples, the
 unanswerable examples answer memmodel.data.ABSTAIN and never store the
 asked key, and the held-out facts use held-out slots only.  It also checks
@@ -51,11 +53,14 @@ for _ in range(2000):
             check(w not in held, "FactGen drew the held-out %s %r" % (slot, w))
 
 # the composed generator: no held-out word anywhere in its text
-for name, g in (("ComposedGen", mmd.ComposedGen(7)),):
+for name, g in (("ComposedGen", mmd.ComposedGen(7)),
+                ("ComposedGen (narrative, near, training split)",
+                 mmd.ComposedGen(8, narrative=0.5, near=0.5, split="train")),
+                ("ComposedGen (tuning split)", mmd.ComposedGen(9, narrative=0.5, split="tune"))):
     n_unans = 0
     for _ in range(4000):
         ex = g.example()
-        text = " ".join(ex["facts"] + [ex["question"]])
+        text = " ".join(ex["facts"] + ex.get("dists", []) + [ex["question"]])
         bad = held_words & set(re.findall(r"[a-z]+", text))
         check(not bad, "%s drew held-out words %s: %r" % (name, sorted(bad), text))
         if ex["answer"] == mmd.ABSTAIN:
@@ -66,7 +71,7 @@ for name, g in (("ComposedGen", mmd.ComposedGen(7)),):
         else:
             check(all(v in t for v, t in zip(ex["vals"], ex["facts"])),
                   "%s: a fact without its value: %r" % (name, ex))
-    check(200 < n_unans < 800, "ComposedGen: %d unanswerable of 4000 (share 0.12)" % n_unans)
+    check(200 < n_unans < 800, "%s: %d unanswerable of 4000 (share 0.12)" % (name, n_unans))
 
 facts, used = heldout.draw_facts(2718)
 for cell, fs in facts.items():

@@ -23,21 +23,6 @@ static uint64_t add_doc(msadb_store *st, uint64_t seed)
     return tu_append_f32(st, &doc, T, K, V);
 }
 
-static int file_contains(const char *path, const void *needle, size_t n)
-{
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len);
-    CHECK(fread(buf, 1, (size_t)len, f) == (size_t)len);
-    fclose(f);
-    int found = memmem(buf, (size_t)len, needle, n) != NULL;
-    free(buf);
-    return found;
-}
-
 static void test_key_store(void)
 {
     const char *dir = tu_tmpdir("crypt");
@@ -63,8 +48,8 @@ static void test_key_store(void)
 
     char data[600];
     snprintf(data, sizeof data, "%s/data.mdb", dir);
-    CHECK(!file_contains(data, secret_text, strlen(secret_text)));
-    CHECK(!file_contains(data, "secret title", 12));
+    CHECK(!tu_file_contains(data, secret_text, strlen(secret_text)));
+    CHECK(!tu_file_contains(data, "secret title", 12));
 
     CHECK_RC(msadb_open(dir, NULL, NULL, &st), MSADB_EKEY);
     opt.key = wrong;

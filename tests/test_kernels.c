@@ -436,6 +436,82 @@ static void test_reps(void)
     }
 }
 
+/* The representatives as first written, one token at a time: the
+ * library's vectorized version must give the same bits (stored summaries
+ * must not depend on the build's vector width). */
+static double ref_sqdist(const float *a, const float *b, uint32_t d)
+{
+    double s = 0.0;
+    for (uint32_t j = 0; j < d; j++)
+        s += (double)(a[j] - b[j]) * (a[j] - b[j]);
+    return s;
+}
+
+static void ref_reps(const float *K, uint32_t n, uint32_t d, int8_t *v8, float *scale)
+{
+    float m[MSADB_MAX_HEAD_DIM], vec[MSADB_MAX_HEAD_DIM], wm[MSADB_MAX_HEAD_DIM];
+    for (uint32_t j = 0; j < d; j++) {
+        double a = 0.0;
+        for (uint32_t t = 0; t < n; t++)
+            a += K[(size_t)t * d + j];
+        m[j] = (float)(a / n);
+    }
+    uint32_t f1 = 0, f2 = 0;
+    double b1 = -1.0, b2 = -1.0;
+    for (uint32_t t = 0; t < n; t++) {
+        double dd = ref_sqdist(K + (size_t)t * d, m, d);
+        if (dd > b1)
+            b1 = dd, f1 = t;
+    }
+    for (uint32_t t = 0; t < n; t++) {
+        double dm = ref_sqdist(K + (size_t)t * d, m, d), df = ref_sqdist(K + (size_t)t * d, K + (size_t)f1 * d, d);
+        double dd = dm < df ? dm : df;
+        if (dd > b2)
+            b2 = dd, f2 = t;
+    }
+    scale[0] = msadb_k_quantize_i8(K + (size_t)f1 * d, d, v8);
+    scale[1] = msadb_k_quantize_i8(K + (size_t)f2 * d, d, v8 + d);
+    double best = -1.0;
+    for (uint32_t s0 = 0; s0 < n; s0 += 4) {
+        uint32_t e = s0 + 4 < n ? s0 + 4 : n;
+        for (uint32_t j = 0; j < d; j++) {
+            double a = 0.0;
+            for (uint32_t t = s0; t < e; t++)
+                a += K[(size_t)t * d + j];
+            wm[j] = (float)(a / (e - s0));
+        }
+        double dd = ref_sqdist(wm, m, d);
+        if (dd > best) {
+            best = dd;
+            memcpy(vec, wm, d * sizeof(float));
+        }
+    }
+    scale[2] = msadb_k_quantize_i8(vec, d, v8 + 2 * (size_t)d);
+}
+
+static void test_reps_bits(void)
+{
+    const uint32_t ns[] = {1, 3, 7, 8, 9, 16, 63, 64, 100, 256}, ds[] = {1, 5, 64, 80, 96, 128, 256};
+    uint64_t seed = 77;
+    for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+        for (size_t b = 0; b < sizeof ds / sizeof *ds; b++) {
+            uint32_t n = ns[a], d = ds[b];
+            float *K = malloc(sizeof(float) * n * d);
+            int8_t v1[MSADB_K_REPS * 256], v2[MSADB_K_REPS * 256];
+            float s1[MSADB_K_REPS], s2[MSADB_K_REPS];
+            CHECK(K != NULL);
+            for (uint32_t t = 0; t < n; t++)
+                for (uint32_t j = 0; j < d; j++)
+                    K[t * d + j] = (float)(tu_rand(&seed) % 20001) / 1000.0f - 10.0f + (j % 7 == 3 ? 12.0f : 0.0f);
+            if (n > 4) /* ties: the earlier token must win */
+                memcpy(K + (size_t)(n - 1) * d, K + (size_t)2 * d, sizeof(float) * d);
+            ref_reps(K, n, d, v1, s1);
+            msadb_summarize_reps(K, n, d, v2, s2);
+            CHECK(memcmp(v1, v2, (size_t)MSADB_K_REPS * d) == 0 && memcmp(s1, s2, sizeof s1) == 0);
+            free(K);
+        }
+}
+
 int main(void)
 {
     printf("simd: %s\n", msadb_k_simd() ? "avx512" : "portable");
@@ -452,6 +528,7 @@ int main(void)
     }
     test_topk();
     test_reps();
+    test_reps_bits();
     for (int portable = 0; portable <= 1; portable++) {
         test_attend(1, 100, 128, portable);
         test_attend(4, 777, 128, portable);

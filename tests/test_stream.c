@@ -6,6 +6,7 @@
 #include <lmdb.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,13 +20,7 @@ static msadb_store *make_store(const char *dir, const unsigned char *key)
 {
     msadb_signature sig;
     CHECK_OK(msadb_signature_init(&sig, 2, 2, 2, D));
-    sig.block_size = B;
-    msadb_options opt;
-    msadb_options_init(&opt);
-    opt.key = key;
-    msadb_store *st;
-    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
-    return st;
+    return tu_create(dir, 2, D, B, sig.dtype, key);
 }
 
 static float K[4 * MAX_T * D], V[4 * MAX_T * D];
@@ -71,6 +66,7 @@ static void test_flush_policy(void)
     msadb_batch *b;
     commits c = {0};
     CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_set_threads(b, 1)); /* every commit in the adding thread */
     CHECK_OK(msadb_batch_set_flush(b, 3, 0, 0, on_commit, &c));
     for (uint64_t i = 0; i < 10; i++) {
         msadb_doc d = doc_of(i, 20, 0, kb);
@@ -88,6 +84,7 @@ static void test_flush_policy(void)
     /* by tokens: 40-token documents, at most 100 tokens held */
     memset(&c, 0, sizeof c);
     CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_set_threads(b, 1));
     CHECK_OK(msadb_batch_set_flush(b, 0, 100, 0, on_commit, &c));
     for (uint64_t i = 0; i < 5; i++) {
         msadb_doc d = doc_of(100 + i, 40, 0, kb);
@@ -346,10 +343,10 @@ static long ingest_maxrss(const char *dir, size_t n_docs, size_t flush_bytes)
     return kib;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_ASAN 1 /* or TSan: shadow memory inflates RSS too */
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define UNDER_ASAN 1
 #endif
 #endif
@@ -373,9 +370,205 @@ static void test_bounded_memory(void)
 #endif
 }
 
+/* ------------------------------------------------------------------------ */
+/* Threads: background commits, and the same bytes whatever the count        */
+/* ------------------------------------------------------------------------ */
+
+/* With two threads a commit that add() makes runs in the background: it is
+ * reported (on_commit, counters) by a later call, a key it holds is still
+ * a duplicate, and its failure is returned later with its documents held. */
+static void test_background_commits(void)
+{
+    msadb_store *st = make_store(tu_tmpdir("stream-threads"), NULL);
+    char kb[32];
+    msadb_batch *b;
+    commits c = {0};
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_RC(msadb_batch_set_threads(b, -1), MSADB_EINVAL);
+    CHECK_RC(msadb_batch_set_threads(b, 9), MSADB_EINVAL);
+    CHECK_RC(msadb_batch_set_threads(NULL, 2), MSADB_EINVAL);
+    CHECK_OK(msadb_batch_set_threads(b, 2));
+    CHECK(msadb_batch_threads(b) == 2 && msadb_batch_threads(NULL) == 0);
+    CHECK_OK(msadb_batch_set_flush(b, 3, 0, 0, on_commit, &c));
+    for (uint64_t i = 0; i < 10; i++) {
+        msadb_doc d = doc_of(400 + i, 20, 1, kb);
+        CHECK_OK(msadb_batch_add(b, &d));
+    }
+    msadb_batch_status s;
+    CHECK_OK(msadb_batch_status_get(b, &s));
+    /* the third commit (documents 6-8) may still be under way: held */
+    CHECK(s.held + s.committed == 10 && s.held >= 1 && s.held <= 4 && s.commits == c.calls);
+    CHECK(s.committed >= 6 && c.n == s.committed);
+    msadb_doc again = doc_of(407, 20, 1, kb); /* in the chunk being written, or stored */
+    CHECK_OK(msadb_batch_add(b, &again));
+    CHECK_OK(msadb_batch_status_get(b, &s));
+    CHECK(s.duplicates == 1 && msadb_batch_count(b) + s.committed == 10);
+    uint64_t last = 0;
+    CHECK_OK(msadb_batch_commit(b, &last));
+    CHECK(c.calls == 4 && c.n == 10 && c.ids[9] == last && n_docs(st) == 10);
+    for (size_t i = 1; i < 10; i++)
+        CHECK(c.ids[i] == c.ids[i - 1] + 1);
+    /* a background commit that fails: the next add that reaches the limit
+     * returns its error and adds nothing; flushing writes it again */
+    memset(&c, 0, sizeof c);
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_set_threads(b, 2));
+    CHECK_OK(msadb_batch_set_flush(b, 1, 0, 0, on_commit, &c));
+    msadb_doc d = doc_of(500, 8, 0, kb);
+    d.space = "later";
+    CHECK_OK(msadb_batch_add(b, &d));
+    msadb_doc d2 = doc_of(501, 8, 0, kb);
+    CHECK_OK(msadb_batch_add(b, &d2)); /* hands the first to the writer thread */
+    msadb_doc d3 = doc_of(502, 8, 0, kb);
+    CHECK_RC(msadb_batch_add(b, &d3), MSADB_ENOTFOUND); /* no space "later" */
+    CHECK(msadb_batch_count(b) == 2 && c.calls == 0 && n_docs(st) == 10);
+    CHECK_RC(msadb_batch_flush(b), MSADB_ENOTFOUND);
+    CHECK(msadb_batch_count(b) == 2 && n_docs(st) == 10);
+    CHECK_OK(msadb_space_create(st, "later", NULL));
+    CHECK_OK(msadb_batch_flush(b)); /* both, in add order, in one commit */
+    CHECK(c.calls == 1 && c.n == 2 && c.ids[1] == c.ids[0] + 1 && msadb_batch_count(b) == 0);
+    msadb_batch_abort(b);
+    CHECK(n_docs(st) == 12);
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+}
+
+/* Adds the same documents (sizes, keys, text, token ids, deletions, two
+ * spaces) to the store at dir with the given thread count, committing
+ * every 3 documents or 40 KB. */
+static void ingest_set(const char *dir, int threads, uint64_t deleted)
+{
+    msadb_store *st;
+    CHECK_OK(msadb_open(dir, NULL, NULL, &st));
+    msadb_batch *b;
+    CHECK_OK(msadb_batch_begin(st, &b));
+    CHECK_OK(msadb_batch_set_threads(b, threads));
+    CHECK_OK(msadb_batch_set_flush(b, 3, 0, 40000, NULL, NULL));
+    CHECK_OK(msadb_batch_delete(b, &deleted, 1));
+    static int32_t tok[MAX_T];
+    for (uint64_t i = 0; i < 24; i++) {
+        char kb[32], title[32];
+        size_t T = 1 + (size_t)(i * 2654435761u % MAX_T); /* up to 8 blocks x 2 planes */
+        msadb_doc d = doc_of(600 + i, T, i % 3 != 0, kb);
+        snprintf(title, sizeof title, "doc %llu", (unsigned long long)i);
+        d.title = title;
+        d.text = "some text";
+        d.text_len = 9;
+        d.space = i % 4 == 1 ? "other" : NULL;
+        for (size_t t = 0; t < T; t++)
+            tok[t] = (int32_t)(i * 7 + t);
+        d.token_ids = tok;
+        CHECK_OK(msadb_batch_add(b, &d));
+        if (i == 10) /* a key seen again, maybe while its chunk is written */
+            CHECK_OK(msadb_batch_add(b, &d));
+    }
+    CHECK_OK(msadb_batch_commit(b, NULL));
+    CHECK_OK(msadb_verify(st, NULL, NULL));
+    msadb_close(st);
+}
+
+/* Every record of every database of two stores, compared (the main
+ * database's values, which hold page numbers, excepted). */
+static void compare_stores(const char *a, const char *b)
+{
+    const char *dir[2] = {a, b};
+    MDB_env *env[2];
+    MDB_txn *txn[2];
+    for (int i = 0; i < 2; i++) {
+        CHECK(mdb_env_create(&env[i]) == 0);
+        mdb_env_set_maxdbs(env[i], 32);
+        mdb_env_set_mapsize(env[i], 1u << 30);
+        CHECK(mdb_env_open(env[i], dir[i], MDB_RDONLY, 0600) == 0);
+        CHECK(mdb_txn_begin(env[i], NULL, MDB_RDONLY, &txn[i]) == 0);
+    }
+    MDB_dbi main_db[2];
+    MDB_cursor *names[2];
+    for (int i = 0; i < 2; i++) {
+        CHECK(mdb_dbi_open(txn[i], NULL, 0, &main_db[i]) == 0);
+        CHECK(mdb_cursor_open(txn[i], main_db[i], &names[i]) == 0);
+    }
+    size_t n_dbs = 0, n_records = 0;
+    MDB_val k[2], v[2];
+    for (;;) {
+        int r0 = mdb_cursor_get(names[0], &k[0], &v[0], MDB_NEXT), r1 = mdb_cursor_get(names[1], &k[1], &v[1], MDB_NEXT);
+        CHECK(r0 == r1);
+        if (r0)
+            break;
+        CHECK(k[0].mv_size == k[1].mv_size && memcmp(k[0].mv_data, k[1].mv_data, k[0].mv_size) == 0);
+        char name[64];
+        CHECK(k[0].mv_size < sizeof name);
+        memcpy(name, k[0].mv_data, k[0].mv_size);
+        name[k[0].mv_size] = 0;
+        MDB_dbi dbi[2];
+        MDB_cursor *cur[2];
+        for (int i = 0; i < 2; i++) {
+            CHECK(mdb_dbi_open(txn[i], name, 0, &dbi[i]) == 0);
+            CHECK(mdb_cursor_open(txn[i], dbi[i], &cur[i]) == 0);
+        }
+        MDB_val rk[2], rv[2];
+        for (;;) {
+            int s0 = mdb_cursor_get(cur[0], &rk[0], &rv[0], MDB_NEXT), s1 = mdb_cursor_get(cur[1], &rk[1], &rv[1], MDB_NEXT);
+            CHECK(s0 == s1);
+            if (s0)
+                break;
+            CHECK(rk[0].mv_size == rk[1].mv_size && memcmp(rk[0].mv_data, rk[1].mv_data, rk[0].mv_size) == 0);
+            if (rv[0].mv_size != rv[1].mv_size || memcmp(rv[0].mv_data, rv[1].mv_data, rv[0].mv_size) != 0) {
+                fprintf(stderr, "database %s: a record differs between %s and %s\n", name, a, b);
+                CHECK(0);
+            }
+            n_records++;
+        }
+        mdb_cursor_close(cur[0]);
+        mdb_cursor_close(cur[1]);
+        n_dbs++;
+    }
+    for (int i = 0; i < 2; i++) {
+        mdb_cursor_close(names[i]);
+        mdb_txn_abort(txn[i]);
+        mdb_env_close(env[i]);
+    }
+    CHECK(n_dbs >= 6 && n_records > 100);
+}
+
+/* The same input with 1, 2 and 4 threads gives the same records: copies of
+ * one store (the same identity), a fixed clock, a flush policy so that
+ * chunks are written in the background. */
+static void test_threads_identical(void)
+{
+    const char *base = tu_tmpdir("stream-same");
+    char dirs[3][1024], from[1200], to[1200];
+    setenv("MSADB_TEST_NOW", "1800000000", 1);
+    msadb_store *st;
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, 2, 2, D));
+    sig.block_size = B;
+    snprintf(dirs[0], sizeof dirs[0], "%s/t1", base);
+    CHECK_OK(msadb_create(dirs[0], &sig, NULL, &st));
+    CHECK_OK(msadb_space_create(st, "other", NULL));
+    uint64_t first;
+    msadb_doc d0 = doc_of(599, 40, 0, (char[32]){0});
+    CHECK_OK(msadb_doc_append(st, &d0, &first));
+    msadb_close(st);
+    const int threads[3] = {1, 2, 4};
+    for (int i = 1; i < 3; i++) {
+        snprintf(dirs[i], sizeof dirs[i], "%s/t%d", base, threads[i]);
+        CHECK(mkdir(dirs[i], 0700) == 0);
+        snprintf(from, sizeof from, "%s/data.mdb", dirs[0]);
+        snprintf(to, sizeof to, "%s/data.mdb", dirs[i]);
+        tu_copy_file(from, to);
+    }
+    for (int i = 0; i < 3; i++)
+        ingest_set(dirs[i], threads[i], first);
+    compare_stores(dirs[0], dirs[1]);
+    compare_stores(dirs[0], dirs[2]);
+    unsetenv("MSADB_TEST_NOW");
+}
+
 int main(void)
 {
     test_flush_policy();
+    test_background_commits();
+    test_threads_identical();
     test_keys();
     test_verify_keys();
     test_key_hash();

@@ -264,18 +264,6 @@ static void raw_put(const char *dir, const char *db, const uint8_t *del_key, siz
     mdb_env_close(env);
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    CHECK(a && b);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
-        CHECK(fwrite(buf, 1, n, b) == n);
-    fclose(a);
-    CHECK(fclose(b) == 0);
-}
-
 /* ---- outcomes ------------------------------------------------------- */
 
 typedef struct {
@@ -365,7 +353,7 @@ static void test_every_byte(void)
     snprintf(data, sizeof data, "%s/data.mdb", dir);
     snprintf(pristine, sizeof pristine, "%s.pristine", data);
     snprintf(lock, sizeof lock, "%s/lock.mdb", dir);
-    copy_file(data, pristine);
+    tu_copy_file(data, pristine);
     uint8_t want[32];
     {
         msadb_store *st = open_store(dir);
@@ -400,7 +388,7 @@ static void test_every_byte(void)
             raw_put(dir, r->db, NULL, 0, r->k, r->klen, mod, r->vlen);
             snprintf(what, sizeof what, "%s byte %zu", name, b);
             check_edit(dir, r->db, name, want, &flips, what);
-            copy_file(pristine, data);
+            tu_copy_file(pristine, data);
             bytes++;
         }
         free(mod);
@@ -412,7 +400,7 @@ static void test_every_byte(void)
             raw_put(dir, r->db, o->k, o->klen, o->k, o->klen, r->v, r->vlen);
             snprintf(what, sizeof what, "%s moved to %s", name, oname);
             check_edit(dir, r->db, oname, want, &moves, what);
-            copy_file(pristine, data);
+            tu_copy_file(pristine, data);
         }
     }
     unlink(pristine);

@@ -298,8 +298,33 @@ static void test_bytes_and_alloc(void)
     msadb_afree(NULL);
 }
 
+/* msadb_max_abs against a plain loop: signs, zeros, tiny and huge values,
+ * the largest anywhere in the array (vector body and tail). */
+static void test_max_abs(void)
+{
+    uint64_t seed = 5;
+    float x[203] = {0};
+    CHECK(msadb_max_abs(x, 0) == 0.0f);
+    for (int trial = 0; trial < 200; trial++) {
+        size_t n = 1 + (size_t)(tu_rand(&seed) % 203);
+        for (size_t i = 0; i < n; i++)
+            x[i] = tu_randn(&seed) * (trial % 3 == 0 ? 1e-30f : trial % 3 == 1 ? 1.0f : 3e30f);
+        if (trial % 5 == 0)
+            x[tu_rand(&seed) % n] = -65504.5f * (trial % 3 == 0 ? 1e-20f : 1.0f);
+        if (trial % 7 == 0)
+            for (size_t i = 0; i < n; i++)
+                x[i] = i % 2 ? -0.0f : 0.0f;
+        float want = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            want = fabsf(x[i]) > want ? fabsf(x[i]) : want;
+        float got = msadb_max_abs(x, n);
+        CHECK(memcmp(&got, &want, 4) == 0);
+    }
+}
+
 int main(void)
 {
+    test_max_abs();
     test_f16_known();
     test_f16_exhaustive();
     test_f16_midpoints();

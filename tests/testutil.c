@@ -129,6 +129,36 @@ uint64_t tu_append_f32(msadb_store *st, msadb_doc *doc, size_t T, float *K, floa
     return id;
 }
 
+msadb_store *tu_create(const char *dir, uint32_t kv_heads, uint32_t d, uint32_t block, msadb_dtype dtype,
+                       const unsigned char *key)
+{
+    msadb_signature sig;
+    CHECK_OK(msadb_signature_init(&sig, 2, kv_heads, 2, d));
+    sig.block_size = block;
+    sig.dtype = dtype;
+    msadb_options opt;
+    msadb_options_init(&opt);
+    opt.key = key;
+    msadb_store *st;
+    CHECK_OK(msadb_create(dir, &sig, &opt, &st));
+    return st;
+}
+
+int tu_file_contains(const char *path, const void *needle, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len);
+    CHECK(buf != NULL && fread(buf, 1, (size_t)len, f) == (size_t)len);
+    fclose(f);
+    int found = memmem(buf, (size_t)len, needle, n) != NULL;
+    free(buf);
+    return found;
+}
+
 void tu_make_legacy_store(const char *dir, const unsigned char key[32])
 {
     MDB_env *env;
@@ -207,6 +237,38 @@ void tu_make_legacy_store(const char *dir, const unsigned char key[32])
         }
         free(buf);
     }
+    /* stores before record MACs keyed `spaces` by name (no meta "space_names") */
+    MDB_dbi spaces, spaceids;
+    CHECK_OK(mdb_dbi_open(txn, "spaces", 0, &spaces));
+    CHECK_OK(mdb_dbi_open(txn, "spaceids", 0, &spaceids));
+    MDB_val hk = {11, (void *)"space_names"};
+    if (mdb_get(txn, meta, &hk, &v) == 0) {
+        struct { uint8_t k[64], rec[128]; size_t kl, rl; } sp[16];
+        size_t n_sp = 0;
+        CHECK_OK(mdb_cursor_open(txn, spaces, &cur));
+        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            CHECK(n_sp < 16 && v.mv_size <= 128 && v.mv_size >= 4);
+            uint8_t idk[4] = {((uint8_t *)v.mv_data)[3], ((uint8_t *)v.mv_data)[2], ((uint8_t *)v.mv_data)[1],
+                              ((uint8_t *)v.mv_data)[0]};
+            MDB_val ik = {4, idk}, nv;
+            CHECK_OK(mdb_get(txn, spaceids, &ik, &nv));
+            CHECK(nv.mv_size <= 64);
+            memcpy(sp[n_sp].k, nv.mv_data, nv.mv_size);
+            sp[n_sp].kl = nv.mv_size;
+            memcpy(sp[n_sp].rec, v.mv_data, v.mv_size);
+            sp[n_sp++].rl = v.mv_size;
+        }
+        mdb_cursor_close(cur);
+        CHECK_OK(mdb_drop(txn, spaces, 0));
+        for (size_t i = 0; i < n_sp; i++) {
+            MDB_val nk = {sp[i].kl, sp[i].k}, nv = {sp[i].rl, sp[i].rec};
+            CHECK_OK(mdb_put(txn, spaces, &nk, &nv, 0));
+        }
+        CHECK_OK(mdb_del(txn, meta, &hk, NULL));
+        uint8_t f3[4] = {3, 0, 0, 0};
+        MDB_val fk = {6, (void *)"format"}, fv = {4, f3};
+        CHECK_OK(mdb_put(txn, meta, &fk, &fv, 0));
+    }
     uint8_t ad[24], sealed[128], text[18];
     memcpy(ad, sid, 16);
     memcpy(ad + 16, "keycheck", 8);
@@ -270,4 +332,16 @@ void tu_store_as_format(const char *dir, uint32_t version)
     CHECK_OK(mdb_put(txn, meta, &fk, &fv, 0));
     CHECK_OK(mdb_txn_commit(txn));
     mdb_env_close(env);
+}
+
+void tu_copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    CHECK(in && out);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        CHECK(fwrite(buf, 1, n, out) == n);
+    fclose(in);
+    CHECK(fclose(out) == 0);
 }

@@ -34,8 +34,17 @@
  * string is static until the next call.  Removed at exit unless
  * MSADB_KEEP_TMP is set. */
 const char *tu_tmpdir(const char *tag);
+/* Creates a store at dir: 2 layers (the second a memory layer), kv_heads
+ * kv heads, 2 query heads, head_dim d, blocks of `block` tokens, dtype,
+ * encrypted with key when not NULL. */
+msadb_store *tu_create(const char *dir, uint32_t kv_heads, uint32_t d, uint32_t block, msadb_dtype dtype,
+                       const unsigned char *key);
+/* Whether the file at path holds the n bytes of needle. */
+int tu_file_contains(const char *path, const void *needle, size_t n);
 /* Removes a directory tree. */
 void tu_rmtree(const char *path);
+/* Copies file `from` to `to` (created or truncated); CHECKs every step. */
+void tu_copy_file(const char *from, const char *to);
 /* Deterministic pseudo-random numbers (splitmix64). */
 uint64_t tu_rand(uint64_t *state);
 float tu_randn(uint64_t *state); /* approximately standard normal */

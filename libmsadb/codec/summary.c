@@ -131,6 +131,44 @@ static double sqdist(const float *a, const float *b, uint32_t d)
     return s;
 }
 
+/* Tokens whose squared distances are summed side by side: each lane adds
+ * its channels in order, exactly as sqdist() does, so the results are the
+ * same bits while the lanes fill a vector. */
+#define REP_LANES 8
+
+/* out[t] = sqdist(K row t, c) for every token of the block. */
+static void sqdist_rows(const float *K, uint32_t n, uint32_t d, const float *c, double *out)
+{
+    float tile[MSADB_MAX_HEAD_DIM][REP_LANES];
+    uint32_t t = 0;
+    for (; t + REP_LANES <= n; t += REP_LANES) {
+        for (uint32_t l = 0; l < REP_LANES; l++)
+            for (uint32_t j = 0; j < d; j++)
+                tile[j][l] = K[(size_t)(t + l) * d + j] - c[j];
+        double acc[REP_LANES] = {0};
+        for (uint32_t j = 0; j < d; j++)
+            for (uint32_t l = 0; l < REP_LANES; l++)
+                acc[l] += (double)tile[j][l] * tile[j][l];
+        memcpy(out + t, acc, sizeof acc);
+    }
+    for (; t < n; t++)
+        out[t] = sqdist(K + (size_t)t * d, c, d);
+}
+
+/* The mean of tokens [s0, e) into out, each channel summed in token order
+ * in double. */
+static void mean_rows(const float *K, uint32_t s0, uint32_t e, uint32_t d, float *out)
+{
+    double a[MSADB_MAX_HEAD_DIM];
+    for (uint32_t j = 0; j < d; j++)
+        a[j] = 0.0;
+    for (uint32_t t = s0; t < e; t++)
+        for (uint32_t j = 0; j < d; j++)
+            a[j] += K[(size_t)t * d + j];
+    for (uint32_t j = 0; j < d; j++)
+        out[j] = (float)(a[j] / (e - s0));
+}
+
 /* The aligned window of w tokens whose mean lies farthest from m; its mean
  * goes to out (the whole block when it is shorter than w). */
 static void farthest_window(const float *K, uint32_t n, uint32_t d, uint32_t w, const float *m, float *out)
@@ -139,12 +177,7 @@ static void farthest_window(const float *K, uint32_t n, uint32_t d, uint32_t w, 
     float wm[MSADB_MAX_HEAD_DIM];
     for (uint32_t s0 = 0; s0 < n; s0 += w) {
         uint32_t e = s0 + w < n ? s0 + w : n;
-        for (uint32_t j = 0; j < d; j++) {
-            double a = 0.0;
-            for (uint32_t t = s0; t < e; t++)
-                a += K[(size_t)t * d + j];
-            wm[j] = (float)(a / (e - s0));
-        }
+        mean_rows(K, s0, e, d, wm);
         double dd = sqdist(wm, m, d);
         if (dd > best) {
             best = dd;
@@ -155,24 +188,19 @@ static void farthest_window(const float *K, uint32_t n, uint32_t d, uint32_t w, 
 
 void msadb_summarize_reps(const float *K, uint32_t n, uint32_t d, int8_t *v8, float *scale)
 {
-    float m[MSADB_MAX_HEAD_DIM], vec[MSADB_MAX_HEAD_DIM];
-    for (uint32_t j = 0; j < d; j++) {
-        double a = 0.0;
-        for (uint32_t t = 0; t < n; t++)
-            a += K[(size_t)t * d + j];
-        m[j] = (float)(a / n);
-    }
+    float m[MSADB_MAX_HEAD_DIM] = {0}, vec[MSADB_MAX_HEAD_DIM];
+    double dm[MSADB_MAX_BLOCK], df[MSADB_MAX_BLOCK];
+    mean_rows(K, 0, n, d, m);
     /* two k-center steps from the mean (ties: the earlier token) */
     uint32_t f1 = 0, f2 = 0;
     double b1 = -1.0, b2 = -1.0;
+    sqdist_rows(K, n, d, m, dm);
+    for (uint32_t t = 0; t < n; t++)
+        if (dm[t] > b1)
+            b1 = dm[t], f1 = t;
+    sqdist_rows(K, n, d, K + (size_t)f1 * d, df);
     for (uint32_t t = 0; t < n; t++) {
-        double dd = sqdist(K + (size_t)t * d, m, d);
-        if (dd > b1)
-            b1 = dd, f1 = t;
-    }
-    for (uint32_t t = 0; t < n; t++) {
-        double dm = sqdist(K + (size_t)t * d, m, d), df = sqdist(K + (size_t)t * d, K + (size_t)f1 * d, d);
-        double dd = dm < df ? dm : df;
+        double dd = dm[t] < df[t] ? dm[t] : df[t];
         if (dd > b2)
             b2 = dd, f2 = t;
     }

@@ -18,7 +18,9 @@ const char *msadb_strerror(int err)
     case MSADB_ECORRUPT: return "stored data is corrupt (checksum or structure check failed)";
     case MSADB_EVERSION: return "store format is newer than this library";
     case MSADB_ESIGNATURE: return "store signature does not match the expected model signature";
-    case MSADB_EKEY: return "missing or wrong encryption key (or a key given for an unencrypted store)";
+    case MSADB_EKEY:
+        return "missing or wrong encryption key (or a key given for an unencrypted store; or a space with "
+               "its own key, not given)";
     case MSADB_EAUTH: return "encrypted record failed authentication (tampered, moved or wrong key)";
     case MSADB_ENOTFOUND: return "not found";
     case MSADB_EEXIST: return "already exists";
@@ -37,6 +39,7 @@ const char *msadb_strerror(int err)
                "magnitudes up to 65504)";
     case MSADB_EMODEL: return "the store was made with another model of the same shape";
     case MSADB_EBUSY: return "another process has the store open";
+    case MSADB_ESCOPE: return "the document or space is outside the space this handle is limited to";
     default: break;
     }
     if (err >= MDB_KEYEXIST && err <= MDB_LAST_ERRCODE)

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "msadb.h"
 
@@ -298,12 +299,30 @@ int msadb_utf8_valid(const char *str, size_t n)
     return 1;
 }
 
+int msadb_env_threads(const char *var, int max)
+{
+    const char *e = getenv(var);
+    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > max)
+        n = max;
+    return (int)n;
+}
+
 float msadb_max_abs(const float *x, size_t n)
 {
-    float m = 0.0f;
+    /* On the bits: without the sign, finite floats order as unsigned
+     * integers, and an integer max vectorizes where a float one may not
+     * (NaN rules). */
+    uint32_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        m = a > m ? a : m;
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u &= 0x7fffffffu;
+        m = u > m ? u : m;
     }
-    return m;
+    float f;
+    memcpy(&f, &m, 4);
+    return f;
 }

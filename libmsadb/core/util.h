@@ -82,7 +82,12 @@ MSADB_HIDDEN void msadb_afree(void *p);
  * U+10FFFF). */
 MSADB_HIDDEN int msadb_utf8_valid(const char *s, size_t n);
 
-/* The largest |x| of n floats (NaN compares false: check finiteness first). */
+/* A thread count: the environment variable `var` (a decimal number), else
+ * the online CPUs; at least 1, at most max. */
+MSADB_HIDDEN int msadb_env_threads(const char *var, int max);
+
+/* The largest |x| of n finite floats (check finiteness first: a NaN would
+ * count as larger than any number). */
 MSADB_HIDDEN float msadb_max_abs(const float *x, size_t n);
 
 #endif

@@ -356,16 +356,7 @@ static size_t cache_bytes(void)
 }
 
 /* Scan threads: MSADB_SCAN_THREADS, else the online CPUs (at most 8). */
-static int thread_count(void)
-{
-    const char *e = getenv("MSADB_SCAN_THREADS");
-    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
-    if (n > MAX_SCAN_THREADS)
-        n = MAX_SCAN_THREADS;
-    return (int)n;
-}
+static int thread_count(void) { return msadb_env_threads("MSADB_SCAN_THREADS", MAX_SCAN_THREADS); }
 
 static int scratch_get(msadb_snapshot *snap, qscratch **out)
 {

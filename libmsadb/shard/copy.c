@@ -142,6 +142,8 @@ typedef struct space_copy {
 static int space_copy_one(const msadb_space_info *info, void *ud)
 {
     space_copy *s = ud;
+    if (info->keyed) /* its key stays with its holder: the copy would be a plain space */
+        return MSADB_ENOTSUP;
     int rc = s->sh ? msadb_shards_space_create(s->sh, info->name, NULL) : msadb_space_create(s->st, info->name, NULL);
     return rc == MSADB_EEXIST ? 0 : rc;
 }

@@ -5,6 +5,7 @@
  * queries skip them.  Compaction later rewrites the pages of a space without
  * the deleted slots.  Readers that began earlier keep their snapshot. */
 #include <lmdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -183,6 +184,11 @@ static int delete_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     struct delete_args *a = ud;
     int rc = msadb_expire_txn(st, txn, msadb_time_now(), NULL);
+    for (size_t i = 0; !rc && st->scoped && i < a->n; i++) { /* every id in scope, or none deleted */
+        msadb_docrec r;
+        if (!(rc = msadb_doc_lookup(txn, st, a->ids[i], &r)))
+            rc = msadb_scope_id(st, r.space_id);
+    }
     return rc ? rc : msadb_delete_txn(st, txn, a->ids, a->n);
 }
 
@@ -240,7 +246,7 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     const char *name = ud;
     msadb_spacerec sr;
     int rc = msadb_space_get_txn(txn, st, name, &sr);
-    if (rc)
+    if (rc || (rc = msadb_scope_id(st, sr.id)) || (rc = msadb_space_access(st, &sr)))
         return rc;
     /* The slot pages name every document of the space (deleted ones too:
      * their records are gone, so a failed lookup is skipped). */
@@ -298,7 +304,8 @@ static int space_drop_fn(msadb_store *st, MDB_txn *txn, void *ud)
     if (!rc && st->has_route)
         rc = del_range(txn, st->db_route, p4, 4, NULL, 0, 4);
     if (!rc) {
-        MDB_val kn = {strlen(name), (void *)name}, ki = {4, p4};
+        uint8_t h[32];
+        MDB_val kn = msadb_space_dbkey(st, name, h), ki = {4, p4};
         if (!(rc = mdb_del(txn, st->db_spaces, &kn, NULL)))
             rc = mdb_del(txn, st->db_spaceids, &ki, NULL);
     }
@@ -309,6 +316,8 @@ int msadb_space_drop(msadb_store *st, const char *name)
 {
     if (!st || !name)
         return MSADB_EINVAL;
+    if (msadb_scope_name(st, name))
+        return MSADB_ESCOPE;
     return msadb_write(st, space_drop_fn, (void *)name);
 }
 
@@ -501,6 +510,8 @@ static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
     int rc = msadb_space_get_txn(txn, st, name, &sr);
     if (rc)
         return rc;
+    if (msadb_space_access(st, &sr))
+        return 0; /* a keyed space without its key: its pages are out of reach */
     uint8_t *live;
     uint64_t n_dead, n_new = 0;
     if ((rc = read_live(st, txn, &sr, &live, &n_dead)) || n_dead == 0) {
@@ -524,38 +535,36 @@ static int compact_space(msadb_store *st, MDB_txn *txn, const char *name)
     return msadb_space_put_txn(txn, st, name, &sr);
 }
 
+struct names {
+    char (*names)[MSADB_NAME_MAX + 1];
+    size_t n, cap;
+};
+
+static int collect_name(uint32_t id, const char *name, void *ud)
+{
+    (void)id;
+    struct names *c = ud;
+    if (msadb_grow(&c->names, &c->cap, c->n + 1, sizeof *c->names, 8))
+        return MSADB_ENOMEM;
+    snprintf(c->names[c->n++], MSADB_NAME_MAX + 1, "%s", name);
+    return 0;
+}
+
 static int compact_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     (void)ud;
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, st->db_spaces, &cur);
-    if (rc)
-        return rc;
-    /* Collect names first: compaction writes to other databases only, but
-     * keep the cursor walk independent of those writes anyway. */
-    char (*names)[MSADB_NAME_MAX + 1] = NULL;
-    size_t n = 0;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) { /* names only: the records are read by name */
-            rc = MSADB_ECORRUPT;
-            break;
-        }
-        void *nn = realloc(names, (n + 1) * sizeof *names);
-        if (!nn) {
-            rc = MSADB_ENOMEM;
-            break;
-        }
-        names = nn;
-        memcpy(names[n], k.mv_data, k.mv_size);
-        names[n++][k.mv_size] = 0;
+    if (st->scoped) { /* the handle's space alone */
+        msadb_spacerec sr;
+        int rc = msadb_space_get_txn(txn, st, st->scope_name, &sr);
+        return rc ? rc : (rc = msadb_scope_id(st, sr.id)) ? rc : compact_space(st, txn, st->scope_name);
     }
-    mdb_cursor_close(cur);
-    if (rc == MDB_NOTFOUND)
-        rc = 0;
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = compact_space(st, txn, names[i]);
-    free(names);
+    /* Collect the names first (from `spaceids`: the keys of `spaces` may be
+     * hashes), then compact each space. */
+    struct names c = {NULL, 0, 0};
+    int rc = msadb_space_names_each(txn, st, collect_name, &c);
+    for (size_t i = 0; !rc && i < c.n; i++)
+        rc = compact_space(st, txn, c.names[i]);
+    free(c.names);
     return rc;
 }
 

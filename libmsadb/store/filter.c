@@ -182,12 +182,12 @@ static int doc_passes(msadb_snapshot *s, msadb_docmask *m, uint64_t id, const ms
     if (!(r->flags & DOC_F_META) || r->meta_len == 0)
         return 0;
     size_t len = 0;
-    int rc = msadb_docdata_read(s, id, DD_META, NULL, 0, &len);
+    int rc = msadb_docdata_read(s, id, r->space_id, DD_META, NULL, 0, &len);
     if (rc)
         return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
     if (msadb_grow(&m->meta, &m->meta_cap, len ? len : 1, 1, 256))
         return MSADB_ENOMEM;
-    if ((rc = msadb_docdata_read(s, id, DD_META, m->meta, m->meta_cap, &len)))
+    if ((rc = msadb_docdata_read(s, id, r->space_id, DD_META, m->meta, m->meta_cap, &len)))
         return rc;
     return meta_match(m->meta, len, where, n);
 }

@@ -218,7 +218,11 @@ int msadb_upgrade(msadb_store *st)
 {
     if (!st)
         return MSADB_EINVAL;
-    int rc = msadb_write(st, upgrade_fn, NULL);
+    if (st->scoped)
+        return MSADB_ESCOPE; /* whole-store work */
+    int rc = msadb_spaces_open(st); /* it rewrites every space's pages */
+    if (!rc)
+        rc = msadb_write(st, upgrade_fn, NULL);
     if (rc) {
         st->has_route = 0; /* the transaction is gone, and the handle with it */
         return rc;

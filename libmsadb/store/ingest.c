@@ -4,7 +4,15 @@
  * encrypted and writes everything in one LMDB write transaction.  A batch
  * may also commit in chunks (msadb_batch_flush(), or by itself past the
  * limits of msadb_batch_set_flush()), whole documents at a time, and skips
- * documents whose key is already stored. */
+ * documents whose key is already stored.
+ *
+ * Threads (msadb_batch_set_threads): a document's blocks are encoded by up
+ * to that many threads, and with more than one a chunk that add() commits by
+ * itself is written by the batch's writer thread while the next chunk is
+ * encoded (two chunks at most: the one being written and the one being
+ * filled).  The bytes stored do not depend on the thread count: every
+ * encoder writes its blocks to their own places, merged in block order, and
+ * chunks end where the flush policy says, in add order. */
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -44,7 +52,7 @@ static int buf_append(buf_t *b, const void *data, size_t len)
     return 0;
 }
 
-/* One encoded document of a batch.  Offsets point into the batch arena. */
+/* One encoded document of a batch.  Offsets point into its chunk's arena. */
 typedef struct {
     char space[MSADB_NAME_MAX + 1];
     uint64_t n_tokens, n_blocks;
@@ -56,10 +64,56 @@ typedef struct {
     int64_t created, expires;
 } batch_doc;
 
+/* Documents held for one commit: their records, their encoded bytes, the
+ * deletions that go with them and, once written, their ids. */
+typedef struct {
+    batch_doc *docs;
+    size_t n_docs, cap_docs;
+    buf_t arena;
+    uint64_t held_tokens;
+    uint64_t *del; /* documents msadb_batch_delete() named, deleted at commit */
+    size_t n_del, del_cap;
+    uint64_t *ids;
+    size_t cap_ids;
+} chunk;
+
+static int chunk_held(const chunk *c) { return c->n_docs || c->n_del; }
+
+static void chunk_clear(chunk *c)
+{
+    c->n_docs = 0;
+    c->arena.len = 0;
+    c->held_tokens = 0;
+    c->n_del = 0;
+}
+
+static void chunk_free(chunk *c)
+{
+    free(c->docs);
+    free(c->arena.p);
+    free(c->del);
+    free(c->ids);
+}
+
+/* Adds ids to the chunk's deletions, each once. */
+static int chunk_delete(chunk *c, const uint64_t *ids, size_t n)
+{
+    if (msadb_grow(&c->del, &c->del_cap, c->n_del + n + 1, sizeof *c->del, 16))
+        return MSADB_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < c->n_del && c->del[j] != ids[i])
+            j++;
+        if (j == c->n_del) /* a repeated id is deleted once */
+            c->del[c->n_del++] = ids[i];
+    }
+    return 0;
+}
+
 /* Encoding state of one thread: its codec and one block of scratch.  A
- * document's blocks are encoded by up to ENCODE_THREADS workers, each into
- * its own output buffer, merged into the arena in order afterwards. */
-#define ENCODE_THREADS 2
+ * document's blocks are encoded by up to b->threads workers, each into its
+ * own output buffer, merged into the arena in order afterwards. */
+#define MAX_INGEST_THREADS 8
 #define ENCODE_MIN_ITEMS 16 /* blocks x planes below which one thread is faster */
 
 typedef struct {
@@ -68,22 +122,59 @@ typedef struct {
     buf_t out;           /* encoded blocks of this worker's items */
 } encoder;
 
+/* One worker's part in a document: it takes items (item p * n_blocks + j
+ * is block j of plane p) one at a time from the shared counter *next until
+ * all are taken, so a worker that the system pauses holds up at most one
+ * item.  Encoded bytes go to the worker's buffer, owner[item] names the
+ * worker; the directory entry (offset in that buffer, length) and the
+ * summaries go straight to their reserved places in the arena. */
+typedef struct {
+    struct msadb_batch *b;
+    const msadb_doc *doc;
+    batch_doc *bd;
+    encoder *e;
+    uint64_t items, *next;
+    uint8_t *owner;
+    uint8_t idx;
+    float key_max, value_max; /* largest magnitude the store holds, 0 = no limit */
+    int rc;
+} encode_job;
+
+typedef struct {
+    struct msadb_batch *b;
+    int idx;
+} helper_arg;
+
 struct msadb_batch {
     msadb_store *st;
-    batch_doc *docs;
-    size_t n_docs, cap_docs;
-    buf_t arena;
-    encoder enc[ENCODE_THREADS];
-    uint64_t *del; /* documents msadb_batch_delete() named, deleted at commit */
-    size_t n_del, del_cap;
+    chunk cur;      /* being filled by msadb_batch_add() */
+    chunk fl;       /* handed to the writer thread, or left by a commit of it that failed */
+    int threads;    /* msadb_batch_set_threads() */
+    encoder enc[MAX_INGEST_THREADS];
+    /* the encoding pool: helpers 1..n_helpers take jobs[1..pool_active] of
+     * each document (generation pool_gen), the adding thread jobs[0] */
+    encode_job jobs[MAX_INGEST_THREADS];
+    pthread_t helpers[MAX_INGEST_THREADS];
+    helper_arg helper_args[MAX_INGEST_THREADS];
+    int n_helpers, pool_active, pool_pending, pool_quit;
+    uint8_t *owner; /* per item of the document being encoded: its worker */
+    size_t cap_owner;
+    uint64_t pool_gen;
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_go, pool_done;
+    /* the writer thread: started by the first background commit */
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int writer_on, quit;
+    int fl_sent;         /* b->fl was handed to the writer and is not collected yet */
+    int fl_busy, fl_rc;  /* under mu: the writer is at it; its result */
     /* flush policy (msadb_batch_set_flush) and counters */
     size_t max_docs, max_bytes;
     uint64_t max_tokens;
     msadb_commit_fn on_commit;
     void *user;
-    uint64_t held_tokens, committed, commits, duplicates, last_duplicate;
-    uint64_t *ids; /* a flush's ids when the caller gives no array */
-    size_t cap_ids;
+    uint64_t committed, commits, duplicates, last_duplicate;
 };
 
 static void encoder_free(encoder *e)
@@ -93,17 +184,26 @@ static void encoder_free(encoder *e)
     free(e->v);
     free(e->kdeq);
     free(e->out.p);
+    memset(e, 0, sizeof *e);
 }
 
 static int encoder_init(encoder *e, const msadb_store *st)
 {
+    if (e->codec)
+        return 0;
     size_t n = (size_t)st->sig.block_size * st->sig.head_dim * sizeof(float);
     e->codec = msadb_codec_new(st->zstd_level);
     e->k = malloc(n);
     e->v = malloc(n);
     e->kdeq = malloc(n);
-    return e->codec && e->k && e->v && e->kdeq ? 0 : MSADB_ENOMEM;
+    if (e->codec && e->k && e->v && e->kdeq)
+        return 0;
+    encoder_free(e);
+    return MSADB_ENOMEM;
 }
+
+/* Ingest threads: MSADB_INGEST_THREADS, else the online CPUs (at most 8). */
+static int default_threads(void) { return msadb_env_threads("MSADB_INGEST_THREADS", MAX_INGEST_THREADS); }
 
 int msadb_batch_begin(msadb_store *st, msadb_batch **out)
 {
@@ -116,47 +216,38 @@ int msadb_batch_begin(msadb_store *st, msadb_batch **out)
     if (!b)
         return MSADB_ENOMEM;
     b->st = st;
-    for (int i = 0; i < ENCODE_THREADS; i++) {
-        if (encoder_init(&b->enc[i], st)) {
-            msadb_batch_abort(b);
-            return MSADB_ENOMEM;
-        }
+    b->threads = default_threads();
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    pthread_mutex_init(&b->pool_mu, NULL);
+    pthread_cond_init(&b->pool_go, NULL);
+    pthread_cond_init(&b->pool_done, NULL);
+    if (encoder_init(&b->enc[0], st)) {
+        msadb_batch_abort(b);
+        return MSADB_ENOMEM;
     }
     *out = b;
     return 0;
 }
 
-size_t msadb_batch_count(const msadb_batch *b) { return b ? b->n_docs : 0; }
-
-void msadb_batch_abort(msadb_batch *b)
+int msadb_batch_set_threads(msadb_batch *b, int n)
 {
-    if (!b)
-        return;
-    for (int i = 0; i < ENCODE_THREADS; i++)
-        encoder_free(&b->enc[i]);
-    free(b->docs);
-    free(b->arena.p);
-    free(b->del);
-    free(b->ids);
-    free(b);
+    if (!b || n < 0 || n > MAX_INGEST_THREADS)
+        return MSADB_EINVAL;
+    b->threads = n ? n : default_threads();
+    return 0;
 }
+
+int msadb_batch_threads(const msadb_batch *b) { return b ? b->threads : 0; }
+
+size_t msadb_batch_count(const msadb_batch *b) { return b ? b->cur.n_docs + b->fl.n_docs : 0; }
 
 int msadb_batch_delete(msadb_batch *b, const uint64_t *ids, size_t n)
 {
     if (!b || (!ids && n))
         return MSADB_EINVAL;
-    if (msadb_grow(&b->del, &b->del_cap, b->n_del + n + 1, sizeof *b->del, 16))
-        return MSADB_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        size_t j = 0;
-        while (j < b->n_del && b->del[j] != ids[i])
-            j++;
-        if (j == b->n_del) /* a repeated id is deleted once */
-            b->del[b->n_del++] = ids[i];
-    }
-    return 0;
+    return chunk_delete(&b->cur, ids, n);
 }
-
 static int validate_doc(const msadb_store *st, const msadb_doc *d)
 {
     if (!d || d->n_tokens < 1 || d->n_tokens > UINT32_MAX || !d->keys || !d->values)
@@ -194,19 +285,6 @@ static int arena_put(buf_t *a, const void *p, size_t len, size_t *off)
     return buf_append(a, p, len);
 }
 
-/* One worker's share of a document: items [first, last) where item
- * p * n_blocks + j is block j of plane p.  Encoded bytes go to the worker's
- * buffer; the directory entry (offset in that buffer, length) and the
- * summaries go straight to their reserved places in the arena. */
-typedef struct {
-    msadb_batch *b;
-    const msadb_doc *doc;
-    batch_doc *bd;
-    encoder *e;
-    uint64_t first, last;
-    float key_max, value_max; /* largest magnitude the store holds, 0 = no limit */
-    int rc;
-} encode_job;
 
 static void *encode_items(void *arg)
 {
@@ -220,88 +298,177 @@ static void *encode_items(void *arg)
     const size_t bound = msadb_block_bound((int)sig->dtype, B, d);
     encoder *e = job->e;
     e->out.len = 0;
-    for (uint64_t it = job->first; it < job->last; it++) {
+    job->rc = 0;
+    for (;;) {
+        uint64_t it = __atomic_fetch_add(job->next, 1, __ATOMIC_RELAXED);
+        if (it >= job->items)
+            break;
         uint64_t p = it / nb, j = it % nb;
         uint32_t n = (uint32_t)(j + 1 < nb ? B : T - j * B);
         size_t src = ((size_t)p * T + (size_t)j * B) * d * esz;
         if (msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->keys + src, e->k, (size_t)n * d) ||
             msadb_to_f32(job->doc->kv_dtype, (const uint8_t *)job->doc->values + src, e->v, (size_t)n * d)) {
             job->rc = MSADB_ENONFINITE;
-            return NULL;
+            break;
         }
         /* f16 holds magnitudes up to 65504: beyond, a stored key or value,
          * or a mean or bound summary, would become infinite */
         if ((job->key_max && msadb_max_abs(e->k, (size_t)n * d) > job->key_max) ||
             (job->value_max && msadb_max_abs(e->v, (size_t)n * d) > job->value_max)) {
             job->rc = MSADB_ERANGE;
-            return NULL;
+            break;
         }
         size_t len = 0;
         if ((job->rc = buf_reserve(&e->out, bound)) ||
             (job->rc = msadb_block_encode(e->codec, (int)sig->dtype, e->k, e->v, n, d, e->out.p + e->out.len,
                                           bound, &len, e->kdeq, NULL)))
-            return NULL;
-        uint8_t *dir = job->b->arena.p + job->bd->blocks_off + it * 16;
+            break;
+        job->owner[it] = job->idx;
+        uint8_t *dir = job->b->cur.arena.p + job->bd->blocks_off + it * 16;
         msadb_put_le64(dir, e->out.len);
         msadb_put_le64(dir + 8, len);
         e->out.len += len;
-        msadb_summarize_entry(&st->summ, e->kdeq, n, job->b->arena.p + job->bd->summ_off + it * se);
+        msadb_summarize_entry(&st->summ, e->kdeq, n, job->b->cur.arena.p + job->bd->summ_off + it * se);
     }
-    job->rc = 0;
+    if (job->rc) /* the others stop at their next item */
+        __atomic_store_n(job->next, job->items, __ATOMIC_RELAXED);
     return NULL;
 }
 
-/* Encodes every block of every plane, on two threads when there is enough
- * work, then appends the encoded bytes to the arena in item order. */
-static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
+/* A helper thread of the encoding pool: waits for a document, encodes
+ * its share (b->jobs[idx]) when it has one, says so, and waits again. */
+
+static void *helper_main(void *arg)
 {
-    const uint64_t items = (uint64_t)msadb_signature_planes(&b->st->sig) * bd->n_blocks;
-    int workers = items >= ENCODE_MIN_ITEMS ? ENCODE_THREADS : 1;
-    encode_job jobs[ENCODE_THREADS];
-    pthread_t tid[ENCODE_THREADS];
-    int started[ENCODE_THREADS] = {0};
-    const msadb_signature *sig = &b->st->sig;
-    const float f16_max = 65504.0f;
-    float value_max = sig->dtype == MSADB_DTYPE_F16 ? f16_max : 0.0f;
-    float key_max = (value_max || (sig->summary_kinds & (MSADB_SUMMARY_MEAN | MSADB_SUMMARY_MINMAX))) ? f16_max : 0.0f;
-    for (int w = 0; w < workers; w++) {
-        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items * w / workers, items * (w + 1) / workers,
-                               key_max, value_max, 0};
-        if (w > 0)
-            started[w] = pthread_create(&tid[w], NULL, encode_items, &jobs[w]) == 0;
+    helper_arg *h = arg;
+    msadb_batch *b = h->b;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&b->pool_mu);
+    for (;;) {
+        while (b->pool_gen == seen && !b->pool_quit)
+            pthread_cond_wait(&b->pool_go, &b->pool_mu);
+        if (b->pool_quit)
+            break;
+        seen = b->pool_gen;
+        if (h->idx > b->pool_active)
+            continue;
+        pthread_mutex_unlock(&b->pool_mu);
+        encode_items(&b->jobs[h->idx]);
+        pthread_mutex_lock(&b->pool_mu);
+        if (--b->pool_pending == 0)
+            pthread_cond_signal(&b->pool_done);
     }
-    encode_items(&jobs[0]);
-    for (int w = 1; w < workers; w++) {
-        if (started[w])
-            pthread_join(tid[w], NULL);
-        else
-            encode_items(&jobs[w]); /* no thread: do it here */
-    }
-    for (int w = 0; w < workers; w++)
-        if (jobs[w].rc)
-            return jobs[w].rc;
-    for (int w = 0; w < workers; w++) {
-        size_t base;
-        int rc = arena_put(&b->arena, b->enc[w].out.p, b->enc[w].out.len, &base);
-        if (rc)
-            return rc;
-        for (uint64_t it = jobs[w].first; it < jobs[w].last; it++) {
-            uint8_t *dir = b->arena.p + bd->blocks_off + it * 16;
-            msadb_put_le64(dir, msadb_get_le64(dir) + base);
-        }
+    pthread_mutex_unlock(&b->pool_mu);
+    return NULL;
+}
+
+/* Starts helper threads until there are n; an error if not all could be. */
+static int pool_start(msadb_batch *b, int n)
+{
+    while (b->n_helpers < n) {
+        int i = b->n_helpers + 1;
+        b->helper_args[i] = (helper_arg){b, i};
+        if (pthread_create(&b->helpers[i], NULL, helper_main, &b->helper_args[i]) != 0)
+            return MSADB_ENOMEM;
+        b->n_helpers++;
     }
     return 0;
 }
 
+static void pool_stop(msadb_batch *b)
+{
+    pthread_mutex_lock(&b->pool_mu);
+    b->pool_quit = 1;
+    pthread_cond_broadcast(&b->pool_go);
+    pthread_mutex_unlock(&b->pool_mu);
+    for (int i = 1; i <= b->n_helpers; i++)
+        pthread_join(b->helpers[i], NULL);
+    b->n_helpers = 0;
+}
+
+/* Encodes every block of every plane, on up to b->threads threads when
+ * there is enough work, then appends the encoded bytes to the arena in item
+ * order (the same bytes whatever the number of threads). */
+static int encode_doc(msadb_batch *b, const msadb_doc *doc, batch_doc *bd)
+{
+    const uint64_t items = (uint64_t)msadb_signature_planes(&b->st->sig) * bd->n_blocks;
+    int workers = items >= ENCODE_MIN_ITEMS ? b->threads : 1;
+    if ((uint64_t)workers > items / (ENCODE_MIN_ITEMS / 2))
+        workers = (int)(items / (ENCODE_MIN_ITEMS / 2));
+    if (workers < 1)
+        workers = 1;
+    if (workers > 1 && pool_start(b, workers - 1))
+        workers = 1 + b->n_helpers; /* as many as could be started */
+    encode_job *jobs = b->jobs;
+    const msadb_signature *sig = &b->st->sig;
+    const float f16_max = 65504.0f;
+    float value_max = sig->dtype == MSADB_DTYPE_F16 ? f16_max : 0.0f;
+    float key_max = (value_max || (sig->summary_kinds & (MSADB_SUMMARY_MEAN | MSADB_SUMMARY_MINMAX))) ? f16_max : 0.0f;
+    for (int w = 0; w < workers; w++)
+        if (encoder_init(&b->enc[w], b->st))
+            return MSADB_ENOMEM;
+    if (msadb_grow(&b->owner, &b->cap_owner, items, 1, 256))
+        return MSADB_ENOMEM;
+    uint64_t next = 0;
+    for (int w = 0; w < workers; w++)
+        jobs[w] = (encode_job){b, doc, bd, &b->enc[w], items, &next, b->owner, (uint8_t)w, key_max, value_max, 0};
+    /* helpers 1..workers-1 take their shares, this thread the first */
+    pthread_mutex_lock(&b->pool_mu);
+    b->pool_active = workers - 1;
+    b->pool_pending = workers - 1;
+    b->pool_gen++;
+    pthread_cond_broadcast(&b->pool_go);
+    pthread_mutex_unlock(&b->pool_mu);
+    encode_items(&jobs[0]);
+    pthread_mutex_lock(&b->pool_mu);
+    while (b->pool_pending)
+        pthread_cond_wait(&b->pool_done, &b->pool_mu);
+    pthread_mutex_unlock(&b->pool_mu);
+    for (int w = 0; w < workers; w++)
+        if (jobs[w].rc)
+            return jobs[w].rc;
+    /* the encoded blocks into the arena in item order, whoever made them */
+    size_t total = 0;
+    for (int w = 0; w < workers; w++)
+        total += b->enc[w].out.len;
+    int rc = buf_reserve(&b->cur.arena, total);
+    if (rc)
+        return rc;
+    for (uint64_t it = 0; it < items; it++) {
+        uint8_t *dir = b->cur.arena.p + bd->blocks_off + it * 16;
+        size_t off = msadb_get_le64(dir), len = msadb_get_le64(dir + 8);
+        memcpy(b->cur.arena.p + b->cur.arena.len, b->enc[b->owner[it]].out.p + off, len);
+        msadb_put_le64(dir, b->cur.arena.len);
+        b->cur.arena.len += len;
+    }
+    return 0;
+}
+
+static int chunk_has_key(const chunk *c, const void *key, size_t len)
+{
+    for (size_t i = 0; i < c->n_docs; i++)
+        if (c->docs[i].key_len == len && memcmp(c->arena.p + c->docs[i].key_off, key, len) == 0)
+            return 1;
+    return 0;
+}
+
+static int chunk_deletes(const chunk *c, uint64_t id)
+{
+    for (size_t i = 0; i < c->n_del; i++)
+        if (c->del[i] == id)
+            return 1;
+    return 0;
+}
+
 /* Whether a key is held by the batch (*id = 0) or stored (*id = its
- * document): 0, MSADB_ENOTFOUND or an error. */
+ * document): 0, MSADB_ENOTFOUND or an error.  The chunk being written by
+ * the writer thread is still held: only read here. */
 static int find_key(msadb_batch *b, const void *key, size_t len, uint64_t *id)
 {
-    for (size_t i = 0; i < b->n_docs; i++)
-        if (b->docs[i].key_len == len && memcmp(b->arena.p + b->docs[i].key_off, key, len) == 0) {
-            *id = 0;
-            return 0;
-        }
+    if (chunk_has_key(&b->cur, key, len) || chunk_has_key(&b->fl, key, len)) {
+        *id = 0;
+        return 0;
+    }
     msadb_store *st = b->st;
     int rc = msadb_dockeys_open(st);
     if (rc)
@@ -313,9 +480,8 @@ static int find_key(msadb_batch *b, const void *key, size_t len, uint64_t *id)
     msadb_txn_done(st, txn);
     /* a document the batch deletes gives its key up (the deletions come
      * first in the commit): replacing a document by the same content */
-    for (size_t i = 0; rc == 0 && i < b->n_del; i++)
-        if (b->del[i] == *id)
-            rc = MSADB_ENOTFOUND;
+    if (rc == 0 && (chunk_deletes(&b->cur, *id) || chunk_deletes(&b->fl, *id)))
+        rc = MSADB_ENOTFOUND;
     return rc;
 }
 
@@ -336,11 +502,14 @@ int msadb_batch_skip_key(msadb_batch *b, const void *key, size_t len)
  * document of T tokens. */
 static int flush_due(const msadb_batch *b, uint64_t T)
 {
-    if (!b->n_docs)
+    const chunk *c = &b->cur;
+    if (!c->n_docs)
         return 0;
-    return (b->max_docs && b->n_docs >= b->max_docs) || (b->max_tokens && b->held_tokens + T > b->max_tokens) ||
-           (b->max_bytes && b->arena.len >= b->max_bytes);
+    return (b->max_docs && c->n_docs >= b->max_docs) || (b->max_tokens && c->held_tokens + T > b->max_tokens) ||
+           (b->max_bytes && c->arena.len >= b->max_bytes);
 }
+
+static int auto_flush(msadb_batch *b);
 
 int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
 {
@@ -352,19 +521,22 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
         return rc;
     if (doc->key && (rc = msadb_batch_skip_key(b, doc->key, doc->key_len)))
         return rc < 0 ? rc : 0;
-    if (flush_due(b, doc->n_tokens) && (rc = msadb_batch_flush(b)))
+    if (flush_due(b, doc->n_tokens) && (rc = auto_flush(b)))
         return rc;
     const msadb_signature *sig = &st->sig;
     const uint32_t B = sig->block_size, planes = msadb_signature_planes(sig);
     const uint64_t T = doc->n_tokens, nb = (T + B - 1) / B;
     const size_t se = st->summ.entry;
     /* Everything appended from here on is rolled back on error. */
-    size_t arena_mark = b->arena.len;
-    if (msadb_grow(&b->docs, &b->cap_docs, b->n_docs + 1, sizeof *b->docs, 16))
+    size_t arena_mark = b->cur.arena.len;
+    if (msadb_grow(&b->cur.docs, &b->cur.cap_docs, b->cur.n_docs + 1, sizeof *b->cur.docs, 16))
         return MSADB_ENOMEM;
-    batch_doc *bd = &b->docs[b->n_docs];
+    batch_doc *bd = &b->cur.docs[b->cur.n_docs];
     memset(bd, 0, sizeof *bd);
-    snprintf(bd->space, sizeof bd->space, "%s", doc->space ? doc->space : "default");
+    const char *space = doc->space ? doc->space : b->st->scoped ? b->st->scope_name : "default";
+    if (msadb_scope_name(b->st, space))
+        return MSADB_ESCOPE;
+    snprintf(bd->space, sizeof bd->space, "%s", space);
     bd->n_tokens = T;
     bd->n_blocks = nb;
     bd->created = msadb_time_now();
@@ -374,29 +546,29 @@ int msadb_batch_add(msadb_batch *b, const msadb_doc *doc)
     bd->title_len = doc->title ? strlen(doc->title) : 0;
     bd->meta_len = doc->meta_len;
     bd->text_len = doc->text_len;
-    if ((rc = arena_put(&b->arena, doc->title, bd->title_len, &bd->title_off)) ||
-        (rc = arena_put(&b->arena, doc->meta, bd->meta_len, &bd->meta_off)) ||
-        (rc = arena_put(&b->arena, doc->text, bd->text_len, &bd->text_off)) ||
-        (rc = arena_put(&b->arena, doc->key, bd->key_len, &bd->key_off)))
+    if ((rc = arena_put(&b->cur.arena, doc->title, bd->title_len, &bd->title_off)) ||
+        (rc = arena_put(&b->cur.arena, doc->meta, bd->meta_len, &bd->meta_off)) ||
+        (rc = arena_put(&b->cur.arena, doc->text, bd->text_len, &bd->text_off)) ||
+        (rc = arena_put(&b->cur.arena, doc->key, bd->key_len, &bd->key_off)))
         goto fail;
-    if (doc->token_ids && (rc = arena_put(&b->arena, doc->token_ids, T * 4, &bd->ids_off)))
+    if (doc->token_ids && (rc = arena_put(&b->cur.arena, doc->token_ids, T * 4, &bd->ids_off)))
         goto fail;
-    if (doc->token_spans && (rc = arena_put(&b->arena, doc->token_spans, T * 16, &bd->spans_off)))
+    if (doc->token_spans && (rc = arena_put(&b->cur.arena, doc->token_spans, T * 16, &bd->spans_off)))
         goto fail;
     /* Block directory and summaries are fixed-size: reserve them up front
      * (the encoders write into them while the arena does not move). */
-    bd->blocks_off = b->arena.len;
+    bd->blocks_off = b->cur.arena.len;
     bd->summ_off = bd->blocks_off + (size_t)planes * nb * 16;
-    if ((rc = buf_reserve(&b->arena, (size_t)planes * nb * (16 + se))))
+    if ((rc = buf_reserve(&b->cur.arena, (size_t)planes * nb * (16 + se))))
         goto fail;
-    b->arena.len += (size_t)planes * nb * (16 + se);
+    b->cur.arena.len += (size_t)planes * nb * (16 + se);
     if ((rc = encode_doc(b, doc, bd)))
         goto fail;
-    b->n_docs++;
-    b->held_tokens += T;
+    b->cur.n_docs++;
+    b->cur.held_tokens += T;
     return 0;
 fail:
-    b->arena.len = arena_mark;
+    b->cur.arena.len = arena_mark;
     return rc;
 }
 
@@ -484,7 +656,8 @@ static int write_pages(msadb_store *st, MDB_txn *txn, const space_group *g, buf_
     return 0;
 }
 
-static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint8_t kind, const uint8_t *data, size_t len)
+static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint32_t space, uint8_t kind,
+                       const uint8_t *data, size_t len)
 {
     if (!len)
         return 0;
@@ -502,13 +675,17 @@ static int put_docdata(msadb_store *st, MDB_txn *txn, uint64_t doc, uint8_t kind
         return rc;
     uint8_t ad[26];
     msadb_docdata_ad(st, doc, kind, ad);
-    msadb_seal(st->key, ad, sizeof ad, data, len, v.mv_data);
+    msadb_seal(msadb_space_seal_key(st, space), ad, sizeof ad, data, len, v.mv_data);
     msadb_rec_seal(st, st->db_docdata, &kv, &v);
     return 0;
 }
 
+/* What one transaction writes: the documents of one or two chunks, in
+ * order (a chunk whose commit failed goes before the next one), and the
+ * first chunk's deletions; ids gets the documents' ids in that order. */
 struct commit_args {
-    msadb_batch *b;
+    chunk *c[2];
+    int n;
     uint64_t *ids;
 };
 
@@ -527,7 +704,8 @@ static space_group *find_group(space_group **groups, size_t *n, msadb_store *st,
     g = &g[*n];
     memset(g, 0, sizeof *g);
     snprintf(g->name, sizeof g->name, "%s", name);
-    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)))
+    if ((*rc = msadb_space_get_txn(txn, st, name, &g->rec)) || (*rc = msadb_scope_id(st, g->rec.id)) ||
+        (*rc = msadb_space_access(st, &g->rec)))
         return NULL;
     g->first_slot = g->rec.n_slots;
     (*n)++;
@@ -537,7 +715,7 @@ static space_group *find_group(space_group **groups, size_t *n, msadb_store *st,
 /* Writes one record per block id holding all its planes (see
  * msadb_block_part), straight into the map with MDB_RESERVE; sealing, when
  * the store is encrypted, happens in place. */
-static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
+static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const chunk *b, const batch_doc *bd,
                             uint32_t space_id, uint64_t blk0)
 {
     const uint32_t planes = msadb_signature_planes(&st->sig);
@@ -565,7 +743,7 @@ static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
             if (st->encrypted) {
                 uint8_t ad[32];
                 msadb_block_ad(st, space_id, p, blk0 + j, ad);
-                if ((rc = msadb_block_seal(enc, len, st->key, ad, sizeof ad, rec + off, total - off, &out_len)))
+                if ((rc = msadb_block_seal(enc, len, msadb_space_seal_key(st, space_id), ad, sizeof ad, rec + off, total - off, &out_len)))
                     return rc;
                 if (out_len != len + extra)
                     return MSADB_EINVAL;
@@ -579,7 +757,7 @@ static int write_doc_blocks(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
     return 0;
 }
 
-static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b, const batch_doc *bd,
+static int write_doc_record(msadb_store *st, MDB_txn *txn, const chunk *b, const batch_doc *bd,
                             uint64_t id, const msadb_docrec *rec)
 {
     int rc = msadb_docrec_put(txn, st, id, rec, MDB_APPEND);
@@ -593,19 +771,19 @@ static int write_doc_record(msadb_store *st, MDB_txn *txn, const msadb_batch *b,
         if (!(rc = msadb_rec_put(txn, st, st->db_docdata, &dk, &dv, 0)))
             rc = msadb_rec_put(txn, st, st->db_dockeys, &kk2, &iv, MDB_NOOVERWRITE);
     }
-    if (rc || (rc = put_docdata(st, txn, id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
-        (rc = put_docdata(st, txn, id, DD_META, A + bd->meta_off, bd->meta_len)) ||
-        (rc = put_docdata(st, txn, id, DD_TEXT, A + bd->text_off, bd->text_len)))
+    if (rc || (rc = put_docdata(st, txn, id, rec->space_id, DD_TITLE, A + bd->title_off, bd->title_len)) ||
+        (rc = put_docdata(st, txn, id, rec->space_id, DD_META, A + bd->meta_off, bd->meta_len)) ||
+        (rc = put_docdata(st, txn, id, rec->space_id, DD_TEXT, A + bd->text_off, bd->text_len)))
         return rc;
-    if (bd->ids_off != (size_t)-1 && (rc = put_docdata(st, txn, id, DD_TOKENS, A + bd->ids_off, bd->n_tokens * 4)))
+    if (bd->ids_off != (size_t)-1 && (rc = put_docdata(st, txn, id, rec->space_id, DD_TOKENS, A + bd->ids_off, bd->n_tokens * 4)))
         return rc;
     if (bd->spans_off != (size_t)-1)
-        rc = put_docdata(st, txn, id, DD_SPANS, A + bd->spans_off, bd->n_tokens * 16);
+        rc = put_docdata(st, txn, id, rec->space_id, DD_SPANS, A + bd->spans_off, bd->n_tokens * 16);
     return rc;
 }
 
 /* Appends the document's slot entries and summary references to its group. */
-static int group_add_doc(msadb_store *st, const msadb_batch *b, const batch_doc *bd, space_group *g, uint64_t id,
+static int group_add_doc(msadb_store *st, const chunk *b, const batch_doc *bd, space_group *g, uint64_t id,
                          uint64_t blk0)
 {
     const size_t se = st->summ.entry;
@@ -636,7 +814,6 @@ static int group_add_doc(msadb_store *st, const msadb_batch *b, const batch_doc 
 static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
 {
     struct commit_args *a = ud;
-    msadb_batch *b = a->b;
     uint64_t next_doc, next_block;
     int rc;
     if ((rc = msadb_meta_u64(txn, st, "next_doc", &next_doc)) ||
@@ -647,57 +824,60 @@ static int commit_fn(msadb_store *st, MDB_txn *txn, void *ud)
     /* Expired documents are purged by every commit (then the deletions the
      * batch names), before anything is added. */
     if ((rc = msadb_expire_txn(st, txn, msadb_time_now(), NULL)) ||
-        (rc = msadb_delete_txn(st, txn, b->del, b->n_del)))
+        (rc = msadb_delete_txn(st, txn, a->c[0]->del, a->c[0]->n_del)))
         return rc;
     space_group *groups = NULL;
-    size_t n_groups = 0, written = 0, keyed = 0;
+    size_t n_groups = 0, written = 0, keyed = 0, at = 0;
     buf_t page_buf = {0};
-    for (size_t i = 0; i < b->n_docs; i++) {
-        const batch_doc *bd = &b->docs[i];
-        if (bd->key_len) {
-            /* another writer may have stored the key since the add */
-            uint64_t have;
-            if (!st->has_dockeys) {
-                rc = MSADB_ESTATE;
-                goto out;
+    for (int ci = 0; ci < a->n; ci++) {
+        const chunk *b = a->c[ci];
+        for (size_t i = 0; i < b->n_docs; i++, at++) {
+            const batch_doc *bd = &b->docs[i];
+            if (bd->key_len) {
+                /* another writer may have stored the key since the add */
+                uint64_t have;
+                if (!st->has_dockeys) {
+                    rc = MSADB_ESTATE;
+                    goto out;
+                }
+                rc = msadb_dockey_get(txn, st, b->arena.p + bd->key_off, bd->key_len, &have);
+                if (rc == 0) {
+                    if (a->ids)
+                        a->ids[at] = have;
+                    continue;
+                }
+                if (rc != MSADB_ENOTFOUND)
+                    goto out;
+                rc = 0;
+                keyed++;
             }
-            rc = msadb_dockey_get(txn, st, b->arena.p + bd->key_off, bd->key_len, &have);
-            if (rc == 0) {
-                if (a->ids)
-                    a->ids[i] = have;
-                continue;
-            }
-            if (rc != MSADB_ENOTFOUND)
+            space_group *g = find_group(&groups, &n_groups, st, txn, bd->space, &rc);
+            if (!g)
                 goto out;
-            rc = 0;
-            keyed++;
+            uint64_t id = next_doc + written++, blk0 = next_block;
+            next_block += bd->n_blocks;
+            msadb_docrec rec = {0};
+            rec.space_id = g->rec.id;
+            rec.n_tokens = bd->n_tokens;
+            rec.n_blocks = bd->n_blocks;
+            rec.first_block = blk0;
+            rec.first_slot = g->rec.n_slots;
+            rec.created = bd->created;
+            rec.text_len = bd->text_len;
+            rec.meta_len = bd->meta_len;
+            rec.title_len = bd->title_len;
+            rec.expires = bd->expires;
+            if (bd->expires && (rc = msadb_meta_raise_format(txn, st, MSADB_FORMAT_EXPIRY)))
+                goto out;
+            rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
+                        (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
+                        (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0) | (bd->key_len ? DOC_F_KEY : 0);
+            if ((rc = write_doc_blocks(st, txn, b, bd, g->rec.id, blk0)) ||
+                (rc = write_doc_record(st, txn, b, bd, id, &rec)) || (rc = group_add_doc(st, b, bd, g, id, blk0)))
+                goto out;
+            if (a->ids)
+                a->ids[at] = id;
         }
-        space_group *g = find_group(&groups, &n_groups, st, txn, bd->space, &rc);
-        if (!g)
-            goto out;
-        uint64_t id = next_doc + written++, blk0 = next_block;
-        next_block += bd->n_blocks;
-        msadb_docrec rec = {0};
-        rec.space_id = g->rec.id;
-        rec.n_tokens = bd->n_tokens;
-        rec.n_blocks = bd->n_blocks;
-        rec.first_block = blk0;
-        rec.first_slot = g->rec.n_slots;
-        rec.created = bd->created;
-        rec.text_len = bd->text_len;
-        rec.meta_len = bd->meta_len;
-        rec.title_len = bd->title_len;
-        rec.expires = bd->expires;
-        if (bd->expires && (rc = msadb_meta_raise_format(txn, st, MSADB_FORMAT_EXPIRY)))
-            goto out;
-        rec.flags = (bd->text_len ? DOC_F_TEXT : 0) | (bd->meta_len ? DOC_F_META : 0) |
-                    (bd->title_len ? DOC_F_TITLE : 0) | (bd->ids_off != (size_t)-1 ? DOC_F_TOKENS : 0) |
-                    (bd->spans_off != (size_t)-1 ? DOC_F_SPANS : 0) | (bd->key_len ? DOC_F_KEY : 0);
-        if ((rc = write_doc_blocks(st, txn, b, bd, g->rec.id, blk0)) ||
-            (rc = write_doc_record(st, txn, b, bd, id, &rec)) || (rc = group_add_doc(st, b, bd, g, id, blk0)))
-            goto out;
-        if (a->ids)
-            a->ids[i] = id;
     }
     for (size_t i = 0; i < n_groups; i++)
         if ((rc = write_pages(st, txn, &groups[i], &page_buf)) ||
@@ -718,39 +898,141 @@ out:
     return rc;
 }
 
-/* Writes what the batch holds in one transaction, counts it and tells
- * on_commit; the batch still holds the documents afterwards. */
-static int batch_write(msadb_batch *b, uint64_t *doc_ids)
+/* Writes the documents of one or two chunks in one transaction, their ids
+ * into c[0]->ids (sized here). */
+static int write_chunks(msadb_store *st, chunk *c0, chunk *c1)
 {
-    if (!b->n_docs && !b->n_del)
-        return 0;
-    if (!doc_ids && b->on_commit) {
-        if (msadb_grow(&b->ids, &b->cap_ids, b->n_docs, sizeof *b->ids, 64))
-            return MSADB_ENOMEM;
-        doc_ids = b->ids;
+    struct commit_args a = {{c0, c1}, c1 ? 2 : 1, NULL};
+    size_t n = c0->n_docs + (c1 ? c1->n_docs : 0);
+    if (msadb_grow(&c0->ids, &c0->cap_ids, n + 1, sizeof *c0->ids, 64))
+        return MSADB_ENOMEM;
+    a.ids = c0->ids;
+    return msadb_write(st, commit_fn, &a);
+}
+
+/* After a successful commit of n documents (ids): counts it, drops the
+ * memory map's pages from resident memory and tells on_commit. */
+static void committed(msadb_batch *b, const chunk *c0, const chunk *c1, const uint64_t *ids, size_t n)
+{
+    for (int ci = 0; ci < 2; ci++) {
+        const chunk *c = ci ? c1 : c0;
+        for (size_t i = 0; c && i < c->n_docs; i++)
+            if (c->docs[i].key_len && b->st->format < MSADB_FORMAT_DOCKEYS)
+                b->st->format = MSADB_FORMAT_DOCKEYS;
     }
-    struct commit_args a = {b, doc_ids};
-    int rc = msadb_write(b->st, commit_fn, &a);
-    if (rc)
-        return rc;
-    b->n_del = 0; /* the deletions are done, in the first commit */
-    for (size_t i = 0; i < b->n_docs; i++)
-        if (b->docs[i].key_len && b->st->format < MSADB_FORMAT_DOCKEYS)
-            b->st->format = MSADB_FORMAT_DOCKEYS;
-    b->committed += b->n_docs;
+    b->committed += n;
     b->commits++;
     if (b->max_docs || b->max_tokens || b->max_bytes)
         msadb_map_release(b->st);
     if (b->on_commit)
-        b->on_commit(doc_ids, b->n_docs, b->user);
+        b->on_commit(ids, n, b->user);
+}
+
+/* The writer thread: commits the chunk it is handed (b->fl) in the
+ * background, while the caller's thread encodes the next one. */
+static void *writer_main(void *arg)
+{
+    msadb_batch *b = arg;
+    pthread_mutex_lock(&b->mu);
+    for (;;) {
+        while (!b->fl_busy && !b->quit)
+            pthread_cond_wait(&b->cv, &b->mu);
+        if (b->quit)
+            break;
+        pthread_mutex_unlock(&b->mu);
+        int rc = write_chunks(b->st, &b->fl, NULL);
+        pthread_mutex_lock(&b->mu);
+        b->fl_rc = rc;
+        b->fl_busy = 0;
+        pthread_cond_broadcast(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+/* Waits for the writer thread's commit, if one is under way.  Done: the
+ * chunk is counted, reported and emptied.  Failed: its error is returned
+ * and the chunk stays held (the next flush writes it again). */
+static int collect(msadb_batch *b)
+{
+    if (!b->fl_sent)
+        return 0;
+    pthread_mutex_lock(&b->mu);
+    while (b->fl_busy)
+        pthread_cond_wait(&b->cv, &b->mu);
+    int rc = b->fl_rc;
+    b->fl_rc = 0;
+    pthread_mutex_unlock(&b->mu);
+    b->fl_sent = 0;
+    if (rc)
+        return rc;
+    committed(b, &b->fl, NULL, b->fl.ids, b->fl.n_docs);
+    chunk_clear(&b->fl);
     return 0;
+}
+
+/* Hands what the batch holds to the writer thread (started on first use)
+ * and keeps filling the chunk it wrote last. */
+static int write_behind(msadb_batch *b)
+{
+    if (!b->writer_on) {
+        if (pthread_create(&b->writer, NULL, writer_main, b) != 0)
+            return MSADB_ENOMEM;
+        b->writer_on = 1;
+    }
+    chunk t = b->fl;
+    b->fl = b->cur;
+    b->cur = t;
+    b->fl_sent = 1;
+    pthread_mutex_lock(&b->mu);
+    b->fl_busy = 1;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+/* Writes everything the batch holds in one transaction (a chunk left by a
+ * failed background commit first), counts it and tells on_commit; on
+ * success the batch is empty.  ids, if not NULL, gets the ids. */
+static int write_held(msadb_batch *b, uint64_t *ids)
+{
+    int two = chunk_held(&b->fl);
+    chunk *c0 = two ? &b->fl : &b->cur, *c1 = two ? &b->cur : NULL;
+    if (!chunk_held(c0) && !(c1 && chunk_held(c1)))
+        return 0;
+    if (two && b->cur.n_del && (chunk_delete(&b->fl, b->cur.del, b->cur.n_del)))
+        return MSADB_ENOMEM;
+    int rc = write_chunks(b->st, c0, c1);
+    if (rc)
+        return rc;
+    size_t n = c0->n_docs + (c1 ? c1->n_docs : 0);
+    if (ids && n)
+        memcpy(ids, c0->ids, n * sizeof *ids);
+    committed(b, c0, c1, c0->ids, n);
+    chunk_clear(&b->fl);
+    chunk_clear(&b->cur);
+    return 0;
+}
+
+/* A commit that msadb_batch_add() makes by itself: in the background when
+ * the batch has more than one thread and the last one went well. */
+static int auto_flush(msadb_batch *b)
+{
+    int rc = collect(b);
+    if (rc)
+        return rc; /* the document is not added; the failed chunk is still held */
+    if (b->threads > 1 && !chunk_held(&b->fl))
+        return write_behind(b);
+    return write_held(b, NULL);
 }
 
 int msadb_batch_commit(msadb_batch *b, uint64_t *doc_ids)
 {
     if (!b)
         return MSADB_EINVAL;
-    int rc = batch_write(b, doc_ids);
+    /* a background commit that ends here goes to on_commit only */
+    collect(b); /* an error: the chunk is still held, and written again below */
+    int rc = write_held(b, doc_ids);
     msadb_batch_abort(b);
     return rc;
 }
@@ -759,13 +1041,34 @@ int msadb_batch_flush(msadb_batch *b)
 {
     if (!b)
         return MSADB_EINVAL;
-    int rc = batch_write(b, NULL);
-    if (rc)
-        return rc;
-    b->n_docs = 0;
-    b->arena.len = 0;
-    b->held_tokens = 0;
-    return 0;
+    collect(b); /* an error: the chunk is still held, and written again below */
+    return write_held(b, NULL);
+}
+
+void msadb_batch_abort(msadb_batch *b)
+{
+    if (!b)
+        return;
+    if (b->writer_on) {
+        collect(b); /* a commit under way finishes (and is reported) */
+        pthread_mutex_lock(&b->mu);
+        b->quit = 1;
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+        pthread_join(b->writer, NULL);
+    }
+    pool_stop(b);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->pool_mu);
+    pthread_cond_destroy(&b->pool_go);
+    pthread_cond_destroy(&b->pool_done);
+    for (int i = 0; i < MAX_INGEST_THREADS; i++)
+        encoder_free(&b->enc[i]);
+    chunk_free(&b->cur);
+    chunk_free(&b->fl);
+    free(b->owner);
+    free(b);
 }
 
 int msadb_batch_set_flush(msadb_batch *b, size_t max_docs, uint64_t max_tokens, size_t max_bytes,
@@ -786,9 +1089,9 @@ int msadb_batch_status_get(const msadb_batch *b, msadb_batch_status *out)
     if (!b || !out)
         return MSADB_EINVAL;
     memset(out, 0, sizeof *out);
-    out->held = b->n_docs;
-    out->held_tokens = b->held_tokens;
-    out->held_bytes = b->arena.len;
+    out->held = b->cur.n_docs + b->fl.n_docs;
+    out->held_tokens = b->cur.held_tokens + b->fl.held_tokens;
+    out->held_bytes = b->cur.arena.len + b->fl.arena.len;
     out->committed = b->committed;
     out->commits = b->commits;
     out->duplicates = b->duplicates;

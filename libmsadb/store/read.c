@@ -99,13 +99,16 @@ static int snap_ok(msadb_snapshot *s) { return s && s->txn; }
 static int doc_visible(msadb_snapshot *s, uint64_t id, msadb_docrec *r)
 {
     int rc = msadb_doc_lookup(s->txn, s->st, id, r);
+    if (rc == MSADB_EKEY && msadb_scope_id(s->st, r->space_id))
+        return MSADB_ESCOPE; /* outside the scope, whether or not its space is keyed */
     if (!rc && !msadb_docrec_live(r, msadb_time_now()))
         rc = MSADB_ENOTFOUND;
-    return rc;
+    return rc ? rc : msadb_scope_id(s->st, r->space_id);
 }
 
 /* Reads a docdata record into buf (decrypting), or just its length. */
-int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf, size_t cap, size_t *len)
+int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint32_t space, uint8_t kind, void *buf, size_t cap,
+                       size_t *len)
 {
     msadb_store *st = s->st;
     uint8_t k[9];
@@ -134,7 +137,7 @@ int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf,
     }
     uint8_t ad[26];
     msadb_docdata_ad(st, doc, kind, ad);
-    return msadb_unseal(st->key, ad, sizeof ad, v.mv_data, v.mv_size, buf);
+    return msadb_unseal(msadb_space_seal_key(st, space), ad, sizeof ad, v.mv_data, v.mv_size, buf);
 }
 
 static int msadb_doc_info_fill(msadb_snapshot *s, uint64_t id, const msadb_docrec *r, msadb_doc_info *out)
@@ -156,7 +159,7 @@ static int msadb_doc_info_fill(msadb_snapshot *s, uint64_t id, const msadb_docre
         return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
     if (r->flags & DOC_F_TITLE) {
         size_t n = 0;
-        rc = msadb_docdata_read(s, id, DD_TITLE, out->title, MSADB_TITLE_MAX, &n);
+        rc = msadb_docdata_read(s, id, r->space_id, DD_TITLE, out->title, MSADB_TITLE_MAX, &n);
         if (rc)
             return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
         out->title[n] = 0;
@@ -168,7 +171,14 @@ int msadb_doc_find_key(msadb_snapshot *s, const void *key, size_t len, uint64_t 
 {
     if (!snap_ok(s) || !key || len < 1 || len > MSADB_DOCKEY_MAX || !doc_id)
         return MSADB_EINVAL;
-    return msadb_dockey_get(s->txn, s->st, key, len, doc_id);
+    int rc = msadb_dockey_get(s->txn, s->st, key, len, doc_id);
+    if (rc || (!s->st->scoped && !s->st->encrypted))
+        return rc;
+    msadb_docrec r; /* a document of another space, or of a keyed space without its key */
+    rc = msadb_doc_lookup(s->txn, s->st, *doc_id, &r);
+    if (rc == MSADB_ENOTFOUND)
+        return MSADB_ECORRUPT;
+    return (rc == 0 || rc == MSADB_EKEY) && msadb_scope_id(s->st, r.space_id) ? MSADB_ESCOPE : rc;
 }
 
 int msadb_doc_get(msadb_snapshot *s, uint64_t id, msadb_doc_info *out)
@@ -216,10 +226,12 @@ int msadb_doc_list_where(msadb_snapshot *s, const char *space, const char *const
         return rc;
     if (space) {
         msadb_spacerec sr;
-        if ((rc = msadb_space_get_txn(s->txn, s->st, space, &sr)))
+        if ((rc = msadb_scope_name(s->st, space)) || (rc = msadb_space_get_txn(s->txn, s->st, space, &sr)) ||
+            (rc = msadb_scope_id(s->st, sr.id)) || (rc = msadb_space_access(s->st, &sr)))
             return rc;
         c.space = sr.id;
-    }
+    } else if (s->st->scoped)
+        c.space = s->st->scope_id;
     return msadb_docs_each(s->txn, s->st, list_one, &c);
 }
 
@@ -231,7 +243,7 @@ static int docdata_copy(msadb_snapshot *s, uint64_t id, uint8_t kind, void *buf,
     int rc = doc_visible(s, id, &r);
     if (rc)
         return rc;
-    rc = msadb_docdata_read(s, id, kind, buf, cap, len);
+    rc = msadb_docdata_read(s, id, r.space_id, kind, buf, cap, len);
     if (rc == MSADB_ENOTFOUND) { /* a document without text/meta has length 0 */
         *len = 0;
         return 0;
@@ -262,11 +274,11 @@ int msadb_doc_tokens(msadb_snapshot *s, uint64_t id, int32_t *ids, int64_t *span
     if ((ids && !(r.flags & DOC_F_TOKENS)) || (spans && !(r.flags & DOC_F_SPANS)))
         return MSADB_ENOTFOUND;
     size_t n;
-    if (ids && (rc = msadb_docdata_read(s, id, DD_TOKENS, ids, (size_t)r.n_tokens * 4, &n)))
+    if (ids && (rc = msadb_docdata_read(s, id, r.space_id, DD_TOKENS, ids, (size_t)r.n_tokens * 4, &n)))
         return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
     if (ids && n != r.n_tokens * 4)
         return MSADB_ECORRUPT;
-    if (spans && (rc = msadb_docdata_read(s, id, DD_SPANS, spans, (size_t)r.n_tokens * 16, &n)))
+    if (spans && (rc = msadb_docdata_read(s, id, r.space_id, DD_SPANS, spans, (size_t)r.n_tokens * 16, &n)))
         return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
     if (spans && n != r.n_tokens * 16)
         return MSADB_ECORRUPT;
@@ -294,7 +306,8 @@ int msadb_snap_block(msadb_snapshot *s, uint32_t space_id, uint64_t block_id, ui
     uint8_t ad[32];
     msadb_block_ad(st, space_id, plane, block_id, ad);
     return msadb_block_decode(s->codec, part, part_len, st->sig.head_dim, st->sig.block_size,
-                              st->encrypted ? st->key : NULL, ad, sizeof ad, K, V, n_tok);
+                              st->encrypted ? msadb_space_seal_key(st, space_id) : NULL, ad, sizeof ad, K, V,
+                              n_tok);
 }
 
 int msadb_doc_kv(msadb_snapshot *s, uint64_t id, uint32_t plane, float *K, float *V)
@@ -328,10 +341,25 @@ int msadb_snap_space_id(msadb_snapshot *s, const char *name, uint32_t *id)
     if (!snap_ok(s) || !id)
         return MSADB_EINVAL;
     msadb_spacerec sr;
-    int rc = msadb_space_get_txn(s->txn, s->st, name, &sr);
-    if (!rc)
+    int rc = msadb_scope_name(s->st, name);
+    if (!rc && !(rc = msadb_space_get_txn(s->txn, s->st, name, &sr)) && !(rc = msadb_scope_id(s->st, sr.id)) &&
+        !(rc = msadb_space_access(s->st, &sr)))
         *id = sr.id;
     return rc;
+}
+
+/* Whether space id is keyed and this handle lacks its key. */
+static int space_locked(msadb_snapshot *s, uint32_t id, int *locked)
+{
+    char name[MSADB_NAME_MAX + 1];
+    msadb_spacerec sr;
+    int rc = msadb_space_name_txn(s->txn, s->st, id, name);
+    if (!rc)
+        rc = msadb_space_get_txn(s->txn, s->st, name, &sr);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    *locked = msadb_space_access(s->st, &sr) != 0;
+    return 0;
 }
 
 int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n)
@@ -349,6 +377,13 @@ int msadb_snap_space_ids(msadb_snapshot *s, uint32_t *ids, size_t cap, size_t *n
             rc = MSADB_ECORRUPT;
             break;
         }
+        if (msadb_scope_id(s->st, msadb_get_be32(k.mv_data)))
+            continue;
+        int locked = 0;
+        if (s->st->encrypted && (rc = space_locked(s, msadb_get_be32(k.mv_data), &locked)))
+            break;
+        if (locked) /* a keyed space without its key: out of every query */
+            continue;
         if (ids && cnt < cap)
             ids[cnt] = msadb_get_be32(k.mv_data);
         cnt++;

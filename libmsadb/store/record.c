@@ -30,6 +30,8 @@ int msadb_dbi_open(msadb_store *st, MDB_txn *txn, const char *name, unsigned fla
     st->db_seal[*dbi] = 0;
     for (size_t i = 0; i < sizeof sealed / sizeof sealed[0]; i++)
         st->db_seal[*dbi] |= strcmp(name, sealed[i]) == 0;
+    /* keys starting with a space id: sealed with that space's key when keyed */
+    st->db_spaced[*dbi] = !strcmp(name, "slots") || !strcmp(name, "summ") || !strcmp(name, "route");
     return 0;
 }
 
@@ -49,6 +51,15 @@ static int macced(const msadb_store *st, MDB_dbi dbi)
 int msadb_rec_sealed(const msadb_store *st, MDB_dbi dbi)
 {
     return st->rec_mac && dbi < MSADB_MAX_DBI && st->db_seal[dbi];
+}
+
+/* The key a sealed record is sealed with: its space's own for a page of a
+ * keyed space whose key this handle holds (tenant.c), else the store's. */
+static const uint8_t *seal_key(const msadb_store *st, MDB_dbi dbi, const MDB_val *k)
+{
+    if (!st->db_spaced[dbi] || k->mv_size < 4 || !st->n_space_keys)
+        return st->key;
+    return msadb_space_seal_key(st, msadb_get_be32(k->mv_data));
 }
 
 /* The binding of a record: store id, database name, record key
@@ -84,7 +95,7 @@ int msadb_rec_unseal(const msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_v
     if (v->mv_size < MSADB_SEAL_OVERHEAD)
         return MSADB_EAUTH;
     uint8_t ad[AD_MAX];
-    if (msadb_unseal(st->key, ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, out))
+    if (msadb_unseal(seal_key(st, dbi, k), ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, out))
         return MSADB_EAUTH;
     v->mv_data = out;
     v->mv_size -= MSADB_SEAL_OVERHEAD;
@@ -197,7 +208,7 @@ static int sealed_put(MDB_txn *txn, msadb_store *st, MDB_dbi dbi, const MDB_val 
         return 0;
     }
     uint8_t ad[AD_MAX];
-    return msadb_seal(st->key, ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, r.mv_data);
+    return msadb_seal(seal_key(st, dbi, k), ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, r.mv_data);
 }
 
 int msadb_rec_put(MDB_txn *txn, msadb_store *st, MDB_dbi dbi, const MDB_val *k, MDB_val *v, unsigned flags)
@@ -227,7 +238,7 @@ void msadb_rec_seal(msadb_store *st, MDB_dbi dbi, const MDB_val *k, const MDB_va
 {
     if (msadb_rec_sealed(st, dbi)) {
         uint8_t ad[AD_MAX];
-        msadb_seal(st->key, ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, st->seal_dst);
+        msadb_seal(seal_key(st, dbi, k), ad, rec_binding(st, dbi, k, ad), v->mv_data, v->mv_size, st->seal_dst);
         st->seal_dst = NULL;
     } else if (macced(st, dbi))
         rec_mac(st, dbi, k, v->mv_data, v->mv_size, (uint8_t *)v->mv_data + v->mv_size);

@@ -429,9 +429,11 @@ static int keycheck_ad(const msadb_store *st, uint8_t *ad)
 
 static void derive_mac_key(msadb_store *st)
 {
-    static const char label[] = "msadb meta mac v1";
+    static const char label[] = "msadb meta mac v1", names[] = "msadb space name v1";
     crypto_generichash(st->mac_key, sizeof st->mac_key, (const uint8_t *)label, sizeof label - 1,
                        st->key, sizeof st->key);
+    crypto_generichash(st->name_key, sizeof st->name_key, (const uint8_t *)names, sizeof names - 1, st->key,
+                       sizeof st->key);
     msadb_rec_key_derive(st);
 }
 
@@ -525,6 +527,14 @@ static int setup_crypto_open(msadb_store *st, MDB_txn *txn, const msadb_options 
         return rc;
     if (mv.mv_size != sizeof mac || sodium_memcmp(mac, mv.mv_data, sizeof mac) != 0)
         return MSADB_EAUTH;
+    /* hidden space names (authenticated by the meta MAC just checked) */
+    if ((rc = get_meta(txn, st, "space_names", &mv)) == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (mv.mv_size != 4 || msadb_get_le32(mv.mv_data) != 1 || !st->rec_mac)
+        return MSADB_ECORRUPT;
+    st->hashed_names = 1;
     return 0;
 }
 
@@ -580,6 +590,13 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     if ((rc = setup_crypto_create(st, txn, opt)))
         goto fail;
     st->format = MSADB_FORMAT_DOCKEYS;
+    if (st->encrypted) { /* space names hidden: keyed hashes as the keys of `spaces` (format 5) */
+        msadb_put_le32(u32, 1);
+        if ((rc = put_meta(txn, st, "space_names", u32, 4)) ||
+            (rc = msadb_meta_raise_format(txn, st, MSADB_FORMAT_SPACEKEYS)))
+            goto fail;
+        st->hashed_names = 1;
+    }
     if ((rc = msadb_route_create(st, txn)))
         goto fail;
     if ((rc = msadb_space_create_txn(st, txn, "default", NULL)))
@@ -593,7 +610,7 @@ int msadb_create(const char *path, const msadb_signature *sig, const msadb_optio
     if (rc)
         goto fail;
     st->has_dockeys = 1;
-    st->format = MSADB_FORMAT_DOCKEYS;
+    st->format = st->hashed_names ? MSADB_FORMAT_SPACEKEYS : MSADB_FORMAT_DOCKEYS;
     *out = st;
     return 0;
 fail:
@@ -837,31 +854,37 @@ int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d)
 }
 
 struct docs_each_ctx {
+    const msadb_store *st;
     int (*fn)(uint64_t id, const msadb_docrec *r, void *ud);
     void *ud;
 };
 
+/* Documents of keyed spaces whose key this handle lacks are skipped. */
 static int docs_each_one(const MDB_val *k, const MDB_val *v, void *ud)
 {
     struct docs_each_ctx *c = ud;
     msadb_docrec r;
-    if (k->mv_size != 8 || msadb_docrec_decode(v->mv_data, v->mv_size, &r))
+    if (k->mv_size != 8)
         return MSADB_ECORRUPT;
-    return c->fn(msadb_get_be64(k->mv_data), &r, c->ud);
+    uint64_t id = msadb_get_be64(k->mv_data);
+    int rc = msadb_docrec_open(c->st, id, v->mv_data, v->mv_size, &r);
+    if (rc == MSADB_EKEY)
+        return 0;
+    return rc ? rc : c->fn(id, &r, c->ud);
 }
 
 int msadb_docs_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint64_t id, const msadb_docrec *r, void *ud),
                     void *ud)
 {
-    struct docs_each_ctx c = {fn, ud};
+    struct docs_each_ctx c = {st, fn, ud};
     return msadb_rec_each(txn, st, st->db_docs, docs_each_one, &c);
 }
 
 int msadb_docrec_put(MDB_txn *txn, msadb_store *st, uint64_t id, const msadb_docrec *d, unsigned flags)
 {
-    uint8_t k[8], rb[DOC_REC_BYTES_V2];
+    uint8_t k[8], rb[DOC_REC_BYTES_MAX];
     msadb_key_doc(k, id);
-    MDB_val kv = {8, k}, v = {msadb_docrec_encode(d, rb), rb};
+    MDB_val kv = {8, k}, v = {msadb_docrec_store(st, id, d, rb), rb};
     return msadb_rec_put(txn, st, st->db_docs, &kv, &v, flags);
 }
 
@@ -869,43 +892,56 @@ int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d
 {
     uint8_t k[8];
     msadb_key_doc(k, id);
-    MDB_val kv = {8, k}, v;
-    uint8_t rec[DOC_REC_BYTES_V2];
+    MDB_val kv = {8, k};
+    uint8_t rec[DOC_REC_BYTES_MAX];
     size_t len = 0;
     int rc = msadb_rec_get_into(txn, st, st->db_docs, &kv, rec, sizeof rec, &len);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
     if (rc)
         return rc;
-    (void)v;
-    return msadb_docrec_decode(rec, len, d);
+    return msadb_docrec_open(st, id, rec, len, d);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Spaces                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Space record: id u32, pad u32, n_docs u64, n_tokens u64, n_slots u64. */
+/* Space record: id u32, flags u32, n_docs u64, n_tokens u64, n_slots u64;
+ * a keyed space's (flags & SPACE_F_KEYED, format 5) adds its key info. */
 #define SPACE_REC_BYTES 32
+#define SPACE_REC_BYTES_KEYED (SPACE_REC_BYTES + SPACE_KEYINFO_BYTES)
 
-static void spacerec_encode(const msadb_spacerec *s, uint8_t *p)
+static size_t spacerec_encode(const msadb_spacerec *s, uint8_t *p)
 {
     memset(p, 0, SPACE_REC_BYTES);
     msadb_put_le32(p, s->id);
+    msadb_put_le32(p + 4, s->flags);
     msadb_put_le64(p + 8, s->n_docs);
     msadb_put_le64(p + 16, s->n_tokens);
     msadb_put_le64(p + 24, s->n_slots);
+    if (!(s->flags & SPACE_F_KEYED))
+        return SPACE_REC_BYTES;
+    memcpy(p + SPACE_REC_BYTES, s->keyinfo, SPACE_KEYINFO_BYTES);
+    return SPACE_REC_BYTES_KEYED;
 }
 
 static int spacerec_decode(const MDB_val *v, msadb_spacerec *s)
 {
-    if (v->mv_size != SPACE_REC_BYTES)
-        return MSADB_ECORRUPT;
     const uint8_t *p = v->mv_data;
+    if (v->mv_size < SPACE_REC_BYTES)
+        return MSADB_ECORRUPT;
+    memset(s, 0, sizeof *s);
     s->id = msadb_get_le32(p);
+    s->flags = msadb_get_le32(p + 4);
     s->n_docs = msadb_get_le64(p + 8);
     s->n_tokens = msadb_get_le64(p + 16);
     s->n_slots = msadb_get_le64(p + 24);
+    if (s->flags & ~SPACE_F_KEYED ||
+        v->mv_size != (s->flags & SPACE_F_KEYED ? SPACE_REC_BYTES_KEYED : SPACE_REC_BYTES))
+        return MSADB_ECORRUPT;
+    if (s->flags & SPACE_F_KEYED)
+        memcpy(s->keyinfo, p + SPACE_REC_BYTES, SPACE_KEYINFO_BYTES);
     return 0;
 }
 
@@ -923,12 +959,47 @@ int msadb_space_name_valid(const char *name)
     return 1;
 }
 
+MDB_val msadb_space_dbkey(const msadb_store *st, const char *name, uint8_t h[32])
+{
+    MDB_val k = {strlen(name), (void *)name};
+    if (st->hashed_names) {
+        crypto_generichash(h, 32, (const uint8_t *)name, k.mv_size, st->name_key, sizeof st->name_key);
+        k.mv_size = 32;
+        k.mv_data = h;
+    }
+    return k;
+}
+
+struct names_each_ctx {
+    int (*fn)(uint32_t id, const char *name, void *ud);
+    void *ud;
+};
+
+static int names_each_one(const MDB_val *k, const MDB_val *v, void *ud)
+{
+    struct names_each_ctx *c = ud;
+    char name[MSADB_NAME_MAX + 1];
+    if (k->mv_size != 4 || v->mv_size < 1 || v->mv_size > MSADB_NAME_MAX)
+        return MSADB_ECORRUPT;
+    memcpy(name, v->mv_data, v->mv_size);
+    name[v->mv_size] = 0;
+    return msadb_space_name_valid(name) ? c->fn(msadb_get_be32(k->mv_data), name, c->ud) : MSADB_ECORRUPT;
+}
+
+int msadb_space_names_each(MDB_txn *txn, msadb_store *st, int (*fn)(uint32_t id, const char *name, void *ud),
+                           void *ud)
+{
+    struct names_each_ctx c = {fn, ud};
+    return msadb_rec_each(txn, st, st->db_spaceids, names_each_one, &c);
+}
+
 int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec)
 {
     if (!msadb_space_name_valid(name))
         return MSADB_EINVAL;
-    MDB_val k = {strlen(name), (void *)name}, v;
-    uint8_t buf[SPACE_REC_BYTES];
+    uint8_t h[32];
+    MDB_val k = msadb_space_dbkey(st, name, h), v;
+    uint8_t buf[SPACE_REC_BYTES_KEYED];
     int rc = msadb_rec_get_into(txn, st, st->db_spaces, &k, buf, sizeof buf, &v.mv_size);
     if (rc == MDB_NOTFOUND)
         return MSADB_ENOTFOUND;
@@ -938,9 +1009,8 @@ int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_s
 
 int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec)
 {
-    uint8_t buf[SPACE_REC_BYTES];
-    spacerec_encode(rec, buf);
-    MDB_val k = {strlen(name), (void *)name}, v = {SPACE_REC_BYTES, buf};
+    uint8_t buf[SPACE_REC_BYTES_KEYED], h[32];
+    MDB_val k = msadb_space_dbkey(st, name, h), v = {spacerec_encode(rec, buf), buf};
     return msadb_rec_put(txn, st, st->db_spaces, &k, &v, 0);
 }
 
@@ -1088,6 +1158,8 @@ int msadb_space_create(msadb_store *st, const char *name, uint32_t *id_out)
 {
     if (!st || !msadb_space_name_valid(name))
         return MSADB_EINVAL;
+    if (st->scoped)
+        return MSADB_ESCOPE;
     struct space_create_args a = {name, 0};
     int rc = msadb_write(st, space_create_fn, &a);
     if (!rc && id_out)
@@ -1095,47 +1167,101 @@ int msadb_space_create(msadb_store *st, const char *name, uint32_t *id_out)
     return rc;
 }
 
-static void space_info_fill(msadb_space_info *info, const char *name, size_t len, const msadb_spacerec *r)
+int msadb_scope_name(const msadb_store *st, const char *name)
+{
+    return st->scoped && strcmp(name, st->scope_name) != 0 ? MSADB_ESCOPE : 0;
+}
+
+int msadb_scope_id(const msadb_store *st, uint32_t id)
+{
+    return st->scoped && id != st->scope_id ? MSADB_ESCOPE : 0;
+}
+
+int msadb_space_read(msadb_store *st, const char *name, msadb_spacerec *rec)
+{
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    rc = msadb_space_get_txn(txn, st, name, rec);
+    msadb_txn_done(st, txn);
+    return rc;
+}
+
+int msadb_store_scope(msadb_store *st, const char *name)
+{
+    if (!st || !msadb_space_name_valid(name))
+        return MSADB_EINVAL;
+    msadb_spacerec rec;
+    int rc = msadb_space_read(st, name, &rec);
+    if (rc)
+        return rc;
+    if (st->scoped)
+        return st->scope_id == rec.id && strcmp(st->scope_name, name) == 0 ? 0 : MSADB_ESCOPE;
+    snprintf(st->scope_name, sizeof st->scope_name, "%s", name);
+    st->scope_id = rec.id;
+    st->scoped = 1;
+    return 0;
+}
+
+static void space_info_fill(const msadb_store *st, msadb_space_info *info, const char *name, size_t len,
+                            const msadb_spacerec *r)
 {
     memset(info, 0, sizeof *info);
     info->id = r->id;
     memcpy(info->name, name, len);
     info->n_documents = r->n_docs;
     info->n_tokens = r->n_tokens;
+    info->keyed = (r->flags & SPACE_F_KEYED) != 0;
+    info->locked = msadb_space_access(st, r) != 0;
 }
 
 int msadb_space_get(msadb_store *st, const char *name, msadb_space_info *out)
 {
     if (!st || !out || !msadb_space_name_valid(name))
         return MSADB_EINVAL;
-    MDB_txn *txn;
-    int rc = msadb_txn_read(st, &txn);
-    if (rc)
-        return rc;
+    if (msadb_scope_name(st, name))
+        return MSADB_ESCOPE;
     msadb_spacerec rec;
-    rc = msadb_space_get_txn(txn, st, name, &rec);
+    int rc = msadb_space_read(st, name, &rec);
     if (!rc)
-        space_info_fill(out, name, strlen(name), &rec);
-    msadb_txn_done(st, txn);
+        rc = msadb_scope_id(st, rec.id);
+    if (!rc)
+        space_info_fill(st, out, name, strlen(name), &rec);
     return rc;
 }
 
 struct space_list_ctx {
-    int (*cb)(const msadb_space_info *, void *);
-    void *ud;
+    msadb_store *st;
+    MDB_txn *txn;
+    msadb_space_info *infos;
+    size_t n, cap;
 };
 
-static int space_list_one(const MDB_val *k, const MDB_val *v, void *ud)
+static int space_list_one(uint32_t id, const char *name, void *ud)
 {
     struct space_list_ctx *c = ud;
     msadb_spacerec rec;
-    msadb_space_info info;
-    if (k->mv_size < 1 || k->mv_size > MSADB_NAME_MAX || spacerec_decode(v, &rec))
+    int rc = msadb_space_get_txn(c->txn, c->st, name, &rec);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? MSADB_ECORRUPT : rc;
+    if (rec.id != id)
         return MSADB_ECORRUPT;
-    space_info_fill(&info, k->mv_data, k->mv_size, &rec);
-    return c->cb(&info, c->ud);
+    if (msadb_scope_id(c->st, rec.id))
+        return 0;
+    if (msadb_grow(&c->infos, &c->cap, c->n + 1, sizeof *c->infos, 8))
+        return MSADB_ENOMEM;
+    space_info_fill(c->st, &c->infos[c->n++], name, strlen(name), &rec);
+    return 0;
 }
 
+static int info_name_cmp(const void *a, const void *b)
+{
+    return strcmp(((const msadb_space_info *)a)->name, ((const msadb_space_info *)b)->name);
+}
+
+/* Walks the names (`spaceids`), not the keys of `spaces`: those are keyed
+ * hashes in a store with hidden names. */
 int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *), void *ud)
 {
     if (!st || !cb)
@@ -1144,11 +1270,51 @@ int msadb_space_list(msadb_store *st, int (*cb)(const msadb_space_info *, void *
     int rc = msadb_txn_read(st, &txn);
     if (rc)
         return rc;
-    struct space_list_ctx c = {cb, ud};
-    rc = msadb_rec_each(txn, st, st->db_spaces, space_list_one, &c);
+    struct space_list_ctx c = {st, txn, NULL, 0, 0};
+    rc = msadb_space_names_each(txn, st, space_list_one, &c);
     msadb_txn_done(st, txn);
+    if (!rc)
+        qsort(c.infos, c.n, sizeof *c.infos, info_name_cmp);
+    for (size_t i = 0; !rc && i < c.n; i++)
+        rc = cb(&c.infos[i], ud);
+    free(c.infos);
     return rc;
 }
+
+/* Records that fail authentication or do not decode are left to verify,
+ * which reports them by name. */
+int msadb_spaces_open(msadb_store *st)
+{
+    MDB_txn *txn;
+    int rc = msadb_txn_read(st, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
+        msadb_txn_done(st, txn);
+        return rc;
+    }
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        msadb_spacerec r;
+        int orc = msadb_rec_open(st, st->db_spaces, &k, &v, &buf, &cap);
+        if (orc == MSADB_ENOMEM) {
+            rc = orc;
+            break;
+        }
+        if (!orc && !spacerec_decode(&v, &r) && msadb_space_access(st, &r)) {
+            rc = MSADB_EKEY;
+            break;
+        }
+    }
+    free(buf);
+    mdb_cursor_close(cur);
+    msadb_txn_done(st, txn);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 
 /* ------------------------------------------------------------------------ */
 /* Statistics                                                               */

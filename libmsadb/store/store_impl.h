@@ -15,6 +15,10 @@
 #define MSADB_DEFAULT_MAP_SIZE (64ull << 30) /* virtual address space only; the file grows as used */
 #define MSADB_MAX_DBI 32       /* LMDB handles below this (maxdbs 16, plus LMDB's own two) */
 #define MSADB_REC_MAC_BYTES 16 /* the MAC ending each record value (record.c) */
+/* Per-space keys (store/tenant.c, docs/format.md *Per-space keys*). */
+#define SPACE_F_KEYED 1u
+#define SPACE_KEYINFO_BYTES 68 /* mode u32, opslimit u64, memlimit u64, salt[16], key check[32] */
+
 
 struct msadb_store {
     MDB_env *env;
@@ -34,15 +38,26 @@ struct msadb_store {
     int kc_pending;  /* the version a write transaction in flight writes, 0 if none */
     int rec_mac;     /* every record carries a MAC (keycheck v3; record.c) */
     uint8_t rec_key[32];                /* record MAC key, derived from key */
+    int hashed_names;                   /* spaces keyed by a keyed hash of the name (meta "space_names") */
+    uint8_t name_key[32];               /* that hash's key, derived from key */
     const char *db_name[MSADB_MAX_DBI]; /* names of the handles opened by msadb_dbi_open */
     uint8_t db_mac[MSADB_MAX_DBI];      /* the handle's values carry a MAC when rec_mac */
     uint8_t db_seal[MSADB_MAX_DBI];     /* ... or are sealed (summary and routing pages) */
+    uint8_t db_spaced[MSADB_MAX_DBI];   /* keys start with a space id (slots, summ, route) */
     uint8_t *seal_buf;                  /* a reserved sealed put's plaintext (write_lock) */
     size_t seal_cap;
     void *seal_dst;                     /* where msadb_rec_seal seals it */
     uint8_t *wread_buf;                 /* sealed pages a writer reads (write_lock) */
     size_t wread_cap;
     uint32_t page_cap;
+    struct {
+        uint32_t id;
+        uint8_t key[32];                /* the space's sealing key (tenant.c) */
+    } space_keys[MSADB_SPACE_KEYS_MAX]; /* keyed spaces this handle holds the key of */
+    unsigned n_space_keys;
+    int scoped;                         /* limited to one space (msadb_store_scope) */
+    uint32_t scope_id;
+    char scope_name[MSADB_NAME_MAX + 1];
     msadb_summ_layout summ; /* summary page layout (from sig) */
     char *path;
     pthread_mutex_t write_lock; /* one writer at a time in this process */
@@ -88,11 +103,17 @@ typedef struct msadb_docrec {
 
 typedef struct msadb_spacerec {
     uint32_t id;
+    uint32_t flags; /* SPACE_F_KEYED: the space has its own key (format 5) */
     uint64_t n_docs, n_tokens, n_slots;
+    uint8_t keyinfo[SPACE_KEYINFO_BYTES]; /* keyed: mode, KDF limits, salt, key check */
 } msadb_spacerec;
 
 #define DOC_REC_BYTES 72    /* record version 1: no expiry time */
 #define DOC_REC_BYTES_V2 80 /* record version 2: the expiry time at offset 72 */
+/* Record version 3: a document of a keyed space, u8 3, 3 zero bytes, space
+ * id u32 LE, then the version 1 or 2 record sealed with the space's key. */
+#define DOC_REC_WRAP_HEAD 8
+#define DOC_REC_BYTES_MAX (DOC_REC_WRAP_HEAD + DOC_REC_BYTES_V2 + 40)
 
 /* Format versions of the layouts added after version 1 (docs/format.md):
  * the routing index (2), document keys (database "dockeys", 3; a new store
@@ -103,6 +124,7 @@ typedef struct msadb_spacerec {
 #define MSADB_FORMAT_ROUTE 2u
 #define MSADB_FORMAT_DOCKEYS 3u
 #define MSADB_FORMAT_EXPIRY 4u
+#define MSADB_FORMAT_SPACEKEYS 5u /* also: an encrypted store's hidden space names */
 
 MSADB_HIDDEN size_t msadb_sig_encode(const msadb_signature *s, uint8_t *out);
 MSADB_HIDDEN int msadb_sig_equal(const msadb_signature *a, const msadb_signature *b);
@@ -126,6 +148,26 @@ static inline int msadb_docrec_live(const msadb_docrec *d, int64_t now)
     return d->expires == 0 || d->expires > now;
 }
 MSADB_HIDDEN int msadb_docrec_decode(const uint8_t *p, size_t len, msadb_docrec *d);
+/* A stored document record (any version, docs/format.md): a record of a
+ * keyed space is opened with its key; MSADB_EKEY when this handle does not
+ * hold it (d->space_id is then set, the rest is not). */
+MSADB_HIDDEN int msadb_docrec_open(const msadb_store *st, uint64_t id, const uint8_t *p, size_t len,
+                                   msadb_docrec *d);
+
+/* Per-space keys (store/tenant.c).  The key that seals the records of a
+ * space: its own when this handle holds it, else the store's. */
+MSADB_HIDDEN const uint8_t *msadb_space_seal_key(const msadb_store *st, uint32_t space);
+/* Whether this handle holds the key of space id. */
+MSADB_HIDDEN int msadb_space_unlocked(const msadb_store *st, uint32_t space);
+/* 0 when the space can be read and written through this handle: not keyed,
+ * or keyed and its key held; MSADB_EKEY otherwise. */
+MSADB_HIDDEN int msadb_space_access(const msadb_store *st, const msadb_spacerec *r);
+/* MSADB_EKEY when a keyed space's key is not held by this handle (whole-store
+ * work: verify, upgrade), else 0. */
+MSADB_HIDDEN int msadb_spaces_open(msadb_store *st);
+/* Encodes a document record for storage (wrapped and sealed when its space
+ * is keyed) into p[DOC_REC_BYTES_MAX]; returns the size. */
+MSADB_HIDDEN size_t msadb_docrec_store(const msadb_store *st, uint64_t id, const msadb_docrec *d, uint8_t *p);
 
 /* Read transactions counted so the map is never remapped under a reader. */
 MSADB_HIDDEN int msadb_txn_read(msadb_store *st, MDB_txn **txn);
@@ -226,8 +268,20 @@ MSADB_HIDDEN void msadb_key_summ(uint8_t k[16], uint32_t space, uint32_t plane, 
 MSADB_HIDDEN void msadb_block_ad(const msadb_store *st, uint32_t space, uint32_t plane, uint64_t block,
                                  uint8_t ad[32]);
 
+/* MSADB_ESCOPE when the handle is limited to a space other than the one
+ * named, or with this id (msadb_store_scope); 0 otherwise. */
+MSADB_HIDDEN int msadb_scope_name(const msadb_store *st, const char *name);
+MSADB_HIDDEN int msadb_scope_id(const msadb_store *st, uint32_t id);
 MSADB_HIDDEN int msadb_doc_lookup(MDB_txn *txn, msadb_store *st, uint64_t id, msadb_docrec *d);
+/* msadb_space_get_txn in a read transaction of its own. */
+MSADB_HIDDEN int msadb_space_read(msadb_store *st, const char *name, msadb_spacerec *rec);
 MSADB_HIDDEN int msadb_space_get_txn(MDB_txn *txn, msadb_store *st, const char *name, msadb_spacerec *rec);
+/* The key of a space's record in `spaces`: the name, or in a store with
+ * hidden names its keyed hash (h receives it). */
+MSADB_HIDDEN MDB_val msadb_space_dbkey(const msadb_store *st, const char *name, uint8_t h[32]);
+/* Calls fn(id, name) for every space, in id order (the `spaceids` walk). */
+MSADB_HIDDEN int msadb_space_names_each(MDB_txn *txn, msadb_store *st,
+                                        int (*fn)(uint32_t id, const char *name, void *ud), void *ud);
 MSADB_HIDDEN int msadb_space_put_txn(MDB_txn *txn, msadb_store *st, const char *name, const msadb_spacerec *rec);
 MSADB_HIDDEN int msadb_space_name_txn(MDB_txn *txn, msadb_store *st, uint32_t id, char name[MSADB_NAME_MAX + 1]);
 MSADB_HIDDEN int msadb_space_create_txn(msadb_store *st, MDB_txn *txn, const char *name, uint32_t *id_out);
@@ -239,7 +293,7 @@ MSADB_HIDDEN int msadb_dockeys_open(msadb_store *st);
 MSADB_HIDDEN int msadb_dockey_get(MDB_txn *txn, msadb_store *st, const void *key, size_t len, uint64_t *id);
 /* The key stored with a document (DD_KEY) into key[MSADB_DOCKEY_MAX]. */
 MSADB_HIDDEN int msadb_dockey_of(MDB_txn *txn, msadb_store *st, uint64_t doc, uint8_t *key, size_t *len);
-MSADB_HIDDEN int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint8_t kind, void *buf, size_t cap,
-                                    size_t *len);
+MSADB_HIDDEN int msadb_docdata_read(msadb_snapshot *s, uint64_t doc, uint32_t space, uint8_t kind, void *buf,
+                                    size_t cap, size_t *len);
 
 #endif

@@ -125,7 +125,7 @@ static void check_docdata(verifier *vf, uint64_t id, const msadb_docrec *r)
     uint64_t want[] = {r->title_len, r->meta_len, r->text_len, r->n_tokens * 4, r->n_tokens * 16};
     for (size_t i = 0; i < 5; i++) {
         size_t len = 0;
-        int rc = msadb_docdata_read(vf->snap, id, kinds[i].kind, NULL, 0, &len);
+        int rc = msadb_docdata_read(vf->snap, id, r->space_id, kinds[i].kind, NULL, 0, &len);
         int present = rc == 0;
         if (rc && rc != MSADB_ENOTFOUND) {
             problem(vf, "document %llu: %s unreadable: %s", (unsigned long long)id, kinds[i].name, msadb_strerror(rc));
@@ -146,7 +146,7 @@ static void check_docdata(verifier *vf, uint64_t id, const msadb_docrec *r)
         uint8_t *buf = malloc(len ? len : 1);
         if (!buf)
             continue;
-        if ((rc = msadb_docdata_read(vf->snap, id, kinds[i].kind, buf, len, &len)))
+        if ((rc = msadb_docdata_read(vf->snap, id, r->space_id, kinds[i].kind, buf, len, &len)))
             problem(vf, "document %llu: %s fails to open: %s", (unsigned long long)id, kinds[i].name,
                     msadb_strerror(rc));
         free(buf);
@@ -408,7 +408,7 @@ static int verify_all(verifier *vf)
     vbuf vb = {0};
     for (rc = vstep(vf, cur, &k, &v, MDB_FIRST, &vb); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT, &vb)) {
         msadb_docrec r;
-        if (k.mv_size != 8 || msadb_docrec_decode(v.mv_data, v.mv_size, &r)) {
+        if (k.mv_size != 8 || msadb_docrec_open(st, msadb_get_be64(k.mv_data), v.mv_data, v.mv_size, &r)) {
             problem(vf, "a document record is malformed");
             continue;
         }
@@ -435,18 +435,21 @@ static int verify_all(verifier *vf)
     mdb_cursor_close(cur);
     if (rc == MDB_NOTFOUND)
         rc = 0;
-    if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaces, &cur))) {
+    /* the spaces by their names (`spaceids`: the keys of `spaces` may be hashes) */
+    uint64_t n_names = 0;
+    if (!rc && !(rc = mdb_cursor_open(txn, st->db_spaceids, &cur))) {
         for (rc = vstep(vf, cur, &k, &v, MDB_FIRST, &vb); rc == 0; rc = vstep(vf, cur, &k, &v, MDB_NEXT, &vb)) {
             char name[MSADB_NAME_MAX + 1];
             msadb_spacerec sr;
-            if (k.mv_size < 1 || k.mv_size > MSADB_NAME_MAX) {
+            n_names++;
+            if (k.mv_size != 4 || v.mv_size < 1 || v.mv_size > MSADB_NAME_MAX) {
                 problem(vf, "a space name is malformed");
                 continue;
             }
-            memcpy(name, k.mv_data, k.mv_size);
-            name[k.mv_size] = 0;
-            if (msadb_space_get_txn(txn, st, name, &sr)) {
-                problem(vf, "space %s: record malformed", name);
+            memcpy(name, v.mv_data, v.mv_size);
+            name[v.mv_size] = 0;
+            if (msadb_space_get_txn(txn, st, name, &sr) || sr.id != msadb_get_be32(k.mv_data)) {
+                problem(vf, "space %s: record missing, malformed or of another id", name);
                 continue;
             }
             space_tally *t = tally_for(tally, n_tally, sr.id);
@@ -458,6 +461,10 @@ static int verify_all(verifier *vf)
         if (rc == MDB_NOTFOUND)
             rc = 0;
     }
+    MDB_stat ss;
+    if (!rc && !(rc = mdb_stat(txn, st->db_spaces, &ss)) && ss.ms_entries != n_names)
+        problem(vf, "%llu space records but %llu space names", (unsigned long long)ss.ms_entries,
+                (unsigned long long)n_names);
     for (size_t i = 0; !rc && i < n_tally; i++)
         if (!tally[i].has_record)
             problem(vf, "%llu documents are in space id %u, which has no space record",
@@ -487,6 +494,8 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
 {
     if (!st)
         return MSADB_EINVAL;
+    if (st->scoped)
+        return MSADB_ESCOPE; /* whole-store work */
     verifier vf = {0};
     vf.st = st;
     vf.report = report;
@@ -498,6 +507,8 @@ int msadb_verify(msadb_store *st, void (*report)(const char *, void *), void *ud
     int rc = msadb_dockeys_open(st);
     if (rc == MSADB_ENOTFOUND)
         rc = 0; /* a read-only version-1 store: no keys */
+    if (!rc) /* every record is checked: every keyed space's key is needed */
+        rc = msadb_spaces_open(st);
     if (!rc)
         rc = (!vf.K || !vf.V || !vf.summ) ? MSADB_ENOMEM : msadb_snapshot_begin(st, &vf.snap);
     if (!rc) {

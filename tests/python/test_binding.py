@@ -329,6 +329,31 @@ def test_encryption():
             assert e.code == errors.EKEY and "key" in str(e)
 
 
+def test_tenants():
+    """Store.scope and keyed spaces through the package."""
+    d = pyenv.tmpdir("msadb-py-")
+    key, bkey = bytes(range(32)), bytes(range(1, 33))
+    with make_store(os.path.join(d, "t"), key=key) as st:
+        st.create_space("A")
+        assert st.create_space_keyed("B", key=bkey) > 0
+        random_docs(st, 1, space="A")
+        random_docs(st, 1, space="B")
+        assert [s.keyed for s in st.spaces()] == [False, True, False]
+        for bad in ({}, {"key": bkey, "passphrase": "x"}, {"key": b"short"}):
+            expect(msadb.InvalidArgument, errors.EINVAL, st.create_space_keyed, "C", **bad)
+    with msadb.Store.open(os.path.join(d, "t"), key=key) as st:
+        assert {s.name: s.locked for s in st.spaces()} == {"A": False, "B": True, "default": False}
+        assert len(st.snapshot().documents()) == 1
+        expect(msadb.KeyRequired, errors.EKEY, st.unlock_space, "B", key=key)
+        st.unlock_space("B", key=bkey)
+        st.scope("B")
+        expect(msadb.OutOfScope, errors.ESCOPE, st.space, "A")
+        docs = st.snapshot().documents()
+        assert len(docs) == 1 and docs[0].space == "B"
+    with make_store(os.path.join(d, "plain")) as st:
+        expect(msadb.InvalidArgument, errors.EINVAL, st.create_space_keyed, "B", passphrase="pw")
+
+
 def crc32c(data, crc=0):
     """CRC-32C (Castagnoli), continuing from crc, as the block format's."""
     crc ^= 0xFFFFFFFF

@@ -7,7 +7,10 @@
  * --chunk MiB (msadb_batch_set_flush) at increasing sizes, each in a child
  * process, reporting token-planes per second, peak resident memory and
  * stored bytes per token against f16, with one batch committed once (the
- * way ingest worked before streaming) at the first size as the baseline.
+ * way ingest worked before streaming) and the same stream with one thread
+ * (msadb_batch_set_threads) at the first size (at most 1M tokens) as the
+ * baselines; --threads
+ * sets the streamed runs' thread count (default: the library's).
  *
  * Synthetic data: keys N(0,1) with a few outlier channels (large offset and
  * spread, as seen in real transformer keys), values N(0,1).  A pool of
@@ -17,7 +20,8 @@
  * Usage: bench_ingest [--json] [--dim D] [--block B] [--level L]
  *                     [--store DIR] [--planes P] [--no-sync] [N]
  *        bench_ingest --stream DIR [--dtype T] [--chunk MIB] [--dim D]
- *                     [--planes P] [--no-sync] [--max-gb G] N1[,N2...]
+ *                     [--planes P] [--no-sync] [--max-gb G] [--threads N]
+ *                     [--no-baseline] N1[,N2...]
  * Exit status: 0 success, 1 error, 2 usage. */
 #include <errno.h>
 #include <math.h>
@@ -47,6 +51,8 @@ typedef struct config {
     int dtype;              /* --stream: storage dtype */
     size_t chunk_mib;       /* --stream: commit every this much encoded data */
     double max_gb;          /* --stream: stop a run when its store reaches this (0: never) */
+    int threads;            /* --stream: msadb_batch_set_threads (0: the library's default) */
+    int no_baseline;        /* --stream: skip the one-batch and one-thread runs */
     size_t n_tokens;
     uint32_t d, block;
     int level;
@@ -334,6 +340,7 @@ out:
 /* ------------------------------------------------------------------------ */
 
 #define STREAM_POOL (32u * 1024u) /* tokens of input cycled (small: RSS is measured) */
+#define BASELINE_MAX 1000000u     /* tokens of the baseline runs, at most */
 
 typedef struct stream_result {
     size_t tokens, chunk_bytes;
@@ -343,6 +350,7 @@ typedef struct stream_result {
     int capped;             /* stopped by --max-gb before all the tokens were in */
     double load_end;        /* load average when the run ended */
     double cpu_s;           /* CPU time of the run's process (user + system) */
+    int threads;            /* the batch's thread count */
 } stream_result;
 
 /* Bytes data.mdb at path takes on disk. */
@@ -356,8 +364,8 @@ static double store_file_bytes(const char *path)
 
 /* Child: ingests cfg->... tokens into a new store at path, in one batch
  * committing every chunk bytes (0: once, at the end). */
-static int stream_child(const config *cfg, const char *path, size_t n_tokens, size_t chunk, const float *K,
-                        const float *V, stream_result *r)
+static int stream_child(const config *cfg, const char *path, size_t n_tokens, size_t chunk, int threads,
+                        const float *K, const float *V, stream_result *r)
 {
     msadb_signature sig;
     int rc = msadb_signature_init(&sig, 2, cfg->planes, cfg->planes, cfg->d);
@@ -377,8 +385,9 @@ static int stream_child(const config *cfg, const char *path, size_t n_tokens, si
     msadb_batch *b = NULL;
     if (!dk || !dv)
         rc = MSADB_ENOMEM;
-    if (!rc && !(rc = msadb_batch_begin(st, &b)))
-        rc = msadb_batch_set_flush(b, 0, 0, chunk, NULL, NULL);
+    if (!rc && !(rc = msadb_batch_begin(st, &b)) && !(rc = msadb_batch_set_flush(b, 0, 0, chunk, NULL, NULL)))
+        rc = msadb_batch_set_threads(b, threads);
+    r->threads = msadb_batch_threads(b);
     size_t done = 0, doc_no = 0;
     double t0 = machine_now_s();
     while (!rc && done < n_tokens) {
@@ -429,11 +438,11 @@ static int stream_child(const config *cfg, const char *path, size_t n_tokens, si
 
 /* Runs one measurement in a child process (its own peak RSS) and removes
  * the store afterwards. */
-static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, const float *K, const float *V,
-                      stream_result *r)
+static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, int threads, const float *K,
+                      const float *V, stream_result *r)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/stream-%zu-%zu", cfg->stream_dir, n_tokens, chunk);
+    snprintf(path, sizeof path, "%s/stream-%zu-%zu-%d", cfg->stream_dir, n_tokens, chunk, threads);
     int fds[2];
     if (pipe(fds) != 0)
         return errno;
@@ -444,7 +453,7 @@ static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, const fl
     if (pid == 0) {
         close(fds[0]);
         stream_result cr = {0};
-        int rc = stream_child(cfg, path, n_tokens, chunk, K, V, &cr);
+        int rc = stream_child(cfg, path, n_tokens, chunk, threads, K, V, &cr);
         if (rc)
             fprintf(stderr, "bench_ingest: %s: %s\n", path, msadb_strerror(rc));
         _exit(write(fds[1], &cr, sizeof cr) == (ssize_t)sizeof cr && !rc ? 0 : 1);
@@ -464,17 +473,24 @@ static int stream_run(const config *cfg, size_t n_tokens, size_t chunk, const fl
 static void stream_print(const config *cfg, const stream_result *r, const char *what)
 {
     double f16 = 4.0 * cfg->d; /* K and V rows in f16 */
-    if (cfg->json)
-        printf("{\"run\":\"%s\",\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,\"seconds\":%.3f,"
-               "\"token_planes_per_s\":%.6g,\"peak_rss_mib\":%.1f,\"block_bytes_per_token_plane\":%.2f,"
+    if (cfg->json) {
+        printf("{\"mode\": \"stream\", ");
+        machine_json();
+        printf("\"dtype\":\"%s\",\"d\":%u,\"planes\":%u,\"block\":%u,\"synced\":%s,", msadb_dtype_name(cfg->dtype),
+               cfg->d, cfg->planes, cfg->block, cfg->no_sync ? "false" : "true");
+        printf("\"run\":\"%s\",\"threads\":%d,\"tokens\":%zu,\"chunk_bytes\":%zu,\"commits\":%llu,"
+               "\"seconds\":%.3f,\"token_planes_per_s\":%.6g,\"token_planes_per_cpu_s\":%.6g,\"peak_rss_mib\":%.1f,"
+               "\"block_bytes_per_token_plane\":%.2f,"
                "\"file_bytes_per_token_plane\":%.2f,\"vs_f16\":%.4f,\"capped\":%s,\"load_end\":%.2f,"
                "\"cpu_seconds\":%.2f}\n",
-               what, r->tokens, r->chunk_bytes, (unsigned long long)r->commits, r->seconds, r->token_planes_s,
+               what, r->threads, r->tokens, r->chunk_bytes, (unsigned long long)r->commits,
+               r->seconds, r->token_planes_s, r->cpu_s > 0 ? (double)r->tokens * cfg->planes / r->cpu_s : 0.0,
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16,
                r->capped ? "true" : "false", r->load_end, r->cpu_s);
-    else
-        printf("%-9s %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what, r->tokens,
-               r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds, r->cpu_s, r->token_planes_s,
+    } else
+        printf("%-10s %7d %12zu %8.0f %8llu %9.1f %9.1f %14.3e %12.3e %12.1f %10.2f %10.2f %7.4f %6.2f%s\n", what,
+               r->threads, r->tokens, r->chunk_bytes / 1048576.0, (unsigned long long)r->commits, r->seconds,
+               r->cpu_s, r->token_planes_s, r->cpu_s > 0 ? (double)r->tokens * cfg->planes / r->cpu_s : 0.0,
                r->maxrss_kib / 1024.0, r->block_bytes_tp, r->file_bytes_tp, r->file_bytes_tp / f16, r->load_end,
                r->capped ? " (stopped by --max-gb)" : "");
     fflush(stdout);
@@ -496,25 +512,39 @@ static int bench_stream(const config *cfg)
         printf("store: dtype %s, head dim %u, %u planes, block %u, %u-token documents%s; one batch per run\n\n",
                msadb_dtype_name(cfg->dtype), cfg->d, cfg->planes, cfg->block, STORE_DOC_TOKENS,
                cfg->no_sync ? ", no_sync" : ", synced commits");
-        printf("%-9s %12s %8s %8s %9s %9s %14s %12s %10s %10s %7s %6s\n", "run", "tokens", "chunk MiB", "commits",
-               "seconds", "CPU s", "token-planes/s", "peak RSS MiB", "block B/tp", "file B/tp", "vs f16", "load");
+        printf("%-10s %7s %12s %8s %8s %9s %9s %14s %12s %12s %10s %10s %7s %6s\n", "run", "threads", "tokens",
+               "chunk MiB", "commits", "seconds", "CPU s", "token-planes/s", "tp per CPU s", "peak RSS MiB",
+               "block B/tp", "file B/tp", "vs f16", "load");
     }
     int rc = 0;
-    stream_result base = {0}, r;
-    /* baseline: the whole input held and committed once, at the first size */
-    if ((rc = stream_run(cfg, cfg->sizes[0], 0, K, V, &base)))
-        goto out;
-    stream_print(cfg, &base, "one-batch");
+    stream_result base = {0}, one = {0}, r;
+    /* baselines at the first size (at most BASELINE_MAX tokens: one batch
+     * holds everything in memory): the whole input held and committed once
+     * (one thread), and the same stream with one thread */
+    size_t n_base = cfg->sizes[0] < BASELINE_MAX ? cfg->sizes[0] : BASELINE_MAX;
+    if (!cfg->no_baseline) {
+        if ((rc = stream_run(cfg, n_base, 0, 1, K, V, &base)))
+            goto out;
+        stream_print(cfg, &base, "one-batch");
+        if ((rc = stream_run(cfg, n_base, cfg->chunk_mib << 20, 1, K, V, &one)))
+            goto out;
+        stream_print(cfg, &one, "one-thread");
+    }
     for (size_t i = 0; i < cfg->n_sizes; i++) {
-        if ((rc = stream_run(cfg, cfg->sizes[i], cfg->chunk_mib << 20, K, V, &r)))
+        if ((rc = stream_run(cfg, cfg->sizes[i], cfg->chunk_mib << 20, cfg->threads, K, V, &r)))
             goto out;
         stream_print(cfg, &r, "streamed");
-        if (i == 0 && !cfg->json)
-            printf("%-9s against one-batch at the same size: throughput x%.2f, peak RSS x%.3f\n", "",
-                   r.token_planes_s / base.token_planes_s, (double)r.maxrss_kib / (double)base.maxrss_kib);
+        if (i == 0 && !cfg->json && !cfg->no_baseline)
+            printf("%-10s against one thread at %zu tokens: throughput x%.2f, per CPU second x%.2f, peak RSS "
+                   "x%.3f;\n%-10s against one-batch: throughput x%.2f, peak RSS x%.3f\n", "", n_base,
+                   r.token_planes_s / one.token_planes_s,
+                   (r.tokens / r.cpu_s) / (one.tokens / one.cpu_s),
+                   (double)r.maxrss_kib / (double)one.maxrss_kib, "", r.token_planes_s / base.token_planes_s,
+                   (double)r.maxrss_kib / (double)base.maxrss_kib);
     }
     if (!cfg->json)
-        printf("\nCPU s: user + system time of the run's process (a load-independent cost);\n"
+        printf("\nthreads: msadb_batch_set_threads (0: the library's default, MSADB_INGEST_THREADS or the online\n"
+               "CPUs); CPU s: user + system time of the run's process (a load-independent cost);\n"
                "token-planes/s: tokens x planes per second, add + commits included; block B/tp: LMDB pages\n"
                "of the blocks database per token-plane; file B/tp: data.mdb on disk per token-plane (summaries,\n"
                "slots and records included); vs f16: file bytes against %u B (K and V rows in f16);\n"
@@ -614,12 +644,16 @@ static int usage(void)
                     "             DIR/<dtype> through msadb_batch_add/commit\n"
                     "  --planes   kv heads of the --store signature (default 4)\n"
                     "       bench_ingest --stream DIR [--dtype T] [--chunk MIB] [--dim D] [--planes P]\n"
-                    "                    [--no-sync] [--max-gb G] N1[,N2...]\n"
+                    "                    [--no-sync] [--max-gb G] [--threads N] [--no-baseline] N1[,N2...]\n"
                     "  --stream   streaming ingest of N1, N2... tokens into new stores under DIR (each\n"
-                    "             removed after its run), committing every --chunk MiB (default 64)\n"
+                    "             removed after its run), committing every --chunk MiB (default 8, the CLI's)\n"
                     "             of encoded data, dtype --dtype (default int8); baseline: one batch\n"
                     "             committed once at N1; --max-gb stops a run (committing what it\n"
-                    "             holds) once its store takes G GB of disk\n");
+                    "             holds) once its store takes G GB of disk; --threads N: the streamed\n"
+                    "             runs' thread count (default 0: the library's); the baselines, at N1\n"
+                    "             (at most 1000000 tokens), are one batch committed once and the\n"
+                    "             stream with one thread\n"
+                    "             (--no-baseline: skip them)\n");
     return 2;
 }
 
@@ -652,7 +686,7 @@ static int parse_sizes(const char *s, config *cfg)
 int main(int argc, char **argv)
 {
     config cfg = {.n_tokens = 1u << 20, .d = 128, .block = 64, .level = 1, .planes = 4,
-                  .dtype = MSADB_DTYPE_INT8, .chunk_mib = 64};
+                  .dtype = MSADB_DTYPE_INT8, .chunk_mib = 8};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         unsigned long long v;
@@ -669,6 +703,10 @@ int main(int argc, char **argv)
             cfg.json = 1;
         } else if (!strcmp(a, "--max-gb") && i + 1 < argc && !parse_u(argv[i + 1], 1, 100000, &v)) {
             cfg.max_gb = (double)v, i++;
+        } else if (!strcmp(a, "--threads") && i + 1 < argc && !parse_u(argv[i + 1], 0, 8, &v)) {
+            cfg.threads = (int)v, i++;
+        } else if (!strcmp(a, "--no-baseline")) {
+            cfg.no_baseline = 1;
         } else if (!strcmp(a, "--no-sync")) {
             cfg.no_sync = 1;
         } else if (!strcmp(a, "--store") && i + 1 < argc) {

@@ -1129,7 +1129,9 @@ static int scan_only(uint64_t n_tokens, uint32_t k)
         med[m] = percentile(lat, 15, 0.5);
     }
     if (json) {
-        printf("{\"mode\": \"scan-only\", \"tokens\": %llu, \"blocks\": %zu, \"d\": %u, \"q_heads\": %u, \"k\": %u, "
+        printf("{\"mode\": \"scan-only\", ");
+        machine_json();
+        printf("\"tokens\": %llu, \"blocks\": %zu, \"d\": %u, \"q_heads\": %u, \"k\": %u, "
                "\"results\": [",
                (unsigned long long)n_tokens, nb, d, G, k);
         for (int m = 0; m < 4; m++)
@@ -1209,7 +1211,9 @@ static int route_scale(uint64_t n_tokens, uint32_t d, uint32_t k, uint32_t P)
     msadb_kq kq;
     scan_job jobs[8];
     scan_setup(&g, 4, d, q, &kq, jobs, 256 * 3);
-    printf("{\"mode\": \"route-scale\", \"tokens\": %llu, \"d\": %u, \"planes\": %u, \"blocks\": %zu, "
+    printf("{\"mode\": \"route-scale\", ");
+    machine_json();
+    printf("\"tokens\": %llu, \"d\": %u, \"planes\": %u, \"blocks\": %zu, "
            "\"coarse_vectors\": %zu, \"build_ms\": %.0f, \"results\": [",
            (unsigned long long)n_tokens, d, P, nb, nc, build_ms);
     double load0 = machine_load();
@@ -1339,9 +1343,12 @@ static int scan_dims(uint64_t n_tokens, uint32_t k)
     wl_rng g;
     wl_rng_seed(&g, 7);
     wl_ntab_init();
-    if (json)
-        printf("{\"mode\": \"scan-dims\", \"tokens\": %llu, \"blocks\": %zu, \"k\": %u, \"loadavg\": %.2f, \"results\": [",
+    if (json) {
+        printf("{\"mode\": \"scan-dims\", ");
+        machine_json();
+        printf("\"tokens\": %llu, \"blocks\": %zu, \"k\": %u, \"loadavg\": %.2f, \"results\": [",
                (unsigned long long)n_tokens, nb, k, machine_load());
+    }
     int first = 1;
     for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
         uint32_t d = dims[di];

@@ -205,8 +205,10 @@ static int e2e(const char *dir, size_t limit, uint32_t k)
         if (width_index(wq->needle_len) >= 0)
             nmass++;
     }
-    for (int m = 0; m < 2; m++)
-        printf("{\"mode\": \"e2e\", \"route\": \"%s\", \"tokens\": %llu, \"d\": %u, \"kv_heads\": %u, \"q_heads\": %u, "
+    for (int m = 0; m < 2; m++) {
+        printf("{\"mode\": \"e2e\", ");
+        machine_json();
+        printf("\"route\": \"%s\", \"tokens\": %llu, \"d\": %u, \"kv_heads\": %u, \"q_heads\": %u, "
                "\"dtype\": \"%s\", \"top_k\": %u, \"queries\": %zu, \"p50_ms\": %.2f, \"p90_ms\": %.2f, "
                "\"cpu_p50_ms\": %.2f, \"routing_p50_ms\": %.2f, \"hit1\": %.3f, \"hit4\": %.3f, \"hit16\": %.3f, \"mass_recall\": %.4f, "
                "\"mb_scored\": %.1f, \"coarse_entries\": %.0f, \"speedup_p50\": %.2f, \"threads\": %s, "
@@ -218,6 +220,7 @@ static int e2e(const char *dir, size_t limit, uint32_t k)
                coarse[m] / nq, pct(lat[0], nq, 0.5) / pct(lat[m], nq, 0.5),
                getenv("MSADB_SCAN_THREADS") ? getenv("MSADB_SCAN_THREADS") : "\"online CPUs\"", load0,
                machine_load());
+    }
     msadb_snapshot_end(snap);
     for (int m = 0; m < 2; m++) {
         free(lat[m]);
@@ -269,7 +272,9 @@ static int open_first(const char *dir, int cold)
         *(qi ? &t_second : &t_first) = now_ms() - t1;
     }
     msadb_snapshot_end(snap);
-    printf("{\"mode\": \"open\", \"cache\": \"%s\", \"tokens\": %llu, \"open_ms\": %.1f, \"snapshot_ms\": %.2f, "
+    printf("{\"mode\": \"open\", ");
+    machine_json();
+    printf("\"cache\": \"%s\", \"tokens\": %llu, \"open_ms\": %.1f, \"snapshot_ms\": %.2f, "
            "\"first_query_ms\": %.1f, \"second_query_ms\": %.2f, \"open_plus_first_ms\": %.1f, "
            "\"loadavg_start\": %.2f, \"loadavg_end\": %.2f}\n",
            cold ? "cold" : "warm", (unsigned long long)b.m.c.n_tokens, open_ms, t_snap, t_first, t_second,
@@ -398,8 +403,10 @@ static int planes(const char *dir, size_t limit, uint32_t k)
         }
     }
     double base = pct(route_ms[1], nq, 0.5), base_cpu = pct(route_cpu[1], nq, 0.5);
-    for (size_t m = 0; m < N_PMODES; m++)
-        printf("{\"mode\": \"planes\", \"share\": \"%s\", \"tokens\": %llu, \"layers\": %u, \"kv_heads\": %u, "
+    for (size_t m = 0; m < N_PMODES; m++) {
+        printf("{\"mode\": \"planes\", ");
+        machine_json();
+        printf("\"share\": \"%s\", \"tokens\": %llu, \"layers\": %u, \"kv_heads\": %u, "
                "\"d\": %u, \"needle_planes\": \"%s\", \"queries\": %zu, \"planes_routed\": %.0f, "
                "\"route_p50_ms\": %.2f, \"route_p90_ms\": %.2f, \"route_vs_per_plane_index\": %.3f, "
                "\"route_cpu_p50_ms\": %.2f, \"route_cpu_vs_per_plane_index\": %.3f, "
@@ -410,6 +417,7 @@ static int planes(const char *dir, size_t limit, uint32_t k)
                pct(route_ms[m], nq, 0.5) / base, pct(route_cpu[m], nq, 0.5), pct(route_cpu[m], nq, 0.5) / base_cpu,
                pct(total_ms[m], nq, 0.5), scanned[m] / nq,
                nneedle ? hit[m] / nneedle : NAN, load0, machine_load());
+    }
     msadb_snapshot_end(snap);
     for (size_t m = 0; m < N_PMODES; m++) {
         free(route_ms[m]);

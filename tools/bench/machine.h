@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Seconds on the monotonic clock. */
 static inline double machine_now_s(void)
@@ -59,6 +60,21 @@ static inline void machine_cpu_model(char *buf, size_t cap)
         }
     }
     fclose(f);
+}
+
+/* Writes `"cpu": "MODEL", "cores": N, ` (the machine a JSON result was
+ * measured on; tools/bench/plot.py names it in its titles). */
+static inline void machine_json(void)
+{
+    char cpu[256];
+    machine_cpu_model(cpu, sizeof cpu);
+    printf("\"cpu\": \"");
+    for (const char *c = cpu; *c; c++)
+        if (*c == '"' || *c == '\\')
+            printf("\\%c", *c);
+        else if ((unsigned char)*c >= 0x20)
+            putchar(*c);
+    printf("\", \"cores\": %ld, ", sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 /* The 1-minute load average, or -1. */

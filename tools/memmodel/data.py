@@ -455,9 +455,10 @@ class FactGen:
     def person(self):
         return "%s %s" % (self._pick(self.v.first), self.proper())
 
-    def fact(self, kind, **kw):
+    def fact(self, kind, forms=None, **kw):
         """One fact: dict(kind, key, text, prefix (text before the value),
-        val, question, answer)."""
+        val, question, answer); forms: the fact forms to draw from (the
+        kind's own by default)."""
         r = self._pick
         d = dict(kw)
         if kind in ("code",):
@@ -487,7 +488,7 @@ class FactGen:
             raise ValueError(kind)
         if "ent" in d:
             d["Ent"] = _cap(d["ent"])
-        t = r(self.fact_t[kind])
+        t = r(forms or self.fact_t[kind])
         text = t.format(**d)
         prefix = t[:t.index("{val}")].format(**d).rstrip()
         q = r(self.question_t[kind]).format(**d)
@@ -588,12 +589,7 @@ OWN_Q = {
 
 def composed_forms(kind):
     """(fact forms, question forms) of a kind, every combination."""
-    facts = []
-    for core in CORES[kind]:
-        for lead in LEADS:
-            for trail in TRAILS:
-                c = core if lead else _cap(core)
-                facts.append(lead + c + trail + ".")
+    facts = _sentences(CORES[kind], LEADS, TRAILS)
     qs = list(OWN_Q[kind]) + [fr.replace("{X}", ph) if not fr.startswith("{X}")
                               else fr.replace("{X}", _cap(ph))
                               for ph in PHRASES.get(kind, []) for fr in FRAMES]
@@ -601,13 +597,103 @@ def composed_forms(kind):
 
 
 def heldout_clash():
-    """Held-out fact and question forms that a composed training form equals."""
+    """Held-out fact and question forms that a composed or narrative training
+    form equals, and narrative forms sharing four consecutive words with a
+    held-out fact form."""
     bad = []
     for kind in CORES:
         fs, qs = composed_forms(kind)
-        bad += [t for t in HELD_FACT_T[kind] if t in fs]
+        ns = narrative_forms(kind)
+        bad += [t for t in HELD_FACT_T[kind] if t in fs or t in ns]
         bad += [t for t in HELD_QUESTION_T[kind] if t in qs]
+        held = set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k]))
+        bad += [t for t in ns if _ngrams(t) & held]
     return bad
+
+
+# Facts written as ordinary sentences (memmodel.data build --narrative): an
+# opening clause x a core clause x a closing clause, per kind, with the value
+# at the start, in the middle or at the end, and facts embedded in sentences
+# about something else (relative clauses, appositions).  Their wording is
+# the training side's own: heldout_clash() also rejects any narrative form
+# sharing four consecutive plain words with a held-out form.
+
+N_OPEN = ["", "", "Back in the autumn, ", "After the storm, ", "Some time ago, ",
+          "Once the paperwork was done, ", "On a rainy Tuesday, ", "Without telling anyone, ",
+          "In the middle of the move, ", "When the auditors came, ", "Right after the holidays, ",
+          "Much to everyone's relief, ", "During the big clean-up, ", "Earlier this month, "]
+N_CLOSE = ["", "", " and nobody has questioned it since", ", which the neighbours confirmed",
+           ", and the details are in the blue folder", " before the snow arrived",
+           ", as the caretaker likes to point out", ", so there is no need to ask twice",
+           " and that settled the matter", ", to the surprise of the whole street"]
+N_CORE = {
+    "code": ["the clerk set the {attr} of {ent} to {val}",
+             "someone changed the {attr} of {ent} to {val}",
+             "the {attr} of {ent} became {val}",
+             "{ent} got a new {attr}, {val},",
+             "the technician programmed {val} as the {attr} of {ent}",
+             "{val} was chosen as the {attr} of {ent}",
+             "{ent}, whose {attr} is {val}, was moved to the basement",
+             "the old label on {ent} shows its {attr}: {val}",
+             "we reset {ent} so that its {attr} reads {val}"],
+    "lives": ["{per} packed up and relocated to {val}",
+              "{per} bought a small house in {val}",
+              "{per} took a job in {val} and stayed on",
+              "{per} found a flat in {val}",
+              "{val} became the new address of {per}",
+              "{per}, who lives in {val}, sent a long letter",
+              "the post for {per} now goes to {val}",
+              "{per} left the coast and made {val} a permanent base",
+              "it was {val} where {per} decided to settle"],
+    "pet": ["{per} brought home a {animal} and named it {val}",
+            "{per} adopted a {animal} that goes by {val}",
+            "{per}'s new {animal}, {val}, chewed the curtains",
+            "a {animal} called {val} joined the household of {per}",
+            "{val} the {animal} moved in with {per}",
+            "{per} named the family {animal} {val}",
+            "the vet treated {val}, the {animal} that {per} looks after",
+            "{per} bought a collar for a {animal} named {val}"],
+    "room": ["the porters carried {ent} to room {val}",
+             "{ent} was moved over to room {val}",
+             "{ent} now stands in room {val}",
+             "room {val} became the new place for {ent}",
+             "they stored {ent}, which had been in the corridor, in room {val}",
+             "{ent} ended its journey in room {val}",
+             "the caretaker put {ent} away in room {val}"],
+    "roomcode": ["the {attr} of room {room} was changed to {val}",
+                 "the locksmith set {val} as the {attr} of room {room}",
+                 "room {room} got a new {attr}, {val},",
+                 "{val} became the {attr} of room {room}",
+                 "the door of room {room}, whose {attr} is {val}, got a fresh coat of green",
+                 "the cleaners use {val}, the {attr} of room {room}"],
+}
+
+
+def narrative_forms(kind):
+    """Fact forms of a kind written as ordinary sentences, every combination."""
+    return sorted(set(_sentences(N_CORE[kind], N_OPEN, N_CLOSE)))
+
+
+def _sentences(cores, leads, trails):
+    """Every lead + core + trail sentence (the core capitalized when it
+    opens the sentence; a core's closing comma dropped before the trail)."""
+    return [(lead + (core if lead else _cap(core))).rstrip(",") + trail + "."
+            for core in cores for lead in leads for trail in trails]
+
+
+def _ngrams(form, n=4):
+    """Runs of n consecutive plain words of a form (slots break a run)."""
+    out = set()
+    for part in re.split(r"\{\w+\}", form.lower()):
+        ws = re.findall(r"[a-z']+", part)
+        out |= {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
+    return out
+
+
+def _tune_side(form):
+    """1/8 of the composed and narrative forms (by a hash) are kept for tuning
+    (memmodel.data build --tune-split): training never draws them."""
+    return _h("tune" + form) % 8 == 0
 
 
 class OpenVocab:
@@ -627,15 +713,30 @@ class ComposedGen(FactGen):
     half of the adjectives, animals and attributes come from the training
     lists, half from the open ones; a share `unans` of the examples asks for
     a fact that is not in memory (the answer ABSTAIN), most of them with a
-    near miss stored instead."""
+    near miss stored instead.
 
-    def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12):
+    narrative: the share of facts written as ordinary sentences
+    (narrative_forms); near: the share of single-hop answerable examples
+    that carry 2-4 near neighbours of their fact for the same document
+    (near_facts: a room or value one digit off, the same noun with another
+    adjective, the same person's other animal); split: "train" or "tune"
+    draws only the forms of that side of _tune_side (None: every form)."""
+
+    def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
+                 near=0.0, split=None):
         forms = {k: composed_forms(k) for k in CORES}
+        self.narr = {k: narrative_forms(k) for k in CORES}
+        if split:
+            keep = (lambda t: _tune_side(t) == (split == "tune"))
+            forms = {k: ([t for t in f if keep(t)], [t for t in q if keep(t)])
+                     for k, (f, q) in forms.items()}
+            self.narr = {k: [t for t in f if keep(t)] for k, f in self.narr.items()}
         super().__init__(seed, "train", synthetic=synthetic, kind_weights=kind_weights,
                          fact_t={k: f for k, (f, _) in forms.items()},
                          question_t={k: q for k, (_, q) in forms.items()})
         self.open = OpenVocab(self.v)
-        self.unans = unans
+        self.unans, self.narrative, self.near = unans, narrative, near
+        self._sets = {"room": set(self.v.room), "code": set(self.v.code)}
 
     def entity(self):
         adj = self._pick(self.slots["adj"] if self.rng.random() < 0.5 else self.open.modifiers)
@@ -653,13 +754,78 @@ class ComposedGen(FactGen):
             elif kind in ("code", "roomcode"):
                 kw.setdefault("attr", self._pick(self.open.attr_words) + " " +
                               self._pick(["code", "number", "combination", "PIN"]))
-        return super().fact(kind, **kw)
+        forms = self.narr[kind] if self.narrative and self.rng.random() < self.narrative else None
+        self._last = super().fact(kind, forms=forms, **kw)
+        return self._last
 
     def example(self, kind=None):
         ex = super().example(kind)
-        if ex["kind"] == "multihop" or self.rng.random() >= self.unans:
+        if ex["kind"] == "multihop":
+            return ex
+        if self.rng.random() >= self.unans:
+            if self.near and self.rng.random() < self.near:
+                gold = self._last
+                ds = self.near_facts(gold)
+                ex.update({"dists": [f["text"] for f in ds],
+                           "dist_prefixes": [f["prefix"] for f in ds],
+                           "dist_keys": [f["key"] for f in ds]})
             return ex
         return self.unanswerable(ex["kind"])
+
+    def near_num(self, v, pool):
+        """A number of pool ("room" or "code") one digit away from v (any
+        other of the pool when none is)."""
+        cands = [v[:i] + c + v[i + 1:] for i in range(len(v)) for c in "0123456789"
+                 if c != v[i] and v[:i] + c + v[i + 1:] in self._sets[pool]]
+        return self._pick(cands) if cands else self._pick(getattr(self.v, pool))
+
+    def near_facts(self, f):
+        """2-4 facts of f's kind whose keys are near f's (for the same
+        document): room codes of rooms one digit away (or the same room's
+        other attribute), codes of the same noun with another adjective (or
+        the same object's other attribute), rooms of similar objects,
+        people sharing a first name or a surname, a person's other pets;
+        number values one digit away from f's."""
+        rng, kind, d = self.rng, f["kind"], f["d"]
+        n, out, keys = int(rng.integers(2, 5)), [], {f["key"]}
+        for _ in range(4 * n):
+            if len(out) >= n:
+                break
+            kw, other = {}, rng.random() < 0.5
+            if kind == "roomcode":
+                if rng.random() < 0.75:
+                    kw.update(room=self.near_num(d["room"], "room"), attr=d["attr"])
+                else:
+                    kw["room"] = d["room"]
+                kw["val"] = self.near_num(d["val"], "code")
+            elif kind == "code":
+                if other:
+                    kw.update(ent=self.entity().rsplit(" ", 1)[0] + " " + d["ent"].split(" ")[-1],
+                              attr=d["attr"])
+                else:
+                    kw["ent"] = d["ent"]
+                kw["val"] = self.near_num(d["val"], "code")
+            elif kind == "room":
+                noun = d["ent"].split(" ")[-1]
+                kw["ent"] = (self.entity().rsplit(" ", 1)[0] + " " + noun if other else
+                             " ".join(d["ent"].split(" ")[:-1]) + " " + self._pick(self.open.nouns))
+                kw["val"] = self.near_num(d["val"], "room")
+            elif kind == "lives":
+                first, last = d["per"].split(" ", 1)
+                kw["per"] = (first + " " + self.proper() if other else
+                             self.person().split(" ")[0] + " " + last)
+            elif kind == "pet":
+                if other:
+                    kw["per"] = d["per"]
+                else:
+                    kw["animal"] = d["animal"]
+            g = self.fact(kind, **kw)
+            if g["key"] in keys or g["val"] == f["val"]:
+                continue
+            keys.add(g["key"])
+            out.append(g)
+        self._last = f
+        return out
 
     def unanswerable(self, kind):
         """A question about a key not stored; usually a near miss is stored."""
@@ -697,12 +863,9 @@ def tokenize_example(sp, ex):
     tokens (as they follow the question) + EOS."""
     facts, vstart = [], []
     for text, prefix in zip(ex["facts"], ex["prefixes"]):
-        ids = sp.encode(text)
-        pre = sp.encode(prefix)
-        if ids[:len(pre)] != pre:
-            raise ValueError("prefix tokens differ: %r" % text)
+        ids, v = _fact_ids(sp, text, prefix)
         facts.append(ids)
-        vstart.append(len(pre))
+        vstart.append(v)
     q = sp.encode(ex["question"])
     full = sp.encode(ex["question"] + " " + ex["answer"])
     if full[:len(q)] != q:
@@ -711,9 +874,21 @@ def tokenize_example(sp, ex):
     return facts, vstart, [sp.bos_id()] + q, a
 
 
+def _fact_ids(sp, text, prefix):
+    """Token ids of a fact sentence and the index of its value's first token."""
+    ids = sp.encode(text)
+    pre = sp.encode(prefix)
+    if ids[:len(pre)] != pre:
+        raise ValueError("prefix tokens differ: %r" % text)
+    return ids, len(pre)
+
+
 def pack_examples(sp, exs):
-    """Ragged arrays of many examples into one npz-able dict."""
+    """Ragged arrays of many examples into one npz-able dict: the facts each
+    question needs, its near neighbours for the same document (dist_*, by
+    n_dist) and whether it is unanswerable."""
     F, Fo, Vs, Q, Qo, A, Ao, nf, kind, keyh = [], [0], [], [], [0], [], [0], [], [], []
+    D, Do, nd, dkh, un = [], [0], [], [], []
     for ex in exs:
         facts, vstart, q, a = tokenize_example(sp, ex)
         for f, v in zip(facts, vstart):
@@ -728,11 +903,21 @@ def pack_examples(sp, exs):
         kind.append(KINDS.index(ex["kind"]))
         kh = [_h(k) for k in ex["keys"]] + [0] * (3 - len(ex["keys"]))
         keyh.append(kh[:3])
+        dists = ex.get("dists", [])
+        for text, prefix, key in zip(dists, ex.get("dist_prefixes", []), ex.get("dist_keys", [])):
+            D += _fact_ids(sp, text, prefix)[0]
+            Do.append(len(D))
+            dkh.append(_h(key))
+        nd.append(len(dists))
+        un.append(ex["answer"] == ABSTAIN)
     return {"fact_tok": np.array(F, np.uint16), "fact_off": np.array(Fo, np.int64),
             "fact_vstart": np.array(Vs, np.int32), "n_facts": np.array(nf, np.int8),
             "q_tok": np.array(Q, np.uint16), "q_off": np.array(Qo, np.int64),
             "a_tok": np.array(A, np.uint16), "a_off": np.array(Ao, np.int64),
-            "kind": np.array(kind, np.int8), "key_hash": np.array(keyh, np.uint32)}
+            "kind": np.array(kind, np.int8), "key_hash": np.array(keyh, np.uint32),
+            "dist_tok": np.array(D, np.uint16), "dist_off": np.array(Do, np.int64),
+            "n_dist": np.array(nd, np.int8), "dist_keyh": np.array(dkh, np.uint32),
+            "unans": np.array(un, bool)}
 
 
 def ragged(lists):
@@ -779,14 +964,23 @@ def build_facts(args, sp):
         if k not in kw:
             raise SystemExit("--kind-weights: unknown kind %r" % k)
         kw[k] = int(n)
+    split = "train" if args.tune_split else None
     if args.composed:
         g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
-                        unans=args.unans)
+                        unans=args.unans, narrative=args.narrative, near=args.near, split=split)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
     np.savez_compressed(os.path.join(args.out, "facts_train.npz"), **pack_examples(sp, exs))
     print("train examples", len(exs), flush=True)
+    if args.tune_split:
+        # the tuning split: forms training never draws, train-side slots, a larger
+        # unanswerable share (both abstention rates measured on it)
+        g = ComposedGen(args.seed + 1, synthetic=args.synthetic_names, kind_weights=kw,
+                        unans=0.25, narrative=args.narrative, near=args.near, split="tune")
+        exs = [g.example() for _ in range(args.tune_split)]
+        np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
+        print("tune examples", len(exs), flush=True)
 
 
 def main(argv):
@@ -804,6 +998,15 @@ def main(argv):
                          "unanswerable questions (ComposedGen)")
     ap.add_argument("--unans", type=float, default=0.12,
                     help="with --composed: share of questions whose fact is not in memory")
+    ap.add_argument("--narrative", type=float, default=0.0,
+                    help="with --composed: share of facts written as ordinary sentences "
+                         "(narrative_forms)")
+    ap.add_argument("--near", type=float, default=0.0,
+                    help="with --composed: share of answerable single-hop examples carrying 2-4 "
+                         "near neighbours of their fact for the same document")
+    ap.add_argument("--tune-split", type=int, default=0,
+                    help="with --composed: keep 1/8 of the forms out of training and write this "
+                         "many examples of them to facts_tune.npz (abstention tuning)")
     ap.add_argument("--skip-lm", action="store_true",
                     help="build: keep DIR's train_lm.u16 / val_lm.u16, write the facts only")
     args = ap.parse_args(argv)

@@ -77,6 +77,21 @@ class Facts:
         # single-hop examples with one fact stored, by kind (dense distractors)
         one = self.n_facts == 1
         self.by_kind = {int(k): np.flatnonzero(one & (self.kind == k)) for k in np.unique(self.kind)}
+        # near neighbours of an example's fact and unanswerable flags (absent from
+        # the arrays of earlier builds: none)
+        if "n_dist" not in z.files:
+            self.n_dist = np.zeros(self.n, np.int8)
+            self.dist_off, self.dist_keyh = np.zeros(1, np.int64), np.zeros(0, np.uint32)
+        if "unans" not in z.files:
+            self.unans = np.zeros(self.n, bool)
+        self.first_dist = np.concatenate([[0], np.cumsum(self.n_dist.astype(np.int64))])
+
+    def dists(self, i):
+        """Example i's near neighbours: (fact ids, vstart 0) and their key hashes."""
+        j0, j1 = self.first_dist[i], self.first_dist[i + 1]
+        fs = [(self.dist_tok[self.dist_off[j]:self.dist_off[j + 1]].astype(np.int64), 0)
+              for j in range(j0, j1)]
+        return fs, set(int(h) for h in self.dist_keyh[j0:j1])
 
     def example(self, i):
         f0 = self.first_fact[i]
@@ -90,13 +105,22 @@ class Facts:
 class Batcher:
     """Builds memory batches on the CPU (numpy), in a background thread."""
 
-    def __init__(self, lm, facts, n_train_ex, seed, Ld=256, dense=0.0):
+    def __init__(self, lm, facts, n_train_ex, seed, Ld=256, dense=0.0, unans_share=-1.0):
         """dense: the share of a memory batch's questions whose document
         also holds 2-4 other facts of the same kind (the distractors a
-        dense haystack puts next to the answer)."""
+        dense haystack puts next to the answer).  unans_share: the share of
+        unanswerable questions drawn (examples rejected to reach it; below 0:
+        the data's own share).  An example's near neighbours (Facts.dists)
+        always join its document."""
         self.lm, self.facts, self.n_ex, self.Ld = lm, facts, n_train_ex, Ld
         self.dense = dense
         self.rng = np.random.default_rng(seed)
+        self.keep = (1.0, 1.0)  # probability of keeping an (answerable, unanswerable) draw
+        s = float(np.mean(facts.unans[:n_train_ex])) if n_train_ex else 0.0
+        if unans_share >= 0 and 0 < s < 1:
+            t = min(max(unans_share, 1e-6), 1 - 1e-6)
+            r = t * (1 - s) / (s * (1 - t))
+            self.keep = (1.0, r) if r <= 1 else (1.0 / r, 1.0)
 
     def dense_decoys(self, e, used, hi):
         """Facts of 2-4 other examples of e's kind (one stored fact, keys
@@ -184,11 +208,15 @@ class Batcher:
         rng = self.rng
         used, exs = set(), []
         while len(exs) < B:
-            e = self.facts.example(int(rng.integers(lo, hi)))
-            if e[3] & used or (single_only and len(e[0]) > 1):
+            i = int(rng.integers(lo, hi))
+            if rng.random() >= self.keep[int(self.facts.unans[i])]:
                 continue
-            used |= e[3]
-            exs.append(e)
+            e = self.facts.example(i)
+            dists, dkeys = self.facts.dists(i)
+            if (e[3] | dkeys) & used or (single_only and len(e[0]) > 1):
+                continue
+            used |= e[3] | dkeys
+            exs.append(e + (dists, bool(self.facts.unans[i])))
         decoys = []
         tries = 0
         while len(decoys) < n_decoy and tries < 4 * n_decoy:
@@ -211,6 +239,7 @@ class Batcher:
         for bi, e in enumerate(exs):
             for hop, (f, vs) in enumerate(e[0]):
                 items.append((f, vs, bi, hop, -1))
+            items += [(f, vs, -1, 0, bi) for f, vs in e[5]]
             if self.dense and lo == 0 and rng.random() < self.dense:
                 items += [(f, vs, -1, 0, bi) for f, vs in self.dense_decoys(e, used, hi)]
         for f, vs in decoys:
@@ -270,7 +299,7 @@ class Batcher:
         # question sequences
         seqs, plens, gp, ga = [], [], [], []
         for bi, e in enumerate(exs):
-            facts, q, a, _, _ = e
+            facts, q, a = e[:3]
             nh = len(facts)
             gold_all = sorted({b for h in range(nh) if (bi, h) in where for b in where[(bi, h)][1]})
             gold_ans = where.get((bi, nh - 1), (0, []))[1]
@@ -307,7 +336,7 @@ class Batcher:
         gaa = np.array([g + [g[0]] * (nga - len(g)) for g in ga], np.int64)
         return {"kind": "mem", "docs": docs, "tok": tok, "valid": val,
                 "plen": np.array(plens, np.int64), "gold_p": gpa, "gold_a": gaa,
-                "context": context}
+                "context": context, "unans": np.array([e[6] for e in exs], bool)}
 
 
 def to_dev(b, dev):
@@ -331,8 +360,10 @@ def answer_loss(model, x, tok, valid, plen):
     ce = ce.view(B, T)
     loss = (ce * m).sum() / m.sum()
     pred = logits.argmax(-1)
-    ok = ((pred == tgt) | ~m).all(1).float().mean()
-    return loss, ok
+    okv = ((pred == tgt) | ~m).all(1)
+    # each question's first answer token as predicted (abstentions, validate_tune)
+    first = pred.gather(1, (plen - 1).clamp(min=0)[:, None])[:, 0]
+    return loss, okv.float().mean(), {"ok": okv, "first": first}
 
 
 def mem_step(model, b, args, oracle, use_memory=True):
@@ -349,10 +380,11 @@ def mem_step(model, b, args, oracle, use_memory=True):
                                        b["gold_p"], b["gold_a"], oracle=oracle,
                                        aux=use_memory and args.aux_weight > 0,
                                        detach_pool=args.detach_memory)
-    al, acc = answer_loss(model, x, b["tok"], b["valid"], b["plen"])
+    al, acc, per = answer_loss(model, x, b["tok"], b["valid"], b["plen"])
     loss = al + args.lm_weight * lm + args.aux_weight * aux
     return loss, {"ans": al.item(), "acc": acc.item(), "lm": lm.item(), "aux": float(aux.detach()),
-                  "recall": float(np.mean(info["recall"])) if info["recall"] else -1}
+                  "recall": float(np.mean(info["recall"])) if info["recall"] else -1,
+                  "per": per}
 
 
 def lm_step(model, b):
@@ -460,6 +492,10 @@ def parse_args(argv=None):
                     help="the OUT of a command ended by --stop-after: go on from its state "
                          "with its options (this command's --out, --stop-after*, --eval-* "
                          "and --data apply)")
+    ap.add_argument("--unans-share", type=float, default=None,
+                    help="share of unanswerable questions in memory batches (examples of the "
+                         "data rejected to reach it; default: the data's own share); a --continue "
+                         "command may change it")
     ap.add_argument("--val-questions", type=int, default=64,
                     help="questions of each validation batch at a phase end")
     args = ap.parse_args(argv)
@@ -469,6 +505,8 @@ def parse_args(argv=None):
                            weights_only=False)
         mine = {k: getattr(args, k) for k in ("out", "cont", "stop_after", "stop_after_steps",
                                               "eval_gpu", "eval_heldout", "eval_time", "data")}
+        if args.unans_share is not None:
+            mine["unans_share"] = args.unans_share
         args = argparse.Namespace(**dict(state["args"], **mine))
     return args, state
 
@@ -553,10 +591,19 @@ def build_model(run):
                                 **({"fused": True} if run.dev.type == "cuda" else {}))
     if state:
         run.opt.load_state_dict(state["opt"])
+    share = getattr(args, "unans_share", None)
     run.batcher = Batcher(run.lm, run.facts, run.n_train_ex, args.seed + 7919 * run.segment,
-                          Ld=args.doc_len, dense=getattr(args, "dense", 0.0))
-    run.val_batcher = Batcher(run.val if len(run.val) > 4096 else run.lm, run.facts, run.facts.n,
-                              args.seed + 1, Ld=args.doc_len)
+                          Ld=args.doc_len, dense=getattr(args, "dense", 0.0),
+                          unans_share=-1.0 if share is None else share)
+    val_text = run.val if len(run.val) > 4096 else run.lm
+    run.val_batcher = Batcher(val_text, run.facts, run.facts.n, args.seed + 1, Ld=args.doc_len)
+    # the tuning split (memmodel.data build --tune-split): forms training never draws
+    tune = os.path.join(args.data, "facts_tune.npz")
+    run.tune = None
+    if os.path.exists(tune):
+        run.tune = Facts(tune)
+        run.tune_batcher = Batcher(val_text, run.tune, run.tune.n, args.seed + 2, Ld=args.doc_len,
+                                   dense=getattr(args, "dense", 0.0))
 
 
 def window_shape(args, rng):
@@ -661,6 +708,7 @@ def train_step(run, b, ph, lr):
             tokens_seen["lm"] += b["x"].size
         else:
             loss, st = mem_step(model, bd, run.args, oracle=(ph == "b"), use_memory=b["use_memory"])
+            st.pop("per")
             tokens_seen["mem_docs"] += b["docs"].size
             tokens_seen["question"] += int(b["valid"].sum())
             st["ctx"] = int(b["context"])
@@ -723,6 +771,7 @@ def save_state(run, pi, ph, n_ph, t_ph):
     os.makedirs(at_stop, exist_ok=True)
     save_ckpt(run.model, at_stop, ckpt_meta(run, ph), dtype=run.args.ckpt_dtype)
     run.phase_box["stop"] = True
+    validate_tune(run)
     run.log({"event": "stopped", "phase": ph, "steps_in_phase": n_ph, "total_steps": run.step,
              "train_seconds": round(time.time() - run.t_train0, 1)})
 
@@ -751,9 +800,46 @@ def validate(run):
     return v, mv
 
 
+def validate_tune(run, n_batches=8):
+    """Answers and abstentions on the tuning split's questions (memory
+    batches of 64 questions over 512- to 4096-token windows): exact answers
+    and abstentions (first answer token that of the abstain answer) of the
+    answerable questions, abstentions of the unanswerable ones."""
+    t, model, dev = run.tune, run.model, run.dev
+    if t is None or not t.unans.any():
+        return None
+    i = int(np.flatnonzero(t.unans)[0])
+    abst = int(t.a_tok[t.a_off[i]])
+    lens = [int(x) for x in (getattr(run.args, "doc_lens", "") or str(run.args.doc_len)).split(",")]
+    n = {"ans": 0, "ans_ok": 0, "ans_abst": 0, "unans": 0, "unans_abst": 0}
+    model.eval()
+    with torch.no_grad():
+        for r in range(n_batches):
+            Ld = lens[r % len(lens)]
+            nq = max(8, 64 * 512 // Ld)
+            vb = run.tune_batcher.mem_batch(nq, nq, 2 * nq, Ld=Ld)
+            with amp(dev):
+                _, st = mem_step(model, to_dev(vb, dev), run.args, oracle=False, use_memory=True)
+            ok = st["per"]["ok"].cpu().numpy()
+            ab = st["per"]["first"].cpu().numpy() == abst
+            u = vb["unans"]
+            n["ans"] += int((~u).sum())
+            n["ans_ok"] += int((ok & ~u).sum())
+            n["ans_abst"] += int((ab & ~u).sum())
+            n["unans"] += int(u.sum())
+            n["unans_abst"] += int((ab & u).sum())
+    model.train()
+    n["ans_acc"] = n["ans_ok"] / max(1, n["ans"])
+    n["ans_abstained"] = n["ans_abst"] / max(1, n["ans"])
+    n["unans_abstained"] = n["unans_abst"] / max(1, n["unans"])
+    run.log({"event": "tune", "total_steps": run.step, **n})
+    return n
+
+
 def end_phase(run, ph, n_ph):
     """Validation and the checkpoint at the end of a phase."""
     v, mv = validate(run)
+    validate_tune(run)
     run.log({"event": "phase_end", "phase": ph, "steps": n_ph, "total_steps": run.step,
              "val_lm_loss": v, "val_mem": mv, "tokens": dict(run.tokens_seen),
              "train_seconds": round(time.time() - run.t_train0, 1)})
@@ -800,6 +886,8 @@ def main(argv=None):
     run.steps_fixed = [args.steps_a, args.steps_b, args.steps_c]
     run.total_time = sum(run.budget)
     init_counters(run)
+    if not run.state:
+        validate_tune(run)  # the starting weights on the tuning split
     start_producer(run)
     for pi, ph in enumerate("abc"):
         if pi < run.pi0:

@@ -17,6 +17,7 @@ from .errors import (AlreadyExists, AuthenticationFailed, Corrupt, Error, Invali
                      IOFailure, KeyRequired, LimitExceeded, LMDBError, NonFinite, NotAStore,
                      NotFound, NotSupported, OutOfMemory, OutOfRange, ReadOnly, SignatureMismatch,
                      UnsupportedDtype, TimedOut, PeerFailed, ModelMismatch, Busy,
+                     OutOfScope,
                      VersionMismatch, WrongState, strerror)
 from .memory import Memory, default_model_path
 from .runtime import Answer, Model, ModelInfo, Span, merge_spans
@@ -27,7 +28,7 @@ from .store import (HIT_DTYPE, Attention, Batch, Capture, DocInfo, QueryStats, S
 __version__ = lib.msadb_version().decode()
 FORMAT_VERSION = lib.msadb_format_version()
 
-__all__ = ["Busy", "ModelMismatch", "PeerFailed", "TimedOut", "AlreadyExists", "Answer", "Attention", "AuthenticationFailed", "Batch", "Capture",
+__all__ = ["Busy", "OutOfScope", "ModelMismatch", "PeerFailed", "TimedOut", "AlreadyExists", "Answer", "Attention", "AuthenticationFailed", "Batch", "Capture",
            "Corrupt", "DocInfo", "Error", "FORMAT_VERSION", "HIT_DTYPE", "IOFailure",
            "InvalidArgument", "KeyRequired", "LIBRARY", "LLM_DOC_MAX", "LMDBError", "LimitExceeded",
            "Memory", "Model", "ModelInfo", "NonFinite", "NotAStore", "NotFound", "NotSupported", "OutOfMemory",

@@ -51,7 +51,8 @@ class StatInfo_(ctypes.Structure):
 
 class SpaceInfo_(ctypes.Structure):
     _fields_ = [("id", ctypes.c_uint32), ("name", ctypes.c_char * (NAME_MAX + 1)),
-                ("n_documents", ctypes.c_uint64), ("n_tokens", ctypes.c_uint64)]
+                ("n_documents", ctypes.c_uint64), ("n_tokens", ctypes.c_uint64),
+                ("keyed", ctypes.c_int), ("locked", ctypes.c_int)]
 
 
 class Doc_(ctypes.Structure):
@@ -171,6 +172,9 @@ PROTOTYPES = {
     "msadb_close": (None, [_P]),
     "msadb_store_signature": (ctypes.POINTER(Signature_), [_P]),
     "msadb_store_encrypted": (_I, [_P]),
+    "msadb_store_scope": (_I, [_P, _S]),
+    "msadb_space_create_keyed": (_I, [_P, _S, _P, _S, ctypes.POINTER(ctypes.c_uint32)]),
+    "msadb_space_unlock": (_I, [_P, _S, _P, _S]),
     "msadb_stat": (_I, [_P, _P]),
     "msadb_space_create": (_I, [_P, _S, ctypes.POINTER(_U32)]),
     "msadb_space_drop": (_I, [_P, _S]),

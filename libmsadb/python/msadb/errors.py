@@ -31,6 +31,7 @@ EPEER = -30982
 ERANGE = -30981
 EMODEL = -30980
 EBUSY = -30979
+ESCOPE = -30978
 
 
 def strerror(code: int) -> str:
@@ -147,6 +148,11 @@ class Busy(Error):
     """MSADB_EBUSY: another process has the store open (vacuum)."""
 
 
+class OutOfScope(Error):
+    """MSADB_ESCOPE: a document or space outside the space the handle is
+    limited to (:meth:`Store.scope`)."""
+
+
 class LMDBError(Error):
     """An LMDB code (-30800..-30780), e.g. MDB_MAP_FULL or MDB_READERS_FULL."""
 
@@ -157,7 +163,8 @@ _BY_CODE = {EINVAL: InvalidArgument, ENOMEM: OutOfMemory, ECORRUPT: Corrupt,
             EREADONLY: ReadOnly, ENONFINITE: NonFinite, ESTATE: WrongState,
             EDTYPE: UnsupportedDtype, ENOTSTORE: NotAStore, ELIMIT: LimitExceeded, EIO: IOFailure,
             ENOTSUP: NotSupported, ERANGE: OutOfRange, ETIMEDOUT: TimedOut,
-            EPEER: PeerFailed, EMODEL: ModelMismatch, EBUSY: Busy}
+            EPEER: PeerFailed, EMODEL: ModelMismatch, EBUSY: Busy,
+            ESCOPE: OutOfScope}
 
 
 def error_class(code: int) -> type:

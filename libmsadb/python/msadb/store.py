@@ -156,6 +156,8 @@ class SpaceInfo:
     name: str
     n_documents: int
     n_tokens: int
+    keyed: bool = False
+    locked: bool = False
 
 
 @dataclasses.dataclass
@@ -373,6 +375,11 @@ class Store(_Handle):
         """The store's signature."""
         return Signature.from_c(lib.msadb_store_signature(self._get()).contents)
 
+    def scope(self, space: str) -> None:
+        """msadb_store_scope: limits this handle to one space for the rest
+        of its life (documents and spaces outside it raise OutOfScope)."""
+        check(lib.msadb_store_scope(self._get(), _name(space, "space")), "scope %r" % space)
+
     @property
     def encrypted(self) -> bool:
         rc = lib.msadb_store_encrypted(self._get())
@@ -396,6 +403,37 @@ class Store(_Handle):
               "create space %r" % name)
         return sid.value
 
+    @staticmethod
+    def _space_key(key, passphrase):
+        """The key buffer and passphrase bytes of a keyed space's call."""
+        if (key is None) == (passphrase is None):
+            raise invalid("space key", "give a key or a passphrase (one of them)")
+        if key is not None:
+            kb = bytes(key)
+            if len(kb) != KEY_BYTES:
+                raise invalid("space key", "key must be %d bytes, got %d" % (KEY_BYTES, len(kb)))
+            return ctypes.create_string_buffer(kb, KEY_BYTES), None
+        return None, _bytes(passphrase, "passphrase")
+
+    def create_space_keyed(self, name: str, key: Optional[bytes] = None,
+                           passphrase: Optional[str] = None) -> int:
+        """msadb_space_create_keyed: a space with its own key (a 32-byte key
+        or a passphrase), independent of the store's; this handle holds it.
+        Returns the space id (InvalidArgument in a store that is not
+        encrypted, AlreadyExists)."""
+        kb, pb = self._space_key(key, passphrase)
+        sid = ctypes.c_uint32()
+        check(lib.msadb_space_create_keyed(self._get(), _name(name, "space"), kb, pb, ctypes.byref(sid)),
+              "create keyed space %r" % name)
+        return sid.value
+
+    def unlock_space(self, name: str, key: Optional[bytes] = None,
+                     passphrase: Optional[str] = None) -> None:
+        """msadb_space_unlock: gives this handle a keyed space's key
+        (KeyRequired when it is wrong)."""
+        kb, pb = self._space_key(key, passphrase)
+        check(lib.msadb_space_unlock(self._get(), _name(name, "space"), kb, pb), "unlock space %r" % name)
+
     def drop_space(self, name: str) -> None:
         """msadb_space_drop: the space and all its documents, in one transaction."""
         check(lib.msadb_space_drop(self._get(), _name(name, "space")), "drop space %r" % name)
@@ -405,7 +443,7 @@ class Store(_Handle):
         s = SpaceInfo_()
         check(lib.msadb_space_get(self._get(), _name(name, "space"), ctypes.byref(s)),
               "space %r" % name)
-        return SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens)
+        return SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens, bool(s.keyed), bool(s.locked))
 
     def spaces(self) -> List[SpaceInfo]:
         """msadb_space_list: every space, in name order."""
@@ -413,7 +451,8 @@ class Store(_Handle):
 
         def cb(p, ud):
             s = p.contents
-            out.append(SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens))
+            out.append(SpaceInfo(s.id, s.name.decode(), s.n_documents, s.n_tokens, bool(s.keyed),
+                                 bool(s.locked)))
             return 0
         check(lib.msadb_space_list(self._get(), SPACE_CB(cb), None), "list spaces")
         return out

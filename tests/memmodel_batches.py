@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""memmodel_batches.py -- what a training batch is made of.
+
+memmodel.data's composed examples with facts written as ordinary sentences
+(--narrative), near neighbours (--near) and the tuning split of the forms
+(--tune-split), tokenized with the bundled tokenizer, then memmodel.train's
+Batcher over them (CPU, numpy): every near neighbour lands in its question's
+own document, never one of another question; the batch's unanswerable flags
+are the questions answered ABSTAIN; --unans-share resamples the drawn share
+to the asked one (up and down); and the training and tuning sides of the
+forms are disjoint and cover every form.  Skips (77) without numpy, torch
+(memmodel.train imports it), sentencepiece or wamerican.
+"""
+import importlib.util
+import os
+import sys
+
+for mod in ("numpy", "torch", "sentencepiece"):
+    if importlib.util.find_spec(mod) is None:
+        print("skip: needs %s" % mod)
+        sys.exit(77)
+if not os.path.exists("/usr/share/dict/words"):
+    print("skip: needs wamerican")
+    sys.exit(77)
+
+import numpy as np
+
+from memmodel import data as mmd
+from memmodel.train import Batcher, Facts
+
+fails = []
+
+
+def check(cond, what):
+    if not cond:
+        fails.append(what)
+    print("ok   " if cond else "FAIL ", what)
+
+
+# the two sides of the forms: disjoint, together every form
+for kind in mmd.CORES:
+    tr = mmd.ComposedGen(1, split="train")
+    tu = mmd.ComposedGen(1, split="tune")
+    fs, qs = mmd.composed_forms(kind)
+    ns = mmd.narrative_forms(kind)
+    check(not set(tr.fact_t[kind]) & set(tu.fact_t[kind])
+          and sorted(tr.fact_t[kind] + tu.fact_t[kind]) == fs
+          and sorted(tr.narr[kind] + tu.narr[kind]) == ns
+          and sorted(tr.question_t[kind] + tu.question_t[kind]) == qs
+          and tu.fact_t[kind] and tu.narr[kind],
+          "%s: training and tuning forms are disjoint and cover all forms" % kind)
+
+g = mmd.ComposedGen(11, narrative=0.4, near=0.6, unans=0.1, split="train")
+exs = [g.example() for _ in range(1500)]
+narr = {t for k in mmd.CORES for t in g.narr[k]}
+n_near = sum(1 for e in exs if e.get("dists"))
+check(n_near > 300, "near neighbours drawn for %d of 1500 examples" % n_near)
+ok = True
+for e in exs:
+    for t, k in zip(e.get("dists", []), e.get("dist_keys", [])):
+        ok &= k not in e["keys"] and e["answer"] not in t.replace(".", " ").split()
+check(ok, "a near neighbour never has the asked key or the asked value")
+
+sp = mmd.load_sp()
+arrays = mmd.pack_examples(sp, exs)
+path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "memmodel_batches_%d.npz" % os.getpid())
+np.savez(path, **arrays)
+try:
+    facts = Facts(path)
+finally:
+    os.unlink(path)
+check(int(facts.n_dist.sum()) == sum(len(e.get("dists", [])) for e in exs),
+      "the arrays hold every near neighbour")
+check(all(bool(u) == (e["answer"] == mmd.ABSTAIN) for u, e in zip(facts.unans, exs)),
+      "the arrays flag the unanswerable examples")
+
+lm = np.random.default_rng(0).integers(3, 8000, size=200000).astype(np.uint16)
+b = Batcher(lm, facts, facts.n, 5, Ld=4096)
+placed, where_ok = 0, True
+for r in range(4):
+    sel, decoys, used = b.draw(24, 24, 0, facts.n, False)
+    docs, where = b.write_docs(b.assign(sel, decoys, used, 24, 0, facts.n))
+    for bi, e in enumerate(sel):
+        if not e[5]:
+            continue
+        d = where[(bi, 0)][0]
+        for f, _ in e[5]:
+            s = docs[d].tolist()
+            n = len(f)
+            inside = any(s[i:i + n] == f.tolist() for i in range(len(s) - n + 1))
+            where_ok &= inside
+            placed += 1
+check(placed > 10 and where_ok,
+      "%d near neighbours, each inside its question's document" % placed)
+i = int(np.flatnonzero(facts.unans)[0])
+abst = int(facts.a_tok[facts.a_off[i]])  # the abstain answer's first token
+qb = b.mem_batch(32, 32, 32)
+check(all((qb["tok"][i, qb["plen"][i]] == abst) == qb["unans"][i] for i in range(32)),
+      "a batch's unanswerable flags are its questions answered ABSTAIN")
+
+share = float(facts.unans.mean())
+for want in (0.02, 0.3):
+    bb = Batcher(lm, facts, facts.n, 9, Ld=512, unans_share=want)
+    got = [bb.draw(64, 0, 0, facts.n, False)[0] for _ in range(30)]
+    s = float(np.mean([e[6] for x in got for e in x]))
+    check(abs(s - want) < 0.05, "--unans-share %.2f: drawn share %.3f (the data's %.3f)"
+          % (want, s, share))
+
+print("%d checks failed" % len(fails) if fails else "batches hold")
+sys.exit(1 if fails else 0)
