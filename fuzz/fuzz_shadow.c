@@ -195,10 +195,18 @@ static void edit(MDB_txn *txn, MDB_dbi dbi, const uint8_t *e)
     free(nv);
 }
 
-static void queries(msadb_snapshot *snap)
+/* The query and output buffers are sized from the signature the store
+ * opened with (an edited meta record may declare other dimensions: the
+ * caller sizes q by the store it holds, as the API asks). */
+static void queries(msadb_store *st, msadb_snapshot *snap)
 {
-    float q[2 * 2 * D], out[2 * 2 * D], lse[4];
-    for (int i = 0; i < 2 * 2 * D; i++)
+    const msadb_signature *sig = msadb_store_signature(st);
+    size_t per = (size_t)sig->n_q_heads * sig->head_dim;
+    float *q = malloc(2 * per * sizeof *q), *out = malloc(2 * per * sizeof *out);
+    float *lse = malloc(2 * (size_t)sig->n_q_heads * sizeof *lse);
+    if (!q || !out || !lse)
+        abort();
+    for (size_t i = 0; i < 2 * per; i++)
         q[i] = (float)((i * 7) % 5) - 2.0f;
     msadb_hit hits[16];
     size_t nh;
@@ -217,6 +225,30 @@ static void queries(msadb_snapshot *snap)
         if (msadb_attend(snap, &qq, out, lse, hits, 16, &nh) == 0 && nh)
             msadb_attend_blocks(snap, &qq, hits, nh < 16 ? nh : 16, out, lse);
     }
+    free(lse);
+    free(out);
+    free(q);
+}
+
+/* One more document, its keys and values sized by the signature the store
+ * opened with (the same values as K and V where the shape is unchanged). */
+static int append_one(msadb_store *st)
+{
+    const msadb_signature *sig = msadb_store_signature(st);
+    size_t n = (size_t)NT * msadb_signature_planes(sig) * sig->head_dim;
+    float *kv = malloc(2 * n * sizeof *kv);
+    if (!kv)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        kv[i] = (float)((i * 37) % 11) - 5.0f;
+        kv[n + i] = (float)((i * 13) % 7) - 3.0f;
+    }
+    msadb_doc doc = make_doc("b");
+    doc.keys = kv;
+    doc.values = kv + n;
+    int rc = msadb_doc_append(st, &doc, NULL);
+    free(kv);
+    return rc;
 }
 
 static void exercise(const char *dir, int enc)
@@ -233,11 +265,10 @@ static void exercise(const char *dir, int enc)
     msadb_snapshot *snap;
     if (msadb_snapshot_begin(st, &snap) == 0) {
         msadb_doc_list(snap, NULL, fuzz_read_doc, snap);
-        queries(snap);
+        queries(st, snap);
         msadb_snapshot_end(snap);
     }
-    msadb_doc doc = make_doc("b");
-    int added = msadb_doc_append(st, &doc, NULL);
+    int added = append_one(st);
     if (verified && (added != 0 || msadb_verify(st, NULL, NULL) != 0)) {
         fprintf(stderr, "a store that passed verify broke on the next write: %s\n",
                 msadb_strerror(added));

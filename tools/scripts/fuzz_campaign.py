@@ -15,12 +15,13 @@ by their SHA-1) only those that reach an edge the named ones and the
 smaller found ones do not (-use_counters=0: new edges, not new hit
 counts), so that `meson test` replays a small corpus that still reaches
 every edge.  --minimize-only does that step alone on the committed
-corpus, without fuzzing.  Targets run one at a time; the
-target is 10M executions or 30 minutes per target, whichever comes first
+corpus, without fuzzing.  Targets run one at a time, or --jobs N at a
+time (each target is one libFuzzer process on one core); the target is 10M executions or 30 minutes per target, whichever comes first
 (--execs, --seconds).  Runs under `nice -n 19` (--nice); the table notes
 the mean one-minute load average during each target's run.
 """
 import argparse
+import concurrent.futures
 import glob
 import os
 import re
@@ -156,6 +157,7 @@ def main():
     ap.add_argument("--minimize-only", action="store_true")
     ap.add_argument("--nice", type=int, default=19)
     ap.add_argument("--no-table", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="targets run at the same time (default 1)")
     a = ap.parse_args()
     names = a.targets or sorted(os.path.basename(p)[len("fuzz_"):]
                                 for p in glob.glob(os.path.join(a.build, "fuzz", "fuzz_*"))
@@ -171,23 +173,31 @@ def main():
                                    os.path.join(ROOT, "fuzz", "corpus", n), work, a.nice)
             print("%-12s corpus %d files, %d bytes" % (n, files, size), flush=True)
         return
+    if a.jobs < 1:
+        sys.exit("--jobs must be at least 1")
     rows = []
-    for n in names:
-        r = run_target(a.build, n, a.seconds, a.execs, a.merge, a.nice)
-        rows.append(r)
-        print("%-12s %6.0fs %12d execs  cov %6d  ft %7d  crashes %d  load %.1f  corpus %d files" % (
-            n, r["seconds"], r["execs"], r["cov"], r["ft"], r["crashes"], r["load"], r["corpus"][0]),
-            flush=True)
-        if r["tail"]:
-            print(r["tail"], file=sys.stderr)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        futures = [pool.submit(run_target, a.build, n, a.seconds, a.execs, a.merge, a.nice)
+                   for n in names]
+        for fut in concurrent.futures.as_completed(futures):
+            rows.append(fut.result())
+            r = rows[-1]
+            print("%-12s %6.0fs %12d execs  cov %6d  ft %7d  crashes %d  load %.1f  corpus %d files" % (
+                r["name"], r["seconds"], r["execs"], r["cov"], r["ft"], r["crashes"], r["load"],
+                r["corpus"][0]), flush=True)
+            if r["tail"]:
+                print(r["tail"], file=sys.stderr)
+    rows.sort(key=lambda r: r["name"])
     try:
         load = open("/proc/loadavg").read().split()[:3]
     except OSError:
         load = ["?"]
-    note = ("Run: `python3 tools/scripts/fuzz_campaign.py %s --seconds %d%s` (nice -n %d, one "
-            "target at a time) on %d cores, load average %s at the end, %s; load: the mean "
+    note = ("Run: `python3 tools/scripts/fuzz_campaign.py %s --seconds %d%s%s` (nice -n %d, %s "
+            "at a time) on %d cores, load average %s at the end, %s; load: the mean "
             "one-minute load average during the target's run." % (
-                a.build, a.seconds, " --merge" if a.merge else "", a.nice, os.cpu_count() or 0,
+                a.build, a.seconds, " --merge" if a.merge else "",
+                " --jobs %d" % a.jobs if a.jobs > 1 else "", a.nice,
+                "one target" if a.jobs == 1 else "%d targets" % a.jobs, os.cpu_count() or 0,
                 " ".join(load), time.strftime("%Y-%m-%d")))
     if not a.no_table:
         write_table(rows, a.seconds, note)
