@@ -145,16 +145,22 @@ int msadb_meta_put_u64(MDB_txn *txn, msadb_store *st, const char *name, uint64_t
     return put_meta(txn, st, name, b, 8);
 }
 
-int msadb_meta_format(MDB_txn *txn, msadb_store *st, uint32_t *format)
+/* The format record; `missing` is returned when there is none. */
+static int read_format(MDB_txn *txn, msadb_store *st, int missing, uint32_t *format)
 {
     MDB_val v;
     int rc = get_meta(txn, st, "format", &v);
     if (rc)
-        return rc == MDB_NOTFOUND ? MSADB_ECORRUPT : rc;
+        return rc == MDB_NOTFOUND ? missing : rc;
     if (v.mv_size != 4)
         return MSADB_ECORRUPT;
     *format = msadb_get_le32(v.mv_data);
     return 0;
+}
+
+int msadb_meta_format(MDB_txn *txn, msadb_store *st, uint32_t *format)
+{
+    return read_format(txn, st, MSADB_ECORRUPT, format);
 }
 
 int msadb_meta_raise_format(MDB_txn *txn, msadb_store *st, uint32_t version)
@@ -626,12 +632,9 @@ fail:
 static int open_layout(msadb_store *st, MDB_txn *txn, const msadb_signature *expect)
 {
     MDB_val v;
-    int rc = get_meta(txn, st, "format", &v);
+    int rc = read_format(txn, st, MSADB_ENOTSTORE, &st->format);
     if (rc)
-        return rc == MDB_NOTFOUND ? MSADB_ENOTSTORE : rc;
-    if (v.mv_size != 4)
-        return MSADB_ECORRUPT;
-    st->format = msadb_get_le32(v.mv_data);
+        return rc;
     if (st->format > MSADB_FORMAT_VERSION)
         return MSADB_EVERSION;
     if (st->format < 1)
