@@ -73,6 +73,34 @@ for name, g in (("ComposedGen", mmd.ComposedGen(7)),
                   "%s: a fact without its value: %r" % (name, ex))
     check(200 < n_unans < 800, "%s: %d unanswerable of 4000 (share 0.12)" % (name, n_unans))
 
+# the tuning split's own slot words (--tune-vocab): training never draws one,
+# the tuning split draws no other word-list word or number
+# (the fixed training lists and the attribute suffixes are not split)
+fixed_words = set(mmd.ADJ) | set(mmd.ANIMALS) | {"code", "number", "combination", "PIN"} | {
+    w for a in mmd.CODE_ATTRS + mmd.ROOM_ATTRS for w in a.split()}
+words = (set(mmd.Vocab("train").noun) | set(mmd.Vocab("train").proper) | set(mmd.FIRST)) - fixed_words
+for side in ("train", "tune"):
+    g = mmd.ComposedGen(10, narrative=0.5, near=0.5, split=side, vocab=side, num_mix=0.25)
+    lengths = set()
+    for _ in range(3000):
+        d = g.fact(mmd.KINDS[int(g.rng.integers(5))])["d"]
+        slot_words = [w for k in ("ent", "per", "animal", "attr", "val")
+                      for w in str(d.get(k, "")).split(" ") if w in words]
+        nums = [d[k] for k in ("room", "val") if k in d and d[k].isdigit()]
+        lengths |= {len(n) for n in nums}
+        # 3- and 4-digit numbers come from the pools; other lengths are num_mix's
+        nums = [n for n in nums if len(n) in (3, 4) and not (len(n) == 4 and "room" in d
+                                                             and d["room"] == n)]
+        for w in set(slot_words + nums):
+            check(mmd._tune_word(w) == (side == "tune"),
+                  "ComposedGen (vocab %s) drew %r of the other side" % (side, w))
+        if side == "tune":
+            for k, fixed in (("ent", mmd.ADJ), ("animal", mmd.ANIMALS),
+                             ("attr", mmd.CODE_ATTRS + mmd.ROOM_ATTRS)):
+                w = d.get(k, "").split(" ")[1] if k == "ent" and k in d else d.get(k)
+                check(w not in fixed, "the tuning split drew the training list's %s %r" % (k, w))
+    check(lengths >= {2, 3, 4, 5}, "num_mix 0.25: number lengths %s" % sorted(lengths))
+
 facts, used = heldout.draw_facts(2718)
 for cell, fs in facts.items():
     check(len(fs) == heldout.N_PER_KIND * len(heldout.KINDS), "%s: %d facts" % (cell, len(fs)))
@@ -100,7 +128,7 @@ check(r["cells"]["unans"]["correct"] == 1, "score: unans %r" % r["cells"]["unans
 check(r["by_pos"]["tpl/0-511"]["correct"] == 1 and r["by_pos"]["tpl/512-1023"]["correct"] == 0,
       "score: by position %r" % r["by_pos"])
 
-for f in fails:
+for f in sorted(set(fails)):
     print("FAIL:", f)
 print("%d checks failed" % len(fails) if fails else "held-out splits hold")
 sys.exit(1 if fails else 0)

@@ -54,6 +54,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import numpy as np
 
@@ -696,6 +697,13 @@ def _tune_side(form):
     return _h("tune" + form) % 8 == 0
 
 
+def _tune_word(w):
+    """1/8 of the train-side slot words and numbers (by a hash) are kept for
+    tuning (memmodel.data build --tune-vocab): training never draws them, so
+    the tuning split sees slot words as new as the held-out ones are."""
+    return _h("tunew" + w) % 8 == 0
+
+
 class OpenVocab:
     """Open training vocabularies: nouns, modifiers and attribute words drawn
     from the train side of the word list, never a HELD_* word."""
@@ -723,7 +731,7 @@ class ComposedGen(FactGen):
     draws only the forms of that side of _tune_side (None: every form)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
-                 near=0.0, split=None):
+                 near=0.0, split=None, vocab=None, num_mix=0.0):
         forms = {k: composed_forms(k) for k in CORES}
         self.narr = {k: narrative_forms(k) for k in CORES}
         if split:
@@ -735,11 +743,39 @@ class ComposedGen(FactGen):
                          fact_t={k: f for k, (f, _) in forms.items()},
                          question_t={k: q for k, (_, q) in forms.items()})
         self.open = OpenVocab(self.v)
-        self.unans, self.narrative, self.near = unans, narrative, near
+        self.fixed = vocab != "tune"
+        if vocab:
+            self._split_vocab(vocab == "tune")
+        self.unans, self.narrative, self.near, self.num_mix = unans, narrative, near, num_mix
         self._sets = {"room": set(self.v.room), "code": set(self.v.code)}
 
+    def _split_vocab(self, tune):
+        """Keep only one side of _tune_word in every word list and number
+        pool; the tuning side also leaves out the fixed training lists
+        (ADJ, ANIMALS, the attributes), which earlier runs trained on."""
+        side = lambda xs: [x for x in xs if _tune_word(x) == tune]
+        v = self.v
+        self.v = types.SimpleNamespace(adj=v.adj, noun=side(v.noun), first=side(v.first),
+                                       proper=side(v.proper), code=side(v.code),
+                                       room=side(v.room))
+        o = self.open
+        o.nouns, o.modifiers, o.attr_words = side(o.nouns), side(o.modifiers), side(o.attr_words)
+
+    def number(self, pool):
+        """A room number (pool "room") or code: with probability num_mix one
+        of another length (2 digits, a 4-digit code as a room, 5 digits), so
+        that numbers are matched digit by digit, not recognized whole."""
+        if pool != "room" or self.rng.random() >= self.num_mix:
+            return self._pick(getattr(self.v, pool))
+        n = int(self.rng.integers(3))
+        if n == 1:
+            return self._pick(self.v.code)
+        lo = 10 if n == 0 else 10000
+        return str(int(self.rng.integers(lo, 10 * lo)))
+
     def entity(self):
-        adj = self._pick(self.slots["adj"] if self.rng.random() < 0.5 else self.open.modifiers)
+        fixed = self.fixed and self.rng.random() < 0.5
+        adj = self._pick(self.slots["adj"] if fixed else self.open.modifiers)
         return "the %s %s" % (adj, self._pick(self.open.nouns))
 
     def person(self):
@@ -748,7 +784,11 @@ class ComposedGen(FactGen):
         return "%s %s" % (first, self.proper())
 
     def fact(self, kind, **kw):
-        if self.rng.random() < 0.5:
+        if kind == "room":
+            kw.setdefault("val", self.number("room"))
+        elif kind == "roomcode":
+            kw.setdefault("room", self.number("room"))
+        if self.rng.random() < 0.5 or not self.fixed:
             if kind == "pet":
                 kw.setdefault("animal", self._pick(self.open.attr_words))
             elif kind in ("code", "roomcode"):
@@ -775,6 +815,10 @@ class ComposedGen(FactGen):
     def near_num(self, v, pool):
         """A number of pool ("room" or "code") one digit away from v (any
         other of the pool when none is)."""
+        if v not in self._sets[pool]:  # a number of another length (num_mix)
+            i = int(self.rng.integers(len(v)))
+            c = self._pick([c for c in "0123456789" if c != v[i] and (i or c != "0")])
+            return v[:i] + c + v[i + 1:]
         cands = [v[:i] + c + v[i + 1:] for i in range(len(v)) for c in "0123456789"
                  if c != v[i] and v[:i] + c + v[i + 1:] in self._sets[pool]]
         return self._pick(cands) if cands else self._pick(getattr(self.v, pool))
@@ -967,17 +1011,20 @@ def build_facts(args, sp):
     split = "train" if args.tune_split else None
     if args.composed:
         g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
-                        unans=args.unans, narrative=args.narrative, near=args.near, split=split)
+                        unans=args.unans, narrative=args.narrative, near=args.near, split=split,
+                        vocab=split if args.tune_vocab else None, num_mix=args.num_mix)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
     np.savez_compressed(os.path.join(args.out, "facts_train.npz"), **pack_examples(sp, exs))
     print("train examples", len(exs), flush=True)
     if args.tune_split:
-        # the tuning split: forms training never draws, train-side slots, a larger
+        # the tuning split: forms training never draws, train-side slots (with
+        # --tune-vocab only the slot words training never draws), a larger
         # unanswerable share (both abstention rates measured on it)
         g = ComposedGen(args.seed + 1, synthetic=args.synthetic_names, kind_weights=kw,
-                        unans=0.25, narrative=args.narrative, near=args.near, split="tune")
+                        unans=0.25, narrative=args.narrative, near=args.near, split="tune",
+                        vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1007,6 +1054,12 @@ def main(argv):
     ap.add_argument("--tune-split", type=int, default=0,
                     help="with --composed: keep 1/8 of the forms out of training and write this "
                          "many examples of them to facts_tune.npz (abstention tuning)")
+    ap.add_argument("--tune-vocab", action="store_true",
+                    help="with --tune-split: also keep 1/8 of the slot words and numbers "
+                         "(_tune_word) out of training, for the tuning split only")
+    ap.add_argument("--num-mix", type=float, default=0.0,
+                    help="with --composed: share of room numbers of another length "
+                         "(2 digits, a 4-digit code, 5 digits)")
     ap.add_argument("--skip-lm", action="store_true",
                     help="build: keep DIR's train_lm.u16 / val_lm.u16, write the facts only")
     args = ap.parse_args(argv)
