@@ -22,7 +22,8 @@
 #include "input/textfile.h"
 
 /* CLI_ABSTAIN: query and search found nothing in memory scoring at least
- * the minimum score (the answer is "not in memory"). */
+ * the minimum score (the answer is "not in memory"), or the model answered
+ * with its declared abstain answer (msadb_llm_is_abstain). */
 enum { CLI_OK = 0, CLI_ERROR = 1, CLI_USAGE = 2, CLI_ABSTAIN = 3 };
 
 typedef struct cli_db cli_db; /* db.c */

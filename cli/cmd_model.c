@@ -803,7 +803,9 @@ static int run_ask(const cli_args *a, asked *q, ask_result *r)
     return mrc ? cli_error_rc(mrc, "%s: the memory spans", a->db) : CLI_OK;
 }
 
-static int print_answer(const cli_args *a, const asked *q, ask_result *r)
+/* abstained: the answer is the model's declared abstain answer
+ * (msadb_llm_is_abstain); said in the JSON, and on stderr unless --quiet. */
+static int print_answer(const cli_args *a, const asked *q, ask_result *r, int abstained)
 {
     msadb_snapshot *snap = NULL;
     int mrc = r->n_spans ? msadb_snapshot_begin(q->st, &snap) : 0;
@@ -815,9 +817,10 @@ static int print_answer(const cli_args *a, const asked *q, ask_result *r)
         json_t *timing = json_pack("{s:f, s:f, s:f}", "load", q->load_ms, "first_text",
                                    r->ans.first >= 0 ? r->ans.first : r->ask_ms, "ask", r->ask_ms);
         json_t *root = json_pack(
-            "{s:o, s:o, s:b, s:s, s:I, s:b, s:I, s:o, s:I, s:o}", "question",
+            "{s:o, s:o, s:b, s:b, s:s, s:I, s:b, s:I, s:o, s:I, s:o}", "question",
             cli_json_bytes(q->question, q->qlen), "answer",
-            cli_json_bytes(r->ans.s ? r->ans.s : "", r->ans.n), "memory", r->memory, "select",
+            cli_json_bytes(r->ans.s ? r->ans.s : "", r->ans.n), "abstained", abstained,
+            "memory", r->memory, "select",
             a->select == MSADB_SELECT_DOCUMENTS ? "documents" : "blocks", "top_k",
             (json_int_t)a->top_k, "exact", a->exact, "interleave", (json_int_t)a->interleave,
             "spans", spans_json(snap, r->spans, listed), "spans_total", (json_int_t)r->n_spans,
@@ -837,6 +840,9 @@ static int print_answer(const cli_args *a, const asked *q, ask_result *r)
                    r->ans.first >= 0 ? r->ans.first : r->ask_ms, r->ask_ms, q->load_ms);
         if (fflush(stdout) != 0)
             rc = cli_error("cannot write to stdout");
+        if (rc == CLI_OK && abstained && !a->quiet)
+            fprintf(stderr, "msadb: the model's answer is its declared abstain answer: %s\n",
+                    r->memory ? "the memory it drew on does not hold this" : "no memory was asked");
     }
     msadb_snapshot_end(snap);
     return rc;
@@ -862,8 +868,11 @@ int cmd_model_query(const cli_args *a)
             rc = alloc_hits(a, q.st, &r);
         if (rc == CLI_OK)
             rc = run_ask(a, &q, &r);
+        int abstained = rc == CLI_OK && msadb_llm_is_abstain(q.llm, r.ans.s, r.ans.n) == 1;
         if (rc == CLI_OK)
-            rc = print_answer(a, &q, &r);
+            rc = print_answer(a, &q, &r, abstained);
+        if (rc == CLI_OK && abstained)
+            rc = CLI_ABSTAIN;
     }
     free(r.ans.s);
     free(r.hits);

@@ -969,7 +969,8 @@ typedef struct msadb_llm_info {
  * GGUF reader (MSADB_ECORRUPT, MSADB_EVERSION), MSADB_EDTYPE, MSADB_ENOTFOUND,
  * MSADB_EINVAL (unsupported architecture or feature, or an unknown value of
  * the optional routing keys msadb.routing.summary / msadb.routing.score,
- * which say how the model was trained to route: msadb_ask_params), errno
+ * which say how the model was trained to route: msadb_ask_params, or of
+ * the optional key msadb.abstain: msadb_llm_abstain_answer), errno
  * values. */
 MSADB_API int msadb_llm_open(const char *path, msadb_llm **out);
 /** Frees a model; NULL allowed. */
@@ -997,6 +998,19 @@ MSADB_API int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out);
  * store's record (zeroed when there is none). */
 MSADB_API int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_model_id *rec);
 MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
+/** The answer the model was trained to give when memory does not hold what
+ * a question asks (GGUF string key msadb.abstain, e.g. "not in memory"; at
+ * most 256 bytes, no NUL): *text points at it, NUL-terminated, owned by llm
+ * and valid until msadb_llm_close().  Returns 0, MSADB_ENOTFOUND (the model
+ * declares none: *text is NULL) or MSADB_EINVAL (NULL argument). */
+MSADB_API int msadb_llm_abstain_answer(const msadb_llm *llm, const char **text);
+/** Whether an answer (len bytes, as msadb_llm_ask() wrote it) is the
+ * model's declared abstain answer: compared without case, white space
+ * around it and one closing full stop.  Returns 1 (it is: memory does not
+ * hold the answer, by the model's own account), 0 (it is not, or the model
+ * declares no abstain answer) or MSADB_EINVAL (NULL llm, or NULL answer with
+ * len > 0). */
+MSADB_API int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len);
 /** The default store signature for this model (memory in the latter half
  * of the layers, block 64, f16). */
 MSADB_API int msadb_llm_signature(const msadb_llm *llm, msadb_signature *sig);

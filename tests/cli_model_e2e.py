@@ -40,7 +40,8 @@ def run(*args, expect=0, msg=None, stdin=None):
                              f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}")
     if msg is not None and msg not in r.stderr:
         raise AssertionError(f"{where}: stderr lacks {msg!r}:\n{r.stderr}")
-    if expect != 0 and not r.stderr.startswith("msadb: "):
+    # exit 3 (abstained) is an answer, not an error: its cases check stderr themselves
+    if expect not in (0, 3) and not r.stderr.startswith("msadb: "):
         raise AssertionError(f"{where}: error message not prefixed 'msadb: ': {r.stderr!r}")
     if expect == 0 and "--json" not in args and r.stderr:
         raise AssertionError(f"{where}: unexpected stderr (progress must be TTY-only): {r.stderr!r}")
@@ -448,11 +449,45 @@ def test_query_output(fx):
     run("query", db, "--layer", "2", expect=2, msg="missing --q")
 
 
+def test_query_abstain(fx):
+    """A model that declares its abstain answer (GGUF msadb.abstain): query
+    exits 3 when the model gives that answer, says so in the JSON and on
+    stderr; other answers exit 0.  A bad msadb.abstain is refused with the
+    key named.  The random model's own answer is declared as its abstain
+    answer: the same weights answer the same question the same way."""
+    base = fx.ask("--max-tokens", "4")
+    check(base["abstained"] is False, f"no msadb.abstain: not abstained {base}")
+    shorter = fx.ask("--max-tokens", "1")["answer"]
+    declared = base["answer"].strip()
+    check(declared and shorter.strip() != declared, f"answers {base['answer']!r} / {shorter!r}")
+    m2 = make_model("abstain.gguf", "--abstain", declared)
+    db2 = p("abstain-db")
+    run("init", db2, "--model", m2, "--block", "16", "--quiet")
+    run("ingest", db2, "--model", m2, "--quiet", write("abstain-doc.txt", LIGHTHOUSE))
+    j = jrun("query", db2, "--model", m2, "--max-tokens", "4", fx.question, expect=3)
+    check(j["abstained"] is True and j["answer"] == base["answer"], f"abstained: {j}")
+    r = run("query", db2, "--model", m2, "--max-tokens", "4", fx.question, expect=3)
+    check(r.stdout.startswith(base["answer"]) and
+          "the model's answer is its declared abstain answer" in r.stderr, f"abstain: {r.stderr!r}")
+    r = run("query", db2, "--model", m2, "--max-tokens", "4", "--quiet", fx.question, expect=3)
+    check(r.stderr == "", f"--quiet abstain: {r.stderr!r}")
+    j = jrun("query", db2, "--model", m2, "--max-tokens", "1", fx.question)
+    check(j["abstained"] is False and j["answer"] == shorter, f"another answer: {j}")
+    # refused values: not a string, empty
+    for t, v in (("uint32", "7"), ("string", "")):
+        bad = p("abstain-bad.gguf")
+        r = subprocess.run(["/usr/bin/python3", "-m", "memmodel.gguf", "edit", m2, bad, "set",
+                            "msadb.abstain", t, v], capture_output=True, text=True)
+        check(r.returncode == 0, f"gguf edit: {r.stderr}")
+        run("query", db2, "--model", bad, "q", expect=1, msg="msadb.abstain")
+
+
 def main():
     fx = Fixture()
     for case in (test_init, test_ingest_files, test_ingest_long_text, test_ingest_again, test_ls,
                  test_ingest_refused, test_usage_errors, test_binary_ok, test_query_answers,
-                 test_query_spaces, test_query_selection, test_query_modes, test_query_output):
+                 test_query_spaces, test_query_selection, test_query_modes, test_query_output,
+                 test_query_abstain):
         case(fx)
     # the store is sound
     run("verify", fx.db)

@@ -396,6 +396,60 @@ static void test_declared_routing(const char *plain_path, const char *dir)
     }
 }
 
+/* A model's declared abstain answer (GGUF msadb.abstain): read at load,
+ * matched without case, surrounding white space and one closing full stop;
+ * absent, it matches nothing; bad values are refused at load with an
+ * explanation naming the key. */
+static void test_abstain(const char *plain_path, const char *dir)
+{
+    char plain[1200]; /* tu_make_model reuses its buffer */
+    snprintf(plain, sizeof plain, "%s", plain_path);
+    const char *shape = "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
+    char opts[512];
+    snprintf(opts, sizeof opts, "%s --abstain 'not in memory'", shape);
+    msadb_llm *l0, *l1;
+    CHECK_OK(msadb_llm_open(plain, &l0));
+    CHECK_OK(msadb_llm_open(tu_make_model(dir, "abstain", opts), &l1));
+    const char *t = "x";
+    CHECK_RC(msadb_llm_abstain_answer(l0, &t), MSADB_ENOTFOUND);
+    CHECK(t == NULL);
+    CHECK_OK(msadb_llm_abstain_answer(l1, &t));
+    CHECK(t && !strcmp(t, "not in memory"));
+    static const struct {
+        const char *answer;
+        int is;
+    } cases[] = {{"not in memory", 1},  {" Not in memory.\n", 1}, {"NOT IN MEMORY", 1},
+                 {"not in memory..", 0}, {"not in memor", 0},      {"not in memory yet", 0},
+                 {"", 0},                {"Dublin", 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *s = cases[i].answer;
+        CHECK_RC(msadb_llm_is_abstain(l1, s, strlen(s)), cases[i].is);
+        CHECK_RC(msadb_llm_is_abstain(l0, s, strlen(s)), 0);
+    }
+    CHECK_RC(msadb_llm_is_abstain(l1, NULL, 0), 0);
+    CHECK_RC(msadb_llm_is_abstain(l1, NULL, 3), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_is_abstain(NULL, "x", 1), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_abstain_answer(NULL, &t), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_abstain_answer(l1, NULL), MSADB_EINVAL);
+    msadb_llm_close(l0);
+    msadb_llm_close(l1);
+    /* refused: empty, longer than 256 bytes */
+    char longer[300];
+    memset(longer, 'a', 257);
+    longer[257] = 0;
+    const char *bad[] = {"''", longer};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(opts, sizeof opts, "%s --abstain %s", shape, bad[i]);
+        const char *p = tu_make_model(dir, "bad-abstain", opts);
+        msadb_llm *lb = NULL;
+        CHECK_RC(msadb_llm_open(p, &lb), MSADB_EINVAL);
+        CHECK(lb == NULL);
+        char why[256];
+        CHECK_OK(msadb_llm_explain(p, MSADB_EINVAL, why, sizeof why));
+        CHECK(strstr(why, "msadb.abstain") != NULL);
+    }
+}
+
 int main(void)
 {
     const char *dir = tu_tmpdir("adapter");
@@ -408,7 +462,10 @@ int main(void)
     test_dense_vs_memory(path, dir, 0);
     test_sparse_shift(path, dir);
     test_ask_routing(path, dir);
-    test_declared_routing(path, dir);
+    char main_model[1200];
+    snprintf(main_model, sizeof main_model, "%s", path);
+    test_declared_routing(main_model, dir);
+    test_abstain(main_model, dir);
     printf("test_adapter: ok\n");
     return 0;
 }

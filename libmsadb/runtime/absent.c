@@ -16,6 +16,20 @@ int msadb_llm_open(const char *path, msadb_llm **out)
 
 void msadb_llm_close(msadb_llm *llm) { (void)llm; }
 
+int msadb_llm_abstain_answer(const msadb_llm *llm, const char **text)
+{
+    (void)llm;
+    if (text)
+        *text = NULL;
+    return MSADB_ENOTSUP;
+}
+
+int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len)
+{
+    (void)llm, (void)answer, (void)len;
+    return MSADB_ENOTSUP;
+}
+
 int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)
 {
     (void)llm, (void)out;

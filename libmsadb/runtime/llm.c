@@ -1,6 +1,7 @@
 /* llm.c -- the built-in runtime behind the public API: a GGUF llama model
  * with its tokenizer, ingesting text into a store (capture) and answering
  * questions with memory attention merged into every memory layer. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -28,6 +29,7 @@ struct msadb_llm {
     /* how the model was trained to route (GGUF msadb.routing.*), 0 = not said */
     uint32_t route_summary;
     int route_score;
+    char *abstain;    /* the declared "not in memory" answer (GGUF msadb.abstain), or NULL */
     char *path;       /* absolute path of the file */
     int have_id;      /* id computed (msadb_llm_identity) */
     msadb_model_id id;
@@ -77,6 +79,35 @@ static int read_routing(msadb_llm *llm)
     return rc;
 }
 
+/* Longest declared abstain answer (msadb.abstain), in bytes. */
+#define LLM_ABSTAIN_MAX 256
+
+/* The answer the model was trained to give when memory does not hold what
+ * is asked (GGUF msadb.abstain), *s and *n its bytes: 0, MSADB_ENOTFOUND
+ * (the key is optional), MSADB_EINVAL (not a string, empty, longer than
+ * LLM_ABSTAIN_MAX or holding a NUL byte). */
+static int abstain_value(const msadb_gguf *g, const char **s, size_t *n)
+{
+    int rc = msadb_gguf_get_str(g, "msadb.abstain", s, n);
+    if (rc)
+        return rc == MSADB_EDTYPE ? MSADB_EINVAL : rc;
+    return *n == 0 || *n > LLM_ABSTAIN_MAX || memchr(*s, 0, *n) ? MSADB_EINVAL : 0;
+}
+
+static int read_abstain(msadb_llm *llm)
+{
+    const char *s;
+    size_t n;
+    int rc = abstain_value(msadb_model_gguf(llm->model), &s, &n);
+    if (rc)
+        return rc == MSADB_ENOTFOUND ? 0 : rc;
+    if (!(llm->abstain = malloc(n + 1)))
+        return MSADB_ENOMEM;
+    memcpy(llm->abstain, s, n);
+    llm->abstain[n] = 0;
+    return 0;
+}
+
 int msadb_llm_open(const char *path, msadb_llm **out)
 {
     if (!path || !out)
@@ -90,6 +121,8 @@ int msadb_llm_open(const char *path, msadb_llm **out)
         rc = msadb_tokenizer_from_gguf(msadb_model_gguf(llm->model), &llm->tok);
     if (!rc)
         rc = read_routing(llm);
+    if (!rc)
+        rc = read_abstain(llm);
     if (!rc && !(llm->path = realpath(path, NULL)))
         rc = errno;
     if (rc) {
@@ -106,6 +139,7 @@ void msadb_llm_close(msadb_llm *llm)
         return;
     msadb_tokenizer_free(llm->tok);
     msadb_model_free(llm->model);
+    free(llm->abstain);
     free(llm->path);
     free(llm);
 }
@@ -235,6 +269,9 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
     msadb_gguf_get_cstr(g, "general.architecture", arch, sizeof arch);
     msadb_gguf_get_cstr(g, "tokenizer.ggml.model", tmodel, sizeof tmodel);
     int has_pre = msadb_gguf_get_cstr(g, "tokenizer.ggml.pre", pre, sizeof pre) == 0;
+    const char *ab;
+    size_t abn;
+    int bad_abstain = abstain_value(g, &ab, &abn) == MSADB_EINVAL;
     msadb_gguf_close(g);
     if (strcmp(arch, "llama") != 0)
         snprintf(buf, cap, "its architecture '%s' (general.architecture) is not one the built-in "
@@ -248,6 +285,11 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
         snprintf(buf, cap, "its pre-tokenizer '%s' (tokenizer.ggml.pre) is not implemented: only "
                            "GPT-2's ('default', 'gpt-2') is; the rest of the model is supported",
                  pre);
+    else if (err == MSADB_EINVAL && bad_abstain)
+        snprintf(buf, cap, "its msadb.abstain (the answer the model gives when memory does not hold "
+                           "what is asked) is not a string of 1-%d bytes without NUL; correct or "
+                           "delete that key",
+                 LLM_ABSTAIN_MAX);
     else if (err == MSADB_EDTYPE)
         snprintf(buf, cap, "a weight type the runtime cannot read (F32, F16, BF16 and Q8_0 only)");
     else if (err == MSADB_ENOTFOUND)
@@ -255,6 +297,36 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
     else
         snprintf(buf, cap, "a llama GGUF the runtime cannot load (%s)", msadb_strerror(err));
     return 0;
+}
+
+int msadb_llm_abstain_answer(const msadb_llm *llm, const char **text)
+{
+    if (!llm || !text)
+        return MSADB_EINVAL;
+    *text = llm->abstain;
+    return llm->abstain ? 0 : MSADB_ENOTFOUND;
+}
+
+int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len)
+{
+    if (!llm || (!answer && len))
+        return MSADB_EINVAL;
+    if (!llm->abstain)
+        return 0;
+    /* white space around the answer and one closing full stop do not count */
+    while (len && isspace((unsigned char)answer[0]))
+        answer++, len--;
+    while (len && isspace((unsigned char)answer[len - 1]))
+        len--;
+    if (len && answer[len - 1] == '.')
+        len--;
+    size_t n = strlen(llm->abstain);
+    if (len != n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (tolower((unsigned char)answer[i]) != tolower((unsigned char)llm->abstain[i]))
+            return 0;
+    return 1;
 }
 
 int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)

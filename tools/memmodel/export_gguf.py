@@ -53,11 +53,10 @@ def build(sd, meta, tok_path, wtype, name, extra=None):
     w = gguf.GGUFWriter()
     w.add_string("general.architecture", "llama")
     w.add_string("general.name", name)
-    # the shipped file's own words (its old path kept: gguf <-> transformers round trips
-    # compare the metadata exactly)
+    # what the file is and what made it
     w.add_string("general.description",
                  "msadb's own small memory model: llama architecture, memory layers %d..%d "
-                 "(latter half), trained by tools/train_memory_model.py" %
+                 "(latter half), trained by tools/memmodel (docs/model.md)" %
                  (c["n_layers"] // 2, c["n_layers"] - 1))
     w.add_uint32("general.file_type", {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[wtype])
     w.add_uint32("llama.block_count", c["n_layers"])
@@ -109,6 +108,10 @@ def main(argv):
                     help="JSON for the msadb.training key (default: the checkpoint's own "
                          "steps, tokens and training seconds, which count the earlier commands "
                          "it went on from with --continue, --resume or --init-gguf)")
+    ap.add_argument("--abstain", default="",
+                    help="msadb.abstain: the answer the model was trained to give when memory "
+                         "does not hold what is asked (memmodel.data.ABSTAIN for a model trained "
+                         "on unanswerable questions; msadb query then exits 3 on it)")
     args = ap.parse_args(argv)
     sd, meta = load_state(args.ckpt)
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
@@ -116,8 +119,10 @@ def main(argv):
                                         "gpu_train_seconds": meta.get("train_seconds")})
     # how the model was trained to route (memmodel.train: q . mean key);
     # msadb_llm_ask routes this way where the store holds mean summaries
-    w = build(sd, meta, args.tokenizer, args.wtype, args.name,
-              {"msadb.training": info, "msadb.routing.summary": "mean", "msadb.routing.score": "dot"})
+    extra = {"msadb.training": info, "msadb.routing.summary": "mean", "msadb.routing.score": "dot"}
+    if args.abstain:
+        extra["msadb.abstain"] = args.abstain
+    w = build(sd, meta, args.tokenizer, args.wtype, args.name, extra)
     # write beside and rename: a process may have the old file mapped
     tmp = args.out + ".tmp"
     w.write(tmp)

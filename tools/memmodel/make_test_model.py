@@ -84,6 +84,9 @@ def build(args):
         if score:
             w.add_string("msadb.routing.score", score)
 
+    if args.abstain is not None:
+        w.add_string("msadb.abstain", args.abstain)
+
     tokens, scores, types = vocabulary(args.vocab)
     gguf.add_spm_tokenizer(w, tokens, scores, types)
 
@@ -135,6 +138,8 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--routing", default="",
                     help="SUMMARY[:SCORE] for msadb.routing.summary / .score, e.g. mean:dot")
+    ap.add_argument("--abstain", default=None,
+                    help="msadb.abstain: the answer the model gives when memory lacks the fact")
     ap.add_argument("--name", default="msadb-test-model")
     return ap.parse_args(argv)
 

@@ -50,11 +50,14 @@ class Span:
 @dataclasses.dataclass
 class Answer:
     """What :meth:`Model.ask` returns: the answer ``text``, the cited
-    ``spans`` (best first) and the raw ``hits`` (HIT_DTYPE array: the blocks
-    the question drew on in the last memory layer, per kv head)."""
+    ``spans`` (best first), the raw ``hits`` (HIT_DTYPE array: the blocks
+    the question drew on in the last memory layer, per kv head) and
+    ``abstained``: the text is the model's declared abstain answer
+    (:attr:`Model.abstain_answer`, msadb_llm_is_abstain)."""
     text: str
     spans: List[Span]
     hits: np.ndarray
+    abstained: bool = False
 
     def __str__(self):
         return self.text
@@ -109,6 +112,18 @@ class Model(_Handle):
         check(lib.msadb_llm_get_info(self._get(), ctypes.byref(i)), "model info")
         return ModelInfo(i.n_layers, i.n_q_heads, i.n_kv_heads, i.head_dim, i.n_embd, i.n_vocab,
                          i.n_ctx_train, i.weight_bytes)
+
+    @property
+    def abstain_answer(self) -> Optional[str]:
+        """msadb_llm_abstain_answer: the answer the model was trained to give
+        when memory does not hold what is asked (GGUF msadb.abstain), or
+        None when it declares none."""
+        t = ctypes.c_char_p()
+        rc = lib.msadb_llm_abstain_answer(self._get(), ctypes.byref(t))
+        if rc == errors.ENOTFOUND:
+            return None
+        check(rc, "model abstain answer")
+        return t.value.decode("utf-8", "replace")
 
     def signature(self) -> Signature:
         """msadb_llm_signature: the default store signature for this model."""
@@ -243,7 +258,11 @@ class Model(_Handle):
         if memory and hits.size:
             with store.snapshot() as snap:
                 spans = cited_spans(snap, hits)
-        return Answer("".join(pieces), spans, hits)
+        text = "".join(pieces)
+        raw = text.encode("utf-8", "surrogatepass")
+        ab = lib.msadb_llm_is_abstain(self._get(), raw, len(raw))
+        check(ab if ab < 0 else 0, "abstain answer")
+        return Answer(text, spans, hits, ab == 1)
 
     def ask_stream(self, store: Optional[Store], question: str, **kw) -> Iterator[Union[str, Answer]]:
         """Like :meth:`ask`, as a generator: yields each piece of text as it
