@@ -514,6 +514,7 @@ def test_model_errors():
     open(junk, "wb").write(b"not a gguf file at all" * 10)
     expect(msadb.Corrupt, errors.ECORRUPT, msadb.Model, junk)
     with msadb.Model(pyenv.MODEL) as m:
+        assert m.abstain_answer == "not in memory"  # the bundled model declares one
         with make_store(os.path.join(d, "other")) as st:
             expect(msadb.SignatureMismatch, errors.ESIGNATURE, m.ingest, st, "text")
             expect(msadb.SignatureMismatch, errors.ESIGNATURE, m.ask, st, "question")

@@ -537,7 +537,7 @@ def cmd_plot_log(args):
     ax2.set_ylabel("exact answers (fraction)")
     for x, run in starts:
         ax.axvline(x, color="k", lw=0.5, ls=":")
-        ax.text(x, 8.0, " %s" % run, fontsize=7, va="top")
+        ax.text(x, 8.0, " %s" % str(run).split(":")[0], fontsize=7, va="top")  # the run number
     ax.set_ylim(0, 8.5)
     ax.set_xlabel("optimizer step (all commands, in order; dotted: start of a command)")
     ax.set_ylabel("loss (nats)")
