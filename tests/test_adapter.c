@@ -335,10 +335,8 @@ static int same_hits(const msadb_hit *a, size_t na, const msadb_hit *b, size_t n
  * routing (GGUF msadb.routing.*) routes exactly as an undeclared model asked
  * explicitly for (MEAN, DOT), and differently from the engine's default and
  * from cosine; bad choices and bad declarations are refused. */
-static void test_declared_routing(const char *plain_path, const char *dir)
+static void test_declared_routing(const char *plain, const char *dir)
 {
-    char plain[1200]; /* tu_make_model reuses its buffer */
-    snprintf(plain, sizeof plain, "%s", plain_path);
     const char *shape = "--layers 4 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
     char opts[256];
     snprintf(opts, sizeof opts, "%s --routing mean:dot", shape);
@@ -400,10 +398,8 @@ static void test_declared_routing(const char *plain_path, const char *dir)
  * matched without case, surrounding white space and one closing full stop;
  * absent, it matches nothing; bad values are refused at load with an
  * explanation naming the key. */
-static void test_abstain(const char *plain_path, const char *dir)
+static void test_abstain(const char *plain, const char *dir)
 {
-    char plain[1200]; /* tu_make_model reuses its buffer */
-    snprintf(plain, sizeof plain, "%s", plain_path);
     const char *shape = "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
     char opts[512];
     snprintf(opts, sizeof opts, "%s --abstain 'not in memory'", shape);
@@ -453,19 +449,19 @@ static void test_abstain(const char *plain_path, const char *dir)
 int main(void)
 {
     const char *dir = tu_tmpdir("adapter");
-    const char *path = tu_make_model(dir, "m", "--layers 4 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64");
-    if (!path) {
+    const char *made = tu_make_model(dir, "m", "--layers 4 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64");
+    if (!made) {
         fprintf(stderr, "skipping: needs MSADB_SOURCE_ROOT and python3 with numpy\n");
         return 77;
     }
+    char path[1200]; /* tu_make_model reuses its buffer: the cases get a copy */
+    snprintf(path, sizeof path, "%s", made);
     test_dense_vs_memory(path, dir, 1);
     test_dense_vs_memory(path, dir, 0);
     test_sparse_shift(path, dir);
     test_ask_routing(path, dir);
-    char main_model[1200];
-    snprintf(main_model, sizeof main_model, "%s", path);
-    test_declared_routing(main_model, dir);
-    test_abstain(main_model, dir);
+    test_declared_routing(path, dir);
+    test_abstain(path, dir);
     printf("test_adapter: ok\n");
     return 0;
 }
