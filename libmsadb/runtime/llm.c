@@ -12,6 +12,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "store/store.h"
 #include "runtime/gguf.h"
@@ -30,6 +31,7 @@ struct msadb_llm {
     uint32_t route_summary;
     int route_score;
     char *abstain;    /* the declared "not in memory" answer (GGUF msadb.abstain), or NULL */
+    size_t abstain_len;
     char *path;       /* absolute path of the file */
     int have_id;      /* id computed (msadb_llm_identity) */
     msadb_model_id id;
@@ -105,6 +107,7 @@ static int read_abstain(msadb_llm *llm)
         return MSADB_ENOMEM;
     memcpy(llm->abstain, s, n);
     llm->abstain[n] = 0;
+    llm->abstain_len = n;
     return 0;
 }
 
@@ -320,13 +323,7 @@ int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len)
         len--;
     if (len && answer[len - 1] == '.')
         len--;
-    size_t n = strlen(llm->abstain);
-    if (len != n)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (tolower((unsigned char)answer[i]) != tolower((unsigned char)llm->abstain[i]))
-            return 0;
-    return 1;
+    return len == llm->abstain_len && strncasecmp(answer, llm->abstain, len) == 0;
 }
 
 int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)

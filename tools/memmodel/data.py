@@ -761,12 +761,12 @@ class ComposedGen(FactGen):
         o = self.open
         o.nouns, o.modifiers, o.attr_words = side(o.nouns), side(o.modifiers), side(o.attr_words)
 
-    def number(self, pool):
-        """A room number (pool "room") or code: with probability num_mix one
-        of another length (2 digits, a 4-digit code as a room, 5 digits), so
-        that numbers are matched digit by digit, not recognized whole."""
-        if pool != "room" or self.rng.random() >= self.num_mix:
-            return self._pick(getattr(self.v, pool))
+    def room_number(self):
+        """A room number: with probability num_mix one of another length (2
+        digits, a 4-digit code as a room, 5 digits), so that numbers are
+        matched digit by digit, not recognized whole."""
+        if self.rng.random() >= self.num_mix:
+            return self._pick(self.v.room)
         n = int(self.rng.integers(3))
         if n == 1:
             return self._pick(self.v.code)
@@ -785,9 +785,9 @@ class ComposedGen(FactGen):
 
     def fact(self, kind, **kw):
         if kind == "room":
-            kw.setdefault("val", self.number("room"))
+            kw.setdefault("val", self.room_number())
         elif kind == "roomcode":
-            kw.setdefault("room", self.number("room"))
+            kw.setdefault("room", self.room_number())
         if self.rng.random() < 0.5 or not self.fixed:
             if kind == "pet":
                 kw.setdefault("animal", self._pick(self.open.attr_words))
