@@ -80,10 +80,14 @@ fixed_words = set(mmd.ADJ) | set(mmd.ANIMALS) | {"code", "number", "combination"
     w for a in mmd.CODE_ATTRS + mmd.ROOM_ATTRS for w in a.split()}
 words = (set(mmd.Vocab("train").noun) | set(mmd.Vocab("train").proper) | set(mmd.FIRST)) - fixed_words
 for side in ("train", "tune"):
-    g = mmd.ComposedGen(10, narrative=0.5, near=0.5, split=side, vocab=side, num_mix=0.25)
+    g = mmd.ComposedGen(10, narrative=0.5, near=0.5, split=side, vocab=side, num_mix=0.25,
+                        open_first=0.5)
     lengths = set()
     for _ in range(3000):
         d = g.fact(mmd.KINDS[int(g.rng.integers(5))])["d"]
+        if side == "tune" and "per" in d:
+            check(d["per"].split(" ")[0] not in mmd.FIRST,
+                  "the tuning split drew the fixed first name of %r" % d["per"])
         slot_words = [w for k in ("ent", "per", "animal", "attr", "val")
                       for w in str(d.get(k, "")).split(" ") if w in words]
         nums = [d[k] for k in ("room", "val") if k in d and d[k].isdigit()]
@@ -100,6 +104,23 @@ for side in ("train", "tune"):
                 w = d.get(k, "").split(" ")[1] if k == "ent" and k in d else d.get(k)
                 check(w not in fixed, "the tuning split drew the training list's %s %r" % (k, w))
     check(lengths >= {2, 3, 4, 5}, "num_mix 0.25: number lengths %s" % sorted(lengths))
+
+# the open first-name list (--open-first): first names from the word list's
+# proper nouns, and no held-out first name in any slot of a training example
+held_first = set(mmd.Vocab("held").first)
+g = mmd.ComposedGen(11, narrative=0.5, near=0.5, split="train", open_first=0.5)
+n_open = n_per = 0
+for _ in range(4000):
+    ex = g.example()
+    text = " ".join(ex["facts"] + ex.get("dists", []) + [ex["question"]])
+    bad = held_first & set(re.findall(r"[A-Z][a-z]+", text))
+    check(not bad, "open_first: held-out first names %s in %r" % (sorted(bad), text))
+    d = g._last["d"]
+    if "per" in d:
+        n_per += 1
+        n_open += d["per"].split(" ")[0] in g.open.first
+check(0.4 < n_open / max(n_per, 1) < 0.6,
+      "open_first 0.5: %d of %d first names from the open list" % (n_open, n_per))
 
 facts, used = heldout.draw_facts(2718)
 for cell, fs in facts.items():
@@ -127,6 +148,38 @@ check(r["cells"]["tpl"]["correct"] == 1 and r["cells"]["tpl"]["abstained"] == 1,
 check(r["cells"]["unans"]["correct"] == 1, "score: unans %r" % r["cells"]["unans"])
 check(r["by_pos"]["tpl/0-511"]["correct"] == 1 and r["by_pos"]["tpl/512-1023"]["correct"] == 0,
       "score: by position %r" % r["by_pos"])
+
+# heldout diagnose's documents: each variant holds what its name says
+fact, other = "The PIN of the mossy kettle is 1234.", "The PIN of the faded lamp is 9876."
+hay_a, hay_b = "Alpha entry.\nMore of it.", "Beta entry, the last."
+doc = "\n\n".join([hay_a, other, fact, hay_b])
+train_text = "line one of training text\nline two\nline three\n" * 3
+v = dict(zip(heldout.VARIANTS, heldout.diagnose_docs({"fact": fact}, doc, [other], train_text)))
+check(v["needle document"] == doc and v["needle document, exact"] == doc, "diagnose: needle doc")
+check(v["the fact alone"] == fact, "diagnose: the fact alone %r" % v["the fact alone"])
+check(v["the document's facts only"] == other + "\n\n" + fact,
+      "diagnose: the facts in document order %r" % v["the document's facts only"])
+check(v["gcide haystack, no other fact"] == "\n\n".join([hay_a, fact, hay_b]),
+      "diagnose: no other fact %r" % v["gcide haystack, no other fact"])
+check(v["the fact first, then the gcide haystack"] == fact + "\n\n" + hay_a + "\n\n" + hay_b,
+      "diagnose: the fact first %r" % v["the fact first, then the gcide haystack"])
+t = v["training text as haystack"]
+check(fact in t and other not in t and hay_a not in t and t.replace(fact, "").strip()
+      and t.index(fact) > 0, "diagnose: the fact inside the training text %r" % t)
+
+# the added training texts (--more-text): dictd entries without the header
+# and licence paragraphs
+import gzip, tempfile  # noqa: E401,E402
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "t.dict.dz")
+    with gzip.open(path, "wt") as f:
+        f.write("00-database-short\n   A test dictionary\n\nThe original data is here.\n\n"
+                "Copyright 1999 Somebody\n\nkettle\n\n   A pot for boiling water.\n\n"
+                "lamp\n\n   A device that gives light.\n")
+    got = mmd._dictd_docs(path, chars=10)
+    check(got == ["kettle\n\n   A pot for boiling water.", "lamp\n\n   A device that gives light."],
+          "_dictd_docs: %r" % got)
+check(not set(mmd.SOURCES_MORE) & set(mmd.SOURCES_HELD), "a held-out text among the added ones")
 
 for f in sorted(set(fails)):
     print("FAIL:", f)

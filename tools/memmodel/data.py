@@ -117,6 +117,23 @@ def extract_devil():
     return _group(paras, 1500)
 
 
+def _dictd_docs(path, chars=1500):
+    """A dictd dictionary's entries grouped into documents, without the
+    database header and licence paragraphs."""
+    paras = [p for p in re.split(r"\n\s*\n", _dictd_entries(path)) if p.strip()]
+    skip = ("00-database", "original data", "Permission is granted", "Copyright ",
+            "public domain", "restrictions are claimed")
+    return _group([p for p in paras if not any(k in p for k in skip)], chars)
+
+
+def extract_foldoc():
+    return _dictd_docs("/usr/share/dictd/foldoc.dict.dz")
+
+
+def extract_jargon():
+    return _dictd_docs("/usr/share/dictd/jargon.dict.dz")
+
+
 def _group(paras, chars):
     """Consecutive paragraphs grouped into documents of about `chars`."""
     docs, cur, n = [], [], 0
@@ -184,13 +201,17 @@ def extract_gcide():
 
 SOURCES_TRAIN = {"bible-kjv-text": extract_bible, "dict-devil": extract_devil,
                  "fortunes": extract_fortunes, "manpages": extract_manpages}
+# dictionary text of another style, from run 6 on (memmodel.data build --more-text;
+# the held-out haystack is a dictionary too, and never trained on)
+SOURCES_MORE = {"dict-foldoc": extract_foldoc, "dict-jargon": extract_jargon}
 SOURCES_HELD = {"dict-gcide": extract_gcide}
 
 
 def cmd_extract(args):
     os.makedirs(os.path.join(args.out, "text"), exist_ok=True)
     stats = {}
-    for name, fn in list(SOURCES_TRAIN.items()) + list(SOURCES_HELD.items()):
+    more = list(SOURCES_MORE.items()) if args.more_text else []
+    for name, fn in list(SOURCES_TRAIN.items()) + more + list(SOURCES_HELD.items()):
         docs = fn()
         _write_docs(os.path.join(args.out, "text", name + ".txt"), docs)
         stats[name] = {"docs": len(docs), "chars": sum(len(d) for d in docs)}
@@ -712,6 +733,9 @@ class OpenVocab:
         held = set(HELD_ADJ) | set(HELD_ANIMALS) | {w for a in HELD_CODE_ATTRS + HELD_ROOM_ATTRS
                                                    for w in a.split()}
         self.nouns = [w for w in v.noun if w not in held]
+        # first names of the open list (ComposedGen open_first): any train-side
+        # proper noun but a FIRST name of either side
+        self.first = [w for w in v.proper if w not in set(FIRST)]
         self.modifiers = [w for w in self.nouns if re.search(r"(y|ed|ish|ous|al|ive|ful|en|ic|ar)$", w)]
         self.attr_words = [w for w in self.nouns if len(w) <= 7]
 
@@ -731,7 +755,7 @@ class ComposedGen(FactGen):
     draws only the forms of that side of _tune_side (None: every form)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
-                 near=0.0, split=None, vocab=None, num_mix=0.0):
+                 near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0):
         forms = {k: composed_forms(k) for k in CORES}
         self.narr = {k: narrative_forms(k) for k in CORES}
         if split:
@@ -743,6 +767,12 @@ class ComposedGen(FactGen):
                          fact_t={k: f for k, (f, _) in forms.items()},
                          question_t={k: q for k, (_, q) in forms.items()})
         self.open = OpenVocab(self.v)
+        self.open_first = open_first
+        if open_first:
+            # no held-out first name in any slot of training (surnames, cities, pets)
+            held_first = set(Vocab("held").first)
+            self.v = types.SimpleNamespace(**dict(vars(self.v), proper=[
+                w for w in self.v.proper if w not in held_first]))
         self.fixed = vocab != "tune"
         if vocab:
             self._split_vocab(vocab == "tune")
@@ -760,6 +790,7 @@ class ComposedGen(FactGen):
                                        room=side(v.room))
         o = self.open
         o.nouns, o.modifiers, o.attr_words = side(o.nouns), side(o.modifiers), side(o.attr_words)
+        o.first = side(o.first)
 
     def room_number(self):
         """A room number: with probability num_mix one of another length (2
@@ -779,8 +810,18 @@ class ComposedGen(FactGen):
         return "the %s %s" % (adj, self._pick(self.open.nouns))
 
     def person(self):
-        first = (self._pick(self.v.first) if self.rng.random() < 0.7
-                 else self.synthetic_name())
+        """A first name and a surname.  The first name comes from the open
+        list (OpenVocab.first) with probability open_first; else 70% from
+        the fixed list FIRST (with open_first, the tuning side takes the open
+        list there too: it then draws no first name an earlier run trained
+        on as one), 30% synthetic."""
+        p, r = self.open_first, self.rng.random()
+        if r < p:
+            first = self._pick(self.open.first)
+        elif r < p + (1 - p) * 0.7:
+            first = self._pick(self.open.first if p and not self.fixed else self.v.first)
+        else:
+            first = self.synthetic_name()
         return "%s %s" % (first, self.proper())
 
     def fact(self, kind, **kw):
@@ -986,7 +1027,7 @@ def build_lm(args, sp):
     """DIR/train_lm.u16, DIR/val_lm.u16: the train-side text, tokenized."""
     rng = np.random.default_rng(args.seed)
     tr, va = [], []
-    for name in SOURCES_TRAIN:
+    for name in list(SOURCES_TRAIN) + (list(SOURCES_MORE) if args.more_text else []):
         docs = read_docs(os.path.join(args.out, "text", name + ".txt"))
         ids = tokenize_docs(sp, docs)
         for d in ids:
@@ -1012,7 +1053,8 @@ def build_facts(args, sp):
     if args.composed:
         g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
                         unans=args.unans, narrative=args.narrative, near=args.near, split=split,
-                        vocab=split if args.tune_vocab else None, num_mix=args.num_mix)
+                        vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
+                        open_first=args.open_first)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1024,7 +1066,8 @@ def build_facts(args, sp):
         # unanswerable share (both abstention rates measured on it)
         g = ComposedGen(args.seed + 1, synthetic=args.synthetic_names, kind_weights=kw,
                         unans=0.25, narrative=args.narrative, near=args.near, split="tune",
-                        vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix)
+                        vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
+                        open_first=args.open_first)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1060,6 +1103,13 @@ def main(argv):
     ap.add_argument("--num-mix", type=float, default=0.0,
                     help="with --composed: share of room numbers of another length "
                          "(2 digits, a 4-digit code, 5 digits)")
+    ap.add_argument("--open-first", type=float, default=0.0,
+                    help="with --composed: share of first names drawn from the open list "
+                         "(any train-side proper noun but a FIRST name); also keeps the "
+                         "held-out first names out of every training slot")
+    ap.add_argument("--more-text", action="store_true",
+                    help="extract, build: also the SOURCES_MORE texts (dict-foldoc, "
+                         "dict-jargon) in the language-model and haystack text")
     ap.add_argument("--skip-lm", action="store_true",
                     help="build: keep DIR's train_lm.u16 / val_lm.u16, write the facts only")
     args = ap.parse_args(argv)
