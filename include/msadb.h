@@ -998,6 +998,27 @@ MSADB_API int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out);
  * store's record (zeroed when there is none). */
 MSADB_API int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_model_id *rec);
 MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
+/* How msadb_llm_ingest() and its kin run a document through the model.
+ * A model declares its own in the GGUF string key msadb.segment
+ * ("document", the default, or "paragraph"); msadb_llm_set_segment()
+ * overrides it for this handle. */
+#define MSADB_SEGMENT_DOCUMENT 1  /* one pass: every token attends the whole
+                                     document before it (up to MSADB_LLM_DOC_MAX) */
+#define MSADB_SEGMENT_PARAGRAPH 2 /* one pass per paragraph (text up to a blank
+                                     line, "\n\n"): positions restart at 0 and a
+                                     token attends only its own paragraph; the
+                                     keys/values are stored as one document, in
+                                     order, and cited as usual */
+/** Sets how this handle ingests (MSADB_SEGMENT_*).  Keys/values stored per
+ * paragraph differ from whole-document ones, so the document key
+ * (msadb_doc.key) differs too: the same text ingested in both modes is
+ * stored twice, never mistaken for the other.  Errors: MSADB_EINVAL (NULL
+ * llm, unknown mode). */
+MSADB_API int msadb_llm_set_segment(msadb_llm *llm, int mode);
+/** The handle's MSADB_SEGMENT_* (the model's msadb.segment unless set), or
+ * MSADB_EINVAL for NULL.  A model whose msadb.segment is neither string is
+ * refused at msadb_llm_open() (MSADB_EINVAL; msadb_llm_explain names it). */
+MSADB_API int msadb_llm_get_segment(const msadb_llm *llm);
 /** The answer the model was trained to give when memory does not hold what
  * a question asks (GGUF string key msadb.abstain, e.g. "not in memory"; at
  * most 256 bytes, no NUL): *text points at it, NUL-terminated, owned by llm

@@ -446,6 +446,105 @@ static void test_abstain(const char *plain, const char *dir)
     }
 }
 
+/* The stored keys/values of a document, plane 0, [n_tokens][head_dim]
+ * (malloc'd; *n gets the token count). */
+static float *doc_keys(msadb_store *st, uint64_t id, uint32_t head_dim, uint64_t *n)
+{
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    msadb_doc_info info;
+    CHECK_OK(msadb_doc_get(snap, id, &info));
+    *n = info.n_tokens;
+    float *k = malloc(*n * head_dim * sizeof *k), *v = malloc(*n * head_dim * sizeof *v);
+    CHECK(k && v);
+    CHECK_OK(msadb_doc_kv(snap, id, 0, k, v));
+    msadb_snapshot_end(snap);
+    free(v);
+    return k;
+}
+
+/* MSADB_SEGMENT_PARAGRAPH: a text read per paragraph stores exactly what its
+ * paragraphs ingested one by one as documents store (each tokenized and run
+ * on its own, positions from 0), and the model's key declares the mode. */
+static void test_segment(const char *plain, const char *dir)
+{
+    const char *shape = "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
+    char opts[512];
+    snprintf(opts, sizeof opts, "%s --segment paragraph", shape);
+    msadb_llm *l0, *l1;
+    CHECK_OK(msadb_llm_open(plain, &l0));
+    CHECK_OK(msadb_llm_open(tu_make_model(dir, "segment", opts), &l1));
+    CHECK_RC(msadb_llm_get_segment(l0), MSADB_SEGMENT_DOCUMENT);
+    CHECK_RC(msadb_llm_get_segment(l1), MSADB_SEGMENT_PARAGRAPH);
+    CHECK_RC(msadb_llm_get_segment(NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_set_segment(NULL, MSADB_SEGMENT_DOCUMENT), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_set_segment(l0, 0), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_set_segment(l0, 3), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_get_segment(l0), MSADB_SEGMENT_DOCUMENT);
+    msadb_llm_close(l1);
+
+    static const char *const paras[] = {"Notes of the day.\n\n", "The PIN of the lamp is 1234.\n\n\n",
+                                        "  An indented line.\nA second line.\n\n", "End."};
+    char whole[256] = "";
+    for (size_t i = 0; i < 4; i++)
+        strcat(whole, paras[i]);
+    msadb_signature sig;
+    CHECK_OK(msadb_llm_signature(l0, &sig));
+    sig.dtype = MSADB_DTYPE_F32;
+    char db[1200];
+    msadb_store *sa, *sb;
+    snprintf(db, sizeof db, "%s/seg-a", dir);
+    CHECK_OK(msadb_create(db, &sig, NULL, &sa));
+    snprintf(db, sizeof db, "%s/seg-b", dir);
+    CHECK_OK(msadb_create(db, &sig, NULL, &sb));
+    uint64_t ida, idd, ids[4];
+    CHECK_OK(msadb_llm_ingest(l0, sa, NULL, "whole", whole, strlen(whole), &idd));
+    CHECK_OK(msadb_llm_set_segment(l0, MSADB_SEGMENT_PARAGRAPH));
+    CHECK_OK(msadb_llm_ingest(l0, sa, NULL, "whole", whole, strlen(whole), &ida));
+    CHECK(ida != idd); /* the other mode's keys/values: not taken for a duplicate */
+    CHECK_OK(msadb_llm_set_segment(l0, MSADB_SEGMENT_DOCUMENT));
+    for (size_t i = 0; i < 4; i++)
+        CHECK_OK(msadb_llm_ingest(l0, sb, NULL, "part", paras[i], strlen(paras[i]), &ids[i]));
+    uint64_t na, nd, n;
+    float *ka = doc_keys(sa, ida, sig.head_dim, &na), *kd = doc_keys(sa, idd, sig.head_dim, &nd);
+    uint64_t at = 0;
+    int same = 1, differs = 0;
+    for (size_t i = 0; i < 4; i++) {
+        float *kp = doc_keys(sb, ids[i], sig.head_dim, &n);
+        CHECK(at + n <= na);
+        if (at + n <= na)
+            same &= !memcmp(ka + at * sig.head_dim, kp, n * sig.head_dim * sizeof *kp);
+        at += n;
+        free(kp);
+    }
+    CHECK(at == na && same);
+    for (uint64_t i = 0; i < na * sig.head_dim && i < nd * sig.head_dim; i++)
+        differs |= ka[i] != kd[i];
+    CHECK(differs); /* whole-document reading is another thing */
+    /* the paragraph document keeps the whole text */
+    char text[256];
+    size_t tl = 0;
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(sa, &snap));
+    CHECK_OK(msadb_doc_text(snap, ida, text, sizeof text, &tl));
+    msadb_snapshot_end(snap);
+    CHECK(tl == strlen(whole) && !memcmp(text, whole, tl));
+    free(ka);
+    free(kd);
+    msadb_close(sa);
+    msadb_close(sb);
+    msadb_llm_close(l0);
+
+    snprintf(opts, sizeof opts, "%s --segment sentence", shape);
+    const char *p = tu_make_model(dir, "bad-segment", opts);
+    msadb_llm *lb = NULL;
+    CHECK_RC(msadb_llm_open(p, &lb), MSADB_EINVAL);
+    CHECK(lb == NULL);
+    char why[256];
+    CHECK_OK(msadb_llm_explain(p, MSADB_EINVAL, why, sizeof why));
+    CHECK(strstr(why, "msadb.segment") != NULL);
+}
+
 int main(void)
 {
     const char *dir = tu_tmpdir("adapter");
@@ -456,6 +555,7 @@ int main(void)
     }
     char path[1200]; /* tu_make_model reuses its buffer: the cases get a copy */
     snprintf(path, sizeof path, "%s", made);
+    test_segment(path, dir);
     test_dense_vs_memory(path, dir, 1);
     test_dense_vs_memory(path, dir, 0);
     test_sparse_shift(path, dir);

@@ -24,6 +24,18 @@ int msadb_llm_abstain_answer(const msadb_llm *llm, const char **text)
     return MSADB_ENOTSUP;
 }
 
+int msadb_llm_set_segment(msadb_llm *llm, int mode)
+{
+    (void)llm, (void)mode;
+    return MSADB_ENOTSUP;
+}
+
+int msadb_llm_get_segment(const msadb_llm *llm)
+{
+    (void)llm;
+    return MSADB_ENOTSUP;
+}
+
 int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len)
 {
     (void)llm, (void)answer, (void)len;

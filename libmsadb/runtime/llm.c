@@ -30,6 +30,7 @@ struct msadb_llm {
     /* how the model was trained to route (GGUF msadb.routing.*), 0 = not said */
     uint32_t route_summary;
     int route_score;
+    int segment;      /* MSADB_SEGMENT_* that ingest runs (GGUF msadb.segment, set_segment) */
     char *abstain;    /* the declared "not in memory" answer (GGUF msadb.abstain), or NULL */
     size_t abstain_len;
     char *path;       /* absolute path of the file */
@@ -81,6 +82,17 @@ static int read_routing(msadb_llm *llm)
     return rc;
 }
 
+/* How the model reads a document at ingest (GGUF msadb.segment: "document",
+ * the default, or "paragraph"). */
+static const named_value segments[] = {{"document", MSADB_SEGMENT_DOCUMENT},
+                                       {"paragraph", MSADB_SEGMENT_PARAGRAPH}};
+
+static int read_segment(const msadb_gguf *g, int *segment)
+{
+    *segment = MSADB_SEGMENT_DOCUMENT;
+    return read_named(g, "msadb.segment", segments, sizeof segments / sizeof segments[0], segment);
+}
+
 /* Longest declared abstain answer (msadb.abstain), in bytes. */
 #define LLM_ABSTAIN_MAX 256
 
@@ -126,6 +138,8 @@ int msadb_llm_open(const char *path, msadb_llm **out)
         rc = read_routing(llm);
     if (!rc)
         rc = read_abstain(llm);
+    if (!rc)
+        rc = read_segment(msadb_model_gguf(llm->model), &llm->segment);
     if (!rc && !(llm->path = realpath(path, NULL)))
         rc = errno;
     if (rc) {
@@ -275,6 +289,7 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
     const char *ab;
     size_t abn;
     int bad_abstain = abstain_value(g, &ab, &abn) == MSADB_EINVAL;
+    int seg, bad_segment = read_segment(g, &seg) != 0;
     msadb_gguf_close(g);
     if (strcmp(arch, "llama") != 0)
         snprintf(buf, cap, "its architecture '%s' (general.architecture) is not one the built-in "
@@ -293,6 +308,9 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
                            "what is asked) is not a string of 1-%d bytes without NUL; correct or "
                            "delete that key",
                  LLM_ABSTAIN_MAX);
+    else if ((err == MSADB_EINVAL || err == MSADB_ECORRUPT) && bad_segment)
+        snprintf(buf, cap, "its msadb.segment (how the model reads a document at ingest) is not "
+                           "the string \"document\" or \"paragraph\"; correct or delete that key");
     else if (err == MSADB_EDTYPE)
         snprintf(buf, cap, "a weight type the runtime cannot read (F32, F16, BF16 and Q8_0 only)");
     else if (err == MSADB_ENOTFOUND)
@@ -300,6 +318,19 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
     else
         snprintf(buf, cap, "a llama GGUF the runtime cannot load (%s)", msadb_strerror(err));
     return 0;
+}
+
+int msadb_llm_set_segment(msadb_llm *llm, int mode)
+{
+    if (!llm || (mode != MSADB_SEGMENT_DOCUMENT && mode != MSADB_SEGMENT_PARAGRAPH))
+        return MSADB_EINVAL;
+    llm->segment = mode;
+    return 0;
+}
+
+int msadb_llm_get_segment(const msadb_llm *llm)
+{
+    return llm ? llm->segment : MSADB_EINVAL;
 }
 
 int msadb_llm_abstain_answer(const msadb_llm *llm, const char **text)
@@ -388,24 +419,100 @@ static int tokenize_alloc(const msadb_llm *llm, const char *text, size_t len, in
 /* Ingest                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* The capture of a document run through the model in one or more passes:
+ * a pass's token `first` is the document's token offset + first. */
+typedef struct {
+    msadb_capture *cap;
+    uint64_t offset;
+} capture_at;
+
 static int capture_hook(uint32_t layer, uint32_t first, uint32_t n, const float *k, const float *v, void *user)
 {
-    return msadb_capture_kv(user, layer, first, n, k, v);
+    capture_at *c = user;
+    return msadb_capture_kv(c->cap, layer, c->offset + first, n, k, v);
+}
+
+/* The end of the paragraph that starts at token i of [i, end): the first
+ * later token that starts right after a blank line ("\n\n") and not on a
+ * line break itself, or end.  The line breaks stay with the paragraph
+ * before them. */
+/* Whether a paragraph starts at byte p of text (len bytes): right after a
+ * blank line ("\n\n"), not on a line break itself. */
+static int paragraph_at(const char *text, size_t len, size_t p)
+{
+    return p >= 2 && p < len && text[p - 1] == '\n' && text[p - 2] == '\n' && text[p] != '\n' &&
+           text[p] != '\r';
+}
+
+/* The end of the paragraph that starts at token i of [i, end): the first
+ * later token whose span starts a paragraph (and starts after the token
+ * before it), or end.  The line breaks stay with the paragraph before them. */
+static size_t paragraph_end(const char *text, size_t len, const int64_t *spans, size_t i, size_t end)
+{
+    for (size_t j = i + 1; j < end; j++)
+        if (spans[2 * j] > spans[2 * (j - 1)] && paragraph_at(text, len, (size_t)spans[2 * j]))
+            return j;
+    return end;
+}
+
+/* Tokenizes text paragraph by paragraph (MSADB_SEGMENT_PARAGRAPH): each
+ * one as if it began a text (the tokenizer's dummy prefix makes its first
+ * word a word start, as a fact tokenized on its own is), spans rebased onto
+ * the whole text.  *ids and *spans (the caller frees them, also on error)
+ * hold *n tokens. */
+static int tokenize_paragraphs(const msadb_llm *llm, const char *text, size_t len, int32_t **ids,
+                               int64_t **spans, size_t *n)
+{
+    *ids = NULL;
+    *spans = NULL;
+    *n = 0;
+    for (size_t a = 0; a < len;) {
+        size_t b = a + 1;
+        while (b < len && !paragraph_at(text, len, b))
+            b++;
+        int32_t *pi = NULL;
+        int64_t *ps = NULL;
+        size_t pn = 0;
+        int rc = tokenize_alloc(llm, text + a, b - a, 0, &pi, &ps, &pn);
+        if (!rc) {
+            int32_t *ni = realloc(*ids, (*n + pn + 1) * sizeof *ni);
+            if (ni)
+                *ids = ni;
+            int64_t *ns = ni ? realloc(*spans, (*n + pn + 1) * 2 * sizeof *ns) : NULL;
+            if (ns)
+                *spans = ns;
+            if (!ni || !ns)
+                rc = MSADB_ENOMEM;
+        }
+        if (!rc) {
+            memcpy(*ids + *n, pi, pn * sizeof *pi);
+            for (size_t i = 0; i < 2 * pn; i++)
+                (*spans)[2 * *n + i] = ps[i] + (int64_t)a;
+            *n += pn;
+        }
+        free(pi);
+        free(ps);
+        if (rc)
+            return rc;
+        a = b;
+    }
+    return 0;
 }
 
 /* The key of part p (of n) of a text ingested into a space: the text's
  * content hash (msadb_doc_key_hash, keyed per store when encrypted), so
  * the same text ingested again into the same space is recognized. */
 static int text_key(const msadb_store *st, const char *space, const char *text, size_t len, size_t p, size_t n,
-                    unsigned char key[MSADB_DOCKEY_HASH])
+                    int segment, unsigned char key[MSADB_DOCKEY_HASH])
 {
-    static const char tag[] = "msadb text v1";
+    /* the same text read per paragraph has other keys/values: another key */
+    const char *tag = segment == MSADB_SEGMENT_PARAGRAPH ? "msadb text v1 paragraph" : "msadb text v1";
     uint8_t pn[8];
     msadb_put_le32(pn, (uint32_t)p);
     msadb_put_le32(pn + 4, (uint32_t)n);
     const char *sp = space ? space : "default";
     const void *parts[] = {tag, sp, text, pn};
-    const size_t lens[] = {sizeof tag - 1, strlen(sp), len, sizeof pn};
+    const size_t lens[] = {strlen(tag), strlen(sp), len, sizeof pn};
     return msadb_doc_key_hash(st, parts, lens, 4, key);
 }
 
@@ -413,15 +520,15 @@ static int text_key(const msadb_store *st, const char *space, const char *text, 
  * batch.  The document keeps only its own slice of the text (spans tile the
  * text, so the slices of consecutive parts tile it too), with spans rebased
  * to that slice. */
-static int ingest_part(msadb_store *st, msadb_batch *batch, msadb_model_ctx *ctx, const msadb_doc *meta,
-                       const int32_t *ids, const int64_t *spans, size_t t0, size_t n)
+static int ingest_part(msadb_store *st, msadb_batch *batch, msadb_model_ctx *ctx, int segment,
+                       const msadb_doc *meta, const int32_t *ids, const int64_t *spans, size_t t0, size_t n)
 {
     msadb_capture *cap;
     int rc = msadb_capture_begin(st, &cap);
     if (rc)
         return rc;
-    msadb_model_ctx_reset(ctx);
-    msadb_model_hooks hooks = {capture_hook, NULL, cap};
+    capture_at at = {cap, 0};
+    msadb_model_hooks hooks = {capture_hook, NULL, &at};
     int32_t *pos = malloc(n * sizeof *pos);
     int64_t *part_spans = malloc(n * 2 * sizeof *part_spans);
     if (!pos || !part_spans) {
@@ -431,8 +538,16 @@ static int ingest_part(msadb_store *st, msadb_batch *batch, msadb_model_ctx *ctx
         return MSADB_ENOMEM;
     }
     for (size_t i = 0; i < n; i++)
-        pos[i] = (int32_t)i; /* document-wise positions */
-    rc = msadb_model_forward(ctx, ids + t0, (uint32_t)n, pos, NULL, 0, &hooks);
+        pos[i] = (int32_t)i; /* document-wise positions (per paragraph: from 0 in each) */
+    /* one pass over the part, or one per paragraph, each from an empty context */
+    for (size_t i = t0; i < t0 + n && !rc;) {
+        size_t e = segment == MSADB_SEGMENT_PARAGRAPH ? paragraph_end(meta->text, meta->text_len, spans, i, t0 + n)
+                                                       : t0 + n;
+        msadb_model_ctx_reset(ctx);
+        at.offset = i - t0;
+        rc = msadb_model_forward(ctx, ids + i, (uint32_t)(e - i), pos, NULL, 0, &hooks);
+        i = e;
+    }
     free(pos);
     if (rc) {
         free(part_spans);
@@ -486,7 +601,9 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
     int64_t *spans = NULL;
     size_t n = 0;
     msadb_model_ctx *ctx = NULL;
-    if ((rc = tokenize_alloc(llm, text, len, 0, &ids, &spans, &n)))
+    rc = llm->segment == MSADB_SEGMENT_PARAGRAPH ? tokenize_paragraphs(llm, text, len, &ids, &spans, &n)
+                                                 : tokenize_alloc(llm, text, len, 0, &ids, &spans, &n);
+    if (rc)
         goto out;
     if (n == 0) {
         rc = MSADB_EINVAL;
@@ -521,7 +638,7 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
         }
         size_t t0 = p * window, cnt = n - t0 < window ? n - t0 : window;
         unsigned char key[MSADB_DOCKEY_HASH];
-        if ((rc = text_key(st, doc->space, text, len, p, parts, key)))
+        if ((rc = text_key(st, doc->space, text, len, p, parts, llm->segment, key)))
             break;
         meta.key = key;
         meta.key_len = sizeof key;
@@ -531,7 +648,7 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
             continue;
         }
         if (!rc)
-            rc = ingest_part(st, batch, ctx, &meta, ids, spans, t0, cnt);
+            rc = ingest_part(st, batch, ctx, llm->segment, &meta, ids, spans, t0, cnt);
         if (!rc && n_docs)
             (*n_docs)++;
     }

@@ -515,6 +515,23 @@ def test_model_errors():
     expect(msadb.Corrupt, errors.ECORRUPT, msadb.Model, junk)
     with msadb.Model(pyenv.MODEL) as m:
         assert m.abstain_answer == "not in memory"  # the bundled model declares one
+        default = m.segment
+        assert default in ("document", "paragraph")
+        m.segment = "paragraph"
+        assert m.segment == "paragraph"
+        try:
+            m.segment = "sentence"
+            raise AssertionError("segment 'sentence' accepted")
+        except ValueError as e:
+            assert "sentence" in str(e)
+        assert m.segment == "paragraph"
+        with m.open_store(os.path.join(d, "seg")) as st:
+            # the same text in the other mode is another document (other keys/values)
+            a = m.ingest(st, "One line.\n\nThe PIN of the lamp is 1234.")
+            m.segment = "document"
+            b = m.ingest(st, "One line.\n\nThe PIN of the lamp is 1234.")
+            assert len(a) == len(b) == 1 and a != b and st.stat().n_documents == 2
+        m.segment = default
         with make_store(os.path.join(d, "other")) as st:
             expect(msadb.SignatureMismatch, errors.ESIGNATURE, m.ingest, st, "text")
             expect(msadb.SignatureMismatch, errors.ESIGNATURE, m.ask, st, "question")

@@ -108,6 +108,9 @@ def main(argv):
                     help="JSON for the msadb.training key (default: the checkpoint's own "
                          "steps, tokens and training seconds, which count the earlier commands "
                          "it went on from with --continue, --resume or --init-gguf)")
+    ap.add_argument("--segment", default="", choices=["", "document", "paragraph"],
+                    help="msadb.segment: how msadb's ingest reads a document for this model "
+                         "(paragraph: each paragraph on its own, as training tokenized facts)")
     ap.add_argument("--abstain", default="",
                     help="msadb.abstain: the answer the model was trained to give when memory "
                          "does not hold what is asked (memmodel.data.ABSTAIN for a model trained "
@@ -122,6 +125,8 @@ def main(argv):
     extra = {"msadb.training": info, "msadb.routing.summary": "mean", "msadb.routing.score": "dot"}
     if args.abstain:
         extra["msadb.abstain"] = args.abstain
+    if args.segment:
+        extra["msadb.segment"] = args.segment
     w = build(sd, meta, args.tokenizer, args.wtype, args.name, extra)
     # write beside and rename: a process may have the old file mapped
     tmp = args.out + ".tmp"

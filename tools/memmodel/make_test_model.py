@@ -86,6 +86,8 @@ def build(args):
 
     if args.abstain is not None:
         w.add_string("msadb.abstain", args.abstain)
+    if args.segment is not None:
+        w.add_string("msadb.segment", args.segment)
 
     tokens, scores, types = vocabulary(args.vocab)
     gguf.add_spm_tokenizer(w, tokens, scores, types)
@@ -138,6 +140,9 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--routing", default="",
                     help="SUMMARY[:SCORE] for msadb.routing.summary / .score, e.g. mean:dot")
+    ap.add_argument("--segment", default=None,
+                    help="msadb.segment: how ingest reads a document (document, paragraph; "
+                         "any string, to test refusals)")
     ap.add_argument("--abstain", default=None,
                     help="msadb.abstain: the answer the model gives when memory lacks the fact")
     ap.add_argument("--name", default="msadb-test-model")

@@ -220,6 +220,8 @@ PROTOTYPES = {
     "msadb_llm_get_info": (_I, [_P, _P]),
     "msadb_llm_abstain_answer": (_I, [_P, _P]),
     "msadb_llm_is_abstain": (_I, [_P, ctypes.c_char_p, ctypes.c_size_t]),
+    "msadb_llm_set_segment": (_I, [_P, _I]),
+    "msadb_llm_get_segment": (_I, [_P]),
     "msadb_llm_signature": (_I, [_P, _P]),
     "msadb_llm_tokenize": (_I, [_P, _P, _SZ, _I, _P, _P, _SZ, _SZP]),
     "msadb_llm_detokenize": (_I, [_P, _P, _SZ, _P, _SZ, _SZP]),

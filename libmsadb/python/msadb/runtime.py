@@ -47,6 +47,10 @@ class Span:
     text: Optional[str] = None
 
 
+# msadb.h's MSADB_SEGMENT_* by name (Model.segment)
+SEGMENTS = {1: "document", 2: "paragraph"}
+
+
 @dataclasses.dataclass
 class Answer:
     """What :meth:`Model.ask` returns: the answer ``text``, the cited
@@ -124,6 +128,25 @@ class Model(_Handle):
             return None
         check(rc, "model abstain answer")
         return t.value.decode("utf-8", "replace")
+
+    @property
+    def segment(self) -> str:
+        """How :meth:`ingest` runs a document through the model:
+        ``"document"`` (one pass) or ``"paragraph"`` (each paragraph, up to a
+        blank line, on its own: msadb_llm_set_segment).  The model's GGUF
+        key msadb.segment gives the default; setting it changes this
+        handle only.  ValueError for another name."""
+        rc = lib.msadb_llm_get_segment(self._get())
+        if rc < 0:
+            check(rc, "model segment")
+        return SEGMENTS[rc]
+
+    @segment.setter
+    def segment(self, name: str) -> None:
+        modes = {v: k for k, v in SEGMENTS.items()}
+        if name not in modes:
+            raise ValueError("segment: %r is not 'document' or 'paragraph'" % (name,))
+        check(lib.msadb_llm_set_segment(self._get(), modes[name]), "model segment")
 
     def signature(self) -> Signature:
         """msadb_llm_signature: the default store signature for this model."""
