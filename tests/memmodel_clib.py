@@ -35,6 +35,33 @@ with tempfile.TemporaryDirectory() as d:
     a0 = m.ask(st, q, no_memory=True).strip().rstrip(".")
     check(a0 != "4378", "without memory it is not (%r)" % a0)
     m.close_store(st)
+# memmodel.heldout diagnose on a one-question data directory: every variant
+# asked once, and the fact alone answered
+from memmodel import data as mmd, heldout  # noqa: E402
+import json  # noqa: E402
+with tempfile.TemporaryDirectory() as d:
+    other = "The password of the gray lamp is 9120."
+    os.makedirs(os.path.join(d, "text"))
+    for name in mmd.SOURCES_TRAIN:
+        mmd._write_docs(os.path.join(d, "text", name + ".txt"),
+                        ["In the beginning there was a line of text.\n" * 90])
+    mmd._write_docs(os.path.join(d, "heldout_docs.txt"),
+                    ["\n\n".join(["A kettle, n. A pot.", other, fact, "A lamp, n. A light."])])
+    qs = [{"cell": "tpl", "kind": "code", "answer": "4378", "doc": 0, "pos": 10, "fact": fact,
+           "question": "What is the password of the teal toolbox?"},
+          {"cell": "tpl", "kind": "code", "answer": "9120", "doc": 0, "pos": 5, "fact": other,
+           "question": "What is the password of the gray lamp?"}]
+    with open(os.path.join(d, "heldout.json"), "w") as f:
+        json.dump({"questions": qs}, f)
+    out = os.path.join(d, "diag.json")
+    heldout.main(["diagnose", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--out", out])
+    r = json.load(open(out))["variants"]
+    check(sorted(r) == sorted(heldout.VARIANTS), "diagnose: the variants %s" % sorted(r))
+    check(all(v["n"] == 2 and v["by_kind"]["code"]["n"] == 2 for v in r.values()),
+          "diagnose: every question asked in every variant %r" % r)
+    check(r["the fact alone"]["correct"] == 2, "diagnose: the facts alone answered %r"
+          % r["the fact alone"])
 n = m.tokenize_len(fact)
 check(5 < n < 40, "tokenize_len counts the fact's tokens (%d)" % n)
 done()

@@ -31,8 +31,12 @@ class Msadb:
         self.model = None
         self.summary, self.top_k = None, 16
 
-    def open_model(self, path):
+    def open_model(self, path, segment=None):
+        """segment: how ingest reads a document ("document", "paragraph";
+        None: the model's own, msadb.Model.segment)."""
         self.model = self.msadb.Model(path)
+        if segment:
+            self.model.segment = segment
 
     def create_store(self, path):
         return self.model.open_store(path, no_sync=True)

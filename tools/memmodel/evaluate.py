@@ -327,7 +327,7 @@ def cmd_cpu(args):
     m = Msadb(args.lib)
     m.summary = SUMMARIES[args.summary]
     m.top_k = args.top_k
-    m.open_model(args.model)
+    m.open_model(args.model, args.segment)
     res = cpu_results(args)
 
     def save():
@@ -567,6 +567,8 @@ def main(argv):
                          "model's declared routing)")
     ap.add_argument("--top-k", type=int, default=16,
                     help="cpu: blocks each kv head of a memory layer selects (msadb_ask_params)")
+    ap.add_argument("--segment", choices=["document", "paragraph"], default=None,
+                    help="cpu: how ingest reads a document (default: the model's msadb.segment)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     ap.add_argument("--reuse", action="store_true",
                     help="open the kept store instead of ingesting again (see --keep)")

@@ -6,6 +6,8 @@ be tuned to.
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu --data DATA --model M.gguf \\
         --lib BUILD/libmsadb/libmsadb.so [--sizes 16K,128K,1M] [--out J] [--keep --reuse]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout table --json J [--json J2]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout diagnose --data DATA --model M.gguf \
+        --lib BUILD/libmsadb/libmsadb.so [--cell tpl] [--out J]
 
 prepare (needs DATA/text/dict-gcide.txt from `memmodel.data extract`) writes
 DATA/heldout.json (questions, answers, cells, needle positions; the command
@@ -35,6 +37,10 @@ ones always), plus once with no memory.  Reports per cell, per kind and per
 needle position (token offset of the fact in its document: 0-511,
 512-1023, 1024-2047, 2048-4095), the share of answerable questions
 answered ABSTAIN, and the share of unanswerable ones that abstained.
+
+diagnose asks one cell's questions again, each from a store holding one
+document: the needle document, and variants of it that keep or drop the
+fact's neighbours and the gcide text, or move the fact (cmd_diagnose).
 """
 import argparse
 import json
@@ -300,7 +306,7 @@ def cmd_cpu(args):
     docs = mmd.read_docs(os.path.join(args.data, "heldout_docs.txt"))
     lens, qs = rec["doc_tokens"], rec["questions"]
     m = Msadb(args.lib)
-    m.open_model(args.model)
+    m.open_model(args.model, args.segment)
     m.top_k = args.top_k
 
     def log(d):
@@ -344,6 +350,82 @@ def cmd_cpu(args):
         json.dump(out, f, indent=1)
 
 
+# --------------------------------------------------------------------------
+# diagnose: which part of a needle document makes reading fail
+# --------------------------------------------------------------------------
+
+VARIANTS = ["needle document", "needle document, exact", "the fact alone",
+            "the document's facts only", "gcide haystack, no other fact",
+            "the fact first, then the gcide haystack", "training text as haystack"]
+
+
+def diagnose_docs(q, doc, others, train_text):
+    """The documents of cmd_diagnose's VARIANTS for question q (in order;
+    the exact variant reuses the needle document): doc its needle
+    document, others the other facts in it, train_text a training-side
+    text to use as haystack."""
+    fact = q["fact"]
+    hay = doc
+    for o in others:
+        hay = hay.replace(o + "\n\n", "").replace("\n\n" + o, "")
+    rest = hay.replace(fact + "\n\n", "").replace("\n\n" + fact, "")
+    # the training text cut to the haystack's length, the fact at the same share of it
+    at = hay.index(fact) / max(1, len(hay))
+    tt = (train_text * (1 + len(hay) // max(1, len(train_text))))[:len(hay)]
+    cut = tt.rfind("\n", 0, int(at * len(tt))) + 1 if at else 0
+    own = sorted(others + [fact], key=doc.index)
+    return [doc, doc, fact, "\n\n".join(own), hay, fact + "\n\n" + rest,
+            tt[:cut] + ("\n\n" if cut else "") + fact + "\n\n" + tt[cut:]]
+
+
+def cmd_diagnose(args):
+    """Every question of --cell asked from a store holding one document, in
+    each of VARIANTS: the needle document as the evaluation stores it (and
+    attended whole: exact), the fact alone, the document's facts without
+    the gcide text, the gcide text without the other facts, the fact put
+    first, and the fact in training-side text (DATA/text's SOURCES_TRAIN)
+    at the same place.  Reading that fails in the needle document but not
+    alone points at what surrounds the fact, not at the fact's words."""
+    from .clib import Msadb
+    rec = json.load(open(os.path.join(args.data, "heldout.json")))
+    docs = mmd.read_docs(os.path.join(args.data, "heldout_docs.txt"))
+    train = [d for n in mmd.SOURCES_TRAIN
+             for d in mmd.read_docs(os.path.join(args.data, "text", n + ".txt")) if len(d) > 3000]
+    m = Msadb(args.lib)
+    m.open_model(args.model, args.segment)
+    m.top_k = args.top_k
+    qs = [q for q in rec["questions"] if q["cell"] == args.cell]
+    facts_of = {}
+    for q in rec["questions"]:
+        if q["cell"] in ("tpl", "f_para"):
+            facts_of.setdefault(q["doc"], []).append(q["fact"])
+    res = {v: {"n": 0, "correct": 0, "abstained": 0, "by_kind": {}} for v in VARIANTS}
+    for i, q in enumerate(qs):
+        others = [f for f in dict.fromkeys(facts_of[q["doc"]]) if f != q["fact"]]
+        texts = diagnose_docs(q, docs[q["doc"]], others, train[(q["doc"] * 7919) % len(train)])
+        for v, text in zip(VARIANTS, texts):
+            shutil.rmtree(args.store_dir, ignore_errors=True)
+            os.makedirs(args.store_dir)
+            st = m.create_store(os.path.join(args.store_dir, "store"))
+            m.ingest(st, "needle", text)
+            o = m.ask(st, q["question"], exact=v.endswith("exact")).strip().rstrip(".").strip()
+            m.close_store(st)
+            for c in (res[v], res[v]["by_kind"].setdefault(q["kind"], {"n": 0, "correct": 0,
+                                                                        "abstained": 0})):
+                c["n"] += 1
+                c["correct"] += int(o == q["answer"])
+                c["abstained"] += int(o.lower() == mmd.ABSTAIN)
+        print("%d/%d" % (i + 1, len(qs)), file=sys.stderr, flush=True)
+    shutil.rmtree(args.store_dir, ignore_errors=True)
+    out = {"command": "memmodel.heldout diagnose " + " ".join(sys.argv[2:]), "model": args.model,
+           "load": os.getloadavg(), "variants": res}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    for v in VARIANTS:
+        r = res[v]
+        print("| %s | %s | %d |" % (v, pct(r), r["abstained"]))
+
+
 def pct(c):
     return "%d%% (%d/%d)" % (round(100 * c["correct"] / c["n"]), c["correct"], c["n"]) if c else "-"
 
@@ -380,7 +462,8 @@ def cmd_table(args):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "arrays", "cpu", "table"])
+    ap.add_argument("cmd", choices=["prepare", "arrays", "cpu", "table", "diagnose"])
+    ap.add_argument("--cell", default="tpl", help="diagnose: the cell whose questions to ask")
     ap.add_argument("--json", action="append", default=[], help="table: a cpu run's --out")
     ap.add_argument("--data", default=os.path.join(mmd.ROOT, ".train-data"))
     ap.add_argument("--seed", type=int, default=2718)
@@ -390,6 +473,8 @@ def main(argv):
     ap.add_argument("--sizes", default="16K,128K,1M")
     ap.add_argument("--what", default="none", help="cpu: 'none' adds the no-memory run")
     ap.add_argument("--top-k", type=int, default=16)
+    ap.add_argument("--segment", choices=["document", "paragraph"], default=None,
+                    help="cpu: how ingest reads a document (default: the model's msadb.segment)")
     ap.add_argument("--store-dir", default="/tmp/msadb-heldout")
     ap.add_argument("--keep", action="store_true", help="keep the store (for --reuse)")
     ap.add_argument("--reuse", action="store_true",
@@ -402,6 +487,8 @@ def main(argv):
         cmd_arrays(args)
     elif args.cmd == "table":
         cmd_table(args)
+    elif args.cmd == "diagnose":
+        cmd_diagnose(args)
     else:
         cmd_cpu(args)
 
