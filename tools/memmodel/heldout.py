@@ -354,14 +354,15 @@ def cmd_cpu(args):
 # diagnose: which part of a needle document makes reading fail
 # --------------------------------------------------------------------------
 
-VARIANTS = ["needle document", "needle document, exact", "the fact alone",
+VARIANTS = ["needle document", "needle document, exact", "needle document, by paragraph",
+            "the fact alone",
             "the document's facts only", "gcide haystack, no other fact",
             "the fact first, then the gcide haystack", "training text as haystack"]
 
 
 def diagnose_docs(q, doc, others, train_text):
     """The documents of cmd_diagnose's VARIANTS for question q (in order;
-    the exact variant reuses the needle document): doc its needle
+    the exact and by-paragraph variants reuse the needle document): doc its needle
     document, others the other facts in it, train_text a training-side
     text to use as haystack."""
     fact = q["fact"]
@@ -374,14 +375,15 @@ def diagnose_docs(q, doc, others, train_text):
     tt = (train_text * (1 + len(hay) // max(1, len(train_text))))[:len(hay)]
     cut = tt.rfind("\n", 0, int(at * len(tt))) + 1 if at else 0
     own = sorted(others + [fact], key=doc.index)
-    return [doc, doc, fact, "\n\n".join(own), hay, fact + "\n\n" + rest,
+    return [doc, doc, doc, fact, "\n\n".join(own), hay, fact + "\n\n" + rest,
             tt[:cut] + ("\n\n" if cut else "") + fact + "\n\n" + tt[cut:]]
 
 
 def cmd_diagnose(args):
     """Every question of --cell asked from a store holding one document, in
     each of VARIANTS: the needle document as the evaluation stores it (and
-    attended whole: exact), the fact alone, the document's facts without
+    attended whole: exact; and ingested by paragraph: msadb.segment
+    "paragraph"), the fact alone, the document's facts without
     the gcide text, the gcide text without the other facts, the fact put
     first, and the fact in training-side text (DATA/text's SOURCES_TRAIN)
     at the same place.  Reading that fails in the needle document but not
@@ -394,6 +396,7 @@ def cmd_diagnose(args):
     m = Msadb(args.lib)
     m.open_model(args.model, args.segment)
     m.top_k = args.top_k
+    own_segment = m.model.segment
     qs = [q for q in rec["questions"] if q["cell"] == args.cell]
     facts_of = {}
     for q in rec["questions"]:
@@ -407,6 +410,7 @@ def cmd_diagnose(args):
             shutil.rmtree(args.store_dir, ignore_errors=True)
             os.makedirs(args.store_dir)
             st = m.create_store(os.path.join(args.store_dir, "store"))
+            m.model.segment = "paragraph" if v.endswith("by paragraph") else own_segment
             m.ingest(st, "needle", text)
             o = m.ask(st, q["question"], exact=v.endswith("exact")).strip().rstrip(".").strip()
             m.close_store(st)
