@@ -334,7 +334,7 @@ def cmd_cpu(args):
         with open(marker, "w") as f:
             f.write(str(have))
         sel = [q for q in qs if q["doc"] < have]
-        outs, lat = ask_all(m, st, sel)
+        outs, lat = ask_all(m, st, sel, exact=args.exact)
         r = dict(score(sel, outs), latency_s=round(lat, 4), docs=have,
                  tokens=int(sum(lens[:have])),
                  examples=[{"q": q["question"], "want": q["answer"], "got": o, "cell": q["cell"]}
@@ -480,6 +480,8 @@ def main(argv):
     ap.add_argument("--segment", choices=["document", "paragraph"], default=None,
                     help="cpu: how ingest reads a document (default: the model's msadb.segment)")
     ap.add_argument("--store-dir", default="/tmp/msadb-heldout")
+    ap.add_argument("--exact", action="store_true",
+                    help="cpu: attend every block (no routing), to tell routing from reading")
     ap.add_argument("--keep", action="store_true", help="keep the store (for --reuse)")
     ap.add_argument("--reuse", action="store_true",
                     help="go on growing the kept store instead of starting again")
