@@ -394,18 +394,39 @@ static void test_declared_routing(const char *plain, const char *dir)
     }
 }
 
+/* A small model with the metadata options `keys` (make_test_model's), opened. */
+static msadb_llm *open_keyed(const char *dir, const char *name, const char *keys)
+{
+    char opts[512];
+    snprintf(opts, sizeof opts, "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64 %s", keys);
+    msadb_llm *l = NULL;
+    CHECK_OK(msadb_llm_open(tu_make_model(dir, name, opts), &l));
+    return l;
+}
+
+/* A small model with the metadata options `keys` is refused at load
+ * (MSADB_EINVAL), and msadb_llm_explain names `key`. */
+static void check_refused(const char *dir, const char *keys, const char *key)
+{
+    char opts[512];
+    snprintf(opts, sizeof opts, "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64 %s", keys);
+    const char *p = tu_make_model(dir, "refused", opts);
+    msadb_llm *lb = NULL;
+    CHECK_RC(msadb_llm_open(p, &lb), MSADB_EINVAL);
+    CHECK(lb == NULL);
+    char why[256];
+    CHECK_OK(msadb_llm_explain(p, MSADB_EINVAL, why, sizeof why));
+    CHECK(strstr(why, key) != NULL);
+}
+
 /* A model's declared abstain answer (GGUF msadb.abstain): read at load,
  * matched without case, surrounding white space and one closing full stop;
  * absent, it matches nothing; bad values are refused at load with an
  * explanation naming the key. */
 static void test_abstain(const char *plain, const char *dir)
 {
-    const char *shape = "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
-    char opts[512];
-    snprintf(opts, sizeof opts, "%s --abstain 'not in memory'", shape);
-    msadb_llm *l0, *l1;
+    msadb_llm *l0, *l1 = open_keyed(dir, "abstain", "--abstain 'not in memory'");
     CHECK_OK(msadb_llm_open(plain, &l0));
-    CHECK_OK(msadb_llm_open(tu_make_model(dir, "abstain", opts), &l1));
     const char *t = "x";
     CHECK_RC(msadb_llm_abstain_answer(l0, &t), MSADB_ENOTFOUND);
     CHECK(t == NULL);
@@ -435,14 +456,9 @@ static void test_abstain(const char *plain, const char *dir)
     longer[257] = 0;
     const char *bad[] = {"''", longer};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        snprintf(opts, sizeof opts, "%s --abstain %s", shape, bad[i]);
-        const char *p = tu_make_model(dir, "bad-abstain", opts);
-        msadb_llm *lb = NULL;
-        CHECK_RC(msadb_llm_open(p, &lb), MSADB_EINVAL);
-        CHECK(lb == NULL);
-        char why[256];
-        CHECK_OK(msadb_llm_explain(p, MSADB_EINVAL, why, sizeof why));
-        CHECK(strstr(why, "msadb.abstain") != NULL);
+        char keys[320];
+        snprintf(keys, sizeof keys, "--abstain %s", bad[i]);
+        check_refused(dir, keys, "msadb.abstain");
     }
 }
 
@@ -468,12 +484,8 @@ static float *doc_keys(msadb_store *st, uint64_t id, uint32_t head_dim, uint64_t
  * on its own, positions from 0), and the model's key declares the mode. */
 static void test_segment(const char *plain, const char *dir)
 {
-    const char *shape = "--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
-    char opts[512];
-    snprintf(opts, sizeof opts, "%s --segment paragraph", shape);
-    msadb_llm *l0, *l1;
+    msadb_llm *l0, *l1 = open_keyed(dir, "segment", "--segment paragraph");
     CHECK_OK(msadb_llm_open(plain, &l0));
-    CHECK_OK(msadb_llm_open(tu_make_model(dir, "segment", opts), &l1));
     CHECK_RC(msadb_llm_get_segment(l0), MSADB_SEGMENT_DOCUMENT);
     CHECK_RC(msadb_llm_get_segment(l1), MSADB_SEGMENT_PARAGRAPH);
     CHECK_RC(msadb_llm_get_segment(NULL), MSADB_EINVAL);
@@ -535,14 +547,7 @@ static void test_segment(const char *plain, const char *dir)
     msadb_close(sb);
     msadb_llm_close(l0);
 
-    snprintf(opts, sizeof opts, "%s --segment sentence", shape);
-    const char *p = tu_make_model(dir, "bad-segment", opts);
-    msadb_llm *lb = NULL;
-    CHECK_RC(msadb_llm_open(p, &lb), MSADB_EINVAL);
-    CHECK(lb == NULL);
-    char why[256];
-    CHECK_OK(msadb_llm_explain(p, MSADB_EINVAL, why, sizeof why));
-    CHECK(strstr(why, "msadb.segment") != NULL);
+    check_refused(dir, "--segment sentence", "msadb.segment");
 }
 
 int main(void)
