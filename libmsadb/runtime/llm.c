@@ -466,6 +466,7 @@ static int tokenize_paragraphs(const msadb_llm *llm, const char *text, size_t le
     *ids = NULL;
     *spans = NULL;
     *n = 0;
+    size_t cap = 0; /* grown by doubling: many short paragraphs stay linear */
     for (size_t a = 0; a < len;) {
         size_t b = a + 1;
         while (b < len && !paragraph_at(text, len, b))
@@ -474,15 +475,18 @@ static int tokenize_paragraphs(const msadb_llm *llm, const char *text, size_t le
         int64_t *ps = NULL;
         size_t pn = 0;
         int rc = tokenize_alloc(llm, text + a, b - a, 0, &pi, &ps, &pn);
-        if (!rc) {
-            int32_t *ni = realloc(*ids, (*n + pn + 1) * sizeof *ni);
+        if (!rc && *n + pn + 1 > cap) {
+            size_t want = 2 * cap > *n + pn + 1 ? 2 * cap : *n + pn + 1;
+            int32_t *ni = realloc(*ids, want * sizeof *ni);
             if (ni)
                 *ids = ni;
-            int64_t *ns = ni ? realloc(*spans, (*n + pn + 1) * 2 * sizeof *ns) : NULL;
+            int64_t *ns = ni ? realloc(*spans, want * 2 * sizeof *ns) : NULL;
             if (ns)
                 *spans = ns;
             if (!ni || !ns)
                 rc = MSADB_ENOMEM;
+            else
+                cap = want;
         }
         if (!rc) {
             memcpy(*ids + *n, pi, pn * sizeof *pi);
