@@ -1000,7 +1000,7 @@ MSADB_API int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_mo
 MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
 /* How msadb_llm_ingest() and its kin run a document through the model.
  * A model declares its own in the GGUF string key msadb.segment
- * ("document", the default, or "paragraph"); msadb_llm_set_segment()
+ * ("document", the default, "paragraph" or "joined"); msadb_llm_set_segment()
  * overrides it for this handle. */
 #define MSADB_SEGMENT_DOCUMENT 1  /* one pass: every token attends the whole
                                      document before it (up to MSADB_LLM_DOC_MAX) */
@@ -1009,6 +1009,11 @@ MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
                                      token attends only its own paragraph; the
                                      keys/values are stored as one document, in
                                      order, and cited as usual */
+#define MSADB_SEGMENT_JOINED 3    /* one pass over the document, as
+                                     _DOCUMENT, but each paragraph tokenized
+                                     on its own, as _PARAGRAPH does: every
+                                     paragraph's first word is a word start,
+                                     as in a text that begins with it */
 /** Sets how this handle ingests (MSADB_SEGMENT_*).  Keys/values stored per
  * paragraph differ from whole-document ones, so the document key
  * (msadb_doc.key) differs too: the same text ingested in both modes is
@@ -1016,7 +1021,7 @@ MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
  * llm, unknown mode). */
 MSADB_API int msadb_llm_set_segment(msadb_llm *llm, int mode);
 /** The handle's MSADB_SEGMENT_* (the model's msadb.segment unless set), or
- * MSADB_EINVAL for NULL.  A model whose msadb.segment is neither string is
+ * MSADB_EINVAL for NULL.  A model whose msadb.segment is none of these is
  * refused at msadb_llm_open() (MSADB_EINVAL; msadb_llm_explain names it). */
 MSADB_API int msadb_llm_get_segment(const msadb_llm *llm);
 /** The answer the model was trained to give when memory does not hold what

@@ -155,7 +155,8 @@ hay_a, hay_b = "Alpha entry.\nMore of it.", "Beta entry, the last."
 doc = "\n\n".join([hay_a, other, fact, hay_b])
 train_text = "line one of training text\nline two\nline three\n" * 3
 v = dict(zip(heldout.VARIANTS, heldout.diagnose_docs({"fact": fact}, doc, [other], train_text)))
-check(v["needle document"] == doc == v["needle document, exact"] == v["needle document, by paragraph"],
+check(v["needle document"] == doc == v["needle document, exact"] == v["needle document, by paragraph"]
+      == v["needle document, joined"],
       "diagnose: needle doc")
 check(v["the fact alone"] == fact, "diagnose: the fact alone %r" % v["the fact alone"])
 check(v["the document's facts only"] == other + "\n\n" + fact,

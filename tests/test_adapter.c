@@ -479,9 +479,64 @@ static float *doc_keys(msadb_store *st, uint64_t id, uint32_t head_dim, uint64_t
     return k;
 }
 
+/* A document's token ids (malloc'd, n_tokens of them; *n gets the count). */
+static int32_t *doc_ids(msadb_store *st, uint64_t id, uint64_t *n)
+{
+    msadb_snapshot *snap;
+    CHECK_OK(msadb_snapshot_begin(st, &snap));
+    msadb_doc_info info;
+    CHECK_OK(msadb_doc_get(snap, id, &info));
+    *n = info.n_tokens;
+    int32_t *t = malloc(*n * sizeof *t);
+    CHECK(t != NULL);
+    CHECK_OK(msadb_doc_tokens(snap, id, t, NULL, *n));
+    msadb_snapshot_end(snap);
+    return t;
+}
+
+/* MSADB_SEGMENT_JOINED: one pass over the text tokenized paragraph by
+ * paragraph.  Its tokens are the paragraphs' own (ingested one by one,
+ * `ids` in sb), not the whole text's (idd in sa); its first paragraph's keys
+ * are that paragraph's alone (a token attends only what precedes it); later
+ * ones differ from the per-paragraph reading (ka, na tokens): they attend
+ * the paragraphs before them. */
+static void check_joined(msadb_llm *l, msadb_store *sa, msadb_store *sb, const char *whole, uint64_t idd,
+                         const uint64_t ids[4], const float *ka, uint64_t na, uint32_t hd)
+{
+    uint64_t idj, nj, nd, n, at = 0;
+    CHECK_OK(msadb_llm_set_segment(l, MSADB_SEGMENT_JOINED));
+    CHECK_RC(msadb_llm_get_segment(l), MSADB_SEGMENT_JOINED);
+    CHECK_OK(msadb_llm_ingest(l, sa, NULL, "whole", whole, strlen(whole), &idj));
+    CHECK(idj != idd);
+    int32_t *tj = doc_ids(sa, idj, &nj), *td = doc_ids(sa, idd, &nd);
+    CHECK(nj != nd || memcmp(tj, td, nj * sizeof *tj)); /* the text tokenizes otherwise whole */
+    int same = 1;
+    for (size_t i = 0; i < 4; i++) {
+        int32_t *tp = doc_ids(sb, ids[i], &n);
+        CHECK(at + n <= nj);
+        if (at + n <= nj)
+            same &= !memcmp(tj + at, tp, n * sizeof *tp);
+        at += n;
+        free(tp);
+    }
+    CHECK(at == nj && same);
+    float *kj = doc_keys(sa, idj, hd, &nj), *k0 = doc_keys(sb, ids[0], hd, &n);
+    CHECK(nj == na && n < nj);
+    double scale, diff = max_diff(kj, k0, n * hd, &scale); /* one pass over more rows: GEMM may round otherwise */
+    CHECK(diff <= 1e-4 * fmax(1.0, scale));
+    diff = max_diff(kj + n * hd, ka + n * hd, (nj - n) * hd, &scale); /* later paragraphs see the earlier ones */
+    CHECK(diff > 1e-2 * scale);
+    free(kj);
+    free(k0);
+    free(tj);
+    free(td);
+    CHECK_OK(msadb_llm_set_segment(l, MSADB_SEGMENT_DOCUMENT));
+}
+
 /* MSADB_SEGMENT_PARAGRAPH: a text read per paragraph stores exactly what its
  * paragraphs ingested one by one as documents store (each tokenized and run
- * on its own, positions from 0), and the model's key declares the mode. */
+ * on its own, positions from 0), and the model's key declares the mode.
+ * MSADB_SEGMENT_JOINED: check_joined. */
 static void test_segment(const char *plain, const char *dir)
 {
     msadb_llm *l0, *l1 = open_keyed(dir, "segment", "--segment paragraph");
@@ -491,8 +546,11 @@ static void test_segment(const char *plain, const char *dir)
     CHECK_RC(msadb_llm_get_segment(NULL), MSADB_EINVAL);
     CHECK_RC(msadb_llm_set_segment(NULL, MSADB_SEGMENT_DOCUMENT), MSADB_EINVAL);
     CHECK_RC(msadb_llm_set_segment(l0, 0), MSADB_EINVAL);
-    CHECK_RC(msadb_llm_set_segment(l0, 3), MSADB_EINVAL);
+    CHECK_RC(msadb_llm_set_segment(l0, 4), MSADB_EINVAL);
     CHECK_RC(msadb_llm_get_segment(l0), MSADB_SEGMENT_DOCUMENT);
+    msadb_llm_close(l1);
+    l1 = open_keyed(dir, "joined", "--segment joined");
+    CHECK_RC(msadb_llm_get_segment(l1), MSADB_SEGMENT_JOINED);
     msadb_llm_close(l1);
 
     static const char *const paras[] = {"Notes of the day.\n\n", "The PIN of the lamp is 1234.\n\n\n",
@@ -533,6 +591,7 @@ static void test_segment(const char *plain, const char *dir)
     for (uint64_t i = 0; i < na * sig.head_dim && i < nd * sig.head_dim; i++)
         differs |= ka[i] != kd[i];
     CHECK(differs); /* whole-document reading is another thing */
+    check_joined(l0, sa, sb, whole, idd, ids, ka, na, sig.head_dim);
     /* the paragraph document keeps the whole text */
     char text[256];
     size_t tl = 0;

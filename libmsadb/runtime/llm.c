@@ -85,7 +85,8 @@ static int read_routing(msadb_llm *llm)
 /* How the model reads a document at ingest (GGUF msadb.segment: "document",
  * the default, or "paragraph"). */
 static const named_value segments[] = {{"document", MSADB_SEGMENT_DOCUMENT},
-                                       {"paragraph", MSADB_SEGMENT_PARAGRAPH}};
+                                       {"paragraph", MSADB_SEGMENT_PARAGRAPH},
+                                       {"joined", MSADB_SEGMENT_JOINED}};
 
 static int read_segment(const msadb_gguf *g, int *segment)
 {
@@ -310,7 +311,7 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
                  LLM_ABSTAIN_MAX);
     else if ((err == MSADB_EINVAL || err == MSADB_ECORRUPT) && bad_segment)
         snprintf(buf, cap, "its msadb.segment (how the model reads a document at ingest) is not "
-                           "the string \"document\" or \"paragraph\"; correct or delete that key");
+                           "the string \"document\", \"paragraph\" or \"joined\"; correct or delete that key");
     else if (err == MSADB_EDTYPE)
         snprintf(buf, cap, "a weight type the runtime cannot read (F32, F16, BF16 and Q8_0 only)");
     else if (err == MSADB_ENOTFOUND)
@@ -322,7 +323,7 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
 
 int msadb_llm_set_segment(msadb_llm *llm, int mode)
 {
-    if (!llm || (mode != MSADB_SEGMENT_DOCUMENT && mode != MSADB_SEGMENT_PARAGRAPH))
+    if (!llm || (mode != MSADB_SEGMENT_DOCUMENT && mode != MSADB_SEGMENT_PARAGRAPH && mode != MSADB_SEGMENT_JOINED))
         return MSADB_EINVAL;
     llm->segment = mode;
     return 0;
@@ -432,10 +433,6 @@ static int capture_hook(uint32_t layer, uint32_t first, uint32_t n, const float 
     return msadb_capture_kv(c->cap, layer, c->offset + first, n, k, v);
 }
 
-/* The end of the paragraph that starts at token i of [i, end): the first
- * later token that starts right after a blank line ("\n\n") and not on a
- * line break itself, or end.  The line breaks stay with the paragraph
- * before them. */
 /* Whether a paragraph starts at byte p of text (len bytes): right after a
  * blank line ("\n\n"), not on a line break itself. */
 static int paragraph_at(const char *text, size_t len, size_t p)
@@ -455,7 +452,7 @@ static size_t paragraph_end(const char *text, size_t len, const int64_t *spans, 
     return end;
 }
 
-/* Tokenizes text paragraph by paragraph (MSADB_SEGMENT_PARAGRAPH): each
+/* Tokenizes text paragraph by paragraph (MSADB_SEGMENT_PARAGRAPH, _JOINED): each
  * one as if it began a text (the tokenizer's dummy prefix makes its first
  * word a word start, as a fact tokenized on its own is), spans rebased onto
  * the whole text.  *ids and *spans (the caller frees them, also on error)
@@ -509,8 +506,11 @@ static int tokenize_paragraphs(const msadb_llm *llm, const char *text, size_t le
 static int text_key(const msadb_store *st, const char *space, const char *text, size_t len, size_t p, size_t n,
                     int segment, unsigned char key[MSADB_DOCKEY_HASH])
 {
-    /* the same text read per paragraph has other keys/values: another key */
-    const char *tag = segment == MSADB_SEGMENT_PARAGRAPH ? "msadb text v1 paragraph" : "msadb text v1";
+    /* the same text read per paragraph, or tokenized per paragraph, has
+     * other keys/values: another key */
+    const char *tag = segment == MSADB_SEGMENT_PARAGRAPH ? "msadb text v1 paragraph"
+                      : segment == MSADB_SEGMENT_JOINED  ? "msadb text v1 joined"
+                                                         : "msadb text v1";
     uint8_t pn[8];
     msadb_put_le32(pn, (uint32_t)p);
     msadb_put_le32(pn + 4, (uint32_t)n);
@@ -605,8 +605,8 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
     int64_t *spans = NULL;
     size_t n = 0;
     msadb_model_ctx *ctx = NULL;
-    rc = llm->segment == MSADB_SEGMENT_PARAGRAPH ? tokenize_paragraphs(llm, text, len, &ids, &spans, &n)
-                                                 : tokenize_alloc(llm, text, len, 0, &ids, &spans, &n);
+    rc = llm->segment != MSADB_SEGMENT_DOCUMENT ? tokenize_paragraphs(llm, text, len, &ids, &spans, &n)
+                                                : tokenize_alloc(llm, text, len, 0, &ids, &spans, &n);
     if (rc)
         goto out;
     if (n == 0) {

@@ -32,7 +32,7 @@ class Msadb:
         self.summary, self.top_k = None, 16
 
     def open_model(self, path, segment=None):
-        """segment: how ingest reads a document ("document", "paragraph";
+        """segment: how ingest reads a document ("document", "paragraph", "joined";
         None: the model's own, msadb.Model.segment)."""
         self.model = self.msadb.Model(path)
         if segment:

@@ -567,7 +567,7 @@ def main(argv):
                          "model's declared routing)")
     ap.add_argument("--top-k", type=int, default=16,
                     help="cpu: blocks each kv head of a memory layer selects (msadb_ask_params)")
-    ap.add_argument("--segment", choices=["document", "paragraph"], default=None,
+    ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
                     help="cpu: how ingest reads a document (default: the model's msadb.segment)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     ap.add_argument("--reuse", action="store_true",

@@ -108,7 +108,7 @@ def main(argv):
                     help="JSON for the msadb.training key (default: the checkpoint's own "
                          "steps, tokens and training seconds, which count the earlier commands "
                          "it went on from with --continue, --resume or --init-gguf)")
-    ap.add_argument("--segment", default="", choices=["", "document", "paragraph"],
+    ap.add_argument("--segment", default="", choices=["", "document", "paragraph", "joined"],
                     help="msadb.segment: how msadb's ingest reads a document for this model "
                          "(paragraph: each paragraph on its own, as training tokenized facts)")
     ap.add_argument("--abstain", default="",

@@ -355,14 +355,14 @@ def cmd_cpu(args):
 # --------------------------------------------------------------------------
 
 VARIANTS = ["needle document", "needle document, exact", "needle document, by paragraph",
-            "the fact alone",
+            "needle document, joined", "the fact alone",
             "the document's facts only", "gcide haystack, no other fact",
             "the fact first, then the gcide haystack", "training text as haystack"]
 
 
 def diagnose_docs(q, doc, others, train_text):
     """The documents of cmd_diagnose's VARIANTS for question q (in order;
-    the exact and by-paragraph variants reuse the needle document): doc its needle
+    the exact, by-paragraph and joined variants reuse the needle document): doc its needle
     document, others the other facts in it, train_text a training-side
     text to use as haystack."""
     fact = q["fact"]
@@ -375,15 +375,16 @@ def diagnose_docs(q, doc, others, train_text):
     tt = (train_text * (1 + len(hay) // max(1, len(train_text))))[:len(hay)]
     cut = tt.rfind("\n", 0, int(at * len(tt))) + 1 if at else 0
     own = sorted(others + [fact], key=doc.index)
-    return [doc, doc, doc, fact, "\n\n".join(own), hay, fact + "\n\n" + rest,
+    return [doc, doc, doc, doc, fact, "\n\n".join(own), hay, fact + "\n\n" + rest,
             tt[:cut] + ("\n\n" if cut else "") + fact + "\n\n" + tt[cut:]]
 
 
 def cmd_diagnose(args):
     """Every question of --cell asked from a store holding one document, in
     each of VARIANTS: the needle document as the evaluation stores it (and
-    attended whole: exact; and ingested by paragraph: msadb.segment
-    "paragraph"), the fact alone, the document's facts without
+    attended whole: exact; ingested by paragraph: msadb.segment
+    "paragraph"; and in one pass, tokenized by paragraph: "joined"), the
+    fact alone, the document's facts without
     the gcide text, the gcide text without the other facts, the fact put
     first, and the fact in training-side text (DATA/text's SOURCES_TRAIN)
     at the same place.  Reading that fails in the needle document but not
@@ -410,7 +411,8 @@ def cmd_diagnose(args):
             shutil.rmtree(args.store_dir, ignore_errors=True)
             os.makedirs(args.store_dir)
             st = m.create_store(os.path.join(args.store_dir, "store"))
-            m.model.segment = "paragraph" if v.endswith("by paragraph") else own_segment
+            m.model.segment = ("paragraph" if v.endswith("by paragraph") else
+                               "joined" if v.endswith("joined") else own_segment)
             m.ingest(st, "needle", text)
             o = m.ask(st, q["question"], exact=v.endswith("exact")).strip().rstrip(".").strip()
             m.close_store(st)
@@ -477,7 +479,7 @@ def main(argv):
     ap.add_argument("--sizes", default="16K,128K,1M")
     ap.add_argument("--what", default="none", help="cpu: 'none' adds the no-memory run")
     ap.add_argument("--top-k", type=int, default=16)
-    ap.add_argument("--segment", choices=["document", "paragraph"], default=None,
+    ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
                     help="cpu: how ingest reads a document (default: the model's msadb.segment)")
     ap.add_argument("--store-dir", default="/tmp/msadb-heldout")
     ap.add_argument("--exact", action="store_true",

@@ -141,7 +141,7 @@ def parse_args(argv):
     ap.add_argument("--routing", default="",
                     help="SUMMARY[:SCORE] for msadb.routing.summary / .score, e.g. mean:dot")
     ap.add_argument("--segment", default=None,
-                    help="msadb.segment: how ingest reads a document (document, paragraph; "
+                    help="msadb.segment: how ingest reads a document (document, paragraph, joined; "
                          "any string, to test refusals)")
     ap.add_argument("--abstain", default=None,
                     help="msadb.abstain: the answer the model gives when memory lacks the fact")

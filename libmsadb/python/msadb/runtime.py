@@ -48,7 +48,7 @@ class Span:
 
 
 # msadb.h's MSADB_SEGMENT_* by name (Model.segment)
-SEGMENTS = {1: "document", 2: "paragraph"}
+SEGMENTS = {1: "document", 2: "paragraph", 3: "joined"}
 
 
 @dataclasses.dataclass
@@ -132,8 +132,9 @@ class Model(_Handle):
     @property
     def segment(self) -> str:
         """How :meth:`ingest` runs a document through the model:
-        ``"document"`` (one pass) or ``"paragraph"`` (each paragraph, up to a
-        blank line, on its own: msadb_llm_set_segment).  The model's GGUF
+        ``"document"`` (one pass), ``"paragraph"`` (each paragraph, up to a
+        blank line, on its own) or ``"joined"`` (one pass, each paragraph
+        tokenized on its own): msadb_llm_set_segment.  The model's GGUF
         key msadb.segment gives the default; setting it changes this
         handle only.  ValueError for another name."""
         rc = lib.msadb_llm_get_segment(self._get())
@@ -145,7 +146,7 @@ class Model(_Handle):
     def segment(self, name: str) -> None:
         modes = {v: k for k, v in SEGMENTS.items()}
         if name not in modes:
-            raise ValueError("segment: %r is not 'document' or 'paragraph'" % (name,))
+            raise ValueError("segment: %r is not one of %s" % (name, ", ".join(modes)))
         check(lib.msadb_llm_set_segment(self._get(), modes[name]), "model segment")
 
     def signature(self) -> Signature:
