@@ -38,7 +38,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_INGEST] = "ingest DB [--space S] [--title T] [--meta K=V]... [--ttl D] [--commit-every Nt|Nd]\n"
                    "           FILE...\n"
                    "       msadb ingest DB [-m M.gguf] [--space S] [--title T] [--split] [--meta K=V]...\n"
-                   "           [--ttl D] [--commit-every Nt|Nd] [--binary-ok] TEXTFILE...",
+                   "           [--ttl D] [--commit-every Nt|Nd] [--binary-ok] [--segment MODE] TEXTFILE...",
     [CMD_QUERY] = "query DB --q FILE --layer N [--space S]... [--top-k K]\n"
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--per-token] [--where K=V]... [--out FILE]\n"
@@ -63,7 +63,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
     [CMD_SHOW] = "show DB [--space S] DOC",
     [CMD_VACUUM] = "vacuum DB",
     [CMD_UPDATE] = "update DB DOC (FILE | --text TEXT) [-m M.gguf] [--space S] [--title T]\n"
-                   "           [--meta K=V]... [--ttl D]",
+                   "           [--meta K=V]... [--ttl D] [--segment MODE]",
     [CMD_EXPIRE] = "expire DB",
 };
 
@@ -106,7 +106,7 @@ enum opt_id {
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
     O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
     O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_META, O_WHERE, O_TTL, O_TEXT, O_SPACE_KEY_FILE,
-    O_SPACE_PASS_ENV, O_COUNT
+    O_SPACE_PASS_ENV, O_SEGMENT, O_COUNT
 };
 
 typedef struct opt_def {
@@ -182,6 +182,8 @@ static const opt_def opts[O_COUNT] = {
     [O_TTL] = {"ttl", NULL, 0, 1, C(INGEST) | C(UPDATE), "D",
                "forget the documents after D: 90s, 45m, 12h or 30d (update: default the old expiry)"},
     [O_TEXT] = {"text", NULL, 0, 1, C(UPDATE), "TEXT", "the new content as text, instead of FILE"},
+    [O_SEGMENT] = {"segment", NULL, 0, 1, C(INGEST) | C(UPDATE), "MODE",
+                   "text: how the model reads it: document, paragraph or joined (default: the model's)"},
 };
 
 const char *cli_cmd_name(cli_cmd c)
@@ -560,6 +562,16 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
         if (!*v)
             return usage_err(err, errlen, "--text: the text is empty");
         a->text = v;
+        return CLI_OK;
+    case O_SEGMENT:
+        if (strcmp(v, "document") == 0)
+            a->segment = MSADB_SEGMENT_DOCUMENT;
+        else if (strcmp(v, "paragraph") == 0)
+            a->segment = MSADB_SEGMENT_PARAGRAPH;
+        else if (strcmp(v, "joined") == 0)
+            a->segment = MSADB_SEGMENT_JOINED;
+        else
+            return usage_err(err, errlen, "--segment: expected document, paragraph or joined, got '%.40s'", v);
         return CLI_OK;
     case O_TOP_K: return parse_u32_opt("top-k", v, 1, MSADB_MAX_TOP_K, &a->top_k, err, errlen);
     case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);

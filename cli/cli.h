@@ -77,6 +77,7 @@ typedef struct cli_args {
     uint64_t commit_tokens;    /* ingest --commit-every Nt (0: not given) */
     uint64_t commit_docs;      /* ingest --commit-every Nd (0: not given) */
     int binary_ok;             /* ingest --binary-ok */
+    int segment;               /* ingest/update --segment: MSADB_SEGMENT_*; 0: the model's */
     int no_memory;             /* query */
     uint32_t max_tokens, interleave, query_pos;
     float temperature, top_p;

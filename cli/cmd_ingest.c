@@ -380,6 +380,11 @@ int cmd_ingest(const cli_args *a)
         fprintf(stderr, "msadb: ingest: --binary-ok applies to text files; %s is a tensor file\n", a->files[0]);
         return CLI_USAGE;
     }
+    if (a->segment) {
+        fprintf(stderr, "msadb: ingest: --segment applies to text files read by a model; %s is a tensor file\n",
+                a->files[0]);
+        return CLI_USAGE;
+    }
     cli_db *db;
     if (cli_db_open(a, 0, &db) != CLI_OK)
         return CLI_ERROR;

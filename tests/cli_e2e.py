@@ -660,6 +660,8 @@ def test_streaming():
     run("ingest", db, "--commit-every", "t", f, expect=2, msg="got 't'")
     run("ingest", db, "--binary-ok", f, expect=2,
         msg=f"msadb: ingest: --binary-ok applies to text files; {f} is a tensor file")
+    run("ingest", db, "--segment", "joined", f, expect=2,
+        msg=f"msadb: ingest: --segment applies to text files read by a model; {f} is a tensor file")
     # tokens as the unit
     j = jrun("ingest", db, "--space", "default", "--commit-every", "20t", many_docs_file(p("t.safetensors"), 7, 8))
     check(j["added"] == 7, f"--commit-every 20t {j}")

@@ -362,6 +362,29 @@ def test_binary_ok(fx):
     check(jrun("stat", db)["documents"] == n_before, "removed again")
 
 
+def test_segment(fx):
+    """--segment: the same text read another way is other memory (a new
+    document, not "already in memory"); the same way again is a no-op; a
+    bad mode, a tensor file or a query is a usage error."""
+    db = p("segdb")
+    run("init", db, "--model", fx.model)
+    f = write("seg.txt", "Notes of the day.\n\nThe lamp oil runs out in May.\n\nEnd of the notes.\n")
+    ids = {}
+    for mode in (None, "joined", "paragraph", "document"):
+        j = jrun("ingest", db, "--model", fx.model, *(["--segment", mode] if mode else []), f)
+        ids[mode] = (j["documents"][0]["id"], j["documents"][0]["status"])
+    check(ids[None][1] == "added" and ids["document"] == (ids[None][0], "already in memory"),
+          f"document is the model's own mode: {ids}")
+    check(ids["joined"][1] == ids["paragraph"][1] == "added"
+          and len({ids[m][0] for m in (None, "joined", "paragraph")}) == 3, f"three readings: {ids}")
+    j = jrun("ingest", db, "--model", fx.model, "--segment", "joined", f)
+    check(j["documents"][0]["id"] == ids["joined"][0] and j["already_in_memory"] == 1, f"joined again: {j}")
+    run("ingest", db, "--model", fx.model, "--segment", "words", f, expect=2,
+        msg="--segment: expected document, paragraph or joined, got 'words'")
+    run("query", db, "--model", fx.model, "--segment", "joined", "q", expect=2, msg="does not apply")
+    run("verify", db)
+
+
 def test_query_answers(fx):
     """A memory answer cites spans; greedy answers and seeded sampling are
     deterministic."""
@@ -485,7 +508,7 @@ def test_query_abstain(fx):
 def main():
     fx = Fixture()
     for case in (test_init, test_ingest_files, test_ingest_long_text, test_ingest_again, test_ls,
-                 test_ingest_refused, test_usage_errors, test_binary_ok, test_query_answers,
+                 test_ingest_refused, test_usage_errors, test_binary_ok, test_segment, test_query_answers,
                  test_query_spaces, test_query_selection, test_query_modes, test_query_output,
                  test_query_abstain):
         case(fx)
