@@ -62,6 +62,25 @@ with tempfile.TemporaryDirectory() as d:
           "diagnose: every question asked in every variant %r" % r)
     check(r["the fact alone"]["correct"] == 2, "diagnose: the facts alone answered %r"
           % r["the fact alone"])
+# the held-out arrays' joined tokens (SentencePiece, memmodel.data.joined_ids)
+# are the tokens the C library stores with msadb.segment "joined"
+sp = mmd.load_sp()
+texts = [text, "A kettle, n.\n\n\n  A pot.\r\n\r\nLast line\n\n" + fact + "\n\n",
+         "\n\nStarts blank.\n\nEnds\n\n\n"]
+check(mmd.paragraphs(texts[1]) == ["A kettle, n.\n\n\n", "  A pot.\r\n\r\nLast line\n\n",
+                                   fact + "\n\n"], "paragraphs: %r" % mmd.paragraphs(texts[1]))
+m.model.segment = "joined"
+with tempfile.TemporaryDirectory() as d:
+    st = m.create_store(os.path.join(d, "store"))
+    for t in texts:
+        m.ingest(st, "t", t)
+    with st.snapshot() as snap:
+        got = [list(snap.tokens(i)[0]) for i in sorted(x.id for x in snap.documents())]
+    m.close_store(st)
+want = [mmd.joined_ids(sp, t) for t in texts]
+check(got == want, "joined tokens: C %r, SentencePiece %r" % (got, want))
+check(want[1] != sp.encode(texts[1]), "joined differs from the text tokenized whole")
+m.model.segment = "document"
 n = m.tokenize_len(fact)
 check(5 < n < 40, "tokenize_len counts the fact's tokens (%d)" % n)
 done()

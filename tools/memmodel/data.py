@@ -1011,6 +1011,22 @@ def ragged(lists):
     return flat, np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
 
 
+def paragraphs(text):
+    """text cut where msadb's ingest by paragraph and joined cut it: before
+    each character that follows a blank line ("\\n\\n") and is neither
+    "\\n" nor "\\r"; the line breaks stay with the paragraph before them
+    (libmsadb/runtime/llm.c, paragraph_at)."""
+    cuts = [p for p in range(2, len(text))
+            if text[p - 2:p] == "\n\n" and text[p] not in "\n\r"]
+    return [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)]) if b > a]
+
+
+def joined_ids(sp, text):
+    """The token ids msadb stores for text with msadb.segment "joined" (or
+    "paragraph"): each paragraph tokenized on its own, concatenated."""
+    return [t for ids in sp.encode(paragraphs(text)) for t in ids]
+
+
 def tokenize_docs(sp, docs):
     ids = sp.encode([d + "\n\n" for d in docs])
     return ids

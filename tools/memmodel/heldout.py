@@ -225,8 +225,10 @@ def cmd_prepare(args):
 
 
 def cmd_arrays(args):
-    """DATA/heldout_gpu.npz: the haystack's documents up to --gpu-size tokens,
-    the questions and answers tokenized, for memmodel.gpu_eval.heldout_gpu."""
+    """DATA/heldout_gpu.npz: the haystack's documents up to the largest of
+    --sizes, tokenized as msadb's ingest reads them (--segment, default the
+    --model's msadb.segment: document, or joined), the questions and
+    answers tokenized, for memmodel.gpu_eval.heldout_gpu."""
     sp = mmd.load_sp()
     rec = json.load(open(os.path.join(args.data, "heldout.json")))
     docs = mmd.read_docs(os.path.join(args.data, "heldout_docs.txt"))
@@ -240,7 +242,16 @@ def cmd_arrays(args):
         full = sp.encode(x["question"] + " " + x["answer"])
         q.append([sp.bos_id()] + qt)
         a.append(full[len(qt):])
-    dt, do = mmd.ragged(sp.encode(docs[:nd]))
+    if args.segment is None:
+        from .gguf import GGUFReader
+        args.segment = GGUFReader(args.model).meta.get("msadb.segment", "document")
+    if args.segment == "paragraph":
+        raise SystemExit("heldout arrays: --segment paragraph needs a pass per paragraph, which "
+                         "gpu_eval does not make; use document or joined")
+    if args.segment == "joined":
+        dt, do = mmd.ragged([mmd.joined_ids(sp, d) for d in docs[:nd]])
+    else:
+        dt, do = mmd.ragged(sp.encode(docs[:nd]))
     qt, qo = mmd.ragged(q)
     at, ao = mmd.ragged(a)
     np.savez_compressed(os.path.join(args.data, "heldout_gpu.npz"), doc_tok=dt, doc_off=do,
@@ -248,7 +259,7 @@ def cmd_arrays(args):
                         abstain=np.array(sp.encode(mmd.ABSTAIN), np.int64),
                         size_names=np.array([n for n, _ in sizes]),
                         size_docs=np.array([k for _, k in sizes]), eos=np.array(sp.eos_id()))
-    print(json.dumps({"sizes": dict(sizes), "doc_tokens": int(len(dt))}))
+    print(json.dumps({"sizes": dict(sizes), "doc_tokens": int(len(dt)), "segment": args.segment}))
 
 
 # --------------------------------------------------------------------------
@@ -480,7 +491,8 @@ def main(argv):
     ap.add_argument("--what", default="none", help="cpu: 'none' adds the no-memory run")
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
-                    help="cpu: how ingest reads a document (default: the model's msadb.segment)")
+                    help="cpu, diagnose, arrays: how ingest reads a document (default: the "
+                         "model's msadb.segment; arrays: document or joined)")
     ap.add_argument("--store-dir", default="/tmp/msadb-heldout")
     ap.add_argument("--exact", action="store_true",
                     help="cpu: attend every block (no routing), to tell routing from reading")
