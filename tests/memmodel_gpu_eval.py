@@ -68,6 +68,17 @@ with tempfile.TemporaryDirectory() as d:
     res = gpu_eval.heldout_gpu(net.Model(c).eval(), os.path.join(d, "heldout_gpu.npz"),
                                torch.device("cpu"), deadline=1e18, log=lambda x: None)
 
+    # the same arrays through main(): a GGUF file on its own, result as JSON
+    from memmodel import make_test_model
+    make_test_model.main([os.path.join(d, "m.gguf"), "--vocab", "300"])
+    gpu_eval.main(["--model", os.path.join(d, "m.gguf"), "--arrays", os.path.join(d, "heldout_gpu.npz"),
+                   "--out", os.path.join(d, "r.json")])
+    with open(os.path.join(d, "r.json")) as f:
+        rm = json.load(f)
+    check(rm["sizes"]["B"]["cells"] == res["sizes"]["B"]["cells"] and rm["model_file"] == "m.gguf",
+          "main: the evaluation of the GGUF file, as JSON (%s)" % rm.get("sizes"))
+    asked[3:] = []
+
 check(asked[0] == (False, [0, 1, 2, 3, 4, 5]), "no memory: every question asked (%s)" % (asked[0],))
 check(asked[1] == (True, [0, 1, 4, 5]),
       "size A: the questions of document 0 and the unanswerable ones (%s)" % (asked[1],))

@@ -244,3 +244,36 @@ def heldout_gpu(model, path, dev, deadline, log=print):
         res["sizes"][str(name)] = dict(r, docs=int(nd))
         log({"event": "heldout", "size": str(name), "cells": r["cells"]})
     return res
+
+
+def main(argv=None):
+    """python3 -m memmodel.gpu_eval --model M.gguf --arrays DATA/heldout_gpu.npz
+    --out RESULT.json [--time S]: heldout_gpu for a GGUF file on its own (the
+    GPU when there is one), without a training run around it."""
+    import argparse
+    import torch
+    ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="GGUF file (memmodel.export_gguf's layout)")
+    ap.add_argument("--arrays", required=True, help="memmodel.heldout arrays' heldout_gpu.npz")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--time", type=float, default=540.0,
+                    help="seconds after which the remaining sizes are skipped")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = net.torch_from_gguf(args.model).to(dev).eval()
+    with torch.no_grad():
+        res = heldout_gpu(model, args.arrays, dev, deadline=t0 + args.time,
+                          log=lambda x: print(json.dumps(x), flush=True))
+    res.update(model_file=os.path.basename(args.model), device=str(dev),
+               seconds=round(time.time() - t0, 1))
+    if dev.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(dev)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))
