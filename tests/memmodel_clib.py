@@ -80,6 +80,15 @@ with tempfile.TemporaryDirectory() as d:
 want = [mmd.joined_ids(sp, t) for t in texts]
 check(got == want, "joined tokens: C %r, SentencePiece %r" % (got, want))
 check(want[1] != sp.encode(texts[1]), "joined differs from the text tokenized whole")
+check(mmd.tokenize_as(sp, texts, "joined") == want and mmd.tokenize_as(sp, texts, "document")
+      == sp.encode(texts), "tokenize_as: the GPU arrays' tokens in both modes")
+try:
+    mmd.tokenize_as(sp, texts, "paragraph")
+    check(False, "tokenize_as refuses paragraph (one pass per document in the arrays)")
+except SystemExit as e:
+    check("use document or joined" in str(e), "tokenize_as refuses paragraph: %s" % e)
+check(mmd.model_segment(os.path.join(ROOT, "models", "msadb-mem.gguf"))
+      in ("document", "joined"), "model_segment reads the bundled model's mode")
 m.model.segment = "document"
 n = m.tokenize_len(fact)
 check(5 < n < 40, "tokenize_len counts the fact's tokens (%d)" % n)

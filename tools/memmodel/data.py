@@ -1027,6 +1027,23 @@ def joined_ids(sp, text):
     return [t for ids in sp.encode(paragraphs(text)) for t in ids]
 
 
+def tokenize_as(sp, docs, segment):
+    """Token ids of each document as msadb's ingest reads it with
+    msadb.segment = segment: "document" (whole) or "joined"."""
+    if segment == "joined":
+        return [joined_ids(sp, d) for d in docs]
+    if segment == "document":
+        return sp.encode(docs)
+    raise SystemExit("--segment %s: the GPU arrays hold one pass per document; use document or "
+                     "joined" % segment)
+
+
+def model_segment(path):
+    """The GGUF file's msadb.segment ("document" when it declares none)."""
+    from .gguf import GGUFReader
+    return GGUFReader(path).meta.get("msadb.segment", "document")
+
+
 def tokenize_docs(sp, docs):
     ids = sp.encode([d + "\n\n" for d in docs])
     return ids

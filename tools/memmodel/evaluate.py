@@ -160,13 +160,14 @@ def cmd_prepare(args):
     lens = np.array([len(x) for x in sp.encode(docs)], np.int64)
     docs, ins, region = place_needles(docs, lens, needles, rng)
     mh_docs, mh_docs_idx = multihop_haystack(docs, lens, mh, rng)
-    tok = sp.encode(docs)
+    segment = args.segment or mmd.model_segment(args.model)
+    tok = mmd.tokenize_as(sp, docs, segment)
     sizes = nested_sizes(tok)
-    mh_tok = sp.encode(mh_docs)
+    mh_tok = mmd.tokenize_as(sp, mh_docs, segment)
     total = int(sum(len(t) for t in tok))
     rec = {"needles": needles, "multihop": mh, "needle_docs": {str(k): v for k, v in ins.items()},
            "sizes": sizes, "mh_doc_index": mh_docs_idx, "region_docs": region,
-           "total_docs": len(docs), "total_tokens": total, "seed": args.seed}
+           "total_docs": len(docs), "total_tokens": total, "seed": args.seed, "segment": segment}
     with open(os.path.join(args.data, "eval.json"), "w") as f:
         json.dump(rec, f, indent=1)
     # the documents as text (for the C evaluation), and tokens (GPU)
@@ -568,7 +569,8 @@ def main(argv):
     ap.add_argument("--top-k", type=int, default=16,
                     help="cpu: blocks each kv head of a memory layer selects (msadb_ask_params)")
     ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
-                    help="cpu: how ingest reads a document (default: the model's msadb.segment)")
+                    help="cpu, prepare: how ingest reads a document (default: the model's "
+                         "msadb.segment; prepare: document or joined, for the GPU arrays)")
     ap.add_argument("--keep", action="store_true", help="keep the store")
     ap.add_argument("--reuse", action="store_true",
                     help="open the kept store instead of ingesting again (see --keep)")

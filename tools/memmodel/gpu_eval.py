@@ -247,14 +247,16 @@ def heldout_gpu(model, path, dev, deadline, log=print):
 
 
 def main(argv=None):
-    """python3 -m memmodel.gpu_eval --model M.gguf --arrays DATA/heldout_gpu.npz
-    --out RESULT.json [--time S]: heldout_gpu for a GGUF file on its own (the
-    GPU when there is one), without a training run around it."""
+    """python3 -m memmodel.gpu_eval --model M.gguf --arrays NPZ --out RESULT.json
+    [--time S]: an evaluation of a GGUF file on its own (the GPU when there is
+    one), without a training run around it: heldout_gpu for `memmodel.heldout
+    arrays`' heldout_gpu.npz, gpu_eval for `memmodel.evaluate prepare`'s
+    eval_gpu.npz (the one with a multi-hop haystack, mh_tok)."""
     import argparse
     import torch
     ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="GGUF file (memmodel.export_gguf's layout)")
-    ap.add_argument("--arrays", required=True, help="memmodel.heldout arrays' heldout_gpu.npz")
+    ap.add_argument("--arrays", required=True, help="heldout_gpu.npz or eval_gpu.npz")
     ap.add_argument("--out", required=True)
     ap.add_argument("--time", type=float, default=540.0,
                     help="seconds after which the remaining sizes are skipped")
@@ -263,8 +265,9 @@ def main(argv=None):
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = net.torch_from_gguf(args.model).to(dev).eval()
     with torch.no_grad():
-        res = heldout_gpu(model, args.arrays, dev, deadline=t0 + args.time,
-                          log=lambda x: print(json.dumps(x), flush=True))
+        run = gpu_eval if "mh_tok" in np.load(args.arrays).files else heldout_gpu
+        res = run(model, args.arrays, dev, deadline=t0 + args.time,
+                  log=lambda x: print(json.dumps(x), flush=True))
     res.update(model_file=os.path.basename(args.model), device=str(dev),
                seconds=round(time.time() - t0, 1))
     if dev.type == "cuda":

@@ -242,16 +242,8 @@ def cmd_arrays(args):
         full = sp.encode(x["question"] + " " + x["answer"])
         q.append([sp.bos_id()] + qt)
         a.append(full[len(qt):])
-    if args.segment is None:
-        from .gguf import GGUFReader
-        args.segment = GGUFReader(args.model).meta.get("msadb.segment", "document")
-    if args.segment == "paragraph":
-        raise SystemExit("heldout arrays: --segment paragraph needs a pass per paragraph, which "
-                         "gpu_eval does not make; use document or joined")
-    if args.segment == "joined":
-        dt, do = mmd.ragged([mmd.joined_ids(sp, d) for d in docs[:nd]])
-    else:
-        dt, do = mmd.ragged(sp.encode(docs[:nd]))
+    args.segment = args.segment or mmd.model_segment(args.model)
+    dt, do = mmd.ragged(mmd.tokenize_as(sp, docs[:nd], args.segment))
     qt, qo = mmd.ragged(q)
     at, ao = mmd.ragged(a)
     np.savez_compressed(os.path.join(args.data, "heldout_gpu.npz"), doc_tok=dt, doc_off=do,
