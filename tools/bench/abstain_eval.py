@@ -145,14 +145,17 @@ def run_set(exe, model, side, n_docs, seed, tmp, blocks, answers, split):
         files.append(f)
     msadb(exe, "ingest", db, *(["--split"] if split else []), *files)
     rows = []
-    for q, a in answerable:
-        row = {"question": q, "answer": a, "answerable": True, "score": best_score(exe, db, q, blocks)}
+    for q, a in [(q, a) for q, a in answerable] + [(q, None) for q in unanswerable]:
+        row = {"question": q, "answerable": a is not None, "score": best_score(exe, db, q, blocks)}
         if answers:
-            j = json.loads(msadb(exe, "query", db, "-n", "16", "--blocks", str(blocks), "--json", q).stdout)
-            row["correct"] = a in j["answer"]
+            # exit 3: the model's own abstain answer (a model that declares msadb.abstain)
+            r = msadb(exe, "query", db, "-n", "16", "--blocks", str(blocks), "--json", q, ok=(0, 3))
+            j = json.loads(r.stdout)
+            row["abstained"] = r.returncode == 3
+            if a is not None:
+                row["answer"] = a
+                row["correct"] = a in j["answer"]
         rows.append(row)
-    for q in unanswerable:
-        rows.append({"question": q, "answerable": False, "score": best_score(exe, db, q, blocks)})
     return rows
 
 
@@ -177,6 +180,10 @@ def measure(rows, t):
          "abstain_precision": round(len(right) / len(abstained), 3) if abstained else None,
          "abstain_recall": round(len(right) / len(una), 3),
          "answerable_kept": round(sum(r["score"] >= t for r in ans) / len(ans), 3)}
+    if all("abstained" in r for r in rows):
+        # the model's own answer, with no threshold
+        m["model_abstain_recall"] = round(sum(r["abstained"] for r in una) / len(una), 3)
+        m["model_abstained_answerable"] = round(sum(r["abstained"] for r in ans) / len(ans), 3)
     if all("correct" in r for r in ans):
         m["answerable_correct"] = round(sum(r["correct"] for r in ans) / len(ans), 3)
         m["answerable_correct_kept"] = round(sum(r["correct"] and r["score"] >= t for r in ans) / len(ans), 3)
@@ -213,6 +220,9 @@ def main():
             name, m["threshold"], m["answerable"], m["unanswerable"], m["abstain_precision"],
             m["abstain_recall"], m["answerable_kept"],
             "%s (%s)" % (m.get("answerable_correct"), m.get("answerable_correct_kept"))))
+        if "model_abstain_recall" in m:
+            print("%-12s the model's own 'not in memory': %.3f of the unanswerable, %.3f of the "
+                  "answerable" % ("", m["model_abstain_recall"], m["model_abstained_answerable"]))
     if a.out:
         res["rows"] = {"calibration": calib, "evaluation": held}
         json.dump(res, open(a.out, "w"), indent=1)
