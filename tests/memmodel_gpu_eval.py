@@ -54,11 +54,12 @@ with tempfile.TemporaryDirectory() as d:
                                   "answer": "not in memory" if c == "unans" else "v%d" % i,
                                   "question": "q%d" % i}
                                  for i, (c, k, doc, _) in enumerate(QS)]}, f)
-    asked = []
+    asked, top_ks = [], []
 
     def fake_generate(model, qs, pools, dev, eos, **kw):
         idx = [qtok.index(list(q)) for q in qs]
         asked.append((pools is not None, idx))
+        top_ks.append(kw.get("top_k", 16))
         return [list(GEN[i]) for i in idx]
 
     gpu_eval.generate = fake_generate
@@ -72,11 +73,13 @@ with tempfile.TemporaryDirectory() as d:
     from memmodel import make_test_model
     make_test_model.main([os.path.join(d, "m.gguf"), "--vocab", "300"])
     gpu_eval.main(["--model", os.path.join(d, "m.gguf"), "--arrays", os.path.join(d, "heldout_gpu.npz"),
-                   "--out", os.path.join(d, "r.json")])
+                   "--out", os.path.join(d, "r.json"), "--top-k", "32"])
     with open(os.path.join(d, "r.json")) as f:
         rm = json.load(f)
     check(rm["sizes"]["B"]["cells"] == res["sizes"]["B"]["cells"] and rm["model_file"] == "m.gguf",
           "main: the evaluation of the GGUF file, as JSON (%s)" % rm.get("sizes"))
+    check(top_ks[3:] == [16, 32, 32] and "top-32" in rm["mode"],
+          "main --top-k: memory questions select 32 blocks (%s, %s)" % (top_ks[3:], rm["mode"]))
     asked[3:] = []
 
 check(asked[0] == (False, [0, 1, 2, 3, 4, 5]), "no memory: every question asked (%s)" % (asked[0],))

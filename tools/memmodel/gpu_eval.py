@@ -199,7 +199,7 @@ def gpu_eval(model, path, dev, deadline, log=print):
     return res
 
 
-def heldout_gpu(model, path, dev, deadline, log=print):
+def heldout_gpu(model, path, dev, deadline, log=print, top_k=16):
     """memmodel.heldout's evaluation through PyTorch (the arrays `memmodel.heldout
     arrays` writes, heldout.json beside them): every question whose needle
     document is in memory at each size, and all of them with no memory,
@@ -222,7 +222,7 @@ def heldout_gpu(model, path, dev, deadline, log=print):
                 heldout.mmd.ABSTAIN if o == abstain else "?" + " ".join(map(str, o))
                 for o, i in zip(outs, sel)]
 
-    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-16 blocks/kv head), f16 K/V",
+    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-%d blocks/kv head), f16 K/V" % top_k,
            "sizes": {}}
     allq = list(range(len(qs)))
     outs = generate(model, [qtok[i] for i in allq], None, dev, eos)
@@ -239,7 +239,7 @@ def heldout_gpu(model, path, dev, deadline, log=print):
             continue
         pools = _pools(kvs, valid, doc, int(cum_blocks[int(nd) - 1]), mc)
         sel = [i for i in allq if qs[i]["doc"] < int(nd)]
-        outs = generate(model, [qtok[i] for i in sel], pools, dev, eos)
+        outs = generate(model, [qtok[i] for i in sel], pools, dev, eos, top_k=top_k)
         r = heldout.score([qs[i] for i in sel], as_text(outs, sel))
         res["sizes"][str(name)] = dict(r, docs=int(nd))
         log({"event": "heldout", "size": str(name), "cells": r["cells"]})
@@ -258,6 +258,8 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="GGUF file (memmodel.export_gguf's layout)")
     ap.add_argument("--arrays", required=True, help="heldout_gpu.npz or eval_gpu.npz")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--top-k", type=int, default=16,
+                    help="held-out arrays: blocks each kv head selects (msadb's default 16)")
     ap.add_argument("--time", type=float, default=540.0,
                     help="seconds after which the remaining sizes are skipped")
     args = ap.parse_args(argv)
@@ -265,9 +267,12 @@ def main(argv=None):
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = net.torch_from_gguf(args.model).to(dev).eval()
     with torch.no_grad():
-        run = gpu_eval if "mh_tok" in np.load(args.arrays).files else heldout_gpu
-        res = run(model, args.arrays, dev, deadline=t0 + args.time,
-                  log=lambda x: print(json.dumps(x), flush=True))
+        log = lambda x: print(json.dumps(x), flush=True)  # noqa: E731
+        if "mh_tok" in np.load(args.arrays).files:
+            res = gpu_eval(model, args.arrays, dev, deadline=t0 + args.time, log=log)
+        else:
+            res = heldout_gpu(model, args.arrays, dev, deadline=t0 + args.time, log=log,
+                              top_k=args.top_k)
     res.update(model_file=os.path.basename(args.model), device=str(dev),
                seconds=round(time.time() - t0, 1))
     if dev.type == "cuda":
