@@ -62,6 +62,22 @@ with tempfile.TemporaryDirectory() as d:
           "diagnose: every question asked in every variant %r" % r)
     check(r["the fact alone"]["correct"] == 2, "diagnose: the facts alone answered %r"
           % r["the fact alone"])
+    # heldout cpu on the same one-document haystack: answers, and routing
+    # recall through the store's ids of the haystack's titles
+    rec = json.load(open(os.path.join(d, "heldout.json")))
+    rec.update(command="test", doc_tokens=[m.tokenize_len(mmd.read_docs(
+        os.path.join(d, "heldout_docs.txt"))[0])])
+    rec["questions"].append({"cell": "unans", "kind": "code", "answer": mmd.ABSTAIN, "doc": -1,
+                             "pos": -1, "question": "What is the password of the red chair?"})
+    with open(os.path.join(d, "heldout.json"), "w") as f:
+        json.dump(rec, f)
+    heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "16K",
+                  "--out", out])
+    c = json.load(open(out))["sizes"]["16K"]["cells"]
+    check(c["tpl"]["n"] == 2 and c["tpl"]["routed"] == 2 and c["tpl"]["right_routed"]
+          == c["tpl"]["correct"] >= 1 and "routed" not in c["unans"],
+          "heldout cpu: the one document routed for both questions %r" % c)
 # the held-out arrays' joined tokens (SentencePiece, memmodel.data.joined_ids)
 # are the tokens the C library stores with msadb.segment "joined"
 sp = mmd.load_sp()

@@ -11,7 +11,7 @@ in a row with a held-out fact form, no held-out adjective, animal or
 attribute word appears in thousands of generated training examples, the
 unanswerable examples answer memmodel.data.ABSTAIN and never store the
 asked key, and the held-out facts use held-out slots only.  It also checks
-heldout.score() on a hand-made case (abstentions and per-position counts).
+heldout.score() on a hand-made case (abstentions, per-position and routed counts).
 Needs numpy and /usr/share/dict/words (wamerican); exit 77 without them.
 """
 import importlib.util
@@ -148,6 +148,9 @@ check(r["cells"]["tpl"]["correct"] == 1 and r["cells"]["tpl"]["abstained"] == 1,
 check(r["cells"]["unans"]["correct"] == 1, "score: unans %r" % r["cells"]["unans"])
 check(r["by_pos"]["tpl/0-511"]["correct"] == 1 and r["by_pos"]["tpl/512-1023"]["correct"] == 0,
       "score: by position %r" % r["by_pos"])
+r = heldout.score(qs, ["1234", "not in memory", "Not in memory", "123"], [True, True, None, None])
+check(r["cells"]["tpl"]["routed"] == 2 and r["cells"]["tpl"]["right_routed"] == 1
+      and "routed" not in r["cells"]["unans"], "score: routed counts %r" % r["cells"])
 
 # heldout diagnose's documents: each variant holds what its name says
 fact, other = "The PIN of the mossy kettle is 1234.", "The PIN of the faded lamp is 9876."

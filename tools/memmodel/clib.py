@@ -47,13 +47,17 @@ class Msadb:
     def ingest(self, st, title, text):
         self.model.ingest(st, [(title, text)], space="default")
 
-    def ask(self, st, question, no_memory=False, interleave=0, top_k=None, max_tokens=12,
-            exact=False, route_each_token=False):
+    def ask(self, st, question, **kw):
         """The answer's text (greedy)."""
+        return self.answer(st, question, **kw).text
+
+    def answer(self, st, question, no_memory=False, interleave=0, top_k=None, max_tokens=12,
+               exact=False, route_each_token=False):
+        """The whole msadb.Answer (greedy): text, cited spans, routed hits."""
         return self.model.ask(st, question, no_memory=no_memory, interleave=interleave,
                               top_k=self.top_k if top_k is None else top_k,
                               max_tokens=max_tokens, exact=exact,
-                              route_each_token=route_each_token, summary=self.summary).text
+                              route_each_token=route_each_token, summary=self.summary)
 
     def tokenize_len(self, text):
         return len(self.model.tokenize(text)[0])

@@ -258,11 +258,13 @@ def cmd_arrays(args):
 # cpu: through the C library
 # --------------------------------------------------------------------------
 
-def score(questions, outs):
+def score(questions, outs, routed=None):
     """Figures of one run: per cell (accuracy, n, abstained), per cell and
-    kind, per cell and needle position."""
+    kind, per cell and needle position; with routed (per question: whether
+    the route selected a block of its needle document, None for none) also
+    the count of routed questions and of those answered right."""
     res = {"cells": {}, "by_kind": {}, "by_pos": {}}
-    for q, o in zip(questions, outs):
+    for i, (q, o) in enumerate(zip(questions, outs)):
         ok = o == q["answer"] or (q["cell"] == "unans" and o.lower() == mmd.ABSTAIN)
         ab = o.lower() == mmd.ABSTAIN
         for tab, key in (("cells", q["cell"]), ("by_kind", q["cell"] + "/" + q["kind"]),
@@ -274,6 +276,9 @@ def score(questions, outs):
             c["n"] += 1
             c["correct"] += int(ok)
             c["abstained"] += int(ab)
+            if routed is not None and routed[i] is not None:
+                c["routed"] = c.get("routed", 0) + int(routed[i])
+                c["right_routed"] = c.get("right_routed", 0) + int(routed[i] and ok)
     for tab in res.values():
         for c in tab.values():
             c["acc"] = round(c["correct"] / c["n"], 4)
@@ -281,11 +286,19 @@ def score(questions, outs):
     return res
 
 
-def ask_all(m, st, questions, **kw):
-    outs, t0 = [], time.time()
+def ask_all(m, st, questions, doc_ids=None, **kw):
+    """Answers (stripped of a closing full stop), the mean seconds per
+    question, and with doc_ids (store id of each haystack document) whether
+    the last memory layer's route held a block of each question's needle
+    document (None for a question without one)."""
+    outs, routed, t0 = [], [], time.time()
     for q in questions:
-        outs.append(m.ask(st, q["question"], **kw).strip().rstrip(".").strip())
-    return outs, (time.time() - t0) / max(1, len(questions))
+        a = m.answer(st, q["question"], **kw)
+        outs.append(a.text.strip().rstrip(".").strip())
+        if doc_ids is not None:
+            routed.append(bool((a.hits["doc_id"] == doc_ids[q["doc"]]).any()) if q["doc"] >= 0
+                          else None)
+    return outs, (time.time() - t0) / max(1, len(questions)), routed if doc_ids else None
 
 
 def grow_store(m, st, docs, lens, have, size, log):
@@ -329,7 +342,7 @@ def cmd_cpu(args):
     st = m.create_store(os.path.join(args.store_dir, "store"))
     have = int(open(marker).read()) if args.reuse and os.path.exists(marker) else 0
     if "none" in args.what:
-        outs, lat = ask_all(m, st, qs, no_memory=True)
+        outs, lat, _ = ask_all(m, st, qs, no_memory=True)
         out["no_memory"] = dict(score(qs, outs), latency_s=round(lat, 4))
         log({"event": "no_memory", "cells": out["no_memory"]["cells"]})
     for name in [s for s in args.sizes.split(",") if s]:
@@ -337,8 +350,11 @@ def cmd_cpu(args):
         with open(marker, "w") as f:
             f.write(str(have))
         sel = [q for q in qs if q["doc"] < have]
-        outs, lat = ask_all(m, st, sel, exact=args.exact)
-        r = dict(score(sel, outs), latency_s=round(lat, 4), docs=have,
+        with st.snapshot() as snap:
+            ids = {d.title: d.id for d in snap.documents()}
+        doc_ids = [ids["heldout-%06d" % i] for i in range(have)]
+        outs, lat, routed = ask_all(m, st, sel, doc_ids=doc_ids, exact=args.exact)
+        r = dict(score(sel, outs, routed), latency_s=round(lat, 4), docs=have,
                  tokens=int(sum(lens[:have])),
                  examples=[{"q": q["question"], "want": q["answer"], "got": o, "cell": q["cell"]}
                            for q, o in list(zip(sel, outs))[::25]])
