@@ -83,7 +83,7 @@ static int read_routing(msadb_llm *llm)
 }
 
 /* How the model reads a document at ingest (GGUF msadb.segment: "document",
- * the default, or "paragraph"). */
+ * the default, "paragraph" or "joined"). */
 static const named_value segments[] = {{"document", MSADB_SEGMENT_DOCUMENT},
                                        {"paragraph", MSADB_SEGMENT_PARAGRAPH},
                                        {"joined", MSADB_SEGMENT_JOINED}};
