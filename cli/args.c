@@ -436,19 +436,35 @@ static int parse_summary(cli_cmd cmd, const char *s, uint32_t *out, char *err, s
     return CLI_OK;
 }
 
-static int parse_dtype(const char *s, int *out, char *err, size_t errlen)
+/* A name-valued option: *out gets values[i] for s == names[i]; otherwise a
+ * usage error listing the n names ("expected a, b or c"). */
+typedef struct choice {
+    const char *name;
+    int value;
+} choice;
+
+static int parse_choice(const char *opt, const char *s, const choice *t, size_t n, int *out, char *err,
+                        size_t errlen)
 {
-    static const struct {
-        const char *name;
-        int dt;
-    } t[] = {{"f32", MSADB_DTYPE_F32}, {"f16", MSADB_DTYPE_F16}, {"bf16", MSADB_DTYPE_BF16},
-             {"int8", MSADB_DTYPE_INT8}, {"q4", MSADB_DTYPE_Q4}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+    char list[128] = "";
+    for (size_t i = 0; i < n; i++) {
         if (strcmp(s, t[i].name) == 0) {
-            *out = t[i].dt;
+            *out = t[i].value;
             return CLI_OK;
         }
-    return usage_err(err, errlen, "--dtype: expected f32, f16, bf16, int8 or q4, got '%.40s'", s);
+        size_t l = strlen(list);
+        snprintf(list + l, sizeof list - l, "%s%s", i == 0 ? "" : i + 1 == n ? " or " : ", ", t[i].name);
+    }
+    return usage_err(err, errlen, "--%s: expected %s, got '%.40s'", opt, list, s);
+}
+
+#define CHOICES(t) t, sizeof t / sizeof t[0]
+
+static int parse_dtype(const char *s, int *out, char *err, size_t errlen)
+{
+    static const choice t[] = {{"f32", MSADB_DTYPE_F32}, {"f16", MSADB_DTYPE_F16}, {"bf16", MSADB_DTYPE_BF16},
+                               {"int8", MSADB_DTYPE_INT8}, {"q4", MSADB_DTYPE_Q4}};
+    return parse_choice("dtype", s, CHOICES(t), out, err, errlen);
 }
 
 int cli_space_name_ok(const char *s)
@@ -563,16 +579,12 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
             return usage_err(err, errlen, "--text: the text is empty");
         a->text = v;
         return CLI_OK;
-    case O_SEGMENT:
-        if (strcmp(v, "document") == 0)
-            a->segment = MSADB_SEGMENT_DOCUMENT;
-        else if (strcmp(v, "paragraph") == 0)
-            a->segment = MSADB_SEGMENT_PARAGRAPH;
-        else if (strcmp(v, "joined") == 0)
-            a->segment = MSADB_SEGMENT_JOINED;
-        else
-            return usage_err(err, errlen, "--segment: expected document, paragraph or joined, got '%.40s'", v);
-        return CLI_OK;
+    case O_SEGMENT: {
+        static const choice t[] = {{"document", MSADB_SEGMENT_DOCUMENT},
+                                   {"paragraph", MSADB_SEGMENT_PARAGRAPH},
+                                   {"joined", MSADB_SEGMENT_JOINED}};
+        return parse_choice("segment", v, CHOICES(t), &a->segment, err, errlen);
+    }
     case O_TOP_K: return parse_u32_opt("top-k", v, 1, MSADB_MAX_TOP_K, &a->top_k, err, errlen);
     case O_MEMORY_LAYERS: return parse_layer_list(v, a, err, errlen);
     case O_DTYPE: return parse_dtype(v, &a->dtype, err, errlen);
@@ -588,14 +600,10 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
         return CLI_OK;
     case O_Q: a->q_file = v; return CLI_OK;
     case O_OUT: a->out = v; return CLI_OK;
-    case O_SELECT:
-        if (strcmp(v, "blocks") == 0)
-            a->select = MSADB_SELECT_BLOCKS;
-        else if (strcmp(v, "documents") == 0)
-            a->select = MSADB_SELECT_DOCUMENTS;
-        else
-            return usage_err(err, errlen, "--select: expected blocks or documents, got '%.40s'", v);
-        return CLI_OK;
+    case O_SELECT: {
+        static const choice t[] = {{"blocks", MSADB_SELECT_BLOCKS}, {"documents", MSADB_SELECT_DOCUMENTS}};
+        return parse_choice("select", v, CHOICES(t), &a->select, err, errlen);
+    }
     case O_SPACE:
         if (check_space("--space", v, err, errlen) != CLI_OK)
             return CLI_USAGE;

@@ -103,10 +103,13 @@ static int open_store_model(const cli_args *a, int read_only, cli_db **db, msadb
     if (cli_open_one(a, read_only, db) != CLI_OK)
         return CLI_ERROR;
     *st = cli_db_store(*db);
+    int rc;
     if (pick_model(a, *st, &rec, model) == CLI_OK && open_model(*model, llm, load_ms) == CLI_OK &&
-        check_model_store(a, *model, *llm, *st) == CLI_OK &&
-        (!a->segment || msadb_llm_set_segment(*llm, a->segment) == 0))
-        return CLI_OK;
+        check_model_store(a, *model, *llm, *st) == CLI_OK) {
+        if (!a->segment || (rc = msadb_llm_set_segment(*llm, a->segment)) == 0)
+            return CLI_OK;
+        cli_error_rc(rc, "--segment");
+    }
     msadb_llm_close(*llm);
     cli_db_close(*db);
     *llm = NULL;

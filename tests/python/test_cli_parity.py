@@ -11,7 +11,7 @@ import pyenv
 import numpy as np
 
 import msadb
-from memmodel import safetensors_io  # tools/ on PYTHONPATH (meson)
+from memmodel import data as mmd, safetensors_io  # tools/ on PYTHONPATH (meson)
 
 RNG = np.random.default_rng(11)
 
@@ -70,12 +70,11 @@ def test_ask_equals_cli():
             tok, sp = s.tokens(ids[0])
             # the bundled model reads a text joined: each paragraph tokenized on its own
             assert m.segment == "joined"
-            text = s.text(ids[0]).encode()
-            cuts = [0] + [i for i in range(2, len(text)) if text[i - 2:i] == b"\n\n"
-                          and text[i] not in b"\n\r"] + [len(text)]
-            parts = [m.tokenize(text[a:b]) for a, b in zip(cuts, cuts[1:])]
+            paras = [p.encode() for p in mmd.paragraphs(s.text(ids[0]))]
+            starts = np.cumsum([0] + [len(p) for p in paras[:-1]])
+            parts = [m.tokenize(p) for p in paras]
             ids0 = np.concatenate([p[0] for p in parts])
-            sp0 = np.concatenate([p[1] + a for p, a in zip(parts, cuts)])
+            sp0 = np.concatenate([p[1] + a for p, a in zip(parts, starts)])
             assert len(parts) > 1 and np.array_equal(tok, ids0) and np.array_equal(sp, sp0)
             assert "".join(m.detokenize(p[0]) for p in parts) == s.text(ids[0])
         for line in open(os.path.join(demo, "questions.txt"), encoding="utf-8"):

@@ -138,14 +138,14 @@ def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interle
     return outs
 
 
-def gpu_eval(model, path, dev, deadline, log=print):
+def gpu_eval(model, path, dev, deadline, log=print, top_k=16):
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     z = np.load(path)
     eos = int(z["eos"])
     docs = _ragged(z, "doc")
     qs, ans = _ragged(z, "q"), _ragged(z, "a")
-    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-16 blocks/kv head), f16 K/V",
+    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-%d blocks/kv head), f16 K/V" % top_k,
            "sizes": {}}
     t0 = time.time()
     kvs, valid, doc = encode_pool(model, docs, dev)
@@ -178,7 +178,7 @@ def gpu_eval(model, path, dev, deadline, log=print):
         nb = int(cum_blocks[int(nd) - 1])
         pools = _pools(kvs, valid, doc, nb, mc)
         t1 = time.time()
-        outs = generate(model, qs, pools, dev, eos)
+        outs = generate(model, qs, pools, dev, eos, top_k=top_k)
         r = {}
         a = acc(outs, ans, r)
         res["sizes"][str(name)] = {"tokens": int(nt), "docs": int(nd), "blocks": nb, "acc": a,
@@ -192,8 +192,8 @@ def gpu_eval(model, path, dev, deadline, log=print):
         mq, ma = _ragged(z, "mq"), _ragged(z, "ma")
         kvs, valid, doc = encode_pool(model, mdocs, dev)
         pools = _pools(kvs, valid, doc, valid.shape[0], {})
-        off = acc(generate(model, mq, pools, dev, eos), ma)
-        on = acc(generate(model, mq, pools, dev, eos, interleave=mdocs), ma)
+        off = acc(generate(model, mq, pools, dev, eos, top_k=top_k), ma)
+        on = acc(generate(model, mq, pools, dev, eos, top_k=top_k, interleave=mdocs), ma)
         res["multihop"] = {"interleave_off": off, "interleave_on": on, "pairs": len(mq)}
         log({"event": "eval", "multihop": res["multihop"]})
     return res
@@ -259,7 +259,7 @@ def main(argv=None):
     ap.add_argument("--arrays", required=True, help="heldout_gpu.npz or eval_gpu.npz")
     ap.add_argument("--out", required=True)
     ap.add_argument("--top-k", type=int, default=16,
-                    help="held-out arrays: blocks each kv head selects (msadb's default 16)")
+                    help="blocks each kv head selects (msadb's default 16)")
     ap.add_argument("--time", type=float, default=540.0,
                     help="seconds after which the remaining sizes are skipped")
     args = ap.parse_args(argv)
@@ -267,12 +267,9 @@ def main(argv=None):
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = net.torch_from_gguf(args.model).to(dev).eval()
     with torch.no_grad():
-        log = lambda x: print(json.dumps(x), flush=True)  # noqa: E731
-        if "mh_tok" in np.load(args.arrays).files:
-            res = gpu_eval(model, args.arrays, dev, deadline=t0 + args.time, log=log)
-        else:
-            res = heldout_gpu(model, args.arrays, dev, deadline=t0 + args.time, log=log,
-                              top_k=args.top_k)
+        run = gpu_eval if "mh_tok" in np.load(args.arrays).files else heldout_gpu
+        res = run(model, args.arrays, dev, deadline=t0 + args.time,
+                  log=lambda x: print(json.dumps(x), flush=True), top_k=args.top_k)
     res.update(model_file=os.path.basename(args.model), device=str(dev),
                seconds=round(time.time() - t0, 1))
     if dev.type == "cuda":
