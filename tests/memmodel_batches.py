@@ -50,6 +50,20 @@ for kind in mmd.CORES:
           and tu.fact_t[kind] and tu.narr[kind],
           "%s: training and tuning forms are disjoint and cover all forms" % kind)
 
+# the wider narrative forms: a superset of the others, split the same way,
+# every wider core drawn in a sentence
+for kind in mmd.CORES:
+    tr = mmd.ComposedGen(1, split="train", wide=True)
+    tu = mmd.ComposedGen(1, split="tune", wide=True)
+    ws = mmd.narrative_forms(kind, wide=True)
+    cores = mmd.wide_cores(kind)
+    check(set(mmd.narrative_forms(kind)) < set(ws)
+          and sorted(tr.narr[kind] + tu.narr[kind]) == ws
+          and not set(tr.narr[kind]) & set(tu.narr[kind])
+          and all(any(c.rstrip(",")[1:] in t for t in ws) for c in cores)
+          and len(cores) >= 12,
+          "%s: %d wider cores, %d wider forms, split in two" % (kind, len(cores), len(ws)))
+
 g = mmd.ComposedGen(11, narrative=0.4, near=0.6, unans=0.1, split="train")
 exs = [g.example() for _ in range(1500)]
 narr = {t for k in mmd.CORES for t in g.narr[k]}

@@ -56,7 +56,9 @@ for _ in range(2000):
 for name, g in (("ComposedGen", mmd.ComposedGen(7)),
                 ("ComposedGen (narrative, near, training split)",
                  mmd.ComposedGen(8, narrative=0.5, near=0.5, split="train")),
-                ("ComposedGen (tuning split)", mmd.ComposedGen(9, narrative=0.5, split="tune"))):
+                ("ComposedGen (tuning split)", mmd.ComposedGen(9, narrative=0.5, split="tune")),
+                ("ComposedGen (wide narrative)",
+                 mmd.ComposedGen(10, narrative=0.8, split="train", wide=True))):
     n_unans = 0
     for _ in range(4000):
         ex = g.example()

@@ -620,12 +620,12 @@ def composed_forms(kind):
 
 def heldout_clash():
     """Held-out fact and question forms that a composed or narrative training
-    form equals, and narrative forms sharing four consecutive words with a
+    form (the wider ones too) equals, and narrative forms sharing four consecutive words with a
     held-out fact form."""
     bad = []
     for kind in CORES:
         fs, qs = composed_forms(kind)
-        ns = narrative_forms(kind)
+        ns = narrative_forms(kind, wide=True)
         bad += [t for t in HELD_FACT_T[kind] if t in fs or t in ns]
         bad += [t for t in HELD_QUESTION_T[kind] if t in qs]
         held = set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k]))
@@ -691,16 +691,126 @@ N_CORE = {
 }
 
 
-def narrative_forms(kind):
-    """Fact forms of a kind written as ordinary sentences, every combination."""
-    return sorted(set(_sentences(N_CORE[kind], N_OPEN, N_CLOSE)))
+# Wider narrative forms (memmodel.data build --narrative-wide, run 8): each
+# kind's core clauses composed from subjects x predicates (the value at the
+# end, in the middle, in an apposition) plus clauses that open with the value
+# or with the asked noun; sentence-level openings (a sentence about something
+# else before the fact) and more closings.  Same rules as the forms above:
+# no held-out form, no four consecutive words shared with one, no held-out
+# slot word (heldout_clash, tests/memmodel_splits.py).
+
+W_OPEN = N_OPEN + ["Last week, ", "As the letter says, ", "To nobody's surprise, ",
+                   "In the end, ", "Years later, ", "Apparently, ", "As it happens, ",
+                   "Believe it or not, ", "When the year was over, ", "For a while now, ",
+                   "The kettle was already boiling. ", "It rained all afternoon. ",
+                   "The meeting ran late again. ", "Nobody expected the news. ",
+                   "We spent the morning sorting boxes. ", "The bus was late, as usual. "]
+W_CLOSE = N_CLOSE + [", as everyone in the office knows", ", or so the story goes",
+                     " and that is unlikely to change", ", which made things easier",
+                     ", if memory serves", " after some back and forth",
+                     ", for better or worse", ", as the notes from March say"]
+W_SUBJ_PER = ["{per}", "my cousin {per}", "our old friend {per}", "{per}, the new bookkeeper,",
+              "{per}, a retired teacher,", "the painter {per}", "{per}, who used to sing in the choir,"]
+W_PRED = {
+    "lives": ["has a house in {val}", "rents an apartment in {val}", "is based in {val}",
+              "calls {val} home", "has an address in {val}", "stays in {val} the whole year",
+              "spends most days in {val}", "set up house in {val}", "went to live in {val}",
+              "made the move to {val}", "is registered as a resident of {val}",
+              "shares a flat with two students in {val}", "commutes every day from {val}",
+              "owns a cottage on the edge of {val}", "has been settled in {val} since the wedding",
+              "lodges with a family in {val}", "chose {val} as a place to live",
+              "ended up living in {val}"],
+    "pet": ["owns a {animal} named {val}", "keeps a {animal} called {val}",
+            "looks after a {animal} by the name of {val}",
+            "feeds a {animal} known as {val} twice a day",
+            "rescued a {animal} and called it {val}", "raised a {animal} that everyone calls {val}",
+            "shares the flat with a {animal} named {val}",
+            "trained a {animal} called {val} to fetch the paper",
+            "got a {animal} as a present and named it {val}",
+            "chose the name {val} for a young {animal}",
+            "is never seen without {val}, a small {animal},",
+            "spoils a {animal} whose name is {val}"],
+}
+W_ENT_SUBJ = ["{ent}", "{ent}, the one from the attic,", "{ent}, which came from an auction,"]
+W_ENT_PRED = {
+    "code": ["is opened with the {attr} {val}", "takes {val} as its {attr}",
+             "has {val} for its {attr}", "was given the {attr} {val}",
+             "needs the {attr} {val} before it opens", "responds only to the {attr} {val}",
+             "carries a label with the {attr} {val}", "was reset, and its {attr} is now {val}"],
+    "room": ["is in room {val}", "was put in room {val}", "was carried up to room {val}",
+             "waits in room {val}", "spends the winter in room {val}", "was left in room {val}",
+             "stands in a corner of room {val}", "has been in room {val} since Monday",
+             "was taken to room {val} for safekeeping", "was wheeled into room {val}"],
+}
+W_OTHER = {
+    "lives": ["{val} is the town {per} lives in", "{val} has been the home of {per} for a decade",
+              "the house that {per} rents is in {val}", "the address of {per} is in {val}",
+              "letters for {per} are sent to {val}", "it is in {val} that {per} lives",
+              "of all places, {per} chose {val} to live in",
+              "in {val}, {per} has a small garden and a view of the hills",
+              "everybody in {val} knows {per}, who lives there",
+              "{per} lives in {val}, in a narrow house with a red door"],
+    "pet": ["{val} is the name of the {animal} that {per} keeps",
+            "the {animal} belonging to {per} is called {val}",
+            "{per}'s {animal} goes by the name {val}",
+            "{val}, the {animal} of {per}, slept through the storm",
+            "the {animal} living with {per} is named {val}",
+            "they call the {animal} of {per} {val}",
+            "at home {per} has a {animal}, and its name is {val}",
+            "{val} is what {per} named the {animal}"],
+    "code": ["the {attr} of {ent} is {val}, written on a card in the drawer",
+             "{val} is the {attr} you need for {ent}",
+             "to open {ent}, type the {attr} {val}",
+             "the manual gives {val} as the {attr} of {ent}",
+             "a note taped to {ent} gives its {attr} as {val}",
+             "whoever wants {ent} opened needs the {attr}, which is {val}",
+             "the {attr} that goes with {ent} turned out to be {val}",
+             "{ent} has a {attr}, and it is {val}"],
+    "room": ["room {val} now holds {ent}", "if you need {ent}, look in room {val}",
+             "the place for {ent} is room {val}", "in room {val} you will see {ent}",
+             "the porter took {ent} to room {val} and left it there",
+             "{ent} is kept on a shelf in room {val}",
+             "room {val} is the one with {ent} in it",
+             "we found {ent} in room {val}, behind the door"],
+    "roomcode": ["room {room} opens with the {attr} {val}", "the {attr} to room {room} is {val}",
+                 "to get into room {room}, type {val}, its {attr}",
+                 "the {attr} of room {room} was set to {val} this morning",
+                 "{val} is the {attr} that opens room {room}",
+                 "room {room} has had the {attr} {val} since the spring",
+                 "the door of room {room} takes the {attr} {val}",
+                 "the sign beside room {room} gives the {attr} as {val}",
+                 "for room {room} the {attr} is {val}, not the old one",
+                 "the caretaker changed the {attr} of room {room} to {val}",
+                 "room {room}, whose {attr} is {val}, is at the top of the stairs",
+                 "we use {val} as the {attr} of room {room}"],
+}
+
+
+def wide_cores(kind):
+    """The core clauses of a kind's wider narrative forms."""
+    out = list(W_OTHER[kind])
+    if kind in W_PRED:
+        out += [s + " " + p for s in W_SUBJ_PER for p in W_PRED[kind]]
+    if kind in W_ENT_PRED:
+        out += [s + " " + p for s in W_ENT_SUBJ for p in W_ENT_PRED[kind]]
+    return out
+
+
+def narrative_forms(kind, wide=False):
+    """Fact forms of a kind written as ordinary sentences, every combination
+    (wide: the wider forms of run 8 as well)."""
+    forms = _sentences(N_CORE[kind], N_OPEN, N_CLOSE)
+    if wide:
+        forms += _sentences(wide_cores(kind), W_OPEN, W_CLOSE)
+    return sorted(set(forms))
 
 
 def _sentences(cores, leads, trails):
     """Every lead + core + trail sentence (the core capitalized when it
-    opens the sentence; a core's closing comma dropped before the trail)."""
-    return [(lead + (core if lead else _cap(core))).rstrip(",") + trail + "."
-            for core in cores for lead in leads for trail in trails]
+    opens the sentence or follows a sentence of its own; a core's closing
+    comma dropped before the trail)."""
+    return [(lead + (core if lead and not lead.endswith(". ") else _cap(core))).rstrip(",")
+            + trail + "." for core in cores for lead in leads for trail in trails]
 
 
 def _ngrams(form, n=4):
@@ -748,16 +858,17 @@ class ComposedGen(FactGen):
     near miss stored instead.
 
     narrative: the share of facts written as ordinary sentences
-    (narrative_forms); near: the share of single-hop answerable examples
-    that carry 2-4 near neighbours of their fact for the same document
+    (narrative_forms; wide: the wider forms as well); near: the share of
+    single-hop answerable examples that carry 2-4 near neighbours of their
+    fact for the same document
     (near_facts: a room or value one digit off, the same noun with another
     adjective, the same person's other animal); split: "train" or "tune"
     draws only the forms of that side of _tune_side (None: every form)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
-                 near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0):
+                 near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False):
         forms = {k: composed_forms(k) for k in CORES}
-        self.narr = {k: narrative_forms(k) for k in CORES}
+        self.narr = {k: narrative_forms(k, wide) for k in CORES}
         if split:
             keep = (lambda t: _tune_side(t) == (split == "tune"))
             forms = {k: ([t for t in f if keep(t)], [t for t in q if keep(t)])
@@ -1087,7 +1198,7 @@ def build_facts(args, sp):
         g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
                         unans=args.unans, narrative=args.narrative, near=args.near, split=split,
                         vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
-                        open_first=args.open_first)
+                        open_first=args.open_first, wide=args.narrative_wide)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1100,7 +1211,7 @@ def build_facts(args, sp):
         g = ComposedGen(args.seed + 1, synthetic=args.synthetic_names, kind_weights=kw,
                         unans=0.25, narrative=args.narrative, near=args.near, split="tune",
                         vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
-                        open_first=args.open_first)
+                        open_first=args.open_first, wide=args.narrative_wide)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1124,6 +1235,8 @@ def main(argv):
     ap.add_argument("--narrative", type=float, default=0.0,
                     help="with --composed: share of facts written as ordinary sentences "
                          "(narrative_forms)")
+    ap.add_argument("--narrative-wide", action="store_true",
+                    help="with --narrative: draw the wider narrative forms too (wide_cores)")
     ap.add_argument("--near", type=float, default=0.0,
                     help="with --composed: share of answerable single-hop examples carrying 2-4 "
                          "near neighbours of their fact for the same document")
