@@ -273,6 +273,59 @@ def test_text_ingest_and_batch_rows():
         assert mem.calls == 2 * 2 + 2 * 1 * 2
 
 
+class PrefixTokenizer(CharTokenizer):
+    """CharTokenizer with a word-start token (id 1, zero-width) opening every
+    call, as SentencePiece's dummy prefix does: a text tokenized whole and
+    paragraph by paragraph then differ."""
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        out = super().__call__(text, add_special_tokens, return_offsets_mapping)
+        out["input_ids"] = [1] + out["input_ids"]
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(0, 0)] + out["offset_mapping"]
+        return out
+
+
+def test_joined_text_ingest():
+    """segment "joined": each paragraph tokenized on its own (the C runtime's
+    cut, the same as memmodel.data.paragraphs), spans of the whole text; the
+    default is the model's own msadb_source.segment; "paragraph" is refused
+    with the store unchanged."""
+    d = pyenv.tmpdir("msadb-torch-")
+    torch.manual_seed(0)
+    text = "Ünï one.\n\n\nTwo\r\nlines.\n\n\r\nmore\n\nThree é.\n\n"
+    cuts = mt._paragraph_starts(text)
+    from memmodel import data as mmd  # tools/ on PYTHONPATH (meson); checked against C there
+    paras = mmd.paragraphs(text)
+    assert [text[a:b] for a, b in zip(cuts, cuts[1:] + [len(text)])] == paras, (cuts, paras)
+    assert cuts == [0, 11, 32], cuts  # no cut before "\r" after a blank line
+    tok = PrefixTokenizer()
+    joined = [t for a, b in zip(cuts, cuts[1:] + [len(text)]) for t in tok(text[a:b])["input_ids"]]
+    whole = tok(text)["input_ids"]
+    assert joined != whole and len(joined) == len(whole) + 2  # two more word starts
+    cfg = type("JoinedCfg", (Cfg,), {"msadb_source": {"segment": "joined"}})
+    model = TinyLM(cfg()).eval()
+    sig = mt.signature_for(model, memory_layers=[1, 2], dtype="f32", block_size=4)
+    with msadb.Store.create(os.path.join(d, "s"), sig) as st:
+        assert mt.model_segment(model) == "joined" and mt.model_segment(TinyLM(Cfg())) == "document"
+        a, = mt.ingest(model, st, [text], tokenizer=tok)
+        b, = mt.ingest(model, st, [text], tokenizer=tok, segment="document")
+        try:
+            mt.ingest(model, st, [text], tokenizer=tok, segment="paragraph")
+            raise AssertionError("segment paragraph accepted")
+        except msadb.InvalidArgument as e:
+            assert "paragraph" in str(e)
+        assert st.stat().n_documents == 2
+        with st.snapshot() as s:
+            ids, spans = s.tokens(a)
+            assert ids.tolist() == joined and s.tokens(b)[0].tolist() == whole
+            # the second paragraph's first character: its byte span in the whole text
+            i = len(tok(text[:cuts[1]])["input_ids"]) + 1
+            lo = len(text[:cuts[1]].encode("utf-8"))
+            assert spans[i].tolist() == [lo, lo + 1] and s.cite(a, i, i + 3) == "Two"
+            assert s.cite(a, 1, 4) == "Ünï"
+
+
 def test_local_attention_and_merge():
     torch.manual_seed(1)
     q = torch.randn(2, 4, 3, 8)

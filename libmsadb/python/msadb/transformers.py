@@ -208,26 +208,54 @@ def _layout_index(key_layout: str, head_dim: int, device):
     return torch.arange(head_dim, device=device).view(2, head_dim // 2).t().reshape(-1)
 
 
-def _tokenize(tokenizer, text: str):
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(enc["input_ids"], np.int32)
-    off = enc.get("offset_mapping")
+def _paragraph_starts(text: str) -> List[int]:
+    """Where msadb's ingest by paragraph and joined ingest cut a text (the
+    C runtime's rule): at 0 and before each character that follows a blank
+    line ("\\n\\n") and is neither "\\n" nor "\\r"; the line breaks stay
+    with the paragraph before them.  Character offsets."""
+    return [0] + [p for p in range(2, len(text))
+                  if text[p - 2] == "\n" and text[p - 1] == "\n" and text[p] not in "\n\r"]
+
+
+def _tokenize(tokenizer, text: str, segment: str = "document"):
+    """(ids, byte spans or None) of text: tokenized whole ("document") or
+    each paragraph on its own and joined ("joined")."""
+    starts = _paragraph_starts(text) if segment == "joined" and text else [0]
+    ids, off = [], []
+    for a, e in zip(starts, starts[1:] + [len(text)]):
+        enc = tokenizer(text[a:e], add_special_tokens=False, return_offsets_mapping=True)
+        ids += list(enc["input_ids"])
+        o = enc.get("offset_mapping")
+        off = None if o is None or off is None else off + [(x + a, y + a) for x, y in o]
     spans = None
     if off is not None:
         # character offsets -> byte offsets of the UTF-8 text
         b = np.cumsum([0] + [len(ch.encode("utf-8")) for ch in text])
-        spans = np.asarray([(b[a], b[e]) for a, e in off], np.int64)
-    return ids, spans
+        spans = np.asarray([(b[a], b[e]) for a, e in off], np.int64).reshape(-1, 2)
+    return np.asarray(ids, np.int32), spans
+
+
+def model_segment(model) -> str:
+    """How msadb's ingest reads a text for ``model``: the ``segment`` of the
+    ``msadb_source`` entry of its config (written by
+    tools/memmodel/hf_convert.py from the GGUF key msadb.segment), else
+    "document"."""
+    src = getattr(model.config, "msadb_source", None) or {}
+    return (src.get("segment") if isinstance(src, dict) else None) or "document"
 
 
 def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Dict]], *,
            tokenizer=None, space: Optional[str] = None, titles: Optional[Sequence[str]] = None,
-           chunk: int = 0, key_layout: str = "model", stats: Optional[dict] = None) -> List[int]:
+           chunk: int = 0, key_layout: str = "model", stats: Optional[dict] = None,
+           segment: Optional[str] = None) -> List[int]:
     """Runs each document through ``model`` on its own at positions 0..T-1
     and stores the keys (after RoPE) and values of the store's memory
     layers, all documents in one batch (all or nothing).  A document is a
     text (tokenized with ``tokenizer``, without special tokens; byte spans
-    kept when the tokenizer gives offsets), a sequence of token ids, or a
+    kept when the tokenizer gives offsets; ``segment`` "joined" tokenizes
+    each paragraph on its own and joins the ids, as the built-in runtime's
+    joined mode does, "document" the text whole; default: the model's own,
+    :func:`model_segment`), a sequence of token ids, or a
     dict with ``ids`` and optionally ``text``, ``spans`` (byte [start,
     end) per token), ``title``, ``meta``.  ``chunk`` > 0 runs long
     documents in chunks of that many tokens through the model's KV cache.
@@ -235,6 +263,11 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
     order (see :class:`MemoryAttention`).  Returns the new documents' ids."""
     register()
     sig = _check_shape(model, store, "ingest")
+    segment = segment or model_segment(model)
+    if segment not in ("document", "joined"):
+        raise invalid("ingest", "segment %r: transformers ingest reads a text whole (\"document\") "
+                      "or joined (\"joined\"); for \"paragraph\" pass each paragraph as a "
+                      "document" % (segment,))
     dev = next(model.parameters()).device
     state = _Capture()
     state.index = _layout_index(key_layout, sig.head_dim, "cpu")
@@ -249,7 +282,7 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
                 elif isinstance(d, str):
                     if tokenizer is None:
                         raise invalid("ingest", "text documents need a tokenizer")
-                    ids, spans = _tokenize(tokenizer, d)
+                    ids, spans = _tokenize(tokenizer, d, segment)
                     item = {"ids": ids, "text": d, "spans": spans}
                 else:
                     item = {"ids": d}
