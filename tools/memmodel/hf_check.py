@@ -202,6 +202,17 @@ def hf_answer(model, mem_opts, c_model, st, question, dev, max_new=12):
     return c_model.detokenize(new), mem
 
 
+class _CTokenizer:
+    """msadb's C tokenizer (msadb.Model.tokenize) in transformers' call
+    shape: ids only, no special tokens."""
+
+    def __init__(self, c_model):
+        self.c_model = c_model
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        return {"input_ids": self.c_model.tokenize(text)[0].tolist()}
+
+
 def check_niah(dev, data, work, log):
     import torch
     import msadb
@@ -218,14 +229,19 @@ def check_niah(dev, data, work, log):
     cm.ingest(st_c, [("hay %d" % i, d) for i, d in enumerate(niah["docs"])])
     c_ingest = time.time() - t
     st_h = msadb.Store.create(os.path.join(work, "niah_hf"), sig, no_sync=True)
-    items = []
-    for i, d in enumerate(niah["docs"]):
-        ids, spans = cm.tokenize(d)
-        items.append({"ids": ids, "text": d, "spans": spans, "title": "hay %d" % i})
+    # texts through transformers ingest, read as the converted config says
+    # (msadb_source.segment, joined for the bundled model), tokenized by the
+    # C runtime's tokenizer in transformers' call shape: both stores must
+    # hold the same tokens
+    segment = mt.model_segment(model)
     t = time.time()
     with torch.no_grad():
-        mt.ingest(model, st_h, items)
+        h_ids = mt.ingest(model, st_h, niah["docs"], tokenizer=_CTokenizer(cm),
+                          titles=["hay %d" % i for i in range(len(niah["docs"]))])
     hf_ingest = time.time() - t
+    with st_c.snapshot() as sc, st_h.snapshot() as sh:
+        same_tokens = sum(np.array_equal(sc.tokens(a)[0], sh.tokens(b)[0])
+                          for a, b in zip(sorted(d.id for d in sc.documents()), h_ids))
     rows, acc = [], {"c_runtime": 0, "transformers": 0, "transformers_on_c_store": 0}
     for q in niah["questions"]:
         a_c = cm.ask(st_c, q["question"], max_tokens=12).text
@@ -242,7 +258,9 @@ def check_niah(dev, data, work, log):
            "same_answer_text": sum(r["same_text"] for r in rows),
            "haystack_tokens": st_c.stat().n_tokens, "ingest_seconds": {"c_runtime_cpu": c_ingest,
                                                                        "transformers": hf_ingest},
-           "pass": abs(acc["c_runtime"] - acc["transformers"]) <= 1, "rows": rows}
+           "segment": segment, "same_tokens": same_tokens,
+           "pass": abs(acc["c_runtime"] - acc["transformers"]) <= 1
+           and same_tokens == len(niah["docs"]), "rows": rows}
     log({"event": "niah", **{k: v for k, v in res.items() if k != "rows"}})
     st_c.close()
     st_h.close()
