@@ -310,12 +310,17 @@ def test_joined_text_ingest():
         assert mt.model_segment(model) == "joined" and mt.model_segment(TinyLM(Cfg())) == "document"
         a, = mt.ingest(model, st, [text], tokenizer=tok)
         b, = mt.ingest(model, st, [text], tokenizer=tok, segment="document")
-        try:
-            mt.ingest(model, st, [text], tokenizer=tok, segment="paragraph")
-            raise AssertionError("segment paragraph accepted")
-        except msadb.InvalidArgument as e:
-            assert "paragraph" in str(e)
+        for bad in ("paragraph", "whole"):
+            try:  # the first document is fine: the batch leaves the store unchanged
+                mt.ingest(model, st, [[5, 6, 7], text], tokenizer=tok, segment=bad)
+                raise AssertionError("segment %s accepted" % bad)
+            except msadb.InvalidArgument as e:
+                assert bad in str(e), e
         assert st.stat().n_documents == 2
+        # a model that declares paragraph still takes token ids
+        pcfg = type("ParaCfg", (Cfg,), {"msadb_source": {"segment": "paragraph"}})
+        mt.ingest(TinyLM(pcfg()).eval(), st, [[5, 6, 7]])
+        assert st.stat().n_documents == 3
         with st.snapshot() as s:
             ids, spans = s.tokens(a)
             assert ids.tolist() == joined and s.tokens(b)[0].tolist() == whole

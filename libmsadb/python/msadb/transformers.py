@@ -254,8 +254,9 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
     text (tokenized with ``tokenizer``, without special tokens; byte spans
     kept when the tokenizer gives offsets; ``segment`` "joined" tokenizes
     each paragraph on its own and joins the ids, as the built-in runtime's
-    joined mode does, "document" the text whole; default: the model's own,
-    :func:`model_segment`), a sequence of token ids, or a
+    joined mode does, "document" the text whole, "paragraph" is refused
+    for texts; default: the model's own, :func:`model_segment`), a
+    sequence of token ids, or a
     dict with ``ids`` and optionally ``text``, ``spans`` (byte [start,
     end) per token), ``title``, ``meta``.  ``chunk`` > 0 runs long
     documents in chunks of that many tokens through the model's KV cache.
@@ -264,10 +265,9 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
     register()
     sig = _check_shape(model, store, "ingest")
     segment = segment or model_segment(model)
-    if segment not in ("document", "joined"):
-        raise invalid("ingest", "segment %r: transformers ingest reads a text whole (\"document\") "
-                      "or joined (\"joined\"); for \"paragraph\" pass each paragraph as a "
-                      "document" % (segment,))
+    if segment not in ("document", "joined", "paragraph"):
+        raise invalid("ingest", "segment %r: expected \"document\", \"joined\" or \"paragraph\""
+                      % (segment,))
     dev = next(model.parameters()).device
     state = _Capture()
     state.index = _layout_index(key_layout, sig.head_dim, "cpu")
@@ -282,6 +282,11 @@ def ingest(model, store: Store, documents: Sequence[Union[str, Sequence[int], Di
                 elif isinstance(d, str):
                     if tokenizer is None:
                         raise invalid("ingest", "text documents need a tokenizer")
+                    if segment == "paragraph":
+                        raise invalid("ingest", "document %d: segment \"paragraph\" runs each "
+                                      "paragraph on its own, which transformers ingest does not "
+                                      "do: pass each paragraph as a document, or give "
+                                      "segment=\"joined\"" % i)
                     ids, spans = _tokenize(tokenizer, d, segment)
                     item = {"ids": ids, "text": d, "spans": spans}
                 else:
