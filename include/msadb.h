@@ -1111,8 +1111,10 @@ typedef struct msadb_ask_params {
                                same selected blocks (msadb_attend_blocks);
                                1: every generated token routes again */
     uint32_t interleave;    /* memory-interleave rounds (0 = off): the text of
-                               the best document is put in front of the
-                               question and memory is queried again */
+                               the best document, tokenized as the model's
+                               segment mode reads a document at ingest, is
+                               put in front of the question and memory is
+                               queried again */
     uint32_t summary;       /* MSADB_SUMMARY_* to route with, 0 = the model's
                                own routing (GGUF keys msadb.routing.summary
                                "mean"|"reps"|"minmax" and msadb.routing.score

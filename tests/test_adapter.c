@@ -533,6 +533,48 @@ static void check_joined(msadb_llm *l, msadb_store *sa, msadb_store *sb, const c
     CHECK_OK(msadb_llm_set_segment(l, MSADB_SEGMENT_DOCUMENT));
 }
 
+/* The question's answer and hit scores with one interleave round over a
+ * store holding only `whole`: the pulled text is read as the segment mode
+ * reads a document (whole, or joined paragraph by paragraph), so the two
+ * modes put other tokens before the question and route otherwise; the same
+ * mode twice gives the same. */
+static void ask_interleaved(msadb_llm *l, msadb_store *st, int segment, float *scores, size_t *n_hits)
+{
+    static const char q[] = "What is the PIN of the lamp?";
+    msadb_ask_params p;
+    msadb_ask_params_init(&p);
+    p.interleave = 1;
+    p.max_tokens = 4;
+    msadb_hit hits[64];
+    char a[256];
+    size_t al;
+    CHECK_OK(msadb_llm_set_segment(l, segment));
+    CHECK_OK(msadb_llm_ask(l, st, q, strlen(q), &p, a, sizeof a, &al, hits, 64, n_hits));
+    CHECK(*n_hits > 0 && *n_hits <= 64);
+    for (size_t i = 0; i < *n_hits && i < 64; i++)
+        scores[i] = hits[i].score;
+    CHECK_OK(msadb_llm_set_segment(l, MSADB_SEGMENT_DOCUMENT));
+}
+
+static void check_interleave_segment(msadb_llm *l, const msadb_signature *sig, const char *dir,
+                                     const char *whole)
+{
+    char db[1200];
+    msadb_store *st;
+    uint64_t id;
+    snprintf(db, sizeof db, "%s/seg-interleave", dir);
+    CHECK_OK(msadb_create(db, sig, NULL, &st));
+    CHECK_OK(msadb_llm_ingest(l, st, NULL, "whole", whole, strlen(whole), &id));
+    float sd[64], sj[64], sj2[64];
+    size_t nd, nj, nj2;
+    ask_interleaved(l, st, MSADB_SEGMENT_DOCUMENT, sd, &nd);
+    ask_interleaved(l, st, MSADB_SEGMENT_JOINED, sj, &nj);
+    ask_interleaved(l, st, MSADB_SEGMENT_JOINED, sj2, &nj2);
+    CHECK(nj == nj2 && !memcmp(sj, sj2, nj * sizeof *sj));
+    CHECK(nd != nj || memcmp(sd, sj, nd * sizeof *sd)); /* the pulled text read otherwise */
+    msadb_close(st);
+}
+
 /* MSADB_SEGMENT_PARAGRAPH: a text read per paragraph stores exactly what its
  * paragraphs ingested one by one as documents store (each tokenized and run
  * on its own, positions from 0), and the model's key declares the mode.
@@ -592,6 +634,7 @@ static void test_segment(const char *plain, const char *dir)
         differs |= ka[i] != kd[i];
     CHECK(differs); /* whole-document reading is another thing */
     check_joined(l0, sa, sb, whole, idd, ids, ka, na, sig.head_dim);
+    check_interleave_segment(l0, &sig, dir, whole);
     /* the paragraph document keeps the whole text */
     char text[256];
     size_t tl = 0;

@@ -500,6 +500,21 @@ static int tokenize_paragraphs(const msadb_llm *llm, const char *text, size_t le
     return 0;
 }
 
+/* The tokens the model reads for a document's text, as its segment mode
+ * says (whole, or paragraph by paragraph): what ingest stores and what an
+ * interleave round puts before the question.  spans may be NULL; the
+ * caller frees *ids (and *spans), also on error. */
+static int read_tokens(const msadb_llm *llm, const char *text, size_t len, int32_t **ids, int64_t **spans,
+                       size_t *n)
+{
+    if (llm->segment == MSADB_SEGMENT_DOCUMENT)
+        return tokenize_alloc(llm, text, len, 0, ids, spans, n);
+    int64_t *own = NULL;
+    int rc = tokenize_paragraphs(llm, text, len, ids, spans ? spans : &own, n);
+    free(own);
+    return rc;
+}
+
 /* The key of part p (of n) of a text ingested into a space: the text's
  * content hash (msadb_doc_key_hash, keyed per store when encrypted), so
  * the same text ingested again into the same space is recognized. */
@@ -605,8 +620,7 @@ int msadb_llm_ingest_doc(msadb_llm *llm, msadb_store *st, msadb_batch *batch, co
     int64_t *spans = NULL;
     size_t n = 0;
     msadb_model_ctx *ctx = NULL;
-    rc = llm->segment != MSADB_SEGMENT_DOCUMENT ? tokenize_paragraphs(llm, text, len, &ids, &spans, &n)
-                                                : tokenize_alloc(llm, text, len, 0, &ids, &spans, &n);
+    rc = read_tokens(llm, text, len, &ids, &spans, &n);
     if (rc)
         goto out;
     if (n == 0) {
@@ -894,7 +908,7 @@ static int best_doc_text(ask_state *a, int32_t **ids, size_t *n)
         return MSADB_ENOMEM;
     rc = msadb_doc_text(a->snap, best->doc_id, text, len, &len);
     if (!rc)
-        rc = tokenize_alloc(a->llm, text, len, 0, ids, NULL, n);
+        rc = read_tokens(a->llm, text, len, ids, NULL, n);
     free(text);
     if (rc) {
         free(*ids);
