@@ -78,6 +78,21 @@ with tempfile.TemporaryDirectory() as d:
     check(c["tpl"]["n"] == 2 and c["tpl"]["routed"] == 2 and c["tpl"]["right_routed"]
           == c["tpl"]["correct"] >= 1 and "routed" not in c["unans"],
           "heldout cpu: the one document routed for both questions %r" % c)
+    # --summary reaches every ask (and the scores come from the route it names)
+    from memmodel import clib
+    seen, orig = [], clib.Msadb.answer
+
+    def answer(self, st, question, **kw):
+        seen.append(self.summary)
+        return orig(self, st, question, **kw)
+    clib.Msadb.answer = answer
+    heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "16K",
+                  "--summary", "reps", "--out", out + ".reps"])
+    clib.Msadb.answer = orig
+    cr = json.load(open(out + ".reps"))["sizes"]["16K"]["cells"]
+    check(seen and set(seen) == {"reps"} and cr["tpl"]["n"] == 2,
+          "heldout cpu --summary reps: every question routed with it %r" % (set(seen),))
 # the held-out arrays' joined tokens (SentencePiece, memmodel.data.joined_ids)
 # are the tokens the C library stores with msadb.segment "joined"
 sp = mmd.load_sp()

@@ -6,7 +6,10 @@ arrays and a tiny model (CPU): at each haystack size it asks exactly the
 questions whose needle document is in memory plus the unanswerable ones,
 and scores generated tokens as heldout.score does (the answer's tokens
 right, the abstain form an abstention); generation is replaced by fixed
-outputs so the scoring is what is checked.  And memmodel.train's
+outputs so the scoring is what is checked; the routing recall generate()
+reports (needle, routed), --interleave and --context-needle.  And the
+learned router of memmodel.router: with R the identity the model's own
+scores, otherwise q . mean(R k) (the keys mapped, then pooled).  And memmodel.train's
 window_shape: with --doc-lens, window lengths from the list and batches of
 about --doc-len x --mem-batch memory tokens.  Skips (77) without numpy or
 torch.
@@ -24,7 +27,7 @@ except ImportError:
     print("numpy or torch missing: skipped")
     sys.exit(77)
 
-from memmodel import gpu_eval, net
+from memmodel import gpu_eval, net, router
 from memmodel.data import ragged
 from memmodel.train import window_shape
 
@@ -54,14 +57,21 @@ with tempfile.TemporaryDirectory() as d:
                                   "answer": "not in memory" if c == "unans" else "v%d" % i,
                                   "question": "q%d" % i}
                                  for i, (c, k, doc, _) in enumerate(QS)]}, f)
-    asked, top_ks = [], []
+    asked, top_ks, prompts, inter = [], [], [], []
 
     def fake_generate(model, qs, pools, dev, eos, **kw):
-        idx = [qtok.index(list(q)) for q in qs]
+        # a question is known by its last two tokens (a context may stand before them)
+        idx = [qtok.index([1] + list(q[-2:])) for q in qs]
         asked.append((pools is not None, idx))
         top_ks.append(kw.get("top_k", 16))
+        prompts.append([list(q) for q in qs])
+        inter.append(kw.get("interleave"))
+        if kw.get("routed") is not None:
+            # "routed" when the needle is document 0
+            kw["routed"] += [n == 0 if n >= 0 else None for n in kw["needle"]]
         return [list(GEN[i]) for i in idx]
 
+    real_generate = gpu_eval.generate
     gpu_eval.generate = fake_generate
     c = net.Config()
     c.n_layers, c.d, c.ffn, c.n_heads, c.n_kv, c.hd, c.vocab = 2, 32, 64, 2, 1, 16, 256
@@ -81,6 +91,72 @@ with tempfile.TemporaryDirectory() as d:
     check(top_ks[3:] == [16, 32, 32] and "top-32" in rm["mode"],
           "main --top-k: memory questions select 32 blocks (%s, %s)" % (top_ks[3:], rm["mode"]))
     asked[3:] = []
+    b_routed = res["sizes"]["B"]["cells"]
+
+    n0 = len(prompts)
+    rc = gpu_eval.heldout_gpu(net.Model(c).eval(), os.path.join(d, "heldout_gpu.npz"),
+                              torch.device("cpu"), deadline=1e18, log=lambda x: None,
+                              context_needle=True)
+    want = [[1] + list(docs[QS[i][2]]) + qtok[i][1:] if QS[i][2] >= 0 else qtok[i]
+            for i in range(len(QS))]
+    check(prompts[n0 + 2] == want and prompts[n0] == [list(q) for q in qtok]
+          and "needle document" in rc["mode"],
+          "--context-needle: each memory question has its needle document after BOS, "
+          "none without memory")
+    n0 = len(prompts)
+    ri = gpu_eval.heldout_gpu(net.Model(c).eval(), os.path.join(d, "heldout_gpu.npz"),
+                              torch.device("cpu"), deadline=1e18, log=lambda x: None,
+                              interleave=True)
+    check(inter[n0] is None and len(inter[n0 + 2]) == 3 and "interleave" in ri["mode"],
+          "--interleave: memory questions get the haystack documents to pull from")
+
+    # generate() itself on the tiny model: routing recall of the last memory layer
+    pdocs = [list(rng.integers(10, 200, 64)) for _ in range(3)]
+    model = net.Model(c).eval()
+    kvs, valid, doc = gpu_eval.encode_pool(model, pdocs, torch.device("cpu"))
+    pools = gpu_eval._pools(kvs, valid, doc, 3, {})
+    for k, expect in ((3, [True, True, True, None]), (1, None)):
+        routed = []
+        real_generate(model, [[1, 20, 21]] * 4, pools, torch.device("cpu"), 2, top_k=k,
+                      max_new=1, needle=[0, 1, 2, -1], routed=routed)
+        if expect:
+            check(routed == expect, "routed: every needle routed when all blocks are selected, "
+                  "None without a needle (%s)" % routed)
+        else:
+            check(sum(routed[:3]) == 1 and routed[3] is None,
+                  "routed: one block selected routes exactly one needle (%s)" % routed)
+
+    # the learned router: identity = the model's own scores; R = q . mean(R k)
+    q = torch.randn(2, c.n_heads, 3, c.hd)
+    K = torch.randn(c.n_kv, 5, 64, c.hd)
+    means = K.mean(2)
+    s0 = model.route_scores(q, means, 0)
+    model.router = torch.eye(c.hd).repeat(len(c.mem_layers()), c.n_kv, 1, 1)
+    check(torch.allclose(model.route_scores(q, means, 0), s0), "router = identity: same scores")
+    R = torch.randn(len(c.mem_layers()), c.n_kv, c.hd, c.hd)
+    model.router = R
+    s1 = model.route_scores(q, means, 0)
+    model.router = None
+    mapped = torch.einsum("kpbd,ked->kpbe", K, R[0]).mean(2)
+    check(torch.allclose(s1, model.route_scores(q, mapped), atol=1e-4) and not torch.allclose(s1, s0),
+          "router R: scores equal the plain scores of the keys mapped by R, then pooled")
+
+    # router.routing_loss_p: the gold block made the best of 20 gives recall 1 and a
+    # smaller loss than the gold made the worst; rows not kept do not count
+    q1 = torch.randn(2, c.n_heads, 3, c.hd)
+    mb = torch.randn(c.n_kv, 20, c.hd) * 0.1
+    best = mb.clone()
+    best[:, 0] = q1[0, :, :2].mean(1).reshape(c.n_kv, -1, c.hd).mean(1) * 50
+    worst = mb.clone()
+    worst[:, 0] = -best[:, 0]
+    plen, gold = torch.tensor([2, 2]), torch.tensor([[0], [0]])
+    keep = torch.tensor([True, False])
+    lb, rb = router.routing_loss_p(model, q1, best, 0, plen, gold, keep)
+    lw, rw = router.routing_loss_p(model, q1, worst, 0, plen, gold, keep)
+    l0, r0 = router.routing_loss_p(model, q1, best, 0, plen, gold, torch.tensor([False, False]))
+    check(rb == 1.0 and rw == 0.0 and float(lb) < float(lw) and float(l0) == 0.0,
+          "routing_loss_p: recall and loss follow the gold block's rank, kept rows only "
+          "(%.3f %.3f / %.3f %.3f)" % (float(lb), rb, float(lw), rw))
 
 check(asked[0] == (False, [0, 1, 2, 3, 4, 5]), "no memory: every question asked (%s)" % (asked[0],))
 check(asked[1] == (True, [0, 1, 4, 5]),
@@ -88,6 +164,9 @@ check(asked[1] == (True, [0, 1, 4, 5]),
 check(asked[2] == (True, [0, 1, 2, 3, 4, 5]), "size B: all of them (%s)" % (asked[2],))
 b = res["sizes"]["B"]["cells"]
 check(b["tpl"]["correct"] == 2 and b["tpl"]["n"] == 2, "tpl: both answers right (%s)" % b["tpl"])
+check(b_routed["tpl"]["routed"] == 1 and b_routed["q_para"]["routed"] == 1
+      and "routed" not in b_routed["unans"],
+      "routing recall per cell from generate's routed, none for unanswerable (%s)" % b_routed)
 check(b["q_para"]["correct"] == 0 and b["q_para"]["abstained"] == 1,
       "q_para: the abstention counted as such, not right (%s)" % b["q_para"])
 check(b["f_para"]["correct"] == 0, "f_para: a partial answer is wrong (%s)" % b["f_para"])

@@ -95,11 +95,14 @@ def pad(seqs):
     return tok, val
 
 
-def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interleave=None):
+def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interleave=None,
+             needle=None, routed=None):
     """Greedy answers (token lists) to questions qs (token lists with BOS).
     interleave: (docs token lists) -> one round: the best document of the
     prompt pass (max routing score in the last memory layer) is put after
-    BOS and routing runs again."""
+    BOS and routing runs again.  needle (each question's document index)
+    and routed (a list): routed gets, per question, whether the last memory
+    layer's selection for the prompt holds a block of that document."""
     import torch
     outs = []
     for s in range(0, len(qs), batch):
@@ -116,11 +119,18 @@ def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interle
         seqs = [list(q) for q in chunk]
         done = [False] * len(seqs)
         gen = [[] for _ in seqs]
-        for _ in range(max_new):
+        for step in range(max_new):
             tok, val = pad(seqs)
             with torch.no_grad():
-                x, _, _ = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
-                                              torch.tensor(plen, device=dev), pools, top_k)
+                x, _, info = model.forward_query(torch.from_numpy(tok).to(dev), torch.from_numpy(val).to(dev),
+                                                 torch.tensor(plen, device=dev), pools, top_k)
+            if step == 0 and needle is not None and pools is not None:
+                # the selection's documents [B, kv, k] against each question's needle
+                sd = pools[-1].doc[info["sel_p"]]
+                want = torch.tensor(needle[s:s + batch], device=dev)[:, None, None]
+                routed += [bool(r) if n >= 0 else None for r, n in
+                           zip((sd == want).flatten(1).any(1).tolist(), needle[s:s + batch])]
+            with torch.no_grad():
                 last = torch.tensor([len(q) - 1 for q in seqs], device=dev)
                 h = x[torch.arange(len(seqs), device=dev), last]
                 nxt = model.logits(h[:, None])[:, 0].argmax(-1).cpu().numpy()
@@ -199,11 +209,16 @@ def gpu_eval(model, path, dev, deadline, log=print, top_k=16):
     return res
 
 
-def heldout_gpu(model, path, dev, deadline, log=print, top_k=16):
+def heldout_gpu(model, path, dev, deadline, log=print, top_k=16, interleave=False,
+                context_needle=False):
     """memmodel.heldout's evaluation through PyTorch (the arrays `memmodel.heldout
     arrays` writes, heldout.json beside them): every question whose needle
     document is in memory at each size, and all of them with no memory,
-    scored by heldout.score (per cell, kind and needle position)."""
+    scored by heldout.score (per cell, kind and needle position).
+    interleave: one interleave round (msadb_ask_params.interleave = 1);
+    context_needle: a diagnosis, not a mode of msadb: each question gets its
+    own needle document in front of it (memory still on), the most an
+    interleave round that always pulls the right document could give."""
     import torch
     from . import heldout
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -222,8 +237,10 @@ def heldout_gpu(model, path, dev, deadline, log=print, top_k=16):
                 heldout.mmd.ABSTAIN if o == abstain else "?" + " ".join(map(str, o))
                 for o, i in zip(outs, sel)]
 
-    res = {"mode": "pytorch-gpu, msadb routing (mean key, top-%d blocks/kv head), f16 K/V" % top_k,
-           "sizes": {}}
+    res = {"mode": "pytorch-gpu, msadb routing (mean key%s, top-%d blocks/kv head), f16 K/V%s%s" % (
+        ", learned router" if model.router is not None else "", top_k,
+        ", one interleave round" if interleave else "",
+        ", the needle document in the context" if context_needle else ""), "sizes": {}}
     allq = list(range(len(qs)))
     outs = generate(model, [qtok[i] for i in allq], None, dev, eos)
     res["no_memory"] = heldout.score(qs, as_text(outs, allq))
@@ -239,8 +256,15 @@ def heldout_gpu(model, path, dev, deadline, log=print, top_k=16):
             continue
         pools = _pools(kvs, valid, doc, int(cum_blocks[int(nd) - 1]), mc)
         sel = [i for i in allq if qs[i]["doc"] < int(nd)]
-        outs = generate(model, [qtok[i] for i in sel], pools, dev, eos, top_k=top_k)
-        r = heldout.score([qs[i] for i in sel], as_text(outs, sel))
+        routed = []
+        qsel = [qtok[i] for i in sel]
+        if context_needle:
+            qsel = [[q[0]] + list(docs[qs[i]["doc"]]) + list(q[1:]) if qs[i]["doc"] >= 0 else q
+                    for q, i in zip(qsel, sel)]
+        outs = generate(model, qsel, pools, dev, eos, top_k=top_k,
+                        interleave=docs if interleave else None,
+                        needle=[qs[i]["doc"] for i in sel], routed=routed)
+        r = heldout.score([qs[i] for i in sel], as_text(outs, sel), routed)
         res["sizes"][str(name)] = dict(r, docs=int(nd))
         log({"event": "heldout", "size": str(name), "cells": r["cells"]})
     return res
@@ -260,6 +284,10 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--top-k", type=int, default=16,
                     help="blocks each kv head selects (msadb's default 16)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="held-out: one interleave round (the best document before the question)")
+    ap.add_argument("--context-needle", action="store_true",
+                    help="held-out diagnosis: each question's needle document before it")
     ap.add_argument("--time", type=float, default=540.0,
                     help="seconds after which the remaining sizes are skipped")
     args = ap.parse_args(argv)
@@ -267,9 +295,14 @@ def main(argv=None):
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = net.torch_from_gguf(args.model).to(dev).eval()
     with torch.no_grad():
-        run = gpu_eval if "mh_tok" in np.load(args.arrays).files else heldout_gpu
+        kw = {}
+        if "mh_tok" in np.load(args.arrays).files:
+            run = gpu_eval
+        else:
+            run = heldout_gpu
+            kw = dict(interleave=args.interleave, context_needle=args.context_needle)
         res = run(model, args.arrays, dev, deadline=t0 + args.time,
-                  log=lambda x: print(json.dumps(x), flush=True), top_k=args.top_k)
+                  log=lambda x: print(json.dumps(x), flush=True), top_k=args.top_k, **kw)
     res.update(model_file=os.path.basename(args.model), device=str(dev),
                seconds=round(time.time() - t0, 1))
     if dev.type == "cuda":

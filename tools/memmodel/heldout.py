@@ -324,6 +324,7 @@ def cmd_cpu(args):
     m = Msadb(args.lib)
     m.open_model(args.model, args.segment)
     m.top_k = args.top_k
+    m.summary = args.summary
 
     def log(d):
         print(json.dumps(d), flush=True)
@@ -501,6 +502,9 @@ def main(argv):
     ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
                     help="cpu, diagnose, arrays: how ingest reads a document (default: the "
                          "model's msadb.segment; arrays: document or joined)")
+    ap.add_argument("--summary", choices=["mean", "minmax", "reps"], default=None,
+                    help="cpu: the summary routing scores (default: the model's own, "
+                         "msadb.routing.summary)")
     ap.add_argument("--store-dir", default="/tmp/msadb-heldout")
     ap.add_argument("--exact", action="store_true",
                     help="cpu: attend every block (no routing), to tell routing from reading")

@@ -128,6 +128,9 @@ class Model(nn.Module):
         self.out_norm = nn.Parameter(torch.ones(c.d))
         self.mem = set(c.mem_layers())
         self.rope = None
+        # a learned routing key (memmodel.router): [memory layers, kv, hd, hd],
+        # the map a question's query goes through before it meets the mean keys
+        self.router = None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -209,7 +212,7 @@ class Model(nn.Module):
                 continue
             pool = pools[mi]
             mi += 1
-            s = self.route_scores(q, pool.means.detach() if detach_pool else pool.means)
+            s = self.route_scores(q, pool.means.detach() if detach_pool else pool.means, mi - 1)
             # the prompt's tokens share one selection: max over them [B, kv, P]
             sp = s.masked_fill(~is_prompt[:, None, :, None], torch.finfo(s.dtype).min).amax(2)
             sel_p, idx_u, mmask = self.select_blocks(s, sp, is_prompt, valid, pool,
@@ -219,15 +222,17 @@ class Model(nn.Module):
                 info["recall"].append((sel_p == gold_p[:, None, :1]).any(-1).float().mean().item())
             if mi == len(pools):
                 info["best_block"] = sp.detach().reshape(B, -1).argmax(-1) % pool.P
+                info["sel_p"] = sel_p
             o = self.memory_attention(q, k, v, pool, idx_u, mmask, causal, detach_pool)
             x = self.finish(l, x, o)
             if aux and gold_p is not None:
                 aux_loss = aux_loss + self.routing_loss(s, sp, gold_p, gold_a, is_ans_in)
         return x, aux_loss, info
 
-    def route_scores(self, q, means):
+    def route_scores(self, q, means, m=None):
         """msadb's routing score of every (token, block) pair: per kv head, the
-        max over the group's q heads of q . mean(block keys), in f32.
+        max over the group's q heads of q . mean(block keys), in f32; with a
+        learned router, of (q R[m, kv]) . mean.
         q [B, H, T, hd], means [kv, P, hd] -> [B, kv, T, P]."""
         c = self.c
         B, _, T, _ = q.shape
@@ -235,6 +240,8 @@ class Model(nn.Module):
         qg = q.float().view(B, c.n_kv, G, T, c.hd)
         s = None
         with (torch.autocast("cuda", enabled=False) if q.is_cuda else amp(q.device)):
+            if self.router is not None and m is not None:
+                qg = torch.einsum("bkgtd,kde->bkgte", qg, self.router[m].to(qg.device, torch.float32))
             for g in range(G):
                 sg = torch.einsum("bktd,kpd->bktp", qg[:, :, g], means.float())
                 s = sg if s is None else torch.maximum(s, sg)
