@@ -214,7 +214,7 @@ class Model(nn.Module):
             mi += 1
             s = self.route_scores(q, pool.means.detach() if detach_pool else pool.means, mi - 1)
             # the prompt's tokens share one selection: max over them [B, kv, P]
-            sp = s.masked_fill(~is_prompt[:, None, :, None], torch.finfo(s.dtype).min).amax(2)
+            sp = prompt_scores(s, is_prompt)
             sel_p, idx_u, mmask = self.select_blocks(s, sp, is_prompt, valid, pool,
                                                      min(top_k, pool.P),
                                                      (gold_p, gold_a) if oracle else None)
@@ -306,12 +306,9 @@ class Model(nn.Module):
         B, _, T, P = s.shape
         scale = 1.0 / math.sqrt(c.hd)
         neg = torch.finfo(s.dtype).min
-        lp = sp * scale
-        gm = torch.zeros(B, P, dtype=torch.bool, device=s.device)
-        gm.scatter_(1, gold_p, True)
-        lse = torch.logsumexp(lp.masked_fill(gm[:, None], neg), -1)
-        lg = lp.gather(2, gold_p[:, None, :].expand(B, c.n_kv, -1))
-        loss_p = F.softplus(lse[..., None] - lg).mean()
+        # every question has as many gold entries (padded by repeating), so the mean
+        # of the per-question margins is the mean over all
+        loss_p = prompt_margin(sp, gold_p, c.hd).mean()
         la = s * scale
         gma = torch.zeros(B, P, dtype=torch.bool, device=s.device)
         gma.scatter_(1, gold_a, True)
@@ -321,6 +318,25 @@ class Model(nn.Module):
         loss_a = (F.softplus(lsea[..., None] - lga) * w).sum() / (
             w.sum() * c.n_kv * gold_a.shape[1]).clamp(min=1)
         return loss_p + loss_a
+
+
+def prompt_scores(s, is_prompt):
+    """The prompt's shared routing scores: s [B, kv, T, P] at its best over
+    the prompt's tokens (is_prompt [B, T]) -> [B, kv, P]."""
+    return s.masked_fill(~is_prompt[:, None, :, None], torch.finfo(s.dtype).min).amax(2)
+
+
+def prompt_margin(sp, gold_p, hd):
+    """Per question [B]: softplus(logsumexp(non-gold scores) - gold score) of
+    the prompt's scores sp [B, kv, P] / sqrt(hd), gold blocks gold_p [B, n],
+    averaged over the kv heads and gold blocks."""
+    B, kv, P = sp.shape
+    lp = sp / math.sqrt(hd)
+    gm = torch.zeros(B, P, dtype=torch.bool, device=sp.device)
+    gm.scatter_(1, gold_p, True)
+    lse = torch.logsumexp(lp.masked_fill(gm[:, None], torch.finfo(lp.dtype).min), -1)
+    lg = lp.gather(2, gold_p[:, None, :].expand(B, kv, -1))
+    return F.softplus(lse[..., None] - lg).mean((1, 2))
 
 
 def build_pools(model, caps, valid=None, doc=None):

@@ -55,25 +55,18 @@ def _capture_queries(model):
 
 
 def routing_loss_p(model, q, means, m, plen, gold, keep):
-    """The prompt's routing loss of one memory layer with the router, and
-    its recall at 16 (a gold block among the top 16 of the first kv head's
-    prompt scores, over every block given)."""
+    """The prompt's routing loss of one memory layer with the router
+    (memmodel.net's prompt margin, over the questions kept), and its recall
+    at 16 (a gold block among any kv head's top 16 prompt scores, over every
+    block given)."""
     import torch
-    import torch.nn.functional as F
-    c = model.c
+    from . import net
     s = model.route_scores(q, means, m)  # [B, kv, T, P]
-    B, _, T, P = s.shape
-    neg = torch.finfo(s.dtype).min
-    is_prompt = torch.arange(T, device=s.device)[None, :] < plen[:, None]
-    sp = s.masked_fill(~is_prompt[:, None, :, None], neg).amax(2) / math.sqrt(c.hd)  # [B, kv, P]
-    gm = torch.zeros(B, P, dtype=torch.bool, device=s.device)
-    gm.scatter_(1, gold, True)
-    lse = torch.logsumexp(sp.masked_fill(gm[:, None], neg), -1)
-    lg = sp.gather(2, gold[:, None, :].expand(B, c.n_kv, -1))
-    per = F.softplus(lse[..., None] - lg).mean((1, 2))
+    T = s.shape[2]
+    sp = net.prompt_scores(s, torch.arange(T, device=s.device)[None, :] < plen[:, None])
     w = keep.float()
-    loss = (per * w).sum() / w.sum().clamp(min=1)
-    top = sp.topk(min(16, P), -1).indices  # [B, kv, 16]
+    loss = (net.prompt_margin(sp, gold, model.c.hd) * w).sum() / w.sum().clamp(min=1)
+    top = sp.topk(min(16, sp.shape[-1]), -1).indices  # [B, kv, 16]
     hit = (top[..., None] == gold[:, None, None, :]).flatten(1).any(1)
     rec = float(((hit.float() * w).sum() / w.sum().clamp(min=1)).item())
     return loss, rec
@@ -105,23 +98,21 @@ def cmd_train(args):
     n_val = 2000
     batcher = tr.Batcher(lm, facts, facts.n - n_val, args.seed, Ld=1024, dense=args.dense)
     val_batcher = tr.Batcher(lm, facts, facts.n, args.seed + 1, Ld=1024, dense=args.dense)
-    lens = [int(x) for x in args.doc_lens.split(",")]
     qb = queue.Queue(maxsize=6)
     stop = {"now": False}
 
     def producer():
         rng = np.random.default_rng(args.seed + 99)
         while not stop["now"]:
-            Ld = lens[int(rng.integers(len(lens)))]
-            nq = max(8, 1024 * args.mem_batch // Ld)
-            qb.put(batcher.mem_batch(nq, nq, args.decoys, Ld=Ld))
+            Ld, nq, nd = tr.window_shape(args, rng)
+            qb.put(batcher.mem_batch(nq, nq, nd, Ld=Ld))
 
     threading.Thread(target=producer, daemon=True).start()
+    vrng = np.random.default_rng(args.seed + 98)
     val_batches = []
-    for i in range(args.val_batches):
-        Ld = lens[i % len(lens)]
-        nq = max(8, 1024 * args.mem_batch // Ld)
-        val_batches.append(val_batcher.mem_batch(nq, nq, args.decoys, lo=facts.n - n_val, Ld=Ld))
+    for _ in range(args.val_batches):
+        Ld, nq, nd = tr.window_shape(args, vrng)
+        val_batches.append(val_batcher.mem_batch(nq, nq, nd, lo=facts.n - n_val, Ld=Ld))
 
     def step_loss(b, bank, grad):
         bd = tr.to_dev(b, dev)
@@ -185,7 +176,7 @@ def cmd_train(args):
          "val_recall16": vr, "dist_from_identity": [round(float((R[m] - eye).norm()), 3)
                                                      for m in range(nm)]})
     np.save(os.path.join(args.out, "router.npy"), R.detach().float().cpu().numpy())
-    model.route_scores = type(model).route_scores.__get__(model)
+    del model.route_scores  # the class's own again
     if args.heldout:
         for name, r in (("mean", None), ("router", R.detach())):
             model.router = r
@@ -209,12 +200,14 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--reg", type=float, default=0.0, help="weight of |R - I|^2")
     ap.add_argument("--bank", type=int, default=8, help="earlier batches' blocks as negatives")
-    ap.add_argument("--mem-batch", type=int, default=96)
+    ap.add_argument("--mem-batch", type=int, default=96,
+                    help="questions of a 1024-token window batch (train.window_shape)")
     ap.add_argument("--doc-lens", default="512,1024,2048,4096")
     ap.add_argument("--decoys", type=int, default=384)
     ap.add_argument("--dense", type=float, default=0.5)
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1270)
+    ap.set_defaults(doc_len=1024)
     args = ap.parse_args(argv)
     return cmd_train(args)
 
