@@ -158,6 +158,43 @@ with tempfile.TemporaryDirectory() as d:
           "routing_loss_p: recall and loss follow the gold block's rank, kept rows only "
           "(%.3f %.3f / %.3f %.3f)" % (float(lb), rb, float(lw), rw))
 
+    # net.grow (memmodel.train --grow): the deeper model answers as the old one, memory
+    # included, until its new layers are trained; a new layer is wired in (its output
+    # maps, once not zero, change the answer); layouts that move a memory layer out of
+    # the latter half, or reorder the old layers, are refused
+    g = net.Config()
+    g.n_layers, g.d, g.n_heads, g.n_kv, g.hd, g.ffn, g.vocab = 2, 64, 4, 2, 16, 96, 64
+    torch.manual_seed(3)
+    small = net.Model(g).eval()
+    big = net.grow(small, net.parse_layout("0,new,1,new")).eval()
+    gdocs, gq = torch.randint(3, 64, (2, 128)), torch.randint(3, 64, (2, 6))
+
+    def answers(m):
+        with torch.no_grad():
+            xd, caps = m.forward_plain(gdocs, capture=True)
+            x, _, _ = m.forward_query(gq, torch.ones(2, 6, dtype=torch.bool), torch.tensor([4, 4]),
+                                      net.build_pools(m, caps), 2)
+            return torch.cat([m.logits(xd).flatten(), m.logits(x).flatten()])
+
+    a_small, a_big = answers(small), answers(big)
+    check(big.c.n_layers == 4 and big.c.mem_layers() == [2, 3]
+          and torch.allclose(a_small, a_big, atol=1e-5),
+          "grow: 2 -> 4 layers, the same logits for documents and for questions over memory "
+          "(max diff %.2e)" % float((a_small - a_big).abs().max()))
+    for j, name in ((1, "wo"), (3, "w_down")):
+        with torch.no_grad():
+            getattr(big.layers[j], name).weight.normal_(std=0.5)
+        check(not torch.allclose(answers(big), a_small, atol=1e-3),
+              "grow: new layer %d's %s, once not zero, changes the answer" % (j, name))
+        with torch.no_grad():
+            getattr(big.layers[j], name).weight.zero_()
+    for bad in ("0,1,new,new", "1,0,new,new", "0,new,new"):
+        try:
+            net.grow(small, net.parse_layout(bad))
+            check(False, "grow: layout %s refused" % bad)
+        except ValueError:
+            pass
+
 check(asked[0] == (False, [0, 1, 2, 3, 4, 5]), "no memory: every question asked (%s)" % (asked[0],))
 check(asked[1] == (True, [0, 1, 4, 5]),
       "size A: the questions of document 0 and the unanswerable ones (%s)" % (asked[1],))

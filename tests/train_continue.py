@@ -28,6 +28,8 @@ except ImportError:
     sys.exit(77)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from memmodel.net import load_state  # noqa: E402
 
 
 def make_data(d, n_ex=2100, vocab=8192, seed=5):
@@ -157,6 +159,26 @@ def main():
               "its token counts and training seconds add to the checkpoint's")
         check(not any(e.get("event") == "phase_end" and e.get("phase") != "c" for e in log_of(res)),
               "the phases given no steps end without validation or checkpoint")
+        # --resume --grow: the finished checkpoint deepened (2 -> 4 layers), trained a step,
+        # checkpointed at its new depth; a layout that moves a memory layer is refused
+        grown = os.path.join(d, "grown")
+        grow_args = (common[:common.index("--steps-a")] + ["--steps-a", "0", "--steps-b", "0",
+                     "--steps-c", "1", "--resume", whole] + common[common.index("--mem-batch"):])
+        run(grow_args + ["--grow", "0,new,1,new", "--out", grown])
+        mg = meta_of(grown)
+        check(mg["config"]["n_layers"] == 4 and mg["steps"] == 9
+              and any(e.get("event") == "grow" for e in log_of(grown)),
+              "--grow: the resumed model trained at 4 layers, its checkpoint says so (%s layers)"
+              % mg["config"]["n_layers"])
+        sd, _ = load_state(grown)
+        check(any(k.startswith("layers.3.") for k in sd) and float(sd["layers.1.wo.weight"].abs().max()) > 0,
+              "--grow: the checkpoint holds the new layers, trained off zero")
+        r = subprocess.run([sys.executable, "-m", "memmodel.train"] + grow_args
+                           + ["--grow", "0,1,new,new", "--out", os.path.join(d, "bad")],
+                           capture_output=True, text=True)
+        check(r.returncode != 0 and "memory layer" in r.stderr,
+              "--grow: a layout that moves a memory layer exits non-zero naming it (%s)"
+              % r.stderr.strip()[-160:])
     if fails:
         print("%d check(s) failed" % len(fails))
         return 1

@@ -320,6 +320,61 @@ class Model(nn.Module):
         return loss_p + loss_a
 
 
+def parse_layout(text):
+    """A --grow layout ("0,1,2,3,new,new,4,5,6,7,new,new") as a list: an old
+    layer's index, or -1 for a new layer."""
+    out = []
+    for w in text.split(","):
+        w = w.strip()
+        if w == "new":
+            out.append(-1)
+        elif w.isdigit():
+            out.append(int(w))
+        else:
+            raise ValueError("--grow: %r is neither a layer index nor 'new'" % w)
+    return out
+
+
+def grow(model, layout):
+    """A deeper model that computes what model computes: layout lists, per
+    layer of the new model, the old layer it takes (its index) or -1 for a
+    new one.  Every old layer is taken once, in order, and stays a memory
+    layer or a non-memory layer under the new depth's rule (the latter
+    half); a new layer starts with its two output maps (wo, w_down) at zero,
+    so it adds nothing to the residual stream until it is trained.  The
+    learned router, if any, is dropped.  Raises ValueError on a layout that
+    breaks these rules."""
+    import copy
+    old = model.c
+    kept = [i for i in layout if i >= 0]
+    if kept != list(range(old.n_layers)):
+        raise ValueError("--grow: the layout must take layers 0..%d once each, in order (got %s)"
+                         % (old.n_layers - 1, kept))
+    c = Config()
+    for k, v in old.to_dict().items():
+        setattr(c, k, v)
+    c.n_layers = len(layout)
+    new_mem, old_mem = set(c.mem_layers()), set(old.mem_layers())
+    for j, i in enumerate(layout):
+        if i >= 0 and ((i in old_mem) != (j in new_mem)):
+            raise ValueError("--grow: old layer %d is %sa memory layer but would sit at %d, which "
+                             "is %sone; put the new layers so that the latter half of %d layers "
+                             "holds exactly the old memory layers and new ones"
+                             % (i, "" if i in old_mem else "not ", j,
+                                "" if j in new_mem else "not ", c.n_layers))
+    m = Model(c)
+    with torch.no_grad():
+        m.tok.weight.copy_(model.tok.weight)
+        m.out_norm.copy_(model.out_norm)
+        for j, i in enumerate(layout):
+            if i >= 0:
+                m.layers[j] = copy.deepcopy(model.layers[i])
+            else:
+                m.layers[j].wo.weight.zero_()
+                m.layers[j].w_down.weight.zero_()
+    return m.to(model.tok.weight.device)
+
+
 def prompt_scores(s, is_prompt):
     """The prompt's shared routing scores: s [B, kv, T, P] at its best over
     the prompt's tokens (is_prompt [B, T]) -> [B, kv, P]."""

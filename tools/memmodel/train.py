@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from .gpu_eval import gpu_eval, heldout_gpu
-from .net import (BLOCK, Config, Model, amp, build_pools, config_of, load_state, save_ckpt,
-                  torch_from_gguf)
+from .net import (BLOCK, Config, Model, amp, build_pools, config_of, grow, load_state,
+                  parse_layout, save_ckpt, torch_from_gguf)
 
 # --------------------------------------------------------------------------
 # Data
@@ -460,6 +460,10 @@ def parse_args(argv=None):
     ap.add_argument("--init-gguf", default="",
                     help="start from the weights and shape of a GGUF file (dequantized), e.g. the "
                          "shipped model; its msadb.training steps, tokens and seconds carry forward")
+    ap.add_argument("--grow", default="",
+                    help="deepen the --init-gguf or --resume model first: per new layer the old "
+                         "layer it takes or 'new' (zero output maps), e.g. "
+                         "0,1,2,3,new,new,4,new,5,new,6,7 (net.grow's rules)")
     ap.add_argument("--ctx-frac", type=float, default=0.25)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--lm-weight", type=float, default=0.3)
@@ -577,6 +581,15 @@ def build_model(run):
     model = Model(c)
     if sd is not None:
         model.load_state_dict(sd)
+    if getattr(args, "grow", "") and not state:
+        if sd is None:
+            raise SystemExit("--grow needs --init-gguf or --resume: it deepens a trained model")
+        try:
+            model = grow(model, parse_layout(args.grow))
+        except ValueError as e:
+            raise SystemExit(str(e))
+        run.c = c = model.c
+        run.log({"event": "grow", "layout": args.grow, "n_layers": c.n_layers})
     run.model = model = model.to(run.dev)
     run.n_params = sum(p.numel() for p in model.parameters())
     run.log({"event": "continue" if state else "start", "segment": run.segment,
