@@ -19,7 +19,7 @@ def _ragged(z, name):
 
 def encode_pool(model, docs, dev, batch_tokens=1 << 18):
     """Runs documents (token lists) through the model with document-wise
-    positions; returns per memory layer (K, V) [kv, P, 64, hd] f32, block
+    positions; returns per memory layer (K, V) [kv, P, 64, hd] f16, block
     valid [P, 64], block -> document index [P], in document order."""
     import torch
     B = net.BLOCK
@@ -51,8 +51,10 @@ def encode_pool(model, docs, dev, batch_tokens=1 << 18):
             keep = vb.any(1)
             for m, (k, vv) in enumerate(caps):
                 kv, hd = k.shape[1], k.shape[3]
-                K = k.float().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
-                V = vv.float().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
+                # kept in f16 from the start (as msadb stores them): 10M tokens of six
+                # memory layers fit an 80 GB card only so
+                K = k.half().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
+                V = vv.half().reshape(len(idx), kv, nb, B, hd).permute(1, 0, 2, 3, 4).reshape(kv, -1, B, hd)
                 Ks[m].append(K[:, keep])
                 Vs[m].append(V[:, keep])
             valids.append(vb[keep])
@@ -64,9 +66,13 @@ def encode_pool(model, docs, dev, batch_tokens=1 << 18):
         perm = torch.sort(doc, stable=True).indices
         out = []
         for m in range(nmem):
-            K = torch.cat(Ks[m], 1)[:, perm].to(torch.float16)
-            V = torch.cat(Vs[m], 1)[:, perm].to(torch.float16)
-            out.append((K, V))
+            # each layer's batches freed as soon as they are joined
+            K = torch.cat(Ks[m], 1)
+            Ks[m] = None
+            K = K[:, perm]
+            V = torch.cat(Vs[m], 1)
+            Vs[m] = None
+            out.append((K, V[:, perm]))
         return out, torch.cat(valids)[perm], doc[perm]
 
 
@@ -75,7 +81,7 @@ def _pools(kvs, valid, doc, nb, means_cache):
     for m, (K, V) in enumerate(kvs):
         if m not in means_cache:
             w = valid.float()
-            # mean of the f32 keys, stored in f16 as msadb's summaries are
+            # mean of the keys in f32, stored in f16 as msadb's summaries are
             means_cache[m] = ((K.float() * w[None, :, :, None]).sum(2) /
                               w.sum(1).clamp(min=1)[None, :, None]).half().float()
         p = net.Pool.__new__(net.Pool)
