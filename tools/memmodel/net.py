@@ -350,9 +350,7 @@ def grow(model, layout):
     if kept != list(range(old.n_layers)):
         raise ValueError("--grow: the layout must take layers 0..%d once each, in order (got %s)"
                          % (old.n_layers - 1, kept))
-    c = Config()
-    for k, v in old.to_dict().items():
-        setattr(c, k, v)
+    c = config_of({"config": old.to_dict()})
     c.n_layers = len(layout)
     new_mem, old_mem = set(c.mem_layers()), set(old.mem_layers())
     for j, i in enumerate(layout):
