@@ -125,6 +125,16 @@ static void test_incremental(msadb_model *m, size_t n, const size_t *pieces, siz
     if (e > 2e-5)
         fprintf(stderr, "incremental vs full: rel err %g\n", e);
     CHECK(e < 2e-5);
+    /* a prefix run without logits (the last layer stops at its keys and
+     * values), then the rest with logits: the same logits as one full pass */
+    msadb_model_ctx_reset(ctx);
+    size_t h = n / 2 + 1;
+    CHECK_OK(msadb_model_forward(ctx, tok, (uint32_t)h, pos, NULL, 0, NULL));
+    CHECK_OK(msadb_model_forward(ctx, tok + h, (uint32_t)(n - h), pos + h, inc + h * V, 1, NULL));
+    e = rel_err(full + h * V, inc + h * V, (n - h) * V);
+    if (e > 2e-5)
+        fprintf(stderr, "prefix without logits, then the rest: rel err %g\n", e);
+    CHECK(e < 2e-5);
     /* the cache is full now */
     CHECK_RC(msadb_model_forward(ctx, tok, 1, NULL, inc, 0, NULL), MSADB_ELIMIT);
     CHECK(msadb_model_ctx_len(ctx) == n);

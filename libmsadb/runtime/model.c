@@ -641,18 +641,28 @@ static int forward_chunk(msadb_model_ctx *ctx, const int32_t *tok, const int32_t
     for (size_t i = 0; i < n; i++)
         memcpy(ctx->x + i * D, m->tok_embd + (size_t)tok[i] * D, D * sizeof(float));
     rope_table(m, pos, n, ctx->cs);
+    /* With no logits wanted from this chunk and no attend hook, nothing reads
+     * what the last layer computes after its keys and values (the cache keeps
+     * only keys and values; later tokens never see this chunk's hidden
+     * states): an ingest skips that layer's queries, attention and FFN. */
+    int kv_only_last = !logits_all && !want_last && !(hooks && hooks->attend);
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const layer_w *L = &m->layers[l];
+        int kv_only = kv_only_last && l + 1 == c->n_layers;
         rmsnorm(ctx->x, L->attn_norm, ctx->h, n, D, c->norm_eps);
-        linear(ctx->h, L->wq, ctx->q, n, D, QD);
+        if (!kv_only)
+            linear(ctx->h, L->wq, ctx->q, n, D, QD);
         linear(ctx->h, L->wk, ctx->k, n, D, KD);
         linear(ctx->h, L->wv, ctx->v, n, D, KD);
-        rope_apply(m, ctx->cs, ctx->q, n, c->n_heads);
+        if (!kv_only)
+            rope_apply(m, ctx->cs, ctx->q, n, c->n_heads);
         rope_apply(m, ctx->cs, ctx->k, n, c->n_kv_heads);
         int cap_hook = hooks && hooks->capture;
         cache_store(ctx, l, c0, n, cap_hook);
         if (cap_hook && (rc = hooks->capture(l, first, (uint32_t)n, ctx->kh, ctx->vh, hooks->user)))
             return rc;
+        if (kv_only)
+            break;
         attention(ctx, l, c0, n);
         if (hooks && hooks->attend &&
             (rc = hooks->attend(l, first, (uint32_t)n, ctx->q, ctx->att, ctx->lse, hooks->user)))

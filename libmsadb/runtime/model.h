@@ -141,7 +141,10 @@ MSADB_HIDDEN int msadb_model_ctx_truncate(msadb_model_ctx *ctx, uint32_t n);
 /* Runs n >= 1 tokens through the model, appending them to the KV cache.
  * positions: [n] values >= 0, or NULL for next_pos, next_pos + 1, ...
  * logits: NULL (none computed), or [n_vocab] f32 for the last token, or with
- * logits_all [n][n_vocab] for every token.  Errors: MSADB_EINVAL (token out
+ * logits_all [n][n_vocab] for every token.  Tokens whose logits are not
+ * wanted and that no attend hook reads (an ingest) stop in the last layer
+ * once its keys and values are cached and captured: its queries, attention
+ * and feed-forward would feed only those logits.  Errors: MSADB_EINVAL (token out
  * of range, negative position, n == 0), MSADB_ELIMIT (the cache would
  * exceed its capacity; nothing is run), a hook's non-zero return. */
 MSADB_HIDDEN int msadb_model_forward(msadb_model_ctx *ctx, const int32_t *tokens, uint32_t n,
