@@ -7,7 +7,9 @@ questions whose needle document is in memory plus the unanswerable ones,
 and scores generated tokens as heldout.score does (the answer's tokens
 right, the abstain form an abstention); generation is replaced by fixed
 outputs so the scoring is what is checked; the routing recall generate()
-reports (needle, routed), --interleave and --context-needle.  And the
+reports (needle, routed), --interleave, --context-needle and --abstain-bias
+(a pass per bias, scored per cell; generate()'s bias on one token's first
+logit and the margins it records, on a tiny model).  And the
 learned router of memmodel.router: with R the identity the model's own
 scores, otherwise q . mean(R k) (the keys mapped, then pooled).  And memmodel.train's
 window_shape: with --doc-lens, window lengths from the list and batches of
@@ -69,6 +71,12 @@ with tempfile.TemporaryDirectory() as d:
         if kw.get("routed") is not None:
             # "routed" when the needle is document 0
             kw["routed"] += [n == 0 if n >= 0 else None for n in kw["needle"]]
+        if kw.get("margins") is not None:
+            kw["margins"] += [1.0 if GEN[i] == ABST else -1.0 for i in idx]
+        if kw.get("bias") is not None and kw["bias"][1] > 0:   # abstain pushed: all abstain
+            return [list(ABST) for _ in idx]
+        if kw.get("bias") is not None and kw["bias"][1] < 0:   # abstain held back: answers
+            return [list(QS[i][3]) if QS[i][0] != "unans" else [3] for i in idx]
         return [list(GEN[i]) for i in idx]
 
     real_generate = gpu_eval.generate
@@ -110,6 +118,23 @@ with tempfile.TemporaryDirectory() as d:
     check(inter[n0] is None and len(inter[n0 + 2]) == 3 and "interleave" in ri["mode"],
           "--interleave: memory questions get the haystack documents to pull from")
 
+    # --abstain-bias: each bias a further pass at every size, with the bias on the
+    # abstain answer's first token; the unbiased margins summarized per cell
+    n0 = len(prompts)
+    rb = gpu_eval.heldout_gpu(net.Model(c).eval(), os.path.join(d, "heldout_gpu.npz"),
+                              torch.device("cpu"), deadline=1e18, log=lambda x: None,
+                              abstain_biases=[-3, 4])
+    cb = rb["sizes"]["B"]["abstain_bias"]
+    check(rb["sizes"]["B"]["cells"] == b_routed and len(prompts) == n0 + 1 + 2 * 3,
+          "--abstain-bias: the unbiased pass as before, then one pass per bias and size")
+    check(cb["4"]["unans"]["abstained"] == 2 and cb["4"]["tpl"]["abstained"] == 2
+          and cb["-3"]["tpl"]["correct"] == 2 and cb["-3"]["f_para"]["correct"] == 1
+          and cb["-3"]["unans"]["abstained"] == 0,
+          "--abstain-bias: each bias's answers scored per cell (%s)" % cb)
+    check(rb["sizes"]["B"]["abstain_margin"]["q_para"] == [1.0] * 5
+          and rb["sizes"]["B"]["abstain_margin"]["tpl"] == [-1.0] * 5,
+          "--abstain-bias: margin quantiles per cell (%s)" % rb["sizes"]["B"]["abstain_margin"])
+
     # generate() itself on the tiny model: routing recall of the last memory layer
     pdocs = [list(rng.integers(10, 200, 64)) for _ in range(3)]
     model = net.Model(c).eval()
@@ -125,6 +150,25 @@ with tempfile.TemporaryDirectory() as d:
         else:
             check(sum(routed[:3]) == 1 and routed[3] is None,
                   "routed: one block selected routes exactly one needle (%s)" % routed)
+
+    # generate()'s bias and margins on the tiny model: the margin of a token is its
+    # first-step logit minus the best other; > 0 exactly where it is drawn unbiased,
+    # and a bias larger than -margin makes it the first answer token
+    qq = [[1, 20, 21], [1, 30, 31, 32], [1, 5]]
+    plain = real_generate(model, qq, pools, torch.device("cpu"), 2, max_new=1)
+    t = plain[0][0] if plain[0] else 2
+    mg = []
+    same = real_generate(model, qq, pools, torch.device("cpu"), 2, max_new=1, bias=(t, 0.0), margins=mg)
+    check(same == plain and len(mg) == 3 and mg[0] > 0
+          and all((m > 0) == (o[:1] == [t]) for m, o in zip(mg, plain)),
+          "generate: margin > 0 exactly where the token is drawn (%s, %s)" % (mg, plain))
+    pushed = real_generate(model, qq, pools, torch.device("cpu"), 2, max_new=1,
+                           bias=(t, -min(mg) + 0.01))
+    held = real_generate(model, qq, pools, torch.device("cpu"), 2, max_new=1,
+                         bias=(t, -mg[0] - 0.01))
+    check(all(o == [t] for o in pushed) and held[0] != [t],
+          "generate: a bias past the margin makes the token first, one below it keeps it out "
+          "(%s, %s)" % (pushed, held))
 
     # the learned router: identity = the model's own scores; R = q . mean(R k)
     q = torch.randn(2, c.n_heads, 3, c.hd)

@@ -102,8 +102,12 @@ def pad(seqs):
 
 
 def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interleave=None,
-             needle=None, routed=None):
+             needle=None, routed=None, bias=None, margins=None):
     """Greedy answers (token lists) to questions qs (token lists with BOS).
+    bias: (token, value) added to that token's logit for the first answer
+    token only (msadb_ask_params.abstain_bias on the abstain answer's first
+    token); margins (a list) gets, per question, that token's unbiased
+    first-step logit minus the largest other logit (> 0: it would be drawn).
     interleave: (docs token lists) -> one round: the best document of the
     prompt pass (max routing score in the last memory layer) is put after
     BOS and routing runs again.  needle (each question's document index)
@@ -139,7 +143,16 @@ def generate(model, qs, pools, dev, eos, top_k=16, max_new=10, batch=20, interle
             with torch.no_grad():
                 last = torch.tensor([len(q) - 1 for q in seqs], device=dev)
                 h = x[torch.arange(len(seqs), device=dev), last]
-                nxt = model.logits(h[:, None])[:, 0].argmax(-1).cpu().numpy()
+                lg = model.logits(h[:, None])[:, 0].float()
+                if step == 0 and (bias is not None or margins is not None):
+                    bt = bias[0] if bias is not None else None
+                    if margins is not None:
+                        other = lg.clone()
+                        other[:, bt] = -float("inf")
+                        margins += (lg[:, bt] - other.max(-1).values).tolist()
+                    if bias is not None:
+                        lg[:, bt] += bias[1]
+                nxt = lg.argmax(-1).cpu().numpy()
             for i, t in enumerate(nxt):
                 if done[i]:
                     continue
@@ -215,8 +228,17 @@ def gpu_eval(model, path, dev, deadline, log=print, top_k=16):
     return res
 
 
+def margin_quantiles(cells, margins):
+    """Per cell: quantiles (10/25/50/75/90%) of the abstain margins."""
+    out = {}
+    for c in sorted(set(cells)):
+        m = np.array([x for k, x in zip(cells, margins) if k == c])
+        out[c] = [round(float(v), 2) for v in np.quantile(m, [0.1, 0.25, 0.5, 0.75, 0.9])]
+    return out
+
+
 def heldout_gpu(model, path, dev, deadline, log=print, top_k=16, interleave=False,
-                context_needle=False):
+                context_needle=False, abstain_biases=()):
     """memmodel.heldout's evaluation through PyTorch (the arrays `memmodel.heldout
     arrays` writes, heldout.json beside them): every question whose needle
     document is in memory at each size, and all of them with no memory,
@@ -224,7 +246,11 @@ def heldout_gpu(model, path, dev, deadline, log=print, top_k=16, interleave=Fals
     interleave: one interleave round (msadb_ask_params.interleave = 1);
     context_needle: a diagnosis, not a mode of msadb: each question gets its
     own needle document in front of it (memory still on), the most an
-    interleave round that always pulls the right document could give."""
+    interleave round that always pulls the right document could give.
+    abstain_biases: at each size the questions are asked again with each of
+    these values added to the first answer token's logit of the abstain
+    answer (res["sizes"][size]["abstain_bias"][value]: the cells), and the
+    unbiased margins of that token are summarized (quantiles per cell)."""
     import torch
     from . import heldout
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -267,12 +293,24 @@ def heldout_gpu(model, path, dev, deadline, log=print, top_k=16, interleave=Fals
         if context_needle:
             qsel = [[q[0]] + list(docs[qs[i]["doc"]]) + list(q[1:]) if qs[i]["doc"] >= 0 else q
                     for q, i in zip(qsel, sel)]
+        margins = [] if abstain_biases else None
         outs = generate(model, qsel, pools, dev, eos, top_k=top_k,
                         interleave=docs if interleave else None,
-                        needle=[qs[i]["doc"] for i in sel], routed=routed)
+                        needle=[qs[i]["doc"] for i in sel], routed=routed,
+                        bias=(abstain[0], 0.0) if abstain_biases else None, margins=margins)
         r = heldout.score([qs[i] for i in sel], as_text(outs, sel), routed)
         res["sizes"][str(name)] = dict(r, docs=int(nd))
         log({"event": "heldout", "size": str(name), "cells": r["cells"]})
+        if abstain_biases:
+            res["sizes"][str(name)]["abstain_margin"] = margin_quantiles(
+                [qs[i]["cell"] for i in sel], margins)
+            curve = {}
+            for b in abstain_biases:
+                ob = generate(model, qsel, pools, dev, eos, top_k=top_k,
+                              interleave=docs if interleave else None, bias=(abstain[0], float(b)))
+                curve["%g" % b] = heldout.score([qs[i] for i in sel], as_text(ob, sel))["cells"]
+                log({"event": "abstain_bias", "size": str(name), "bias": b, "cells": curve["%g" % b]})
+            res["sizes"][str(name)]["abstain_bias"] = curve
     return res
 
 
@@ -294,6 +332,9 @@ def main(argv=None):
                     help="held-out: one interleave round (the best document before the question)")
     ap.add_argument("--context-needle", action="store_true",
                     help="held-out diagnosis: each question's needle document before it")
+    ap.add_argument("--abstain-bias", default="",
+                    help="held-out: comma-separated logit biases on the abstain answer's first "
+                         "token, each a further pass at every size (e.g. -4,-2,0,2)")
     ap.add_argument("--time", type=float, default=540.0,
                     help="seconds after which the remaining sizes are skipped")
     args = ap.parse_args(argv)
@@ -306,7 +347,8 @@ def main(argv=None):
             run = gpu_eval
         else:
             run = heldout_gpu
-            kw = dict(interleave=args.interleave, context_needle=args.context_needle)
+            kw = dict(interleave=args.interleave, context_needle=args.context_needle,
+                      abstain_biases=[float(b) for b in args.abstain_bias.split(",") if b])
         res = run(model, args.arrays, dev, deadline=t0 + args.time,
                   log=lambda x: print(json.dumps(x), flush=True), top_k=args.top_k, **kw)
     res.update(model_file=os.path.basename(args.model), device=str(dev),
