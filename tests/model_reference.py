@@ -15,8 +15,21 @@ tools/memmodel/make_test_model.py, runs `test_model --dump`, and compares:
                 out   [layers][n][heads][head_dim]      (local attention)
                 lse   [layers][n][heads]                (natural log)
 The reference reads the weights with tools/memmodel/gguf.py and dequantizes them the
-same way, so quantized models are compared on equal weights.  Exit 77 (skip)
-when torch is not installed (Debian: python3-torch).
+same way, so quantized models are compared on equal weights.
+
+Every configuration runs twice: with MSADB_MODEL_F32=1 (the f32 products, tight
+tolerances) and in the runtime's default mode; where that is bf16 (a CPU with
+AVX512-BF16, runtime/matmul.h) the reference rounds the weights and the inputs
+of every projection to bf16 as the runtime does, and the tolerances allow for
+f32 accumulation and for an input that lands on the other side of a bf16
+rounding boundary: an f32 difference of one unit in the last place decides it
+now and then (one input of a few thousand), and that value's 2^-9 change then
+spreads to later layers and, through attention, to later tokens.  So bf16 runs
+are judged by two figures: the median error (most values agree to f32
+accumulation, ~1e-7; without the rounding in the reference it is ~1e-3, which
+is checked, so that the comparison could not pass by being loose) and the
+largest error, which bounds what such flips did.  Exit 77 (skip) when torch is not installed (Debian:
+python3-torch).
 """
 import os
 import subprocess
@@ -76,8 +89,19 @@ def rope(x, pos, c):
     return torch.cat([torch.view_as_real(z).reshape(*x.shape[:-1], n_rot), x[..., n_rot:]], -1)
 
 
-def reference(path, tokens, positions):
+def bf16(t):
+    """t rounded to bf16 (round to nearest even, through f32), as float64."""
+    return t.to(torch.float32).to(torch.bfloat16).to(torch.float64)
+
+
+def reference(path, tokens, positions, round_bf16=False):
+    """The forward pass; round_bf16: the products see bf16 inputs and weights."""
     r = gguf.GGUFReader(path)
+    rd = bf16 if round_bf16 else (lambda t: t)
+
+    def mm(h, w):
+        return rd(h) @ rd(w).T
+
     c = cfg_of(r)
     n, d, nq, nkv = len(tokens), c["head_dim"], c["n_head"], c["n_kv"]
     grp = nq // nkv
@@ -89,9 +113,9 @@ def reference(path, tokens, positions):
     for l in range(c["n_layer"]):
         p = "blk.%d." % l
         h = rms_norm(x, W(r, p + "attn_norm.weight"), c["eps"])
-        q = (h @ W(r, p + "attn_q.weight").T).reshape(n, nq, d)
-        k = (h @ W(r, p + "attn_k.weight").T).reshape(n, nkv, d)
-        v = (h @ W(r, p + "attn_v.weight").T).reshape(n, nkv, d)
+        q = mm(h, W(r, p + "attn_q.weight")).reshape(n, nq, d)
+        k = mm(h, W(r, p + "attn_k.weight")).reshape(n, nkv, d)
+        v = mm(h, W(r, p + "attn_v.weight")).reshape(n, nkv, d)
         q, k = rope(q, positions, c), rope(k, positions, c)
         kq = k.repeat_interleave(grp, dim=1)        # kv head of q head h is h // grp
         vq = v.repeat_interleave(grp, dim=1)
@@ -104,20 +128,21 @@ def reference(path, tokens, positions):
         rec["q"].append(q)
         rec["out"].append(o)
         rec["lse"].append(lse.T)
-        x = x + o.reshape(n, nq * d) @ W(r, p + "attn_output.weight").T
+        x = x + mm(o.reshape(n, nq * d), W(r, p + "attn_output.weight"))
         h = rms_norm(x, W(r, p + "ffn_norm.weight"), c["eps"])
-        g = torch.nn.functional.silu(h @ W(r, p + "ffn_gate.weight").T)
-        x = x + (g * (h @ W(r, p + "ffn_up.weight").T)) @ W(r, p + "ffn_down.weight").T
-    logits = rms_norm(x, W(r, "output_norm.weight"), c["eps"]) @ out_w.T
+        g = torch.nn.functional.silu(mm(h, W(r, p + "ffn_gate.weight")))
+        x = x + mm(g * mm(h, W(r, p + "ffn_up.weight")), W(r, p + "ffn_down.weight"))
+    logits = mm(rms_norm(x, W(r, "output_norm.weight"), c["eps"]), out_w)
     res = {k: torch.stack(v).numpy() for k, v in rec.items()}
     res["logits"] = logits.numpy()
     return res
 
 
-def rel_err(ref, got):
+def rel_err(ref, got, stat=np.max):
+    """stat (max or median) of |ref - got| relative to max |ref| (at least 1)."""
     ref = ref.reshape(-1)
     got = got.reshape(-1)
-    return float(np.max(np.abs(ref - got)) / max(1.0, float(np.max(np.abs(ref)))))
+    return float(stat(np.abs(ref - got)) / max(1.0, float(np.max(np.abs(ref)))))
 
 
 CONFIGS = [
@@ -151,8 +176,11 @@ def main(argv):
         sys.stderr.write("usage: model_reference.py PATH/TO/test_model\n")
         return 2
     exe = argv[1]
-    tol = {"logits": 1e-4, "k": 1e-5, "v": 1e-5, "q": 1e-5, "out": 1e-5, "lse": 1e-5}
+    tols = {"f32": {"logits": 1e-4, "k": 1e-5, "v": 1e-5, "q": 1e-5, "out": 1e-5, "lse": 1e-5},
+            "bf16": {"logits": 5e-2, "k": 2e-2, "v": 2e-2, "q": 2e-2, "out": 2e-2, "lse": 2e-2}}
+    bf16_median = 1e-5      # the median error a bf16 run must stay under, every key
     failed = 0
+    modes = []
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         for name, opts, kind, n in CONFIGS:
@@ -162,22 +190,54 @@ def main(argv):
             vocab = len(gguf.GGUFReader(path).meta["tokenizer.ggml.tokens"])
             tokens = rng.integers(0, vocab, n).tolist()
             pos = positions_for(kind, n)
-            prefix = os.path.join(tmp, name)
-            subprocess.check_call([exe, "--dump", path, prefix, ",".join(map(str, tokens)),
-                                   ",".join(map(str, pos))])
-            ref = reference(path, tokens, pos)
-            errs = []
-            for key in ("logits", "k", "v", "q", "out", "lse"):
-                got = np.fromfile(prefix + "." + key, dtype=np.float32)
-                if got.size != ref[key].size:
-                    errs.append("%s: size %d, want %d" % (key, got.size, ref[key].size))
-                    continue
-                e = rel_err(ref[key], got.astype(np.float64))
-                errs.append("%s %.1e" % (key, e))
-                if not e <= tol[key]:
-                    errs[-1] += " (FAIL, tolerance %.0e)" % tol[key]
+            for force_f32 in (True, False):
+                prefix = os.path.join(tmp, name + ("-f32" if force_f32 else "-default"))
+                env = dict(os.environ)
+                env.pop("MSADB_MODEL_F32", None)
+                if force_f32:
+                    env["MSADB_MODEL_F32"] = "1"
+                subprocess.check_call([exe, "--dump", path, prefix, ",".join(map(str, tokens)),
+                                       ",".join(map(str, pos))], env=env)
+                with open(prefix + ".matmul") as f:
+                    mode = f.read().strip()
+                if force_f32 and mode != "f32":
+                    print("%s: MSADB_MODEL_F32=1 gave %r products (FAIL)" % (name, mode))
                     failed += 1
-            print("%-30s %s" % (name, ", ".join(errs)))
+                    continue
+                if not force_f32 and mode == "f32":
+                    continue                    # no AVX512-BF16: the run above was it
+                modes.append(mode)
+                ref = reference(path, tokens, pos, round_bf16=mode == "bf16")
+                got = {key: np.fromfile(prefix + "." + key, dtype=np.float32).astype(np.float64)
+                       for key in ("logits", "k", "v", "q", "out", "lse")}
+                errs = []
+                for key, g in got.items():
+                    if g.size != ref[key].size:
+                        errs.append("%s: size %d, want %d" % (key, g.size, ref[key].size))
+                        failed += 1
+                        continue
+                    e = rel_err(ref[key], g)
+                    errs.append("%s %.1e" % (key, e))
+                    if not e <= tols[mode][key]:
+                        errs[-1] += " (FAIL, tolerance %.0e)" % tols[mode][key]
+                        failed += 1
+                    if mode == "bf16":
+                        e = rel_err(ref[key], g, np.median)
+                        errs[-1] += " (median %.0e)" % e
+                        if not e <= bf16_median:
+                            errs[-1] += " (FAIL, median tolerance %.0e)" % bf16_median
+                            failed += 1
+                if mode == "bf16":
+                    # the unrounded reference must be clearly further off:
+                    # otherwise the median could not tell bf16 from f32
+                    plain = reference(path, tokens, pos)
+                    e = rel_err(plain["logits"], got["logits"], np.median)
+                    errs.append("unrounded logits median %.0e" % e)
+                    if not e > 10 * bf16_median:
+                        errs[-1] += " (FAIL, want > %.0e)" % (10 * bf16_median)
+                        failed += 1
+                print("%-30s %-4s %s" % (name, mode, ", ".join(errs)))
+    print("modes compared: %s" % ", ".join(sorted(set(modes))))
     if failed:
         print("model_reference: %d comparisons failed" % failed)
         return 1

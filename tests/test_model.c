@@ -20,7 +20,8 @@
  * what tests/model_reference.py compares with PyTorch: PREFIX.logits
  * [n][vocab], PREFIX.k / PREFIX.v (capture hook, [layers][kv][n][d]),
  * PREFIX.q ([layers][n][heads][d]) and PREFIX.out / PREFIX.lse (attend hook
- * input, [layers][n][heads][d] and [layers][n][heads]), all raw f32.
+ * input, [layers][n][heads][d] and [layers][n][heads]), all raw f32, and
+ * PREFIX.matmul, the products' mode ("bf16" or "f32", model.h).
  *
  * With --bench MODEL [N_PROMPT [N_GEN]] it measures load time, prefill and
  * decode speed (docs/runtime.md quotes it). */
@@ -30,6 +31,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/matmul.h"
 #include "runtime/model.h"
 #include "msadb.h"
 #include "testutil.h"
@@ -81,6 +83,44 @@ static double rel_err(const float *a, const float *b, size_t n)
     return m / (s > 1 ? s : 1);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* median |a - b| relative to max |a| (at least 1) */
+static double rel_err_median(const float *a, const float *b, size_t n)
+{
+    double *e = malloc(n * sizeof *e), s = max_abs(a, n);
+    CHECK(e);
+    for (size_t i = 0; i < n; i++)
+        e[i] = fabs((double)a[i] - b[i]);
+    qsort(e, n, sizeof *e, cmp_double);
+    double med = e[n / 2] / (s > 1 ? s : 1);
+    free(e);
+    return med;
+}
+
+/* Whether two logit arrays agree as the model's products allow: f32 products
+ * to 2e-5; bf16 ones (model.h) to 1e-6 for the median value and 2e-2 at
+ * most, since a 1-ulp f32 difference now and then puts an input on the
+ * other side of a bf16 rounding (tests/model_reference.py says more). */
+static int logits_agree(const msadb_model *m, const float *a, const float *b, size_t n,
+                        const char *what)
+{
+    double e = rel_err(a, b, n);
+    if (strcmp(msadb_model_matmul(m), "bf16")) {
+        if (e >= 2e-5)
+            fprintf(stderr, "%s: rel err %g\n", what, e);
+        return e < 2e-5;
+    }
+    double med = rel_err_median(a, b, n);
+    if (e >= 2e-2 || med >= 1e-6)
+        fprintf(stderr, "%s (bf16): rel err %g, median %g\n", what, e, med);
+    return e < 2e-2 && med < 1e-6;
+}
+
 static void rand_tokens(uint64_t *st, int32_t *t, size_t n, uint32_t vocab)
 {
     for (size_t i = 0; i < n; i++)
@@ -121,20 +161,15 @@ static void test_incremental(msadb_model *m, size_t n, const size_t *pieces, siz
                                      1, NULL));
         done += len;
     }
-    double e = rel_err(full, inc, n * V);
-    if (e > 2e-5)
-        fprintf(stderr, "incremental vs full: rel err %g\n", e);
-    CHECK(e < 2e-5);
+    CHECK(logits_agree(m, full, inc, n * V, "incremental vs full"));
     /* a prefix run without logits (the last layer stops at its keys and
      * values), then the rest with logits: the same logits as one full pass */
     msadb_model_ctx_reset(ctx);
     size_t h = n / 2 + 1;
     CHECK_OK(msadb_model_forward(ctx, tok, (uint32_t)h, pos, NULL, 0, NULL));
     CHECK_OK(msadb_model_forward(ctx, tok + h, (uint32_t)(n - h), pos + h, inc + h * V, 1, NULL));
-    e = rel_err(full + h * V, inc + h * V, (n - h) * V);
-    if (e > 2e-5)
-        fprintf(stderr, "prefix without logits, then the rest: rel err %g\n", e);
-    CHECK(e < 2e-5);
+    CHECK(logits_agree(m, full + h * V, inc + h * V, (n - h) * V,
+                       "prefix without logits, then the rest"));
     /* the cache is full now */
     CHECK_RC(msadb_model_forward(ctx, tok, 1, NULL, inc, 0, NULL), MSADB_ELIMIT);
     CHECK(msadb_model_ctx_len(ctx) == n);
@@ -724,6 +759,10 @@ static int dump_main(int argc, char **argv)
     write_f32(argv[3], "q", D.q, L * n * qrow);
     write_f32(argv[3], "out", D.out, L * n * qrow);
     write_f32(argv[3], "lse", D.lse, L * n * c->n_heads);
+    char mp[4096];
+    snprintf(mp, sizeof mp, "%s.matmul", argv[3]);
+    FILE *f = fopen(mp, "w");
+    CHECK(f && fputs(msadb_model_matmul(m), f) >= 0 && fclose(f) == 0);
     msadb_model_ctx_free(ctx);
     msadb_model_free(m);
     free(D.k);
@@ -814,6 +853,112 @@ static int bench_main(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------ */
+/* bf16 products (runtime/matmul.h)                                         */
+/* ------------------------------------------------------------------------ */
+
+static double bf16_value(float x)
+{
+    uint32_t u = (uint32_t)msadb_mm_bf16_of(x) << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void test_bf16_rounding(void)
+{
+    /* ties go to the even neighbour; below and above a tie to the nearest */
+    const float x[] = {1.0f, 1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f,
+                       -2.5f, 3.0e38f, 1e-30f};
+    const uint16_t want[] = {0x3f80, 0x3f80, 0x3f82, 0x3f81, 0xc020, 0x7f62, 0x0da2};
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++)
+        CHECK(msadb_mm_bf16_of(x[i]) == want[i]);
+    uint16_t *p;
+    float w = 1.0f;
+    CHECK_RC(msadb_mm_pack_bf16(NULL, 1, 1, &p), MSADB_EINVAL);
+    CHECK_RC(msadb_mm_pack_bf16(&w, 0, 1, &p), MSADB_EINVAL);
+    CHECK_RC(msadb_mm_pack_bf16(&w, 1, 0, &p), MSADB_EINVAL);
+    CHECK_RC(msadb_mm_pack_bf16(&w, 1, 1, NULL), MSADB_EINVAL);
+    CHECK_RC(msadb_mm_pool_new(2, NULL), MSADB_EINVAL);
+}
+
+/* Every shape class of the kernel (rows around its 6-row block and 48-row
+ * unit, inputs odd and even around its 32-input conversion step, outputs
+ * around its 16-lane panels and 64-output groups), with and without
+ * threads: each output equals the double product of the bf16-rounded
+ * inputs to f32 accumulation, bit for bit the same whatever the threads
+ * and whether its row is computed alone. */
+static void test_matmul_bf16(void)
+{
+    test_bf16_rounding();
+    if (!msadb_mm_bf16_available()) {
+        fprintf(stderr, "bf16 products: this CPU has no AVX512-BF16; kernel not run\n");
+        return;
+    }
+    msadb_mm_pool *pools[3] = {NULL, NULL, NULL};
+    CHECK_OK(msadb_mm_pool_new(2, &pools[1]));
+    CHECK_OK(msadb_mm_pool_new(3, &pools[2]));
+    const size_t ns[] = {1, 2, 5, 6, 7, 13, 48, 49, 97};
+    const uint32_t ins[] = {1, 2, 3, 31, 32, 33, 64, 100};
+    const uint32_t outs[] = {1, 15, 16, 17, 63, 64, 65, 130, 200};
+    uint64_t st = 4242;
+    size_t checked = 0;
+    for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+        for (size_t b = 0; b < sizeof ins / sizeof ins[0]; b++)
+            for (size_t c = 0; c < sizeof outs / sizeof outs[0]; c++) {
+                size_t n = ns[a];
+                uint32_t in = ins[b], out = outs[c];
+                float *X = malloc(n * in * sizeof(float)), *W = malloc((size_t)out * in * 4);
+                float *Y = malloc(n * out * sizeof(float)), *Y2 = malloc(n * out * 4);
+                uint32_t *xb = msadb_aalloc(msadb_mm_scratch_words(n, in) * 4);
+                CHECK(X && W && Y && Y2 && xb);
+                for (size_t i = 0; i < n * in; i++) /* magnitudes over 2^-6 .. 2^6 */
+                    X[i] = (float)((tu_rand(&st) % 2001) - 1000.0) / 1000.0f *
+                           (float)(1u << (tu_rand(&st) % 13)) / 64.0f;
+                for (size_t i = 0; i < (size_t)out * in; i++)
+                    W[i] = (float)((tu_rand(&st) % 2001) - 1000.0) / 4000.0f;
+                uint16_t *P;
+                CHECK_OK(msadb_mm_pack_bf16(W, out, in, &P));
+                for (int t = 0; t < 3; t++) {
+                    float *dst = t ? Y2 : Y;
+                    memset(dst, 0xff, n * out * sizeof(float)); /* NaN: must be overwritten */
+                    msadb_mm_bf16(pools[t], X, n, P, out, in, dst, xb);
+                    if (t)
+                        CHECK(!memcmp(Y, Y2, n * out * sizeof(float)));
+                }
+                for (size_t r = 0; r < n; r++) {
+                    for (uint32_t j = 0; j < out; j++) {
+                        double ref = 0, mag = 0;
+                        for (uint32_t k = 0; k < in; k++) {
+                            double pr = bf16_value(X[r * in + k]) * bf16_value(W[(size_t)j * in + k]);
+                            ref += pr;
+                            mag += fabs(pr);
+                        }
+                        double err = fabs(Y[r * out + j] - ref);
+                        if (!(err <= (in + 1) * 0x1p-23 * mag)) {
+                            fprintf(stderr, "bf16 product n %zu in %u out %u [%zu][%u]: %g, want %g\n",
+                                    n, in, out, r, j, Y[r * out + j], ref);
+                            CHECK(0);
+                        }
+                        checked++;
+                    }
+                    if (r % 11 == 0) { /* a row alone: the same bits */
+                        msadb_mm_bf16(pools[1], X + r * in, 1, P, out, in, Y2, xb);
+                        CHECK(!memcmp(Y + r * out, Y2, out * sizeof(float)));
+                    }
+                }
+                msadb_afree(P);
+                msadb_afree(xb);
+                free(X);
+                free(W);
+                free(Y);
+                free(Y2);
+            }
+    msadb_mm_pool_free(pools[1]);
+    msadb_mm_pool_free(pools[2]);
+    fprintf(stderr, "bf16 products: %zu outputs checked\n", checked);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static void run_model_tests(const char *opts, int chunked)
 {
@@ -842,6 +987,7 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "--bench"))
         return bench_main(argc, argv);
     test_sampling();
+    test_matmul_bf16();
     const char *root = getenv("MSADB_SOURCE_ROOT");
     const char *py = getenv("MSADB_PYTHON");
     if (py && *py)
@@ -855,6 +1001,9 @@ int main(int argc, char **argv)
     snprintf(src_root, sizeof src_root, "%s", root);
     snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("model"));
 
+    /* The runtime's logic on the reference (f32) products, with tight
+     * tolerances; then the incremental test on the default products. */
+    CHECK(setenv("MSADB_MODEL_F32", "1", 1) == 0);
     run_model_tests("--layers 2 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64", 1);
     run_model_tests("--layers 2 --heads 4 --kv-heads 2 --head-dim 32 --ffn 96 --untied "
                     "--wtype q8_0 --rope-scale 4 --rope-theta 500000",
@@ -868,6 +1017,18 @@ int main(int argc, char **argv)
 
     const char *base = make_model("base", "--layers 2 --heads 4 --kv-heads 2 --head-dim 16");
     test_refused(base);
+    CHECK(unsetenv("MSADB_MODEL_F32") == 0);
+    if (msadb_mm_bf16_available()) {
+        const char *path = make_model("bf16", "--layers 2 --heads 4 --kv-heads 2 --head-dim 32 "
+                                              "--ffn 96 --untied --wtype q8_0");
+        msadb_model *m;
+        CHECK_OK(msadb_model_open(path, &m));
+        CHECK(!strcmp(msadb_model_matmul(m), "bf16"));
+        const size_t pieces[] = {1, 7, 1, 3, 16}, big[] = {300, 1, 250, 97};
+        test_incremental(m, 40, pieces, 5);
+        test_incremental(m, MSADB_MODEL_UBATCH + 150, big, 4);
+        msadb_model_free(m);
+    }
     fprintf(stderr, "ok\n");
     return 0;
 }

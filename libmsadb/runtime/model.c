@@ -20,17 +20,27 @@
 #include <string.h>
 
 #include "msadb.h"
+#include "runtime/matmul.h"
+
+/* A matrix as the products read it: f32 (the reference path) or packed bf16
+ * (runtime/matmul.h), one of the two. */
+typedef struct mat {
+    const float *f;
+    const uint16_t *b;
+} mat;
 
 typedef struct layer_w {
-    const float *attn_norm, *wq, *wk, *wv, *wo;
-    const float *ffn_norm, *w_gate, *w_up, *w_down;
+    const float *attn_norm, *ffn_norm;
+    mat wq, wk, wv, wo, w_gate, w_up, w_down;
 } layer_w;
 
 struct msadb_model {
     msadb_model_config cfg;
     const msadb_gguf *g;
     msadb_gguf *owned;      /* set by msadb_model_open */
-    const float *tok_embd, *output, *output_norm;
+    const float *tok_embd, *output_norm;
+    mat output;
+    int bf16;               /* products in bf16 (runtime/matmul.h), else f32 */
     layer_w *layers;
     double *inv_freq;       /* [n_rot / 2]: theta^(-2i / n_rot) */
     void **bufs;            /* allocated (dequantized) weights */
@@ -46,6 +56,8 @@ struct msadb_model_ctx {
     float *x, *h, *q, *k, *v, *att, *lse, *kh, *vh, *gate, *up, *cs;
     float *qg, *og, *scores;
     size_t scores_cap;      /* floats in scores */
+    uint32_t *xb;           /* bf16 products: a chunk's inputs as bf16 pairs */
+    msadb_mm_pool *pool;    /* bf16 products: their threads */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -168,11 +180,13 @@ static int all_finite(const float *w, size_t n)
 
 /* Finds a weight of shape ne0 x ne1 (ne1 = 0: a vector of ne0) and makes it
  * usable as f32: in place for aligned F32 data, else converted into a new
- * 64-byte aligned buffer. */
-static int load_weight(msadb_model *m, const char *name, uint64_t ne0, uint64_t ne1,
-                       const float **out)
+ * 64-byte aligned buffer, kept (tracked) when `keep`, else set in *tmp for
+ * the caller to free. */
+static int weight_f32(msadb_model *m, const char *name, uint64_t ne0, uint64_t ne1, int keep,
+                      const float **out, float **tmp)
 {
     const msadb_gguf_tensor *t;
+    *tmp = NULL;
     int rc = msadb_gguf_get_tensor(m->g, name, &t);
     if (rc)
         return rc;
@@ -188,16 +202,61 @@ static int load_weight(msadb_model *m, const char *name, uint64_t ne0, uint64_t 
         float *w = msadb_aalloc(n * sizeof(float));
         if (!w)
             return MSADB_ENOMEM;
-        if ((rc = track(m, w))) {
-            msadb_afree(w);
-            return rc;
+        if (keep) {
+            if ((rc = track(m, w))) {
+                msadb_afree(w);
+                return rc;
+            }
+            m->weight_bytes += n * sizeof(float);
+        } else {
+            *tmp = w;
         }
         if ((rc = msadb_gguf_to_f32(t, 0, n, w)))
             return rc;
-        m->weight_bytes += n * sizeof(float);
         *out = w;
     }
     return all_finite(*out, n) ? 0 : MSADB_ENONFINITE;
+}
+
+static int load_weight(msadb_model *m, const char *name, uint64_t ne0, uint64_t ne1,
+                       const float **out)
+{
+    float *tmp;
+    return weight_f32(m, name, ne0, ne1, 1, out, &tmp);
+}
+
+/* A product's copy of f32 weights W[out][in]: packed bf16 in bf16 mode. */
+static int make_mat(msadb_model *m, const float *w, uint64_t in, uint64_t out, mat *dst)
+{
+    dst->f = w;
+    dst->b = NULL;
+    if (!m->bf16)
+        return 0;
+    uint16_t *p;
+    int rc = msadb_mm_pack_bf16(w, (uint32_t)out, (uint32_t)in, &p);
+    if (rc)
+        return rc;
+    if ((rc = track(m, p))) {
+        msadb_afree(p);
+        return rc;
+    }
+    m->weight_bytes += msadb_mm_packed_bytes((uint32_t)out, (uint32_t)in);
+    dst->f = NULL;
+    dst->b = p;
+    return 0;
+}
+
+/* A matrix weight of ne0 inputs and ne1 outputs, as the products read it
+ * (the f32 copy is not kept in bf16 mode). */
+static int load_matrix(msadb_model *m, const char *name, uint64_t ne0, uint64_t ne1, mat *dst)
+{
+    const float *w;
+    float *tmp;
+    int rc = weight_f32(m, name, ne0, ne1, !m->bf16, &w, &tmp);
+    if (!rc)
+        rc = make_mat(m, w, ne0, ne1, dst);
+    msadb_afree(tmp);
+    return rc;
 }
 
 static int load_weights(msadb_model *m)
@@ -217,13 +276,13 @@ static int load_weights(msadb_model *m)
     if ((rc = load_weight(m, "token_embd.weight", D, V, &m->tok_embd)) ||
         (rc = load_weight(m, "output_norm.weight", D, 0, &m->output_norm)))
         return rc;
-    rc = load_weight(m, "output.weight", D, V, &m->output);
+    rc = load_matrix(m, "output.weight", D, V, &m->output);
     if (rc == MSADB_ENOTFOUND) {
-        m->output = m->tok_embd;
         c->tied_output = 1;
-    } else if (rc) {
-        return rc;
+        rc = make_mat(m, m->tok_embd, D, V, &m->output);
     }
+    if (rc)
+        return rc;
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     if (!m->layers)
         return MSADB_ENOMEM;
@@ -232,14 +291,17 @@ static int load_weights(msadb_model *m)
         static const char *const names[9] = {"attn_norm", "attn_q", "attn_k",
                                              "attn_v", "attn_output", "ffn_norm",
                                              "ffn_gate", "ffn_up", "ffn_down"};
-        const float **dst[9] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo,
-                                &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down};
+        const float **vec[9] = {&L->attn_norm, NULL, NULL, NULL, NULL, &L->ffn_norm};
+        mat *mats[9] = {NULL, &L->wq, &L->wk, &L->wv, &L->wo, NULL, &L->w_gate, &L->w_up,
+                        &L->w_down};
         const uint64_t shape[9][2] = {{D, 0}, {D, QD}, {D, KD}, {D, KD}, {QD, D},
                                       {D, 0}, {D, F},  {D, F},  {F, D}};
         for (int i = 0; i < 9; i++) {
             char name[64];
             snprintf(name, sizeof name, "blk.%u.%s.weight", l, names[i]);
-            if ((rc = load_weight(m, name, shape[i][0], shape[i][1], dst[i])))
+            rc = vec[i] ? load_weight(m, name, shape[i][0], 0, vec[i])
+                        : load_matrix(m, name, shape[i][0], shape[i][1], mats[i]);
+            if (rc)
                 return rc;
         }
     }
@@ -253,6 +315,16 @@ static int load_weights(msadb_model *m)
     return 0;
 }
 
+/* bf16 products where the CPU has them, unless MSADB_MODEL_F32 is set (to
+ * anything but "" or "0"). */
+static int use_bf16(void)
+{
+    const char *e = getenv("MSADB_MODEL_F32");
+    if (e && *e && strcmp(e, "0") != 0)
+        return 0;
+    return msadb_mm_bf16_available();
+}
+
 int msadb_model_load(const msadb_gguf *g, msadb_model **out)
 {
     if (!g || !out)
@@ -262,6 +334,7 @@ int msadb_model_load(const msadb_gguf *g, msadb_model **out)
     if (!m)
         return MSADB_ENOMEM;
     m->g = g;
+    m->bf16 = use_bf16();
     int rc = read_config(g, &m->cfg);
     if (!rc)
         rc = load_weights(m);
@@ -312,6 +385,8 @@ const msadb_gguf *msadb_model_gguf(const msadb_model *m) { return m ? m->g : NUL
 
 size_t msadb_model_weight_bytes(const msadb_model *m) { return m ? m->weight_bytes : 0; }
 
+const char *msadb_model_matmul(const msadb_model *m) { return m && m->bf16 ? "bf16" : "f32"; }
+
 /* ------------------------------------------------------------------------ */
 /* Contexts                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -339,6 +414,8 @@ void msadb_model_ctx_free(msadb_model_ctx *ctx)
                      ctx->og, ctx->scores};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         msadb_afree(bufs[i]);
+    msadb_afree(ctx->xb);
+    msadb_mm_pool_free(ctx->pool);
     free(ctx->pos);
     free(ctx);
 }
@@ -380,6 +457,16 @@ int msadb_model_ctx_new(const msadb_model *m, uint32_t capacity, msadb_model_ctx
     ctx->qg = msadb_aalloc(B * grp * d * sizeof(float));
     ctx->og = msadb_aalloc(B * grp * d * sizeof(float));
     ctx->scores = msadb_aalloc(ctx->scores_cap * sizeof(float));
+    if (m->bf16) {
+        size_t widest = D > QD ? D : QD;
+        widest = widest > c->n_ff ? widest : c->n_ff;
+        ctx->xb = msadb_aalloc(msadb_mm_scratch_words(B, (uint32_t)widest) * sizeof(uint32_t));
+        if (!ctx->xb || msadb_mm_pool_new(msadb_env_threads("MSADB_MODEL_THREADS", 8),
+                                          &ctx->pool)) {
+            msadb_model_ctx_free(ctx);
+            return MSADB_ENOMEM;
+        }
+    }
     if (!ctx->kc || !ctx->vc || !ctx->pos || !ctx->x || !ctx->h || !ctx->q || !ctx->k ||
         !ctx->v || !ctx->att || !ctx->lse || !ctx->kh || !ctx->vh || !ctx->gate || !ctx->up ||
         !ctx->cs || !ctx->qg || !ctx->og || !ctx->scores) {
@@ -417,14 +504,17 @@ int msadb_model_ctx_truncate(msadb_model_ctx *ctx, uint32_t n)
 /* ------------------------------------------------------------------------ */
 
 /* Y[n][out] = X[n][in] W[out][in]^T */
-static void linear(const float *X, const float *W, float *Y, size_t n, size_t in, size_t out)
+static void linear(msadb_model_ctx *ctx, const float *X, mat W, float *Y, size_t n, size_t in,
+                   size_t out)
 {
-    if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, X, 1,
+    if (W.b)
+        msadb_mm_bf16(ctx->pool, X, n, W.b, (uint32_t)out, (uint32_t)in, Y, ctx->xb);
+    else if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W.f, (int)in, X, 1,
                     0.0f, Y, 1);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f,
-                    X, (int)in, W, (int)in, 0.0f, Y, (int)out);
+                    X, (int)in, W.f, (int)in, 0.0f, Y, (int)out);
 }
 
 static void rmsnorm(const float *x, const float *w, float *y, size_t n, size_t D, float eps)
@@ -651,9 +741,9 @@ static int forward_chunk(msadb_model_ctx *ctx, const int32_t *tok, const int32_t
         int kv_only = kv_only_last && l + 1 == c->n_layers;
         rmsnorm(ctx->x, L->attn_norm, ctx->h, n, D, c->norm_eps);
         if (!kv_only)
-            linear(ctx->h, L->wq, ctx->q, n, D, QD);
-        linear(ctx->h, L->wk, ctx->k, n, D, KD);
-        linear(ctx->h, L->wv, ctx->v, n, D, KD);
+            linear(ctx, ctx->h, L->wq, ctx->q, n, D, QD);
+        linear(ctx, ctx->h, L->wk, ctx->k, n, D, KD);
+        linear(ctx, ctx->h, L->wv, ctx->v, n, D, KD);
         if (!kv_only)
             rope_apply(m, ctx->cs, ctx->q, n, c->n_heads);
         rope_apply(m, ctx->cs, ctx->k, n, c->n_kv_heads);
@@ -667,21 +757,21 @@ static int forward_chunk(msadb_model_ctx *ctx, const int32_t *tok, const int32_t
         if (hooks && hooks->attend &&
             (rc = hooks->attend(l, first, (uint32_t)n, ctx->q, ctx->att, ctx->lse, hooks->user)))
             return rc;
-        linear(ctx->att, L->wo, ctx->h, n, QD, D);
+        linear(ctx, ctx->att, L->wo, ctx->h, n, QD, D);
         add_into(ctx->x, ctx->h, n * D);
         rmsnorm(ctx->x, L->ffn_norm, ctx->h, n, D, c->norm_eps);
-        linear(ctx->h, L->w_gate, ctx->gate, n, D, F);
-        linear(ctx->h, L->w_up, ctx->up, n, D, F);
+        linear(ctx, ctx->h, L->w_gate, ctx->gate, n, D, F);
+        linear(ctx, ctx->h, L->w_up, ctx->up, n, D, F);
         swiglu(ctx->gate, ctx->up, n * F);
-        linear(ctx->gate, L->w_down, ctx->h, n, F, D);
+        linear(ctx, ctx->gate, L->w_down, ctx->h, n, F, D);
         add_into(ctx->x, ctx->h, n * D);
     }
     if (logits_all) {
         rmsnorm(ctx->x, m->output_norm, ctx->h, n, D, c->norm_eps);
-        linear(ctx->h, m->output, logits + (size_t)first * c->n_vocab, n, D, c->n_vocab);
+        linear(ctx, ctx->h, m->output, logits + (size_t)first * c->n_vocab, n, D, c->n_vocab);
     } else if (want_last) {
         rmsnorm(ctx->x + (n - 1) * D, m->output_norm, ctx->h, 1, D, c->norm_eps);
-        linear(ctx->h, m->output, logits, 1, D, c->n_vocab);
+        linear(ctx, ctx->h, m->output, logits, 1, D, c->n_vocab);
     }
     return 0;
 }

@@ -7,6 +7,16 @@
  * or, for F32 tensors whose bytes are suitably aligned in the file, used in
  * place from the memory map.  Every weight is checked to be finite at load.
  *
+ * Matrix products.  Where the CPU has AVX512-BF16 (runtime/matmul.h), the
+ * projections (q, k, v, output, FFN, the output head) round their inputs
+ * and weights to bf16 and accumulate in f32, on weights packed at load (the
+ * f32 copies are then not kept); elsewhere, or with the environment
+ * variable MSADB_MODEL_F32 set (not "" or "0") when the model is loaded,
+ * they are OpenBLAS f32 products, the reference path.  Attention over the
+ * KV cache is f32 in both.  A bf16 model differs from the f32 one by the
+ * rounding of those inputs (logits agree to about 1e-2; tests/
+ * model_reference.py checks both against a reference that rounds alike).
+ *
  * RoPE convention (GGUF-native, llama.cpp's "normal" mode).  For a head
  * vector x and position p, the consecutive pairs (x[2i], x[2i+1]) with
  * 2i < n_rot are rotated by the angle p * freq_scale * theta^(-2i / n_rot);
@@ -23,7 +33,9 @@
  *
  * Threads.  A model is read-only after load and may be shared by contexts
  * used from different threads; a context is used by one thread at a time.
- * Matrix products use OpenBLAS (and its threads).
+ * f32 products and attention use OpenBLAS (and its threads); bf16 products
+ * use the context's own threads: MSADB_MODEL_THREADS, else the online CPUs
+ * (at most 8), parked between products.
  */
 #ifndef MSADB_MODEL_H
 #define MSADB_MODEL_H
@@ -85,9 +97,11 @@ MSADB_HIDDEN void msadb_model_free(msadb_model *m);
 MSADB_HIDDEN const msadb_model_config *msadb_model_get_config(const msadb_model *m);
 /* The GGUF file the model was loaded from (for the tokenizer's metadata). */
 MSADB_HIDDEN const msadb_gguf *msadb_model_gguf(const msadb_model *m);
-/* Bytes of weights the model allocated (dequantized copies); weights used in
- * place from the memory map are not counted. */
+/* Bytes of weights the model allocated (dequantized or packed copies);
+ * weights used in place from the memory map are not counted. */
 MSADB_HIDDEN size_t msadb_model_weight_bytes(const msadb_model *m);
+/* "bf16" or "f32": how the model's products run (above); a static string. */
+MSADB_HIDDEN const char *msadb_model_matmul(const msadb_model *m);
 
 /* Hooks into the forward pass.  Both are optional (NULL).  A non-zero return
  * stops the forward pass, which then returns that value and leaves the KV

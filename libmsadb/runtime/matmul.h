@@ -1,0 +1,66 @@
+/* matmul.h -- the runtime's projections Y = X W^T with bf16 inputs and f32
+ * accumulation (AVX512-BF16), on weights packed once at model load, run by
+ * a small pool of threads.
+ *
+ * Numerics.  Every input of a product is rounded to bf16 (round to nearest
+ * even: 8 significant bits, relative error at most 2^-9), products are exact
+ * in f32 and summed in f32, two at a time in k order (VDPBF16PS), for each
+ * output on its own: an output's value does not depend on how many rows are
+ * computed together, on the thread count or on which thread computes it.
+ * The f32 path (OpenBLAS sgemm on f32 weights) stays the reference; this one
+ * is what the model uses where the CPU has AVX512-BF16 (model.h, "Matrix
+ * products").
+ *
+ * Packed layout.  W[out][in] is stored in groups of MSADB_MM_COLS (64)
+ * output rows; a group holds, for each pair of inputs kk = 0 .. ceil(in/2)-1,
+ * 64 uint32 words: word j is (bf16(W[g*64+j][2kk]) | bf16(W[g*64+j][2kk+1])
+ * << 16), missing rows and inputs being zero.  One pair step of the kernel
+ * thus reads 256 contiguous bytes for 64 outputs. */
+#ifndef MSADB_MATMUL_H
+#define MSADB_MATMUL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/util.h"
+
+#define MSADB_MM_COLS 64
+
+/* 1 when this build has the bf16 kernel and the CPU runs it (AVX512F, BW,
+ * VL and BF16), else 0. */
+MSADB_HIDDEN int msadb_mm_bf16_available(void);
+
+/* Bytes of a packed W[out][in]. */
+MSADB_HIDDEN size_t msadb_mm_packed_bytes(uint32_t out, uint32_t in);
+
+/* Packs W[out][in] (f32, row-major) into a new 64-byte aligned buffer,
+ * *packed, owned by the caller (msadb_afree).  Works on any CPU.  Errors:
+ * MSADB_EINVAL (NULL pointers, out or in zero), MSADB_ENOMEM. */
+MSADB_HIDDEN int msadb_mm_pack_bf16(const float *W, uint32_t out, uint32_t in, uint16_t **packed);
+
+/* The bf16 value nearest to x (ties to even), as its 16 bits; the rounding
+ * the packing and the kernel apply (x finite). */
+MSADB_HIDDEN uint16_t msadb_mm_bf16_of(float x);
+
+/* Threads for the products: the caller's thread and `threads` - 1 workers,
+ * started here and parked between products.  threads < 1 counts as 1; a
+ * worker that cannot be started is done without.  Errors: MSADB_EINVAL
+ * (out NULL), MSADB_ENOMEM. */
+typedef struct msadb_mm_pool msadb_mm_pool;
+MSADB_HIDDEN int msadb_mm_pool_new(int threads, msadb_mm_pool **out);
+/* Stops and joins the workers; NULL allowed. */
+MSADB_HIDDEN void msadb_mm_pool_free(msadb_mm_pool *p);
+
+/* uint32 words of the scratch msadb_mm_bf16() needs for n rows of in inputs. */
+MSADB_HIDDEN size_t msadb_mm_scratch_words(size_t n, uint32_t in);
+
+/* Y[n][out] = X[n][in] W^T as above, W packed by msadb_mm_pack_bf16();
+ * scratch holds msadb_mm_scratch_words(n, in) words (64-byte aligned).
+ * pool NULL: the caller's thread only.  Small products run on the caller's
+ * thread alone.  Requires msadb_mm_bf16_available(); returns without
+ * writing Y otherwise (a programming error, not a runtime condition). */
+MSADB_HIDDEN void msadb_mm_bf16(msadb_mm_pool *pool, const float *X, size_t n,
+                                const uint16_t *packed, uint32_t out, uint32_t in, float *Y,
+                                uint32_t *scratch);
+
+#endif
