@@ -18,18 +18,18 @@ The reference reads the weights with tools/memmodel/gguf.py and dequantizes them
 same way, so quantized models are compared on equal weights.
 
 Every configuration runs twice: with MSADB_MODEL_F32=1 (the f32 products, tight
-tolerances) and in the runtime's default mode; where that is bf16 (a CPU with
-AVX512-BF16, runtime/matmul.h) the reference rounds the weights and the inputs
-of every projection to bf16 as the runtime does, and the tolerances allow for
-f32 accumulation and for an input that lands on the other side of a bf16
-rounding boundary: an f32 difference of one unit in the last place decides it
-now and then (one input of a few thousand), and that value's 2^-9 change then
+tolerances) and in the runtime's default mode.  Where that is bf16 (a CPU with
+AVX512-BF16, runtime/matmul.h) the reference rounds to bf16 what the runtime
+rounds: the weights and inputs of every projection, and in attention the
+scaled queries, the keys, the probabilities and the values.  An f32 difference
+of one unit in the last place now and then puts an input on the other side of
+a bf16 rounding boundary (one input of a few thousand); its 2^-9 change then
 spreads to later layers and, through attention, to later tokens.  So bf16 runs
 are judged by two figures: the median error (most values agree to f32
-accumulation, ~1e-7; without the rounding in the reference it is ~1e-3, which
+accumulation, ~1e-8; without the rounding in the reference it is ~5e-4, which
 is checked, so that the comparison could not pass by being loose) and the
-largest error, which bounds what such flips did.  Exit 77 (skip) when torch is not installed (Debian:
-python3-torch).
+largest error, which bounds what such flips did.  Exit 77 (skip) when torch is
+not installed (Debian: python3-torch).
 """
 import os
 import subprocess
@@ -119,10 +119,13 @@ def reference(path, tokens, positions, round_bf16=False):
         q, k = rope(q, positions, c), rope(k, positions, c)
         kq = k.repeat_interleave(grp, dim=1)        # kv head of q head h is h // grp
         vq = v.repeat_interleave(grp, dim=1)
-        s = torch.einsum("ihd,thd->hit", q, kq) / np.sqrt(d)
+        if round_bf16:                               # scale applied to q before rounding
+            s = torch.einsum("ihd,thd->hit", rd(q / np.sqrt(d)), rd(kq))
+        else:
+            s = torch.einsum("ihd,thd->hit", q, kq) / np.sqrt(d)
         s = s.masked_fill(mask[None], float("-inf"))
         lse = torch.logsumexp(s, -1)                 # [heads, n]
-        o = torch.einsum("hit,thd->ihd", torch.softmax(s, -1), vq)
+        o = torch.einsum("hit,thd->ihd", rd(torch.softmax(s, -1)), rd(vq))
         rec["k"].append(k.permute(1, 0, 2))
         rec["v"].append(v.permute(1, 0, 2))
         rec["q"].append(q)

@@ -75,27 +75,33 @@ size_t msadb_mm_packed_bytes(uint32_t out, uint32_t in)
 
 size_t msadb_mm_scratch_words(size_t n, uint32_t in) { return n * pairs_of(in); }
 
+void msadb_mm_pack_row(const float *w, uint32_t in, size_t j, size_t ld, uint32_t *packed)
+{
+    uint32_t *dst = packed + msadb_mm_word(ld, j, 0);
+    for (size_t k = 0; k < in; k += 2) {
+        uint32_t hi = k + 1 < in ? msadb_mm_bf16_of(w[k + 1]) : 0;
+        dst[(k / 2) * MSADB_MM_COLS] = msadb_mm_bf16_of(w[k]) | hi << 16;
+    }
+}
+
+void msadb_mm_pack_set(uint32_t *packed, size_t ld, size_t j, size_t k, float v)
+{
+    uint32_t *w = packed + msadb_mm_word(ld, j, k);
+    uint32_t b = msadb_mm_bf16_of(v);
+    *w = k % 2 ? (*w & 0xffffu) | b << 16 : (*w & 0xffff0000u) | b;
+}
+
 int msadb_mm_pack_bf16(const float *W, uint32_t out, uint32_t in, uint16_t **packed)
 {
     if (!W || !packed || !out || !in)
         return MSADB_EINVAL;
-    size_t kp = pairs_of(in), ng = groups_of(out);
-    uint32_t *p = msadb_aalloc(msadb_mm_packed_bytes(out, in));
+    size_t bytes = msadb_mm_packed_bytes(out, in);
+    uint32_t *p = msadb_aalloc(bytes);
     if (!p)
         return MSADB_ENOMEM;
-    for (size_t g = 0; g < ng; g++)
-        for (size_t kk = 0; kk < kp; kk++) {
-            uint32_t *dst = p + (g * kp + kk) * MSADB_MM_COLS;
-            for (size_t j = 0; j < MSADB_MM_COLS; j++) {
-                size_t row = g * MSADB_MM_COLS + j, k0 = 2 * kk;
-                uint32_t lo = 0, hi = 0;
-                if (row < out) {
-                    lo = msadb_mm_bf16_of(W[row * in + k0]);
-                    hi = k0 + 1 < in ? msadb_mm_bf16_of(W[row * in + k0 + 1]) : 0;
-                }
-                dst[j] = lo | hi << 16;
-            }
-        }
+    memset(p, 0, bytes);
+    for (size_t j = 0; j < out; j++)
+        msadb_mm_pack_row(W + j * in, in, j, pairs_of(in), p);
     *packed = (uint16_t *)p;
     return 0;
 }
@@ -106,9 +112,9 @@ int msadb_mm_pack_bf16(const float *W, uint32_t out, uint32_t in, uint16_t **pac
 
 typedef struct mm_job {
     const uint32_t *xb;   /* [n][kp] input pairs */
-    const uint32_t *w;    /* packed weights */
-    float *Y;
-    size_t n, kp, out, slabs, units;
+    const uint32_t *w;    /* packed weights, group stride ld pairs */
+    float *Y;             /* row stride ldy */
+    size_t n, kp, ld, out, ldy, slabs, units;
 } mm_job;
 
 #if MM_X86
@@ -142,7 +148,7 @@ kernel(int MR, const mm_job *J, size_t r0, size_t g)
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++)
             acc[r][q] = _mm512_setzero_ps();
-    const uint32_t *w = J->w + g * J->kp * MSADB_MM_COLS;
+    const uint32_t *w = J->w + g * J->ld * MSADB_MM_COLS;
     const uint32_t *x = J->xb + r0 * J->kp;
     size_t kp = J->kp;
     for (size_t kk = 0; kk < kp; kk++) {
@@ -163,7 +169,7 @@ kernel(int MR, const mm_job *J, size_t r0, size_t g)
     size_t c0 = g * MSADB_MM_COLS;
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
-        float *y = J->Y + (r0 + r) * J->out + c0;
+        float *y = J->Y + (r0 + r) * J->ldy + c0;
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) {
             size_t c = c0 + 16 * (size_t)q;
@@ -289,12 +295,21 @@ void msadb_mm_pool_free(msadb_mm_pool *p)
 void msadb_mm_bf16(msadb_mm_pool *pool, const float *X, size_t n, const uint16_t *packed,
                    uint32_t out, uint32_t in, float *Y, uint32_t *scratch)
 {
-    if (!msadb_mm_bf16_available() || !X || !packed || !Y || !scratch || !n || !out || !in)
+    msadb_mm_bf16_ld(pool, X, n, (const uint32_t *)(const void *)packed, pairs_of(in), out, in, Y,
+                     out, scratch);
+}
+
+void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint32_t *packed,
+                      size_t ld, uint32_t out, uint32_t in, float *Y, size_t ldy,
+                      uint32_t *scratch)
+{
+    if (!msadb_mm_bf16_available() || !X || !packed || !Y || !scratch || !n || !out || !in ||
+        ld < pairs_of(in) || ldy < out)
         return;
 #if MM_X86
     convert_rows(X, n, in, scratch);
-    mm_job J = {.xb = scratch, .w = (const uint32_t *)(const void *)packed, .Y = Y, .n = n,
-                .kp = pairs_of(in), .out = out, .slabs = (n + MM_SLAB - 1) / MM_SLAB};
+    mm_job J = {.xb = scratch, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
+                .out = out, .ldy = ldy, .slabs = (n + MM_SLAB - 1) / MM_SLAB};
     J.units = J.slabs * groups_of(out);
     if (!pool || !pool->workers || J.units < 2 || n * (size_t)in * out < MM_MIN_SPLIT) {
         for (size_t u = 0; u < J.units; u++)

@@ -12,10 +12,14 @@
  * products").
  *
  * Packed layout.  W[out][in] is stored in groups of MSADB_MM_COLS (64)
- * output rows; a group holds, for each pair of inputs kk = 0 .. ceil(in/2)-1,
- * 64 uint32 words: word j is (bf16(W[g*64+j][2kk]) | bf16(W[g*64+j][2kk+1])
- * << 16), missing rows and inputs being zero.  One pair step of the kernel
- * thus reads 256 contiguous bytes for 64 outputs. */
+ * output rows; a group holds, for each pair of inputs kk = 0 .. ld-1 (ld >=
+ * ceil(in/2), the group stride in pairs), 64 uint32 words: word j is
+ * (bf16(W[g*64+j][2kk]) | bf16(W[g*64+j][2kk+1]) << 16), missing rows and
+ * inputs being zero.  One pair step of the kernel thus reads 256 contiguous
+ * bytes for 64 outputs.  Packed weights have ld = ceil(in/2); the model's
+ * packed KV cache (model.c) grows in place: keys as W[token][dim] (ld =
+ * ceil(head_dim/2)), values as W[dim][token] with ld = ceil(capacity/2), so
+ * a product over the first T tokens reads a prefix of every group. */
 #ifndef MSADB_MATMUL_H
 #define MSADB_MATMUL_H
 
@@ -37,6 +41,23 @@ MSADB_HIDDEN size_t msadb_mm_packed_bytes(uint32_t out, uint32_t in);
  * *packed, owned by the caller (msadb_afree).  Works on any CPU.  Errors:
  * MSADB_EINVAL (NULL pointers, out or in zero), MSADB_ENOMEM. */
 MSADB_HIDDEN int msadb_mm_pack_bf16(const float *W, uint32_t out, uint32_t in, uint16_t **packed);
+
+/* Word index of element (j, k) of a packed matrix of group stride ld, and
+ * whether it is the high half (k odd). */
+static inline size_t msadb_mm_word(size_t ld, size_t j, size_t k)
+{
+    return ((j / MSADB_MM_COLS) * ld + k / 2) * MSADB_MM_COLS + j % MSADB_MM_COLS;
+}
+
+/* Writes row j of a packed matrix of group stride ld: inputs w[0..in-1]
+ * (the words of pairs ceil(in/2).. are left alone).  No checks: the caller
+ * sized `packed`. */
+MSADB_HIDDEN void msadb_mm_pack_row(const float *w, uint32_t in, size_t j, size_t ld,
+                                    uint32_t *packed);
+
+/* Sets element (j, k) of a packed matrix of group stride ld to bf16(v),
+ * leaving the other half of its word alone. */
+MSADB_HIDDEN void msadb_mm_pack_set(uint32_t *packed, size_t ld, size_t j, size_t k, float v);
 
 /* The bf16 value nearest to x (ties to even), as its 16 bits; the rounding
  * the packing and the kernel apply (x finite). */
@@ -62,5 +83,11 @@ MSADB_HIDDEN size_t msadb_mm_scratch_words(size_t n, uint32_t in);
 MSADB_HIDDEN void msadb_mm_bf16(msadb_mm_pool *pool, const float *X, size_t n,
                                 const uint16_t *packed, uint32_t out, uint32_t in, float *Y,
                                 uint32_t *scratch);
+/* The same on a packed matrix of group stride ld (>= ceil(in/2)) whose
+ * words of the pairs from ceil(in/2) on hold finite values; Y has row
+ * stride ldy (>= out). */
+MSADB_HIDDEN void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n,
+                                   const uint32_t *packed, size_t ld, uint32_t out, uint32_t in,
+                                   float *Y, size_t ldy, uint32_t *scratch);
 
 #endif

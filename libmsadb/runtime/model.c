@@ -4,9 +4,13 @@
  *   weights        W[out][in] as GGUF stores them (ne[0] = in is contiguous),
  *                  so a projection of n token rows is Y = X W^T (one sgemm).
  *   activations    token-major: x[n][n_embd], q[n][n_heads * head_dim], ...
- *   KV cache       K[layer][kv_head][capacity][head_dim] (V alike), keys
- *                  after RoPE, so a kv head's cached keys are one contiguous
- *                  matrix that sgemm reads directly.
+ *   KV cache       f32 products: K[layer][kv_head][capacity][head_dim] (V
+ *                  alike), keys after RoPE, so a kv head's cached keys are
+ *                  one contiguous matrix that sgemm reads directly.  bf16
+ *                  products: per layer and kv head, keys packed as the
+ *                  matrix K[token][dim] and values as V^T[dim][token]
+ *                  (runtime/matmul.h), each token written once as it is
+ *                  cached, so attention reads them as packed weights.
  * Attention runs per kv head over tiles of query tokens: the tile's queries
  * of every q head of the group are gathered into one matrix (so grouped q
  * heads share one pass over the keys), S = scale * Q K^T over all cached
@@ -50,7 +54,10 @@ struct msadb_model {
 struct msadb_model_ctx {
     const msadb_model *m;
     uint32_t cap, len;
-    float *kc, *vc;         /* caches, see the top comment */
+    float *kc, *vc;         /* f32 caches, see the top comment (f32 products) */
+    uint32_t *kpk, *vpk;    /* packed caches (bf16 products) */
+    size_t kblk, vblk;      /* words of one layer and kv head in kpk, vpk */
+    size_t vld;             /* group stride of vpk in pairs: ceil(capacity / 2) */
     int32_t *pos;           /* [cap] position of each cached token */
     /* scratch for one chunk of up to MSADB_MODEL_UBATCH tokens */
     float *x, *h, *q, *k, *v, *att, *lse, *kh, *vh, *gate, *up, *cs;
@@ -415,6 +422,8 @@ void msadb_model_ctx_free(msadb_model_ctx *ctx)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         msadb_afree(bufs[i]);
     msadb_afree(ctx->xb);
+    msadb_afree(ctx->kpk);
+    msadb_afree(ctx->vpk);
     msadb_mm_pool_free(ctx->pool);
     free(ctx->pos);
     free(ctx);
@@ -439,8 +448,10 @@ int msadb_model_ctx_new(const msadb_model *m, uint32_t capacity, msadb_model_ctx
     size_t cache = (size_t)c->n_layers * KD * capacity; /* < 2^8 * 2^18 * 2^24 */
     size_t hw = D > QD ? D : QD;
     ctx->scores_cap = scores_floats((uint32_t)grp, capacity);
-    ctx->kc = msadb_aalloc(cache * sizeof(float));
-    ctx->vc = msadb_aalloc(cache * sizeof(float));
+    if (!m->bf16) {
+        ctx->kc = msadb_aalloc(cache * sizeof(float));
+        ctx->vc = msadb_aalloc(cache * sizeof(float));
+    }
     ctx->pos = malloc((size_t)capacity * sizeof *ctx->pos);
     ctx->x = msadb_aalloc(B * D * sizeof(float));
     ctx->h = msadb_aalloc(B * hw * sizeof(float));
@@ -458,16 +469,32 @@ int msadb_model_ctx_new(const msadb_model *m, uint32_t capacity, msadb_model_ctx
     ctx->og = msadb_aalloc(B * grp * d * sizeof(float));
     ctx->scores = msadb_aalloc(ctx->scores_cap * sizeof(float));
     if (m->bf16) {
+        /* inputs of a projection, or of P V over a tile (scores_cap floats
+         * in rows of at most B * grp) */
         size_t widest = D > QD ? D : QD;
         widest = widest > c->n_ff ? widest : c->n_ff;
-        ctx->xb = msadb_aalloc(msadb_mm_scratch_words(B, (uint32_t)widest) * sizeof(uint32_t));
-        if (!ctx->xb || msadb_mm_pool_new(msadb_env_threads("MSADB_MODEL_THREADS", 8),
-                                          &ctx->pool)) {
+        size_t words = msadb_mm_scratch_words(B, (uint32_t)widest);
+        if (words < ctx->scores_cap / 2 + B * grp)
+            words = ctx->scores_cap / 2 + B * grp;
+        size_t layers = (size_t)c->n_layers * c->n_kv_heads;
+        ctx->kblk = msadb_mm_packed_bytes(capacity, (uint32_t)d) / sizeof(uint32_t);
+        ctx->vblk = msadb_mm_packed_bytes((uint32_t)d, capacity) / sizeof(uint32_t);
+        ctx->vld = ((size_t)capacity + 1) / 2;
+        ctx->xb = msadb_aalloc(words * sizeof(uint32_t));
+        /* zeroed: a product over an odd number of tokens reads the other
+         * half of the last value pair (times a zero input); it must be
+         * finite */
+        ctx->kpk = msadb_aalloc(layers * ctx->kblk * sizeof(uint32_t));
+        ctx->vpk = msadb_aalloc(layers * ctx->vblk * sizeof(uint32_t));
+        if (!ctx->xb || !ctx->kpk || !ctx->vpk ||
+            msadb_mm_pool_new(msadb_env_threads("MSADB_MODEL_THREADS", 8), &ctx->pool)) {
             msadb_model_ctx_free(ctx);
             return MSADB_ENOMEM;
         }
+        memset(ctx->kpk, 0, layers * ctx->kblk * sizeof(uint32_t));
+        memset(ctx->vpk, 0, layers * ctx->vblk * sizeof(uint32_t));
     }
-    if (!ctx->kc || !ctx->vc || !ctx->pos || !ctx->x || !ctx->h || !ctx->q || !ctx->k ||
+    if ((!m->bf16 && (!ctx->kc || !ctx->vc)) || !ctx->pos || !ctx->x || !ctx->h || !ctx->q || !ctx->k ||
         !ctx->v || !ctx->att || !ctx->lse || !ctx->kh || !ctx->vh || !ctx->gate || !ctx->up ||
         !ctx->cs || !ctx->qg || !ctx->og || !ctx->scores) {
         msadb_model_ctx_free(ctx);
@@ -639,6 +666,45 @@ static void swiglu(float *gate, const float *up, size_t n)
     }
 }
 
+/* Local attention with bf16 products on the packed caches: as attention()
+ * below, the scale applied to the queries as they are gathered. */
+static void attention_bf16(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n)
+{
+    const msadb_model_config *c = &ctx->m->cfg;
+    size_t d = c->head_dim, nq = c->n_heads, grp = nq / c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)d);
+    size_t Tmax = c0 + n;
+    size_t tq = ctx->scores_cap / (grp * Tmax);
+    if (tq < 1)
+        tq = 1;
+    for (size_t g = 0; g < c->n_kv_heads; g++) {
+        const uint32_t *K = ctx->kpk + ((size_t)l * c->n_kv_heads + g) * ctx->kblk;
+        const uint32_t *V = ctx->vpk + ((size_t)l * c->n_kv_heads + g) * ctx->vblk;
+        for (size_t i0 = 0; i0 < n; i0 += tq) {
+            size_t i1 = i0 + tq < n ? i0 + tq : n;
+            size_t R = (i1 - i0) * grp, T = c0 + i1;
+            for (size_t i = i0; i < i1; i++) {
+                const float *src = ctx->q + (i * nq + g * grp) * d;
+                float *dst = ctx->qg + (i - i0) * grp * d;
+                for (size_t j = 0; j < grp * d; j++)
+                    dst[j] = src[j] * scale;
+            }
+            msadb_mm_bf16_ld(ctx->pool, ctx->qg, R, K, (d + 1) / 2, (uint32_t)T, (uint32_t)d,
+                             ctx->scores, T, ctx->xb);
+            for (size_t r = 0; r < R; r++) {
+                size_t i = i0 + r / grp;
+                ctx->lse[i * nq + g * grp + r % grp] =
+                    softmax_causal(ctx->scores + r * T, c0 + i + 1, T);
+            }
+            msadb_mm_bf16_ld(ctx->pool, ctx->scores, R, V, ctx->vld, (uint32_t)d, (uint32_t)T,
+                             ctx->og, d, ctx->xb);
+            for (size_t i = i0; i < i1; i++)
+                memcpy(ctx->att + (i * nq + g * grp) * d, ctx->og + (i - i0) * grp * d,
+                       grp * d * sizeof(float));
+        }
+    }
+}
+
 /* Local attention of the chunk's n tokens (cache slots c0..c0+n-1, already
  * cached) for layer l: ctx->att [n][n_heads][d] and ctx->lse [n][n_heads]. */
 static void attention(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n)
@@ -691,22 +757,29 @@ static void attention(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n)
     }
 }
 
-/* Copies the chunk's keys and values [n][n_kv][d] into the cache at c0 and,
- * for the capture hook, into head-major kh/vh [n_kv][n][d]. */
+/* Copies the chunk's keys and values [n][n_kv][d] into the cache at c0 (f32
+ * or packed) and, for the capture hook, into head-major kh/vh [n_kv][n][d]. */
 static void cache_store(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n, int want_heads)
 {
     const msadb_model_config *c = &ctx->m->cfg;
     size_t d = c->head_dim, nkv = c->n_kv_heads;
     for (size_t g = 0; g < nkv; g++) {
-        float *K = ctx->kc + ((size_t)l * nkv + g) * ctx->cap * d + c0 * d;
-        float *V = ctx->vc + ((size_t)l * nkv + g) * ctx->cap * d + c0 * d;
+        size_t lg = (size_t)l * nkv + g;
         for (size_t i = 0; i < n; i++) {
-            memcpy(K + i * d, ctx->k + (i * nkv + g) * d, d * sizeof(float));
-            memcpy(V + i * d, ctx->v + (i * nkv + g) * d, d * sizeof(float));
-        }
-        if (want_heads) {
-            memcpy(ctx->kh + g * n * d, K, n * d * sizeof(float));
-            memcpy(ctx->vh + g * n * d, V, n * d * sizeof(float));
+            const float *k = ctx->k + (i * nkv + g) * d, *v = ctx->v + (i * nkv + g) * d;
+            if (ctx->kc) {
+                memcpy(ctx->kc + (lg * ctx->cap + c0 + i) * d, k, d * sizeof(float));
+                memcpy(ctx->vc + (lg * ctx->cap + c0 + i) * d, v, d * sizeof(float));
+            } else {
+                uint32_t *V = ctx->vpk + lg * ctx->vblk;
+                msadb_mm_pack_row(k, (uint32_t)d, c0 + i, (d + 1) / 2, ctx->kpk + lg * ctx->kblk);
+                for (size_t j = 0; j < d; j++)
+                    msadb_mm_pack_set(V, ctx->vld, j, c0 + i, v[j]);
+            }
+            if (want_heads) {
+                memcpy(ctx->kh + (g * n + i) * d, k, d * sizeof(float));
+                memcpy(ctx->vh + (g * n + i) * d, v, d * sizeof(float));
+            }
         }
     }
 }
@@ -753,7 +826,10 @@ static int forward_chunk(msadb_model_ctx *ctx, const int32_t *tok, const int32_t
             return rc;
         if (kv_only)
             break;
-        attention(ctx, l, c0, n);
+        if (m->bf16)
+            attention_bf16(ctx, l, c0, n);
+        else
+            attention(ctx, l, c0, n);
         if (hooks && hooks->attend &&
             (rc = hooks->attend(l, first, (uint32_t)n, ctx->q, ctx->att, ctx->lse, hooks->user)))
             return rc;
