@@ -3,7 +3,9 @@
 C library (the msadb package over the library at argv[1]): with the bundled
 model, a store is created, a document holding a fact is ingested, and the
 question about that fact is answered with its value; without memory it is
-not; tokenize_len counts the model's tokens.  Skips (77) without numpy.
+not; tokenize_len counts the model's tokens; a model that make_test_model
+writes with --tokenizer-from the bundled one tokenizes as it does.  Skips
+(77) without numpy.
 """
 import importlib.util
 import os
@@ -123,4 +125,22 @@ check(mmd.model_segment(os.path.join(ROOT, "models", "msadb-mem.gguf")) == "join
 m.model.segment = "document"
 n = m.tokenize_len(fact)
 check(5 < n < 40, "tokenize_len counts the fact's tokens (%d)" % n)
+# make_test_model --tokenizer-from: a model of another shape with the bundled
+# model's tokenizer reads text into the same tokens
+from memmodel import make_test_model  # noqa: E402
+m.open_model(os.path.join(ROOT, "models", "msadb-mem.gguf"))
+v4_tokens = list(m.model.tokenize(texts[1])[0])
+with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "shape.gguf")
+    make_test_model.main([path, "--layers", "2", "--heads", "2", "--kv-heads", "1",
+                          "--head-dim", "32", "--ffn", "64", "--tokenizer-from",
+                          os.path.join(ROOT, "models", "msadb-mem.gguf")])
+    m2 = Msadb(sys.argv[1])
+    m2.open_model(path)
+    got = list(m2.model.tokenize(texts[1])[0])
+    check(got == v4_tokens and len(v4_tokens) > 10,
+          "--tokenizer-from: the same tokens as the bundled model (%d)" % len(got))
+    info = m2.model.info()
+    check(info.n_vocab == m.model.info().n_vocab and info.n_layers == 2,
+          "--tokenizer-from: the bundled model's vocabulary size, the shape asked (%r)" % (info,))
 done()

@@ -814,8 +814,8 @@ static int bench_main(int argc, char **argv)
     printf("model: %u layers, n_embd %u, heads %u/%u x %u, ffn %u, vocab %u, weights %s\n",
            c->n_layers, c->n_embd, c->n_heads, c->n_kv_heads, c->head_dim, c->n_ff, c->n_vocab,
            msadb_ggml_type_name(c->weight_type));
-    printf("load: %.1f ms, %.1f MB dequantized\n", t_load * 1e3,
-           msadb_model_weight_bytes(m) / 1e6);
+    printf("load: %.1f ms, %.1f MB of weights allocated, %s products\n", t_load * 1e3,
+           msadb_model_weight_bytes(m) / 1e6, msadb_model_matmul(m));
     msadb_model_ctx *ctx;
     CHECK_OK(msadb_model_ctx_new(m, np + ng, &ctx));
     int32_t *tok = malloc((size_t)np * sizeof *tok);

@@ -12,10 +12,15 @@
  * and weights to bf16 and accumulate in f32, on weights packed at load (the
  * f32 copies are then not kept); elsewhere, or with the environment
  * variable MSADB_MODEL_F32 set (not "" or "0") when the model is loaded,
- * they are OpenBLAS f32 products, the reference path.  Attention over the
- * KV cache is f32 in both.  A bf16 model differs from the f32 one by the
- * rounding of those inputs (logits agree to about 1e-2; tests/
- * model_reference.py checks both against a reference that rounds alike).
+ * they are OpenBLAS f32 products, the reference path.  Attention follows
+ * the model: in bf16 mode the KV cache itself is bf16 (keys and values
+ * rounded once, when cached) and both attention products (scaled q times
+ * the keys, probabilities times the values) run on the same kernel; the
+ * softmax, its log-sum-exp and everything the hooks see stay f32 (capture
+ * receives the f32 keys and values before rounding).  A bf16 model differs
+ * from the f32 one by the rounding of those inputs (logits agree to about
+ * 1e-2; tests/model_reference.py checks both against a reference that
+ * rounds alike).
  *
  * RoPE convention (GGUF-native, llama.cpp's "normal" mode).  For a head
  * vector x and position p, the consecutive pairs (x[2i], x[2i+1]) with
@@ -137,7 +142,9 @@ typedef struct msadb_model_hooks {
 
 /* A context: the KV cache for up to `capacity` tokens (1..MSADB_MODEL_MAX_CTX)
  * and scratch memory.  Cache memory: 2 * 4 * n_layers * n_kv_heads * head_dim
- * * capacity bytes.  Errors: MSADB_EINVAL, MSADB_ELIMIT, MSADB_ENOMEM. */
+ * * capacity bytes with f32 products, half that with bf16 ones (capacity
+ * and head_dim rounded up to multiples of 64).  Errors: MSADB_EINVAL,
+ * MSADB_ELIMIT, MSADB_ENOMEM. */
 MSADB_HIDDEN int msadb_model_ctx_new(const msadb_model *m, uint32_t capacity,
                                      msadb_model_ctx **out);
 MSADB_HIDDEN void msadb_model_ctx_free(msadb_model_ctx *ctx);

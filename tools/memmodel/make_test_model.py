@@ -47,6 +47,23 @@ def vocabulary(n_vocab):
     return tokens, scores, types
 
 
+def copy_tokenizer(w, path):
+    """Copies the tokenizer.ggml.* keys of the GGUF file at path (a real
+    vocabulary, e.g. the bundled model's, so that a model of another shape
+    reads the same text into the same tokens); returns its vocabulary size."""
+    r = gguf.GGUFReader(path)
+    keys = [k for k in r.meta if k.startswith("tokenizer.ggml.")]
+    if "tokenizer.ggml.tokens" not in keys:
+        raise ValueError("--tokenizer-from: %s has no tokenizer.ggml.tokens" % path)
+    for k in keys:
+        t, et = r.meta_types[k]
+        if t == gguf.T_ARRAY:
+            w.add_array(k, r.meta[k], et)
+        else:
+            w.add(k, t, r.meta[k])
+    return len(r.meta["tokenizer.ggml.tokens"])
+
+
 def build(args):
     rng = np.random.default_rng(args.seed)
     n_embd = args.embd or args.heads * args.head_dim
@@ -89,8 +106,12 @@ def build(args):
     if args.segment is not None:
         w.add_string("msadb.segment", args.segment)
 
-    tokens, scores, types = vocabulary(args.vocab)
-    gguf.add_spm_tokenizer(w, tokens, scores, types)
+    if args.tokenizer_from:
+        n_vocab = copy_tokenizer(w, args.tokenizer_from)
+    else:
+        n_vocab = args.vocab
+        tokens, scores, types = vocabulary(n_vocab)
+        gguf.add_spm_tokenizer(w, tokens, scores, types)
 
     def mat(rows, cols, scale=None):
         s = scale if scale is not None else 1.0 / np.sqrt(cols)
@@ -101,7 +122,7 @@ def build(args):
 
     qd, kvd = args.heads * args.head_dim, args.kv_heads * args.head_dim
     # norm weights stay F32, as llama.cpp keeps 1-D tensors
-    w.add_tensor("token_embd.weight", mat(args.vocab, n_embd, 1.0), wt)
+    w.add_tensor("token_embd.weight", mat(n_vocab, n_embd, 1.0), wt)
     for i in range(args.layers):
         p = "blk.%d." % i
         w.add_tensor(p + "attn_norm.weight", norm(n_embd), gguf.GGML_F32)
@@ -115,7 +136,7 @@ def build(args):
         w.add_tensor(p + "ffn_down.weight", mat(n_embd, args.ffn), wt)
     w.add_tensor("output_norm.weight", norm(n_embd), gguf.GGML_F32)
     if args.untied:
-        w.add_tensor("output.weight", mat(args.vocab, n_embd), wt)
+        w.add_tensor("output.weight", mat(n_vocab, n_embd), wt)
     return w
 
 
@@ -129,6 +150,9 @@ def parse_args(argv):
     ap.add_argument("--embd", type=int, default=0, help="model width (default heads * head dim)")
     ap.add_argument("--ffn", type=int, default=96)
     ap.add_argument("--vocab", type=int, default=300)
+    ap.add_argument("--tokenizer-from", default="", metavar="GGUF",
+                    help="copy this model's tokenizer (and so its vocabulary size) instead "
+                         "of a made-up --vocab one")
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--rope-theta", type=float, default=10000.0)
     ap.add_argument("--rope-dims", type=int, default=0,
