@@ -140,7 +140,7 @@ with tempfile.TemporaryDirectory() as d:
     got = list(m2.model.tokenize(texts[1])[0])
     check(got == v4_tokens and len(v4_tokens) > 10,
           "--tokenizer-from: the same tokens as the bundled model (%d)" % len(got))
-    info = m2.model.info()
-    check(info.n_vocab == m.model.info().n_vocab and info.n_layers == 2,
+    info = m2.model.info
+    check(info.n_vocab == m.model.info.n_vocab and info.n_layers == 2,
           "--tokenizer-from: the bundled model's vocabulary size, the shape asked (%r)" % (info,))
 done()
