@@ -881,6 +881,39 @@ static void test_bf16_rounding(void)
     CHECK_RC(msadb_mm_pool_new(2, NULL), MSADB_EINVAL);
 }
 
+/* msadb_mm_pool_run: every unit exactly once, with workers and without
+ * (then in order), over many rounds of the same pool. */
+static void count_unit(void *arg, size_t u)
+{
+    __atomic_fetch_add((unsigned *)arg + u, 1u, __ATOMIC_RELAXED);
+}
+
+/* arg: {units seen so far, 1 while they came in order} */
+static void order_unit(void *arg, size_t u)
+{
+    size_t *st = arg;
+    st[1] &= u == st[0];
+    st[0]++;
+}
+
+static void test_pool_run(msadb_mm_pool *pool)
+{
+    unsigned hits[1000];
+    for (int round = 0; round < 200; round++) {
+        size_t units = 1 + (size_t)round * 5 % 1000;
+        memset(hits, 0, sizeof hits);
+        msadb_mm_pool_run(pool, units, count_unit, hits);
+        for (size_t u = 0; u < 1000; u++)
+            CHECK(hits[u] == (u < units));
+    }
+    size_t st[2] = {0, 1};
+    msadb_mm_pool_run(NULL, 777, order_unit, st);
+    CHECK(st[0] == 777 && st[1] == 1);
+    msadb_mm_pool_run(pool, 0, order_unit, st); /* nothing */
+    msadb_mm_pool_run(pool, 5, NULL, st);
+    CHECK(st[0] == 777);
+}
+
 /* Every shape class of the kernel (rows around its 6-row block and 48-row
  * unit, inputs odd and even around its 32-input conversion step, outputs
  * around its 16-lane panels and 64-output groups), with and without
@@ -953,6 +986,7 @@ static void test_matmul_bf16(void)
                 free(Y);
                 free(Y2);
             }
+    test_pool_run(pools[2]);
     msadb_mm_pool_free(pools[1]);
     msadb_mm_pool_free(pools[2]);
     fprintf(stderr, "bf16 products: %zu outputs checked\n", checked);

@@ -37,6 +37,9 @@
 /* Products smaller than this many multiply-adds stay on the caller's
  * thread: waking a worker costs more than it saves. */
 #define MM_MIN_SPLIT ((size_t)1 << 18)
+/* Inputs of at least this many values are converted to bf16 on the threads
+ * (where the product is split). */
+#define MM_MIN_CONVERT ((size_t)1 << 16)
 
 static size_t pairs_of(uint32_t in) { return ((size_t)in + 1) / 2; }
 static size_t groups_of(uint32_t out) { return ((size_t)out + MSADB_MM_COLS - 1) / MSADB_MM_COLS; }
@@ -208,26 +211,23 @@ struct msadb_mm_pool {
     pthread_t *th;
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    unsigned gen;       /* bumped for every product handed to the workers */
-    int busy;           /* workers still on the current product */
+    unsigned gen;       /* bumped for every task handed to the workers */
+    int busy;           /* workers still on the current task */
     int quit;
-    const mm_job *job;
+    msadb_mm_task fn;   /* the current task: fn(arg, u) for u < units */
+    void *arg;
+    size_t units;
     size_t next;        /* next unit to take (atomic) */
 };
 
-static void take_units(msadb_mm_pool *p, const mm_job *J)
+static void take_units(msadb_mm_pool *p)
 {
-#if MM_X86
     for (;;) {
         size_t u = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
-        if (u >= J->units)
+        if (u >= p->units)
             break;
-        run_unit(J, u);
+        p->fn(p->arg, u);
     }
-#else
-    (void)p;
-    (void)J;
-#endif
 }
 
 static void *worker_main(void *arg)
@@ -241,9 +241,8 @@ static void *worker_main(void *arg)
         if (p->quit)
             break;
         seen = p->gen;
-        const mm_job *J = p->job;
         pthread_mutex_unlock(&p->mu);
-        take_units(p, J);
+        take_units(p);
         pthread_mutex_lock(&p->mu);
         if (--p->busy == 0)
             pthread_cond_signal(&p->done);
@@ -292,6 +291,49 @@ void msadb_mm_pool_free(msadb_mm_pool *p)
     free(p);
 }
 
+void msadb_mm_pool_run(msadb_mm_pool *p, size_t units, msadb_mm_task fn, void *arg)
+{
+    if (!fn || !units)
+        return;
+    if (!p || !p->workers || units < 2) {
+        for (size_t u = 0; u < units; u++)
+            fn(arg, u);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->units = units;
+    p->next = 0;
+    p->busy = p->workers;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    take_units(p);
+    pthread_mutex_lock(&p->mu);
+    while (p->busy)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+#if MM_X86
+static void mm_unit(void *arg, size_t u) { run_unit(arg, u); }
+
+typedef struct convert_job {
+    const float *X;
+    size_t n;
+    uint32_t in;
+    uint32_t *xb;
+} convert_job;
+
+static void convert_unit(void *arg, size_t u)
+{
+    const convert_job *C = arg;
+    size_t r = u * MM_SLAB, m = C->n - r < MM_SLAB ? C->n - r : MM_SLAB;
+    convert_rows(C->X + r * C->in, m, C->in, C->xb + r * pairs_of(C->in));
+}
+#endif
+
 void msadb_mm_bf16(msadb_mm_pool *pool, const float *X, size_t n, const uint16_t *packed,
                    uint32_t out, uint32_t in, float *Y, uint32_t *scratch)
 {
@@ -307,26 +349,15 @@ void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint3
         ld < pairs_of(in) || ldy < out)
         return;
 #if MM_X86
-    convert_rows(X, n, in, scratch);
     mm_job J = {.xb = scratch, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
                 .out = out, .ldy = ldy, .slabs = (n + MM_SLAB - 1) / MM_SLAB};
     J.units = J.slabs * groups_of(out);
-    if (!pool || !pool->workers || J.units < 2 || n * (size_t)in * out < MM_MIN_SPLIT) {
-        for (size_t u = 0; u < J.units; u++)
-            run_unit(&J, u);
-        return;
-    }
-    pthread_mutex_lock(&pool->mu);
-    pool->job = &J;
-    pool->next = 0;
-    pool->busy = pool->workers;
-    pool->gen++;
-    pthread_cond_broadcast(&pool->go);
-    pthread_mutex_unlock(&pool->mu);
-    take_units(pool, &J);
-    pthread_mutex_lock(&pool->mu);
-    while (pool->busy)
-        pthread_cond_wait(&pool->done, &pool->mu);
-    pthread_mutex_unlock(&pool->mu);
+    int split = n * (size_t)in * out >= MM_MIN_SPLIT;
+    /* the inputs' conversion is a pass over n x in floats: on the threads
+     * too when it is large (the probabilities of attention's P V) */
+    convert_job C = {X, n, in, scratch};
+    msadb_mm_pool_run(split && n * (size_t)in >= MM_MIN_CONVERT ? pool : NULL, J.slabs,
+                      convert_unit, &C);
+    msadb_mm_pool_run(split ? pool : NULL, J.units, mm_unit, &J);
 #endif
 }

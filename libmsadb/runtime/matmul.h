@@ -72,6 +72,15 @@ MSADB_HIDDEN int msadb_mm_pool_new(int threads, msadb_mm_pool **out);
 /* Stops and joins the workers; NULL allowed. */
 MSADB_HIDDEN void msadb_mm_pool_free(msadb_mm_pool *p);
 
+/* Runs fn(arg, u) for every u in [0, units), on the caller's thread and the
+ * pool's workers (each unit once, in no set order, units taken in turn from
+ * a shared counter), and returns when all have run.  pool NULL or without
+ * workers: in order on the caller's thread.  Not reentrant: fn must not use
+ * the same pool.  For work beside the products (attention's softmax). */
+typedef void (*msadb_mm_task)(void *arg, size_t unit);
+MSADB_HIDDEN void msadb_mm_pool_run(msadb_mm_pool *pool, size_t units, msadb_mm_task fn,
+                                    void *arg);
+
 /* uint32 words of the scratch msadb_mm_bf16() needs for n rows of in inputs. */
 MSADB_HIDDEN size_t msadb_mm_scratch_words(size_t n, uint32_t in);
 

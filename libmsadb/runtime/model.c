@@ -666,8 +666,31 @@ static void swiglu(float *gate, const float *up, size_t n)
     }
 }
 
+/* The causal softmax of rows [u * 8, u * 8 + 8) of a tile of R score rows
+ * (row r: q head g * grp + r % grp of token i0 + r / grp), their LSE into
+ * lse; a unit of msadb_mm_pool_run(). */
+typedef struct softmax_tile {
+    float *scores, *lse;
+    size_t R, T, c0, i0, grp, nq, g;
+} softmax_tile;
+
+#define SOFTMAX_ROWS 8
+
+static void softmax_rows(void *arg, size_t u)
+{
+    const softmax_tile *S = arg;
+    size_t r1 = (u + 1) * SOFTMAX_ROWS < S->R ? (u + 1) * SOFTMAX_ROWS : S->R;
+    for (size_t r = u * SOFTMAX_ROWS; r < r1; r++) {
+        size_t i = S->i0 + r / S->grp;
+        S->lse[i * S->nq + S->g * S->grp + r % S->grp] =
+            softmax_causal(S->scores + r * S->T, S->c0 + i + 1, S->T);
+    }
+}
+
 /* Local attention with bf16 products on the packed caches: as attention()
- * below, the scale applied to the queries as they are gathered. */
+ * below, the scale applied to the queries as they are gathered and the
+ * softmax run on the context's threads when the tile is large (2^15
+ * scores: under that, waking them costs more than it saves). */
 static void attention_bf16(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n)
 {
     const msadb_model_config *c = &ctx->m->cfg;
@@ -691,11 +714,9 @@ static void attention_bf16(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n
             }
             msadb_mm_bf16_ld(ctx->pool, ctx->qg, R, K, (d + 1) / 2, (uint32_t)T, (uint32_t)d,
                              ctx->scores, T, ctx->xb);
-            for (size_t r = 0; r < R; r++) {
-                size_t i = i0 + r / grp;
-                ctx->lse[i * nq + g * grp + r % grp] =
-                    softmax_causal(ctx->scores + r * T, c0 + i + 1, T);
-            }
+            softmax_tile S = {ctx->scores, ctx->lse, R, T, c0, i0, grp, nq, g};
+            msadb_mm_pool_run(R * T >= ((size_t)1 << 15) ? ctx->pool : NULL,
+                              (R + SOFTMAX_ROWS - 1) / SOFTMAX_ROWS, softmax_rows, &S);
             msadb_mm_bf16_ld(ctx->pool, ctx->scores, R, V, ctx->vld, (uint32_t)d, (uint32_t)T,
                              ctx->og, d, ctx->xb);
             for (size_t i = i0; i < i1; i++)
