@@ -675,6 +675,9 @@ typedef struct softmax_tile {
 } softmax_tile;
 
 #define SOFTMAX_ROWS 8
+/* Tiles of fewer scores run their softmax on the calling thread: waking the
+ * workers costs more than it saves. */
+#define SOFTMAX_MIN_SPLIT ((size_t)1 << 15)
 
 static void softmax_rows(void *arg, size_t u)
 {
@@ -689,8 +692,7 @@ static void softmax_rows(void *arg, size_t u)
 
 /* Local attention with bf16 products on the packed caches: as attention()
  * below, the scale applied to the queries as they are gathered and the
- * softmax run on the context's threads when the tile is large (2^15
- * scores: under that, waking them costs more than it saves). */
+ * softmax run on the context's threads when the tile is large. */
 static void attention_bf16(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n)
 {
     const msadb_model_config *c = &ctx->m->cfg;
@@ -715,7 +717,7 @@ static void attention_bf16(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n
             msadb_mm_bf16_ld(ctx->pool, ctx->qg, R, K, (d + 1) / 2, (uint32_t)T, (uint32_t)d,
                              ctx->scores, T, ctx->xb);
             softmax_tile S = {ctx->scores, ctx->lse, R, T, c0, i0, grp, nq, g};
-            msadb_mm_pool_run(R * T >= ((size_t)1 << 15) ? ctx->pool : NULL,
+            msadb_mm_pool_run(R * T >= SOFTMAX_MIN_SPLIT ? ctx->pool : NULL,
                               (R + SOFTMAX_ROWS - 1) / SOFTMAX_ROWS, softmax_rows, &S);
             msadb_mm_bf16_ld(ctx->pool, ctx->scores, R, V, ctx->vld, (uint32_t)d, (uint32_t)T,
                              ctx->og, d, ctx->xb);

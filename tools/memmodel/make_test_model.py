@@ -55,12 +55,9 @@ def copy_tokenizer(w, path):
     keys = [k for k in r.meta if k.startswith("tokenizer.ggml.")]
     if "tokenizer.ggml.tokens" not in keys:
         raise ValueError("--tokenizer-from: %s has no tokenizer.ggml.tokens" % path)
-    for k in keys:
+    for k in keys:  # as gguf.edit copies an entry
         t, et = r.meta_types[k]
-        if t == gguf.T_ARRAY:
-            w.add_array(k, r.meta[k], et)
-        else:
-            w.add(k, t, r.meta[k])
+        w.add(k, t, r.meta[k], et)
     return len(r.meta["tokenizer.ggml.tokens"])
 
 
