@@ -239,6 +239,39 @@ with tempfile.TemporaryDirectory() as d:
         except ValueError:
             pass
 
+    # net.widen (memmodel.train --widen): the wider model (more dimensions, kv heads with
+    # their q heads, FFN units) answers as the old one, memory and routing included, until
+    # trained; its new parts are wired in (the new dimensions' embedding columns, the new
+    # kv heads' output columns, new FFN units' output columns: each, once not zero, changes
+    # the answer); shapes that shrink or regroup are refused
+    wide = net.widen(small, net.parse_shape("d=128,n_heads=8,n_kv=4,ffn=160")).eval()
+    a_wide = answers(wide)
+    check(wide.c.d == 128 and wide.c.n_heads == 8 and wide.c.n_kv == 4 and wide.c.ffn == 160
+          and torch.allclose(a_small, a_wide, atol=1e-5),
+          "widen: d 64 -> 128, 4 -> 8 q heads, 2 -> 4 kv heads, ffn 96 -> 160, the same logits "
+          "for documents and for questions over memory (max diff %.2e)"
+          % float((a_small - a_wide).abs().max()))
+    hd = g.hd
+    for what, param, idx in (("new dimensions' embedding", wide.tok.weight, (slice(None), slice(64, None))),
+                             ("the new kv heads' output", wide.layers[1].wo.weight,
+                              (slice(None), slice(4 * hd, 8 * hd))),
+                             ("new FFN units' output", wide.layers[0].w_down.weight,
+                              (slice(None), slice(96, None)))):
+        keep = param.detach().clone()
+        with torch.no_grad():
+            param[idx] = torch.randn_like(param[idx]) * 0.5
+        check(not torch.allclose(answers(wide), a_small, atol=1e-3),
+              "widen: %s, once not zero, changes the answer" % what)
+        with torch.no_grad():
+            param.copy_(keep)
+    for bad in ("d=32,n_heads=2,n_kv=1", "d=128,n_heads=8", "d=144,n_heads=9,n_kv=3",
+                "d=128,n_heads=4", "ffn=64", "depth=3"):
+        try:
+            net.widen(small, net.parse_shape(bad))
+            check(False, "widen: shape %s refused" % bad)
+        except ValueError:
+            pass
+
 check(asked[0] == (False, [0, 1, 2, 3, 4, 5]), "no memory: every question asked (%s)" % (asked[0],))
 check(asked[1] == (True, [0, 1, 4, 5]),
       "size A: the questions of document 0 and the unanswerable ones (%s)" % (asked[1],))

@@ -179,6 +179,26 @@ def main():
         check(r.returncode != 0 and "memory layer" in r.stderr,
               "--grow: a layout that moves a memory layer exits non-zero naming it (%s)"
               % r.stderr.strip()[-160:])
+        # --resume --widen: the finished checkpoint widened (d 64 -> 128, 2 -> 4 kv heads),
+        # trained a step, checkpointed at its new width, the new dimensions trained off
+        # zero; a shape that regroups the q heads is refused
+        wide = os.path.join(d, "wide")
+        run(grow_args + ["--widen", "d=128,n_heads=8,n_kv=4,ffn=192", "--out", wide])
+        mw2 = meta_of(wide)
+        cw = mw2["config"]
+        check((cw["d"], cw["n_heads"], cw["n_kv"], cw["ffn"]) == (128, 8, 4, 192) and mw2["steps"] == 9
+              and any(e.get("event") == "widen" for e in log_of(wide)),
+              "--widen: the resumed model trained at d 128, 8 heads, 4 kv, ffn 192 (%s)" % cw)
+        sd, _ = load_state(wide)
+        check(tuple(sd["tok.weight"].shape) == (cw["vocab"], 128)
+              and float(sd["tok.weight"][:, 64:].float().abs().max()) > 0,
+              "--widen: the new dimensions' embedding columns trained off zero")
+        r = subprocess.run([sys.executable, "-m", "memmodel.train"] + grow_args
+                           + ["--widen", "d=128,n_heads=8", "--out", os.path.join(d, "bad")],
+                           capture_output=True, text=True)
+        check(r.returncode != 0 and "--widen" in r.stderr,
+              "--widen: a shape that puts more q heads on a kv head exits non-zero naming it (%s)"
+              % r.stderr.strip()[-160:])
     if fails:
         print("%d check(s) failed" % len(fails))
         return 1

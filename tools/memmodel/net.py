@@ -373,6 +373,84 @@ def grow(model, layout):
     return m.to(model.tok.weight.device)
 
 
+def parse_shape(text):
+    """A --widen shape ("d=576,n_heads=9,ffn=1728") as a dict of Config fields."""
+    out = {}
+    for w in text.split(","):
+        k, _, v = w.strip().partition("=")
+        if k not in ("d", "n_heads", "n_kv", "ffn") or not v.isdigit():
+            raise ValueError("--widen: %r is not d=N, n_heads=N, n_kv=N or ffn=N" % w)
+        out[k] = int(v)
+    return out
+
+
+def widen(model, shape, std=0.02):
+    """A wider model that computes what model computes: shape gives the new d,
+    n_heads, n_kv and ffn (each at least the old; head size unchanged, so
+    d = n_heads x hd; q heads per kv head unchanged: a new q head in an old
+    group would join the max that routes the group, so new heads come with
+    new kv heads).
+    The new residual dimensions start at zero (zero embedding columns and
+    zero output rows), the RMS norms' weights are scaled by sqrt(old d / new
+    d) and their epsilon by old d / new d, so that they give the old values
+    on the old dimensions exactly, new heads and
+    new FFN units start with random input maps and zero output maps, and
+    every input map gets random columns for the new dimensions (they meet
+    zeros until the new dimensions are trained).  The learned router, if
+    any, is dropped.  Raises ValueError on a shape that would shrink or
+    regroup the model."""
+    import copy
+    old = model.c
+    c = config_of({"config": old.to_dict()})
+    for k, v in shape.items():
+        setattr(c, k, v)
+    G0, G = old.n_heads // old.n_kv, c.n_heads // max(c.n_kv, 1)
+    if (c.d < old.d or c.ffn < old.ffn or c.n_kv < old.n_kv or c.n_heads % max(c.n_kv, 1)
+            or G != G0 or c.d != c.n_heads * old.hd):
+        raise ValueError("--widen: d, ffn and n_kv may only grow, q heads per kv head stay %d, "
+                         "and d must be n_heads x %d (old: d %d, %d heads, %d kv, ffn %d; "
+                         "asked %s)" % (G0, old.hd, old.d, old.n_heads, old.n_kv, old.ffn, shape))
+    hd, d0 = old.hd, old.d
+    # the mean over d of (old dims, zeros) is the old mean x d0/d: with eps scaled alike
+    # every norm's rsqrt is the old one x sqrt(d/d0), which the weights' scale undoes
+    c.eps = old.eps * d0 / c.d
+    qrows = torch.arange(old.n_heads * hd)  # old heads keep their places; new kv heads follow
+    scale = math.sqrt(d0 / c.d)
+    m = Model(c)
+    gen = torch.Generator().manual_seed(c.d * 131 + c.ffn)
+
+    def rnd(*size):
+        return torch.randn(*size, generator=gen) * std
+
+    def norm_w(w):
+        out = torch.full((c.d,), float(w.float().mean()) * scale)
+        out[:d0] = w.float() * scale
+        return out
+
+    with torch.no_grad():
+        m.tok.weight.zero_()
+        m.tok.weight[:, :d0] = model.tok.weight.float().cpu()
+        m.out_norm.copy_(norm_w(model.out_norm.cpu()))
+        for lo, ln in zip(model.layers, m.layers):
+            lo = copy.deepcopy(lo).float().cpu()
+            ln.attn_norm.copy_(norm_w(lo.attn_norm))
+            ln.ffn_norm.copy_(norm_w(lo.ffn_norm))
+            for name, rows in (("wq", qrows), ("wk", None), ("wv", None),
+                               ("w_gate", None), ("w_up", None)):
+                w, wn = getattr(lo, name).weight, getattr(ln, name).weight
+                wn.copy_(rnd(*wn.shape))
+                if rows is None:
+                    wn[:w.shape[0], :d0] = w
+                else:
+                    wn[rows, :d0] = w
+            wo, wd = ln.wo.weight, ln.w_down.weight
+            wo.zero_()
+            wo[:d0, qrows] = lo.wo.weight
+            wd.zero_()
+            wd[:d0, :old.ffn] = lo.w_down.weight
+    return m.to(model.tok.weight.device)
+
+
 def prompt_scores(s, is_prompt):
     """The prompt's shared routing scores: s [B, kv, T, P] at its best over
     the prompt's tokens (is_prompt [B, T]) -> [B, kv, P]."""

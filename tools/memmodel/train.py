@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from .gpu_eval import gpu_eval, heldout_gpu
 from .net import (BLOCK, Config, Model, amp, build_pools, config_of, grow, load_state,
+                  parse_shape, widen,
                   parse_layout, save_ckpt, torch_from_gguf)
 
 # --------------------------------------------------------------------------
@@ -464,6 +465,10 @@ def parse_args(argv=None):
                     help="deepen the --init-gguf or --resume model first: per new layer the old "
                          "layer it takes or 'new' (zero output maps), e.g. "
                          "0,1,2,3,new,new,4,new,5,new,6,7 (net.grow's rules)")
+    ap.add_argument("--widen", default="",
+                    help="widen the --init-gguf or --resume model (after --grow): its new d, "
+                         "n_heads, n_kv and ffn, e.g. d=576,n_heads=9,ffn=1728 (net.widen's "
+                         "rules: the wider model answers as the old one until trained)")
     ap.add_argument("--ctx-frac", type=float, default=0.25)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--lm-weight", type=float, default=0.3)
@@ -590,6 +595,16 @@ def build_model(run):
             raise SystemExit(str(e))
         run.c = c = model.c
         run.log({"event": "grow", "layout": args.grow, "n_layers": c.n_layers})
+    if getattr(args, "widen", "") and not state:
+        if sd is None:
+            raise SystemExit("--widen needs --init-gguf or --resume: it widens a trained model")
+        try:
+            model = widen(model, parse_shape(args.widen))
+        except ValueError as e:
+            raise SystemExit(str(e))
+        run.c = c = model.c
+        run.log({"event": "widen", "shape": args.widen, "d": c.d, "n_heads": c.n_heads,
+                 "n_kv": c.n_kv, "ffn": c.ffn})
     run.model = model = model.to(run.dev)
     run.n_params = sum(p.numel() for p in model.parameters())
     run.log({"event": "continue" if state else "start", "segment": run.segment,
