@@ -34,6 +34,16 @@
  * VL and BF16), else 0. */
 MSADB_HIDDEN int msadb_mm_bf16_available(void);
 
+/* 1 when the bf16 products run on AMX tiles (AMX-BF16 and AMX-TILE, the
+ * kernel's permission granted to this process) and MSADB_MODEL_AMX is not
+ * "0", else 0; decided once per process.  AMX computes the same rounded
+ * products and sums them in the same order, but its sums may differ from
+ * the AVX512 kernel's in the last bits, so a process uses one of the two. */
+MSADB_HIDDEN int msadb_mm_amx_available(void);
+/* Tests: on 0 the products use the AVX512 kernel even where AMX is
+ * available; returns whether AMX is now used. */
+MSADB_HIDDEN int msadb_mm_set_amx(int on);
+
 /* Bytes of a packed W[out][in]. */
 MSADB_HIDDEN size_t msadb_mm_packed_bytes(uint32_t out, uint32_t in);
 
