@@ -467,7 +467,7 @@ def parse_args(argv=None):
                          "0,1,2,3,new,new,4,new,5,new,6,7 (net.grow's rules)")
     ap.add_argument("--widen", default="",
                     help="widen the --init-gguf or --resume model (after --grow): its new d, "
-                         "n_heads, n_kv and ffn, e.g. d=576,n_heads=9,ffn=1728 (net.widen's "
+                         "n_heads, n_kv and ffn, e.g. d=512,n_heads=8,n_kv=4,ffn=1536 (net.widen's "
                          "rules: the wider model answers as the old one until trained)")
     ap.add_argument("--ctx-frac", type=float, default=0.25)
     ap.add_argument("--top-k", type=int, default=16)
@@ -586,25 +586,23 @@ def build_model(run):
     model = Model(c)
     if sd is not None:
         model.load_state_dict(sd)
-    if getattr(args, "grow", "") and not state:
+    # --grow, then --widen: a trained model made deeper or wider, answering as before
+    for flag, key, does, change in (("grow", "layout", "deepens",
+                                     lambda m: grow(m, parse_layout(args.grow))),
+                                    ("widen", "shape", "widens",
+                                     lambda m: widen(m, parse_shape(args.widen)))):
+        if not getattr(args, flag, "") or state:
+            continue
         if sd is None:
-            raise SystemExit("--grow needs --init-gguf or --resume: it deepens a trained model")
+            raise SystemExit("--%s needs --init-gguf or --resume: it %s a trained model"
+                             % (flag, does))
         try:
-            model = grow(model, parse_layout(args.grow))
+            model = change(model)
         except ValueError as e:
             raise SystemExit(str(e))
         run.c = c = model.c
-        run.log({"event": "grow", "layout": args.grow, "n_layers": c.n_layers})
-    if getattr(args, "widen", "") and not state:
-        if sd is None:
-            raise SystemExit("--widen needs --init-gguf or --resume: it widens a trained model")
-        try:
-            model = widen(model, parse_shape(args.widen))
-        except ValueError as e:
-            raise SystemExit(str(e))
-        run.c = c = model.c
-        run.log({"event": "widen", "shape": args.widen, "d": c.d, "n_heads": c.n_heads,
-                 "n_kv": c.n_kv, "ffn": c.ffn})
+        run.log({"event": flag, key: getattr(args, flag), "n_layers": c.n_layers, "d": c.d,
+                 "n_heads": c.n_heads, "n_kv": c.n_kv, "ffn": c.ffn})
     run.model = model = model.to(run.dev)
     run.n_params = sum(p.numel() for p in model.parameters())
     run.log({"event": "continue" if state else "start", "segment": run.segment,
