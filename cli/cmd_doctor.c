@@ -42,6 +42,7 @@ int cmd_doctor(const cli_args *a)
     const char *from, *model = doctor_model(a, &from);
     char why[512] = "";
     msadb_llm_info info = {0};
+    const char *products = "";
     double ms = 0;
     int loads = 0;
     if (msadb_llm_available() && *model) {
@@ -51,6 +52,7 @@ int cmd_doctor(const cli_args *a)
         ms = cli_now_ms() - t0;
         if (rc == 0) {
             loads = msadb_llm_get_info(llm, &info) == 0;
+            products = msadb_llm_products(llm); /* static storage */
             msadb_llm_close(llm);
         } else {
             msadb_llm_explain(model, rc, why, sizeof why);
@@ -67,12 +69,13 @@ int cmd_doctor(const cli_args *a)
                               msadb_llm_available(), "blas_threads", msadb_blas_threads(), "model",
                               "path", model, "from", from, "loads", loads);
         json_t *m = json_object_get(j, "model");
-        if (loads)
+        if (loads) {
             json_object_set_new(m, "shape",
                                 json_pack("{s:i, s:i, s:i, s:i}", "layers", info.n_layers,
                                           "kv_heads", info.n_kv_heads, "q_heads", info.n_q_heads,
                                           "head_dim", info.head_dim));
-        else
+            json_object_set_new(m, "products", json_string(products));
+        } else
             json_object_set_new(m, "error", json_string(why));
         return cli_json_print(j) == CLI_OK && loads ? CLI_OK : CLI_ERROR;
     }
@@ -85,10 +88,11 @@ int cmd_doctor(const cli_args *a)
     cli_table_addf(t, "runtime\t%s", msadb_llm_available() ? "built in" : "not built (-Druntime=disabled)");
     cli_table_addf(t, "blas threads\t%d", msadb_blas_threads());
     cli_table_addf(t, "model\t%s (%s)", *model ? model : "none", from);
-    if (loads)
+    if (loads) {
         cli_table_addf(t, "model loads\tyes, in %.0f ms: %u layers, %u kv heads, %u q heads, head dim %u",
                        ms, info.n_layers, info.n_kv_heads, info.n_q_heads, info.head_dim);
-    else
+        cli_table_addf(t, "model products\t%s", products);
+    } else
         cli_table_addf(t, "model loads\tno: %s", why);
     if (!a->quiet)
         cli_table_print(t, stdout);

@@ -998,6 +998,13 @@ MSADB_API int msadb_llm_identity(msadb_llm *llm, msadb_model_id *out);
  * store's record (zeroed when there is none). */
 MSADB_API int msadb_llm_check_store(msadb_llm *llm, msadb_store *store, msadb_model_id *rec);
 MSADB_API int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out);
+/** How the model's matrix products run on this machine: "bf16-amx" (inputs
+ * rounded to bf16, f32 sums, on AMX tiles), "bf16-avx512" (the same on the
+ * AVX512-BF16 kernel: a CPU without AMX, or MSADB_MODEL_AMX=0 in the
+ * environment), or "f32" (OpenBLAS on f32 weights: a CPU without
+ * AVX512-BF16, or MSADB_MODEL_F32=1 when the model was opened).  Static
+ * storage.  NULL when llm is NULL or the library has no runtime. */
+MSADB_API const char *msadb_llm_products(const msadb_llm *llm);
 /* How msadb_llm_ingest() and its kin run a document through the model.
  * A model declares its own in the GGUF string key msadb.segment
  * ("document", the default, "paragraph" or "joined"); msadb_llm_set_segment()

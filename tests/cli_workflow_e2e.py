@@ -253,6 +253,25 @@ def test_doctor():
     check(d["model"]["loads"] and d["model"]["shape"]["layers"] > 0 and d["runtime"] and
           d["format_version"] >= 1 and d["blas_threads"] >= 1 and os.path.exists(d["library"]),
           f"doctor: {d}")
+    # the products path, against the CPU flags the kernel reports (/proc/cpuinfo): AMX
+    # tiles where it has AMX-BF16 and AMX-TILE, else the AVX512-BF16 kernel, else f32;
+    # MSADB_MODEL_AMX=0 and MSADB_MODEL_F32=1 step down
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    bf16 = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
+    amx = bf16 and {"amx_bf16", "amx_tile"} <= flags
+    for env, want in (({}, "bf16-amx" if amx else "bf16-avx512" if bf16 else "f32"),
+                      ({"MSADB_MODEL_AMX": "0"}, "bf16-avx512" if bf16 else "f32"),
+                      ({"MSADB_MODEL_F32": "1"}, "f32")):
+        got = jrun("doctor", "-m", MODEL, env=env)["model"].get("products")
+        check(got == want, f"doctor with {env}: products {got}, the CPU flags say {want}")
+    out = run("doctor", "-m", MODEL, env={"MSADB_MODEL_F32": "1"}).stdout
+    check(any(l.split()[:3] == ["model", "products", "f32"] for l in out.splitlines()),
+          f"doctor's table names the products path: {out}")
     open(p("doctor.png"), "wb").write(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     d = jrun("doctor", expect=1, env={"MSADB_MODEL": p("doctor.png")})
     check(not d["model"]["loads"] and d["model"]["from"] == "MSADB_MODEL" and

@@ -42,6 +42,12 @@ int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len)
     return MSADB_ENOTSUP;
 }
 
+const char *msadb_llm_products(const msadb_llm *llm)
+{
+    (void)llm;
+    return NULL;
+}
+
 int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)
 {
     (void)llm, (void)out;

@@ -16,6 +16,7 @@
 
 #include "store/store.h"
 #include "runtime/gguf.h"
+#include "runtime/matmul.h"
 #include "runtime/model.h"
 #include "codec/summary.h"
 #include "runtime/tokenizer.h"
@@ -356,6 +357,15 @@ int msadb_llm_is_abstain(const msadb_llm *llm, const char *answer, size_t len)
     if (len && answer[len - 1] == '.')
         len--;
     return len == llm->abstain_len && strncasecmp(answer, llm->abstain, len) == 0;
+}
+
+const char *msadb_llm_products(const msadb_llm *llm)
+{
+    if (!llm)
+        return NULL;
+    if (strcmp(msadb_model_matmul(llm->model), "bf16") != 0)
+        return "f32";
+    return msadb_mm_amx_used() ? "bf16-amx" : "bf16-avx512";
 }
 
 int msadb_llm_get_info(const msadb_llm *llm, msadb_llm_info *out)

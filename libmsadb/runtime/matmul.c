@@ -123,7 +123,7 @@ int msadb_mm_set_amx(int on)
     return on && msadb_mm_amx_available();
 }
 
-static int use_amx(void)
+int msadb_mm_amx_used(void)
 {
     return __atomic_load_n(&amx_on, __ATOMIC_RELAXED) && msadb_mm_amx_available();
 }
@@ -531,7 +531,7 @@ void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint3
 #if MM_X86
     mm_job J = {.xb = scratch, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
                 .out = out, .ldy = ldy, .slabs = (n + MM_SLAB - 1) / MM_SLAB,
-                .amx = use_amx()};
+                .amx = msadb_mm_amx_used()};
     J.units = J.slabs * groups_of(out);
     int split = n * (size_t)in * out >= MM_MIN_SPLIT;
     /* the inputs' conversion is a pass over n x in floats: on the threads

@@ -43,6 +43,9 @@ MSADB_HIDDEN int msadb_mm_amx_available(void);
 /* Tests: on 0 the products use the AVX512 kernel even where AMX is
  * available; returns whether AMX is now used. */
 MSADB_HIDDEN int msadb_mm_set_amx(int on);
+/* 1 when the bf16 products run on AMX tiles now (available and not set
+ * off), else 0. */
+MSADB_HIDDEN int msadb_mm_amx_used(void);
 
 /* Bytes of a packed W[out][in]. */
 MSADB_HIDDEN size_t msadb_mm_packed_bytes(uint32_t out, uint32_t in);

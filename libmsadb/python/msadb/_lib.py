@@ -218,6 +218,7 @@ PROTOTYPES = {
     "msadb_llm_open": (_I, [_S, _PP]),
     "msadb_llm_close": (None, [_P]),
     "msadb_llm_get_info": (_I, [_P, _P]),
+    "msadb_llm_products": (ctypes.c_char_p, [_P]),
     "msadb_llm_abstain_answer": (_I, [_P, _P]),
     "msadb_llm_is_abstain": (_I, [_P, ctypes.c_char_p, ctypes.c_size_t]),
     "msadb_llm_set_segment": (_I, [_P, _I]),

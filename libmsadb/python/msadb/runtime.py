@@ -118,6 +118,12 @@ class Model(_Handle):
                          i.n_ctx_train, i.weight_bytes)
 
     @property
+    def products(self) -> str:
+        """msadb_llm_products: how the model's matrix products run here,
+        "bf16-amx", "bf16-avx512" or "f32"."""
+        return lib.msadb_llm_products(self._get()).decode("ascii")
+
+    @property
     def abstain_answer(self) -> Optional[str]:
         """msadb_llm_abstain_answer: the answer the model was trained to give
         when memory does not hold what is asked (GGUF msadb.abstain), or
