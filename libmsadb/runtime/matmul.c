@@ -285,6 +285,32 @@ static void amx_shape(amx_cfg *c, size_t m, size_t pairs)
     }
 }
 
+/* The tile shape this thread has loaded: loading one (LDTILECFG) costs
+ * about as much as a short block's arithmetic, so a thread keeps its shape
+ * from block to block and unit to unit, and gives its tiles back
+ * (TILERELEASE) when its part of a product is done (amx_done). */
+static __thread amx_cfg amx_cur __attribute__((aligned(64)));
+static __thread int amx_loaded;
+
+TARGET_AMX static void amx_config(size_t m, size_t pairs)
+{
+    amx_cfg c __attribute__((aligned(64)));
+    amx_shape(&c, m, pairs);
+    if (!amx_loaded || memcmp(&c, &amx_cur, sizeof c) != 0) {
+        _tile_loadconfig(&c);
+        amx_cur = c;
+        amx_loaded = 1;
+    }
+}
+
+TARGET_AMX static void amx_done(void)
+{
+    if (amx_loaded) {
+        _tile_release();
+        amx_loaded = 0;
+    }
+}
+
 /* One pair step of the tile kernel: inputs at x (row stride xs bytes),
  * weights at w (the step's first pair of the group). */
 #define AMX_STEP(x, xs, w)                                                     \
@@ -314,12 +340,10 @@ static void amx_shape(amx_cfg *c, size_t m, size_t pairs)
 TARGET_AMX static void amx_block(const mm_job *J, size_t r0, size_t m, size_t g)
 {
     float sums[16 * MSADB_MM_COLS] __attribute__((aligned(64)));
-    amx_cfg cfg __attribute__((aligned(64)));
     size_t kp = J->kp, full = kp / 16, rest = kp % 16, xs = kp * 4;
     const uint32_t *w = J->w + g * J->ld * MSADB_MM_COLS;
     const uint32_t *x = J->xb + r0 * kp;
-    amx_shape(&cfg, m, full ? 16 : rest);
-    _tile_loadconfig(&cfg);
+    amx_config(m, full ? 16 : rest);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -329,8 +353,7 @@ TARGET_AMX static void amx_block(const mm_job *J, size_t r0, size_t m, size_t g)
     if (rest) {
         if (full) {
             AMX_STORE(sums, 256);
-            amx_shape(&cfg, m, rest);
-            _tile_loadconfig(&cfg);
+            amx_config(m, rest); /* clears the tiles: the sums come back */
             _tile_loadd(0, sums, 256);
             _tile_loadd(1, sums + 16, 256);
             _tile_loadd(2, sums + 32, 256);
@@ -355,7 +378,6 @@ TARGET_AMX static void amx_unit(const mm_job *J, size_t u)
     size_t r = s * MM_SLAB, r1 = r + MM_SLAB < J->n ? r + MM_SLAB : J->n;
     for (; r < r1; r += 16)
         amx_block(J, r, r1 - r < 16 ? r1 - r : 16, g);
-    _tile_release();
 }
 #endif
 
@@ -380,6 +402,10 @@ TARGET_BF16 static void run_unit(const mm_job *J, size_t u)
     default: break;
     }
 }
+#endif
+
+#if !MM_AMX
+static void amx_done(void) {}
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -423,6 +449,7 @@ static void *worker_main(void *arg)
         seen = p->gen;
         pthread_mutex_unlock(&p->mu);
         take_units(p);
+        amx_done(); /* this thread's tiles, if a product used them */
         pthread_mutex_lock(&p->mu);
         if (--p->busy == 0)
             pthread_cond_signal(&p->done);
@@ -540,5 +567,6 @@ void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint3
     msadb_mm_pool_run(split && n * (size_t)in >= MM_MIN_CONVERT ? pool : NULL, J.slabs,
                       convert_unit, &C);
     msadb_mm_pool_run(split ? pool : NULL, J.units, mm_unit, &J);
+    amx_done();
 #endif
 }
