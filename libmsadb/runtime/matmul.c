@@ -548,6 +548,41 @@ void msadb_mm_bf16(msadb_mm_pool *pool, const float *X, size_t n, const uint16_t
                      out, scratch);
 }
 
+void msadb_mm_bf16_row(const float *x, uint32_t in, uint32_t *xb)
+{
+    if (!msadb_mm_bf16_available() || !x || !xb || !in)
+        return;
+#if MM_X86
+    convert_rows(x, 1, in, xb);
+#endif
+}
+
+/* The product on inputs already in scratch as bf16 pairs (X NULL), or
+ * converted there first. */
+static void product(msadb_mm_pool *pool, const float *X, size_t n, const uint32_t *packed,
+                    size_t ld, uint32_t out, uint32_t in, float *Y, size_t ldy, uint32_t *scratch)
+{
+#if MM_X86
+    mm_job J = {.xb = scratch, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
+                .out = out, .ldy = ldy, .slabs = (n + MM_SLAB - 1) / MM_SLAB,
+                .amx = msadb_mm_amx_used()};
+    J.units = J.slabs * groups_of(out);
+    int split = n * (size_t)in * out >= MM_MIN_SPLIT;
+    if (X) {
+        /* the inputs' conversion is a pass over n x in floats: on the
+         * threads too when it is large */
+        convert_job C = {X, n, in, scratch};
+        msadb_mm_pool_run(split && n * (size_t)in >= MM_MIN_CONVERT ? pool : NULL, J.slabs,
+                          convert_unit, &C);
+    }
+    msadb_mm_pool_run(split ? pool : NULL, J.units, mm_unit, &J);
+    amx_done();
+#else
+    (void)pool, (void)X, (void)n, (void)packed, (void)ld, (void)out, (void)in, (void)Y;
+    (void)ldy, (void)scratch;
+#endif
+}
+
 void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint32_t *packed,
                       size_t ld, uint32_t out, uint32_t in, float *Y, size_t ldy,
                       uint32_t *scratch)
@@ -555,18 +590,15 @@ void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint3
     if (!msadb_mm_bf16_available() || !X || !packed || !Y || !scratch || !n || !out || !in ||
         ld < pairs_of(in) || ldy < out)
         return;
-#if MM_X86
-    mm_job J = {.xb = scratch, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
-                .out = out, .ldy = ldy, .slabs = (n + MM_SLAB - 1) / MM_SLAB,
-                .amx = msadb_mm_amx_used()};
-    J.units = J.slabs * groups_of(out);
-    int split = n * (size_t)in * out >= MM_MIN_SPLIT;
-    /* the inputs' conversion is a pass over n x in floats: on the threads
-     * too when it is large (the probabilities of attention's P V) */
-    convert_job C = {X, n, in, scratch};
-    msadb_mm_pool_run(split && n * (size_t)in >= MM_MIN_CONVERT ? pool : NULL, J.slabs,
-                      convert_unit, &C);
-    msadb_mm_pool_run(split ? pool : NULL, J.units, mm_unit, &J);
-    amx_done();
-#endif
+    product(pool, X, n, packed, ld, out, in, Y, ldy, scratch);
+}
+
+void msadb_mm_bf16_pairs(msadb_mm_pool *pool, const uint32_t *xb, size_t n,
+                         const uint32_t *packed, size_t ld, uint32_t out, uint32_t in, float *Y,
+                         size_t ldy)
+{
+    if (!msadb_mm_bf16_available() || !xb || !packed || !Y || !n || !out || !in ||
+        ld < pairs_of(in) || ldy < out)
+        return;
+    product(pool, NULL, n, packed, ld, out, in, Y, ldy, (uint32_t *)xb);
 }

@@ -112,4 +112,15 @@ MSADB_HIDDEN void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n
                                    const uint32_t *packed, size_t ld, uint32_t out, uint32_t in,
                                    float *Y, size_t ldy, uint32_t *scratch);
 
+/* Row x[0..in-1] as the bf16 pairs a product reads (ceil(in/2) words into
+ * xb, the last one's high half zero when in is odd): the rounding
+ * msadb_mm_bf16_ld() applies, for callers that produce inputs row by row
+ * (attention's probabilities).  Requires msadb_mm_bf16_available(). */
+MSADB_HIDDEN void msadb_mm_bf16_row(const float *x, uint32_t in, uint32_t *xb);
+/* msadb_mm_bf16_ld() on inputs already converted: xb holds n rows of
+ * ceil(in/2) words (msadb_mm_bf16_row); the same results. */
+MSADB_HIDDEN void msadb_mm_bf16_pairs(msadb_mm_pool *pool, const uint32_t *xb, size_t n,
+                                      const uint32_t *packed, size_t ld, uint32_t out,
+                                      uint32_t in, float *Y, size_t ldy);
+
 #endif
