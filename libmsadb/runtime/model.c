@@ -668,14 +668,14 @@ static void swiglu(float *gate, const float *up, size_t n)
 
 /* The causal softmax of rows [u * 8, u * 8 + 8) of a tile of R score rows
  * (row r: q head g * grp + r % grp of token i0 + r / grp), their LSE into
- * lse, and with xb the rows as bf16 pairs there too (kp words a row: the
- * input of the bf16 product P V, converted while the row is in cache); a
+ * lse, and with xb the rows as bf16 pairs there too (ceil(T/2) words a
+ * row: the input of the bf16 product P V, converted while the row is in
+ * cache); a
  * unit of msadb_mm_pool_run(). */
 typedef struct softmax_tile {
     float *scores, *lse;
     size_t R, T, c0, i0, grp, nq, g;
     uint32_t *xb;
-    size_t kp;
 } softmax_tile;
 
 #define SOFTMAX_ROWS 8
@@ -692,7 +692,7 @@ static void softmax_rows(void *arg, size_t u)
         S->lse[i * S->nq + S->g * S->grp + r % S->grp] =
             softmax_causal(S->scores + r * S->T, S->c0 + i + 1, S->T);
         if (S->xb)
-            msadb_mm_bf16_row(S->scores + r * S->T, (uint32_t)S->T, S->xb + r * S->kp);
+            msadb_mm_bf16_row(S->scores + r * S->T, (uint32_t)S->T, S->xb + r * ((S->T + 1) / 2));
     }
 }
 
@@ -724,8 +724,7 @@ static void attention_bf16(msadb_model_ctx *ctx, uint32_t l, size_t c0, size_t n
                              ctx->scores, T, ctx->xb);
             /* the probabilities leave the softmax as bf16 pairs in ctx->xb
              * (the product of the scores above is done with it) */
-            softmax_tile S = {ctx->scores, ctx->lse, R, T, c0, i0, grp, nq, g, ctx->xb,
-                              (T + 1) / 2};
+            softmax_tile S = {ctx->scores, ctx->lse, R, T, c0, i0, grp, nq, g, ctx->xb};
             msadb_mm_pool_run(R * T >= SOFTMAX_MIN_SPLIT ? ctx->pool : NULL,
                               (R + SOFTMAX_ROWS - 1) / SOFTMAX_ROWS, softmax_rows, &S);
             msadb_mm_bf16_pairs(ctx->pool, ctx->xb, R, V, ctx->vld, (uint32_t)d, (uint32_t)T,
