@@ -42,6 +42,33 @@ held_words -= {w for a in mmd.CODE_ATTRS + mmd.ROOM_ATTRS for w in a.split()}
 check(not set(mmd.HELD_ADJ) & set(mmd.ADJ), "held-out adjectives among the training ones")
 check(not set(mmd.HELD_ANIMALS) & set(mmd.ANIMALS), "held-out animals among the training ones")
 
+# the written forms: each kind has its own, every slot of the kind in each
+# fact form ({val} once), no held-out slot word, and the held-out rules drop
+# what breaks them (a form made of a held-out one is refused)
+SLOTS = {"code": ("ent", "attr"), "lives": ("per",), "pet": ("per", "animal"),
+         "room": ("ent",), "roomcode": ("room", "attr")}
+wf, wq = mmd.written_forms()
+for kind, need in SLOTS.items():
+    check(len(wf[kind]) >= 50 and len(wq[kind]) >= 30,
+          "written forms of %s: %d facts, %d questions" % (kind, len(wf[kind]), len(wq[kind])))
+    for t in wf[kind] + wq[kind]:
+        names = set(re.findall(r"\{(\w+)\}", t.replace("{Ent}", "{ent}")))
+        want = set(need) | ({"val"} if t in wf[kind] else set())
+        check(names == want, "written %s form %r: slots %s, not %s" % (kind, t, names, want))
+    check(all(t.count("{val}") == 1 for t in wf[kind]), "a written %s form without one {val}" % kind)
+    check(not held_words & set(re.findall(r"[a-z]+", " ".join(wf[kind] + wq[kind]).lower())),
+          "a held-out slot word in the written %s forms" % kind)
+import json, tempfile
+with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump({"facts": {"lives": [mmd.HELD_FACT_T["lives"][0], "Yes, " + mmd.HELD_FACT_T["lives"][1],
+                                   "{per} lives in {val}, a quiet town.", "{per} lives in {val}.",
+                                   "{val} {val} {per}."]},
+               "questions": {"lives": [mmd.HELD_QUESTION_T["lives"][1], "Where does {per} live?"]}}, f)
+twf, twq = mmd.written_forms(f.name)
+os.unlink(f.name)
+check(twf["lives"] == ["{per} lives in {val}."] and twq["lives"] == ["Where does {per} live?"],
+      "the held-out rules on written forms: %r %r" % (twf["lives"], twq["lives"]))
+
 # the shipped model's generator: its slots (adjective, animal, attribute) are training lists
 g = mmd.FactGen(7, "train")
 for _ in range(2000):
@@ -58,7 +85,10 @@ for name, g in (("ComposedGen", mmd.ComposedGen(7)),
                  mmd.ComposedGen(8, narrative=0.5, near=0.5, split="train")),
                 ("ComposedGen (tuning split)", mmd.ComposedGen(9, narrative=0.5, split="tune")),
                 ("ComposedGen (wide narrative)",
-                 mmd.ComposedGen(10, narrative=0.8, split="train", wide=True))):
+                 mmd.ComposedGen(10, narrative=0.8, split="train", wide=True)),
+                ("ComposedGen (written forms)",
+                 mmd.ComposedGen(12, narrative=0.5, near=0.5, split="train", wide=True,
+                                 written=0.8))):
     n_unans = 0
     for _ in range(4000):
         ex = g.example()

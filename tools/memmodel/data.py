@@ -619,18 +619,62 @@ def composed_forms(kind):
 
 
 def heldout_clash():
-    """Held-out fact and question forms that a composed or narrative training
-    form (the wider ones too) equals, and narrative forms sharing four consecutive words with a
-    held-out fact form."""
+    """Held-out fact and question forms that a composed, narrative (the wider
+    ones too) or written training form equals, and narrative or written forms
+    sharing four consecutive words with a held-out fact form (written
+    questions: with a held-out question form)."""
     bad = []
+    held = set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k]))
+    held_q = set().union(*(_ngrams(t) for k in HELD_QUESTION_T for t in HELD_QUESTION_T[k]))
+    wf, wq = written_forms()
     for kind in CORES:
         fs, qs = composed_forms(kind)
-        ns = narrative_forms(kind, wide=True)
+        ns = narrative_forms(kind, wide=True) + wf[kind]
         bad += [t for t in HELD_FACT_T[kind] if t in fs or t in ns]
-        bad += [t for t in HELD_QUESTION_T[kind] if t in qs]
-        held = set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k]))
+        bad += [t for t in HELD_QUESTION_T[kind] if t in qs or t in wq[kind]]
         bad += [t for t in ns if _ngrams(t) & held]
+        bad += [t for t in wq[kind] if _ngrams(t) & held_q]
     return bad
+
+
+# Written forms (memmodel.data build --written SHARE): facts and questions
+# written for training by writers who did not see the held-out forms or the
+# forms above (tools/memmodel/forms_written.json: whole sentences and short
+# passages, many structures and registers).  Loaded through the held-out
+# rules: a form holding a held-out slot word, or sharing four consecutive
+# plain words with a held-out form of its side, is left out.
+WRITTEN_PATH = os.path.join(HERE, "forms_written.json")
+
+
+def _held_slot_words():
+    """Words of the held-out slot lists that no training slot list holds."""
+    held = set(HELD_ADJ) | set(HELD_ANIMALS) | {
+        w for a in HELD_CODE_ATTRS + HELD_ROOM_ATTRS for w in a.split()}
+    return held - {w for a in CODE_ATTRS + ROOM_ATTRS for w in a.split()}
+
+
+def written_forms(path=WRITTEN_PATH):
+    """({kind: fact forms}, {kind: question forms}) of the written forms
+    that pass the held-out rules (no held-out form, no held-out slot word,
+    no four consecutive plain words shared with a held-out form of the same
+    side); every fact form holds {val} once."""
+    with open(path) as f:
+        w = json.load(f)
+    words = _held_slot_words()
+    held = {"facts": set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k])),
+            "questions": set().union(*(_ngrams(t) for k in HELD_QUESTION_T
+                                       for t in HELD_QUESTION_T[k]))}
+    same = {t for k in HELD_FACT_T for t in HELD_FACT_T[k]} | {
+        t for k in HELD_QUESTION_T for t in HELD_QUESTION_T[k]}
+    out = []
+    for side in ("facts", "questions"):
+        out.append({k: sorted(t for t in set(w[side].get(k, []))
+                              if t not in same
+                              and not words & set(re.findall(r"[a-z]+", t.lower()))
+                              and not _ngrams(t) & held[side]
+                              and (side == "questions" or t.count("{val}") == 1))
+                    for k in CORES})
+    return tuple(out)
 
 
 # Facts written as ordinary sentences (memmodel.data build --narrative): an
@@ -863,17 +907,24 @@ class ComposedGen(FactGen):
     fact for the same document
     (near_facts: a room or value one digit off, the same noun with another
     adjective, the same person's other animal); split: "train" or "tune"
-    draws only the forms of that side of _tune_side (None: every form)."""
+    draws only the forms of that side of _tune_side (None: every form);
+    written: the share of facts, and independently of questions, drawn from
+    the written forms (written_forms)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
-                 near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False):
+                 near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False,
+                 written=0.0):
         forms = {k: composed_forms(k) for k in CORES}
         self.narr = {k: narrative_forms(k, wide) for k in CORES}
+        self.written = written
+        self.wf, self.wq = written_forms() if written else ({}, {})
         if split:
             keep = (lambda t: _tune_side(t) == (split == "tune"))
             forms = {k: ([t for t in f if keep(t)], [t for t in q if keep(t)])
                      for k, (f, q) in forms.items()}
             self.narr = {k: [t for t in f if keep(t)] for k, f in self.narr.items()}
+            self.wf = {k: [t for t in f if keep(t)] for k, f in self.wf.items()}
+            self.wq = {k: [t for t in f if keep(t)] for k, f in self.wq.items()}
         super().__init__(seed, "train", synthetic=synthetic, kind_weights=kind_weights,
                          fact_t={k: f for k, (f, _) in forms.items()},
                          question_t={k: q for k, (_, q) in forms.items()})
@@ -947,8 +998,13 @@ class ComposedGen(FactGen):
                 kw.setdefault("attr", self._pick(self.open.attr_words) + " " +
                               self._pick(["code", "number", "combination", "PIN"]))
         forms = self.narr[kind] if self.narrative and self.rng.random() < self.narrative else None
-        self._last = super().fact(kind, forms=forms, **kw)
-        return self._last
+        if self.written and self.rng.random() < self.written:
+            forms = self.wf[kind]
+        f = super().fact(kind, forms=forms, **kw)
+        if self.written and self.rng.random() < self.written:
+            f["question"] = self._pick(self.wq[kind]).format(**f["d"])
+        self._last = f
+        return f
 
     def example(self, kind=None):
         ex = super().example(kind)
@@ -1198,7 +1254,8 @@ def build_facts(args, sp):
         g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
                         unans=args.unans, narrative=args.narrative, near=args.near, split=split,
                         vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
-                        open_first=args.open_first, wide=args.narrative_wide)
+                        open_first=args.open_first, wide=args.narrative_wide,
+                        written=args.written)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1211,7 +1268,8 @@ def build_facts(args, sp):
         g = ComposedGen(args.seed + 1, synthetic=args.synthetic_names, kind_weights=kw,
                         unans=0.25, narrative=args.narrative, near=args.near, split="tune",
                         vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
-                        open_first=args.open_first, wide=args.narrative_wide)
+                        open_first=args.open_first, wide=args.narrative_wide,
+                        written=args.written)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1237,6 +1295,9 @@ def main(argv):
                          "(narrative_forms)")
     ap.add_argument("--narrative-wide", action="store_true",
                     help="with --narrative: draw the wider narrative forms too (wide_cores)")
+    ap.add_argument("--written", type=float, default=0.0,
+                    help="with --composed: the share of facts, and of questions, drawn from "
+                         "the written forms (tools/memmodel/forms_written.json)")
     ap.add_argument("--near", type=float, default=0.0,
                     help="with --composed: share of answerable single-hop examples carrying 2-4 "
                          "near neighbours of their fact for the same document")
