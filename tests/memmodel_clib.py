@@ -95,6 +95,25 @@ with tempfile.TemporaryDirectory() as d:
     cr = json.load(open(out + ".reps"))["sizes"]["16K"]["cells"]
     check(seen and set(seen) == {"reps"} and cr["tpl"]["n"] == 2,
           "heldout cpu --summary reps: every question routed with it %r" % (set(seen),))
+# memmodel.evaluate cpu --what multihop --sizes '': the pairs in their own
+# store, made where no size run made the store folder first
+from memmodel import evaluate  # noqa: E402
+with tempfile.TemporaryDirectory() as d:
+    with open(os.path.join(d, "eval.json"), "w") as f:
+        json.dump({"needles": [], "multihop": [
+            {"question": "What is the alarm code of the room where the grey piano is kept?",
+             "answer": "2100"}]}, f)
+    mmd._write_docs(os.path.join(d, "eval_docs.txt"), [])
+    mmd._write_docs(os.path.join(d, "eval_mh_docs.txt"),
+                    ["A kettle, n. A pot.\n\nThe grey piano is kept in room 568.",
+                     "A lamp, n. A light.\n\nThe alarm code of room 568 is 2100."])
+    out = os.path.join(d, "mh.json")
+    evaluate.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                   "--lib", sys.argv[1], "--sizes", "", "--what", "multihop", "--segment", "joined",
+                   "--store-dir", os.path.join(d, "new", "st"), "--out", out])
+    mh = json.load(open(out)).get("multihop", {})
+    check(mh.get("pairs") == 1 and 0 <= mh["interleave_on"] <= 1,
+          "evaluate cpu --what multihop into a new store folder: %r" % mh)
 # the held-out arrays' joined tokens (SentencePiece, memmodel.data.joined_ids)
 # are the tokens the C library stores with msadb.segment "joined"
 sp = mmd.load_sp()

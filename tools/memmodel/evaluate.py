@@ -300,6 +300,7 @@ def cpu_multihop(args, m, rec, res):
     mh_docs = mmd.read_docs(os.path.join(args.data, "eval_mh_docs.txt"))
     path = os.path.join(args.store_dir, "eval-mh")
     shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(args.store_dir, exist_ok=True)  # --sizes '': no size run made it
     st = m.create_store(path)
     for i, d in enumerate(mh_docs):
         m.ingest(st, "mh-%d" % i, d)
