@@ -64,11 +64,18 @@ with tempfile.TemporaryDirectory() as d:
           "diagnose: every question asked in every variant %r" % r)
     check(r["the fact alone"]["correct"] == 2, "diagnose: the facts alone answered %r"
           % r["the fact alone"])
-    # heldout cpu on the same one-document haystack: answers, and routing
+    # heldout cpu on the same haystack and a document longer than the
+    # model's window (stored in parts "T [k/n]"): answers, and routing
     # recall through the store's ids of the haystack's titles
     rec = json.load(open(os.path.join(d, "heldout.json")))
-    rec.update(command="test", doc_tokens=[m.tokenize_len(mmd.read_docs(
-        os.path.join(d, "heldout_docs.txt"))[0])])
+    hdocs = mmd.read_docs(os.path.join(d, "heldout_docs.txt"))
+    hdocs.append("\n\n".join(["A lamp, n. A light that burns oil or gas."] * 500
+                               + ["The password of the oak desk is 5531."]))
+    mmd._write_docs(os.path.join(d, "heldout_docs.txt"), hdocs)
+    rec.update(command="test", doc_tokens=[m.tokenize_len(t) for t in hdocs])
+    check(rec["doc_tokens"][1] > 4096, "a document past the window (%d)" % rec["doc_tokens"][1])
+    rec["questions"].append({"cell": "tpl", "kind": "code", "answer": "5531", "doc": 1, "pos": 1,
+                             "question": "What is the password of the oak desk?"})
     rec["questions"].append({"cell": "unans", "kind": "code", "answer": mmd.ABSTAIN, "doc": -1,
                              "pos": -1, "question": "What is the password of the red chair?"})
     with open(os.path.join(d, "heldout.json"), "w") as f:
@@ -77,9 +84,9 @@ with tempfile.TemporaryDirectory() as d:
                   "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "16K",
                   "--out", out])
     c = json.load(open(out))["sizes"]["16K"]["cells"]
-    check(c["tpl"]["n"] == 2 and c["tpl"]["routed"] == 2 and c["tpl"]["right_routed"]
+    check(c["tpl"]["n"] == 3 and c["tpl"]["routed"] == 3 and c["tpl"]["right_routed"]
           == c["tpl"]["correct"] >= 1 and "routed" not in c["unans"],
-          "heldout cpu: the one document routed for both questions %r" % c)
+          "heldout cpu: each question's document routed, the long one through its parts %r" % c)
     # --summary reaches every ask (and the scores come from the route it names)
     from memmodel import clib
     seen, orig = [], clib.Msadb.answer
@@ -93,7 +100,7 @@ with tempfile.TemporaryDirectory() as d:
                   "--summary", "reps", "--out", out + ".reps"])
     clib.Msadb.answer = orig
     cr = json.load(open(out + ".reps"))["sizes"]["16K"]["cells"]
-    check(seen and set(seen) == {"reps"} and cr["tpl"]["n"] == 2,
+    check(seen and set(seen) == {"reps"} and cr["tpl"]["n"] == 3,
           "heldout cpu --summary reps: every question routed with it %r" % (set(seen),))
 # memmodel.evaluate cpu --what multihop --sizes '': the pairs in their own
 # store, made where no size run made the store folder first
