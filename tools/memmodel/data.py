@@ -45,7 +45,10 @@ numbers of objects), lives (person -> city), pet (person -> pet name),
 room (object -> 3-digit room), roomcode (room -> 4-digit code), and the
 multi-hop question joining the last two ("What is the code of the room where
 the amber lockbox is kept?").  Every kind has several fact and question
-templates.
+templates; build --composed adds composed forms and open vocabularies, and
+--written SHARE draws that share of the facts and questions from forms
+written apart from all the others (tools/memmodel/forms_written.json,
+loaded through the held-out rules by written_forms).
 """
 import argparse
 import hashlib
