@@ -109,7 +109,8 @@ with tempfile.TemporaryDirectory() as d:
     with open(os.path.join(d, "eval.json"), "w") as f:
         json.dump({"needles": [], "multihop": [
             {"question": "What is the alarm code of the room where the grey piano is kept?",
-             "answer": "2100"}]}, f)
+             "answer": "2100", "facts": ["The grey piano is kept in room 568.",
+                                         "The alarm code of room 568 is 2100."]}]}, f)
     mmd._write_docs(os.path.join(d, "eval_docs.txt"), [])
     mmd._write_docs(os.path.join(d, "eval_mh_docs.txt"),
                     ["A kettle, n. A pot.\n\nThe grey piano is kept in room 568.",
@@ -121,6 +122,9 @@ with tempfile.TemporaryDirectory() as d:
     mh = json.load(open(out)).get("multihop", {})
     check(mh.get("pairs") == 1 and 0 <= mh["interleave_on"] <= 1,
           "evaluate cpu --what multihop into a new store folder: %r" % mh)
+    check(mh.get("first_hop_pulled") in (0, 1) and mh["right_when_pulled"]
+          + mh["right_when_not"] == round(mh["interleave_on"]) and "interleave_3" in mh,
+          "evaluate cpu --what multihop: where the interleave round goes %r" % mh)
 # the held-out arrays' joined tokens (SentencePiece, memmodel.data.joined_ids)
 # are the tokens the C library stores with msadb.segment "joined"
 sp = mmd.load_sp()

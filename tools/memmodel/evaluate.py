@@ -18,7 +18,9 @@
         (b) the haystack's last ~950 tokens in the prompt (truncated to the
         model's 1024-token context); (c) RAG: Xapian (BM25) over the same
         documents, the top 3 pasted before the question; multi-hop with
-        interleave off and on (--what picks: none, exact, trunc, rag, rag1,
+        interleave off, on, and 2 and 3 rounds, and how often one round
+        pulls the first hop's document (first_hop_pulled, with the right
+        answers among those and the others) (--what picks: none, exact, trunc, rag, rag1,
         multihop, interleave, each; "rag1" is RAG with the top document only,
         the cheapest RAG prompt; "exact" attends every block, separating
         routing from reading; "interleave" one interleave round on the
@@ -294,6 +296,26 @@ def cpu_sizes(args, m, rec, docs, res, save):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def first_hop_pulls(m, st, pairs, mh_docs, answers):
+    """Where one interleave round goes: how many questions it pulls the
+    first hop's document for (the document of the best-scoring hit of the
+    last memory layer, as msadb_llm_ask picks it), and how many of those and
+    of the others its answers (one per pair) get right."""
+    with st.snapshot() as snap:
+        ids = {d.title: d.id for d in snap.documents()}
+    pulled = right_pulled = right_other = 0
+    for e, a in zip(pairs, answers):
+        first = {ids["mh-%d" % i] for i, d in enumerate(mh_docs) if e["facts"][0] in d}
+        h = m.answer(st, e["question"]).hits
+        hit = len(h) and int(h["doc_id"][int(np.argmax(h["score"]))]) in first
+        ok = norm_answer(a) == e["answer"]
+        pulled += bool(hit)
+        right_pulled += bool(hit) and ok
+        right_other += (not hit) and ok
+    return {"first_hop_pulled": pulled, "right_when_pulled": right_pulled,
+            "right_when_not": right_other}
+
+
 def cpu_multihop(args, m, rec, res):
     """The multi-hop pairs in their own store, interleave off and on."""
     import shutil
@@ -311,6 +333,9 @@ def cpu_multihop(args, m, rec, res):
     key = "multihop" if args.summary == "declared" else "multihop_" + args.summary
     res[key] = {"interleave_off": off[0], "interleave_on": on[0],
                 "latency_off_s": off[1], "latency_on_s": on[1], "pairs": len(mq)}
+    res[key].update(first_hop_pulls(m, st, rec["multihop"], mh_docs, on[2]))
+    for rounds in (2, 3):
+        res[key]["interleave_%d" % rounds] = run_qs(m, st, mq, me, interleave=rounds)[0]
     print(key, res[key], flush=True)
     m.close_store(st)
     shutil.rmtree(path, ignore_errors=True)
