@@ -112,6 +112,32 @@ qb = b.mem_batch(32, 32, 32)
 check(all((qb["tok"][i, qb["plen"][i]] == abst) == qb["unans"][i] for i in range(32)),
       "a batch's unanswerable flags are its questions answered ABSTAIN")
 
+# a multi-hop question's prompt gold (--mh-route): both hops' blocks, or
+# staged: the first hop's without context, the second hop's with it
+n_mh = 0
+for route in ("both", "staged"):
+    bm = Batcher(lm, facts, facts.n, 6, Ld=1024, mh_route=route)
+    for context in (False, True):
+        sel, decoys, used = bm.draw(24, 24, 0, facts.n, False)
+        docs, where = bm.write_docs(bm.assign(sel, decoys, used, 24, 0, facts.n))
+        qb = bm.questions(sel, docs, where, context)
+        for bi, e in enumerate(sel):
+            if len(e[0]) < 2 or (bi, 0) not in where or (bi, 1) not in where:
+                continue
+            n_mh += 1
+            first, second = set(where[(bi, 0)][1]), set(where[(bi, 1)][1])
+            want = first | second if route == "both" else second if context else first
+            check(set(qb["gold_p"][bi].tolist()) == want and set(qb["gold_a"][bi].tolist())
+                  == second, "--mh-route %s, context %s: prompt gold %s, first hop %s, second %s"
+                  % (route, context, sorted(set(qb["gold_p"][bi].tolist())), sorted(first),
+                     sorted(second)))
+check(n_mh >= 8, "multi-hop questions in the --mh-route batches (%d)" % n_mh)
+try:
+    Batcher(lm, facts, facts.n, 6, mh_route="first")
+    check(False, "an unknown --mh-route is refused")
+except ValueError:
+    pass
+
 share = float(facts.unans.mean())
 for want in (0.02, 0.3):
     bb = Batcher(lm, facts, facts.n, 9, Ld=512, unans_share=want)

@@ -40,7 +40,9 @@ pass), each answer token selects its own top-k (generation runs one token
 per pass).  The selection is not differentiable; gradient flows through
 attention over the selected blocks, and an auxiliary loss (softplus of
 logsumexp(non-gold scores) - gold score, per layer and kv head) pushes the
-gold block's routing score above all others.  Memory K/V keep their
+gold block's routing score above all others (for a multi-hop question's
+prompt both hops' blocks, or with --mh-route staged the first hop's without
+context and the second hop's with the first in context).  Memory K/V keep their
 gradient (end-to-end) unless --detach-memory.
 Losses: answer tokens (+EOS) cross-entropy, LM on memory documents (weight
 --lm-weight), routing (weight --aux-weight).  A fraction of the batches put
@@ -106,15 +108,21 @@ class Facts:
 class Batcher:
     """Builds memory batches on the CPU (numpy), in a background thread."""
 
-    def __init__(self, lm, facts, n_train_ex, seed, Ld=256, dense=0.0, unans_share=-1.0):
+    def __init__(self, lm, facts, n_train_ex, seed, Ld=256, dense=0.0, unans_share=-1.0,
+                 mh_route="both"):
         """dense: the share of a memory batch's questions whose document
         also holds 2-4 other facts of the same kind (the distractors a
         dense haystack puts next to the answer).  unans_share: the share of
         unanswerable questions drawn (examples rejected to reach it; below 0:
         the data's own share).  An example's near neighbours (Facts.dists)
-        always join its document."""
+        always join its document.  mh_route: the gold blocks of a multi-hop
+        question's prompt routing: "both" hops' blocks, or "staged": the
+        first hop's without context (what an interleave round must pull) and
+        the second hop's with the first hop's document in the context."""
+        if mh_route not in ("both", "staged"):
+            raise ValueError("mh_route: 'both' or 'staged', not %r" % (mh_route,))
         self.lm, self.facts, self.n_ex, self.Ld = lm, facts, n_train_ex, Ld
-        self.dense = dense
+        self.dense, self.mh_route = dense, mh_route
         self.rng = np.random.default_rng(seed)
         self.keep = (1.0, 1.0)  # probability of keeping an (answerable, unanswerable) draw
         s = float(np.mean(facts.unans[:n_train_ex])) if n_train_ex else 0.0
@@ -304,6 +312,8 @@ class Batcher:
             nh = len(facts)
             gold_all = sorted({b for h in range(nh) if (bi, h) in where for b in where[(bi, h)][1]})
             gold_ans = where.get((bi, nh - 1), (0, []))[1]
+            if nh > 1 and self.mh_route == "staged":
+                gold_all = where.get((bi, nh - 1 if context else 0), (0, []))[1]
             if not gold_all or not gold_ans:
                 gold_all = gold_all or [0]
                 gold_ans = gold_ans or gold_all
@@ -505,6 +515,10 @@ def parse_args(argv=None):
                     help="share of unanswerable questions in memory batches (examples of the "
                          "data rejected to reach it; default: the data's own share); a --continue "
                          "command may change it")
+    ap.add_argument("--mh-route", choices=["both", "staged"], default="both",
+                    help="gold blocks of a multi-hop question's prompt routing: both hops' "
+                         "(default), or staged: the first hop's without context (the document an "
+                         "interleave round must pull), the second hop's with the first in context")
     ap.add_argument("--val-questions", type=int, default=64,
                     help="questions of each validation batch at a phase end")
     args = ap.parse_args(argv)
@@ -620,7 +634,8 @@ def build_model(run):
     share = getattr(args, "unans_share", None)
     run.batcher = Batcher(run.lm, run.facts, run.n_train_ex, args.seed + 7919 * run.segment,
                           Ld=args.doc_len, dense=getattr(args, "dense", 0.0),
-                          unans_share=-1.0 if share is None else share)
+                          unans_share=-1.0 if share is None else share,
+                          mh_route=getattr(args, "mh_route", "both"))
     val_text = run.val if len(run.val) > 4096 else run.lm
     run.val_batcher = Batcher(val_text, run.facts, run.facts.n, args.seed + 1, Ld=args.doc_len)
     # the tuning split (memmodel.data build --tune-split): forms training never draws
