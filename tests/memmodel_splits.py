@@ -58,6 +58,21 @@ for kind, need in SLOTS.items():
     check(all(t.count("{val}") == 1 for t in wf[kind]), "a written %s form without one {val}" % kind)
     check(not held_words & set(re.findall(r"[a-z]+", " ".join(wf[kind] + wq[kind]).lower())),
           "a held-out slot word in the written %s forms" % kind)
+mh = wq["multihop"]
+check(len(mh) >= 30 and all(set(re.findall(r"\{(\w+)\}", t.replace("{Ent}", "{ent}")))
+                            == {"ent", "attr"} for t in mh),
+      "written multi-hop questions: %d, each with {ent} and {attr}" % len(mh))
+g = mmd.ComposedGen(13, split="train", written=0.8)
+check(all(any(r.match(ex["question"]) for r in [re.compile("^" + re.escape(t).replace(
+    r"\{attr\}", ".+").replace(r"\{ent\}", ".+") + "$") for t in mmd.QUESTION_T["multihop"]])
+          for ex in (g.example("multihop") for _ in range(50))),
+      "--written alone keeps the multi-hop questions (builds before --written-multihop)")
+g = mmd.ComposedGen(13, split="train", written_mh=0.8)
+mh_re = [re.compile("^" + re.escape(t).replace(r"\{attr\}", ".+").replace(r"\{ent\}", ".+") + "$")
+         for t in mmd.QUESTION_T["multihop"]]
+qs = [ex["question"] for ex in (g.example("multihop") for _ in range(200))]
+check(sum(not any(r.match(q) for r in mh_re) for q in qs) > 100,
+      "--written draws multi-hop questions from the written forms: %r" % qs[:3])
 import json, tempfile
 with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
     json.dump({"facts": {"lives": [mmd.HELD_FACT_T["lives"][0], "Yes, " + mmd.HELD_FACT_T["lives"][1],

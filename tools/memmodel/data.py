@@ -48,7 +48,8 @@ the amber lockbox is kept?").  Every kind has several fact and question
 templates; build --composed adds composed forms and open vocabularies, and
 --written SHARE draws that share of the facts and questions from forms
 written apart from all the others (tools/memmodel/forms_written.json,
-loaded through the held-out rules by written_forms).
+loaded through the held-out rules by written_forms), --written-multihop
+SHARE that share of the multi-hop questions.
 """
 import argparse
 import hashlib
@@ -527,6 +528,7 @@ class FactGen:
         if kind == "multihop":
             a = self.fact("room")
             b = self.fact("roomcode", room=a["val"])
+            self._hops = (a, b)
             q = self._pick(QUESTION_T["multihop"]).format(attr=b["d"]["attr"], ent=a["d"]["ent"])
             fs = [a, b]
             return {"facts": [f["text"] for f in fs], "prefixes": [f["prefix"] for f in fs],
@@ -637,6 +639,7 @@ def heldout_clash():
         bad += [t for t in HELD_QUESTION_T[kind] if t in qs or t in wq[kind]]
         bad += [t for t in ns if _ngrams(t) & held]
         bad += [t for t in wq[kind] if _ngrams(t) & held_q]
+    bad += [t for t in wq["multihop"] if _ngrams(t) & held_q]
     return bad
 
 
@@ -657,7 +660,7 @@ def _held_slot_words():
 
 
 def written_forms(path=WRITTEN_PATH):
-    """({kind: fact forms}, {kind: question forms}) of the written forms
+    """({kind: fact forms}, {kind: question forms, "multihop" too}) of the written forms
     that pass the held-out rules (no held-out form, no held-out slot word,
     no four consecutive plain words shared with a held-out form of the same
     side); every fact form holds {val} once."""
@@ -670,13 +673,13 @@ def written_forms(path=WRITTEN_PATH):
     same = {t for k in HELD_FACT_T for t in HELD_FACT_T[k]} | {
         t for k in HELD_QUESTION_T for t in HELD_QUESTION_T[k]}
     out = []
-    for side in ("facts", "questions"):
+    for side, kinds in (("facts", CORES), ("questions", list(CORES) + ["multihop"])):
         out.append({k: sorted(t for t in set(w[side].get(k, []))
                               if t not in same
                               and not words & set(re.findall(r"[a-z]+", t.lower()))
                               and not _ngrams(t) & held[side]
                               and (side == "questions" or t.count("{val}") == 1))
-                    for k in CORES})
+                    for k in kinds})
     return tuple(out)
 
 
@@ -912,15 +915,17 @@ class ComposedGen(FactGen):
     adjective, the same person's other animal); split: "train" or "tune"
     draws only the forms of that side of _tune_side (None: every form);
     written: the share of facts, and independently of questions, drawn from
-    the written forms (written_forms)."""
+    the written forms (written_forms); written_mh: the share of multi-hop
+    questions drawn from the written ones (a separate share, so that builds
+    made before the written multi-hop forms draw the same examples)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
                  near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False,
-                 written=0.0):
+                 written=0.0, written_mh=0.0):
         forms = {k: composed_forms(k) for k in CORES}
         self.narr = {k: narrative_forms(k, wide) for k in CORES}
-        self.written = written
-        self.wf, self.wq = written_forms() if written else ({}, {})
+        self.written, self.written_mh = written, written_mh
+        self.wf, self.wq = written_forms() if written or written_mh else ({}, {})
         if split:
             keep = (lambda t: _tune_side(t) == (split == "tune"))
             forms = {k: ([t for t in f if keep(t)], [t for t in q if keep(t)])
@@ -1012,6 +1017,10 @@ class ComposedGen(FactGen):
     def example(self, kind=None):
         ex = super().example(kind)
         if ex["kind"] == "multihop":
+            if self.written_mh and self.rng.random() < self.written_mh:
+                a, b = self._hops
+                ex["question"] = self._pick(self.wq["multihop"]).format(
+                    attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
             return ex
         if self.rng.random() >= self.unans:
             if self.near and self.rng.random() < self.near:
@@ -1258,7 +1267,7 @@ def build_facts(args, sp):
                         unans=args.unans, narrative=args.narrative, near=args.near, split=split,
                         vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
-                        written=args.written)
+                        written=args.written, written_mh=args.written_multihop)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1272,7 +1281,7 @@ def build_facts(args, sp):
                         unans=0.25, narrative=args.narrative, near=args.near, split="tune",
                         vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
-                        written=args.written)
+                        written=args.written, written_mh=args.written_multihop)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1301,6 +1310,9 @@ def main(argv):
     ap.add_argument("--written", type=float, default=0.0,
                     help="with --composed: the share of facts, and of questions, drawn from "
                          "the written forms (tools/memmodel/forms_written.json)")
+    ap.add_argument("--written-multihop", type=float, default=0.0,
+                    help="with --composed: the share of multi-hop questions drawn from the "
+                         "written ones")
     ap.add_argument("--near", type=float, default=0.0,
                     help="with --composed: share of answerable single-hop examples carrying 2-4 "
                          "near neighbours of their fact for the same document")
