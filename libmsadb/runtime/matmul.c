@@ -326,14 +326,14 @@ TARGET_AMX static void amx_done(void)
         _tile_dpbf16ps(3, 4, 5);                                               \
     } while (0)
 
-/* The four sums tiles to y, rows ys bytes apart (tile numbers must be
- * constants). */
-#define AMX_STORE(y, ys)                                                       \
+/* The four sums tiles to y, or from it (op _tile_stored or _tile_loadd),
+ * rows ys bytes apart (tile numbers must be constants). */
+#define AMX_SUMS(op, y, ys)                                                    \
     do {                                                                       \
-        _tile_stored(0, (y), (ys));                                            \
-        _tile_stored(1, (y) + 16, (ys));                                       \
-        _tile_stored(2, (y) + 32, (ys));                                       \
-        _tile_stored(3, (y) + 48, (ys));                                       \
+        op(0, (y), (ys));                                                      \
+        op(1, (y) + 16, (ys));                                                 \
+        op(2, (y) + 32, (ys));                                                 \
+        op(3, (y) + 48, (ys));                                                 \
     } while (0)
 
 /* m (<= 16) rows from r0 x the 64 outputs of group g. */
@@ -352,21 +352,18 @@ TARGET_AMX static void amx_block(const mm_job *J, size_t r0, size_t m, size_t g)
         AMX_STEP(x + t * 16, xs, w + t * 16 * MSADB_MM_COLS);
     if (rest) {
         if (full) {
-            AMX_STORE(sums, 256);
+            AMX_SUMS(_tile_stored, sums, 256);
             amx_config(m, rest); /* clears the tiles: the sums come back */
-            _tile_loadd(0, sums, 256);
-            _tile_loadd(1, sums + 16, 256);
-            _tile_loadd(2, sums + 32, 256);
-            _tile_loadd(3, sums + 48, 256);
+            AMX_SUMS(_tile_loadd, sums, 256);
         }
         AMX_STEP(x + full * 16, xs, w + full * 16 * MSADB_MM_COLS);
     }
     size_t c0 = g * MSADB_MM_COLS;
     float *y = J->Y + r0 * J->ldy + c0;
     if (c0 + MSADB_MM_COLS <= J->out) {
-        AMX_STORE(y, J->ldy * sizeof(float));
+        AMX_SUMS(_tile_stored, y, J->ldy * sizeof(float));
     } else {
-        AMX_STORE(sums, 256);
+        AMX_SUMS(_tile_stored, sums, 256);
         for (size_t r = 0; r < m; r++)
             memcpy(y + r * J->ldy, sums + r * MSADB_MM_COLS, (J->out - c0) * sizeof(float));
     }
@@ -557,13 +554,14 @@ void msadb_mm_bf16_row(const float *x, uint32_t in, uint32_t *xb)
 #endif
 }
 
-/* The product on inputs already in scratch as bf16 pairs (X NULL), or
- * converted there first. */
-static void product(msadb_mm_pool *pool, const float *X, size_t n, const uint32_t *packed,
-                    size_t ld, uint32_t out, uint32_t in, float *Y, size_t ldy, uint32_t *scratch)
+/* The product on inputs xb already as bf16 pairs (X NULL), or on X
+ * converted into scratch first (xb NULL). */
+static void product(msadb_mm_pool *pool, const float *X, const uint32_t *xb, size_t n,
+                    const uint32_t *packed, size_t ld, uint32_t out, uint32_t in, float *Y,
+                    size_t ldy, uint32_t *scratch)
 {
 #if MM_X86
-    mm_job J = {.xb = scratch, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
+    mm_job J = {.xb = X ? scratch : xb, .w = packed, .Y = Y, .n = n, .kp = pairs_of(in), .ld = ld,
                 .out = out, .ldy = ldy, .slabs = (n + MM_SLAB - 1) / MM_SLAB,
                 .amx = msadb_mm_amx_used()};
     J.units = J.slabs * groups_of(out);
@@ -578,8 +576,8 @@ static void product(msadb_mm_pool *pool, const float *X, size_t n, const uint32_
     msadb_mm_pool_run(split ? pool : NULL, J.units, mm_unit, &J);
     amx_done();
 #else
-    (void)pool, (void)X, (void)n, (void)packed, (void)ld, (void)out, (void)in, (void)Y;
-    (void)ldy, (void)scratch;
+    (void)pool, (void)X, (void)xb, (void)n, (void)packed, (void)ld, (void)out, (void)in;
+    (void)Y, (void)ldy, (void)scratch;
 #endif
 }
 
@@ -590,7 +588,7 @@ void msadb_mm_bf16_ld(msadb_mm_pool *pool, const float *X, size_t n, const uint3
     if (!msadb_mm_bf16_available() || !X || !packed || !Y || !scratch || !n || !out || !in ||
         ld < pairs_of(in) || ldy < out)
         return;
-    product(pool, X, n, packed, ld, out, in, Y, ldy, scratch);
+    product(pool, X, NULL, n, packed, ld, out, in, Y, ldy, scratch);
 }
 
 void msadb_mm_bf16_pairs(msadb_mm_pool *pool, const uint32_t *xb, size_t n,
@@ -600,5 +598,5 @@ void msadb_mm_bf16_pairs(msadb_mm_pool *pool, const uint32_t *xb, size_t n,
     if (!msadb_mm_bf16_available() || !xb || !packed || !Y || !n || !out || !in ||
         ld < pairs_of(in) || ldy < out)
         return;
-    product(pool, NULL, n, packed, ld, out, in, Y, ldy, (uint32_t *)xb);
+    product(pool, NULL, xb, n, packed, ld, out, in, Y, ldy, NULL);
 }

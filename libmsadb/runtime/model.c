@@ -670,8 +670,7 @@ static void swiglu(float *gate, const float *up, size_t n)
  * (row r: q head g * grp + r % grp of token i0 + r / grp), their LSE into
  * lse, and with xb the rows as bf16 pairs there too (ceil(T/2) words a
  * row: the input of the bf16 product P V, converted while the row is in
- * cache); a
- * unit of msadb_mm_pool_run(). */
+ * cache); a unit of msadb_mm_pool_run(). */
 typedef struct softmax_tile {
     float *scores, *lse;
     size_t R, T, c0, i0, grp, nq, g;

@@ -4,6 +4,7 @@ memmodel.heldout cpu), through the project's Python package msadb
 evaluations' defaults.  The package comes from the source tree unless it is
 installed; the library is the one at the path given (MSADB_LIBRARY)."""
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +47,16 @@ class Msadb:
 
     def ingest(self, st, title, text):
         self.model.ingest(st, [(title, text)], space="default")
+
+    def doc_ids(self, st):
+        """{title given to ingest(): the store ids of its document}: a text
+        longer than the model's window (MSADB_LLM_DOC_MAX tokens) is stored
+        in parts titled "TITLE [k/n]", each of them the document."""
+        ids = {}
+        with st.snapshot() as snap:
+            for d in snap.documents():
+                ids.setdefault(re.sub(r" \[\d+/\d+\]$", "", d.title), []).append(d.id)
+        return ids
 
     def ask(self, st, question, **kw):
         """The answer's text (greedy)."""

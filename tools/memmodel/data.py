@@ -629,8 +629,7 @@ def heldout_clash():
     sharing four consecutive words with a held-out fact form (written
     questions: with a held-out question form)."""
     bad = []
-    held = set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k]))
-    held_q = set().union(*(_ngrams(t) for k in HELD_QUESTION_T for t in HELD_QUESTION_T[k]))
+    held, held_q = _held_ngrams()
     wf, wq = written_forms()
     for kind in CORES:
         fs, qs = composed_forms(kind)
@@ -652,6 +651,13 @@ def heldout_clash():
 WRITTEN_PATH = os.path.join(HERE, "forms_written.json")
 
 
+def _held_ngrams():
+    """The four-word runs of the held-out fact forms, and of the held-out
+    question forms."""
+    return tuple(set().union(*(_ngrams(t) for k in forms for t in forms[k]))
+                 for forms in (HELD_FACT_T, HELD_QUESTION_T))
+
+
 def _held_slot_words():
     """Words of the held-out slot lists that no training slot list holds."""
     held = set(HELD_ADJ) | set(HELD_ANIMALS) | {
@@ -667,9 +673,7 @@ def written_forms(path=WRITTEN_PATH):
     with open(path) as f:
         w = json.load(f)
     words = _held_slot_words()
-    held = {"facts": set().union(*(_ngrams(t) for k in HELD_FACT_T for t in HELD_FACT_T[k])),
-            "questions": set().union(*(_ngrams(t) for k in HELD_QUESTION_T
-                                       for t in HELD_QUESTION_T[k]))}
+    held = dict(zip(("facts", "questions"), _held_ngrams()))
     same = {t for k in HELD_FACT_T for t in HELD_FACT_T[k]} | {
         t for k in HELD_QUESTION_T for t in HELD_QUESTION_T[k]}
     out = []

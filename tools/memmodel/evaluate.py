@@ -194,15 +194,18 @@ SUMMARIES = {"declared": None, "mean": "mean", "minmax": "minmax", "reps": "reps
 WHAT = ("none", "exact", "trunc", "rag", "rag1", "multihop", "interleave", "each")
 
 
-def run_qs(m, st, qs, exp, **kw):
-    """(accuracy, median latency, answers) of questions qs against answers exp."""
+def run_qs(m, st, qs, exp, full=None, **kw):
+    """(accuracy, median latency, answers) of questions qs against answers
+    exp; full (a list), if given, gets each whole msadb.Answer (hits too)."""
     ok, lat, outs = 0, [], []
     for q, e in zip(qs, exp):
         t = time.time()
-        a = m.ask(st, q, **kw)
+        r = m.answer(st, q, **kw)
         lat.append(time.time() - t)
-        outs.append(a)
-        ok += norm_answer(a) == e
+        outs.append(r.text)
+        if full is not None:
+            full.append(r)
+        ok += norm_answer(r.text) == e
     return ok / len(qs), float(np.median(lat)), outs
 
 
@@ -296,17 +299,17 @@ def cpu_sizes(args, m, rec, docs, res, save):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def first_hop_pulls(m, st, pairs, mh_docs, answers):
+def first_hop_pulls(m, st, pairs, mh_docs, routed, answers):
     """Where one interleave round goes: how many questions it pulls the
     first hop's document for (the document of the best-scoring hit of the
-    last memory layer, as msadb_llm_ask picks it), and how many of those and
-    of the others its answers (one per pair) get right."""
-    with st.snapshot() as snap:
-        ids = {d.title: d.id for d in snap.documents()}
+    last memory layer, as msadb_llm_ask picks it, from routed: each pair's
+    msadb.Answer without interleave), and how many of those and of the
+    others its answers (one per pair) get right."""
+    ids = m.doc_ids(st)
     pulled = right_pulled = right_other = 0
-    for e, a in zip(pairs, answers):
-        first = {ids["mh-%d" % i] for i, d in enumerate(mh_docs) if e["facts"][0] in d}
-        h = m.answer(st, e["question"]).hits
+    for e, r, a in zip(pairs, routed, answers):
+        first = {x for i, d in enumerate(mh_docs) if e["facts"][0] in d for x in ids["mh-%d" % i]}
+        h = r.hits
         hit = len(h) and int(h["doc_id"][int(np.argmax(h["score"]))]) in first
         ok = norm_answer(a) == e["answer"]
         pulled += bool(hit)
@@ -328,12 +331,13 @@ def cpu_multihop(args, m, rec, res):
         m.ingest(st, "mh-%d" % i, d)
     mq = [e["question"] for e in rec["multihop"]]
     me = [e["answer"] for e in rec["multihop"]]
-    off = run_qs(m, st, mq, me)
+    routed = []
+    off = run_qs(m, st, mq, me, full=routed)
     on = run_qs(m, st, mq, me, interleave=1)
     key = "multihop" if args.summary == "declared" else "multihop_" + args.summary
     res[key] = {"interleave_off": off[0], "interleave_on": on[0],
                 "latency_off_s": off[1], "latency_on_s": on[1], "pairs": len(mq)}
-    res[key].update(first_hop_pulls(m, st, rec["multihop"], mh_docs, on[2]))
+    res[key].update(first_hop_pulls(m, st, rec["multihop"], mh_docs, routed, on[2]))
     for rounds in (2, 3):
         res[key]["interleave_%d" % rounds] = run_qs(m, st, mq, me, interleave=rounds)[0]
     print(key, res[key], flush=True)

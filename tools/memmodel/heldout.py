@@ -45,7 +45,6 @@ fact's neighbours and the gcide text, or move the fact (cmd_diagnose).
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -352,12 +351,7 @@ def cmd_cpu(args):
         with open(marker, "w") as f:
             f.write(str(have))
         sel = [q for q in qs if q["doc"] < have]
-        # a document longer than the model's window is stored in parts
-        # titled "T [k/n]": every part is the document
-        ids = {}
-        with st.snapshot() as snap:
-            for d in snap.documents():
-                ids.setdefault(re.sub(r" \[\d+/\d+\]$", "", d.title), []).append(d.id)
+        ids = m.doc_ids(st)  # every part of a document longer than the window
         doc_ids = [ids["heldout-%06d" % i] for i in range(have)]
         outs, lat, routed = ask_all(m, st, sel, doc_ids=doc_ids, exact=args.exact)
         r = dict(score(sel, outs, routed), latency_s=round(lat, 4), docs=have,
