@@ -11,16 +11,23 @@ in a row with a held-out fact form, no held-out adjective, animal or
 attribute word appears in thousands of generated training examples, the
 unanswerable examples answer memmodel.data.ABSTAIN and never store the
 asked key, and the held-out facts use held-out slots only.  It also checks
-heldout.score() on a hand-made case (abstentions, per-position and routed counts).
-Needs numpy and /usr/share/dict/words (wamerican); exit 77 without them.
+heldout.score() on a hand-made case (abstentions, per-position and routed counts),
+and the held-out multi-hop pairs: held-out slots, hops that chain, the
+held-out wording's forms, each fact at a paragraph boundary of its own
+document.  Needs numpy, sentencepiece and /usr/share/dict/words (wamerican);
+exit 77 without them.
 """
+import argparse
 import importlib.util
+import json
 import os
 import re
 import sys
+import tempfile
 
-if importlib.util.find_spec("numpy") is None or not os.path.exists("/usr/share/dict/words"):
-    print("skip: needs python3-numpy and wamerican")
+if (importlib.util.find_spec("numpy") is None or importlib.util.find_spec("sentencepiece") is None
+        or not os.path.exists("/usr/share/dict/words")):
+    print("skip: needs python3-numpy, python3-sentencepiece and wamerican")
     sys.exit(77)
 
 from memmodel import data as mmd
@@ -184,6 +191,49 @@ for cell, fs in facts.items():
 unans = heldout.draw_unanswerable(2718, facts, set(used))
 stored = {f["key"] for fs in facts.values() for f in fs}
 check(all(f["key"] not in stored for f in unans), "an unanswerable question's fact is stored")
+
+# the held-out multi-hop pairs: held-out slots, new keys, two hops that chain,
+# the mh_para wording from the held-out multi-hop forms only
+def form_re(form):
+    return re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(form)))
+
+
+pairs = heldout.draw_multihop(2718, set(used))
+check(len(pairs) == heldout.N_MH, "multihop: %d pairs" % len(pairs))
+rooms = set()
+for p in pairs:
+    a, b = p["facts"]
+    room = b.split("oom ")[1][:3]
+    check(room in a and p["answer"] in b and p["answer"] not in a, "multihop: hops %r" % p)
+    rooms.add(room)
+    check(any(w in mmd.HELD_ADJ for w in a.lower().split()), "multihop: training adjective %r" % a)
+    check(any(form_re(t).fullmatch(p["question"]) for t in mmd.QUESTION_T["multihop"])
+          and any(form_re(t).fullmatch(p["question_para"])
+                  for t in mmd.HELD_QUESTION_T["multihop"]), "multihop: wordings %r" % p)
+check(len(rooms) == len(pairs), "multihop: a room shared by two pairs")
+check(not any(p["facts"][0] in f["text"] or p["facts"][1] in f["text"]
+              for fs in facts.values() for f in fs), "multihop: a fact of the main set")
+with tempfile.TemporaryDirectory() as tmp:
+    hay = ["Entry %d, first paragraph.\n\nEntry %d, second paragraph." % (i, i)
+           for i in range(2 * heldout.N_MH + 3)]
+    docs = ["needle one", "needle two"] + hay
+    keep, heldout.MH_SIZE = heldout.MH_SIZE, 1 << 30
+    try:
+        info = heldout.prepare_multihop(argparse.Namespace(data=tmp, seed=2718), mmd.load_sp(),
+                                        docs, [12] * len(docs), 2, set(used))
+    finally:
+        heldout.MH_SIZE = keep
+    rec = json.load(open(os.path.join(tmp, "heldout_mh.json")))
+    out = mmd.read_docs(os.path.join(tmp, "heldout_mh_docs.txt"))
+    check(info["mh_pairs"] == heldout.N_MH and len(out) == len(hay), "multihop haystack %r" % info)
+    placed = [d for p in rec["pairs"] for d in p["docs"]]
+    check(len(set(placed)) == len(placed), "multihop: two facts in one document")
+    for p in rec["pairs"]:
+        for f, d in zip(p["facts"], p["docs"]):
+            check(f in out[d].split("\n\n") and out[d].replace(f + "\n\n", "").replace(
+                "\n\n" + f, "") == hay[d], "multihop: %r not at a paragraph boundary of %d" % (f, d))
+    check(all(out[i] == hay[i] for i in set(range(len(hay))) - set(placed)),
+          "multihop: a document without a fact changed")
 
 qs = [{"cell": "tpl", "kind": "code", "answer": "1234", "pos": 10},
       {"cell": "tpl", "kind": "code", "answer": "5678", "pos": 700},

@@ -416,6 +416,14 @@ HELD_QUESTION_T = {
              "What is the room number of {ent}?", "Name the room holding {ent}."],
     "roomcode": ["Tell me the {attr} of room {room}.", "Give me the {attr} for room {room}.",
                  "I need the {attr} for room {room}.", "Which {attr} opens room {room}?"],
+    # two hops (the room of {ent}, then that room's {attr}); written after training
+    # runs 1-13 and checked then: no training question form shares four words with them
+    "multihop": ["Which {attr} guards the chamber that {ent} was locked away in?",
+                 "Supply the {attr} belonging to whatever room stores {ent}.",
+                 "{Ent} was put away somewhere. Which {attr} works on that door?",
+                 "My errand is to collect {ent}; what {attr} does its room take?",
+                 "Report the {attr} assigned to the room sheltering {ent}.",
+                 "Which {attr} will get someone through to {ent}?"],
 }
 # the answer to a question whose fact is not in memory
 ABSTAIN = "not in memory"
@@ -627,7 +635,8 @@ def heldout_clash():
     """Held-out fact and question forms that a composed, narrative (the wider
     ones too) or written training form equals, and narrative or written forms
     sharing four consecutive words with a held-out fact form (written
-    questions: with a held-out question form)."""
+    questions: with a held-out question form); held-out multi-hop wordings
+    sharing four consecutive words with a training multi-hop form."""
     bad = []
     held, held_q = _held_ngrams()
     wf, wq = written_forms()
@@ -639,6 +648,9 @@ def heldout_clash():
         bad += [t for t in ns if _ngrams(t) & held]
         bad += [t for t in wq[kind] if _ngrams(t) & held_q]
     bad += [t for t in wq["multihop"] if _ngrams(t) & held_q]
+    # held-out multi-hop wordings: no four words of a training multi-hop form
+    train_mh = set().union(*(_ngrams(t) for t in QUESTION_T["multihop"] + wq["multihop"]))
+    bad += [t for t in HELD_QUESTION_T["multihop"] if _ngrams(t) & train_mh]
     return bad
 
 

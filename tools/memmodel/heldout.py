@@ -59,6 +59,8 @@ DOC_MAX = 4096
 POS_BUCKETS = [(0, 512), (512, 1024), (1024, 2048), (2048, 4096)]
 N_PER_KIND = 24          # facts per kind and fact cell: 120 tpl, 120 f_para
 N_UNANS = 120
+N_MH = 120               # two-hop pairs, each asked in cells mh and mh_para
+MH_SIZE = 1 << 20        # the multi-hop store's haystack
 
 
 def bucket(pos):
@@ -134,6 +136,52 @@ def draw_unanswerable(seed, facts, used):
         f["near_miss"] = bool(len(out) % 2)
         out.append(f)
     return out
+
+
+def draw_multihop(seed, used):
+    """N_MH two-hop pairs on held-out entities and slots, keys not in used:
+    a room fact (ENT is kept in room R) and R's roomcode fact; each asked
+    with a training multi-hop template (cell mh) and a held-out one
+    (HELD_QUESTION_T["multihop"], cell mh_para)."""
+    g = mmd.FactGen(seed + 5, "held", slots=mmd.HELD_SLOTS)
+    pairs = []
+    while len(pairs) < N_MH:
+        a = g.fact("room")
+        b = g.fact("roomcode", room=a["val"])
+        keys = {a["key"], b["key"], "room#" + a["val"]}
+        if keys & used:
+            continue
+        used |= keys
+        slots = dict(attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
+        pairs.append({"facts": [a["text"], b["text"]], "answer": b["val"],
+                      "question": g._pick(mmd.QUESTION_T["multihop"]).format(**slots),
+                      "question_para": g._pick(mmd.HELD_QUESTION_T["multihop"]).format(**slots)})
+    return pairs
+
+
+def prepare_multihop(args, sp, docs, lens, n_needle_docs, used):
+    """DATA/heldout_mh.json and heldout_mh_docs.txt: draw_multihop's pairs in
+    their own haystack, the held-out haystack's documents after the needle
+    documents up to MH_SIZE tokens, each fact at a paragraph boundary of
+    its own document (a pair's two facts in two).  Its random draws are
+    its own: heldout.json and heldout_docs.txt do not change with it."""
+    rng = np.random.default_rng(args.seed + 6)
+    pairs = draw_multihop(args.seed, used)
+    upto = n_needle_docs + int(np.searchsorted(np.cumsum(lens[n_needle_docs:]), MH_SIZE))
+    hay = list(docs[n_needle_docs:upto])
+    free = list(rng.permutation(len(hay)))
+    for p in pairs:
+        p["docs"] = [int(free.pop()), int(free.pop())]
+        for f, d in zip(p["facts"], p["docs"]):
+            paras = hay[d].split("\n\n")
+            i = int(rng.integers(0, len(paras) + 1))
+            hay[d] = "\n\n".join(paras[:i] + [f] + paras[i:])
+    mmd._write_docs(os.path.join(args.data, "heldout_mh_docs.txt"), hay)
+    rec = {"command": "memmodel.heldout prepare --seed %d" % args.seed, "seed": args.seed,
+           "doc_tokens": [len(x) for x in sp.encode(hay)], "pairs": pairs}
+    with open(os.path.join(args.data, "heldout_mh.json"), "w") as f:
+        json.dump(rec, f, indent=0)
+    return {"mh_docs": len(hay), "mh_tokens": int(sum(rec["doc_tokens"])), "mh_pairs": len(pairs)}
 
 
 def _take_docs(gdocs, glens, cur, target):
@@ -219,9 +267,10 @@ def cmd_prepare(args):
     cells = {}
     for q in questions:
         cells[q["cell"]] = cells.get(q["cell"], 0) + 1
-    print(json.dumps({"docs": len(docs), "needle_docs": n_needle_docs,
-                      "needle_tokens": int(sum(lens[:n_needle_docs])), "tokens": int(total),
-                      "questions": cells}))
+    mh = prepare_multihop(args, sp, docs, lens, n_needle_docs, used)
+    print(json.dumps(dict({"docs": len(docs), "needle_docs": n_needle_docs,
+                           "needle_tokens": int(sum(lens[:n_needle_docs])), "tokens": int(total),
+                           "questions": cells}, **mh)))
 
 
 def cmd_arrays(args):
@@ -316,6 +365,45 @@ def grow_store(m, st, docs, lens, have, size, log):
     return upto
 
 
+def cpu_multihop(args, m, log):
+    """The two-hop pairs (DATA/heldout_mh.json) in their own store, each
+    cell (mh, mh_para) asked without interleave and with 1 to --mh-rounds
+    rounds (each round reads a pulled document of up to 4096 tokens: about a
+    second a round on 2 cores); where the one round goes
+    (memmodel.evaluate.first_hop_pulls)."""
+    from .evaluate import first_hop_pulls, run_qs
+    rec = json.load(open(os.path.join(args.data, "heldout_mh.json")))
+    hay = mmd.read_docs(os.path.join(args.data, "heldout_mh_docs.txt"))
+    path = os.path.join(args.store_dir, "mh")
+    shutil.rmtree(path, ignore_errors=True)
+    st = m.create_store(path)
+    t0 = time.time()
+    for i, d in enumerate(hay):
+        m.ingest(st, "mh-%d" % i, d)
+    res = {"pairs": len(rec["pairs"]), "tokens": int(sum(rec["doc_tokens"])),
+           "ingest_s": round(time.time() - t0, 1)}
+    want = [p["answer"] for p in rec["pairs"]]
+    for cell, field in (("mh", "question"), ("mh_para", "question_para")):
+        qs = [p[field] for p in rec["pairs"]]
+        routed = []
+        off = run_qs(m, st, qs, want, full=routed)
+        on = run_qs(m, st, qs, want, interleave=1)
+        r = {"interleave_off": off[0], "interleave_on": on[0], "latency_off_s": off[1],
+             "latency_on_s": on[1], "n": len(qs),
+             "abstained_on": sum(o.strip().rstrip(".").lower() == mmd.ABSTAIN for o in on[2]),
+             "examples": [{"q": q, "want": w, "got": o}
+                          for q, w, o in list(zip(qs, want, on[2]))[::20]]}
+        r.update(first_hop_pulls(m, st, rec["pairs"], hay, routed, on[2]))
+        for rounds in range(2, args.mh_rounds + 1):
+            r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds)[0]
+        res[cell] = r
+        log({"event": "multihop", "cell": cell,
+             "figures": {k: v for k, v in r.items() if k != "examples"}})
+    m.close_store(st)
+    shutil.rmtree(path, ignore_errors=True)
+    return res
+
+
 def cmd_cpu(args):
     from .clib import Msadb
     rec = json.load(open(os.path.join(args.data, "heldout.json")))
@@ -334,8 +422,9 @@ def cmd_cpu(args):
     if os.path.exists(args.out):
         prev = json.load(open(args.out))
         out["sizes"] = prev.get("sizes", {})
-        if "no_memory" in prev:
-            out["no_memory"] = prev["no_memory"]
+        for k in ("no_memory", "multihop"):
+            if k in prev:
+                out[k] = prev[k]
     marker = os.path.join(args.store_dir, "heldout_docs_ingested")
     if not args.reuse:
         shutil.rmtree(args.store_dir, ignore_errors=True)
@@ -346,6 +435,10 @@ def cmd_cpu(args):
         outs, lat, _ = ask_all(m, st, qs, no_memory=True)
         out["no_memory"] = dict(score(qs, outs), latency_s=round(lat, 4))
         log({"event": "no_memory", "cells": out["no_memory"]["cells"]})
+    if "mh" in args.what.split(","):
+        out["multihop"] = cpu_multihop(args, m, log)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
     for name in [s for s in args.sizes.split(",") if s]:
         have = grow_store(m, st, docs, lens, have, SIZES[name], log)
         with open(marker, "w") as f:
@@ -496,7 +589,11 @@ def main(argv):
     ap.add_argument("--model", default=os.path.join(mmd.ROOT, "models", "msadb-mem.gguf"))
     ap.add_argument("--lib", default=os.path.join(mmd.ROOT, "build", "libmsadb", "libmsadb.so"))
     ap.add_argument("--sizes", default="16K,128K,1M")
-    ap.add_argument("--what", default="none", help="cpu: 'none' adds the no-memory run")
+    ap.add_argument("--what", default="none",
+                    help="cpu: comma-separated; none adds the no-memory run, mh the multi-hop "
+                         "pairs in their own store (heldout_mh.json)")
+    ap.add_argument("--mh-rounds", type=int, default=1,
+                    help="cpu --what mh: also ask with 2..N interleave rounds")
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
                     help="cpu, diagnose, arrays: how ingest reads a document (default: the "
