@@ -5,6 +5,7 @@ be tuned to.
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout prepare --data DATA [--seed 2718]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu --data DATA --model M.gguf \\
         --lib BUILD/libmsadb/libmsadb.so [--sizes 16K,128K,1M] [--out J] [--keep --reuse]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu ... --sizes "" --what mh [--mh-rounds 3]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout table --json J [--json J2]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout diagnose --data DATA --model M.gguf \
         --lib BUILD/libmsadb/libmsadb.so [--cell tpl] [--out J]
@@ -29,6 +30,13 @@ in it is held out from training (memmodel.data's HELD_* lists):
                       misses: a stored entity's noun with another adjective,
                       a stored person's other animal, a room without that
                       code); the right answer is memmodel.data.ABSTAIN
+  multi-hop  DATA/heldout_mh.json, heldout_mh_docs.txt: N_MH two-hop pairs (a
+             room fact, then that room's code) on held-out entities in their
+             own haystack of MH_SIZE tokens (the needle-free documents above,
+             each fact in a document of its own), asked in cell mh with the
+             training multi-hop templates and in cell mh_para with held-out
+             ones (HELD_QUESTION_T["multihop"]); drawn with their own seeds,
+             so heldout.json is the same with or without them
 
 cpu runs it through the C library (memmodel.clib): one store grows through
 the nested haystack sizes (prefixes of the document list); at each size
@@ -37,6 +45,10 @@ ones always), plus once with no memory.  Reports per cell, per kind and per
 needle position (token offset of the fact in its document: 0-511,
 512-1023, 1024-2047, 2048-4095), the share of answerable questions
 answered ABSTAIN, and the share of unanswerable ones that abstained.
+
+cpu --what mh asks the multi-hop pairs from their own store, without
+interleave and with one round (--mh-rounds N: up to N), and counts the
+questions whose round pulls the first hop's document.
 
 diagnose asks one cell's questions again, each from a store holding one
 document: the needle document, and variants of it that keep or drop the
