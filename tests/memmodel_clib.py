@@ -102,6 +102,27 @@ with tempfile.TemporaryDirectory() as d:
     cr = json.load(open(out + ".reps"))["sizes"]["16K"]["cells"]
     check(seen and set(seen) == {"reps"} and cr["tpl"]["n"] == 3,
           "heldout cpu --summary reps: every question routed with it %r" % (set(seen),))
+    # heldout cpu --what mh: the two-hop pairs in their own store, both cells,
+    # where the round goes, and the extra rounds --mh-rounds asks for
+    pair = {"facts": ["The teal kettle is kept in room 318.", "The lock code of room 318 is 6604."],
+            "answer": "6604", "docs": [0, 2],
+            "question": "What is the lock code of the room where the teal kettle is kept?",
+            "question_para": "Which lock code will get someone through to the teal kettle?"}
+    mmd._write_docs(os.path.join(d, "heldout_mh_docs.txt"),
+                    ["A kettle, n. A pot.\n\n" + pair["facts"][0], "A lamp, n. A light.",
+                     pair["facts"][1] + "\n\nA desk, n. A table."])
+    with open(os.path.join(d, "heldout_mh.json"), "w") as f:
+        json.dump({"pairs": [pair], "doc_tokens": [20, 10, 20]}, f)
+    heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "",
+                  "--what", "mh", "--mh-rounds", "2", "--out", out + ".mh"])
+    mh = json.load(open(out + ".mh"))["multihop"]
+    for cell in ("mh", "mh_para"):
+        r = mh[cell]
+        check(mh["pairs"] == 1 and r["n"] == 1 and "interleave_2" in r
+              and "interleave_3" not in r and r["first_hop_pulled"] in (0, 1)
+              and r["right_when_pulled"] + r["right_when_not"] == round(r["interleave_on"]),
+              "heldout cpu --what mh: %s %r" % (cell, r))
 # memmodel.evaluate cpu --what multihop --sizes '': the pairs in their own
 # store, made where no size run made the store folder first
 from memmodel import evaluate  # noqa: E402

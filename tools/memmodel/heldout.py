@@ -384,6 +384,10 @@ def cpu_multihop(args, m, log):
     second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
     from .evaluate import first_hop_pulls, run_qs
+    if not os.path.exists(os.path.join(args.data, "heldout_mh.json")):
+        raise SystemExit("memmodel.heldout cpu --what mh: %s has no heldout_mh.json (written by "
+                         "memmodel.heldout prepare since the multi-hop pairs exist): run prepare "
+                         "again; heldout.json stays the same" % args.data)
     rec = json.load(open(os.path.join(args.data, "heldout_mh.json")))
     hay = mmd.read_docs(os.path.join(args.data, "heldout_mh_docs.txt"))
     path = os.path.join(args.store_dir, "mh")
