@@ -123,6 +123,17 @@ with tempfile.TemporaryDirectory() as d:
               and "interleave_3" not in r and r["first_hop_pulled"] in (0, 1)
               and r["right_when_pulled"] + r["right_when_not"] == round(r["interleave_on"]),
               "heldout cpu --what mh: %s %r" % (cell, r))
+    # heldout probe-mh: pairs with the slot words it names, in the first documents
+    heldout.main(["probe-mh", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--mh-pairs", "1",
+                  "--probe-slots", "held-attr", "--out", out + ".probe"])
+    pr = json.load(open(out + ".probe"))
+    counts = [pr[k] for k in ("interleave_on", "first_hop_pulled", "second_hop_alone",
+                              "context_fact", "context_neighbours", "context_document")]
+    check(pr["pairs"] == 1 and all(c in (0, 1) for c in counts)
+          and any(a in pr["example"]["question"] for a in mmd.HELD_ROOM_ATTRS)
+          and pr["example"]["facts"][0] not in pair["facts"],
+          "heldout probe-mh: %r" % pr)
 # memmodel.evaluate cpu --what multihop --sizes '': the pairs in their own
 # store, made where no size run made the store folder first
 from memmodel import evaluate  # noqa: E402

@@ -6,6 +6,7 @@ be tuned to.
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu --data DATA --model M.gguf \\
         --lib BUILD/libmsadb/libmsadb.so [--sizes 16K,128K,1M] [--out J] [--keep --reuse]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout cpu ... --sizes "" --what mh [--mh-rounds 3]
+    PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout probe-mh --data DATA [--probe-slots held-attr]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout table --json J [--json J2]
     PYTHONPATH=tools /usr/bin/python3 -m memmodel.heldout diagnose --data DATA --model M.gguf \
         --lib BUILD/libmsadb/libmsadb.so [--cell tpl] [--out J]
@@ -49,6 +50,11 @@ answered ABSTAIN, and the share of unanswerable ones that abstained.
 cpu --what mh asks the multi-hop pairs from their own store, without
 interleave and with one round (--mh-rounds N: up to N), and counts the
 questions whose round pulls the first hop's document.
+
+probe-mh draws two-hop pairs with chosen slot words (--probe-slots: train,
+held-adj, held-attr, held) into the first documents of the multi-hop
+haystack and counts what breaks: the round's pull, the second hop alone, the
+second hop with the first hop's text in front of the question.
 
 diagnose asks one cell's questions again, each from a store holding one
 document: the needle document, and variants of it that keep or drop the
@@ -594,9 +600,88 @@ def cmd_table(args):
             print("| %s | " % k + " | ".join(pct(r["sizes"][size][tab].get(k)) for _, r in runs) + " |")
 
 
+PROBE_SLOTS = {"train": mmd.TRAIN_SLOTS, "held-adj": dict(mmd.TRAIN_SLOTS, adj=mmd.HELD_ADJ),
+               "held-attr": dict(mmd.TRAIN_SLOTS, code_attr=mmd.HELD_CODE_ATTRS,
+                                 room_attr=mmd.HELD_ROOM_ATTRS),
+               "held": mmd.HELD_SLOTS}
+
+
+def probe_pairs(seed, slots, n):
+    """n two-hop pairs on held-out nouns, names and numbers with the slot
+    words of PROBE_SLOTS[slots]: facts, answer, the multi-hop question and
+    the second hop asked alone (a training roomcode template)."""
+    g = mmd.FactGen(seed, "held", slots=PROBE_SLOTS[slots])
+    out = []
+    for _ in range(n):
+        ex = g.example("multihop")
+        b = g._hops[1]["d"]
+        out.append({"facts": ex["facts"], "answer": ex["answer"], "question": ex["question"],
+                    "second": mmd.QUESTION_T["roomcode"][0].format(attr=b["attr"], room=b["room"])})
+    return out
+
+
+def cmd_probe_mh(args):
+    """Which slot words break a two-hop question: --mh-pairs pairs drawn with
+    the slot words --probe-slots names, each fact at a paragraph boundary of
+    one of the first documents of DATA/heldout_mh_docs.txt (the held-out
+    pairs' own facts taken out), in a store of those documents alone.  Counts
+    right: one interleave round (and where it goes), the second hop asked
+    alone, and the multi-hop question with the first fact, the fact and its
+    neighbouring paragraphs, or its whole document put before it."""
+    from .clib import Msadb
+    from .evaluate import first_hop_pulls, norm_answer
+    rec = json.load(open(os.path.join(args.data, "heldout_mh.json")))
+    hay = mmd.read_docs(os.path.join(args.data, "heldout_mh_docs.txt"))
+    held_facts = [f for p in rec["pairs"] for f in p["facts"]]
+    pairs = probe_pairs(args.seed, args.probe_slots, args.mh_pairs)
+    rng = np.random.default_rng(args.seed)
+    docs = []
+    for k, f in enumerate(f for p in pairs for f in p["facts"]):
+        paras = [x for x in hay[k].split("\n\n") if x not in held_facts]
+        i = int(rng.integers(0, len(paras) + 1))
+        docs.append(paras[:i] + [f] + paras[i:])
+    m = Msadb(args.lib)
+    m.open_model(args.model, args.segment)
+    path = os.path.join(args.store_dir, "probe-mh")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(args.store_dir, exist_ok=True)
+    st = m.create_store(path)
+    for k, d in enumerate(docs):
+        m.ingest(st, "mh-%d" % k, "\n\n".join(d))
+    res = {"command": "memmodel.heldout probe-mh " + " ".join(sys.argv[2:]), "model": args.model,
+           "slots": args.probe_slots, "pairs": len(pairs), "example": pairs[0]}
+    right = lambda q, w: norm_answer(m.ask(st, q)) == w
+    routed, on = [], []
+    for p in pairs:
+        routed.append(m.answer(st, p["question"]))
+        on.append(m.ask(st, p["question"], interleave=1))
+    res["interleave_on"] = sum(norm_answer(o) == p["answer"] for o, p in zip(on, pairs))
+    res.update(first_hop_pulls(m, st, pairs, ["\n\n".join(d) for d in docs], routed, on))
+    res["second_hop_alone"] = sum(right(p["second"], p["answer"]) for p in pairs)
+    ctx = {"fact": [], "neighbours": [], "document": []}
+    for k, p in enumerate(pairs):
+        d = docs[2 * k]
+        i = d.index(p["facts"][0])
+        ctx["fact"].append(p["facts"][0])
+        ctx["neighbours"].append("\n\n".join(d[max(0, i - 1):i + 2]))
+        ctx["document"].append("\n\n".join(d))
+    for name, texts in ctx.items():
+        res["context_" + name] = sum(right(t + "\n\n" + p["question"], p["answer"])
+                                     for t, p in zip(texts, pairs))
+    m.close_store(st)
+    shutil.rmtree(path, ignore_errors=True)
+    print(json.dumps({k: v for k, v in res.items() if k != "example"}))
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["prepare", "arrays", "cpu", "table", "diagnose"])
+    ap.add_argument("cmd", choices=["prepare", "arrays", "cpu", "table", "diagnose", "probe-mh"])
+    ap.add_argument("--probe-slots", choices=sorted(PROBE_SLOTS), default="held",
+                    help="probe-mh: the slot words of its pairs (held: the held-out ones; "
+                         "held-adj, held-attr: only the adjectives, only the code names held out)")
+    ap.add_argument("--mh-pairs", type=int, default=40, help="probe-mh: pairs to draw")
     ap.add_argument("--cell", default="tpl", help="diagnose: the cell whose questions to ask")
     ap.add_argument("--json", action="append", default=[], help="table: a cpu run's --out")
     ap.add_argument("--data", default=os.path.join(mmd.ROOT, ".train-data"))
@@ -633,6 +718,8 @@ def main(argv):
         cmd_table(args)
     elif args.cmd == "diagnose":
         cmd_diagnose(args)
+    elif args.cmd == "probe-mh":
+        cmd_probe_mh(args)
     else:
         cmd_cpu(args)
 
