@@ -383,39 +383,56 @@ def grow_store(m, st, docs, lens, have, size, log):
     return upto
 
 
+def mh_store(m, args, name, docs):
+    """A new store args.store_dir/name holding docs, titled mh-0, mh-1, ...
+    (the titles memmodel.evaluate.first_hop_pulls looks up); (store, path)."""
+    path = os.path.join(args.store_dir, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(args.store_dir, exist_ok=True)
+    st = m.create_store(path)
+    for i, d in enumerate(docs):
+        m.ingest(st, "mh-%d" % i, d)
+    return st, path
+
+
+def mh_round(m, st, pairs, docs, qs):
+    """The two-hop questions qs (one per pair) without interleave and with
+    one round: (run_qs without, run_qs with, first_hop_pulls' counts)."""
+    from .evaluate import first_hop_pulls, run_qs
+    want = [p["answer"] for p in pairs]
+    routed = []
+    off = run_qs(m, st, qs, want, full=routed)
+    on = run_qs(m, st, qs, want, interleave=1)
+    return off, on, first_hop_pulls(m, st, pairs, docs, routed, on[2])
+
+
 def cpu_multihop(args, m, log):
     """The two-hop pairs (DATA/heldout_mh.json) in their own store, each
     cell (mh, mh_para) asked without interleave and with 1 to --mh-rounds
     rounds (each round reads a pulled document of up to 4096 tokens: about a
     second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
-    from .evaluate import first_hop_pulls, run_qs
+    from .evaluate import norm_answer, run_qs
     if not os.path.exists(os.path.join(args.data, "heldout_mh.json")):
         raise SystemExit("memmodel.heldout cpu --what mh: %s has no heldout_mh.json (written by "
                          "memmodel.heldout prepare since the multi-hop pairs exist): run prepare "
                          "again; heldout.json stays the same" % args.data)
     rec = json.load(open(os.path.join(args.data, "heldout_mh.json")))
     hay = mmd.read_docs(os.path.join(args.data, "heldout_mh_docs.txt"))
-    path = os.path.join(args.store_dir, "mh")
-    shutil.rmtree(path, ignore_errors=True)
-    st = m.create_store(path)
     t0 = time.time()
-    for i, d in enumerate(hay):
-        m.ingest(st, "mh-%d" % i, d)
+    st, path = mh_store(m, args, "mh", hay)
     res = {"pairs": len(rec["pairs"]), "tokens": int(sum(rec["doc_tokens"])),
            "ingest_s": round(time.time() - t0, 1)}
     want = [p["answer"] for p in rec["pairs"]]
     for cell, field in (("mh", "question"), ("mh_para", "question_para")):
         qs = [p[field] for p in rec["pairs"]]
-        routed = []
-        off = run_qs(m, st, qs, want, full=routed)
-        on = run_qs(m, st, qs, want, interleave=1)
+        off, on, pulls = mh_round(m, st, rec["pairs"], hay, qs)
         r = {"interleave_off": off[0], "interleave_on": on[0], "latency_off_s": off[1],
              "latency_on_s": on[1], "n": len(qs),
-             "abstained_on": sum(o.strip().rstrip(".").lower() == mmd.ABSTAIN for o in on[2]),
+             "abstained_on": sum(norm_answer(o).lower() == mmd.ABSTAIN for o in on[2]),
              "examples": [{"q": q, "want": w, "got": o}
                           for q, w, o in list(zip(qs, want, on[2]))[::20]]}
-        r.update(first_hop_pulls(m, st, rec["pairs"], hay, routed, on[2]))
+        r.update(pulls)
         for rounds in range(2, args.mh_rounds + 1):
             r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds)[0]
         res[cell] = r
@@ -629,7 +646,7 @@ def cmd_probe_mh(args):
     alone, and the multi-hop question with the first fact, the fact and its
     neighbouring paragraphs, or its whole document put before it."""
     from .clib import Msadb
-    from .evaluate import first_hop_pulls, norm_answer
+    from .evaluate import norm_answer
     rec = json.load(open(os.path.join(args.data, "heldout_mh.json")))
     hay = mmd.read_docs(os.path.join(args.data, "heldout_mh_docs.txt"))
     held_facts = [f for p in rec["pairs"] for f in p["facts"]]
@@ -642,21 +659,14 @@ def cmd_probe_mh(args):
         docs.append(paras[:i] + [f] + paras[i:])
     m = Msadb(args.lib)
     m.open_model(args.model, args.segment)
-    path = os.path.join(args.store_dir, "probe-mh")
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(args.store_dir, exist_ok=True)
-    st = m.create_store(path)
-    for k, d in enumerate(docs):
-        m.ingest(st, "mh-%d" % k, "\n\n".join(d))
+    texts = ["\n\n".join(d) for d in docs]
+    st, path = mh_store(m, args, "probe-mh", texts)
     res = {"command": "memmodel.heldout probe-mh " + " ".join(sys.argv[2:]), "model": args.model,
            "slots": args.probe_slots, "pairs": len(pairs), "example": pairs[0]}
     right = lambda q, w: norm_answer(m.ask(st, q)) == w
-    routed, on = [], []
-    for p in pairs:
-        routed.append(m.answer(st, p["question"]))
-        on.append(m.ask(st, p["question"], interleave=1))
-    res["interleave_on"] = sum(norm_answer(o) == p["answer"] for o, p in zip(on, pairs))
-    res.update(first_hop_pulls(m, st, pairs, ["\n\n".join(d) for d in docs], routed, on))
+    _, on, pulls = mh_round(m, st, pairs, texts, [p["question"] for p in pairs])
+    res["interleave_on"] = sum(norm_answer(o) == p["answer"] for o, p in zip(on[2], pairs))
+    res.update(pulls)
     res["second_hop_alone"] = sum(right(p["second"], p["answer"]) for p in pairs)
     ctx = {"fact": [], "neighbours": [], "document": []}
     for k, p in enumerate(pairs):
@@ -664,7 +674,7 @@ def cmd_probe_mh(args):
         i = d.index(p["facts"][0])
         ctx["fact"].append(p["facts"][0])
         ctx["neighbours"].append("\n\n".join(d[max(0, i - 1):i + 2]))
-        ctx["document"].append("\n\n".join(d))
+        ctx["document"].append(texts[2 * k])
     for name, texts in ctx.items():
         res["context_" + name] = sum(right(t + "\n\n" + p["question"], p["answer"])
                                      for t, p in zip(texts, pairs))
