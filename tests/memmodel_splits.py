@@ -80,6 +80,36 @@ mh_re = [re.compile("^" + re.escape(t).replace(r"\{attr\}", ".+").replace(r"\{en
 qs = [ex["question"] for ex in (g.example("multihop") for _ in range(200))]
 check(sum(not any(r.match(q) for r in mh_re) for q in qs) > 100,
       "--written draws multi-hop questions from the written forms: %r" % qs[:3])
+# --mh-attr: multi-hop room code names from wide open compounds, in the room
+# fact and the question alike; heads that are no held-out word or held-side noun
+held_nouns = set(mmd.Vocab("held").noun)
+check(not (set(mmd.WIDE_HEADS) & (held_words | held_nouns)),
+      "a wide head is a held-out word: %s" % sorted(set(mmd.WIDE_HEADS) & (held_words | held_nouns)))
+g = mmd.ComposedGen(14, split="train", written_mh=0.5, mh_attr=1.0)
+attrs = set()
+for _ in range(300):
+    ex = g.example("multihop")
+    attr = g._hops[1]["d"]["attr"]
+    attrs.add(attr)
+    check(attr not in mmd.ROOM_ATTRS and attr.split(" ")[-1] in mmd.WIDE_HEADS
+          and 2 <= len(attr.split(" ")) <= 3, "--mh-attr 1: code name %r" % attr)
+    check(attr in ex["question"] and attr in ex["facts"][1],
+          "--mh-attr: %r not in both the room code fact and the question: %r" % (attr, ex))
+check(len(attrs) > 250, "--mh-attr: %d code names of 300" % len(attrs))
+check(not g._mh_wide and g.fact("roomcode")["d"]["attr"] is not None, "mh_attr state leaks")
+n_list = sum(g.fact("roomcode")["d"]["attr"] in mmd.ROOM_ATTRS for _ in range(400))
+check(100 < n_list < 300, "--mh-attr leaves single-hop room codes alone: %d of 400 from the list"
+      % n_list)
+# a share of mh_attr: about 5/9 of the wide names have a head no other name has
+for share, lo, hi in ((0.5, 0.15, 0.42), (0.0, -1, 0)):
+    g, n_mh, n_wide = mmd.ComposedGen(15, split="train", mh_attr=share), 0, 0
+    for _ in range(2000):
+        ex = g.example()
+        if ex["kind"] == "multihop":
+            n_mh += 1
+            n_wide += g._hops[1]["d"]["attr"].split(" ")[-1] in mmd.WIDE_HEADS[4:]
+    check(n_mh > 200 and lo < n_wide / n_mh <= hi,
+          "--mh-attr %g: %d of %d multi-hop code names with a wide head" % (share, n_wide, n_mh))
 import json, tempfile
 with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
     json.dump({"facts": {"lives": [mmd.HELD_FACT_T["lives"][0], "Yes, " + mmd.HELD_FACT_T["lives"][1],
@@ -110,7 +140,10 @@ for name, g in (("ComposedGen", mmd.ComposedGen(7)),
                  mmd.ComposedGen(10, narrative=0.8, split="train", wide=True)),
                 ("ComposedGen (written forms)",
                  mmd.ComposedGen(12, narrative=0.5, near=0.5, split="train", wide=True,
-                                 written=0.8))):
+                                 written=0.8)),
+                ("ComposedGen (wide multi-hop code names)",
+                 mmd.ComposedGen(14, narrative=0.5, near=0.5, split="train", wide=True,
+                                 written=0.35, written_mh=0.5, mh_attr=1.0))):
     n_unans = 0
     for _ in range(4000):
         ex = g.example()

@@ -916,6 +916,12 @@ class OpenVocab:
         self.attr_words = [w for w in self.nouns if len(w) <= 7]
 
 
+# heads of the wide room code names of multi-hop examples (ComposedGen mh_attr):
+# none a held-out slot word or a held-side noun (tests/memmodel_splits.py)
+WIDE_HEADS = ["code", "number", "combination", "PIN", "passcode", "password", "key",
+              "digits", "keycode"]
+
+
 class ComposedGen(FactGen):
     """FactGen over composed forms and open vocabularies (train side only):
     half of the adjectives, animals and attributes come from the training
@@ -933,11 +939,14 @@ class ComposedGen(FactGen):
     written: the share of facts, and independently of questions, drawn from
     the written forms (written_forms); written_mh: the share of multi-hop
     questions drawn from the written ones (a separate share, so that builds
-    made before the written multi-hop forms draw the same examples)."""
+    made before the written multi-hop forms draw the same examples);
+    mh_attr: the share of multi-hop examples whose room code name is a wide
+    open compound (wide_attr) instead of a training list's name half the
+    time (0: builds made before it draw the same examples)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
                  near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False,
-                 written=0.0, written_mh=0.0):
+                 written=0.0, written_mh=0.0, mh_attr=0.0):
         forms = {k: composed_forms(k) for k in CORES}
         self.narr = {k: narrative_forms(k, wide) for k in CORES}
         self.written, self.written_mh = written, written_mh
@@ -963,6 +972,7 @@ class ComposedGen(FactGen):
         if vocab:
             self._split_vocab(vocab == "tune")
         self.unans, self.narrative, self.near, self.num_mix = unans, narrative, near, num_mix
+        self.mh_attr, self._mh_wide = mh_attr, False
         self._sets = {"room": set(self.v.room), "code": set(self.v.code)}
 
     def _split_vocab(self, tune):
@@ -1010,7 +1020,17 @@ class ComposedGen(FactGen):
             first = self.synthetic_name()
         return "%s %s" % (first, self.proper())
 
+    def wide_attr(self):
+        """A wide open code name: one or two train-side words and a head of
+        WIDE_HEADS ("cellar passcode", "harbor gate digits")."""
+        o, words = self.open, [self._pick(self.open.attr_words)]
+        if self.rng.random() < 0.3:
+            words.insert(0, self._pick(o.modifiers))
+        return " ".join(words + [self._pick(WIDE_HEADS)])
+
     def fact(self, kind, **kw):
+        if kind == "roomcode" and self._mh_wide:
+            kw.setdefault("attr", self.wide_attr())
         if kind == "room":
             kw.setdefault("val", self.room_number())
         elif kind == "roomcode":
@@ -1031,7 +1051,13 @@ class ComposedGen(FactGen):
         return f
 
     def example(self, kind=None):
-        ex = super().example(kind)
+        if self.mh_attr:
+            kind = kind or self._pick([k for k, n in self.kw.items() for _ in range(n)])
+            self._mh_wide = kind == "multihop" and self.rng.random() < self.mh_attr
+        try:
+            ex = super().example(kind)
+        finally:
+            self._mh_wide = False
         if ex["kind"] == "multihop":
             if self.written_mh and self.rng.random() < self.written_mh:
                 a, b = self._hops
@@ -1283,7 +1309,8 @@ def build_facts(args, sp):
                         unans=args.unans, narrative=args.narrative, near=args.near, split=split,
                         vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
-                        written=args.written, written_mh=args.written_multihop)
+                        written=args.written, written_mh=args.written_multihop,
+                        mh_attr=args.mh_attr)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1297,7 +1324,8 @@ def build_facts(args, sp):
                         unans=0.25, narrative=args.narrative, near=args.near, split="tune",
                         vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
-                        written=args.written, written_mh=args.written_multihop)
+                        written=args.written, written_mh=args.written_multihop,
+                        mh_attr=args.mh_attr)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1329,6 +1357,9 @@ def main(argv):
     ap.add_argument("--written-multihop", type=float, default=0.0,
                     help="with --composed: the share of multi-hop questions drawn from the "
                          "written ones")
+    ap.add_argument("--mh-attr", type=float, default=0.0,
+                    help="with --composed: the share of multi-hop examples whose room code "
+                         "name is a wide open compound (ComposedGen.wide_attr)")
     ap.add_argument("--near", type=float, default=0.0,
                     help="with --composed: share of answerable single-hop examples carrying 2-4 "
                          "near neighbours of their fact for the same document")
