@@ -46,7 +46,7 @@ static const char *const cmd_usage[CMD_COUNT] = {
                   "           [--select blocks|documents] [--summary mean|minmax|reps] [--exact]\n"
                   "           [--no-memory] [-n N] [--temp T] [--top-p P] [--min-score X]\n"
                   "           [--where K=V]...\n"
-                  "           [--seed S] [--interleave N] [--query-pos P] QUESTION",
+                  "           [--seed S] [--interleave N] [--followups N] [--query-pos P] QUESTION",
     [CMD_STAT] = "stat DB",
     [CMD_LS] = "ls DB [--space S] [--where K=V]...",
     [CMD_RM] = "rm DB [--space S] DOC... | rm DB [--space S] [--where K=V]...",
@@ -104,7 +104,7 @@ enum opt_id {
     O_JSON, O_QUIET, O_HELP, O_KEY_FILE, O_PASS_ENV, O_LAYERS, O_KV_HEADS, O_Q_HEADS,
     O_HEAD_DIM, O_MEMORY_LAYERS, O_BLOCK, O_DTYPE, O_SUMMARY, O_SPACE, O_TITLE, O_Q, O_LAYER,
     O_TOP_K, O_SELECT, O_EXACT, O_PER_TOKEN, O_OUT, O_MODEL, O_SPLIT, O_NO_MEMORY,
-    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
+    O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_INTERLEAVE, O_FOLLOWUPS, O_QUERY_POS, O_FORCE_MODEL,
     O_MIN_SCORE, O_SHARDS, O_COMMIT_EVERY, O_BINARY_OK, O_META, O_WHERE, O_TTL, O_TEXT, O_SPACE_KEY_FILE,
     O_SPACE_PASS_ENV, O_SEGMENT, O_COUNT
 };
@@ -163,6 +163,8 @@ static const opt_def opts[O_COUNT] = {
     [O_SEED] = {"seed", NULL, 0, 1, C(QUERY), "S", "with a question: sampling seed (default 0)"},
     [O_INTERLEAVE] = {"interleave", NULL, 0, 1, C(QUERY), "N",
                       "with a question: memory-interleave rounds 0..8 (default 0)"},
+    [O_FOLLOWUPS] = {"followups", NULL, 0, 1, C(QUERY), "N",
+                     "with a question: follow-up questions the model may ask memory 0..8 (default 2)"},
     [O_FORCE_MODEL] = {"force-model", NULL, 0, 0, C(INGEST) | ROUTE_CMDS | C(UPDATE), NULL,
                        "use a model other than the one the store was made with (same shape)"},
     [O_MIN_SCORE] = {"min-score", NULL, 0, 1, ROUTE_CMDS, "X",
@@ -545,6 +547,7 @@ static int set_option(cli_args *a, int id, const char *v, char *err, size_t errl
         return CLI_OK;
     case O_MAX_TOKENS: return parse_u32_opt("max-tokens", v, 1, 1u << 16, &a->max_tokens, err, errlen);
     case O_INTERLEAVE: return parse_u32_opt("interleave", v, 0, 8, &a->interleave, err, errlen);
+    case O_FOLLOWUPS: return parse_u32_opt("followups", v, 0, 8, &a->followups, err, errlen);
     case O_QUERY_POS: return parse_u32_opt("query-pos", v, 0, 1u << 24, &a->query_pos, err, errlen);
     case O_TEMPERATURE: return parse_float_opt("temperature", v, 0, 0, 100, &a->temperature, err, errlen);
     case O_TOP_P: return parse_float_opt("top-p", v, 0, 1, 1, &a->top_p, err, errlen);
@@ -770,7 +773,7 @@ static int check_query(cli_args *a, const char **pos, size_t n_pos, uint64_t see
 {
     static const int tensor_only[] = {O_Q, O_LAYER, O_OUT, O_PER_TOKEN};
     static const int model_only[] = {O_MODEL, O_NO_MEMORY, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P,
-                                     O_SEED, O_INTERLEAVE, O_QUERY_POS, O_FORCE_MODEL,
+                                     O_SEED, O_INTERLEAVE, O_FOLLOWUPS, O_QUERY_POS, O_FORCE_MODEL,
                                      O_MIN_SCORE};
     int tensor = 0;
     for (size_t i = 0; i < sizeof tensor_only / sizeof tensor_only[0]; i++)
@@ -905,6 +908,7 @@ static void args_defaults(cli_args *a)
     a->top_k = 16;
     a->select = MSADB_SELECT_BLOCKS;
     a->max_tokens = 64;
+    a->followups = 2;
     a->top_p = 1.0f;
 }
 

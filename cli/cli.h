@@ -79,7 +79,7 @@ typedef struct cli_args {
     int binary_ok;             /* ingest --binary-ok */
     int segment;               /* ingest/update --segment: MSADB_SEGMENT_*; 0: the model's */
     int no_memory;             /* query */
-    uint32_t max_tokens, interleave, query_pos;
+    uint32_t max_tokens, interleave, followups, query_pos;
     float temperature, top_p;
     uint64_t seed;
     const char *question;      /* query: the positional QUESTION ("-": stdin) */

@@ -488,8 +488,10 @@ typedef struct answer_buf {
     char *s;
     size_t n, cap;
     int stream;        /* write pieces to stdout as they come */
+    int say_followups; /* name each follow-up question on stderr (a terminal) */
     int oom;
     double t0, first;  /* ask start; first piece (ms after t0, -1: none) */
+    json_t *followups; /* the follow-up questions asked, in order (array) */
 } answer_buf;
 
 static int on_text(const char *text, size_t len, void *user)
@@ -508,6 +510,21 @@ static int on_text(const char *text, size_t len, void *user)
         fwrite(text, 1, len, stdout);
         fflush(stdout);
     }
+    return 0;
+}
+
+/* A follow-up question the model asks memory (msadb_ask_params.on_followup):
+ * kept for the JSON, named on stderr. */
+static int on_followup(const char *text, size_t len, void *user)
+{
+    answer_buf *b = user;
+    json_t *s = cli_json_bytes(text, len);
+    if (!s || !b->followups || json_array_append_new(b->followups, s) != 0) {
+        b->oom = 1;
+        return 1;
+    }
+    if (b->say_followups)
+        fprintf(stderr, "msadb: the model asks memory: %.*s\n", (int)len, text);
     return 0;
 }
 
@@ -630,6 +647,7 @@ static void ask_params(const cli_args *a, msadb_ask_params *p)
     p->seed = a->seed;
     p->query_pos = (int32_t)a->query_pos;
     p->interleave = a->interleave;
+    p->followups = a->followups;
     p->where = a->where;
     p->n_where = a->n_where;
 }
@@ -779,8 +797,12 @@ static int run_ask(const cli_args *a, asked *q, ask_result *r)
     msadb_ask_params p;
     ask_params(a, &p);
     p.on_text = on_text;
+    p.on_followup = on_followup;
     p.user = &r->ans;
     r->ans.stream = !a->json;
+    r->ans.say_followups = !a->json && !a->quiet && isatty(STDERR_FILENO);
+    if (!(r->ans.followups = json_array()))
+        return cli_error("out of memory");
     r->ans.t0 = cli_now_ms();
     size_t len = 0;
     int mrc = msadb_llm_ask(q->llm, q->st, q->question, q->qlen, &p, NULL, 0, &len,
@@ -821,13 +843,13 @@ static int print_answer(const cli_args *a, const asked *q, ask_result *r, int ab
         json_t *timing = json_pack("{s:f, s:f, s:f}", "load", q->load_ms, "first_text",
                                    r->ans.first >= 0 ? r->ans.first : r->ask_ms, "ask", r->ask_ms);
         json_t *root = json_pack(
-            "{s:o, s:o, s:b, s:b, s:s, s:I, s:b, s:I, s:o, s:I, s:o}", "question",
+            "{s:o, s:o, s:b, s:b, s:s, s:I, s:b, s:I, s:O, s:o, s:I, s:o}", "question",
             cli_json_bytes(q->question, q->qlen), "answer",
             cli_json_bytes(r->ans.s ? r->ans.s : "", r->ans.n), "abstained", abstained,
             "memory", r->memory, "select",
             a->select == MSADB_SELECT_DOCUMENTS ? "documents" : "blocks", "top_k",
             (json_int_t)a->top_k, "exact", a->exact, "interleave", (json_int_t)a->interleave,
-            "spans", spans_json(snap, r->spans, listed), "spans_total", (json_int_t)r->n_spans,
+            "followups", r->ans.followups, "spans", spans_json(snap, r->spans, listed), "spans_total", (json_int_t)r->n_spans,
             "timing_ms", timing);
         rc = cli_json_print(root);
     } else {
@@ -879,6 +901,7 @@ int cmd_model_query(const cli_args *a)
             rc = CLI_ABSTAIN;
     }
     free(r.ans.s);
+    json_decref(r.ans.followups);
     free(r.hits);
     free(r.spans);
     asked_close(&q);

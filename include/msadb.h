@@ -970,7 +970,8 @@ typedef struct msadb_llm_info {
  * MSADB_EINVAL (unsupported architecture or feature, or an unknown value of
  * the optional routing keys msadb.routing.summary / msadb.routing.score,
  * which say how the model was trained to route: msadb_ask_params, or of
- * the optional key msadb.abstain: msadb_llm_abstain_answer), errno
+ * the optional keys msadb.abstain: msadb_llm_abstain_answer, and
+ * msadb.followup: msadb_ask_params.followups), errno
  * values. */
 MSADB_API int msadb_llm_open(const char *path, msadb_llm **out);
 /** Frees a model; NULL allowed. */
@@ -1136,6 +1137,20 @@ typedef struct msadb_ask_params {
      * documents whose metadata holds every term.  NULL/0 = no filter. */
     const char *const *where;
     size_t n_where;
+    /* Follow-up questions (0..8, default 2; 0 = off).  A model that declares
+     * the GGUF string key msadb.followup (e.g. "ask:") was trained to answer
+     * a question it cannot answer in one read, such as a two-hop one, with
+     * that prefix and a simpler question ("ask: What is the keypad code of
+     * room 404?", the room read from memory).  msadb_llm_ask() then asks that
+     * question from memory, with these parameters but no interleave round,
+     * up to `followups` times, and its answer is the answer; the follow-up
+     * text is never passed to on_text.  A model without the key is not
+     * affected. */
+    uint32_t followups;
+    /* Called with each follow-up question (not NUL-terminated, valid during
+     * the call) before it is asked; a non-zero return stops: the answer is
+     * then the follow-up as the model wrote it.  May be NULL. */
+    int (*on_followup)(const char *question, size_t len, void *user);
 } msadb_ask_params;
 
 MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
@@ -1145,11 +1160,12 @@ MSADB_API void msadb_ask_params_init(msadb_ask_params *p);
  * of sequence).  answer (capacity cap, NUL-terminated when it fits; may be
  * NULL) gets the text, *len its length; hits (up to hits_cap, *n_hits the
  * count) the memory blocks the question's tokens drew on in the last memory
- * layer (per kv head, best first).  on_text receives whole UTF-8
+ * layer (per kv head, best first); after follow-up questions
+ * (msadb_ask_params.followups) the answer and hits are the last one's.  on_text receives whole UTF-8
  * characters (an incomplete one is held back until the next piece).  store
  * may be NULL (no memory); its signature must match the model
  * (MSADB_ESIGNATURE).  Errors also: MSADB_EINVAL (temperature < 0, top_p
- * outside (0, 1], interleave > 8, an unknown summary or score, a summary the
+ * outside (0, 1], interleave or followups > 8, an unknown summary or score, a summary the
  * store does not hold), MSADB_ENOTFOUND (unknown space),
  * MSADB_ELIMIT (answer longer than cap). */
 MSADB_API int msadb_llm_ask(msadb_llm *llm, msadb_store *store, const char *question, size_t qlen,

@@ -505,12 +505,43 @@ def test_query_abstain(fx):
         run("query", db2, "--model", bad, "q", expect=1, msg="msadb.abstain")
 
 
+def test_query_followups(fx):
+    """A model that declares a follow-up prefix (GGUF msadb.followup): an
+    answer beginning with it is asked again as a question and that answer is
+    printed; --json lists the follow-up (stderr names it on a terminal); --followups 0
+    prints the first answer as it is; out of range is refused.  The random
+    model's own first character is declared as the prefix: the same weights
+    answer the same question the same way, so the follow-up is known."""
+    base = fx.ask("--max-tokens", "64")
+    check(base["followups"] == [], f"no msadb.followup: no follow-up {base}")
+    text = base["answer"].lstrip()
+    check(len(text) > 1 and text[0] not in "'\"", f"answer {text!r}")
+    question = text[1:].strip()
+    m2 = make_model("followup.gguf", "--followup", text[0])
+    want = jrun("query", fx.db, "--model", fx.model, "--max-tokens", "4", "--force-model", question)
+    j = jrun("query", fx.db, "--model", m2, "--max-tokens", "4", "--force-model", "--followups", "1",
+             fx.question)
+    check(j["followups"] == [question] and j["answer"] == want["answer"], f"followed up: {j} {want}")
+    # not a terminal: the answer alone (run() checks stderr is empty)
+    r = run("query", fx.db, "--model", m2, "--max-tokens", "4", "--force-model", "--followups", "1",
+            fx.question)
+    check(r.stdout.startswith(want["answer"]), f"stdout: {r.stdout!r}")
+    j = jrun("query", fx.db, "--model", m2, "--max-tokens", "4", "--force-model", "--followups", "0",
+             fx.question)
+    short = fx.ask("--max-tokens", "4")
+    check(j["followups"] == [] and j["answer"] == short["answer"], f"--followups 0: {j}")
+    # with the default (2) the random model follows its follow-up's own '?' again
+    j = jrun("query", fx.db, "--model", m2, "--max-tokens", "4", "--force-model", fx.question)
+    check(len(j["followups"]) == 2 and j["followups"][0] == question, f"two follow-ups: {j}")
+    run("query", fx.db, "--model", m2, "--followups", "9", fx.question, expect=2, msg="followups")
+
+
 def main():
     fx = Fixture()
     for case in (test_init, test_ingest_files, test_ingest_long_text, test_ingest_again, test_ls,
                  test_ingest_refused, test_usage_errors, test_binary_ok, test_segment, test_query_answers,
                  test_query_spaces, test_query_selection, test_query_modes, test_query_output,
-                 test_query_abstain):
+                 test_query_abstain, test_query_followups):
         case(fx)
     # the store is sound
     run("verify", fx.db)

@@ -12,6 +12,7 @@
  *    model produced;
  * 3. sparse mode over a longer memory: how far the logits move from exact
  *    mode is measured and printed (and must stay finite). */
+#include <ctype.h>
 #include <math.h>
 #include <string.h>
 
@@ -472,6 +473,118 @@ static void test_abstain(const char *plain, const char *dir)
     }
 }
 
+/* What a follow-up test collects from on_text and on_followup. */
+typedef struct {
+    char text[2048], fu[4][1024];
+    size_t n_text, n_fu;
+    int stop_at_followup;
+} fu_log;
+
+static int fu_on_text(const char *t, size_t n, void *user)
+{
+    fu_log *g = user;
+    if (g->n_text + n < sizeof g->text) {
+        memcpy(g->text + g->n_text, t, n);
+        g->n_text += n;
+        g->text[g->n_text] = 0;
+    }
+    return 0;
+}
+
+static int fu_on_followup(const char *q, size_t n, void *user)
+{
+    fu_log *g = user;
+    if (g->n_fu < 4 && n < sizeof g->fu[0]) {
+        memcpy(g->fu[g->n_fu], q, n);
+        g->fu[g->n_fu][n] = 0;
+    }
+    g->n_fu++;
+    return g->stop_at_followup;
+}
+
+/* Asks q with max_tokens and `followups`, logging streamed text and
+ * follow-ups; the answer into a (2048 bytes) and the hits into h (64). */
+static int fu_ask(msadb_llm *l, msadb_store *st, const char *q, uint32_t max_tokens, uint32_t followups,
+                  int stop, fu_log *g, char *a, msadb_hit *h, size_t *nh)
+{
+    msadb_ask_params p;
+    msadb_ask_params_init(&p);
+    p.max_tokens = max_tokens;
+    p.top_k = 3;
+    p.followups = followups;
+    p.on_text = fu_on_text;
+    p.on_followup = fu_on_followup;
+    memset(g, 0, sizeof *g);
+    g->stop_at_followup = stop;
+    p.user = g;
+    size_t len = 0;
+    return msadb_llm_ask(l, st, q, strlen(q), &p, a, 2048, &len, h, 64, nh);
+}
+
+/* Follow-up questions (GGUF msadb.followup): an answer that begins with the
+ * declared prefix is asked again, the text after the prefix (generated up
+ * to 64 tokens whatever max_tokens says) as the question, and the answer is
+ * that question's (its text alone streamed, its hits returned); with
+ * followups 0 or a model without the key, the answer is the first one;
+ * on_followup may stop; bad declarations are refused.  The prefix is taken
+ * from the random model's own answer, so the follow-up path runs without a
+ * trained model. */
+static void test_followup(const char *dir)
+{
+    msadb_llm *l0 = open_keyed(dir, "fu0", "");
+    msadb_signature sig;
+    msadb_store *st = ask_store(l0, dir, "followup", 0, &sig);
+    static char a0[2048], a64[2048], a1[2048], want[2048], fqs[2048];
+    msadb_hit h0[64], h1[64], hw[64];
+    size_t n0, n1, nw;
+    static fu_log g;
+    CHECK_OK(fu_ask(l0, st, question, 8, 2, 0, &g, a0, h0, &n0));
+    CHECK(g.n_fu == 0 && !strcmp(g.text, a0)); /* no key: no follow-up */
+    CHECK_OK(fu_ask(l0, st, question, 64, 0, 0, &g, a64, h1, &n1));
+    /* the prefix: the answer's first character, if the shell can quote it */
+    const char *s = a64;
+    while (*s == ' ')
+        s++;
+    CHECK(*s && *s != '\'' && s[1]);
+    char keys[128], prefix[2] = {s[0], 0};
+    snprintf(keys, sizeof keys, "--followup '%s'", prefix);
+    msadb_llm *l1 = open_keyed(dir, "fu1", keys);
+    /* followups 0: the first answer, streamed whole */
+    CHECK_OK(fu_ask(l1, st, question, 8, 0, 0, &g, a1, h1, &n1));
+    CHECK(!strcmp(a1, a0) && !strcmp(g.text, a0) && g.n_fu == 0 && same_hits(h1, n1, h0, n0));
+    /* followups 1: the rest of the 64-token answer is asked; its answer
+     * (8 tokens) is the answer */
+    const char *fq = s + 1;
+    while (isspace((unsigned char)*fq))
+        fq++;
+    size_t fl = strlen(fq);
+    while (fl && isspace((unsigned char)fq[fl - 1]))
+        fl--;
+    CHECK(fl > 0);
+    snprintf(fqs, sizeof fqs, "%.*s", (int)fl, fq);
+    CHECK_OK(fu_ask(l0, st, fqs, 8, 0, 0, &g, want, hw, &nw));
+    CHECK_OK(fu_ask(l1, st, question, 8, 1, 0, &g, a1, h1, &n1));
+    CHECK(g.n_fu == 1 && !strcmp(g.fu[0], fqs));
+    CHECK(!strcmp(a1, want) && !strcmp(g.text, want) && same_hits(h1, n1, hw, nw));
+    /* on_followup stops: the answer is the follow-up as written, nothing streamed */
+    CHECK_OK(fu_ask(l1, st, question, 8, 2, 1, &g, a1, h1, &n1));
+    CHECK(g.n_fu == 1 && !strcmp(a1, a64) && g.n_text == 0);
+    /* more follow-ups than 8 are refused */
+    CHECK_RC(fu_ask(l1, st, question, 8, 9, 0, &g, a1, h1, &n1), MSADB_EINVAL);
+    msadb_close(st);
+    msadb_llm_close(l0);
+    msadb_llm_close(l1);
+    /* refused: empty, longer than 64 bytes */
+    char longer[80];
+    memset(longer, 'a', 65);
+    longer[65] = 0;
+    const char *bad[] = {"''", longer};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(keys, sizeof keys, "--followup %s", bad[i]);
+        check_refused(dir, keys, "msadb.followup");
+    }
+}
+
 /* The stored keys/values of a document, plane 0, [n_tokens][head_dim]
  * (malloc'd; *n gets the token count). */
 static float *doc_keys(msadb_store *st, uint64_t id, uint32_t head_dim, uint64_t *n)
@@ -680,6 +793,7 @@ int main(void)
     test_ask_routing(path, dir);
     test_declared_routing(path, dir);
     test_abstain(path, dir);
+    test_followup(dir);
     printf("test_adapter: ok\n");
     return 0;
 }

@@ -34,6 +34,8 @@ struct msadb_llm {
     int segment;      /* MSADB_SEGMENT_* that ingest runs (GGUF msadb.segment, set_segment) */
     char *abstain;    /* the declared "not in memory" answer (GGUF msadb.abstain), or NULL */
     size_t abstain_len;
+    char *followup;   /* the declared prefix of a follow-up question (GGUF msadb.followup), or NULL */
+    size_t followup_len;
     char *path;       /* absolute path of the file */
     int have_id;      /* id computed (msadb_llm_identity) */
     msadb_model_id id;
@@ -95,33 +97,43 @@ static int read_segment(const msadb_gguf *g, int *segment)
     return read_named(g, "msadb.segment", segments, sizeof segments / sizeof segments[0], segment);
 }
 
-/* Longest declared abstain answer (msadb.abstain), in bytes. */
+/* Longest declared abstain answer (msadb.abstain) and follow-up prefix
+ * (msadb.followup), and the longest answer taken as a follow-up question
+ * (a longer one is an answer), in bytes. */
 #define LLM_ABSTAIN_MAX 256
+#define LLM_FOLLOWUP_MAX 64
+#define LLM_FOLLOWUP_Q_MAX 1024
+/* Tokens a round that may be a follow-up question generates at most: the
+ * answer limit (max_tokens) holds for answers, not for a follow-up. */
+#define LLM_FOLLOWUP_TOKENS 64u
 
-/* The answer the model was trained to give when memory does not hold what
- * is asked (GGUF msadb.abstain), *s and *n its bytes: 0, MSADB_ENOTFOUND
- * (the key is optional), MSADB_EINVAL (not a string, empty, longer than
- * LLM_ABSTAIN_MAX or holding a NUL byte). */
-static int abstain_value(const msadb_gguf *g, const char **s, size_t *n)
+/* An optional short string key of the model, *s and *n its bytes: 0,
+ * MSADB_ENOTFOUND (absent), MSADB_EINVAL (not a string, empty, longer than
+ * max or holding a NUL byte).  The keys: msadb.abstain, the answer the model
+ * was trained to give when memory does not hold what is asked, and
+ * msadb.followup, the prefix of an answer that is a follow-up question. */
+static int short_str(const msadb_gguf *g, const char *key, size_t max, const char **s, size_t *n)
 {
-    int rc = msadb_gguf_get_str(g, "msadb.abstain", s, n);
+    int rc = msadb_gguf_get_str(g, key, s, n);
     if (rc)
         return rc == MSADB_EDTYPE ? MSADB_EINVAL : rc;
-    return *n == 0 || *n > LLM_ABSTAIN_MAX || memchr(*s, 0, *n) ? MSADB_EINVAL : 0;
+    return *n == 0 || *n > max || memchr(*s, 0, *n) ? MSADB_EINVAL : 0;
 }
 
-static int read_abstain(msadb_llm *llm)
+/* short_str's value, copied NUL-terminated into *out (left NULL when the
+ * key is absent). */
+static int read_short_str(msadb_llm *llm, const char *key, size_t max, char **out, size_t *len)
 {
     const char *s;
     size_t n;
-    int rc = abstain_value(msadb_model_gguf(llm->model), &s, &n);
+    int rc = short_str(msadb_model_gguf(llm->model), key, max, &s, &n);
     if (rc)
         return rc == MSADB_ENOTFOUND ? 0 : rc;
-    if (!(llm->abstain = malloc(n + 1)))
+    if (!(*out = malloc(n + 1)))
         return MSADB_ENOMEM;
-    memcpy(llm->abstain, s, n);
-    llm->abstain[n] = 0;
-    llm->abstain_len = n;
+    memcpy(*out, s, n);
+    (*out)[n] = 0;
+    *len = n;
     return 0;
 }
 
@@ -139,7 +151,10 @@ int msadb_llm_open(const char *path, msadb_llm **out)
     if (!rc)
         rc = read_routing(llm);
     if (!rc)
-        rc = read_abstain(llm);
+        rc = read_short_str(llm, "msadb.abstain", LLM_ABSTAIN_MAX, &llm->abstain, &llm->abstain_len);
+    if (!rc)
+        rc = read_short_str(llm, "msadb.followup", LLM_FOLLOWUP_MAX, &llm->followup,
+                            &llm->followup_len);
     if (!rc)
         rc = read_segment(msadb_model_gguf(llm->model), &llm->segment);
     if (!rc && !(llm->path = realpath(path, NULL)))
@@ -159,6 +174,7 @@ void msadb_llm_close(msadb_llm *llm)
     msadb_tokenizer_free(llm->tok);
     msadb_model_free(llm->model);
     free(llm->abstain);
+    free(llm->followup);
     free(llm->path);
     free(llm);
 }
@@ -290,7 +306,8 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
     int has_pre = msadb_gguf_get_cstr(g, "tokenizer.ggml.pre", pre, sizeof pre) == 0;
     const char *ab;
     size_t abn;
-    int bad_abstain = abstain_value(g, &ab, &abn) == MSADB_EINVAL;
+    int bad_abstain = short_str(g, "msadb.abstain", LLM_ABSTAIN_MAX, &ab, &abn) == MSADB_EINVAL;
+    int bad_followup = short_str(g, "msadb.followup", LLM_FOLLOWUP_MAX, &ab, &abn) == MSADB_EINVAL;
     int seg, bad_segment = read_segment(g, &seg) != 0;
     msadb_gguf_close(g);
     if (strcmp(arch, "llama") != 0)
@@ -310,6 +327,11 @@ int msadb_llm_explain(const char *path, int err, char *buf, size_t cap)
                            "what is asked) is not a string of 1-%d bytes without NUL; correct or "
                            "delete that key",
                  LLM_ABSTAIN_MAX);
+    else if (err == MSADB_EINVAL && bad_followup)
+        snprintf(buf, cap, "its msadb.followup (the prefix of an answer that is a follow-up question "
+                           "to ask memory) is not a string of 1-%d bytes without NUL; correct or "
+                           "delete that key",
+                 LLM_FOLLOWUP_MAX);
     else if ((err == MSADB_EINVAL || err == MSADB_ECORRUPT) && bad_segment)
         snprintf(buf, cap, "its msadb.segment (how the model reads a document at ingest) is not "
                            "the string \"document\", \"paragraph\" or \"joined\"; correct or delete that key");
@@ -744,6 +766,14 @@ typedef struct {
     /* streaming: bytes of an incomplete UTF-8 character held back */
     char pending[4];
     size_t n_pending;
+    /* follow-up questions (msadb.followup): while `watch`, a round's text is
+     * kept in `round` and held back from on_text until it is known not to
+     * begin with the model's follow-up prefix */
+    int watch;
+    int fu_state; /* 0 undecided, 1 an answer (streamed), 2 a follow-up (held back) */
+    char round[LLM_FOLLOWUP_Q_MAX];
+    size_t round_len;
+    uint32_t round_tokens;
     /* routing once per prompt: each memory layer's selection from the
      * prompt's last chunk, reused by every generated token */
     msadb_hit **route;
@@ -867,9 +897,43 @@ static int stream_text(ask_state *a, const char *s, size_t n, int flush)
     return stop;
 }
 
+/* Follows a round's text while it may be a follow-up question: keeps it in
+ * a->round and, once enough of it is known, decides whether it begins with
+ * the model's prefix (fu_state 2: held back, to be asked) or not (1: what
+ * was held back is streamed now, the rest as it comes).  Text too long for
+ * a follow-up question is an answer.  Returns 1 if on_text asked to stop. */
+static int watch_text(ask_state *a, const char *piece, size_t n)
+{
+    if (a->round_len + n > sizeof a->round) {
+        a->fu_state = 1;
+        return stream_text(a, a->round, a->round_len, 0) || stream_text(a, piece, n, 0);
+    }
+    memcpy(a->round + a->round_len, piece, n);
+    a->round_len += n;
+    if (a->fu_state == 0) {
+        const char *t = a->round;
+        size_t m = a->round_len, want = a->llm->followup_len;
+        while (m && isspace((unsigned char)*t))
+            t++, m--;
+        if (strncasecmp(t, a->llm->followup, m < want ? m : want) != 0)
+            a->fu_state = 1;
+        else if (m >= want)
+            a->fu_state = 2;
+    }
+    return a->fu_state == 1 ? stream_text(a, a->round, a->round_len, 0) : 0;
+}
+
+/* Tokens the next round may generate (see LLM_FOLLOWUP_TOKENS). */
+static uint32_t round_limit(const ask_state *a)
+{
+    uint32_t m = a->p->max_tokens;
+    return a->watch && m < LLM_FOLLOWUP_TOKENS ? LLM_FOLLOWUP_TOKENS : m;
+}
+
 static int on_token(int32_t token, void *user)
 {
     ask_state *a = user;
+    a->round_tokens++;
     const char *piece;
     size_t n;
     if (msadb_tokenizer_piece(a->llm->tok, token, &piece, &n))
@@ -883,11 +947,12 @@ static int on_token(int32_t token, void *user)
     if (a->answer && a->len + n < a->cap)
         memcpy(a->answer + a->len, piece, n);
     a->len += n;
-    if (n && stream_text(a, piece, n, 0)) {
+    if (n && (a->watch && a->fu_state != 1 ? watch_text(a, piece, n) : stream_text(a, piece, n, 0))) {
         a->stopped = 1;
         return 1;
     }
-    return 0;
+    /* an answer (not a follow-up) ends at max_tokens */
+    return a->watch && a->fu_state != 2 && a->round_tokens >= a->p->max_tokens;
 }
 
 /* Tokens of the best-scoring document among the hits that is not in the
@@ -931,7 +996,8 @@ static int best_doc_text(ask_state *a, int32_t **ids, size_t *n)
 /* The parameters of an ask or a search, checked. */
 static int check_params(const msadb_ask_params *p)
 {
-    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || !(p->temperature >= 0.0f) ||
+    if (p->max_tokens == 0 || p->query_pos < 0 || p->interleave > 8 || p->followups > 8 ||
+        !(p->temperature >= 0.0f) ||
         isinf(p->temperature) || !(p->top_p > 0.0f && p->top_p <= 1.0f) || (p->n_spaces && !p->spaces) ||
         (p->n_where && !p->where) ||
         (p->summary && !msadb_summary_is_one(p->summary)) || !msadb_score_valid(p->score))
@@ -1042,7 +1108,8 @@ static int generate(ask_state *a, msadb_model_ctx *ctx, const int32_t *ids, size
     msadb_sampler sampler;
     msadb_sampler_init(&sampler, p->temperature, p->top_p, 0, p->seed);
     msadb_generate_params gp = {0};
-    gp.max_tokens = p->max_tokens;
+    gp.max_tokens = round_limit(a);
+    a->round_tokens = 0;
     gp.stop_tokens = eos >= 0 ? &eos : NULL;
     gp.n_stop = eos >= 0 ? 1 : 0;
     gp.sampler = &sampler;
@@ -1052,9 +1119,31 @@ static int generate(ask_state *a, msadb_model_ctx *ctx, const int32_t *ids, size
     size_t n_out = 0;
     int why = 0;
     int rc = msadb_model_generate(ctx, ids, (uint32_t)n, pos, &gp, NULL, 0, &n_out, &why);
-    if (!rc && !a->stopped)
+    if (!rc && a->watch && a->fu_state == 0) { /* shorter than the prefix: an answer */
+        a->fu_state = 1;
+        a->stopped = stream_text(a, a->round, a->round_len, 0);
+    }
+    if (!rc && !a->stopped && a->fu_state != 2)
         stream_text(a, NULL, 0, 1); /* a held-back incomplete character */
     return rc;
+}
+
+/* The follow-up question of a round whose text begins with the model's
+ * prefix: the text after it, white space trimmed (may be empty). */
+static void followup_question(const ask_state *a, const char **q, size_t *n)
+{
+    const char *t = a->round;
+    size_t m = a->round_len;
+    while (m && isspace((unsigned char)*t))
+        t++, m--;
+    t += a->llm->followup_len;
+    m -= a->llm->followup_len;
+    while (m && isspace((unsigned char)*t))
+        t++, m--;
+    while (m && isspace((unsigned char)t[m - 1]))
+        m--;
+    *q = t;
+    *n = m;
 }
 
 /* The question's tokens (with BOS when the tokenizer adds one). */
@@ -1094,17 +1183,42 @@ int msadb_llm_ask(msadb_llm *llm, msadb_store *st, const char *question, size_t 
     if (st && !p->no_memory && (rc = route_begin(&a, llm, st, p)))
         goto out;
     /* Context: [pulled document texts...] + question; interleave rounds
-     * grow it by the best document's text and query memory again. */
+     * grow it by the best document's text and query memory again.  An
+     * answer that is a follow-up question (msadb.followup) is asked next,
+     * with the same parameters but no interleave round, up to p->followups
+     * times; the last question's answer is the answer. */
     if ((rc = question_tokens(llm, question, qlen, &ctx_ids, &n_ctx)))
         goto out;
-    for (uint32_t round = 0; a.snap && round < p->interleave; round++) {
-        if ((rc = prompt_ctx(&a, n_ctx, p->max_tokens, &ctx, &pos)) ||
-            (rc = route_prompt(&a, ctx, ctx_ids, n_ctx, pos)) ||
-            (rc = pull_best_doc(&a, &ctx_ids, &n_ctx)))
+    for (uint32_t asked = 0;; asked++) {
+        for (uint32_t round = 0; a.snap && !asked && round < p->interleave; round++) {
+            if ((rc = prompt_ctx(&a, n_ctx, p->max_tokens, &ctx, &pos)) ||
+                (rc = route_prompt(&a, ctx, ctx_ids, n_ctx, pos)) ||
+                (rc = pull_best_doc(&a, &ctx_ids, &n_ctx)))
+                goto out;
+        }
+        a.watch = llm->followup && asked < p->followups;
+        a.fu_state = 0;
+        a.round_len = 0;
+        if ((rc = prompt_ctx(&a, n_ctx, round_limit(&a), &ctx, &pos)) ||
+            (rc = generate(&a, ctx, ctx_ids, n_ctx, pos)) || a.stopped || a.fu_state != 2)
             goto out;
+        const char *fq;
+        size_t fn;
+        followup_question(&a, &fq, &fn);
+        if (!fn) { /* the prefix alone: an answer */
+            stream_text(&a, a.round, a.round_len, 1);
+            goto out;
+        }
+        if (p->on_followup && p->on_followup(fq, fn, p->user))
+            goto out; /* the answer is the follow-up question as generated */
+        free(ctx_ids);
+        ctx_ids = NULL;
+        if ((rc = question_tokens(llm, fq, fn, &ctx_ids, &n_ctx)))
+            goto out;
+        a.len = 0;
+        a.first_piece = 1;
+        a.n_pending = 0;
     }
-    if (!(rc = prompt_ctx(&a, n_ctx, p->max_tokens, &ctx, &pos)))
-        rc = generate(&a, ctx, ctx_ids, n_ctx, pos);
 out:
     if (a.answer && a.cap)
         a.answer[a.len < a.cap ? a.len : a.cap - 1] = 0;

@@ -13,4 +13,5 @@ void msadb_ask_params_init(msadb_ask_params *p)
     p->select = MSADB_SELECT_BLOCKS;
     p->max_tokens = 64;
     p->top_p = 1.0f;
+    p->followups = 2;
 }

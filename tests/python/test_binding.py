@@ -539,6 +539,7 @@ def test_model_errors():
             expect(msadb.InvalidArgument, errors.EINVAL, m.ingest, st, "")
             expect(msadb.InvalidArgument, errors.EINVAL, m.ask, st, "q", temperature=-1)
             expect(msadb.InvalidArgument, errors.EINVAL, m.ask, st, "q", interleave=9)
+            expect(msadb.InvalidArgument, errors.EINVAL, m.ask, st, "q", followups=9)
             expect(msadb.NotFound, errors.ENOTFOUND, m.ingest, st, "text", space="nope")
             assert st.stat().n_documents == 0
     expect(msadb.WrongState, errors.ESTATE, m.tokenize, "x")

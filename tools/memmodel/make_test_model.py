@@ -102,6 +102,8 @@ def build(args):
         w.add_string("msadb.abstain", args.abstain)
     if args.segment is not None:
         w.add_string("msadb.segment", args.segment)
+    if args.followup is not None:
+        w.add_string("msadb.followup", args.followup)
 
     if args.tokenizer_from:
         n_vocab = copy_tokenizer(w, args.tokenizer_from)
@@ -166,6 +168,8 @@ def parse_args(argv):
                          "any string, to test refusals)")
     ap.add_argument("--abstain", default=None,
                     help="msadb.abstain: the answer the model gives when memory lacks the fact")
+    ap.add_argument("--followup", default=None,
+                    help="msadb.followup: the prefix of an answer that is a follow-up question")
     ap.add_argument("--name", default="msadb-test-model")
     return ap.parse_args(argv)
 

@@ -132,7 +132,8 @@ class AskParams_(ctypes.Structure):
                 ("route_each_token", ctypes.c_int), ("interleave", ctypes.c_uint32),
                 ("summary", ctypes.c_uint32), ("score", ctypes.c_int),
                 ("on_text", ON_TEXT), ("user", ctypes.c_void_p),
-                ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t)]
+                ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t),
+                ("followups", ctypes.c_uint32), ("on_followup", ON_TEXT)]
 
 
 # Every public struct of include/msadb.h and its mirror (checked by
@@ -297,7 +298,8 @@ def _init_defaults():
     return [
         (Options_, lib.msadb_options_init, {"zstd_level": 1}),
         (Query_, lib.msadb_query_init, {"top_k": 16}),
-        (AskParams_, lib.msadb_ask_params_init, {"top_k": 16, "max_tokens": 64, "top_p": 1.0}),
+        (AskParams_, lib.msadb_ask_params_init, {"top_k": 16, "max_tokens": 64, "top_p": 1.0,
+                                                       "followups": 2}),
         (Signature_, sig_init, {"n_layers": 4, "n_kv_heads": 2, "n_q_heads": 4, "head_dim": 16,
                                 "n_memory_layers": 2, "block_size": 64, "dtype": 1,
                                 "summary_kinds": None, "memory_layers": [2, 3]}),

@@ -57,11 +57,15 @@ class Answer:
     ``spans`` (best first), the raw ``hits`` (HIT_DTYPE array: the blocks
     the question drew on in the last memory layer, per kv head) and
     ``abstained``: the text is the model's declared abstain answer
-    (:attr:`Model.abstain_answer`, msadb_llm_is_abstain)."""
+    (:attr:`Model.abstain_answer`, msadb_llm_is_abstain); ``followups``:
+    the follow-up questions the model asked memory on the way, in order
+    (msadb_ask_params.followups; the spans and hits are the last
+    question's)."""
     text: str
     spans: List[Span]
     hits: np.ndarray
     abstained: bool = False
+    followups: Tuple[str, ...] = ()
 
     def __str__(self):
         return self.text
@@ -218,7 +222,8 @@ class Model(_Handle):
         return batch.ids
 
     def _params(self, spaces, top_k, select, exact, no_memory, max_tokens, temperature, top_p,
-                seed, query_pos, route_each_token, interleave, summary, score, where=None):
+                seed, query_pos, route_each_token, interleave, summary, score, where=None,
+                followups=2):
         p = AskParams_()
         lib.msadb_ask_params_init(ctypes.byref(p))
         keep = []
@@ -233,6 +238,7 @@ class Model(_Handle):
         p.query_pos = query_pos
         p.route_each_token = int(bool(route_each_token))
         p.interleave = interleave
+        p.followups = followups
         return p, keep
 
     def ask(self, store: Optional[Store], question: str, *,
@@ -241,7 +247,8 @@ class Model(_Handle):
             select: str = "blocks", exact: bool = False, no_memory: bool = False,
             max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
             query_pos: int = 0, route_each_token: bool = False, interleave: int = 0,
-            summary: Optional[str] = None, score: Optional[str] = None, where=None) -> Answer:
+            summary: Optional[str] = None, score: Optional[str] = None, where=None,
+            followups: int = 2) -> Answer:
         """msadb_llm_ask: answers ``question`` from memory, as ``msadb query
         --model`` does: greedy by default, memory in every memory layer,
         routed once on the question.  ``on_text(piece)`` receives the answer
@@ -251,7 +258,7 @@ class Model(_Handle):
         q = _bytes(question, "question")
         p, keep = self._params(spaces, top_k, select, exact, no_memory, max_tokens, temperature,
                                top_p, seed, query_pos, route_each_token, interleave, summary, score,
-                               where)
+                               where, followups)
         pieces = []
         failure = []
 
@@ -266,6 +273,12 @@ class Model(_Handle):
                 failure.append(e)
                 return 1
         p.on_text = ON_TEXT(cb)
+        asked = []
+
+        def fcb(ptr, n, user):
+            asked.append(ctypes.string_at(ptr, n).decode("utf-8", "replace"))
+            return 0
+        p.on_followup = ON_TEXT(fcb)
         cap = 0
         memory = store is not None and not no_memory
         if memory:
@@ -292,7 +305,7 @@ class Model(_Handle):
         raw = text.encode("utf-8", "surrogatepass")
         ab = lib.msadb_llm_is_abstain(self._get(), raw, len(raw))
         check(ab if ab < 0 else 0, "abstain answer")
-        return Answer(text, spans, hits, ab == 1)
+        return Answer(text, spans, hits, ab == 1, tuple(asked))
 
     def ask_stream(self, store: Optional[Store], question: str, **kw) -> Iterator[Union[str, Answer]]:
         """Like :meth:`ask`, as a generator: yields each piece of text as it
