@@ -138,6 +138,48 @@ try:
 except ValueError:
     pass
 
+# --mh-followup: without context a multi-hop question answers its follow-up
+# (the second hop as its own question, the room read from the first hop, which
+# the answer's routing gold is), with the first hop's document in the context
+# the value; single-hop questions answer their value either way
+g2 = mmd.ComposedGen(12, split="train", kind_weights={"multihop": 1, "room": 1}, unans=0.0)
+exs2 = [g2.example() for _ in range(200)]
+mh2 = [e for e in exs2 if e["kind"] == "multihop"]
+check(len(mh2) > 50
+      and all(e["followup"].startswith(mmd.FOLLOWUP + " What is the ") and
+              e["followup"].endswith(" of room %s?" % e["vals"][0]) and
+              e["vals"][1] not in e["followup"] for e in mh2)
+      and not any("followup" in e for e in exs2 if e["kind"] != "multihop"),
+      "multi-hop examples carry a follow-up naming the first hop's room, not the answer")
+path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "memmodel_batches_fu_%d.npz" % os.getpid())
+np.savez(path, **mmd.pack_examples(sp, exs2))
+try:
+    facts2 = Facts(path)
+finally:
+    os.unlink(path)
+n_fu = 0
+for fu_on in (False, True):
+    bf = Batcher(lm, facts2, facts2.n, 7, Ld=1024, mh_route="staged", mh_followup=fu_on)
+    for context in (False, True):
+        sel, decoys, used = bf.draw(24, 24, 0, facts2.n, False)
+        docs, where = bf.write_docs(bf.assign(sel, decoys, used, 24, 0, facts2.n))
+        qb = bf.questions(sel, docs, where, context)
+        for bi, e in enumerate(sel):
+            if (bi, 0) not in where or (len(e[0]) > 1 and (bi, 1) not in where):
+                continue
+            ans = qb["tok"][bi, qb["plen"][bi]:][qb["valid"][bi, qb["plen"][bi]:]].tolist()
+            want = e[2].tolist()
+            gold = set(where[(bi, len(e[0]) - 1)][1])
+            if len(e[0]) > 1 and fu_on and not context:
+                want, gold = e[7].tolist(), set(where[(bi, 0)][1])
+                n_fu += 1
+                check(sp.decode(want).startswith(mmd.FOLLOWUP), "the follow-up answer decodes "
+                      "with its prefix: %r" % sp.decode(want))
+            check(ans == want and set(qb["gold_a"][bi].tolist()) == gold,
+                  "--mh-followup %s, context %s, %d hop(s): answer %r" % (
+                      fu_on, context, len(e[0]), sp.decode(ans)))
+check(n_fu >= 8, "multi-hop questions answered by their follow-up (%d)" % n_fu)
+
 share = float(facts.unans.mean())
 for want in (0.02, 0.3):
     bb = Batcher(lm, facts, facts.n, 9, Ld=512, unans_share=want)

@@ -63,12 +63,15 @@ class Msadb:
         return self.answer(st, question, **kw).text
 
     def answer(self, st, question, no_memory=False, interleave=0, top_k=None, max_tokens=12,
-               exact=False, route_each_token=False):
-        """The whole msadb.Answer (greedy): text, cited spans, routed hits."""
+               exact=False, route_each_token=False, followups=2):
+        """The whole msadb.Answer (greedy): text, cited spans, routed hits,
+        follow-up questions asked (followups: as msadb query's default, which
+        only a model declaring msadb.followup uses)."""
         return self.model.ask(st, question, no_memory=no_memory, interleave=interleave,
                               top_k=self.top_k if top_k is None else top_k,
                               max_tokens=max_tokens, exact=exact,
-                              route_each_token=route_each_token, summary=self.summary)
+                              route_each_token=route_each_token, summary=self.summary,
+                              followups=followups)
 
     def tokenize_len(self, text):
         return len(self.model.tokenize(text)[0])

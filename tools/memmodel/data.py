@@ -427,6 +427,19 @@ HELD_QUESTION_T = {
 }
 # the answer to a question whose fact is not in memory
 ABSTAIN = "not in memory"
+# A multi-hop question asked with no first-hop document in the context is
+# trained (memmodel.train --mh-followup) to answer with this prefix and the
+# second hop as its own question, which the runtime then asks from memory
+# (GGUF msadb.followup; msadb_ask_params.followups).  The question is the
+# first training form of a room code question, so the runtime asks what
+# training reads best.
+FOLLOWUP = "ask:"
+FOLLOWUP_Q = "What is the {attr} of room {room}?"
+
+
+def followup_answer(attr, room):
+    """The answer of a multi-hop question whose first hop is read from memory."""
+    return FOLLOWUP + " " + FOLLOWUP_Q.format(attr=attr, room=room)
 HELD_SLOTS = {"adj": HELD_ADJ, "animal": HELD_ANIMALS, "code_attr": HELD_CODE_ATTRS,
               "room_attr": HELD_ROOM_ATTRS}
 TRAIN_SLOTS = {"adj": ADJ, "animal": ANIMALS, "code_attr": CODE_ATTRS, "room_attr": ROOM_ATTRS}
@@ -541,7 +554,8 @@ class FactGen:
             fs = [a, b]
             return {"facts": [f["text"] for f in fs], "prefixes": [f["prefix"] for f in fs],
                     "vals": [f["val"] for f in fs], "keys": [f["key"] for f in fs] + ["room#" + a["val"]],
-                    "question": q, "answer": b["val"], "kind": "multihop"}
+                    "question": q, "answer": b["val"], "kind": "multihop",
+                    "followup": followup_answer(b["d"]["attr"], a["val"])}
         f = self.fact(kind)
         keys = [f["key"]]
         if kind == "room":
@@ -1166,7 +1180,8 @@ def tokenize_example(sp, ex):
     """Token arrays of one example.  facts: ids of each fact sentence (as it
     is tokenized inside a text, with the leading space piece); vstart: index
     of the value's first token in each fact; q: BOS + question; a: answer
-    tokens (as they follow the question) + EOS."""
+    tokens (as they follow the question) + EOS; fu: the follow-up answer's
+    tokens (data.followup_answer) + EOS for a multi-hop example, else []."""
     facts, vstart = [], []
     for text, prefix in zip(ex["facts"], ex["prefixes"]):
         ids, v = _fact_ids(sp, text, prefix)
@@ -1177,7 +1192,10 @@ def tokenize_example(sp, ex):
     if full[:len(q)] != q:
         raise ValueError("question tokens differ: %r" % ex["question"])
     a = full[len(q):] + [sp.eos_id()]
-    return facts, vstart, [sp.bos_id()] + q, a
+    fu = []
+    if ex.get("followup"):
+        fu = sp.encode(ex["question"] + " " + ex["followup"])[len(q):] + [sp.eos_id()]
+    return facts, vstart, [sp.bos_id()] + q, a, fu
 
 
 def _fact_ids(sp, text, prefix):
@@ -1195,8 +1213,11 @@ def pack_examples(sp, exs):
     n_dist) and whether it is unanswerable."""
     F, Fo, Vs, Q, Qo, A, Ao, nf, kind, keyh = [], [0], [], [], [0], [], [0], [], [], []
     D, Do, nd, dkh, un = [], [0], [], [], []
+    FU, FUo = [], [0]
     for ex in exs:
-        facts, vstart, q, a = tokenize_example(sp, ex)
+        facts, vstart, q, a, fu = tokenize_example(sp, ex)
+        FU += fu
+        FUo.append(len(FU))
         for f, v in zip(facts, vstart):
             F += f
             Fo.append(len(F))
@@ -1223,7 +1244,8 @@ def pack_examples(sp, exs):
             "kind": np.array(kind, np.int8), "key_hash": np.array(keyh, np.uint32),
             "dist_tok": np.array(D, np.uint16), "dist_off": np.array(Do, np.int64),
             "n_dist": np.array(nd, np.int8), "dist_keyh": np.array(dkh, np.uint32),
-            "unans": np.array(un, bool)}
+            "unans": np.array(un, bool),
+            "fu_tok": np.array(FU, np.uint16), "fu_off": np.array(FUo, np.int64)}
 
 
 def ragged(lists):

@@ -43,6 +43,7 @@ memmodel.gpu_eval (memmodel.train --eval-gpu).
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -137,7 +138,7 @@ def write_gpu_arrays(path, sp, tok, mh_tok, needles, mh, sizes):
     """eval_gpu.npz: the haystack up to its largest size, the multi-hop
     haystack, questions and answers (no EOS), tokenized."""
     def qa(ex):
-        _, _, q, a = mmd.tokenize_example(sp, ex)
+        _, _, q, a, _ = mmd.tokenize_example(sp, ex)
         return q, a[:-1]
 
     maxd = max(v["docs"] for v in sizes.values())
@@ -299,6 +300,19 @@ def cpu_sizes(args, m, rec, docs, res, save):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def followup_counts(pairs, answers):
+    """Multi-hop asked with follow-ups (msadb_ask_params.followups, no
+    interleave): answers right, questions that asked a follow-up, and
+    follow-ups naming the first hop's room (read from memory)."""
+    asked = right_room = 0
+    for e, r in zip(pairs, answers):
+        room = re.search(r"room (\d+)", e["facts"][0]).group(1)
+        asked += bool(r.followups)
+        right_room += bool(r.followups) and re.search(r"\broom %s\b" % room, r.followups[0]) is not None
+    return {"followup_right": sum(norm_answer(r.text) == e["answer"] for e, r in zip(pairs, answers)),
+            "followup_asked": asked, "followup_right_room": right_room}
+
+
 def first_hop_pulls(m, st, pairs, mh_docs, routed, answers):
     """Where one interleave round goes: how many questions it pulls the
     first hop's document for (the document of the best-scoring hit of the
@@ -331,15 +345,20 @@ def cpu_multihop(args, m, rec, res):
         m.ingest(st, "mh-%d" % i, d)
     mq = [e["question"] for e in rec["multihop"]]
     me = [e["answer"] for e in rec["multihop"]]
-    routed = []
-    off = run_qs(m, st, mq, me, full=routed)
-    on = run_qs(m, st, mq, me, interleave=1)
+    routed, fu = [], []
+    off = run_qs(m, st, mq, me, full=routed, followups=0)
+    on = run_qs(m, st, mq, me, interleave=1, followups=0)
     key = "multihop" if args.summary == "declared" else "multihop_" + args.summary
     res[key] = {"interleave_off": off[0], "interleave_on": on[0],
                 "latency_off_s": off[1], "latency_on_s": on[1], "pairs": len(mq)}
     res[key].update(first_hop_pulls(m, st, rec["multihop"], mh_docs, routed, on[2]))
     for rounds in (2, 3):
-        res[key]["interleave_%d" % rounds] = run_qs(m, st, mq, me, interleave=rounds)[0]
+        res[key]["interleave_%d" % rounds] = run_qs(m, st, mq, me, interleave=rounds,
+                                                    followups=0)[0]
+    # follow-up questions (a model declaring msadb.followup), no interleave
+    acc, lat, _ = run_qs(m, st, mq, me, full=fu)
+    res[key].update({"followups": acc, "latency_followups_s": lat},
+                    **followup_counts(rec["multihop"], fu))
     print(key, res[key], flush=True)
     m.close_store(st)
     shutil.rmtree(path, ignore_errors=True)

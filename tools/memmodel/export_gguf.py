@@ -115,6 +115,10 @@ def main(argv):
                     help="msadb.abstain: the answer the model was trained to give when memory "
                          "does not hold what is asked (memmodel.data.ABSTAIN for a model trained "
                          "on unanswerable questions; msadb query then exits 3 on it)")
+    ap.add_argument("--followup", default="",
+                    help="msadb.followup: the prefix of an answer that is a follow-up question "
+                         "to ask memory next (memmodel.data.FOLLOWUP for a model trained with "
+                         "memmodel.train --mh-followup)")
     args = ap.parse_args(argv)
     sd, meta = load_state(args.ckpt)
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
@@ -127,6 +131,8 @@ def main(argv):
         extra["msadb.abstain"] = args.abstain
     if args.segment:
         extra["msadb.segment"] = args.segment
+    if args.followup:
+        extra["msadb.followup"] = args.followup
     w = build(sd, meta, args.tokenizer, args.wtype, args.name, extra)
     # write beside and rename: a process may have the old file mapped
     tmp = args.out + ".tmp"

@@ -397,12 +397,13 @@ def mh_store(m, args, name, docs):
 
 def mh_round(m, st, pairs, docs, qs):
     """The two-hop questions qs (one per pair) without interleave and with
-    one round: (run_qs without, run_qs with, first_hop_pulls' counts)."""
+    one round, no follow-up questions: (run_qs without, run_qs with,
+    first_hop_pulls' counts)."""
     from .evaluate import first_hop_pulls, run_qs
     want = [p["answer"] for p in pairs]
     routed = []
-    off = run_qs(m, st, qs, want, full=routed)
-    on = run_qs(m, st, qs, want, interleave=1)
+    off = run_qs(m, st, qs, want, full=routed, followups=0)
+    on = run_qs(m, st, qs, want, interleave=1, followups=0)
     return off, on, first_hop_pulls(m, st, pairs, docs, routed, on[2])
 
 
@@ -412,7 +413,7 @@ def cpu_multihop(args, m, log):
     rounds (each round reads a pulled document of up to 4096 tokens: about a
     second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
-    from .evaluate import norm_answer, run_qs
+    from .evaluate import followup_counts, norm_answer, run_qs
     if not os.path.exists(os.path.join(args.data, "heldout_mh.json")):
         raise SystemExit("memmodel.heldout cpu --what mh: %s has no heldout_mh.json (written by "
                          "memmodel.heldout prepare since the multi-hop pairs exist): run prepare "
@@ -434,7 +435,15 @@ def cpu_multihop(args, m, log):
                           for q, w, o in list(zip(qs, want, on[2]))[::20]]}
         r.update(pulls)
         for rounds in range(2, args.mh_rounds + 1):
-            r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds)[0]
+            r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds,
+                                                 followups=0)[0]
+        # follow-up questions (a model declaring msadb.followup), no interleave
+        fu = []
+        acc, lat, _ = run_qs(m, st, qs, want, full=fu)
+        r.update({"followups": acc, "latency_followups_s": lat,
+                  "followup_examples": [{"q": q, "asked": list(a.followups), "got": a.text}
+                                        for q, a in list(zip(qs, fu))[::20]]},
+                 **followup_counts(rec["pairs"], fu))
         res[cell] = r
         log({"event": "multihop", "cell": cell,
              "figures": {k: v for k, v in r.items() if k != "examples"}})

@@ -42,7 +42,9 @@ attention over the selected blocks, and an auxiliary loss (softplus of
 logsumexp(non-gold scores) - gold score, per layer and kv head) pushes the
 gold block's routing score above all others (for a multi-hop question's
 prompt both hops' blocks, or with --mh-route staged the first hop's without
-context and the second hop's with the first in context).  Memory K/V keep their
+context and the second hop's with the first in context; with --mh-followup a
+multi-hop question without context answers "ask: " and the second hop as its
+own question, data.followup_answer).  Memory K/V keep their
 gradient (end-to-end) unless --detach-memory.
 Losses: answer tokens (+EOS) cross-entropy, LM on memory documents (weight
 --lm-weight), routing (weight --aux-weight).  A fraction of the batches put
@@ -87,6 +89,10 @@ class Facts:
             self.dist_off, self.dist_keyh = np.zeros(1, np.int64), np.zeros(0, np.uint32)
         if "unans" not in z.files:
             self.unans = np.zeros(self.n, bool)
+        # follow-up answers of multi-hop examples (data.followup_answer; absent
+        # from the arrays of earlier builds: none)
+        if "fu_off" not in z.files:
+            self.fu_tok, self.fu_off = np.zeros(0, np.uint16), np.zeros(self.n + 1, np.int64)
         self.first_dist = np.concatenate([[0], np.cumsum(self.n_dist.astype(np.int64))])
 
     def dists(self, i):
@@ -95,6 +101,10 @@ class Facts:
         fs = [(self.dist_tok[self.dist_off[j]:self.dist_off[j + 1]].astype(np.int64), 0)
               for j in range(j0, j1)]
         return fs, set(int(h) for h in self.dist_keyh[j0:j1])
+
+    def followup(self, i):
+        """Example i's follow-up answer tokens (+ EOS); empty for a single hop."""
+        return self.fu_tok[self.fu_off[i]:self.fu_off[i + 1]].astype(np.int64)
 
     def example(self, i):
         f0 = self.first_fact[i]
@@ -109,7 +119,7 @@ class Batcher:
     """Builds memory batches on the CPU (numpy), in a background thread."""
 
     def __init__(self, lm, facts, n_train_ex, seed, Ld=256, dense=0.0, unans_share=-1.0,
-                 mh_route="both"):
+                 mh_route="both", mh_followup=False):
         """dense: the share of a memory batch's questions whose document
         also holds 2-4 other facts of the same kind (the distractors a
         dense haystack puts next to the answer).  unans_share: the share of
@@ -118,11 +128,16 @@ class Batcher:
         always join its document.  mh_route: the gold blocks of a multi-hop
         question's prompt routing: "both" hops' blocks, or "staged": the
         first hop's without context (what an interleave round must pull) and
-        the second hop's with the first hop's document in the context."""
+        the second hop's with the first hop's document in the context.
+        mh_followup: a multi-hop question with no document in its context
+        answers its follow-up (data.followup_answer: the second hop as a
+        question, its room read from memory), and its answer tokens draw on
+        the first hop's blocks; with the first hop's document in the context
+        it answers the value, as before."""
         if mh_route not in ("both", "staged"):
             raise ValueError("mh_route: 'both' or 'staged', not %r" % (mh_route,))
         self.lm, self.facts, self.n_ex, self.Ld = lm, facts, n_train_ex, Ld
-        self.dense, self.mh_route = dense, mh_route
+        self.dense, self.mh_route, self.mh_followup = dense, mh_route, mh_followup
         self.rng = np.random.default_rng(seed)
         self.keep = (1.0, 1.0)  # probability of keeping an (answerable, unanswerable) draw
         s = float(np.mean(facts.unans[:n_train_ex])) if n_train_ex else 0.0
@@ -225,7 +240,7 @@ class Batcher:
             if (e[3] | dkeys) & used or (single_only and len(e[0]) > 1):
                 continue
             used |= e[3] | dkeys
-            exs.append(e + (dists, bool(self.facts.unans[i])))
+            exs.append(e + (dists, bool(self.facts.unans[i]), self.facts.followup(i)))
         decoys = []
         tries = 0
         while len(decoys) < n_decoy and tries < 4 * n_decoy:
@@ -314,6 +329,9 @@ class Batcher:
             gold_ans = where.get((bi, nh - 1), (0, []))[1]
             if nh > 1 and self.mh_route == "staged":
                 gold_all = where.get((bi, nh - 1 if context else 0), (0, []))[1]
+            if nh > 1 and self.mh_followup and not context and len(e[7]):
+                a = e[7]
+                gold_ans = where.get((bi, 0), (0, []))[1]
             if not gold_all or not gold_ans:
                 gold_all = gold_all or [0]
                 gold_ans = gold_ans or gold_all
@@ -519,6 +537,11 @@ def parse_args(argv=None):
                     help="gold blocks of a multi-hop question's prompt routing: both hops' "
                          "(default), or staged: the first hop's without context (the document an "
                          "interleave round must pull), the second hop's with the first in context")
+    ap.add_argument("--mh-followup", action="store_true",
+                    help="a multi-hop question with no document in its context answers its "
+                         "follow-up question (\"ask: What is the X of room N?\", the room read "
+                         "from memory), which the runtime asks next (msadb.followup); with the "
+                         "first hop's document in the context, the value")
     ap.add_argument("--val-questions", type=int, default=64,
                     help="questions of each validation batch at a phase end")
     args = ap.parse_args(argv)
@@ -632,19 +655,21 @@ def build_model(run):
     if state:
         run.opt.load_state_dict(state["opt"])
     share = getattr(args, "unans_share", None)
+    fu = bool(getattr(args, "mh_followup", False))
     run.batcher = Batcher(run.lm, run.facts, run.n_train_ex, args.seed + 7919 * run.segment,
                           Ld=args.doc_len, dense=getattr(args, "dense", 0.0),
                           unans_share=-1.0 if share is None else share,
-                          mh_route=getattr(args, "mh_route", "both"))
+                          mh_route=getattr(args, "mh_route", "both"), mh_followup=fu)
     val_text = run.val if len(run.val) > 4096 else run.lm
-    run.val_batcher = Batcher(val_text, run.facts, run.facts.n, args.seed + 1, Ld=args.doc_len)
+    run.val_batcher = Batcher(val_text, run.facts, run.facts.n, args.seed + 1, Ld=args.doc_len,
+                              mh_followup=fu)
     # the tuning split (memmodel.data build --tune-split): forms training never draws
     tune = os.path.join(args.data, "facts_tune.npz")
     run.tune = None
     if os.path.exists(tune):
         run.tune = Facts(tune)
         run.tune_batcher = Batcher(val_text, run.tune, run.tune.n, args.seed + 2, Ld=args.doc_len,
-                                   dense=getattr(args, "dense", 0.0))
+                                   dense=getattr(args, "dense", 0.0), mh_followup=fu)
 
 
 def window_shape(args, rng):
