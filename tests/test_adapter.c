@@ -430,6 +430,21 @@ static void check_refused(const char *dir, const char *keys, const char *key)
     CHECK(strstr(why, key) != NULL);
 }
 
+/* A short string key (make_test_model option `opt`, GGUF `key`) of at most
+ * max bytes is refused at load when empty or one byte longer. */
+static void check_refused_str(const char *dir, const char *opt, const char *key, size_t max)
+{
+    char longer[300], keys[340];
+    CHECK(max + 1 < sizeof longer);
+    memset(longer, 'a', max + 1);
+    longer[max + 1] = 0;
+    const char *bad[] = {"''", longer};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(keys, sizeof keys, "%s %s", opt, bad[i]);
+        check_refused(dir, keys, key);
+    }
+}
+
 /* A model's declared abstain answer (GGUF msadb.abstain): read at load,
  * matched without case, surrounding white space and one closing full stop;
  * absent, it matches nothing; bad values are refused at load with an
@@ -461,16 +476,7 @@ static void test_abstain(const char *plain, const char *dir)
     CHECK_RC(msadb_llm_abstain_answer(l1, NULL), MSADB_EINVAL);
     msadb_llm_close(l0);
     msadb_llm_close(l1);
-    /* refused: empty, longer than 256 bytes */
-    char longer[300];
-    memset(longer, 'a', 257);
-    longer[257] = 0;
-    const char *bad[] = {"''", longer};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        char keys[320];
-        snprintf(keys, sizeof keys, "--abstain %s", bad[i]);
-        check_refused(dir, keys, "msadb.abstain");
-    }
+    check_refused_str(dir, "--abstain", "msadb.abstain", 256);
 }
 
 /* What a follow-up test collects from on_text and on_followup. */
@@ -574,15 +580,7 @@ static void test_followup(const char *dir)
     msadb_close(st);
     msadb_llm_close(l0);
     msadb_llm_close(l1);
-    /* refused: empty, longer than 64 bytes */
-    char longer[80];
-    memset(longer, 'a', 65);
-    longer[65] = 0;
-    const char *bad[] = {"''", longer};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        snprintf(keys, sizeof keys, "--followup %s", bad[i]);
-        check_refused(dir, keys, "msadb.followup");
-    }
+    check_refused_str(dir, "--followup", "msadb.followup", 64);
 }
 
 /* The stored keys/values of a document, plane 0, [n_tokens][head_dim]
