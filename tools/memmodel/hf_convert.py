@@ -23,8 +23,9 @@ then a fixed permutation, within each head, of the runtime's: a store
 filled by one engine is read by the other when msadb.transformers reorders
 its queries and keys alike (key_layout="pairs"), which changes no score.  The
 routing the model was trained with (msadb.routing.* keys) is kept in
-config.json as "msadb_routing", its abstain answer (msadb.abstain) and how msadb's ingest
-reads a document for it (msadb.segment) in "msadb_source".
+config.json as "msadb_routing", its abstain answer (msadb.abstain), its follow-up prefix
+(msadb.followup) and how msadb's ingest reads a document for it (msadb.segment) in
+"msadb_source".
 """
 import argparse
 import json
@@ -102,6 +103,7 @@ def gguf2hf(src, out_dir, tokenizer=None):
            "msadb_routing": {k.split(".")[-1]: v for k, v in m.items() if k.startswith("msadb.routing.")},
            "msadb_source": {"name": m.get("general.name", ""), "training": m.get("msadb.training", ""),
                             "abstain": m.get("msadb.abstain", ""),
+                            "followup": m.get("msadb.followup", ""),
                             "segment": m.get("msadb.segment", "")}}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -155,6 +157,8 @@ def hf2gguf(src_dir, out, wtype="q8_0", tokenizer=None):
         extra["msadb.abstain"] = src["abstain"]
     if src.get("segment"):
         extra["msadb.segment"] = src["segment"]
+    if src.get("followup"):
+        extra["msadb.followup"] = src["followup"]
     tok = tokenizer or os.path.join(src_dir, "tokenizer.model")
     w = export_gguf.build(sd, meta, tok, wtype, src.get("name") or "msadb-mem", extra)
     tmp = out + ".tmp"
