@@ -118,6 +118,8 @@ class LlmInfo_(ctypes.Structure):
 
 
 ON_TEXT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
+# the question's bytes are not NUL-terminated: taken by address and length
+ON_FOLLOWUP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 SPACE_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(SpaceInfo_), ctypes.c_void_p)
 DOC_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(DocInfo_), ctypes.c_void_p)
 REPORT_CB = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_void_p)
@@ -133,7 +135,7 @@ class AskParams_(ctypes.Structure):
                 ("summary", ctypes.c_uint32), ("score", ctypes.c_int),
                 ("on_text", ON_TEXT), ("user", ctypes.c_void_p),
                 ("where", ctypes.c_void_p), ("n_where", ctypes.c_size_t),
-                ("followups", ctypes.c_uint32), ("on_followup", ON_TEXT)]
+                ("followups", ctypes.c_uint32), ("on_followup", ON_FOLLOWUP)]
 
 
 # Every public struct of include/msadb.h and its mirror (checked by

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import errors
-from ._lib import ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
+from ._lib import ON_FOLLOWUP, ON_TEXT, AskParams_, LlmInfo_, Signature_, lib
 from .errors import check, invalid
 from .store import HIT_DTYPE, Signature, Snapshot, Store, _bytes, _doc, _Handle, _routing, _where
 
@@ -278,7 +278,7 @@ class Model(_Handle):
         def fcb(ptr, n, user):
             asked.append(ctypes.string_at(ptr, n).decode("utf-8", "replace"))
             return 0
-        p.on_followup = ON_TEXT(fcb)
+        p.on_followup = ON_FOLLOWUP(fcb)
         cap = 0
         memory = store is not None and not no_memory
         if memory:
