@@ -849,8 +849,8 @@ static int print_answer(const cli_args *a, const asked *q, ask_result *r, int ab
             "memory", r->memory, "select",
             a->select == MSADB_SELECT_DOCUMENTS ? "documents" : "blocks", "top_k",
             (json_int_t)a->top_k, "exact", a->exact, "interleave", (json_int_t)a->interleave,
-            "followups", r->ans.followups, "spans", spans_json(snap, r->spans, listed), "spans_total", (json_int_t)r->n_spans,
-            "timing_ms", timing);
+            "followups", r->ans.followups, "spans", spans_json(snap, r->spans, listed),
+            "spans_total", (json_int_t)r->n_spans, "timing_ms", timing);
         rc = cli_json_print(root);
     } else {
         if (r->ans.n == 0 || r->ans.s[r->ans.n - 1] != '\n')

@@ -300,17 +300,24 @@ def cpu_sizes(args, m, rec, docs, res, save):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def followup_counts(pairs, answers):
-    """Multi-hop asked with follow-ups (msadb_ask_params.followups, no
-    interleave): answers right, questions that asked a follow-up, and
-    follow-ups naming the first hop's room (read from memory)."""
+def followup_figures(m, st, pairs, qs):
+    """The two-hop questions qs (one per pair) asked with follow-up
+    questions (msadb_ask_params.followups at its default, no interleave):
+    accuracy, median latency, answers right, questions that asked a
+    follow-up, follow-ups naming the first hop's room (read from memory),
+    and every 20th question with what it asked and got."""
+    answers = []
+    acc, lat, _ = run_qs(m, st, qs, [e["answer"] for e in pairs], full=answers)
     asked = right_room = 0
     for e, r in zip(pairs, answers):
         room = re.search(r"room (\d+)", e["facts"][0]).group(1)
         asked += bool(r.followups)
         right_room += bool(r.followups) and re.search(r"\broom %s\b" % room, r.followups[0]) is not None
-    return {"followup_right": sum(norm_answer(r.text) == e["answer"] for e, r in zip(pairs, answers)),
-            "followup_asked": asked, "followup_right_room": right_room}
+    return {"followups": acc, "latency_followups_s": lat,
+            "followup_right": sum(norm_answer(r.text) == e["answer"] for e, r in zip(pairs, answers)),
+            "followup_asked": asked, "followup_right_room": right_room,
+            "followup_examples": [{"q": q, "asked": list(a.followups), "got": a.text}
+                                  for q, a in list(zip(qs, answers))[::20]]}
 
 
 def first_hop_pulls(m, st, pairs, mh_docs, routed, answers):
@@ -345,7 +352,7 @@ def cpu_multihop(args, m, rec, res):
         m.ingest(st, "mh-%d" % i, d)
     mq = [e["question"] for e in rec["multihop"]]
     me = [e["answer"] for e in rec["multihop"]]
-    routed, fu = [], []
+    routed = []
     off = run_qs(m, st, mq, me, full=routed, followups=0)
     on = run_qs(m, st, mq, me, interleave=1, followups=0)
     key = "multihop" if args.summary == "declared" else "multihop_" + args.summary
@@ -356,9 +363,9 @@ def cpu_multihop(args, m, rec, res):
         res[key]["interleave_%d" % rounds] = run_qs(m, st, mq, me, interleave=rounds,
                                                     followups=0)[0]
     # follow-up questions (a model declaring msadb.followup), no interleave
-    acc, lat, _ = run_qs(m, st, mq, me, full=fu)
-    res[key].update({"followups": acc, "latency_followups_s": lat},
-                    **followup_counts(rec["multihop"], fu))
+    fu = followup_figures(m, st, rec["multihop"], mq)
+    del fu["followup_examples"]
+    res[key].update(fu)
     print(key, res[key], flush=True)
     m.close_store(st)
     shutil.rmtree(path, ignore_errors=True)

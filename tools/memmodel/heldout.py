@@ -413,7 +413,7 @@ def cpu_multihop(args, m, log):
     rounds (each round reads a pulled document of up to 4096 tokens: about a
     second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
-    from .evaluate import followup_counts, norm_answer, run_qs
+    from .evaluate import followup_figures, norm_answer, run_qs
     if not os.path.exists(os.path.join(args.data, "heldout_mh.json")):
         raise SystemExit("memmodel.heldout cpu --what mh: %s has no heldout_mh.json (written by "
                          "memmodel.heldout prepare since the multi-hop pairs exist): run prepare "
@@ -438,12 +438,7 @@ def cpu_multihop(args, m, log):
             r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds,
                                                  followups=0)[0]
         # follow-up questions (a model declaring msadb.followup), no interleave
-        fu = []
-        acc, lat, _ = run_qs(m, st, qs, want, full=fu)
-        r.update({"followups": acc, "latency_followups_s": lat,
-                  "followup_examples": [{"q": q, "asked": list(a.followups), "got": a.text}
-                                        for q, a in list(zip(qs, fu))[::20]]},
-                 **followup_counts(rec["pairs"], fu))
+        r.update(followup_figures(m, st, rec["pairs"], qs))
         res[cell] = r
         log({"event": "multihop", "cell": cell,
              "figures": {k: v for k, v in r.items() if k != "examples"}})
