@@ -14,7 +14,8 @@ asked key, and the held-out facts use held-out slots only.  It also checks
 heldout.score() on a hand-made case (abstentions, per-position and routed counts),
 and the held-out multi-hop pairs: held-out slots, hops that chain, the
 held-out wording's forms, each fact at a paragraph boundary of its own
-document.  Needs numpy, sentencepiece and /usr/share/dict/words (wamerican);
+document; and the composed multi-hop questions share no three words in a
+row with a held-out multi-hop wording.  Needs numpy, sentencepiece and /usr/share/dict/words (wamerican);
 exit 77 without them.
 """
 import argparse
@@ -80,6 +81,32 @@ mh_re = [re.compile("^" + re.escape(t).replace(r"\{attr\}", ".+").replace(r"\{en
 qs = [ex["question"] for ex in (g.example("multihop") for _ in range(200))]
 check(sum(not any(r.match(q) for r in mh_re) for q in qs) > 100,
       "--written draws multi-hop questions from the written forms: %r" % qs[:3])
+# --composed-multihop: composed multi-hop questions, every frame, the code
+# name and the entity filled in, no three words in a row of a held-out
+# multi-hop wording, the two sides of the tuning split disjoint
+cmh = mmd.composed_multihop_forms()
+held3 = set().union(*(mmd._ngrams(t, 3) for t in mmd.HELD_QUESTION_T["multihop"]))
+check(len(cmh) == len(mmd.MH_FRAMES) and min(map(len, cmh)) >= 200,
+      "composed multi-hop frames: %s" % [len(f) for f in cmh])
+for f in cmh:
+    for t in f:
+        check(set(re.findall(r"\{(\w+)\}", t.replace("{Ent}", "{ent}"))) == {"ent", "attr"}
+              and not re.search(r"\b(C?R|V|ROOM|IMPW?|ASKW?)\b", t) and not mmd._ngrams(t, 3) & held3,
+              "composed multi-hop form %r" % t)
+gt = mmd.ComposedGen(16, split="train", composed_mh=1.0)
+gu = mmd.ComposedGen(16, split="tune", composed_mh=1.0)
+check(not {t for f in gt.cmh for t in f} & {t for f in gu.cmh for t in f}
+      and min(map(len, gu.cmh)) > 0, "composed multi-hop forms on both sides of the tuning split")
+qs = []
+for _ in range(300):
+    ex = gt.example("multihop")
+    a, b = gt._hops
+    qs.append(ex["question"])
+    check(b["d"]["attr"] in ex["question"] and a["d"]["ent"].split(" ")[-1] in ex["question"]
+          and ex["followup"] == mmd.followup_answer(b["d"]["attr"], a["val"]),
+          "a composed multi-hop question without its code name, entity or follow-up: %r" % ex)
+check(len(set(qs)) > 290 and sum(not any(r.match(q) for r in mh_re) for q in qs) > 290,
+      "--composed-multihop 1 draws composed questions only: %r" % qs[:3])
 # --mh-attr: multi-hop room code names from wide open compounds, in the room
 # fact and the question alike; heads that are no held-out word or held-side noun
 held_nouns = set(mmd.Vocab("held").noun)

@@ -645,6 +645,71 @@ def composed_forms(kind):
     return sorted(set(facts)), sorted(set(qs))
 
 
+# Composed multi-hop questions (memmodel.data build --composed-multihop SHARE):
+# a frame x a code name's relation to a room x a room word x the way the
+# entity is placed in it, with the code name and the entity at the start, in
+# the middle or at the end, in one or two sentences.  Written from the
+# training side only: heldout_clash() rejects the build if a held-out
+# multi-hop wording shares three consecutive plain words with any of them.
+MH_ROOMS = ["room", "office", "storeroom", "study", "workshop", "cellar", "lab", "closet",
+            "hall", "annex", "suite", "ward", "pantry", "attic", "depot"]
+MH_PLACED = ["where {ent} is kept", "where {ent} is stored", "where {ent} sits",
+             "where {ent} can be found", "where {ent} was left", "where {ent} ended up",
+             "where they keep {ent}", "where somebody left {ent}", "that holds {ent}",
+             "that houses {ent}", "that contains {ent}", "that has {ent} in it",
+             "with {ent} in it", "{ent} is in", "{ent} lives in", "in which {ent} lies",
+             "holding {ent}", "housing {ent}", "containing {ent}", "keeping {ent}",
+             "used for {ent}", "where {ent} was hidden", "where {ent} is on a shelf"]
+MH_VERBS = ["opens", "unlocks", "gets me into", "lets me into", "lets you into",
+            "is needed for", "is used for", "goes with", "is set on", "secures",
+            "protects", "applies to", "is required for", "fits", "is on"]
+MH_IMP = ["Tell me", "Give me", "Find", "Look up", "Name", "State", "Share", "Provide",
+          "Show me", "Fetch", "Quote", "Recall", "Read out", "Write down", "Check"]
+MH_IMP_WHICH = ["Tell me", "Find", "Look up", "Name", "State", "Check"]
+MH_ASK = ["Can you tell me", "Could you find", "Do you know", "Would you look up",
+          "Do you recall", "I'd like to know"]
+MH_ASK_WHICH = MH_ASK + ["Any idea", "I wonder"]
+MH_LEADS = ["Quick question: ", "Hi! ", "Sorry, ", "One more thing: ", "Hey, ", "Okay. ",
+            "Right, ", "Please: "]
+# R: the room and how the entity is placed in it; V: a verb of MH_VERBS;
+# ROOM: a room word; IMP, IMPW, ASK, ASKW: an opening of the lists above
+MH_FRAMES = ["What is the {attr} of R?", "What's the {attr} for R?", "The {attr} of R is what?",
+             "For R, what is the {attr}?", "IMP the {attr} of R.", "ASK the {attr} of R?",
+             "Which {attr} V R?", "What {attr} V R?", "CR: which {attr} V it?",
+             "I need the {attr} that V R.", "IMPW which {attr} V R.", "ASKW which {attr} V R?",
+             "{Ent} is stored in some ROOM. Which {attr} V that ROOM?",
+             "I am after {ent}. What {attr} V the ROOM it is in?"]
+
+
+def composed_multihop_forms():
+    """The composed multi-hop question forms ({attr}, {ent}, {Ent} slots), a
+    list per frame of MH_FRAMES (memmodel.data build draws a frame, then a
+    form of it); a form sharing three consecutive plain words with a held-out
+    multi-hop wording is left out."""
+    held = set().union(*(_ngrams(t, 3) for t in HELD_QUESTION_T["multihop"]))
+    opens = {"IMPW": MH_IMP_WHICH, "IMP": MH_IMP, "ASKW": MH_ASK_WHICH, "ASK": MH_ASK}
+    out = []
+    for fr in MH_FRAMES:
+        fs = [fr]
+        for tok, words in opens.items():
+            if fr.startswith(tok + " "):
+                fs = [w + f[len(tok):] for f in fs for w in words]
+                break
+        if "V" in fr.split():
+            fs = [f.replace(" V ", " %s " % v) for f in fs for v in MH_VERBS]
+        rooms = []
+        for f in fs:
+            for room in MH_ROOMS:
+                g = f.replace(" ROOM", " " + room)
+                if {"R", "CR"} & set(re.findall(r"\b[A-Z]+\b", g)):
+                    rooms += [re.sub(r"\bC?R\b", lambda m: ("T" if m.group(0) == "CR" else "t") +
+                                     "he %s %s" % (room, pl), g, count=1) for pl in MH_PLACED]
+                else:
+                    rooms.append(g)
+        out.append(sorted(f for f in set(rooms) if not _ngrams(f, 3) & held))
+    return out
+
+
 def heldout_clash():
     """Held-out fact and question forms that a composed, narrative (the wider
     ones too) or written training form equals, and narrative or written forms
@@ -956,12 +1021,16 @@ class ComposedGen(FactGen):
     made before the written multi-hop forms draw the same examples);
     mh_attr: the share of multi-hop examples whose room code name is a wide
     open compound (wide_attr) instead of a training list's name half the
-    time (0: builds made before it draw the same examples)."""
+    time (0: builds made before it draw the same examples); composed_mh:
+    the share of the multi-hop questions not drawn from the written ones
+    that are composed (composed_multihop_forms, composed_mh_form)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
                  near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False,
-                 written=0.0, written_mh=0.0, mh_attr=0.0):
+                 written=0.0, written_mh=0.0, mh_attr=0.0, composed_mh=0.0):
         forms = {k: composed_forms(k) for k in CORES}
+        self.composed_mh = composed_mh
+        self.cmh = composed_multihop_forms() if composed_mh else []
         self.narr = {k: narrative_forms(k, wide) for k in CORES}
         self.written, self.written_mh = written, written_mh
         self.wf, self.wq = written_forms() if written or written_mh else ({}, {})
@@ -972,6 +1041,7 @@ class ComposedGen(FactGen):
             self.narr = {k: [t for t in f if keep(t)] for k, f in self.narr.items()}
             self.wf = {k: [t for t in f if keep(t)] for k, f in self.wf.items()}
             self.wq = {k: [t for t in f if keep(t)] for k, f in self.wq.items()}
+            self.cmh = [[t for t in f if keep(t)] for f in self.cmh]
         super().__init__(seed, "train", synthetic=synthetic, kind_weights=kind_weights,
                          fact_t={k: f for k, (f, _) in forms.items()},
                          question_t={k: q for k, (_, q) in forms.items()})
@@ -1077,6 +1147,10 @@ class ComposedGen(FactGen):
                 a, b = self._hops
                 ex["question"] = self._pick(self.wq["multihop"]).format(
                     attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
+            elif self.composed_mh and self.rng.random() < self.composed_mh:
+                a, b = self._hops
+                ex["question"] = self.composed_mh_form().format(
+                    attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
             return ex
         if self.rng.random() >= self.unans:
             if self.near and self.rng.random() < self.near:
@@ -1087,6 +1161,17 @@ class ComposedGen(FactGen):
                            "dist_keys": [f["key"] for f in ds]})
             return ex
         return self.unanswerable(ex["kind"])
+
+    def composed_mh_form(self):
+        """A composed multi-hop question form: a frame, then one of its
+        forms, after an opening of MH_LEADS one time in five."""
+        f = self._pick(self._pick(self.cmh))
+        if self.rng.random() < 0.2:
+            lead = self._pick(MH_LEADS)
+            if lead.endswith(", ") and not f.startswith("I "):
+                f = "{ent}" + f[5:] if f.startswith("{Ent}") else f[0].lower() + f[1:]
+            f = lead + f
+        return f
 
     def near_num(self, v, pool):
         """A number of pool ("room" or "code") one digit away from v (any
@@ -1332,7 +1417,7 @@ def build_facts(args, sp):
                         vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
                         written=args.written, written_mh=args.written_multihop,
-                        mh_attr=args.mh_attr)
+                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1347,7 +1432,7 @@ def build_facts(args, sp):
                         vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
                         written=args.written, written_mh=args.written_multihop,
-                        mh_attr=args.mh_attr)
+                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1379,6 +1464,9 @@ def main(argv):
     ap.add_argument("--written-multihop", type=float, default=0.0,
                     help="with --composed: the share of multi-hop questions drawn from the "
                          "written ones")
+    ap.add_argument("--composed-multihop", type=float, default=0.0,
+                    help="with --composed: the share of the multi-hop questions not drawn "
+                         "from the written ones that are composed (composed_multihop_forms)")
     ap.add_argument("--mh-attr", type=float, default=0.0,
                     help="with --composed: the share of multi-hop examples whose room code "
                          "name is a wide open compound (ComposedGen.wide_attr)")
