@@ -107,7 +107,8 @@ with tempfile.TemporaryDirectory() as d:
     pair = {"facts": ["The teal kettle is kept in room 318.", "The lock code of room 318 is 6604."],
             "answer": "6604", "docs": [0, 2],
             "question": "What is the lock code of the room where the teal kettle is kept?",
-            "question_para": "Which lock code will get someone through to the teal kettle?"}
+            "question_para": "Which lock code will get someone through to the teal kettle?",
+            "question_new": "Tell me the lock code for the space that houses the teal kettle."}
     mmd._write_docs(os.path.join(d, "heldout_mh_docs.txt"),
                     ["A kettle, n. A pot.\n\n" + pair["facts"][0], "A lamp, n. A light.",
                      pair["facts"][1] + "\n\nA desk, n. A table."])
@@ -117,7 +118,7 @@ with tempfile.TemporaryDirectory() as d:
                   "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "",
                   "--what", "mh", "--mh-rounds", "2", "--out", out + ".mh"])
     mh = json.load(open(out + ".mh"))["multihop"]
-    for cell in ("mh", "mh_para"):
+    for cell in ("mh", "mh_para", "mh_new"):
         r = mh[cell]
         check(mh["pairs"] == 1 and r["n"] == 1 and "interleave_2" in r
               and "interleave_3" not in r and r["first_hop_pulled"] in (0, 1)

@@ -269,7 +269,14 @@ for p in pairs:
     check(any(w in mmd.HELD_ADJ for w in a.lower().split()), "multihop: training adjective %r" % a)
     check(any(form_re(t).fullmatch(p["question"]) for t in mmd.QUESTION_T["multihop"])
           and any(form_re(t).fullmatch(p["question_para"])
-                  for t in mmd.HELD_QUESTION_T["multihop"]), "multihop: wordings %r" % p)
+                  for t in mmd.HELD_QUESTION_T["multihop"])
+          and any(form_re(t).fullmatch(p["question_new"]) for t in mmd.HELD_MH_NEW)
+          and p["question_new"] == mmd.HELD_MH_NEW[[form_re(t).fullmatch(p["question_new"])
+                                                    is not None for t in mmd.HELD_MH_NEW].index(True)
+                                                   ].format(**p["slots"]),
+          "multihop: wordings %r" % p)
+check(len({p["question_new"].split(p["slots"]["attr"])[0][:12] for p in pairs}) >= 6,
+      "multihop: cell mh_new draws most of its wordings")
 check(len(rooms) == len(pairs), "multihop: a room shared by two pairs")
 check(not any(p["facts"][0] in f["text"] or p["facts"][1] in f["text"]
               for fs in facts.values() for f in fs), "multihop: a fact of the main set")

@@ -425,6 +425,20 @@ HELD_QUESTION_T = {
                  "Report the {attr} assigned to the room sheltering {ent}.",
                  "Which {attr} will get someone through to {ent}?"],
 }
+# later held-out two-hop wordings (cell mh_new of memmodel.heldout): twelve
+# written on 2026-12-07 by a writer who saw no form of this file, after run
+# 16's training data was built; the seven kept share no four words in a row
+# with a training multi-hop form (heldout_clash checks), the five that did
+# were dropped unchanged
+HELD_MH_NEW = [
+    "I need to grab {ent} — what {attr} do I tap in to get into wherever it's stored?",
+    "Tell me the {attr} for the space that houses {ent}.",
+    "Could you kindly provide the {attr} required to access the chamber containing {ent}?",
+    "whats the {attr} for wherever {ent} lives",
+    "To retrieve {ent}, which {attr} must be keyed in at the door?",
+    "Give me the {attr} I'd need to unlock the storeroom holding {ent}.",
+    "The {attr} securing whichever study {ent} resides in — what is it?",
+]
 # the answer to a question whose fact is not in memory
 ABSTAIN = "not in memory"
 # A multi-hop question asked with no first-hop document in the context is
@@ -730,6 +744,8 @@ def heldout_clash():
     # held-out multi-hop wordings: no four words of a training multi-hop form
     train_mh = set().union(*(_ngrams(t) for t in QUESTION_T["multihop"] + wq["multihop"]))
     bad += [t for t in HELD_QUESTION_T["multihop"] if _ngrams(t) & train_mh]
+    train_mh |= set().union(*(_ngrams(t) for f in composed_multihop_forms() for t in f))
+    bad += [t for t in HELD_MH_NEW if _ngrams(t) & train_mh]
     return bad
 
 

@@ -35,9 +35,11 @@ in it is held out from training (memmodel.data's HELD_* lists):
              room fact, then that room's code) on held-out entities in their
              own haystack of MH_SIZE tokens (the needle-free documents above,
              each fact in a document of its own), asked in cell mh with the
-             training multi-hop templates and in cell mh_para with held-out
-             ones (HELD_QUESTION_T["multihop"]); drawn with their own seeds,
-             so heldout.json is the same with or without them
+             training multi-hop templates, in cell mh_para with held-out
+             ones (HELD_QUESTION_T["multihop"]) and in cell mh_new with the
+             later held-out ones (HELD_MH_NEW); drawn with their own seeds,
+             so heldout.json is the same with or without them, and the pairs
+             with or without mh_new
 
 cpu runs it through the C library (memmodel.clib): one store grows through
 the nested haystack sizes (prefixes of the document list); at each size
@@ -159,8 +161,9 @@ def draw_unanswerable(seed, facts, used):
 def draw_multihop(seed, used):
     """N_MH two-hop pairs on held-out entities and slots, keys not in used:
     a room fact (ENT is kept in room R) and R's roomcode fact; each asked
-    with a training multi-hop template (cell mh) and a held-out one
-    (HELD_QUESTION_T["multihop"], cell mh_para)."""
+    with a training multi-hop template (cell mh), a held-out one
+    (HELD_QUESTION_T["multihop"], cell mh_para) and one of the later held-out
+    wordings (HELD_MH_NEW, cell mh_new).""" 
     g = mmd.FactGen(seed + 5, "held", slots=mmd.HELD_SLOTS)
     pairs = []
     while len(pairs) < N_MH:
@@ -173,7 +176,14 @@ def draw_multihop(seed, used):
         slots = dict(attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
         pairs.append({"facts": [a["text"], b["text"]], "answer": b["val"],
                       "question": g._pick(mmd.QUESTION_T["multihop"]).format(**slots),
-                      "question_para": g._pick(mmd.HELD_QUESTION_T["multihop"]).format(**slots)})
+                      "question_para": g._pick(mmd.HELD_QUESTION_T["multihop"]).format(**slots),
+                      "slots": slots})
+    # cell mh_new: the later held-out wordings, drawn with a seed of their own
+    # so that the pairs and the other cells stay those of earlier prepares
+    rng = np.random.default_rng(seed + 7)
+    for p in pairs:
+        p["question_new"] = mmd.HELD_MH_NEW[int(rng.integers(len(mmd.HELD_MH_NEW)))].format(
+            **p["slots"])
     return pairs
 
 
@@ -409,7 +419,7 @@ def mh_round(m, st, pairs, docs, qs):
 
 def cpu_multihop(args, m, log):
     """The two-hop pairs (DATA/heldout_mh.json) in their own store, each
-    cell (mh, mh_para) asked without interleave and with 1 to --mh-rounds
+    cell (mh, mh_para, mh_new) asked without interleave and with 1 to --mh-rounds
     rounds (each round reads a pulled document of up to 4096 tokens: about a
     second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
@@ -425,7 +435,12 @@ def cpu_multihop(args, m, log):
     res = {"pairs": len(rec["pairs"]), "tokens": int(sum(rec["doc_tokens"])),
            "ingest_s": round(time.time() - t0, 1)}
     want = [p["answer"] for p in rec["pairs"]]
-    for cell, field in (("mh", "question"), ("mh_para", "question_para")):
+    for cell, field in (("mh", "question"), ("mh_para", "question_para"),
+                        ("mh_new", "question_new")):
+        if field not in rec["pairs"][0]:
+            log({"event": "multihop", "cell": cell, "skipped": "%s/heldout_mh.json predates "
+                 "it: run memmodel.heldout prepare again" % args.data})
+            continue
         qs = [p[field] for p in rec["pairs"]]
         off, on, pulls = mh_round(m, st, rec["pairs"], hay, qs)
         r = {"interleave_off": off[0], "interleave_on": on[0], "latency_off_s": off[1],
