@@ -82,8 +82,14 @@ with tempfile.TemporaryDirectory() as d:
         json.dump(rec, f)
     heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
                   "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "16K",
-                  "--out", out])
+                  "--abstain-retry", "--out", out])
     c = json.load(open(out))["sizes"]["16K"]["cells"]
+    # --abstain-retry: every question answered ABSTAIN asked again, per cell
+    ar = json.load(open(out))["sizes"]["16K"]["abstain_retry"]
+    check("unans" in ar and all(ar.get(k, {}).get("abstained", 0) == c[k]["abstained"] for k in c)
+          and all(v["right_after"] <= v["abstained"] and v["abstained_after"] <= v["abstained"]
+                  for k, v in ar.items() if k != "retry_s"),
+          "heldout cpu --abstain-retry: %r against %r" % (ar, c))
     check(c["tpl"]["n"] == 3 and c["tpl"]["routed"] == 3 and c["tpl"]["right_routed"]
           == c["tpl"]["correct"] >= 1 and "routed" not in c["unans"],
           "heldout cpu: each question's document routed, the long one through its parts %r" % c)
@@ -117,6 +123,13 @@ with tempfile.TemporaryDirectory() as d:
     heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
                   "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "",
                   "--what", "mh", "--mh-rounds", "2", "--out", out + ".mh"])
+    heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "",
+                  "--what", "mh", "--mh-rounds", "0", "--out", out + ".mh0"])
+    mh0 = json.load(open(out + ".mh0"))["multihop"]
+    check(all(mh0[c]["n"] == 1 and "followup_asked" in mh0[c] and "interleave_on" not in mh0[c]
+              for c in ("mh", "mh_para", "mh_new")),
+          "heldout cpu --what mh --mh-rounds 0: follow-ups only %r" % mh0)
     mh = json.load(open(out + ".mh"))["multihop"]
     for cell in ("mh", "mh_para", "mh_new"):
         r = mh[cell]

@@ -378,6 +378,25 @@ def ask_all(m, st, questions, doc_ids=None, **kw):
     return outs, (time.time() - t0) / max(1, len(questions)), routed if doc_ids else None
 
 
+def abstain_retry(m, st, questions, outs, **kw):
+    """The questions answered ABSTAIN asked again with one interleave round
+    (the best document's text in front of the question): per cell, how many
+    abstained, how many of those the round answers right, how many it still
+    abstains on, and the mean seconds of a retry."""
+    res, t0, n = {}, time.time(), 0
+    for q, o in zip(questions, outs):
+        if o.lower() != mmd.ABSTAIN:
+            continue
+        a = m.ask(st, q["question"], interleave=1, **kw).strip().rstrip(".").strip()
+        n += 1
+        c = res.setdefault(q["cell"], {"abstained": 0, "right_after": 0, "abstained_after": 0})
+        c["abstained"] += 1
+        c["abstained_after"] += int(a.lower() == mmd.ABSTAIN)
+        c["right_after"] += int(a == q["answer"] or (q["cell"] == "unans"
+                                                      and a.lower() == mmd.ABSTAIN))
+    return dict(res, retry_s=round((time.time() - t0) / max(1, n), 3))
+
+
 def grow_store(m, st, docs, lens, have, size, log):
     """Ingests documents after the first `have` while the haystack stays
     within size tokens; the new count."""
@@ -442,13 +461,15 @@ def cpu_multihop(args, m, log):
                  "it: run memmodel.heldout prepare again" % args.data})
             continue
         qs = [p[field] for p in rec["pairs"]]
-        off, on, pulls = mh_round(m, st, rec["pairs"], hay, qs)
-        r = {"interleave_off": off[0], "interleave_on": on[0], "latency_off_s": off[1],
-             "latency_on_s": on[1], "n": len(qs),
-             "abstained_on": sum(norm_answer(o).lower() == mmd.ABSTAIN for o in on[2]),
-             "examples": [{"q": q, "want": w, "got": o}
-                          for q, w, o in list(zip(qs, want, on[2]))[::20]]}
-        r.update(pulls)
+        r = {"n": len(qs)}
+        if args.mh_rounds:
+            off, on, pulls = mh_round(m, st, rec["pairs"], hay, qs)
+            r.update({"interleave_off": off[0], "interleave_on": on[0], "latency_off_s": off[1],
+                      "latency_on_s": on[1],
+                      "abstained_on": sum(norm_answer(o).lower() == mmd.ABSTAIN for o in on[2]),
+                      "examples": [{"q": q, "want": w, "got": o}
+                                   for q, w, o in list(zip(qs, want, on[2]))[::20]]})
+            r.update(pulls)
         for rounds in range(2, args.mh_rounds + 1):
             r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds,
                                                  followups=0)[0]
@@ -509,6 +530,8 @@ def cmd_cpu(args):
                  tokens=int(sum(lens[:have])),
                  examples=[{"q": q["question"], "want": q["answer"], "got": o, "cell": q["cell"]}
                            for q, o in list(zip(sel, outs))[::25]])
+        if args.abstain_retry:
+            r["abstain_retry"] = abstain_retry(m, st, sel, outs, exact=args.exact)
         out["sizes"][name] = r
         log({"event": "size", "size": name, "cells": r["cells"], "latency_s": r["latency_s"]})
         with open(args.out, "w") as f:
@@ -723,7 +746,11 @@ def main(argv):
                     help="cpu: comma-separated; none adds the no-memory run, mh the multi-hop "
                          "pairs in their own store (heldout_mh.json)")
     ap.add_argument("--mh-rounds", type=int, default=1,
-                    help="cpu --what mh: also ask with 2..N interleave rounds")
+                    help="cpu --what mh: also ask with 2..N interleave rounds (0: no "
+                         "interleave measurement, follow-up questions only)")
+    ap.add_argument("--abstain-retry", action="store_true",
+                    help="cpu: ask every question answered ABSTAIN again with one "
+                         "interleave round (abstain_retry)")
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
                     help="cpu, diagnose, arrays: how ingest reads a document (default: the "
