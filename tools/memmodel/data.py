@@ -49,7 +49,9 @@ templates; build --composed adds composed forms and open vocabularies, and
 --written SHARE draws that share of the facts and questions from forms
 written apart from all the others (tools/memmodel/forms_written.json,
 loaded through the held-out rules by written_forms), --written-multihop
-SHARE that share of the multi-hop questions.
+SHARE that share of the multi-hop questions, and --composed-multihop SHARE
+that share of the others from the composed multi-hop forms
+(composed_multihop_forms).
 """
 import argparse
 import hashlib
