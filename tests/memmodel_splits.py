@@ -15,8 +15,8 @@ heldout.score() on a hand-made case (abstentions, per-position and routed counts
 and the held-out multi-hop pairs: held-out slots, hops that chain, the
 held-out wording's forms, each fact at a paragraph boundary of its own
 document; and the composed multi-hop questions share no three words in a
-row with a held-out multi-hop wording.  Needs numpy, sentencepiece and /usr/share/dict/words (wamerican);
-exit 77 without them.
+row with a held-out multi-hop wording.  Needs numpy, sentencepiece and
+/usr/share/dict/words (wamerican); exit 77 without them.
 """
 import argparse
 import importlib.util
@@ -91,8 +91,8 @@ check(len(cmh) == len(mmd.MH_FRAMES) and min(map(len, cmh)) >= 200,
 for f in cmh:
     for t in f:
         check(set(re.findall(r"\{(\w+)\}", t.replace("{Ent}", "{ent}"))) == {"ent", "attr"}
-              and not re.search(r"\b(C?R|V|ROOM|IMPW?|ASKW?)\b", t) and not mmd._ngrams(t, 3) & held3,
-              "composed multi-hop form %r" % t)
+              and not re.search(r"\b(C?R|V|ROOM|IMPW?|ASKW?)\b", t)
+              and not mmd._ngrams(t, 3) & held3, "composed multi-hop form %r" % t)
 gt = mmd.ComposedGen(16, split="train", composed_mh=1.0)
 gu = mmd.ComposedGen(16, split="tune", composed_mh=1.0)
 check(not {t for f in gt.cmh for t in f} & {t for f in gu.cmh for t in f}

@@ -665,8 +665,10 @@ def composed_forms(kind):
 # a frame x a code name's relation to a room x a room word x the way the
 # entity is placed in it, with the code name and the entity at the start, in
 # the middle or at the end, in one or two sentences.  Written from the
-# training side only: heldout_clash() rejects the build if a held-out
-# multi-hop wording shares three consecutive plain words with any of them.
+# training side only: composed_multihop_forms() leaves out a form sharing
+# three consecutive plain words with a held-out mh_para wording, and
+# heldout_clash() checks that no later held-out wording (HELD_MH_NEW)
+# shares four with any of them.
 MH_ROOMS = ["room", "office", "storeroom", "study", "workshop", "cellar", "lab", "closet",
             "hall", "annex", "suite", "ward", "pantry", "attic", "depot"]
 MH_PLACED = ["where {ent} is kept", "where {ent} is stored", "where {ent} sits",

@@ -163,7 +163,7 @@ def draw_multihop(seed, used):
     a room fact (ENT is kept in room R) and R's roomcode fact; each asked
     with a training multi-hop template (cell mh), a held-out one
     (HELD_QUESTION_T["multihop"], cell mh_para) and one of the later held-out
-    wordings (HELD_MH_NEW, cell mh_new).""" 
+    wordings (HELD_MH_NEW, cell mh_new)."""
     g = mmd.FactGen(seed + 5, "held", slots=mmd.HELD_SLOTS)
     pairs = []
     while len(pairs) < N_MH:
