@@ -897,6 +897,13 @@ static int stream_text(ask_state *a, const char *s, size_t n, int flush)
     return stop;
 }
 
+/* Advances *t past leading white space, *m its remaining length. */
+static void skip_space(const char **t, size_t *m)
+{
+    while (*m && isspace((unsigned char)**t))
+        (*t)++, (*m)--;
+}
+
 /* Follows a round's text while it may be a follow-up question: keeps it in
  * a->round and, once enough of it is known, decides whether it begins with
  * the model's prefix (fu_state 2: held back, to be asked) or not (1: what
@@ -913,8 +920,7 @@ static int watch_text(ask_state *a, const char *piece, size_t n)
     if (a->fu_state == 0) {
         const char *t = a->round;
         size_t m = a->round_len, want = a->llm->followup_len;
-        while (m && isspace((unsigned char)*t))
-            t++, m--;
+        skip_space(&t, &m);
         if (strncasecmp(t, a->llm->followup, m < want ? m : want) != 0)
             a->fu_state = 1;
         else if (m >= want)
@@ -1134,12 +1140,10 @@ static void followup_question(const ask_state *a, const char **q, size_t *n)
 {
     const char *t = a->round;
     size_t m = a->round_len;
-    while (m && isspace((unsigned char)*t))
-        t++, m--;
+    skip_space(&t, &m);
     t += a->llm->followup_len;
     m -= a->llm->followup_len;
-    while (m && isspace((unsigned char)*t))
-        t++, m--;
+    skip_space(&t, &m);
     while (m && isspace((unsigned char)t[m - 1]))
         m--;
     *q = t;

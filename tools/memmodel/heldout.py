@@ -72,6 +72,7 @@ import time
 import numpy as np
 
 from . import data as mmd
+from .evaluate import norm_answer
 
 SIZES = {"16K": 16384, "128K": 131072, "1M": 1 << 20, "10M": 10 * (1 << 20)}
 KINDS = ["code", "lives", "pet", "room", "roomcode"]
@@ -371,7 +372,7 @@ def ask_all(m, st, questions, doc_ids=None, **kw):
     outs, routed, t0 = [], [], time.time()
     for q in questions:
         a = m.answer(st, q["question"], **kw)
-        outs.append(a.text.strip().rstrip(".").strip())
+        outs.append(norm_answer(a.text))
         if doc_ids is not None:
             routed.append(bool(np.isin(a.hits["doc_id"], doc_ids[q["doc"]]).any())
                           if q["doc"] >= 0 else None)
@@ -387,7 +388,7 @@ def abstain_retry(m, st, questions, outs, **kw):
     for q, o in zip(questions, outs):
         if o.lower() != mmd.ABSTAIN:
             continue
-        a = m.ask(st, q["question"], interleave=1, **kw).strip().rstrip(".").strip()
+        a = norm_answer(m.ask(st, q["question"], interleave=1, **kw))
         n += 1
         c = res.setdefault(q["cell"], {"abstained": 0, "right_after": 0, "abstained_after": 0})
         c["abstained"] += 1
@@ -442,7 +443,7 @@ def cpu_multihop(args, m, log):
     rounds (each round reads a pulled document of up to 4096 tokens: about a
     second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
-    from .evaluate import followup_figures, norm_answer, run_qs
+    from .evaluate import followup_figures, run_qs
     if not os.path.exists(os.path.join(args.data, "heldout_mh.json")):
         raise SystemExit("memmodel.heldout cpu --what mh: %s has no heldout_mh.json (written by "
                          "memmodel.heldout prepare since the multi-hop pairs exist): run prepare "
@@ -607,7 +608,7 @@ def cmd_diagnose(args):
             m.model.segment = ("paragraph" if v.endswith("by paragraph") else
                                "joined" if v.endswith("joined") else own_segment)
             m.ingest(st, "needle", text)
-            o = m.ask(st, q["question"], exact=v.endswith("exact")).strip().rstrip(".").strip()
+            o = norm_answer(m.ask(st, q["question"], exact=v.endswith("exact")))
             m.close_store(st)
             for c in (res[v], res[v]["by_kind"].setdefault(q["kind"], {"n": 0, "correct": 0,
                                                                         "abstained": 0})):
