@@ -493,11 +493,16 @@ PART_BYTES = 15 << 20  # each checkpoint file under the 16 MB transfer limit
 
 
 def save_ckpt(model, out, meta, dtype="fp32"):
-    """The state in files ckpt_0.pt .. ckpt_{n-1}.pt of at most 15 MB each
+    """The model's state in files ckpt_0.pt .. ckpt_{n-1}.pt (save_state)."""
+    save_state(model.state_dict(), out, meta, dtype)
+
+
+def save_state(state, out, meta, dtype="fp32"):
+    """A state dict in files ckpt_0.pt .. ckpt_{n-1}.pt of at most 15 MB each
     (whole tensors, in state order), meta["parts"] = n; dtype "bf16" halves
     the bytes (for models whose fp32 state would need too many files)."""
     td = torch.bfloat16 if dtype == "bf16" else torch.float32
-    sd = {k: v.detach().to(td).cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().to(td).cpu() for k, v in state.items()}
     parts, cur, size = [], {}, 0
     for k, v in sd.items():
         nb = v.numel() * v.element_size()

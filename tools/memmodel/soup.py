@@ -16,9 +16,7 @@ import json
 import os
 import sys
 
-import torch
-
-from .net import PART_BYTES, load_state
+from .net import load_state, save_state
 
 
 def parse_source(text):
@@ -49,24 +47,6 @@ def mean_state(states, weights):
     return {k: sum(s[k] * (w / tot) for s, w in zip(states, weights)) for k in keys}
 
 
-def save_state(sd, out, meta):
-    """Writes sd (fp32) as a checkpoint directory in parts of PART_BYTES."""
-    os.makedirs(out, exist_ok=True)
-    parts, cur, size = [], {}, 0
-    for k, v in sd.items():
-        nb = v.numel() * 4
-        if cur and size + nb > PART_BYTES:
-            parts.append(cur)
-            cur, size = {}, 0
-        cur[k] = v.float().contiguous()
-        size += nb
-    parts.append(cur)
-    for i, p in enumerate(parts):
-        torch.save(p, os.path.join(out, "ckpt_%d.pt" % i))
-    with open(os.path.join(out, "ckpt_meta.json"), "w") as f:
-        json.dump(dict(meta, parts=len(parts), ckpt_dtype="fp32"), f, indent=1)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("out")
@@ -85,6 +65,7 @@ def main(argv=None):
     meta = dict(loaded[-1][1])
     meta["soup"] = [{"dir": d, "weight": round(w / tot, 6), "steps": m.get("steps")}
                     for (d, w), (_, m) in zip(src, loaded)]
+    os.makedirs(a.out, exist_ok=True)
     save_state(sd, a.out, meta)
     print(json.dumps({"out": a.out, "soup": meta["soup"]}))
     return 0
