@@ -17,6 +17,7 @@ Modules, each importing only those above it in this list:
     gpu_eval                          evaluation through the PyTorch model
     train                             training (GPU), resumable commands
     router                            a learned routing key for a trained model (a measurement)
+    soup                              the weighted mean of checkpoints of one shape
     export_gguf                       checkpoint -> GGUF
     clib                              libmsadb through the msadb package (the C library's evaluation)
     evaluate                          evaluation sets and the C library's evaluation
