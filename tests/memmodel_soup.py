@@ -7,11 +7,11 @@ bf16, as training writes them) are averaged 1:3 by the command; every tensor
 of the result must equal 0.25 a + 0.75 b (to bf16's rounding of b), the
 result must load as a model (memmodel.net.load_ckpt), and its meta must list
 both sources with weights 0.25 and 0.75 and their steps.  Then the errors: a
-missing directory, a weight of 0, one checkpoint only and two checkpoints of
-different shapes each exit non-zero with a message naming the cause and
-write nothing.  Skips (77) without torch.
+missing directory, a weight of 0, an infinite one, one that is not a number,
+one checkpoint only and two checkpoints of different shapes each exit
+non-zero with a message naming the cause and write nothing.  Skips (77)
+without torch.
 """
-import json
 import os
 import subprocess
 import sys
@@ -73,6 +73,8 @@ def main():
             fails.append("meta soup %r" % (got,))
         bad = [((os.path.join(t, "none"), a), "no checkpoint directory"),
                ((a + ":0", b), "must be > 0"),
+               ((a + ":inf", b), "must be > 0 and finite"),
+               ((a + ":half", b), "must be a number"),
                ((a,), "two checkpoints"),
                ((a, c), "shape")]
         for args, msg in bad:

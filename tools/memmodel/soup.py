@@ -13,6 +13,7 @@ Needs torch.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -23,13 +24,16 @@ def parse_source(text):
     """(directory, weight) of "DIR" or "DIR:W"; raises ValueError."""
     d, sep, w = text.rpartition(":")
     if sep and d and os.path.isdir(d):
-        weight = float(w)
+        try:
+            weight = float(w)
+        except ValueError:
+            raise ValueError("weight of %s must be a number, got %r" % (d, w)) from None
     else:
         d, weight = text, 1.0
     if not os.path.isdir(d):
         raise ValueError("no checkpoint directory %r" % d)
-    if not weight > 0:
-        raise ValueError("weight of %s must be > 0, got %r" % (d, weight))
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError("weight of %s must be > 0 and finite, got %r" % (d, weight))
     return d, weight
 
 
