@@ -107,6 +107,34 @@ for _ in range(300):
           "a composed multi-hop question without its code name, entity or follow-up: %r" % ex)
 check(len(set(qs)) > 290 and sum(not any(r.match(q) for r in mh_re) for q in qs) > 290,
       "--composed-multihop 1 draws composed questions only: %r" % qs[:3])
+# --composed-multihop-wide: the wide frames after the plain ones (which stay
+# as they were, so that earlier builds draw the same), every one non-empty,
+# no three words in a row of any held-out multi-hop wording (mh_new's too),
+# and drawn: the code name away from "the ... of" (after a link phrase, at
+# the end, after the entity's sentence)
+held3n = held3 | set().union(*(mmd._ngrams(t, 3) for t in mmd.HELD_MH_NEW))
+cmw = mmd.composed_multihop_forms(wide=True)
+check(cmw[:len(cmh)] == cmh and len(cmw) == len(mmd.MH_FRAMES) + len(mmd.MH_FRAMES_WIDE)
+      and min(map(len, cmw)) >= 14, "wide multi-hop frames: %s" % [len(f) for f in cmw])
+for f in cmw[len(cmh):]:
+    for t in f:
+        check(set(re.findall(r"\{(\w+)\}", t.replace("{Ent}", "{ent}"))) == {"ent", "attr"}
+              and not re.search(r"\b([CW]?R|V|ROOM|LINK|IMPW?|ASKW?)\b", t)
+              and not mmd._ngrams(t, 3) & held3n, "wide multi-hop form %r" % t)
+wide = {t for f in cmw[len(cmh):] for t in f}
+gw = mmd.ComposedGen(17, split="train", composed_mh=1.0, mh_wide_frames=True)
+pick, forms = gw.composed_mh_form, []
+gw.composed_mh_form = lambda: forms.append(pick()) or forms[-1]
+for _ in range(400):
+    ex = gw.example("multihop")
+    a, b = gw._hops
+    check(b["d"]["attr"] in ex["question"] and ex["followup"] == mmd.followup_answer(b["d"]["attr"], a["val"]),
+          "a wide multi-hop question without its code name or follow-up: %r" % ex)
+tails = {t[1:] for t in wide} | {t[1:].replace("Ent}", "ent}", 1) for t in wide}
+n_wide = sum(any(f.startswith(lead) and f[len(lead) + 1:] in tails for lead in [""] + mmd.MH_LEADS)
+             for f in forms)
+check(len(forms) > 150 and n_wide > len(forms) // 4,
+      "--composed-multihop-wide draws the wide frames: %d of %d" % (n_wide, len(forms)))
 # --mh-attr: multi-hop room code names from wide open compounds, in the room
 # fact and the question alike; heads that are no held-out word or held-side noun
 held_nouns = set(mmd.Vocab("held").noun)

@@ -699,32 +699,58 @@ MH_FRAMES = ["What is the {attr} of R?", "What's the {attr} for R?", "The {attr}
              "I am after {ent}. What {attr} V the ROOM it is in?"]
 
 
-def composed_multihop_forms():
+# The wide frames (memmodel.data build --composed-multihop-wide, from run 18 on):
+# the code name away from the room word -- tied to it by a link phrase (LINK),
+# before a quantified room (WR: "whichever cellar holding {ent}"), after the
+# entity's own sentence, or at the end -- so that a follow-up question copies
+# the code name from wherever the question puts it.  Written from the training
+# side only; a form sharing three consecutive plain words with any held-out
+# multi-hop wording (mh_para's or mh_new's) is left out.
+MH_LINKS = ["belonging to", "assigned to", "attached to", "linked to", "tied to", "for",
+            "set for", "issued for", "that goes with", "that belongs to", "registered to"]
+MH_QUANT = ["whichever", "whatever"]
+MH_FRAMES_WIDE = ["IMP the {attr} LINK R.", "IMP the {attr} LINK WR.", "ASK the {attr} LINK WR?",
+                  "Which {attr} V WR?", "What is the {attr} LINK WR?", "CR uses which {attr}?",
+                  "The {attr} LINK R, please.", "Which {attr} do I key in for WR?",
+                  "{Ent} was stashed in some ROOM. Which {attr} does that ROOM take?",
+                  "{Ent} ended up in a ROOM somewhere; what {attr} V it?",
+                  "I have to pick up {ent}. What {attr} does its ROOM need?",
+                  "Someone put {ent} in a ROOM. IMP the {attr} LINK that ROOM."]
+
+
+def composed_multihop_forms(wide=False):
     """The composed multi-hop question forms ({attr}, {ent}, {Ent} slots), a
-    list per frame of MH_FRAMES (memmodel.data build draws a frame, then a
-    form of it); a form sharing three consecutive plain words with a held-out
-    multi-hop wording is left out."""
+    list per frame of MH_FRAMES, then with wide of MH_FRAMES_WIDE
+    (memmodel.data build draws a frame, then a form of it); a form sharing
+    three consecutive plain words with a held-out multi-hop wording is left
+    out (for the wide frames, with HELD_MH_NEW's too)."""
     held = set().union(*(_ngrams(t, 3) for t in HELD_QUESTION_T["multihop"]))
+    held_new = held | set().union(*(_ngrams(t, 3) for t in HELD_MH_NEW))
     opens = {"IMPW": MH_IMP_WHICH, "IMP": MH_IMP, "ASKW": MH_ASK_WHICH, "ASK": MH_ASK}
     out = []
-    for fr in MH_FRAMES:
+    for fr in MH_FRAMES + (MH_FRAMES_WIDE if wide else []):
+        bad = held if fr in MH_FRAMES else held_new
         fs = [fr]
         for tok, words in opens.items():
-            if fr.startswith(tok + " "):
-                fs = [w + f[len(tok):] for f in fs for w in words]
+            if re.search(r"\b%s\b" % tok, fr):
+                fs = [re.sub(r"\b%s\b" % tok, w, f, count=1) for f in fs for w in words]
                 break
         if "V" in fr.split():
             fs = [f.replace(" V ", " %s " % v) for f in fs for v in MH_VERBS]
+        if "LINK" in fr.split():
+            fs = [f.replace(" LINK ", " %s " % k) for f in fs for k in MH_LINKS]
         rooms = []
         for f in fs:
             for room in MH_ROOMS:
                 g = f.replace(" ROOM", " " + room)
-                if {"R", "CR"} & set(re.findall(r"\b[A-Z]+\b", g)):
-                    rooms += [re.sub(r"\bC?R\b", lambda m: ("T" if m.group(0) == "CR" else "t") +
-                                     "he %s %s" % (room, pl), g, count=1) for pl in MH_PLACED]
+                if {"R", "CR", "WR"} & set(re.findall(r"\b[A-Z]+\b", g)):
+                    rooms += [re.sub(r"\b[CW]?R\b", lambda m: (
+                        "%s %s %s" % (q, room, pl) if m.group(0) == "WR" else
+                        ("T" if m.group(0) == "CR" else "t") + "he %s %s" % (room, pl)), g, count=1)
+                        for pl in MH_PLACED for q in (MH_QUANT if " WR" in g else [""])]
                 else:
                     rooms.append(g)
-        out.append(sorted(f for f in set(rooms) if not _ngrams(f, 3) & held))
+        out.append(sorted(f for f in set(rooms) if not _ngrams(f, 3) & bad))
     return out
 
 
@@ -748,7 +774,7 @@ def heldout_clash():
     # held-out multi-hop wordings: no four words of a training multi-hop form
     train_mh = set().union(*(_ngrams(t) for t in QUESTION_T["multihop"] + wq["multihop"]))
     bad += [t for t in HELD_QUESTION_T["multihop"] if _ngrams(t) & train_mh]
-    train_mh |= set().union(*(_ngrams(t) for f in composed_multihop_forms() for t in f))
+    train_mh |= set().union(*(_ngrams(t) for f in composed_multihop_forms(wide=True) for t in f))
     bad += [t for t in HELD_MH_NEW if _ngrams(t) & train_mh]
     return bad
 
@@ -1043,14 +1069,15 @@ class ComposedGen(FactGen):
     open compound (wide_attr) instead of a training list's name half the
     time (0: builds made before it draw the same examples); composed_mh:
     the share of the multi-hop questions not drawn from the written ones
-    that are composed (composed_multihop_forms, composed_mh_form)."""
+    that are composed (composed_multihop_forms, composed_mh_form);
+    mh_wide_frames: draw them from MH_FRAMES_WIDE too."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
                  near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False,
-                 written=0.0, written_mh=0.0, mh_attr=0.0, composed_mh=0.0):
+                 written=0.0, written_mh=0.0, mh_attr=0.0, composed_mh=0.0, mh_wide_frames=False):
         forms = {k: composed_forms(k) for k in CORES}
         self.composed_mh = composed_mh
-        self.cmh = composed_multihop_forms() if composed_mh else []
+        self.cmh = composed_multihop_forms(mh_wide_frames) if composed_mh else []
         self.narr = {k: narrative_forms(k, wide) for k in CORES}
         self.written, self.written_mh = written, written_mh
         self.wf, self.wq = written_forms() if written or written_mh else ({}, {})
@@ -1061,7 +1088,8 @@ class ComposedGen(FactGen):
             self.narr = {k: [t for t in f if keep(t)] for k, f in self.narr.items()}
             self.wf = {k: [t for t in f if keep(t)] for k, f in self.wf.items()}
             self.wq = {k: [t for t in f if keep(t)] for k, f in self.wq.items()}
-            self.cmh = [[t for t in f if keep(t)] for f in self.cmh]
+            # a small frame may have no form on one side
+            self.cmh = [g for g in ([t for t in f if keep(t)] for f in self.cmh) if g]
         super().__init__(seed, "train", synthetic=synthetic, kind_weights=kind_weights,
                          fact_t={k: f for k, (f, _) in forms.items()},
                          question_t={k: q for k, (_, q) in forms.items()})
@@ -1437,7 +1465,8 @@ def build_facts(args, sp):
                         vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
                         written=args.written, written_mh=args.written_multihop,
-                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop)
+                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
+                        mh_wide_frames=args.composed_multihop_wide)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1452,7 +1481,8 @@ def build_facts(args, sp):
                         vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
                         open_first=args.open_first, wide=args.narrative_wide,
                         written=args.written, written_mh=args.written_multihop,
-                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop)
+                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
+                        mh_wide_frames=args.composed_multihop_wide)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1487,6 +1517,9 @@ def main(argv):
     ap.add_argument("--composed-multihop", type=float, default=0.0,
                     help="with --composed: the share of the multi-hop questions not drawn "
                          "from the written ones that are composed (composed_multihop_forms)")
+    ap.add_argument("--composed-multihop-wide", action="store_true",
+                    help="with --composed-multihop: the wide frames too (MH_FRAMES_WIDE: the code "
+                         "name away from the room word)")
     ap.add_argument("--mh-attr", type=float, default=0.0,
                     help="with --composed: the share of multi-hop examples whose room code "
                          "name is a wide open compound (ComposedGen.wide_attr)")
