@@ -1,12 +1,15 @@
 #!/usr/bin/python3
 """soup.py -- one checkpoint whose weights are a weighted mean of others.
 
-    PYTHONPATH=tools python3 -m memmodel.soup OUT_DIR CKPT_DIR[:WEIGHT] CKPT_DIR[:WEIGHT] ...
+    PYTHONPATH=tools python3 -m memmodel.soup OUT_DIR SOURCE[:WEIGHT] SOURCE[:WEIGHT] ...
 
-Every CKPT_DIR is a memmodel.train checkpoint of the same shape; a weight left
-out is 1, and the weights are normalized to sum to 1.  The result is written as
-a checkpoint (fp32; memmodel.export_gguf reads it) whose meta is the last
-source's, with "soup" listing the sources, their weights and steps.  Averaging
+Every SOURCE is a memmodel.train checkpoint directory or a GGUF file the
+model was exported to (its weights dequantized: a bundled model whose
+checkpoint is gone), all of the same shape, at least one a checkpoint; a
+weight left out is 1, and the weights are normalized to sum to 1.  The result
+is written as a checkpoint (fp32; memmodel.export_gguf reads it) whose meta is
+the last checkpoint's, with "soup" listing the sources, their weights and
+steps (a GGUF file's from its msadb.training key).  Averaging
 two fine-tunings of one parent keeps much of what each learned when they stay
 in one basin; whether it does here is measured, not assumed (docs/model.md).
 Needs torch.
@@ -20,21 +23,43 @@ import sys
 from .net import load_state, save_state
 
 
+def is_gguf(path):
+    return path.endswith(".gguf") and os.path.isfile(path)
+
+
 def parse_source(text):
-    """(directory, weight) of "DIR" or "DIR:W"; raises ValueError."""
+    """(path, weight) of "PATH" or "PATH:W" (PATH a checkpoint directory or
+    a .gguf file); raises ValueError."""
     d, sep, w = text.rpartition(":")
-    if sep and d and os.path.isdir(d):
+    if sep and d and (os.path.isdir(d) or is_gguf(d)):
         try:
             weight = float(w)
         except ValueError:
             raise ValueError("weight of %s must be a number, got %r" % (d, w)) from None
     else:
         d, weight = text, 1.0
-    if not os.path.isdir(d):
-        raise ValueError("no checkpoint directory %r" % d)
+    if not (os.path.isdir(d) or is_gguf(d)):
+        raise ValueError("no checkpoint directory or .gguf file %r" % d)
     if not (weight > 0 and math.isfinite(weight)):
         raise ValueError("weight of %s must be > 0 and finite, got %r" % (d, weight))
     return d, weight
+
+
+def load_source(path):
+    """(state dict in fp32, meta) of a checkpoint directory or a GGUF file
+    (meta: {"steps": msadb.training's steps, "gguf": True})."""
+    if not is_gguf(path):
+        return load_state(path)
+    from .net import torch_from_gguf
+    try:
+        m = torch_from_gguf(path)
+    except (KeyError, ValueError) as e:
+        raise ValueError("%s: not a memory model GGUF file (%s)" % (path, e)) from None
+    try:
+        steps = json.loads(m.gguf_meta.get("msadb.training", "{}")).get("steps")
+    except (ValueError, AttributeError):
+        steps = None
+    return {k: v.float() for k, v in m.state_dict().items()}, {"steps": steps, "gguf": True}
 
 
 def mean_state(states, weights):
@@ -54,19 +79,23 @@ def mean_state(states, weights):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("out")
-    ap.add_argument("sources", nargs="+", help="CKPT_DIR or CKPT_DIR:WEIGHT")
+    ap.add_argument("sources", nargs="+", help="SOURCE or SOURCE:WEIGHT (a checkpoint directory "
+                    "or a .gguf file)")
     a = ap.parse_args(argv)
     if len(a.sources) < 2:
         ap.error("give two checkpoints or more")
     try:
         src = [parse_source(s) for s in a.sources]
-        loaded = [load_state(d) for d, _ in src]
+        loaded = [load_source(d) for d, _ in src]
+        if all(m.get("gguf") for _, m in loaded):
+            raise ValueError("give at least one checkpoint directory (its meta holds the "
+                             "training configuration the result needs)")
         sd = mean_state([s for s, _ in loaded], [w for _, w in src])
     except (ValueError, OSError) as e:
         print("memmodel.soup: %s" % e, file=sys.stderr)
         return 2
     tot = sum(w for _, w in src)
-    meta = dict(loaded[-1][1])
+    meta = dict([m for _, m in loaded if not m.get("gguf")][-1])
     meta["soup"] = [{"dir": d, "weight": round(w / tot, 6), "steps": m.get("steps")}
                     for (d, w), (_, m) in zip(src, loaded)]
     os.makedirs(a.out, exist_ok=True)
