@@ -16,6 +16,7 @@ dequantized weights (memmodel.net.torch_from_gguf) and the checkpoint's,
 list the file with the steps its msadb.training key gives; GGUF files alone,
 and a file that is no GGUF, are refused.  Skips (77) without torch.
 """
+import json
 import os
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def gguf_source(t):
     """The bundled GGUF file as a source, beside a checkpoint of its shape."""
     fails = []
     g = torch_from_gguf(GGUF)
-    steps = __import__("json").loads(g.gguf_meta["msadb.training"])["steps"]
+    steps = json.loads(g.gguf_meta["msadb.training"])["steps"]
     torch.manual_seed(5)
     with torch.no_grad():
         for p in g.parameters():

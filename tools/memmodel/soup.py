@@ -86,10 +86,10 @@ def main(argv=None):
         ap.error("give two checkpoints or more")
     try:
         src = [parse_source(s) for s in a.sources]
-        loaded = [load_source(d) for d, _ in src]
-        if all(m.get("gguf") for _, m in loaded):
+        if all(is_gguf(d) for d, _ in src):
             raise ValueError("give at least one checkpoint directory (its meta holds the "
                              "training configuration the result needs)")
+        loaded = [load_source(d) for d, _ in src]
         sd = mean_state([s for s, _ in loaded], [w for _, w in src])
     except (ValueError, OSError) as e:
         print("memmodel.soup: %s" % e, file=sys.stderr)
