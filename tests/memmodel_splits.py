@@ -135,6 +135,53 @@ n_wide = sum(any(f.startswith(lead) and f[len(lead) + 1:] in tails for lead in [
              for f in forms)
 check(len(forms) > 150 and n_wide > len(forms) // 4,
       "--composed-multihop-wide draws the wide frames: %d of %d" % (n_wide, len(forms)))
+# --mh-filler: filler words before the code name (never after it, never
+# inside a slot), in about the share asked for; none a word of a held-out
+# two-hop wording; no draw at 0 (earlier builds stay the same)
+held_mh_words = {w.strip("?.,:;!—'").lower() for t in mmd.HELD_QUESTION_T["multihop"] +
+                 mmd.HELD_MH_NEW + mmd.HELD_MH_FRESH for w in t.split()}
+check(not {w for f in mmd.MH_FILLERS for w in f.split()} & held_mh_words,
+      "a filler word is a word of a held-out two-hop wording: %s"
+      % sorted({w for f in mmd.MH_FILLERS for w in f.split()} & held_mh_words))
+gf = mmd.ComposedGen(19, split="train", composed_mh=1.0, written_mh=0.5, filler=0.5)
+pick_f, fforms = gf.filler_form, []
+gf.filler_form = lambda f: fforms.append((f, pick_f(f))) or fforms[-1][1]
+for _ in range(400):
+    ex = gf.example("multihop")
+    a, b = gf._hops
+    check(b["d"]["attr"] in ex["question"] and a["d"]["ent"] in ex["question"].replace("The ", "the ", 1)
+          and ex["followup"] == mmd.followup_answer(b["d"]["attr"], a["val"]),
+          "--mh-filler: a question without its code name, entity or follow-up: %r" % ex)
+n_fill = 0
+for f, g2 in fforms:
+    if f == g2:
+        continue
+    n_fill += 1
+    pre, post = g2.split("{attr}", 1)
+    added = [w for w in pre.split() if w not in f.split("{attr}")[0].split()]
+    check(post == f.split("{attr}", 1)[1] and 1 <= len(g2.split()) - len(f.split()) <= 6
+          and " ".join(added) and all(any(w in x.split() for x in mmd.MH_FILLERS) for w in added),
+          "--mh-filler: %r from %r" % (g2, f))
+check(len(fforms) > 300 and 0.35 < n_fill / len(fforms) < 0.65,
+      "--mh-filler 0.5 puts fillers into %d of %d forms" % (n_fill, len(fforms)))
+g0, g1 = mmd.ComposedGen(19, split="train", composed_mh=1.0), mmd.ComposedGen(19, split="train", composed_mh=1.0)
+g1.filler = 0.0
+check([g0.example()["question"] for _ in range(50)] == [g1.example()["question"] for _ in range(50)],
+      "--mh-filler 0 changes the draws")
+# --bare-questions: questions of every kind without closing punctuation, some
+# starting in lower case, the answer and follow-up unchanged
+gb, n_bare, n_low, kinds = mmd.ComposedGen(23, split="train", composed_mh=1.0, bare=0.5), 0, 0, set()
+for _ in range(600):
+    ex = gb.example()
+    q = ex["question"]
+    if q[-1] not in "?.!":
+        n_bare += 1
+        n_low += q[0].islower()
+        kinds.add(ex["kind"])
+        check(q == q.strip() and (ex["kind"] != "multihop" or gb._hops[1]["d"]["attr"] in q),
+              "--bare-questions: %r" % q)
+check(0.4 < n_bare / 600 < 0.6 and 0.3 < n_low / max(n_bare, 1) < 0.7 and len(kinds) == len(mmd.KINDS),
+      "--bare-questions 0.5: %d of 600 bare, %d lower-case, kinds %s" % (n_bare, n_low, sorted(kinds)))
 # --mh-attr: multi-hop room code names from wide open compounds, in the room
 # fact and the question alike; heads that are no held-out word or held-side noun
 held_nouns = set(mmd.Vocab("held").noun)
@@ -305,6 +352,11 @@ for p in pairs:
           "multihop: wordings %r" % p)
 check(len({p["question_new"].split(p["slots"]["attr"])[0][:12] for p in pairs}) >= 6,
       "multihop: cell mh_new draws most of its wordings")
+check(all(p["question_fresh"] == mmd.HELD_MH_FRESH[[form_re(t).fullmatch(p["question_fresh"])
+                                                     is not None for t in mmd.HELD_MH_FRESH].index(True)
+                                                    ].format(**p["slots"]) for p in pairs)
+      and len({p["question_fresh"].split(p["slots"]["attr"])[0][:12] for p in pairs}) >= 8,
+      "multihop: cell mh_fresh draws the fresh wordings")
 check(len(rooms) == len(pairs), "multihop: a room shared by two pairs")
 check(not any(p["facts"][0] in f["text"] or p["facts"][1] in f["text"]
               for fs in facts.values() for f in fs), "multihop: a fact of the main set")

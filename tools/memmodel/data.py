@@ -441,6 +441,24 @@ HELD_MH_NEW = [
     "Give me the {attr} I'd need to unlock the storeroom holding {ent}.",
     "The {attr} securing whichever study {ent} resides in — what is it?",
 ]
+# fresh held-out two-hop wordings (cell mh_fresh of memmodel.heldout): twelve
+# written on 2026-12-07 (late) by a writer who saw no file of this project,
+# before run 19's training data was built and without knowing how any model
+# answers them; the ten kept share no four words in a row with a training
+# multi-hop form (heldout_clash), the two that did were dropped unchanged.
+# No training choice was made with their figures in view.
+HELD_MH_FRESH = [
+    "{Ent} is locked in some locker, so what's the {attr} to open it",
+    "need the {attr} for the place {ent} is in pls",
+    "Please provide the {attr} of the storage unit in which {ent} is held.",
+    "Where's {ent} kept? And what's the {attr} on that door?",
+    "{Ent}: which vault is it in, and what's the {attr} for that vault?",
+    "Tell me the {attr} of the bay where {ent} is kept",
+    "I'm trying to get to {ent}. What's the {attr} for the room it's in?",
+    "room with {ent} in it, {attr}?",
+    "Hey, quick one: that door you go through to reach {ent}, remind me of its {attr}",
+    "Which compartment is {ent} kept in, and what is its {attr}",
+]
 # the answer to a question whose fact is not in memory
 ABSTAIN = "not in memory"
 # A multi-hop question asked with no first-hop document in the context is
@@ -709,6 +727,11 @@ MH_FRAMES = ["What is the {attr} of R?", "What's the {attr} for R?", "The {attr}
 MH_LINKS = ["belonging to", "assigned to", "attached to", "linked to", "tied to", "for",
             "set for", "issued for", "that goes with", "that belongs to", "registered to"]
 MH_QUANT = ["whichever", "whatever"]
+# words put into a multi-hop question form before its code name (memmodel.data
+# build --mh-filler, from run 19 on); none is a word of a held-out two-hop wording
+MH_FILLERS = ["just", "quickly", "actually", "maybe", "again", "now", "really", "perhaps",
+              "honestly", "if possible", "by any chance", "right now", "today", "also", "then",
+              "exactly", "still", "truly", "soon"]
 MH_FRAMES_WIDE = ["IMP the {attr} LINK R.", "IMP the {attr} LINK WR.", "ASK the {attr} LINK WR?",
                   "Which {attr} V WR?", "What is the {attr} LINK WR?", "CR uses which {attr}?",
                   "The {attr} LINK R, please.", "Which {attr} do I key in for WR?",
@@ -775,7 +798,7 @@ def heldout_clash():
     train_mh = set().union(*(_ngrams(t) for t in QUESTION_T["multihop"] + wq["multihop"]))
     bad += [t for t in HELD_QUESTION_T["multihop"] if _ngrams(t) & train_mh]
     train_mh |= set().union(*(_ngrams(t) for f in composed_multihop_forms(wide=True) for t in f))
-    bad += [t for t in HELD_MH_NEW if _ngrams(t) & train_mh]
+    bad += [t for t in HELD_MH_NEW + HELD_MH_FRESH if _ngrams(t) & train_mh]
     return bad
 
 
@@ -1070,12 +1093,16 @@ class ComposedGen(FactGen):
     time (0: builds made before it draw the same examples); composed_mh:
     the share of the multi-hop questions not drawn from the written ones
     that are composed (composed_multihop_forms, composed_mh_form);
-    mh_wide_frames: draw them from MH_FRAMES_WIDE too."""
+    mh_wide_frames: draw them from MH_FRAMES_WIDE too; bare: the share of
+    questions of every kind written as typed into a shell (bare_question);
+    filler: the share of multi-hop forms with filler words (filler_form)."""
 
     def __init__(self, seed, synthetic=0.5, kind_weights=None, unans=0.12, narrative=0.0,
                  near=0.0, split=None, vocab=None, num_mix=0.0, open_first=0.0, wide=False,
-                 written=0.0, written_mh=0.0, mh_attr=0.0, composed_mh=0.0, mh_wide_frames=False):
+                 written=0.0, written_mh=0.0, mh_attr=0.0, composed_mh=0.0, mh_wide_frames=False,
+                 bare=0.0, filler=0.0):
         forms = {k: composed_forms(k) for k in CORES}
+        self.bare, self.filler = bare, filler
         self.composed_mh = composed_mh
         self.cmh = composed_multihop_forms(mh_wide_frames) if composed_mh else []
         self.narr = {k: narrative_forms(k, wide) for k in CORES}
@@ -1190,14 +1217,28 @@ class ComposedGen(FactGen):
             ex = super().example(kind)
         finally:
             self._mh_wide = False
+        return self.bare_question(self._example(ex))
+
+    def bare_question(self, ex):
+        """With probability bare, the question as typed into a shell: its
+        closing punctuation dropped and, half the time, its first letter in
+        lower case (no draw when bare is 0, so earlier builds stay the same)."""
+        if self.bare and self.rng.random() < self.bare:
+            q = ex["question"].rstrip().rstrip("?.!").rstrip()
+            if self.rng.random() < 0.5 and not q.startswith("I "):
+                q = q[0].lower() + q[1:]
+            ex["question"] = q
+        return ex
+
+    def _example(self, ex):
         if ex["kind"] == "multihop":
             if self.written_mh and self.rng.random() < self.written_mh:
                 a, b = self._hops
-                ex["question"] = self._pick(self.wq["multihop"]).format(
+                ex["question"] = self.filler_form(self._pick(self.wq["multihop"])).format(
                     attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
             elif self.composed_mh and self.rng.random() < self.composed_mh:
                 a, b = self._hops
-                ex["question"] = self.composed_mh_form().format(
+                ex["question"] = self.filler_form(self.composed_mh_form()).format(
                     attr=b["d"]["attr"], ent=a["d"]["ent"], Ent=a["d"]["Ent"])
             return ex
         if self.rng.random() >= self.unans:
@@ -1209,6 +1250,21 @@ class ComposedGen(FactGen):
                            "dist_keys": [f["key"] for f in ds]})
             return ex
         return self.unanswerable(ex["kind"])
+
+    def filler_form(self, f):
+        """With probability filler, one or two of MH_FILLERS put at a word
+        boundary before the code name's slot, so that the code name is not
+        found by its distance from the question's first words (no draw when
+        filler is 0)."""
+        if not self.filler or self.rng.random() >= self.filler or "{attr}" not in f:
+            return f
+        words = f.split(" ")
+        at = next(i for i, w in enumerate(words) if "{attr}" in w)
+        for _ in range(1 + int(self.rng.integers(2))):
+            i = int(self.rng.integers(1, at + 1))
+            words.insert(i, self._pick(MH_FILLERS))
+            at += 1
+        return " ".join(words)
 
     def composed_mh_form(self):
         """A composed multi-hop question form: a frame, then one of its
@@ -1466,7 +1522,8 @@ def build_facts(args, sp):
                         open_first=args.open_first, wide=args.narrative_wide,
                         written=args.written, written_mh=args.written_multihop,
                         mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
-                        mh_wide_frames=args.composed_multihop_wide)
+                        mh_wide_frames=args.composed_multihop_wide, bare=args.bare_questions,
+                        filler=args.mh_filler)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1482,7 +1539,8 @@ def build_facts(args, sp):
                         open_first=args.open_first, wide=args.narrative_wide,
                         written=args.written, written_mh=args.written_multihop,
                         mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
-                        mh_wide_frames=args.composed_multihop_wide)
+                        mh_wide_frames=args.composed_multihop_wide, bare=args.bare_questions,
+                        filler=args.mh_filler)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
@@ -1520,6 +1578,12 @@ def main(argv):
     ap.add_argument("--composed-multihop-wide", action="store_true",
                     help="with --composed-multihop: the wide frames too (MH_FRAMES_WIDE: the code "
                          "name away from the room word)")
+    ap.add_argument("--bare-questions", type=float, default=0.0,
+                    help="with --composed: the share of questions (every kind) without their "
+                         "closing punctuation, half of them starting in lower case")
+    ap.add_argument("--mh-filler", type=float, default=0.0,
+                    help="with --composed: the share of composed and written multi-hop questions "
+                         "with one or two filler words before the code name (MH_FILLERS)")
     ap.add_argument("--mh-attr", type=float, default=0.0,
                     help="with --composed: the share of multi-hop examples whose room code "
                          "name is a wide open compound (ComposedGen.wide_attr)")

@@ -36,10 +36,11 @@ in it is held out from training (memmodel.data's HELD_* lists):
              own haystack of MH_SIZE tokens (the needle-free documents above,
              each fact in a document of its own), asked in cell mh with the
              training multi-hop templates, in cell mh_para with held-out
-             ones (HELD_QUESTION_T["multihop"]) and in cell mh_new with the
-             later held-out ones (HELD_MH_NEW); drawn with their own seeds,
-             so heldout.json is the same with or without them, and the pairs
-             with or without mh_new
+             ones (HELD_QUESTION_T["multihop"]), in cell mh_new with the
+             later held-out ones (HELD_MH_NEW) and in cell mh_fresh with the
+             fresh ones (HELD_MH_FRESH); drawn with their own seeds, so
+             heldout.json is the same with or without them, and the pairs
+             with or without mh_new and mh_fresh
 
 cpu runs it through the C library (memmodel.clib): one store grows through
 the nested haystack sizes (prefixes of the document list); at each size
@@ -163,8 +164,9 @@ def draw_multihop(seed, used):
     """N_MH two-hop pairs on held-out entities and slots, keys not in used:
     a room fact (ENT is kept in room R) and R's roomcode fact; each asked
     with a training multi-hop template (cell mh), a held-out one
-    (HELD_QUESTION_T["multihop"], cell mh_para) and one of the later held-out
-    wordings (HELD_MH_NEW, cell mh_new)."""
+    (HELD_QUESTION_T["multihop"], cell mh_para), one of the later held-out
+    wordings (HELD_MH_NEW, cell mh_new) and one of the fresh ones
+    (HELD_MH_FRESH, cell mh_fresh)."""
     g = mmd.FactGen(seed + 5, "held", slots=mmd.HELD_SLOTS)
     pairs = []
     while len(pairs) < N_MH:
@@ -184,6 +186,11 @@ def draw_multihop(seed, used):
     rng = np.random.default_rng(seed + 7)
     for p in pairs:
         p["question_new"] = mmd.HELD_MH_NEW[int(rng.integers(len(mmd.HELD_MH_NEW)))].format(
+            **p["slots"])
+    # cell mh_fresh: the fresh held-out wordings, a seed of their own as well
+    rng = np.random.default_rng(seed + 8)
+    for p in pairs:
+        p["question_fresh"] = mmd.HELD_MH_FRESH[int(rng.integers(len(mmd.HELD_MH_FRESH)))].format(
             **p["slots"])
     return pairs
 
@@ -439,9 +446,9 @@ def mh_round(m, st, pairs, docs, qs):
 
 def cpu_multihop(args, m, log):
     """The two-hop pairs (DATA/heldout_mh.json) in their own store, each
-    cell (mh, mh_para, mh_new) asked without interleave and with 1 to --mh-rounds
-    rounds (each round reads a pulled document of up to 4096 tokens: about a
-    second a round on 2 cores); where the one round goes
+    cell (mh, mh_para, mh_new, mh_fresh) asked without interleave and with 1
+    to --mh-rounds rounds (each round reads a pulled document of up to 4096
+    tokens: about a second a round on 2 cores); where the one round goes
     (memmodel.evaluate.first_hop_pulls)."""
     from .evaluate import followup_figures, run_qs
     if not os.path.exists(os.path.join(args.data, "heldout_mh.json")):
@@ -456,7 +463,7 @@ def cpu_multihop(args, m, log):
            "ingest_s": round(time.time() - t0, 1)}
     want = [p["answer"] for p in rec["pairs"]]
     for cell, field in (("mh", "question"), ("mh_para", "question_para"),
-                        ("mh_new", "question_new")):
+                        ("mh_new", "question_new"), ("mh_fresh", "question_fresh")):
         if field not in rec["pairs"][0]:
             log({"event": "multihop", "cell": cell, "skipped": "%s/heldout_mh.json predates "
                  "it: run memmodel.heldout prepare again" % args.data})
