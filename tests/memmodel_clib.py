@@ -114,7 +114,8 @@ with tempfile.TemporaryDirectory() as d:
             "answer": "6604", "docs": [0, 2],
             "question": "What is the lock code of the room where the teal kettle is kept?",
             "question_para": "Which lock code will get someone through to the teal kettle?",
-            "question_new": "Tell me the lock code for the space that houses the teal kettle."}
+            "question_new": "Tell me the lock code for the space that houses the teal kettle.",
+            "question_fresh": "Tell me the lock code of the bay where the teal kettle is kept"}
     mmd._write_docs(os.path.join(d, "heldout_mh_docs.txt"),
                     ["A kettle, n. A pot.\n\n" + pair["facts"][0], "A lamp, n. A light.",
                      pair["facts"][1] + "\n\nA desk, n. A table."])
@@ -125,13 +126,21 @@ with tempfile.TemporaryDirectory() as d:
                   "--what", "mh", "--mh-rounds", "2", "--out", out + ".mh"])
     heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
                   "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "",
-                  "--what", "mh", "--mh-rounds", "0", "--out", out + ".mh0"])
+                  "--what", "mh", "--mh-rounds", "0", "--followup-examples", "1", "--out", out + ".mh0"])
+    try:
+        heldout.main(["cpu", "--data", d, "--followup-examples", "0", "--what", "mh"])
+        check(False, "heldout cpu --followup-examples 0 accepted")
+    except SystemExit as e:
+        check("at least 1" in str(e), "heldout --followup-examples 0: %s" % e)
     mh0 = json.load(open(out + ".mh0"))["multihop"]
     check(all(mh0[c]["n"] == 1 and "followup_asked" in mh0[c] and "interleave_on" not in mh0[c]
-              for c in ("mh", "mh_para", "mh_new")),
+              for c in ("mh", "mh_para", "mh_new", "mh_fresh")),
           "heldout cpu --what mh --mh-rounds 0: follow-ups only %r" % mh0)
+    check(all(len(mh0[c]["followup_examples"]) == 1 and mh0[c]["followup_examples"][0]["q"] == pair[q]
+              for c, q in (("mh", "question"), ("mh_fresh", "question_fresh"))),
+          "heldout cpu --followup-examples 1: %r" % mh0)
     mh = json.load(open(out + ".mh"))["multihop"]
-    for cell in ("mh", "mh_para", "mh_new"):
+    for cell in ("mh", "mh_para", "mh_new", "mh_fresh"):
         r = mh[cell]
         check(mh["pairs"] == 1 and r["n"] == 1 and "interleave_2" in r
               and "interleave_3" not in r and r["first_hop_pulled"] in (0, 1)

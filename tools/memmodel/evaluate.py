@@ -300,12 +300,12 @@ def cpu_sizes(args, m, rec, docs, res, save):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def followup_figures(m, st, pairs, qs):
+def followup_figures(m, st, pairs, qs, every=20):
     """The two-hop questions qs (one per pair) asked with follow-up
     questions (msadb_ask_params.followups at its default, no interleave):
     accuracy, median latency, answers right, questions that asked a
     follow-up, follow-ups naming the first hop's room (read from memory),
-    and every 20th question with what it asked and got."""
+    and every `every`-th question with what it asked and got."""
     answers = []
     acc, lat, _ = run_qs(m, st, qs, [e["answer"] for e in pairs], full=answers)
     asked = right_room = 0
@@ -317,7 +317,7 @@ def followup_figures(m, st, pairs, qs):
             "followup_right": sum(norm_answer(r.text) == e["answer"] for e, r in zip(pairs, answers)),
             "followup_asked": asked, "followup_right_room": right_room,
             "followup_examples": [{"q": q, "asked": list(a.followups), "got": a.text}
-                                  for q, a in list(zip(qs, answers))[::20]]}
+                                  for q, a in list(zip(qs, answers))[::every]]}
 
 
 def first_hop_pulls(m, st, pairs, mh_docs, routed, answers):

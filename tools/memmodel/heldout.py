@@ -482,7 +482,7 @@ def cpu_multihop(args, m, log):
             r["interleave_%d" % rounds] = run_qs(m, st, qs, want, interleave=rounds,
                                                  followups=0)[0]
         # follow-up questions (a model declaring msadb.followup), no interleave
-        r.update(followup_figures(m, st, rec["pairs"], qs))
+        r.update(followup_figures(m, st, rec["pairs"], qs, every=args.followup_examples))
         res[cell] = r
         log({"event": "multihop", "cell": cell,
              "figures": {k: v for k, v in r.items() if k != "examples"}})
@@ -756,6 +756,9 @@ def main(argv):
     ap.add_argument("--mh-rounds", type=int, default=1,
                     help="cpu --what mh: also ask with 2..N interleave rounds (0: no "
                          "interleave measurement, follow-up questions only)")
+    ap.add_argument("--followup-examples", type=int, default=20, metavar="N",
+                    help="cpu --what mh: keep every Nth question of a cell with the follow-ups it "
+                         "asked and its answer (1: every question, for reading the failures)")
     ap.add_argument("--abstain-retry", action="store_true",
                     help="cpu: ask every question answered ABSTAIN again with one "
                          "interleave round (abstain_retry)")
@@ -774,6 +777,9 @@ def main(argv):
                     help="go on growing the kept store instead of starting again")
     ap.add_argument("--out", default="/tmp/msadb-heldout.json")
     args = ap.parse_args(argv)
+    if args.followup_examples < 1:
+        raise SystemExit("memmodel.heldout: --followup-examples %d: keep every Nth question, N "
+                         "at least 1 (1 keeps every question)" % args.followup_examples)
     if args.cmd == "prepare":
         cmd_prepare(args)
     elif args.cmd == "arrays":
