@@ -1515,15 +1515,16 @@ def build_facts(args, sp):
             raise SystemExit("--kind-weights: unknown kind %r" % k)
         kw[k] = int(n)
     split = "train" if args.tune_split else None
+    # the composed generators' options, the same for the training and tuning sides
+    opts = dict(synthetic=args.synthetic_names, kind_weights=kw, narrative=args.narrative,
+                near=args.near, num_mix=args.num_mix, open_first=args.open_first,
+                wide=args.narrative_wide, written=args.written, written_mh=args.written_multihop,
+                mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
+                mh_wide_frames=args.composed_multihop_wide, bare=args.bare_questions,
+                filler=args.mh_filler)
     if args.composed:
-        g = ComposedGen(args.seed, synthetic=args.synthetic_names, kind_weights=kw,
-                        unans=args.unans, narrative=args.narrative, near=args.near, split=split,
-                        vocab=split if args.tune_vocab else None, num_mix=args.num_mix,
-                        open_first=args.open_first, wide=args.narrative_wide,
-                        written=args.written, written_mh=args.written_multihop,
-                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
-                        mh_wide_frames=args.composed_multihop_wide, bare=args.bare_questions,
-                        filler=args.mh_filler)
+        g = ComposedGen(args.seed, unans=args.unans, split=split,
+                        vocab=split if args.tune_vocab else None, **opts)
     else:
         g = FactGen(args.seed, "train", synthetic=args.synthetic_names, kind_weights=kw)
     exs = [g.example() for _ in range(args.n_train_facts)]
@@ -1533,14 +1534,8 @@ def build_facts(args, sp):
         # the tuning split: forms training never draws, train-side slots (with
         # --tune-vocab only the slot words training never draws), a larger
         # unanswerable share (both abstention rates measured on it)
-        g = ComposedGen(args.seed + 1, synthetic=args.synthetic_names, kind_weights=kw,
-                        unans=0.25, narrative=args.narrative, near=args.near, split="tune",
-                        vocab="tune" if args.tune_vocab else None, num_mix=args.num_mix,
-                        open_first=args.open_first, wide=args.narrative_wide,
-                        written=args.written, written_mh=args.written_multihop,
-                        mh_attr=args.mh_attr, composed_mh=args.composed_multihop,
-                        mh_wide_frames=args.composed_multihop_wide, bare=args.bare_questions,
-                        filler=args.mh_filler)
+        g = ComposedGen(args.seed + 1, unans=0.25, split="tune",
+                        vocab="tune" if args.tune_vocab else None, **opts)
         exs = [g.example() for _ in range(args.tune_split)]
         np.savez_compressed(os.path.join(args.out, "facts_tune.npz"), **pack_examples(sp, exs))
         print("tune examples", len(exs), flush=True)
