@@ -164,10 +164,21 @@ for f, g2 in fforms:
           "--mh-filler: %r from %r" % (g2, f))
 check(len(fforms) > 300 and 0.35 < n_fill / len(fforms) < 0.65,
       "--mh-filler 0.5 puts fillers into %d of %d forms" % (n_fill, len(fforms)))
-g0, g1 = mmd.ComposedGen(19, split="train", composed_mh=1.0), mmd.ComposedGen(19, split="train", composed_mh=1.0)
-g1.filler = 0.0
-check([g0.example()["question"] for _ in range(50)] == [g1.example()["question"] for _ in range(50)],
-      "--mh-filler 0 changes the draws")
+# a share of 0 draws nothing: the same examples as with the step left out
+g0 = mmd.ComposedGen(19, split="train", composed_mh=1.0, written_mh=0.5)
+g1 = mmd.ComposedGen(19, split="train", composed_mh=1.0, written_mh=0.5)
+g1.filler_form = g1.bare_question = lambda x: x
+check([g0.example() for _ in range(200)] == [g1.example() for _ in range(200)],
+      "--mh-filler 0 or --bare-questions 0 draws from the generator")
+# a share outside 0-1 is refused with a message, before anything is written
+for opt in ("--mh-filler", "--bare-questions"):
+    out_dir = os.path.join(tempfile.mkdtemp(), "never")
+    try:
+        mmd.main(["build", "--out", out_dir, "--composed", opt, "1.5"])
+        check(False, "%s 1.5 accepted" % opt)
+    except SystemExit as e:
+        check(opt in str(e) and "from 0 to 1" in str(e) and not os.path.exists(out_dir),
+              "%s 1.5: %s" % (opt, e))
 # --bare-questions: questions of every kind without closing punctuation, some
 # starting in lower case, the answer and follow-up unchanged
 gb, n_bare, n_low, kinds = mmd.ComposedGen(23, split="train", composed_mh=1.0, bare=0.5), 0, 0, set()

@@ -1604,6 +1604,10 @@ def main(argv):
     ap.add_argument("--skip-lm", action="store_true",
                     help="build: keep DIR's train_lm.u16 / val_lm.u16, write the facts only")
     args = ap.parse_args(argv)
+    for name, share in (("--bare-questions", args.bare_questions), ("--mh-filler", args.mh_filler)):
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit("memmodel.data: %s %g: a share of the questions, from 0 to 1"
+                             % (name, share))
     os.makedirs(args.out, exist_ok=True)
     if args.cmd in ("extract", "all"):
         cmd_extract(args)
