@@ -146,6 +146,17 @@ MSADB_API int msadb_dtype_parse(const char *name);
 #define MSADB_SCORE_DEFAULT 0
 #define MSADB_SCORE_COSINE 1
 #define MSADB_SCORE_DOT 2
+/* q . mean less the mean of that score over the routed blocks at the same
+ * position in their documents (the same first token; positions from 256
+ * blocks on share one mean), shrunk toward the mean over all of them by 16
+ * blocks' weight.  A query's keys meet block means through RoPE, so blocks
+ * near the question's positions (a document's first block) score high for
+ * every question; centring each position removes that common part and
+ * keeps what is particular to a block.  Costs a second pass over the
+ * summaries; hits report the centred score.  For the bundled model it
+ * finds the answer's block where plain dot routing fills the top-k with
+ * first blocks (docs/model.md section 24). */
+#define MSADB_SCORE_DOT_CENTRED 3
 
 /* Position schemes. */
 #define MSADB_POSITIONS_DOCUMENT 0u /* each document's positions start at 0 */

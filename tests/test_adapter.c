@@ -345,7 +345,8 @@ static int same_hits(const msadb_hit *a, size_t na, const msadb_hit *b, size_t n
 /* Routing choice in msadb_llm_ask: a model that declares dot-product mean
  * routing (GGUF msadb.routing.*) routes exactly as an undeclared model asked
  * explicitly for (MEAN, DOT), and differently from the engine's default and
- * from cosine; bad choices and bad declarations are refused. */
+ * from cosine; one declaring "dot-centred" as one asked for (MEAN,
+ * DOT_CENTRED); bad choices and bad declarations are refused. */
 static void test_declared_routing(const char *plain, const char *dir)
 {
     const char *shape = "--layers 4 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64";
@@ -386,6 +387,18 @@ static void test_declared_routing(const char *plain, const char *dir)
     ap.score = 7;
     CHECK_RC(msadb_llm_ask(l1, st, question, strlen(question), &ap, a, sizeof a, &l, NULL, 0, NULL),
              MSADB_EINVAL);
+    /* a model declaring position-centred dot routing routes as an explicit
+     * (MEAN, DOT_CENTRED), not as plain dot */
+    snprintf(opts, sizeof opts, "%s --routing mean:dot-centred", shape);
+    msadb_llm *l2;
+    CHECK_OK(msadb_llm_open(tu_make_model(dir, "declared-centred", opts), &l2));
+    msadb_hit h_cen[64], h_cen2[64];
+    size_t n_cen, n_cen2;
+    ask_hits(l2, st, 0, 0, h_cen, &n_cen);
+    ask_hits(l0, st, MSADB_SUMMARY_MEAN, MSADB_SCORE_DOT_CENTRED, h_cen2, &n_cen2);
+    CHECK(same_hits(h_cen, n_cen, h_cen2, n_cen2));
+    CHECK(!same_hits(h_cen, n_cen, h_dot, n_dot)); /* centred scores differ */
+    msadb_llm_close(l2);
     msadb_close(st);
     /* a store without the declared summary: the engine's default applies */
     st = ask_store(l0, dir, "routing-reps", MSADB_SUMMARY_REPS, &sig);

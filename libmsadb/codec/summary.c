@@ -237,7 +237,9 @@ msadb_summ_score msadb_summ_score_of(uint32_t kind, int score)
         return MSADB_SUMM_SCORE_MINMAX;
     if (kind == MSADB_SUMMARY_REPS)
         return MSADB_SUMM_SCORE_REPS;
-    return score == MSADB_SCORE_DOT ? MSADB_SUMM_SCORE_MEAN_DOT : MSADB_SUMM_SCORE_MEAN_COS;
+    /* the centring of MSADB_SCORE_DOT_CENTRED is the scan's (query/query.c) */
+    return score == MSADB_SCORE_DOT || score == MSADB_SCORE_DOT_CENTRED ? MSADB_SUMM_SCORE_MEAN_DOT
+                                                                       : MSADB_SUMM_SCORE_MEAN_COS;
 }
 
 void msadb_summ_score_page(const msadb_kq *kq, msadb_summ_score how, const msadb_summ_view *v, size_t n,

@@ -105,7 +105,8 @@ static inline int msadb_summary_is_one(uint32_t k)
 
 static inline int msadb_score_valid(int s)
 {
-    return s == MSADB_SCORE_DEFAULT || s == MSADB_SCORE_COSINE || s == MSADB_SCORE_DOT;
+    return s == MSADB_SCORE_DEFAULT || s == MSADB_SCORE_COSINE || s == MSADB_SCORE_DOT ||
+           s == MSADB_SCORE_DOT_CENTRED;
 }
 
 /* How a scan scores a summary page. */

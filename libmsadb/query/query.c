@@ -34,6 +34,24 @@
 #define MAX_SCAN_THREADS 8
 #define MIN_ENTRIES_PER_THREAD 8192 /* below this a second thread costs more than it saves */
 #define MAX_QUERY_TOKENS 65536
+/* Position-centred routing: a block's position is its first token's block
+ * index in its document (the last bucket takes every later one), and a
+ * bucket's mean is shrunk toward the mean of all blocks as if CENTRE_PRIOR
+ * blocks scoring that mean were in it, so that a position few documents
+ * reach is not centred on its own few blocks. */
+#define CENTRE_BUCKETS 256
+#define CENTRE_PRIOR 16.0
+/* The sums are exact integers (scores in units of 2^-16, clamped to
+ * +-2^20), so they do not depend on how the scan was split between threads:
+ * 2^62 / 2^36 allows 2^26 blocks a bucket before they could overflow. */
+#define CENTRE_ONE 65536.0
+#define CENTRE_CLAMP 1048576.0
+
+static inline int64_t centre_fixed(float s)
+{
+    double x = s < -CENTRE_CLAMP ? -CENTRE_CLAMP : s > CENTRE_CLAMP ? CENTRE_CLAMP : (double)s;
+    return (int64_t)llrint(x * CENTRE_ONE);
+}
 #define CHUNK_FLOATS (1u << 21) /* scores per attention chunk: bounds the work buffer */
 
 /* A candidate's id: view index (page of one space) and entry within it. */
@@ -66,6 +84,9 @@ typedef struct scan_part {
     float *run_scores; /* [n_runs][n_groups] */
     size_t n_runs, runs_cap;
     uint32_t runs_g; /* groups the run_scores rows were allocated for */
+    int64_t *csum;     /* position-centred routing: [n_groups][CENTRE_BUCKETS] score sums (fixed point) */
+    uint64_t *ccnt;    /* [CENTRE_BUCKETS] live blocks summed */
+    size_t csum_cap, ccnt_cap;
     uint64_t scanned;
     int rc;
 } scan_part;
@@ -102,6 +123,11 @@ typedef struct qscratch {
     uint32_t n_reps; /* representatives per entry of the views scanned */
     int use_index;   /* route through the index when every page has one */
     const msadb_docmask *mask; /* documents routing must not consider, or NULL */
+    int centre;       /* MSADB_SCORE_DOT_CENTRED: scores less their position's mean */
+    int sum_pass;     /* the scan sums scores per position (first pass of centre) */
+    uint32_t block_size;
+    float *bias;      /* [n_groups][CENTRE_BUCKETS]: what centring subtracts */
+    size_t bias_cap;
 
     /* spaces and page views of the current plane */
     uint32_t *space_ids;
@@ -180,9 +206,53 @@ static inline int slot_skip(const qscratch *qs, const uint8_t *slots, uint32_t i
     return (slot_flags(slots, i) & MSADB_SLOT_DELETED) || msadb_docmask_hides(qs->mask, slot_doc(slots, i));
 }
 
+/* Entry i's position bucket (position-centred routing). */
+static inline uint32_t centre_bucket(const qscratch *qs, const uint8_t *slots, uint32_t i)
+{
+    uint32_t b = msadb_get_le32(slots + (size_t)i * MSADB_SLOT_BYTES + 16) / qs->block_size;
+    return b < CENTRE_BUCKETS ? b : CENTRE_BUCKETS - 1;
+}
+
+/* Scores every group of view v's n entries into scores ([group][n]), less
+ * their position's mean when routing is centred (after the sum pass). */
+static void score_entries(const qscratch *qs, scan_part *p, const msadb_page_view *v, float *scores)
+{
+    msadb_summ_score_page(qs->kq, qs->how, &v->summ, v->n, p->tmp, scores);
+    if (!qs->centre || qs->sum_pass)
+        return;
+    uint32_t G = qs->kq->n_groups;
+    for (uint32_t i = 0; i < v->n; i++) {
+        uint32_t b = centre_bucket(qs, v->slots, i);
+        for (uint32_t g = 0; g < G; g++)
+            scores[(size_t)g * v->n + i] -= qs->bias[(size_t)g * CENTRE_BUCKETS + b];
+    }
+}
+
 static void score_view(const qscratch *qs, scan_part *p, const msadb_page_view *v)
 {
-    msadb_summ_score_page(qs->kq, qs->how, &v->summ, v->n, p->tmp, p->scores);
+    score_entries(qs, p, v, p->scores);
+}
+
+/* The sum pass of centred routing: per group and position bucket, the sum
+ * of the live entries' scores, and their count per bucket. */
+static int sum_positions(qscratch *qs, scan_part *p)
+{
+    uint32_t G = qs->kq->n_groups;
+    memset(p->csum, 0, (size_t)G * CENTRE_BUCKETS * sizeof *p->csum);
+    memset(p->ccnt, 0, CENTRE_BUCKETS * sizeof *p->ccnt);
+    for (size_t vi = p->v0; vi < p->v1; vi++) {
+        const msadb_page_view *v = &qs->views[vi];
+        score_view(qs, p, v);
+        for (uint32_t i = 0; i < v->n; i++) {
+            if (slot_skip(qs, v->slots, i))
+                continue;
+            uint32_t b = centre_bucket(qs, v->slots, i);
+            p->ccnt[b]++;
+            for (uint32_t g = 0; g < G; g++)
+                p->csum[(size_t)g * CENTRE_BUCKETS + b] += centre_fixed(p->scores[(size_t)g * v->n + i]);
+        }
+    }
+    return 0;
 }
 
 /* Block selection over views [p->v0, p->v1): per group, a heap of the k
@@ -260,7 +330,7 @@ static void run_part(qscratch *qs, scan_part *p)
 {
     p->scanned = 0;
     p->n_runs = 0;
-    p->rc = qs->doc_mode ? scan_docs(qs, p) : scan_blocks(qs, p);
+    p->rc = qs->sum_pass ? sum_positions(qs, p) : qs->doc_mode ? scan_docs(qs, p) : scan_blocks(qs, p);
 }
 
 static void *worker_main(void *arg)
@@ -313,8 +383,11 @@ static void scratch_destroy(void *ptr)
         free(p->hid);
         free(p->runs);
         free(p->run_scores);
+        free(p->csum);
+        free(p->ccnt);
     }
     msadb_kq_free(&qs->kqs);
+    free(qs->bias);
     free(qs->space_ids);
     free(qs->views_all);
     free(qs->views_tmp);
@@ -399,6 +472,9 @@ static int part_prepare(qscratch *qs, scan_part *p, size_t page_max)
     if (qs->how == MSADB_SUMM_SCORE_REPS &&
         msadb_grow(&p->tmp, &p->tmp_cap, page_max * G * qs->n_reps, sizeof(float), 16))
         return MSADB_ENOMEM;
+    if (qs->centre && (msadb_grow(&p->csum, &p->csum_cap, (size_t)G * CENTRE_BUCKETS, sizeof(int64_t), 16) ||
+                       msadb_grow(&p->ccnt, &p->ccnt_cap, CENTRE_BUCKETS, sizeof(uint64_t), 16)))
+        return MSADB_ENOMEM;
     if (!qs->doc_mode) {
         size_t hn = (size_t)G * qs->k, hc = p->heap_cap;
         if (msadb_grow(&p->hs, &hc, hn, sizeof(float), 16))
@@ -425,7 +501,63 @@ static int part_prepare(qscratch *qs, scan_part *p, size_t page_max)
     return 0;
 }
 
-/* Runs the scan of all views on up to n_threads threads. */
+/* Runs run_part on parts [0, nt): part 0 here, the others on the workers. */
+static void run_parts(qscratch *qs, int nt)
+{
+    if (nt > 1) {
+        pthread_mutex_lock(&qs->mu);
+        qs->n_threads = nt;
+        qs->pending = qs->n_workers;
+        qs->gen++;
+        pthread_cond_broadcast(&qs->cv_go);
+        pthread_mutex_unlock(&qs->mu);
+    }
+    run_part(qs, &qs->parts[0]);
+    if (nt > 1) {
+        pthread_mutex_lock(&qs->mu);
+        while (qs->pending > 0)
+            pthread_cond_wait(&qs->cv_done, &qs->mu);
+        pthread_mutex_unlock(&qs->mu);
+    }
+    qs->n_threads = nt;
+}
+
+/* Centred routing's first pass: every part's position sums, merged into
+ * qs->bias (per group and bucket, the bucket's shrunk mean score). */
+static int centre_positions(qscratch *qs, int nt)
+{
+    uint32_t G = qs->kq->n_groups;
+    if (msadb_grow(&qs->bias, &qs->bias_cap, (size_t)G * CENTRE_BUCKETS, sizeof(float), 16))
+        return MSADB_ENOMEM;
+    qs->sum_pass = 1;
+    run_parts(qs, nt);
+    qs->sum_pass = 0;
+    for (int t = 0; t < nt; t++)
+        if (qs->parts[t].rc)
+            return qs->parts[t].rc;
+    uint64_t cnt[CENTRE_BUCKETS] = {0}, all = 0;
+    for (int t = 0; t < nt; t++)
+        for (uint32_t b = 0; b < CENTRE_BUCKETS; b++)
+            cnt[b] += qs->parts[t].ccnt[b];
+    for (uint32_t b = 0; b < CENTRE_BUCKETS; b++)
+        all += cnt[b];
+    for (uint32_t g = 0; g < G; g++) {
+        int64_t sum[CENTRE_BUCKETS] = {0}, total = 0;
+        for (int t = 0; t < nt; t++)
+            for (uint32_t b = 0; b < CENTRE_BUCKETS; b++)
+                sum[b] += qs->parts[t].csum[(size_t)g * CENTRE_BUCKETS + b];
+        for (uint32_t b = 0; b < CENTRE_BUCKETS; b++)
+            total += sum[b];
+        double mean = all ? (double)total / CENTRE_ONE / (double)all : 0.0;
+        for (uint32_t b = 0; b < CENTRE_BUCKETS; b++)
+            qs->bias[(size_t)g * CENTRE_BUCKETS + b] =
+                (float)(((double)sum[b] / CENTRE_ONE + CENTRE_PRIOR * mean) / ((double)cnt[b] + CENTRE_PRIOR));
+    }
+    return 0;
+}
+
+/* Runs the scan of all views on up to n_threads threads (centred routing:
+ * a sum pass first). */
 static int scan_all(qscratch *qs, uint64_t *scanned)
 {
     size_t total = 0, page_max = 0;
@@ -449,22 +581,10 @@ static int scan_all(qscratch *qs, uint64_t *scanned)
         if (rc)
             return rc;
     }
-    if (nt > 1) {
-        pthread_mutex_lock(&qs->mu);
-        qs->n_threads = nt;
-        qs->pending = qs->n_workers;
-        qs->gen++;
-        pthread_cond_broadcast(&qs->cv_go);
-        pthread_mutex_unlock(&qs->mu);
-    }
-    run_part(qs, &qs->parts[0]);
-    if (nt > 1) {
-        pthread_mutex_lock(&qs->mu);
-        while (qs->pending > 0)
-            pthread_cond_wait(&qs->cv_done, &qs->mu);
-        pthread_mutex_unlock(&qs->mu);
-    }
-    qs->n_threads = nt;
+    int rc = qs->centre ? centre_positions(qs, nt) : 0;
+    if (rc)
+        return rc;
+    run_parts(qs, nt);
     for (int t = 0; t < nt; t++) {
         if (qs->parts[t].rc)
             return qs->parts[t].rc;
@@ -671,6 +791,7 @@ static int select_docs(qscratch *qs, uint32_t g, size_t *n)
         uint32_t e = CAND_ENTRY(base[i].cand);
         msadb_page_view pv = *v;
         pv.n = 1;
+        pv.slots = v->slots + (size_t)e * MSADB_SLOT_BYTES;
         msadb_summ_view_from(&v->summ, qs->d, e, &pv.summ);
         /* scores every group of this one entry (parts[0] holds room for
          * page_max entries); keep group g's */
@@ -999,6 +1120,8 @@ static int plan_query(msadb_snapshot *snap, const msadb_query *q, int attend, qs
     P->n_groups = P->per_token ? (uint32_t)P->nq : 1;
     P->n_cand = q->route_candidates ? q->route_candidates : DEFAULT_ROUTE_CANDIDATES;
     qs->how = msadb_summ_score_of(skind, mean_score(q->score));
+    qs->centre = q->score == MSADB_SCORE_DOT_CENTRED && qs->how == MSADB_SUMM_SCORE_MEAN_DOT;
+    qs->block_size = sig->block_size;
     qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
     qs->d = P->d;
     /* the index serves block selection with the representatives, over

@@ -67,13 +67,14 @@ static int read_named(const msadb_gguf *g, const char *key, const named_value *v
 }
 
 /* The model's declared routing: msadb.routing.summary ("mean", "reps",
- * "minmax") and msadb.routing.score ("dot", "cosine"). */
+ * "minmax") and msadb.routing.score ("dot", "cosine", "dot-centred"). */
 static int read_routing(msadb_llm *llm)
 {
     static const named_value summaries[] = {{"mean", MSADB_SUMMARY_MEAN},
                                             {"reps", MSADB_SUMMARY_REPS},
                                             {"minmax", MSADB_SUMMARY_MINMAX}};
-    static const named_value scores[] = {{"dot", MSADB_SCORE_DOT}, {"cosine", MSADB_SCORE_COSINE}};
+    static const named_value scores[] = {
+        {"dot", MSADB_SCORE_DOT}, {"cosine", MSADB_SCORE_COSINE}, {"dot-centred", MSADB_SCORE_DOT_CENTRED}};
     const msadb_gguf *g = msadb_model_gguf(llm->model);
     int summary = 0;
     int rc = read_named(g, "msadb.routing.summary", summaries,

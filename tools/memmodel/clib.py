@@ -25,12 +25,14 @@ def load_msadb(lib):
 class Msadb:
     """One model through msadb.Model.  summary: how ask() routes (None: the
     model's declared routing, else a name of msadb's summaries: mean, minmax,
-    reps); top_k: blocks per kv head (msadb_ask_params' default 16)."""
+    reps); score: how a query meets the mean summary (None: the model's
+    declared score, else cosine, dot or dot-centred); top_k: blocks per kv
+    head (msadb_ask_params' default 16)."""
 
     def __init__(self, lib):
         self.msadb = load_msadb(lib)
         self.model = None
-        self.summary, self.top_k = None, 16
+        self.summary, self.score, self.top_k = None, None, 16
 
     def open_model(self, path, segment=None):
         """segment: how ingest reads a document ("document", "paragraph", "joined";
@@ -70,7 +72,7 @@ class Msadb:
         return self.model.ask(st, question, no_memory=no_memory, interleave=interleave,
                               top_k=self.top_k if top_k is None else top_k,
                               max_tokens=max_tokens, exact=exact,
-                              route_each_token=route_each_token, summary=self.summary,
+                              route_each_token=route_each_token, summary=self.summary, score=self.score,
                               followups=followups)
 
     def tokenize_len(self, text):

@@ -500,6 +500,7 @@ def cmd_cpu(args):
     m.open_model(args.model, args.segment)
     m.top_k = args.top_k
     m.summary = args.summary
+    m.score = args.score
 
     def log(d):
         print(json.dumps(d), flush=True)
@@ -766,6 +767,9 @@ def main(argv):
     ap.add_argument("--segment", choices=["document", "paragraph", "joined"], default=None,
                     help="cpu, diagnose, arrays: how ingest reads a document (default: the "
                          "model's msadb.segment; arrays: document or joined)")
+    ap.add_argument("--score", choices=["cosine", "dot", "dot-centred"], default=None,
+                    help="cpu: how a question meets the mean summary (default: the model's "
+                         "own, msadb.routing.score)")
     ap.add_argument("--summary", choices=["mean", "minmax", "reps"], default=None,
                     help="cpu: the summary routing scores (default: the model's own, "
                          "msadb.routing.summary)")

@@ -23,7 +23,7 @@ from .errors import check, invalid
 
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2, "int8": 3, "q4": 4}
 SUMMARIES = {"mean": 1, "minmax": 2, "reps": 4}
-SCORES = {None: 0, "cosine": 1, "dot": 2}
+SCORES = {None: 0, "cosine": 1, "dot": 2, "dot-centred": 3}
 SELECT = {"blocks": 0, "documents": 1}
 
 #: numpy mirror of msadb_hit: an array of hits is passed to the library
@@ -940,7 +940,7 @@ def _routing(st, what, spaces, top_k, select, summary, score, keep) -> None:
         raise invalid(what, "summary %r: one of %s" % (summary, ", ".join(SUMMARIES)))
     st.summary = SUMMARIES.get(summary, 0)
     if score not in SCORES:
-        raise invalid(what, "score %r: cosine or dot" % (score,))
+        raise invalid(what, "score %r: cosine, dot or dot-centred" % (score,))
     st.score = SCORES[score]
 
 
