@@ -124,9 +124,12 @@ def main(argv):
     info = args.training or json.dumps({"steps": meta.get("steps"), "tokens": meta.get("tokens"),
                                         "seed": meta.get("seed"), "params": meta.get("params"),
                                         "gpu_train_seconds": meta.get("train_seconds")})
-    # how the model was trained to route (memmodel.train: q . mean key);
-    # msadb_llm_ask routes this way where the store holds mean summaries
-    extra = {"msadb.training": info, "msadb.routing.summary": "mean", "msadb.routing.score": "dot"}
+    # how the model was trained to route (memmodel.train: q . mean key, or
+    # with --route-centred less its position's mean); msadb_llm_ask routes
+    # this way where the store holds mean summaries
+    centred = (meta.get("args") or {}).get("route_centred", False)
+    extra = {"msadb.training": info, "msadb.routing.summary": "mean",
+             "msadb.routing.score": "dot-centred" if centred else "dot"}
     if args.abstain:
         extra["msadb.abstain"] = args.abstain
     if args.segment:

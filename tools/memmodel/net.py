@@ -107,10 +107,12 @@ class Layer(nn.Module):
 
 class Pool:
     """Memory blocks of one memory layer: K, V [kv, P, 64, hd]; valid [P, 64];
-    means [kv, P, hd] (f32, over valid tokens); doc [P] (document index)."""
+    means [kv, P, hd] (f32, over valid tokens); doc [P] (document index);
+    nb: blocks per row (block p is block p % nb of its document)."""
 
-    def __init__(self, K, V, valid, doc=None):
+    def __init__(self, K, V, valid, doc=None, nb=None):
         self.K, self.V, self.valid, self.doc = K, V, valid, doc
+        self.nb = nb or K.shape[1]
         w = valid.float()
         self.means = (K.float() * w[None, :, :, None]).sum(2) / w.sum(1).clamp(min=1)[None, :, None]
 
@@ -131,6 +133,8 @@ class Model(nn.Module):
         # a learned routing key (memmodel.router): [memory layers, kv, hd, hd],
         # the map a question's query goes through before it meets the mean keys
         self.router = None
+        # route as msadb's MSADB_SCORE_DOT_CENTRED (centre_scores), not plain dot
+        self.route_centred = False
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -215,6 +219,8 @@ class Model(nn.Module):
             s = self.route_scores(q, pool.means.detach() if detach_pool else pool.means, mi - 1)
             # the prompt's tokens share one selection: max over them [B, kv, P]
             sp = prompt_scores(s, is_prompt)
+            if self.route_centred:
+                s, sp = centre_scores(s, pool), centre_scores(sp, pool)
             sel_p, idx_u, mmask = self.select_blocks(s, sp, is_prompt, valid, pool,
                                                      min(top_k, pool.P),
                                                      (gold_p, gold_a) if oracle else None)
@@ -451,6 +457,24 @@ def widen(model, shape, std=0.02):
     return m.to(model.tok.weight.device)
 
 
+CENTRE_PRIOR = 16.0  # msadb's (libmsadb/query/query.c)
+
+
+def centre_scores(s, pool):
+    """msadb's position-centred routing score (MSADB_SCORE_DOT_CENTRED) of
+    scores s [..., P] over the pool's blocks: less the mean score of the
+    valid blocks at the same position (block index in the document),
+    shrunk toward the mean over all valid blocks with CENTRE_PRIOR blocks'
+    weight.  Blocks with no valid token count in no mean."""
+    P = s.shape[-1]
+    slot = torch.arange(P, device=s.device) % pool.nb
+    vb = pool.valid.any(1).to(s.dtype)
+    onehot = F.one_hot(slot, pool.nb).to(s.dtype) * vb[:, None]  # [P, nb]
+    gm = (s * vb).sum(-1, keepdim=True) / vb.sum().clamp(min=1)
+    bias = (s @ onehot + CENTRE_PRIOR * gm) / (onehot.sum(0) + CENTRE_PRIOR)
+    return s - bias[..., slot]
+
+
 def prompt_scores(s, is_prompt):
     """The prompt's shared routing scores: s [B, kv, T, P] at its best over
     the prompt's tokens (is_prompt [B, T]) -> [B, kv, P]."""
@@ -480,7 +504,7 @@ def build_pools(model, caps, valid=None, doc=None):
         V = v.reshape(N, kv, nb, BLOCK, hd).permute(1, 0, 2, 3, 4).reshape(kv, N * nb, BLOCK, hd)
         vb = (valid.reshape(N * nb, BLOCK) if valid is not None
               else torch.ones(N * nb, BLOCK, dtype=torch.bool, device=k.device))
-        pools.append(Pool(K, V, vb, doc))
+        pools.append(Pool(K, V, vb, doc, nb))
     return pools
 
 

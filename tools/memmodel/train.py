@@ -473,6 +473,9 @@ def parse_args(argv=None):
     ap.add_argument("--docs-per-q", type=int, default=1)
     ap.add_argument("--doc-len", type=int, default=512)
     ap.add_argument("--decoys", type=int, default=384)
+    ap.add_argument("--route-centred", action="store_true",
+                    help="route as msadb's dot-centred score (net.centre_scores); export the "
+                         "model with msadb.routing.score dot-centred")
     ap.add_argument("--doc-lens", default="",
                     help="memory window lengths drawn per batch (e.g. 512,1024,2048,4096), "
                          "each batch holding about --doc-len x --mem-batch tokens")
@@ -640,6 +643,7 @@ def build_model(run):
         run.c = c = model.c
         run.log({"event": flag, key: getattr(args, flag), "n_layers": c.n_layers, "d": c.d,
                  "n_heads": c.n_heads, "n_kv": c.n_kv, "ffn": c.ffn})
+    model.route_centred = args.route_centred
     run.model = model = model.to(run.dev)
     run.n_params = sum(p.numel() for p in model.parameters())
     run.log({"event": "continue" if state else "start", "segment": run.segment,
