@@ -93,21 +93,32 @@ with tempfile.TemporaryDirectory() as d:
     check(c["tpl"]["n"] == 3 and c["tpl"]["routed"] == 3 and c["tpl"]["right_routed"]
           == c["tpl"]["correct"] >= 1 and "routed" not in c["unans"],
           "heldout cpu: each question's document routed, the long one through its parts %r" % c)
+    check(c["tpl"]["answer_read"] >= c["tpl"]["correct"] and "answer_read" not in c["unans"]
+          and 0 < c["tpl"]["first_blocks"] <= 3,
+          "heldout cpu: the blocks holding the answers read, first blocks counted %r" % c["tpl"])
     # --summary reaches every ask (and the scores come from the route it names)
     from memmodel import clib
     seen, orig = [], clib.Msadb.answer
 
     def answer(self, st, question, **kw):
-        seen.append(self.summary)
+        seen.append((self.summary, self.score))
         return orig(self, st, question, **kw)
     clib.Msadb.answer = answer
     heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
                   "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "16K",
                   "--summary", "reps", "--out", out + ".reps"])
-    clib.Msadb.answer = orig
     cr = json.load(open(out + ".reps"))["sizes"]["16K"]["cells"]
-    check(seen and set(seen) == {"reps"} and cr["tpl"]["n"] == 3,
+    check(seen and set(seen) == {("reps", None)} and cr["tpl"]["n"] == 3,
           "heldout cpu --summary reps: every question routed with it %r" % (set(seen),))
+    # --score likewise
+    seen.clear()
+    heldout.main(["cpu", "--data", d, "--model", os.path.join(ROOT, "models", "msadb-mem.gguf"),
+                  "--lib", sys.argv[1], "--store-dir", os.path.join(d, "st"), "--sizes", "16K",
+                  "--score", "dot-centred", "--out", out + ".centred"])
+    clib.Msadb.answer = orig
+    cr = json.load(open(out + ".centred"))["sizes"]["16K"]["cells"]
+    check(seen and set(seen) == {(None, "dot-centred")} and cr["tpl"]["n"] == 3,
+          "heldout cpu --score dot-centred: every question routed with it %r" % (set(seen),))
     # heldout cpu --what mh: the two-hop pairs in their own store, both cells,
     # where the round goes, and the extra rounds --mh-rounds asks for
     pair = {"facts": ["The teal kettle is kept in room 318.", "The lock code of room 318 is 6604."],

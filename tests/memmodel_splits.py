@@ -406,6 +406,11 @@ check(r["by_pos"]["tpl/0-511"]["correct"] == 1 and r["by_pos"]["tpl/512-1023"]["
 r = heldout.score(qs, ["1234", "not in memory", "Not in memory", "123"], [True, True, None, None])
 check(r["cells"]["tpl"]["routed"] == 2 and r["cells"]["tpl"]["right_routed"] == 1
       and "routed" not in r["cells"]["unans"], "score: routed counts %r" % r["cells"])
+r = heldout.score(qs, ["1234", "not in memory", "Not in memory", "123"],
+                  [(True, True, 0.5), (True, True, 0.25), (None, None, 1.0), (None, None, 0.0)])
+check(r["cells"]["tpl"]["answer_read"] == 2 and r["cells"]["tpl"]["abstained_answer_read"] == 1
+      and r["cells"]["tpl"]["first_blocks"] == 0.75 and r["cells"]["unans"]["first_blocks"] == 1.0
+      and "answer_read" not in r["cells"]["unans"], "score: answer blocks read %r" % r["cells"])
 
 # heldout diagnose's documents: each variant holds what its name says
 fact, other = "The PIN of the mossy kettle is 1234.", "The PIN of the faded lamp is 9876."

@@ -1056,14 +1056,16 @@ static int validate(msadb_snapshot *snap, const msadb_query *q, const msadb_sign
 /* Scoring of the mean summary: cosine of q with the block's mean key (as in
  * MSA), which found 16-token needles in 91% of the queries where the plain
  * dot product found 70% at 10M tokens, for the same scan time (see
- * docs/benchmarks-query.md).  MSADB_MEAN_SCORE=dot selects q . mean where
- * the query leaves the score to the engine (msadb_query.score), for
- * comparisons. */
+ * docs/benchmarks-query.md).  MSADB_MEAN_SCORE=dot (or dot-centred) selects
+ * q . mean (or its position-centred form) where the query leaves the score
+ * to the engine (msadb_query.score), for comparisons. */
 static int mean_score(int score)
 {
     if (score != MSADB_SCORE_DEFAULT)
         return score;
     const char *e = getenv("MSADB_MEAN_SCORE");
+    if (e && strcmp(e, "dot-centred") == 0)
+        return MSADB_SCORE_DOT_CENTRED;
     return e && strcmp(e, "dot") == 0 ? MSADB_SCORE_DOT : MSADB_SCORE_COSINE;
 }
 
@@ -1119,8 +1121,9 @@ static int plan_query(msadb_snapshot *snap, const msadb_query *q, int attend, qs
     P->per_token = q->per_token && !q->exact;
     P->n_groups = P->per_token ? (uint32_t)P->nq : 1;
     P->n_cand = q->route_candidates ? q->route_candidates : DEFAULT_ROUTE_CANDIDATES;
-    qs->how = msadb_summ_score_of(skind, mean_score(q->score));
-    qs->centre = q->score == MSADB_SCORE_DOT_CENTRED && qs->how == MSADB_SUMM_SCORE_MEAN_DOT;
+    int score = mean_score(q->score);
+    qs->how = msadb_summ_score_of(skind, score);
+    qs->centre = score == MSADB_SCORE_DOT_CENTRED && qs->how == MSADB_SUMM_SCORE_MEAN_DOT;
     qs->block_size = sig->block_size;
     qs->doc_mode = q->select == MSADB_SELECT_DOCUMENTS;
     qs->d = P->d;

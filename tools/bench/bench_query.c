@@ -1587,6 +1587,8 @@ int main(int argc, char **argv)
         }
         result_init(&res[nm], "engine mean (dot)", nq, bpb_mean, 1);
         run_engine(&M, snap, g, nq, MSADB_SUMMARY_MEAN, "dot", k, MSADB_SELECT_BLOCKS, &res[nm++]);
+        result_init(&res[nm], "engine mean (dot-centred)", nq, bpb_mean, 1);
+        run_engine(&M, snap, g, nq, MSADB_SUMMARY_MEAN, "dot-centred", k, MSADB_SELECT_BLOCKS, &res[nm++]);
         result_init(&res[nm], "engine mean (cosine)", nq, bpb_mean, 1);
         run_engine(&M, snap, g, nq, MSADB_SUMMARY_MEAN, "cosine", k, MSADB_SELECT_BLOCKS, &res[nm++]);
         result_init(&res[nm], "engine minmax (Quest)", nq, bpb_mm, 1);

@@ -345,9 +345,14 @@ def cmd_arrays(args):
 
 def score(questions, outs, routed=None):
     """Figures of one run: per cell (accuracy, n, abstained), per cell and
-    kind, per cell and needle position; with routed (per question: whether
-    the route selected a block of its needle document, None for none) also
-    the count of routed questions and of those answered right."""
+    kind, per cell and needle position; with routed (per question, from
+    ask_all: whether the route selected a block of its needle document and
+    whether it selected the block holding its answer, None for none, and the
+    share of the selected blocks that are first blocks of their documents;
+    or, from gpu_eval, the first of these alone)
+    also the count of routed questions and of those answered right, of
+    questions whose answer's block was read (answer_read) and of those
+    abstained all the same, and the summed first-block shares."""
     res = {"cells": {}, "by_kind": {}, "by_pos": {}}
     for i, (q, o) in enumerate(zip(questions, outs)):
         ok = o == q["answer"] or (q["cell"] == "unans" and o.lower() == mmd.ABSTAIN)
@@ -361,9 +366,18 @@ def score(questions, outs, routed=None):
             c["n"] += 1
             c["correct"] += int(ok)
             c["abstained"] += int(ab)
-            if routed is not None and routed[i] is not None:
-                c["routed"] = c.get("routed", 0) + int(routed[i])
-                c["right_routed"] = c.get("right_routed", 0) + int(routed[i] and ok)
+            if routed is None:
+                continue
+            # ask_all's (document, answer, first share); gpu_eval's document alone
+            doc, ans, first = routed[i] if isinstance(routed[i], tuple) else (routed[i], None, None)
+            if first is not None:
+                c["first_blocks"] = round(c.get("first_blocks", 0.0) + first, 4)
+            if doc is not None:
+                c["routed"] = c.get("routed", 0) + int(doc)
+                c["right_routed"] = c.get("right_routed", 0) + int(doc and ok)
+            if ans is not None:
+                c["answer_read"] = c.get("answer_read", 0) + int(ans)
+                c["abstained_answer_read"] = c.get("abstained_answer_read", 0) + int(ans and ab)
     for tab in res.values():
         for c in tab.values():
             c["acc"] = round(c["correct"] / c["n"], 4)
@@ -373,16 +387,22 @@ def score(questions, outs, routed=None):
 
 def ask_all(m, st, questions, doc_ids=None, **kw):
     """Answers (stripped of a closing full stop), the mean seconds per
-    question, and with doc_ids (store ids of each haystack document's parts) whether
-    the last memory layer's route held a block of each question's needle
-    document (None for a question without one)."""
+    question, and with doc_ids (store ids of each haystack document's parts)
+    per question what the last memory layer's route held: a block of its
+    needle document, the block holding its answer (its text in a cited
+    span; both None for a question without one), and the share of its
+    blocks that are first blocks of their documents."""
     outs, routed, t0 = [], [], time.time()
     for q in questions:
         a = m.answer(st, q["question"], **kw)
         outs.append(norm_answer(a.text))
         if doc_ids is not None:
-            routed.append(bool(np.isin(a.hits["doc_id"], doc_ids[q["doc"]]).any())
-                          if q["doc"] >= 0 else None)
+            first = float((a.hits["token_start"] == 0).mean()) if len(a.hits) else 0.0
+            if q["doc"] < 0:
+                routed.append((None, None, first))
+                continue
+            routed.append((bool(np.isin(a.hits["doc_id"], doc_ids[q["doc"]]).any()),
+                           any(q["answer"] in (sp.text or "") for sp in a.spans), first))
     return outs, (time.time() - t0) / max(1, len(questions)), routed if doc_ids else None
 
 
