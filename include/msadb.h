@@ -153,9 +153,10 @@ MSADB_API int msadb_dtype_parse(const char *name);
  * near the question's positions (a document's first block) score high for
  * every question; centring each position removes that common part and
  * keeps what is particular to a block.  Costs a second pass over the
- * summaries; hits report the centred score.  For the bundled model it
- * finds the answer's block where plain dot routing fills the top-k with
- * first blocks (docs/model.md section 24). */
+ * summaries; hits report the centred score.  For the bundled model, which
+ * was trained with plain dot (and keeps it), it cuts first blocks from a
+ * quarter of the route to 1% at 1M tokens and reads the answer's block for
+ * a few more questions, without better answers (docs/model.md section 24). */
 #define MSADB_SCORE_DOT_CENTRED 3
 
 /* Position schemes. */
