@@ -42,8 +42,9 @@
 #define CENTRE_BUCKETS 256
 #define CENTRE_PRIOR 16.0
 /* The sums are exact integers (scores in units of 2^-16, clamped to
- * +-2^20), so they do not depend on how the scan was split between threads:
- * 2^62 / 2^36 allows 2^26 blocks a bucket before they could overflow. */
+ * +-2^20), so they do not depend on how the scan was split between threads;
+ * each entry adds at most 2^36, so 2^26 blocks of a plane (4G tokens of
+ * 64-token blocks) cannot overflow the total. */
 #define CENTRE_ONE 65536.0
 #define CENTRE_CLAMP 1048576.0
 
